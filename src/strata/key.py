@@ -1,0 +1,159 @@
+"""Keys: the one type naming a versioned thing in the store.
+
+Bottom layer: imports nothing but `strata.errors`. Storage treats keys as
+opaque fixed-width byte strings whose byte order equals tuple order; ingest,
+reconstruct and historical give the fields their meaning, per the table below.
+
+A key is 18 bytes, big-endian::
+
+    kind u8 | spc u32 | db u32 | rel u32 | fork u8 | blk u32
+
+Key-space allocation (the `kind` byte is written to disk: never renumber,
+retired values stay reserved):
+
+====  ==================  ===========================================  =============================
+kind  name                fields used                                  value stored
+====  ==================  ===========================================  =============================
+0x00  REL_BLOCK           spc, db, rel (relfilenumber), fork, blk       8 KB page image / WAL record
+0x01  REL_SIZE            spc, db, rel, fork (blk = 0)                  size record (ingest/values)
+0x02  SLRU_PAGE           rel = SlruKind, blk = page number             8 KB SLRU page image / delta
+0x03  RELMAP              spc, db (global map: spc=1664, db=0)          512-byte pg_filenode.map
+0x04  DB_DIR              spc, db                                       database directory record
+0x05  CLUSTER             blk = ClusterField (0 = the control values)   control values record
+0x06  AUX                 rel = AuxKind, blk = index                    misc. files (reserved)
+0xFF  (reserved: above every real key, used as an exclusive range end)
+====  ==================  ===========================================  =============================
+
+Forks keep PostgreSQL's numbers: main 0, fsm 1, vm 2, init 3.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Self
+
+KEY_SIZE = 18
+_KEY = struct.Struct(">BIIIBI")
+
+
+class KeyKind(IntEnum):
+    """Written to disk: never renumber."""
+
+    REL_BLOCK = 0x00
+    REL_SIZE = 0x01
+    SLRU_PAGE = 0x02
+    RELMAP = 0x03
+    DB_DIR = 0x04
+    CLUSTER = 0x05
+    AUX = 0x06
+
+
+class SlruKind(IntEnum):
+    """`rel` field of SLRU_PAGE keys. Written to disk: never renumber."""
+
+    XACT = 0
+    MULTIXACT_OFFSETS = 1
+    MULTIXACT_MEMBERS = 2
+
+
+class ForkNumber(IntEnum):
+    MAIN = 0
+    FSM = 1
+    VM = 2
+    INIT = 3
+
+
+FORK_NAMES = {0: "main", 1: "fsm", 2: "vm", 3: "init"}
+
+GLOBALTABLESPACE_OID = 1664
+DEFAULTTABLESPACE_OID = 1663
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Key:
+    """An 18-byte key; field order is sort order."""
+
+    kind: int
+    spc: int = 0
+    db: int = 0
+    rel: int = 0
+    fork: int = 0
+    blk: int = 0
+
+    def to_bytes(self) -> bytes:
+        return _KEY.pack(self.kind, self.spc, self.db, self.rel, self.fork, self.blk)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Key:
+        if len(data) != KEY_SIZE:
+            raise ValueError(f"a key is {KEY_SIZE} bytes, got {len(data)}")
+        return cls(*_KEY.unpack(data))
+
+    def next(self) -> Key:
+        """The smallest key greater than this one (for half-open range ends)."""
+        return Key.from_bytes((int.from_bytes(self.to_bytes(), "big") + 1).to_bytes(KEY_SIZE, "big"))
+
+    # -- constructors with meaning -------------------------------------------------
+    @classmethod
+    def rel_block(cls, spc: int, db: int, rel: int, fork: int, blk: int) -> Self:
+        return cls(KeyKind.REL_BLOCK, spc, db, rel, fork, blk)
+
+    @classmethod
+    def rel_size(cls, spc: int, db: int, rel: int, fork: int) -> Self:
+        return cls(KeyKind.REL_SIZE, spc, db, rel, fork, 0)
+
+    @classmethod
+    def slru_page(cls, slru: int, pageno: int) -> Self:
+        return cls(KeyKind.SLRU_PAGE, 0, 0, slru, 0, pageno)
+
+    @classmethod
+    def relmap(cls, spc: int, db: int) -> Self:
+        return cls(KeyKind.RELMAP, spc, db, 0, 0, 0)
+
+    @classmethod
+    def db_dir(cls, spc: int, db: int) -> Self:
+        return cls(KeyKind.DB_DIR, spc, db, 0, 0, 0)
+
+    @classmethod
+    def cluster(cls, field: int = 0) -> Self:
+        return cls(KeyKind.CLUSTER, 0, 0, 0, 0, field)
+
+    def __str__(self) -> str:
+        return self.to_bytes().hex().upper()
+
+
+MIN_KEY = Key(0, 0, 0, 0, 0, 0)
+MAX_KEY = Key(0xFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFF, 0xFFFFFFFF)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Half-open key range ``[start, end)``."""
+
+    start: Key
+    end: Key
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"negative key range [{self.start}, {self.end})")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, Key) and self.start <= key < self.end
+
+    def overlaps(self, other: KeyRange) -> bool:
+        return self.start < other.end and other.start < self.end
+
+    @classmethod
+    def relation(cls, spc: int, db: int, rel: int, fork: int) -> KeyRange:
+        """Every block of one fork of one relation."""
+        return cls(Key.rel_block(spc, db, rel, fork, 0), Key.rel_block(spc, db, rel, fork + 1, 0))
+
+    @classmethod
+    def kind(cls, kind: int) -> KeyRange:
+        return cls(Key(kind), Key(kind + 1))
+
+    @classmethod
+    def everything(cls) -> KeyRange:
+        return cls(MIN_KEY, MAX_KEY)

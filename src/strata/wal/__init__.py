@@ -1,0 +1,5 @@
+"""WAL in, records out: sources (stream, files), reader, decoder, rmgr parsers.
+
+Feeds ingest and `strata waldump`. The receiver is the only module here that
+does I/O against a server; the reader and decoder are sans-IO.
+"""

@@ -1,0 +1,83 @@
+"""Shared fixtures (plugin style): a PostgreSQL 18 primary, scratch dirs the
+server user can reach, and tier markers.
+
+Tiers: unmarked tests are `unit`; `pg` needs a server; `e2e` runs proxy and
+historical instances; `slow` is soak and crash loops. CI runs them all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+from strata.runtime.cluster import Cluster  # noqa: E402
+
+SCRATCH_ROOT = Path(os.environ.get("STRATA_TEST_ROOT", "/tmp/strata-tests"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("pg", "e2e", "slow")):
+            item.add_marker(pytest.mark.unit)
+
+
+def _scratch(prefix: str) -> Path:
+    SCRATCH_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(SCRATCH_ROOT, 0o755)
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH_ROOT))
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    """A fresh directory (mode 0755) that the server user can traverse."""
+    d = _scratch("t-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_scratch() -> Iterator[Path]:
+    d = _scratch("s-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_cluster(base: Path, **settings: object) -> Cluster:
+    """initdb + start a primary in `base`; the caller stops it."""
+    c = Cluster(datadir=base / "data")
+    c.initdb(settings={"wal_keep_size": "1GB", "max_wal_size": "1GB", **settings})
+    c.start()
+    return c
+
+
+@pytest.fixture(scope="session")
+def pg_primary(session_scratch: Path) -> Iterator[Cluster]:
+    """A running PostgreSQL 18 primary (wal_level=replica), shared by a session.
+
+    Tests that change cluster-wide state should use `fresh_primary` instead.
+    """
+    c = make_cluster(session_scratch / "primary")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def fresh_primary(scratch_dir: Path) -> Iterator[Cluster]:
+    """A primary of the test's own, stopped at the end of the test."""
+    c = make_cluster(scratch_dir / "primary")
+    try:
+        yield c
+    finally:
+        c.stop("immediate")
