@@ -1,0 +1,259 @@
+"""Durable, append-only time map and PostgreSQL's recovery_target_time rule.
+
+Each entry records one transaction-end record: its start LSN, end LSN,
+timestamp (PostgreSQL TimestampTz: microseconds since 2000-01-01 UTC), xid,
+kind (commit, abort, commit prepared, abort prepared) and flags (catalog
+change: the transaction carried invalidations or dropped relations).
+
+Resolution (`resolve_time`) is exactly PostgreSQL's ``recovery_target_time``
+with ``recovery_target_inclusive = on`` (xlogrecovery.c,
+``recoveryStopsBefore``): recovery stops *before* the first commit or abort
+record, in WAL order, whose timestamp is later than T. The state "as of T" is
+therefore everything before that record's start LSN; we answer that start LSN
+(a travel_lsn X holds every record that ends at or before X, and that record
+ends after it). Commit timestamps are not monotonic in WAL order, so this is a
+scan in LSN order, never a bisection on time alone; an index of running
+maxima makes it logarithmic (`_prefix_max`).
+
+File format: see FORMAT.md beside this module (``timemap.dat``).
+
+Invariants:
+  1. Entries are appended in strictly increasing start-LSN order (`append`).
+  2. An entry is durable once `sync()` returned; the store's manifest is
+     committed after it (the daemon calls `sync()` before publishing
+     `durable_lsn`), so every transaction end at or below durable_lsn is in
+     the file.
+  3. On open, a torn or corrupt tail is cut at the last valid entry, and
+     entries whose end LSN is above the given durable LSN are dropped (ingest
+     re-reads that WAL from the slot and appends them again).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import google_crc32c
+
+from strata.errors import CorruptionError, LsnOutOfRangeError
+from strata.lsn import Lsn
+
+PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+MAGIC = b"STRTMAP\x00"
+VERSION = 1
+_HEADER = struct.Struct("<8sII")  # magic, version, reserved
+_ENTRY = struct.Struct("<QQqIBBH")  # start, end, ts, xid, kind, flags, reserved
+_CRC = struct.Struct("<I")
+ENTRY_SIZE = _ENTRY.size + _CRC.size  # 36
+
+
+class EndKind(IntEnum):
+    """Written to disk: never renumber."""
+
+    COMMIT = 0
+    ABORT = 1
+    COMMIT_PREPARED = 2
+    ABORT_PREPARED = 3
+
+
+FLAG_CATALOG_CHANGE = 0x01
+
+
+def timestamptz_to_datetime(ts: int) -> dt.datetime:
+    return PG_EPOCH + dt.timedelta(microseconds=ts)
+
+
+def datetime_to_timestamptz(when: dt.datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError("a timestamp without time zone cannot be placed in history")
+    delta = when - PG_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class TxEnd:
+    start_lsn: Lsn
+    end_lsn: Lsn
+    timestamp: int  # TimestampTz
+    xid: int
+    kind: EndKind
+    flags: int = 0
+
+    @property
+    def time(self) -> dt.datetime:
+        return timestamptz_to_datetime(self.timestamp)
+
+    @property
+    def catalog_change(self) -> bool:
+        return bool(self.flags & FLAG_CATALOG_CHANGE)
+
+    def encode(self) -> bytes:
+        body = _ENTRY.pack(self.start_lsn, self.end_lsn, self.timestamp, self.xid, self.kind,
+                           self.flags, 0)
+        return body + _CRC.pack(google_crc32c.value(body))
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPoint:
+    """Where a time-travel target lands.
+
+    `lsn`: the state holds every record ending at or before it.
+    `last_commit`: the last transaction end (commit or abort) included, if any.
+    """
+
+    lsn: Lsn
+    last_commit: TxEnd | None
+
+
+class TimeMap:
+    """In-memory index over the durable append-only file. Thread-safe."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._entries: list[TxEnd] = []
+        self._starts: list[int] = []
+        self._prefix_max: list[int] = []  # running max of timestamps, for time search
+        self._file = None
+        self._unsynced = 0
+
+    # -- persistence -----------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: Path, *, durable_lsn: Lsn | None = None) -> TimeMap:
+        """Load (or create) ``<directory>/timemap.dat``; cut a torn tail and
+        entries above `durable_lsn` (Invariant 3)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "timemap.dat"
+        tm = cls(path)
+        good_len = _HEADER.size
+        if path.exists():
+            data = path.read_bytes()
+            if len(data) < _HEADER.size:
+                data = b""
+            else:
+                magic, version, _ = _HEADER.unpack_from(data, 0)
+                if magic != MAGIC:
+                    raise CorruptionError(f"{path}: bad magic at offset 0 (not a time map)")
+                if version != VERSION:
+                    raise CorruptionError(f"{path}: unsupported time map version {version}")
+                off = _HEADER.size
+                while off + ENTRY_SIZE <= len(data):
+                    body = data[off:off + _ENTRY.size]
+                    (crc,) = _CRC.unpack_from(data, off + _ENTRY.size)
+                    if google_crc32c.value(body) != crc:
+                        break  # torn tail: everything after the last good entry is dropped
+                    s, e, ts, xid, kind, flags, _ = _ENTRY.unpack(body)
+                    if durable_lsn is not None and e > durable_lsn:
+                        break
+                    tm._add(TxEnd(Lsn(s), Lsn(e), ts, xid, EndKind(kind), flags))
+                    off += ENTRY_SIZE
+                good_len = off
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        f = os.fdopen(fd, "r+b")
+        if good_len == _HEADER.size and os.fstat(fd).st_size < _HEADER.size:
+            f.write(_HEADER.pack(MAGIC, VERSION, 0))
+        f.truncate(good_len)
+        f.seek(good_len)
+        f.flush()
+        os.fsync(fd)
+        tm._file = f  # type: ignore[assignment]
+        return tm
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+
+    def sync(self) -> None:
+        """Make every appended entry durable (Invariant 2)."""
+        with self._lock:
+            if self._file is not None and self._unsynced:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._unsynced = 0
+
+    # -- writing ---------------------------------------------------------------------
+    def _add(self, e: TxEnd) -> None:
+        if self._starts and e.start_lsn <= self._starts[-1]:
+            raise ValueError(f"time map entries must ascend: {e.start_lsn} after {Lsn(self._starts[-1])}")
+        self._entries.append(e)
+        self._starts.append(int(e.start_lsn))
+        prev = self._prefix_max[-1] if self._prefix_max else -(1 << 63)
+        self._prefix_max.append(max(prev, e.timestamp))
+
+    def append(self, e: TxEnd) -> None:
+        """Add an entry (Invariant 1); an entry at or below the last start LSN
+        is a re-ingested duplicate and is ignored."""
+        with self._lock:
+            if self._starts and e.start_lsn <= self._starts[-1]:
+                return
+            self._add(e)
+            if self._file is not None:
+                self._file.write(e.encode())
+                self._unsynced += 1
+
+    # -- reading ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self, start: dt.datetime | None = None, end: dt.datetime | None = None
+                ) -> Iterator[TxEnd]:
+        lo = datetime_to_timestamptz(start) if start else None
+        hi = datetime_to_timestamptz(end) if end else None
+        with self._lock:
+            snapshot = list(self._entries)
+        for e in snapshot:
+            if (lo is None or e.timestamp >= lo) and (hi is None or e.timestamp <= hi):
+                yield e
+
+    def last(self) -> TxEnd | None:
+        with self._lock:
+            return self._entries[-1] if self._entries else None
+
+    def first(self) -> TxEnd | None:
+        with self._lock:
+            return self._entries[0] if self._entries else None
+
+    def last_at_or_before(self, lsn: Lsn) -> TxEnd | None:
+        """The last transaction end whose record ends at or before `lsn`."""
+        with self._lock:
+            i = bisect.bisect_right(self._starts, int(lsn)) - 1
+            while i >= 0 and self._entries[i].end_lsn > lsn:
+                i -= 1
+            return self._entries[i] if i >= 0 else None
+
+    def resolve_time(self, ts: int, *, history_start: Lsn, history_start_time: int | None,
+                     ingested_lsn: Lsn) -> ResolvedPoint:
+        """The LSN that ``recovery_target_time = ts`` (inclusive) stops at.
+
+        Requires: entries cover every transaction end from `history_start` up
+        to `ingested_lsn`.
+        Raises: LsnOutOfRangeError when `ts` is before history starts.
+        """
+        if history_start_time is not None and ts < history_start_time:
+            raise LsnOutOfRangeError(
+                f"time {timestamptz_to_datetime(ts).isoformat()} is before history starts "
+                f"({timestamptz_to_datetime(history_start_time).isoformat()}, LSN {history_start})",
+                nearest=timestamptz_to_datetime(history_start_time),
+            )
+        with self._lock:
+            # first entry (in LSN order) whose timestamp > ts: the first index where the
+            # running maximum exceeds ts
+            i = bisect.bisect_right(self._prefix_max, ts)
+            if i < len(self._entries):
+                stop = self._entries[i]
+                included = self._entries[i - 1] if i > 0 else None
+                return ResolvedPoint(stop.start_lsn, included)
+            last = self._entries[-1] if self._entries else None
+        return ResolvedPoint(ingested_lsn, last)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from strata.errors import CorruptionError, LsnOutOfRangeError
+from strata.lsn import Lsn
+from strata.timeline.timemap import (
+    ENTRY_SIZE,
+    EndKind,
+    TimeMap,
+    TxEnd,
+    datetime_to_timestamptz,
+    timestamptz_to_datetime,
+)
+
+
+def _e(start: int, ts: int, xid: int = 1, kind: EndKind = EndKind.COMMIT) -> TxEnd:
+    return TxEnd(Lsn(start), Lsn(start + 30), ts, xid, kind)
+
+
+def _resolve(tm: TimeMap, ts: int) -> Lsn:
+    return tm.resolve_time(ts, history_start=Lsn(0), history_start_time=None,
+                           ingested_lsn=Lsn(10_000)).lsn
+
+
+def test_timestamp_round_trip() -> None:
+    when = dt.datetime(2026, 11, 24, 15, 57, 24, 591446, tzinfo=dt.UTC)
+    assert timestamptz_to_datetime(datetime_to_timestamptz(when)) == when
+    assert datetime_to_timestamptz(dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == 0
+
+
+def test_resolve_stops_before_first_later_commit_in_wal_order() -> None:
+    tm = TimeMap(None)
+    # timestamps not monotonic in WAL order (as PostgreSQL allows)
+    for start, ts in [(100, 10), (200, 20), (300, 35), (400, 30), (500, 40)]:
+        tm.append(_e(start, ts))
+    assert _resolve(tm, 5) == Lsn(100)  # before everything
+    assert _resolve(tm, 10) == Lsn(200)  # inclusive: the commit at ts=10 is in
+    assert _resolve(tm, 31) == Lsn(300)  # 35 > 31 stops at 300 although 400 has ts 30
+    assert _resolve(tm, 35) == Lsn(500)
+    point = tm.resolve_time(100, history_start=Lsn(0), history_start_time=None,
+                            ingested_lsn=Lsn(9999))
+    assert point.lsn == Lsn(9999)
+    assert point.last_commit is not None and point.last_commit.start_lsn == Lsn(500)
+
+
+def test_resolve_names_included_commit() -> None:
+    tm = TimeMap(None)
+    tm.append(_e(100, 10, xid=7))
+    tm.append(_e(200, 20, xid=8))
+    p = tm.resolve_time(15, history_start=Lsn(0), history_start_time=None, ingested_lsn=Lsn(999))
+    assert p.lsn == Lsn(200)
+    assert p.last_commit is not None and p.last_commit.xid == 7
+
+
+def test_time_before_history_is_refused() -> None:
+    tm = TimeMap(None)
+    tm.append(_e(100, 10))
+    with pytest.raises(LsnOutOfRangeError, match="before history starts"):
+        tm.resolve_time(3, history_start=Lsn(50), history_start_time=5, ingested_lsn=Lsn(999))
+
+
+def test_append_ignores_duplicates_and_keeps_order(tmp_path: Path) -> None:
+    tm = TimeMap.open(tmp_path)
+    tm.append(_e(100, 10))
+    tm.append(_e(200, 20))
+    tm.append(_e(200, 20))  # re-ingested
+    tm.append(_e(150, 15))  # below the last: a duplicate from a re-read
+    assert [int(e.start_lsn) for e in tm.entries()] == [100, 200]
+    tm.close()
+
+
+def test_reopen_drops_entries_above_durable_lsn(tmp_path: Path) -> None:
+    tm = TimeMap.open(tmp_path)
+    for s in (100, 200, 300):
+        tm.append(_e(s, s))
+    tm.sync()
+    tm.close()
+    tm2 = TimeMap.open(tmp_path, durable_lsn=Lsn(230))
+    assert [int(e.start_lsn) for e in tm2.entries()] == [100, 200]
+    tm2.append(_e(300, 300))
+    tm2.close()
+    tm3 = TimeMap.open(tmp_path)
+    assert [int(e.start_lsn) for e in tm3.entries()] == [100, 200, 300]
+    tm3.close()
+
+
+def test_torn_tail_is_cut(tmp_path: Path) -> None:
+    tm = TimeMap.open(tmp_path)
+    for s in (100, 200, 300):
+        tm.append(_e(s, s))
+    tm.close()
+    path = tmp_path / "timemap.dat"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # corrupt the last entry's CRC
+    path.write_bytes(bytes(data) + b"\x01\x02")  # and a partial entry after it
+    tm2 = TimeMap.open(tmp_path)
+    assert [int(e.start_lsn) for e in tm2.entries()] == [100, 200]
+    tm2.close()
+    assert path.stat().st_size == 16 + 2 * ENTRY_SIZE
+
+
+def test_bad_magic_is_corruption(tmp_path: Path) -> None:
+    (tmp_path / "timemap.dat").write_bytes(b"NOTATMAP" + b"\x00" * 40)
+    with pytest.raises(CorruptionError, match="bad magic"):
+        TimeMap.open(tmp_path)
