@@ -1,0 +1,57 @@
+"""The redo callback the page store is given: (Key, base, deltas) -> value.
+
+What it is: the bridge between storage (which knows nothing of PostgreSQL and
+calls `reconstruct_value(key, base, records)` with the newest image at or
+below the read LSN and the deltas above it, oldest first) and the redo
+engines: relation blocks go through `reconstruct.redo` (the delta is a whole
+WAL record, format in `ingest/FORMAT.md`), SLRU pages through
+`reconstruct.slru`. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from strata.errors import RedoError
+from strata.key import Key, KeyKind
+from strata.reconstruct import slru
+from strata.reconstruct.redo import redo_block
+from strata.storage.values import WalRecord
+from strata.wal.decoder import decode_record
+
+
+def _block_id(record_blocks: object, key: Key) -> int:
+    for b in record_blocks:  # type: ignore[attr-defined]
+        loc = b.rlocator
+        if (loc.spc == key.spc and loc.db == key.db and loc.rel == key.rel
+                and b.fork == key.fork and b.blkno == key.blk):
+            return int(b.block_id)
+    raise RedoError(f"stored WAL record does not reference block {key}")
+
+
+def reconstruct_value(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
+    """Apply `records` (oldest first) on top of `base` for `key`.
+
+    Raises: RedoError / UnsupportedRecordError from the redo engines.
+    """
+    if key.kind == KeyKind.REL_BLOCK:
+        from strata.ingest.walingest import decode_delta
+
+        page: bytes | None = base
+        for r in records:
+            lsn, end, raw = decode_delta(r.data)
+            rec = decode_record(raw, lsn, end)
+            page = redo_block(rec, _block_id(rec.blocks, key), page)
+        if page is None:
+            raise RedoError(f"no page for {key}")
+        return page
+    if key.kind == KeyKind.SLRU_PAGE:
+        cur: bytes | None = base  # images are stored as the bare page
+        for r in records:
+            cur = slru.apply_value(cur, r.data)
+        if cur is None:
+            raise RedoError(f"no SLRU page for {key}")
+        return cur
+    if records:
+        raise RedoError(f"key kind {key.kind} takes no deltas ({key})")
+    if base is None:
+        raise RedoError(f"no value for {key}")
+    return base
