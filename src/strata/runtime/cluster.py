@@ -76,11 +76,10 @@ class Cluster:
     def initdb(self, *, settings: Mapping[str, Any] | None = None, checksums: bool = True,
                extra_args: tuple[str, ...] = ()) -> None:
         """Create the data directory (it must not exist or be empty)."""
-        make_private_dir(self.datadir.parent) if not self.datadir.parent.exists() else None
         self.datadir.parent.mkdir(parents=True, exist_ok=True)
         give_to_server_user(self.datadir.parent, recursive=False, mode=0o755)
         make_private_dir(self.datadir)
-        args = [self.bins.path("initdb"), "-D", self.datadir, "-U", SUPERUSER, "--auth=trust",
+        args: list[str | Path] = [self.bins.path("initdb"), "-D", self.datadir, "-U", SUPERUSER, "--auth=trust",
                 "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"]
         if checksums:
             args.append("--data-checksums")

@@ -8,6 +8,7 @@ When we are not root, binaries run as ourselves.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -66,10 +67,8 @@ def give_to_server_user(path: Path, *, recursive: bool = True, mode: int | None 
     if recursive and path.is_dir():
         for root, dirs, files in os.walk(path):
             for n in dirs + files:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.chown(os.path.join(root, n), user.uid, user.gid, follow_symlinks=False)
-                except FileNotFoundError:
-                    pass
 
 
 def make_private_dir(path: Path) -> Path:

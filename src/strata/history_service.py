@@ -1,0 +1,174 @@
+"""`HistoryService`: the proxy's `HistoryProvider` over the time map, the page
+store and the pool of historical instances.
+
+What it is: the answer to "where is T / X, and which server shows it".
+Fed by: the time map and page store (written by ingest), the primary (its
+current WAL position, so "now" is known). Feeds: the proxy (and `strata
+query`). Owns: the instance pool's factory (materialise from the store at X,
+then start a read-only server) and the rules below.
+
+Rules
+- A time T resolves exactly as ``recovery_target_time = T`` (inclusive):
+  before the first commit/abort in WAL order later than T
+  (`TimeMap.resolve_time`). Before that, ingest must have caught up with the
+  primary's WAL position as of the request, or a commit at or before T could
+  still be missing: the service waits for it (bounded by `catchup_timeout`).
+- T later than the primary's clock: error (the future is not history yet).
+- T before history starts, or below the retention horizon: error naming the
+  oldest point one can travel to.
+- An LSN X: the state holding every record ending at or before X. X must lie
+  in [history start, ingested]; X above the ingested position is waited for
+  when the primary has already written it, else refused naming the newest
+  point.
+- Thread-safe: called from proxy worker threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from strata.errors import LsnOutOfRangeError
+from strata.historical.instance import HistoricalInstance, start_instance
+from strata.historical.materialize import materialize
+from strata.historical.pool import InstancePool
+from strata.historical.store_source import StoreSource
+from strata.lsn import Lsn
+from strata.pagestore import PageStore
+from strata.proxy.history import ResolvedPoint
+from strata.timeline.timemap import TimeMap, datetime_to_timestamptz
+
+log = logging.getLogger(__name__)
+
+# Index access methods whose WAL has no redo yet: their indexes are marked
+# invalid in historical instances so queries answer through other plans.
+UNSUPPORTED_INDEX_AMS: tuple[str, ...] = ("hash", "gin", "gist", "spgist", "brin")
+
+
+class HistoryService:
+    def __init__(self, store: PageStore, timemap: TimeMap, *, history_start: Lsn,
+                 history_start_time: dt.datetime | None, instances_root: Path, primary_lsn: Callable[[], Lsn],
+                 primary_now: Callable[[], dt.datetime] | None = None,
+                 max_instances: int = 4, idle_timeout: float = 300.0,
+                 catchup_timeout: float = 30.0,
+                 invalid_index_ams: Sequence[str] = UNSUPPORTED_INDEX_AMS) -> None:
+        self.store = store
+        self.timemap = timemap
+        self.history_start = Lsn(history_start)
+        self.history_start_time = history_start_time
+        self.primary_lsn = primary_lsn
+        self.primary_now = primary_now or (lambda: dt.datetime.now(dt.UTC))
+        self.catchup_timeout = catchup_timeout
+        self.invalid_index_ams = tuple(invalid_index_ams)
+        self.pool = InstancePool(instances_root, self._make_instance, max_running=max_instances,
+                                 idle_timeout=idle_timeout)
+
+    # -- the window -------------------------------------------------------------------
+    @property
+    def oldest_lsn(self) -> Lsn:
+        return Lsn(max(self.history_start, self.store.retention_lsn))
+
+    def oldest_time(self) -> dt.datetime | None:
+        """The earliest time one can travel to: history's start (the import), or
+        the last commit at the retention horizon once GC has moved it."""
+        if self.oldest_lsn > self.history_start:
+            at = self.timemap.last_at_or_before(self.oldest_lsn)
+            if at is not None:
+                return at.time
+        return self.history_start_time
+
+    def _wait_ingested(self, target: Lsn) -> Lsn:
+        deadline = time.monotonic() + self.catchup_timeout
+        while True:
+            ingested = self.store.ingested_lsn
+            if ingested >= target or time.monotonic() >= deadline:
+                return ingested
+            time.sleep(0.02)
+
+    def _point(self, lsn: Lsn) -> ResolvedPoint:
+        last = self.timemap.last_at_or_before(lsn)
+        return ResolvedPoint(lsn, last.xid if last else None, last.time if last else None)
+
+    # -- HistoryProvider ----------------------------------------------------------------
+    def resolve_time(self, when: dt.datetime, *, literal: str = "", timezone: str = "UTC"
+                     ) -> ResolvedPoint:
+        shown = literal or when.isoformat()
+        now = self.primary_now()
+        if when > now:
+            raise LsnOutOfRangeError(
+                f"time {shown} is in the future: the newest point is now ({now.isoformat()})",
+                nearest=now)
+        oldest = self.oldest_time()
+        ts = datetime_to_timestamptz(when)
+        # every commit at or before `when` is in WAL the primary has written by now
+        target = self.primary_lsn()
+        ingested = self._wait_ingested(target)
+        if ingested < target:
+            log.warning("time travel to %s: ingest at %s has not reached %s yet", shown, ingested,
+                        target)
+        start_ts = datetime_to_timestamptz(oldest) if oldest is not None else None
+        try:
+            res = self.timemap.resolve_time(ts, history_start=self.oldest_lsn,
+                                            history_start_time=start_ts, ingested_lsn=ingested)
+        except LsnOutOfRangeError as e:
+            raise LsnOutOfRangeError(
+                f"time {shown} is before history starts: the oldest point is "
+                f"{oldest.isoformat() if oldest else '?'} (LSN {self.oldest_lsn})",
+                nearest=oldest) from e
+        lsn = Lsn(max(res.lsn, self.oldest_lsn))
+        return self._point(lsn)
+
+    def resolve_lsn(self, lsn: Lsn) -> ResolvedPoint:
+        lsn = Lsn(lsn)
+        if lsn < self.oldest_lsn:
+            raise LsnOutOfRangeError(
+                f"LSN {lsn} is before history starts: the oldest point is LSN {self.oldest_lsn}",
+                nearest=self.oldest_lsn)
+        ingested = self.store.ingested_lsn
+        if lsn > ingested:
+            if lsn <= self.primary_lsn():
+                ingested = self._wait_ingested(lsn)
+            if lsn > ingested:
+                raise LsnOutOfRangeError(
+                    f"LSN {lsn} is past the newest point in history (LSN {ingested})",
+                    nearest=ingested)
+        return self._point(lsn)
+
+    def server_for(self, point: ResolvedPoint, dbname: str) -> tuple[str, int]:
+        inst = self.pool.get(point.lsn)
+        return "127.0.0.1", inst.port
+
+    def may_time_travel(self, user: str) -> bool:
+        return True
+
+    # -- instances ----------------------------------------------------------------------
+    def _make_instance(self, lsn: Lsn, root: Path) -> HistoricalInstance:
+        t0 = time.perf_counter()
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)
+        try:
+            mat = materialize(StoreSource(self.store, lsn), root / "data")
+            inst = start_instance(mat, root=root, invalid_index_ams=self.invalid_index_ams)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        log.info("historical instance at %s ready in %.2fs (%d pages)", lsn,
+                 time.perf_counter() - t0, mat.pages)
+        return inst
+
+    def close(self) -> None:
+        self.pool.stop_all()
+
+
+def describe_point(point: ResolvedPoint) -> str:
+    if point.last_commit_xid is None:
+        return f"LSN {point.lsn}"
+    when = point.last_commit_time
+    return (f"LSN {point.lsn}, last commit xid {point.last_commit_xid} at "
+            f"{when.isoformat() if when else '?'}")
+
+
