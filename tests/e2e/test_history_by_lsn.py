@@ -27,7 +27,7 @@ from strata.runtime.cluster import Cluster
 from strata.timeline.timemap import TimeMap
 from strata.wal.segments import iter_records
 from tests.conftest import make_cluster
-from tests.e2e.workload import WORKLOADS, first_difference, fingerprint, load_steps, run_steps
+from tests.e2e.workload import WORKLOADS, fingerprint, first_difference, load_steps, run_steps
 
 UNSUPPORTED_INDEX_AMS = ("hash", "gin", "gist", "spgist", "brin")
 
