@@ -1,14 +1,16 @@
 """End to end without the proxy: import a stopped primary, ingest its WAL,
-and rebuild the database at every workload step's LSN.
+and rebuild the database at every workload step, by LSN and by time.
 
 Oracle: the fingerprint the live primary had right after each step
 (shared/workloads/README.md). A historical instance materialised from the
-store at that LSN must give the same fingerprint.
+store at that point must give the same fingerprint.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,72 +25,107 @@ from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
-from strata.runtime.cluster import Cluster
-from strata.timeline.timemap import TimeMap
+from strata.timeline.timemap import TimeMap, datetime_to_timestamptz
 from strata.wal.segments import iter_records
-from tests.conftest import make_cluster
-from tests.e2e.workload import WORKLOADS, fingerprint, first_difference, load_steps, run_steps
+from tests.conftest import _scratch, make_cluster
+from tests.e2e.workload import (
+    WORKLOADS,
+    StepPoint,
+    fingerprint,
+    first_difference,
+    load_steps,
+    run_steps,
+)
 
 UNSUPPORTED_INDEX_AMS = ("hash", "gin", "gist", "spgist", "brin")
 
 
-@pytest.fixture
-def primary(scratch_dir: Path) -> Iterator[Cluster]:
-    c = make_cluster(scratch_dir / "primary", autovacuum="off")
+@dataclass
+class History:
+    store: PageStore
+    timemap: TimeMap
+    start: Lsn
+    points: list[StepPoint]
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def history() -> Iterator[History]:
+    """history.sql run on a primary whose history was imported at a clean stop."""
+    root = _scratch("hist-")
+    primary = make_cluster(root / "primary", autovacuum="off")
+    store: PageStore | None = None
     try:
-        yield c
+        primary.stop()
+        source = DataDirSource(primary.datadir)
+        store = PageStore.open(root / "layers", reconstruct_value)
+        timemap = TimeMap.open(root / "timemap")
+        ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+                           start_lsn=source.lsn)
+        start = import_datadir(source, ingest)
+        primary.start()
+        with primary.connect() as conn:
+            points = run_steps(conn, load_steps(WORKLOADS / "history.sql"))
+        primary.stop()  # every record is on disk
+        end = max(Lsn.parse(p.lsn) for p in points)
+        for rec in iter_records(primary.wal_dir(), start):
+            ingest.ingest(rec)
+            if rec.lsn > end:
+                break
+        yield History(store, timemap, start, points, root)
     finally:
-        c.stop("immediate")
+        if store is not None:
+            store.close()
+        primary.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def _ingest_all(primary: Cluster, home: Path) -> tuple[PageStore, Lsn]:
-    """Stop the primary cleanly, import it, and return the store + import LSN."""
-    primary.stop()
-    source = DataDirSource(primary.datadir)
-    store = PageStore.open(home / "layers", reconstruct_value)
-    timemap = TimeMap.open(home / "timemap")
-    transam = TransamIngest(cluster_state_of(source))
-    ingest = WalIngest(store, timemap, transam, start_lsn=source.lsn)
-    lsn = import_datadir(source, ingest)
-    return store, lsn
+def _fingerprint_at(h: History, lsn: Lsn, name: str) -> dict[str, object]:
+    mat = materialize(StoreSource(h.store, lsn), h.root / f"h-{name}" / "data")
+    inst = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)
+    try:
+        with inst.connect() as conn:
+            return fingerprint(conn)
+    finally:
+        inst.stop()
+        inst.remove()
+
+
+def _resolve_time(h: History, p: StepPoint) -> Lsn:
+    return h.timemap.resolve_time(datetime_to_timestamptz(p.time), history_start=h.start,
+                                  history_start_time=None,
+                                  ingested_lsn=h.store.ingested_lsn).lsn
 
 
 @pytest.mark.e2e
-def test_every_history_step_reproduces_by_lsn(primary: Cluster, scratch_dir: Path) -> None:
-    home = scratch_dir / "strata"
-    home.mkdir()
-    store, start = _ingest_all(primary, home)
-    ingest_timemap = TimeMap(None)
-    source0 = DataDirSource(primary.datadir)
-    transam = TransamIngest(cluster_state_of(source0))
-    ingest = WalIngest(store, ingest_timemap, transam, start_lsn=start)
-    ingest.load_state(start)
-    primary.start()
-    steps = load_steps(WORKLOADS / "history.sql")
-    with primary.connect() as conn:
-        points = run_steps(conn, steps)
-    primary.stop()  # all WAL on disk
-    end = max(Lsn.parse(p.lsn) for p in points)
-    for rec in iter_records(primary.wal_dir(), start):
-        ingest.ingest(rec)
-        if rec.lsn > end:
-            break
-    assert len(ingest_timemap) > len(steps)
+def test_every_history_step_reproduces_by_lsn(history: History) -> None:
+    assert len(history.timemap) > len(history.points)
     failures = []
-    try:
-        for i, p in enumerate(points):
-            lsn = Lsn.parse(p.lsn)
-            mat = materialize(StoreSource(store, lsn), scratch_dir / f"h{i}" / "data")
-            inst = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)
-            try:
-                with inst.connect() as hconn:
-                    got = fingerprint(hconn)
-            finally:
-                inst.stop()
-                inst.remove()
-            diff = first_difference(p.fingerprint, got)
-            if diff:
-                failures.append(f"step {p.name} at {lsn}: {diff}")
-    finally:
-        store.close()
+    for p in history.points:
+        lsn = Lsn.parse(p.lsn)
+        diff = first_difference(p.fingerprint, _fingerprint_at(history, lsn, p.name))
+        if diff:
+            failures.append(f"step {p.name} at {lsn}: {diff}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.e2e
+def test_step_times_resolve_to_the_same_committed_state(history: History) -> None:
+    """recovery_target_time semantics: T (taken after the step, writers quiet)
+    resolves before the next step's first commit, so it includes exactly the
+    transactions the step's LSN includes."""
+    for p in history.points:
+        by_lsn = history.timemap.last_at_or_before(Lsn.parse(p.lsn))
+        resolved = _resolve_time(history, p)
+        by_time = history.timemap.last_at_or_before(resolved)
+        assert by_time == by_lsn, f"step {p.name}: {by_time} != {by_lsn}"
+        assert resolved >= Lsn.parse(p.lsn) or by_lsn is None
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("step", ["rolled_back", "drop_table", "bulk"])
+def test_history_step_reproduces_by_time(history: History, step: str) -> None:
+    p = next(q for q in history.points if q.name == step)
+    lsn = _resolve_time(history, p)
+    diff = first_difference(p.fingerprint, _fingerprint_at(history, lsn, f"t-{step}"))
+    assert diff is None, f"step {step} by time ({lsn}): {diff}"
