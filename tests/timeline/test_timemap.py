@@ -107,3 +107,18 @@ def test_bad_magic_is_corruption(tmp_path: Path) -> None:
     (tmp_path / "timemap.dat").write_bytes(b"NOTATMAP" + b"\x00" * 40)
     with pytest.raises(CorruptionError, match="bad magic"):
         TimeMap.open(tmp_path)
+
+
+def test_readonly_open_writes_nothing(tmp_path: Path) -> None:
+    tm = TimeMap.open(tmp_path)
+    tm.append(_e(100, 10))
+    tm.sync()
+    path = tmp_path / "timemap.dat"
+    with path.open("ab") as f:
+        f.write(b"\x07" * 5)  # a writer in the middle of an append
+    before = path.read_bytes()
+    ro = TimeMap.open(tmp_path, readonly=True)
+    assert [int(e.start_lsn) for e in ro.entries()] == [100]
+    ro.close()
+    assert path.read_bytes() == before
+    tm.close()

@@ -127,10 +127,14 @@ class TimeMap:
 
     # -- persistence -----------------------------------------------------------------
     @classmethod
-    def open(cls, directory: Path, *, durable_lsn: Lsn | None = None) -> TimeMap:
+    def open(cls, directory: Path, *, durable_lsn: Lsn | None = None,
+             readonly: bool = False) -> TimeMap:
         """Load (or create) ``<directory>/timemap.dat``; cut a torn tail and
-        entries above `durable_lsn` (Invariant 3)."""
-        directory.mkdir(parents=True, exist_ok=True)
+        entries above `durable_lsn` (Invariant 3). With `readonly` (a reader
+        beside the running writer) nothing is written and a partial tail is
+        just not loaded."""
+        if not readonly:
+            directory.mkdir(parents=True, exist_ok=True)
         path = directory / "timemap.dat"
         tm = cls(path)
         good_len = _HEADER.size
@@ -156,6 +160,8 @@ class TimeMap:
                     tm._add(TxEnd(Lsn(s), Lsn(e), ts, xid, EndKind(kind), flags))
                     off += ENTRY_SIZE
                 good_len = off
+        if readonly:
+            return tm
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         f = os.fdopen(fd, "r+b")
         if good_len == _HEADER.size and os.fstat(fd).st_size < _HEADER.size:
