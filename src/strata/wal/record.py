@@ -4,8 +4,10 @@ Fed by `wal.decoder` (which parses raw record bytes into these); read by
 ingest, reconstruct/redo and `strata waldump`. No I/O, no parsing here.
 
 A record is identified by its start LSN (`lsn`) and ends at `end_lsn`
-(PostgreSQL's EndRecPtr: the end of the last byte, before alignment padding
-to the next record). Pages are stamped with `end_lsn` by redo.
+(PostgreSQL's EndRecPtr: the end of its last byte rounded up to MAXALIGN (8),
+i.e. where the next record starts; for XLOG_SWITCH the next segment's start).
+That is the value XLogInsert returns and redo stamps on pages (checked against
+real page LSNs in tests/wal/test_against_pg.py). Pages are stamped with `end_lsn`.
 
 `raw` is the complete record as written (XLogRecord header included, page
 headers removed): storing it is enough to decode the record again later.
