@@ -80,6 +80,6 @@ def import_datadir(source: DataDirSource, ingest: WalIngest,
             ingest.transam.note_relmap(spc, db, relmap)
     store.put(control_template_key(), lsn, PageImage(source.control_template()))
     store.put(Key.cluster(0), lsn, PageImage(cluster_state_of(source).to_bytes()))
-    store.advance(lsn)
+    ingest.advance(lsn)
     log.info("imported %d pages at %s", pages, lsn)
     return lsn

@@ -72,6 +72,7 @@ def history() -> Iterator[History]:
             ingest.ingest(rec)
             if rec.lsn > end:
                 break
+        ingest.advance()
         yield History(store, timemap, start, points, root)
     finally:
         if store is not None:

@@ -111,6 +111,7 @@ class WalIngest:
         self.stats = IngestStats()
         self._sizes: dict[RelFork, int] = {}
         self._dbs: set[tuple[int, int]] = set()
+        self.last_lsn: Lsn | None = None
 
     # -- state from the store (restart) ------------------------------------------------
     def load_state(self, lsn: Lsn) -> None:
@@ -163,7 +164,9 @@ class WalIngest:
         """Store everything `record` changes, at its end LSN.
 
         Records ending at or below `start_lsn` were stored before (a restart
-        re-reads WAL from the slot) and are skipped.
+        re-reads WAL from the slot) and are skipped. Call `advance` after a
+        batch to publish it (readers see puts at once; `advance` moves the
+        ingested watermark and lets the store freeze and flush).
         """
         lsn = record.end_lsn
         if lsn <= self.start_lsn:
@@ -198,11 +201,25 @@ class WalIngest:
         for key, value in self.transam.puts(record):
             self._put(key, lsn, _slru_value(value) if key.kind == KeyKind.SLRU_PAGE
                       else (PageImage(value) if value else TOMBSTONE))
-        self.store.advance(lsn)
+        self.last_lsn = lsn
+
+    def advance(self, lsn: Lsn | None = None) -> None:
+        """Publish everything ingested up to `lsn` (default: the last record).
+
+        The time map is synced first, so that once the store makes `lsn`
+        durable, every transaction end at or below it is durable too
+        (timeline/FORMAT.md, invariant 2).
+        """
+        target = self.last_lsn if lsn is None else lsn
+        if target is None:
+            return
+        self.timemap.sync()
+        self.store.advance(target)
 
     def ingest_many(self, records: Iterable[DecodedRecord]) -> None:
         for r in records:
             self.ingest(r)
+        self.advance()
 
     def _smgr(self, record: DecodedRecord, lsn: Lsn) -> None:
         rec = smgr_rmgr.parse(record)
