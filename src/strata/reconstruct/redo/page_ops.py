@@ -1,0 +1,732 @@
+"""PostgreSQL 18 page layout operations on 8 KB pages (our own Python, from the
+semantics of src/backend/storage/page/bufpage.c, bufpage.h, itemid.h and
+checksum_impl.h).
+
+What it is: the page-level toolbox every redo module uses. Pages are
+`bytearray`s of BLCKSZ bytes that are modified **in place**; nothing here
+allocates a new page unless its name says so. Fed by the redo modules
+(heap, heap2, btree, sequence, generic, xlog); feeds nothing else. Owns the
+byte layout of the page header and of line pointers.
+
+Byte-exactness: placement of new items, compaction order, and what is (and is
+not) cleared follow bufpage.c exactly, because the wal_consistency_checking
+oracle compares our pages with PostgreSQL's byte for byte after masking.
+
+API (page = bytearray of BLCKSZ; offsets are 1-based OffsetNumbers):
+
+- constants: BLCKSZ, SIZE_OF_PAGE_HEADER, ITEM_ID_SIZE, LP_UNUSED/NORMAL/REDIRECT/DEAD,
+  PD_HAS_FREE_LINES, PD_PAGE_FULL, PD_ALL_VISIBLE, PD_VALID_FLAG_BITS, INVALID_OFFSET_NUMBER,
+  MAX_HEAP_TUPLES_PER_PAGE, MAX_INDEX_TUPLES_PER_PAGE, maxalign(n)
+- header: PageHeader.parse(page) (frozen value), page_get_lsn / page_set_lsn, get/set of
+  pd_checksum, pd_flags, pd_lower, pd_upper, pd_special, pd_prune_xid;
+  page_is_new, page_is_empty, page_get_max_offset, page_get_special_size,
+  page_has_free_line_pointers / page_set_has_free_line_pointers /
+  page_clear_has_free_line_pointers, page_set_all_visible / page_clear_all_visible /
+  page_is_all_visible, page_clear_full
+- page_init(page, special_size), new_page(special_size) -> bytearray,
+  page_get_temp_page_copy_special(page) -> bytearray
+- line pointers: item_id(page, off) -> (lp_off, lp_flags, lp_len), set_item_id,
+  item_id_set_unused / item_id_set_dead / item_id_set_redirect / item_id_set_normal /
+  item_id_mark_dead, item_offset, item_len, item_flags
+- items: get_item(page, off) -> bytes, item_slice(page, off) -> (start, end)
+- page_add_item(page, item, offnum, *, overwrite=False, is_heap=False) -> offnum | 0
+  (PageAddItemExtended: offnum 0 = first free slot / append)
+- page_repair_fragmentation(page), page_truncate_line_pointer_array(page)
+- page_get_free_space / page_get_exact_free_space / page_get_heap_free_space /
+  page_get_free_space_for_multiple_tuples
+- page_index_tuple_delete, page_index_multi_delete, page_index_tuple_delete_no_compact,
+  page_index_tuple_overwrite(page, off, newtup) -> bool
+- pg_checksum_page(page, blkno) -> int, page_set_checksum_inplace(page, blkno)
+
+Raises: RedoError for corrupted page pointers or impossible operations where
+PostgreSQL would ERROR/PANIC.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from strata.errors import RedoError
+
+BLCKSZ = 8192
+MAXIMUM_ALIGNOF = 8
+SIZE_OF_PAGE_HEADER = 24
+ITEM_ID_SIZE = 4
+PG_PAGE_LAYOUT_VERSION = 4
+
+LP_UNUSED = 0
+LP_NORMAL = 1
+LP_REDIRECT = 2
+LP_DEAD = 3
+
+PD_HAS_FREE_LINES = 0x0001
+PD_PAGE_FULL = 0x0002
+PD_ALL_VISIBLE = 0x0004
+PD_VALID_FLAG_BITS = 0x0007
+
+INVALID_OFFSET_NUMBER = 0
+FIRST_OFFSET_NUMBER = 1
+
+# MaxHeapTuplesPerPage = (BLCKSZ - SizeOfPageHeaderData) / (MAXALIGN(SizeofHeapTupleHeader) + sizeof(ItemIdData))
+MAX_HEAP_TUPLES_PER_PAGE = (BLCKSZ - SIZE_OF_PAGE_HEADER) // (24 + ITEM_ID_SIZE)
+# MaxIndexTuplesPerPage = (BLCKSZ - SizeOfPageHeaderData) / (MAXALIGN(sizeof(IndexTupleData) + 1) + sizeof(ItemIdData))
+MAX_INDEX_TUPLES_PER_PAGE = (BLCKSZ - SIZE_OF_PAGE_HEADER) // (16 + ITEM_ID_SIZE)
+
+# pd_lsn is PageXLogRecPtr {uint32 xlogid; uint32 xrecoff}: high word first.
+_LSN = struct.Struct("<II")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_HEADER = struct.Struct("<IIHHHHHHI")
+
+OFF_LSN = 0
+OFF_CHECKSUM = 8
+OFF_FLAGS = 10
+OFF_LOWER = 12
+OFF_UPPER = 14
+OFF_SPECIAL = 16
+OFF_PAGESIZE_VERSION = 18
+OFF_PRUNE_XID = 20
+
+
+def maxalign(n: int) -> int:
+    return (n + (MAXIMUM_ALIGNOF - 1)) & ~(MAXIMUM_ALIGNOF - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class PageHeader:
+    """PageHeaderData, decoded (a value; edits go through the setters below)."""
+
+    lsn: int
+    checksum: int
+    flags: int
+    lower: int
+    upper: int
+    special: int
+    pagesize_version: int
+    prune_xid: int
+
+    @classmethod
+    def parse(cls, page: bytes | bytearray | memoryview) -> PageHeader:
+        hi, lo, cks, flags, lower, upper, special, psv, prune = _HEADER.unpack_from(page, 0)
+        return cls((hi << 32) | lo, cks, flags, lower, upper, special, psv, prune)
+
+    @property
+    def page_size(self) -> int:
+        return self.pagesize_version & 0xFF00
+
+    @property
+    def layout_version(self) -> int:
+        return self.pagesize_version & 0x00FF
+
+
+# -- header accessors -----------------------------------------------------------
+
+def page_get_lsn(page: bytes | bytearray | memoryview) -> int:
+    hi, lo = _LSN.unpack_from(page, OFF_LSN)
+    return (hi << 32) | lo
+
+
+def page_set_lsn(page: bytearray, lsn: int) -> None:
+    _LSN.pack_into(page, OFF_LSN, (lsn >> 32) & 0xFFFFFFFF, lsn & 0xFFFFFFFF)
+
+
+def _get16(page: bytes | bytearray | memoryview, off: int) -> int:
+    return _U16.unpack_from(page, off)[0]  # type: ignore[no-any-return]
+
+
+def get_checksum(page: bytes | bytearray | memoryview) -> int:
+    return _get16(page, OFF_CHECKSUM)
+
+
+def set_checksum(page: bytearray, value: int) -> None:
+    _U16.pack_into(page, OFF_CHECKSUM, value)
+
+
+def get_flags(page: bytes | bytearray | memoryview) -> int:
+    return _get16(page, OFF_FLAGS)
+
+
+def set_flags(page: bytearray, value: int) -> None:
+    _U16.pack_into(page, OFF_FLAGS, value)
+
+
+def get_lower(page: bytes | bytearray | memoryview) -> int:
+    return _get16(page, OFF_LOWER)
+
+
+def set_lower(page: bytearray, value: int) -> None:
+    _U16.pack_into(page, OFF_LOWER, value)
+
+
+def get_upper(page: bytes | bytearray | memoryview) -> int:
+    return _get16(page, OFF_UPPER)
+
+
+def set_upper(page: bytearray, value: int) -> None:
+    _U16.pack_into(page, OFF_UPPER, value)
+
+
+def get_special(page: bytes | bytearray | memoryview) -> int:
+    return _get16(page, OFF_SPECIAL)
+
+
+def set_special(page: bytearray, value: int) -> None:
+    _U16.pack_into(page, OFF_SPECIAL, value)
+
+
+def get_prune_xid(page: bytes | bytearray | memoryview) -> int:
+    return _U32.unpack_from(page, OFF_PRUNE_XID)[0]  # type: ignore[no-any-return]
+
+
+def set_prune_xid(page: bytearray, xid: int) -> None:
+    _U32.pack_into(page, OFF_PRUNE_XID, xid)
+
+
+def page_is_new(page: bytes | bytearray | memoryview) -> bool:
+    """PageIsNew: pd_upper == 0 (never initialised)."""
+    return get_upper(page) == 0
+
+
+def page_get_max_offset(page: bytes | bytearray | memoryview) -> int:
+    """PageGetMaxOffsetNumber."""
+    lower = get_lower(page)
+    if lower <= SIZE_OF_PAGE_HEADER:
+        return 0
+    return (lower - SIZE_OF_PAGE_HEADER) // ITEM_ID_SIZE
+
+
+def page_is_empty(page: bytes | bytearray | memoryview) -> bool:
+    return get_lower(page) <= SIZE_OF_PAGE_HEADER
+
+
+def page_get_special_size(page: bytes | bytearray | memoryview) -> int:
+    return BLCKSZ - get_special(page)
+
+
+def page_has_free_line_pointers(page: bytes | bytearray | memoryview) -> bool:
+    return bool(get_flags(page) & PD_HAS_FREE_LINES)
+
+
+def page_set_has_free_line_pointers(page: bytearray) -> None:
+    set_flags(page, get_flags(page) | PD_HAS_FREE_LINES)
+
+
+def page_clear_has_free_line_pointers(page: bytearray) -> None:
+    set_flags(page, get_flags(page) & ~PD_HAS_FREE_LINES)
+
+
+def page_is_all_visible(page: bytes | bytearray | memoryview) -> bool:
+    return bool(get_flags(page) & PD_ALL_VISIBLE)
+
+
+def page_set_all_visible(page: bytearray) -> None:
+    set_flags(page, get_flags(page) | PD_ALL_VISIBLE)
+
+
+def page_clear_all_visible(page: bytearray) -> None:
+    set_flags(page, get_flags(page) & ~PD_ALL_VISIBLE)
+
+
+def page_clear_full(page: bytearray) -> None:
+    set_flags(page, get_flags(page) & ~PD_PAGE_FULL)
+
+
+# -- init ---------------------------------------------------------------------
+
+def page_init(page: bytearray, special_size: int = 0) -> None:
+    """PageInit: zero the page, set lower/upper/special and size+version."""
+    special_size = maxalign(special_size)
+    if special_size + SIZE_OF_PAGE_HEADER >= BLCKSZ:
+        raise RedoError(f"special size {special_size} does not fit a page")
+    page[:] = bytes(BLCKSZ)
+    set_lower(page, SIZE_OF_PAGE_HEADER)
+    set_upper(page, BLCKSZ - special_size)
+    set_special(page, BLCKSZ - special_size)
+    _U16.pack_into(page, OFF_PAGESIZE_VERSION, BLCKSZ | PG_PAGE_LAYOUT_VERSION)
+
+
+def new_page(special_size: int = 0) -> bytearray:
+    page = bytearray(BLCKSZ)
+    page_init(page, special_size)
+    return page
+
+
+def page_get_temp_page_copy_special(page: bytes | bytearray) -> bytearray:
+    """PageGetTempPageCopySpecial: a fresh page with the same special space."""
+    special = get_special(page)
+    temp = new_page(BLCKSZ - special)
+    temp[special:] = page[special:]
+    return temp
+
+
+# -- line pointers ----------------------------------------------------------
+
+def _lp_pos(offnum: int) -> int:
+    return SIZE_OF_PAGE_HEADER + (offnum - 1) * ITEM_ID_SIZE
+
+
+def item_id(page: bytes | bytearray | memoryview, offnum: int) -> tuple[int, int, int]:
+    """(lp_off, lp_flags, lp_len) of line pointer `offnum` (1-based)."""
+    w = _U32.unpack_from(page, _lp_pos(offnum))[0]
+    return w & 0x7FFF, (w >> 15) & 0x3, w >> 17
+
+
+def item_offset(page: bytes | bytearray | memoryview, offnum: int) -> int:
+    return _U32.unpack_from(page, _lp_pos(offnum))[0] & 0x7FFF  # type: ignore[no-any-return]
+
+
+def item_flags(page: bytes | bytearray | memoryview, offnum: int) -> int:
+    return (_U32.unpack_from(page, _lp_pos(offnum))[0] >> 15) & 0x3  # type: ignore[no-any-return]
+
+
+def item_len(page: bytes | bytearray | memoryview, offnum: int) -> int:
+    return _U32.unpack_from(page, _lp_pos(offnum))[0] >> 17  # type: ignore[no-any-return]
+
+
+def set_item_id(page: bytearray, offnum: int, lp_off: int, lp_flags: int, lp_len: int) -> None:
+    _U32.pack_into(page, _lp_pos(offnum),
+                   (lp_off & 0x7FFF) | ((lp_flags & 0x3) << 15) | ((lp_len & 0x7FFF) << 17))
+
+
+def item_id_set_unused(page: bytearray, offnum: int) -> None:
+    set_item_id(page, offnum, 0, LP_UNUSED, 0)
+
+
+def item_id_set_dead(page: bytearray, offnum: int) -> None:
+    set_item_id(page, offnum, 0, LP_DEAD, 0)
+
+
+def item_id_set_redirect(page: bytearray, offnum: int, link: int) -> None:
+    set_item_id(page, offnum, link, LP_REDIRECT, 0)
+
+
+def item_id_set_normal(page: bytearray, offnum: int, off: int, length: int) -> None:
+    set_item_id(page, offnum, off, LP_NORMAL, length)
+
+
+def item_id_mark_dead(page: bytearray, offnum: int) -> None:
+    """ItemIdMarkDead: flags only; offset and length (storage) stay."""
+    off, _flags, length = item_id(page, offnum)
+    set_item_id(page, offnum, off, LP_DEAD, length)
+
+
+def item_slice(page: bytes | bytearray | memoryview, offnum: int) -> tuple[int, int]:
+    off, _flags, length = item_id(page, offnum)
+    return off, off + length
+
+
+def get_item(page: bytes | bytearray | memoryview, offnum: int) -> bytes:
+    off, _flags, length = item_id(page, offnum)
+    return bytes(page[off:off + length])
+
+
+def _check_pointers(page: bytes | bytearray, *, special_aligned: bool = True) -> tuple[int, int, int]:
+    lower, upper, special = get_lower(page), get_upper(page), get_special(page)
+    if (lower < SIZE_OF_PAGE_HEADER or lower > upper or upper > special or special > BLCKSZ
+            or (special_aligned and special != maxalign(special))):
+        raise RedoError(
+            f"corrupted page pointers: lower = {lower}, upper = {upper}, special = {special}")
+    return lower, upper, special
+
+
+# -- add ------------------------------------------------------------------------
+
+_PTRS = struct.Struct("<HHHH")  # pd_flags, pd_lower, pd_upper, pd_special
+
+
+def page_add_item(page: bytearray, item: bytes | bytearray | memoryview, offnum: int = 0, *,
+                  overwrite: bool = False, is_heap: bool = False) -> int:
+    """PageAddItemExtended. Returns the offset used, or 0 (InvalidOffsetNumber)
+    where PostgreSQL returns InvalidOffsetNumber (no room, bad offset, slot in use).
+
+    offnum 0: first unused line pointer if the page hints it has one, else append.
+    overwrite (PAI_OVERWRITE): reuse slot `offnum` (which must be unused);
+    otherwise a slot below the end shifts the following line pointers up.
+    """
+    flags, lower0, upper0, special = _PTRS.unpack_from(page, OFF_FLAGS)
+    if (lower0 < SIZE_OF_PAGE_HEADER or lower0 > upper0 or upper0 > special
+            or special > BLCKSZ):
+        raise RedoError(
+            f"corrupted page pointers: lower = {lower0}, upper = {upper0}, special = {special}")
+    limit = (lower0 - SIZE_OF_PAGE_HEADER) // ITEM_ID_SIZE + 1
+    needshuffle = False
+    if offnum != INVALID_OFFSET_NUMBER:
+        if overwrite:
+            if offnum < limit:
+                w = _U32.unpack_from(page, _lp_pos(offnum))[0]
+                if (w >> 15) & 0x3 != LP_UNUSED or (w >> 17) != 0:
+                    return INVALID_OFFSET_NUMBER
+        elif offnum < limit:
+            needshuffle = True
+    else:
+        if flags & PD_HAS_FREE_LINES:
+            offnum = FIRST_OFFSET_NUMBER
+            while offnum < limit:
+                w = _U32.unpack_from(page, _lp_pos(offnum))[0]
+                if (w >> 15) & 0x3 == LP_UNUSED and (w >> 17) == 0:
+                    break
+                offnum += 1
+            if offnum >= limit:
+                # the hint was wrong: clear it (PostgreSQL does, as a side effect)
+                page_clear_has_free_line_pointers(page)
+        else:
+            offnum = limit
+    if offnum > limit:
+        return INVALID_OFFSET_NUMBER
+    if is_heap and offnum > MAX_HEAP_TUPLES_PER_PAGE:
+        return INVALID_OFFSET_NUMBER
+    size = len(item)
+    lower = lower0 + ITEM_ID_SIZE if (offnum == limit or needshuffle) else lower0
+    upper = upper0 - ((size + 7) & ~7)
+    if lower > upper:
+        return INVALID_OFFSET_NUMBER
+    pos = _lp_pos(offnum)
+    if needshuffle:
+        n = (limit - offnum) * ITEM_ID_SIZE
+        page[pos + ITEM_ID_SIZE:pos + ITEM_ID_SIZE + n] = page[pos:pos + n]
+    _U32.pack_into(page, pos, upper | (LP_NORMAL << 15) | (size << 17))
+    page[upper:upper + size] = item
+    _U16.pack_into(page, OFF_LOWER, lower)
+    _U16.pack_into(page, OFF_UPPER, upper)
+    return offnum
+
+
+# -- compaction ---------------------------------------------------------------
+
+def _compactify(page: bytearray, words: list[int], items: Sequence[tuple[int, int, int]],
+                special: int) -> None:
+    """compactify_tuples: `items` are (lp index 0-based, itemoff, alignedlen)
+    in line-pointer order; `words` are the line pointers (updated in place,
+    the caller writes them back).
+
+    PostgreSQL (14+) does not sort: it packs the items from pd_special down
+    in line-pointer order, each keeping its aligned length (in place when
+    they are presorted by descending offset, through a scratch copy when
+    not); bytes outside the moved items are left as they were. The net
+    placement is the same on every code path, so we compute it directly.
+    """
+    src = bytes(page)
+    upper = special
+    for idx, itemoff, alen in items:
+        upper -= alen
+        if upper != itemoff:
+            page[upper:upper + alen] = src[itemoff:itemoff + alen]
+        words[idx] = (words[idx] & ~0x7FFF) | upper
+    set_upper(page, upper)
+
+
+def _line_pointers(page: bytes | bytearray, nline: int) -> list[int]:
+    return list(struct.unpack_from(f"<{nline}I", page, SIZE_OF_PAGE_HEADER))
+
+
+def _store_line_pointers(page: bytearray, words: Sequence[int]) -> None:
+    struct.pack_into(f"<{len(words)}I", page, SIZE_OF_PAGE_HEADER, *words)
+
+
+def page_repair_fragmentation(page: bytearray) -> None:
+    """PageRepairFragmentation: compact tuple storage, zero unused line
+    pointers, drop trailing unused ones, and set/clear PD_HAS_FREE_LINES."""
+    lower, upper, special = _check_pointers(page)
+    nline = page_get_max_offset(page)
+    words = _line_pointers(page, nline)
+    items: list[tuple[int, int, int]] = []
+    nunused = 0
+    totallen = 0
+    finalusedlp = INVALID_OFFSET_NUMBER
+    for i, w in enumerate(words):
+        if (w >> 15) & 0x3 != LP_UNUSED:
+            ln = w >> 17
+            if ln != 0:
+                off = w & 0x7FFF
+                if off < upper or off >= special:
+                    raise RedoError(f"corrupted line pointer: {off}")
+                alen = (ln + 7) & ~7
+                totallen += alen
+                items.append((i, off, alen))
+            finalusedlp = i + 1
+        else:
+            words[i] = 0  # ItemIdSetUnused
+            nunused += 1
+    if not items:
+        set_upper(page, special)
+    else:
+        if totallen > special - lower:
+            raise RedoError(
+                f"corrupted item lengths: total {totallen}, available space {special - lower}")
+        _compactify(page, words, items, special)
+    if nline:
+        _store_line_pointers(page, words)
+    if finalusedlp != nline:
+        nunusedend = nline - finalusedlp
+        nunused -= nunusedend
+        set_lower(page, get_lower(page) - ITEM_ID_SIZE * nunusedend)
+    if nunused > 0:
+        page_set_has_free_line_pointers(page)
+    else:
+        page_clear_has_free_line_pointers(page)
+
+
+def page_truncate_line_pointer_array(page: bytearray) -> None:
+    """PageTruncateLinePointerArray: drop trailing LP_UNUSED items (never the
+    first one) and set the free-line-pointer hint if unused ones remain."""
+    countdone = False
+    sethint = False
+    nunusedend = 0
+    for i in range(page_get_max_offset(page), 0, -1):
+        fl = item_flags(page, i)
+        if not countdone and i > FIRST_OFFSET_NUMBER:
+            if fl == LP_UNUSED:
+                nunusedend += 1
+            else:
+                countdone = True
+        elif fl == LP_UNUSED:
+            sethint = True
+            break
+    if nunusedend > 0:
+        set_lower(page, get_lower(page) - ITEM_ID_SIZE * nunusedend)
+    if sethint:
+        page_set_has_free_line_pointers(page)
+    else:
+        page_clear_has_free_line_pointers(page)
+
+
+# -- free space -----------------------------------------------------------------
+
+def page_get_free_space(page: bytes | bytearray) -> int:
+    space = get_upper(page) - get_lower(page)
+    if space < ITEM_ID_SIZE:
+        return 0
+    return space - ITEM_ID_SIZE
+
+
+def page_get_free_space_for_multiple_tuples(page: bytes | bytearray, ntups: int) -> int:
+    space = get_upper(page) - get_lower(page)
+    if space < ntups * ITEM_ID_SIZE:
+        return 0
+    return space - ntups * ITEM_ID_SIZE
+
+
+def page_get_exact_free_space(page: bytes | bytearray) -> int:
+    return max(0, get_upper(page) - get_lower(page))
+
+
+def page_get_heap_free_space(page: bytes | bytearray) -> int:
+    space = page_get_free_space(page)
+    if space > 0:
+        nline = page_get_max_offset(page)
+        if nline >= MAX_HEAP_TUPLES_PER_PAGE:
+            if page_has_free_line_pointers(page):
+                if all(item_flags(page, i) != LP_UNUSED for i in range(1, nline + 1)):
+                    space = 0
+            else:
+                space = 0
+    return space
+
+
+# -- index tuple deletion / overwrite -------------------------------------------
+
+def _checked_item(page: bytearray, offnum: int, upper: int, special: int) -> tuple[int, int]:
+    nline = page_get_max_offset(page)
+    if offnum <= 0 or offnum > nline:
+        raise RedoError(f"invalid index offnum: {offnum}")
+    off, _fl, ln = item_id(page, offnum)
+    if off < upper or off + ln > special or off != maxalign(off):
+        raise RedoError(f"corrupted line pointer: offset = {off}, size = {ln}")
+    return off, ln
+
+
+def _shift_lp_offsets(page: bytearray, nline: int, limit_off: int, delta: int,
+                      only_storage: bool) -> None:
+    """Add `delta` to lp_off of every item whose offset <= limit_off."""
+    base = SIZE_OF_PAGE_HEADER
+    for i in range(nline):
+        p = base + i * ITEM_ID_SIZE
+        w = _U32.unpack_from(page, p)[0]
+        if only_storage and (w >> 17) == 0:
+            continue
+        if (w & 0x7FFF) <= limit_off:
+            _U32.pack_into(page, p, (w & ~0x7FFF) | (((w & 0x7FFF) + delta) & 0x7FFF))
+
+
+def page_index_tuple_delete(page: bytearray, offnum: int) -> None:
+    """PageIndexTupleDelete: remove the item and its line pointer, closing
+    both gaps (line pointers after it shift down)."""
+    lower, upper, special = _check_pointers(page)
+    off, ln = _checked_item(page, offnum, upper, special)
+    size = maxalign(ln)
+    lp = _lp_pos(offnum)
+    nbytes = lower - (lp + ITEM_ID_SIZE)
+    if nbytes > 0:
+        page[lp:lp + nbytes] = page[lp + ITEM_ID_SIZE:lp + ITEM_ID_SIZE + nbytes]
+    if off > upper:
+        page[upper + size:off + size] = page[upper:off]
+    set_upper(page, upper + size)
+    set_lower(page, lower - ITEM_ID_SIZE)
+    if not page_is_empty(page):
+        _shift_lp_offsets(page, page_get_max_offset(page), off, size, only_storage=False)
+
+
+def page_index_multi_delete(page: bytearray, itemnos: Sequence[int]) -> None:
+    """PageIndexMultiDelete: `itemnos` sorted ascending; remaining line
+    pointers are renumbered and storage compacted (compactify_tuples)."""
+    nitems = len(itemnos)
+    if nitems <= 2:
+        for o in reversed(itemnos):
+            page_index_tuple_delete(page, o)
+        return
+    lower, upper, special = _check_pointers(page)
+    nline = page_get_max_offset(page)
+    words = _line_pointers(page, nline)
+    items: list[tuple[int, int, int]] = []
+    newwords: list[int] = []
+    totallen = 0
+    nextitm = 0
+    for i, w in enumerate(words):
+        offnum = i + 1
+        off, ln = w & 0x7FFF, w >> 17
+        if off < upper or off + ln > special or off != maxalign(off):
+            raise RedoError(f"corrupted line pointer: offset = {off}, size = {ln}")
+        if nextitm < nitems and offnum == itemnos[nextitm]:
+            nextitm += 1
+        else:
+            alen = maxalign(ln)
+            items.append((len(newwords), off, alen))
+            totallen += alen
+            newwords.append(w)
+    if nextitm != nitems:
+        raise RedoError("incorrect index offsets supplied")
+    if totallen > special - lower:
+        raise RedoError(
+            f"corrupted item lengths: total {totallen}, available space {special - lower}")
+    nused = len(newwords)
+    set_lower(page, SIZE_OF_PAGE_HEADER + nused * ITEM_ID_SIZE)
+    if nused > 0:
+        _compactify(page, newwords, items, special)
+        _store_line_pointers(page, newwords)
+    else:
+        set_upper(page, special)
+
+
+def page_index_tuple_delete_no_compact(page: bytearray, offnum: int) -> None:
+    """PageIndexTupleDeleteNoCompact: remove the item's storage; the line
+    pointer becomes unused (or is dropped if it is the last one)."""
+    _lower, upper, special = _check_pointers(page)
+    off, ln = _checked_item(page, offnum, upper, special)
+    size = maxalign(ln)
+    nline = page_get_max_offset(page)
+    if offnum < nline:
+        item_id_set_unused(page, offnum)
+    else:
+        set_lower(page, get_lower(page) - ITEM_ID_SIZE)
+        nline -= 1
+    if off > upper:
+        page[upper + size:off + size] = page[upper:off]
+    set_upper(page, upper + size)
+    if not page_is_empty(page):
+        _shift_lp_offsets(page, nline, off, size, only_storage=True)
+
+
+def page_index_tuple_overwrite(page: bytearray, offnum: int,
+                               newtup: bytes | bytearray | memoryview) -> bool:
+    """PageIndexTupleOverwrite: replace the item's bytes in place, moving the
+    tuples below it when the aligned size changes. False if it cannot fit."""
+    lower, upper, special = _check_pointers(page)
+    itemcount = page_get_max_offset(page)
+    off, oldlen = _checked_item(page, offnum, upper, special)
+    oldsize = maxalign(oldlen)
+    newsize = len(newtup)
+    alignednewsize = maxalign(newsize)
+    if alignednewsize > oldsize + (upper - lower):
+        return False
+    size_diff = oldsize - alignednewsize
+    if size_diff != 0:
+        chunk = bytes(page[upper:off])
+        page[upper + size_diff:upper + size_diff + len(chunk)] = chunk
+        set_upper(page, upper + size_diff)
+        _shift_lp_offsets(page, itemcount, off, size_diff, only_storage=True)
+    _o, fl, _l = item_id(page, offnum)
+    newoff = off + size_diff
+    set_item_id(page, offnum, newoff, fl, newsize)
+    page[newoff:newoff + newsize] = newtup
+    return True
+
+
+# -- checksum -------------------------------------------------------------------
+
+_N_SUMS = 32
+_FNV_PRIME = 16777619
+_CHECKSUM_BASE_OFFSETS = (
+    0x5B1F36E9, 0xB8525960, 0x02AB50AA, 0x1DE66D2A,
+    0x79FF467A, 0x9BB9F8A3, 0x217E7CD2, 0x83E13D2C,
+    0xF8D4474F, 0xE39EB970, 0x42C6AE16, 0x993216FA,
+    0x7B093B5D, 0x98DAFF3C, 0xF718902A, 0x0B1C9CDB,
+    0xE58F764B, 0x187636BC, 0x5D7B3BB1, 0xE73DE7DE,
+    0x92BEC979, 0xCCA6C0B2, 0x304A0979, 0x85AA43D4,
+    0x783125BB, 0x6CA8EAA2, 0xE407EAC6, 0x4B5CFC3E,
+    0x9FBF8C76, 0x15CA20BE, 0xF2CA9FD3, 0x959BD756,
+)
+_WORDS = struct.Struct(f"<{BLCKSZ // 4}I")
+
+try:  # numpy makes the 32 independent lanes one vector; optional
+    import numpy as _np
+except ImportError:  # pragma: no cover - exercised only without numpy
+    _np = None  # type: ignore[assignment]
+
+
+def _checksum_block_py(words: Sequence[int]) -> int:
+    sums = list(_CHECKSUM_BASE_OFFSETS)
+    mask = 0xFFFFFFFF
+    rows = len(words) // _N_SUMS
+    for i in range(rows + 2):
+        base = i * _N_SUMS
+        for j in range(_N_SUMS):
+            v = words[base + j] if i < rows else 0
+            t = sums[j] ^ v
+            sums[j] = ((t * _FNV_PRIME) & mask) ^ (t >> 17)
+    result = 0
+    for s in sums:
+        result ^= s
+    return result
+
+
+def _checksum_block_np(page: bytes) -> int:
+    assert _np is not None
+    data = _np.frombuffer(page, dtype="<u4").reshape(-1, _N_SUMS).astype(_np.uint64)
+    sums = _np.array(_CHECKSUM_BASE_OFFSETS, dtype=_np.uint64)
+    prime = _np.uint64(_FNV_PRIME)
+    mask = _np.uint64(0xFFFFFFFF)
+    seventeen = _np.uint64(17)
+    zero = _np.zeros(_N_SUMS, dtype=_np.uint64)
+    for row in (*data, zero, zero):
+        t = sums ^ row
+        sums = ((t * prime) & mask) ^ (t >> seventeen)
+    return int(_np.bitwise_xor.reduce(sums))
+
+
+def pg_checksum_page(page: bytes | bytearray, blkno: int) -> int:
+    """pg_checksum_page: the 16-bit data checksum of a (non-new) page for
+    block `blkno`, computed with pd_checksum taken as zero."""
+    buf = bytearray(page)
+    buf[OFF_CHECKSUM:OFF_CHECKSUM + 2] = b"\x00\x00"
+    if _np is not None:
+        checksum = _checksum_block_np(bytes(buf))
+    else:
+        checksum = _checksum_block_py(_WORDS.unpack(buf))
+    checksum ^= blkno & 0xFFFFFFFF
+    return (checksum % 65535) + 1
+
+
+def page_set_checksum_inplace(page: bytearray, blkno: int) -> None:
+    """PageSetChecksumInplace (new pages keep checksum 0)."""
+    if page_is_new(page):
+        return
+    set_checksum(page, pg_checksum_page(page, blkno))
+
+
+def iter_line_pointers(page: bytes | bytearray | memoryview) -> Iterable[tuple[int, int, int, int]]:
+    """(offnum, lp_off, lp_flags, lp_len) for every line pointer."""
+    for i in range(1, page_get_max_offset(page) + 1):
+        off, fl, ln = item_id(page, i)
+        yield i, off, fl, ln
