@@ -1,0 +1,765 @@
+"""The streaming replication client: WAL bytes from a physical slot, feedback back.
+
+What it is: the only module in `wal/` that talks to a server. It opens a
+``replication=true`` connection with psycopg 3's libpq layer
+(`psycopg.pq.PGconn`), checks the server is PostgreSQL 18 (IDENTIFY_SYSTEM,
+TIMELINE_HISTORY when the server moved to a new timeline), runs
+``START_REPLICATION SLOT s PHYSICAL X/Y TIMELINE n`` and reads COPY BOTH:
+XLogData becomes `WalChunk`s, keepalives asking for a reply are answered at
+once, and a standby status update is sent every `status_interval` seconds
+and soon after the consumer reports progress.
+
+Positions: `received_lsn` is the end of what was handed to the consumer. The
+status update sends ``write = max(received_lsn, reported write)`` (so a
+primary shutting down, which waits until its standbys confirm what it sent,
+is not held up) and ``flush`` / ``apply`` exactly as the consumer reported
+them through `report` — the server moves the slot's restart_lsn to ``flush``,
+so WAL is only released once the consumer made it durable (the store's
+``durable_lsn`` once ingest is wired in).
+
+Reconnects: when the connection drops or the server restarts, the receiver
+reconnects with capped exponential backoff and resumes at `received_lsn`;
+overlapping bytes are cut by LSN, so the consumer sees one contiguous stream.
+Conditions retrying cannot fix (slot missing, WAL removed, not PG 18,
+another cluster, a timeline that forked below us) raise `WalSourceError`.
+
+Fed by: a DSN, a slot name, a start LSN, the consumer's feedback. Feeds:
+`wal.source.StreamSource`, the daemon. Owns: one replication connection.
+
+Threading: `poll`/`stream` run in one thread (the one that owns the
+connection); `report` and `stop` may be called from any thread or a signal
+handler — they only record state and wake the polling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import select
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from psycopg import OperationalError, pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from strata.errors import ProtocolError, WalSourceError
+from strata.lsn import Lsn
+from strata.wal.replication_messages import (
+    PrimaryKeepalive,
+    SlotInfo,
+    StandbyStatusUpdate,
+    SystemIdentity,
+    XLogData,
+    parse_server_message,
+    parse_server_version_num,
+    parse_timeline_history,
+    pg_now_us,
+    switchpoint_of,
+    timeline_of_lsn,
+)
+from strata.wal.source import WalChunk
+
+log = logging.getLogger(__name__)
+
+REQUIRED_MAJOR = 18
+_SLOT_NAME_RE = re.compile(r"^[a-z0-9_]{1,63}$")
+
+# SQLSTATEs after which reconnecting may succeed: the server is starting, shutting
+# down or overloaded, the connection broke, or our previous walsender still holds
+# the slot (it has not noticed the old connection died yet).
+_RETRYABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55006")
+
+
+class _Retry(Exception):
+    """Internal: the connection failed in a way a reconnect may cure."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverStats:
+    received_lsn: Lsn
+    server_wal_end: Lsn
+    last_flush_sent: Lsn
+    bytes_received: int
+    reconnects: int
+    timeline: int | None
+
+
+def replication_conninfo(dsn: str, **extra: str) -> str:
+    """`dsn` (key=value or URI) with ``replication=true`` and our application name."""
+    params: dict[str, str] = {"replication": "true"}
+    if "application_name" not in conninfo_to_dict(dsn):
+        params["application_name"] = "strata"
+    params.update(extra)
+    return make_conninfo(dsn, **params)
+
+
+def describe_dsn(dsn: str) -> str:
+    """host:port/user of a DSN, without secrets (for messages)."""
+    try:
+        d = conninfo_to_dict(dsn)
+    except Exception:
+        return "(unparsable DSN)"
+    return f"{d.get('host', 'localhost')}:{d.get('port', 5432)} as {d.get('user', '(default user)')}"
+
+
+def _check_slot_name(slot: str) -> None:
+    if not _SLOT_NAME_RE.match(slot):
+        raise WalSourceError(
+            f"invalid replication slot name {slot!r}: use lower-case letters, digits and "
+            "underscores (at most 63)"
+        )
+
+
+def _sqlstate(res: pq.abc.PGresult | None) -> str:
+    if res is None:
+        return ""
+    v = res.error_field(pq.DiagnosticField.SQLSTATE)
+    return v.decode() if v else ""
+
+
+def _errmsg(res: pq.abc.PGresult | None, conn: pq.abc.PGconn) -> str:
+    if res is not None and res.error_message:
+        return res.error_message.decode(errors="replace").strip()
+    return conn.get_error_message().strip()
+
+
+def _open(conninfo: str, where: str, *, timeout: float = 10.0, wake_fd: int = -1,
+          stopping: threading.Event | None = None) -> pq.abc.PGconn:
+    """A replication connection, or _Retry / WalSourceError.
+
+    Connects with libpq's non-blocking PQconnectStart/PQconnectPoll: the blocking
+    PQconnectdb would hold the GIL (freezing every other thread) for as long as the
+    server takes to answer, and could not be interrupted by `stop()`.
+    """
+    conn = pq.PGconn.connect_start(conninfo.encode())
+    deadline = time.monotonic() + timeout
+    status = pq.PollingStatus.WRITING
+    while True:
+        if conn.status == pq.ConnStatus.BAD or status == pq.PollingStatus.FAILED:
+            break
+        if status == pq.PollingStatus.OK:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or (stopping is not None and stopping.is_set()):
+            conn.finish()
+            raise _Retry(f"cannot connect to {where}: "
+                         + ("stopped" if remaining > 0 else f"timeout after {timeout:.0f}s"))
+        sock = conn.socket
+        rlist = [sock] if status == pq.PollingStatus.READING else []
+        wlist = [sock] if status == pq.PollingStatus.WRITING else []
+        if wake_fd >= 0:
+            rlist.append(wake_fd)
+        select.select(rlist, wlist, [], min(remaining, 1.0))
+        status = pq.PollingStatus(conn.connect_poll())
+    if conn.status != pq.ConnStatus.OK:
+        msg = conn.get_error_message().strip()
+        conn.finish()
+        if "authentication failed" in msg or "no pg_hba.conf entry" in msg or (
+            "does not exist" in msg and "role" in msg
+        ):
+            raise WalSourceError(f"cannot connect for replication to {where}: {msg}")
+        raise _Retry(f"cannot connect to {where}: {msg}")
+    version = conn.server_version
+    major = parse_server_version_num(version)
+    if major != REQUIRED_MAJOR:
+        conn.finish()
+        raise WalSourceError(
+            f"the server at {where} is PostgreSQL {major} (server_version_num "
+            f"{version}); strata needs PostgreSQL {REQUIRED_MAJOR}"
+        )
+    return conn
+
+
+def _exec_rows(conn: pq.abc.PGconn, command: str, where: str) -> list[list[bytes | None]]:
+    """Run a replication command that answers rows; errors are classified."""
+    try:
+        res = conn.exec_(command.encode())
+    except OperationalError as e:
+        raise _Retry(f"{command.split()[0]} on {where}: {e}") from e
+    if res.status == pq.ExecStatus.TUPLES_OK:
+        return [[res.get_value(r, c) for c in range(res.nfields)] for r in range(res.ntuples)]
+    if res.status == pq.ExecStatus.COMMAND_OK:
+        return []
+    _raise_for(res, conn, f"{command.split()[0]} on {where}")
+    raise AssertionError("unreachable")
+
+
+def _raise_for(res: pq.abc.PGresult | None, conn: pq.abc.PGconn, what: str) -> None:
+    state = _sqlstate(res)
+    msg = _errmsg(res, conn)
+    if conn.status != pq.ConnStatus.OK or state.startswith(_RETRYABLE_SQLSTATE_PREFIXES):
+        raise _Retry(f"{what}: {msg} (SQLSTATE {state or '?'})")
+    if "has already been removed" in msg:
+        raise WalSourceError(
+            f"{what}: {msg} — the WAL strata needs is gone from the server; it cannot "
+            "continue from where it stopped (was the slot dropped and re-created, or "
+            "max_slot_wal_keep_size exceeded?)"
+        )
+    if state == "42704":
+        raise WalSourceError(f"{what}: {msg} — create the physical slot first "
+                             "(`strata up` creates it) or pass the right slot name")
+    raise WalSourceError(f"{what}: {msg} (SQLSTATE {state or '?'})")
+
+
+def read_slot(dsn: str, slot: str) -> SlotInfo | None:
+    """The physical slot `slot` on the server (None if it does not exist).
+
+    Uses READ_REPLICATION_SLOT, so a role with only the REPLICATION attribute
+    suffices. Raises: WalSourceError when the server cannot be reached or is
+    not PostgreSQL 18.
+    """
+    _check_slot_name(slot)
+    where = describe_dsn(dsn)
+    try:
+        conn = _open(replication_conninfo(dsn), where)
+    except _Retry as e:
+        raise WalSourceError(str(e)) from e
+    try:
+        rows = _exec_rows(conn, f'READ_REPLICATION_SLOT "{slot}"', where)
+    except _Retry as e:
+        raise WalSourceError(str(e)) from e
+    finally:
+        conn.finish()
+    if len(rows) != 1:
+        raise ProtocolError(f"READ_REPLICATION_SLOT returned {len(rows)} rows")
+    return SlotInfo.from_row(slot, rows[0])
+
+
+def ensure_physical_slot(dsn: str, slot: str) -> tuple[SlotInfo, bool]:
+    """Create the physical slot `slot` (reserving WAL now) unless it exists.
+
+    Returns: (the slot, whether it was created now).
+    Raises: WalSourceError (unreachable server, not PG 18, a logical slot of that name).
+    """
+    info = read_slot(dsn, slot)
+    if info is not None:
+        return info, False
+    where = describe_dsn(dsn)
+    try:
+        conn = _open(replication_conninfo(dsn), where)
+        try:
+            _exec_rows(conn, f'CREATE_REPLICATION_SLOT "{slot}" PHYSICAL RESERVE_WAL', where)
+        except WalSourceError:
+            if read_slot(dsn, slot) is None:  # not a lost race with another creator
+                raise
+        finally:
+            conn.finish()
+    except _Retry as e:
+        raise WalSourceError(str(e)) from e
+    info = read_slot(dsn, slot)
+    if info is None:
+        raise WalSourceError(f"replication slot {slot!r} vanished right after creation on {where}")
+    return info, True
+
+
+def identify_system(dsn: str) -> SystemIdentity:
+    """IDENTIFY_SYSTEM: the server's system identifier, timeline and WAL end.
+
+    Raises: WalSourceError when the server cannot be reached or is not PostgreSQL 18.
+    """
+    where = describe_dsn(dsn)
+    try:
+        conn = _open(replication_conninfo(dsn), where)
+        try:
+            rows = _exec_rows(conn, "IDENTIFY_SYSTEM", where)
+        finally:
+            conn.finish()
+    except _Retry as e:
+        raise WalSourceError(str(e)) from e
+    if len(rows) != 1:
+        raise ProtocolError(f"IDENTIFY_SYSTEM returned {len(rows)} rows")
+    return SystemIdentity.from_row(rows[0])
+
+
+def drop_physical_slot(dsn: str, slot: str) -> bool:
+    """Drop `slot` if it exists, waiting while a walsender still holds it (a receiver
+    closed a moment ago: the server notices the closed connection asynchronously).
+
+    Returns: whether a slot was dropped. Raises: WalSourceError.
+    """
+    _check_slot_name(slot)
+    if read_slot(dsn, slot) is None:
+        return False
+    where = describe_dsn(dsn)
+    try:
+        conn = _open(replication_conninfo(dsn), where)
+        try:
+            _exec_rows(conn, f'DROP_REPLICATION_SLOT "{slot}" WAIT', where)
+        finally:
+            conn.finish()
+    except _Retry as e:
+        raise WalSourceError(str(e)) from e
+    return True
+
+
+def server_setting(dsn: str, name: str) -> str:
+    """``SHOW name`` over a replication connection (works for replication-only roles).
+
+    Raises: WalSourceError when the server cannot be reached or is not PG 18.
+    """
+    if not re.match(r"^[a-z_]+$", name):
+        raise ValueError(f"not a setting name: {name!r}")
+    where = describe_dsn(dsn)
+    try:
+        conn = _open(replication_conninfo(dsn), where)
+        try:
+            rows = _exec_rows(conn, f"SHOW {name}", where)
+        finally:
+            conn.finish()
+    except _Retry as e:
+        raise WalSourceError(str(e)) from e
+    if len(rows) != 1 or rows[0][0] is None:
+        raise ProtocolError(f"SHOW {name} returned {rows!r}")
+    return rows[0][0].decode()
+
+
+def parse_size_setting(text: str) -> int:
+    """A size as SHOW prints it (``16MB``, ``8kB``, ``1GB``, bytes) -> bytes."""
+    units = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+    m = re.match(r"^\s*(\d+)\s*([kMGT]?B)?\s*$", text)
+    if m is None:
+        raise ValueError(f"not a size: {text!r}")
+    return int(m.group(1)) * units[m.group(2) or "B"]
+
+
+class WalReceiver:
+    """Streams WAL from physical slot `slot` starting at `start_lsn`.
+
+    Usage (one thread)::
+
+        rx = WalReceiver(dsn, "strata", start)
+        for chunk in rx.stream():
+            consume(chunk)
+            rx.report(write_lsn=..., flush_lsn=durable)   # any thread
+        # rx.stop() from elsewhere ends the loop
+
+    `give_up_after`: seconds of continuous failure to reconnect after which
+    `poll` raises WalSourceError (None: retry forever, as a daemon should).
+    """
+
+    def __init__(self, dsn: str, slot: str, start_lsn: int, *, timeline: int | None = None,
+                 status_interval: float = 10.0, min_feedback_interval: float = 0.2,
+                 backoff_initial: float = 0.1, backoff_max: float = 5.0,
+                 give_up_after: float | None = None, connect_timeout: float = 10.0,
+                 system_id: int | None = None, receive_timeout: float | None = 60.0) -> None:
+        _check_slot_name(slot)
+        self.dsn = dsn
+        self.slot = slot
+        self.where = describe_dsn(dsn)
+        self.status_interval = status_interval
+        self.min_feedback_interval = min_feedback_interval
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.give_up_after = give_up_after
+        # Like wal_receiver_timeout: a server silent this long gets a status update
+        # asking for a reply at half of it, and the connection is dropped at all of it
+        # (a dead network path sends no RST; without this we would wait forever).
+        self.receive_timeout = receive_timeout
+        self._last_recv_at = 0.0
+        self._pinged = False
+        self.connect_timeout = connect_timeout
+        self._conninfo = replication_conninfo(dsn)
+        self._start = Lsn(start_lsn)
+        self._received = Lsn(start_lsn)
+        self._timeline = timeline
+        self._system_id = system_id  # when known: refuse a server of another cluster
+        self._server_wal_end = Lsn(0)
+        self._bytes = 0
+        self._reconnects = 0
+        self._conn_count = 0
+        self._conn: pq.abc.PGconn | None = None
+        # consumer feedback (guarded by _lock; written by report() from any thread)
+        self._lock = threading.Lock()
+        self._rep_write = Lsn(0)
+        self._rep_flush = Lsn(0)
+        self._rep_apply = Lsn(0)
+        self._sent_flush = Lsn(0)
+        self._last_status_at = 0.0
+        self._reply_pending = False
+        # reconnect bookkeeping
+        self._failing_since: float | None = None
+        self._attempts = 0
+        self._next_attempt_at = 0.0
+        self._last_error = ""
+        self._stopping = threading.Event()
+        self._finished = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- public state ---------------------------------------------------------------
+    @property
+    def start_lsn(self) -> Lsn:
+        return self._start
+
+    @property
+    def received_lsn(self) -> Lsn:
+        """End of the WAL handed to the consumer (resume point after a reconnect)."""
+        return self._received
+
+    @property
+    def server_wal_end(self) -> Lsn:
+        """The server's WAL end as of its last message (for lag)."""
+        return self._server_wal_end
+
+    @property
+    def timeline(self) -> int | None:
+        return self._timeline
+
+    @property
+    def system_id(self) -> int | None:
+        return self._system_id
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def stats(self) -> ReceiverStats:
+        return ReceiverStats(self._received, self._server_wal_end, self._sent_flush,
+                             self._bytes, self._reconnects, self._timeline)
+
+    # -- feedback and control (any thread) ------------------------------------------------
+    def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
+        """The consumer has written `write_lsn` and made durable `flush_lsn`.
+
+        Requires: flush_lsn <= write_lsn. Positions never move backwards (a lower
+        value is ignored) — the server would otherwise move the slot back.
+        """
+        if flush_lsn > write_lsn:
+            raise ValueError(f"flush {Lsn(flush_lsn)} is past write {Lsn(write_lsn)}")
+        with self._lock:
+            self._rep_write = max(self._rep_write, Lsn(write_lsn))
+            self._rep_flush = max(self._rep_flush, Lsn(flush_lsn))
+            apply = flush_lsn if apply_lsn is None else apply_lsn
+            self._rep_apply = max(self._rep_apply, Lsn(apply))
+        self._wake()
+
+    def stop(self) -> None:
+        """End `stream()` / make `poll()` return None from now on. The polling thread
+        then calls `close()`, which sends a last status update and disconnects."""
+        self._stopping.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        """Send a final status update and close the connection (polling thread)."""
+        self._finished = True
+        self._disconnect(final_status=True)
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1  # before closing: a late _wake() must not hit a reused fd
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def __enter__(self) -> WalReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the loop ---------------------------------------------------------------------
+    def stream(self, idle_timeout: float | None = None) -> Iterator[WalChunk]:
+        """Chunks until `stop()` (or `idle_timeout` seconds without WAL, if given).
+        Closes the receiver when the iteration ends."""
+        try:
+            while not self._finished:
+                chunk = self.poll(idle_timeout if idle_timeout is not None else 1.0)
+                if chunk is not None:
+                    yield chunk
+                elif idle_timeout is not None:
+                    return
+        finally:
+            self.close()
+
+    def poll(self, timeout: float | None = None) -> WalChunk | None:
+        """The next chunk of WAL, or None after `timeout` seconds without one (or when
+        stopped). Answers keepalives, sends feedback and reconnects meanwhile.
+
+        Raises: WalSourceError for conditions a reconnect cannot cure.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._stopping.is_set():
+                # The connection stays open until close(), so the consumer's last
+                # report (made after it saw the stream end) still reaches the server.
+                self._finished = True
+                return None
+            if self._finished:
+                return None
+            try:
+                if self._conn is None and not self._try_connect(deadline):
+                    if self._deadline_passed(deadline) or self._stopping.is_set():
+                        return None
+                    continue  # woken early (e.g. by report()): keep waiting to reconnect
+                chunk = self._receive(deadline)
+                if chunk is not None or self._deadline_passed(deadline):
+                    return chunk
+            except _Retry as e:
+                if self._stopping.is_set():
+                    self._disconnect(final_status=False)
+                    continue  # the top of the loop finishes
+                self._on_failure(str(e))
+            except WalSourceError:
+                self._disconnect(final_status=False)
+                raise
+
+    @staticmethod
+    def _deadline_passed(deadline: float | None) -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    def _on_failure(self, why: str) -> None:
+        self._disconnect(final_status=False)
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self._last_error = why
+        delay = min(self.backoff_max, self.backoff_initial * (2 ** self._attempts))
+        self._attempts += 1
+        self._next_attempt_at = now + delay
+        log.warning("WAL stream from %s interrupted (%s); reconnecting in %.1fs at %s",
+                    self.where, why, delay, self._received)
+        if self.give_up_after is not None and now - self._failing_since > self.give_up_after:
+            raise WalSourceError(
+                f"cannot stream WAL from {self.where} for {now - self._failing_since:.0f}s "
+                f"(resume point {self._received}): {why}"
+            )
+
+    def _sleep_until(self, when: float, deadline: float | None) -> bool:
+        """Wait (wakeable) until `when`; False if the poll deadline comes first."""
+        until = when if deadline is None else min(when, deadline)
+        remaining = until - time.monotonic()
+        if remaining > 0:
+            select.select([self._wake_r], [], [], remaining)
+            self._drain_wake()
+        return time.monotonic() >= when
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _try_connect(self, deadline: float | None) -> bool:
+        if self._next_attempt_at > time.monotonic() and (
+            not self._sleep_until(self._next_attempt_at, deadline) or self._stopping.is_set()
+        ):
+            return False
+        self._connect()
+        return True
+
+    def _connect(self) -> None:
+        conn = _open(self._conninfo, self.where, timeout=self.connect_timeout,
+                     wake_fd=self._wake_r, stopping=self._stopping)
+        try:
+            rows = _exec_rows(conn, "IDENTIFY_SYSTEM", self.where)
+            if len(rows) != 1:
+                raise ProtocolError(f"IDENTIFY_SYSTEM returned {len(rows)} rows")
+            ident = SystemIdentity.from_row(rows[0])
+            if self._system_id is not None and ident.system_id != self._system_id:
+                raise WalSourceError(
+                    f"the server at {self.where} is another cluster (system identifier "
+                    f"{ident.system_id}, was {self._system_id}); refusing to mix its WAL in"
+                )
+            self._system_id = ident.system_id
+            tli = self._choose_timeline(conn, ident)
+            self._start_replication(conn, tli)
+        except BaseException:
+            conn.finish()
+            raise
+        if self._conn_count:
+            self._reconnects += 1
+        self._conn_count += 1
+        self._conn = conn
+        self._timeline = tli
+        self._last_status_at = 0.0  # send our position right away
+        self._last_recv_at = time.monotonic()
+        self._pinged = False
+        log.info("streaming WAL from %s slot %s at %s on timeline %d",
+                 self.where, self.slot, self._received, tli)
+
+    def _choose_timeline(self, conn: pq.abc.PGconn, ident: SystemIdentity) -> int:
+        """The timeline to request our resume point on (tliOfPointInHistory)."""
+        if ident.timeline == self._timeline or ident.timeline == 1:
+            return ident.timeline
+        rows = _exec_rows(conn, f"TIMELINE_HISTORY {ident.timeline}", self.where)
+        if len(rows) != 1 or rows[0][1] is None:
+            raise ProtocolError(f"TIMELINE_HISTORY {ident.timeline} returned no file")
+        history = parse_timeline_history(rows[0][1].decode())
+        if self._timeline is not None:
+            end = switchpoint_of(history, self._timeline)
+            if self._timeline not in {e.tli for e in history} and self._timeline != ident.timeline:
+                raise WalSourceError(
+                    f"timeline {self._timeline} we streamed is not in the history of "
+                    f"timeline {ident.timeline} on {self.where}"
+                )
+            if end is not None and self._received > end:
+                raise WalSourceError(
+                    f"we received WAL up to {self._received} on timeline {self._timeline}, "
+                    f"but the server's timeline {ident.timeline} forked from it at {end}"
+                )
+        return timeline_of_lsn(history, ident.timeline, self._received)
+
+    def _start_replication(self, conn: pq.abc.PGconn, tli: int) -> None:
+        cmd = f'START_REPLICATION SLOT "{self.slot}" PHYSICAL {self._received} TIMELINE {tli}'
+        try:
+            res = conn.exec_(cmd.encode())
+        except OperationalError as e:
+            raise _Retry(f"START_REPLICATION on {self.where}: {e}") from e
+        if res.status != pq.ExecStatus.COPY_BOTH:
+            _raise_for(res, conn, f"START_REPLICATION of slot {self.slot!r} at {self._received} "
+                                  f"on {self.where}")
+
+    def _disconnect(self, *, final_status: bool) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        if final_status:
+            with contextlib.suppress(Exception):
+                self._send_status(conn, reply_requested=False)
+        self._conn = None
+        with contextlib.suppress(Exception):
+            conn.finish()
+
+    def _receive(self, deadline: float | None) -> WalChunk | None:
+        """Read messages until a chunk arrives or the deadline passes."""
+        conn = self._conn
+        assert conn is not None
+        while True:
+            self._maybe_send_status(conn)
+            try:
+                n, buf = conn.get_copy_data(1)
+            except OperationalError as e:
+                raise _Retry(f"receiving from {self.where}: {e}") from e
+            if n > 0:
+                msg = parse_server_message(buf)
+                self._attempts = 0
+                self._failing_since = None
+                self._last_recv_at = time.monotonic()
+                self._pinged = False
+                if isinstance(msg, XLogData):
+                    chunk = self._accept(msg)
+                    if chunk is not None:
+                        return chunk
+                elif isinstance(msg, PrimaryKeepalive):
+                    self._server_wal_end = max(self._server_wal_end, msg.wal_end)
+                    if msg.reply_requested:
+                        self._reply_pending = True
+                continue
+            if n == -1:
+                self._end_of_copy(conn)
+                return None
+            # n == 0: nothing buffered; wait for the socket, a wake-up, or feedback time.
+            if self._stopping.is_set() or self._deadline_passed(deadline):
+                return None
+            wait = min(self._next_status_due(), self._check_silence(conn)) - time.monotonic()
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+            readable, _, _ = select.select([conn.socket, self._wake_r], [], [], max(0.0, wait))
+            if self._wake_r in readable:
+                self._drain_wake()
+            if conn.socket in readable:
+                try:
+                    conn.consume_input()
+                except OperationalError as e:
+                    raise _Retry(f"receiving from {self.where}: {e}") from e
+
+    def _check_silence(self, conn: pq.abc.PGconn) -> float:
+        """Ping a silent server, drop a dead one; returns when to look again."""
+        if self.receive_timeout is None:
+            return float("inf")
+        silent = time.monotonic() - self._last_recv_at
+        if silent >= self.receive_timeout:
+            raise _Retry(f"no message from the server for {silent:.1f}s (receive_timeout)")
+        if silent >= self.receive_timeout / 2 and not self._pinged:
+            self._send_status(conn, reply_requested=True)
+            self._pinged = True
+        half = self._last_recv_at + self.receive_timeout / 2
+        return half if not self._pinged else self._last_recv_at + self.receive_timeout
+
+    def _accept(self, msg: XLogData) -> WalChunk | None:
+        """Trim what we already have, refuse gaps: keeps the stream contiguous."""
+        self._server_wal_end = max(self._server_wal_end, msg.wal_end)
+        start, data = msg.data_start, msg.data
+        if start > self._received:
+            raise WalSourceError(
+                f"gap in the WAL stream from {self.where}: expected {self._received}, "
+                f"the server sent {start}"
+            )
+        if start < self._received:
+            cut = self._received - start
+            if cut >= len(data):
+                return None
+            data, start = data[cut:], self._received
+        if not data:
+            return None
+        self._received = start + len(data)
+        self._bytes += len(data)
+        return WalChunk(Lsn(start), data)
+
+    def _end_of_copy(self, conn: pq.abc.PGconn) -> None:
+        """The server ended COPY: either its timeline ended (it tells us the next
+        one; we continue on the same connection) or it is going away."""
+        with contextlib.suppress(OperationalError):
+            conn.put_copy_end()
+            conn.flush()
+        next_tli: int | None = None
+        error: str | None = None
+        while True:
+            try:
+                res = conn.get_result()
+            except OperationalError as e:
+                raise _Retry(f"end of stream from {self.where}: {e}") from e
+            if res is None:
+                break
+            if res.status == pq.ExecStatus.TUPLES_OK and res.ntuples == 1 and res.nfields >= 2:
+                v = res.get_value(0, 0)
+                next_tli = int(v) if v is not None else None
+            elif res.status == pq.ExecStatus.FATAL_ERROR:
+                error = _errmsg(res, conn)
+        if next_tli is not None and conn.status == pq.ConnStatus.OK:
+            log.info("timeline %s ended at %s on %s; following timeline %d",
+                     self._timeline, self._received, self.where, next_tli)
+            self._start_replication(conn, next_tli)
+            self._timeline = next_tli
+            return
+        raise _Retry(f"the server ended the stream{': ' + error if error else ''}")
+
+    # -- status updates -------------------------------------------------------------------
+    def _next_status_due(self) -> float:
+        with self._lock:
+            dirty = self._rep_flush != self._sent_flush
+        if self._reply_pending:
+            return 0.0
+        gap = self.min_feedback_interval if dirty else self.status_interval
+        return self._last_status_at + gap
+
+    def _maybe_send_status(self, conn: pq.abc.PGconn) -> None:
+        if time.monotonic() >= self._next_status_due():
+            self._send_status(conn, reply_requested=False)
+
+    def _send_status(self, conn: pq.abc.PGconn, *, reply_requested: bool) -> None:
+        with self._lock:
+            flush = self._rep_flush
+            write = max(self._rep_write, self._received, flush)
+            apply = min(self._rep_apply, flush) if self._rep_apply else flush
+        msg = StandbyStatusUpdate(write, flush, apply, pg_now_us(), reply_requested)
+        try:
+            conn.put_copy_data(msg.encode())
+            conn.flush()
+        except OperationalError as e:
+            raise _Retry(f"sending feedback to {self.where}: {e}") from e
+        self._sent_flush = flush
+        self._last_status_at = time.monotonic()
+        self._reply_pending = False
+        log.debug("status to %s: write %s flush %s apply %s", self.where, write, flush, apply)

@@ -1,0 +1,298 @@
+"""WAL sources: one interface for raw WAL bytes, streamed or read from files.
+
+What it is: `WalSource`, the protocol every source of WAL bytes follows, and
+its two implementations. A source yields `WalChunk`s that are *contiguous*:
+each chunk starts where the previous one ended, beginning at the source's
+start LSN, so the consumer (the sans-IO `wal.reader`) can feed them as one
+byte stream. Sources do not parse records; where valid WAL ends inside the
+bytes is the reader's decision.
+
+- `StreamSource`: the streaming replication protocol (`wal.receiver`) from a
+  physical slot; feedback goes back to the server.
+- `FileSource`: segment files in a directory (a pg_wal copy or an archive):
+  raw bytes in LSN order from a start position; stops at the end of what is
+  there (or the first missing segment), or, with ``follow=True``, waits for
+  the next segment file to appear (archive semantics: a file appears whole).
+
+Fed by: a server (DSN + slot) or a directory. Feeds: the reader/decoder, the
+daemon, ``strata waldump``. Owns: nothing on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from strata.errors import WalSourceError
+from strata.lsn import Lsn
+from strata.wal.segments import parse_segment_file_name, read_segment_size, segment_file_name
+
+if TYPE_CHECKING:
+    from strata.wal.receiver import WalReceiver
+
+__all__ = ["FileSource", "StreamSource", "WalChunk", "WalSource", "parse_segment_file_name",
+           "read_segment_size", "segment_file_name"]
+
+
+@dataclass(frozen=True, slots=True)
+class WalChunk:
+    """Raw WAL bytes ``[start, start + len(data))`` exactly as written by the server."""
+
+    start: Lsn
+    data: bytes
+
+    @property
+    def end(self) -> Lsn:
+        return self.start + len(self.data)
+
+
+@runtime_checkable
+class WalSource(Protocol):
+    """A contiguous stream of WAL bytes from `start_lsn` on.
+
+    Invariant: every chunk returned starts at the previous chunk's end (the
+    first at `start_lsn`); no byte is skipped or repeated, across reconnects too.
+    """
+
+    @property
+    def start_lsn(self) -> Lsn: ...
+
+    @property
+    def received_lsn(self) -> Lsn:
+        """End of the last chunk handed out (`start_lsn` before the first)."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """True when no chunk will ever come again (end of files, or stopped)."""
+        ...
+
+    def poll(self, timeout: float | None = None) -> WalChunk | None:
+        """The next chunk, or None if none arrived within `timeout` seconds (or
+        the source is finished). Call from one thread."""
+        ...
+
+    def stream(self, idle_timeout: float | None = None) -> Iterator[WalChunk]:
+        """Chunks until the source finishes, is stopped, or (if given) nothing
+        arrives for `idle_timeout` seconds."""
+        ...
+
+    def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
+        """Feedback from the consumer: WAL below `flush_lsn` is durable and may be
+        released by the server. Thread-safe."""
+        ...
+
+    def stop(self) -> None:
+        """Ask the source to finish; safe from any thread or a signal handler."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _stream_from(source: WalSource, idle_timeout: float | None) -> Iterator[WalChunk]:
+    while not source.finished:
+        chunk = source.poll(idle_timeout if idle_timeout is not None else 1.0)
+        if chunk is not None:
+            yield chunk
+        elif idle_timeout is not None:
+            return
+
+
+# -- segment files -------------------------------------------------------------------
+
+
+class FileSource:
+    """WAL bytes from segment files in `directory`, in LSN order from `start_lsn`.
+
+    Which file holds a segment: with `timeline` given and a ``<tli>.history``
+    file present, the newest timeline of that history that had begun before the
+    segment's end (as PostgreSQL's XLogFileReadAnyTLI chooses); otherwise the
+    newest timeline present for that segment number.
+
+    Requires: the directory is readable by us. The bytes past the server's
+    insert position in a live pg_wal are stale; the reader stops there.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], start_lsn: int, *,
+                 timeline: int | None = None, follow: bool = False,
+                 segment_size: int | None = None, chunk_size: int = 1 << 20) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise WalSourceError(f"WAL directory {self.directory} does not exist")
+        self._start = Lsn(start_lsn)
+        self._pos = Lsn(start_lsn)
+        self.timeline = timeline
+        self.follow = follow
+        self.chunk_size = chunk_size
+        self._segment_size = segment_size
+        self._stop = threading.Event()
+        self._finished = False
+        self._flush = Lsn(0)
+
+    # -- WalSource ------------------------------------------------------------------
+    @property
+    def start_lsn(self) -> Lsn:
+        return self._start
+
+    @property
+    def received_lsn(self) -> Lsn:
+        return self._pos
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def flushed_lsn(self) -> Lsn:
+        """What the consumer last reported durable (files need no feedback)."""
+        return self._flush
+
+    def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
+        self._flush = Lsn(flush_lsn)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._finished = True
+
+    def stream(self, idle_timeout: float | None = None) -> Iterator[WalChunk]:
+        if not self.follow:
+            while True:
+                chunk = self.poll(0)
+                if chunk is None:
+                    return
+                yield chunk
+        yield from _stream_from(self, idle_timeout)
+
+    def poll(self, timeout: float | None = None) -> WalChunk | None:
+        while not self._finished:
+            if self._stop.is_set():
+                self._finished = True
+                return None
+            chunk = self._read_next()
+            if chunk is not None:
+                self._pos = chunk.end
+                return chunk
+            if not self.follow:
+                self._finished = True
+                return None
+            # Wait for the next segment to appear; the stop event wakes us early.
+            wait = 0.2 if timeout is None else min(0.2, timeout)
+            if self._stop.wait(wait) or (timeout is not None and timeout <= wait):
+                if self._stop.is_set():
+                    self._finished = True
+                return None
+            if timeout is not None:
+                timeout -= wait
+        return None
+
+    # -- internals ------------------------------------------------------------------
+    def segment_size(self) -> int | None:
+        """The segment size, read from the first segment file found (None: no files yet)."""
+        if self._segment_size is None:
+            for p in sorted(self.directory.iterdir()):
+                if len(p.name) == 24 and parse_segment_file_name(p.name, 1 << 24) and p.is_file():
+                    self._segment_size = read_segment_size(p)
+                    break
+        return self._segment_size
+
+    def _history_begins(self) -> dict[int, Lsn]:
+        """Timeline -> its first byte, from the history file of `timeline`."""
+        from strata.wal.replication_messages import parse_timeline_history
+
+        if self.timeline is None:
+            return {}
+        path = self.directory / f"{self.timeline:08X}.history"
+        begins: dict[int, Lsn] = {}
+        if path.exists():
+            prev = Lsn(0)
+            for entry in parse_timeline_history(path.read_text()):
+                begins[entry.tli] = prev
+                prev = entry.switchpoint
+            begins[self.timeline] = prev
+        else:
+            begins[self.timeline] = Lsn(0)
+        return begins
+
+    def _segment_path(self, segno: int, seg_size: int) -> Path | None:
+        candidates: dict[int, Path] = {}
+        # A complete file wins over a ``.partial`` one (pg_receivewal's open segment).
+        for suffix in (".partial", ""):
+            pattern = f"????????{segment_file_name(0, segno, seg_size)[8:]}{suffix}"
+            for p in self.directory.glob(pattern):
+                parsed = parse_segment_file_name(p.name, seg_size)
+                if parsed is not None and parsed[1] == segno and p.is_file():
+                    candidates[parsed[0]] = p
+        if not candidates:
+            return None
+        begins = self._history_begins()
+        if begins:
+            seg_end = (segno + 1) * seg_size
+            for tli in sorted(begins, reverse=True):
+                if begins[tli] < seg_end and tli in candidates:
+                    return candidates[tli]
+            return None
+        return candidates[max(candidates)]
+
+    def _read_next(self) -> WalChunk | None:
+        seg_size = self.segment_size()
+        if seg_size is None:
+            return None
+        segno, offset = divmod(int(self._pos), seg_size)
+        path = self._segment_path(segno, seg_size)
+        if path is None:
+            return None
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read(min(self.chunk_size, seg_size - offset))
+        if not data:
+            # A short file (e.g. .partial renamed, or truncated copy): nothing more here.
+            return None
+        return WalChunk(self._pos, data)
+
+
+class StreamSource:
+    """The streaming replication protocol as a `WalSource` (wraps `WalReceiver`)."""
+
+    def __init__(self, receiver: WalReceiver) -> None:
+        self.receiver = receiver
+
+    @classmethod
+    def connect(cls, dsn: str, slot: str, start_lsn: int, **options: object) -> StreamSource:
+        """A source streaming from physical `slot` at `dsn`, from `start_lsn`
+        (options as for `WalReceiver`)."""
+        from strata.wal.receiver import WalReceiver
+
+        return cls(WalReceiver(dsn, slot, start_lsn, **options))  # type: ignore[arg-type]
+
+    @property
+    def start_lsn(self) -> Lsn:
+        return self.receiver.start_lsn
+
+    @property
+    def received_lsn(self) -> Lsn:
+        return self.receiver.received_lsn
+
+    @property
+    def finished(self) -> bool:
+        return self.receiver.finished
+
+    def poll(self, timeout: float | None = None) -> WalChunk | None:
+        return self.receiver.poll(timeout)
+
+    def stream(self, idle_timeout: float | None = None) -> Iterator[WalChunk]:
+        return self.receiver.stream(idle_timeout)
+
+    def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
+        self.receiver.report(write_lsn, flush_lsn, apply_lsn)
+
+    def stop(self) -> None:
+        self.receiver.stop()
+
+    def close(self) -> None:
+        self.receiver.close()

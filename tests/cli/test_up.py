@@ -1,0 +1,367 @@
+"""`strata up` / `strata psql` end to end, and the daemon's pieces.
+
+The e2e test runs `strata up` in a subprocess on a scratch home exactly as a
+user would, drives SQL through the DSN it prints, and checks what a user
+relies on: the progress reaches the server's WAL position, SIGTERM stops
+everything (no process left), and a second start resumes where the first
+stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from strata.daemon import (
+    Daemon,
+    ReceiverState,
+    UpOptions,
+    load_daemon_state,
+    load_receiver_state,
+    resolve_home,
+    save_receiver_state,
+)
+from strata.errors import ConfigError
+from strata.lsn import Lsn
+from strata.runtime.cluster import Cluster
+from strata.wal.receiver import read_slot
+from tests.conftest import make_cluster
+
+_PROGRESS_RE = re.compile(r"^ingest: .* at ([0-9A-F]+/[0-9A-F]+), lag")
+
+
+class UpProcess:
+    """A `strata up` subprocess whose stdout lines are collected by a thread."""
+
+    def __init__(self, home: Path, *extra: str) -> None:
+        self.home = home
+        self.lines: list[str] = []
+        self._q: queue.Queue[str] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "strata.cli.main", "up", "--home", str(home),
+             "--progress-interval", "0.3", "--status-interval", "1", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self._t = threading.Thread(target=self._pump, daemon=True)
+        self._t.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._q.put(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        for line in self.lines:
+            if (m := rx.search(line)) is not None:
+                return m
+        while time.monotonic() < deadline:
+            try:
+                line = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self._q.empty():
+                    break
+                continue
+            self.lines.append(line)
+            if (m := rx.search(line)) is not None:
+                return m
+        err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
+        raise AssertionError(f"no line matching {pattern!r}; got:\n" + "\n".join(self.lines)
+                             + f"\nstderr:\n{err}")
+
+    def wait_ingested(self, lsn: Lsn, timeout: float = 60) -> Lsn:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.wait_for(_PROGRESS_RE.pattern, timeout=max(0.1, deadline - time.monotonic()))
+            at = Lsn.parse(m.group(1))
+            if at >= lsn:
+                return at
+            self.lines.remove(m.string)  # consumed: wait for a later progress line
+
+    def terminate(self, timeout: float = 60, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        self._t.join(5)
+        while not self._q.empty():
+            self.lines.append(self._q.get())
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def up_home(scratch_dir: Path) -> Iterator[Path]:
+    """A scratch strata home; its primary is stopped at the end whatever happened."""
+    home = scratch_dir / "home"
+    try:
+        yield home
+    finally:
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+
+
+def _processes_mentioning(path: Path) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+def _flush_lsn(conn: psycopg.Connection) -> Lsn:  # type: ignore[type-arg]
+    row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+    assert row is not None
+    return Lsn.parse(row[0])
+
+
+@pytest.mark.e2e
+def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
+    # -- first run: initdb, start, stream ----------------------------------------------
+    up = UpProcess(up_home)
+    try:
+        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        start = Lsn.parse(up.wait_for(r"streaming WAL from slot strata at (\S+)$").group(1))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE demo (id serial PRIMARY KEY, name text)")
+            conn.execute("INSERT INTO demo (name) SELECT 'n' || g FROM generate_series(1, 500) g")
+            target = _flush_lsn(conn)
+        assert target > start
+        up.wait_ingested(target)
+        # strata psql reaches the same server through <home>/state.json
+        state = load_daemon_state(up_home)
+        assert state is not None and state["pid"] == up.proc.pid
+        out = subprocess.run([sys.executable, "-m", "strata.cli.main", "psql", "--home",
+                              str(up_home), "-Atc", "SELECT count(*) FROM demo"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "500", out.stderr
+        assert up.terminate() == 0
+    finally:
+        up.kill()
+    assert not Cluster(datadir=up_home / "primary" / "data").is_running()
+    assert _processes_mentioning(up_home) == []
+    assert not (up_home / "state.json").exists()
+    saved = load_receiver_state(up_home)
+    assert saved is not None and saved.flushed_lsn >= target
+
+    # -- second run: resumes at the saved position, -v prints records -------------------
+    up2 = UpProcess(up_home, "-v")
+    try:
+        resumed = up2.wait_for(r"streaming WAL from slot strata at (\S+) \(resumed\)$")
+        assert Lsn.parse(resumed.group(1)) == saved.flushed_lsn
+        dsn = up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM demo").fetchone() == (500,)
+            conn.execute("INSERT INTO demo (name) VALUES ('after restart')")
+            target2 = _flush_lsn(conn)
+        up2.wait_ingested(target2)
+        # the first record of this run is the previous run's shutdown checkpoint
+        first = up2.wait_for(r"^rmgr: \S+ .* lsn: (\S+),")
+        assert Lsn.parse(first.group(1)) == saved.flushed_lsn
+        assert "CHECKPOINT_SHUTDOWN" in first.string
+        up2.wait_for(r"^rmgr: Heap .*desc: INSERT")
+        assert up2.terminate() == 0
+    finally:
+        up2.kill()
+    assert _processes_mentioning(up_home) == []
+    again = load_receiver_state(up_home)
+    assert again is not None and again.flushed_lsn >= target2
+    assert again.system_id == saved.system_id
+
+
+@pytest.mark.e2e
+def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
+        up_home: Path) -> None:
+    up = UpProcess(up_home)
+    try:
+        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 200)")
+            target = _flush_lsn(conn)
+        up.wait_ingested(target)
+        time.sleep(1.2)  # let receiver.json catch up (written every second)
+        up.proc.kill()  # strata dies; its primary (a separate session) keeps running
+        up.proc.wait(10)
+    finally:
+        up.kill()
+    assert Cluster(datadir=up_home / "primary" / "data").is_running()
+    saved = load_receiver_state(up_home)
+    assert saved is not None and saved.flushed_lsn >= target
+    # The slot never passed what strata had saved: the resume point is still on the server.
+    slot = read_slot(dsn, "strata")
+    assert slot is not None and slot.restart_lsn is not None
+    assert slot.restart_lsn <= saved.flushed_lsn
+    with psycopg.connect(dsn, autocommit=True) as conn:  # written while strata was down
+        conn.execute("INSERT INTO t SELECT generate_series(201, 300)")
+
+    up2 = UpProcess(up_home)
+    try:
+        resumed = up2.wait_for(r"streaming WAL from slot strata at (\S+) \(resumed\)$")
+        assert Lsn.parse(resumed.group(1)) == saved.flushed_lsn
+        dsn2 = up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        with psycopg.connect(dsn2, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (300,)
+            target2 = _flush_lsn(conn)
+        up2.wait_ingested(target2)
+        assert up2.terminate(sig=signal.SIGINT) == 0  # Ctrl-C
+    finally:
+        up2.kill()
+    assert not Cluster(datadir=up_home / "primary" / "data").is_running()
+    assert _processes_mentioning(up_home) == []
+
+
+@pytest.mark.e2e
+def test_up_restarts_an_embedded_primary_that_died(up_home: Path) -> None:
+    daemon = Daemon(UpOptions(home=up_home, progress_interval=60, status_interval=0.5))
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            daemon.run()
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while daemon.records == 0 and time.monotonic() < deadline and not errors:
+            time.sleep(0.1)
+        assert not errors and daemon.cluster is not None and daemon.records > 0
+        c = daemon.cluster
+        old_pid = c.postmaster_pid()
+        c.kill9()
+        deadline = time.monotonic() + 30
+        while not (c.is_running() and c.postmaster_pid() != old_pid):
+            assert time.monotonic() < deadline and not errors, errors
+            time.sleep(0.2)
+        while True:  # the restarted server may still be in crash recovery
+            try:
+                with c.connect() as conn:
+                    conn.execute("CREATE TABLE after_crash (x int)")
+                    target = _flush_lsn(conn)
+                break
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while daemon.processed < target and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.processed >= target
+    finally:
+        daemon.stop()
+        t.join(60)
+    assert not t.is_alive() and not errors
+    assert not Cluster(datadir=up_home / "primary" / "data").is_running()
+
+
+@pytest.mark.pg
+def test_attach_mode_creates_the_slot_and_streams(scratch_dir: Path) -> None:
+    c = make_cluster(scratch_dir / "src")
+    home = scratch_dir / "home"
+    daemon = Daemon(UpOptions(home=home, source=c.dsn(), progress_interval=0.2,
+                              status_interval=0.5))
+    t = threading.Thread(target=daemon.run)
+    try:
+        t.start()
+        c.sql("CREATE TABLE a (x int); INSERT INTO a SELECT generate_series(1, 100)")
+        target = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
+        deadline = time.monotonic() + 30
+        while daemon.processed < target and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.processed >= target
+        assert daemon.records > 0
+    finally:
+        daemon.stop()
+        t.join(30)
+        try:
+            assert not t.is_alive()
+            assert c.is_running()  # attach mode never stops the user's primary
+            # the slot is advanced to what was processed, not beyond (the server applies
+            # the last status update asynchronously)
+            deadline = time.monotonic() + 10
+            while True:
+                slot = read_slot(c.dsn(), "strata")
+                assert slot is not None and slot.restart_lsn is not None
+                assert slot.restart_lsn <= daemon.processed
+                if slot.restart_lsn == daemon.processed or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert slot.restart_lsn == daemon.processed
+            saved = load_receiver_state(home)
+            assert saved is not None and saved.flushed_lsn == daemon.processed
+            # A receiver.json from another cluster is refused, not mixed in.
+            save_receiver_state(home, ReceiverState(
+                saved.slot, saved.system_id + 1, saved.timeline, saved.received_lsn,
+                saved.flushed_lsn, saved.last_record_lsn))
+            with pytest.raises(ConfigError, match="written for another cluster"):
+                Daemon(UpOptions(home=home, source=c.dsn())).run()
+        finally:
+            c.stop("immediate")
+
+
+def test_receiver_state_round_trips_atomically(tmp_path: Path) -> None:
+    st = ReceiverState("strata", 7311111111111111111, 1, Lsn.parse("0/3000100"),
+                       Lsn.parse("0/3000000"), Lsn.parse("0/2FFFFC0"))
+    save_receiver_state(tmp_path, st)
+    back = load_receiver_state(tmp_path)
+    assert back is not None
+    assert (back.slot, back.system_id, back.timeline, back.received_lsn, back.flushed_lsn,
+            back.last_record_lsn) == (st.slot, st.system_id, st.timeline, st.received_lsn,
+                                      st.flushed_lsn, st.last_record_lsn)
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "receiver.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="damaged"):
+        load_receiver_state(tmp_path)
+
+
+def test_home_comes_from_strata_home_and_must_be_reachable(
+        monkeypatch: pytest.MonkeyPatch, scratch_dir: Path) -> None:
+    monkeypatch.setenv("STRATA_HOME", str(scratch_dir / "h"))
+    assert resolve_home(None) == scratch_dir / "h"
+    assert resolve_home(str(scratch_dir / "explicit")) == scratch_dir / "explicit"
+    private = scratch_dir / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(private, 0o700)
+    if os.geteuid() == 0:  # the server user could not reach a data directory in there
+        with pytest.raises(ConfigError, match="other users cannot traverse"):
+            resolve_home(str(private / "h"))
+    else:
+        assert resolve_home(str(private / "h")) == private / "h"
+
+
+def test_psql_requires_a_running_strata(scratch_dir: Path) -> None:
+    home = scratch_dir / "nothing"
+    home.mkdir()
+    out = subprocess.run([sys.executable, "-m", "strata.cli.main", "psql", "--home", str(home),
+                          "-c", "SELECT 1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "strata is not running on" in out.stderr
+
+
+def test_psql_arguments_split_home_from_psql_args() -> None:
+    from strata.cli.psql import split_home
+
+    assert split_home(["--home", "/h", "-c", "x"]) == ("/h", ["-c", "x"])
+    assert split_home(["--home=/h", "--", "-l"]) == ("/h", ["-l"])
+    assert split_home(["-c", "select 1"]) == (None, ["-c", "select 1"])
