@@ -46,13 +46,17 @@ def cluster_state_of(source: DataDirSource) -> ClusterState:
 
 
 def import_datadir(source: DataDirSource, ingest: WalIngest,
-                   progress: Callable[[int], None] | None = None) -> Lsn:
+                   progress: Callable[[int], None] | None = None, *, lsn: Lsn | None = None
+                   ) -> Lsn:
     """Store every page, SLRU segment, relation map and control value of
-    `source` at its checkpoint LSN. Returns that LSN (where history starts).
+    `source` at its checkpoint LSN (or at `lsn`: a base backup made consistent
+    by recovery holds the primary's state at the backup's end LSN, while its
+    own checkpoint lies on the copy's WAL). Returns that LSN (where history
+    starts).
 
     Requires: `ingest.start_lsn` is that LSN and the store holds nothing above it.
     """
-    lsn = source.lsn
+    lsn = source.lsn if lsn is None else lsn
     store = ingest.store
     pages = 0
     for spc, db in source.databases():

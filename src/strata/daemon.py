@@ -42,6 +42,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import stat
 import threading
@@ -52,9 +53,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from strata.bootstrap import cluster_state_of, import_datadir
 from strata.errors import ConfigError, EndOfWal, WalSourceError
+from strata.historical.source import DataDirSource
+from strata.history_service import HistoryService
+from strata.ingest.cluster_state import ClusterState
+from strata.ingest.transam import TransamIngest
+from strata.ingest.walingest import WalIngest
+from strata.key import Key
 from strata.lsn import Lsn
+from strata.pagestore import PageStore
+from strata.proxy.server import ProxyConfig, ProxyThread
+from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import SUPERUSER, Cluster, free_port
+from strata.timeline.timemap import TimeMap
 from strata.wal.decoder import decode_record
 from strata.wal.reader import WalReader
 from strata.wal.receiver import (
@@ -73,6 +85,8 @@ log = logging.getLogger(__name__)
 SLOT_NAME = "strata"
 RECEIVER_STATE = "receiver.json"
 DAEMON_STATE = "state.json"
+HISTORY_STATE = "history.json"
+STATUS_STATE = "status.json"
 STATE_VERSION = 1
 PRIMARY_CHECK_INTERVAL = 2.0  # seconds between checks that the embedded primary runs
 FALLBACK_ROOT_HOME = Path("/var/lib/strata")
@@ -239,11 +253,47 @@ def _human_bytes(n: int) -> str:
 @dataclass(frozen=True, slots=True)
 class UpOptions:
     home: Path
-    port: int | None = None
+    port: int | None = None  # the proxy's port on 127.0.0.1
     source: str | None = None
     verbose: int = 0
     progress_interval: float = 10.0
     status_interval: float = 10.0
+    flush_interval: float = 30.0  # seconds between forced flushes of the memtable
+    max_instances: int = 4
+    instance_idle_timeout: float = 300.0
+    primary_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryInfo:
+    """``<home>/history.json``: where history starts (format version 1)."""
+
+    system_id: int
+    start_lsn: Lsn
+    start_time: datetime
+    mode: str  # "embedded" | "attach"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "system_id": str(self.system_id),
+                "start_lsn": str(self.start_lsn), "start_time": self.start_time.isoformat(),
+                "mode": self.mode}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HistoryInfo:
+        if d.get("version") != STATE_VERSION:
+            raise ConfigError(f"history.json version {d.get('version')!r} is not {STATE_VERSION}")
+        return cls(int(d["system_id"]), Lsn.parse(d["start_lsn"]),
+                   datetime.fromisoformat(d["start_time"]), str(d["mode"]))
+
+
+def load_history_info(home: Path) -> HistoryInfo | None:
+    path = home / HISTORY_STATE
+    if not path.exists():
+        return None
+    try:
+        return HistoryInfo.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is damaged ({e}); history cannot be located") from e
 
 
 class Daemon:
@@ -262,6 +312,14 @@ class Daemon:
         self.records = 0
         self.bytes = 0
         self.processed = Lsn(0)
+        self.store: PageStore | None = None
+        self.timemap: TimeMap | None = None
+        self.ingest: WalIngest | None = None
+        self.history: HistoryService | None = None
+        self.proxy: ProxyThread | None = None
+        self.info: HistoryInfo | None = None
+        self._primary_conn: Any = None
+        self._primary_lock = threading.Lock()
 
     # -- control --------------------------------------------------------------------
     def stop(self) -> None:
@@ -298,8 +356,11 @@ class Daemon:
                 self._start_embedded()
             else:
                 self.dsn = self.opts.source
+                self._attach()
             if self._stop.is_set():
                 return 0
+            self._open_history()
+            self._start_proxy()
             self._stream()
         finally:
             self._shutdown()
@@ -319,7 +380,7 @@ class Daemon:
 
     def _start_embedded(self) -> None:
         datadir = self.home / "primary" / "data"
-        port = self.opts.port or free_port()
+        port = self.opts.primary_port or free_port()
         c = Cluster(datadir=datadir, port=port)
         if not (datadir / "PG_VERSION").exists():
             if datadir.exists() and any(datadir.iterdir()):
@@ -334,68 +395,190 @@ class Daemon:
         self.cluster = c
         c.start()
         self.dsn = c.dsn()
+        if load_history_info(self.home) is None:
+            self._import_embedded(c)
+
+    def _import_embedded(self, c: Cluster) -> None:
+        """First run: history starts at a clean shutdown checkpoint, imported page
+        by page before users connect. The slot exists first, so every record
+        after that checkpoint stays on the primary until it is durable here."""
+        ensure_physical_slot(self.dsn, SLOT_NAME)
+        c.sql(_CREATE_TRAVEL_ROLE)
+        c.stop("fast")
+        self._reset_history_dirs()
+        source = DataDirSource(c.datadir)
+        self.say(f"strata: importing the primary at its shutdown checkpoint {source.lsn}")
+        store, timemap = self._open_store_dirs()
+        try:
+            ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+                               start_lsn=source.lsn)
+            import_datadir(source, ingest)
+            store.flush()
+            info = HistoryInfo(source.controlfile.system_identifier, source.lsn,
+                               datetime.now(UTC), "embedded")
+            _atomic_write_json(self.home / HISTORY_STATE, info.to_json())
+        finally:
+            store.close()
+            timemap.close()
+        c.start()
+
+    def _attach(self) -> None:
+        """Attach mode: history starts at the end of a base backup taken over the
+        replication protocol, made consistent by one recovery of the copy."""
+        from strata.runtime.basebackup import consistent_base_backup
+
+        if load_history_info(self.home) is not None:
+            return
+        ensure_physical_slot(self.dsn, SLOT_NAME)
+        with contextlib.suppress(Exception), psycopg_connect(self.dsn) as conn:
+            conn.execute(_CREATE_TRAVEL_ROLE)
+        self._reset_history_dirs()
+        self.say(f"strata: taking a base backup of {describe_dsn(self.dsn)}")
+        backup = consistent_base_backup(self.dsn, self.home / "import")
+        source = DataDirSource(backup.datadir)
+        store, timemap = self._open_store_dirs()
+        try:
+            ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+                               start_lsn=backup.end_lsn)
+            import_datadir(source, ingest, lsn=backup.end_lsn)
+            store.flush()
+            info = HistoryInfo(source.controlfile.system_identifier, backup.end_lsn,
+                               datetime.now(UTC), "attach")
+            _atomic_write_json(self.home / HISTORY_STATE, info.to_json())
+        finally:
+            store.close()
+            timemap.close()
+            shutil.rmtree(self.home / "import", ignore_errors=True)
+
+    def _reset_history_dirs(self) -> None:
+        for d in ("layers", "timemap", "instances"):
+            shutil.rmtree(self.home / d, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / RECEIVER_STATE).unlink()
+
+    def _open_store_dirs(self) -> tuple[PageStore, TimeMap]:
+        store = PageStore.open(self.home / "layers", reconstruct_value)
+        timemap = TimeMap.open(self.home / "timemap", durable_lsn=store.durable_lsn)
+        return store, timemap
+
+    def _open_history(self) -> None:
+        info = load_history_info(self.home)
+        if info is None:
+            raise ConfigError(f"{self.home} has no history yet (history.json missing)")
+        self.info = info
+        self.store, self.timemap = self._open_store_dirs()
+        durable = Lsn(max(self.store.durable_lsn, info.start_lsn))
+        state_bytes = self.store.get_page(Key.cluster(0), durable)
+        if state_bytes is None:
+            raise ConfigError(f"the store in {self.home / 'layers'} has no cluster values at "
+                              f"{durable}: history is damaged")
+        transam = TransamIngest(ClusterState.from_bytes(state_bytes))
+        self.ingest = WalIngest(self.store, self.timemap, transam, start_lsn=durable)
+        self.ingest.load_state(durable)
+        self.history = HistoryService(
+            self.store, self.timemap, history_start=info.start_lsn,
+            history_start_time=info.start_time, instances_root=self.home / "instances",
+            primary_lsn=self._primary_lsn, primary_now=self._primary_now,
+            max_instances=self.opts.max_instances,
+            idle_timeout=self.opts.instance_idle_timeout)
+        self.history.pool.start_reaper()
+
+    def _primary_query(self, sql: str) -> Any:
+        with self._primary_lock:
+            for attempt in (1, 2):
+                try:
+                    if self._primary_conn is None or self._primary_conn.closed:
+                        self._primary_conn = psycopg_connect(self.dsn)
+                    return self._primary_conn.execute(sql).fetchone()[0]
+                except Exception:
+                    self._primary_conn = None
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _primary_lsn(self) -> Lsn:
+        return Lsn.parse(str(self._primary_query("SELECT pg_current_wal_lsn()")))
+
+    def _primary_now(self) -> datetime:
+        return self._primary_query("SELECT clock_timestamp()")  # type: ignore[no-any-return]
+
+    def _start_proxy(self) -> None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        assert self.history is not None
+        params = conninfo_to_dict(self.dsn)
+        config = ProxyConfig(primary_host=str(params.get("host") or "127.0.0.1"),
+                             primary_port=int(params.get("port") or 5432),
+                             listen_port=self.opts.port or 0)
+        self.proxy = ProxyThread(config, self.history).start()
 
     def _write_daemon_state(self) -> None:
         from psycopg.conninfo import conninfo_to_dict
 
         params = conninfo_to_dict(self.dsn)
+        proxy_port = self.proxy.port if self.proxy is not None else None
         _atomic_write_json(self.home / DAEMON_STATE, {
             "version": STATE_VERSION,
             "pid": os.getpid(),
             "mode": "embedded" if self.cluster is not None else "attach",
             "primary_dsn": _safe_dsn(self.dsn),
-            "target_host": str(params.get("host") or "127.0.0.1"),
-            "target_port": int(params.get("port") or 5432),
+            "proxy_port": proxy_port,
+            "target_host": "127.0.0.1" if proxy_port else str(params.get("host") or "127.0.0.1"),
+            "target_port": proxy_port or int(params.get("port") or 5432),
             "target_user": str(params.get("user") or SUPERUSER),
             "target_dbname": str(params.get("dbname") or "postgres"),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         })
 
+    def proxy_dsn(self, dbname: str = "postgres") -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        user = conninfo_to_dict(self.dsn).get("user") or SUPERUSER
+        assert self.proxy is not None
+        return f"host=127.0.0.1 port={self.proxy.port} dbname={dbname} user={user}"
+
     def _stream(self) -> None:
+        assert self.store is not None and self.ingest is not None and self.info is not None
         slot, created = ensure_physical_slot(self.dsn, SLOT_NAME)
-        if created:
-            log.info("created physical replication slot %s at %s", SLOT_NAME, slot.restart_lsn)
         if slot.restart_lsn is None:
             raise WalSourceError(f"replication slot {SLOT_NAME!r} has not reserved WAL; "
                                  "drop it or let strata create it")
         seg_size = parse_size_setting(server_setting(self.dsn, "wal_segment_size"))
+        ident = identify_system(self.dsn)
+        if ident.system_id != self.info.system_id:
+            raise ConfigError(
+                f"history in {self.home} belongs to another cluster (system identifier "
+                f"{self.info.system_id}; {describe_dsn(self.dsn)} is {ident.system_id})")
         saved = load_receiver_state(self.home)
-        start, prev, timeline, system_id = slot.restart_lsn, None, slot.restart_tli, None
-        if saved is not None and saved.slot == SLOT_NAME:
-            ident = identify_system(self.dsn)
-            if ident.system_id != saved.system_id:
-                raise ConfigError(
-                    f"{self.home / RECEIVER_STATE} was written for another cluster (system "
-                    f"identifier {saved.system_id}; {describe_dsn(self.dsn)} is "
-                    f"{ident.system_id}); remove it to stream from the slot instead"
-                )
-            start, prev, timeline = saved.flushed_lsn, saved.last_record_lsn, saved.timeline
-            system_id = saved.system_id
-            if created or saved.flushed_lsn < slot.restart_lsn:
-                log.warning("resuming at %s, but the slot starts at %s: WAL may be missing",
-                            saved.flushed_lsn, slot.restart_lsn)
-        rx = WalReceiver(self.dsn, SLOT_NAME, start, timeline=timeline, system_id=system_id,
-                         status_interval=self.opts.status_interval)
+        # The resume point is what the store made durable: everything after it
+        # (the memtable of a strata that crashed) is streamed again.
+        start = Lsn(max(self.store.durable_lsn, self.info.start_lsn))
+        timeline = saved.timeline if saved is not None else slot.restart_tli
+        if created or start < (slot.restart_lsn or 0):
+            raise WalSourceError(
+                f"strata needs WAL from {start}, but slot {SLOT_NAME!r} starts at "
+                f"{slot.restart_lsn}: the WAL in between is gone and history cannot continue")
+        rx = WalReceiver(self.dsn, SLOT_NAME, start, timeline=timeline,
+                         system_id=self.info.system_id, status_interval=self.opts.status_interval)
         self._receiver = rx
         if self._stop.is_set():
             rx.stop()
         self._write_daemon_state()
         self.say(f"strata: PostgreSQL 18 primary: {self._user_dsn()}")
+        self.say(f"strata: time travel proxy: {self.proxy_dsn()}")
         self.say(f"strata: connect with `strata psql --home {self.home}` or "
-                 f"psql \"{self._user_dsn()}\"")
-        self.say(f"strata: streaming WAL from slot {SLOT_NAME} at {start}"
+                 f"psql \"{self.proxy_dsn()}\"")
+        self.say(f"strata: history from {self.info.start_time.isoformat(timespec='seconds')} "
+                 f"(LSN {self.info.start_lsn}); streaming WAL from slot {SLOT_NAME} at {start}"
                  + (" (resumed)" if saved is not None else ""))
-        reader = WalReader(start, seg_size, prev_lsn=prev)
+        reader = WalReader(start, seg_size, prev_lsn=None)
         self.processed = start
-        # Feedback. write = what has been processed; flush = what is durable, and today
-        # that is the resume point saved in receiver.json (a restart re-streams from it,
-        # so the slot must keep everything after it). With the layer store, flush
-        # becomes the store's durable_lsn.
-        durable = start
-        last_record: Lsn | None = prev
-        last_saved = 0.0
+        last_record: Lsn | None = None
+        last_saved = last_flush = 0.0
         last_progress = last_check = time.monotonic()
+        last_flush = last_progress
         progress_records, progress_bytes = 0, 0
+        ingest = self.ingest
         try:
             while not self._stop.is_set():
                 chunk = rx.poll(0.5)
@@ -406,6 +589,7 @@ class Daemon:
                     try:
                         for raw in reader:
                             rec = decode_record(raw.raw, raw.lsn, raw.end_lsn)
+                            ingest.ingest(rec)
                             self.records += 1
                             progress_records += 1
                             if self.opts.verbose:
@@ -415,15 +599,21 @@ class Daemon:
                     except EndOfWal as e:
                         # Streamed WAL is flushed WAL: it must be valid to the end.
                         raise WalSourceError(f"invalid WAL in the stream: {e}") from e
-                    rx.report(self.processed, durable)
+                    ingest.advance(self.processed)
+                    rx.report(self.processed, self.store.durable_lsn)
                 now = time.monotonic()
-                if now - last_saved >= 1.0 and durable != self.processed:
-                    durable = self._save_and_confirm(rx, last_record)
+                if now - last_flush >= self.opts.flush_interval and \
+                        self.store.durable_lsn < self.processed:
+                    self.store.flush()
+                    last_flush = now
+                if now - last_saved >= 1.0:
+                    self._save_and_confirm(rx, last_record)
                     last_saved = now
                 if now - last_progress >= self.opts.progress_interval:
                     if progress_records or progress_bytes:
                         self._progress(rx, progress_records, now - last_progress)
                     last_progress, progress_records, progress_bytes = now, 0, 0
+                    self._write_status(rx)
                 if self.cluster is not None and now - last_check >= PRIMARY_CHECK_INTERVAL:
                     self._check_primary()
                     last_check = now
@@ -431,6 +621,8 @@ class Daemon:
                     break
         finally:
             try:
+                if self.processed > self.store.durable_lsn:
+                    self.store.flush()
                 self._save_and_confirm(rx, last_record)
             finally:
                 rx.close()  # sends the last status update
@@ -455,23 +647,69 @@ class Daemon:
 
     def _progress(self, rx: WalReceiver, records: int, seconds: float) -> None:
         lag = max(0, rx.server_wal_end - self.processed)
+        durable = self.store.durable_lsn if self.store is not None else Lsn(0)
         self.say(f"ingest: {records / max(seconds, 1e-9):.0f} rec/s, {self.records} records, "
-                 f"{_human_bytes(self.bytes)}, at {self.processed}, lag {_human_bytes(lag)}")
+                 f"{_human_bytes(self.bytes)}, at {self.processed}, durable {durable}, "
+                 f"lag {_human_bytes(lag)}")
+
+    def _write_status(self, rx: WalReceiver) -> None:
+        """``<home>/status.json`` for ``strata status`` (rewritten atomically)."""
+        if self.store is None or self.history is None or self.info is None:
+            return
+        tm_last = self.timemap.last() if self.timemap is not None else None
+        m = self.store.store.manifest
+        layers: dict[str, dict[str, int]] = {}
+        for entry in m.layers:
+            d = layers.setdefault(entry.level.name, {"count": 0, "bytes": 0})
+            d["count"] += 1
+            d["bytes"] += entry.size
+        _atomic_write_json(self.home / STATUS_STATE, {
+            "version": STATE_VERSION,
+            "updated_at": datetime.now(UTC).isoformat(),
+            "received_lsn": str(rx.received_lsn),
+            "ingested_lsn": str(self.store.ingested_lsn),
+            "durable_lsn": str(self.store.durable_lsn),
+            "server_wal_end": str(rx.server_wal_end),
+            "lag_bytes": max(0, rx.server_wal_end - self.processed),
+            "history_start_lsn": str(self.history.oldest_lsn),
+            "history_start_time": (self.history.oldest_time() or self.info.start_time).isoformat(),
+            "newest_lsn": str(self.store.ingested_lsn),
+            "newest_commit_time": tm_last.time.isoformat() if tm_last else None,
+            "layers": layers,
+            "instances": [
+                {"lsn": str(s.lsn), "port": s.port, "size_bytes": s.size_bytes,
+                 "idle_seconds": round(s.idle_seconds, 1)} for s in self.history.pool.stats()],
+        })
 
     def _save_and_confirm(self, rx: WalReceiver, last_record: Lsn | None) -> Lsn:
-        """Make `processed` durable in receiver.json, then (only then) let the slot
-        release the WAL before it. Returns the new durable position."""
-        processed = self.processed
+        """Record the durable position in receiver.json, then (only then) let the
+        slot release the WAL before it. Returns that position."""
+        durable = self.store.durable_lsn if self.store is not None else self.processed
         if rx.system_id is None:
-            return processed  # never connected: nothing was processed, nothing to save
+            return durable  # never connected: nothing was processed, nothing to save
         save_receiver_state(self.home, ReceiverState(
-            SLOT_NAME, rx.system_id, rx.timeline, rx.received_lsn, processed, last_record))
-        rx.report(processed, processed)
-        return processed
+            SLOT_NAME, rx.system_id, rx.timeline, rx.received_lsn, Lsn(durable), last_record))
+        rx.report(self.processed, durable)
+        return Lsn(durable)
 
     def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.home / DAEMON_STATE).unlink()
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+        if self.history is not None:
+            self.history.close()
+            self.history = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.timemap is not None:
+            self.timemap.close()
+            self.timemap = None
+        if self._primary_conn is not None:
+            with contextlib.suppress(Exception):
+                self._primary_conn.close()
         if self.cluster is not None:
             self.say("strata: stopping the primary")
             self.cluster.stop("fast")
@@ -481,3 +719,18 @@ class Daemon:
 
     def describe_source(self) -> str:
         return describe_dsn(self.dsn)
+
+
+def psycopg_connect(dsn: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+
+
+_CREATE_TRAVEL_ROLE = """
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'strata_time_travel') THEN
+    CREATE ROLE strata_time_travel NOLOGIN;
+  END IF;
+END $$
+"""

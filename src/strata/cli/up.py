@@ -1,12 +1,13 @@
-"""``strata up``: start (or attach to) a PostgreSQL 18 primary and follow its WAL.
+"""``strata up``: PostgreSQL 18 + WAL ingest + the time-travel proxy, one command.
 
-Without ``--source``: an embedded primary under ``<home>/primary`` (initdb on
-the first run), listening on 127.0.0.1 (``--port`` or a free port). With
-``--source DSN``: attach to a running PostgreSQL 18 primary (a role with the
-REPLICATION attribute; the slot ``strata`` is created when missing) and
-stream only (the base-backup import arrives with issue 5). Runs until Ctrl-C
-or SIGTERM, then stops streaming and the embedded primary cleanly. Details:
-`strata.daemon`.
+Without ``--source``: an embedded primary under ``<home>/primary`` (initdb and
+the history import on the first run). With ``--source DSN``: attach to a
+running PostgreSQL 18 primary (a role with the REPLICATION attribute; the
+slot ``strata`` is created when missing), imported from a base backup on the
+first run. Then WAL is ingested continuously and the proxy listens on
+127.0.0.1:PORT (``--port``, default 55432). Prints how to connect; runs until
+Ctrl-C or SIGTERM, then stops everything cleanly; a restart resumes where it
+stopped. Details: `strata.daemon`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,24 @@ from typing import Any
 from strata.daemon import Daemon, UpOptions, resolve_home
 from strata.errors import ConfigError
 
+DEFAULT_PROXY_PORT = 55432
+
 
 def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "up", help="start PostgreSQL 18 and stream its WAL into strata",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", help="strata's directory (default $STRATA_HOME or ~/.strata)")
-    p.add_argument("--port", type=int,
+    p.add_argument("--port", type=int, default=DEFAULT_PROXY_PORT,
+                   help=f"the proxy's port on 127.0.0.1 (default {DEFAULT_PROXY_PORT}; 0: any free port)")
+    p.add_argument("--primary-port", type=int,
                    help="port of the embedded primary on 127.0.0.1 (default: a free port)")
+    p.add_argument("--flush-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds between forced flushes of ingested WAL to layers (default 30)")
+    p.add_argument("--max-instances", type=int, default=4,
+                   help="historical servers kept running at once (default 4)")
+    p.add_argument("--instance-idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="stop a historical server unused this long (default 300)")
     p.add_argument("--source", metavar="DSN",
                    help="attach to this running PostgreSQL 18 primary instead")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
@@ -38,12 +49,15 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.source is not None and args.port is not None:
-        raise ConfigError("--port sets the embedded primary's port; it has no meaning with "
-                          "--source (the proxy port arrives with issue 5)")
+    if args.source is not None and args.primary_port is not None:
+        raise ConfigError("--primary-port is for the embedded primary; with --source the "
+                          "primary is the one the DSN names")
     opts = UpOptions(home=resolve_home(args.home), port=args.port, source=args.source,
                      verbose=args.verbose, progress_interval=args.progress_interval,
-                     status_interval=args.status_interval)
+                     status_interval=args.status_interval, flush_interval=args.flush_interval,
+                     max_instances=args.max_instances,
+                     instance_idle_timeout=args.instance_idle_timeout,
+                     primary_port=args.primary_port)
     daemon = Daemon(opts, out=sys.stdout)
     restore = daemon.install_signal_handlers()
     try:
