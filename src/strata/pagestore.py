@@ -1,0 +1,291 @@
+"""PageStore: the facade the rest of pgStrata uses to store and read versions.
+
+Fed by: ingest (`put`, `put_batch`, `advance`), the daemon (`flush`,
+`wait_durable` to report the slot's flush position). Feeds: reconstruct /
+historical (`get_page`, `scan`, `keys`) and the CLI. Owns: the background
+worker thread that flushes frozen memtables and runs compaction, image
+creation and gc, so ingest never waits for them (except for backpressure when
+`max_frozen_memtables` are already waiting).
+
+Thread safety: one writer (put/put_batch/advance/delete_range) and any number
+of readers. After a crash, `open` returns to the last committed manifest;
+ingest restarts from `durable_lsn` (the memtable has no log of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from strata.errors import StrataError
+from strata.key import Key, KeyRange
+from strata.lsn import Lsn
+from strata.storage.config import StorageConfig
+from strata.storage.layermap import Redo
+from strata.storage.metrics import StoreMetrics
+from strata.storage.naming import LayerName
+from strata.storage.store import LayerStore
+from strata.storage.values import TOMBSTONE, Value, entry_size
+
+log = logging.getLogger(__name__)
+
+
+class PageStore:
+    """See module docstring. Create with `PageStore.open`."""
+
+    def __init__(self, store: LayerStore, background: bool) -> None:
+        self._store = store
+        self._cv = threading.Condition()
+        self._stop = False
+        self._error: BaseException | None = None
+        self._work_pending = False
+        self._thread: threading.Thread | None = None
+        self._maint_thread: threading.Thread | None = None
+        self._maint_pending = False
+        self._maint_busy = False
+        if background:
+            # Two workers: flushes never queue behind a long compaction (only the short
+            # manifest commit is shared), so ingest's backpressure tracks flush speed.
+            self._thread = threading.Thread(target=self._flush_loop, name="strata-flush",
+                                            daemon=True)
+            self._maint_thread = threading.Thread(target=self._maint_loop,
+                                                  name="strata-compaction", daemon=True)
+            self._thread.start()
+            self._maint_thread.start()
+
+    @classmethod
+    def open(cls, directory: Path | str, redo: Redo, config: StorageConfig | None = None,
+             *, background: bool = True) -> PageStore:
+        """Open (recovering) the store in `directory`.
+
+        Raises: CorruptionError naming the damaged file and offset, and how to proceed.
+        """
+        return cls(LayerStore.open(directory, redo, config), background)
+
+    # -- watermarks ----------------------------------------------------------------
+    @property
+    def durable_lsn(self) -> Lsn:
+        return self._store.durable_lsn
+
+    @property
+    def ingested_lsn(self) -> Lsn:
+        return self._store.ingested_lsn
+
+    @property
+    def retention_lsn(self) -> Lsn:
+        return self._store.retention_lsn
+
+    @property
+    def config(self) -> StorageConfig:
+        return self._store.config
+
+    @property
+    def store(self) -> LayerStore:
+        """The engine (for tools and tests)."""
+        return self._store
+
+    def metrics(self) -> StoreMetrics:
+        return self._store.metrics.snapshot()
+
+    # -- writes --------------------------------------------------------------------
+    def _check_worker(self) -> None:
+        if self._error is not None:
+            raise StrataError(f"storage worker failed (the store stops accepting writes): {self._error}") from self._error
+
+    def put(self, key: Key, lsn: int, value: Value) -> None:
+        """Store `value` for `key` at `lsn` (a record's END lsn).
+
+        Requires: lsn > ingested_lsn. Raises: ValueError otherwise.
+        """
+        self._check_worker()
+        self._store.put(key.to_bytes(), lsn, value)
+        self._store.note_put(1, entry_size(value))
+
+    def put_batch(self, entries: Iterable[tuple[Key, int, Value]]) -> None:
+        self._check_worker()
+        n = b = 0
+        put = self._store.put
+        for key, lsn, value in entries:
+            put(key.to_bytes(), lsn, value)
+            n += 1
+            b += entry_size(value)
+        self._store.note_put(n, b)
+
+    def delete_range(self, key_range: KeyRange, lsn: int) -> int:
+        """Record that every key in `key_range` present just before `lsn` stops existing
+        at `lsn` (relation dropped): puts a tombstone per present key.
+        Returns: the number of tombstones put."""
+        keys = list(self._store.keys(key_range, lsn - 1)) if lsn - 1 >= self.retention_lsn else []
+        for k in keys:
+            self._store.put(k.to_bytes(), lsn, TOMBSTONE)
+        self._store.note_put(len(keys), 0)
+        return len(keys)
+
+    def advance(self, ingested_lsn: int) -> None:
+        """Everything up to `ingested_lsn` has been put. May freeze the memtable (flushed
+        in the background); blocks only while max_frozen_memtables wait for flush."""
+        self._check_worker()
+        fm = self._store.advance(ingested_lsn)
+        if fm is not None:
+            self._kick()
+            self._backpressure()
+
+    def _backpressure(self) -> None:
+        limit = self._store.config.max_frozen_memtables
+        while self._store.frozen_count() > limit:
+            self._check_worker()
+            if self._thread is None:
+                self._store.flush_one()
+            else:
+                self._store.wait_durable(self._store.durable_lsn + 1, timeout=0.05)
+
+    def flush(self, up_to: int | None = None) -> Lsn:
+        """Make everything put up to `up_to` (default ingested_lsn) durable; returns
+        durable_lsn. Requires: up_to <= ingested_lsn."""
+        self._check_worker()
+        target = self.ingested_lsn if up_to is None else Lsn(up_to)
+        if target > self.ingested_lsn:
+            raise ValueError(f"flush up to {target} beyond ingested_lsn {self.ingested_lsn}")
+        if self.durable_lsn < target:
+            self._store.freeze()
+            if self._thread is None:
+                self._store.flush_frozen()
+            else:
+                self._kick()
+                self.wait_durable(target)
+        return self.durable_lsn
+
+    def wait_durable(self, lsn: int, timeout: float | None = None) -> bool:
+        """Block until durable_lsn >= lsn (True) or timeout (False)."""
+        deadline_left = timeout
+        while True:
+            self._check_worker()
+            step = 0.1 if deadline_left is None else min(0.1, deadline_left)
+            if self._store.wait_durable(lsn, step):
+                self._check_worker()
+                return self.durable_lsn >= lsn
+            if deadline_left is not None:
+                deadline_left -= step
+                if deadline_left <= 0:
+                    return False
+
+    # -- maintenance (run on the caller's thread, serialised with the worker) -------
+    def compact(self, force: bool = True) -> list[LayerName]:
+        return self._store.compact_l0(force=force)
+
+    def create_image_layers(self, lsn: int | None = None,
+                            threshold: int | None = None) -> list[LayerName]:
+        return self._store.create_image_layers(lsn, threshold)
+
+    def set_retention_lsn(self, lsn: int) -> list[LayerName]:
+        """Raise the retention horizon to `lsn` (e.g. from a time window through the
+        time map) and collect garbage below it."""
+        return self._store.gc(horizon=lsn)
+
+    def gc(self) -> list[LayerName]:
+        return self._store.gc()
+
+    # -- reads ---------------------------------------------------------------------
+    def get_page(self, key: Key, lsn: int) -> bytes | None:
+        """GetPage@LSN: the value of `key` at `lsn` (None: the key has no value there,
+        never written or dropped). Raises: LsnOutOfRangeError below retention_lsn."""
+        return self._store.get(key, lsn)
+
+    def scan(self, key_range: KeyRange, lsn: int) -> Iterator[tuple[Key, bytes]]:
+        """Every (key, value) present at `lsn` in `key_range`, in key order, streamed."""
+        return self._store.scan(key_range, lsn)
+
+    def keys(self, key_range: KeyRange, lsn: int) -> Iterator[Key]:
+        return self._store.keys(key_range, lsn)
+
+    # -- worker --------------------------------------------------------------------
+    def _kick(self) -> None:
+        with self._cv:
+            self._work_pending = True
+            self._cv.notify_all()
+
+    def _fail(self, e: BaseException) -> None:
+        log.exception("storage worker failed")
+        self._error = e
+        with self._store._lock:
+            self._store._durable_changed.notify_all()
+
+    def _flush_loop(self) -> None:
+        s = self._store
+        try:
+            while True:
+                with self._cv:
+                    self._cv.wait_for(lambda: self._work_pending or self._stop, timeout=1.0)
+                    if self._stop and s.frozen_count() == 0:
+                        return
+                    self._work_pending = False
+                if s.frozen_count():
+                    s.flush_frozen()
+                    with self._cv:
+                        self._maint_pending = True
+                        self._cv.notify_all()
+        except BaseException as e:  # surfaced to the writer on its next call
+            self._fail(e)
+
+    def _maint_loop(self) -> None:
+        s = self._store
+        if not s.config.background_maintenance:
+            return
+        try:
+            while True:
+                with self._cv:
+                    self._cv.wait_for(lambda: self._maint_pending or self._stop, timeout=1.0)
+                    if self._stop:
+                        return
+                    if not self._maint_pending:
+                        continue
+                    self._maint_pending = False
+                    self._maint_busy = True
+                try:
+                    s.compact_l0()
+                    s.create_image_layers()
+                    h = s.horizon()
+                    dist = s.config.retention_lsn_distance
+                    # gc writes images at the horizon: run it once the horizon has moved a
+                    # quarter of the window, not after every flush
+                    if h is not None and dist is not None and h - s.retention_lsn >= max(1, dist // 4):
+                        s.gc()
+                finally:
+                    with self._cv:
+                        self._maint_busy = False
+                        self._cv.notify_all()
+        except BaseException as e:
+            self._fail(e)
+
+    def wait_maintenance(self, timeout: float | None = None) -> bool:
+        """Block until the background worker has no flush, compaction, image or gc work
+        left (True) or the timeout passes (False). For tools, benchmarks and tests."""
+        if self._thread is None:
+            return True
+        with self._cv:
+            return self._cv.wait_for(
+                lambda: self._error is not None or (
+                    not self._work_pending and not self._maint_pending and not self._maint_busy
+                    and self._store.frozen_count() == 0), timeout)
+
+    def close(self, flush: bool = False) -> None:
+        """Stop the worker (after flushing frozen memtables) and close files. With
+        `flush`, first make everything ingested durable. Unflushed memtable data is
+        dropped: ingest re-puts it from durable_lsn."""
+        if flush and self._error is None:
+            self.flush()
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        for t in (self._thread, self._maint_thread):
+            if t is not None:
+                t.join()
+        self._store.close()
+
+    def __enter__(self) -> PageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,59 @@
+"""Tunable limits of the layer store.
+
+Fed by: callers of `PageStore.open` (the lead may later build it from
+strata/config.py). Feeds: every storage module. Owns: the defaults.
+All sizes are bytes unless the name says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from strata.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """Limits of one store; validated on construction."""
+
+    # Active memtable is frozen (at the next `advance`) once it holds this many bytes.
+    memtable_bytes: int = 64 * 1024 * 1024
+    # Frozen memtables waiting for flush before `advance` blocks (backpressure).
+    max_frozen_memtables: int = 4
+    # Uncompressed bytes of entries per compressed block in a layer file.
+    block_bytes: int = 64 * 1024
+    # zstd level for layer blocks (1 = fastest; the write path is CPU-bound in Python).
+    zstd_level: int = 1
+    # Reconstructed pages kept in the GetPage LRU cache.
+    cache_pages: int = 4096
+    # compact_l0 runs once this many L0 layers exist.
+    l0_compaction_trigger: int = 4
+    # L1 delta / image layer files are cut at about this many (uncompressed) bytes.
+    target_file_bytes: int = 128 * 1024 * 1024
+    # An image layer is created over a key range when more than this many delta
+    # layers sit above its newest image.
+    image_delta_threshold: int = 3
+    # Keep this much LSN history behind durable_lsn (None: keep everything).
+    retention_lsn_distance: int | None = None
+    # The background worker runs compaction / image creation / gc by itself.
+    background_maintenance: bool = True
+    # Check every block's CRC when the store opens (reads a whole store; header, footer
+    # and index are always checked on open and each block before it is used).
+    verify_on_open: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "memtable_bytes": self.memtable_bytes >= 1,
+            "max_frozen_memtables": self.max_frozen_memtables >= 1,
+            "block_bytes": self.block_bytes >= 1,
+            "zstd_level": 1 <= self.zstd_level <= 22,
+            "cache_pages": self.cache_pages >= 0,
+            "l0_compaction_trigger": self.l0_compaction_trigger >= 1,
+            "target_file_bytes": self.target_file_bytes >= 1,
+            "image_delta_threshold": self.image_delta_threshold >= 0,
+            "retention_lsn_distance": self.retention_lsn_distance is None
+            or self.retention_lsn_distance >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid storage config values: {', '.join(bad)} ({self!r})")

@@ -1,0 +1,295 @@
+"""The layer map and the read path: which layers a read visits, and how a
+value is rebuilt from them.
+
+Fed by: the store's current snapshot (memtables + live layer files).
+Feeds: GetPage@LSN and range scans (materialising a database), image creation,
+compaction planning, gc. Owns: read-path rules (FORMAT.md invariants 5-8):
+
+- a read at LSN X sees every entry with lsn <= X;
+- the newest image layer covering the key with image lsn <= X is a floor: it
+  holds the key's value at that LSN or proves the key absent there;
+- above the floor, sources are read newest first (active memtable, frozen
+  memtables, delta layers by LSN) until a chain end (image value, will_init
+  record, tombstone); records are then applied oldest first by `redo`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from strata.key import Key
+from strata.storage.layerfile import LayerFile
+from strata.storage.manifest import LayerEntry, Level
+from strata.storage.memtable import FrozenMemtable, Memtable
+from strata.storage.naming import LayerName
+from strata.storage.values import Entry, PageImage, Tombstone, WalRecord, ends_chain
+
+# redo(key, base, records) -> page; base None = start from nothing.
+Redo = Callable[[Key, bytes | None, list[WalRecord]], bytes]
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """Read amplification of one or many reads."""
+
+    layers_visited: int = 0
+    deltas_applied: int = 0
+    redo_calls: int = 0
+
+    def add(self, other: ReadStats) -> None:
+        self.layers_visited += other.layers_visited
+        self.deltas_applied += other.deltas_applied
+        self.redo_calls += other.redo_calls
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """A live layer: its manifest entry and its open file."""
+
+    entry: LayerEntry
+    file: LayerFile
+
+    @property
+    def name(self) -> LayerName:
+        return self.entry.name
+
+
+def covers(start: bytes, end: bytes, ranges: Iterable[tuple[bytes, bytes]]) -> bool:
+    """True if the union of half-open `ranges` contains [start, end)."""
+    pos = start
+    for rs, re_ in sorted(ranges):
+        if rs > pos:
+            break
+        if re_ > pos:
+            pos = re_
+        if pos >= end:
+            return True
+    return pos >= end
+
+
+@dataclass(frozen=True, slots=True)
+class LayerMap:
+    """An immutable snapshot of the live layers (readers never lock)."""
+
+    layers: tuple[Layer, ...] = ()
+    deltas: tuple[Layer, ...] = field(default=(), init=False)  # newest LSN first
+    images: tuple[Layer, ...] = field(default=(), init=False)  # newest LSN first
+    # Delta layers grouped by LSN range, newest first; within a band key ranges are
+    # disjoint (invariant 6), so a point lookup bisects each band instead of
+    # testing every layer: (lsn_start, lsn_end, key_starts, layers by key_start).
+    bands: tuple[tuple[int, int, list[bytes], list[Layer]], ...] = field(default=(), init=False)
+
+    def __post_init__(self) -> None:
+        d = sorted((la for la in self.layers if not la.name.is_image),
+                   key=lambda la: (la.name.lsn_start, la.name.key_start), reverse=True)
+        i = sorted((la for la in self.layers if la.name.is_image),
+                   key=lambda la: (la.name.lsn_start, la.name.key_start), reverse=True)
+        object.__setattr__(self, "deltas", tuple(d))
+        object.__setattr__(self, "images", tuple(i))
+        groups: dict[tuple[int, int], list[Layer]] = {}
+        for la in d:
+            groups.setdefault((la.name.lsn_start, la.name.lsn_end), []).append(la)
+        bands = []
+        for (ls, le), members in sorted(groups.items(), reverse=True):
+            members.sort(key=lambda la: la.name.key_start)
+            bands.append((ls, le, [la.name.key_start for la in members], members))
+        object.__setattr__(self, "bands", tuple(bands))
+
+    def l0(self) -> list[Layer]:
+        return sorted((la for la in self.deltas if la.entry.level == Level.L0),
+                      key=lambda la: la.name.lsn_start)
+
+    def floor_image(self, key: bytes, lsn: int) -> Layer | None:
+        for im in self.images:
+            n = im.name
+            if n.image_lsn <= lsn and n.key_start <= key < n.key_end:
+                return im
+        return None
+
+    def search(self, key: bytes, lsn: int) -> tuple[list[Layer], Layer | None]:
+        """For (key, lsn): delta layers that may hold entries above the floor image
+        (newest first) and that image (or None)."""
+        img = self.floor_image(key, lsn)
+        floor = img.name.image_lsn if img is not None else -1
+        ds = []
+        for ls, le, starts, members in self.bands:
+            if ls > lsn or le - 1 <= floor:
+                continue
+            j = bisect.bisect_right(starts, key) - 1
+            if j >= 0 and key < members[j].name.key_end:
+                ds.append(members[j])
+        return ds, img
+
+    def images_for_scan(self, start: bytes, end: bytes, lsn: int) -> list[Layer]:
+        """Image layers at or below `lsn` overlapping [start, end) and not hidden
+        behind newer images that are themselves at or below `lsn`."""
+        out: list[Layer] = []
+        for im in self.images:  # newest first
+            n = im.name
+            if n.image_lsn > lsn or not (n.key_start < end and start < n.key_end):
+                continue
+            s, e = max(start, n.key_start), min(end, n.key_end)
+            newer = [(o.name.key_start, o.name.key_end) for o in out
+                     if o.name.image_lsn > n.image_lsn]
+            if not covers(s, e, newer):
+                out.append(im)
+        return out
+
+    def deltas_for_scan(self, start: bytes, end: bytes, lsn: int,
+                        images: Sequence[Layer]) -> list[Layer]:
+        out = []
+        for d in self.deltas:
+            n = d.name
+            if n.lsn_start > lsn or not (n.key_start < end and start < n.key_end):
+                continue
+            s, e = max(start, n.key_start), min(end, n.key_end)
+            # skippable if images at or above its newest entry cover its part of the range
+            newer = [(im.name.key_start, im.name.key_end) for im in images
+                     if im.name.image_lsn >= n.lsn_end - 1]
+            if not covers(s, e, newer):
+                out.append(d)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReadView:
+    """Everything a read needs, captured atomically: memtables and layers."""
+
+    active: Memtable
+    frozen: tuple[FrozenMemtable, ...]  # oldest first
+    layer_map: LayerMap
+
+
+def _finish(key: Key, chain: list[Entry], redo: Redo, stats: ReadStats) -> bytes | None:
+    """`chain` is newest first and ends (at its last element) at a chain end or
+    at the oldest entry there is. Returns the value, or None if the key is absent."""
+    if not chain:
+        return None
+    oldest = chain[-1].value
+    base: bytes | None = None
+    recs: list[WalRecord]
+    if isinstance(oldest, PageImage):
+        base = oldest.data
+        tail = chain[-2::-1]
+    elif isinstance(oldest, Tombstone):
+        tail = chain[-2::-1]
+    else:
+        tail = chain[::-1]
+    recs = []
+    for e in tail:
+        if not isinstance(e.value, WalRecord):  # pragma: no cover - chain cut guarantees it
+            raise AssertionError(f"chain for {key} not cut at {e.value!r}")
+        recs.append(e.value)
+    if not recs:
+        return base
+    stats.deltas_applied += len(recs)
+    stats.redo_calls += 1
+    return redo(key, base, recs)
+
+
+def _cut(entries_newest_first: Iterable[Entry], chain: list[Entry]) -> bool:
+    """Append to `chain` until a chain end; True if one was reached."""
+    for e in entries_newest_first:
+        chain.append(e)
+        if ends_chain(e.value):
+            return True
+    return False
+
+
+def read_key(view: ReadView, key: Key, lsn: int, redo: Redo, stats: ReadStats) -> bytes | None:
+    """GetPage@LSN without cache: the value of `key` at `lsn`, None if absent."""
+    kb = key.to_bytes()
+    deltas, img = view.layer_map.search(kb, lsn)
+    floor = img.name.image_lsn if img is not None else -1
+    lo, hi = floor + 1, lsn + 1
+    chain: list[Entry] = []
+    done = _cut(reversed(view.active.get(kb, lo, hi)), chain)
+    for fm in reversed(view.frozen):
+        if done:
+            break
+        done = _cut(reversed(fm.get(kb, lo, hi)), chain)
+    for d in deltas:
+        if done:
+            break
+        stats.layers_visited += 1
+        done = _cut(reversed(d.file.get(kb, lo, hi)), chain)
+    if not done and img is not None:
+        stats.layers_visited += 1
+        chain.extend(img.file.get(kb, floor, floor + 1))
+    return _finish(key, chain, redo, stats)
+
+
+def _tagged(it: Iterable[Entry], tag: int, seq: int) -> Iterator[tuple[bytes, int, int, int, Entry]]:
+    # seq breaks ties so heapq.merge never compares two values
+    for e in it:
+        yield e.key, e.lsn, tag, seq, e
+
+
+def scan_entries(view: ReadView, start: bytes, end: bytes, lsn: int,
+                 stats: ReadStats) -> Iterator[tuple[bytes, list[Entry]]]:
+    """Per key in [start, end), in key order: its chain at `lsn` (newest first),
+    already cut at a chain end or floor image. Streaming: one block per source
+    in memory at a time."""
+    lm = view.layer_map
+    images = lm.images_for_scan(start, end, lsn)
+    deltas = lm.deltas_for_scan(start, end, lsn, images)
+    stats.layers_visited += len(images) + len(deltas)
+    hi = lsn + 1
+    # tag 0 = image-layer entry (a floor), 1 = anything else
+    sources: list[tuple[int, Iterable[Entry]]] = [(0, im.file.scan(start, end, 0, hi)) for im in images]
+    sources += [(1, d.file.scan(start, end, 0, hi)) for d in deltas]
+    sources += [(1, fm.scan(start, end, 0, hi)) for fm in view.frozen]
+    sources.append((1, view.active.scan(start, end, 0, hi)))
+    streams = [_tagged(it, tag, seq) for seq, (tag, it) in enumerate(sources)]
+    img_ranges = [(im.name.key_start, im.name.key_end, im.name.image_lsn) for im in images]
+    cur: bytes | None = None
+    group: list[tuple[int, int, Entry]] = []
+    for k, elsn, tag, _seq, e in heapq.merge(*streams):
+        if k != cur:
+            if cur is not None:
+                yield cur, _chain(cur, group, img_ranges)
+            cur, group = k, []
+        group.append((elsn, tag, e))
+    if cur is not None:
+        yield cur, _chain(cur, group, img_ranges)
+
+
+def _chain(key: bytes, group: list[tuple[int, int, Entry]],
+           img_ranges: list[tuple[bytes, bytes, int]]) -> list[Entry]:
+    floor = -1
+    for ks, ke, il in img_ranges:
+        if ks <= key < ke and il > floor:
+            floor = il
+    chain: list[Entry] = []
+    for elsn, tag, e in reversed(group):  # newest first
+        if elsn > floor and tag == 1:
+            chain.append(e)
+            if ends_chain(e.value):
+                return chain
+        elif elsn == floor and tag == 0:
+            chain.append(e)
+            return chain
+        elif elsn < floor:
+            break
+    return chain
+
+
+def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,
+                stats: ReadStats) -> Iterator[tuple[Key, bytes]]:
+    """(key, value at lsn) for every key present at `lsn` in [start, end), sorted."""
+    for kb, chain in scan_entries(view, start, end, lsn, stats):
+        key = Key.from_bytes(kb)
+        v = _finish(key, chain, redo, stats)
+        if v is not None:
+            yield key, v
+
+
+def scan_keys(view: ReadView, start: bytes, end: bytes, lsn: int,
+              stats: ReadStats) -> Iterator[Key]:
+    """Keys present at `lsn` (no reconstruction): newest chain entry not a tombstone."""
+    for kb, chain in scan_entries(view, start, end, lsn, stats):
+        if chain and not (len(chain) == 1 and isinstance(chain[0].value, Tombstone)):
+            yield Key.from_bytes(kb)

@@ -1,0 +1,151 @@
+"""Read-only inspection of a layer directory: verify, list, dump.
+
+Fed by: the CLI (verify, ls-layers, dump-layer) and tests. Feeds: humans.
+Owns: nothing; never writes or deletes (safe while a writer has the store open).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from strata.errors import CorruptionError
+from strata.key import Key
+from strata.lsn import Lsn
+from strata.storage.layerfile import FOOTER, HEADER, INDEX_ENTRY, LayerFile
+from strata.storage.manifest import Level, Manifest, load_manifest
+from strata.storage.naming import TMP_SUFFIX, is_layer_filename
+from strata.storage.values import PageImage, Tombstone, WalRecord
+
+
+def layers_dir(home: Path | str) -> Path:
+    """The store directory under a strata home."""
+    return Path(home) / "layers"
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    manifest: Manifest | None = None
+    layers_ok: int = 0
+    entries: int = 0
+    errors: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # .tmp / unreferenced: removed on open
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def verify_store(directory: Path) -> VerifyReport:
+    """Check the manifest and every block/index/header checksum of every live layer.
+
+    Safe while a writer runs: if the manifest changes during the check (compaction or
+    gc removed a layer we were about to read), the check is repeated (up to 3 times)."""
+    rep = _verify_once(directory)
+    for _ in range(2):
+        if rep.ok or rep.manifest is None:
+            break
+        try:
+            now = load_manifest(directory)
+        except CorruptionError:
+            break
+        if now is None or now.generation == rep.manifest.generation:
+            break
+        rep = _verify_once(directory)
+    return rep
+
+
+def _verify_once(directory: Path) -> VerifyReport:
+    rep = VerifyReport()
+    try:
+        m = load_manifest(directory)
+    except CorruptionError as e:
+        rep.errors.append(str(e))
+        return rep
+    if m is None:
+        rep.errors.append(f"no manifest in {directory} (not a layer store, or never committed)")
+        return rep
+    rep.manifest = m
+    if m.retention_lsn > m.durable_lsn:
+        rep.errors.append(f"manifest {directory}: retention_lsn {Lsn(m.retention_lsn)} above "
+                          f"durable_lsn {Lsn(m.durable_lsn)}")
+    deltas = sorted((le.name for le in m.layers if not le.name.is_image),
+                    key=lambda n: n.lsn_start)
+    for i, a in enumerate(deltas):  # FORMAT.md invariant 6
+        for b in deltas[i + 1:]:
+            if b.lsn_start >= a.lsn_end:
+                break
+            if a.key_start < b.key_end and b.key_start < a.key_end:
+                rep.errors.append(f"manifest {directory}: delta layers {a} and {b} overlap in "
+                                  "both key and LSN range")
+    for le in m.layers:
+        path = directory / le.name.filename()
+        try:
+            f = LayerFile(path)
+            try:
+                if f.size != le.size:
+                    raise CorruptionError(f"layer file {path}: size {f.size} but the manifest "
+                                          f"says {le.size} at offset 0")
+                if f.name != le.name:
+                    raise CorruptionError(f"layer file {path}: header says {f.name} at offset 16")
+                rep.entries += f.verify()
+                rep.layers_ok += 1
+            finally:
+                f.close()
+        except CorruptionError as e:
+            rep.errors.append(str(e))
+    live = m.names()
+    for fn in sorted(os.listdir(directory)):
+        if fn.endswith(TMP_SUFFIX) or (is_layer_filename(fn) and fn not in live):
+            rep.leftovers.append(fn)
+    return rep
+
+
+def _value_str(v: object, width: int = 16) -> str:
+    if isinstance(v, PageImage):
+        return f"image  len={len(v.data):<5} {v.data[:width].hex()}"
+    if isinstance(v, WalRecord):
+        kind = "record+init" if v.will_init else "record"
+        return f"{kind:<6} len={len(v.data):<5} {v.data[:width].hex()}"
+    if isinstance(v, Tombstone):
+        return "tombstone"
+    return repr(v)
+
+
+def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
+    """Lines describing every part of a layer file (the FORMAT.md worked example)."""
+    f = LayerFile(path)
+    try:
+        n = f.name
+        yield f"file          {path.name}"
+        yield f"size          {f.size} bytes"
+        yield f"header        offset 0, {HEADER.size} bytes"
+        yield f"  kind        {n.kind.name.lower()}"
+        yield f"  key range   [{n.key_start.hex().upper()}, {n.key_end.hex().upper()})"
+        if n.is_image:
+            yield f"  lsn         {Lsn(n.image_lsn)}"
+        else:
+            yield f"  lsn range   [{Lsn(n.lsn_start)}, {Lsn(n.lsn_end)})"
+        yield f"blocks        {len(f.blocks)}, entries {f.entry_count}"
+        shown = 0
+        for i, b in enumerate(f.blocks):
+            yield (f"block {i:<4}    offset {b.offset}, {b.comp_len} bytes zstd -> {b.raw_len} raw, "
+                   f"{b.entries} entries, crc32c {b.crc:08x}")
+            for e in f.read_block(i):
+                if max_entries is not None and shown >= max_entries:
+                    continue
+                shown += 1
+                yield f"  {Key.from_bytes(e.key)!s}  {Lsn(e.lsn)!s:<12} {_value_str(e.value)}"
+        yield (f"index         offset {f.index_offset}, {len(f.blocks) * INDEX_ENTRY.size} bytes "
+               f"({INDEX_ENTRY.size} per block)")
+        yield f"footer        offset {f.size - FOOTER.size}, {FOOTER.size} bytes"
+        if max_entries is not None and shown < f.entry_count:
+            yield f"({f.entry_count - shown} more entries not shown)"
+    finally:
+        f.close()
+
+
+def level_name(level: Level) -> str:
+    return {Level.L0: "L0 delta", Level.L1: "L1 delta", Level.IMAGE: "image"}[level]

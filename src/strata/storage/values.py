@@ -1,0 +1,131 @@
+"""Values the store keeps under a (Key, Lsn): opaque bytes with a kind.
+
+Fed by: ingest (through pagestore.put). Feeds: memtable, layer files, the
+read path. Owns: the on-disk value-kind enum (written to disk: never renumber,
+retired values stay reserved) and the entry encoding shared by every layer.
+
+Storage never looks inside `data`; it only needs to know whether a value
+ends a reconstruction chain: a `PageImage`, a `WalRecord` with `will_init`, or
+a `Tombstone` ("this key was dropped at this LSN").
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+from strata.key import KEY_SIZE
+
+
+class ValueKind(IntEnum):
+    """Written to disk: never renumber."""
+
+    PAGE_IMAGE = 0
+    WAL_RECORD = 1
+    WAL_RECORD_INIT = 2  # a WAL record that initialises the page (will_init)
+    TOMBSTONE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PageImage:
+    """A whole value: an 8 KB page, or any small value (e.g. a relation size)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WalRecord:
+    """A delta: applied on top of the older value by the redo callback.
+
+    `will_init`: the record builds the page from nothing, so older values are
+    not needed (the chain stops here)."""
+
+    data: bytes
+    will_init: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """The key stopped existing at this LSN (relation dropped, truncated away)."""
+
+
+Value = PageImage | WalRecord | Tombstone
+
+TOMBSTONE = Tombstone()
+
+
+class Entry(NamedTuple):
+    """One stored version. `key` is `Key.to_bytes()` (byte order == key order)."""
+
+    key: bytes
+    lsn: int
+    value: Value
+
+
+def value_kind(value: Value) -> ValueKind:
+    if isinstance(value, PageImage):
+        return ValueKind.PAGE_IMAGE
+    if isinstance(value, WalRecord):
+        return ValueKind.WAL_RECORD_INIT if value.will_init else ValueKind.WAL_RECORD
+    if isinstance(value, Tombstone):
+        return ValueKind.TOMBSTONE
+    raise TypeError(f"not a storage value: {value!r}")
+
+
+def value_data(value: Value) -> bytes:
+    return b"" if isinstance(value, Tombstone) else value.data
+
+
+def ends_chain(value: Value) -> bool:
+    """True if no older version is needed to reconstruct at this value."""
+    return not isinstance(value, WalRecord) or value.will_init
+
+
+def make_value(kind: int, data: bytes) -> Value:
+    """Raises: ValueError for an unknown kind (callers turn it into CorruptionError)."""
+    if kind == ValueKind.PAGE_IMAGE:
+        return PageImage(data)
+    if kind == ValueKind.WAL_RECORD:
+        return WalRecord(data, False)
+    if kind == ValueKind.WAL_RECORD_INIT:
+        return WalRecord(data, True)
+    if kind == ValueKind.TOMBSTONE:
+        if data:
+            raise ValueError("tombstone with a payload")
+        return TOMBSTONE
+    raise ValueError(f"unknown value kind {kind}")
+
+
+# key 18s | lsn u64 | kind u8 | data length u32, then data
+ENTRY_HEADER = struct.Struct(">18sQBI")
+assert ENTRY_HEADER.size == KEY_SIZE + 13
+
+
+def entry_size(value: Value) -> int:
+    """Encoded bytes of one entry (what memtable size and block cuts count)."""
+    return ENTRY_HEADER.size + len(value_data(value))
+
+
+def encode_entry(e: Entry) -> bytes:
+    data = value_data(e.value)
+    return ENTRY_HEADER.pack(e.key, e.lsn, value_kind(e.value), len(data)) + data
+
+
+def decode_entries(buf: bytes) -> list[Entry]:
+    """Decode a block's entries. Raises: ValueError on malformed bytes."""
+    out: list[Entry] = []
+    pos, end = 0, len(buf)
+    unpack = ENTRY_HEADER.unpack_from
+    hsize = ENTRY_HEADER.size
+    while pos < end:
+        if end - pos < hsize:
+            raise ValueError(f"entry header cut short at block offset {pos}")
+        key, lsn, kind, n = unpack(buf, pos)
+        pos += hsize
+        if end - pos < n:
+            raise ValueError(f"entry data cut short at block offset {pos}")
+        out.append(Entry(key, lsn, make_value(kind, buf[pos : pos + n])))
+        pos += n
+    return out
