@@ -1,0 +1,296 @@
+"""Record -> store puts for the non-page state of a cluster: pg_xact,
+pg_multixact, relation maps and the control values.
+
+What it is: `TransamIngest`, a small stateful translator. For every WAL record
+(in WAL order) `puts(record)` returns the ``(Key, value)`` pairs to store at
+the record's end LSN:
+
+====================================  ===========================================
+record                                puts
+====================================  ===========================================
+Transaction COMMIT / COMMIT_PREPARED  ``Key.slru_page(XACT, page)``: DELTA setting
+                                      the xid and its subxacts to committed
+Transaction ABORT / ABORT_PREPARED    same, aborted (a subxact abort names its subxid)
+Transaction PREPARE, ASSIGNMENT,      nothing (pg_xact stays "in progress")
+INVALIDATION
+CLOG ZEROPAGE                         IMAGE of a zero page
+CLOG TRUNCATE                         TRUNCATED for every known page of each
+                                      removed segment
+MultiXact ZERO_OFF_PAGE/ZERO_MEM_PAGE IMAGE of a zero page (offsets page skipped if
+                                      CREATE_ID already pre-initialised it)
+MultiXact CREATE_ID                   DELTA patches of offsets and members pages
+MultiXact TRUNCATE_ID                 TRUNCATED for the removed segments' pages
+RelMap UPDATE                         ``Key.relmap(tsid, dbid)``: the 524-byte file
+Database CREATE_FILE_COPY             ``Key.relmap(spc, db)``: a copy of the
+                                      template database's map (when that
+                                      tablespace directory of it has one)
+Database DROP                         ``Key.relmap(spc, db)``: b"" (no map any more)
+any record moving a control value     ``Key.cluster(0)``: `ClusterState.to_bytes()`
+====================================  ===========================================
+
+SLRU values use the page-value format of `strata.reconstruct.slru` (IMAGE,
+DELTA, TRUNCATED); `slru.apply_value` turns the values of a key, oldest first,
+into the page. A relation-map value is the whole file (b"" = removed).
+
+State kept here, and why: the multixact "pre-initialised offsets page" and
+"latest offsets page" of multixact.c (18.x replays CREATE_ID records of older
+minors by zeroing the next page itself); the set of SLRU pages known to exist
+(a truncation must name the pages it removes); the current relation maps (a
+file-copy CREATE DATABASE copies the template's map, which is in no record).
+`note_existing_page` / `note_relmap` load that state from an import baseline
+(or a store) before the first record; `import_baseline(datadir, controldata)`
+does it for a cleanly stopped cluster and returns the puts that start its
+history (an IMAGE per SLRU page, every relation map, the control values).
+
+Fed by: `DecodedRecord` in WAL order and the import baseline. Feeds: the
+ingest pipeline, which stores the puts (storage knows nothing of their
+meaning). Owns: nothing on disk; the value formats belong to
+`reconstruct.slru` and `ingest.cluster_state`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from strata.ingest.cluster_state import ClusterState, ClusterStateTracker
+from strata.key import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, Key, SlruKind
+from strata.lsn import Lsn
+from strata.reconstruct import slru
+from strata.wal.record import DecodedRecord
+from strata.wal.rmgr import clog as clog_rmgr
+from strata.wal.rmgr import dbase as dbase_rmgr
+from strata.wal.rmgr import multixact as mx_rmgr
+from strata.wal.rmgr import relmap as relmap_rmgr
+from strata.wal.rmgr import xact as xact_rmgr
+
+RM_XACT_ID = 1
+RM_CLOG_ID = 3
+RM_DBASE_ID = 4
+RM_MULTIXACT_ID = 6
+RM_RELMAP_ID = 7
+
+Put = tuple[Key, bytes]
+
+ZERO_PAGE_VALUE = slru.image_value(slru.ZERO_PAGE)
+REMOVED_RELMAP = b""
+
+
+class TransamIngest:
+    """Turns records into SLRU, relation-map and cluster-state puts.
+
+    Requires: records in WAL order, each once, starting right after the point
+    the baseline (noted pages and maps, `initial_state`) describes.
+    """
+
+    def __init__(self, initial_state: ClusterState | None = None) -> None:
+        self._pages: dict[SlruKind, set[int]] = {k: set() for k in SlruKind}
+        self._relmaps: dict[tuple[int, int], bytes] = {}
+        self._tracker = ClusterStateTracker(initial_state) if initial_state is not None else None
+        # multixact.c's offsets latest_page_number; StartupMultiXact sets it from nextMulti.
+        self._latest_offsets_page: int | None = (
+            slru.offsets_page(initial_state.next_multi) if initial_state is not None else None)
+        self._pre_initialized_offsets_page = -1
+
+    # -- baseline ---------------------------------------------------------------------
+    def note_existing_page(self, kind: SlruKind, pageno: int) -> None:
+        self._pages[kind].add(pageno)
+
+    def note_relmap(self, spc: int, db: int, data: bytes) -> None:
+        self._relmaps[(spc, db)] = bytes(data)
+
+    @property
+    def cluster_state(self) -> ClusterState | None:
+        return self._tracker.state if self._tracker is not None else None
+
+    def relmap(self, spc: int, db: int) -> bytes | None:
+        return self._relmaps.get((spc, db))
+
+    def existing_pages(self, kind: SlruKind) -> frozenset[int]:
+        return frozenset(self._pages[kind])
+
+    # -- records ----------------------------------------------------------------------
+    def puts(self, record: DecodedRecord) -> list[Put]:
+        """The puts for one record, to be stored at `record.end_lsn`.
+
+        Raises: UnsupportedRecordError / WalDecodeError from the parsers.
+        """
+        rmid = record.xl_rmid
+        out: list[Put]
+        parsed: object | None = None
+        if rmid == RM_XACT_ID:
+            parsed = xact_rmgr.parse(record)
+            out = self._xact(parsed)
+        elif rmid == RM_CLOG_ID:
+            out = self._clog(record)
+        elif rmid == RM_MULTIXACT_ID:
+            parsed = mx_rmgr.parse(record)
+            out = self._multixact(parsed)
+        elif rmid == RM_RELMAP_ID:
+            upd = relmap_rmgr.parse(record)
+            self._relmaps[(upd.tsid, upd.dbid)] = upd.data
+            out = [(Key.relmap(upd.tsid, upd.dbid), upd.data)]
+        elif rmid == RM_DBASE_ID:
+            out = self._dbase(record)
+        else:
+            out = []
+        if self._tracker is not None and self._tracker.apply(record, parsed):
+            out.append((Key.cluster(0), self._tracker.state.to_bytes()))
+        return out
+
+    def _xact(self, rec: xact_rmgr.XactRecord) -> list[Put]:
+        if isinstance(rec, xact_rmgr.XactCommit):
+            return self._status_puts(rec.all_xids, slru.XidStatus.COMMITTED)
+        if isinstance(rec, xact_rmgr.XactAbort):
+            return self._status_puts(rec.all_xids, slru.XidStatus.ABORTED)
+        return []  # PREPARE / ASSIGNMENT / INVALIDATION touch no page
+
+    def _status_puts(self, xids: Iterable[int], status: int) -> list[Put]:
+        by_page: dict[int, list[int]] = defaultdict(list)
+        for xid in xids:
+            by_page[slru.clog_page(xid)].append(slru.clog_slot(xid))
+        out = []
+        for pageno, slots in sorted(by_page.items()):
+            self._pages[SlruKind.XACT].add(pageno)
+            out.append((Key.slru_page(SlruKind.XACT, pageno),
+                        slru.delta_value([slru.xid_status_op(status, slots)])))
+        return out
+
+    def _clog(self, record: DecodedRecord) -> list[Put]:
+        rec = clog_rmgr.parse(record)
+        if isinstance(rec, clog_rmgr.ClogZeroPage):
+            self._pages[SlruKind.XACT].add(rec.pageno)
+            return [(Key.slru_page(SlruKind.XACT, rec.pageno), ZERO_PAGE_VALUE)]
+        segs = slru.truncate_segments(SlruKind.XACT, self._segments(SlruKind.XACT), rec.pageno)
+        return self._drop_segments(SlruKind.XACT, segs)
+
+    def _multixact(self, rec: mx_rmgr.MultiXactRecord) -> list[Put]:
+        if isinstance(rec, mx_rmgr.MultiXactZeroPage):
+            if rec.members:
+                self._pages[SlruKind.MULTIXACT_MEMBERS].add(rec.pageno)
+                return [(Key.slru_page(SlruKind.MULTIXACT_MEMBERS, rec.pageno), ZERO_PAGE_VALUE)]
+            skip = self._pre_initialized_offsets_page == rec.pageno
+            self._pre_initialized_offsets_page = -1
+            if skip:
+                return []
+            self._latest_offsets_page = rec.pageno
+            self._pages[SlruKind.MULTIXACT_OFFSETS].add(rec.pageno)
+            return [(Key.slru_page(SlruKind.MULTIXACT_OFFSETS, rec.pageno), ZERO_PAGE_VALUE)]
+        if isinstance(rec, mx_rmgr.MultiXactCreate):
+            return self._create_multixact(rec)
+        # TRUNCATE_ID: members first, then offsets (multixact_redo's order)
+        out = self._drop_segments(SlruKind.MULTIXACT_MEMBERS, [
+            s for s in slru.members_truncate_segments(rec.start_trunc_memb, rec.end_trunc_memb)
+            if s in self._segments(SlruKind.MULTIXACT_MEMBERS)])
+        cutoff = slru.offsets_truncate_cutoff_page(rec.end_trunc_off)
+        segs = slru.truncate_segments(SlruKind.MULTIXACT_OFFSETS,
+                                      self._segments(SlruKind.MULTIXACT_OFFSETS), cutoff,
+                                      self._latest_offsets_page)
+        return out + self._drop_segments(SlruKind.MULTIXACT_OFFSETS, segs)
+
+    def _create_multixact(self, rec: mx_rmgr.MultiXactCreate) -> list[Put]:
+        out: list[Put] = []
+        self._pre_initialized_offsets_page = -1
+        page = slru.offsets_page(rec.mid)
+        nxt = (rec.mid + 1) & 0xFFFFFFFF or 1
+        next_page = slru.offsets_page(nxt)
+        if next_page != page and self._latest_offsets_page == page:
+            # WAL of an older 18.x minor: RecordNewMultiXact zeroes the next page itself.
+            out.append((Key.slru_page(SlruKind.MULTIXACT_OFFSETS, next_page), ZERO_PAGE_VALUE))
+            self._pages[SlruKind.MULTIXACT_OFFSETS].add(next_page)
+            self._latest_offsets_page = next_page
+            self._pre_initialized_offsets_page = next_page
+        writes = slru.multixact_create_writes(rec.mid, rec.moff,
+                                              [(m.xid, m.status) for m in rec.members])
+        ops: dict[tuple[SlruKind, int], list[bytes]] = {}
+        for w in writes:
+            ops.setdefault((w.kind, w.pageno), []).append(slru.patch_op(w.offset, w.data))
+        for (kind, pageno), page_ops in ops.items():
+            self._pages[kind].add(pageno)
+            out.append((Key.slru_page(kind, pageno), slru.delta_value(page_ops)))
+        return out
+
+    def _dbase(self, record: DecodedRecord) -> list[Put]:
+        rec = dbase_rmgr.parse(record)
+        if isinstance(rec, dbase_rmgr.DbaseCreateFileCopy):
+            # dbase_redo copies the template's directory in this tablespace; it
+            # holds a pg_filenode.map only if it is the template's default one
+            # (one record per tablespace the template has files in).
+            src = self._relmaps.get((rec.src_tablespace_id, rec.src_db_id))
+            if src is None:
+                return []
+            self._relmaps[(rec.tablespace_id, rec.db_id)] = src
+            return [(Key.relmap(rec.tablespace_id, rec.db_id), src)]
+        if isinstance(rec, dbase_rmgr.DbaseDrop):
+            out = []
+            for spc in rec.tablespace_ids:
+                if self._relmaps.pop((spc, rec.db_id), None) is not None:
+                    out.append((Key.relmap(spc, rec.db_id), REMOVED_RELMAP))
+            return out
+        return []  # CREATE_WAL_LOG: the map arrives as a RelMap UPDATE
+
+    # -- helpers ----------------------------------------------------------------------
+    def _segments(self, kind: SlruKind) -> set[int]:
+        return {slru.segment_of(p) for p in self._pages[kind]}
+
+    def _drop_segments(self, kind: SlruKind, segments: Iterable[int]) -> list[Put]:
+        out = []
+        for seg in segments:
+            first = seg * slru.SLRU_PAGES_PER_SEGMENT
+            for pageno in sorted(p for p in self._pages[kind]
+                                 if first <= p < first + slru.SLRU_PAGES_PER_SEGMENT):
+                self._pages[kind].discard(pageno)
+                out.append((Key.slru_page(kind, pageno), slru.TRUNCATED_VALUE))
+        return out
+
+
+def import_baseline(datadir: Path | str, controldata: str,
+                    end_lsn: Lsn | None = None) -> tuple[TransamIngest, list[Put]]:
+    """Read the SLRU pages, relation maps and control values of a cleanly
+    stopped cluster: the puts that start its history, and a `TransamIngest`
+    primed to continue from the WAL after its shutdown checkpoint.
+
+    `controldata` is the ``pg_controldata`` output of that cluster; `end_lsn`
+    (default: its latest checkpoint location) is the state's LSN, normally the
+    end of the shutdown checkpoint record. Relation maps are read from
+    global/, base/<db>/ and pg_tblspc/<spc>/PG_18_*/<db>/ (a database whose
+    default tablespace is not pg_default keeps its map there).
+    Raises: CorruptionError for an SLRU file that is not whole pages; ValueError
+    for incomplete pg_controldata output.
+    """
+    datadir = Path(datadir)
+    state = ClusterState.from_pg_controldata(controldata, lsn=end_lsn)
+    ing = TransamIngest(state)
+    puts: list[Put] = []
+    for kind, sub in slru.SLRU_DIRS.items():
+        d = datadir / sub
+        for f in sorted(d.iterdir()) if d.is_dir() else ():
+            segno = slru.parse_segment_file_name(f.name)
+            for pageno, page in slru.segment_pages(segno, f.read_bytes()):
+                ing.note_existing_page(kind, pageno)
+                puts.append((Key.slru_page(kind, pageno), slru.image_value(page)))
+    maps = [(GLOBALTABLESPACE_OID, 0, datadir / "global" / "pg_filenode.map")]
+    db_dirs = [(DEFAULTTABLESPACE_OID, datadir / "base")]
+    tblspc = datadir / "pg_tblspc"
+    for link in sorted(tblspc.iterdir()) if tblspc.is_dir() else ():
+        if re.fullmatch(r"\d+", link.name):
+            # <location>/PG_18_<catalog version>/<db oid>/
+            db_dirs += [(int(link.name), v) for v in sorted(link.glob("PG_18_*")) if v.is_dir()]
+    for spc, parent in db_dirs:
+        for dbdir in sorted(parent.iterdir()) if parent.is_dir() else ():
+            if re.fullmatch(r"\d+", dbdir.name) and (dbdir / "pg_filenode.map").exists():
+                maps.append((spc, int(dbdir.name), dbdir / "pg_filenode.map"))
+    for spc, db, path in maps:
+        data = path.read_bytes()
+        relmap_rmgr.RelMapFile.from_bytes(data)  # validate before we store it
+        ing.note_relmap(spc, db, data)
+        puts.append((Key.relmap(spc, db), data))
+    puts.append((Key.cluster(0), state.to_bytes()))
+    return ing, puts
+
+
+def shared_relmap_key() -> Key:
+    """Where the global/pg_filenode.map lives (RelMap UPDATE with dbid 0)."""
+    return Key.relmap(GLOBALTABLESPACE_OID, 0)

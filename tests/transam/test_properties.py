@@ -1,0 +1,69 @@
+"""Property tests: SLRU page values against a direct model, ClusterState encoding."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strata.ingest.cluster_state import ClusterState
+from strata.lsn import Lsn
+from strata.reconstruct import slru
+
+u32 = st.integers(0, 0xFFFFFFFF)
+
+status_op = st.tuples(st.just("status"), st.integers(0, 3),
+                      st.lists(st.integers(0, slru.CLOG_XACTS_PER_PAGE - 1), max_size=50))
+patch_op = st.integers(0, slru.BLCKSZ - 1).flatmap(
+    lambda off: st.tuples(st.just("patch"), st.just(off),
+                          st.binary(min_size=0, max_size=min(64, slru.BLCKSZ - off))))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.one_of(status_op, patch_op), max_size=6), max_size=6),
+       st.one_of(st.none(), st.binary(min_size=slru.BLCKSZ, max_size=slru.BLCKSZ)))
+def test_delta_values_equal_direct_page_edits(deltas, base) -> None:  # type: ignore[no-untyped-def]
+    model = bytearray(base if base is not None else slru.ZERO_PAGE)
+    values = []
+    for ops in deltas:
+        encoded = []
+        for op in ops:
+            if op[0] == "status":
+                _, status, slots = op
+                for slot in slots:
+                    byteno, shift = slot // 4, (slot % 4) * 2
+                    model[byteno] = (model[byteno] & ~(3 << shift)) | (status << shift)
+                encoded.append(slru.xid_status_op(status, slots))
+            else:
+                _, off, data = op
+                model[off:off + len(data)] = data
+                encoded.append(slru.patch_op(off, data))
+        values.append(slru.delta_value(encoded))
+    assert slru.reconstruct(values, base) == (bytes(model) if values or base is not None else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 0xFFFFFFFF), u32,
+       st.lists(st.tuples(u32, st.integers(0, 5)), min_size=1, max_size=40))
+def test_multixact_writes_read_back_with_the_layout_helpers(multi, moff, members) -> None:  # type: ignore[no-untyped-def]
+    pages: dict[tuple[int, int], bytes | None] = {}
+    for w in slru.multixact_create_writes(multi, moff, members):
+        key = (int(w.kind), w.pageno)
+        pages[key] = slru.apply_value(pages.get(key), slru.delta_value([slru.patch_op(w.offset, w.data)]))
+    page = pages[(1, slru.offsets_page(multi))]
+    assert page is not None and slru.get_multixact_offset(page, multi) == moff
+    offset = moff
+    for xid, status in members:
+        mpage = pages[(2, slru.member_page(offset))]
+        assert mpage is not None and slru.get_multixact_member(mpage, offset) == (xid, status)
+        offset = (offset + 1) & 0xFFFFFFFF
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1), u32, u32, u32, u32, u32, u32,
+       u32, st.booleans(), st.booleans(), st.integers(1, 0xFFFFFFFF))
+def test_cluster_state_encoding_round_trips(lsn, nfx, noid, nmulti, noff, oxid, omulti, tli, redo_lo,
+                                            fpw, signed, segsz) -> None:  # type: ignore[no-untyped-def]
+    s = ClusterState(Lsn(lsn), nfx, noid, nmulti, noff, oxid, 1, omulti, 2, timeline=tli,
+                     full_page_writes=fpw, char_signed=signed, wal_segment_size=segsz,
+                     checkpoint_redo=Lsn(redo_lo))
+    assert ClusterState.from_bytes(s.to_bytes()) == s
