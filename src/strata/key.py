@@ -17,7 +17,7 @@ kind  name                fields used                                  value sto
 0x00  REL_BLOCK           spc, db, rel (relfilenumber), fork, blk       8 KB page image / WAL record
 0x01  REL_SIZE            spc, db, rel, fork (blk = 0)                  size record (ingest/values)
 0x02  SLRU_PAGE           rel = SlruKind, blk = page number             8 KB SLRU page image / delta
-0x03  RELMAP              spc, db (global map: spc=1664, db=0)          512-byte pg_filenode.map
+0x03  RELMAP              spc, db (global map: spc=1664, db=0)          524-byte pg_filenode.map
 0x04  DB_DIR              spc, db                                       database directory record
 0x05  CLUSTER             blk = ClusterField (0 = the control values)   control values record
 0x06  AUX                 rel = AuxKind, blk = index                    misc. files (reserved)
