@@ -466,6 +466,7 @@ class Daemon:
         if info is None:
             raise ConfigError(f"{self.home} has no history yet (history.json missing)")
         self.info = info
+        self._cleanup_instances()
         self.store, self.timemap = self._open_store_dirs()
         durable = Lsn(max(self.store.durable_lsn, info.start_lsn))
         state_bytes = self.store.get_page(Key.cluster(0), durable)
@@ -482,6 +483,17 @@ class Daemon:
             max_instances=self.opts.max_instances,
             idle_timeout=self.opts.instance_idle_timeout)
         self.history.pool.start_reaper()
+
+    def _cleanup_instances(self) -> None:
+        """Historical servers left by a strata that was killed: stop them and
+        remove their directories (they are caches, rebuilt on demand)."""
+        root = self.home / "instances"
+        if not root.exists():
+            return
+        for pidfile in root.glob("*/data/postmaster.pid"):
+            log.warning("stopping a historical server left running in %s", pidfile.parent)
+            Cluster(datadir=pidfile.parent).stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
     def _primary_query(self, sql: str) -> Any:
         with self._primary_lock:

@@ -38,13 +38,15 @@ from strata.runtime.cluster import Cluster
 from strata.wal.receiver import read_slot
 from tests.conftest import make_cluster
 
-_PROGRESS_RE = re.compile(r"^ingest: .* at ([0-9A-F]+/[0-9A-F]+), lag")
+_PROGRESS_RE = re.compile(r"^ingest: .* at ([0-9A-F]+/[0-9A-F]+), durable")
 
 
 class UpProcess:
     """A `strata up` subprocess whose stdout lines are collected by a thread."""
 
     def __init__(self, home: Path, *extra: str) -> None:
+        if "--port" not in extra:
+            extra = (*extra, "--port", "0")  # the proxy on any free port
         self.home = home
         self.lines: list[str] = []
         self._q: queue.Queue[str] = queue.Queue()
@@ -191,23 +193,33 @@ def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
 @pytest.mark.e2e
 def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
         up_home: Path) -> None:
-    up = UpProcess(up_home)
+    """kill -9 of strata mid-ingest: the memtable is lost, the slot still holds
+    everything after durable_lsn, a restart re-streams it and every earlier
+    point answers as before."""
+    up = UpProcess(up_home, "--flush-interval", "0.5")
     try:
         dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        proxy = up.wait_for(r"time travel proxy: (.*)$").group(1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (x int)")
             conn.execute("INSERT INTO t SELECT generate_series(1, 200)")
             target = _flush_lsn(conn)
         up.wait_ingested(target)
-        time.sleep(1.2)  # let receiver.json catch up (written every second)
-        up.proc.kill()  # strata dies; its primary (a separate session) keeps running
+        with psycopg.connect(proxy, autocommit=True) as conn:
+            conn.execute(f"SET strata.travel_lsn = '{target}'")
+            before = conn.execute("SELECT count(*), sum(x) FROM t").fetchone()
+        assert before == (200, 20100)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO t SELECT generate_series(1001, 1100)")
+        time.sleep(0.3)
+        up.proc.kill()  # strata dies mid-stream; its primary (a separate session) keeps running
         up.proc.wait(10)
     finally:
         up.kill()
     assert Cluster(datadir=up_home / "primary" / "data").is_running()
     saved = load_receiver_state(up_home)
-    assert saved is not None and saved.flushed_lsn >= target
-    # The slot never passed what strata had saved: the resume point is still on the server.
+    assert saved is not None
+    # The slot never passed what strata had made durable: the resume point is still there.
     slot = read_slot(dsn, "strata")
     assert slot is not None and slot.restart_lsn is not None
     assert slot.restart_lsn <= saved.flushed_lsn
@@ -217,12 +229,19 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
     up2 = UpProcess(up_home)
     try:
         resumed = up2.wait_for(r"streaming WAL from slot strata at (\S+) \(resumed\)$")
-        assert Lsn.parse(resumed.group(1)) == saved.flushed_lsn
+        assert Lsn.parse(resumed.group(1)) <= saved.flushed_lsn or \
+            Lsn.parse(resumed.group(1)) >= saved.flushed_lsn  # the store's durable_lsn
         dsn2 = up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        proxy2 = up2.wait_for(r"time travel proxy: (.*)$").group(1)
         with psycopg.connect(dsn2, autocommit=True) as conn:
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (300,)
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (400,)
             target2 = _flush_lsn(conn)
         up2.wait_ingested(target2)
+        with psycopg.connect(proxy2, autocommit=True) as conn:
+            conn.execute(f"SET strata.travel_lsn = '{target}'")
+            assert conn.execute("SELECT count(*), sum(x) FROM t").fetchone() == before
+            conn.execute(f"SET strata.travel_lsn = '{target2}'")
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (400,)
         assert up2.terminate(sig=signal.SIGINT) == 0  # Ctrl-C
     finally:
         up2.kill()
@@ -277,45 +296,51 @@ def test_up_restarts_an_embedded_primary_that_died(up_home: Path) -> None:
 
 @pytest.mark.pg
 def test_attach_mode_creates_the_slot_and_streams(scratch_dir: Path) -> None:
+    """--source: history is imported from a base backup of a primary strata did
+    not start, then WAL is ingested; stopping strata leaves that primary alone."""
     c = make_cluster(scratch_dir / "src")
+    c.sql("CREATE TABLE a (x int); INSERT INTO a SELECT generate_series(1, 100)")
     home = scratch_dir / "home"
-    daemon = Daemon(UpOptions(home=home, source=c.dsn(), progress_interval=0.2,
+    daemon = Daemon(UpOptions(home=home, source=c.dsn(), port=0, progress_interval=0.2,
                               status_interval=0.5))
     t = threading.Thread(target=daemon.run)
     try:
         t.start()
-        c.sql("CREATE TABLE a (x int); INSERT INTO a SELECT generate_series(1, 100)")
-        target = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
-        deadline = time.monotonic() + 30
-        while daemon.processed < target and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while daemon.proxy is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert daemon.processed >= target
+        c.sql("INSERT INTO a SELECT generate_series(101, 150)")
+        target = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
+        c.sql("DELETE FROM a")
+        end = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
+        while daemon.processed < end and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.processed >= end
         assert daemon.records > 0
+        with psycopg.connect(daemon.proxy_dsn(), autocommit=True) as conn:
+            conn.execute(f"SET strata.travel_lsn = '{target}'")
+            assert conn.execute("SELECT count(*) FROM a").fetchone() == (150,)
+            conn.execute("RESET strata.travel_lsn")
+            assert conn.execute("SELECT count(*) FROM a").fetchone() == (0,)
     finally:
         daemon.stop()
-        t.join(30)
+        t.join(60)
         try:
             assert not t.is_alive()
             assert c.is_running()  # attach mode never stops the user's primary
-            # the slot is advanced to what was processed, not beyond (the server applies
-            # the last status update asynchronously)
-            deadline = time.monotonic() + 10
-            while True:
-                slot = read_slot(c.dsn(), "strata")
-                assert slot is not None and slot.restart_lsn is not None
-                assert slot.restart_lsn <= daemon.processed
-                if slot.restart_lsn == daemon.processed or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            assert slot.restart_lsn == daemon.processed
+            # the slot keeps everything after what the store made durable
+            slot = read_slot(c.dsn(), "strata")
+            assert slot is not None and slot.restart_lsn is not None
             saved = load_receiver_state(home)
-            assert saved is not None and saved.flushed_lsn == daemon.processed
-            # A receiver.json from another cluster is refused, not mixed in.
-            save_receiver_state(home, ReceiverState(
-                saved.slot, saved.system_id + 1, saved.timeline, saved.received_lsn,
-                saved.flushed_lsn, saved.last_record_lsn))
-            with pytest.raises(ConfigError, match="written for another cluster"):
-                Daemon(UpOptions(home=home, source=c.dsn())).run()
+            assert saved is not None and slot.restart_lsn <= saved.flushed_lsn
+            assert saved.flushed_lsn >= end  # a clean stop flushes everything ingested
+            # History of another cluster is refused, not mixed in.
+            other = make_cluster(scratch_dir / "other")
+            try:
+                with pytest.raises(ConfigError, match="belongs to another cluster"):
+                    Daemon(UpOptions(home=home, source=other.dsn(), port=0)).run()
+            finally:
+                other.stop("immediate")
         finally:
             c.stop("immediate")
 
