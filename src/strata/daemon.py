@@ -89,6 +89,8 @@ HISTORY_STATE = "history.json"
 STATUS_STATE = "status.json"
 STATE_VERSION = 1
 PRIMARY_CHECK_INTERVAL = 2.0  # seconds between checks that the embedded primary runs
+ADVANCE_INTERVAL = 0.2  # seconds between publications of ingested WAL (each fsyncs the time map)
+ADVANCE_BYTES = 8 << 20  # ... or after this much WAL
 FALLBACK_ROOT_HOME = Path("/var/lib/strata")
 
 # Settings of the embedded primary on top of runtime.cluster.PRIMARY_SETTINGS.
@@ -319,6 +321,7 @@ class Daemon:
         self.proxy: ProxyThread | None = None
         self.info: HistoryInfo | None = None
         self._primary_conn: Any = None
+        self._caught_up_at = time.monotonic()
         self._primary_lock = threading.Lock()
 
     # -- control --------------------------------------------------------------------
@@ -591,6 +594,9 @@ class Daemon:
         last_flush = last_progress
         progress_records, progress_bytes = 0, 0
         ingest = self.ingest
+        ingest_published = start
+        last_advance, pending_bytes = last_progress, 0
+        self._caught_up_at = last_progress
         try:
             while not self._stop.is_set():
                 chunk = rx.poll(0.5)
@@ -611,9 +617,19 @@ class Daemon:
                     except EndOfWal as e:
                         # Streamed WAL is flushed WAL: it must be valid to the end.
                         raise WalSourceError(f"invalid WAL in the stream: {e}") from e
-                    ingest.advance(self.processed)
-                    rx.report(self.processed, self.store.durable_lsn)
+                    pending_bytes += len(chunk.data)
                 now = time.monotonic()
+                # Publish in batches: each advance fsyncs the time map first
+                # (timeline/FORMAT.md, invariant 2), so once per chunk would put
+                # an fsync on every replication message.
+                if self.processed > ingest_published and (
+                        chunk is None or now - last_advance >= ADVANCE_INTERVAL
+                        or pending_bytes >= ADVANCE_BYTES):
+                    ingest.advance(self.processed)
+                    ingest_published, last_advance, pending_bytes = self.processed, now, 0
+                    rx.report(self.processed, self.store.durable_lsn)
+                    if rx.server_wal_end <= self.processed:
+                        self._caught_up_at = now
                 if now - last_flush >= self.opts.flush_interval and \
                         self.store.durable_lsn < self.processed:
                     self.store.flush()
@@ -633,6 +649,8 @@ class Daemon:
                     break
         finally:
             try:
+                if self.processed > ingest_published:
+                    ingest.advance(self.processed)
                 if self.processed > self.store.durable_lsn:
                     self.store.flush()
                 self._save_and_confirm(rx, last_record)
@@ -657,8 +675,24 @@ class Daemon:
     def _user_dsn(self) -> str:
         return _safe_dsn(self.dsn)
 
+    def _lag(self, rx: WalReceiver) -> tuple[int, float]:
+        """(bytes, seconds) that ingest is behind the primary's WAL right now.
+
+        Bytes come from the primary's current position when it answers (the
+        receiver's view, `server_wal_end`, can be seconds old); seconds are the
+        time since ingest last stood at the primary's position."""
+        try:
+            head = self._primary_lsn()
+        except Exception:
+            head = rx.server_wal_end
+        lag = max(0, head - self.processed)
+        now = time.monotonic()
+        if lag == 0:
+            self._caught_up_at = now
+        return lag, (0.0 if lag == 0 else now - self._caught_up_at)
+
     def _progress(self, rx: WalReceiver, records: int, seconds: float) -> None:
-        lag = max(0, rx.server_wal_end - self.processed)
+        lag, _ = self._lag(rx)
         durable = self.store.durable_lsn if self.store is not None else Lsn(0)
         self.say(f"ingest: {records / max(seconds, 1e-9):.0f} rec/s, {self.records} records, "
                  f"{_human_bytes(self.bytes)}, at {self.processed}, durable {durable}, "
@@ -669,6 +703,7 @@ class Daemon:
         if self.store is None or self.history is None or self.info is None:
             return
         tm_last = self.timemap.last() if self.timemap is not None else None
+        lag_bytes, lag_seconds = self._lag(rx)
         m = self.store.store.manifest
         layers: dict[str, dict[str, int]] = {}
         for entry in m.layers:
@@ -682,7 +717,8 @@ class Daemon:
             "ingested_lsn": str(self.store.ingested_lsn),
             "durable_lsn": str(self.store.durable_lsn),
             "server_wal_end": str(rx.server_wal_end),
-            "lag_bytes": max(0, rx.server_wal_end - self.processed),
+            "lag_bytes": lag_bytes,
+            "lag_seconds": round(lag_seconds, 3),
             "history_start_lsn": str(self.history.oldest_lsn),
             "history_start_time": (self.history.oldest_time() or self.info.start_time).isoformat(),
             "newest_lsn": str(self.store.ingested_lsn),

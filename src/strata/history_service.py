@@ -139,8 +139,13 @@ class HistoryService:
         return self._point(lsn)
 
     def server_for(self, point: ResolvedPoint, dbname: str) -> tuple[str, int]:
-        inst = self.pool.get(point.lsn)
+        """A running server at the point, leased to the caller until
+        `release_server` (the pool never evicts a leased server)."""
+        inst = self.pool.acquire(point.lsn)
         return "127.0.0.1", inst.port
+
+    def release_server(self, point: ResolvedPoint) -> None:
+        self.pool.release(point.lsn)
 
     def may_time_travel(self, user: str) -> bool:
         return True

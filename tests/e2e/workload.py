@@ -79,29 +79,43 @@ def fingerprint(conn: Any) -> dict[str, Any]:
 SEQ_LOG_VALS = 32
 
 
-def _sequences_match(live: list[tuple[Any, ...]], hist: list[tuple[Any, ...]]) -> bool:
+def _sequences_match(live: list[tuple[Any, ...]], hist: list[tuple[Any, ...]], mode: str) -> bool:
     if [r[0] for r in live] != [r[0] for r in hist]:
         return False
     for (_, lv, inc), (_, hv, hinc) in zip(live, hist, strict=True):
-        if inc != hinc or (lv is None) != (hv is None):
+        if inc != hinc:
             return False
-        if lv is not None and not 0 <= (hv - lv) // inc <= SEQ_LOG_VALS:
+        if lv is None or hv is None:
+            if mode != "at_least" and (lv is None) != (hv is None):
+                return False
+            continue
+        ahead = (hv - lv) // inc
+        if ahead < 0 or (mode == "logged" and ahead > SEQ_LOG_VALS):
             return False
     return True
 
 
 def first_difference(live: dict[str, Any], hist: dict[str, Any], *,
-                     exact_sequences: bool = False) -> str | None:
+                     sequences: str = "logged", exact_sequences: bool = False) -> str | None:
     """The first relation (or the sequence list) that differs, or None.
 
-    Against the live primary's own fingerprint, sequences may be ahead by up to
-    SEQ_LOG_VALS increments (see above); against another server rebuilt from WAL
-    (native PITR) pass `exact_sequences`.
+    `sequences` says how a historical sequence may differ from the live one
+    (sequences are not transactional, and nextval() WAL-logs ahead):
+    - "logged": up to SEQ_LOG_VALS increments ahead (a server rebuilt from WAL
+      at the step's own LSN);
+    - "at_least": not behind. A time T resolves, like recovery_target_time,
+      to just before the next commit after T, so it includes the next step's
+      nextval() calls that precede that commit; native PITR to T shows the
+      same (tests/e2e/test_pitr_oracle.py compares exactly against it);
+    - "exact": equal (against another server rebuilt from WAL: native PITR);
+      `exact_sequences=True` is the same.
     """
+    if exact_sequences:
+        sequences = "exact"
     for k in sorted(set(live) | set(hist)):
         a, b = live.get(k), hist.get(k)
-        if k == "__sequences__" and not exact_sequences and a is not None and b is not None:
-            if not _sequences_match(a, b):
+        if k == "__sequences__" and sequences != "exact" and a is not None and b is not None:
+            if not _sequences_match(a, b, sequences):
                 return f"sequences: live {a!r}, historical {b!r}"
             continue
         if a != b:

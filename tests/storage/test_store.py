@@ -360,3 +360,39 @@ def test_flipped_block_byte_fails_reads_and_paranoid_open(store_dir: Path) -> No
             list(ps.scan(KeyRange.everything(), last))
     finally:
         ps.close()
+
+
+def test_image_layers_leave_out_keys_whose_redo_fails(store_dir: Path) -> None:
+    """A key redo cannot rebuild (an index AM with no redo yet) is left out of
+    image layers: the others are imaged, the worker keeps going, and that key's
+    reads still go through its own deltas (and still raise) instead of being lost."""
+    from strata.errors import UnsupportedRecordError
+    from strata.key import Key
+
+    bad = rk(4)
+
+    def redo(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
+        if key == bad and records:
+            raise UnsupportedRecordError("Gin", "INSERT")
+        return append_redo(key, base, records)
+
+    ps = PageStore.open(store_dir, redo, TINY, background=False)
+    try:
+        m = Model()
+        last = fill(ps, m, 0, 120)
+        ps.flush()
+        made = ps.create_image_layers()
+        assert made
+        layers = load_manifest(store_dir)
+        assert layers is not None
+        images = [e.name for e in layers.layers if e.level == Level.IMAGE]
+        kb = bad.to_bytes()
+        assert not any(n.key_start <= kb < n.key_end for n in images)
+        assert any(n.key_start <= rk(3).to_bytes() < n.key_end for n in images)
+        ps.store.cache.clear()
+        for k in (0, 3, 5, 9):
+            assert ps.get_page(rk(k), last) == m.get(rk(k), last)
+        with pytest.raises(UnsupportedRecordError):
+            ps.get_page(bad, last)
+    finally:
+        ps.close()

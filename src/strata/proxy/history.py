@@ -26,6 +26,10 @@ Contract
   Raises: InstanceError when it cannot be started.
 - `may_time_travel(user)`: an extra policy hook; the proxy also requires the
   role to be a superuser or a member of ``strata_time_travel`` on the primary.
+- `release_server(point)` (optional): `server_for` may lease the server to
+  the session; the proxy calls this once the session leaves it (another
+  point, RESET, disconnect), so a pooled server is never stopped under a
+  session that uses it.
 """
 
 from __future__ import annotations

@@ -171,6 +171,9 @@ class Session(Travelling, CancelTarget):
         for be in (self.hist, self.live):
             if be is not None:
                 be.close()
+        if self.travel is not None:
+            self.release_point(self.travel.point)
+            self.travel = None
         with contextlib.suppress(Exception, asyncio.CancelledError):
             self.cw.close()
             await asyncio.wait_for(self.cw.wait_closed(), 5)

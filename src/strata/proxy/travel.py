@@ -192,23 +192,42 @@ class Travelling:
             state = TravelState(TRAVEL_LSN, str(lsn), point)
         host, port = await self._provider(f"no historical server at LSN {point.lsn}",
                                           provider.server_for, point, self.dbname)
+        # server_for leased that server to this session: released when the
+        # session leaves it (switch, RESET, disconnect), so the pool never stops
+        # a server a session is using
         assert self.hist_startup is not None
         try:
-            new = await open_trusted(host, port, self.hist_startup, role="historical",
-                                     timeout=self.ctx.connect_timeout)
-        except (TimeoutError, StrataError, OSError) as e:
-            raise TravelFailure(exc_fields(e, f"cannot connect to the historical server at {host}:{port}")) from e
-        self._start_pump(new)
-        try:
-            settings = await self._read_settings(cur, in_batch=in_batch)
-            await self._apply_settings(new, settings, reset=False)
-        except TravelFailure:
-            new.close()
+            try:
+                new = await open_trusted(host, port, self.hist_startup, role="historical",
+                                         timeout=self.ctx.connect_timeout)
+            except (TimeoutError, StrataError, OSError) as e:
+                raise TravelFailure(exc_fields(e, f"cannot connect to the historical server at {host}:{port}")) from e
+            self._start_pump(new)
+            try:
+                settings = await self._read_settings(cur, in_batch=in_batch)
+                await self._apply_settings(new, settings, reset=False)
+            except TravelFailure:
+                new.close()
+                raise
+        except BaseException:
+            self.release_point(point)
             raise
         await self._leave(cur, in_batch)
+        if self.travel is not None:
+            self.release_point(self.travel.point)
         self.hist, self.current, self.travel = new, new, state
         self.cw.write(m.encode_notice(m.error_fields(ss.SUCCESSFUL_COMPLETION,
                                                      self._where(state), severity="NOTICE")))
+
+    def release_point(self, point: ResolvedPoint) -> None:
+        """Tell the provider this session no longer uses the server at `point`
+        (providers without leases need not implement `release_server`)."""
+        release = getattr(self.ctx.provider, "release_server", None)
+        if release is not None:
+            try:
+                release(point)
+            except Exception:
+                log.exception("releasing the historical server at %s failed", point.lsn)
 
     def _where(self, state: TravelState) -> str:
         p = state.point
@@ -246,6 +265,8 @@ class Travelling:
             if res.error is not None:
                 raise TravelFailure(res.error)
         cur.close()
+        if self.travel is not None:
+            self.release_point(self.travel.point)
         self.hist, self.current, self.travel = None, live, None
         self.cw.write(m.encode_notice(m.error_fields(
             ss.SUCCESSFUL_COMPLETION, "strata: session is back in the present", severity="NOTICE")))

@@ -163,7 +163,7 @@ class ReadView:
     layer_map: LayerMap
 
 
-def _finish(key: Key, chain: list[Entry], redo: Redo, stats: ReadStats) -> bytes | None:
+def finish_chain(key: Key, chain: list[Entry], redo: Redo, stats: ReadStats) -> bytes | None:
     """`chain` is newest first and ends (at its last element) at a chain end or
     at the oldest entry there is. Returns the value, or None if the key is absent."""
     if not chain:
@@ -219,7 +219,7 @@ def read_key(view: ReadView, key: Key, lsn: int, redo: Redo, stats: ReadStats) -
     if not done and img is not None:
         stats.layers_visited += 1
         chain.extend(img.file.get(kb, floor, floor + 1))
-    return _finish(key, chain, redo, stats)
+    return finish_chain(key, chain, redo, stats)
 
 
 def _tagged(it: Iterable[Entry], tag: int, seq: int) -> Iterator[tuple[bytes, int, int, int, Entry]]:
@@ -282,7 +282,7 @@ def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,
     """(key, value at lsn) for every key present at `lsn` in [start, end), sorted."""
     for kb, chain in scan_entries(view, start, end, lsn, stats):
         key = Key.from_bytes(kb)
-        v = _finish(key, chain, redo, stats)
+        v = finish_chain(key, chain, redo, stats)
         if v is not None:
             yield key, v
 

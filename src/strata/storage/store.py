@@ -24,7 +24,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import BinaryIO
 
-from strata.errors import CorruptionError, LsnOutOfRangeError
+from strata.errors import CorruptionError, LsnOutOfRangeError, RedoError, UnsupportedRecordError
 from strata.key import Key, KeyRange
 from strata.lsn import Lsn
 from strata.storage.cache import PageCache
@@ -38,7 +38,9 @@ from strata.storage.layermap import (
     ReadView,
     Redo,
     covers,
+    finish_chain,
     read_key,
+    scan_entries,
     scan_keys,
     scan_values,
 )
@@ -416,9 +418,30 @@ class LayerStore:
         outputs: list[LayerEntry] = []
         w = LayerWriter(self.directory, block_bytes=cfg.block_bytes, zstd_level=cfg.zstd_level)
         cur = start
+        skipped = 0
         try:
-            for key, page in scan_values(view, start, end, at, self.redo, stats):
-                kb = key.to_bytes()
+            for kb, chain in scan_entries(view, start, end, at, stats):
+                key = Key.from_bytes(kb)
+                try:
+                    page = finish_chain(key, chain, self.redo, stats)
+                except (UnsupportedRecordError, RedoError) as e:
+                    # This key cannot be rebuilt (e.g. an access method with no
+                    # redo yet): leave it out of every image layer, so its reads
+                    # keep using its deltas. The image layers end before it and
+                    # restart after it (Invariant: an image layer holds every
+                    # key of its range at its LSN).
+                    skipped += 1
+                    if skipped == 1:
+                        log.info("image layers at %s skip %s: %s", Lsn(at), key, e)
+                    if cur < kb:
+                        name = LayerName.image(cur, kb, at)
+                        outputs.append(LayerEntry(name, Level.IMAGE, w.finish(name).size))
+                        w = LayerWriter(self.directory, block_bytes=cfg.block_bytes,
+                                        zstd_level=cfg.zstd_level)
+                    cur = key.next().to_bytes()
+                    continue
+                if page is None:
+                    continue
                 if w.raw_bytes >= cfg.target_file_bytes:
                     name = LayerName.image(cur, kb, at)
                     outputs.append(LayerEntry(name, Level.IMAGE, w.finish(name).size))
@@ -426,8 +449,11 @@ class LayerStore:
                                     zstd_level=cfg.zstd_level)
                     cur = kb
                 w.add(Entry(kb, at, PageImage(page)))
-            name = LayerName.image(cur, end, at)
-            outputs.append(LayerEntry(name, Level.IMAGE, w.finish(name).size))
+            if cur < end:
+                name = LayerName.image(cur, end, at)
+                outputs.append(LayerEntry(name, Level.IMAGE, w.finish(name).size))
+            else:
+                w.abort()
         except BaseException:
             w.abort()
             raise
