@@ -1,0 +1,77 @@
+"""`strata status`, `strata query` and `strata timeline` against a running `strata up`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from strata.lsn import Lsn
+from strata.runtime.cluster import Cluster
+from tests.cli.test_up import UpProcess
+
+
+def _strata(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "strata.cli.main", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.e2e
+def test_status_query_and_timeline(scratch_dir: Path) -> None:
+    home = scratch_dir / "home"
+    up = UpProcess(home)
+    try:
+        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE q (x int)")
+            conn.execute("INSERT INTO q VALUES (1), (2)")
+            at = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            when = conn.execute("SELECT clock_timestamp()::text").fetchone()
+            time.sleep(0.05)
+            conn.execute("INSERT INTO q VALUES (3)")
+            conn.execute("DROP TABLE q")
+            end = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        assert at is not None and when is not None and end is not None
+        up.wait_ingested(Lsn.parse(end[0]))
+        time.sleep(1.0)  # status.json is rewritten every progress interval
+
+        by_lsn = _strata("query", "--home", str(home), "--at", at[0], "SELECT sum(x) FROM q")
+        assert by_lsn.returncode == 0, by_lsn.stderr
+        assert by_lsn.stdout.strip() == "3"
+        by_time = _strata("query", "--home", str(home), "--at", when[0], "--csv",
+                          "SELECT x FROM q ORDER BY x")
+        assert by_time.returncode == 0, by_time.stderr
+        assert by_time.stdout.split() == ["x", "1", "2"]
+        future = _strata("query", "--home", str(home), "--at", "2999-01-01 00:00+00", "SELECT 1")
+        assert future.returncode == 1
+        assert "in the future" in future.stderr and "SQLSTATE 22023" in future.stderr
+        bad = _strata("query", "--home", str(home), "--at", "not a time", "SELECT 1")
+        assert bad.returncode == 1 and "SQLSTATE 22007" in bad.stderr
+
+        st = _strata("status", "--home", str(home), "--json")
+        assert st.returncode == 0, st.stderr
+        status = json.loads(st.stdout)
+        assert status["running"] is True
+        assert Lsn.parse(status["ingested_lsn"]) >= Lsn.parse(end[0])
+        assert status["lag_bytes"] is not None and status["lag_seconds"] is not None
+        assert status["history_start_lsn"] and status["history_start_time"]
+        assert any(inst["lsn"] for inst in status["instances"]) or status["instances"] == []
+        text = _strata("status", "--home", str(home))
+        assert "history:" in text.stdout and "lag:" in text.stdout
+
+        tl = _strata("timeline", "--home", str(home), "--json")
+        assert tl.returncode == 0, tl.stderr
+        entries = [json.loads(line) for line in tl.stdout.splitlines()]
+        assert any(e["ddl"] for e in entries)  # CREATE TABLE / DROP TABLE
+        assert sum(1 for e in entries if e["kind"] == "commit") >= 4
+        assert up.terminate() == 0
+    finally:
+        up.kill()
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+    st = _strata("status", "--home", str(home))
+    assert st.returncode == 0 and "not running" in st.stdout
