@@ -1,38 +1,57 @@
-"""The strata daemon (first version): a PostgreSQL 18 primary, its WAL stream, decoded.
+"""The strata daemon: a PostgreSQL 18 primary, its WAL ingested into layers, the proxy.
 
 What it is: what ``strata up`` runs. It prepares a *home* directory, starts
-(or attaches to) a PostgreSQL 18 primary, makes sure the physical slot
-``strata`` exists, streams WAL from it (`wal.receiver`), frames and decodes
-every record (`wal.reader`, `wal.decoder`) and reports progress. Feedback to
-the slot is the end of the last record processed: today "processed" means
-decoded; when ingest and the layer store are wired in it becomes the store's
-``durable_lsn`` (the one line that calls `WalReceiver.report`).
+(or attaches to) a PostgreSQL 18 primary, imports history on the first run
+(embedded: the primary page by page at a clean shutdown checkpoint, before
+users connect; attach: a base backup made consistent, from its end LSN),
+makes sure the physical slot ``strata`` exists, streams WAL from it
+(`wal.receiver`), frames and decodes every record (`wal.reader`,
+`wal.decoder`), ingests it into the page store and the time map
+(`ingest.walingest`), and serves time travel through the proxy
+(`proxy.server` + `history_service`). Feedback to the slot: write = the end
+of the last record processed, flush = the store's ``durable_lsn``, so the
+primary keeps every byte of WAL strata has not made durable in layers; a
+crash of strata loses nothing: a restart re-streams from ``durable_lsn``.
 
 Fed by: `cli/up.py` (options), the primary (WAL). Feeds: stdout (connection
-string, progress), the slot (feedback), files in home. Owns the home layout:
+strings, progress), the slot (feedback), the store, the proxy. Owns the home
+layout:
 
 ``<home>/primary/data``     the embedded primary's data directory (initdb on first run),
                             its log in ``<home>/primary/data.log``, sockets in
                             ``<home>/primary/sock``.
+``<home>/layers/``          the layer store (storage/FORMAT.md).
+``<home>/timemap/``         the time map (timeline/FORMAT.md).
+``<home>/instances/``       historical servers (caches: removed when stopped, and at start).
+``<home>/history.json``     where history starts, written once (atomically) after the
+                            import is durable; its absence means "import again". Fields
+                            (format version 1): ``version``, ``system_id`` (the primary's
+                            system identifier; another cluster is refused), ``start_lsn``,
+                            ``start_time`` (ISO 8601), ``mode`` ("embedded" | "attach").
 ``<home>/receiver.json``    where streaming stopped; written atomically (tmp + fsync +
                             rename + fsync dir). Fields (format version 1):
                             ``version`` (1), ``slot``, ``system_id``, ``timeline``,
                             ``received_lsn`` (end of WAL received, "X/Y"),
-                            ``flushed_lsn`` (end of the last record processed = the
-                            start of the next one; the resume point and the flush
-                            position reported to the slot), ``last_record_lsn`` (start
-                            of that record, so the xl_prev chain is checked across
-                            restarts, or null), ``updated_at`` (ISO 8601 UTC).
-``<home>/state.json``       the running daemon, for ``strata psql`` / ``strata status``:
-                            ``version`` (1), ``pid``, ``mode`` ("embedded" | "attach"),
-                            ``primary_dsn`` (key=value, never a password),
-                            ``target_host`` / ``target_port`` (what ``strata psql``
-                            connects to: the primary today, the proxy later),
+                            ``flushed_lsn`` (the store's durable_lsn: the resume point and
+                            the flush position reported to the slot), ``last_record_lsn``
+                            (start of the last record processed, or null), ``updated_at``.
+``<home>/state.json``       the running daemon, for ``strata psql`` / ``strata query`` /
+                            ``strata status``: ``version`` (1), ``pid``, ``mode``,
+                            ``primary_dsn`` (key=value, never a password), ``proxy_port``,
+                            ``target_host`` / ``target_port`` (what ``strata psql`` connects
+                            to: the proxy), ``target_user``, ``target_dbname``,
                             ``started_at``. Removed on a clean stop.
+``<home>/status.json``      rewritten every progress interval: ``received_lsn``,
+                            ``ingested_lsn``, ``durable_lsn``, ``server_wal_end``,
+                            ``lag_bytes``, ``lag_seconds``, ``history_start_lsn`` /
+                            ``history_start_time``, ``newest_lsn`` / ``newest_commit_time``,
+                            ``layers`` (per level: count, bytes), ``instances``.
 ``<home>/lock``             flock'd while a daemon runs on this home.
 
-Resuming: a second start on the same home streams from ``flushed_lsn`` (if the
-cluster's system identifier still matches), else from the slot's restart_lsn.
+Ordering that keeps "nothing lost": the import is flushed before history.json
+is written; the time map is fsynced before the store's watermark advances
+(`WalIngest.advance`); receiver.json records durable_lsn before the slot is
+told it may release WAL up to it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,143 @@
+"""`strata up` as a user runs it: a subprocess on a scratch home, for e2e tests.
+
+What it is: `StrataUp`, which starts ``python -m strata.cli.main up`` with the
+given options, collects its stdout in a thread, and answers what tests need:
+the proxy DSN it prints, the ingest position it publishes in
+``<home>/status.json``, and a clean SIGTERM stop. `processes_under` lists
+every process whose command line names a directory (a leftover postgres
+under the home is a bug).
+Fed by: the tests that start it. Feeds: them. Owns: the subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from strata.lsn import Lsn
+
+
+class StrataUp:
+    """A running ``strata up`` (stdout lines kept in `lines`)."""
+
+    def __init__(self, home: Path, *args: str, progress_interval: float = 0.5) -> None:
+        self.home = home
+        self.lines: list[str] = []
+        self._q: queue.Queue[str] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "strata.cli.main", "up", "--home", str(home),
+             "--progress-interval", str(progress_interval), "--status-interval", "1", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self._err: list[str] = []
+        self._t = threading.Thread(target=self._pump, daemon=True)
+        self._t.start()
+        # stderr is drained too: a full pipe would block the daemon's logging
+        self._te = threading.Thread(target=self._pump_err, daemon=True)
+        self._te.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._q.put(line.rstrip("\n"))
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._err.append(line.rstrip("\n"))
+
+    def _drain(self) -> None:
+        while not self._q.empty():
+            self.lines.append(self._q.get())
+
+    def stderr_text(self) -> str:
+        return "\n".join(self._err)
+
+    def output(self) -> str:
+        self._drain()
+        return ("stdout:\n" + "\n".join(self.lines[-40:]) + "\nstderr:\n"
+                + "\n".join(self._err[-40:]))
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        """The first stdout line matching `pattern` (already seen or to come)."""
+        rx = re.compile(pattern)
+        for line in self.lines:
+            if (m := rx.search(line)) is not None:
+                return m
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self._q.empty():
+                    break
+                continue
+            self.lines.append(line)
+            if (m := rx.search(line)) is not None:
+                return m
+        raise AssertionError(f"strata up printed no line matching {pattern!r} "
+                             f"(exit code {self.proc.poll()}).\n{self.output()}")
+
+    def proxy_dsn(self, timeout: float = 180) -> str:
+        return self.wait_for(r"time travel proxy: (.*)$", timeout).group(1).strip()
+
+    def status(self) -> dict[str, object] | None:
+        try:
+            d: dict[str, object] = json.loads((self.home / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return d
+
+    def wait_ingested(self, lsn: Lsn, timeout: float = 120) -> Lsn:
+        """Wait until status.json reports ingest at or past `lsn`; returns that position."""
+        deadline = time.monotonic() + timeout
+        seen: object = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"strata up exited ({self.proc.returncode}) while "
+                                     f"waiting for ingest of {lsn}.\n{self.output()}")
+            st = self.status()
+            if st is not None:
+                seen = st.get("ingested_lsn")
+                if seen is not None and Lsn.parse(str(seen)) >= lsn:
+                    return Lsn.parse(str(seen))
+            time.sleep(0.2)
+        raise AssertionError(f"strata did not ingest up to {lsn} within {timeout:.0f} s "
+                             f"(status.json: ingested_lsn {seen}).\n{self.output()}")
+
+    def terminate(self, timeout: float = 90) -> int:
+        """SIGTERM, wait for the exit; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        self._t.join(5)
+        self._te.join(5)
+        self._drain()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def processes_under(path: Path) -> list[str]:
+    """'pid: command line' of every process whose command line mentions `path`."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd:
+            found.append(f"{d.name}: {cmd.strip()}")
+    return found
