@@ -602,6 +602,9 @@ class Daemon:
         self.say(f"strata: time travel proxy: {self.proxy_dsn()}")
         self.say(f"strata: connect with `strata psql --home {self.home}` or "
                  f"psql \"{self.proxy_dsn()}\"")
+        fuse = "available" if Path("/dev/fuse").exists() else "not available"
+        self.say("strata: historical servers: materialize mode (every page written at X; "
+                 f"/dev/fuse is {fuse}, the lazy FUSE mode is not built yet)")
         self.say(f"strata: history from {self.info.start_time.isoformat(timespec='seconds')} "
                  f"(LSN {self.info.start_lsn}); streaming WAL from slot {SLOT_NAME} at {start}"
                  + (" (resumed)" if saved is not None else ""))
