@@ -1,7 +1,9 @@
-"""Writes the format-v1 sample store under tests/data/storage/v1/layers.
+"""Writes the sample store of the current format version under
+tests/data/storage/v<FORMAT_VERSION>/layers (same history for every version).
 
 Run once per format version: `python -m tests.storage.make_samples`. The files are
-committed; test_samples.py reads them, so a reader change that breaks old files fails.
+committed; test_samples.py reads every version's, so a reader change that breaks old
+files fails. Never regenerate an older version's directory.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from pathlib import Path
 from strata.key import Key
 from strata.pagestore import PageStore
 from strata.storage.config import StorageConfig
+from strata.storage.layerfile import FORMAT_VERSION
 from strata.storage.values import TOMBSTONE, PageImage, Value, WalRecord
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "storage" / "v1" / "layers"
+SAMPLES_ROOT = Path(__file__).resolve().parents[1] / "data" / "storage"
+# Layer format versions with a committed sample store (v1 also backs FORMAT.md's worked example).
+SAMPLE_VERSIONS = (1, 2)
+SAMPLE_DIR = SAMPLES_ROOT / "v1" / "layers"
+
+
+def sample_dir(version: int) -> Path:
+    return SAMPLES_ROOT / f"v{version}" / "layers"
 
 
 def sample_history() -> list[tuple[Key, int, Value]]:
@@ -36,10 +46,11 @@ def sample_redo(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes
 
 
 def main() -> None:
-    if SAMPLE_DIR.exists():
-        shutil.rmtree(SAMPLE_DIR)
+    out = sample_dir(FORMAT_VERSION)
+    if out.exists():
+        shutil.rmtree(out)
     cfg = StorageConfig(memtable_bytes=1 << 20, block_bytes=128, background_maintenance=False)
-    ps = PageStore.open(SAMPLE_DIR, sample_redo, cfg, background=False)
+    ps = PageStore.open(out, sample_redo, cfg, background=False)
     hist = sample_history()
     for key, lsn, v in hist[:6]:
         ps.put(key, lsn, v)
@@ -51,7 +62,7 @@ def main() -> None:
     ps.advance(0x300)
     ps.flush()
     ps.close()
-    (SAMPLE_DIR / "LOCK").unlink()
+    (out / "LOCK").unlink()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Every format version's sample files (tests/data/storage/v1) stay readable."""
+"""Every format version's sample files (tests/data/storage/v<N>) stay readable."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+import pytest
 
 from strata.key import Key, KeyRange
 from strata.pagestore import PageStore
@@ -11,21 +13,32 @@ from strata.storage.layerfile import FORMAT_VERSION, LayerFile
 from strata.storage.manifest import MANIFEST_VERSION, load_manifest
 from strata.storage.tools import verify_store
 
-from .make_samples import SAMPLE_DIR, sample_history, sample_redo
+from .make_samples import SAMPLE_DIR, SAMPLE_VERSIONS, sample_dir, sample_history, sample_redo
 
 
-def test_v1_samples_verify_and_hold_the_sample_history(tmp_path: Path) -> None:
-    assert (FORMAT_VERSION, MANIFEST_VERSION) == (1, 1), "new version: add tests/data/storage/v2"
-    rep = verify_store(SAMPLE_DIR)
+def test_current_format_version_has_a_committed_sample() -> None:
+    assert (FORMAT_VERSION, MANIFEST_VERSION) == (2, 1), "new version: add its sample dir"
+    assert FORMAT_VERSION in SAMPLE_VERSIONS
+    assert (sample_dir(FORMAT_VERSION) / "MANIFEST").is_file()
+
+
+@pytest.mark.parametrize("version", SAMPLE_VERSIONS)
+def test_samples_verify_and_hold_the_sample_history(version: int, tmp_path: Path) -> None:
+    src = sample_dir(version)
+    rep = verify_store(src)
     assert rep.ok and rep.layers_ok == 3 and rep.entries == 16
-    m = load_manifest(SAMPLE_DIR)
+    m = load_manifest(src)
     assert m is not None and m.durable_lsn == 0x300
     for le in m.layers:
-        f = LayerFile(SAMPLE_DIR / le.name.filename())
-        assert f.name == le.name
+        f = LayerFile(src / le.name.filename())
+        assert f.name == le.name and f.version == version
+        # v2: from the header; v1: counted from the blocks. Same answer.
+        # second delta layer: block 1's three records (+0 +1 +2); else one per key
+        want = 1 if le.name.is_image else {0x200: 1, 0x301: 3}[le.name.lsn_end]
+        assert f.max_key_entries() == want
         f.close()
     d = tmp_path / "layers"
-    shutil.copytree(SAMPLE_DIR, d)
+    shutil.copytree(src, d)
     ps = PageStore.open(d, sample_redo, background=False)
     try:
         b1 = Key.rel_block(1663, 5, 16384, 0, 1)

@@ -33,6 +33,11 @@ class StorageConfig:
     # An image layer is created over a key range when more than this many delta
     # layers sit above its newest image.
     image_delta_threshold: int = 3
+    # ... or when some key of the range may have more than this many delta entries
+    # above its newest image (bounded by summing each delta layer's max_key_entries,
+    # FORMAT.md section 3): a hot page whose deltas sit in a few big layers would
+    # otherwise replay its whole chain on every cold read.
+    image_record_threshold: int = 512
     # Keep this much LSN history behind durable_lsn (None: keep everything).
     retention_lsn_distance: int | None = None
     # The background worker runs compaction / image creation / gc by itself.
@@ -51,6 +56,7 @@ class StorageConfig:
             "l0_compaction_trigger": self.l0_compaction_trigger >= 1,
             "target_file_bytes": self.target_file_bytes >= 1,
             "image_delta_threshold": self.image_delta_threshold >= 0,
+            "image_record_threshold": self.image_record_threshold >= 0,
             "retention_lsn_distance": self.retention_lsn_distance is None
             or self.retention_lsn_distance >= 0,
         }

@@ -1,4 +1,4 @@
-"""Layer files: writer and reader of the one on-disk layer format (v1).
+"""Layer files: writer and reader of the on-disk layer format (v2; reads v1 too).
 
 Fed by: flush (frozen memtable -> L0 delta), compaction (L0 -> L1 deltas),
 image creation (scan -> image layer). Feeds: the layer map's reads, verify,
@@ -9,6 +9,11 @@ Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
 zstd frames of encoded entries sorted by (key, lsn); the index holds one
 76-byte record per block with its CRC-32C. A reader checks header, footer and
 index when it opens a file and a block's CRC before every decompression.
+
+Version 2 adds one header field (the v1 reserved u32 at offset 12): the largest
+number of entries any single key has in the layer (`max_key_entries`), so image
+creation can bound a key's delta chain without reading blocks. A v1 file reports
+it by walking its entry headers once (`LayerFile.max_key_entries`).
 """
 
 from __future__ import annotations
@@ -39,11 +44,15 @@ from strata.storage.values import (
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+# max_key_entries is a u32; a longer run is recorded as this (still an upper bound
+# for the image trigger's purpose: it only has to exceed a threshold).
+MAX_KEY_ENTRIES_CAP = 0xFFFFFFFF
 COMPRESSION_ZSTD = 1
 
-# magic 8s | version u16 | layer kind u8 | compression u8 | reserved u32 |
+# magic 8s | version u16 | layer kind u8 | compression u8 |
+# max_key_entries u32 (v2; v1: reserved, 0) |
 # key_start 18s | key_end 18s | lsn_start u64 | lsn_end u64 | header crc32c u32
 HEADER = struct.Struct(">8sHBBI18s18sQQI")
 # offset u64 | compressed len u32 | raw len u32 | entries u32 | crc32c u32 |
@@ -85,6 +94,7 @@ class WrittenLayer:
     name: LayerName
     size: int
     entries: int
+    max_key_entries: int
 
 
 class LayerWriter:
@@ -113,6 +123,9 @@ class LayerWriter:
         self._index: list[bytes] = []
         self.entries = 0
         self.raw_bytes = 0
+        # longest run of one key so far (entries are key-sorted, so a run is contiguous)
+        self._run = 0
+        self.max_key_entries = 0
 
     @property
     def first_key(self) -> bytes | None:
@@ -130,6 +143,9 @@ class LayerWriter:
             self._first = pos
         if self._buf_n == 0:
             self._block_first = pos
+        self._run = self._run + 1 if self._last is not None and self._last[0] == e.key else 1
+        if self._run > self.max_key_entries:
+            self.max_key_entries = self._run
         enc = encode_entry(e)
         self._buf.append(enc)
         self._buf_len += len(enc)
@@ -175,10 +191,11 @@ class LayerWriter:
             self._f.write(FOOTER.pack(index_off, len(index), len(self._index), self.entries,
                                       crc32c(index), fcrc, FOOTER_MAGIC))
             size = index_off + len(index) + FOOTER.size
-            head = HEADER.pack(MAGIC, FORMAT_VERSION, name.kind, COMPRESSION_ZSTD, 0,
+            mke = min(self.max_key_entries, MAX_KEY_ENTRIES_CAP)
+            head = HEADER.pack(MAGIC, FORMAT_VERSION, name.kind, COMPRESSION_ZSTD, mke,
                                name.key_start, name.key_end, name.lsn_start, name.lsn_end, 0)
             self._f.seek(0)
-            self._f.write(HEADER.pack(MAGIC, FORMAT_VERSION, name.kind, COMPRESSION_ZSTD, 0,
+            self._f.write(HEADER.pack(MAGIC, FORMAT_VERSION, name.kind, COMPRESSION_ZSTD, mke,
                                       name.key_start, name.key_end, name.lsn_start, name.lsn_end,
                                       crc32c(head[:-4])))
             self._f.flush()
@@ -186,7 +203,7 @@ class LayerWriter:
             self._f.close()
             os.rename(self._tmp, self._dir / name.filename())
             fsync_dir(self._dir)
-            return WrittenLayer(name, size, self.entries)
+            return WrittenLayer(name, size, self.entries, self.max_key_entries)
         except BaseException:
             self.abort()
             raise
@@ -251,7 +268,7 @@ class LayerFile:
         if self.size < HEADER.size:
             raise self._fail(0, f"file is {self.size} bytes, shorter than its {HEADER.size}-byte header")
         head = os.pread(fd, HEADER.size, 0)
-        (magic, version, kind, compression, _res, ks, ke, ls, le, hcrc) = HEADER.unpack(head)
+        (magic, version, kind, compression, mke, ks, ke, ls, le, hcrc) = HEADER.unpack(head)
         if magic != MAGIC:
             raise self._fail(0, f"bad magic {magic!r} (expected {MAGIC!r})")
         if version not in SUPPORTED_VERSIONS:
@@ -294,6 +311,9 @@ class LayerFile:
             blocks.append(b)
         if expect_off != index_off or total != nentries:
             raise self._fail(index_off, "index does not account for every block byte/entry")
+        self.version = version
+        # v1 has no such field (reserved, 0): unknown until counted on demand
+        self._max_key_entries: int | None = mke if version >= 2 else None
         self.blocks = blocks
         self.entry_count = nentries
         self.index_offset = index_off
@@ -301,6 +321,37 @@ class LayerFile:
 
     def close(self) -> None:
         self._f.close()
+
+    def max_key_entries(self) -> int:
+        """The largest number of entries one key has in this layer (an upper bound of
+        how much of a key's delta chain this layer holds). v2: from the header; v1: by
+        walking every block's entry headers once (then cached).
+
+        Raises: CorruptionError if a v1 block is damaged."""
+        if self._max_key_entries is None:
+            # benign race: two threads may both count; they get the same number
+            self._max_key_entries = self._count_max_key_entries()
+        return self._max_key_entries
+
+    def _count_max_key_entries(self) -> int:
+        best = run = 0
+        prev: bytes | None = None
+        hsize = ENTRY_HEADER.size
+        unpack = ENTRY_HEADER.unpack_from
+        for i in range(len(self.blocks)):
+            raw = self._raw_block(i)
+            pos, end = 0, len(raw)
+            try:
+                while pos < end:
+                    k, _lsn, _kind, n = unpack(raw, pos)
+                    run = run + 1 if k == prev else 1
+                    prev = k
+                    if run > best:
+                        best = run
+                    pos += hsize + n
+            except struct.error as e:
+                raise self._fail(self.blocks[i].offset, f"block {i} undecodable: {e}") from e
+        return best
 
     # -- reads -------------------------------------------------------------------
     def _raw_block(self, i: int) -> bytes:
@@ -374,12 +425,15 @@ class LayerFile:
         """Read every block; check CRCs, order and ranges. Returns: the entry count."""
         prev: tuple[bytes, int] | None = None
         n = 0
+        run = best = 0
         name = self.name
         for i, b in enumerate(self.blocks):
             for e in self.read_block(i):
                 pos = (e.key, e.lsn)
                 if prev is not None and pos <= prev:
                     raise self._fail(b.offset, f"block {i}: entries out of (key, lsn) order")
+                run = run + 1 if prev is not None and prev[0] == e.key else 1
+                best = max(best, run)
                 if not (name.key_start <= e.key < name.key_end
                         and name.lsn_start <= e.lsn < name.lsn_end):
                     raise self._fail(b.offset, f"block {i}: entry outside the header's ranges")
@@ -389,6 +443,9 @@ class LayerFile:
                 n += 1
             if (b.first_key, b.first_lsn) > (b.last_key, b.last_lsn):
                 raise self._fail(b.offset, f"block {i}: index first/last inverted")
+        if self.version >= 2 and self._max_key_entries != min(best, MAX_KEY_ENTRIES_CAP):
+            raise self._fail(12, f"header max_key_entries {self._max_key_entries} but a key "
+                                 f"has {best} entries")
         return n
 
 

@@ -384,10 +384,17 @@ class LayerStore:
         return []
 
     def create_image_layers(self, lsn: int | None = None, threshold: int | None = None,
-                            ranges: list[tuple[bytes, bytes]] | None = None) -> list[LayerName]:
-        """Write image layers at `lsn` (default durable_lsn) over every key range with
-        more than `threshold` (default config.image_delta_threshold) delta layers above
-        its newest image. Returns: names of the new image layers.
+                            ranges: list[tuple[bytes, bytes]] | None = None,
+                            record_threshold: int | None = None) -> list[LayerName]:
+        """Write image layers at `lsn` (default durable_lsn) over every key range (an
+        image partition) that, above its newest image, has either more than `threshold`
+        (default config.image_delta_threshold) delta layers, or a key that may have more
+        than `record_threshold` (default config.image_record_threshold) delta entries.
+
+        The per-key count is an upper bound, read from layer headers only: the sum of
+        `max_key_entries` over those delta layers (a key's entries there cannot exceed
+        it). It may over-count (a layer straddling the floor, different keys' maxima),
+        never under-count. Returns: names of the new image layers.
 
         Raises: LsnOutOfRangeError if lsn is above durable_lsn or below retention_lsn.
         """
@@ -399,17 +406,32 @@ class LayerStore:
                     f"and durable_lsn {self.durable_lsn}, not at {Lsn(at)}",
                     nearest=self.durable_lsn)
             thr = self.config.image_delta_threshold if threshold is None else threshold
+            rthr = (self.config.image_record_threshold if record_threshold is None
+                    else record_threshold)
             made: list[LayerName] = []
             for start, end in (self.image_partitions() if ranges is None else ranges):
                 floor = self._floor_lsn(start, end, at)
                 if floor == at:
                     continue
-                n = sum(1 for d in self._view.layer_map.deltas
-                        if d.name.key_start < end and start < d.name.key_end
-                        and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at)
-                if n > thr:
+                above = [d for d in self._view.layer_map.deltas
+                         if d.name.key_start < end and start < d.name.key_end
+                         and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
+                if len(above) > thr or self._chain_bound(above, rthr) > rthr:
                     made += self._make_images(start, end, at)
             return made
+
+    @staticmethod
+    def _chain_bound(deltas: list[Layer], limit: int) -> int:
+        """Upper bound of any key's delta entries in `deltas` (sum of each layer's
+        max_key_entries); stops once past `limit`, so old (v1) layers, which count on
+        first use, are only read when needed."""
+        total = 0
+        # header-only (v2) layers first: a v1 layer is counted by reading its blocks
+        for d in sorted(deltas, key=lambda d: d.file.version < 2):
+            total += d.file.max_key_entries()
+            if total > limit:
+                break
+        return total
 
     def _make_images(self, start: bytes, end: bytes, at: int) -> list[LayerName]:
         view = self.view()

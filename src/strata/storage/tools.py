@@ -123,6 +123,8 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
         yield f"size          {f.size} bytes"
         yield f"header        offset 0, {HEADER.size} bytes"
         yield f"  kind        {n.kind.name.lower()}"
+        if f.version >= 2:  # v1 output unchanged (FORMAT.md worked example)
+            yield f"  version     {f.version}, max_key_entries {f.max_key_entries()}"
         yield f"  key range   [{n.key_start.hex().upper()}, {n.key_end.hex().upper()})"
         if n.is_image:
             yield f"  lsn         {Lsn(n.image_lsn)}"
