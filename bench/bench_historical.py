@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from strata.historical.checksum import checksum_pages
 from strata.historical.instance import launch, normal_cycle, reset_wal
 from strata.historical.materialize import MaterializedDir, materialize
 from strata.historical.pitr import (
@@ -38,6 +37,7 @@ from strata.historical.pitr import (
 )
 from strata.historical.source import DataDirSource
 from strata.lsn import Lsn
+from strata.pg.checksum import checksum_pages
 from strata.runtime.cluster import SUPERUSER, Cluster
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from strata.errors import CorruptionError, InstanceError
-from strata.historical.checksum import BLCKSZ, checksum_page_py
 from strata.historical.controlfile import control_crc, parse_control
 from strata.historical.materialize import SKELETON, materialize
 from strata.historical.source import ControlValues, RelFile
 from strata.key import SlruKind
 from strata.lsn import Lsn
+from strata.pg.checksum import BLCKSZ, checksum_page_py
 
 SAMPLE = Path(__file__).parent / "data" / "pg_control_18.bin"
 SEGBLOCKS = 4  # tiny 'relseg_size' so segment splitting is exercised with a few pages

@@ -46,7 +46,6 @@ from enum import StrEnum
 from pathlib import Path
 
 from strata.errors import CorruptionError, InstanceError
-from strata.historical.checksum import set_checksums
 from strata.historical.controlfile import parse_control, with_checksum_version
 from strata.historical.source import (
     BLCKSZ,
@@ -57,6 +56,7 @@ from strata.historical.source import (
 )
 from strata.key import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber, SlruKind
 from strata.lsn import Lsn
+from strata.pg.checksum import set_checksums
 from strata.runtime.osuser import give_to_server_user
 
 PG_VERSION_TEXT = "18\n"

@@ -34,48 +34,31 @@ from collections.abc import Callable, Mapping
 
 from strata.errors import RedoError, UnsupportedRecordError
 from strata.reconstruct.redo import page_ops
+from strata.wal import rmgr as wal_rmgr
 from strata.wal.record import BLCKSZ, BlockRef, DecodedRecord
+from strata.wal.rmgr import (  # noqa: F401  (re-exported for the rmgr redo modules)
+    RM_BTREE_ID,
+    RM_CLOG_ID,
+    RM_DBASE_ID,
+    RM_GENERIC_ID,
+    RM_HEAP2_ID,
+    RM_HEAP_ID,
+    RM_MULTIXACT_ID,
+    RM_SEQ_ID,
+    RM_SMGR_ID,
+    RM_XACT_ID,
+    RM_XLOG_ID,
+    rmgr_name,
+)
 
 RedoFn = Callable[[DecodedRecord, BlockRef, bytearray], "bool | None"]
-
-# Resource manager ids (src/include/access/rmgrlist.h, PostgreSQL 18).
-RM_XLOG_ID = 0
-RM_XACT_ID = 1
-RM_SMGR_ID = 2
-RM_CLOG_ID = 3
-RM_DBASE_ID = 4
-RM_TBLSPC_ID = 5
-RM_MULTIXACT_ID = 6
-RM_RELMAP_ID = 7
-RM_STANDBY_ID = 8
-RM_HEAP2_ID = 9
-RM_HEAP_ID = 10
-RM_BTREE_ID = 11
-RM_HASH_ID = 12
-RM_GIN_ID = 13
-RM_GIST_ID = 14
-RM_SEQ_ID = 15
-RM_SPGIST_ID = 16
-RM_BRIN_ID = 17
-RM_COMMIT_TS_ID = 18
-RM_REPLORIGIN_ID = 19
-RM_GENERIC_ID = 20
-RM_LOGICALMSG_ID = 21
-
-RMGR_NAMES: dict[int, str] = {
-    0: "XLOG", 1: "Transaction", 2: "Storage", 3: "CLOG", 4: "Database", 5: "Tablespace",
-    6: "MultiXact", 7: "RelMap", 8: "Standby", 9: "Heap2", 10: "Heap", 11: "Btree",
-    12: "Hash", 13: "Gin", 14: "Gist", 15: "Sequence", 16: "SPGist", 17: "BRIN",
-    18: "CommitTs", 19: "ReplicationOrigin", 20: "Generic", 21: "LogicalMessage",
-}
 
 VISIBILITYMAP_FORKNUM = 2
 
 _REGISTRY: dict[int, RedoFn] = {}
 _loaded = False
 # Modules that register redo functions; optional ones may not exist yet.
-_BUILTIN_MODULES = ("xlog", "heap", "heap2", "sequence", "generic")
-_OPTIONAL_MODULES = ("btree",)
+_BUILTIN_MODULES = ("xlog", "heap", "heap2", "sequence", "generic", "btree")
 
 
 def register(rmid: int, fn: RedoFn) -> None:
@@ -90,13 +73,6 @@ def _ensure_loaded() -> None:
     _loaded = True
     for name in _BUILTIN_MODULES:
         importlib.import_module(f"{__name__}.{name}")
-    for name in _OPTIONAL_MODULES:
-        full = f"{__name__}.{name}"
-        try:
-            importlib.import_module(full)
-        except ModuleNotFoundError as e:
-            if e.name != full:
-                raise
 
 
 def registered_rmgrs() -> frozenset[int]:
@@ -105,21 +81,9 @@ def registered_rmgrs() -> frozenset[int]:
     return frozenset(_REGISTRY)
 
 
-def rmgr_name(rmid: int) -> str:
-    return RMGR_NAMES.get(rmid, f"custom{rmid}")
-
-
 def record_type_name(record: DecodedRecord) -> str:
-    """pg_waldump's record type name (decoder's table when available)."""
-    try:
-        from strata.wal import rmgr as wal_rmgr
-
-        fn = getattr(wal_rmgr, "record_type_name", None)
-        if fn is not None:
-            return str(fn(record.xl_rmid, record.xl_info))
-    except ImportError:
-        pass
-    return f"0x{record.info:02X}"
+    """pg_waldump's record type name."""
+    return wal_rmgr.record_type_name(record.xl_rmid, record.xl_info)
 
 
 def unsupported(record: DecodedRecord) -> UnsupportedRecordError:

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from strata.errors import RedoError
+from strata.pg.checksum import checksum_page
 
 BLCKSZ = 8192
 MAXIMUM_ALIGNOF = 8
@@ -655,67 +656,11 @@ def page_index_tuple_overwrite(page: bytearray, offnum: int,
 
 # -- checksum -------------------------------------------------------------------
 
-_N_SUMS = 32
-_FNV_PRIME = 16777619
-_CHECKSUM_BASE_OFFSETS = (
-    0x5B1F36E9, 0xB8525960, 0x02AB50AA, 0x1DE66D2A,
-    0x79FF467A, 0x9BB9F8A3, 0x217E7CD2, 0x83E13D2C,
-    0xF8D4474F, 0xE39EB970, 0x42C6AE16, 0x993216FA,
-    0x7B093B5D, 0x98DAFF3C, 0xF718902A, 0x0B1C9CDB,
-    0xE58F764B, 0x187636BC, 0x5D7B3BB1, 0xE73DE7DE,
-    0x92BEC979, 0xCCA6C0B2, 0x304A0979, 0x85AA43D4,
-    0x783125BB, 0x6CA8EAA2, 0xE407EAC6, 0x4B5CFC3E,
-    0x9FBF8C76, 0x15CA20BE, 0xF2CA9FD3, 0x959BD756,
-)
-_WORDS = struct.Struct(f"<{BLCKSZ // 4}I")
-
-try:  # numpy makes the 32 independent lanes one vector; optional
-    import numpy as _np
-except ImportError:  # pragma: no cover - exercised only without numpy
-    _np = None  # type: ignore[assignment]
-
-
-def _checksum_block_py(words: Sequence[int]) -> int:
-    sums = list(_CHECKSUM_BASE_OFFSETS)
-    mask = 0xFFFFFFFF
-    rows = len(words) // _N_SUMS
-    for i in range(rows + 2):
-        base = i * _N_SUMS
-        for j in range(_N_SUMS):
-            v = words[base + j] if i < rows else 0
-            t = sums[j] ^ v
-            sums[j] = ((t * _FNV_PRIME) & mask) ^ (t >> 17)
-    result = 0
-    for s in sums:
-        result ^= s
-    return result
-
-
-def _checksum_block_np(page: bytes) -> int:
-    assert _np is not None
-    data = _np.frombuffer(page, dtype="<u4").reshape(-1, _N_SUMS).astype(_np.uint64)
-    sums = _np.array(_CHECKSUM_BASE_OFFSETS, dtype=_np.uint64)
-    prime = _np.uint64(_FNV_PRIME)
-    mask = _np.uint64(0xFFFFFFFF)
-    seventeen = _np.uint64(17)
-    zero = _np.zeros(_N_SUMS, dtype=_np.uint64)
-    for row in (*data, zero, zero):
-        t = sums ^ row
-        sums = ((t * prime) & mask) ^ (t >> seventeen)
-    return int(_np.bitwise_xor.reduce(sums))
-
 
 def pg_checksum_page(page: bytes | bytearray, blkno: int) -> int:
     """pg_checksum_page: the 16-bit data checksum of a (non-new) page for
     block `blkno`, computed with pd_checksum taken as zero."""
-    buf = bytearray(page)
-    buf[OFF_CHECKSUM:OFF_CHECKSUM + 2] = b"\x00\x00"
-    if _np is not None:
-        checksum = _checksum_block_np(bytes(buf))
-    else:
-        checksum = _checksum_block_py(_WORDS.unpack(buf))
-    checksum ^= blkno & 0xFFFFFFFF
-    return (checksum % 65535) + 1
+    return checksum_page(page, blkno)
 
 
 def page_set_checksum_inplace(page: bytearray, blkno: int) -> None:

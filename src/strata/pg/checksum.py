@@ -1,6 +1,8 @@
 """pd_checksum of 8 KB pages: PostgreSQL's pg_checksum_page, vectorised with numpy.
 
-Fed by `materialize` (batches of pages about to be written). Owns nothing.
+The one implementation in pgStrata: `materialize` checksums batches of pages
+about to be written (`set_checksums`); redo's page_ops uses `checksum_page`.
+Owns nothing.
 
 The algorithm is src/include/storage/checksum_impl.h: 32 parallel FNV-1a-style
 lanes over the page seen as uint32[64][32] (with pd_checksum read as zero), two
@@ -92,6 +94,14 @@ def checksum_pages(pages: npt.NDArray[np.uint8], blknos: npt.NDArray[np.uint32] 
     result = np.bitwise_xor.reduce(sums, axis=1)
     result ^= np.asarray(blknos, dtype=np.uint32)
     return ((result % np.uint32(65535)) + np.uint32(1)).astype(np.uint16)
+
+
+def checksum_page(page: bytes | bytearray, blkno: int) -> int:
+    """pg_checksum_page of one page (pd_checksum is read as zero)."""
+    if len(page) != BLCKSZ:
+        raise ValueError(f"a page is {BLCKSZ} bytes, got {len(page)}")
+    arr = np.frombuffer(bytes(page), dtype=np.uint8).reshape(1, BLCKSZ)
+    return int(checksum_pages(arr, [blkno])[0])
 
 
 def set_checksums(buf: bytearray | memoryview, blknos: Sequence[int]) -> None:
