@@ -26,7 +26,7 @@ from .conftest import WalCapture, Workload, run_pgbench, run_sql
 pytestmark = pytest.mark.pg
 
 INDEX_AMS_WITHOUT_REDO = {"Hash", "Gin", "Gist", "SPGist", "BRIN"}
-HISTORY_SQL = Path("/work/shared/workloads/history.sql")
+HISTORY_SQL = Path(__file__).resolve().parents[2].parent / "shared" / "workloads" / "history.sql"
 
 _db_counter = itertools.count()
 

@@ -22,7 +22,7 @@ from strata.runtime.osuser import run_as_server
 from strata.wal.segments import iter_raw_records
 from tests.conftest import _scratch, make_cluster
 
-HISTORY_SQL = Path("/work/shared/workloads/history.sql")
+HISTORY_SQL = Path(__file__).resolve().parents[2].parent / "shared" / "workloads" / "history.sql"
 
 
 @dataclass
