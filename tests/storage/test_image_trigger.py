@@ -27,7 +27,7 @@ from .conftest import Model, append_redo, rk
 
 # One big memtable per flush (each flush = one L0 layer), no cache (metrics count
 # every read), nothing in the background unless a test asks for it.
-BIG = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=False,
+BIG = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=False, flush_image_interval=0,
                     image_delta_threshold=3, image_record_threshold=512)
 
 HOT = rk(0)
@@ -88,7 +88,7 @@ def test_hot_key_with_2000_deltas_in_one_layer_gets_an_image_and_stops_replaying
 
 
 def test_same_store_with_a_higher_record_threshold_makes_no_image(store_dir: Path) -> None:
-    cfg = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=False,
+    cfg = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=False, flush_image_interval=0,
                         image_delta_threshold=3, image_record_threshold=5000)
     with PageStore.open(store_dir, append_redo, cfg, background=False) as ps:
         put_hot_and_cold(ps, Model(), 0, hot=2000, cold=3)
@@ -163,7 +163,7 @@ def test_compacted_l1_keeps_the_count_and_triggers(store_dir: Path) -> None:
 
 
 def test_background_maintenance_makes_the_image_by_itself(store_dir: Path) -> None:
-    cfg = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=True,
+    cfg = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=True, flush_image_interval=0,
                         image_delta_threshold=3, image_record_threshold=512)
     m = Model()
     with PageStore.open(store_dir, append_redo, cfg, background=True) as ps:
@@ -220,3 +220,35 @@ def test_verify_flags_a_header_max_key_entries_that_disagrees_with_the_entries(
             f.verify()
     finally:
         f.close()
+
+
+def test_flush_cuts_a_hot_keys_chain_so_no_read_replays_more_than_the_interval(
+        tmp_path: Path) -> None:
+    """flush_image_interval: 2,000 deltas of one key between two flushes; after
+    the flush no read at any LSN applies more than `interval` deltas, and every
+    read returns what the model (and the store before the flush) returns."""
+    interval = 64
+    cfg = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=False,
+                        flush_image_interval=interval)
+    ps = PageStore.open(tmp_path / "layers", append_redo, cfg, background=False)
+    try:
+        m = Model()
+        hot = rk(1)
+        m.put(hot, 10, PageImage(b"base"))
+        ps.put(hot, 10, PageImage(b"base"))
+        lsn = 10
+        for i in range(2000):
+            lsn += 1
+            v = WalRecord(b"%d," % i)
+            m.put(hot, lsn, v)
+            ps.put(hot, lsn, v)
+        ps.advance(lsn)
+        before = {at: ps.get_page(hot, at) for at in (10, 11, 500, 1337, lsn)}
+        ps.flush()
+        for at, value in before.items():
+            assert value == m.get(hot, at)
+            b = ps.metrics()
+            assert ps.get_page(hot, at) == value
+            assert ps.metrics().deltas_applied - b.deltas_applied <= interval
+    finally:
+        ps.close()

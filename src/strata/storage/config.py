@@ -38,6 +38,12 @@ class StorageConfig:
     # FORMAT.md section 3): a hot page whose deltas sit in a few big layers would
     # otherwise replay its whole chain on every cold read.
     image_record_threshold: int = 512
+    # While flushing, a key's delta chain is cut every this many deltas: the
+    # delta at that point is replaced by the page it produces (a PageImage at
+    # the same LSN: the same value for every read at or above it), so no read
+    # ever replays more than this many records, even for a page updated
+    # thousands of times between two flushes. 0: off.
+    flush_image_interval: int = 256
     # Keep this much LSN history behind durable_lsn (None: keep everything).
     retention_lsn_distance: int | None = None
     # The background worker runs compaction / image creation / gc by itself.
@@ -57,6 +63,7 @@ class StorageConfig:
             "target_file_bytes": self.target_file_bytes >= 1,
             "image_delta_threshold": self.image_delta_threshold >= 0,
             "image_record_threshold": self.image_record_threshold >= 0,
+            "flush_image_interval": self.flush_image_interval >= 0,
             "retention_lsn_distance": self.retention_lsn_distance is None
             or self.retention_lsn_distance >= 0,
         }

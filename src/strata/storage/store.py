@@ -258,6 +258,58 @@ class LayerStore:
                         zstd_level=self.config.zstd_level)
         return LayerEntry(name, Level.IMAGE if name.is_image else Level.L0, w.size)
 
+    def _cut_long_chains(self, entries: list[Entry]) -> Iterator[Entry]:
+        """The entries of a frozen memtable, in order, with every
+        `flush_image_interval`-th delta of a key's unbroken chain replaced by the
+        page it produces (see StorageConfig.flush_image_interval).
+
+        The page is computed incrementally: the key's value just before its first
+        delta here (read through the current view, which still holds this frozen
+        memtable) plus the deltas since, so each delta is redone about once. A key
+        redo cannot rebuild keeps its deltas.
+        """
+        k = self.config.flush_image_interval
+        if k <= 0:
+            yield from entries
+            return
+        view = self.view()
+        stats = ReadStats()
+        cur: bytes | None = None
+        base: bytes | None = None
+        base_known = False
+        give_up = False
+        pending: list[WalRecord] = []
+        pending_start = 0  # LSN of the first delta in `pending` when base is unknown
+        for e in entries:
+            if e.key != cur:
+                cur, base, base_known, give_up, pending = e.key, None, False, False, []
+            v = e.value
+            if give_up:
+                pass
+            elif isinstance(v, PageImage):
+                base, base_known, pending = v.data, True, []
+            elif isinstance(v, Tombstone):
+                base, base_known, pending = None, True, []
+            elif v.will_init:
+                base, base_known, pending = None, True, [v]
+            else:
+                if not pending:
+                    pending_start = e.lsn
+                pending.append(v)
+                if len(pending) >= k:
+                    key = Key.from_bytes(e.key)
+                    try:
+                        if not base_known:
+                            base = read_key(view, key, pending_start - 1, self.redo, stats)
+                        page = self.redo(key, base, pending)
+                    except (UnsupportedRecordError, RedoError):
+                        give_up = True  # keep this key's deltas as they are
+                    else:
+                        base, base_known, pending = page, True, []
+                        yield Entry(e.key, e.lsn, PageImage(page))
+                        continue
+            yield e
+
     def flush_one(self) -> bool:
         """Flush the oldest frozen memtable to an L0 layer and commit. Returns: False if none."""
         with self._flush_lock:
@@ -270,7 +322,7 @@ class LayerStore:
             if span is not None:
                 name = LayerName.delta(span[0], Key.from_bytes(span[1]).next().to_bytes(),
                                        fm.lsn_start, fm.lsn_end)
-                le = self._write(name, fm.entries)
+                le = self._write(name, self._cut_long_chains(fm.entries))
                 add.append(Layer(le, open_layer(self.directory / name.filename())))
                 with self._mlock:
                     self.metrics.flushes += 1
