@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.wal.record import DecodedRecord
-
-RM_CLOG_ID = 3
-
-CLOG_ZEROPAGE = 0x00
-CLOG_TRUNCATE = 0x10
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    CLOG_TRUNCATE,
+    CLOG_ZEROPAGE,
+    RM_CLOG_ID,
+)
 
 _ZEROPAGE = struct.Struct("<q")
 _TRUNCATE = struct.Struct("<qII")  # pageno, oldestXact, oldestXactDb

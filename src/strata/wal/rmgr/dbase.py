@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.wal.record import DecodedRecord
-
-RM_DBASE_ID = 4
-
-XLOG_DBASE_CREATE_FILE_COPY = 0x00
-XLOG_DBASE_CREATE_WAL_LOG = 0x10
-XLOG_DBASE_DROP = 0x20
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    RM_DBASE_ID,
+    XLOG_DBASE_CREATE_FILE_COPY,
+    XLOG_DBASE_CREATE_WAL_LOG,
+    XLOG_DBASE_DROP,
+)
 
 _FILE_COPY = struct.Struct("<IIII")  # db_id, tablespace_id, src_db_id, src_tablespace_id
 _WAL_LOG = struct.Struct("<II")  # db_id, tablespace_id

@@ -19,13 +19,13 @@ from enum import IntEnum
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.wal.record import DecodedRecord
-
-RM_MULTIXACT_ID = 6
-
-XLOG_MULTIXACT_ZERO_OFF_PAGE = 0x00
-XLOG_MULTIXACT_ZERO_MEM_PAGE = 0x10
-XLOG_MULTIXACT_CREATE_ID = 0x20
-XLOG_MULTIXACT_TRUNCATE_ID = 0x30
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    RM_MULTIXACT_ID,
+    XLOG_MULTIXACT_CREATE_ID,
+    XLOG_MULTIXACT_TRUNCATE_ID,
+    XLOG_MULTIXACT_ZERO_MEM_PAGE,
+    XLOG_MULTIXACT_ZERO_OFF_PAGE,
+)
 
 _PAGENO = struct.Struct("<q")
 _CREATE = struct.Struct("<IIi")  # mid, moff, nmembers

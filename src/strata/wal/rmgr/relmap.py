@@ -19,10 +19,10 @@ import google_crc32c  # type: ignore[import-untyped]
 
 from strata.errors import CorruptionError, UnsupportedRecordError, WalDecodeError
 from strata.wal.record import DecodedRecord
-
-RM_RELMAP_ID = 7
-
-XLOG_RELMAP_UPDATE = 0x00
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    RM_RELMAP_ID,
+    XLOG_RELMAP_UPDATE,
+)
 
 RELMAPPER_FILEMAGIC = 0x592717
 MAX_MAPPINGS = 64

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from strata.errors import WalDecodeError
 from strata.wal.record import RelFileLocator
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    XLOG_SEQ_LOG,
+)
 
-XLOG_SEQ_LOG = 0x00
 SEQ_MAGIC = 0x1717
 SIZE_OF_SEQ_REC = 12
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.wal.record import DecodedRecord
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    RM_STANDBY_ID,
+    XLOG_INVALIDATIONS,
+    XLOG_RUNNING_XACTS,
+    XLOG_STANDBY_LOCK,
+)
 from strata.wal.rmgr.xact import SIZE_OF_INVAL_MSG, InvalMessage
-
-RM_STANDBY_ID = 8
-
-XLOG_STANDBY_LOCK = 0x00
-XLOG_RUNNING_XACTS = 0x10
-XLOG_INVALIDATIONS = 0x20
 
 _I32 = struct.Struct("<i")
 _LOCK = struct.Struct("<III")  # xid, dbOid, relOid

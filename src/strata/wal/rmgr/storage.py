@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.wal.record import DecodedRecord, RelFileLocator
-
-RM_SMGR_ID = 2
-
-XLOG_SMGR_CREATE = 0x10
-XLOG_SMGR_TRUNCATE = 0x20
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    RM_SMGR_ID,
+    XLOG_SMGR_CREATE,
+    XLOG_SMGR_TRUNCATE,
+)
 
 SMGR_TRUNCATE_HEAP = 0x0001
 SMGR_TRUNCATE_VM = 0x0002

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.wal.record import DecodedRecord
-
-RM_TBLSPC_ID = 5
-
-XLOG_TBLSPC_CREATE = 0x00
-XLOG_TBLSPC_DROP = 0x10
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    RM_TBLSPC_ID,
+    XLOG_TBLSPC_CREATE,
+    XLOG_TBLSPC_DROP,
+)
 
 _U32 = struct.Struct("<I")
 

@@ -24,18 +24,18 @@ from datetime import UTC, datetime, timedelta
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.wal.record import DecodedRecord, RelFileLocator
-
-RM_XACT_ID = 1
-
-XLOG_XACT_COMMIT = 0x00
-XLOG_XACT_PREPARE = 0x10
-XLOG_XACT_ABORT = 0x20
-XLOG_XACT_COMMIT_PREPARED = 0x30
-XLOG_XACT_ABORT_PREPARED = 0x40
-XLOG_XACT_ASSIGNMENT = 0x50
-XLOG_XACT_INVALIDATIONS = 0x60
-XLOG_XACT_OPMASK = 0x70
-XLOG_XACT_HAS_INFO = 0x80
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    RM_XACT_ID,
+    XLOG_XACT_ABORT,
+    XLOG_XACT_ABORT_PREPARED,
+    XLOG_XACT_ASSIGNMENT,
+    XLOG_XACT_COMMIT,
+    XLOG_XACT_COMMIT_PREPARED,
+    XLOG_XACT_HAS_INFO,
+    XLOG_XACT_INVALIDATIONS,
+    XLOG_XACT_OPMASK,
+    XLOG_XACT_PREPARE,
+)
 
 XACT_XINFO_HAS_DBINFO = 1 << 0
 XACT_XINFO_HAS_SUBXACTS = 1 << 1

@@ -21,24 +21,24 @@ from datetime import UTC, datetime
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.lsn import Lsn
 from strata.wal.record import DecodedRecord
+from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
+    RM_XLOG_ID,
+    XLOG_BACKUP_END,
+    XLOG_CHECKPOINT_ONLINE,
+    XLOG_CHECKPOINT_REDO,
+    XLOG_CHECKPOINT_SHUTDOWN,
+    XLOG_END_OF_RECOVERY,
+    XLOG_FPI,
+    XLOG_FPI_FOR_HINT,
+    XLOG_FPW_CHANGE,
+    XLOG_NEXTOID,
+    XLOG_NOOP,
+    XLOG_OVERWRITE_CONTRECORD,
+    XLOG_PARAMETER_CHANGE,
+    XLOG_RESTORE_POINT,
+    XLOG_SWITCH,
+)
 from strata.wal.rmgr.xact import timestamptz_to_datetime
-
-RM_XLOG_ID = 0
-
-XLOG_CHECKPOINT_SHUTDOWN = 0x00
-XLOG_CHECKPOINT_ONLINE = 0x10
-XLOG_NOOP = 0x20
-XLOG_NEXTOID = 0x30
-XLOG_SWITCH = 0x40
-XLOG_BACKUP_END = 0x50
-XLOG_PARAMETER_CHANGE = 0x60
-XLOG_RESTORE_POINT = 0x70
-XLOG_FPW_CHANGE = 0x80
-XLOG_END_OF_RECOVERY = 0x90
-XLOG_FPI_FOR_HINT = 0xA0
-XLOG_FPI = 0xB0
-XLOG_OVERWRITE_CONTRECORD = 0xD0
-XLOG_CHECKPOINT_REDO = 0xE0
 
 # wal_level values (xlog.h WalLevel)
 WAL_LEVEL_MINIMAL = 0
