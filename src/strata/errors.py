@@ -85,6 +85,13 @@ class LsnOutOfRangeError(StrataError):
         super().__init__(message)
 
 
+class IngestBehindError(LsnOutOfRangeError):
+    """A point that exists but is not ingested yet (ingest lags the primary):
+    a transient condition, the same request succeeds once ingest catches up."""
+
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
 class InstanceError(StrataError):
     """A PostgreSQL server (primary or historical) failed to start or stopped."""
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from strata.errors import LsnOutOfRangeError
+from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.historical.instance import HistoricalInstance, start_instance
 from strata.historical.materialize import materialize
 from strata.historical.pool import InstancePool
@@ -107,9 +107,6 @@ class HistoryService:
         # every commit at or before `when` is in WAL the primary has written by now
         target = self.primary_lsn()
         ingested = self._wait_ingested(target)
-        if ingested < target:
-            log.warning("time travel to %s: ingest at %s has not reached %s yet", shown, ingested,
-                        target)
         start_ts = datetime_to_timestamptz(oldest) if oldest is not None else None
         try:
             res = self.timemap.resolve_time(ts, history_start=self.oldest_lsn,
@@ -119,6 +116,13 @@ class HistoryService:
                 f"time {shown} is before history starts: the oldest point is "
                 f"{oldest.isoformat() if oldest else '?'} (LSN {self.oldest_lsn})",
                 nearest=oldest) from e
+        if res.last_commit is not None and res.lsn == ingested and ingested < target:
+            # No commit later than T is ingested yet, and the primary has WAL we
+            # have not read: a commit at or before T may still be in it.
+            raise IngestBehindError(
+                f"cannot resolve time {shown} yet: ingest is at LSN {ingested}, the primary "
+                f"at {target} ({target - ingested} bytes behind after "
+                f"{self.catchup_timeout:.0f} s); try again", nearest=ingested)
         lsn = Lsn(max(res.lsn, self.oldest_lsn))
         return self._point(lsn)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from strata.errors import (
     ConfigError,
+    IngestBehindError,
     InstanceError,
     LsnOutOfRangeError,
     ProtocolError,
@@ -37,6 +38,8 @@ OVERRIDES: dict[type[BaseException], str] = {
     # A time or LSN outside the history is a bad value for the setting; 22008
     # (errors.py's default) would wrongly suggest a datetime overflow for LSNs.
     LsnOutOfRangeError: INVALID_PARAMETER_VALUE,
+    # transient: the point exists, ingest has not reached it yet
+    IngestBehindError: OBJECT_NOT_IN_PREREQUISITE_STATE,
     ConfigError: INVALID_PARAMETER_VALUE,
     InstanceError: CANNOT_CONNECT_NOW,
     ProtocolError: PROTOCOL_VIOLATION,

@@ -1,0 +1,65 @@
+"""HistoryService's rules for where T and X land, with a stand-in store (the
+resolution itself is recovery_target_time's rule, tested in tests/timeline and
+against native PITR in tests/e2e/test_pitr_oracle.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from strata.errors import IngestBehindError, LsnOutOfRangeError
+from strata.history_service import HistoryService
+from strata.lsn import Lsn
+from strata.proxy.sqlstate import sqlstate_for
+from strata.timeline.timemap import EndKind, TimeMap, TxEnd, datetime_to_timestamptz
+
+T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
+
+
+class FakeStore:
+    def __init__(self, ingested: int) -> None:
+        self.ingested_lsn = Lsn(ingested)
+        self.retention_lsn = Lsn(0)
+
+
+def _service(tmp_path: Path, *, ingested: int, primary: int) -> HistoryService:
+    tm = TimeMap(None)
+    for i, start in enumerate((1000, 2000, 3000)):
+        tm.append(TxEnd(Lsn(start), Lsn(start + 40),
+                        datetime_to_timestamptz(T0 + dt.timedelta(seconds=10 * i)), 700 + i,
+                        EndKind.COMMIT))
+    return HistoryService(FakeStore(ingested), tm, history_start=Lsn(500),  # type: ignore[arg-type]
+                          history_start_time=T0 - dt.timedelta(minutes=1),
+                          instances_root=tmp_path / "inst", primary_lsn=lambda: Lsn(primary),
+                          primary_now=lambda: T0 + dt.timedelta(hours=1), catchup_timeout=0.05)
+
+
+def test_time_before_a_later_commit_resolves_even_while_ingest_lags(tmp_path: Path) -> None:
+    svc = _service(tmp_path, ingested=3500, primary=9000)
+    p = svc.resolve_time(T0 + dt.timedelta(seconds=5))
+    assert p.lsn == Lsn(2000) and p.last_commit_xid == 700
+
+
+def test_time_after_every_ingested_commit_waits_for_ingest_then_refuses(tmp_path: Path) -> None:
+    svc = _service(tmp_path, ingested=3500, primary=9000)
+    with pytest.raises(IngestBehindError, match="ingest is at LSN 0/DAC") as ei:
+        svc.resolve_time(T0 + dt.timedelta(seconds=25))
+    assert sqlstate_for(ei.value) == "55000"
+    caught_up = _service(tmp_path, ingested=9000, primary=9000)
+    p = caught_up.resolve_time(T0 + dt.timedelta(seconds=25))
+    assert p.lsn == Lsn(9000) and p.last_commit_xid == 702
+
+
+def test_future_and_before_history_are_refused_naming_the_nearest_point(tmp_path: Path) -> None:
+    svc = _service(tmp_path, ingested=9000, primary=9000)
+    with pytest.raises(LsnOutOfRangeError, match="in the future") as ei:
+        svc.resolve_time(T0 + dt.timedelta(hours=2))
+    assert sqlstate_for(ei.value) == "22023"
+    with pytest.raises(LsnOutOfRangeError, match="before history starts"):
+        svc.resolve_time(T0 - dt.timedelta(hours=1))
+    with pytest.raises(LsnOutOfRangeError, match="before history starts"):
+        svc.resolve_lsn(Lsn(100))
+    with pytest.raises(LsnOutOfRangeError, match="past the newest point"):
+        _service(tmp_path, ingested=9000, primary=9000).resolve_lsn(Lsn(99999))
