@@ -10,8 +10,6 @@ stopped.
 from __future__ import annotations
 
 import os
-import queue
-import re
 import signal
 import subprocess
 import sys
@@ -37,73 +35,7 @@ from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
 from strata.wal.receiver import read_slot
 from tests.conftest import make_cluster
-
-_PROGRESS_RE = re.compile(r"^ingest: .* at ([0-9A-F]+/[0-9A-F]+), durable")
-
-
-class UpProcess:
-    """A `strata up` subprocess whose stdout lines are collected by a thread."""
-
-    def __init__(self, home: Path, *extra: str) -> None:
-        if "--port" not in extra:
-            extra = (*extra, "--port", "0")  # the proxy on any free port
-        self.home = home
-        self.lines: list[str] = []
-        self._q: queue.Queue[str] = queue.Queue()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "strata.cli.main", "up", "--home", str(home),
-             "--progress-interval", "0.3", "--status-interval", "1", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self._t = threading.Thread(target=self._pump, daemon=True)
-        self._t.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._q.put(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        for line in self.lines:
-            if (m := rx.search(line)) is not None:
-                return m
-        while time.monotonic() < deadline:
-            try:
-                line = self._q.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None and self._q.empty():
-                    break
-                continue
-            self.lines.append(line)
-            if (m := rx.search(line)) is not None:
-                return m
-        err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
-        raise AssertionError(f"no line matching {pattern!r}; got:\n" + "\n".join(self.lines)
-                             + f"\nstderr:\n{err}")
-
-    def wait_ingested(self, lsn: Lsn, timeout: float = 60) -> Lsn:
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self.wait_for(_PROGRESS_RE.pattern, timeout=max(0.1, deadline - time.monotonic()))
-            at = Lsn.parse(m.group(1))
-            if at >= lsn:
-                return at
-            self.lines.remove(m.string)  # consumed: wait for a later progress line
-
-    def terminate(self, timeout: float = 60, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout)
-        self._t.join(5)
-        while not self._q.empty():
-            self.lines.append(self._q.get())
-        return rc
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+from tests.strata_proc import StrataUp, processes_under
 
 
 @pytest.fixture
@@ -116,20 +48,6 @@ def up_home(scratch_dir: Path) -> Iterator[Path]:
         Cluster(datadir=home / "primary" / "data").stop("immediate")
 
 
-def _processes_mentioning(path: Path) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(path) in cmd:
-            pids.append(int(d.name))
-    return pids
-
-
 def _flush_lsn(conn: psycopg.Connection) -> Lsn:  # type: ignore[type-arg]
     row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
     assert row is not None
@@ -139,7 +57,7 @@ def _flush_lsn(conn: psycopg.Connection) -> Lsn:  # type: ignore[type-arg]
 @pytest.mark.e2e
 def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
     # -- first run: initdb, start, stream ----------------------------------------------
-    up = UpProcess(up_home)
+    up = StrataUp(up_home)
     try:
         dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
         start = Lsn.parse(up.wait_for(r"streaming WAL from slot strata at (\S+)$").group(1))
@@ -160,13 +78,13 @@ def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
     finally:
         up.kill()
     assert not Cluster(datadir=up_home / "primary" / "data").is_running()
-    assert _processes_mentioning(up_home) == []
+    assert processes_under(up_home) == []
     assert not (up_home / "state.json").exists()
     saved = load_receiver_state(up_home)
     assert saved is not None and saved.flushed_lsn >= target
 
     # -- second run: resumes at the saved position, -v prints records -------------------
-    up2 = UpProcess(up_home, "-v")
+    up2 = StrataUp(up_home, "-v")
     try:
         resumed = up2.wait_for(r"streaming WAL from slot strata at (\S+) \(resumed\)$")
         assert Lsn.parse(resumed.group(1)) == saved.flushed_lsn
@@ -184,7 +102,7 @@ def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
         assert up2.terminate() == 0
     finally:
         up2.kill()
-    assert _processes_mentioning(up_home) == []
+    assert processes_under(up_home) == []
     again = load_receiver_state(up_home)
     assert again is not None and again.flushed_lsn >= target2
     assert again.system_id == saved.system_id
@@ -196,7 +114,7 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
     """kill -9 of strata mid-ingest: the memtable is lost, the slot still holds
     everything after durable_lsn, a restart re-streams it and every earlier
     point answers as before."""
-    up = UpProcess(up_home, "--flush-interval", "0.5")
+    up = StrataUp(up_home, "--flush-interval", "0.5")
     try:
         dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
         proxy = up.wait_for(r"time travel proxy: (.*)$").group(1)
@@ -226,7 +144,7 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
     with psycopg.connect(dsn, autocommit=True) as conn:  # written while strata was down
         conn.execute("INSERT INTO t SELECT generate_series(201, 300)")
 
-    up2 = UpProcess(up_home)
+    up2 = StrataUp(up_home)
     try:
         resumed = up2.wait_for(r"streaming WAL from slot strata at (\S+) \(resumed\)$")
         assert Lsn.parse(resumed.group(1)) <= saved.flushed_lsn or \
@@ -246,7 +164,7 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
     finally:
         up2.kill()
     assert not Cluster(datadir=up_home / "primary" / "data").is_running()
-    assert _processes_mentioning(up_home) == []
+    assert processes_under(up_home) == []
 
 
 @pytest.mark.e2e

@@ -13,7 +13,7 @@ import pytest
 
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
-from tests.cli.test_up import UpProcess
+from tests.strata_proc import StrataUp
 
 
 def _strata(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +24,7 @@ def _strata(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.e2e
 def test_status_query_and_timeline(scratch_dir: Path) -> None:
     home = scratch_dir / "home"
-    up = UpProcess(home)
+    up = StrataUp(home)
     try:
         dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
         with psycopg.connect(dsn, autocommit=True) as conn:

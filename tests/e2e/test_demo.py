@@ -9,7 +9,7 @@ import pytest
 
 from strata.runtime.cluster import Cluster
 from strata.runtime.pgbin import find_pg_binaries
-from tests.cli.test_up import UpProcess, _processes_mentioning
+from tests.strata_proc import StrataUp, processes_under
 
 
 def _psql(port: int, sql: str) -> subprocess.CompletedProcess[str]:
@@ -22,7 +22,7 @@ def _psql(port: int, sql: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.e2e
 def test_demo_through_psql(scratch_dir: Path) -> None:
     home = scratch_dir / "home"
-    up = UpProcess(home)
+    up = StrataUp(home)
     try:
         port = int(up.wait_for(r"time travel proxy: .*port=(\d+)").group(1))
         first = _psql(port, """
@@ -55,4 +55,4 @@ SELECT * FROM demo;
     finally:
         up.kill()
         Cluster(datadir=home / "primary" / "data").stop("immediate")
-    assert _processes_mentioning(home) == []
+    assert processes_under(home) == []

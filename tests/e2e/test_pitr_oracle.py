@@ -60,7 +60,6 @@ from strata.runtime.cluster import SUPERUSER, Cluster
 from strata.runtime.osuser import run_as_server
 from strata.wal.segments import find_first_record, iter_raw_records
 from tests.conftest import _scratch, make_cluster
-from tests.e2e.strata_proc import StrataUp, processes_under
 from tests.e2e.workload import (
     SEQ_LOG_VALS,
     WORKLOADS,
@@ -70,6 +69,7 @@ from tests.e2e.workload import (
     load_steps,
     run_steps,
 )
+from tests.strata_proc import StrataUp, processes_under
 
 pytestmark = [pytest.mark.e2e]
 

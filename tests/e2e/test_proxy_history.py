@@ -15,7 +15,6 @@ import pytest
 
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
-from tests.cli.test_up import UpProcess, _processes_mentioning
 from tests.conftest import _scratch
 from tests.e2e.workload import (
     WORKLOADS,
@@ -25,11 +24,12 @@ from tests.e2e.workload import (
     load_steps,
     run_steps,
 )
+from tests.strata_proc import StrataUp, processes_under
 
 
 @dataclass
 class Run:
-    up: UpProcess
+    up: StrataUp
     proxy: str
     points: list[StepPoint]
 
@@ -39,15 +39,15 @@ def run() -> Iterator[Run]:
     home = _scratch("proxyhist-") / "home"
     steps = load_steps(WORKLOADS / "history.sql")
     half = len(steps) // 2
-    up = UpProcess(home, "--flush-interval", "1")
-    up2: UpProcess | None = None
+    up = StrataUp(home, "--flush-interval", "1")
+    up2: StrataUp | None = None
     try:
         dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             points = run_steps(conn, steps[:half])
         up.wait_ingested(Lsn.parse(points[-1].lsn))
         assert up.terminate() == 0  # stop strata (and its primary) mid-workload
-        up2 = UpProcess(home, "--flush-interval", "1")
+        up2 = StrataUp(home, "--flush-interval", "1")
         up2.wait_for(r"\(resumed\)$")
         dsn = up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
         proxy = up2.wait_for(r"time travel proxy: (.*)$").group(1)
@@ -59,14 +59,14 @@ def run() -> Iterator[Run]:
         yield Run(up2, proxy, points)
         rc = up2.terminate()
         assert rc == 0, "\n".join(
-            ln for ln in (up2.proc.stderr.read() if up2.proc.stderr else "").splitlines()
+            ln for ln in up2.stderr_text().splitlines()
             if "served as empty pages" not in ln)[-4000:]
     finally:
         up.kill()
         if up2 is not None:
             up2.kill()
         Cluster(datadir=home / "primary" / "data").stop("immediate")
-        leftover = _processes_mentioning(home)
+        leftover = processes_under(home)
         shutil.rmtree(home.parent, ignore_errors=True)
         assert leftover == []
 

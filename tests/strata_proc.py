@@ -1,4 +1,4 @@
-"""`strata up` as a user runs it: a subprocess on a scratch home, for e2e tests.
+"""`strata up` as a user runs it: a subprocess on a scratch home, for tests.
 
 What it is: `StrataUp`, which starts ``python -m strata.cli.main up`` with the
 given options, collects its stdout in a thread, and answers what tests need:
@@ -28,6 +28,8 @@ class StrataUp:
     """A running ``strata up`` (stdout lines kept in `lines`)."""
 
     def __init__(self, home: Path, *args: str, progress_interval: float = 0.5) -> None:
+        if "--port" not in args:
+            args = (*args, "--port", "0")  # the proxy on any free port
         self.home = home
         self.lines: list[str] = []
         self._q: queue.Queue[str] = queue.Queue()
@@ -112,10 +114,10 @@ class StrataUp:
         raise AssertionError(f"strata did not ingest up to {lsn} within {timeout:.0f} s "
                              f"(status.json: ingested_lsn {seen}).\n{self.output()}")
 
-    def terminate(self, timeout: float = 90) -> int:
-        """SIGTERM, wait for the exit; returns the exit code."""
+    def terminate(self, timeout: float = 90, sig: int = signal.SIGTERM) -> int:
+        """Send `sig` (SIGTERM; SIGINT is Ctrl-C), wait for the exit; returns the exit code."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         rc = self.proc.wait(timeout)
         self._t.join(5)
         self._te.join(5)
