@@ -26,7 +26,8 @@ from strata.lsn import Lsn
 from strata.runtime.cluster import SUPERUSER, Cluster
 from strata.wal.decoder import decode_record
 from strata.wal.reader import WalReader
-from strata.wal.receiver import WalReceiver, ensure_physical_slot
+from strata.wal.receiver import WalReceiver
+from strata.wal.replication import ensure_physical_slot
 from strata.wal.source import FileSource, WalSource
 
 

@@ -16,7 +16,7 @@ WAL once into memory (not timed), then times (best of --repeat, wall and CPU):
    XID moves, nothing for heap/btree records);
 2. `ClusterStateTracker.apply` alone;
 3. rebuilding one pg_xact page from an image plus 1, 10, 100 and 1,000 commit
-   deltas with `slru.reconstruct`.
+   deltas with `reconstruct`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from strata.ingest.cluster_state import ClusterState, ClusterStateTracker
+from strata.ingest.cluster_state import ClusterStateTracker, cluster_state_from_pg_controldata
 from strata.ingest.transam import TransamIngest
+from strata.keyspace.cluster import ClusterState
+from strata.keyspace.slru import delta_value, image_value, xid_status_op
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.pg.slru import ZERO_PAGE
+from strata.reconstruct.slru import reconstruct
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import make_private_dir, run_as_server
 from strata.wal.record import DecodedRecord
@@ -109,7 +112,7 @@ def main() -> int:
         make_private_dir(base)
         base.chmod(0o755)
         wal, start, controldata = make_wal(base, args.transactions)
-        initial = ClusterState.from_pg_controldata(controldata)
+        initial = cluster_state_from_pg_controldata(controldata)
     try:
         records: list[DecodedRecord] = list(iter_records(wal, start))
         nbytes = records[-1].end_lsn - records[0].lsn
@@ -136,14 +139,14 @@ def main() -> int:
                   f"{nbytes / MB / cpu:8.1f} MB/s of WAL CPU  (wall {wall:.2f} s, CPU {cpu:.2f} s)")
         print(f"puts per run: {counts['puts']}")
 
-        image = slru.image_value(slru.ZERO_PAGE)
+        image = image_value(ZERO_PAGE)
         for n in (1, 10, 100, 1000):
-            deltas = [slru.delta_value([slru.xid_status_op(1, [i % 32768])]) for i in range(n)]
+            deltas = [delta_value([xid_status_op(1, [i % 32768])]) for i in range(n)]
             reps = max(1, 2000 // n)
 
             def rebuild(deltas: list[bytes] = deltas, reps: int = reps) -> None:
                 for _ in range(reps):
-                    slru.reconstruct([image, *deltas])
+                    reconstruct([image, *deltas])
 
             wall, cpu = best(rebuild, args.repeat)
             print(f"rebuild pg_xact page from image + {n:5d} deltas: {cpu / reps * 1e6:10.1f} µs CPU")

@@ -15,17 +15,18 @@ import logging
 from collections.abc import Callable
 
 from strata.historical.source import DataDirSource
-from strata.ingest.cluster_state import ClusterState
-from strata.ingest.walingest import STORED_FORKS, WalIngest
-from strata.key import GLOBALTABLESPACE_OID, Key, KeyKind, SlruKind
+from strata.ingest.walingest import WalIngest
+from strata.key import Key, KeyKind, SlruKind
+from strata.keyspace.cluster import ClusterState
+from strata.keyspace.relation import STORED_FORKS
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.pg.constants import GLOBALTABLESPACE_OID
+from strata.pg.slru import parse_segment_file_name, segment_pages
 from strata.storage.values import PageImage
 
 log = logging.getLogger(__name__)
 
 AUX_CONTROL_TEMPLATE = 0  # Key(AUX, rel=0): the imported pg_control bytes
-BLCKSZ = 8192
 
 
 def control_template_key() -> Key:
@@ -73,8 +74,8 @@ def import_datadir(source: DataDirSource, ingest: WalIngest,
         ingest.note_relation(rf.spc, rf.db, rf.rel, rf.fork, rf.nblocks, lsn)
     for kind in SlruKind:
         for name, data in source.slru_segments(kind):
-            segno = slru.parse_segment_file_name(name)
-            for pageno, page in slru.segment_pages(segno, data):
+            segno = parse_segment_file_name(name)
+            for pageno, page in segment_pages(segno, data):
                 store.put(Key.slru_page(kind, pageno), lsn, PageImage(page))
                 ingest.transam.note_existing_page(kind, pageno)
     for spc, db in [(GLOBALTABLESPACE_OID, 0), *source.databases()]:

@@ -76,10 +76,10 @@ from strata.bootstrap import cluster_state_of, import_datadir
 from strata.errors import ConfigError, EndOfWal, WalSourceError
 from strata.historical.source import DataDirSource
 from strata.history_service import HistoryService
-from strata.ingest.cluster_state import ClusterState
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import Key
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.proxy.server import ProxyConfig, ProxyThread
@@ -88,15 +88,15 @@ from strata.runtime.cluster import SUPERUSER, Cluster, free_port
 from strata.timeline.timemap import TimeMap
 from strata.wal.decoder import decode_record
 from strata.wal.reader import WalReader
-from strata.wal.receiver import (
-    WalReceiver,
+from strata.wal.receiver import WalReceiver
+from strata.wal.record import DecodedRecord
+from strata.wal.replication import (
     describe_dsn,
     ensure_physical_slot,
     identify_system,
     parse_size_setting,
     server_setting,
 )
-from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import record_type_name, rmgr_name
 
 log = logging.getLogger(__name__)

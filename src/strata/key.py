@@ -15,16 +15,17 @@ retired values stay reserved):
 kind  name                fields used                                  value stored
 ====  ==================  ===========================================  =============================
 0x00  REL_BLOCK           spc, db, rel (relfilenumber), fork, blk       8 KB page image / WAL record
-0x01  REL_SIZE            spc, db, rel, fork (blk = 0)                  size record (ingest/values)
+0x01  REL_SIZE            spc, db, rel, fork (blk = 0)                  size record
 0x02  SLRU_PAGE           rel = SlruKind, blk = page number             8 KB SLRU page image / delta
 0x03  RELMAP              spc, db (global map: spc=1664, db=0)          524-byte pg_filenode.map
 0x04  DB_DIR              spc, db                                       database directory record
 0x05  CLUSTER             blk = ClusterField (0 = the control values)   control values record
-0x06  AUX                 rel = AuxKind, blk = index                    misc. files (reserved)
+0x06  AUX                 rel = AuxKind, blk = index                    the imported pg_control
 0xFF  (reserved: above every real key, used as an exclusive range end)
 ====  ==================  ===========================================  =============================
 
-Forks keep PostgreSQL's numbers: main 0, fsm 1, vm 2, init 3.
+Forks keep PostgreSQL's numbers (`strata.pg.constants.ForkNumber`). Value
+encodings per kind: `strata.keyspace` (keyspace/FORMAT.md).
 """
 
 from __future__ import annotations
@@ -56,19 +57,6 @@ class SlruKind(IntEnum):
     XACT = 0
     MULTIXACT_OFFSETS = 1
     MULTIXACT_MEMBERS = 2
-
-
-class ForkNumber(IntEnum):
-    MAIN = 0
-    FSM = 1
-    VM = 2
-    INIT = 3
-
-
-FORK_NAMES = {0: "main", 1: "fsm", 2: "vm", 3: "init"}
-
-GLOBALTABLESPACE_OID = 1664
-DEFAULTTABLESPACE_OID = 1663
 
 
 @dataclass(frozen=True, slots=True, order=True)

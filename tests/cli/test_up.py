@@ -33,7 +33,7 @@ from strata.daemon import (
 from strata.errors import ConfigError
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
-from strata.wal.receiver import read_slot
+from strata.wal.replication import read_slot
 from tests.conftest import make_cluster
 from tests.strata_proc import StrataUp, processes_under
 

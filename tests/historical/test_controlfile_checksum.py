@@ -15,12 +15,8 @@ import pytest
 from strata.errors import CorruptionError
 from strata.historical.controlfile import parse_control, with_checksum_version
 from strata.historical.source import ControlValues
-from strata.pg.checksum import (
-    BLCKSZ,
-    checksum_page_py,
-    checksum_pages,
-    set_checksums,
-)
+from strata.pg.checksum import checksum_page_py, checksum_pages, set_checksums
+from strata.pg.constants import BLCKSZ
 
 SAMPLE = Path(__file__).parent / "data" / "pg_control_18.bin"
 

@@ -15,7 +15,8 @@ from strata.historical.materialize import SKELETON, materialize
 from strata.historical.source import ControlValues, RelFile
 from strata.key import SlruKind
 from strata.lsn import Lsn
-from strata.pg.checksum import BLCKSZ, checksum_page_py
+from strata.pg.checksum import checksum_page_py
+from strata.pg.constants import BLCKSZ
 
 SAMPLE = Path(__file__).parent / "data" / "pg_control_18.bin"
 SEGBLOCKS = 4  # tiny 'relseg_size' so segment splitting is exercised with a few pages

@@ -17,6 +17,7 @@ import pytest
 
 from strata.errors import RedoError, UnsupportedRecordError
 from strata.lsn import Lsn
+from strata.pg.constants import BLCKSZ
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import RM_BTREE_ID, page_ops, redo_block
 from strata.reconstruct.redo import btree_page as bp
@@ -24,7 +25,6 @@ from strata.reconstruct.redo.btree import BTREE_RECORD_TYPES, btree_mask, btree_
 from strata.wal.record import (
     BKPBLOCK_HAS_DATA,
     BKPBLOCK_WILL_INIT,
-    BLCKSZ,
     BlockRef,
     DecodedRecord,
     RelFileLocator,

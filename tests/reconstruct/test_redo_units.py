@@ -8,6 +8,7 @@ import pytest
 
 from strata.errors import RedoError, UnsupportedRecordError
 from strata.lsn import Lsn
+from strata.pg.constants import BLCKSZ
 from strata.reconstruct import mask as bm
 from strata.reconstruct.redo import (
     RM_GENERIC_ID,
@@ -26,7 +27,6 @@ from strata.wal.record import (
     BKPBLOCK_HAS_DATA,
     BKPBLOCK_WILL_INIT,
     BKPIMAGE_APPLY,
-    BLCKSZ,
     BlockImage,
     BlockRef,
     DecodedRecord,

@@ -68,13 +68,3 @@ def test_failed_start_reports_log_tail(scratch_dir: Path) -> None:
     assert "shared_buffers" in str(ei.value)
     c.stop("immediate")
 
-
-@pytest.mark.pg
-def test_physical_slot_create_and_drop(pg_primary: Cluster) -> None:
-    pg_primary.create_physical_slot("t_slot")
-    pg_primary.create_physical_slot("t_slot")  # idempotent
-    rows = pg_primary.sql("SELECT slot_type, restart_lsn IS NOT NULL FROM pg_replication_slots "
-                          "WHERE slot_name = 't_slot'")
-    assert rows == [("physical", True)]
-    pg_primary.drop_slot("t_slot")
-    assert pg_primary.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = 't_slot'") == []

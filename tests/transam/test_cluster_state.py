@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from strata.errors import CorruptionError
-from strata.ingest.cluster_state import (
-    ENCODED_SIZE,
-    ClusterState,
-    ClusterStateTracker,
-    pg_resetwal_args,
-    wal_file_name,
-    xid_advance,
-    xid_retreat,
-)
+from strata.ingest.cluster_state import ClusterStateTracker, cluster_state_from_pg_controldata
+from strata.keyspace.cluster import ENCODED_SIZE, ClusterState
 from strata.lsn import Lsn
+from strata.pg.transam import xid_advance, xid_retreat
+from strata.pg.xlogfile import segment_file_name
 from strata.wal.record import DecodedRecord
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "transam"
@@ -76,7 +70,7 @@ def test_from_pg_controldata_reads_a_real_output() -> None:
         assert m, label
         return m.group(1)
 
-    s = ClusterState.from_pg_controldata(text)
+    s = cluster_state_from_pg_controldata(text)
     assert s.lsn == Lsn.parse(field("Latest checkpoint location"))
     assert s.checkpoint_redo == Lsn.parse(field("Latest checkpoint's REDO location"))
     assert f"{s.next_xid_epoch}:{s.next_xid}" == field("Latest checkpoint's NextXID")
@@ -177,21 +171,7 @@ def test_parameter_change_and_end_of_recovery_update_settings_and_timeline() -> 
     assert (t.state.timeline, t.state.prev_timeline) == (2, 1)
 
 
-def test_pg_resetwal_args_follow_the_census_recipe() -> None:
-    s = base_state(lsn=Lsn.parse("0/1CBF2A8"), next_full_xid=(2 << 32) | 35981)
-    assert pg_resetwal_args(s) == ["-x", "35981", "-e", "2", "-u", "700", "-m", "5,1", "-O", "9",
-                                   "-o", "20000", "-l", "000000010000000000000002"]
-    assert pg_resetwal_args(s, next_wal_file="0" * 24, commit_ts=True)[-4:] == [
-        "-l", "0" * 24, "-c", "0,0"]
-
-
-def test_pg_resetwal_args_refuse_values_pg_resetwal_refuses() -> None:
-    for bad in (dict(oldest_xid=2), dict(next_full_xid=1), dict(oldest_multi=0), dict(next_oid=0)):
-        with pytest.raises(ValueError):
-            pg_resetwal_args(replace(base_state(), **bad))  # type: ignore[arg-type]
-
-
 def test_wal_file_names_split_segment_numbers_like_postgresql() -> None:
-    assert wal_file_name(1, 2, 16 << 20) == "000000010000000000000002"
-    assert wal_file_name(3, 257, 16 << 20) == "000000030000000100000001"
-    assert wal_file_name(1, 5, 1 << 30) == "000000010000000100000001"
+    assert segment_file_name(1, 2, 16 << 20) == "000000010000000000000002"
+    assert segment_file_name(3, 257, 16 << 20) == "000000030000000100000001"
+    assert segment_file_name(1, 5, 1 << 30) == "000000010000000100000001"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from strata.ingest.cluster_state import ClusterState
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.pg.slru import XidStatus, clog_get_status
+from strata.reconstruct.slru import apply_value
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "transam"
 
@@ -26,10 +27,10 @@ def test_cluster_state_v1_sample_decodes_and_reencodes_identically() -> None:
 
 def test_slru_delta_v1_sample_applies_as_documented() -> None:
     raw = (DATA / "slru_delta_v1.bin").read_bytes()
-    page = slru.apply_value(None, raw)
+    page = apply_value(None, raw)
     assert page is not None
-    assert [slru.clog_get_status(page, x) for x in (2, 3, 4, 5, 6)] == [0, 1, 1, 1, 0]
-    assert slru.clog_get_status(page, 32767) == slru.XidStatus.ABORTED
+    assert [clog_get_status(page, x) for x in (2, 3, 4, 5, 6)] == [0, 1, 1, 1, 0]
+    assert clog_get_status(page, 32767) == XidStatus.ABORTED
     assert page[100:102] == b"\xaa\xbb"
     # bytes 0 and 1 (slots 3..5), 8191 (slot 32767), 100 and 101 (the patch)
     assert [i for i, b in enumerate(page) if b] == [0, 1, 100, 101, 8191]

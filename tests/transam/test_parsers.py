@@ -327,7 +327,8 @@ def test_commit_with_origin_and_twophase_gid_parses_the_unaligned_tail() -> None
 
 
 def test_end_of_recovery_from_a_promoted_standby_matches_waldump_and_moves_the_timeline() -> None:
-    from strata.ingest.cluster_state import ClusterState, ClusterStateTracker
+    from strata.ingest.cluster_state import ClusterStateTracker
+    from strata.keyspace.cluster import ClusterState
 
     rec, desc = sample("xlog_end_of_recovery.bin")
     eor = xlog.parse(rec)

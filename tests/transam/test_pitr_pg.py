@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from strata.ingest.cluster_state import ClusterState, parse_pg_controldata
+from strata.ingest.cluster_state import cluster_state_from_pg_controldata, parse_pg_controldata
 from strata.ingest.transam import import_baseline
 from strata.key import Key, KeyKind, SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.reconstruct.slru import apply_value
 from strata.runtime.cluster import Cluster
 from strata.wal.record import DecodedRecord
 from strata.wal.segments import iter_records
@@ -95,7 +96,7 @@ def _rebuild(h: History, upto: int) -> tuple[dict[tuple[SlruKind, int], bytes],
     for key, value in h.import_puts + [p for ps in h.puts[:upto + 1] for p in ps]:
         if key.kind == KeyKind.SLRU_PAGE:
             pk = (SlruKind(key.rel), key.blk)
-            page = slru.apply_value(pages.get(pk), value)
+            page = apply_value(pages.get(pk), value)
             if page is None:
                 pages.pop(pk, None)
             else:
@@ -149,7 +150,7 @@ def test_state_at_lsn_equals_native_pitr(history: History, which: str) -> None:
         for pageno, page in theirs.items():
             assert ours[pageno] == page, f"{kind.name} page {pageno} at {which}"
     assert relmaps == pitr.relmaps
-    expect = ClusterState.from_pg_controldata(pitr.controldata)
+    expect = cluster_state_from_pg_controldata(pitr.controldata)
     got = history.states[i]
     assert (got.next_full_xid, got.next_multi, got.next_multi_offset) == (
         expect.next_full_xid, expect.next_multi, expect.next_multi_offset)

@@ -5,24 +5,35 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strata.ingest.cluster_state import ClusterState
+from strata.keyspace.cluster import ClusterState
+from strata.keyspace.slru import delta_value, patch_op, xid_status_op
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.pg.constants import BLCKSZ
+from strata.pg.slru import (
+    CLOG_XACTS_PER_PAGE,
+    ZERO_PAGE,
+    get_multixact_member,
+    get_multixact_offset,
+    member_page,
+    multixact_create_writes,
+    offsets_page,
+)
+from strata.reconstruct.slru import apply_value, reconstruct
 
 u32 = st.integers(0, 0xFFFFFFFF)
 
-status_op = st.tuples(st.just("status"), st.integers(0, 3),
-                      st.lists(st.integers(0, slru.CLOG_XACTS_PER_PAGE - 1), max_size=50))
-patch_op = st.integers(0, slru.BLCKSZ - 1).flatmap(
+status_op_st = st.tuples(st.just("status"), st.integers(0, 3),
+                      st.lists(st.integers(0, CLOG_XACTS_PER_PAGE - 1), max_size=50))
+patch_op_st = st.integers(0, BLCKSZ - 1).flatmap(
     lambda off: st.tuples(st.just("patch"), st.just(off),
-                          st.binary(min_size=0, max_size=min(64, slru.BLCKSZ - off))))
+                          st.binary(min_size=0, max_size=min(64, BLCKSZ - off))))
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.one_of(status_op, patch_op), max_size=6), max_size=6),
-       st.one_of(st.none(), st.binary(min_size=slru.BLCKSZ, max_size=slru.BLCKSZ)))
+@given(st.lists(st.lists(st.one_of(status_op_st, patch_op_st), max_size=6), max_size=6),
+       st.one_of(st.none(), st.binary(min_size=BLCKSZ, max_size=BLCKSZ)))
 def test_delta_values_equal_direct_page_edits(deltas, base) -> None:  # type: ignore[no-untyped-def]
-    model = bytearray(base if base is not None else slru.ZERO_PAGE)
+    model = bytearray(base if base is not None else ZERO_PAGE)
     values = []
     for ops in deltas:
         encoded = []
@@ -32,13 +43,13 @@ def test_delta_values_equal_direct_page_edits(deltas, base) -> None:  # type: ig
                 for slot in slots:
                     byteno, shift = slot // 4, (slot % 4) * 2
                     model[byteno] = (model[byteno] & ~(3 << shift)) | (status << shift)
-                encoded.append(slru.xid_status_op(status, slots))
+                encoded.append(xid_status_op(status, slots))
             else:
                 _, off, data = op
                 model[off:off + len(data)] = data
-                encoded.append(slru.patch_op(off, data))
-        values.append(slru.delta_value(encoded))
-    assert slru.reconstruct(values, base) == (bytes(model) if values or base is not None else None)
+                encoded.append(patch_op(off, data))
+        values.append(delta_value(encoded))
+    assert reconstruct(values, base) == (bytes(model) if values or base is not None else None)
 
 
 @settings(max_examples=200, deadline=None)
@@ -46,15 +57,15 @@ def test_delta_values_equal_direct_page_edits(deltas, base) -> None:  # type: ig
        st.lists(st.tuples(u32, st.integers(0, 5)), min_size=1, max_size=40))
 def test_multixact_writes_read_back_with_the_layout_helpers(multi, moff, members) -> None:  # type: ignore[no-untyped-def]
     pages: dict[tuple[int, int], bytes | None] = {}
-    for w in slru.multixact_create_writes(multi, moff, members):
+    for w in multixact_create_writes(multi, moff, members):
         key = (int(w.kind), w.pageno)
-        pages[key] = slru.apply_value(pages.get(key), slru.delta_value([slru.patch_op(w.offset, w.data)]))
-    page = pages[(1, slru.offsets_page(multi))]
-    assert page is not None and slru.get_multixact_offset(page, multi) == moff
+        pages[key] = apply_value(pages.get(key), delta_value([patch_op(w.offset, w.data)]))
+    page = pages[(1, offsets_page(multi))]
+    assert page is not None and get_multixact_offset(page, multi) == moff
     offset = moff
     for xid, status in members:
-        mpage = pages[(2, slru.member_page(offset))]
-        assert mpage is not None and slru.get_multixact_member(mpage, offset) == (xid, status)
+        mpage = pages[(2, member_page(offset))]
+        assert mpage is not None and get_multixact_member(mpage, offset) == (xid, status)
         offset = (offset + 1) & 0xFFFFFFFF
 
 

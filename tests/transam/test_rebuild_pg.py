@@ -6,7 +6,7 @@ pg_multixact and every pg_filenode.map (the expected baseline), note the
 checkpoint, and `import_baseline` the stopped cluster -> start, run the
 workload (tests/transam/workload.py) -> clean stop -> replay the WAL after the
 baseline checkpoint through `TransamIngest`, applying every put with
-`slru.apply_value` -> compare with the primary's files and pg_controldata.
+`apply_value` -> compare with the primary's files and pg_controldata.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from strata.ingest.cluster_state import (
-    ClusterState,
-    parse_pg_controldata,
-    pg_resetwal_args,
-    wal_file_name,
-)
+from strata.historical.source import ControlValues
+from strata.ingest.cluster_state import cluster_state_from_pg_controldata, parse_pg_controldata
 from strata.ingest.transam import import_baseline
-from strata.key import GLOBALTABLESPACE_OID, Key, KeyKind, SlruKind
+from strata.key import Key, KeyKind, SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.pg.constants import GLOBALTABLESPACE_OID
+from strata.pg.slru import XidStatus, clog_get_status, clog_page
+from strata.pg.xlogfile import segment_file_name
+from strata.reconstruct.slru import apply_value
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import run_as_server
 from strata.wal.record import DecodedRecord
@@ -108,7 +108,7 @@ def _apply(puts: list[tuple[Key, bytes]], pages: dict[tuple[SlruKind, int], byte
     for key, value in puts:
         if key.kind == KeyKind.SLRU_PAGE:
             pk = (SlruKind(key.rel), key.blk)
-            page = slru.apply_value(pages.get(pk), value)
+            page = apply_value(pages.get(pk), value)
             if page is None:
                 pages.pop(pk, None)
             else:
@@ -157,12 +157,12 @@ def test_prepared_transactions_read_as_their_outcome_or_in_progress(rebuilt: Reb
             assert isinstance(rec, xact.XactPrepare)
             gids[rec.gid] = rec
     assert set(gids) == {"p_commit", "p_rollback", "p_open"}
-    for gid, expect in (("p_commit", slru.XidStatus.COMMITTED),
-                        ("p_rollback", slru.XidStatus.ABORTED),
-                        ("p_open", slru.XidStatus.IN_PROGRESS)):
+    for gid, expect in (("p_commit", XidStatus.COMMITTED),
+                        ("p_rollback", XidStatus.ABORTED),
+                        ("p_open", XidStatus.IN_PROGRESS)):
         for x in (gids[gid].xid, *gids[gid].subxacts):
-            page = rebuilt.pages[(SlruKind.XACT, slru.clog_page(x))]
-            assert slru.clog_get_status(page, x) == expect, gid
+            page = rebuilt.pages[(SlruKind.XACT, clog_page(x))]
+            assert clog_get_status(page, x) == expect, gid
         assert gids[gid].subxacts, "each prepared transaction had a subtransaction with an xid"
 
 
@@ -184,7 +184,7 @@ def test_relation_maps_equal_the_stopped_primary(rebuilt: Rebuilt) -> None:
 
 
 def test_cluster_state_equals_pg_controldata(rebuilt: Rebuilt) -> None:
-    expect = ClusterState.from_pg_controldata(rebuilt.final.controldata)
+    expect = cluster_state_from_pg_controldata(rebuilt.final.controldata)
     got = rebuilt.state
     assert replace(got, lsn=expect.lsn) == expect
 
@@ -192,7 +192,7 @@ def test_cluster_state_equals_pg_controldata(rebuilt: Rebuilt) -> None:
 def test_cluster_state_tracked_up_to_shutdown_checkpoint_matches_it(rebuilt: Rebuilt) -> None:
     """Without the final checkpoint's help: the values tracked from the records
     before it must equal what that checkpoint states (next OID: not below)."""
-    expect = ClusterState.from_pg_controldata(rebuilt.final.controldata)
+    expect = cluster_state_from_pg_controldata(rebuilt.final.controldata)
     got = rebuilt.state_before_shutdown_ckpt
     assert got.next_full_xid == expect.next_full_xid
     assert got.next_multi == expect.next_multi
@@ -200,14 +200,20 @@ def test_cluster_state_tracked_up_to_shutdown_checkpoint_matches_it(rebuilt: Reb
     assert got.oldest_xid == expect.oldest_xid
     assert got.oldest_multi == expect.oldest_multi
     assert got.next_oid >= expect.next_oid
-    start = ClusterState.from_pg_controldata(rebuilt.baseline.controldata)
+    start = cluster_state_from_pg_controldata(rebuilt.baseline.controldata)
     assert got.next_xid - start.next_xid > workload.N_SUBXACTS  # it really moved
     assert got.next_multi - start.next_multi > workload.N_ROWS
 
 
+def _resetwal_args(s: ClusterState) -> list[str]:
+    """What a historical instance passes to pg_resetwal for state `s`."""
+    nxt = segment_file_name(s.timeline, int(s.lsn) // s.wal_segment_size + 1, s.wal_segment_size)
+    return [*ControlValues.from_state(s).pg_resetwal_args(), "-l", nxt]
+
+
 def test_pg_resetwal_args_carry_the_rebuilt_values(rebuilt: Rebuilt) -> None:
     s = rebuilt.state
-    args = pg_resetwal_args(s)
+    args = _resetwal_args(s)
     assert args[args.index("-x") + 1] == str(s.next_xid)
     assert args[args.index("-e") + 1] == str(s.next_xid_epoch)
     assert args[args.index("-u") + 1] == str(s.oldest_xid)
@@ -215,7 +221,7 @@ def test_pg_resetwal_args_carry_the_rebuilt_values(rebuilt: Rebuilt) -> None:
     assert args[args.index("-O") + 1] == str(s.next_multi_offset)
     assert args[args.index("-o") + 1] == str(s.next_oid)
     walfile = args[args.index("-l") + 1]
-    last = wal_file_name(s.timeline, int(rebuilt.records[-1].end_lsn) // s.wal_segment_size,
+    last = segment_file_name(s.timeline, int(rebuilt.records[-1].end_lsn) // s.wal_segment_size,
                          s.wal_segment_size)
     assert last in rebuilt.wal_files
     assert walfile > last and walfile[:8] == last[:8]
@@ -223,7 +229,7 @@ def test_pg_resetwal_args_carry_the_rebuilt_values(rebuilt: Rebuilt) -> None:
 
 def test_pg_resetwal_dry_run_accepts_the_args_and_would_set_our_values(rebuilt: Rebuilt) -> None:
     s = rebuilt.state
-    args = pg_resetwal_args(s)
+    args = _resetwal_args(s)
     cp = run_as_server([rebuilt.cluster.bins.path("pg_resetwal"), "-n", *args,
                         "-D", rebuilt.cluster.datadir], check=False)
     out = cp.stdout.decode() if isinstance(cp.stdout, bytes) else str(cp.stdout)

@@ -9,11 +9,22 @@ from pathlib import Path
 import pytest
 
 from strata.errors import CorruptionError
-from strata.ingest.cluster_state import ClusterState
+from strata.ingest.cluster_state import cluster_state_from_pg_controldata
 from strata.ingest.transam import ZERO_PAGE_VALUE, TransamIngest, import_baseline
 from strata.key import Key, KeyKind, SlruKind
+from strata.keyspace.cluster import ClusterState
+from strata.keyspace.slru import TRUNCATED_VALUE, image_value
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.pg.constants import BLCKSZ
+from strata.pg.slru import (
+    MULTIXACT_MEMBERS_PER_PAGE,
+    XidStatus,
+    clog_get_status,
+    clog_page,
+    get_multixact_member,
+    get_multixact_offset,
+)
+from strata.reconstruct.slru import apply_value
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr.relmap import RelMapFile
 
@@ -38,7 +49,7 @@ def commit(xid: int, subxacts: list[int], *, abort: bool = False) -> DecodedReco
 def apply(pages: dict[tuple[int, int], bytes], puts: list[tuple[Key, bytes]]) -> None:
     for key, value in puts:
         if key.kind == KeyKind.SLRU_PAGE:
-            page = slru.apply_value(pages.get((key.rel, key.blk)), value)
+            page = apply_value(pages.get((key.rel, key.blk)), value)
             if page is None:
                 pages.pop((key.rel, key.blk), None)
             else:
@@ -52,16 +63,16 @@ def test_commit_marks_xid_and_subxacts_committed_across_pages() -> None:
     pages: dict[tuple[int, int], bytes] = {}
     apply(pages, puts)
     for x in (32760, 32767, 32768, 32770):
-        assert slru.clog_get_status(pages[(0, slru.clog_page(x))], x) == slru.XidStatus.COMMITTED
-    assert slru.clog_get_status(pages[(0, 1)], 32769) == slru.XidStatus.IN_PROGRESS
+        assert clog_get_status(pages[(0, clog_page(x))], x) == XidStatus.COMMITTED
+    assert clog_get_status(pages[(0, 1)], 32769) == XidStatus.IN_PROGRESS
 
 
 def test_abort_marks_aborted_and_prepare_touches_nothing() -> None:
     ing = TransamIngest()
     pages: dict[tuple[int, int], bytes] = {}
     apply(pages, ing.puts(commit(900, [901], abort=True)))
-    assert slru.clog_get_status(pages[(0, 0)], 900) == slru.XidStatus.ABORTED
-    assert slru.clog_get_status(pages[(0, 0)], 901) == slru.XidStatus.ABORTED
+    assert clog_get_status(pages[(0, 0)], 900) == XidStatus.ABORTED
+    assert clog_get_status(pages[(0, 0)], 901) == XidStatus.ABORTED
     prepare = struct.pack("<IIIIqIiiiiii?xHQq", 0x57F94534, 80 + 4, 950, 5, 0, 10, 0, 0, 0, 0, 0, 0,
                           False, 3, 0, 0) + b"g1\x00" + bytes(5)
     assert ing.puts(rec(1, 0x10, prepare, xid=950)) == []
@@ -74,7 +85,7 @@ def test_clog_zeropage_and_truncate_remove_whole_segments_only() -> None:
     assert ing.puts(rec(3, 0x00, struct.pack("<q", 65))) == [
         (Key.slru_page(SlruKind.XACT, 65), ZERO_PAGE_VALUE)]
     puts = ing.puts(rec(3, 0x10, struct.pack("<qII", 64, 2_000_000, 1)))
-    assert puts == [(Key.slru_page(SlruKind.XACT, p), slru.TRUNCATED_VALUE) for p in (0, 31, 32, 33)]
+    assert puts == [(Key.slru_page(SlruKind.XACT, p), TRUNCATED_VALUE) for p in (0, 31, 32, 33)]
     assert ing.existing_pages(SlruKind.XACT) == {64, 65}
 
 
@@ -86,9 +97,9 @@ def test_multixact_create_writes_offsets_and_members() -> None:
     apply(pages, puts)
     off = pages[(SlruKind.MULTIXACT_OFFSETS, 0)]
     mem = pages[(SlruKind.MULTIXACT_MEMBERS, 0)]
-    assert slru.get_multixact_offset(off, 7) == 20 and slru.get_multixact_offset(off, 8) == 22
-    assert slru.get_multixact_member(mem, 20) == (1000, 1)
-    assert slru.get_multixact_member(mem, 21) == (1001, 0)
+    assert get_multixact_offset(off, 7) == 20 and get_multixact_offset(off, 8) == 22
+    assert get_multixact_member(mem, 20) == (1000, 1)
+    assert get_multixact_member(mem, 21) == (1001, 0)
     state = ClusterState.from_bytes(dict(puts)[Key.cluster(0)])
     assert (state.next_multi, state.next_multi_offset, state.next_xid) == (8, 22, 1002)
 
@@ -111,7 +122,7 @@ def test_older_minor_create_preinitialises_next_page_and_skips_its_zero_record()
     assert puts[0] == (Key.slru_page(SlruKind.MULTIXACT_OFFSETS, 1), ZERO_PAGE_VALUE)
     pages: dict[tuple[int, int], bytes] = {}
     apply(pages, puts)
-    assert slru.get_multixact_offset(pages[(SlruKind.MULTIXACT_OFFSETS, 1)], 2048) == 21
+    assert get_multixact_offset(pages[(SlruKind.MULTIXACT_OFFSETS, 1)], 2048) == 21
     # the ZERO_OFF_PAGE that follows must not wipe the next multi's offset
     assert ing.puts(rec(6, 0x00, struct.pack("<q", 1))) == []
 
@@ -122,10 +133,10 @@ def test_multixact_truncate_drops_member_and_offset_segments() -> None:
         ing.note_existing_page(SlruKind.MULTIXACT_OFFSETS, p)
     for p in (0, 32, 64):
         ing.note_existing_page(SlruKind.MULTIXACT_MEMBERS, p)
-    per_seg = slru.MULTIXACT_MEMBERS_PER_PAGE * 32
+    per_seg = MULTIXACT_MEMBERS_PER_PAGE * 32
     data = struct.pack("<IIIII", 1, 1, 2048 * 64 + 5, 0, 2 * per_seg + 3)
     puts = ing.puts(rec(6, 0x30, data))
-    gone = {(k.rel, k.blk) for k, v in puts if v == slru.TRUNCATED_VALUE}
+    gone = {(k.rel, k.blk) for k, v in puts if v == TRUNCATED_VALUE}
     assert gone == {(SlruKind.MULTIXACT_MEMBERS, 0), (SlruKind.MULTIXACT_MEMBERS, 32),
                     (SlruKind.MULTIXACT_OFFSETS, 0), (SlruKind.MULTIXACT_OFFSETS, 1),
                     (SlruKind.MULTIXACT_OFFSETS, 32)}
@@ -170,18 +181,18 @@ def test_import_baseline_reads_slru_pages_and_maps_of_every_tablespace(tmp_path:
     ts.mkdir(parents=True)
     (ts / "pg_filenode.map").write_bytes(_map((1259, 16600)))
     (d / "pg_tblspc" / "16400").symlink_to(tmp_path / "ts")
-    (d / "pg_xact" / "0000").write_bytes(bytes([1]) * slru.BLCKSZ * 2)
-    (d / "pg_multixact" / "offsets" / "0000").write_bytes(bytes(slru.BLCKSZ))
-    (d / "pg_multixact" / "members" / "0000").write_bytes(bytes(slru.BLCKSZ))
+    (d / "pg_xact" / "0000").write_bytes(bytes([1]) * BLCKSZ * 2)
+    (d / "pg_multixact" / "offsets" / "0000").write_bytes(bytes(BLCKSZ))
+    (d / "pg_multixact" / "members" / "0000").write_bytes(bytes(BLCKSZ))
     controldata = (DATA / "pg_controldata.txt").read_text()
     ing, puts = import_baseline(d, controldata)
     keys = dict(puts)
-    assert keys[Key.slru_page(SlruKind.XACT, 1)] == slru.image_value(bytes([1]) * slru.BLCKSZ)
+    assert keys[Key.slru_page(SlruKind.XACT, 1)] == image_value(bytes([1]) * BLCKSZ)
     assert Key.slru_page(SlruKind.MULTIXACT_MEMBERS, 0) in keys
     assert keys[Key.relmap(16400, 16401)] == _map((1259, 16600))
     assert {k for k in keys if k.kind == KeyKind.RELMAP} == {
         Key.relmap(1664, 0), Key.relmap(1663, 5), Key.relmap(16400, 16401)}
-    assert ClusterState.from_bytes(keys[Key.cluster(0)]) == ClusterState.from_pg_controldata(controldata)
+    assert ClusterState.from_bytes(keys[Key.cluster(0)]) == cluster_state_from_pg_controldata(controldata)
     assert ing.existing_pages(SlruKind.XACT) == {0, 1} and ing.relmap(16400, 16401) is not None
     (d / "base" / "5" / "pg_filenode.map").write_bytes(b"garbage")
     with pytest.raises(CorruptionError):

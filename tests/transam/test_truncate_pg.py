@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from strata.ingest.cluster_state import ClusterState, parse_pg_controldata
+from strata.ingest.cluster_state import cluster_state_from_pg_controldata, parse_pg_controldata
 from strata.ingest.transam import import_baseline
 from strata.key import Key, KeyKind, SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.pg.slru import SEGMENT_SIZE, SLRU_DIRS, segment_file_name
+from strata.reconstruct.slru import apply_value
 from strata.runtime.osuser import give_to_server_user, run_as_server
 from strata.wal.record import DecodedRecord
 from strata.wal.segments import iter_records
@@ -54,10 +56,10 @@ def truncated() -> Iterator[Truncated]:
         c.stop()
         run_as_server([c.bins.path("pg_resetwal"), "-x", "1048000", "-m", "65000,65000",
                        "-O", "52000", "-D", c.datadir])
-        for sub in slru.SLRU_DIRS.values():
-            f = c.datadir / sub / slru.segment_file_name(0)
+        for sub in SLRU_DIRS.values():
+            f = c.datadir / sub / segment_file_name(0)
             data = f.read_bytes() if f.exists() else b""
-            f.write_bytes(data + bytes(slru.SEGMENT_SIZE - len(data)))
+            f.write_bytes(data + bytes(SEGMENT_SIZE - len(data)))
             give_to_server_user(f, recursive=False, mode=0o600)
         c.start()
         c.stop()  # a clean shutdown checkpoint: the import baseline
@@ -98,7 +100,7 @@ def truncated() -> Iterator[Truncated]:
         for key, value in all_puts:
             if key.kind == KeyKind.SLRU_PAGE:
                 pk = (SlruKind(key.rel), key.blk)
-                page = slru.apply_value(pages.get(pk), value)
+                page = apply_value(pages.get(pk), value)
                 if page is None:
                     pages.pop(pk, None)
                 else:
@@ -129,7 +131,7 @@ def test_rebuilt_pages_after_truncation_equal_the_primary(truncated: Truncated, 
 
 
 def test_oldest_xid_and_multixact_follow_the_truncation(truncated: Truncated) -> None:
-    expect = ClusterState.from_pg_controldata(truncated.final.controldata)
+    expect = cluster_state_from_pg_controldata(truncated.final.controldata)
     got = truncated.state
     assert (got.oldest_xid, got.oldest_xid_db) == (expect.oldest_xid, expect.oldest_xid_db)
     assert (got.oldest_multi, got.oldest_multi_db) == (expect.oldest_multi, expect.oldest_multi_db)
@@ -140,7 +142,7 @@ def test_oldest_xid_and_multixact_follow_the_truncation(truncated: Truncated) ->
 
 
 def test_multixact_truncation_record_alone_moves_the_oldest_multixact(truncated: Truncated) -> None:
-    expect = ClusterState.from_pg_controldata(truncated.final.controldata)
+    expect = cluster_state_from_pg_controldata(truncated.final.controldata)
     got = truncated.before_ckpt  # without the final checkpoint's help
     assert (got.oldest_multi, got.oldest_multi_db) == (expect.oldest_multi, expect.oldest_multi_db)
     assert (got.next_full_xid, got.next_multi, got.next_multi_offset) == (

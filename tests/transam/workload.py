@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from strata.key import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, SlruKind
-from strata.reconstruct import slru
+from strata.key import SlruKind
+from strata.pg.constants import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID
+from strata.pg.slru import SLRU_DIRS, parse_segment_file_name, segment_pages
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import run_as_server
 
@@ -37,11 +38,11 @@ def pg_controldata(cluster: Cluster) -> str:
 
 def read_baseline(datadir: Path, controldata: str) -> Baseline:
     pages: dict[tuple[SlruKind, int], bytes] = {}
-    for kind, sub in slru.SLRU_DIRS.items():
+    for kind, sub in SLRU_DIRS.items():
         d = datadir / sub
         for f in sorted(d.iterdir()):
-            segno = slru.parse_segment_file_name(f.name)
-            for pageno, page in slru.segment_pages(segno, f.read_bytes()):
+            segno = parse_segment_file_name(f.name)
+            for pageno, page in segment_pages(segno, f.read_bytes()):
                 pages[(kind, pageno)] = page
     relmaps = {(GLOBALTABLESPACE_OID, 0): (datadir / "global" / "pg_filenode.map").read_bytes()}
     for dbdir in (datadir / "base").iterdir():

@@ -18,9 +18,9 @@ import pytest
 
 from strata.cli.waldump import WalStats, format_record
 from strata.lsn import Lsn
+from strata.pg.constants import XLOG_BLCKSZ
 from strata.wal.decoder import decode_record
 from strata.wal.image import restore_page
-from strata.wal.reader import XLOG_BLCKSZ
 from strata.wal.record import DecodedRecord
 from strata.wal.segments import SegmentWalSource, find_first_record, iter_records
 from tests.wal.conftest import WalRun

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from strata.lsn import Lsn
+from strata.pg.constants import XLOG_BLCKSZ
 from strata.wal.decoder import decode_record
-from strata.wal.reader import XLOG_BLCKSZ, RawRecord
+from strata.wal.reader import RawRecord
 from strata.wal.segments import SegmentWalSource, segment_file_name
 from tests.wal.conftest import MESSAGE, BoundaryRun
 from tests.wal.oracle import ours_as_oracle, parse_detailed, run_pg_waldump

@@ -9,9 +9,10 @@ import pytest
 
 from strata.errors import EndOfWal
 from strata.lsn import Lsn
+from strata.pg.constants import BLCKSZ
 from strata.wal.decoder import decode_record
 from strata.wal.reader import RawRecord, WalReader
-from tests.wal.craft import BLCKSZ, WalBuilder, main_data_body, record_bytes
+from tests.wal.craft import WalBuilder, main_data_body, record_bytes
 
 SEG = 1024 * 1024
 START = 0x1000000

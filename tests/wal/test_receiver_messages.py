@@ -9,7 +9,8 @@ import pytest
 
 from strata.errors import ProtocolError, WalSourceError
 from strata.lsn import Lsn
-from strata.wal.receiver import WalReceiver, replication_conninfo
+from strata.wal.receiver import WalReceiver
+from strata.wal.replication import replication_conninfo
 from strata.wal.replication_messages import (
     PG_EPOCH_OFFSET_S,
     PrimaryKeepalive,

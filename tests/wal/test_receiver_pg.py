@@ -21,8 +21,8 @@ from strata.errors import EndOfWal, WalSourceError
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
 from strata.wal.reader import RawRecord, WalReader
-from strata.wal.receiver import (
-    WalReceiver,
+from strata.wal.receiver import WalReceiver
+from strata.wal.replication import (
     drop_physical_slot,
     ensure_physical_slot,
     read_slot,
@@ -179,7 +179,7 @@ def test_ensure_physical_slot_creates_once(pg_primary: Cluster) -> None:
         again, created2 = ensure_physical_slot(pg_primary.dsn(), name)
         assert not created2 and again.restart_lsn == info.restart_lsn
     finally:
-        pg_primary.drop_slot(name)
+        drop_physical_slot(pg_primary.dsn(), name)
 
 
 def test_a_slot_can_be_dropped_right_after_its_receiver_closes(pg_primary: Cluster) -> None:

@@ -11,9 +11,9 @@ import pytest
 
 from strata.errors import WalSourceError
 from strata.lsn import Lsn
+from strata.wal.receiver import StreamSource
 from strata.wal.source import (
     FileSource,
-    StreamSource,
     WalChunk,
     WalSource,
     parse_segment_file_name,

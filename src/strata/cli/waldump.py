@@ -7,7 +7,7 @@ object per line (``--json``), or pg_waldump's ``--stats=record`` table
 (``--stats``; ``--stats=rmgr`` for the per-rmgr table).
 
 Sources: ``--path DIR`` reads segment files (`wal.segments`); ``--source DSN``
-streams from the server over the replication protocol (`wal.source.StreamSource`
+streams from the server over the replication protocol (`wal.receiver.StreamSource`
 from `wal.receiver`) through a physical slot: ``--slot`` names an existing
 one, otherwise a slot ``strata_waldump_<pid>`` is created for the run and
 dropped afterwards. Without ``--end``, a streamed dump stops at the server's
@@ -34,8 +34,9 @@ from typing import Any, TextIO
 
 from strata.errors import ConfigError, EndOfWal, WalSourceError
 from strata.lsn import Lsn
+from strata.pg.constants import XLOG_BLCKSZ
 from strata.wal.decoder import decode_record
-from strata.wal.reader import XLOG_BLCKSZ, RawRecord, WalReader
+from strata.wal.reader import RawRecord, WalReader
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import (
     RM_MAX_BUILTIN_ID,
@@ -227,7 +228,7 @@ def _stream(dsn: str, slot: str | None, start: Lsn | None, end: Lsn | None,
             outcome: _Outcome) -> Iterator[RawRecord]:
     import psycopg
 
-    from strata.wal.source import StreamSource
+    from strata.wal.receiver import StreamSource
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(

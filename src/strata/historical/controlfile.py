@@ -19,6 +19,7 @@ import google_crc32c
 
 from strata.errors import CorruptionError
 from strata.lsn import Lsn
+from strata.pg.structs import U32
 
 PG_CONTROL_VERSION = 1800
 PG_CONTROL_FILE_SIZE = 8192
@@ -39,7 +40,6 @@ _CHECKPOINT = struct.Struct("<QII?3xiQIIIIIII4xqIII")
 # maxAlign .. float8ByVal, data_checksum_version, default_char_signedness
 _TAIL = struct.Struct("<Id8I?3xI?")
 _OFF_TAIL = 204
-_U32 = struct.Struct("<I")
 
 DB_SHUTDOWNED = 1
 
@@ -91,7 +91,7 @@ def parse_control(data: bytes | bytearray) -> ControlFile:
     if version != PG_CONTROL_VERSION:
         raise CorruptionError(
             f"pg_control version {version} is not PostgreSQL 18's {PG_CONTROL_VERSION}")
-    stored = _U32.unpack_from(data, _OFF_CRC)[0]
+    stored = U32.unpack_from(data, _OFF_CRC)[0]
     if stored != control_crc(data):
         raise CorruptionError("pg_control has an incorrect CRC-32C (corrupt control file)")
     (redo, tli, _prev_tli, _fpw, _wal_level, next_xid, next_oid, next_multi, next_offset,
@@ -122,6 +122,6 @@ def with_checksum_version(data: bytes, version: int) -> bytes:
     """
     parse_control(data)
     buf = bytearray(data)
-    _U32.pack_into(buf, _OFF_DATA_CHECKSUM_VERSION, version)
-    _U32.pack_into(buf, _OFF_CRC, control_crc(buf))
+    U32.pack_into(buf, _OFF_DATA_CHECKSUM_VERSION, version)
+    U32.pack_into(buf, _OFF_CRC, control_crc(buf))
     return bytes(buf)

@@ -39,6 +39,7 @@ from strata.historical.materialize import (
 )
 from strata.historical.source import SnapshotSource
 from strata.lsn import Lsn
+from strata.pg.xlogfile import segment_file_name
 from strata.runtime.cluster import SUPERUSER, Cluster, free_port
 from strata.runtime.osuser import give_to_server_user, run_as_server
 from strata.runtime.pgbin import PgBinaries, find_pg_binaries
@@ -46,13 +47,6 @@ from strata.runtime.pgbin import PgBinaries, find_pg_binaries
 # Databases tried (in order) to read the list of databases from: one of them
 # exists in any cluster unless a user dropped both.
 _BOOTSTRAP_DBS = ("postgres", "template1")
-
-
-def wal_file_name(timeline: int, lsn: int, segment_size: int) -> str:
-    """The WAL segment file name holding `lsn` (XLogFileName)."""
-    segno = lsn // segment_size
-    per_id = 0x1_0000_0000 // segment_size
-    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
 
 
 def process_alive(pid: int) -> bool:
@@ -91,8 +85,8 @@ def reset_wal(datadir: Path, mat: MaterializedDir, *, bins: PgBinaries | None = 
     except (OSError, CorruptionError) as e:
         # -f would guess every value; refuse instead of serving a guessed cluster
         raise InstanceError(f"{datadir}: no valid pg_control to reset: {e}") from e
-    next_seg = wal_file_name(mat.timeline, int(mat.lsn) + mat.wal_segment_size,
-                             mat.wal_segment_size)
+    next_seg = segment_file_name(mat.timeline, int(mat.lsn) // mat.wal_segment_size + 1,
+                                 mat.wal_segment_size)
     try:
         run_as_server([bins.path("pg_resetwal"), "-f", *mat.control.pg_resetwal_args(),
                        "-l", next_seg, "-D", datadir])

@@ -47,16 +47,11 @@ from pathlib import Path
 
 from strata.errors import CorruptionError, InstanceError
 from strata.historical.controlfile import parse_control, with_checksum_version
-from strata.historical.source import (
-    BLCKSZ,
-    FORK_SUFFIX,
-    SLRU_DIRS,
-    ControlValues,
-    SnapshotSource,
-)
-from strata.key import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber, SlruKind
+from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, ControlValues, SnapshotSource
+from strata.key import SlruKind
 from strata.lsn import Lsn
 from strata.pg.checksum import set_checksums
+from strata.pg.constants import BLCKSZ, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber
 from strata.runtime.osuser import give_to_server_user
 
 PG_VERSION_TEXT = "18\n"

@@ -30,10 +30,9 @@ from typing import NamedTuple, Protocol
 
 from strata.errors import CorruptionError
 from strata.historical.controlfile import DB_SHUTDOWNED, ControlFile, parse_control
-from strata.key import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber, SlruKind
+from strata.key import SlruKind
 from strata.lsn import Lsn
-
-BLCKSZ = 8192
+from strata.pg.constants import BLCKSZ, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber
 
 SLRU_DIRS: dict[SlruKind, str] = {
     SlruKind.XACT: "pg_xact",

@@ -13,18 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from strata.bootstrap import control_template_key
 from strata.errors import LsnOutOfRangeError, UnsupportedRecordError
 from strata.historical.source import ControlValues, RelFile, slru_segments_from_pages
-from strata.ingest.cluster_state import ClusterState
-from strata.ingest.walingest import decode_rel_size
-from strata.key import GLOBALTABLESPACE_OID, Key, KeyKind, KeyRange, SlruKind
+from strata.key import Key, KeyKind, KeyRange, SlruKind
+from strata.keyspace.cluster import ClusterState, control_template_key
+from strata.keyspace.relation import decode_rel_size
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
+from strata.pg.constants import BLCKSZ, GLOBALTABLESPACE_OID
 
 log = logging.getLogger(__name__)
 
-BLCKSZ = 8192
 _ZERO = bytes(BLCKSZ)
 
 

@@ -29,7 +29,7 @@ any record moving a control value     ``Key.cluster(0)``: `ClusterState.to_bytes
 ====================================  ===========================================
 
 SLRU values use the page-value format of `strata.reconstruct.slru` (IMAGE,
-DELTA, TRUNCATED); `slru.apply_value` turns the values of a key, oldest first,
+DELTA, TRUNCATED); `apply_value` turns the values of a key, oldest first,
 into the page. A relation-map value is the whole file (b"" = removed).
 
 State kept here, and why: the multixact "pre-initialised offsets page" and
@@ -55,10 +55,29 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from strata.ingest.cluster_state import ClusterState, ClusterStateTracker
-from strata.key import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, Key, SlruKind
+from strata.ingest.cluster_state import ClusterStateTracker, cluster_state_from_pg_controldata
+from strata.key import Key, SlruKind
+from strata.keyspace.cluster import ClusterState
+from strata.keyspace.slru import TRUNCATED_VALUE, delta_value, image_value, patch_op, xid_status_op
 from strata.lsn import Lsn
-from strata.reconstruct import slru
+from strata.pg.constants import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID
+from strata.pg.rmgrids import RM_CLOG_ID, RM_DBASE_ID, RM_MULTIXACT_ID, RM_RELMAP_ID, RM_XACT_ID
+from strata.pg.slru import (
+    SLRU_DIRS,
+    SLRU_PAGES_PER_SEGMENT,
+    ZERO_PAGE,
+    XidStatus,
+    clog_page,
+    clog_slot,
+    members_truncate_segments,
+    multixact_create_writes,
+    offsets_page,
+    offsets_truncate_cutoff_page,
+    parse_segment_file_name,
+    segment_of,
+    segment_pages,
+    truncate_segments,
+)
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import clog as clog_rmgr
 from strata.wal.rmgr import dbase as dbase_rmgr
@@ -66,15 +85,9 @@ from strata.wal.rmgr import multixact as mx_rmgr
 from strata.wal.rmgr import relmap as relmap_rmgr
 from strata.wal.rmgr import xact as xact_rmgr
 
-RM_XACT_ID = 1
-RM_CLOG_ID = 3
-RM_DBASE_ID = 4
-RM_MULTIXACT_ID = 6
-RM_RELMAP_ID = 7
-
 Put = tuple[Key, bytes]
 
-ZERO_PAGE_VALUE = slru.image_value(slru.ZERO_PAGE)
+ZERO_PAGE_VALUE = image_value(ZERO_PAGE)
 REMOVED_RELMAP = b""
 
 
@@ -91,7 +104,7 @@ class TransamIngest:
         self._tracker = ClusterStateTracker(initial_state) if initial_state is not None else None
         # multixact.c's offsets latest_page_number; StartupMultiXact sets it from nextMulti.
         self._latest_offsets_page: int | None = (
-            slru.offsets_page(initial_state.next_multi) if initial_state is not None else None)
+            offsets_page(initial_state.next_multi) if initial_state is not None else None)
         self._pre_initialized_offsets_page = -1
 
     # -- baseline ---------------------------------------------------------------------
@@ -142,20 +155,20 @@ class TransamIngest:
 
     def _xact(self, rec: xact_rmgr.XactRecord) -> list[Put]:
         if isinstance(rec, xact_rmgr.XactCommit):
-            return self._status_puts(rec.all_xids, slru.XidStatus.COMMITTED)
+            return self._status_puts(rec.all_xids, XidStatus.COMMITTED)
         if isinstance(rec, xact_rmgr.XactAbort):
-            return self._status_puts(rec.all_xids, slru.XidStatus.ABORTED)
+            return self._status_puts(rec.all_xids, XidStatus.ABORTED)
         return []  # PREPARE / ASSIGNMENT / INVALIDATION touch no page
 
     def _status_puts(self, xids: Iterable[int], status: int) -> list[Put]:
         by_page: dict[int, list[int]] = defaultdict(list)
         for xid in xids:
-            by_page[slru.clog_page(xid)].append(slru.clog_slot(xid))
+            by_page[clog_page(xid)].append(clog_slot(xid))
         out = []
         for pageno, slots in sorted(by_page.items()):
             self._pages[SlruKind.XACT].add(pageno)
             out.append((Key.slru_page(SlruKind.XACT, pageno),
-                        slru.delta_value([slru.xid_status_op(status, slots)])))
+                        delta_value([xid_status_op(status, slots)])))
         return out
 
     def _clog(self, record: DecodedRecord) -> list[Put]:
@@ -163,7 +176,7 @@ class TransamIngest:
         if isinstance(rec, clog_rmgr.ClogZeroPage):
             self._pages[SlruKind.XACT].add(rec.pageno)
             return [(Key.slru_page(SlruKind.XACT, rec.pageno), ZERO_PAGE_VALUE)]
-        segs = slru.truncate_segments(SlruKind.XACT, self._segments(SlruKind.XACT), rec.pageno)
+        segs = truncate_segments(SlruKind.XACT, self._segments(SlruKind.XACT), rec.pageno)
         return self._drop_segments(SlruKind.XACT, segs)
 
     def _multixact(self, rec: mx_rmgr.MultiXactRecord) -> list[Put]:
@@ -182,10 +195,10 @@ class TransamIngest:
             return self._create_multixact(rec)
         # TRUNCATE_ID: members first, then offsets (multixact_redo's order)
         out = self._drop_segments(SlruKind.MULTIXACT_MEMBERS, [
-            s for s in slru.members_truncate_segments(rec.start_trunc_memb, rec.end_trunc_memb)
+            s for s in members_truncate_segments(rec.start_trunc_memb, rec.end_trunc_memb)
             if s in self._segments(SlruKind.MULTIXACT_MEMBERS)])
-        cutoff = slru.offsets_truncate_cutoff_page(rec.end_trunc_off)
-        segs = slru.truncate_segments(SlruKind.MULTIXACT_OFFSETS,
+        cutoff = offsets_truncate_cutoff_page(rec.end_trunc_off)
+        segs = truncate_segments(SlruKind.MULTIXACT_OFFSETS,
                                       self._segments(SlruKind.MULTIXACT_OFFSETS), cutoff,
                                       self._latest_offsets_page)
         return out + self._drop_segments(SlruKind.MULTIXACT_OFFSETS, segs)
@@ -193,23 +206,23 @@ class TransamIngest:
     def _create_multixact(self, rec: mx_rmgr.MultiXactCreate) -> list[Put]:
         out: list[Put] = []
         self._pre_initialized_offsets_page = -1
-        page = slru.offsets_page(rec.mid)
+        page = offsets_page(rec.mid)
         nxt = (rec.mid + 1) & 0xFFFFFFFF or 1
-        next_page = slru.offsets_page(nxt)
+        next_page = offsets_page(nxt)
         if next_page != page and self._latest_offsets_page == page:
             # WAL of an older 18.x minor: RecordNewMultiXact zeroes the next page itself.
             out.append((Key.slru_page(SlruKind.MULTIXACT_OFFSETS, next_page), ZERO_PAGE_VALUE))
             self._pages[SlruKind.MULTIXACT_OFFSETS].add(next_page)
             self._latest_offsets_page = next_page
             self._pre_initialized_offsets_page = next_page
-        writes = slru.multixact_create_writes(rec.mid, rec.moff,
+        writes = multixact_create_writes(rec.mid, rec.moff,
                                               [(m.xid, m.status) for m in rec.members])
         ops: dict[tuple[SlruKind, int], list[bytes]] = {}
         for w in writes:
-            ops.setdefault((w.kind, w.pageno), []).append(slru.patch_op(w.offset, w.data))
+            ops.setdefault((w.kind, w.pageno), []).append(patch_op(w.offset, w.data))
         for (kind, pageno), page_ops in ops.items():
             self._pages[kind].add(pageno)
-            out.append((Key.slru_page(kind, pageno), slru.delta_value(page_ops)))
+            out.append((Key.slru_page(kind, pageno), delta_value(page_ops)))
         return out
 
     def _dbase(self, record: DecodedRecord) -> list[Put]:
@@ -233,16 +246,16 @@ class TransamIngest:
 
     # -- helpers ----------------------------------------------------------------------
     def _segments(self, kind: SlruKind) -> set[int]:
-        return {slru.segment_of(p) for p in self._pages[kind]}
+        return {segment_of(p) for p in self._pages[kind]}
 
     def _drop_segments(self, kind: SlruKind, segments: Iterable[int]) -> list[Put]:
         out = []
         for seg in segments:
-            first = seg * slru.SLRU_PAGES_PER_SEGMENT
+            first = seg * SLRU_PAGES_PER_SEGMENT
             for pageno in sorted(p for p in self._pages[kind]
-                                 if first <= p < first + slru.SLRU_PAGES_PER_SEGMENT):
+                                 if first <= p < first + SLRU_PAGES_PER_SEGMENT):
                 self._pages[kind].discard(pageno)
-                out.append((Key.slru_page(kind, pageno), slru.TRUNCATED_VALUE))
+                out.append((Key.slru_page(kind, pageno), TRUNCATED_VALUE))
         return out
 
 
@@ -261,16 +274,16 @@ def import_baseline(datadir: Path | str, controldata: str,
     for incomplete pg_controldata output.
     """
     datadir = Path(datadir)
-    state = ClusterState.from_pg_controldata(controldata, lsn=end_lsn)
+    state = cluster_state_from_pg_controldata(controldata, lsn=end_lsn)
     ing = TransamIngest(state)
     puts: list[Put] = []
-    for kind, sub in slru.SLRU_DIRS.items():
+    for kind, sub in SLRU_DIRS.items():
         d = datadir / sub
         for f in sorted(d.iterdir()) if d.is_dir() else ():
-            segno = slru.parse_segment_file_name(f.name)
-            for pageno, page in slru.segment_pages(segno, f.read_bytes()):
+            segno = parse_segment_file_name(f.name)
+            for pageno, page in segment_pages(segno, f.read_bytes()):
                 ing.note_existing_page(kind, pageno)
-                puts.append((Key.slru_page(kind, pageno), slru.image_value(page)))
+                puts.append((Key.slru_page(kind, pageno), image_value(page)))
     maps = [(GLOBALTABLESPACE_OID, 0, datadir / "global" / "pg_filenode.map")]
     db_dirs = [(DEFAULTTABLESPACE_OID, datadir / "base")]
     tblspc = datadir / "pg_tblspc"

@@ -6,7 +6,7 @@ feeds the time map, and delegates pg_xact / pg_multixact / relation maps /
 control values to `ingest.transam`. Fed by the daemon (records from the
 receiver or segment files) and by the history import. Feeds the page store
 and the time map. Owns the value formats of REL_BLOCK deltas, REL_SIZE and
-DB_DIR (FORMAT.md beside this module).
+DB_DIR (keyspace/FORMAT.md).
 
 Every value is stored at the record's end LSN (`DecodedRecord.end_lsn`), as
 PostgreSQL stamps pages.
@@ -32,16 +32,23 @@ Per record:
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from strata.errors import RedoError
 from strata.ingest.transam import TransamIngest
-from strata.key import ForkNumber, Key, KeyKind, KeyRange, SlruKind
+from strata.key import Key, KeyKind, KeyRange, SlruKind
+from strata.keyspace.relation import (
+    DB_DIR_PRESENT,
+    STORED_FORKS,
+    decode_rel_size,
+    encode_delta,
+    encode_rel_size,
+)
+from strata.keyspace.slru import slru_store_value
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
-from strata.reconstruct import slru
+from strata.pg.constants import ForkNumber
 from strata.reconstruct.redo import redo_block
 from strata.storage.values import TOMBSTONE, PageImage, Value, WalRecord
 from strata.timeline.timemap import FLAG_CATALOG_CHANGE, EndKind, TimeMap, TxEnd
@@ -53,43 +60,7 @@ from strata.wal.rmgr import xact as xact_rmgr
 
 log = logging.getLogger(__name__)
 
-# REL_BLOCK delta value: start LSN, end LSN, then the whole record (FORMAT.md).
-_DELTA_HEADER = struct.Struct("<QQ")
-# REL_SIZE value: number of blocks.
-_REL_SIZE = struct.Struct("<I")
-# DB_DIR value: format byte (1) then PG_VERSION contents.
-DB_DIR_PRESENT = b"\x0118\n"
-
-STORED_FORKS = (ForkNumber.MAIN, ForkNumber.INIT)
-
 RelFork = tuple[int, int, int, int]  # spc, db, rel, fork
-
-
-def encode_delta(record: DecodedRecord) -> bytes:
-    return _DELTA_HEADER.pack(record.lsn, record.end_lsn) + record.raw
-
-
-def decode_delta(data: bytes) -> tuple[Lsn, Lsn, bytes]:
-    lsn, end = _DELTA_HEADER.unpack_from(data, 0)
-    return Lsn(lsn), Lsn(end), data[_DELTA_HEADER.size:]
-
-
-def encode_rel_size(nblocks: int) -> bytes:
-    return _REL_SIZE.pack(nblocks)
-
-
-def decode_rel_size(data: bytes) -> int:
-    return int(_REL_SIZE.unpack_from(data, 0)[0])
-
-
-def _slru_value(data: bytes) -> Value:
-    """Store an SLRU page value: an image as the bare page, a truncation as a
-    tombstone, a delta as a WalRecord (applied by `slru.apply_value`)."""
-    if data[:1] == bytes([slru.TAG_IMAGE]):
-        return PageImage(data[1:])
-    if data[:1] == bytes([slru.TAG_TRUNCATED]):
-        return TOMBSTONE
-    return WalRecord(data)
 
 
 @dataclass
@@ -174,6 +145,7 @@ class WalIngest:
         self.stats.records += 1
         self.stats.wal_bytes += record.xl_tot_len
         delta: bytes | None = None
+        grown: dict[RelFork, int] = {}  # one REL_SIZE put per fork and record
         for blk in record.blocks:
             if blk.fork not in STORED_FORKS:
                 continue
@@ -184,13 +156,15 @@ class WalIngest:
                 self._put(key, lsn, PageImage(redo_block(record, blk.block_id, None)))
             else:
                 if delta is None:
-                    delta = encode_delta(record)
+                    delta = encode_delta(record.lsn, record.end_lsn, record.raw)
                 self._put(key, lsn, WalRecord(delta, will_init=blk.will_init))
             rf = (loc.spc, loc.db, loc.rel, blk.fork)
-            if self._sizes.get(rf, -1) < blk.blkno + 1:
-                self.note_relation(loc.spc, loc.db, loc.rel, blk.fork, blk.blkno + 1, lsn)
+            if max(self._sizes.get(rf, -1), grown.get(rf, -1)) < blk.blkno + 1:
+                grown[rf] = blk.blkno + 1
             if (loc.spc, loc.db) not in self._dbs and loc.db != 0:
                 self.note_database(loc.spc, loc.db, lsn)
+        for (spc, db, rel, fork), nblocks in grown.items():
+            self.note_relation(spc, db, rel, fork, nblocks, lsn)
         rmid = record.xl_rmid
         if rmid == RM_SMGR_ID:
             self._smgr(record, lsn)
@@ -199,7 +173,7 @@ class WalIngest:
         elif rmid == RM_XACT_ID:
             self._xact(record, lsn)
         for key, value in self.transam.puts(record):
-            self._put(key, lsn, _slru_value(value) if key.kind == KeyKind.SLRU_PAGE
+            self._put(key, lsn, slru_store_value(value) if key.kind == KeyKind.SLRU_PAGE
                       else (PageImage(value) if value else TOMBSTONE))
         self.last_lsn = lsn
 

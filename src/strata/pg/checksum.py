@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-BLCKSZ = 8192
+from strata.pg.constants import BLCKSZ
+
 N_SUMS = 32
 _ROWS = BLCKSZ // (4 * N_SUMS)  # 64
 FNV_PRIME = 16777619

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
+from strata.pg.structs import U16, U32
 from strata.reconstruct.redo import (
     RM_GENERIC_ID,
     RM_HEAP2_ID,
@@ -32,8 +33,6 @@ _REGISTRY: dict[int, MaskFn] = {}
 _OPTIONAL_MODULES = ("strata.reconstruct.redo.btree",)
 _loaded = False
 
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 
 # heap tuple header (see redo.heap)
 _T_CID = 8
@@ -141,14 +140,14 @@ def _heap_mask(page: bytearray, blkno: int, xact_mask: int) -> None:
     for off in range(1, page_ops.page_get_max_offset(page) + 1):
         lp_off, flags, length = page_ops.item_id(page, off)
         if flags == page_ops.LP_NORMAL:
-            im = _U16.unpack_from(page, lp_off + _T_INFOMASK)[0]
+            im = U16.unpack_from(page, lp_off + _T_INFOMASK)[0]
             if (im & _HEAP_XMIN_FROZEN) != _HEAP_XMIN_FROZEN:
                 im &= ~xact_mask
             else:
                 im &= ~(_HEAP_XMAX_INVALID | _HEAP_XMAX_COMMITTED)
-            _U16.pack_into(page, lp_off + _T_INFOMASK, im)
-            _U32.pack_into(page, lp_off + _T_CID, MASK_MARKER)
-            if _U16.unpack_from(page, lp_off + _T_CTID_POSID)[0] == _SPEC_TOKEN_OFFSET_NUMBER:
+            U16.pack_into(page, lp_off + _T_INFOMASK, im)
+            U32.pack_into(page, lp_off + _T_CID, MASK_MARKER)
+            if U16.unpack_from(page, lp_off + _T_CTID_POSID)[0] == _SPEC_TOKEN_OFFSET_NUMBER:
                 struct.pack_into("<HHH", page, lp_off + 12, (blkno >> 16) & 0xFFFF,
                                  blkno & 0xFFFF, off)
         if length != 0:

@@ -4,7 +4,7 @@ What it is: the bridge between storage (which knows nothing of PostgreSQL and
 calls `reconstruct_value(key, base, records)` with the newest image at or
 below the read LSN and the deltas above it, oldest first) and the redo
 engines: relation blocks go through `reconstruct.redo` (the delta is a whole
-WAL record, format in `ingest/FORMAT.md`), SLRU pages through
+WAL record, format in `keyspace/FORMAT.md`), SLRU pages through
 `reconstruct.slru`. Pure: no I/O.
 """
 
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from strata.errors import RedoError
 from strata.key import Key, KeyKind
-from strata.reconstruct import slru
+from strata.keyspace.relation import decode_delta
 from strata.reconstruct.redo import redo_block
+from strata.reconstruct.slru import apply_value
 from strata.storage.values import WalRecord
 from strata.wal.decoder import decode_record
 
@@ -33,7 +34,6 @@ def reconstruct_value(key: Key, base: bytes | None, records: list[WalRecord]) ->
     Raises: RedoError / UnsupportedRecordError from the redo engines.
     """
     if key.kind == KeyKind.REL_BLOCK:
-        from strata.ingest.walingest import decode_delta
 
         page: bytes | None = base
         for r in records:
@@ -46,7 +46,7 @@ def reconstruct_value(key: Key, base: bytes | None, records: list[WalRecord]) ->
     if key.kind == KeyKind.SLRU_PAGE:
         cur: bytes | None = base  # images are stored as the bare page
         for r in records:
-            cur = slru.apply_value(cur, r.data)
+            cur = apply_value(cur, r.data)
         if cur is None:
             raise RedoError(f"no SLRU page for {key}")
         return cur

@@ -218,19 +218,6 @@ class Cluster:
             input=input, capture_output=True, text=True, check=check, env=env,
         )
 
-    # -- replication slots -------------------------------------------------------
-    def create_physical_slot(self, name: str) -> None:
-        """Create a physical slot that reserves WAL now (no error if it exists)."""
-        self.sql(
-            "SELECT pg_create_physical_replication_slot(%s, true) "
-            f"WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{name}')"
-            .replace("%s", f"'{name}'")
-        )
-
-    def drop_slot(self, name: str) -> None:
-        self.sql(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                 f"WHERE slot_name = '{name}'")
-
     def wal_dir(self) -> Path:
         return self.datadir / "pg_wal"
 

@@ -26,6 +26,8 @@ from typing import Any
 
 from strata.errors import WalDecodeError
 from strata.lsn import Lsn
+from strata.pg.constants import BLCKSZ
+from strata.pg.structs import U16, U32
 from strata.wal.record import (
     BKPBLOCK_FORK_MASK,
     BKPBLOCK_HAS_DATA,
@@ -33,7 +35,6 @@ from strata.wal.record import (
     BKPBLOCK_SAME_REL,
     BKPIMAGE_COMPRESSED,
     BKPIMAGE_HAS_HOLE,
-    BLCKSZ,
     SIZE_OF_XLOG_RECORD,
     XLR_BLOCK_ID_DATA_LONG,
     XLR_BLOCK_ID_DATA_SHORT,
@@ -49,15 +50,13 @@ from strata.wal.record import (
 _REC_HDR = struct.Struct("<IIQBB2xI")
 _BLK_HDR = struct.Struct("<BH")  # fork_flags u8, data_length u16 (after the id byte)
 _IMG_HDR = struct.Struct("<HHB")  # length, hole_offset, bimg_info
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _RLOC = struct.Struct("<III")
 
 _rec_hdr_unpack_from = _REC_HDR.unpack_from
 _blk_hdr_unpack_from = _BLK_HDR.unpack_from
 _img_hdr_unpack_from = _IMG_HDR.unpack_from
-_u16_unpack_from = _U16.unpack_from
-_u32_unpack_from = _U32.unpack_from
+_u16_unpack_from = U16.unpack_from
+_u32_unpack_from = U32.unpack_from
 _rloc_unpack_from = _RLOC.unpack_from
 
 

@@ -13,12 +13,12 @@ ingest (page images). Owns: nothing.
 from __future__ import annotations
 
 from strata.errors import WalDecodeError
+from strata.pg.constants import BLCKSZ
 from strata.wal.pglz import pglz_decompress
 from strata.wal.record import (
     BKPIMAGE_COMPRESS_LZ4,
     BKPIMAGE_COMPRESS_PGLZ,
     BKPIMAGE_COMPRESS_ZSTD,
-    BLCKSZ,
     BlockImage,
 )
 

@@ -30,8 +30,10 @@ from google_crc32c import value as _crc_value
 
 from strata.errors import EndOfWal
 from strata.lsn import Lsn
+from strata.pg.constants import XLOG_BLCKSZ
+from strata.pg.rmgrids import RM_XLOG_ID
+from strata.pg.structs import U32
 
-XLOG_BLCKSZ = 8192
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 XLOG_PAGE_MAGIC = 0xD118  # PostgreSQL 18 (master uses 0xD120: a different format)
 
@@ -45,7 +47,6 @@ SIZE_OF_SHORT_PHD = 24  # MAXALIGN(20)
 SIZE_OF_LONG_PHD = 40  # MAXALIGN(36)
 SIZE_OF_XLOG_RECORD = 24
 
-RM_XLOG_ID = 0
 XLOG_SWITCH = 0x40
 RM_MAX_BUILTIN_ID = 21
 RM_MIN_CUSTOM_ID = 128
@@ -57,7 +58,6 @@ _PAGE_HDR = struct.Struct("<HHIQI")
 _LONG_TAIL = struct.Struct("<QII")
 # XLogRecord: tot_len u32, xid u32, prev u64, info u8, rmid u8, pad 2, crc u32
 _REC_HDR = struct.Struct("<IIQBB2xI")
-_U32 = struct.Struct("<I")
 _rec_hdr_unpack_from = _REC_HDR.unpack_from
 
 _COMPACT_AT = 4 * 1024 * 1024
@@ -353,7 +353,7 @@ class WalReader:
             have = len(buf) - i
             if have < 4:
                 return None
-            tot_len = _U32.unpack_from(buf, i)[0]
+            tot_len = U32.unpack_from(buf, i)[0]
             if room >= SIZE_OF_XLOG_RECORD:
                 if have < SIZE_OF_XLOG_RECORD:
                     return None
@@ -412,7 +412,7 @@ class WalReader:
                 raw = b"".join([bytes(buf[a:a + n]) for a, n in spans])
             # CRC-32C over the payload, then over the header up to xl_crc.
             crc = _crc_extend(_crc_value(raw[SIZE_OF_XLOG_RECORD:]), raw[:20])
-            stored = _U32.unpack_from(raw, 20)[0]
+            stored = U32.unpack_from(raw, 20)[0]
             if crc != stored:
                 raise self._stop(lsn, (f"incorrect resource manager data checksum in record "
                                        f"at {_fmt(lsn)}"))

@@ -24,7 +24,7 @@ Conditions retrying cannot fix (slot missing, WAL removed, not PG 18,
 another cluster, a timeline that forked below us) raise `WalSourceError`.
 
 Fed by: a DSN, a slot name, a start LSN, the consumer's feedback. Feeds:
-`wal.source.StreamSource`, the daemon. Owns: one replication connection.
+`StreamSource` (below), the daemon. Owns: one replication connection.
 
 Threading: `poll`/`stream` run in one thread (the one that owns the
 connection); `report` and `stop` may be called from any thread or a signal
@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import select
 import threading
 import time
@@ -44,18 +43,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from psycopg import OperationalError, pq
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from strata.errors import ProtocolError, WalSourceError
 from strata.lsn import Lsn
+from strata.wal.replication import (
+    Retry,
+    check_slot_name,
+    connect_replication,
+    describe_dsn,
+    errmsg,
+    exec_rows,
+    raise_for,
+    replication_conninfo,
+)
 from strata.wal.replication_messages import (
     PrimaryKeepalive,
-    SlotInfo,
     StandbyStatusUpdate,
     SystemIdentity,
     XLogData,
     parse_server_message,
-    parse_server_version_num,
     parse_timeline_history,
     pg_now_us,
     switchpoint_of,
@@ -64,18 +70,6 @@ from strata.wal.replication_messages import (
 from strata.wal.source import WalChunk
 
 log = logging.getLogger(__name__)
-
-REQUIRED_MAJOR = 18
-_SLOT_NAME_RE = re.compile(r"^[a-z0-9_]{1,63}$")
-
-# SQLSTATEs after which reconnecting may succeed: the server is starting, shutting
-# down or overloaded, the connection broke, or our previous walsender still holds
-# the slot (it has not noticed the old connection died yet).
-_RETRYABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55006")
-
-
-class _Retry(Exception):
-    """Internal: the connection failed in a way a reconnect may cure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,244 +80,6 @@ class ReceiverStats:
     bytes_received: int
     reconnects: int
     timeline: int | None
-
-
-def replication_conninfo(dsn: str, **extra: str) -> str:
-    """`dsn` (key=value or URI) with ``replication=true`` and our application name."""
-    params: dict[str, str] = {"replication": "true"}
-    if "application_name" not in conninfo_to_dict(dsn):
-        params["application_name"] = "strata"
-    params.update(extra)
-    return make_conninfo(dsn, **params)
-
-
-def describe_dsn(dsn: str) -> str:
-    """host:port/user of a DSN, without secrets (for messages)."""
-    try:
-        d = conninfo_to_dict(dsn)
-    except Exception:
-        return "(unparsable DSN)"
-    return f"{d.get('host', 'localhost')}:{d.get('port', 5432)} as {d.get('user', '(default user)')}"
-
-
-def _check_slot_name(slot: str) -> None:
-    if not _SLOT_NAME_RE.match(slot):
-        raise WalSourceError(
-            f"invalid replication slot name {slot!r}: use lower-case letters, digits and "
-            "underscores (at most 63)"
-        )
-
-
-def _sqlstate(res: pq.abc.PGresult | None) -> str:
-    if res is None:
-        return ""
-    v = res.error_field(pq.DiagnosticField.SQLSTATE)
-    return v.decode() if v else ""
-
-
-def _errmsg(res: pq.abc.PGresult | None, conn: pq.abc.PGconn) -> str:
-    if res is not None and res.error_message:
-        return res.error_message.decode(errors="replace").strip()
-    return conn.get_error_message().strip()
-
-
-def _open(conninfo: str, where: str, *, timeout: float = 10.0, wake_fd: int = -1,
-          stopping: threading.Event | None = None) -> pq.abc.PGconn:
-    """A replication connection, or _Retry / WalSourceError.
-
-    Connects with libpq's non-blocking PQconnectStart/PQconnectPoll: the blocking
-    PQconnectdb would hold the GIL (freezing every other thread) for as long as the
-    server takes to answer, and could not be interrupted by `stop()`.
-    """
-    conn = pq.PGconn.connect_start(conninfo.encode())
-    deadline = time.monotonic() + timeout
-    status = pq.PollingStatus.WRITING
-    while True:
-        if conn.status == pq.ConnStatus.BAD or status == pq.PollingStatus.FAILED:
-            break
-        if status == pq.PollingStatus.OK:
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or (stopping is not None and stopping.is_set()):
-            conn.finish()
-            raise _Retry(f"cannot connect to {where}: "
-                         + ("stopped" if remaining > 0 else f"timeout after {timeout:.0f}s"))
-        sock = conn.socket
-        rlist = [sock] if status == pq.PollingStatus.READING else []
-        wlist = [sock] if status == pq.PollingStatus.WRITING else []
-        if wake_fd >= 0:
-            rlist.append(wake_fd)
-        select.select(rlist, wlist, [], min(remaining, 1.0))
-        status = pq.PollingStatus(conn.connect_poll())
-    if conn.status != pq.ConnStatus.OK:
-        msg = conn.get_error_message().strip()
-        conn.finish()
-        if "authentication failed" in msg or "no pg_hba.conf entry" in msg or (
-            "does not exist" in msg and "role" in msg
-        ):
-            raise WalSourceError(f"cannot connect for replication to {where}: {msg}")
-        raise _Retry(f"cannot connect to {where}: {msg}")
-    version = conn.server_version
-    major = parse_server_version_num(version)
-    if major != REQUIRED_MAJOR:
-        conn.finish()
-        raise WalSourceError(
-            f"the server at {where} is PostgreSQL {major} (server_version_num "
-            f"{version}); strata needs PostgreSQL {REQUIRED_MAJOR}"
-        )
-    return conn
-
-
-def _exec_rows(conn: pq.abc.PGconn, command: str, where: str) -> list[list[bytes | None]]:
-    """Run a replication command that answers rows; errors are classified."""
-    try:
-        res = conn.exec_(command.encode())
-    except OperationalError as e:
-        raise _Retry(f"{command.split()[0]} on {where}: {e}") from e
-    if res.status == pq.ExecStatus.TUPLES_OK:
-        return [[res.get_value(r, c) for c in range(res.nfields)] for r in range(res.ntuples)]
-    if res.status == pq.ExecStatus.COMMAND_OK:
-        return []
-    _raise_for(res, conn, f"{command.split()[0]} on {where}")
-    raise AssertionError("unreachable")
-
-
-def _raise_for(res: pq.abc.PGresult | None, conn: pq.abc.PGconn, what: str) -> None:
-    state = _sqlstate(res)
-    msg = _errmsg(res, conn)
-    if conn.status != pq.ConnStatus.OK or state.startswith(_RETRYABLE_SQLSTATE_PREFIXES):
-        raise _Retry(f"{what}: {msg} (SQLSTATE {state or '?'})")
-    if "has already been removed" in msg:
-        raise WalSourceError(
-            f"{what}: {msg} — the WAL strata needs is gone from the server; it cannot "
-            "continue from where it stopped (was the slot dropped and re-created, or "
-            "max_slot_wal_keep_size exceeded?)"
-        )
-    if state == "42704":
-        raise WalSourceError(f"{what}: {msg} — create the physical slot first "
-                             "(`strata up` creates it) or pass the right slot name")
-    raise WalSourceError(f"{what}: {msg} (SQLSTATE {state or '?'})")
-
-
-def read_slot(dsn: str, slot: str) -> SlotInfo | None:
-    """The physical slot `slot` on the server (None if it does not exist).
-
-    Uses READ_REPLICATION_SLOT, so a role with only the REPLICATION attribute
-    suffices. Raises: WalSourceError when the server cannot be reached or is
-    not PostgreSQL 18.
-    """
-    _check_slot_name(slot)
-    where = describe_dsn(dsn)
-    try:
-        conn = _open(replication_conninfo(dsn), where)
-    except _Retry as e:
-        raise WalSourceError(str(e)) from e
-    try:
-        rows = _exec_rows(conn, f'READ_REPLICATION_SLOT "{slot}"', where)
-    except _Retry as e:
-        raise WalSourceError(str(e)) from e
-    finally:
-        conn.finish()
-    if len(rows) != 1:
-        raise ProtocolError(f"READ_REPLICATION_SLOT returned {len(rows)} rows")
-    return SlotInfo.from_row(slot, rows[0])
-
-
-def ensure_physical_slot(dsn: str, slot: str) -> tuple[SlotInfo, bool]:
-    """Create the physical slot `slot` (reserving WAL now) unless it exists.
-
-    Returns: (the slot, whether it was created now).
-    Raises: WalSourceError (unreachable server, not PG 18, a logical slot of that name).
-    """
-    info = read_slot(dsn, slot)
-    if info is not None:
-        return info, False
-    where = describe_dsn(dsn)
-    try:
-        conn = _open(replication_conninfo(dsn), where)
-        try:
-            _exec_rows(conn, f'CREATE_REPLICATION_SLOT "{slot}" PHYSICAL RESERVE_WAL', where)
-        except WalSourceError:
-            if read_slot(dsn, slot) is None:  # not a lost race with another creator
-                raise
-        finally:
-            conn.finish()
-    except _Retry as e:
-        raise WalSourceError(str(e)) from e
-    info = read_slot(dsn, slot)
-    if info is None:
-        raise WalSourceError(f"replication slot {slot!r} vanished right after creation on {where}")
-    return info, True
-
-
-def identify_system(dsn: str) -> SystemIdentity:
-    """IDENTIFY_SYSTEM: the server's system identifier, timeline and WAL end.
-
-    Raises: WalSourceError when the server cannot be reached or is not PostgreSQL 18.
-    """
-    where = describe_dsn(dsn)
-    try:
-        conn = _open(replication_conninfo(dsn), where)
-        try:
-            rows = _exec_rows(conn, "IDENTIFY_SYSTEM", where)
-        finally:
-            conn.finish()
-    except _Retry as e:
-        raise WalSourceError(str(e)) from e
-    if len(rows) != 1:
-        raise ProtocolError(f"IDENTIFY_SYSTEM returned {len(rows)} rows")
-    return SystemIdentity.from_row(rows[0])
-
-
-def drop_physical_slot(dsn: str, slot: str) -> bool:
-    """Drop `slot` if it exists, waiting while a walsender still holds it (a receiver
-    closed a moment ago: the server notices the closed connection asynchronously).
-
-    Returns: whether a slot was dropped. Raises: WalSourceError.
-    """
-    _check_slot_name(slot)
-    if read_slot(dsn, slot) is None:
-        return False
-    where = describe_dsn(dsn)
-    try:
-        conn = _open(replication_conninfo(dsn), where)
-        try:
-            _exec_rows(conn, f'DROP_REPLICATION_SLOT "{slot}" WAIT', where)
-        finally:
-            conn.finish()
-    except _Retry as e:
-        raise WalSourceError(str(e)) from e
-    return True
-
-
-def server_setting(dsn: str, name: str) -> str:
-    """``SHOW name`` over a replication connection (works for replication-only roles).
-
-    Raises: WalSourceError when the server cannot be reached or is not PG 18.
-    """
-    if not re.match(r"^[a-z_]+$", name):
-        raise ValueError(f"not a setting name: {name!r}")
-    where = describe_dsn(dsn)
-    try:
-        conn = _open(replication_conninfo(dsn), where)
-        try:
-            rows = _exec_rows(conn, f"SHOW {name}", where)
-        finally:
-            conn.finish()
-    except _Retry as e:
-        raise WalSourceError(str(e)) from e
-    if len(rows) != 1 or rows[0][0] is None:
-        raise ProtocolError(f"SHOW {name} returned {rows!r}")
-    return rows[0][0].decode()
-
-
-def parse_size_setting(text: str) -> int:
-    """A size as SHOW prints it (``16MB``, ``8kB``, ``1GB``, bytes) -> bytes."""
-    units = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
-    m = re.match(r"^\s*(\d+)\s*([kMGT]?B)?\s*$", text)
-    if m is None:
-        raise ValueError(f"not a size: {text!r}")
-    return int(m.group(1)) * units[m.group(2) or "B"]
 
 
 class WalReceiver:
@@ -346,7 +102,7 @@ class WalReceiver:
                  backoff_initial: float = 0.1, backoff_max: float = 5.0,
                  give_up_after: float | None = None, connect_timeout: float = 10.0,
                  system_id: int | None = None, receive_timeout: float | None = 60.0) -> None:
-        _check_slot_name(slot)
+        check_slot_name(slot)
         self.dsn = dsn
         self.slot = slot
         self.where = describe_dsn(dsn)
@@ -506,7 +262,7 @@ class WalReceiver:
                 chunk = self._receive(deadline)
                 if chunk is not None or self._deadline_passed(deadline):
                     return chunk
-            except _Retry as e:
+            except Retry as e:
                 if self._stopping.is_set():
                     self._disconnect(final_status=False)
                     continue  # the top of the loop finishes
@@ -559,10 +315,10 @@ class WalReceiver:
         return True
 
     def _connect(self) -> None:
-        conn = _open(self._conninfo, self.where, timeout=self.connect_timeout,
+        conn = connect_replication(self._conninfo, self.where, timeout=self.connect_timeout,
                      wake_fd=self._wake_r, stopping=self._stopping)
         try:
-            rows = _exec_rows(conn, "IDENTIFY_SYSTEM", self.where)
+            rows = exec_rows(conn, "IDENTIFY_SYSTEM", self.where)
             if len(rows) != 1:
                 raise ProtocolError(f"IDENTIFY_SYSTEM returned {len(rows)} rows")
             ident = SystemIdentity.from_row(rows[0])
@@ -592,7 +348,7 @@ class WalReceiver:
         """The timeline to request our resume point on (tliOfPointInHistory)."""
         if ident.timeline == self._timeline or ident.timeline == 1:
             return ident.timeline
-        rows = _exec_rows(conn, f"TIMELINE_HISTORY {ident.timeline}", self.where)
+        rows = exec_rows(conn, f"TIMELINE_HISTORY {ident.timeline}", self.where)
         if len(rows) != 1 or rows[0][1] is None:
             raise ProtocolError(f"TIMELINE_HISTORY {ident.timeline} returned no file")
         history = parse_timeline_history(rows[0][1].decode())
@@ -615,9 +371,9 @@ class WalReceiver:
         try:
             res = conn.exec_(cmd.encode())
         except OperationalError as e:
-            raise _Retry(f"START_REPLICATION on {self.where}: {e}") from e
+            raise Retry(f"START_REPLICATION on {self.where}: {e}") from e
         if res.status != pq.ExecStatus.COPY_BOTH:
-            _raise_for(res, conn, f"START_REPLICATION of slot {self.slot!r} at {self._received} "
+            raise_for(res, conn, f"START_REPLICATION of slot {self.slot!r} at {self._received} "
                                   f"on {self.where}")
 
     def _disconnect(self, *, final_status: bool) -> None:
@@ -640,7 +396,7 @@ class WalReceiver:
             try:
                 n, buf = conn.get_copy_data(1)
             except OperationalError as e:
-                raise _Retry(f"receiving from {self.where}: {e}") from e
+                raise Retry(f"receiving from {self.where}: {e}") from e
             if n > 0:
                 msg = parse_server_message(buf)
                 self._attempts = 0
@@ -672,7 +428,7 @@ class WalReceiver:
                 try:
                     conn.consume_input()
                 except OperationalError as e:
-                    raise _Retry(f"receiving from {self.where}: {e}") from e
+                    raise Retry(f"receiving from {self.where}: {e}") from e
 
     def _check_silence(self, conn: pq.abc.PGconn) -> float:
         """Ping a silent server, drop a dead one; returns when to look again."""
@@ -680,7 +436,7 @@ class WalReceiver:
             return float("inf")
         silent = time.monotonic() - self._last_recv_at
         if silent >= self.receive_timeout:
-            raise _Retry(f"no message from the server for {silent:.1f}s (receive_timeout)")
+            raise Retry(f"no message from the server for {silent:.1f}s (receive_timeout)")
         if silent >= self.receive_timeout / 2 and not self._pinged:
             self._send_status(conn, reply_requested=True)
             self._pinged = True
@@ -719,21 +475,21 @@ class WalReceiver:
             try:
                 res = conn.get_result()
             except OperationalError as e:
-                raise _Retry(f"end of stream from {self.where}: {e}") from e
+                raise Retry(f"end of stream from {self.where}: {e}") from e
             if res is None:
                 break
             if res.status == pq.ExecStatus.TUPLES_OK and res.ntuples == 1 and res.nfields >= 2:
                 v = res.get_value(0, 0)
                 next_tli = int(v) if v is not None else None
             elif res.status == pq.ExecStatus.FATAL_ERROR:
-                error = _errmsg(res, conn)
+                error = errmsg(res, conn)
         if next_tli is not None and conn.status == pq.ConnStatus.OK:
             log.info("timeline %s ended at %s on %s; following timeline %d",
                      self._timeline, self._received, self.where, next_tli)
             self._start_replication(conn, next_tli)
             self._timeline = next_tli
             return
-        raise _Retry(f"the server ended the stream{': ' + error if error else ''}")
+        raise Retry(f"the server ended the stream{': ' + error if error else ''}")
 
     # -- status updates -------------------------------------------------------------------
     def _next_status_due(self) -> float:
@@ -758,8 +514,48 @@ class WalReceiver:
             conn.put_copy_data(msg.encode())
             conn.flush()
         except OperationalError as e:
-            raise _Retry(f"sending feedback to {self.where}: {e}") from e
+            raise Retry(f"sending feedback to {self.where}: {e}") from e
         self._sent_flush = flush
         self._last_status_at = time.monotonic()
         self._reply_pending = False
         log.debug("status to %s: write %s flush %s apply %s", self.where, write, flush, apply)
+
+
+class StreamSource:
+    """The streaming replication protocol as a `WalSource` (wraps `WalReceiver`)."""
+
+    def __init__(self, receiver: WalReceiver) -> None:
+        self.receiver = receiver
+
+    @classmethod
+    def connect(cls, dsn: str, slot: str, start_lsn: int, **options: object) -> StreamSource:
+        """A source streaming from physical `slot` at `dsn`, from `start_lsn`
+        (options as for `WalReceiver`)."""
+        return cls(WalReceiver(dsn, slot, start_lsn, **options))  # type: ignore[arg-type]
+
+    @property
+    def start_lsn(self) -> Lsn:
+        return self.receiver.start_lsn
+
+    @property
+    def received_lsn(self) -> Lsn:
+        return self.receiver.received_lsn
+
+    @property
+    def finished(self) -> bool:
+        return self.receiver.finished
+
+    def poll(self, timeout: float | None = None) -> WalChunk | None:
+        return self.receiver.poll(timeout)
+
+    def stream(self, idle_timeout: float | None = None) -> Iterator[WalChunk]:
+        return self.receiver.stream(idle_timeout)
+
+    def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
+        self.receiver.report(write_lsn, flush_lsn, apply_lsn)
+
+    def stop(self) -> None:
+        self.receiver.stop()
+
+    def close(self) -> None:
+        self.receiver.close()

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 
 from strata.lsn import Lsn
 
-BLCKSZ = 8192
-
 # xl_info low nibble (generic flags)
 XLR_INFO_MASK = 0x0F
 XLR_RMGR_INFO_MASK = 0xF0

@@ -18,17 +18,17 @@ backwards (as PostgreSQL does). Timeline-history files are not consulted.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from strata.errors import EndOfWal, WalSourceError
 from strata.lsn import Lsn
+from strata.pg.constants import XLOG_BLCKSZ
+from strata.pg.xlogfile import parse_segment_file_name, segment_file_name
 from strata.wal.decoder import decode_record
 from strata.wal.reader import (
     SIZE_OF_LONG_PHD,
-    XLOG_BLCKSZ,
     XLOG_PAGE_MAGIC,
     XLP_LONG_HEADER,
     RawRecord,
@@ -37,28 +37,7 @@ from strata.wal.reader import (
 )
 from strata.wal.record import DecodedRecord
 
-_SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?$")
 _READ_CHUNK = 1024 * 1024
-
-
-def segments_per_xlogid(segment_size: int) -> int:
-    """XLogSegmentsPerXLogId: segments per 4 GB of LSN space."""
-    return 0x100000000 // segment_size
-
-
-def segment_file_name(tli: int, segno: int, segment_size: int) -> str:
-    """XLogFileName."""
-    per = segments_per_xlogid(segment_size)
-    return f"{tli:08X}{segno // per:08X}{segno % per:08X}"
-
-
-def parse_segment_file_name(name: str, segment_size: int) -> tuple[int, int] | None:
-    """(timeline, segno) for a segment file name (``.partial`` allowed), else None."""
-    m = _SEGMENT_RE.match(name)
-    if m is None:
-        return None
-    per = segments_per_xlogid(segment_size)
-    return int(m.group(1), 16), int(m.group(2), 16) * per + int(m.group(3), 16)
 
 
 def segment_start_lsn(segno: int, segment_size: int) -> Lsn:
@@ -101,7 +80,7 @@ class WalDirectory:
         p = Path(path)
         if not p.is_dir():
             raise WalSourceError(f"WAL directory {p} does not exist")
-        names = sorted(n for n in os.listdir(p) if _SEGMENT_RE.match(n))
+        names = sorted(n for n in os.listdir(p) if parse_segment_file_name(n, 1 << 24) is not None)
         if not names:
             raise WalSourceError(f"no WAL segment files in {p}")
         if segment_size is None:

@@ -7,8 +7,9 @@ start LSN, so the consumer (the sans-IO `wal.reader`) can feed them as one
 byte stream. Sources do not parse records; where valid WAL ends inside the
 bytes is the reader's decision.
 
-- `StreamSource`: the streaming replication protocol (`wal.receiver`) from a
-  physical slot; feedback goes back to the server.
+- `wal.receiver.StreamSource`: the streaming replication protocol from a
+  physical slot; feedback goes back to the server (it lives with the
+  receiver, which imports this module, never the reverse).
 - `FileSource`: segment files in a directory (a pg_wal copy or an archive):
   raw bytes in LSN order from a start position; stops at the end of what is
   there (or the first missing segment), or, with ``follow=True``, waits for
@@ -25,16 +26,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from strata.errors import WalSourceError
 from strata.lsn import Lsn
+from strata.wal.replication_messages import parse_timeline_history
 from strata.wal.segments import parse_segment_file_name, read_segment_size, segment_file_name
 
-if TYPE_CHECKING:
-    from strata.wal.receiver import WalReceiver
-
-__all__ = ["FileSource", "StreamSource", "WalChunk", "WalSource", "parse_segment_file_name",
+__all__ = ["FileSource", "WalChunk", "WalSource", "parse_segment_file_name",
            "read_segment_size", "segment_file_name"]
 
 
@@ -203,8 +202,6 @@ class FileSource:
 
     def _history_begins(self) -> dict[int, Lsn]:
         """Timeline -> its first byte, from the history file of `timeline`."""
-        from strata.wal.replication_messages import parse_timeline_history
-
         if self.timeline is None:
             return {}
         path = self.directory / f"{self.timeline:08X}.history"
@@ -254,45 +251,3 @@ class FileSource:
             # A short file (e.g. .partial renamed, or truncated copy): nothing more here.
             return None
         return WalChunk(self._pos, data)
-
-
-class StreamSource:
-    """The streaming replication protocol as a `WalSource` (wraps `WalReceiver`)."""
-
-    def __init__(self, receiver: WalReceiver) -> None:
-        self.receiver = receiver
-
-    @classmethod
-    def connect(cls, dsn: str, slot: str, start_lsn: int, **options: object) -> StreamSource:
-        """A source streaming from physical `slot` at `dsn`, from `start_lsn`
-        (options as for `WalReceiver`)."""
-        from strata.wal.receiver import WalReceiver
-
-        return cls(WalReceiver(dsn, slot, start_lsn, **options))  # type: ignore[arg-type]
-
-    @property
-    def start_lsn(self) -> Lsn:
-        return self.receiver.start_lsn
-
-    @property
-    def received_lsn(self) -> Lsn:
-        return self.receiver.received_lsn
-
-    @property
-    def finished(self) -> bool:
-        return self.receiver.finished
-
-    def poll(self, timeout: float | None = None) -> WalChunk | None:
-        return self.receiver.poll(timeout)
-
-    def stream(self, idle_timeout: float | None = None) -> Iterator[WalChunk]:
-        return self.receiver.stream(idle_timeout)
-
-    def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
-        self.receiver.report(write_lsn, flush_lsn, apply_lsn)
-
-    def stop(self) -> None:
-        self.receiver.stop()
-
-    def close(self) -> None:
-        self.receiver.close()

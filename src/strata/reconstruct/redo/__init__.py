@@ -33,9 +33,10 @@ import importlib
 from collections.abc import Callable, Mapping
 
 from strata.errors import RedoError, UnsupportedRecordError
+from strata.pg.constants import BLCKSZ
 from strata.reconstruct.redo import page_ops
 from strata.wal import rmgr as wal_rmgr
-from strata.wal.record import BLCKSZ, BlockRef, DecodedRecord
+from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import (  # noqa: F401  (re-exported for the rmgr redo modules)
     RM_BRIN_ID,
     RM_BTREE_ID,

@@ -18,16 +18,15 @@ from __future__ import annotations
 import struct
 
 from strata.errors import RedoError
+from strata.pg.constants import BLCKSZ
+from strata.pg.structs import U16, U32, U64
 from strata.reconstruct.redo import page_ops
-from strata.reconstruct.redo.page_ops import BLCKSZ, maxalign
+from strata.reconstruct.redo.page_ops import maxalign
 
 # BTPageOpaqueData: btpo_prev u32, btpo_next u32, btpo_level u32, btpo_flags u16,
 # btpo_cycleid u16 (16 bytes, at pd_special).
 SIZE_OF_BT_PAGE_OPAQUE = 16
 _OPAQUE = struct.Struct("<IIIHH")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 BTP_LEAF = 1 << 0
 BTP_ROOT = 1 << 1
@@ -93,27 +92,27 @@ def set_opaque(page: bytearray, prev: int, next_: int, level: int, flags: int,
 
 
 def get_flags(page: bytes | bytearray) -> int:
-    return _U16.unpack_from(page, opaque_pos(page) + 12)[0]  # type: ignore[no-any-return]
+    return U16.unpack_from(page, opaque_pos(page) + 12)[0]  # type: ignore[no-any-return]
 
 
 def set_flags(page: bytearray, flags: int) -> None:
-    _U16.pack_into(page, opaque_pos(page) + 12, flags & 0xFFFF)
+    U16.pack_into(page, opaque_pos(page) + 12, flags & 0xFFFF)
 
 
 def set_prev(page: bytearray, blkno: int) -> None:
-    _U32.pack_into(page, opaque_pos(page), blkno)
+    U32.pack_into(page, opaque_pos(page), blkno)
 
 
 def set_next(page: bytearray, blkno: int) -> None:
-    _U32.pack_into(page, opaque_pos(page) + 4, blkno)
+    U32.pack_into(page, opaque_pos(page) + 4, blkno)
 
 
 def set_cycleid(page: bytearray, cycleid: int) -> None:
-    _U16.pack_into(page, opaque_pos(page) + 14, cycleid)
+    U16.pack_into(page, opaque_pos(page) + 14, cycleid)
 
 
 def is_rightmost(page: bytes | bytearray) -> bool:
-    return _U32.unpack_from(page, opaque_pos(page) + 4)[0] == P_NONE  # type: ignore[no-any-return]
+    return U32.unpack_from(page, opaque_pos(page) + 4)[0] == P_NONE  # type: ignore[no-any-return]
 
 
 def first_data_key(page: bytes | bytearray) -> int:
@@ -131,7 +130,7 @@ def bt_page_set_deleted(page: bytearray, safexid: int) -> None:
     set_flags(page, (get_flags(page) & ~BTP_HALF_DEAD) | BTP_DELETED | BTP_HAS_FULLXID)
     page_ops.set_lower(page, META_OFFSET + 8)
     page_ops.set_upper(page, page_ops.get_special(page))
-    _U64.pack_into(page, META_OFFSET, safexid)
+    U64.pack_into(page, META_OFFSET, safexid)
 
 
 def write_metapage(page: bytearray, *, version: int, root: int, level: int, fastroot: int,
@@ -149,15 +148,15 @@ def write_metapage(page: bytearray, *, version: int, root: int, level: int, fast
 
 def itup_size(tup: bytes | bytearray | memoryview, pos: int = 0) -> int:
     """IndexTupleSize of the tuple at `pos`."""
-    return _U16.unpack_from(tup, pos + _OFF_T_INFO)[0] & INDEX_SIZE_MASK  # type: ignore[no-any-return]
+    return U16.unpack_from(tup, pos + _OFF_T_INFO)[0] & INDEX_SIZE_MASK  # type: ignore[no-any-return]
 
 
 def _t_info(tup: bytes | bytearray) -> int:
-    return _U16.unpack_from(tup, _OFF_T_INFO)[0]  # type: ignore[no-any-return]
+    return U16.unpack_from(tup, _OFF_T_INFO)[0]  # type: ignore[no-any-return]
 
 
 def _posid(tup: bytes | bytearray) -> int:
-    return _U16.unpack_from(tup, _OFF_POSID)[0]  # type: ignore[no-any-return]
+    return U16.unpack_from(tup, _OFF_POSID)[0]  # type: ignore[no-any-return]
 
 
 def tid_block(tup: bytes | bytearray) -> int:
@@ -204,8 +203,8 @@ def _with_size(base: bytes | bytearray, keysize: int, newsize: int) -> bytearray
     # palloc0(newsize) + memcpy(keysize) + t_info size bits replaced
     itup = bytearray(newsize)
     itup[:keysize] = base[:keysize]
-    t_info = (_U16.unpack_from(itup, _OFF_T_INFO)[0] & ~INDEX_SIZE_MASK) | newsize
-    _U16.pack_into(itup, _OFF_T_INFO, t_info)
+    t_info = (U16.unpack_from(itup, _OFF_T_INFO)[0] & ~INDEX_SIZE_MASK) | newsize
+    U16.pack_into(itup, _OFF_T_INFO, t_info)
     return itup
 
 
@@ -213,12 +212,12 @@ def _set_posting_or_plain(itup: bytearray, keysize: int, htids: list[bytes]) -> 
     n = len(htids)
     if n > 1:
         # BTreeTupleSetPosting
-        _U16.pack_into(itup, _OFF_T_INFO, _t_info(itup) | INDEX_ALT_TID_MASK)
-        _U16.pack_into(itup, _OFF_POSID, n | BT_IS_POSTING)
+        U16.pack_into(itup, _OFF_T_INFO, _t_info(itup) | INDEX_ALT_TID_MASK)
+        U16.pack_into(itup, _OFF_POSID, n | BT_IS_POSTING)
         set_tid_block(itup, keysize)
         itup[keysize:keysize + 6 * n] = b"".join(htids)
     else:
-        _U16.pack_into(itup, _OFF_T_INFO, _t_info(itup) & ~INDEX_ALT_TID_MASK)
+        U16.pack_into(itup, _OFF_T_INFO, _t_info(itup) & ~INDEX_ALT_TID_MASK)
         itup[0:6] = htids[0]
 
 
@@ -279,8 +278,8 @@ def truncated_hikey(topparent: int) -> bytes:
     """The dummy high key of a half-dead leaf: an 8-byte pivot tuple with zero
     key attributes whose t_tid block is the top parent (BTreeTupleSetTopParent)."""
     tup = bytearray(SIZE_OF_INDEX_TUPLE_DATA)
-    _U16.pack_into(tup, _OFF_T_INFO, SIZE_OF_INDEX_TUPLE_DATA | INDEX_ALT_TID_MASK)
+    U16.pack_into(tup, _OFF_T_INFO, SIZE_OF_INDEX_TUPLE_DATA | INDEX_ALT_TID_MASK)
     set_tid_block(tup, topparent)
-    _U16.pack_into(tup, _OFF_POSID, 0)
+    U16.pack_into(tup, _OFF_POSID, 0)
     return bytes(tup)
 

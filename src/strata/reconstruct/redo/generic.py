@@ -13,8 +13,9 @@ from __future__ import annotations
 import struct
 
 from strata.errors import RedoError
+from strata.pg.constants import BLCKSZ
 from strata.reconstruct.redo import RM_GENERIC_ID, page_ops, register, unsupported
-from strata.wal.record import BLCKSZ, BlockRef, DecodedRecord
+from strata.wal.record import BlockRef, DecodedRecord
 
 _DELTA_HDR = struct.Struct("<HH")
 

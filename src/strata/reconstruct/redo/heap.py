@@ -25,6 +25,8 @@ from __future__ import annotations
 import struct
 
 from strata.errors import RedoError
+from strata.pg.structs import U16, U32
+from strata.pg.transam import xid_precedes
 from strata.reconstruct.redo import (
     RM_HEAP_ID,
     VISIBILITYMAP_FORKNUM,
@@ -83,27 +85,25 @@ VM_MAPSIZE = page_ops.BLCKSZ - page_ops.maxalign(page_ops.SIZE_OF_PAGE_HEADER)
 HEAPBLOCKS_PER_PAGE = VM_MAPSIZE * HEAPBLOCKS_PER_BYTE
 VM_CONTENTS = page_ops.maxalign(page_ops.SIZE_OF_PAGE_HEADER)
 
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _CTID = struct.Struct("<HHH")
 
 # -- tuple header helpers ---------------------------------------------------------
 
 
 def get_u16(page: bytearray, pos: int) -> int:
-    return _U16.unpack_from(page, pos)[0]  # type: ignore[no-any-return]
+    return U16.unpack_from(page, pos)[0]  # type: ignore[no-any-return]
 
 
 def set_u16(page: bytearray, pos: int, v: int) -> None:
-    _U16.pack_into(page, pos, v & 0xFFFF)
+    U16.pack_into(page, pos, v & 0xFFFF)
 
 
 def get_u32(page: bytearray, pos: int) -> int:
-    return _U32.unpack_from(page, pos)[0]  # type: ignore[no-any-return]
+    return U32.unpack_from(page, pos)[0]  # type: ignore[no-any-return]
 
 
 def set_u32(page: bytearray, pos: int, v: int) -> None:
-    _U32.pack_into(page, pos, v & 0xFFFFFFFF)
+    U32.pack_into(page, pos, v & 0xFFFFFFFF)
 
 
 def set_ctid(buf: bytearray, tup: int, blkno: int, offnum: int) -> None:
@@ -158,17 +158,10 @@ def set_hot_updated(page: bytearray, tup: int, on: bool) -> None:
     set_u16(page, tup + T_INFOMASK2, (im2 | HEAP_HOT_UPDATED) if on else (im2 & ~HEAP_HOT_UPDATED))
 
 
-def transaction_id_precedes(id1: int, id2: int) -> bool:
-    if id1 < 3 or id2 < 3:  # not normal: plain comparison
-        return id1 < id2
-    diff = (id1 - id2) & 0xFFFFFFFF
-    return diff >= 0x80000000
-
-
 def page_set_prunable(page: bytearray, xid: int) -> None:
     """PageSetPrunable: keep the oldest prunable xid."""
     cur = page_ops.get_prune_xid(page)
-    if cur == INVALID_TRANSACTION_ID or transaction_id_precedes(xid, cur):
+    if cur == INVALID_TRANSACTION_ID or xid_precedes(xid, cur):
         page_ops.set_prune_xid(page, xid)
 
 

@@ -50,8 +50,9 @@ from dataclasses import dataclass
 
 from strata.errors import RedoError
 from strata.pg.checksum import checksum_page
+from strata.pg.constants import BLCKSZ
+from strata.pg.structs import U16, U32
 
-BLCKSZ = 8192
 MAXIMUM_ALIGNOF = 8
 SIZE_OF_PAGE_HEADER = 24
 ITEM_ID_SIZE = 4
@@ -77,8 +78,6 @@ MAX_INDEX_TUPLES_PER_PAGE = (BLCKSZ - SIZE_OF_PAGE_HEADER) // (16 + ITEM_ID_SIZE
 
 # pd_lsn is PageXLogRecPtr {uint32 xlogid; uint32 xrecoff}: high word first.
 _LSN = struct.Struct("<II")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _HEADER = struct.Struct("<IIHHHHHHI")
 
 OFF_LSN = 0
@@ -134,7 +133,7 @@ def page_set_lsn(page: bytearray, lsn: int) -> None:
 
 
 def _get16(page: bytes | bytearray | memoryview, off: int) -> int:
-    return _U16.unpack_from(page, off)[0]  # type: ignore[no-any-return]
+    return U16.unpack_from(page, off)[0]  # type: ignore[no-any-return]
 
 
 def get_checksum(page: bytes | bytearray | memoryview) -> int:
@@ -142,7 +141,7 @@ def get_checksum(page: bytes | bytearray | memoryview) -> int:
 
 
 def set_checksum(page: bytearray, value: int) -> None:
-    _U16.pack_into(page, OFF_CHECKSUM, value)
+    U16.pack_into(page, OFF_CHECKSUM, value)
 
 
 def get_flags(page: bytes | bytearray | memoryview) -> int:
@@ -150,7 +149,7 @@ def get_flags(page: bytes | bytearray | memoryview) -> int:
 
 
 def set_flags(page: bytearray, value: int) -> None:
-    _U16.pack_into(page, OFF_FLAGS, value)
+    U16.pack_into(page, OFF_FLAGS, value)
 
 
 def get_lower(page: bytes | bytearray | memoryview) -> int:
@@ -158,7 +157,7 @@ def get_lower(page: bytes | bytearray | memoryview) -> int:
 
 
 def set_lower(page: bytearray, value: int) -> None:
-    _U16.pack_into(page, OFF_LOWER, value)
+    U16.pack_into(page, OFF_LOWER, value)
 
 
 def get_upper(page: bytes | bytearray | memoryview) -> int:
@@ -166,7 +165,7 @@ def get_upper(page: bytes | bytearray | memoryview) -> int:
 
 
 def set_upper(page: bytearray, value: int) -> None:
-    _U16.pack_into(page, OFF_UPPER, value)
+    U16.pack_into(page, OFF_UPPER, value)
 
 
 def get_special(page: bytes | bytearray | memoryview) -> int:
@@ -174,15 +173,15 @@ def get_special(page: bytes | bytearray | memoryview) -> int:
 
 
 def set_special(page: bytearray, value: int) -> None:
-    _U16.pack_into(page, OFF_SPECIAL, value)
+    U16.pack_into(page, OFF_SPECIAL, value)
 
 
 def get_prune_xid(page: bytes | bytearray | memoryview) -> int:
-    return _U32.unpack_from(page, OFF_PRUNE_XID)[0]  # type: ignore[no-any-return]
+    return U32.unpack_from(page, OFF_PRUNE_XID)[0]  # type: ignore[no-any-return]
 
 
 def set_prune_xid(page: bytearray, xid: int) -> None:
-    _U32.pack_into(page, OFF_PRUNE_XID, xid)
+    U32.pack_into(page, OFF_PRUNE_XID, xid)
 
 
 def page_is_new(page: bytes | bytearray | memoryview) -> bool:
@@ -245,7 +244,7 @@ def page_init(page: bytearray, special_size: int = 0) -> None:
     set_lower(page, SIZE_OF_PAGE_HEADER)
     set_upper(page, BLCKSZ - special_size)
     set_special(page, BLCKSZ - special_size)
-    _U16.pack_into(page, OFF_PAGESIZE_VERSION, BLCKSZ | PG_PAGE_LAYOUT_VERSION)
+    U16.pack_into(page, OFF_PAGESIZE_VERSION, BLCKSZ | PG_PAGE_LAYOUT_VERSION)
 
 
 def new_page(special_size: int = 0) -> bytearray:
@@ -270,24 +269,24 @@ def _lp_pos(offnum: int) -> int:
 
 def item_id(page: bytes | bytearray | memoryview, offnum: int) -> tuple[int, int, int]:
     """(lp_off, lp_flags, lp_len) of line pointer `offnum` (1-based)."""
-    w = _U32.unpack_from(page, _lp_pos(offnum))[0]
+    w = U32.unpack_from(page, _lp_pos(offnum))[0]
     return w & 0x7FFF, (w >> 15) & 0x3, w >> 17
 
 
 def item_offset(page: bytes | bytearray | memoryview, offnum: int) -> int:
-    return _U32.unpack_from(page, _lp_pos(offnum))[0] & 0x7FFF  # type: ignore[no-any-return]
+    return U32.unpack_from(page, _lp_pos(offnum))[0] & 0x7FFF  # type: ignore[no-any-return]
 
 
 def item_flags(page: bytes | bytearray | memoryview, offnum: int) -> int:
-    return (_U32.unpack_from(page, _lp_pos(offnum))[0] >> 15) & 0x3  # type: ignore[no-any-return]
+    return (U32.unpack_from(page, _lp_pos(offnum))[0] >> 15) & 0x3  # type: ignore[no-any-return]
 
 
 def item_len(page: bytes | bytearray | memoryview, offnum: int) -> int:
-    return _U32.unpack_from(page, _lp_pos(offnum))[0] >> 17  # type: ignore[no-any-return]
+    return U32.unpack_from(page, _lp_pos(offnum))[0] >> 17  # type: ignore[no-any-return]
 
 
 def set_item_id(page: bytearray, offnum: int, lp_off: int, lp_flags: int, lp_len: int) -> None:
-    _U32.pack_into(page, _lp_pos(offnum),
+    U32.pack_into(page, _lp_pos(offnum),
                    (lp_off & 0x7FFF) | ((lp_flags & 0x3) << 15) | ((lp_len & 0x7FFF) << 17))
 
 
@@ -356,7 +355,7 @@ def page_add_item(page: bytearray, item: bytes | bytearray | memoryview, offnum:
     if offnum != INVALID_OFFSET_NUMBER:
         if overwrite:
             if offnum < limit:
-                w = _U32.unpack_from(page, _lp_pos(offnum))[0]
+                w = U32.unpack_from(page, _lp_pos(offnum))[0]
                 if (w >> 15) & 0x3 != LP_UNUSED or (w >> 17) != 0:
                     return INVALID_OFFSET_NUMBER
         elif offnum < limit:
@@ -365,7 +364,7 @@ def page_add_item(page: bytearray, item: bytes | bytearray | memoryview, offnum:
         if flags & PD_HAS_FREE_LINES:
             offnum = FIRST_OFFSET_NUMBER
             while offnum < limit:
-                w = _U32.unpack_from(page, _lp_pos(offnum))[0]
+                w = U32.unpack_from(page, _lp_pos(offnum))[0]
                 if (w >> 15) & 0x3 == LP_UNUSED and (w >> 17) == 0:
                     break
                 offnum += 1
@@ -387,10 +386,10 @@ def page_add_item(page: bytearray, item: bytes | bytearray | memoryview, offnum:
     if needshuffle:
         n = (limit - offnum) * ITEM_ID_SIZE
         page[pos + ITEM_ID_SIZE:pos + ITEM_ID_SIZE + n] = page[pos:pos + n]
-    _U32.pack_into(page, pos, upper | (LP_NORMAL << 15) | (size << 17))
+    U32.pack_into(page, pos, upper | (LP_NORMAL << 15) | (size << 17))
     page[upper:upper + size] = item
-    _U16.pack_into(page, OFF_LOWER, lower)
-    _U16.pack_into(page, OFF_UPPER, upper)
+    U16.pack_into(page, OFF_LOWER, lower)
+    U16.pack_into(page, OFF_UPPER, upper)
     return offnum
 
 
@@ -544,11 +543,11 @@ def _shift_lp_offsets(page: bytearray, nline: int, limit_off: int, delta: int,
     base = SIZE_OF_PAGE_HEADER
     for i in range(nline):
         p = base + i * ITEM_ID_SIZE
-        w = _U32.unpack_from(page, p)[0]
+        w = U32.unpack_from(page, p)[0]
         if only_storage and (w >> 17) == 0:
             continue
         if (w & 0x7FFF) <= limit_off:
-            _U32.pack_into(page, p, (w & ~0x7FFF) | (((w & 0x7FFF) + delta) & 0x7FFF))
+            U32.pack_into(page, p, (w & ~0x7FFF) | (((w & 0x7FFF) + delta) & 0x7FFF))
 
 
 def page_index_tuple_delete(page: bytearray, offnum: int) -> None:

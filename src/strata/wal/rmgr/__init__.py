@@ -12,36 +12,35 @@ owned by their own authors; this module owns only the table.
 
 from __future__ import annotations
 
+from strata.pg.rmgrids import (  # noqa: F401  (re-exported: the one table)
+    RM_BRIN_ID,
+    RM_BTREE_ID,
+    RM_CLOG_ID,
+    RM_COMMIT_TS_ID,
+    RM_DBASE_ID,
+    RM_GENERIC_ID,
+    RM_GIN_ID,
+    RM_GIST_ID,
+    RM_HASH_ID,
+    RM_HEAP2_ID,
+    RM_HEAP_ID,
+    RM_LOGICALMSG_ID,
+    RM_MAX_BUILTIN_ID,
+    RM_MAX_CUSTOM_ID,
+    RM_MAX_ID,
+    RM_MIN_CUSTOM_ID,
+    RM_MULTIXACT_ID,
+    RM_RELMAP_ID,
+    RM_REPLORIGIN_ID,
+    RM_SEQ_ID,
+    RM_SMGR_ID,
+    RM_SPGIST_ID,
+    RM_STANDBY_ID,
+    RM_TBLSPC_ID,
+    RM_XACT_ID,
+    RM_XLOG_ID,
+)
 from strata.wal.record import XLR_INFO_MASK
-
-# -- resource manager ids (rmgrlist.h order; never renumber) -------------------
-RM_XLOG_ID = 0
-RM_XACT_ID = 1
-RM_SMGR_ID = 2
-RM_CLOG_ID = 3
-RM_DBASE_ID = 4
-RM_TBLSPC_ID = 5
-RM_MULTIXACT_ID = 6
-RM_RELMAP_ID = 7
-RM_STANDBY_ID = 8
-RM_HEAP2_ID = 9
-RM_HEAP_ID = 10
-RM_BTREE_ID = 11
-RM_HASH_ID = 12
-RM_GIN_ID = 13
-RM_GIST_ID = 14
-RM_SEQ_ID = 15
-RM_SPGIST_ID = 16
-RM_BRIN_ID = 17
-RM_COMMIT_TS_ID = 18
-RM_REPLORIGIN_ID = 19
-RM_GENERIC_ID = 20
-RM_LOGICALMSG_ID = 21
-
-RM_MAX_BUILTIN_ID = RM_LOGICALMSG_ID
-RM_MIN_CUSTOM_ID = 128
-RM_MAX_CUSTOM_ID = 255
-RM_MAX_ID = 255
 
 RMGR_NAMES: tuple[str, ...] = (
     "XLOG", "Transaction", "Storage", "CLOG", "Database", "Tablespace", "MultiXact",

@@ -41,6 +41,7 @@ import struct
 from dataclasses import dataclass
 
 from strata.errors import WalDecodeError
+from strata.pg.structs import U16
 from strata.wal.record import XLR_INFO_MASK, DecodedRecord, RelFileLocator
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_BTREE_ID,
@@ -88,7 +89,6 @@ _DEDUP_INTERVAL = struct.Struct("<HH")
 _REUSE_PAGE = struct.Struct("<IIIIQ?")  # SizeOfBtreeReusePage = 25
 _VACUUM = struct.Struct("<HH")
 _DELETE = struct.Struct("<IHH?")  # SizeOfBtreeDelete = 9
-_U16 = struct.Struct("<H")
 _HALFDEAD = struct.Struct("<H2xIIII")  # SizeOfBtreeMarkPageHalfDead = 20
 _UNLINK = struct.Struct("<III4xQIII")  # SizeOfBtreeUnlinkPage = 36
 _NEWROOT = struct.Struct("<II")
@@ -100,7 +100,7 @@ SIZE_OF_BTREE_DEDUP = _DEDUP.size
 SIZE_OF_BTREE_REUSE_PAGE = _REUSE_PAGE.size
 SIZE_OF_BTREE_VACUUM = _VACUUM.size
 SIZE_OF_BTREE_DELETE = _DELETE.size
-SIZE_OF_BTREE_UPDATE = _U16.size
+SIZE_OF_BTREE_UPDATE = U16.size
 SIZE_OF_BTREE_MARK_PAGE_HALFDEAD = _HALFDEAD.size
 SIZE_OF_BTREE_UNLINK_PAGE = _UNLINK.size
 SIZE_OF_BTREE_NEWROOT = _NEWROOT.size
@@ -257,7 +257,7 @@ def parse_delvacuum_payload(data: bytes, ndeleted: int, nupdated: int) -> DelVac
     updates: list[XlBtreeUpdate] = []
     for _ in range(nupdated):
         _need(data, pos + 2, "xl_btree_update")
-        (n,) = _U16.unpack_from(data, pos)
+        (n,) = U16.unpack_from(data, pos)
         pos += 2
         _need(data, pos + 2 * n, "xl_btree_update offsets")
         updates.append(XlBtreeUpdate(struct.unpack_from(f"<{n}H", data, pos)))

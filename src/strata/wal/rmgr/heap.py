@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from strata.errors import WalDecodeError
+from strata.pg.structs import U16
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_HEAP_CONFIRM,
     XLOG_HEAP_DELETE,
@@ -80,7 +81,6 @@ _LOCK = struct.Struct("<IHBB")
 _CONFIRM = struct.Struct("<H")
 _INPLACE = struct.Struct("<HxxIIBxxxi")
 _TRUNCATE = struct.Struct("<IIB")
-_U16 = struct.Struct("<H")
 
 
 def _need(data: bytes, size: int, what: str) -> None:
@@ -157,11 +157,11 @@ class HeapUpdateBlockData:
         prefixlen = suffixlen = 0
         if flags & XLH_UPDATE_PREFIX_FROM_OLD:
             _need(data, pos + 2, "update prefix length")
-            prefixlen = _U16.unpack_from(data, pos)[0]
+            prefixlen = U16.unpack_from(data, pos)[0]
             pos += 2
         if flags & XLH_UPDATE_SUFFIX_FROM_OLD:
             _need(data, pos + 2, "update suffix length")
-            suffixlen = _U16.unpack_from(data, pos)[0]
+            suffixlen = U16.unpack_from(data, pos)[0]
             pos += 2
         header = XlHeapHeader.parse(data, pos)
         pos += SIZE_OF_HEAP_HEADER

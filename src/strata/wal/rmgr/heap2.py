@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from strata.errors import WalDecodeError
+from strata.pg.structs import U16, U32
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_HEAP2_LOCK_UPDATED,
     XLOG_HEAP2_MULTI_INSERT,
@@ -51,8 +52,6 @@ SIZE_OF_HEAP_PRUNE = 2
 SIZE_OF_MULTI_INSERT_TUPLE = 7
 
 _PRUNE = struct.Struct("<BB")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _FREEZE_PLAN = struct.Struct("<IHHBxH")
 _VISIBLE = struct.Struct("<IB")
 _MULTI_INSERT = struct.Struct("<BxH")
@@ -79,7 +78,7 @@ class XlHeapPrune:
         horizon = None
         if flags & XLHP_HAS_CONFLICT_HORIZON:
             _need(data, SIZE_OF_HEAP_PRUNE + 4, "xl_heap_prune horizon")
-            horizon = _U32.unpack_from(data, SIZE_OF_HEAP_PRUNE)[0]  # stored unaligned
+            horizon = U32.unpack_from(data, SIZE_OF_HEAP_PRUNE)[0]  # stored unaligned
         return cls(reason, flags, horizon)
 
 
@@ -109,7 +108,7 @@ class PruneBlockData:
         raw_plans: list[tuple[int, int, int, int, int]] = []
         if flags & XLHP_HAS_FREEZE_PLANS:
             _need(data, 4, "xlhp_freeze_plans")
-            nplans = _U16.unpack_from(data, 0)[0]
+            nplans = U16.unpack_from(data, 0)[0]
             pos = 4  # uint16 nplans + 2 bytes of padding
             _need(data, pos + nplans * _FREEZE_PLAN.size, "freeze plans")
             for _ in range(nplans):
@@ -119,7 +118,7 @@ class PruneBlockData:
         def items(count_mul: int, what: str) -> tuple[int, ...]:
             nonlocal pos
             _need(data, pos + 2, what)
-            n = _U16.unpack_from(data, pos)[0]
+            n = U16.unpack_from(data, pos)[0]
             pos += 2
             _need(data, pos + 2 * n * count_mul, what)
             out = struct.unpack_from(f"<{n * count_mul}H", data, pos)

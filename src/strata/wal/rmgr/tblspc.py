@@ -13,14 +13,13 @@ import struct
 from dataclasses import dataclass
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
+from strata.pg.structs import U32
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_TBLSPC_ID,
     XLOG_TBLSPC_CREATE,
     XLOG_TBLSPC_DROP,
 )
-
-_U32 = struct.Struct("<I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +42,13 @@ def parse(record: DecodedRecord) -> TblspcRecord:
     data = record.main_data
     try:
         if info == XLOG_TBLSPC_CREATE:
-            (ts_id,) = _U32.unpack_from(data, 0)
+            (ts_id,) = U32.unpack_from(data, 0)
             nul = data.find(b"\x00", 4)
             if nul < 0:
                 raise WalDecodeError(f"Tablespace CREATE at {record.lsn}: unterminated path")
             return TblspcCreate(ts_id, data[4:nul].decode("utf-8", errors="surrogateescape"))
         if info == XLOG_TBLSPC_DROP:
-            return TblspcDrop(_U32.unpack_from(data, 0)[0])
+            return TblspcDrop(U32.unpack_from(data, 0)[0])
     except struct.error as e:
         raise WalDecodeError(f"Tablespace record at {record.lsn} is truncated: {e}") from e
     raise UnsupportedRecordError("Tablespace", f"UNKNOWN ({info:#04x})", int(record.lsn))

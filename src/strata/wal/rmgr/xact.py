@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
+from strata.pg.structs import U32
 from strata.wal.record import DecodedRecord, RelFileLocator
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_XACT_ID,
@@ -67,9 +68,8 @@ DT_NOBEGIN = -(1 << 63)
 DT_NOEND = (1 << 63) - 1
 
 _I64 = struct.Struct("<q")
-_U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
-_XINFO = _U32
+_XINFO = U32
 _DBINFO = struct.Struct("<II")
 _RLOC = struct.Struct("<III")  # RelFileLocator: spcOid, dbOid, relNumber
 _STATS_ITEM = struct.Struct("<iIII")  # kind, dboid, objid_lo, objid_hi
@@ -125,11 +125,11 @@ class InvalMessage:
 
     @property
     def db_id(self) -> int:
-        return int(_U32.unpack_from(self.raw, 4)[0])
+        return int(U32.unpack_from(self.raw, 4)[0])
 
     def describe(self) -> str:
         """What pg_waldump prints for it (standby_desc_invalidations)."""
-        second = int(_U32.unpack_from(self.raw, 8)[0])
+        second = int(U32.unpack_from(self.raw, 8)[0])
         if self.id >= 0:
             return f"catcache {self.id}"
         return {
@@ -320,7 +320,7 @@ def _parse_completion(record: DecodedRecord, *, commit: bool) -> XactCommit | Xa
     twophase_xid = 0
     gid = ""
     if xinfo & XACT_XINFO_HAS_TWOPHASE:
-        (twophase_xid,) = _U32.unpack_from(data, off)
+        (twophase_xid,) = U32.unpack_from(data, off)
         off += 4
         if xinfo & XACT_XINFO_HAS_GID:
             nul = data.find(b"\x00", off)

@@ -20,6 +20,13 @@ from datetime import UTC, datetime
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.lsn import Lsn
+from strata.pg.constants import (  # noqa: F401  (re-exported for parsers' users)
+    WAL_LEVEL_LOGICAL,
+    WAL_LEVEL_MINIMAL,
+    WAL_LEVEL_NAMES,
+    WAL_LEVEL_REPLICA,
+)
+from strata.pg.structs import U32, U64
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_XLOG_ID,
@@ -41,10 +48,6 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
 from strata.wal.rmgr.xact import timestamptz_to_datetime
 
 # wal_level values (xlog.h WalLevel)
-WAL_LEVEL_MINIMAL = 0
-WAL_LEVEL_REPLICA = 1
-WAL_LEVEL_LOGICAL = 2
-WAL_LEVEL_NAMES = {0: "minimal", 1: "replica", 2: "logical"}
 
 MAXFNAMELEN = 64
 
@@ -59,8 +62,6 @@ _PARAMETER_CHANGE = struct.Struct("<iiiiii??2x")
 _RESTORE_POINT = struct.Struct(f"<q{MAXFNAMELEN}s")
 _END_OF_RECOVERY = struct.Struct("<qIIi4x")
 _OVERWRITE_CONTRECORD = struct.Struct("<Qq")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 _I32 = struct.Struct("<i")
 
 
@@ -212,13 +213,13 @@ def _parse(record: DecodedRecord) -> XlogRecord:
     if info in (XLOG_CHECKPOINT_SHUTDOWN, XLOG_CHECKPOINT_ONLINE):
         return CheckPoint.unpack(data, shutdown=info == XLOG_CHECKPOINT_SHUTDOWN)
     if info == XLOG_NEXTOID:
-        return NextOid(_U32.unpack_from(data, 0)[0])
+        return NextOid(U32.unpack_from(data, 0)[0])
     if info == XLOG_NOOP:
         return Noop()
     if info == XLOG_SWITCH:
         return Switch()
     if info == XLOG_BACKUP_END:
-        return BackupEnd(Lsn(_U64.unpack_from(data, 0)[0]))
+        return BackupEnd(Lsn(U64.unpack_from(data, 0)[0]))
     if info == XLOG_PARAMETER_CHANGE:
         return ParameterChange(*_PARAMETER_CHANGE.unpack_from(data, 0))
     if info == XLOG_RESTORE_POINT:
