@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
-python3 -m ruff check src tests bench
-python3 -m mypy
-python3 -m pytest -m "unit or pg or e2e or slow" "$@"
+PY="${STRATA_VENV:-$(pwd)/.venv}/bin/python"
+"$PY" -m ruff check src tests bench
+"$PY" -m mypy
+"$PY" -m pytest -m "unit or pg or e2e or slow" "$@"

@@ -39,7 +39,7 @@ def _service(tmp_path: Path, *, ingested: int, primary: int) -> HistoryService:
 def test_time_before_a_later_commit_resolves_even_while_ingest_lags(tmp_path: Path) -> None:
     svc = _service(tmp_path, ingested=3500, primary=9000)
     p = svc.resolve_time(T0 + dt.timedelta(seconds=5))
-    assert p.lsn == Lsn(2000) and p.last_commit_xid == 700
+    assert p.lsn == Lsn(1040) and p.last_commit_xid == 700
 
 
 def test_time_after_every_ingested_commit_waits_for_ingest_then_refuses(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_time_after_every_ingested_commit_waits_for_ingest_then_refuses(tmp_path
     assert sqlstate_for(ei.value) == "55000"
     caught_up = _service(tmp_path, ingested=9000, primary=9000)
     p = caught_up.resolve_time(T0 + dt.timedelta(seconds=25))
-    assert p.lsn == Lsn(9000) and p.last_commit_xid == 702
+    assert p.lsn == Lsn(3040) and p.last_commit_xid == 702
 
 
 def test_future_and_before_history_are_refused_naming_the_nearest_point(tmp_path: Path) -> None:

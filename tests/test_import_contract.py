@@ -26,13 +26,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: dict[str, int] = {
     "errors": 0, "lsn": 0, "key": 0, "durable": 0, "config": 0,
     "pg": 1,
-    "storage": 2, "runtime": 2,
+    "storage": 2, "runtime": 2, "home": 2,
     "pagestore": 3, "wal": 3,
     "keyspace": 4,
     "reconstruct": 5, "timeline": 5,
     "ingest": 6,
     "historical": 7, "proxy": 7,
-    "bootstrap": 8, "history_service": 8, "home": 8,
+    "bootstrap": 8, "history_service": 8, "status": 9,
     "daemon": 9, "supervisor": 9, "services": 9,
     "cli": 10,
 }

@@ -5,33 +5,36 @@ History starts where strata starts: the embedded primary is imported page by
 page at a clean shutdown checkpoint before users connect (DESIGN.md,
 component 3). Fed by a `historical.source.DataDirSource`; feeds the page
 store through `WalIngest` (so relation sizes and databases are tracked the
-same way as for WAL). Owns the AUX key that keeps the imported pg_control
-(the template every historical instance's control file is made from).
+same way as for WAL). `import_history` is the one import path of both
+modes (embedded: the primary's own data directory; attach: a base backup
+made consistent): it writes ``history.json`` only once the import is durable,
+so its absence means "import again".
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from strata.historical.source import DataDirSource
+from strata.home import HomeLayout
+from strata.home.files import HistoryInfo, write_json
+from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
-from strata.key import Key, KeyKind, SlruKind
-from strata.keyspace.cluster import ClusterState
+from strata.key import Key, SlruKind
+from strata.keyspace.cluster import ClusterState, control_template_key
 from strata.keyspace.relation import STORED_FORKS
 from strata.lsn import Lsn
+from strata.pagestore import PageStore
 from strata.pg.constants import GLOBALTABLESPACE_OID
 from strata.pg.slru import parse_segment_file_name, segment_pages
+from strata.reconstruct.reconstruct import reconstruct_value
 from strata.storage.values import PageImage
+from strata.timeline.timemap import TimeMap
 
 log = logging.getLogger(__name__)
-
-AUX_CONTROL_TEMPLATE = 0  # Key(AUX, rel=0): the imported pg_control bytes
-
-
-def control_template_key() -> Key:
-    return Key(KeyKind.AUX, 0, 0, AUX_CONTROL_TEMPLATE, 0, 0)
-
 
 def cluster_state_of(source: DataDirSource) -> ClusterState:
     """The control values of the imported cluster, at its checkpoint."""
@@ -88,3 +91,30 @@ def import_datadir(source: DataDirSource, ingest: WalIngest,
     ingest.advance(lsn)
     log.info("imported %d pages at %s", pages, lsn)
     return lsn
+
+
+def import_history(layout: HomeLayout, source: DataDirSource, *, mode: str,
+                   lsn: Lsn | None = None,
+                   progress: Callable[[int], None] | None = None) -> HistoryInfo:
+    """Start history in `layout` from `source` (at its checkpoint, or at `lsn`):
+    every earlier store, time map and historical instance there is removed
+    first; ``history.json`` is written last, after the import is durable.
+
+    Requires: the primary does not change `source` meanwhile (stopped, or a copy).
+    """
+    for d in (layout.layers, layout.timemap, layout.instances):
+        shutil.rmtree(d, ignore_errors=True)
+    layout.receiver_file.unlink(missing_ok=True)
+    at = source.lsn if lsn is None else lsn
+    store = PageStore.open(layout.layers, reconstruct_value)
+    timemap = TimeMap.open(layout.timemap, durable_lsn=store.durable_lsn)
+    try:
+        ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)), start_lsn=at)
+        import_datadir(source, ingest, progress, lsn=at)
+        store.flush()
+        info = HistoryInfo(source.controlfile.system_identifier, at, datetime.now(UTC), mode)
+        write_json(layout.history_file, info.to_json())
+    finally:
+        store.close()
+        timemap.close()
+    return info

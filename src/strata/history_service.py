@@ -8,11 +8,14 @@ query`). Owns: the instance pool's factory (materialise from the store at X,
 then start a read-only server) and the rules below.
 
 Rules
-- A time T resolves exactly as ``recovery_target_time = T`` (inclusive):
-  before the first commit/abort in WAL order later than T
-  (`TimeMap.resolve_time`). Before that, ingest must have caught up with the
-  primary's WAL position as of the request, or a commit at or before T could
-  still be missing: the service waits for it (bounded by `catchup_timeout`).
+- A time T resolves to the end of the last commit/abort before the first
+  commit/abort later than T, in WAL order (`TimeMap.resolve_time`; the
+  transactions visible are exactly those ``recovery_target_time = T``
+  shows). When the time map already holds a commit later than T, that answer
+  is final and given at once, even while ingest lags. Otherwise a commit at or
+  before T could still be in WAL not ingested yet: the service waits for
+  ingest to reach the primary's WAL position as of the request (bounded by
+  `catchup_timeout`), then answers, or refuses (55000) if it did not get there.
 - T later than the primary's clock: error (the future is not history yet).
 - T before history starts, or below the retention horizon: error naming the
   oldest point one can travel to.
@@ -104,25 +107,28 @@ class HistoryService:
                 nearest=now)
         oldest = self.oldest_time()
         ts = datetime_to_timestamptz(when)
-        # every commit at or before `when` is in WAL the primary has written by now
-        target = self.primary_lsn()
-        ingested = self._wait_ingested(target)
         start_ts = datetime_to_timestamptz(oldest) if oldest is not None else None
         try:
             res = self.timemap.resolve_time(ts, history_start=self.oldest_lsn,
-                                            history_start_time=start_ts, ingested_lsn=ingested)
+                                            history_start_time=start_ts)
+            if res.next_commit is None:
+                # every commit at or before `when` is in WAL the primary has written by now
+                target = self.primary_lsn()
+                ingested = self._wait_ingested(target)
+                res = self.timemap.resolve_time(ts, history_start=self.oldest_lsn,
+                                                history_start_time=start_ts)
+                if res.next_commit is None and ingested < target:
+                    raise IngestBehindError(
+                        f"cannot resolve time {shown} yet: ingest is at LSN {ingested}, the "
+                        f"primary at {target} ({target - ingested} bytes behind after "
+                        f"{self.catchup_timeout:.0f} s); try again", nearest=ingested)
+        except IngestBehindError:
+            raise
         except LsnOutOfRangeError as e:
             raise LsnOutOfRangeError(
                 f"time {shown} is before history starts: the oldest point is "
                 f"{oldest.isoformat() if oldest else '?'} (LSN {self.oldest_lsn})",
                 nearest=oldest) from e
-        if res.last_commit is not None and res.lsn == ingested and ingested < target:
-            # No commit later than T is ingested yet, and the primary has WAL we
-            # have not read: a commit at or before T may still be in it.
-            raise IngestBehindError(
-                f"cannot resolve time {shown} yet: ingest is at LSN {ingested}, the primary "
-                f"at {target} ({target - ingested} bytes behind after "
-                f"{self.catchup_timeout:.0f} s); try again", nearest=ingested)
         lsn = Lsn(max(res.lsn, self.oldest_lsn))
         return self._point(lsn)
 

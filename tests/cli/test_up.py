@@ -21,16 +21,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from strata.daemon import (
-    Daemon,
-    ReceiverState,
-    UpOptions,
-    load_daemon_state,
-    load_receiver_state,
-    resolve_home,
-    save_receiver_state,
-)
+from strata.daemon import Daemon, UpOptions
 from strata.errors import ConfigError
+from strata.home import ROOT_HOME, HomeLayout, check_server_can_reach, resolve_home
+from strata.home.files import ReceiverState, load_daemon_state, load_receiver_state, write_json
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
 from strata.wal.replication import read_slot
@@ -68,8 +62,8 @@ def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
         assert target > start
         up.wait_ingested(target)
         # strata psql reaches the same server through <home>/state.json
-        state = load_daemon_state(up_home)
-        assert state is not None and state["pid"] == up.proc.pid
+        state = load_daemon_state(HomeLayout(up_home).daemon_file)
+        assert state is not None and state.pid == up.proc.pid
         out = subprocess.run([sys.executable, "-m", "strata.cli.main", "psql", "--home",
                               str(up_home), "-Atc", "SELECT count(*) FROM demo"],
                              capture_output=True, text=True, timeout=60)
@@ -80,7 +74,7 @@ def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
     assert not Cluster(datadir=up_home / "primary" / "data").is_running()
     assert processes_under(up_home) == []
     assert not (up_home / "state.json").exists()
-    saved = load_receiver_state(up_home)
+    saved = load_receiver_state(HomeLayout(up_home).receiver_file)
     assert saved is not None and saved.flushed_lsn >= target
 
     # -- second run: resumes at the saved position, -v prints records -------------------
@@ -103,7 +97,7 @@ def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
     finally:
         up2.kill()
     assert processes_under(up_home) == []
-    again = load_receiver_state(up_home)
+    again = load_receiver_state(HomeLayout(up_home).receiver_file)
     assert again is not None and again.flushed_lsn >= target2
     assert again.system_id == saved.system_id
 
@@ -135,7 +129,7 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
     finally:
         up.kill()
     assert Cluster(datadir=up_home / "primary" / "data").is_running()
-    saved = load_receiver_state(up_home)
+    saved = load_receiver_state(HomeLayout(up_home).receiver_file)
     assert saved is not None
     # The slot never passed what strata had made durable: the resume point is still there.
     slot = read_slot(dsn, "strata")
@@ -249,7 +243,7 @@ def test_attach_mode_creates_the_slot_and_streams(scratch_dir: Path) -> None:
             # the slot keeps everything after what the store made durable
             slot = read_slot(c.dsn(), "strata")
             assert slot is not None and slot.restart_lsn is not None
-            saved = load_receiver_state(home)
+            saved = load_receiver_state(HomeLayout(home).receiver_file)
             assert saved is not None and slot.restart_lsn <= saved.flushed_lsn
             assert saved.flushed_lsn >= end  # a clean stop flushes everything ingested
             # History of another cluster is refused, not mixed in.
@@ -266,8 +260,8 @@ def test_attach_mode_creates_the_slot_and_streams(scratch_dir: Path) -> None:
 def test_receiver_state_round_trips_atomically(tmp_path: Path) -> None:
     st = ReceiverState("strata", 7311111111111111111, 1, Lsn.parse("0/3000100"),
                        Lsn.parse("0/3000000"), Lsn.parse("0/2FFFFC0"))
-    save_receiver_state(tmp_path, st)
-    back = load_receiver_state(tmp_path)
+    write_json(HomeLayout(tmp_path).receiver_file, st.to_json())
+    back = load_receiver_state(HomeLayout(tmp_path).receiver_file)
     assert back is not None
     assert (back.slot, back.system_id, back.timeline, back.received_lsn, back.flushed_lsn,
             back.last_record_lsn) == (st.slot, st.system_id, st.timeline, st.received_lsn,
@@ -275,7 +269,7 @@ def test_receiver_state_round_trips_atomically(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
     (tmp_path / "receiver.json").write_text("{not json")
     with pytest.raises(ConfigError, match="damaged"):
-        load_receiver_state(tmp_path)
+        load_receiver_state(HomeLayout(tmp_path).receiver_file)
 
 
 def test_home_comes_from_strata_home_and_must_be_reachable(
@@ -288,9 +282,19 @@ def test_home_comes_from_strata_home_and_must_be_reachable(
     os.chmod(private, 0o700)
     if os.geteuid() == 0:  # the server user could not reach a data directory in there
         with pytest.raises(ConfigError, match="other users cannot traverse"):
-            resolve_home(str(private / "h"))
+            check_server_can_reach(resolve_home(str(private / "h")))
     else:
-        assert resolve_home(str(private / "h")) == private / "h"
+        check_server_can_reach(resolve_home(str(private / "h")))
+    assert resolve_home(str(private / "h")) == private / "h"  # tools may read it
+
+
+def test_without_home_or_strata_home_root_uses_var_lib_strata_and_others_their_home(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STRATA_HOME", raising=False)
+    if os.geteuid() == 0:
+        assert resolve_home(None) == ROOT_HOME
+    else:
+        assert resolve_home(None) == Path("~/.strata").expanduser()
 
 
 def test_psql_requires_a_running_strata(scratch_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from strata.runtime.pgbin import find_pg_binaries
 from tests.strata_proc import StrataUp, processes_under
 
 
-def _psql(port: int, sql: str) -> subprocess.CompletedProcess[str]:
+def _psql(port: int, passfile: str, sql: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(find_pg_binaries().path("psql")), "-X", "-h", "127.0.0.1", "-p", str(port),
          "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=0"],
-        input=sql, capture_output=True, text=True, timeout=120, check=False)
+        input=sql, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PGPASSFILE": passfile})
 
 
 @pytest.mark.e2e
@@ -24,8 +26,9 @@ def test_demo_through_psql(scratch_dir: Path) -> None:
     home = scratch_dir / "home"
     up = StrataUp(home)
     try:
-        port = int(up.wait_for(r"time travel proxy: .*port=(\d+)").group(1))
-        first = _psql(port, """
+        m = up.wait_for(r"time travel proxy: .*port=(\d+).* passfile=(\S+)")
+        port, passfile = int(m.group(1)), m.group(2)
+        first = _psql(port, passfile, """
 CREATE TABLE demo (id serial PRIMARY KEY, name text, amount numeric);
 INSERT INTO demo (name, amount) VALUES ('Alice', 100.00);
 SELECT now();
@@ -33,7 +36,7 @@ SELECT now();
         assert first.returncode == 0, first.stderr
         remembered = next(ln.strip() for ln in first.stdout.splitlines() if ln.strip()
                       and ln.strip()[0].isdigit() and ":" in ln)
-        second = _psql(port, f"""
+        second = _psql(port, passfile, f"""
 ALTER TABLE demo ADD COLUMN email text;
 INSERT INTO demo (name, amount, email) VALUES ('Bob', 200.00, 'bob@example.com');
 DROP TABLE demo;

@@ -10,10 +10,8 @@ import pytest
 from strata.cli import compact as cli_compact
 from strata.cli import gc as cli_gc
 from strata.cli.main import main
-from strata.errors import RedoError
 from strata.pagestore import PageStore
 from strata.storage.manifest import Level, load_manifest
-from strata.storage.values import WalRecord
 
 from .conftest import TINY, Model, append_redo, rk
 from .make_samples import SAMPLE_DIR
@@ -65,8 +63,8 @@ def test_compact_and_gc_commands_rewrite_the_store(home: Path, monkeypatch: pyte
     m = load_manifest(home / "layers")
     assert m is not None and {le.level for le in m.layers} == {Level.L1}
     # image creation at the horizon needs redo: give the CLI the test redo
-    monkeypatch.setattr(cli_compact, "resolve_redo", lambda: append_redo)
-    monkeypatch.setattr(cli_gc, "resolve_redo", lambda: append_redo)
+    monkeypatch.setattr(cli_compact, "reconstruct_value", append_redo)
+    monkeypatch.setattr(cli_gc, "reconstruct_value", append_redo)
     assert main(["compact", "--home", str(home), "--images", "--threshold", "0"]) == 0
     assert "image layers written at 0/3C0" in capsys.readouterr().out
     assert main(["gc", "--home", str(home), "--horizon", "0/3C0"]) == 0
@@ -81,13 +79,12 @@ def test_compact_and_gc_commands_rewrite_the_store(home: Path, monkeypatch: pyte
         ps.close()
 
 
-def test_cli_redo_is_the_reconstruct_engine_or_refuses_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
-    redo = cli_compact.resolve_redo()
-    assert redo.__name__ in ("reconstruct_value", "no_redo")
-    monkeypatch.setattr(cli_compact, "REDO_MODULE", "strata.no_such_module")
-    redo = cli_compact.resolve_redo()
-    with pytest.raises(RedoError, match="no redo engine"):
-        redo(rk(1), None, [WalRecord(b"x")])
+@pytest.mark.parametrize("command", ["verify", "ls-layers", "compact", "gc"])
+def test_a_home_without_a_store_says_no_store_here(tmp_path: Path, command: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--home", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert "no store here" in err and "CORRUPT" not in err
 
 
 def test_gc_without_a_horizon_is_a_readable_error(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

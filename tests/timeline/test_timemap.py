@@ -22,8 +22,7 @@ def _e(start: int, ts: int, xid: int = 1, kind: EndKind = EndKind.COMMIT) -> TxE
 
 
 def _resolve(tm: TimeMap, ts: int) -> Lsn:
-    return tm.resolve_time(ts, history_start=Lsn(0), history_start_time=None,
-                           ingested_lsn=Lsn(10_000)).lsn
+    return tm.resolve_time(ts, history_start=Lsn(0), history_start_time=None).lsn
 
 
 def test_timestamp_round_trip() -> None:
@@ -32,35 +31,46 @@ def test_timestamp_round_trip() -> None:
     assert datetime_to_timestamptz(dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == 0
 
 
-def test_resolve_stops_before_first_later_commit_in_wal_order() -> None:
+def test_resolve_lands_at_the_end_of_the_last_commit_before_the_first_later_one() -> None:
     tm = TimeMap(None)
-    # timestamps not monotonic in WAL order (as PostgreSQL allows)
+    # timestamps not monotonic in WAL order (as PostgreSQL allows); entries end at start + 30
     for start, ts in [(100, 10), (200, 20), (300, 35), (400, 30), (500, 40)]:
         tm.append(_e(start, ts))
-    assert _resolve(tm, 5) == Lsn(100)  # before everything
-    assert _resolve(tm, 10) == Lsn(200)  # inclusive: the commit at ts=10 is in
-    assert _resolve(tm, 31) == Lsn(300)  # 35 > 31 stops at 300 although 400 has ts 30
-    assert _resolve(tm, 35) == Lsn(500)
-    point = tm.resolve_time(100, history_start=Lsn(0), history_start_time=None,
-                            ingested_lsn=Lsn(9999))
-    assert point.lsn == Lsn(9999)
+    assert _resolve(tm, 5) == Lsn(0)  # before every commit: where history starts
+    assert _resolve(tm, 10) == Lsn(130)  # inclusive: the commit at ts=10 is in, up to its end
+    assert _resolve(tm, 31) == Lsn(230)  # 35 > 31 stops before 300 although 400 has ts 30
+    assert _resolve(tm, 35) == Lsn(430)
+    point = tm.resolve_time(100, history_start=Lsn(0), history_start_time=None)
+    assert point.lsn == Lsn(530) and point.next_commit is None  # no later commit known yet
     assert point.last_commit is not None and point.last_commit.start_lsn == Lsn(500)
+
+
+def test_the_same_time_resolves_to_the_same_lsn_as_more_commits_arrive() -> None:
+    tm = TimeMap(None)
+    tm.append(_e(100, 10))
+    tm.append(_e(200, 20))
+    first = tm.resolve_time(15, history_start=Lsn(0), history_start_time=None)
+    for start, ts in [(300, 30), (400, 12), (500, 50)]:  # 400: a straggler, later in WAL
+        tm.append(_e(start, ts))
+        again = tm.resolve_time(15, history_start=Lsn(0), history_start_time=None)
+        assert again.lsn == first.lsn == Lsn(130)
 
 
 def test_resolve_names_included_commit() -> None:
     tm = TimeMap(None)
     tm.append(_e(100, 10, xid=7))
     tm.append(_e(200, 20, xid=8))
-    p = tm.resolve_time(15, history_start=Lsn(0), history_start_time=None, ingested_lsn=Lsn(999))
-    assert p.lsn == Lsn(200)
+    p = tm.resolve_time(15, history_start=Lsn(0), history_start_time=None)
+    assert p.lsn == Lsn(130)
     assert p.last_commit is not None and p.last_commit.xid == 7
+    assert p.next_commit is not None and p.next_commit.xid == 8
 
 
 def test_time_before_history_is_refused() -> None:
     tm = TimeMap(None)
     tm.append(_e(100, 10))
     with pytest.raises(LsnOutOfRangeError, match="before history starts"):
-        tm.resolve_time(3, history_start=Lsn(50), history_start_time=5, ingested_lsn=Lsn(999))
+        tm.resolve_time(3, history_start=Lsn(50), history_start_time=5)
 
 
 def test_append_ignores_duplicates_and_keeps_order(tmp_path: Path) -> None:

@@ -8,16 +8,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from strata.cli.compact import resolve_redo
-from strata.cli.verify import default_home
+from strata.cli._common import add_home, store_dir
 from strata.errors import ConfigError
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
-from strata.storage.tools import layers_dir
+from strata.reconstruct.reconstruct import reconstruct_value
 
 
 def run(args: argparse.Namespace) -> int:
-    ps = PageStore.open(layers_dir(args.home), resolve_redo(), background=False)
+    ps = PageStore.open(store_dir(args), reconstruct_value, background=False)
     try:
         if args.horizon is not None:
             try:
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("gc", help="remove history below a retention horizon")
-    p.add_argument("--home", default=default_home(), help="strata home (default $STRATA_HOME or ~/.strata)")
+    add_home(p)
     p.add_argument("--horizon", default=None, help="oldest LSN to keep readable (X/Y)")
     p.add_argument("--keep", type=int, default=None, help="keep this many bytes of LSN history")
     p.set_defaults(func=run)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from strata.cli.verify import default_home
+from strata.cli._common import add_home, store_dir
 from strata.errors import StrataError
 from strata.lsn import Lsn
 from strata.storage.manifest import load_manifest
-from strata.storage.tools import layers_dir, level_name
+from strata.storage.tools import level_name
 
 
 def run(args: argparse.Namespace) -> int:
-    d = layers_dir(args.home)
+    d = store_dir(args)
     m = load_manifest(d)
     if m is None:
         raise StrataError(f"no layer store at {d}")
@@ -30,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("ls-layers", help="list live layers")
-    p.add_argument("--home", default=default_home(), help="strata home (default $STRATA_HOME or ~/.strata)")
+    add_home(p)
     p.set_defaults(func=run)

@@ -11,8 +11,9 @@ import argparse
 import os
 from typing import Any
 
-from strata.daemon import load_daemon_state, resolve_home
 from strata.errors import ConfigError
+from strata.home import HomeLayout, resolve_home
+from strata.home.files import DaemonState, load_daemon_state
 from strata.runtime.pgbin import find_pg_binaries
 
 
@@ -41,21 +42,22 @@ def split_home(argv: list[str]) -> tuple[str | None, list[str]]:
     return home, argv
 
 
-def psql_argv(state: dict[str, Any], extra: list[str]) -> list[str]:
-    """The psql command line for a daemon state (see strata.daemon)."""
+def psql_argv(state: DaemonState, extra: list[str]) -> list[str]:
+    """The psql command line for a daemon state (home/FORMAT.md)."""
     psql = str(find_pg_binaries().path("psql"))
-    return [psql, "-h", str(state["target_host"]), "-p", str(state["target_port"]),
-            "-U", str(state.get("target_user", "postgres")),
-            "-d", str(state.get("target_dbname", "postgres")), *extra]
+    return [psql, "-h", state.target_host, "-p", str(state.target_port),
+            "-U", state.target_user, "-d", state.target_dbname, *extra]
 
 
 def run(args: argparse.Namespace) -> int:
     home_arg, extra = split_home(list(args.psql_args))
     home = resolve_home(home_arg)
-    state = load_daemon_state(home)
+    state = load_daemon_state(HomeLayout(home).daemon_file)
     if state is None:
         raise ConfigError(f"strata is not running on {home} (start it with `strata up "
                           f"--home {home}`)")
     argv = psql_argv(state, extra)
+    if state.passfile:
+        os.environ["PGPASSFILE"] = state.passfile
     os.execv(argv[0], argv)
     return 127  # not reached

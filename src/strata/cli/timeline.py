@@ -9,7 +9,9 @@ import datetime as dt
 import json
 import sys
 
+from strata.cli._common import add_home
 from strata.errors import ConfigError
+from strata.home import resolve_home
 
 
 def _when(text: str) -> dt.datetime:
@@ -22,7 +24,7 @@ def _when(text: str) -> dt.datetime:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("timeline", help="list commits and aborts with their time and LSN")
-    p.add_argument("--home", help="strata home (default $STRATA_HOME or ~/.strata)")
+    add_home(p)
     p.add_argument("--from", dest="start", type=_when, help="only from this time on")
     p.add_argument("--to", dest="end", type=_when, help="only up to this time")
     p.add_argument("--ddl", action="store_true", help="only catalog-changing transactions")
@@ -31,7 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from strata.daemon import resolve_home
     from strata.timeline.timemap import TimeMap
 
     home = resolve_home(args.home)

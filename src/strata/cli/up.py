@@ -16,8 +16,10 @@ import argparse
 import sys
 from typing import Any
 
-from strata.daemon import Daemon, UpOptions, resolve_home
+from strata.cli._common import HOME_HELP
+from strata.daemon import Daemon, UpOptions
 from strata.errors import ConfigError
+from strata.home import check_server_can_reach, resolve_home
 
 DEFAULT_PROXY_PORT = 55432
 
@@ -26,7 +28,7 @@ def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "up", help="start PostgreSQL 18 and stream its WAL into strata",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--home", help="strata's directory (default $STRATA_HOME or ~/.strata)")
+    p.add_argument("--home", help=HOME_HELP)
     p.add_argument("--port", type=int, default=DEFAULT_PROXY_PORT,
                    help=f"the proxy's port on 127.0.0.1 (default {DEFAULT_PROXY_PORT}; 0: any free port)")
     p.add_argument("--primary-port", type=int,
@@ -52,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.source is not None and args.primary_port is not None:
         raise ConfigError("--primary-port is for the embedded primary; with --source the "
                           "primary is the one the DSN names")
-    opts = UpOptions(home=resolve_home(args.home), port=args.port, source=args.source,
+    home = resolve_home(args.home)
+    check_server_can_reach(home)
+    opts = UpOptions(home=home, port=args.port, source=args.source,
                      verbose=args.verbose, progress_interval=args.progress_interval,
                      status_interval=args.status_interval, flush_interval=args.flush_interval,
                      max_instances=args.max_instances,

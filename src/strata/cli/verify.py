@@ -6,20 +6,15 @@ Read-only: safe while strata runs. Exit status 0 when everything verifies, 1 oth
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
+from strata.cli._common import add_home, store_dir
 from strata.lsn import Lsn
-from strata.storage.tools import layers_dir, verify_store
-
-
-def default_home() -> str:
-    return os.environ.get("STRATA_HOME", str(Path.home() / ".strata"))
+from strata.storage.tools import verify_store
 
 
 def run(args: argparse.Namespace) -> int:
-    d = layers_dir(args.home)
+    d = store_dir(args)
     rep = verify_store(d)
     m = rep.manifest
     if m is not None:
@@ -40,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("verify", help="check the manifest and every layer checksum")
-    p.add_argument("--home", default=default_home(), help="strata home (default $STRATA_HOME or ~/.strata)")
+    add_home(p)
     p.set_defaults(func=run)

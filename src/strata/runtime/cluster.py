@@ -64,6 +64,7 @@ class Cluster:
     socket_dir: Path | None = None
     bins: PgBinaries = field(default_factory=find_pg_binaries)
     logfile: Path | None = None
+    passfile: Path | None = None  # a libpq password file for the superuser (when required)
 
     def __post_init__(self) -> None:
         self.datadir = Path(self.datadir)
@@ -194,6 +195,8 @@ class Cluster:
     # -- connecting --------------------------------------------------------------
     def dsn(self, dbname: str = "postgres", *, user: str = SUPERUSER, **extra: str) -> str:
         parts = [f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"]
+        if self.passfile is not None:
+            parts.append(f"passfile={self.passfile}")
         parts += [f"{k}={v}" for k, v in extra.items()]
         return " ".join(parts)
 
@@ -212,6 +215,8 @@ class Cluster:
              check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the bundled psql (as the current user) against this server."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        if self.passfile is not None:
+            env["PGPASSFILE"] = str(self.passfile)
         return subprocess.run(
             [str(self.bins.path("psql")), "-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
              "-p", str(self.port), "-U", SUPERUSER, "-d", dbname, *args],

@@ -5,15 +5,20 @@ timestamp (PostgreSQL TimestampTz: microseconds since 2000-01-01 UTC), xid,
 kind (commit, abort, commit prepared, abort prepared) and flags (catalog
 change: the transaction carried invalidations or dropped relations).
 
-Resolution (`resolve_time`) is exactly PostgreSQL's ``recovery_target_time``
-with ``recovery_target_inclusive = on`` (xlogrecovery.c,
-``recoveryStopsBefore``): recovery stops *before* the first commit or abort
-record, in WAL order, whose timestamp is later than T. The state "as of T" is
-therefore everything before that record's start LSN; we answer that start LSN
-(a travel_lsn X holds every record that ends at or before X, and that record
-ends after it). Commit timestamps are not monotonic in WAL order, so this is a
-scan in LSN order, never a bisection on time alone; an index of running
-maxima makes it logarithmic (`_prefix_max`).
+Resolution (`resolve_time`): a time T resolves to the **end of the last
+commit (or abort) record before the first commit or abort later than T, in
+WAL order**. Transactional visibility is exactly what PostgreSQL's
+``recovery_target_time = T`` (inclusive; xlogrecovery.c,
+``recoveryStopsBefore``) shows: recovery stops before that first later
+commit, and every transaction end before it is in. What the end of the last
+commit leaves out is the non-transactional WAL written after it (the next
+transaction's nextval() batches, DROP DATABASE's in-place invalidation,
+relfrozenxid updates...), which would otherwise leak the future into the
+past. The answer is stable: the same T always gives the same LSN once a
+commit later than T exists. With no commit before that first later one, T
+resolves to where history starts. Commit timestamps are not monotonic in WAL
+order, so this is a scan in LSN order, never a bisection on time alone; an
+index of running maxima makes it logarithmic (`_prefix_max`).
 
 File format: see FORMAT.md beside this module (``timemap.dat``).
 
@@ -102,15 +107,20 @@ class TxEnd:
 
 
 @dataclass(frozen=True, slots=True)
-class ResolvedPoint:
-    """Where a time-travel target lands.
+class TimeResolution:
+    """Where a time T lands in the time map.
 
-    `lsn`: the state holds every record ending at or before it.
+    `lsn`: the state holds every record ending at or before it (the end of
+    `last_commit`, or history's start when there is none).
     `last_commit`: the last transaction end (commit or abort) included, if any.
+    `next_commit`: the first transaction end later than T, in WAL order; None
+    when none is known yet (then a later-ingested commit could still be at or
+    before T: the caller decides whether ingest has seen enough).
     """
 
     lsn: Lsn
     last_commit: TxEnd | None
+    next_commit: TxEnd | None
 
 
 class TimeMap:
@@ -239,12 +249,12 @@ class TimeMap:
                 i -= 1
             return self._entries[i] if i >= 0 else None
 
-    def resolve_time(self, ts: int, *, history_start: Lsn, history_start_time: int | None,
-                     ingested_lsn: Lsn) -> ResolvedPoint:
-        """The LSN that ``recovery_target_time = ts`` (inclusive) stops at.
+    def resolve_time(self, ts: int, *, history_start: Lsn,
+                     history_start_time: int | None) -> TimeResolution:
+        """Where time `ts` lands (module docstring: the end of the last commit
+        before the first commit later than `ts`).
 
-        Requires: entries cover every transaction end from `history_start` up
-        to `ingested_lsn`.
+        Requires: entries cover every transaction end from `history_start` on.
         Raises: LsnOutOfRangeError when `ts` is before history starts.
         """
         if history_start_time is not None and ts < history_start_time:
@@ -257,9 +267,7 @@ class TimeMap:
             # first entry (in LSN order) whose timestamp > ts: the first index where the
             # running maximum exceeds ts
             i = bisect.bisect_right(self._prefix_max, ts)
-            if i < len(self._entries):
-                stop = self._entries[i]
-                included = self._entries[i - 1] if i > 0 else None
-                return ResolvedPoint(stop.start_lsn, included)
-            last = self._entries[-1] if self._entries else None
-        return ResolvedPoint(ingested_lsn, last)
+            included = self._entries[i - 1] if i > 0 else None
+            following = self._entries[i] if i < len(self._entries) else None
+        lsn = included.end_lsn if included is not None else history_start
+        return TimeResolution(Lsn(max(lsn, history_start)), included, following)

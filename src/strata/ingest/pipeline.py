@@ -1,0 +1,230 @@
+"""The ingest pipeline: WAL chunks in, durable history out, with the slot told.
+
+What it is: `IngestPipeline`, the loop that feeds streamed WAL through the
+reader and decoder into `WalIngest`, and `PublishPolicy`, the pure rule for
+when to publish (advance), flush, save the resume point and report progress.
+Fed by: a WAL stream (`wal.receiver.WalReceiver` or anything with its
+`poll` / `report` / `server_wal_end` / `finished`), the store and time map
+through `WalIngest`. Feeds: the store and time map (through `WalIngest`),
+``receiver.json`` and the slot's feedback (write = the end of the last record
+processed, flush = the store's ``durable_lsn``), and the caller's periodic
+hooks (progress lines, status, primary checks).
+
+Ordering that keeps "nothing lost" (home/FORMAT.md):
+- `advance` syncs the time map before the store's watermark moves
+  (timeline/FORMAT.md invariant 2);
+- ``receiver.json`` records ``durable_lsn`` before the slot is told it may
+  release WAL up to it (`save_and_confirm`);
+- on stop, everything processed is advanced and flushed before the last
+  save, so a clean stop resumes exactly where it stopped, and a crash
+  resumes from the last durable LSN (the slot still holds the rest).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Flag, auto
+from pathlib import Path
+from typing import Protocol
+
+from strata.errors import EndOfWal, WalSourceError
+from strata.home.files import ReceiverState, write_json
+from strata.ingest.walingest import WalIngest
+from strata.lsn import Lsn
+from strata.wal.decoder import decode_record
+from strata.wal.reader import WalReader
+from strata.wal.record import DecodedRecord
+from strata.wal.source import WalChunk
+
+log = logging.getLogger(__name__)
+
+
+class Stream(Protocol):
+    """What the pipeline needs of a WAL stream (`WalReceiver` has it)."""
+
+    @property
+    def server_wal_end(self) -> Lsn: ...
+    @property
+    def received_lsn(self) -> Lsn: ...
+    @property
+    def system_id(self) -> int | None: ...
+    @property
+    def timeline(self) -> int | None: ...
+    @property
+    def finished(self) -> bool: ...
+    def poll(self, timeout: float | None = None) -> WalChunk | None: ...
+    def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None: ...
+
+
+class Action(Flag):
+    NONE = 0
+    ADVANCE = auto()  # publish what was ingested (time map sync, store watermark, slot write)
+    FLUSH = auto()  # make it durable in layers
+    SAVE = auto()  # record the resume point, then let the slot release WAL
+    PERIODIC = auto()  # the caller's hooks: progress line, status file, primary check
+
+
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    advance_interval: float = 0.2  # s between publications (each fsyncs the time map)
+    advance_bytes: int = 8 << 20  # ... or after this much WAL
+    flush_interval: float = 30.0  # s between forced flushes of the memtable
+    save_interval: float = 1.0  # s between saves of receiver.json + slot confirmations
+    periodic_interval: float = 1.0  # s between calls of the caller's hooks
+
+
+@dataclass(slots=True)
+class PublishPolicy:
+    """When to advance, flush, save and call the hooks. Pure: the caller passes
+    the clock and the positions, the policy says what is due and remembers it.
+
+    - advance in batches: after `advance_interval` s or `advance_bytes` of WAL,
+      or at once when the stream is idle (nothing more to batch with), so an
+      fsync of the time map never lands on every replication message;
+    - flush every `flush_interval` s when something is not durable yet;
+    - save every `save_interval` s; hooks every `periodic_interval` s.
+    """
+
+    config: PublishConfig
+    last_advance: float
+    last_flush: float
+    last_save: float = 0.0
+    last_periodic: float = 0.0
+    pending_bytes: int = 0
+
+    @classmethod
+    def start(cls, config: PublishConfig, now: float) -> PublishPolicy:
+        return cls(config, last_advance=now, last_flush=now, last_periodic=now)
+
+    def decide(self, now: float, *, received: int, idle: bool, processed: int, published: int,
+               durable: int) -> Action:
+        """What is due now. `received` bytes arrived since the last call; `idle`:
+        the last poll returned nothing."""
+        c = self.config
+        self.pending_bytes += received
+        act = Action.NONE
+        if processed > published and (idle or now - self.last_advance >= c.advance_interval
+                                      or self.pending_bytes >= c.advance_bytes):
+            act |= Action.ADVANCE
+            self.last_advance, self.pending_bytes = now, 0
+        if now - self.last_flush >= c.flush_interval and durable < processed:
+            act |= Action.FLUSH
+            self.last_flush = now
+        if now - self.last_save >= c.save_interval:
+            act |= Action.SAVE
+            self.last_save = now
+        if now - self.last_periodic >= c.periodic_interval:
+            act |= Action.PERIODIC
+            self.last_periodic = now
+        return act
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    records: int = 0
+    bytes: int = 0
+    caught_up_at: float = field(default_factory=time.monotonic)
+
+
+class IngestPipeline:
+    """One run of the stream loop (see module docstring). `run` blocks until
+    `stop_event` is set or the stream finishes; it always leaves everything
+    processed durable and the resume point saved."""
+
+    def __init__(self, stream: Stream, ingest: WalIngest, *, start: Lsn, segment_size: int,
+                 slot: str, receiver_file: Path, config: PublishConfig | None = None,
+                 on_record: Callable[[DecodedRecord], None] | None = None,
+                 periodic: Callable[[], None] | None = None) -> None:
+        self.stream = stream
+        self.ingest = ingest
+        self.slot = slot
+        self.receiver_file = receiver_file
+        self.config = config or PublishConfig()
+        self.on_record = on_record
+        self.periodic = periodic
+        self.reader = WalReader(start, segment_size, prev_lsn=None)
+        self.processed = start
+        self.published = start
+        self.last_record: Lsn | None = None
+        self.stats = PipelineStats()
+
+    @property
+    def store_durable(self) -> Lsn:
+        return self.ingest.store.durable_lsn
+
+    def feed(self, chunk: WalChunk) -> None:
+        """Frame, decode and ingest every complete record in `chunk`.
+
+        Raises: WalSourceError when streamed WAL is invalid (streamed WAL is
+        flushed WAL: it must be valid to the end)."""
+        self.reader.feed(chunk.data)
+        self.stats.bytes += len(chunk.data)
+        ingest = self.ingest
+        try:
+            for raw in self.reader:
+                rec = decode_record(raw.raw, raw.lsn, raw.end_lsn)
+                ingest.ingest(rec)
+                self.stats.records += 1
+                if self.on_record is not None:
+                    self.on_record(rec)
+                self.processed = raw.end_lsn
+                self.last_record = raw.lsn
+        except EndOfWal as e:
+            raise WalSourceError(f"invalid WAL in the stream: {e}") from e
+
+    def advance(self, now: float) -> None:
+        self.ingest.advance(self.processed)
+        self.published = self.processed
+        self.stream.report(self.processed, self.store_durable)
+        if self.stream.server_wal_end <= self.processed:
+            self.stats.caught_up_at = now
+
+    def save_and_confirm(self) -> Lsn:
+        """Record the durable position in receiver.json, then (only then) let the
+        slot release the WAL before it. Returns that position."""
+        durable = self.store_durable
+        if self.stream.system_id is None:
+            return durable  # never connected: nothing was processed, nothing to save
+        write_json(self.receiver_file, ReceiverState(
+            self.slot, self.stream.system_id, self.stream.timeline, self.stream.received_lsn,
+            durable, self.last_record).to_json())
+        self.stream.report(self.processed, durable)
+        return durable
+
+    def run(self, stop_event: threading.Event, poll_timeout: float = 0.5) -> None:
+        policy = PublishPolicy.start(self.config, time.monotonic())
+        self.stats.caught_up_at = time.monotonic()
+        try:
+            while not stop_event.is_set():
+                chunk = self.stream.poll(poll_timeout)
+                if chunk is not None:
+                    self.feed(chunk)
+                now = time.monotonic()
+                act = policy.decide(now, received=len(chunk.data) if chunk is not None else 0,
+                                    idle=chunk is None, processed=self.processed,
+                                    published=self.published, durable=self.store_durable)
+                if Action.ADVANCE in act:
+                    self.advance(now)
+                if Action.FLUSH in act:
+                    self.ingest.store.flush()
+                if Action.SAVE in act:
+                    self.save_and_confirm()
+                if Action.PERIODIC in act and self.periodic is not None:
+                    self.periodic()
+                if self.stream.finished:
+                    break
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """Advance and flush everything processed, then save the resume point."""
+        if self.processed > self.published:
+            self.ingest.advance(self.processed)
+            self.published = self.processed
+        if self.processed > self.store_durable:
+            self.ingest.store.flush()
+        self.save_and_confirm()

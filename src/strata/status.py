@@ -1,0 +1,98 @@
+"""What `strata status` shows, written by the daemon and read by the CLI.
+
+What it is: `StatusWriter` (the running daemon's ``status.json``: positions,
+lag, the history window, layers, historical servers; home/FORMAT.md) and
+`collect` (the same view for `strata status`, from that file when strata runs,
+from the store's manifest and ``history.json`` when it does not). One place
+builds each field, so both always agree. Fed by: the daemon's ingest loop
+and the store's manifest. Feeds: ``<home>/status.json`` and `strata status`.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from strata.errors import ConfigError
+from strata.home import HomeLayout
+from strata.home.files import load_daemon_state, load_history_info, load_status, write_json
+from strata.lsn import Lsn
+from strata.storage.manifest import load_manifest
+
+
+def layer_summary(layers: Any) -> dict[str, dict[str, int]]:
+    """Per level: count and bytes of the live layers (manifest entries)."""
+    out: dict[str, dict[str, int]] = {}
+    for e in layers:
+        d = out.setdefault(e.level.name, {"count": 0, "bytes": 0})
+        d["count"] += 1
+        d["bytes"] += e.size
+    return out
+
+
+class LagClock:
+    """Lag in seconds: the time since ingest last stood at the primary's position."""
+
+    def __init__(self) -> None:
+        self.caught_up_at = time.monotonic()
+
+    def seconds(self, lag_bytes: int) -> float:
+        now = time.monotonic()
+        if lag_bytes <= 0:
+            self.caught_up_at = now
+            return 0.0
+        return now - self.caught_up_at
+
+
+def write_status(layout: HomeLayout, *, received: Lsn, ingested: Lsn, durable: Lsn,
+                 server_wal_end: Lsn, lag_bytes: int, lag_seconds: float, oldest_lsn: Lsn,
+                 oldest_time: datetime | None, newest_commit_time: datetime | None,
+                 layers: dict[str, dict[str, int]], instances: list[dict[str, Any]]) -> None:
+    """Rewrite ``status.json`` atomically (LSNs as X/Y, times ISO 8601)."""
+    write_json(layout.status_file, {
+        "version": 1,
+        "updated_at": datetime.now(UTC).isoformat(),
+        "received_lsn": str(received),
+        "ingested_lsn": str(ingested),
+        "durable_lsn": str(durable),
+        "server_wal_end": str(server_wal_end),
+        "lag_bytes": lag_bytes,
+        "lag_seconds": round(lag_seconds, 3),
+        "history_start_lsn": str(oldest_lsn),
+        "history_start_time": oldest_time.isoformat() if oldest_time else None,
+        "newest_lsn": str(ingested),
+        "newest_commit_time": newest_commit_time.isoformat() if newest_commit_time else None,
+        "layers": layers,
+        "instances": instances,
+    })
+
+
+def collect(layout: HomeLayout) -> dict[str, Any]:
+    """The status of the strata in `layout`, running or not.
+
+    Raises: ConfigError when no history was ever made there."""
+    info = load_history_info(layout.history_file)
+    if info is None:
+        raise ConfigError(f"no history in {layout.root}: has `strata up` run with this --home?")
+    running = load_daemon_state(layout.daemon_file)
+    status = load_status(layout.status_file) if running is not None else {}
+    manifest = load_manifest(layout.layers)
+    durable = str(Lsn(manifest.durable_lsn)) if manifest is not None else None
+    return {
+        "running": running is not None,
+        "pid": running.pid if running else None,
+        "proxy_port": running.proxy_port if running else None,
+        "history_start_lsn": status.get("history_start_lsn", str(info.start_lsn)),
+        "history_start_time": status.get("history_start_time") or info.start_time.isoformat(),
+        "newest_lsn": status.get("newest_lsn", durable),
+        "newest_commit_time": status.get("newest_commit_time"),
+        "received_lsn": status.get("received_lsn"),
+        "ingested_lsn": status.get("ingested_lsn"),
+        "durable_lsn": status.get("durable_lsn", durable),
+        "lag_bytes": status.get("lag_bytes"),
+        "lag_seconds": status.get("lag_seconds"),
+        "layers": layer_summary(manifest.layers) if manifest is not None else {},
+        "instances": status.get("instances", []),
+        "updated_at": status.get("updated_at"),
+    }
