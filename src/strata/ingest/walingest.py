@@ -27,6 +27,10 @@ Per record:
   this LSN (file copy puts no page data in WAL); CREATE_WAL_LOG only creates
   the directory (pages follow as FPIs); DROP removes the database's keys.
 - transaction ends go to the time map.
+- records on the system catalogs that say what DDL did go to the catalog
+  tracker (`ingest.catalog`): one pre-filter (a set lookup on the first
+  block's relfilenumber of Heap/Heap2 records) keeps every other record off
+  that path; transaction ends tell it to write or drop a transaction's DDL.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from strata.errors import RedoError
+from strata.ingest.catalog import CatalogTracker
 from strata.ingest.transam import TransamIngest
 from strata.key import Key, KeyKind, KeyRange, SlruKind
 from strata.keyspace.relation import (
@@ -53,7 +58,7 @@ from strata.reconstruct.redo import redo_block
 from strata.storage.values import TOMBSTONE, PageImage, Value, WalRecord
 from strata.timeline.timemap import FLAG_CATALOG_CHANGE, EndKind, TimeMap, TxEnd
 from strata.wal.record import DecodedRecord
-from strata.wal.rmgr import RM_DBASE_ID, RM_SMGR_ID, RM_XACT_ID
+from strata.wal.rmgr import RM_DBASE_ID, RM_HEAP2_ID, RM_HEAP_ID, RM_SMGR_ID, RM_XACT_ID
 from strata.wal.rmgr import dbase as dbase_rmgr
 from strata.wal.rmgr import storage as smgr_rmgr
 from strata.wal.rmgr import xact as xact_rmgr
@@ -83,6 +88,9 @@ class WalIngest:
         self._sizes: dict[RelFork, int] = {}
         self._dbs: set[tuple[int, int]] = set()
         self.last_lsn: Lsn | None = None
+        state = transam.cluster_state
+        self.catalog = CatalogTracker(store, timemap.ddl, start_lsn=start_lsn,
+                                      start_next_xid=state.next_xid if state else None)
 
     # -- state from the store (restart) ------------------------------------------------
     def load_state(self, lsn: Lsn) -> None:
@@ -172,6 +180,9 @@ class WalIngest:
             self._dbase_before(record, lsn)
         elif rmid == RM_XACT_ID:
             self._xact(record, lsn)
+        elif rmid in (RM_HEAP_ID, RM_HEAP2_ID) and record.blocks and \
+                record.blocks[0].rlocator.rel in self.catalog.relfilenumbers:
+            self.catalog.observe(record)  # rare: a system catalog page (DDL)
         for key, value in self.transam.puts(record):
             self._put(key, lsn, slru_store_value(value) if key.kind == KeyKind.SLRU_PAGE
                       else (PageImage(value) if value else TOMBSTONE))
@@ -259,3 +270,4 @@ class WalIngest:
             catalog = bool(rec.rels) or bool(rec.xinfo & xact_rmgr.XACT_XINFO_HAS_INVALS)
             self.timemap.append(TxEnd(record.lsn, record.end_lsn, rec.xact_time, rec.xid, kind,
                                       FLAG_CATALOG_CHANGE if catalog else 0))
+            self.catalog.transaction_end(record, rec)

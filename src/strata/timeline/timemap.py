@@ -49,6 +49,7 @@ import google_crc32c
 
 from strata.errors import CorruptionError, LsnOutOfRangeError
 from strata.lsn import Lsn
+from strata.timeline.ddl import DdlLog
 
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
@@ -134,6 +135,9 @@ class TimeMap:
         self._prefix_max: list[int] = []  # running max of timestamps, for time search
         self._file = None
         self._unsynced = 0
+        # what the catalog-changing transactions did (ddl.dat): opened, synced
+        # and closed with this file, so one durable LSN covers both
+        self.ddl = DdlLog(None)
 
     # -- persistence -----------------------------------------------------------------
     @classmethod
@@ -147,6 +151,7 @@ class TimeMap:
             directory.mkdir(parents=True, exist_ok=True)
         path = directory / "timemap.dat"
         tm = cls(path)
+        tm.ddl = DdlLog.open(directory / "ddl.dat", durable_lsn=durable_lsn, readonly=readonly)
         good_len = _HEADER.size
         if path.exists():
             data = path.read_bytes()
@@ -190,9 +195,11 @@ class TimeMap:
                 os.fsync(self._file.fileno())
                 self._file.close()
                 self._file = None
+        self.ddl.close()
 
     def sync(self) -> None:
-        """Make every appended entry durable (Invariant 2)."""
+        """Make every appended entry durable (Invariant 2), DDL log included."""
+        self.ddl.sync()
         with self._lock:
             if self._file is not None and self._unsynced:
                 self._file.flush()
