@@ -1,7 +1,9 @@
-"""The time map: commit/abort timestamps -> LSNs, and time -> LSN resolution.
+"""The time map: commit/abort timestamps -> LSNs, time -> LSN resolution, and
+the DDL log (what each catalog-changing transaction did).
 
-Fed by ingest (one entry per Transaction COMMIT/ABORT/COMMIT_PREPARED/
-ABORT_PREPARED record); read by the proxy's history provider, `strata
-timeline` and `strata status`. Owns `<home>/timemap/` (see FORMAT.md here).
-Imports only the bottom layer.
+Fed by ingest (one time map entry per Transaction COMMIT/ABORT/
+COMMIT_PREPARED/ABORT_PREPARED record; one DDL log entry per committed
+transaction whose catalog rows say it ran DDL); read by the proxy's history
+provider, `strata timeline` and `strata status`. Owns `<home>/timemap/`
+(see FORMAT.md here). Imports only the bottom layer.
 """

@@ -20,7 +20,9 @@ resolves to where history starts. Commit timestamps are not monotonic in WAL
 order, so this is a scan in LSN order, never a bisection on time alone; an
 index of running maxima makes it logarithmic (`_prefix_max`).
 
-File format: see FORMAT.md beside this module (``timemap.dat``).
+File format: see FORMAT.md beside this module (``timemap.dat``). The time
+map also owns the DDL log (``ddl.dat``, `strata.timeline.ddl`): `open`,
+`sync` and `close` act on both, so one durable LSN covers both files.
 
 Invariants:
   1. Entries are appended in strictly increasing start-LSN order (`append`).
