@@ -82,6 +82,7 @@ HEAP_LOCK_MASK = HEAP_XMAX_EXCL_LOCK | HEAP_XMAX_KEYSHR_LOCK
 HEAP_NATTS_MASK = 0x07FF
 
 _HEADER = struct.Struct("<IIIHHHHHB")  # xmin, xmax, field3, ctid(3 x u16), infomask2, infomask, hoff
+_MASKS = struct.Struct("<HHB")  # t_infomask2, t_infomask, t_hoff at offset 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +225,56 @@ def _fixed_value(data: bytes | memoryview, off: int, t: ColType) -> object:
     if t.kind == "char":
         return chr(data[off])
     if t.kind == "name":
-        raw = bytes(data[off:off + 64])
-        return raw.split(b"\x00", 1)[0].decode("utf-8", errors="replace")
+        return _name(bytes(data[off:off + 64]))
     return _FIXED[t.kind].unpack_from(data, off)[0]
+
+
+def _name(raw: bytes) -> str:
+    return raw.split(b"\x00", 1)[0].decode("utf-8", errors="replace")
+
+
+_CODE = {"u32": "I", "i32": "i", "i16": "h", "i64": "q", "f32": "f", "bool": "?", "char": "c",
+         "name": "64s"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A layout's leading fixed-size columns as one struct (pad bytes where
+    alignment puts them), so a row without NULLs among them is one unpack."""
+
+    prefix: struct.Struct
+    names: tuple[str, ...]
+    posts: tuple[tuple[int, str], ...]  # (index, kind) of values needing conversion
+    end: int  # data offset after the prefix
+    mask: int  # null-bitmap bits of the prefix columns
+
+
+_COMPILED: dict[int, tuple[Layout, _Compiled]] = {}
+
+
+def _compiled(layout: Layout) -> _Compiled:
+    """`_compile(layout)`, cached by identity (hashing a layout costs more
+    than deforming a row)."""
+    hit = _COMPILED.get(id(layout))
+    if hit is None or hit[0] is not layout:
+        hit = _COMPILED[id(layout)] = (layout, _compile(layout))
+    return hit[1]
+
+
+def _compile(layout: Layout) -> _Compiled:
+    fmt, off, n = ["<"], 0, 0
+    posts: list[tuple[int, str]] = []
+    for _, t in layout:
+        if t.typlen < 0:
+            break
+        pad = (-off) & (t.align - 1)
+        fmt.append("x" * pad + _CODE[t.kind])
+        off += pad + t.typlen
+        if t.kind in ("name", "char"):
+            posts.append((n, t.kind))
+        n += 1
+    return _Compiled(struct.Struct("".join(fmt)), tuple(name for name, _ in layout[:n]),
+                     tuple(posts), off, (1 << n) - 1)
 
 
 def deform(tup: bytes | memoryview, layout: Layout) -> Row:
@@ -236,15 +284,35 @@ def deform(tup: bytes | memoryview, layout: Layout) -> Row:
     values); a NULL is None; a varlena is its raw bytes.
     Raises: ValueError if the tuple is shorter than its columns say.
     """
-    hdr = TupleHeader.parse(tup)
-    natts = hdr.infomask2 & HEAP_NATTS_MASK
-    hasnull = bool(hdr.infomask & HEAP_HASNULL)
-    data = memoryview(tup)[hdr.hoff:]
+    if len(tup) < SIZEOF_HEAP_TUPLE_HEADER:
+        raise ValueError(f"heap tuple of {len(tup)} bytes is shorter than its header")
+    infomask2, infomask, hoff = _MASKS.unpack_from(tup, 18)
+    natts = infomask2 & HEAP_NATTS_MASK
+    data = memoryview(tup)[hoff:]
+    c = _compiled(layout)
+    n = len(c.names)
+    bits = (int.from_bytes(tup[SIZEOF_HEAP_TUPLE_HEADER:hoff], "little")
+            if infomask & HEAP_HASNULL else -1)
+    if natts >= n and bits & c.mask == c.mask and c.end <= len(data):
+        # the fast path: every leading fixed-size column is there and not NULL
+        values = list(c.prefix.unpack_from(data, 0))
+        for i, kind in c.posts:
+            v = values[i]
+            assert isinstance(v, bytes)
+            values[i] = _name(v) if kind == "name" else chr(v[0])
+        row: Row = dict(zip(c.names, values, strict=True))
+        return _deform_rest(data, layout, row, n, c.end, natts, bits)
+    return _deform_rest(data, layout, {}, 0, 0, natts, bits)
+
+
+def _deform_rest(data: memoryview, layout: Layout, row: Row, first: int, off: int, natts: int,
+                 bits: int) -> Row:
+    """heap_deform_tuple from column `first` at data offset `off` (`bits`: the
+    null bitmap, -1 when the tuple has none)."""
     end = len(data)
-    row: Row = {}
-    off = 0
-    for i, (name, t) in enumerate(layout):
-        if i >= natts or (hasnull and not tup[SIZEOF_HEAP_TUPLE_HEADER + (i >> 3)] & (1 << (i & 7))):
+    for i in range(first, len(layout)):
+        name, t = layout[i]
+        if i >= natts or not bits >> i & 1:
             row[name] = None
             continue
         if t.typlen == -1:
