@@ -80,6 +80,9 @@ class EmptyStore:
     def keys(self, key_range: KeyRange, lsn: int) -> Iterator[Key]:
         return iter(())
 
+    def scan(self, key_range: KeyRange, lsn: int) -> Iterator[tuple[Key, bytes]]:
+        return iter(())
+
 
 def test_an_undecodable_catalog_record_marks_its_transaction_and_ingest_goes_on() -> None:
     log = DdlLog(None)

@@ -1,6 +1,7 @@
 """The proof of `strata timeline --ddl`: a scripted history of DDL on a real
 primary, ingested through `WalIngest` (import at a shutdown checkpoint, then
-the WAL, in two runs with a transaction open across the cut), lists exactly
+the WAL, in three runs: one cut with a transaction open across it, one
+after catalogs were rewritten by VACUUM FULL), lists exactly
 the scripted changes, each with its database, owner role, xid and commit LSN.
 
 Oracles: the xid of each transaction comes from ``pg_current_xact_id()``
@@ -56,6 +57,13 @@ SCRIPT: list[Step] = [
     ("postgres", "CREATE FUNCTION sales.add_one(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1'",
      ["CREATE FUNCTION sales.add_one"]),
     ("postgres", "CREATE ROLE analyst", ["CREATE ROLE analyst"]),
+    # catalogs rewritten (new relfilenumbers: mapped, and from pg_class): DDL after
+    # them is still seen
+    ("postgres", "VACUUM FULL pg_class", []),
+    ("postgres", "VACUUM FULL pg_namespace", []),
+    ("postgres", "CREATE TABLE after_vacuum_full (a int)",
+     ["CREATE TABLE public.after_vacuum_full"]),
+    ("postgres", "CREATE SCHEMA reporting", ["CREATE SCHEMA reporting"]),
     ("postgres", "CREATE DATABASE olddb", ["CREATE DATABASE olddb"]),
     ("olddb", "CREATE TABLE t_old (a int)", ["CREATE TABLE public.t_old"]),
     ("postgres", "DROP DATABASE olddb", ["DROP DATABASE olddb"]),
@@ -79,6 +87,7 @@ class Ran:
     quiet_xids: set[int] = field(default_factory=set)  # ANALYZE, VACUUM, autovacuum
     straddle_xid: int = 0
     cut: int = 0
+    cut2: int = 0
     autovacuum_from: int = 0  # every commit at or after this LSN is autovacuum's
 
 
@@ -134,6 +143,12 @@ def ran() -> Iterator[Ran]:
             conn.execute("CREATE TABLE after_cut (a int)")
             r.straddle_xid = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
             conn.commit()
+        # a restart, then DDL only in a catalog rewritten before it (pg_namespace,
+        # VACUUM FULL above, not in a relation map): found at its commit
+        r.cut2 = _lsn(c)
+        xid, _, _ = _run_step(c, "postgres", "CREATE SCHEMA late_schema")
+        assert xid is not None
+        r.expected[xid] = ("postgres", ["CREATE SCHEMA late_schema"])
         # autovacuum: analyze and vacuum a table on their own
         c.sql("INSERT INTO sales.orders (customer) SELECT g FROM generate_series(1, 5000) g")
         r.autovacuum_from = _lsn(c)
@@ -158,7 +173,8 @@ def ran() -> Iterator[Ran]:
             else:
                 r.quiet_xids.update(inside)
         hist.ingest(c, until=Lsn(r.cut))  # a daemon stop with the transaction open ...
-        hist.ingest(c)  # ... and the restart from durable_lsn
+        hist.ingest(c, until=Lsn(r.cut2))  # ... the restart from durable_lsn, another stop
+        hist.ingest(c)
         yield r
     finally:
         c.stop("immediate")

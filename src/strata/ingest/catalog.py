@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 import google_crc32c
 
 from strata.errors import StrataError
-from strata.ingest.catalog_changes import RelInfo, RowChange, describe
+from strata.ingest.catalog_changes import RelInfo, RowChange, describe, object_key
 from strata.ingest.cluster_state import xid_precedes
-from strata.key import GLOBALTABLESPACE_OID, ForkNumber, Key, KeyRange
+from strata.key import GLOBALTABLESPACE_OID, ForkNumber, Key, KeyKind, KeyRange
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.pg import catalog as pgc
@@ -129,6 +129,23 @@ class CatalogTracker:
         self._pages: OrderedDict[PageKey, bytearray] = OrderedDict()
         self._pending: dict[int, list[RowChange]] = {}
         self._broken: dict[int, str] = {}
+        self._note_mapped_catalogs()
+
+    def _note_mapped_catalogs(self) -> None:
+        """Add every database's mapped catalog relfilenumbers (from the relation
+        maps at `start_lsn`) to the pre-filter: a catalog rewritten before a
+        restart is seen from its first record on. (Unmapped catalogs are
+        learned from pg_class when their database is first read.)"""
+        try:
+            for key, data in self.store.scan(KeyRange.kind(KeyKind.RELMAP), self.start_lsn):
+                relmap = RelMapFile.from_bytes(data)
+                for oid in (_SHARED if key.db == 0 else _PER_DB_MAPPED):
+                    fn = relmap.filenumber(oid)
+                    if fn and oid in TRACKED:
+                        self.relfilenumbers.add(fn)
+        except (StrataError, ValueError) as e:
+            log.warning("DDL decoding: the relation maps at %s could not be read: %s",
+                        self.start_lsn, e)
 
     # -- records on catalog pages ---------------------------------------------------
     def observe(self, record: DecodedRecord) -> None:
@@ -146,6 +163,25 @@ class CatalogTracker:
             return
         if changes and record.xl_xid:
             self._pending.setdefault(record.xl_xid, []).extend(changes)
+            if catalog == pgc.RELATION_RELATION_ID:
+                self._note_catalog_rewrite(loc.db, changes)
+
+    def _note_catalog_rewrite(self, db: int, changes: list[RowChange]) -> None:
+        """VACUUM FULL or CLUSTER of a mapped catalog: its transient heap
+        ``pg_temp_<catalog oid>`` gets the catalog's new storage at the swap,
+        and the same transaction goes on writing that catalog there before the
+        relation map update (at commit) names it: track it from now on."""
+        for ch in changes:
+            if ch.old is not None or ch.new is None:
+                continue
+            name = str(ch.new["relname"])
+            oid = int(name[8:]) if name.startswith("pg_temp_") and name[8:].isdigit() else 0
+            if oid in TRACKED and oid in pgc.MAPPED_CATALOGS:
+                cat = self._dbs.get(0 if oid in pgc.SHARED_CATALOGS else db)
+                fn = _int(ch.new["relfilenode"]) or _int(ch.new["oid"])
+                if cat is not None:
+                    cat.filenodes[fn] = oid
+                    self.relfilenumbers.add(fn)
 
     def _fail(self, record: DecodedRecord, loc: RelFileLocator, e: Exception) -> None:
         why = f"catalog record at {record.lsn} not decoded: {e}"
@@ -311,7 +347,7 @@ class CatalogTracker:
             return
         for loc in rec.rels:
             if loc.rel in self.relfilenumbers:
-                self._catalog_dropped(loc)
+                self._catalog_dropped(loc, record.lsn)
         if not changes and not notes and not catalog_change:
             return
         if self.start_next_xid is not None and xid_precedes(rec.xid, self.start_next_xid):
@@ -324,19 +360,46 @@ class CatalogTracker:
                      changes: list[RowChange], notes: list[str]) -> None:
         shared = self._shared(record.lsn)
         dbname, dbspc = shared.databases.get(rec.db_id, (str(rec.db_id), rec.ts_id))
-        ddl: list = []
-        if rec.db_id:
-            cat = self._dbs.get(rec.db_id)
-            if cat is None:
-                cat = self._dbs[rec.db_id] = self._load_db(rec.ts_id or dbspc, rec.db_id,
-                                                           record.lsn)
-            if cat.failed and changes:
-                notes.append(cat.failed)
-            ddl = describe(changes, _Names(self, cat, shared, record.lsn))
-            self._remember(cat, shared, changes)
+        cat = self._dbs.get(rec.db_id)
+        if cat is None:  # (db 0: a commit without dbinfo; shared rows only)
+            known = set(self.relfilenumbers)
+            cat = self._dbs[rec.db_id] = self._load_db(rec.ts_id or dbspc, rec.db_id, record.lsn)
+            missed = {fn: c for fn, c in cat.filenodes.items() if c in TRACKED and fn not in known}
+            if missed:  # a catalog rewritten before ingest (re)started, learned only now
+                try:
+                    changes = changes + self._recover(cat, missed, set(rec.all_xids), record.lsn)
+                except (StrataError, ValueError, struct.error, KeyError) as e:
+                    notes.append(f"catalog changes in {sorted(missed)} of database {dbname} "
+                                 f"not decoded: {e}")
+        if cat.failed and changes:
+            notes.append(cat.failed)
+        ddl = describe(changes, _Names(self, cat, shared, record.lsn))
+        self._remember(cat, shared, changes)
         if ddl or notes:
             self.ddl_log.append(DdlEntry(record.lsn, record.end_lsn, rec.xact_time, rec.xid,
                                          rec.db_id, dbname, tuple(ddl), "; ".join(notes)))
+
+    def _recover(self, cat: _DbCatalog, missed: dict[int, int], xids: set[int], lsn: Lsn
+                 ) -> list[RowChange]:
+        """The rows a committing transaction wrote in catalog files the
+        pre-filter did not know yet: the versions it inserted (xmin) and deleted
+        (xmax) as its commit finds them on their pages."""
+        out: list[RowChange] = []
+        for fn, catalog in missed.items():
+            layout = pgc.LAYOUTS[catalog]
+            old: dict[object, pgc.Row] = {}
+            new: dict[object, pgc.Row] = {}
+            rng = KeyRange.relation(cat.spc, cat.db, fn, ForkNumber.MAIN)
+            for key in self.store.keys(rng, lsn):
+                page = self.store.get_page(key, lsn)
+                for tup in _tuples(page or b""):
+                    h = pgc.TupleHeader.parse(tup)
+                    made, gone = h.xmin in xids, h.xmax in xids and h.xmax_is_live_deleter
+                    if made != gone:  # (both: an intermediate version)
+                        row = _row(catalog, tup, layout)
+                        (new if made else old)[object_key(catalog, row)] = row
+            out += [RowChange(lsn, catalog, old.get(k), new.get(k)) for k in old.keys() | new.keys()]
+        return out
 
     def _shared(self, lsn: Lsn) -> _DbCatalog:
         cat = self._dbs.get(0)
@@ -375,15 +438,16 @@ class CatalogTracker:
         for key in [k for k in self._pages if k[1] == db]:
             del self._pages[key]
 
-    def _catalog_dropped(self, loc: RelFileLocator) -> None:
+    def _catalog_dropped(self, loc: RelFileLocator, lsn: Lsn) -> None:
         """A commit dropped a relfilenumber that may be a catalog's (VACUUM FULL
-        or CLUSTER of a catalog): forget its pages, and re-read that database's
-        catalogs when next needed."""
+        or CLUSTER of a catalog): forget its pages and re-read that database's
+        catalogs now, from the new relation map and pg_class, so the pre-filter
+        knows the new relfilenumber before the next record on it."""
         for key in [k for k in self._pages if k[:3] == (loc.spc, loc.db, loc.rel)]:
             del self._pages[key]
         cat = self._dbs.get(loc.db)
         if cat is not None and loc.rel in cat.filenodes:
-            self._dbs.pop(loc.db, None)
+            self._dbs[loc.db] = self._load_db(cat.spc, loc.db, lsn)
 
 
 class _Names:
@@ -435,7 +499,7 @@ def _tuple(page: bytes | bytearray, offnum: int) -> bytes:
 
 
 def _tuples(page: bytes | bytearray) -> Iterator[bytes]:
-    if page_ops.page_is_new(page):
+    if len(page) < page_ops.BLCKSZ or page_ops.page_is_new(page):
         return
     for offnum in range(1, page_ops.page_get_max_offset(page) + 1):
         off, flags, length = page_ops.item_id(page, offnum)

@@ -107,7 +107,8 @@ class _Obj:
     any_row: Row  # the first version seen (kept when created and dropped here)
 
 
-def _object_key(catalog: int, row: Row) -> object:
+def object_key(catalog: int, row: Row) -> object:
+    """What identifies a catalog row across its versions."""
     if catalog == pgc.ATTRIBUTE_RELATION_ID:
         return (row["attrelid"], row["attnum"])
     if catalog == pgc.INDEX_RELATION_ID:
@@ -120,7 +121,7 @@ def _net(changes: list[RowChange]) -> list[_Obj]:
     for ch in changes:
         row = ch.new if ch.new is not None else ch.old
         assert row is not None
-        k = (ch.catalog, _object_key(ch.catalog, row))
+        k = (ch.catalog, object_key(ch.catalog, row))
         o = objs.get(k)
         if o is None:
             objs[k] = _Obj(ch.catalog, k[1], ch.old, ch.new, ch.lsn, row)
