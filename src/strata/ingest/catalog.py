@@ -23,10 +23,17 @@ A page not in the cache is read from the store at the record's start LSN
 (every record ending at or before it), which holds everything ingested so far.
 
 Which relfilenumbers are catalogs: mapped catalogs from the relation maps
-(``Key.relmap``), the others from pg_class rows; both read when a database
-is first seen (or a catalog is rewritten by VACUUM FULL), together with the
-names needed to print statements (relations, schemas; roles and databases
-from the shared catalogs). Committed changes keep those names current.
+(``Key.relmap``: every database's at `start_lsn`, for the pre-filter), the
+others from pg_class rows; both read when a database is first seen, with
+the names needed to print statements (relations, schemas; roles and
+databases from the shared catalogs). Committed changes keep names and
+relfilenumbers current. A catalog rewritten by VACUUM FULL or CLUSTER is
+followed through its transient heap ``pg_temp_<oid>`` (whose storage it
+takes at the swap, before the relation map update at commit names it), and
+re-read at that commit. Should a transaction still write a catalog file the
+pre-filter did not know (an unmapped catalog rewritten before a restart),
+its rows are recovered at its commit from the file's pages (the versions its
+xids inserted or deleted).
 
 Rows are grouped by the xid in the record (subtransactions included) until
 their commit (entry written) or abort (dropped). In-place updates (VACUUM
@@ -106,7 +113,8 @@ class _DbCatalog:
     failed: str = ""  # why this database's catalogs cannot be read ("" when they can)
 
     def filenode_of(self, catalog: int) -> int | None:
-        for fn, cat in self.filenodes.items():
+        """The newest relfilenumber known for `catalog`."""
+        for fn, cat in reversed(self.filenodes.items()):
             if cat == catalog:
                 return fn
         return None
