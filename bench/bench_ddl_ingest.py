@@ -31,12 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_history
 from strata.historical.source import DataDirSource
-from strata.ingest.cluster_state import ClusterState
+from strata.home import HomeLayout
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import Key
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
@@ -54,14 +55,7 @@ def make_history(base: Path, churn: int, transactions: int) -> tuple[Cluster, Ls
     c.start()
     c.sql("CHECKPOINT")
     c.stop()
-    source = DataDirSource(c.datadir)
-    store = PageStore.open(base / "home" / "layers", reconstruct_value)
-    tm = TimeMap.open(base / "home" / "timemap", durable_lsn=store.durable_lsn)
-    ingest = WalIngest(store, tm, TransamIngest(cluster_state_of(source)), start_lsn=source.lsn)
-    import_datadir(source, ingest)
-    store.flush()
-    store.close()
-    tm.close()
+    info = import_history(HomeLayout(base / "home"), DataDirSource(c.datadir), mode="embedded")
     c.start()
     pgbench = [str(c.bins.path("pgbench")), "-h", "127.0.0.1", "-p", str(c.port), "-U", "postgres"]
     run_as_server([*pgbench, "-i", "-s", "1", "-q", "postgres"], timeout=600)
@@ -76,7 +70,7 @@ def make_history(base: Path, churn: int, transactions: int) -> tuple[Cluster, Ls
                "DROP TABLE demo2;\n")
     c.psql("-q", input=script)
     c.stop()
-    return c, source.lsn
+    return c, info.start_lsn
 
 
 def _prefilter(records: list[DecodedRecord], rels: set[int]) -> tuple[int, float]:

@@ -1,7 +1,7 @@
 """A strata home built from a real primary through the ingest path, for tests.
 
 What it is: `HistoryHome`, which imports a cleanly stopped primary the way
-``strata up`` does (`bootstrap.import_datadir` at its shutdown checkpoint),
+``strata up`` does (`bootstrap.import_history` at its shutdown checkpoint),
 then, after the primary ran a workload and stopped again, ingests the WAL
 written since (segment files, in order) through `WalIngest` into the same
 store and time map, in one or more runs (a run ends as a daemon stop does:
@@ -18,12 +18,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_history
 from strata.historical.source import DataDirSource
-from strata.ingest.cluster_state import ClusterState
+from strata.home import HomeLayout
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import Key
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
@@ -42,21 +43,12 @@ class HistoryHome:
 
     @classmethod
     def import_primary(cls, cluster: Cluster, home: Path) -> HistoryHome:
-        """CHECKPOINT, stop `cluster` and import it as history's start (the
-        caller starts it again)."""
+        """CHECKPOINT, stop `cluster` and import it as history's start, the way
+        ``strata up`` does (the caller starts it again)."""
         cluster.sql("CHECKPOINT")
         cluster.stop()
-        source = DataDirSource(cluster.datadir)
-        store, tm = _open(home)
-        try:
-            ingest = WalIngest(store, tm, TransamIngest(cluster_state_of(source)),
-                               start_lsn=source.lsn)
-            import_datadir(source, ingest)
-            store.flush()
-        finally:
-            store.close()
-            tm.close()
-        return cls(home, source.lsn)
+        info = import_history(HomeLayout(home), DataDirSource(cluster.datadir), mode="embedded")
+        return cls(home, info.start_lsn)
 
     def ingest(self, cluster: Cluster, *, until: Lsn | None = None) -> Lsn:
         """Ingest the WAL of the (stopped) `cluster` after what is durable, up
@@ -81,8 +73,9 @@ class HistoryHome:
 
 
 def _open(home: Path) -> tuple[PageStore, TimeMap]:
-    store = PageStore.open(home / "layers", reconstruct_value)
-    return store, TimeMap.open(home / "timemap", durable_lsn=store.durable_lsn)
+    layout = HomeLayout(home)
+    store = PageStore.open(layout.layers, reconstruct_value)
+    return store, TimeMap.open(layout.timemap, durable_lsn=store.durable_lsn)
 
 
 def commit_lsns(cluster: Cluster, start: Lsn) -> dict[int, Lsn]:

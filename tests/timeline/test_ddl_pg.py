@@ -237,8 +237,13 @@ def test_json_carries_the_same_changes(ran: Ran, capsys: pytest.CaptureFixture[s
     objs = [json.loads(line) for line in _cli(capsys, ran.home, "--ddl", "--json")]
     assert {o["xid"]: [c["statement"] for c in o["changes"]] for o in objs if o["changes"]} == \
         {x: [c for c in v if not c.startswith("(")] for x, v in text.items()}
+    commit_starts = sorted(ran.commits.values())
     for o in objs:
         assert Lsn.parse(o["lsn"]) == ran.commits[o["xid"]]
+        # the moment before: no commit between the end of the previous one and this one
+        before = Lsn.parse(o["before_lsn"])
+        assert before < Lsn.parse(o["lsn"])
+        assert not [c for c in commit_starts if before <= c < Lsn.parse(o["lsn"])]
         assert o["kind"] == "commit"
         if o["xid"] in ran.expected:
             assert o["database"] == ran.expected[o["xid"]][0]

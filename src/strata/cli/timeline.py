@@ -4,8 +4,11 @@ moment before a mistake.
 ``--ddl`` lists what catalog-changing transactions did, one line per change
 ("CREATE TABLE public.demo", "ALTER TABLE public.demo ADD COLUMN email",
 "DROP DATABASE olddb") with the database, the owner role, the xid and the
-commit LSN: ``SET strata.travel_lsn`` to that LSN shows the moment just
-before the change. ``--db`` and ``--table`` filter it (and imply it);
+commit LSN. The moment just before the change is the end of the previous
+transaction end (``before_lsn`` in ``--json``; any time before the line's
+time resolves there too): ``SET strata.travel_lsn`` to it shows the state
+before, without the transaction's non-transactional WAL (DROP DATABASE's
+invalid marker). ``--db`` and ``--table`` filter it (and imply it);
 temporary objects are hidden unless ``--temp``. VACUUM and ANALYZE never
 appear: their catalog updates are statistics, not DDL.
 
@@ -25,7 +28,8 @@ from typing import TextIO
 
 from strata.cli._common import add_home
 from strata.errors import ConfigError
-from strata.home import resolve_home
+from strata.home import HomeLayout, resolve_home
+from strata.home.files import load_history_info
 from strata.lsn import Lsn
 from strata.timeline.ddl import DdlChange, DdlEntry
 from strata.timeline.timemap import TimeMap, TxEnd, timestamptz_to_datetime
@@ -42,9 +46,8 @@ def _when(text: str) -> dt.datetime:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("timeline", help="list commits and aborts with their time and LSN",
                        description="List transaction ends; with --ddl, what each "
-                       "catalog-changing transaction did. The LSN shown is the commit "
-                       "record's start: strata.travel_lsn set to it shows the moment just "
-                       "before that transaction.")
+                       "catalog-changing transaction did, with its commit LSN (--json "
+                       "also gives before_lsn: travel there to see the moment before).")
     add_home(p)
     p.add_argument("--from", dest="start", type=_when, help="only from this time on")
     p.add_argument("--to", dest="end", type=_when, help="only up to this time")
@@ -65,13 +68,15 @@ def _local(ts: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
-    tdir = home / "timemap"
+    layout = HomeLayout(home)
+    tdir = layout.timemap
     if not (tdir / "timemap.dat").exists():
         raise ConfigError(f"no time map in {home}: has `strata up` run with this --home?")
     tm = TimeMap.open(tdir, readonly=True)
     try:
         if args.ddl or args.db or args.table:
-            _ddl(tm, args, sys.stdout)
+            info = load_history_info(layout.history_file)
+            _ddl(tm, args, sys.stdout, info.start_lsn if info is not None else None)
         else:
             _all(tm, args, sys.stdout)
     finally:
@@ -122,15 +127,19 @@ def _selected(tm: TimeMap, args: argparse.Namespace
             yield e, d, changes
 
 
-def _ddl(tm: TimeMap, args: argparse.Namespace, out: TextIO) -> None:
+def _ddl(tm: TimeMap, args: argparse.Namespace, out: TextIO, history_start: Lsn | None
+         ) -> None:
     if not args.json:
         out.write(f"{'time':32} {'LSN':>12} {'xid':>10}  {'database':16} {'role':12} change\n")
     for e, d, changes in _selected(tm, args):
         when = _local(e.timestamp)
         if args.json:
+            prev = tm.last_at_or_before(e.start_lsn)
+            before = prev.end_lsn if prev is not None else history_start
             obj: dict[str, object] = {
                 "time": when, "lsn": str(e.start_lsn), "end_lsn": str(e.end_lsn), "xid": e.xid,
                 "kind": e.kind.name.lower(), "database": d.database if d else None,
+                "before_lsn": str(before) if before is not None else None,
                 "changes": [c.to_json() for c in changes]}
             if d is None or d.note:
                 obj["note"] = d.note if d else _legacy_note(tm.ddl.start_lsn)

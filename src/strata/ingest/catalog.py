@@ -58,11 +58,12 @@ import google_crc32c
 
 from strata.errors import StrataError
 from strata.ingest.catalog_changes import RelInfo, RowChange, describe, object_key
-from strata.ingest.cluster_state import xid_precedes
-from strata.key import GLOBALTABLESPACE_OID, ForkNumber, Key, KeyKind, KeyRange
+from strata.key import Key, KeyKind, KeyRange
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.pg import catalog as pgc
+from strata.pg.constants import GLOBALTABLESPACE_OID, ForkNumber
+from strata.pg.transam import xid_precedes
 from strata.reconstruct.redo import page_ops, redo_block_inplace
 from strata.timeline.ddl import DdlEntry, DdlLog
 from strata.wal.record import DecodedRecord, RelFileLocator
