@@ -36,7 +36,8 @@ its rows are recovered at its commit from the file's pages (the versions its
 xids inserted or deleted).
 
 Rows are grouped by the xid in the record (subtransactions included) until
-their commit (entry written) or abort (dropped). In-place updates (VACUUM
+their commit (entry written) or abort (dropped); those of a transaction that
+never ends (the primary crashed mid-DDL) stay until ingest restarts. In-place updates (VACUUM
 and ANALYZE statistics, relfrozenxid, DROP DATABASE's invalid marker) are
 applied to the pages but are never DDL.
 
