@@ -70,7 +70,8 @@ VISIBILITYMAP_FORKNUM = 2
 _REGISTRY: dict[int, RedoFn] = {}
 _loaded = False
 # Modules that register redo functions; optional ones may not exist yet.
-_BUILTIN_MODULES = ("xlog", "heap", "heap2", "sequence", "generic", "btree")
+_BUILTIN_MODULES = ("xlog", "heap", "heap2", "sequence", "generic", "btree", "gin",
+                    "spgist")
 
 
 def register(rmid: int, fn: RedoFn) -> None:
