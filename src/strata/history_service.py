@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # Index access methods whose WAL has no redo yet: their indexes are marked
 # invalid in historical instances so queries answer through other plans.
-UNSUPPORTED_INDEX_AMS: tuple[str, ...] = ("hash", "gin", "gist", "spgist", "brin")
+UNSUPPORTED_INDEX_AMS: tuple[str, ...] = ("hash", "gist", "brin")
 
 
 class HistoryService:

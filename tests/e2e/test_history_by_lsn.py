@@ -20,6 +20,7 @@ from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.source import DataDirSource
 from strata.historical.store_source import StoreSource
+from strata.history_service import UNSUPPORTED_INDEX_AMS
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
@@ -36,8 +37,6 @@ from tests.e2e.workload import (
     load_steps,
     run_steps,
 )
-
-UNSUPPORTED_INDEX_AMS = ("hash", "gin", "gist", "spgist", "brin")
 
 
 @dataclass

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from strata.lsn import Lsn
 from strata.reconstruct.check import CheckReport, check_wal_dir
 from strata.runtime.cluster import Cluster
 from strata.runtime.pgbin import server_include_dir
 from strata.wal.record import DecodedRecord
+from strata.wal.rmgr import record_type_name, rmgr_name
 from strata.wal.segments import iter_records
 
 from .conftest import WalCapture, capture, run_sql
@@ -46,47 +47,49 @@ def capture_in_db(c: Cluster, db: str, sql: str) -> WalCapture:
     return capture(c, lambda cl: run_sql(cl, sql, dbname=db))
 
 
-def rmgr_records(cap: WalCapture, rmid: int) -> Iterator[DecodedRecord]:
+def records_of(cap: WalCapture, rmid: int) -> Iterator[DecodedRecord]:
     for rec in iter_records(cap.wal_dir, cap.start, cap.end):
         if rec.xl_rmid == rmid:
             yield rec
 
 
-def assert_rmgr_clean(rep: CheckReport, rmgr: str, expected_types: Iterable[str],
-                      image_only: Iterable[str] = ()) -> None:
-    """Zero mismatches / errors / unsupported / no-base for `rmgr`; every expected
-    type present; every type except `image_only` (whose blocks are all
-    forced apply-images) compared block by block, all matching; no rmgr
+def assert_rmgr_clean(rep: CheckReport, rmgr: str, expected_types: frozenset[str],
+                      image_only_types: frozenset[str] = frozenset()) -> None:
+    """Zero mismatches/errors/unsupported/no-base for `rmgr`; every expected type
+    in the WAL and compared block by block, except types whose every block is
+    an apply-image (nothing to compare: redo is the image); no rmgr
     unsupported at all."""
     detail = "\n" + rep.format_table()
     for m in (rep.first_mismatch, rep.first_error):
         if m is not None:
             detail += "\n" + m.describe()
     assert rep.consistency_records > 0, detail
-    stats = {rt: s for (rm, rt), s in rep.stats.items() if rm == rmgr}
-    missing = set(expected_types) - set(stats)
-    assert not missing, f"{rmgr} types not in the WAL: {sorted(missing)}{detail}"
-    for rt, s in stats.items():
+    st = {rt: s for (rm, rt), s in rep.stats.items() if rm == rmgr}
+    assert expected_types <= set(st), f"not in the WAL: {sorted(expected_types - set(st))}{detail}"
+    for rt, s in st.items():
         assert s.unsupported == 0, f"{rmgr}/{rt} has no redo{detail}"
         assert s.mismatches == 0, f"{rmgr}/{rt} mismatches{detail}"
         assert s.errors == 0, f"{rmgr}/{rt} redo errors{detail}"
         assert s.no_base == 0, f"{rmgr}/{rt} blocks without a base{detail}"
-        if rt not in set(image_only):
-            assert s.blocks_checked > 0 and s.matches == s.blocks_checked, f"{rmgr}/{rt}{detail}"
+        if rt in image_only_types:
+            assert s.images >= s.records > 0, f"{rmgr}/{rt} without its image{detail}"
+        else:
+            assert s.blocks_checked > 0, f"{rmgr}/{rt} never compared{detail}"
+            assert s.matches == s.blocks_checked, f"{rmgr}/{rt}{detail}"
     assert rep.mismatches == 0 and rep.errors == 0, detail
     assert not rep.unsupported_rmgrs(), detail
 
 
-def check_plain_and_chained(cap: WalCapture, rmgr: str, expected_types: Iterable[str],
-                            image_only: Iterable[str] = ()) -> CheckReport:
+def check_plain_and_chained(cap: WalCapture, rmgr: str, expected_types: frozenset[str],
+                            image_only_types: frozenset[str] = frozenset()) -> CheckReport:
     """The oracle twice: each record from the server's previous image, then
     chained from our own pages (apply-images only reset a block), as
     GetPage@LSN replays. Returns the plain report."""
     args = (str(cap.wal_dir), cap.start, cap.end)
     plain = check_wal_dir(*args)
-    assert_rmgr_clean(plain, rmgr, expected_types, image_only)
+    assert_rmgr_clean(plain, rmgr, expected_types, image_only_types)
     chained = check_wal_dir(*args, chain=True)
-    assert_rmgr_clean(chained, rmgr, expected_types, image_only)
+    assert_rmgr_clean(chained, rmgr, expected_types, image_only_types)
     return plain
 
 
@@ -103,12 +106,12 @@ def waldump_descs(cap: WalCapture, rmgr: str) -> dict[Lsn, str]:
     return descs
 
 
-def assert_desc_matches_waldump(cap: WalCapture, rmid: int, rmgr: str,
-                                identify: Callable[[int], str | None],
-                                desc: Callable[[DecodedRecord], str], min_records: int) -> None:
-    expected = waldump_descs(cap, rmgr)
-    ours = {rec.lsn: f"{identify(rec.xl_info)} {desc(rec)}".rstrip()
-            for rec in rmgr_records(cap, rmid)}
+def assert_descs_match(cap: WalCapture, rmid: int, desc: Callable[[DecodedRecord], str],
+                       min_records: int) -> None:
+    """Our `desc` of every record of `rmid` equals pg_waldump's."""
+    expected = waldump_descs(cap, rmgr_name(rmid))
+    ours = {rec.lsn: f"{record_type_name(rmid, rec.xl_info)} {desc(rec)}".rstrip()
+            for rec in records_of(cap, rmid)}
     assert len(ours) >= min_records
     assert ours.keys() == expected.keys()
     diffs = [(lsn, ours[lsn], expected[lsn]) for lsn in ours if ours[lsn] != expected[lsn]]

@@ -29,17 +29,17 @@ from strata.wal.rmgr import gin as x
 from .conftest import WalCapture
 from .index_oracle import (
     WCC_OFF,
-    assert_desc_matches_waldump,
+    assert_descs_match,
     capture_in_db,
     check_plain_and_chained,
     header_record_types,
-    rmgr_records,
+    records_of,
 )
 
 ALL_GIN_TYPES = frozenset(x.GIN_RECORD_NAMES.values())
 # SPLIT's pages and VACUUM_PAGE's page are forced full-page images: redo restores
 # them, there is nothing to compare (SPLIT's child, block 3, is compared).
-IMAGE_ONLY = {"VACUUM_PAGE"}
+IMAGE_ONLY = frozenset({"VACUUM_PAGE"})
 
 GIN_WORKLOAD = """
 SET enable_seqscan = off;
@@ -169,7 +169,7 @@ def test_every_gin_record_type_matches_server_pages(gin_wal: WalCapture) -> None
 
 @pytest.mark.pg
 def test_gin_workload_reaches_the_rare_branches(gin_wal: WalCapture) -> None:
-    seen = gin_branches(rmgr_records(gin_wal, RM_GIN_ID))
+    seen = gin_branches(records_of(gin_wal, RM_GIN_ID))
     want = {"insert entry leaf", "insert entry internal", "insert data leaf",
             "insert data internal", "entry tuple replaced", "segment additems",
             "segment insert", "segment replace", "split entry leaf", "split entry internal",
@@ -180,21 +180,21 @@ def test_gin_workload_reaches_the_rare_branches(gin_wal: WalCapture) -> None:
 
 @pytest.mark.pg
 def test_gin_desc_equals_pg_waldump_with_verification_images(gin_wal: WalCapture) -> None:
-    assert_desc_matches_waldump(gin_wal, RM_GIN_ID, "Gin", x.gin_identify, x.gin_desc, 5000)
+    assert_descs_match(gin_wal, RM_GIN_ID, x.gin_desc, 5000)
 
 
 @pytest.mark.pg
 def test_gin_desc_equals_pg_waldump_from_block_data(gin_plain_wal: WalCapture) -> None:
-    assert_desc_matches_waldump(gin_plain_wal, RM_GIN_ID, "Gin", x.gin_identify, x.gin_desc,
-                                5000)
-    seen = gin_branches(rmgr_records(gin_plain_wal, RM_GIN_ID))
+    assert_descs_match(gin_plain_wal, RM_GIN_ID, x.gin_desc, 5000)
+    seen = gin_branches(records_of(gin_plain_wal, RM_GIN_ID))
     assert {"insert data internal", "segment additems", "entry tuple replaced"} <= set(seen)
 
 
 def _check_opclasses(wcc_primary: Cluster, rows: int) -> None:
     cap = capture_in_db(wcc_primary, f"gin_opclasses_{rows}", OPCLASS_WORKLOAD % {"rows": rows})
-    check_plain_and_chained(cap, "Gin", {"INSERT", "SPLIT", "UPDATE_META_PAGE",
-                                         "INSERT_LISTPAGE", "DELETE_LISTPAGE", "VACUUM_PAGE"},
+    check_plain_and_chained(cap, "Gin", frozenset({"INSERT", "SPLIT", "UPDATE_META_PAGE",
+                                                    "INSERT_LISTPAGE", "DELETE_LISTPAGE",
+                                                    "VACUUM_PAGE"}),
                             IMAGE_ONLY | {"SPLIT"})
 
 

@@ -27,11 +27,11 @@ from strata.wal.rmgr import spgist as x
 
 from .conftest import WalCapture
 from .index_oracle import (
-    assert_desc_matches_waldump,
+    assert_descs_match,
     capture_in_db,
     check_plain_and_chained,
     header_record_types,
-    rmgr_records,
+    records_of,
 )
 
 ALL_SPGIST_TYPES = frozenset(x.SPGIST_RECORD_NAMES.values())
@@ -164,14 +164,13 @@ def test_every_spgist_record_type_matches_server_pages(spgist_wal: WalCapture) -
 
 @pytest.mark.pg
 def test_spgist_workload_reaches_the_rare_branches(spgist_wal: WalCapture) -> None:
-    seen = spgist_branches(rmgr_records(spgist_wal, RM_SPGIST_ID))
+    seen = spgist_branches(records_of(spgist_wal, RM_SPGIST_ID))
     assert set(seen) >= REACHED_BRANCHES, sorted(REACHED_BRANCHES - set(seen))
 
 
 @pytest.mark.pg
 def test_spgist_desc_equals_pg_waldump(spgist_wal: WalCapture) -> None:
-    assert_desc_matches_waldump(spgist_wal, RM_SPGIST_ID, "SPGist", x.spg_identify, x.spg_desc,
-                                5000)
+    assert_descs_match(spgist_wal, RM_SPGIST_ID, x.spg_desc, 5000)
 
 
 @pytest.mark.pg

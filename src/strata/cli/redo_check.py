@@ -18,7 +18,7 @@ the server's previous image, so errors that surface only later are caught.
 
 Exit status: 0 when there is no mismatch, no redo error and no unsupported
 record outside `--allow-unsupported` (default: the index AMs whose redo is
-not written yet: Hash, Gin, Gist, SPGist, BRIN); 1 otherwise.
+not written yet: Hash, Gist, BRIN); 1 otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from strata.errors import ConfigError, WalSourceError
 from strata.lsn import Lsn
 
-DEFAULT_ALLOWED_UNSUPPORTED = ("Hash", "Gin", "Gist", "SPGist", "BRIN")
+DEFAULT_ALLOWED_UNSUPPORTED = ("Hash", "Gist", "BRIN")
 
 
 def _wal_dir_from_source(dsn: str) -> tuple[Path, Lsn]:
