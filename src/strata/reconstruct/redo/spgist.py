@@ -146,25 +146,33 @@ def _redo_split_tuple(record: DecodedRecord, block: BlockRef, page: bytearray) -
         raise _fail(record, block, "unexpected block reference")
 
 
+def _add_selected_leaves(r: x.SpgxlogPickSplit, page: bytearray, *, dest: bool) -> None:
+    """The leaf tuples PICKSPLIT puts on the destination page (`dest`) or the source."""
+    for tup, off, sel in zip(r.leaf_tuples, r.to_insert, r.leaf_page_select, strict=True):
+        if bool(sel) == dest:
+            sp.add_or_replace_tuple(page, tup, off)
+
+
 def _redo_picksplit(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
     r = x.SpgxlogPickSplit.parse(record.main_data)
     blkno_inner = _blkno(record, block, 2)
-    if block.block_id in (0, 1):
-        if block.block_id == 0 and r.is_root_split:
+    if block.block_id == 0:  # source leaf: deletions (or a re-init), then its tuples
+        if r.is_root_split:
             raise _fail(record, block, "root split with a source leaf reference")
-        if r.init_src if block.block_id == 0 else r.init_dest:
+        if r.init_src:
             sp.spgist_init_page(page, _leaf_flags(r.stores_nulls))
-        elif block.block_id == 0 and r.state.is_build:
+        elif r.state.is_build:
             sp.multi_delete(page, r.to_delete, sp.SPGIST_PLACEHOLDER, sp.SPGIST_PLACEHOLDER,
                             sp.INVALID_BLOCK_NUMBER, sp.INVALID_OFFSET_NUMBER,
                             r.state.redirect_xid)
-        elif block.block_id == 0:
+        else:
             sp.multi_delete(page, r.to_delete, sp.SPGIST_REDIRECT, sp.SPGIST_PLACEHOLDER,
                             blkno_inner, r.offnum_inner, r.state.redirect_xid)
-        mine = block.block_id == 1
-        for tup, off, sel in zip(r.leaf_tuples, r.to_insert, r.leaf_page_select, strict=True):
-            if bool(sel) == mine:
-                sp.add_or_replace_tuple(page, tup, off)
+        _add_selected_leaves(r, page, dest=False)
+    elif block.block_id == 1:  # new leaf page: its tuples
+        if r.init_dest:
+            sp.spgist_init_page(page, _leaf_flags(r.stores_nulls))
+        _add_selected_leaves(r, page, dest=True)
     elif block.block_id == 2:
         if r.init_inner:
             sp.spgist_init_page(page, sp.SPGIST_NULLS if r.stores_nulls else 0)
