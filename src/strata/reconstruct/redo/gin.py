@@ -37,6 +37,7 @@ import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
+from strata.pg.structs import U16
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import RM_GIN_ID, page_ops, register, unsupported
 from strata.reconstruct.redo import gin_page as gp
@@ -343,7 +344,7 @@ def gin_mask(page: bytearray, blkno: int = 0) -> None:
     bufmask.mask_page_lsn_and_checksum(page)
     bufmask.mask_page_hint_bits(page)
     special = page_ops.get_special(page)
-    flags = int(struct.unpack_from("<H", page, special + 6)[0]) if special + 8 <= len(page) else 0
+    flags = int(U16.unpack_from(page, special + 6)[0]) if special + 8 <= len(page) else 0
     if flags & gp.GIN_DELETED:
         bufmask.mask_page_content(page)
     elif page_ops.get_lower(page) > page_ops.SIZE_OF_PAGE_HEADER:

@@ -24,8 +24,10 @@ import struct
 from collections.abc import Sequence
 
 from strata.errors import RedoError
+from strata.pg.constants import BLCKSZ
+from strata.pg.structs import U16, U32
 from strata.reconstruct.redo import page_ops
-from strata.reconstruct.redo.page_ops import BLCKSZ, SIZE_OF_PAGE_HEADER, maxalign
+from strata.reconstruct.redo.page_ops import SIZE_OF_PAGE_HEADER, maxalign
 
 # GinPageOpaqueData flags
 GIN_DATA = 1 << 0
@@ -43,7 +45,6 @@ INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 
 SIZE_OF_GIN_OPAQUE = 8
 _OPAQUE = struct.Struct("<IHH")
-_U16 = struct.Struct("<H")
 _ITEMPTR = struct.Struct("<HHH")
 
 SIZE_OF_GIN_META_PAGE_DATA = 56
@@ -71,23 +72,23 @@ def get_opaque(page: bytes | bytearray) -> tuple[int, int, int]:
 
 
 def get_flags(page: bytes | bytearray) -> int:
-    return int(_U16.unpack_from(page, opaque_pos(page) + 6)[0])
+    return int(U16.unpack_from(page, opaque_pos(page) + 6)[0])
 
 
 def set_flags(page: bytearray, flags: int) -> None:
-    _U16.pack_into(page, opaque_pos(page) + 6, flags & 0xFFFF)
+    U16.pack_into(page, opaque_pos(page) + 6, flags & 0xFFFF)
 
 
 def get_maxoff(page: bytes | bytearray) -> int:
-    return int(_U16.unpack_from(page, opaque_pos(page) + 4)[0])
+    return int(U16.unpack_from(page, opaque_pos(page) + 4)[0])
 
 
 def set_maxoff(page: bytearray, maxoff: int) -> None:
-    _U16.pack_into(page, opaque_pos(page) + 4, maxoff & 0xFFFF)
+    U16.pack_into(page, opaque_pos(page) + 4, maxoff & 0xFFFF)
 
 
 def set_rightlink(page: bytearray, blkno: int) -> None:
-    struct.pack_into("<I", page, opaque_pos(page), blkno)
+    U32.pack_into(page, opaque_pos(page), blkno)
 
 
 def gin_init_page(page: bytearray, flags: int) -> None:
@@ -172,7 +173,7 @@ def _read_itemptr(buf: bytes | bytearray | memoryview, pos: int) -> int:
 
 def segment_size(buf: bytes | bytearray | memoryview, pos: int) -> int:
     """SizeOfGinPostingList of the segment at `pos`."""
-    return POSTING_LIST_HEADER + ((_U16.unpack_from(buf, pos + 6)[0] + 1) & ~1)
+    return POSTING_LIST_HEADER + ((U16.unpack_from(buf, pos + 6)[0] + 1) & ~1)
 
 
 def decode_segments(buf: bytes | bytearray | memoryview) -> list[int]:
@@ -186,7 +187,7 @@ def decode_segments(buf: bytes | bytearray | memoryview) -> list[int]:
         val = _read_itemptr(buf, pos)
         out.append(val)
         p = pos + POSTING_LIST_HEADER
-        stop = p + _U16.unpack_from(buf, pos + 6)[0]
+        stop = p + U16.unpack_from(buf, pos + 6)[0]
         if stop > end:
             raise RedoError(f"GIN posting list segment at byte {pos} runs past its data")
         while p < stop:
@@ -235,7 +236,7 @@ def encode_segment(items: Sequence[int], maxsize: int = BLCKSZ) -> tuple[bytes, 
         body.append(0)
     blk = first >> MAX_HEAP_TUPLES_PER_PAGE_BITS
     head = _ITEMPTR.pack(blk >> 16, blk & 0xFFFF, first & ((1 << MAX_HEAP_TUPLES_PER_PAGE_BITS) - 1))
-    return head + _U16.pack(nbytes) + bytes(body), npacked
+    return head + U16.pack(nbytes) + bytes(body), npacked
 
 
 def merge_items(a: Sequence[int], b: Sequence[int]) -> list[int]:

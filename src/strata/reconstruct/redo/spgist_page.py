@@ -25,6 +25,7 @@ import struct
 from collections.abc import Sequence
 
 from strata.errors import RedoError
+from strata.pg.structs import U16, U32
 from strata.reconstruct.redo import page_ops
 
 # SpGistPageOpaqueData flags
@@ -47,8 +48,6 @@ INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 INVALID_OFFSET_NUMBER = 0
 
 _OPAQUE = struct.Struct("<HHHH")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _DEAD = struct.Struct("<IHHHHI")  # word, t_info, pointer (bi_hi, bi_lo, posid), xid
 _TID = struct.Struct("<HHH")
 
@@ -60,12 +59,12 @@ def _opaque_pos(page: bytes | bytearray) -> int:
 
 
 def get_flags(page: bytes | bytearray) -> int:
-    return int(_U16.unpack_from(page, _opaque_pos(page))[0])
+    return int(U16.unpack_from(page, _opaque_pos(page))[0])
 
 
 def _add_counter(page: bytearray, field: int, delta: int) -> None:
     pos = _opaque_pos(page) + 2 * field
-    _U16.pack_into(page, pos, (_U16.unpack_from(page, pos)[0] + delta) & 0xFFFF)
+    U16.pack_into(page, pos, (U16.unpack_from(page, pos)[0] + delta) & 0xFFFF)
 
 
 def add_redirections(page: bytearray, delta: int) -> None:
@@ -88,7 +87,7 @@ def spgist_init_page(page: bytearray, flags: int) -> None:
 
 def tupstate(page: bytes | bytearray, offnum: int) -> int:
     """The tupstate of the tuple at `offnum` (any kind: the low 2 bits)."""
-    return int(_U32.unpack_from(page, page_ops.item_offset(page, offnum))[0]) & 0x3
+    return int(U32.unpack_from(page, page_ops.item_offset(page, offnum))[0]) & 0x3
 
 
 def form_dead_tuple(state: int, blkno: int, offnum: int, redirect_xid: int) -> bytes:
@@ -103,16 +102,16 @@ def form_dead_tuple(state: int, blkno: int, offnum: int, redirect_xid: int) -> b
 def set_dead_tuple_placeholder(page: bytearray, offnum: int) -> None:
     """A REDIRECT becomes a PLACEHOLDER with an invalid pointer (xid kept)."""
     pos = page_ops.item_offset(page, offnum)
-    word = _U32.unpack_from(page, pos)[0]
-    _U32.pack_into(page, pos, (word & ~0x3) | SPGIST_PLACEHOLDER)
+    word = U32.unpack_from(page, pos)[0]
+    U32.pack_into(page, pos, (word & ~0x3) | SPGIST_PLACEHOLDER)
     _TID.pack_into(page, pos + 6, 0xFFFF, 0xFFFF, INVALID_OFFSET_NUMBER)
 
 
 def set_leaf_next_offset(page: bytearray, offnum: int, next_offset: int) -> None:
     """SGLT_SET_NEXTOFFSET on the leaf tuple at `offnum`."""
     pos = page_ops.item_offset(page, offnum) + 4
-    t_info = _U16.unpack_from(page, pos)[0]
-    _U16.pack_into(page, pos, (t_info & 0xC000) | (next_offset & 0x3FFF))
+    t_info = U16.unpack_from(page, pos)[0]
+    U16.pack_into(page, pos, (t_info & 0xC000) | (next_offset & 0x3FFF))
 
 
 def update_node_link(page: bytearray, offnum: int, node_n: int, blkno: int,
@@ -122,7 +121,7 @@ def update_node_link(page: bytearray, offnum: int, node_n: int, blkno: int,
     if not 1 <= offnum <= page_ops.page_get_max_offset(page):
         raise RedoError(f"inner tuple offset {offnum} out of range")
     pos = page_ops.item_offset(page, offnum)
-    word = _U32.unpack_from(page, pos)[0]
+    word = U32.unpack_from(page, pos)[0]
     nnodes = (word >> 3) & 0x1FFF
     prefix_size = word >> 16
     node = pos + SGITHDRSZ + prefix_size
@@ -130,7 +129,7 @@ def update_node_link(page: bytearray, offnum: int, node_n: int, blkno: int,
         if i == node_n:
             _TID.pack_into(page, node, blkno >> 16, blkno & 0xFFFF, offset)
             return
-        size = _U16.unpack_from(page, node + 6)[0] & 0x1FFF
+        size = U16.unpack_from(page, node + 6)[0] & 0x1FFF
         if size == 0:
             raise RedoError(f"zero-size node {i} in SP-GiST inner tuple at offset {offnum}")
         node += size

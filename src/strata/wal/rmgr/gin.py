@@ -41,6 +41,7 @@ import struct
 from dataclasses import dataclass
 
 from strata.errors import WalDecodeError
+from strata.pg.structs import U16
 from strata.wal.record import XLR_INFO_MASK, DecodedRecord, RelFileLocator
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_GIN_ID,
@@ -84,7 +85,6 @@ _ACTION_NAMES = {GIN_SEGMENT_DELETE: "delete", GIN_SEGMENT_INSERT: "insert",
 INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 
 # Struct layouts (little-endian; x = C padding).
-_U16 = struct.Struct("<H")
 _ITEMPTR = struct.Struct("<HHH")  # ItemPointerData: bi_hi, bi_lo, ip_posid
 _BLOCKID = struct.Struct("<HH")  # BlockIdData: bi_hi, bi_lo
 _CREATE_PTREE = struct.Struct("<I")
@@ -126,13 +126,13 @@ def read_item_pointer(data: bytes | bytearray | memoryview, pos: int) -> ItemPoi
 
 def posting_list_size(data: bytes | bytearray | memoryview, pos: int) -> int:
     """SizeOfGinPostingList of the segment at `pos`: header + SHORTALIGN(nbytes)."""
-    (nbytes,) = _U16.unpack_from(data, pos + 6)
+    (nbytes,) = U16.unpack_from(data, pos + 6)
     return SIZE_OF_GIN_POSTING_LIST_HEADER + ((nbytes + 1) & ~1)
 
 
 def index_tuple_size(data: bytes | bytearray | memoryview, pos: int) -> int:
     """IndexTupleSize: t_info & INDEX_SIZE_MASK."""
-    return int(_U16.unpack_from(data, pos + 6)[0]) & 0x1FFF
+    return int(U16.unpack_from(data, pos + 6)[0]) & 0x1FFF
 
 
 def split_index_tuples(data: bytes, ntuples: int, what: str) -> tuple[bytes, ...]:
@@ -212,7 +212,7 @@ class XlGinInsert:
     @classmethod
     def parse(cls, data: bytes) -> XlGinInsert:
         _need(data, SIZE_OF_GINXLOG_INSERT, "ginxlogInsert")
-        (flags,) = _U16.unpack_from(data)
+        (flags,) = U16.unpack_from(data)
         if flags & GIN_INSERT_ISLEAF:
             return cls(flags, None, None)
         _need(data, SIZE_OF_GINXLOG_INSERT + 8, "ginxlogInsert children")
@@ -263,7 +263,7 @@ class GinRecompressDataLeaf:
     @classmethod
     def parse(cls, data: bytes) -> GinRecompressDataLeaf:
         _need(data, 2, "ginxlogRecompressDataLeaf")
-        (nactions,) = _U16.unpack_from(data)
+        (nactions,) = U16.unpack_from(data)
         pos = 2
         actions: list[GinSegmentAction] = []
         for _ in range(nactions):
@@ -278,7 +278,7 @@ class GinRecompressDataLeaf:
                 pos += (size + 1) & ~1
             elif action == GIN_SEGMENT_ADDITEMS:
                 _need(data, pos + 2, "GIN ADDITEMS count")
-                (nitems,) = _U16.unpack_from(data, pos)
+                (nitems,) = U16.unpack_from(data, pos)
                 pos += 2
                 _need(data, pos + 6 * nitems, "GIN ADDITEMS items")
                 items = tuple(read_item_pointer(data, pos + 6 * i) for i in range(nitems))

@@ -34,6 +34,7 @@ import struct
 from dataclasses import dataclass
 
 from strata.errors import WalDecodeError
+from strata.pg.structs import U16, U32
 from strata.wal.record import XLR_INFO_MASK, DecodedRecord
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_SPGIST_ID,
@@ -68,7 +69,6 @@ _PICKSPLIT = struct.Struct("<?xHH??H???xHH2x")  # 20 bytes, then spgxlogState
 _VACUUM_LEAF = struct.Struct("<HHHH")  # 8 bytes, then spgxlogState
 _VACUUM_ROOT = struct.Struct("<H2x")  # 4 bytes, then spgxlogState
 _VACUUM_REDIRECT = struct.Struct("<HHI?x")  # 10 bytes, offsets follow
-_U16 = struct.Struct("<H")
 
 SIZE_OF_SPGXLOG_STATE = _STATE.size  # 8
 SIZE_OF_SPGXLOG_ADD_LEAF = _ADD_LEAF.size  # 10
@@ -95,12 +95,12 @@ def _offsets(data: bytes, pos: int, n: int, what: str) -> tuple[tuple[int, ...],
 
 def leaf_tuple_size(data: bytes | bytearray | memoryview, pos: int) -> int:
     """SpGistLeafTupleData.size (also SpGistDeadTupleData.size): bits 2..31 of the first word."""
-    return int(struct.unpack_from("<I", data, pos)[0]) >> 2
+    return int(U32.unpack_from(data, pos)[0]) >> 2
 
 
 def inner_tuple_size(data: bytes | bytearray | memoryview, pos: int) -> int:
     """SpGistInnerTupleData.size: the uint16 after the bit-field word."""
-    return int(_U16.unpack_from(data, pos + 4)[0])
+    return int(U16.unpack_from(data, pos + 4)[0])
 
 
 def _tuple(data: bytes, pos: int, size_of: int, what: str) -> tuple[bytes, int]:
