@@ -3,9 +3,9 @@ the WAL segment that holds the checkpoint record (what pg_resetwal writes).
 
 Fed by the cluster's pg_control template (`SnapshotSource.control_template`),
 the cluster values at X (`ControlValues`) and the server settings of the
-instance. Feeds `skeleton` / `instance` (lazy mode, and materialize mode when
-asked to skip `pg_resetwal` and the normal start/stop). Owns no file: it
-returns bytes, the caller writes them.
+instance. Feeds `modes` (both modes start this way: no `pg_resetwal`, no
+normal start/stop). `write_startup_files` writes global/pg_control,
+pg_wal/<segment> (sparse: its first page, then zeros) and standby.signal.
 
 What pg_resetwal does (src/bin/pg_resetwal/pg_resetwal.c, RewriteControlFile
 and WriteEmptyXLOG) and what we do differently:
@@ -26,15 +26,24 @@ Offsets are those of ControlFileData (see `controlfile`).
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import google_crc32c
 
-from strata.historical.controlfile import DB_SHUTDOWNED, control_crc, parse_control
+from strata.historical.controlfile import (
+    DB_SHUTDOWNED,
+    control_crc,
+    parse_control,
+    with_checksum_version,
+)
 from strata.historical.source import ControlValues
+from strata.ingest.cluster_state import wal_file_name
 from strata.lsn import Lsn
+from strata.runtime.osuser import give_to_server_user
 from strata.wal.reader import (
     RM_XLOG_ID,
     SIZE_OF_LONG_PHD,
@@ -95,13 +104,6 @@ class StartupFiles:
     checkpoint: Lsn
 
 
-def wal_file_name(timeline: int, lsn: int, segment_size: int) -> str:
-    """The WAL segment file name holding `lsn` (XLogFileName)."""
-    segno = lsn // segment_size
-    per_id = 0x1_0000_0000 // segment_size
-    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
-
-
 def _checkpoint_record(cp: bytes) -> bytes:
     body = bytes([XLR_BLOCK_ID_DATA_SHORT, len(cp)]) + cp
     tot_len = SIZE_OF_XLOG_RECORD + len(body)
@@ -146,5 +148,30 @@ def startup_files(template: bytes, values: ControlValues, lsn: Lsn, *,
                         limits.max_worker_processes, limits.max_wal_senders,
                         limits.max_prepared_xacts, limits.max_locks_per_xact, False)
     _U32.pack_into(buf, _OFF_CRC, control_crc(buf))
-    return StartupFiles(bytes(buf), wal_file_name(cf.timeline, seg_start, seg), bytes(page), seg,
+    return StartupFiles(bytes(buf), wal_file_name(cf.timeline, seg_start // seg, seg), bytes(page), seg,
                         Lsn(redo))
+
+
+def write_startup_files(datadir: Path, template: bytes, values: ControlValues, lsn: Lsn, *,
+                        checksums: bool = True, limits: ServerLimits | None = None
+                        ) -> StartupFiles:
+    """Write pg_control at `lsn`, its checkpoint segment and standby.signal into
+    `datadir` (owned by the server user, mode 0600): the directory is then ready
+    for `instance.launch`. `checksums` sets data_checksum_version 1 (every page
+    served carries a valid checksum) or 0."""
+    sf = startup_files(with_checksum_version(template, 1 if checksums else 0), values, lsn,
+                       limits=limits)
+    files = {datadir / "global" / "pg_control": sf.pg_control,
+             datadir / "standby.signal": b""}
+    for path, data in files.items():
+        path.write_bytes(data)
+        give_to_server_user(path, recursive=False, mode=0o600)
+    wal = datadir / "pg_wal" / sf.wal_name
+    fd = os.open(wal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, sf.wal_first_page)
+        os.ftruncate(fd, sf.wal_segment_size)
+    finally:
+        os.close(fd)
+    give_to_server_user(wal, recursive=False, mode=0o600)
+    return sf

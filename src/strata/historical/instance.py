@@ -21,13 +21,14 @@ The recipe (wal-census.md section 5.3):
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strata.errors import CorruptionError, InstanceError, RuntimeSetupError
 from strata.historical.controlfile import parse_control
@@ -43,6 +44,11 @@ from strata.pg.xlogfile import segment_file_name
 from strata.runtime.cluster import SUPERUSER, Cluster, free_port
 from strata.runtime.osuser import give_to_server_user, run_as_server
 from strata.runtime.pgbin import PgBinaries, find_pg_binaries
+
+if TYPE_CHECKING:
+    from strata.historical.lazy import LazyMount
+
+log = logging.getLogger(__name__)
 
 # Databases tried (in order) to read the list of databases from: one of them
 # exists in any cluster unless a user dropped both.
@@ -168,6 +174,9 @@ class HistoricalInstance:
     indexes_marked_invalid: int = 0
     started_at: float = field(default_factory=time.monotonic)
     startup_seconds: float = 0.0
+    mode: str = "materialize"
+    mount: LazyMount | None = None  # lazy mode: the file system serving `datadir`
+    socket_only: bool = False  # no TCP listener: reachable through `socket_dir` only
 
     @property
     def port(self) -> int:
@@ -182,14 +191,23 @@ class HistoricalInstance:
     def datadir(self) -> Path:
         return self.cluster.datadir
 
-    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
-        return self.cluster.dsn(dbname, user=user)
+    @property
+    def host(self) -> str:
+        """Where to connect: the socket directory, or 127.0.0.1 when TCP is on."""
+        return str(self.socket_dir) if self.socket_only else "127.0.0.1"
 
-    def connect(self, dbname: str = "postgres", **kw: Any) -> Any:
-        return self.cluster.connect(dbname, **kw)
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
+        return f"host={self.host} port={self.port} dbname={dbname} user={user}"
+
+    def connect(self, dbname: str = "postgres", *, autocommit: bool = True, **kw: Any) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.dsn(dbname), autocommit=autocommit, **kw)
 
     def sql(self, query: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
-        return self.cluster.sql(query, dbname)
+        with self.connect(dbname) as conn, conn.cursor() as cur:
+            cur.execute(query)
+            return list(cur.fetchall()) if cur.description else []
 
     def is_running(self) -> bool:
         return self.cluster.is_running()
@@ -210,12 +228,21 @@ class HistoricalInstance:
             raise InstanceError(f"the server on {self.datadir} (pid {pid}) did not exit")
 
     def remove(self) -> None:
-        """Stop the server and delete the instance root."""
+        """Stop the server, unmount its lazy file system, delete the instance root."""
+        pid = self.cluster.postmaster_pid()
         try:
             self.stop()
+        except InstanceError:
+            log.exception("stopping the historical server at %s", self.lsn)
         finally:
             if self.cluster.is_running():
                 self.cluster.stop("immediate")
+            if pid is not None and process_alive(pid):  # its data directory is gone (lazy)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+                wait_process_exit(pid, 30)
+            if self.mount is not None:
+                self.mount.unmount()
             shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -240,19 +267,21 @@ def prepare(mat: MaterializedDir, *, invalid_index_ams: Sequence[str] = (),
 
 
 def launch(datadir: Path, *, port: int | None = None, bins: PgBinaries | None = None,
-           timeout: float = 60) -> Cluster:
+           timeout: float = 60, socket_only: bool = False) -> Cluster:
     """Step 3: start the prepared directory as a hot standby on 127.0.0.1:`port`
-    and a private socket directory.
+    and a private socket directory (0700, owned by the server user); with
+    `socket_only`, on the socket directory alone (no TCP listener).
 
     Raises: InstanceError with the log tail (the server is not left running).
     """
     if not (datadir / "standby.signal").exists():
         raise InstanceError(f"{datadir} is not prepared (no standby.signal): run prepare first")
     bins = bins or find_pg_binaries()
+    options = "-c listen_addresses=''" if socket_only else ""
     for attempt in range(1 if port else 3):
         cluster = Cluster(datadir=datadir, port=port or free_port(), bins=bins)
         try:
-            cluster.start(timeout=timeout)
+            cluster.start(timeout=timeout, options=options)
             break
         except InstanceError as e:
             cluster.stop("immediate")

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from strata.errors import CorruptionError, InstanceError
 from strata.historical.controlfile import parse_control, with_checksum_version
-from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, ControlValues, SnapshotSource
+from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, ControlValues, RelFile, SnapshotSource
 from strata.key import SlruKind
 from strata.lsn import Lsn
 from strata.pg.checksum import set_checksums
@@ -250,13 +250,7 @@ def materialize(source: SnapshotSource, datadir: Path, *,
                            policy is ChecksumPolicy.COMPUTE, progress)
         (datadir / "global" / "pg_control").write_bytes(
             with_checksum_version(template, 1 if policy is ChecksumPolicy.COMPUTE else 0))
-        conf = server_settings(settings)
-        (datadir / "postgresql.conf").write_text(
-            f"# pgStrata historical instance (read-only copy at LSN {lsn})\n"
-            + "".join(f"{k} = {v}\n" for k, v in conf.items()))
-        (datadir / "pg_hba.conf").write_text(HBA_CONF)
-        (datadir / "pg_ident.conf").write_text("")
-        (datadir / "postgresql.auto.conf").write_text("")
+        write_config(datadir, lsn, settings)
         give_to_server_user(datadir, recursive=True, mode=0o700)
     except BaseException:
         shutil.rmtree(datadir, ignore_errors=True)
@@ -269,27 +263,49 @@ def materialize(source: SnapshotSource, datadir: Path, *,
         seconds=time.perf_counter() - t0)
 
 
-def _write_all(source: SnapshotSource, datadir: Path, catver_dir: str, segblocks: int,
-               checksums: bool, progress: ProgressFn | None) -> tuple[int, int, int]:
+def write_skeleton(datadir: Path) -> None:
+    """The empty directories and PG_VERSION: what no point in time changes."""
     _mkdir(datadir)
     for name in SKELETON:
         _mkdir(datadir / name)
     (datadir / "PG_VERSION").write_text(PG_VERSION_TEXT)
 
+
+def write_config(datadir: Path, lsn: Lsn | None,
+                 settings: Mapping[str, str] | None = None) -> None:
+    """postgresql.conf (`server_settings`), pg_hba.conf, pg_ident.conf, postgresql.auto.conf."""
+    conf = server_settings(settings)
+    at = f" at LSN {lsn}" if lsn is not None else ""
+    (datadir / "postgresql.conf").write_text(
+        f"# pgStrata historical instance (read-only copy{at})\n"
+        + "".join(f"{k} = {v}\n" for k, v in conf.items()))
+    (datadir / "pg_hba.conf").write_text(HBA_CONF)
+    (datadir / "pg_ident.conf").write_text("")
+    (datadir / "postgresql.auto.conf").write_text("")
+
+
+def database_dir(datadir: Path, spc: int, db: int, catver_dir: str) -> Path:
+    """The directory of database `db` in tablespace `spc` (global/ for 1664)."""
+    if spc == GLOBALTABLESPACE_OID:
+        return datadir / "global"
+    if spc == DEFAULTTABLESPACE_OID:
+        return datadir / "base" / str(db)
+    return datadir / TABLESPACE_ROOT / str(spc) / catver_dir / str(db)
+
+
+def write_layout(source: SnapshotSource, datadir: Path, catver_dir: str
+                 ) -> dict[tuple[int, int], Path]:
+    """Database directories (PG_VERSION, pg_filenode.map), tablespace links and SLRU
+    segments at the source's LSN: every small file that depends on X except
+    pg_control. Requires: the skeleton exists. Returns: (spc, db) -> directory."""
     dirs: dict[tuple[int, int], Path] = {}
     for spc, db in source.databases():
-        d: Path
-        if spc == GLOBALTABLESPACE_OID:
-            d = datadir / "global"
-        elif spc == DEFAULTTABLESPACE_OID:
-            d = datadir / "base" / str(db)
-        else:
-            location = datadir / TABLESPACE_ROOT / str(spc)
-            _mkdir(location / catver_dir)
+        d = database_dir(datadir, spc, db, catver_dir)
+        if spc not in (GLOBALTABLESPACE_OID, DEFAULTTABLESPACE_OID):
+            _mkdir(d.parent)
             link = datadir / "pg_tblspc" / str(spc)
             if not link.is_symlink():
                 link.symlink_to(Path("..") / TABLESPACE_ROOT / str(spc))
-            d = location / catver_dir / str(db)
         _mkdir(d)
         dirs[(spc, db)] = d
         relmap = source.relmap(spc, db)
@@ -303,34 +319,59 @@ def _write_all(source: SnapshotSource, datadir: Path, catver_dir: str, segblocks
     for kind in SlruKind:
         for name, data in source.slru_segments(kind):
             (datadir / SLRU_DIRS[kind] / name).write_bytes(data)
+    return dirs
 
+
+def write_fork(source: SnapshotSource, rdir: Path, r: RelFile, segblocks: int, checksums: bool,
+               on_batch: Callable[[int], None] | None = None) -> int:
+    """Write one relation fork (all its segments) under `rdir`; returns bytes written.
+    `on_batch(blocks_done_in_this_fork)` after every batch."""
+    w = _ForkWriter(rdir / f"{r.rel}{FORK_SUFFIX[r.fork]}", segblocks, checksums)
+    try:
+        for blkno, page in source.pages(r.spc, r.db, r.rel, r.fork):
+            w.add(blkno, page)
+            if len(w.blknos) >= BATCH_PAGES:
+                w.flush()
+                if on_batch is not None:
+                    on_batch(w.last + 1)
+        w.finish(r.nblocks)
+    finally:
+        for fd in w.fds.values():
+            os.close(fd)
+    return w.bytes_written
+
+
+def _write_all(source: SnapshotSource, datadir: Path, catver_dir: str, segblocks: int,
+               checksums: bool, progress: ProgressFn | None) -> tuple[int, int, int]:
+    write_skeleton(datadir)
+    dirs = write_layout(source, datadir, catver_dir)
     rels = [r for r in source.relations() if r.fork in WRITTEN_FORKS]
     total = sum(r.nblocks for r in rels)
     done = 0
     nbytes = 0
     for r in rels:
-        rdir = dirs.get((r.spc, r.db))
-        if rdir is None:
-            raise CorruptionError(
-                f"relation {r.rel} is in database directory {r.spc}/{r.db}, "
-                "which the source's databases() does not list")
-        w = _ForkWriter(rdir / f"{r.rel}{FORK_SUFFIX[r.fork]}", segblocks, checksums)
-        try:
-            for blkno, page in source.pages(r.spc, r.db, r.rel, r.fork):
-                w.add(blkno, page)
-                if len(w.blknos) >= BATCH_PAGES:
-                    w.flush()
-                    if progress is not None:
-                        progress(min(done + w.last + 1, total), total)
-            done += r.nblocks
-            w.finish(r.nblocks)
-        finally:
-            for fd in w.fds.values():
-                os.close(fd)
-        nbytes += w.bytes_written
+        rdir = relation_dir(dirs, r)
+
+        def on_batch(blocks: int, done: int = done) -> None:
+            if progress is not None:
+                progress(min(done + blocks, total), total)
+
+        nbytes += write_fork(source, rdir, r, segblocks, checksums, on_batch)
+        done += r.nblocks
         if progress is not None:
             progress(min(done, total), total)
     return len(rels), total, nbytes
+
+
+def relation_dir(dirs: Mapping[tuple[int, int], Path], r: RelFile) -> Path:
+    """The directory of `r` among those `write_layout` made.
+    Raises: CorruptionError when the source did not list its database."""
+    rdir = dirs.get((r.spc, r.db))
+    if rdir is None:
+        raise CorruptionError(
+            f"relation {r.rel} is in database directory {r.spc}/{r.db}, "
+            "which the source's databases() does not list")
+    return rdir
 
 
 @contextlib.contextmanager

@@ -14,12 +14,12 @@ import logging
 from collections.abc import Iterator
 
 from strata.errors import LsnOutOfRangeError, UnsupportedRecordError
+from strata.historical.reader import PageReader
 from strata.historical.source import ControlValues, RelFile, slru_segments_from_pages
 from strata.key import Key, KeyKind, KeyRange, SlruKind
 from strata.keyspace.cluster import ClusterState, control_template_key
 from strata.keyspace.relation import decode_rel_size
 from strata.lsn import Lsn
-from strata.pagestore import PageStore
 from strata.pg.constants import BLCKSZ, GLOBALTABLESPACE_OID
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ _ZERO = bytes(BLCKSZ)
 class StoreSource:
     """A consistent view of the cluster at `lsn` (every record ending at or before it)."""
 
-    def __init__(self, store: PageStore, lsn: Lsn) -> None:
+    def __init__(self, store: PageReader, lsn: Lsn) -> None:
         self.store = store
         self._lsn = Lsn(lsn)
         self._cluster: ClusterState | None = None
@@ -48,17 +48,24 @@ class StoreSource:
         for key, data in self.store.scan(KeyRange.kind(KeyKind.REL_SIZE), self._lsn):
             yield RelFile(key.spc, key.db, key.rel, key.fork, decode_rel_size(data))
 
-    def pages(self, spc: int, db: int, rel: int, fork: int) -> Iterator[tuple[int, bytes]]:
-        """Pages of one fork, streaming. A relation whose WAL has records of an
-        access method with no redo yet (hash, GIN, GiST, SP-GiST, BRIN) cannot be
-        rebuilt: its remaining pages are written as new (all-zero) pages, it is
-        listed in `unsupported`, and the instance marks such indexes invalid so
-        the planner never reads them."""
+    def pages(self, spc: int, db: int, rel: int, fork: int, start: int = 0,
+              end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Pages of one fork (blocks [start, end) when given), streaming. A relation
+        whose WAL has records of an access method with no redo yet (hash, GIN,
+        GiST, SP-GiST, BRIN) cannot be rebuilt: its remaining pages are written as
+        new (all-zero) pages, it is listed in `unsupported`, and the instance marks
+        such indexes invalid so the planner never reads them."""
         size = self.store.get_page(Key.rel_size(spc, db, rel, fork), self._lsn)
         nblocks = decode_rel_size(size) if size is not None else 0
-        next_blk = 0
+        if end is not None:
+            nblocks = min(nblocks, end)
+        if nblocks <= start:
+            return
+        next_blk = start
+        rng = KeyRange(Key.rel_block(spc, db, rel, fork, start),
+                       Key.rel_block(spc, db, rel, fork, nblocks))
         try:
-            for key, page in self.store.scan(KeyRange.relation(spc, db, rel, fork), self._lsn):
+            for key, page in self.store.scan(rng, self._lsn):
                 if key.blk >= nblocks:
                     return
                 yield key.blk, page

@@ -1,0 +1,218 @@
+"""Lazy historical data directories: detection, mounts, cleanup (the parent side).
+
+Fed by the page store directory and an overlay that `skeleton` / `instance`
+filled with the small files at X. Feeds `instance` (a mount point to start
+PostgreSQL on) and `modes` (is lazy mode possible here, and why not).
+Owns the FUSE processes it starts (`python -m strata.historical.lazyfs`, one
+per mount point and LSN) and their mounts: `LazyMount.unmount` ends both;
+`cleanup_mounts` removes mounts a crash left under an instances root.
+
+Binding: **pyfuse3** (libfuse 3, low-level inode API, trio). Measured with
+``python bench/bench_fuse.py`` (a 32-64 MiB file served from memory, direct
+I/O, this 2-core machine, shared and noisy; numbers in BENCHMARKS.md):
+
+  ===========  ========  ==========  =========  ============  ========  =========
+  binding      8K us/rq  128K MiB/s  128K us/rq  stat us      rand 1T   rand 4T
+  ===========  ========  ==========  =========  ============  ========  =========
+  pyfuse3      56        1,688       74          106           8.0k/s   10.0k/s
+  mfusepy      29        1,173       107         62            10.3k/s  9.2k/s
+  llfuse       (cached)  1,561       80          38            16.4k/s  18.6k/s
+  ===========  ========  ==========  =========  ============  ========  =========
+
+Why pyfuse3:
+  * what a lazy data directory mostly serves is 128 KB reads (the kernel's
+    readahead over a sequential scan, with the page cache kept between
+    opens): pyfuse3 is the fastest there; per-8 KB-request overhead (30-60 us)
+    is small next to rebuilding a page;
+  * the low-level API names files by inode, so a read costs no path lookup
+    (mfusepy's high-level API resolves a path string for every call) and we
+    control entry/attribute cache timeouts and keep_cache per open;
+  * it is libfuse 3, which install.sh installs (fuse3, libfuse3-dev); llfuse
+    needs libfuse 2 headers (libfuse-dev installs and llfuse builds here,
+    but it is in maintenance mode and its low-level API has no per-open
+    direct_io: its 8 KB row is page-cached, not comparable);
+  * concurrency: every binding is GIL-bound in its handlers (rand 4T vs 1T:
+    x1.1-1.25 with 50 us of Python per read), so threads buy little; pyfuse3's
+    single trio thread is simplest. Redo is spread over the cores by running
+    one file-system process per mount (and materialize workers), not threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from strata.errors import InstanceError
+from strata.lsn import Lsn
+
+log = logging.getLogger(__name__)
+
+MOUNT_TYPE = "fuse.strata"
+_PROBE = """
+import sys, pyfuse3
+pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=strata-probe", "allow_other"})
+pyfuse3.close(unmount=True)
+print("ok")
+"""
+
+
+def fusermount() -> str | None:
+    return shutil.which("fusermount3")
+
+
+@functools.cache
+def lazy_available() -> tuple[bool, str]:
+    """(True, how) when lazy mode works here: /dev/fuse, the pyfuse3 binding,
+    fusermount3 and a test mount; else (False, why not). Cached per process."""
+    if not os.path.exists("/dev/fuse"):
+        return False, "/dev/fuse does not exist (no FUSE in this kernel or container)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return False, "/dev/fuse is not readable and writable by this user"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as e:
+        return False, f"the FUSE binding pyfuse3 is not installed ({e}); pip install 'pgstrata[lazy]'"
+    if fusermount() is None:
+        return False, "fusermount3 is not installed (Debian: apt-get install fuse3)"
+    with tempfile.TemporaryDirectory(prefix="strata-fuse-probe-") as d:
+        try:
+            cp = subprocess.run([sys.executable, "-c", _PROBE, d], capture_output=True, text=True,
+                                timeout=30)
+        except subprocess.TimeoutExpired:
+            subprocess.run([fusermount() or "fusermount3", "-u", "-z", d], capture_output=True)
+            return False, "a test FUSE mount did not answer within 30 s"
+        if cp.returncode != 0 or "ok" not in cp.stdout:
+            err = (cp.stderr.strip().splitlines() or ["no output"])[-1]
+            return False, f"a test FUSE mount failed: {err}"
+    return True, "FUSE works here (/dev/fuse, pyfuse3, a test mount)"
+
+
+def fuse_mounts(under: Path | None = None) -> list[Path]:
+    """Mount points of our lazy file systems (type fuse.strata), optionally under a root."""
+    out = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 3 or parts[2] != MOUNT_TYPE:
+                continue
+            mnt = Path(parts[1].replace("\\040", " "))
+            if under is None or mnt.is_relative_to(under):
+                out.append(mnt)
+    return out
+
+
+def unmount(path: Path) -> bool:
+    """Unmount `path` (lazily when busy). True when it is no longer mounted."""
+    fm = fusermount() or "fusermount3"
+    cp = subprocess.run([fm, "-u", str(path)], capture_output=True, text=True)
+    if cp.returncode != 0 and path in fuse_mounts():
+        subprocess.run([fm, "-u", "-z", str(path)], capture_output=True, text=True)
+    return path not in fuse_mounts()
+
+
+def cleanup_mounts(root: Path) -> list[Path]:
+    """Unmount every lazy file system left under `root` (after a crash); the daemon
+    calls it at start. Returns the mount points removed."""
+    root = Path(root).resolve()
+    gone = []
+    for mnt in fuse_mounts(root):
+        if unmount(mnt):
+            log.info("removed a stale lazy mount %s", mnt)
+            gone.append(mnt)
+        else:
+            log.warning("could not unmount the stale lazy mount %s", mnt)
+    return gone
+
+
+@dataclass
+class LazyMount:
+    """One lazy file system process and its mount point."""
+
+    mountpoint: Path
+    overlay: Path
+    lsn: Lsn
+    proc: subprocess.Popen[bytes]
+    logfile: Path
+
+    @classmethod
+    def start(cls, store_dir: Path, lsn: Lsn, mountpoint: Path, overlay: Path, *,
+              logfile: Path, invalid_index_ams: Sequence[str] = (), timeout: float = 60
+              ) -> LazyMount:
+        """Start the file system process and wait until `mountpoint` is mounted.
+
+        Raises: InstanceError with the process's reason (the process is stopped).
+        """
+        r, w = os.pipe()
+        argv = [sys.executable, "-m", "strata.historical.lazyfs", "--store", str(store_dir),
+                "--lsn", str(lsn), "--overlay", str(overlay), "--mount", str(mountpoint),
+                "--ready-fd", str(w), "--log", str(logfile)]
+        if invalid_index_ams:
+            argv += ["--invalid-index-ams", ",".join(invalid_index_ams)]
+        proc = subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=open(logfile, "ab"))  # noqa: SIM115
+        os.close(w)
+        m = cls(mountpoint, overlay, Lsn(lsn), proc, logfile)
+        try:
+            msg = _read_line(r, timeout)
+        finally:
+            os.close(r)
+        if msg != "ok":
+            m.unmount()
+            raise InstanceError(f"the lazy file system at {lsn} did not start: "
+                                f"{msg or 'no answer'}.\n{m.log_tail()}")
+        return m
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def unmount(self, timeout: float = 30) -> None:
+        """Unmount and end the process (never raises; what fails is logged)."""
+        if self.mountpoint in fuse_mounts() and not unmount(self.mountpoint):
+            log.warning("could not unmount %s", self.mountpoint)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        if self.mountpoint in fuse_mounts():  # the process died without unmounting
+            unmount(self.mountpoint)
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()

@@ -1,0 +1,159 @@
+"""The relation files of a lazy data directory at LSN X, read page by page.
+
+Fed by a `StoreSource` over a `PageReader` (the store opened read-only in the
+file system process) and the catalog version / segment size of the cluster.
+Feeds `lazyfs` (names, sizes and bytes of every relation segment file). Owns
+an in-memory cache of pages rebuilt ahead of the reader; no file.
+
+* The file list is `served.served_forks` of the REL_SIZE keys at X, cut into
+  1 GB segments (`relseg_size` blocks) at the paths materialize would write.
+* A read of blocks [a, b) of a fork is one `scan(KeyRange, X)` over
+  [a, a + window): the window doubles while a file is read sequentially (up to
+  `max_window` blocks) and is b - a otherwise, so a full scan is a few range
+  scans, not one GetPage per page. Pages beyond the request wait in the cache.
+* Every non-new page gets its checksum (pg_control says checksums are on);
+  pg_class / pg_index pages are patched first (`catalog_patch`).
+* A block the store has no value for is a zero page (a hole), as in
+  materialize. A relation with WAL of an index AM without redo yields zero
+  pages from there on (its indexes are invalid, never read). Any other error
+  of the store propagates (the file system answers EIO: never wrong data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from strata.errors import UnsupportedRecordError
+from strata.historical.catalog_patch import CatalogFacts, am_oids, patch_page
+from strata.historical.materialize import database_dir
+from strata.historical.served import ServedFork, facts_of, served_forks
+from strata.historical.source import BLCKSZ, FORK_SUFFIX
+from strata.historical.store_source import StoreSource
+from strata.key import ForkNumber, Key, KeyRange
+from strata.pg.checksum import set_checksums
+
+log = logging.getLogger(__name__)
+
+_ZERO = bytes(BLCKSZ)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFile:
+    """One relation segment file: blocks [first, first + nblocks) of `fork`."""
+
+    fork: ServedFork
+    segno: int
+    first: int
+    nblocks: int
+
+    @property
+    def size(self) -> int:
+        return self.nblocks * BLCKSZ
+
+
+@dataclass
+class _Stream:
+    """Sequential-read detection for one fork."""
+
+    next_blk: int = -1
+    window: int = 0
+
+
+@dataclass
+class LazyView:
+    """See the module docstring. `files` maps a path relative to the data directory
+    to its segment file."""
+
+    source: StoreSource
+    catver_dir: str
+    segblocks: int
+    invalid_index_ams: tuple[str, ...] = ()
+    max_window: int = 1024  # blocks (8 MB) fetched by one scan at most
+    cache_pages: int = 16384  # 128 MB of pages rebuilt ahead
+    files: dict[str, SegmentFile] = field(default_factory=dict)
+    _cache: OrderedDict[tuple[int, int, int, int, int], bytes] = field(default_factory=OrderedDict)
+    _streams: dict[tuple[int, int, int, int], _Stream] = field(default_factory=dict)
+    _facts: dict[tuple[int, int], CatalogFacts | None] = field(default_factory=dict)
+    _unsupported: set[tuple[int, int, int, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._am_oids = am_oids(self.invalid_index_ams)
+        for f in served_forks(self.source.relations()):
+            d = database_dir(Path(), f.spc, f.db, self.catver_dir)  # relative
+            nsegs = max(1, -(-f.nblocks // self.segblocks))
+            for seg in range(nsegs):
+                first = seg * self.segblocks
+                n = max(0, min(self.segblocks, f.nblocks - first))
+                name = f"{f.rel}{FORK_SUFFIX[f.fork]}" + (f".{seg}" if seg else "")
+                self.files[f"{d}/{name}"] = SegmentFile(f, seg, first, n)
+
+    # -- reading ---------------------------------------------------------------------
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of the segment file at `path` (short at EOF)."""
+        sf = self.files[path]
+        end = min(offset + size, sf.size)
+        if offset >= end:
+            return b""
+        a, b = offset // BLCKSZ, -(-end // BLCKSZ)
+        pages = self.pages(sf.fork, sf.first + a, b - a)
+        data = b"".join(pages)
+        lo = offset - a * BLCKSZ
+        return data[lo:lo + end - offset]
+
+    def pages(self, f: ServedFork, first: int, count: int) -> list[bytes]:
+        """Blocks [first, first + count) of fork `f` (relation block numbers)."""
+        fid = (f.spc, f.db, f.rel, f.fork)
+        out: list[bytes] = []
+        for blk in range(first, first + count):
+            page = self._cache.get((*fid, blk))
+            if page is None:
+                self._fetch(f, blk, first + count)
+                page = self._cache[(*fid, blk)]
+            else:
+                self._cache.move_to_end((*fid, blk))
+            out.append(page)
+        st = self._streams.setdefault(fid, _Stream())
+        st.next_blk = first + count
+        return out
+
+    def _fetch(self, f: ServedFork, blk: int, want_end: int) -> None:
+        fid = (f.spc, f.db, f.rel, f.fork)
+        st = self._streams.setdefault(fid, _Stream())
+        if st.next_blk == blk:  # sequential: read further ahead each time
+            st.window = min(self.max_window, max(2 * st.window, want_end - blk, 16))
+        else:
+            st.window = want_end - blk
+        end = min(f.nblocks, max(want_end, blk + st.window))
+        got = self._rebuild(f, blk, end)
+        buf = bytearray(b"".join(got))
+        set_checksums(buf, list(range(blk, end)))
+        for i in range(end - blk):
+            self._cache[(*fid, blk + i)] = bytes(buf[i * BLCKSZ:(i + 1) * BLCKSZ])
+        while len(self._cache) > self.cache_pages:
+            self._cache.popitem(last=False)
+
+    def _rebuild(self, f: ServedFork, start: int, end: int) -> list[bytes]:
+        pages = [_ZERO] * (end - start)
+        fid = (f.spc, f.db, f.rel, f.from_fork)
+        if fid not in self._unsupported:
+            rng = KeyRange(Key.rel_block(*fid, start), Key.rel_block(*fid, end))
+            try:
+                for key, page in self.source.store.scan(rng, self.source.lsn):
+                    pages[key.blk - start] = page
+            except UnsupportedRecordError as e:
+                log.warning("relation %d/%d/%d fork %d at %s: %s; served as empty pages",
+                            *fid, self.source.lsn, e)
+                self._unsupported.add(fid)
+                pages = [_ZERO] * (end - start)
+        facts = self._facts_of(f.spc, f.db) if f.fork == ForkNumber.MAIN else None
+        if facts is not None and facts.patches(f.rel):
+            pages = [patch_page(facts, f.rel, p) for p in pages]
+        return pages
+
+    def _facts_of(self, spc: int, db: int) -> CatalogFacts | None:
+        if (spc, db) not in self._facts:
+            self._facts[(spc, db)] = facts_of(self.source, spc, db, self._am_oids)
+        return self._facts[(spc, db)]

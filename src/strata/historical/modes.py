@@ -1,0 +1,210 @@
+"""One factory for historical servers in either mode: lazy, materialize or auto.
+
+Fed by the page store (a `PageReader` in this process for the small files,
+and its directory for the processes that read pages: the lazy file system,
+materialize workers). Feeds `pool.InstancePool` (the factory is an
+`InstanceFactory`), the daemon and `strata query`. Owns, per instance root::
+
+    <root>/data/       the data directory (lazy: the FUSE mount point)
+    <root>/overlay/    lazy only: small files at X and whatever the server writes
+    <root>/sock/       unix socket directory, 0700, server user
+    <root>/data.log    server log; <root>/lazyfs.log the file system's log
+
+Both modes start the same way (`checkpoint.write_startup_files`: pg_control
+at X with wal_level=replica and a shutdown checkpoint segment, then a hot
+standby): no pg_resetwal, no normal start/stop. Indexes of access methods
+without redo are marked invalid and unlogged relations made readable (empty)
+by `served` / `catalog_patch`, in the pages themselves.
+
+`resolve_mode("auto")` is lazy where `lazy.lazy_available()` says FUSE works,
+else materialize, and says which and why (`HistoricalFactory.reason`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from strata.errors import ConfigError
+from strata.historical.checkpoint import ServerLimits, write_startup_files
+from strata.historical.controlfile import parse_control
+from strata.historical.instance import HistoricalInstance, launch
+from strata.historical.lazy import LazyMount, lazy_available
+from strata.historical.materialize import materialize, server_settings, write_layout
+from strata.historical.parallel import materialize_parallel
+from strata.historical.reader import PageReader
+from strata.historical.served import ServedSource
+from strata.historical.skeleton import SkeletonPool, build_skeleton
+from strata.historical.store_source import StoreSource
+from strata.lsn import Lsn
+from strata.runtime.osuser import give_to_server_user
+
+log = logging.getLogger(__name__)
+
+# Index access methods whose WAL has no redo yet: their indexes are marked invalid.
+UNSUPPORTED_INDEX_AMS: tuple[str, ...] = ("hash", "gin", "gist", "spgist", "brin")
+
+
+class HistoricalMode(StrEnum):
+    LAZY = "lazy"
+    MATERIALIZE = "materialize"
+    AUTO = "auto"
+
+
+def resolve_mode(mode: HistoricalMode | str) -> tuple[HistoricalMode, str]:
+    """The mode to use (lazy or materialize) and a sentence saying why.
+
+    Raises: ConfigError for an unknown mode, or lazy asked where FUSE does not work.
+    """
+    try:
+        m = HistoricalMode(mode)
+    except ValueError:
+        raise ConfigError(f"unknown historical mode {mode!r}: use lazy, materialize or auto"
+                          ) from None
+    if m is HistoricalMode.MATERIALIZE:
+        return m, "materialize (asked for)"
+    ok, why = lazy_available()
+    if m is HistoricalMode.LAZY:
+        if not ok:
+            raise ConfigError(f"historical mode lazy is not possible here: {why}")
+        return m, f"lazy (asked for; {why})"
+    if ok:
+        return HistoricalMode.LAZY, f"lazy (auto: {why})"
+    return HistoricalMode.MATERIALIZE, f"materialize (auto: lazy is not possible: {why})"
+
+
+def server_limits(settings: Mapping[str, str]) -> ServerLimits:
+    """The pg_control settings a hot standby with `settings` accepts."""
+    d = ServerLimits()
+    return ServerLimits(
+        max_connections=int(settings.get("max_connections", d.max_connections)),
+        max_worker_processes=int(settings.get("max_worker_processes", d.max_worker_processes)),
+        max_wal_senders=int(settings.get("max_wal_senders", d.max_wal_senders)),
+        max_prepared_xacts=int(settings.get("max_prepared_transactions", d.max_prepared_xacts)),
+        max_locks_per_xact=int(settings.get("max_locks_per_transaction", d.max_locks_per_xact)))
+
+
+@dataclass
+class HistoricalFactory:
+    """``factory(lsn, root) -> HistoricalInstance`` in the resolved `mode`.
+
+    `ensure_durable(lsn)` is called first: readers in other processes see only
+    what the writer has made durable (the daemon passes a flush through X).
+    """
+
+    store: PageReader
+    store_dir: Path
+    mode: HistoricalMode
+    reason: str = ""
+    invalid_index_ams: tuple[str, ...] = UNSUPPORTED_INDEX_AMS
+    socket_only: bool = False
+    ensure_durable: Callable[[Lsn], None] | None = None
+    workers: int = 1
+    settings: Mapping[str, str] = field(default_factory=dict)
+    skeletons: SkeletonPool | None = None
+    timeout: float = 60.0
+
+    def __call__(self, lsn: Lsn, root: Path) -> HistoricalInstance:
+        t0 = time.perf_counter()
+        lsn = Lsn(lsn)
+        if self.ensure_durable is not None:
+            self.ensure_durable(lsn)
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)
+        try:
+            if self.mode is HistoricalMode.LAZY:
+                inst = self._lazy(lsn, root)
+            else:
+                inst = self._materialize(lsn, root)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        inst.startup_seconds = time.perf_counter() - t0
+        log.info("historical server at %s (%s) ready in %.2fs", lsn, inst.mode,
+                 inst.startup_seconds)
+        return inst
+
+    @property
+    def limits(self) -> ServerLimits:
+        return server_limits(server_settings(self.settings))
+
+    def _launch(self, lsn: Lsn, root: Path, mount: LazyMount | None,
+                marked: int) -> HistoricalInstance:
+        cluster = launch(root / "data", socket_only=self.socket_only, timeout=self.timeout)
+        return HistoricalInstance(
+            root=root, lsn=lsn, cluster=cluster, invalid_index_ams=self.invalid_index_ams,
+            indexes_marked_invalid=marked, mode=str(self.mode), mount=mount,
+            socket_only=self.socket_only)
+
+    def _lazy(self, lsn: Lsn, root: Path) -> HistoricalInstance:
+        source = StoreSource(self.store, lsn)
+        template = source.control_template()
+        cf = parse_control(template)
+        overlay = root / "overlay"
+        if self.skeletons is not None:
+            self.skeletons.take(overlay)
+        else:
+            build_skeleton(overlay, self.settings)
+        write_layout(source, overlay, cf.catalog_version_dir)
+        give_to_server_user(overlay, recursive=True, mode=0o700)
+        write_startup_files(overlay, template, source.control(), lsn, limits=self.limits)
+        mountpoint = root / "data"
+        mountpoint.mkdir(mode=0o700)
+        give_to_server_user(mountpoint, recursive=False, mode=0o700)
+        mount = LazyMount.start(self.store_dir, lsn, mountpoint, overlay,
+                                logfile=root / "lazyfs.log",
+                                invalid_index_ams=self.invalid_index_ams, timeout=self.timeout)
+        try:
+            return self._launch(lsn, root, mount, 0)
+        except BaseException:
+            mount.unmount()
+            raise
+
+    def _materialize(self, lsn: Lsn, root: Path) -> HistoricalInstance:
+        source = StoreSource(self.store, lsn)
+        datadir = root / "data"
+        if self.workers > 1:
+            mat, marked = materialize_parallel(
+                self.store_dir, source, datadir, workers=self.workers,
+                invalid_index_ams=self.invalid_index_ams, settings=self.settings)
+        else:
+            served = ServedSource(source, self.invalid_index_ams)
+            mat = materialize(served, datadir, settings=self.settings)
+            marked = served.indexes_marked_invalid
+        write_startup_files(datadir, source.control_template(), source.control(), lsn,
+                            checksums=mat.checksums, limits=self.limits)
+        return self._launch(lsn, root, None, marked)
+
+    def close(self) -> None:
+        if self.skeletons is not None:
+            self.skeletons.close()
+
+
+def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | str = "auto",
+                 instances_root: Path | None = None, skeletons: int = 2,
+                 invalid_index_ams: Sequence[str] = UNSUPPORTED_INDEX_AMS,
+                 socket_only: bool = False, workers: int | None = None,
+                 ensure_durable: Callable[[Lsn], None] | None = None,
+                 settings: Mapping[str, str] | None = None) -> HistoricalFactory:
+    """The factory for `InstancePool`, with the mode resolved (see `resolve_mode`).
+
+    With `instances_root` and lazy mode, `skeletons` data-directory skeletons are
+    kept ready under it. `workers` (default: the number of cores) materialize
+    in parallel processes.
+    Raises: ConfigError (see `resolve_mode`).
+    """
+    resolved, reason = resolve_mode(mode)
+    pool = None
+    if resolved is HistoricalMode.LAZY and instances_root is not None and skeletons > 0:
+        pool = SkeletonPool(instances_root, size=skeletons, settings=settings)
+    return HistoricalFactory(
+        store=store, store_dir=Path(store_dir), mode=resolved, reason=reason,
+        invalid_index_ams=tuple(invalid_index_ams), socket_only=socket_only,
+        ensure_durable=ensure_durable, workers=workers or os.cpu_count() or 1,
+        settings=dict(settings or {}), skeletons=pool)

@@ -1,0 +1,108 @@
+"""A page store with a history, for the lazy-mode tests (one per module).
+
+A primary (WAL archived, base backup taken after the import: the native-PITR
+oracle) is imported at a clean stop, then runs shared/workloads/history.sql
+plus our own steps: a table big enough for readahead and failure injection,
+an unlogged table with an index and an unlogged sequence, a hash index. Its
+WAL is ingested into a store that is then closed (readers in other processes
+open it read-only) and reopened read-only here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from strata.bootstrap import cluster_state_of, import_datadir
+from strata.historical.pitr import archive_now, archive_settings, base_backup
+from strata.historical.reader import open_reader
+from strata.historical.source import DataDirSource
+from strata.ingest.transam import TransamIngest
+from strata.ingest.walingest import WalIngest
+from strata.lsn import Lsn
+from strata.pagestore import PageStore
+from strata.reconstruct.reconstruct import reconstruct_value
+from strata.runtime.cluster import Cluster
+from strata.runtime.osuser import make_private_dir
+from strata.timeline.timemap import TimeMap
+from strata.wal.segments import iter_records
+from tests.conftest import _scratch, make_cluster
+from tests.e2e.workload import WORKLOADS, StepPoint, load_steps, run_steps
+
+EXTRA_STEPS: list[tuple[str, list[str]]] = [
+    ("big", [
+        "CREATE TABLE big (id int PRIMARY KEY, pad text)",
+        "INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g",
+    ]),
+    ("unlogged", [
+        "CREATE UNLOGGED TABLE ul (id int PRIMARY KEY, v text)",
+        "INSERT INTO ul SELECT g, 'u' || g FROM generate_series(1, 500) g",
+        "CREATE UNLOGGED SEQUENCE ul_seq START 7",
+        "SELECT nextval('ul_seq')",
+        "CREATE TABLE hashed (k int, v text)",
+        "INSERT INTO hashed SELECT g % 100, 'h' || g FROM generate_series(1, 3000) g",
+        "CREATE INDEX hashed_k ON hashed USING hash (k)",
+        "ANALYZE hashed",
+    ]),
+    ("update_big", [
+        "UPDATE big SET pad = 'x' WHERE id % 3 = 0",
+        "DELETE FROM big WHERE id % 10 = 0",
+    ]),
+]
+
+
+@dataclass
+class LazyWorld:
+    root: Path
+    store_dir: Path
+    store: PageStore  # opened read-only (`open_reader`)
+    start: Lsn
+    points: list[StepPoint]
+    backup: Path
+    archive: Path
+    primary: Cluster
+
+    def point(self, name: str) -> StepPoint:
+        return next(p for p in self.points if p.name == name)
+
+
+def build_world() -> Iterator[LazyWorld]:
+    root = _scratch("lazy-")
+    archive = root / "archive"
+    primary = make_cluster(root / "primary", autovacuum="off", **archive_settings(archive))
+    writer: PageStore | None = None
+    reader: PageStore | None = None
+    try:
+        primary.stop()
+        source = DataDirSource(primary.datadir)
+        writer = PageStore.open(root / "layers", reconstruct_value)
+        timemap = TimeMap.open(root / "timemap")
+        ingest = WalIngest(writer, timemap, TransamIngest(cluster_state_of(source)),
+                           start_lsn=source.lsn)
+        start = import_datadir(source, ingest)
+        primary.start()
+        backup = base_backup(primary, make_private_dir(root / "backup"))
+        with primary.connect() as conn:
+            points = run_steps(conn, load_steps(WORKLOADS / "history.sql") + EXTRA_STEPS)
+        archive_now(primary)
+        primary.stop()
+        end = max(Lsn.parse(p.lsn) for p in points)
+        for rec in iter_records(primary.wal_dir(), start):
+            ingest.ingest(rec)
+            if rec.lsn > end:
+                break
+        ingest.advance()
+        writer.close(flush=True)
+        writer = None
+        timemap.close()
+        reader = open_reader(root / "layers")
+        yield LazyWorld(root, root / "layers", reader, start, points, backup, archive, primary)
+    finally:
+        if writer is not None:
+            writer.close()
+        if reader is not None:
+            reader.close()
+        primary.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)

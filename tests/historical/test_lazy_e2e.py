@@ -1,0 +1,265 @@
+"""Lazy historical servers (FUSE) against materialize mode, the recorded live
+state and native PITR, on one store with a history (`lazy_world`).
+
+Oracles: the fingerprint the live primary had after each step
+(tests/e2e/workload.py), and a PostgreSQL recovered from a base backup with
+``recovery_target_lsn = X`` (`historical.pitr`), which no one here wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from strata.historical.instance import HistoricalInstance
+from strata.historical.lazy import fuse_mounts, lazy_available
+from strata.historical.modes import HistoricalFactory, HistoricalMode, make_factory
+from strata.historical.pitr import RecoveryTarget, recover_to
+from strata.lsn import Lsn
+from tests.e2e.workload import first_difference, fingerprint
+from tests.historical.lazy_world import LazyWorld, build_world
+
+pytestmark = [pytest.mark.pg, pytest.mark.e2e,
+              pytest.mark.skipif(not lazy_available()[0], reason=lazy_available()[1])]
+
+# compared where the oracle is a hot standby too (no unlogged table there)
+QUERIES = [
+    "SELECT count(*), md5(string_agg(id || pad, ',' ORDER BY id)) FROM big",
+    "SELECT count(*), sum(id) FROM big WHERE id BETWEEN 1000 AND 1999",
+    "SELECT count(*), md5(string_agg(v, ',' ORDER BY v)) FROM hashed WHERE k = 42",
+    "SELECT count(*) FROM pg_class",
+]
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[LazyWorld]:
+    yield from build_world()
+
+
+@pytest.fixture(scope="module")
+def lazy(world: LazyWorld) -> Iterator[HistoricalFactory]:
+    f = make_factory(world.store, world.store_dir, mode="lazy",
+                     instances_root=world.root / "instances")
+    yield f
+    f.close()
+
+
+@pytest.fixture(scope="module")
+def materialized(world: LazyWorld) -> HistoricalFactory:
+    return make_factory(world.store, world.store_dir, mode="materialize", workers=1)
+
+
+def _rows(inst: HistoricalInstance | Any, queries: list[str]) -> list[list[tuple[Any, ...]]]:
+    return [inst.sql(q) for q in queries]
+
+
+def _start(factory: HistoricalFactory, world: LazyWorld, lsn: Lsn, name: str
+           ) -> HistoricalInstance:
+    return factory(lsn, world.root / "instances" / f"{factory.mode}-{name}")
+
+
+def _fingerprint(inst: HistoricalInstance) -> dict[str, Any]:
+    with inst.connect() as conn:
+        return fingerprint(conn)
+
+
+def test_lazy_server_reproduces_every_step_like_materialize(
+        world: LazyWorld, lazy: HistoricalFactory, materialized: HistoricalFactory) -> None:
+    names = ["fill", "add_column", "rolled_back", "partitions", "drop_table", "bulk"]
+    failures = []
+    for name in names:
+        p = world.point(name)
+        lsn = Lsn.parse(p.lsn)
+        inst = _start(lazy, world, lsn, name)
+        try:
+            assert inst.mode == "lazy" and inst.mount is not None
+            assert inst.datadir in fuse_mounts()
+            got = _fingerprint(inst)
+        finally:
+            inst.remove()
+        diff = first_difference(p.fingerprint, got)
+        if diff:
+            failures.append(f"lazy at {name} ({lsn}): {diff}")
+        if name in ("fill", "bulk"):
+            m = _start(materialized, world, lsn, name)
+            try:
+                assert _fingerprint(m) == got
+            finally:
+                m.remove()
+    assert not failures, "\n".join(failures)
+    assert fuse_mounts(world.root) == []
+
+
+def test_lazy_and_materialize_answer_as_native_pitr(
+        world: LazyWorld, lazy: HistoricalFactory, materialized: HistoricalFactory) -> None:
+    for name in ("unlogged", "update_big"):
+        lsn = Lsn.parse(world.point(name).lsn)
+        oracle = recover_to(world.backup, world.archive, world.root / f"pitr-{name}",
+                            RecoveryTarget(lsn=lsn))
+        try:
+            expected = _rows(oracle, QUERIES)
+        finally:
+            oracle.stop("immediate")
+        for factory in (lazy, materialized):
+            inst = _start(factory, world, lsn, f"pitr-{name}")
+            try:
+                assert _rows(inst, QUERIES) == expected, f"{factory.mode} at {name}"
+            finally:
+                inst.remove()
+
+
+def test_unlogged_tables_read_empty_and_hash_indexes_are_invalid(
+        world: LazyWorld, lazy: HistoricalFactory, materialized: HistoricalFactory) -> None:
+    lsn = Lsn.parse(world.point("unlogged").lsn)
+    for factory in (lazy, materialized):
+        inst = _start(factory, world, lsn, "unlogged")
+        try:
+            assert inst.sql("SELECT count(*) FROM ul") == [(0,)]
+            assert inst.sql("SELECT count(*) FROM ul WHERE id = 5") == [(0,)]
+            assert inst.sql("SELECT last_value, is_called FROM ul_seq") == [(7, False)]
+            assert inst.sql("SELECT indisvalid FROM pg_index "
+                            "WHERE indexrelid = 'hashed_k'::regclass") == [(False,)]
+            with inst.connect() as conn:
+                conn.execute("SET enable_seqscan = off")
+                plan = str(conn.execute("EXPLAIN SELECT * FROM hashed WHERE k = 4").fetchall())
+                assert "hashed_k" not in plan
+                assert conn.execute("SELECT count(*) FROM hashed WHERE k = 4").fetchone() == (30,)
+            # the table is still there in the present's catalog sense: writes refused
+            with pytest.raises(psycopg.Error) as e:
+                inst.sql("INSERT INTO ul VALUES (-1, 'x')")
+            assert e.value.sqlstate == "25006"
+        finally:
+            inst.remove()
+
+
+def _tree_md5(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_server_writes_go_to_the_overlay_and_the_store_is_unchanged(
+        world: LazyWorld, lazy: HistoricalFactory) -> None:
+    before = _tree_md5(world.store_dir)
+    inst = _start(lazy, world, Lsn.parse(world.point("big").lsn), "overlay")
+    try:
+        inst.sql("SELECT count(*) FROM big")
+        # a file the server wrote (its pid file) is in the overlay, not in the store
+        assert (inst.root / "overlay" / "postmaster.pid").exists()
+        rel = inst.sql("SELECT pg_relation_filepath('big')")[0][0]
+        path = inst.datadir / rel
+        st = path.stat()
+        assert st.st_size % 8192 == 0 and st.st_size > 8192 * 100
+        assert (st.st_mode & 0o777) == 0o600
+        assert not (inst.root / "overlay" / rel).exists()  # served, never copied
+        # root writes through the mount: copied up block by block, the store untouched
+        page0 = path.read_bytes()[:8192]
+        with open(path, "r+b") as f:
+            f.seek(8192 * 3 + 100)
+            f.write(b"overlay!")
+        data = path.read_bytes()
+        assert data[:8192] == page0 and data[8192 * 3 + 100:8192 * 3 + 108] == b"overlay!"
+        assert (inst.root / "overlay" / rel).exists()
+    finally:
+        inst.remove()
+    assert _tree_md5(world.store_dir) == before
+
+
+def _corrupt_blocks_of(store_copy: Path, rel: int) -> int:
+    """Flip a byte in every layer block holding only keys of relation `rel`."""
+    from strata.key import Key
+    from strata.storage.layerfile import open_layer
+
+    lo = Key.rel_block(1663, 5, rel, 0, 0).to_bytes()
+    hi = Key.rel_block(1663, 5, rel, 1, 0).to_bytes()
+    n = 0
+    for path in store_copy.iterdir():
+        if not path.name.endswith((".delta", ".image")):
+            continue
+        lf = open_layer(path)
+        targets = [b for b in lf.blocks if b.first_key >= lo and b.last_key < hi]
+        lf.close()
+        with open(path, "r+b") as f:
+            for b in targets:
+                f.seek(b.offset + b.comp_len // 2)
+                byte = f.read(1)
+                f.seek(b.offset + b.comp_len // 2)
+                f.write(bytes([byte[0] ^ 0xFF]))
+                n += 1
+    return n
+
+
+def test_a_page_the_store_cannot_read_fails_the_query_never_answers_wrong(
+        world: LazyWorld) -> None:
+    import shutil
+
+    lsn = Lsn.parse(world.point("update_big").lsn)
+    copy = world.root / "layers-corrupt"
+    shutil.copytree(world.store_dir, copy)
+    f = make_factory(world.store, copy, mode="lazy")
+    inst = f(lsn, world.root / "instances" / "corrupt")
+    try:
+        relfilenode = inst.sql("SELECT pg_relation_filenode('big')")[0][0]
+        assert _corrupt_blocks_of(copy, relfilenode) > 0
+        with pytest.raises(psycopg.Error) as e:
+            inst.sql("SELECT count(*), sum(length(pad)) FROM big")
+        assert "could not read" in str(e.value) and "Input/output error" in str(e.value)
+        # other relations still answer
+        assert inst.sql("SELECT count(*) FROM hashed") == [(3000,)]
+        assert "CorruptionError" in (inst.root / "lazyfs.log").read_text()
+    finally:
+        inst.remove()
+
+
+def test_kill9_of_the_file_system_fails_the_session_and_leaves_no_mount(
+        world: LazyWorld, lazy: HistoricalFactory) -> None:
+    lsn = Lsn.parse(world.point("big").lsn)
+    inst = _start(lazy, world, lsn, "kill9")
+    try:
+        assert inst.mount is not None
+        with inst.connect() as conn:
+            conn.execute("SELECT count(*) FROM pg_class")
+            os.kill(inst.mount.pid, 9)
+            inst.mount.proc.wait()
+            with pytest.raises(psycopg.Error) as e:
+                conn.execute("SELECT count(*), md5(string_agg(pad, ',')) FROM big").fetchall()
+            assert ("Transport endpoint is not connected" in str(e.value)
+                    or "could not" in str(e.value) or "terminat" in str(e.value))
+    finally:
+        inst.remove()
+    assert fuse_mounts(world.root) == []
+    again = _start(lazy, world, lsn, "kill9-again")
+    try:
+        assert again.sql("SELECT count(*) FROM big") == [(60000,)]
+    finally:
+        again.remove()
+
+
+def test_socket_only_instance_has_no_tcp_listener_and_refuses_other_os_users(
+        world: LazyWorld) -> None:
+    f = make_factory(world.store, world.store_dir, mode=HistoricalMode.LAZY, socket_only=True)
+    inst = f(Lsn.parse(world.point("fill").lsn), world.root / "instances" / "sock")
+    try:
+        assert inst.sql("SHOW listen_addresses") == [("",)]
+        assert inst.socket_dir.stat().st_mode & 0o777 == 0o700
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(f"host=127.0.0.1 port={inst.port} user=postgres dbname=postgres",
+                            connect_timeout=5)
+        psql = str(inst.cluster.bins.path("psql"))
+        for host in (str(inst.socket_dir), "127.0.0.1"):
+            cp = subprocess.run(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", psql, "-X",
+                 "-h", host, "-p", str(inst.port), "-U", "postgres", "-d", "postgres",
+                 "-c", "SELECT 1"], capture_output=True, text=True, timeout=30,
+                env={"PATH": os.environ.get("PATH", "")})
+            assert cp.returncode != 0, cp.stdout
+            assert "Permission denied" in cp.stderr or "Connection refused" in cp.stderr, \
+                cp.stderr
+    finally:
+        inst.remove()
