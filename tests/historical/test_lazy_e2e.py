@@ -23,7 +23,7 @@ from strata.historical.lazy import fuse_mounts, lazy_available
 from strata.historical.modes import HistoricalFactory, HistoricalMode, make_factory
 from strata.historical.pitr import RecoveryTarget, recover_to
 from strata.lsn import Lsn
-from tests.e2e.workload import first_difference, fingerprint
+from tests.e2e.workload import fingerprint, first_difference
 from tests.historical.lazy_world import LazyWorld, build_world
 
 pytestmark = [pytest.mark.pg, pytest.mark.e2e,

@@ -34,6 +34,7 @@ from strata.historical.source import ControlValues, RelFile, SnapshotSource
 from strata.key import GLOBALTABLESPACE_OID, ForkNumber, SlruKind
 from strata.lsn import Lsn
 
+
 class ServedFork(NamedTuple):
     """One fork file of the data directory; its pages are those of `from_fork`."""
 
