@@ -263,3 +263,49 @@ def test_socket_only_instance_has_no_tcp_listener_and_refuses_other_os_users(
                 cp.stderr
     finally:
         inst.remove()
+
+
+def _relation_md5s(datadir: Path) -> dict[str, str]:
+    import re
+
+    rel_file = re.compile(r"^\d+(_init)?(\.\d+)?$")
+    return {str(p.relative_to(datadir)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(datadir.rglob("*")) if p.is_file() and rel_file.match(p.name)}
+
+
+def test_parallel_materialize_writes_what_one_process_writes(world: LazyWorld) -> None:
+    from strata.historical.materialize import materialize
+    from strata.historical.parallel import materialize_parallel
+    from strata.historical.served import ServedSource
+    from strata.historical.store_source import StoreSource
+
+    lsn = Lsn.parse(world.point("update_big").lsn)
+    one = ServedSource(StoreSource(world.store, lsn), ("hash",))
+    mat1 = materialize(one, world.root / "m1" / "data")
+    mat2, marked = materialize_parallel(world.store_dir, StoreSource(world.store, lsn),
+                                        world.root / "m2" / "data", workers=2,
+                                        invalid_index_ams=("hash",), chunk_blocks=100)
+    assert marked == one.indexes_marked_invalid == 2  # account_owner_hash, hashed_k
+    assert mat2.pages == mat1.pages and mat2.relations == mat1.relations
+    a, b = _relation_md5s(mat1.datadir), _relation_md5s(mat2.datadir)
+    assert len(a) > 100 and a == b
+
+
+def test_cleanup_unmounts_what_a_crashed_file_system_left(world: LazyWorld) -> None:
+    from strata.historical.lazy import LazyMount, cleanup_mounts
+    from strata.historical.skeleton import build_skeleton
+
+    root = world.root / "crashed"
+    root.mkdir()
+    overlay = build_skeleton(root / "overlay")
+    (root / "data").mkdir()
+    m = LazyMount.start(world.store_dir, Lsn.parse(world.point("fill").lsn), root / "data",
+                        overlay, logfile=root / "lazyfs.log")
+    assert (root / "data" / "PG_VERSION").read_text() == "18\n"
+    assert any(p.name.isdigit() for p in (root / "data" / "global").iterdir())
+    os.kill(m.pid, 9)  # as if strata had crashed: the mount is left behind
+    m.proc.wait()
+    assert fuse_mounts(world.root) == [root / "data"]
+    assert cleanup_mounts(world.root) == [root / "data"]
+    assert fuse_mounts(world.root) == []
+    assert cleanup_mounts(world.root) == []
