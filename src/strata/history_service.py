@@ -38,7 +38,7 @@ from pathlib import Path
 from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.historical.instance import HistoricalInstance, start_instance
 from strata.historical.materialize import materialize
-from strata.historical.pool import InstancePool
+from strata.historical.pool import InstanceFactory, InstancePool
 from strata.historical.store_source import StoreSource
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
@@ -58,7 +58,8 @@ class HistoryService:
                  primary_now: Callable[[], dt.datetime] | None = None,
                  max_instances: int = 4, idle_timeout: float = 300.0,
                  catchup_timeout: float = 30.0,
-                 invalid_index_ams: Sequence[str] = UNSUPPORTED_INDEX_AMS) -> None:
+                 invalid_index_ams: Sequence[str] = UNSUPPORTED_INDEX_AMS,
+                 factory: InstanceFactory | None = None) -> None:
         self.store = store
         self.timemap = timemap
         self.history_start = Lsn(history_start)
@@ -67,8 +68,9 @@ class HistoryService:
         self.primary_now = primary_now or (lambda: dt.datetime.now(dt.UTC))
         self.catchup_timeout = catchup_timeout
         self.invalid_index_ams = tuple(invalid_index_ams)
-        self.pool = InstancePool(instances_root, self._make_instance, max_running=max_instances,
-                                 idle_timeout=idle_timeout)
+        # `factory`: e.g. `historical.modes.make_factory(...)` (lazy / materialize / auto)
+        self.pool = InstancePool(instances_root, factory or self._make_instance,
+                                 max_running=max_instances, idle_timeout=idle_timeout)
 
     # -- the window -------------------------------------------------------------------
     @property
@@ -152,7 +154,7 @@ class HistoryService:
         """A running server at the point, leased to the caller until
         `release_server` (the pool never evicts a leased server)."""
         inst = self.pool.acquire(point.lsn)
-        return "127.0.0.1", inst.port
+        return inst.host, inst.port
 
     def release_server(self, point: ResolvedPoint) -> None:
         self.pool.release(point.lsn)
