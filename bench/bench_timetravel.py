@@ -1,7 +1,8 @@
 """Benchmark time travel end to end: `strata up --source` on a live pgbench primary.
 
-    python bench/bench_timetravel.py [--scales 10 30] [--lag-seconds 30] [--tps-seconds 20]
+    python bench/bench_timetravel.py [--scales 10 100 300] [--lag-seconds 30] [--tps-seconds 20]
                                      [--select-seconds 15] [--tps-pairs 2]
+                                     [--targets 30 300 1800] [--modes lazy materialize]
                                      [--profile] [--json OUT]
 
 Per scale, in one run, against a PostgreSQL 18 primary this script starts
@@ -29,6 +30,20 @@ native PITR:
  6. Materialisation pages/s (strata's log line per instance, and an in-process
     ``materialize`` from the stopped store, profiled with cProfile with --profile);
     storage: ``du <home>/layers`` against WAL bytes ingested.
+ 7. Historical modes (``--modes lazy materialize``), from the stopped store, at
+    ``--targets`` seconds into the pgbench -c4 -j2 run of step 2 (which then
+    lasts at least the last target; default +30 s, +5 min, +30 min): per mode
+    and target, a new server (`historical.modes` factory: the work a cold SET
+    does once the LSN is resolved) and the time to the first row of
+    ``SELECT sum(bbalance) FROM pgbench_branches`` and, on another new server,
+    of ``SELECT count(*) FROM pgbench_accounts``; then a full scan of
+    pgbench_accounts in the past (a second one, warm) against the same scan on
+    the live primary; memory (PSS of the server's processes and of the lazy
+    file system) and disk (instance root; lazy: the overlay) per open point;
+    native PITR to the same LSN for both queries, answers checked equal.
+
+Quick check at a tiny size: ``--scales 1 --lag-seconds 6 --targets 2 4
+--tps-seconds 2 --tps-pairs 1 --select-seconds 2``.
 
 Results are printed as markdown (bench/results/timetravel.md keeps them) and,
 with --json, written as JSON. Everything started here is stopped here.
@@ -57,8 +72,9 @@ from typing import Any
 
 import psycopg
 
-from strata.historical.instance import start_instance
+from strata.historical.instance import HistoricalInstance, start_instance
 from strata.historical.materialize import materialize
+from strata.historical.modes import make_factory
 from strata.historical.pitr import (
     RecoveryTarget,
     archive_now,
@@ -77,6 +93,8 @@ from strata.storage.values import WalRecord
 
 SCRATCH_ROOT = Path(tempfile.gettempdir()) / "strata-bench"
 FIRST_ROW_SQL = "SELECT sum(bbalance) FROM pgbench_branches"
+COUNT_SQL = "SELECT count(*) FROM pgbench_accounts"
+SCAN_SQL = "SELECT sum(abalance) FROM pgbench_accounts"
 FINGERPRINT_SQL = ("SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
                    "(SELECT sum(bbalance) FROM pgbench_branches), "
                    "(SELECT sum(tbalance) FROM pgbench_tellers), "
@@ -296,6 +314,7 @@ def measure_lag(c: Cluster, s: Strata, seconds: int, profile_out: Path | None) -
         "lag_seconds": summary([x["lag_seconds"] for x in run]),
         "write_lag_s": summary([x["write_lag"] for x in run if x["write_lag"] >= 0]),
         "samples": samples,
+        "lsn_history": [(t - t0, int(lsn)) for t, lsn in history],
     }
 
 
@@ -334,11 +353,13 @@ def native_pitr(backup: Path, archive: Path, work: Path, lsn: Lsn) -> dict[str, 
             t2 = time.perf_counter()
             fp = conn.execute(FINGERPRINT_SQL).fetchone()
             assert fp is not None
+            count = conn.execute(COUNT_SQL).fetchone()
     finally:
         r.stop("immediate")
         shutil.rmtree(work, ignore_errors=True)
     return {"first_row_s": t2 - t0, "restore_replay_pause_s": t1 - t0,
-            "fingerprint": [str(v) for v in fp]}
+            "fingerprint": [str(v) for v in fp], "branches": str(fp[1]),
+            "count": str(count[0]) if count else None}
 
 
 def inprocess_materialize(home: Path, lsn: Lsn, work: Path, profile: bool,
@@ -390,6 +411,95 @@ def inprocess_materialize(home: Path, lsn: Lsn, work: Path, profile: bool,
         store.close()
         shutil.rmtree(work, ignore_errors=True)
     return res
+
+
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size of `pids` (shared memory split among its users)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def server_pids(postmaster: int) -> list[int]:
+    kids = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+    try:
+        return [postmaster, *map(int, kids.read_text().split())]
+    except OSError:
+        return [postmaster]
+
+
+def timed_first_row(factory: Any, lsn: Lsn, root: Path, sql: str
+                    ) -> tuple[HistoricalInstance, float, str]:
+    """A new server at `lsn` (what a cold SET does after resolving it) and the first row."""
+    t0 = time.perf_counter()
+    inst = factory(lsn, root)
+    with psycopg.connect(inst.dsn(), autocommit=True) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return inst, time.perf_counter() - t0, str(row[0])
+
+
+def point_cost(inst: HistoricalInstance) -> dict[str, int]:
+    pid = inst.cluster.postmaster_pid()
+    mem = pss_bytes(server_pids(pid)) if pid else 0
+    fs = pss_bytes([inst.mount.pid]) if inst.mount is not None else 0
+    disk = du(inst.root / "overlay") if inst.mount is not None else du(inst.root)
+    return {"server_pss": mem, "fs_pss": fs, "disk": disk}
+
+
+def scan_seconds(dsn: str, runs: int = 2) -> list[float]:
+    out = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(runs):
+            t = time.perf_counter()
+            conn.execute(SCAN_SQL).fetchone()
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def historical_modes(home: Path, targets: list[tuple[int, Lsn]], modes: list[str],
+                     work: Path) -> list[dict[str, Any]]:
+    """Step 7 (see the module docstring) for every target and mode, from the stopped store."""
+    store = PageStore.open(home / "layers", reconstruct_value, background=False)
+    out = []
+    try:
+        for mode in modes:
+            factory = make_factory(store, home / "layers", mode=mode,
+                                   instances_root=work / "instances")
+            try:
+                for offset, lsn in targets:
+                    r: dict[str, Any] = {"mode": factory.mode.value, "offset_s": offset,
+                                         "lsn": str(lsn), "reason": factory.reason}
+                    inst, r["branches_first_row_s"], r["branches"] = timed_first_row(
+                        factory, lsn, work / f"{mode}-{offset}-b", FIRST_ROW_SQL)
+                    inst.remove()
+                    inst, r["count_first_row_s"], r["count"] = timed_first_row(
+                        factory, lsn, work / f"{mode}-{offset}-c", COUNT_SQL)
+                    try:
+                        r["scan_s"] = scan_seconds(inst.dsn())
+                        r.update(point_cost(inst))
+                    finally:
+                        inst.remove()
+                    out.append(r)
+                    say(f"  {mode} at +{offset} s ({lsn}): branches {r['branches_first_row_s']:.2f}"
+                        f" s, accounts count {r['count_first_row_s']:.2f} s, scan "
+                        f"{r['scan_s'][-1]:.2f} s, server {mib(r['server_pss']):.0f} MiB, "
+                        f"fs {mib(r['fs_pss']):.0f} MiB, disk {mib(r['disk']):.0f} MiB")
+            finally:
+                factory.close()
+    finally:
+        store.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def lsn_at(history: list[tuple[float, int]], offset: float) -> Lsn:
+    """The primary's WAL position sampled closest after `offset` seconds into the run."""
+    return Lsn(next((lsn for t, lsn in history if t >= offset), history[-1][1]))
 
 
 def aggregate_pyspy(path: Path, top: int = 20) -> dict[str, list[tuple[str, float]]]:
@@ -458,7 +568,9 @@ def run_scale(scale: int, args: argparse.Namespace) -> dict[str, Any]:
         say(f"  strata attached + imported in {r['strata_attach_import_s']:.1f} s")
 
         pyspy_out = base / "pyspy-ingest.txt" if args.profile else None
-        r["lag"] = measure_lag(c, strata, args.lag_seconds, pyspy_out)
+        r["lag"] = measure_lag(c, strata, max(args.lag_seconds, max(args.targets) + 2),
+                               pyspy_out)
+        mode_targets = [(t, lsn_at(r["lag"]["lsn_history"], t)) for t in args.targets]
         say(f"  lag run: tps {r['lag']['tps']:.0f}, WAL {r['lag']['primary_wal_mb_s']:.1f} MB/s, "
             f"ingest {r['lag']['ingest_mb_s']:.1f} MB/s, max lag "
             f"{mib(r['lag']['lag_bytes'].get('max', 0)):.1f} MiB")
@@ -528,6 +640,15 @@ def run_scale(scale: int, args: argparse.Namespace) -> dict[str, Any]:
                                                  args.profile and scale == min(args.scales),
                                                  relnames)
         say(f"  materialize in-process {r['materialize']['pages_per_s']:.0f} pages/s")
+        c.sql("CHECKPOINT")
+        r["live_scan_s"] = scan_seconds(c.dsn())
+        r["modes"] = historical_modes(strata.home, mode_targets, args.modes, base / "modes")
+        for offset, lsn in mode_targets:
+            nat = native_pitr(backup, archive, base / "pitr", lsn)
+            for m in r["modes"]:
+                if m["offset_s"] == offset:
+                    m["native_first_row_s"] = nat["first_row_s"]
+                    m["match"] = (m["branches"], m["count"]) == (nat["branches"], nat["count"])
         r["load_end"] = os.getloadavg()
         return r
     finally:
@@ -591,6 +712,30 @@ def report(results: list[dict[str, Any]]) -> str:
         f"{name}: {n:,}" for name, n in r["materialize"]["longest_chains"][:4]))
     row("in-process: instance start + first row (after materialise)",
         lambda r: f"{r['materialize']['start_and_first_row_s']:.2f} s")
+    modes = sorted({(m["mode"], m["offset_s"]) for r in results for m in r.get("modes", [])},
+                   key=lambda x: (x[1], x[0]))
+
+    def mode_cell(r: dict[str, Any], mode: str, offset: int, fn: Any) -> str:
+        m = next(m for m in r["modes"] if (m["mode"], m["offset_s"]) == (mode, offset))
+        return str(fn(m))
+
+    for mode, offset in modes:
+        what = f"{mode} at +{offset} s"
+        row(f"{what}: new server -> first row, pgbench_branches sum", lambda r, m=mode, o=offset:
+            mode_cell(r, m, o, lambda x: f"**{x['branches_first_row_s']:.2f} s** (native PITR "
+                                         f"{x['native_first_row_s']:.2f} s)"))
+        row(f"{what}: new server -> first row, pgbench_accounts count",
+            lambda r, m=mode, o=offset: mode_cell(
+                r, m, o, lambda x: f"**{x['count_first_row_s']:.2f} s**"))
+        row(f"{what}: full scan of pgbench_accounts, past (warm) / live (warm)",
+            lambda r, m=mode, o=offset: mode_cell(
+                r, m, o, lambda x: f"{x['scan_s'][-1]:.2f} s / {r['live_scan_s'][-1]:.2f} s "
+                                   f"({x['scan_s'][-1] / r['live_scan_s'][-1]:.1f}x)"))
+        row(f"{what}: memory (server PSS + file system PSS), disk", lambda r, m=mode, o=offset:
+            mode_cell(r, m, o, lambda x: f"{mib(x['server_pss']):.0f} + {mib(x['fs_pss']):.0f}"
+                                         f" MiB, {mib(x['disk']):.0f} MiB"))
+        row(f"{what}: same answers as native PITR", lambda r, m=mode, o=offset: mode_cell(
+            r, m, o, lambda x: "yes" if x["match"] else "**NO**"))
     row("pgbench TPS during lag run (-c4 -j2)", lambda r: f"{r['lag']['tps']:.0f}")
     row("primary WAL MB/s (lag run)", lambda r: f"{r['lag']['primary_wal_mb_s']:.1f}")
     row("strata decode+ingest MB/s (start -> caught up)", lambda r: f"{r['lag']['ingest_mb_s']:.1f}")
@@ -639,6 +784,10 @@ def main() -> int:
     ap.add_argument("--select-seconds", type=int, default=15)
     ap.add_argument("--tps-pairs", type=int, default=2,
                     help="alternations of pgbench with strata attached / stopped")
+    ap.add_argument("--targets", type=int, nargs="+", default=[30, 300, 1800],
+                    help="seconds into the pgbench run of step 2 to travel to in step 7")
+    ap.add_argument("--modes", nargs="+", default=["lazy", "materialize"],
+                    choices=["lazy", "materialize", "auto"])
     ap.add_argument("--profile", action="store_true",
                     help="py-spy on strata during the lag run; cProfile of materialize")
     ap.add_argument("--json", type=Path, help="write every number (and the samples) here")
