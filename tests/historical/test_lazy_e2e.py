@@ -218,6 +218,7 @@ def test_a_page_the_store_cannot_read_fails_the_query_never_answers_wrong(
         assert "CorruptionError" in (inst.root / "lazyfs.log").read_text()
     finally:
         inst.remove()
+        f.close()
 
 
 def test_kill9_of_the_file_system_fails_the_session_and_leaves_no_mount(
@@ -266,6 +267,7 @@ def test_socket_only_instance_has_no_tcp_listener_and_refuses_other_os_users(
                 cp.stderr
     finally:
         inst.remove()
+        f.close()
 
 
 def _relation_md5s(datadir: Path) -> dict[str, str]:

@@ -4,7 +4,7 @@ Fed by the page store directory and an overlay that `skeleton` / `instance`
 filled with the small files at X. Feeds `instance` (a mount point to start
 PostgreSQL on) and `modes` (is lazy mode possible here, and why not).
 Owns the FUSE processes it starts (`python -m strata.historical.lazyfs`, one
-per mount point and LSN) and their mounts: `LazyMount.unmount` ends both;
+per mount point and LSN, taken from `FsSpares` started ahead) and their mounts: `LazyMount.unmount` ends both;
 `cleanup_mounts` removes mounts a crash left under an instances root.
 
 Binding: **pyfuse3** (libfuse 3, low-level inode API, trio). Measured with
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import select
@@ -49,6 +50,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,26 +150,28 @@ class LazyMount:
 
     @classmethod
     def start(cls, store_dir: Path, lsn: Lsn, mountpoint: Path, overlay: Path, *,
-              logfile: Path, invalid_index_ams: Sequence[str] = (), timeout: float = 60
-              ) -> LazyMount:
-        """Start the file system process and wait until `mountpoint` is mounted.
+              logfile: Path, invalid_index_ams: Sequence[str] = (), timeout: float = 60,
+              spares: FsSpares | None = None) -> LazyMount:
+        """Start the file system process (a spare from `spares` when there is one)
+        and wait until `mountpoint` is mounted.
 
         Raises: InstanceError with the process's reason (the process is stopped).
         """
-        r, w = os.pipe()
-        argv = [sys.executable, "-m", "strata.historical.lazyfs", "--store", str(store_dir),
-                "--lsn", str(lsn), "--overlay", str(overlay), "--mount", str(mountpoint),
-                "--ready-fd", str(w), "--log", str(logfile)]
+        argv = ["--store", str(store_dir), "--lsn", str(lsn), "--overlay", str(overlay),
+                "--mount", str(mountpoint), "--log", str(logfile)]
         if invalid_index_ams:
             argv += ["--invalid-index-ams", ",".join(invalid_index_ams)]
-        proc = subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=open(logfile, "ab"))  # noqa: SIM115
-        os.close(w)
+        proc = spares.take() if spares is not None else spawn_fs()
+        assert proc.stdin is not None and proc.stdout is not None
         m = cls(mountpoint, overlay, Lsn(lsn), proc, logfile)
         try:
-            msg = _read_line(r, timeout)
+            proc.stdin.write(json.dumps(argv).encode() + b"\n")
+            proc.stdin.close()
+            msg = _read_line(proc.stdout.fileno(), timeout)
+        except OSError as e:  # the spare died
+            msg = f"error: {e}"
         finally:
-            os.close(r)
+            proc.stdout.close()
         if msg != "ok":
             m.unmount()
             raise InstanceError(f"the lazy file system at {lsn} did not start: "
@@ -199,6 +203,45 @@ class LazyMount:
             self.proc.wait()
         if self.mountpoint in fuse_mounts():  # the process died without unmounting
             unmount(self.mountpoint)
+
+
+def spawn_fs() -> subprocess.Popen[bytes]:
+    """A file system process that imports what it needs and waits for its arguments."""
+    return subprocess.Popen([sys.executable, "-m", "strata.historical.lazyfs", "--wait-args"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+
+
+class FsSpares:
+    """`size` file system processes started ahead (Python start and imports are most
+    of a mount's cost). A spare that gets no arguments exits when stdin closes."""
+
+    def __init__(self, size: int = 1) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._spares: list[subprocess.Popen[bytes]] = [spawn_fs() for _ in range(size)]
+
+    def take(self) -> subprocess.Popen[bytes]:
+        with self._lock:
+            alive = [p for p in self._spares if p.poll() is None]
+            proc = alive.pop(0) if alive else spawn_fs()
+            self._spares = [*alive, *(spawn_fs() for _ in range(self.size - len(alive)))]
+        return proc
+
+    def close(self) -> None:
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for p in spares:
+            if p.stdin is not None:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
 
 
 def _read_line(fd: int, timeout: float) -> str:

@@ -1,7 +1,11 @@
 """The lazy data directory at LSN X: a FUSE file system in a process of its own.
 
     python -m strata.historical.lazyfs --store DIR --lsn X --overlay DIR --mount DIR
-        [--ready-fd N] [--invalid-index-ams hash,gin,...] [--log FILE]
+        [--invalid-index-ams hash,gin,...] [--log FILE]
+    python -m strata.historical.lazyfs --wait-args   (a spare: the arguments above
+        arrive later as one JSON list on stdin, its imports already done)
+
+"ok" (or "error: ...") on stdout once the mount is there (or failed).
 
 Fed by the page store (opened read-only here: `reader.open_reader`) and an
 overlay directory that `lazy` prepared with every small file at X (skeleton,
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import json
 import logging
 import os
 import stat
@@ -391,24 +396,36 @@ def main(argv: list[str] | None = None) -> None:
     from strata.historical.store_source import StoreSource
     from strata.lsn import Lsn
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--wait-args"]:
+        line = sys.stdin.readline()
+        if not line:
+            return  # the parent went away before using this spare
+        argv = json.loads(line)
     ap = argparse.ArgumentParser(prog="python -m strata.historical.lazyfs",
                                  description="serve a lazy data directory at an LSN over FUSE")
     ap.add_argument("--store", required=True, type=Path)
     ap.add_argument("--lsn", required=True, type=Lsn.parse)
     ap.add_argument("--overlay", required=True, type=Path)
     ap.add_argument("--mount", required=True, type=Path)
-    ap.add_argument("--ready-fd", type=int, default=None)
     ap.add_argument("--invalid-index-ams", default="")
     ap.add_argument("--log", type=Path, default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(filename=args.log, level=logging.INFO,
+    if args.log is not None:  # tracebacks of the process itself go there too
+        fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
+    answered = False
 
     def ready(msg: str) -> None:
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, msg.encode() + b"\n")
-            os.close(args.ready_fd)
-            args.ready_fd = None
+        nonlocal answered
+        if not answered:
+            answered = True
+            sys.stdout.write(msg + "\n")
+            sys.stdout.flush()
+            sys.stdout.close()
 
     try:
         store = open_reader(args.store)

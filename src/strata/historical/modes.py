@@ -35,7 +35,7 @@ from strata.errors import ConfigError
 from strata.historical.checkpoint import ServerLimits, write_startup_files
 from strata.historical.controlfile import parse_control
 from strata.historical.instance import HistoricalInstance, launch
-from strata.historical.lazy import LazyMount, lazy_available
+from strata.historical.lazy import FsSpares, LazyMount, lazy_available
 from strata.historical.materialize import materialize, server_settings, write_layout
 from strata.historical.parallel import materialize_parallel
 from strata.historical.reader import PageReader
@@ -108,6 +108,7 @@ class HistoricalFactory:
     workers: int = 1
     settings: Mapping[str, str] = field(default_factory=dict)
     skeletons: SkeletonPool | None = None
+    spares: FsSpares | None = None
     timeout: float = 60.0
 
     def __call__(self, lsn: Lsn, root: Path) -> HistoricalInstance:
@@ -159,7 +160,8 @@ class HistoricalFactory:
         give_to_server_user(mountpoint, recursive=False, mode=0o700)
         mount = LazyMount.start(self.store_dir, lsn, mountpoint, overlay,
                                 logfile=root / "lazyfs.log",
-                                invalid_index_ams=self.invalid_index_ams, timeout=self.timeout)
+                                invalid_index_ams=self.invalid_index_ams, timeout=self.timeout,
+                                spares=self.spares)
         try:
             return self._launch(lsn, root, mount, 0)
         except BaseException:
@@ -182,8 +184,11 @@ class HistoricalFactory:
         return self._launch(lsn, root, None, marked)
 
     def close(self) -> None:
+        """Remove the prepared skeletons and end the spare file system processes."""
         if self.skeletons is not None:
             self.skeletons.close()
+        if self.spares is not None:
+            self.spares.close()
 
 
 def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | str = "auto",
@@ -194,17 +199,21 @@ def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | s
                  settings: Mapping[str, str] | None = None) -> HistoricalFactory:
     """The factory for `InstancePool`, with the mode resolved (see `resolve_mode`).
 
-    With `instances_root` and lazy mode, `skeletons` data-directory skeletons are
-    kept ready under it. `workers` (default: the number of cores) materialize
+    Lazy mode keeps a file system process started ahead and, with
+    `instances_root`, `skeletons` data-directory skeletons ready under it (the
+    caller ends both with `close()`). `workers` (default: the number of cores) materialize
     in parallel processes.
     Raises: ConfigError (see `resolve_mode`).
     """
     resolved, reason = resolve_mode(mode)
     pool = None
-    if resolved is HistoricalMode.LAZY and instances_root is not None and skeletons > 0:
-        pool = SkeletonPool(instances_root, size=skeletons, settings=settings)
+    spares = None
+    if resolved is HistoricalMode.LAZY:
+        spares = FsSpares(1)
+        if instances_root is not None and skeletons > 0:
+            pool = SkeletonPool(instances_root, size=skeletons, settings=settings)
     return HistoricalFactory(
         store=store, store_dir=Path(store_dir), mode=resolved, reason=reason,
         invalid_index_ams=tuple(invalid_index_ams), socket_only=socket_only,
         ensure_durable=ensure_durable, workers=workers or os.cpu_count() or 1,
-        settings=dict(settings or {}), skeletons=pool)
+        settings=dict(settings or {}), skeletons=pool, spares=spares)
