@@ -213,8 +213,10 @@ class HistoricalInstance:
         return self.cluster.is_running()
 
     def size_bytes(self) -> int:
+        """Disk the point uses: its data directory, or (lazy) its overlay."""
         total = 0
-        for p in self.datadir.rglob("*"):
+        base = self.mount.overlay if self.mount is not None else self.datadir
+        for p in base.rglob("*"):
             with contextlib.suppress(OSError):
                 if p.is_file() and not p.is_symlink():
                     total += p.stat().st_blocks * 512  # allocated: holes cost nothing

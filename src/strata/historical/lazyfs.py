@@ -37,6 +37,8 @@ import logging
 import os
 import stat
 import sys
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,6 +392,12 @@ class LazyFS(pyfuse3.Operations):  # type: ignore[misc]
         return bytes(out)
 
 
+def _prefetch(view: LazyView) -> None:
+    t0 = time.perf_counter()
+    n = view.prefetch_catalogs()
+    log.info("prefetched %d catalog pages in %.2f s", n, time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> None:
     from strata.historical.controlfile import parse_control
     from strata.historical.reader import open_reader
@@ -443,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     log.info("serving %d relation files at %s on %s", len(view.files), args.lsn, args.mount)
     ready("ok")
+    threading.Thread(target=_prefetch, args=(view,), name="prefetch", daemon=True).start()
     try:
         trio.run(pyfuse3.main)
     finally:

@@ -11,6 +11,8 @@ an in-memory cache of pages rebuilt ahead of the reader; no file.
   [a, a + window): the window doubles while a file is read sequentially (up to
   `max_window` blocks) and is b - a otherwise, so a full scan is a few range
   scans, not one GetPage per page. Pages beyond the request wait in the cache.
+* `prefetch_catalogs` rebuilds the system catalogs' pages in a thread while
+  the server starts (its first connection reads many of them).
 * Every non-new page gets its checksum (pg_control says checksums are on);
   pg_class / pg_index pages are patched first (`catalog_patch`).
 * A block the store has no value for is a zero page (a hole), as in
@@ -22,6 +24,7 @@ an in-memory cache of pages rebuilt ahead of the reader; no file.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,8 @@ from strata.pg.checksum import set_checksums
 log = logging.getLogger(__name__)
 
 _ZERO = bytes(BLCKSZ)
+FIRST_NORMAL_OBJECT_ID = 16384  # relfilenumbers below: system catalogs of initdb
+_TEMPLATE_DBS = (1, 4)  # template1, template0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,7 @@ class LazyView:
 
     def __post_init__(self) -> None:
         self._am_oids = am_oids(self.invalid_index_ams)
+        self._lock = threading.Lock()
         for f in served_forks(self.source.relations()):
             d = database_dir(Path(), f.spc, f.db, self.catver_dir)  # relative
             nsegs = max(1, -(-f.nblocks // self.segblocks))
@@ -93,6 +99,36 @@ class LazyView:
     # -- reading ---------------------------------------------------------------------
     def read(self, path: str, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of the segment file at `path` (short at EOF)."""
+        with self._lock:
+            return self._read(path, offset, size)
+
+    def prefetch_catalogs(self, chunk: int = 16) -> int:
+        """Rebuild the system catalogs' pages ahead (relfilenumber below 16384; shared
+        catalogs first, then each database but the templates, newest first), a
+        chunk at a time, so a new server's first connection finds them ready.
+        Run in a thread while PostgreSQL starts. Returns: pages rebuilt."""
+        def order(item: tuple[str, SegmentFile]) -> tuple[int, int]:
+            f = item[1].fork
+            return (0 if f.db == 0 else 1, -f.db)
+
+        done = 0
+        for _path, sf in sorted(self.files.items(), key=order):
+            f = sf.fork
+            if f.rel >= FIRST_NORMAL_OBJECT_ID or f.db in _TEMPLATE_DBS:
+                continue
+            for blk in range(sf.first, sf.first + sf.nblocks, chunk):
+                n = min(chunk, sf.first + sf.nblocks - blk)
+                with self._lock:
+                    if (f.spc, f.db, f.rel, f.fork, blk) not in self._cache:
+                        try:
+                            self._fill(f, blk, blk + n)
+                        except Exception:  # the server's own read will report it
+                            log.warning("prefetching %s failed", _path, exc_info=True)
+                            break
+                        done += n
+        return done
+
+    def _read(self, path: str, offset: int, size: int) -> bytes:
         sf = self.files[path]
         end = min(offset + size, sf.size)
         if offset >= end:
@@ -126,7 +162,10 @@ class LazyView:
             st.window = min(self.max_window, max(2 * st.window, want_end - blk, 16))
         else:
             st.window = want_end - blk
-        end = min(f.nblocks, max(want_end, blk + st.window))
+        self._fill(f, blk, min(f.nblocks, max(want_end, blk + st.window)))
+
+    def _fill(self, f: ServedFork, blk: int, end: int) -> None:
+        fid = (f.spc, f.db, f.rel, f.fork)
         got = self._rebuild(f, blk, end)
         buf = bytearray(b"".join(got))
         set_checksums(buf, list(range(blk, end)))
