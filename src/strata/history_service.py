@@ -38,6 +38,7 @@ from pathlib import Path
 from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.historical.instance import HistoricalInstance, start_instance
 from strata.historical.materialize import materialize
+from strata.historical.modes import UNSUPPORTED_INDEX_AMS
 from strata.historical.pool import InstanceFactory, InstancePool
 from strata.historical.store_source import StoreSource
 from strata.lsn import Lsn
@@ -47,9 +48,6 @@ from strata.timeline.timemap import TimeMap, datetime_to_timestamptz
 
 log = logging.getLogger(__name__)
 
-# Index access methods whose WAL has no redo yet: their indexes are marked
-# invalid in historical instances so queries answer through other plans.
-UNSUPPORTED_INDEX_AMS: tuple[str, ...] = ("hash", "gist", "brin")
 
 
 class HistoryService:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -177,6 +178,11 @@ class HistoricalInstance:
     mode: str = "materialize"
     mount: LazyMount | None = None  # lazy mode: the file system serving `datadir`
     socket_only: bool = False  # no TCP listener: reachable through `socket_dir` only
+    pid: int | None = None  # the postmaster (known even when its data directory is gone)
+
+    def __post_init__(self) -> None:
+        if self.pid is None:
+            self.pid = self.cluster.postmaster_pid()
 
     @property
     def port(self) -> int:
@@ -212,6 +218,10 @@ class HistoricalInstance:
     def is_running(self) -> bool:
         return self.cluster.is_running()
 
+    def healthy(self) -> bool:
+        """The server runs and (lazy) its file system too."""
+        return (self.mount is None or self.mount.alive()) and self.cluster.is_running()
+
     def size_bytes(self) -> int:
         """Disk the point uses: its data directory, or (lazy) its overlay."""
         total = 0
@@ -231,7 +241,7 @@ class HistoricalInstance:
 
     def remove(self) -> None:
         """Stop the server, unmount its lazy file system, delete the instance root."""
-        pid = self.cluster.postmaster_pid()
+        pid = self.cluster.postmaster_pid() or self.pid
         try:
             self.stop()
         except InstanceError:
@@ -239,10 +249,14 @@ class HistoricalInstance:
         finally:
             if self.cluster.is_running():
                 self.cluster.stop("immediate")
-            if pid is not None and process_alive(pid):  # its data directory is gone (lazy)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-                wait_process_exit(pid, 30)
+            if pid is not None and process_alive(pid):
+                # its data directory is gone (a dead lazy file system): pg_ctl cannot
+                # reach it; immediate shutdown by signal, then SIGKILL
+                for sig in (signal.SIGQUIT, signal.SIGKILL):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                    if wait_process_exit(pid, 10):
+                        break
             if self.mount is not None:
                 self.mount.unmount()
             shutil.rmtree(self.root, ignore_errors=True)

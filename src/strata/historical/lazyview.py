@@ -3,7 +3,8 @@
 Fed by a `StoreSource` over a `PageReader` (the store opened read-only in the
 file system process) and the catalog version / segment size of the cluster.
 Feeds `lazyfs` (names, sizes and bytes of every relation segment file). Owns
-an in-memory cache of pages rebuilt ahead of the reader; no file.
+an in-memory cache of pages rebuilt ahead of the reader and not read yet (a
+page read leaves it: the kernel's page cache keeps what was served); no file.
 
 * The file list is `served.served_forks` of the REL_SIZE keys at X, cut into
   1 GB segments (`relseg_size` blocks) at the paths materialize would write.
@@ -77,7 +78,7 @@ class LazyView:
     segblocks: int
     invalid_index_ams: tuple[str, ...] = ()
     max_window: int = 1024  # blocks (8 MB) fetched by one scan at most
-    cache_pages: int = 16384  # 128 MB of pages rebuilt ahead
+    cache_pages: int = 8192  # at most 64 MB of pages rebuilt ahead and not read yet
     files: dict[str, SegmentFile] = field(default_factory=dict)
     _cache: OrderedDict[tuple[int, int, int, int, int], bytes] = field(default_factory=OrderedDict)
     _streams: dict[tuple[int, int, int, int], _Stream] = field(default_factory=dict)
@@ -144,12 +145,12 @@ class LazyView:
         fid = (f.spc, f.db, f.rel, f.fork)
         out: list[bytes] = []
         for blk in range(first, first + count):
-            page = self._cache.get((*fid, blk))
+            # a page served is in the kernel's page cache from now on (keep_cache):
+            # ours only holds what was rebuilt ahead and not read yet
+            page = self._cache.pop((*fid, blk), None)
             if page is None:
                 self._fetch(f, blk, first + count)
-                page = self._cache[(*fid, blk)]
-            else:
-                self._cache.move_to_end((*fid, blk))
+                page = self._cache.pop((*fid, blk))
             out.append(page)
         st = self._streams.setdefault(fid, _Stream())
         st.next_blk = first + count

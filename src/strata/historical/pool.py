@@ -13,7 +13,9 @@ Invariants:
      InstanceError (the caller may retry);
   3. an instance unused for `idle_timeout` seconds and not leased is stopped and
      removed by `reap_idle` (called by the reaper thread, or by hand);
-  4. `stop_all` leaves no server process and no instance directory.
+  4. `stop_all` leaves no server process and no instance directory;
+  5. an instance whose server or lazy file system died is replaced by a new
+     one on the next `acquire` of its LSN (the dead one is removed).
 """
 
 from __future__ import annotations
@@ -105,9 +107,15 @@ class InstancePool:
         victims: list[_Entry] = []
         with self._lock:
             entry = self._entries.get(lsn)
+            if entry is not None and entry.instance is not None and not entry.instance.healthy():
+                # its server or its lazy file system died (kill -9, OOM): a new one
+                log.warning("the historical instance at %s is gone; starting a new one", lsn)
+                del self._entries[lsn]
+                victims.append(entry)
+                entry = None
             creator = entry is None
             if entry is None:
-                victims = self._make_room_locked()
+                victims += self._make_room_locked()
                 entry = _Entry(lsn=lsn, root=self.root / f"{int(lsn):016X}-{next(self._seq)}")
                 self._entries[lsn] = entry
             entry.leases += 1
