@@ -13,7 +13,8 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
   `max_window` blocks) and is b - a otherwise, so a full scan is a few range
   scans, not one GetPage per page. Pages beyond the request wait in the cache.
 * `prefetch_catalogs` rebuilds the system catalogs' pages in a thread while
-  the server starts (its first connection reads many of them).
+  the server starts (its first connection reads many of them); it pauses
+  while the server's own reads come in.
 * Every non-new page gets its checksum (pg_control says checksums are on);
   pg_class / pg_index pages are patched first (`catalog_patch`).
 * A block the store has no value for is a zero page (a hole), as in
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 _ZERO = bytes(BLCKSZ)
 FIRST_NORMAL_OBJECT_ID = 16384  # relfilenumbers below: system catalogs of initdb
 _TEMPLATE_DBS = (1, 4)  # template1, template0
+_YIELD_SECONDS = 0.02  # prefetching pauses while the server read this recently
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class LazyView:
     def __post_init__(self) -> None:
         self._am_oids = am_oids(self.invalid_index_ams)
         self._lock = threading.Lock()
+        self._last_read = 0.0
         for f in served_forks(self.source.relations()):
             d = database_dir(Path(), f.spc, f.db, self.catver_dir)  # relative
             nsegs = max(1, -(-f.nblocks // self.segblocks))
@@ -101,6 +105,7 @@ class LazyView:
     def read(self, path: str, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of the segment file at `path` (short at EOF)."""
         with self._lock:
+            self._last_read = time.monotonic()
             return self._read(path, offset, size)
 
     def prefetch_catalogs(self, chunk: int = 16) -> int:
@@ -119,6 +124,8 @@ class LazyView:
                 continue
             for blk in range(sf.first, sf.first + sf.nblocks, chunk):
                 n = min(chunk, sf.first + sf.nblocks - blk)
+                while time.monotonic() - self._last_read < _YIELD_SECONDS:
+                    time.sleep(_YIELD_SECONDS / 2)  # the server is reading: it goes first
                 with self._lock:
                     if (f.spc, f.db, f.rel, f.fork, blk) not in self._cache:
                         try:
