@@ -35,6 +35,9 @@ class FakeInstance:
     def remove(self) -> None:
         self.running = False
 
+    def healthy(self) -> bool:
+        return self.running
+
 
 class Clock:
     def __init__(self) -> None:
@@ -133,3 +136,15 @@ def test_stop_all_stops_everything_and_the_reaper(tmp_path: Path) -> None:
     assert len(pool) == 0 and not any(m.running for m in made)
     assert list((tmp_path / "pool").iterdir()) == []
     assert pool._reaper is None
+
+
+def test_a_dead_instance_is_replaced_on_the_next_acquire(tmp_path: Path) -> None:
+    pool, made, _clock = _pool(tmp_path, max_running=2)
+    try:
+        first = pool.get(Lsn(7))
+        first.running = False  # its server (or lazy file system) died
+        second = pool.get(Lsn(7))
+        assert second is not first and len(made) == 2 and len(pool) == 1
+        assert not first.root.exists() and second.root.exists()
+    finally:
+        pool.stop_all()

@@ -41,8 +41,8 @@ from strata.historical.controlfile import (
     with_checksum_version,
 )
 from strata.historical.source import ControlValues
-from strata.ingest.cluster_state import wal_file_name
 from strata.lsn import Lsn
+from strata.pg.xlogfile import segment_file_name
 from strata.runtime.osuser import give_to_server_user
 from strata.wal.reader import (
     RM_XLOG_ID,
@@ -148,7 +148,7 @@ def startup_files(template: bytes, values: ControlValues, lsn: Lsn, *,
                         limits.max_worker_processes, limits.max_wal_senders,
                         limits.max_prepared_xacts, limits.max_locks_per_xact, False)
     _U32.pack_into(buf, _OFF_CRC, control_crc(buf))
-    return StartupFiles(bytes(buf), wal_file_name(cf.timeline, seg_start // seg, seg), bytes(page), seg,
+    return StartupFiles(bytes(buf), segment_file_name(cf.timeline, seg_start // seg, seg), bytes(page), seg,
                         Lsn(redo))
 
 

@@ -38,8 +38,9 @@ from strata.historical.materialize import database_dir
 from strata.historical.served import ServedFork, facts_of, served_forks
 from strata.historical.source import BLCKSZ, FORK_SUFFIX
 from strata.historical.store_source import StoreSource
-from strata.key import ForkNumber, Key, KeyRange
+from strata.key import Key, KeyRange
 from strata.pg.checksum import set_checksums
+from strata.pg.constants import ForkNumber
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,9 @@ from strata.historical.catalog_patch import (
     relmap_lookup,
 )
 from strata.historical.source import ControlValues, RelFile, SnapshotSource
-from strata.key import GLOBALTABLESPACE_OID, ForkNumber, SlruKind
+from strata.key import SlruKind
 from strata.lsn import Lsn
+from strata.pg.constants import GLOBALTABLESPACE_OID, ForkNumber
 
 
 class ServedFork(NamedTuple):
