@@ -49,7 +49,6 @@ from strata.timeline.timemap import TimeMap, datetime_to_timestamptz
 log = logging.getLogger(__name__)
 
 
-
 class HistoryService:
     def __init__(self, store: PageStore, timemap: TimeMap, *, history_start: Lsn,
                  history_start_time: dt.datetime | None, instances_root: Path, primary_lsn: Callable[[], Lsn],
