@@ -319,3 +319,23 @@ def test_cleanup_unmounts_what_a_crashed_file_system_left(world: LazyWorld) -> N
     assert cleanup_mounts(world.root) == [root / "data"]
     assert fuse_mounts(world.root) == []
     assert cleanup_mounts(world.root) == []
+
+
+def test_cleanup_after_a_crash_stops_servers_and_unmounts_dead_or_alive_mounts(
+        world: LazyWorld, lazy: HistoricalFactory) -> None:
+    from strata.historical.instance import process_alive
+    from strata.historical.modes import cleanup_instances
+
+    root = world.root / "crash-instances"
+    lsn = Lsn.parse(world.point("fill").lsn)
+    alive = lazy(lsn, root / "a")  # strata killed: the server and its file system stay
+    dead = lazy(lsn, root / "b")  # ... and this file system was killed too
+    assert dead.mount is not None and alive.mount is not None
+    os.kill(dead.mount.pid, 9)
+    dead.mount.proc.wait()
+    pids = [alive.pid, dead.pid]
+    assert all(p is not None and process_alive(p) for p in pids)
+    assert sorted(cleanup_instances(root)) == [root / "a", root / "b"]
+    assert not any(p is not None and process_alive(p) for p in pids)
+    alive.mount.proc.wait(timeout=30)  # unmounted: the process ended by itself
+    assert fuse_mounts(world.root) == [] and list(root.iterdir()) == []

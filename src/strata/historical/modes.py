@@ -9,6 +9,7 @@ materialize workers). Feeds `pool.InstancePool` (the factory is an
     <root>/overlay/    lazy only: small files at X and whatever the server writes
     <root>/sock/       unix socket directory, 0700, server user
     <root>/data.log    server log; <root>/lazyfs.log the file system's log
+    <root>/server.pid  the postmaster's pid (`cleanup_instances` after a crash)
 
 Both modes start the same way (`checkpoint.write_startup_files`: pg_control
 at X with wal_level=replica and a shutdown checkpoint segment, then a hot
@@ -22,9 +23,11 @@ else materialize, and says which and why (`HistoricalFactory.reason`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,18 +37,20 @@ from pathlib import Path
 from strata.errors import ConfigError
 from strata.historical.checkpoint import ServerLimits, write_startup_files
 from strata.historical.controlfile import parse_control
-from strata.historical.instance import HistoricalInstance, launch
-from strata.historical.lazy import FsSpares, LazyMount, lazy_available
+from strata.historical.instance import HistoricalInstance, launch, wait_process_exit
+from strata.historical.lazy import FsSpares, LazyMount, cleanup_mounts, lazy_available
 from strata.historical.materialize import materialize, server_settings, write_layout
 from strata.historical.parallel import materialize_parallel
 from strata.historical.reader import PageReader
 from strata.historical.served import ServedSource
-from strata.historical.skeleton import SkeletonPool, build_skeleton
+from strata.historical.skeleton import SKELETONS_DIR, SkeletonPool, build_skeleton
 from strata.historical.store_source import StoreSource
 from strata.lsn import Lsn
 from strata.runtime.osuser import give_to_server_user
 
 log = logging.getLogger(__name__)
+
+SERVER_PID_FILE = "server.pid"  # <root>/server.pid: the postmaster, for `cleanup_instances`
 
 # Index access methods whose WAL has no redo yet: their indexes are marked invalid
 # in historical servers, so queries answer through other plans.
@@ -139,6 +144,9 @@ class HistoricalFactory:
     def _launch(self, lsn: Lsn, root: Path, mount: LazyMount | None,
                 marked: int) -> HistoricalInstance:
         cluster = launch(root / "data", socket_only=self.socket_only, timeout=self.timeout)
+        pid = cluster.postmaster_pid()
+        # outside the data directory: readable after a crash even if a mount died
+        (root / SERVER_PID_FILE).write_text(f"{pid}\n")
         return HistoricalInstance(
             root=root, lsn=lsn, cluster=cluster, invalid_index_ams=self.invalid_index_ams,
             indexes_marked_invalid=marked, mode=str(self.mode), mount=mount,
@@ -190,6 +198,45 @@ class HistoricalFactory:
             self.skeletons.close()
         if self.spares is not None:
             self.spares.close()
+
+
+def _postmaster_of(root: Path) -> int | None:
+    """The pid in `root/server.pid` if that process is still the postgres of `root/data`."""
+    try:
+        pid = int((root / SERVER_PID_FILE).read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    ok = bool(cmdline) and cmdline[0].endswith(b"postgres") and \
+        os.fsencode(root / "data") in cmdline
+    return pid if ok else None
+
+
+def cleanup_instances(root: Path) -> list[Path]:
+    """Remove what a killed strata left under an instances root: stop every
+    historical server (by the pid kept beside its data directory, so also one
+    whose lazy file system died), unmount every lazy file system (their
+    processes then exit), delete the instance directories. The daemon calls
+    it at start. Returns the instance directories removed."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    gone = []
+    for inst in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        pid = _postmaster_of(inst)
+        if pid is not None:
+            log.warning("stopping a historical server left running in %s", inst)
+            for sig in (signal.SIGQUIT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                if wait_process_exit(pid, 10):
+                    break
+        gone.append(inst)
+    cleanup_mounts(root)
+    for inst in gone:
+        shutil.rmtree(inst, ignore_errors=True)
+    shutil.rmtree(root / SKELETONS_DIR, ignore_errors=True)
+    return gone
 
 
 def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | str = "auto",
