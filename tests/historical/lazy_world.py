@@ -3,7 +3,7 @@
 A primary (WAL archived, base backup taken after the import: the native-PITR
 oracle) is imported at a clean stop, then runs shared/workloads/history.sql
 plus our own steps: a table big enough for readahead and failure injection,
-an unlogged table with an index and an unlogged sequence, a hash index. Its
+a table and an index in a tablespace, an unlogged table with an index and an unlogged sequence, a hash index. Its
 WAL is ingested into a store that is then closed (readers in other processes
 open it read-only) and reopened read-only here.
 """
@@ -84,8 +84,18 @@ def build_world() -> Iterator[LazyWorld]:
         start = import_datadir(source, ingest)
         primary.start()
         backup = base_backup(primary, make_private_dir(root / "backup"))
+        # in place (pg_tblspc/<oid> is a directory): the PITR oracles recovered from
+        # the base backup then never write into the primary's tablespace
+        tablespace = ("tablespace", [
+            "SET allow_in_place_tablespaces = on",
+            "CREATE TABLESPACE lazy_ts LOCATION ''",
+            "CREATE TABLE in_ts (id int, v text) TABLESPACE lazy_ts",
+            "INSERT INTO in_ts SELECT g, 'ts' || g FROM generate_series(1, 2000) g",
+            "CREATE INDEX in_ts_id ON in_ts (id) TABLESPACE lazy_ts",
+        ])
         with primary.connect() as conn:
-            points = run_steps(conn, load_steps(WORKLOADS / "history.sql") + EXTRA_STEPS)
+            points = run_steps(conn, [*load_steps(WORKLOADS / "history.sql"),
+                                      EXTRA_STEPS[0], tablespace, *EXTRA_STEPS[1:]])
         archive_now(primary)
         primary.stop()
         end = max(Lsn.parse(p.lsn) for p in points)

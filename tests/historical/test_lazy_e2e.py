@@ -75,7 +75,8 @@ def _fingerprint(inst: HistoricalInstance) -> dict[str, Any]:
 
 def test_lazy_server_reproduces_every_step_like_materialize(
         world: LazyWorld, lazy: HistoricalFactory, materialized: HistoricalFactory) -> None:
-    names = ["fill", "add_column", "rolled_back", "partitions", "drop_table", "bulk"]
+    names = ["fill", "add_column", "rolled_back", "partitions", "drop_table", "bulk",
+             "tablespace"]
     failures = []
     for name in names:
         p = world.point(name)
@@ -85,12 +86,16 @@ def test_lazy_server_reproduces_every_step_like_materialize(
             assert inst.mode == "lazy" and inst.mount is not None
             assert inst.datadir in fuse_mounts()
             got = _fingerprint(inst)
+            if name == "tablespace":
+                path = inst.sql("SELECT pg_relation_filepath('in_ts')")[0][0]
+                assert path.startswith("pg_tblspc/") and (inst.datadir / path).stat().st_size > 0
+                assert inst.sql("SELECT count(*) FROM in_ts WHERE id = 77") == [(1,)]
         finally:
             inst.remove()
         diff = first_difference(p.fingerprint, got)
         if diff:
             failures.append(f"lazy at {name} ({lsn}): {diff}")
-        if name in ("fill", "bulk"):
+        if name in ("fill", "tablespace"):
             m = _start(materialized, world, lsn, name)
             try:
                 assert _fingerprint(m) == got
