@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from strata.errors import ConfigError
+from strata.errors import ConfigError, IngestBehindError
 from strata.historical.checkpoint import ServerLimits, write_startup_files
 from strata.historical.controlfile import parse_control
 from strata.historical.instance import HistoricalInstance, launch, wait_process_exit
@@ -46,6 +46,7 @@ from strata.historical.served import ServedSource
 from strata.historical.skeleton import SKELETONS_DIR, SkeletonPool, build_skeleton
 from strata.historical.store_source import StoreSource
 from strata.lsn import Lsn
+from strata.pagestore import PageStore
 from strata.runtime.osuser import give_to_server_user
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,27 @@ class HistoricalFactory:
             self.skeletons.close()
         if self.spares is not None:
             self.spares.close()
+
+
+def durable_through(store: PageStore, *, timeout: float = 30.0) -> Callable[[Lsn], None]:
+    """An `ensure_durable` for the process that writes the store: wait (bounded)
+    until ingest has passed X, then flush through X, so the processes that read
+    the store (lazy file systems, materialize workers) see everything up to X.
+
+    Raises (when called): IngestBehindError when ingest does not reach X in time.
+    """
+    def ensure(lsn: Lsn) -> None:
+        deadline = time.monotonic() + timeout
+        while store.ingested_lsn < lsn:
+            if time.monotonic() > deadline:
+                raise IngestBehindError(
+                    f"ingest is at LSN {store.ingested_lsn}, not yet at {lsn} after "
+                    f"{timeout:.0f} s; try again", nearest=store.ingested_lsn)
+            time.sleep(0.01)
+        if store.durable_lsn < lsn:
+            store.flush(up_to=lsn)
+
+    return ensure
 
 
 def _postmaster_of(root: Path) -> int | None:
