@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from strata.errors import ConfigError
+from strata.errors import ConfigError, IngestBehindError
 from strata.historical import modes
 from strata.historical.lazy import lazy_available
-from strata.historical.modes import HistoricalMode, resolve_mode, server_limits
+from strata.historical.modes import HistoricalMode, durable_through, resolve_mode, server_limits
 from strata.historical.served import ServedFork, served_forks
 from strata.historical.source import RelFile
+from strata.lsn import Lsn
 
 
 def test_auto_is_lazy_where_fuse_works_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,3 +49,33 @@ def test_unlogged_relations_show_their_init_fork_as_main_and_no_init_fork() -> N
     assert served_forks(rels) == [
         ServedFork(1663, 5, 100, 0, 10, 0), ServedFork(1663, 5, 200, 0, 1, 3),
         ServedFork(1663, 5, 201, 0, 0, 3), ServedFork(1664, 0, 1262, 0, 1, 0)]
+
+
+class _Store:
+    """Ingest reaches 100 after three looks; records flushes."""
+
+    def __init__(self, stuck: bool = False) -> None:
+        self.looks = 0
+        self.stuck = stuck
+        self.durable_lsn = Lsn(10)
+        self.flushed: list[int] = []
+
+    @property
+    def ingested_lsn(self) -> Lsn:
+        self.looks += 1
+        return Lsn(50 if self.stuck or self.looks < 3 else 100)
+
+    def flush(self, up_to: int) -> Lsn:
+        self.flushed.append(up_to)
+        self.durable_lsn = Lsn(up_to)
+        return self.durable_lsn
+
+
+def test_durable_through_waits_for_ingest_then_flushes_through_x() -> None:
+    store = _Store()
+    durable_through(store, timeout=30)(Lsn(80))  # type: ignore[arg-type]
+    assert store.flushed == [80] and store.looks >= 3
+    durable_through(store)(Lsn(80))  # type: ignore[arg-type]
+    assert store.flushed == [80]  # already durable: no flush
+    with pytest.raises(IngestBehindError, match="not yet at 0/50"):
+        durable_through(_Store(stuck=True), timeout=0.05)(Lsn(80))  # type: ignore[arg-type]
