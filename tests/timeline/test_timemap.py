@@ -132,3 +132,28 @@ def test_readonly_open_writes_nothing(tmp_path: Path) -> None:
     ro.close()
     assert path.read_bytes() == before
     tm.close()
+
+
+def test_a_read_only_map_follows_the_writer_with_refresh(tmp_path: Path) -> None:
+    writer = TimeMap.open(tmp_path)
+    writer.append(_e(100, 10))
+    writer.sync()
+    reader = TimeMap.open(tmp_path, readonly=True)
+    assert [e.start_lsn for e in reader.entries()] == [Lsn(100)]
+    writer.append(_e(200, 20))
+    writer.append(_e(300, 30))
+    writer.sync()
+    assert reader.refresh() == 2
+    assert reader.refresh() == 0
+    assert reader.resolve_time(25, history_start=Lsn(0), history_start_time=None).lsn == Lsn(230)
+    # the writer restarts below 300 (its store was durable only to 250): the file is cut,
+    # the same WAL is ingested again and appended again; the reader ends up with it all
+    writer.close()
+    writer = TimeMap.open(tmp_path, durable_lsn=Lsn(250))
+    assert reader.refresh() == 0  # nothing new yet (the cut entry is the same one)
+    writer.append(_e(300, 30))
+    writer.append(_e(400, 40))
+    writer.sync()
+    reader.refresh()
+    assert [e.start_lsn for e in reader.entries()] == [Lsn(100), Lsn(200), Lsn(300), Lsn(400)]
+    writer.close()

@@ -137,6 +137,7 @@ class TimeMap:
         self._prefix_max: list[int] = []  # running max of timestamps, for time search
         self._file = None
         self._unsynced = 0
+        self._read_off = 0  # file offset after the last entry loaded
         # what the catalog-changing transactions did (ddl.dat): opened, synced
         # and closed with this file, so one durable LSN covers both
         self.ddl = DdlLog(None)
@@ -154,29 +155,7 @@ class TimeMap:
         path = directory / "timemap.dat"
         tm = cls(path)
         tm.ddl = DdlLog.open(directory / "ddl.dat", durable_lsn=durable_lsn, readonly=readonly)
-        good_len = _HEADER.size
-        if path.exists():
-            data = path.read_bytes()
-            if len(data) < _HEADER.size:
-                data = b""
-            else:
-                magic, version, _ = _HEADER.unpack_from(data, 0)
-                if magic != MAGIC:
-                    raise CorruptionError(f"{path}: bad magic at offset 0 (not a time map)")
-                if version != VERSION:
-                    raise CorruptionError(f"{path}: unsupported time map version {version}")
-                off = _HEADER.size
-                while off + ENTRY_SIZE <= len(data):
-                    body = data[off:off + _ENTRY.size]
-                    (crc,) = _CRC.unpack_from(data, off + _ENTRY.size)
-                    if google_crc32c.value(body) != crc:
-                        break  # torn tail: everything after the last good entry is dropped
-                    s, e, ts, xid, kind, flags, _ = _ENTRY.unpack(body)
-                    if durable_lsn is not None and e > durable_lsn:
-                        break
-                    tm._add(TxEnd(Lsn(s), Lsn(e), ts, xid, EndKind(kind), flags))
-                    off += ENTRY_SIZE
-                good_len = off
+        good_len = tm._load(durable_lsn)
         if readonly:
             return tm
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -189,6 +168,62 @@ class TimeMap:
         os.fsync(fd)
         tm._file = f  # type: ignore[assignment]
         return tm
+
+    def _load(self, durable_lsn: Lsn | None = None) -> int:
+        """Append the valid entries of the file from `_read_off` on (stopping at a
+        torn tail, or above `durable_lsn`); returns the offset after the last one."""
+        path = self._path
+        assert path is not None
+        try:
+            with path.open("rb") as f:
+                f.seek(self._read_off)
+                data = f.read()
+        except FileNotFoundError:
+            return _HEADER.size
+        off = 0
+        if self._read_off == 0:
+            if len(data) < _HEADER.size:
+                return _HEADER.size
+            magic, version, _ = _HEADER.unpack_from(data, 0)
+            if magic != MAGIC:
+                raise CorruptionError(f"{path}: bad magic at offset 0 (not a time map)")
+            if version != VERSION:
+                raise CorruptionError(f"{path}: unsupported time map version {version}")
+            off = _HEADER.size
+        while off + ENTRY_SIZE <= len(data):
+            body = data[off:off + _ENTRY.size]
+            (crc,) = _CRC.unpack_from(data, off + _ENTRY.size)
+            if google_crc32c.value(body) != crc:
+                break  # torn tail: everything after the last good entry is dropped
+            s, e, ts, xid, kind, flags, _ = _ENTRY.unpack(body)
+            if durable_lsn is not None and e > durable_lsn:
+                break
+            if not self._starts or s > self._starts[-1]:
+                self._add(TxEnd(Lsn(s), Lsn(e), ts, xid, EndKind(kind), flags))
+            off += ENTRY_SIZE
+        self._read_off += off
+        return self._read_off
+
+    def refresh(self) -> int:
+        """For a read-only map beside the running writer: load the entries appended
+        since it was opened or last refreshed. Returns how many more it holds.
+
+        A file the writer cut shorter (it drops a torn tail, or entries above its
+        durable LSN, when it opens) is read again from the start: the entries it
+        appends again describe the same WAL, so what this map holds stays true."""
+        if self._path is None or self._file is not None:
+            return 0
+        with self._lock:
+            before = len(self._entries)
+            try:
+                size = self._path.stat().st_size
+            except FileNotFoundError:
+                return 0
+            if size < self._read_off:
+                self._entries, self._starts, self._prefix_max = [], [], []
+                self._read_off = 0
+            self._load()
+            return max(0, len(self._entries) - before)
 
     def close(self) -> None:
         with self._lock:
