@@ -12,6 +12,7 @@ Fed by: the tests that start it. Feeds: them. Owns: the subprocess.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import signal
@@ -30,6 +31,9 @@ class StrataUp:
     def __init__(self, home: Path, *args: str, progress_interval: float = 0.5) -> None:
         if "--port" not in args:
             args = (*args, "--port", "0")  # the proxy on any free port
+        mode = os.environ.get("STRATA_TEST_HISTORICAL")  # CI runs e2e in both modes
+        if mode and "--historical" not in args:
+            args = (*args, "--historical", mode)
         self.home = home
         self.lines: list[str] = []
         self._q: queue.Queue[str] = queue.Queue()

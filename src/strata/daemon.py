@@ -30,6 +30,12 @@ from typing import IO
 
 from strata.bootstrap import import_history
 from strata.errors import ConfigError, WalSourceError
+from strata.historical.modes import (
+    HistoricalFactory,
+    cleanup_instances,
+    durable_through,
+    make_factory,
+)
 from strata.historical.source import DataDirSource
 from strata.history_service import HistoryService
 from strata.home import HomeLayout, lock_home
@@ -88,6 +94,7 @@ class UpOptions:
     max_instances: int = 4
     instance_idle_timeout: float = 300.0
     primary_port: int | None = None
+    historical: str = "auto"  # lazy | materialize | auto (historical.modes)
 
 
 def format_record(rec: DecodedRecord) -> str:
@@ -130,6 +137,7 @@ class Daemon:
         self.store: PageStore | None = None
         self.timemap: TimeMap | None = None
         self.history: HistoryService | None = None
+        self.factory: HistoricalFactory | None = None
         self.proxy: ProxyThread | None = None
         self.info: HistoryInfo | None = None
         self.pipeline: IngestPipeline | None = None
@@ -239,17 +247,20 @@ class Daemon:
         if info is None:
             raise ConfigError(f"{self.layout.root} has no history yet (history.json missing)")
         self.info = info
-        self._cleanup_instances()
+        cleanup_instances(self.layout.instances)  # what a killed strata left
         self.store = PageStore.open(self.layout.layers, reconstruct_value)
         self.timemap = TimeMap.open(self.layout.timemap, durable_lsn=self.store.durable_lsn)
         primary = self.primary
         assert primary is not None
+        self.factory = make_factory(self.store, self.layout.layers, mode=self.opts.historical,
+                                    instances_root=self.layout.instances,
+                                    ensure_durable=durable_through(self.store))
         self.history = HistoryService(
             self.store, self.timemap, history_start=info.start_lsn,
             history_start_time=info.start_time, instances_root=self.layout.instances,
             primary_lsn=primary.wal_lsn, primary_now=primary.now,
             max_instances=self.opts.max_instances,
-            idle_timeout=self.opts.instance_idle_timeout)
+            idle_timeout=self.opts.instance_idle_timeout, factory=self.factory)
         self.history.pool.start_reaper()
 
     def _ingest_at(self, durable: Lsn) -> WalIngest:
@@ -263,17 +274,6 @@ class Daemon:
                            start_lsn=durable)
         ingest.load_state(durable)
         return ingest
-
-    def _cleanup_instances(self) -> None:
-        """Historical servers left by a strata that was killed: stop them and
-        remove their directories (they are caches, rebuilt on demand)."""
-        root = self.layout.instances
-        if not root.exists():
-            return
-        for pidfile in root.glob("*/data/postmaster.pid"):
-            log.warning("stopping a historical server left running in %s", pidfile.parent)
-            Cluster(datadir=pidfile.parent).stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
     def _start_proxy(self) -> None:
         from psycopg.conninfo import conninfo_to_dict
@@ -347,9 +347,8 @@ class Daemon:
         self.say(f"strata: time travel proxy: {self.proxy_dsn()}")
         self.say(f"strata: connect with `strata psql --home {self.layout.root}` or "
                  f"psql \"{self.proxy_dsn()}\"")
-        fuse = "available" if Path("/dev/fuse").exists() else "not available"
-        self.say("strata: historical servers: materialize mode (every page written at X; "
-                 f"/dev/fuse is {fuse}, the lazy FUSE mode is not built yet)")
+        assert self.factory is not None
+        self.say(f"strata: historical servers: {self.factory.reason}")
         self.say(f"strata: history from {self.info.start_time.isoformat(timespec='seconds')} "
                  f"(LSN {self.info.start_lsn}); streaming WAL from slot {SLOT_NAME} at {start}"
                  + (" (resumed)" if resumed else ""))
@@ -411,7 +410,8 @@ class Daemon:
             newest_commit_time=tm_last.time if tm_last else None,
             layers=layer_summary(store.store.manifest.layers),
             instances=[{"lsn": str(s.lsn), "port": s.port, "size_bytes": s.size_bytes,
-                        "idle_seconds": round(s.idle_seconds, 1)} for s in history.pool.stats()])
+                        "idle_seconds": round(s.idle_seconds, 1)} for s in history.pool.stats()],
+            historical=self.factory.reason if self.factory is not None else "")
 
     def _shutdown(self) -> None:
         """Stop everything started, in order; one step failing never skips the
@@ -420,13 +420,14 @@ class Daemon:
             ("state file", lambda: self.layout.daemon_file.unlink(missing_ok=True)),
             ("proxy", self.proxy.stop if self.proxy is not None else None),
             ("historical servers", self.history.close if self.history is not None else None),
+            ("historical factory", self.factory.close if self.factory is not None else None),
             ("store", self.store.close if self.store is not None else None),
             ("time map", self.timemap.close if self.timemap is not None else None),
             ("primary connection", self.primary.close if self.primary is not None else None),
             ("primary", self._stop_primary if self.cluster is not None else None),
             ("lock", self._lockfile.close if self._lockfile is not None else None),
         ]
-        self.proxy = self.history = self.store = self.timemap = None
+        self.proxy = self.history = self.store = self.timemap = self.factory = None
         self._lockfile = None
         for what, step in steps:
             if step is None:

@@ -48,7 +48,8 @@ class LagClock:
 def write_status(layout: HomeLayout, *, received: Lsn, ingested: Lsn, durable: Lsn,
                  server_wal_end: Lsn, lag_bytes: int, lag_seconds: float, oldest_lsn: Lsn,
                  oldest_time: datetime | None, newest_commit_time: datetime | None,
-                 layers: dict[str, dict[str, int]], instances: list[dict[str, Any]]) -> None:
+                 layers: dict[str, dict[str, int]], instances: list[dict[str, Any]],
+                 historical: str = "") -> None:
     """Rewrite ``status.json`` atomically (LSNs as X/Y, times ISO 8601)."""
     write_json(layout.status_file, {
         "version": 1,
@@ -65,6 +66,7 @@ def write_status(layout: HomeLayout, *, received: Lsn, ingested: Lsn, durable: L
         "newest_commit_time": newest_commit_time.isoformat() if newest_commit_time else None,
         "layers": layers,
         "instances": instances,
+        "historical": historical,
     })
 
 
@@ -94,5 +96,6 @@ def collect(layout: HomeLayout) -> dict[str, Any]:
         "lag_seconds": status.get("lag_seconds"),
         "layers": layer_summary(manifest.layers) if manifest is not None else {},
         "instances": status.get("instances", []),
+        "historical": status.get("historical"),
         "updated_at": status.get("updated_at"),
     }

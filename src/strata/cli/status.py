@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         w(f"WAL:      durable {st['durable_lsn']}\n")
     for level, d in sorted(st["layers"].items()):
         w(f"layers:   {level:<6} {d['count']:>5} files, {_bytes(d['bytes'])}\n")
+    if st.get("historical"):
+        w(f"past:     historical servers {st['historical']}\n")
     for inst in st["instances"]:
         w(f"instance: LSN {inst['lsn']} on port {inst['port']}, {_bytes(inst['size_bytes'])}, "
           f"idle {inst['idle_seconds']} s\n")

@@ -39,6 +39,10 @@ def register(subparsers: Any) -> None:
                    help="historical servers kept running at once (default 4)")
     p.add_argument("--instance-idle-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="stop a historical server unused this long (default 300)")
+    p.add_argument("--historical", choices=("lazy", "materialize", "auto"), default="auto",
+                   help="how historical servers are built: lazy (a FUSE data directory, "
+                        "pages rebuilt on first read), materialize (every page written "
+                        "first) or auto (lazy where FUSE works; the default)")
     p.add_argument("--source", metavar="DSN",
                    help="attach to this running PostgreSQL 18 primary instead")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                      status_interval=args.status_interval, flush_interval=args.flush_interval,
                      max_instances=args.max_instances,
                      instance_idle_timeout=args.instance_idle_timeout,
-                     primary_port=args.primary_port)
+                     primary_port=args.primary_port, historical=args.historical)
     daemon = Daemon(opts, out=sys.stdout)
     restore = daemon.install_signal_handlers()
     try:
