@@ -22,8 +22,10 @@ from pathlib import Path
 from strata.errors import StrataError
 from strata.key import Key, KeyRange
 from strata.lsn import Lsn
+from strata.storage import compaction, flush, gc, images, reads
 from strata.storage.config import StorageConfig
 from strata.storage.layermap import Redo
+from strata.storage.manifest import layer_summary
 from strata.storage.metrics import StoreMetrics
 from strata.storage.naming import LayerName
 from strata.storage.store import LayerStore
@@ -89,6 +91,14 @@ class PageStore:
     def metrics(self) -> StoreMetrics:
         return self._store.metrics.snapshot()
 
+    def layer_summary(self) -> dict[str, dict[str, int]]:
+        """Live layers per level name (L0, L1, IMAGE): {"count": n, "bytes": b}."""
+        return layer_summary(self._store.manifest)
+
+    def clear_cache(self) -> None:
+        """Drop every cached page (benchmarks and tests measure cold reads)."""
+        self._store.cache.clear()
+
     # -- writes --------------------------------------------------------------------
     def _check_worker(self) -> None:
         if self._error is not None:
@@ -117,7 +127,7 @@ class PageStore:
         """Record that every key in `key_range` present just before `lsn` stops existing
         at `lsn` (relation dropped): puts a tombstone per present key.
         Returns: the number of tombstones put."""
-        keys = list(self._store.keys(key_range, lsn - 1)) if lsn - 1 >= self.retention_lsn else []
+        keys = list(reads.keys(self._store, key_range, lsn - 1)) if lsn - 1 >= self.retention_lsn else []
         for k in keys:
             self._store.put(k.to_bytes(), lsn, TOMBSTONE)
         self._store.note_put(len(keys), 0)
@@ -137,7 +147,7 @@ class PageStore:
         while self._store.frozen_count() > limit:
             self._check_worker()
             if self._thread is None:
-                self._store.flush_one()
+                flush.flush_one(self._store)
             else:
                 self._store.wait_durable(self._store.durable_lsn + 1, timeout=0.05)
 
@@ -151,7 +161,7 @@ class PageStore:
         if self.durable_lsn < target:
             self._store.freeze()
             if self._thread is None:
-                self._store.flush_frozen()
+                flush.flush_frozen(self._store)
             else:
                 self._kick()
                 self.wait_durable(target)
@@ -171,34 +181,39 @@ class PageStore:
                 if deadline_left <= 0:
                     return False
 
+    def freeze(self) -> None:
+        """Seal the active memtable now (it is flushed later); for tools and tests."""
+        self._store.freeze()
+
     # -- maintenance (run on the caller's thread, serialised with the worker) -------
     def compact(self, force: bool = True) -> list[LayerName]:
-        return self._store.compact_l0(force=force)
+        return compaction.compact_l0(self._store, force=force)
 
-    def create_image_layers(self, lsn: int | None = None,
-                            threshold: int | None = None) -> list[LayerName]:
-        return self._store.create_image_layers(lsn, threshold)
+    def create_image_layers(self, lsn: int | None = None, threshold: int | None = None,
+                            record_threshold: int | None = None) -> list[LayerName]:
+        return images.create_image_layers(self._store, lsn, threshold,
+                                          record_threshold=record_threshold)
 
     def set_retention_lsn(self, lsn: int) -> list[LayerName]:
         """Raise the retention horizon to `lsn` (e.g. from a time window through the
         time map) and collect garbage below it."""
-        return self._store.gc(horizon=lsn)
+        return gc.gc(self._store, lsn)
 
     def gc(self) -> list[LayerName]:
-        return self._store.gc()
+        return gc.gc(self._store)
 
     # -- reads ---------------------------------------------------------------------
     def get_page(self, key: Key, lsn: int) -> bytes | None:
         """GetPage@LSN: the value of `key` at `lsn` (None: the key has no value there,
         never written or dropped). Raises: LsnOutOfRangeError below retention_lsn."""
-        return self._store.get(key, lsn)
+        return reads.get(self._store, key, lsn)
 
     def scan(self, key_range: KeyRange, lsn: int) -> Iterator[tuple[Key, bytes]]:
         """Every (key, value) present at `lsn` in `key_range`, in key order, streamed."""
-        return self._store.scan(key_range, lsn)
+        return reads.scan(self._store, key_range, lsn)
 
     def keys(self, key_range: KeyRange, lsn: int) -> Iterator[Key]:
-        return self._store.keys(key_range, lsn)
+        return reads.keys(self._store, key_range, lsn)
 
     # -- worker --------------------------------------------------------------------
     def _kick(self) -> None:
@@ -209,8 +224,7 @@ class PageStore:
     def _fail(self, e: BaseException) -> None:
         log.exception("storage worker failed")
         self._error = e
-        with self._store._lock:
-            self._store._durable_changed.notify_all()
+        self._store.wake_waiters()
 
     def _flush_loop(self) -> None:
         s = self._store
@@ -222,7 +236,7 @@ class PageStore:
                         return
                     self._work_pending = False
                 if s.frozen_count():
-                    s.flush_frozen()
+                    flush.flush_frozen(s)
                     with self._cv:
                         self._maint_pending = True
                         self._cv.notify_all()
@@ -244,14 +258,14 @@ class PageStore:
                     self._maint_pending = False
                     self._maint_busy = True
                 try:
-                    s.compact_l0()
-                    s.create_image_layers()
-                    h = s.horizon()
+                    compaction.compact_l0(s)
+                    images.create_image_layers(s)
+                    h = gc.horizon(s)
                     dist = s.config.retention_lsn_distance
                     # gc writes images at the horizon: run it once the horizon has moved a
                     # quarter of the window, not after every flush
                     if h is not None and dist is not None and h - s.retention_lsn >= max(1, dist // 4):
-                        s.gc()
+                        gc.gc(s)
                 finally:
                     with self._cv:
                         self._maint_busy = False

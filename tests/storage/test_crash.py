@@ -16,9 +16,9 @@ import pytest
 
 from strata.key import KeyRange
 from strata.pagestore import PageStore
+from strata.storage import commit
 from strata.storage.config import StorageConfig
 from strata.storage.naming import TMP_SUFFIX, is_layer_filename
-from strata.storage.store import LayerStore
 from strata.storage.tools import verify_store
 from strata.storage.values import PageImage, Value, WalRecord
 
@@ -55,7 +55,7 @@ def writer(directory: Path, seed: int, point: str | None) -> None:
                 os.write(fd, f"{p}\n".encode())
                 os.close(fd)
                 os.kill(os.getpid(), signal.SIGKILL)
-        LayerStore.crash_point = staticmethod(die)  # type: ignore[method-assign]
+        commit.crash_point = die
     ps = PageStore.open(directory, append_redo, CFG)
     lsn = int(ps.durable_lsn)
     while True:

@@ -95,7 +95,7 @@ def test_same_store_with_a_higher_record_threshold_makes_no_image(store_dir: Pat
         ps.flush()
         assert ps.create_image_layers() == [] and images(ps) == []
         # the explicit argument overrides the config
-        assert ps.store.create_image_layers(record_threshold=1999) != []
+        assert ps.create_image_layers(record_threshold=1999) != []
 
 
 def test_short_chains_in_few_layers_make_no_images(store_dir: Path) -> None:

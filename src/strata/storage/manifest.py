@@ -109,6 +109,16 @@ class Manifest:
         return {le.name.filename() for le in self.layers}
 
 
+def layer_summary(manifest: Manifest) -> dict[str, dict[str, int]]:
+    """Live layers per level name (L0, L1, IMAGE): {"count": n, "bytes": b}."""
+    out: dict[str, dict[str, int]] = {}
+    for le in manifest.layers:
+        d = out.setdefault(le.level.name, {"count": 0, "bytes": 0})
+        d["count"] += 1
+        d["bytes"] += le.size
+    return out
+
+
 def load_manifest(directory: Path) -> Manifest | None:
     """The committed manifest, or None if the directory has never committed one."""
     path = directory / MANIFEST_NAME

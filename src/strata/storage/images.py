@@ -1,0 +1,163 @@
+"""Image layers: every key of a key range at one LSN, so reads stop replaying
+the deltas below it.
+
+Fed by: the maintenance worker / process, `strata compact --images`, and gc
+(images at the retention horizon). Feeds: new image layers (read floors).
+Owns: the image trigger (FORMAT.md section 7a): which key ranges get images,
+and when.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from strata.errors import LsnOutOfRangeError, RedoError, UnsupportedRecordError
+from strata.key import Key
+from strata.lsn import Lsn
+from strata.storage import commit
+from strata.storage.layerfile import LayerWriter, open_layer
+from strata.storage.layermap import Layer, LayerMap, ReadStats, covers, finish_chain, scan_entries
+from strata.storage.manifest import LayerEntry, Level
+from strata.storage.naming import LayerName
+from strata.storage.store import LayerStore
+from strata.storage.values import Entry, PageImage
+
+log = logging.getLogger(__name__)
+
+
+def floor_lsn(lm: LayerMap, start: bytes, end: bytes, upto: int) -> int:
+    """Newest LSN c <= upto such that images at c..upto cover [start, end); -1 if none."""
+    ranges: list[tuple[bytes, bytes]] = []
+    imgs = [im.name for im in lm.images  # newest first
+            if im.name.image_lsn <= upto and im.name.key_start < end
+            and start < im.name.key_end]
+    for i, n in enumerate(imgs):
+        ranges.append((n.key_start, n.key_end))
+        last_of_lsn = i + 1 == len(imgs) or imgs[i + 1].image_lsn != n.image_lsn
+        if last_of_lsn and covers(start, end, ranges):
+            return n.image_lsn
+    return -1
+
+
+def image_partitions(lm: LayerMap) -> list[tuple[bytes, bytes]]:
+    """Key ranges image creation considers: those of L1 layers, else the L0 span."""
+    l1 = sorted({(d.name.key_start, d.name.key_end) for d in lm.deltas
+                 if d.entry.level == Level.L1})
+    if l1:
+        return l1
+    l0 = lm.l0()
+    if l0:
+        return [(min(d.name.key_start for d in l0), max(d.name.key_end for d in l0))]
+    return []
+
+
+def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: int | None = None,
+                        ranges: list[tuple[bytes, bytes]] | None = None,
+                        record_threshold: int | None = None) -> list[LayerName]:
+    """Write image layers at `lsn` (default durable_lsn) over every key range (an
+    image partition) that, above its newest image, has either more than `threshold`
+    (default config.image_delta_threshold) delta layers, or a key that may have more
+    than `record_threshold` (default config.image_record_threshold) delta entries.
+
+    The per-key count is an upper bound, read from layer headers only: the sum of
+    `max_key_entries` over those delta layers (a key's entries there cannot exceed
+    it). It may over-count (a layer straddling the floor, different keys' maxima),
+    never under-count. Returns: names of the new image layers.
+
+    Raises: LsnOutOfRangeError if lsn is above durable_lsn or below retention_lsn.
+    """
+    with store.maint_lock:
+        m = store.manifest
+        at = m.durable_lsn if lsn is None else lsn
+        if not m.retention_lsn <= at <= m.durable_lsn:
+            raise LsnOutOfRangeError(
+                f"image layers can only be made between retention_lsn {Lsn(m.retention_lsn)} "
+                f"and durable_lsn {Lsn(m.durable_lsn)}, not at {Lsn(at)}",
+                nearest=Lsn(m.durable_lsn))
+        cfg = store.config
+        thr = cfg.image_delta_threshold if threshold is None else threshold
+        rthr = cfg.image_record_threshold if record_threshold is None else record_threshold
+        made: list[LayerName] = []
+        for start, end in (image_partitions(store.view().layer_map) if ranges is None
+                           else ranges):
+            lm = store.view().layer_map
+            floor = floor_lsn(lm, start, end, at)
+            if floor == at:
+                continue
+            above = [d for d in lm.deltas
+                     if d.name.key_start < end and start < d.name.key_end
+                     and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
+            if len(above) > thr or chain_bound(above, rthr) > rthr:
+                made += make_images(store, start, end, at)
+        return made
+
+
+def chain_bound(deltas: list[Layer], limit: int) -> int:
+    """Upper bound of any key's delta entries in `deltas` (sum of each layer's
+    max_key_entries); stops once past `limit`, so old (v1) layers, which count on
+    first use, are only read when needed."""
+    total = 0
+    # header-only (v2) layers first: a v1 layer is counted by reading its blocks
+    for d in sorted(deltas, key=lambda d: d.file.version < 2):
+        total += d.file.max_key_entries()
+        if total > limit:
+            break
+    return total
+
+
+def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[LayerName]:
+    """Write and commit image layers holding every key of [start, end) at `at`."""
+    view = store.view()
+    stats = ReadStats()
+    cfg = store.config
+    outputs: list[LayerEntry] = []
+
+    def writer() -> LayerWriter:
+        return LayerWriter(store.directory, block_bytes=cfg.block_bytes,
+                           zstd_level=cfg.zstd_level)
+
+    def finish(w: LayerWriter, ks: bytes, ke: bytes) -> None:
+        name = LayerName.image(ks, ke, at)
+        outputs.append(LayerEntry(name, Level.IMAGE, w.finish(name).size))
+
+    w = writer()
+    cur = start
+    skipped = 0
+    try:
+        for kb, chain in scan_entries(view, start, end, at, stats):
+            key = Key.from_bytes(kb)
+            try:
+                page = finish_chain(key, chain, store.redo, stats)
+            except (UnsupportedRecordError, RedoError) as e:
+                # This key cannot be rebuilt (e.g. an access method with no
+                # redo yet): leave it out of every image layer, so its reads
+                # keep using its deltas. The image layers end before it and
+                # restart after it (Invariant: an image layer holds every
+                # key of its range at its LSN).
+                skipped += 1
+                if skipped == 1:
+                    log.info("image layers at %s skip %s: %s", Lsn(at), key, e)
+                if cur < kb:
+                    finish(w, cur, kb)
+                    w = writer()
+                cur = key.next().to_bytes()
+                continue
+            if page is None:
+                continue
+            if w.raw_bytes >= cfg.target_file_bytes:
+                finish(w, cur, kb)
+                w = writer()
+                cur = kb
+            w.add(Entry(kb, at, PageImage(page)))
+        if cur < end:
+            finish(w, cur, end)
+        else:
+            w.abort()
+    except BaseException:
+        w.abort()
+        raise
+    add = [Layer(le, open_layer(store.directory / le.name.filename())) for le in outputs]
+    commit.commit(store, "image", add=add)
+    store.count(image_layers_created=len(outputs),
+                bytes_imaged=sum(le.size for le in outputs))
+    return [le.name for le in outputs]
