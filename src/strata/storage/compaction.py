@@ -12,8 +12,7 @@ from __future__ import annotations
 import heapq
 
 from strata.storage import commit
-from strata.storage.layerfile import LayerWriter, open_layer
-from strata.storage.layermap import Layer
+from strata.storage.layerfile import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
 from strata.storage.store import LayerStore
@@ -24,7 +23,9 @@ def compact_l0(store: LayerStore, force: bool = False) -> list[LayerName]:
     narrow key ranges covering the L0s' whole LSN span. Runs when at least
     l0_compaction_trigger L0s exist (or any, with `force`).
 
-    Returns: the names of the new L1 layers.
+    Returns: the names of the new L1 layers. Raises: MaintenanceStopped (nothing
+    committed, no file left) once a stop is requested; EditConflict if the L0s
+    were compacted meanwhile.
     """
     with store.maint_lock:
         lm = store.view().layer_map
@@ -38,36 +39,46 @@ def compact_l0(store: LayerStore, force: bool = False) -> list[LayerName]:
         ke = max(la.name.key_end for la in l0s)
         merged = heapq.merge(*(la.file.scan(ks, ke) for la in l0s),
                              key=lambda e: (e.key, e.lsn))
-        existing = {la.name for la in lm.layers}
-        outputs: list[LayerEntry] = []
-        w = LayerWriter(store.directory, block_bytes=cfg.block_bytes, zstd_level=cfg.zstd_level)
+        existing = {la.name: la.entry.size for la in lm.layers}
+        outputs: list[commit.NewLayer] = []
+
+        def writer() -> LayerWriter:
+            return LayerWriter(store.directory, block_bytes=cfg.block_bytes,
+                               zstd_level=cfg.zstd_level, owner=store.role.value)
+
+        w = writer()
         cur_start = ks
         try:
-            for e in merged:
+            for i, e in enumerate(merged):
+                if i % CHECK_EVERY == 0:
+                    store.checkpoint()
                 if w.raw_bytes >= cfg.target_file_bytes and e.key != w.last_key:
-                    outputs.append(_finish_l1(store, w, cur_start, e.key, lsn_start, lsn_end,
-                                              existing))
-                    w = LayerWriter(store.directory, block_bytes=cfg.block_bytes,
-                                    zstd_level=cfg.zstd_level)
+                    outputs.append(_finish_l1(w, cur_start, e.key, lsn_start, lsn_end, existing))
+                    w = writer()
                     cur_start = e.key
                 w.add(e)
-            outputs.append(_finish_l1(store, w, cur_start, ke, lsn_start, lsn_end, existing))
+            outputs.append(_finish_l1(w, cur_start, ke, lsn_start, lsn_end, existing))
+            store.checkpoint()
         except BaseException:
             w.abort()
+            commit.Edit("compact", add=tuple(outputs)).abort()
             raise
-        add = [Layer(le, open_layer(store.directory / le.name.filename())) for le in outputs]
-        gone = commit.commit(store, "compact", add=add, remove={la.name for la in l0s})
-        commit.retire(store, gone)
-        store.count(compactions=1, bytes_compacted=sum(le.size for le in outputs))
-        return [le.name for le in outputs]
+        commit.commit(store, commit.Edit("compact", add=tuple(outputs),
+                                         remove=frozenset(la.name for la in l0s)))
+        store.count(compactions=1, bytes_compacted=sum(o.entry.size for o in outputs))
+        return [o.entry.name for o in outputs]
 
 
-def _finish_l1(store: LayerStore, w: LayerWriter, ks: bytes, ke: bytes, ls: int, le: int,
-               existing: set[LayerName]) -> LayerEntry:
+# entries merged between two checkpoints (stop requests, CPU pacing)
+CHECK_EVERY = 256
+
+
+def _finish_l1(w: LayerWriter, ks: bytes, ke: bytes, ls: int, le: int,
+               existing: dict[LayerName, int]) -> commit.NewLayer:
     name = LayerName.delta(ks, ke, ls, le)
     if name in existing:
         # One L0 re-cut into one file of the same ranges: identical entries, keep the file.
         w.abort()
-        size = (store.directory / name.filename()).stat().st_size
-        return LayerEntry(name, Level.L1, size)
-    return LayerEntry(name, Level.L1, w.finish(name).size)
+        return commit.NewLayer(LayerEntry(name, Level.L1, existing[name]))
+    sealed = w.seal(name)
+    return commit.NewLayer(LayerEntry(name, Level.L1, sealed.size), sealed)

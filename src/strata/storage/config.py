@@ -48,6 +48,12 @@ class StorageConfig:
     retention_lsn_distance: int | None = None
     # The background worker runs compaction / image creation / gc by itself.
     background_maintenance: bool = True
+    # Share of one core the maintenance thread (in-process worker or maintenance
+    # process) may use, per second of wall time; it sleeps off any excess
+    # (maintenance.py, policy 5). 1.0: unpaced.
+    maintenance_cpu_fraction: float = 0.5
+    # How often an idle maintenance process looks for a new manifest.
+    maintenance_poll_seconds: float = 0.2
     # Check every block's CRC when the store opens (reads a whole store; header, footer
     # and index are always checked on open and each block before it is used).
     verify_on_open: bool = False
@@ -64,6 +70,8 @@ class StorageConfig:
             "image_delta_threshold": self.image_delta_threshold >= 0,
             "image_record_threshold": self.image_record_threshold >= 0,
             "flush_image_interval": self.flush_image_interval >= 0,
+            "maintenance_cpu_fraction": 0 < self.maintenance_cpu_fraction <= 1,
+            "maintenance_poll_seconds": self.maintenance_poll_seconds > 0,
             "retention_lsn_distance": self.retention_lsn_distance is None
             or self.retention_lsn_distance >= 0,
         }

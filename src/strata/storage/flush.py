@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from strata.errors import RedoError, UnsupportedRecordError
 from strata.key import Key
 from strata.storage import commit
-from strata.storage.layerfile import open_layer, write_layer
-from strata.storage.layermap import Layer, ReadStats, read_key
+from strata.storage.layerfile import LayerWriter, add_all
+from strata.storage.layermap import ReadStats, read_key
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
 from strata.storage.store import LayerStore
@@ -82,18 +82,19 @@ def flush_one(store: LayerStore) -> bool:
         fm = store.oldest_frozen()
         if fm is None:
             return False
-        add: list[Layer] = []
+        add: tuple[commit.NewLayer, ...] = ()
         span = fm.key_span
         if span is not None:
             name = LayerName.delta(span[0], Key.from_bytes(span[1]).next().to_bytes(),
                                    fm.lsn_start, fm.lsn_end)
             cfg = store.config
-            w = write_layer(store.directory, name, cut_long_chains(store, fm.entries),
-                            block_bytes=cfg.block_bytes, zstd_level=cfg.zstd_level)
-            le = LayerEntry(name, Level.L0, w.size)
-            add.append(Layer(le, open_layer(store.directory / name.filename())))
-            store.count(flushes=1, bytes_flushed=le.size)
-        commit.commit(store, "flush", add=add, durable_lsn=fm.lsn_end - 1, drop_frozen=fm)
+            w = LayerWriter(store.directory, block_bytes=cfg.block_bytes,
+                            zstd_level=cfg.zstd_level, owner=store.role.value)
+            sealed = add_all(w, name, cut_long_chains(store, fm.entries)).seal(name)
+            add = (commit.NewLayer(LayerEntry(name, Level.L0, sealed.size), sealed),)
+            store.count(flushes=1, bytes_flushed=sealed.size)
+        commit.commit(store, commit.Edit("flush", add=add, durable_lsn=fm.lsn_end - 1),
+                      drop_frozen=fm)
         return True
 
 

@@ -45,7 +45,8 @@ def gc(store: LayerStore, horizon_lsn: int | None = None,
         h = min(h, m.durable_lsn)
         h = max(h, m.retention_lsn)
         if h > m.retention_lsn:
-            commit.commit(store, "retention", retention_lsn=h)
+            store.checkpoint()
+            commit.commit(store, commit.Edit("retention", retention_lsn=h))
         lm = store.view().layer_map
         if make_horizon_images:
             need: list[tuple[bytes, bytes]] = []
@@ -61,8 +62,8 @@ def gc(store: LayerStore, horizon_lsn: int | None = None,
         remove = removable(lm, h)
         if not remove:
             return []
-        gone = commit.commit(store, "gc", remove=remove)
-        commit.retire(store, gone)
+        store.checkpoint()
+        commit.commit(store, commit.Edit("gc", remove=frozenset(remove)))
         return sorted(remove)
 
 

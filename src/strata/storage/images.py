@@ -15,7 +15,7 @@ from strata.errors import LsnOutOfRangeError, RedoError, UnsupportedRecordError
 from strata.key import Key
 from strata.lsn import Lsn
 from strata.storage import commit
-from strata.storage.layerfile import LayerWriter, open_layer
+from strata.storage.layerfile import LayerWriter
 from strata.storage.layermap import Layer, LayerMap, ReadStats, covers, finish_chain, scan_entries
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
@@ -106,25 +106,30 @@ def chain_bound(deltas: list[Layer], limit: int) -> int:
 
 
 def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[LayerName]:
-    """Write and commit image layers holding every key of [start, end) at `at`."""
+    """Write and commit image layers holding every key of [start, end) at `at`.
+
+    Raises: MaintenanceStopped (nothing committed, no file left) once a stop is
+    requested; EditConflict if `at` left [retention_lsn, durable_lsn] meanwhile."""
     view = store.view()
     stats = ReadStats()
     cfg = store.config
-    outputs: list[LayerEntry] = []
+    outputs: list[commit.NewLayer] = []
 
     def writer() -> LayerWriter:
         return LayerWriter(store.directory, block_bytes=cfg.block_bytes,
-                           zstd_level=cfg.zstd_level)
+                           zstd_level=cfg.zstd_level, owner=store.role.value)
 
     def finish(w: LayerWriter, ks: bytes, ke: bytes) -> None:
         name = LayerName.image(ks, ke, at)
-        outputs.append(LayerEntry(name, Level.IMAGE, w.finish(name).size))
+        sealed = w.seal(name)
+        outputs.append(commit.NewLayer(LayerEntry(name, Level.IMAGE, sealed.size), sealed))
 
     w = writer()
     cur = start
     skipped = 0
     try:
         for kb, chain in scan_entries(view, start, end, at, stats):
+            store.checkpoint()
             key = Key.from_bytes(kb)
             try:
                 page = finish_chain(key, chain, store.redo, stats)
@@ -153,11 +158,12 @@ def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[La
             finish(w, cur, end)
         else:
             w.abort()
+        store.checkpoint()
     except BaseException:
         w.abort()
+        commit.Edit("image", add=tuple(outputs)).abort()
         raise
-    add = [Layer(le, open_layer(store.directory / le.name.filename())) for le in outputs]
-    commit.commit(store, "image", add=add)
+    commit.commit(store, commit.Edit("image", add=tuple(outputs)))
     store.count(image_layers_created=len(outputs),
-                bytes_imaged=sum(le.size for le in outputs))
-    return [le.name for le in outputs]
+                bytes_imaged=sum(o.entry.size for o in outputs))
+    return [o.entry.name for o in outputs]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import os
 import struct
 import threading
@@ -97,6 +98,33 @@ class WrittenLayer:
     max_key_entries: int
 
 
+@dataclass(frozen=True, slots=True)
+class SealedLayer:
+    """A complete, fsynced layer file still under its temporary name: the commit
+    protocol renames it to `name.filename()` (commit.py) or deletes it."""
+
+    name: LayerName
+    tmp: Path
+    size: int
+    entries: int
+    max_key_entries: int
+
+
+class MissingLayerError(CorruptionError):
+    """A layer file is not there. For a reader that took its manifest before a
+    commit retired the file this is not damage: it re-reads the manifest."""
+
+
+_tmp_seq = itertools.count()
+
+
+def tmp_layer_name(owner: str) -> str:
+    """`layer-<owner>-<pid>-<n>.tmp`: `owner` says which role wrote it ("w" the
+    writer, "m" the maintenance process), so recovery deletes only its own role's
+    leftovers while the other role may still be writing (FORMAT.md section 6)."""
+    return f"layer-{owner}-{os.getpid()}-{next(_tmp_seq)}{TMP_SUFFIX}"
+
+
 class LayerWriter:
     """Streams sorted entries into `<dir>/<name>.tmp`; `finish` publishes the file.
 
@@ -106,9 +134,10 @@ class LayerWriter:
     the manifest references it.
     """
 
-    def __init__(self, directory: Path, *, block_bytes: int, zstd_level: int) -> None:
+    def __init__(self, directory: Path, *, block_bytes: int, zstd_level: int,
+                 owner: str = "w") -> None:
         self._dir = directory
-        self._tmp = directory / f"layer-{os.getpid()}-{threading.get_ident()}-{id(self)}{TMP_SUFFIX}"
+        self._tmp = directory / tmp_layer_name(owner)
         self._f: BinaryIO = open(self._tmp, "wb")  # noqa: SIM115 - closed in finish/abort
         self._f.write(b"\0" * HEADER.size)
         self._pos = HEADER.size
@@ -171,9 +200,25 @@ class LayerWriter:
         self._buf, self._buf_len, self._buf_n = [], 0, 0
 
     def finish(self, name: LayerName) -> WrittenLayer:
-        """Write index, footer and header, then fsync, rename to `name`, fsync dir.
+        """`seal`, then rename to `name` and fsync the directory: the file is in place
+        (not live until a manifest names it). For tools and tests; the store's verbs
+        seal and let the commit protocol rename.
 
         Raises: ValueError if an entry lies outside `name`'s ranges (nothing published).
+        """
+        s = self.seal(name)
+        try:
+            os.rename(s.tmp, self._dir / name.filename())
+        except BaseException:
+            self.abort()
+            raise
+        fsync_dir(self._dir)
+        return WrittenLayer(name, s.size, s.entries, s.max_key_entries)
+
+    def seal(self, name: LayerName) -> SealedLayer:
+        """Write index, footer and header, then fsync; the file keeps its temporary name.
+
+        Raises: ValueError if an entry lies outside `name`'s ranges (nothing kept).
         """
         try:
             if self._first is not None:
@@ -201,9 +246,7 @@ class LayerWriter:
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-            os.rename(self._tmp, self._dir / name.filename())
-            fsync_dir(self._dir)
-            return WrittenLayer(name, size, self.entries, self.max_key_entries)
+            return SealedLayer(name, self._tmp, size, self.entries, self.max_key_entries)
         except BaseException:
             self.abort()
             raise
@@ -215,9 +258,10 @@ class LayerWriter:
             os.unlink(self._tmp)
 
 
-def write_layer(directory: Path, name: LayerName, entries: Iterable[Entry], *,
-                block_bytes: int, zstd_level: int) -> WrittenLayer:
-    w = LayerWriter(directory, block_bytes=block_bytes, zstd_level=zstd_level)
+def add_all(w: LayerWriter, name: LayerName, entries: Iterable[Entry]) -> LayerWriter:
+    """Add `entries` to `w`, checking them against `name`'s LSN range and kind.
+
+    Raises: ValueError (and aborts `w`: its temporary file is gone)."""
     try:
         for e in entries:
             if not name.lsn_start <= e.lsn < name.lsn_end:
@@ -228,7 +272,14 @@ def write_layer(directory: Path, name: LayerName, entries: Iterable[Entry], *,
     except BaseException:
         w.abort()
         raise
-    return w.finish(name)
+    return w
+
+
+def write_layer(directory: Path, name: LayerName, entries: Iterable[Entry], *,
+                block_bytes: int, zstd_level: int) -> WrittenLayer:
+    """Write a whole layer file under its final name (tools, tests, samples)."""
+    w = LayerWriter(directory, block_bytes=block_bytes, zstd_level=zstd_level)
+    return add_all(w, name, entries).finish(name)
 
 
 _local = threading.local()
@@ -252,7 +303,7 @@ class LayerFile:
         try:
             self._f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - lives with the object
         except FileNotFoundError as e:
-            raise CorruptionError(f"layer file {self.path} is missing") from e
+            raise MissingLayerError(f"layer file {self.path} is missing") from e
         try:
             self._load()
         except BaseException:

@@ -16,21 +16,28 @@ from strata.key import Key, KeyRange
 from strata.lsn import Lsn
 from strata.storage.layermap import ReadStats, ReadView, read_key, scan_keys, scan_values
 from strata.storage.manifest import Manifest
-from strata.storage.store import LayerStore
+from strata.storage.store import LayerStore, Role
 
 
-def check_lsn(manifest: Manifest, lsn: int) -> None:
-    """Raises: LsnOutOfRangeError naming the oldest readable LSN if lsn is below it."""
+def check_lsn(manifest: Manifest, lsn: int, durable_only: bool = False) -> None:
+    """Raises: LsnOutOfRangeError naming the oldest readable LSN if lsn is below it, or
+    (`durable_only`: a reader, which sees no memtable) the newest durable one if lsn is
+    above it."""
     r = manifest.retention_lsn
     if lsn < r:
         raise LsnOutOfRangeError(
             f"LSN {Lsn(lsn)} is below the retention horizon; the oldest readable LSN is "
             f"{Lsn(r)}", nearest=Lsn(r))
+    d = manifest.durable_lsn
+    if durable_only and lsn > d:
+        raise LsnOutOfRangeError(
+            f"LSN {Lsn(lsn)} is not durable in this snapshot (durable_lsn {Lsn(d)}): the "
+            "writer has not flushed it yet, or the reader must refresh", nearest=Lsn(d))
 
 
 def _view_at(store: LayerStore, lsn: int) -> tuple[ReadView, bool]:
     view, manifest, ingested = store.read_state()
-    check_lsn(manifest, lsn)
+    check_lsn(manifest, lsn, durable_only=store.role is Role.READER)
     return view, lsn <= ingested
 
 

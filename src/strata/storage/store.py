@@ -20,25 +20,51 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
-from strata.errors import CorruptionError
+from strata.errors import CorruptionError, StrataError
 from strata.lsn import Lsn
 from strata.storage.cache import PageCache
 from strata.storage.config import StorageConfig
-from strata.storage.directory import ensure_fd_budget, lock_directory
+from strata.storage.directory import (
+    CommitLock,
+    ensure_fd_budget,
+    lock_directory,
+    lock_maintainer,
+    try_lock_maintainer,
+)
 from strata.storage.layerfile import fsync_dir, open_layer
 from strata.storage.layermap import Layer, LayerMap, ReadView, Redo
 from strata.storage.manifest import Manifest, commit_manifest, load_manifest
 from strata.storage.memtable import FrozenMemtable, Memtable
 from strata.storage.metrics import StoreMetrics
-from strata.storage.naming import TMP_SUFFIX, LayerName, is_layer_filename
+from strata.storage.naming import MANIFEST_NAME, TMP_SUFFIX, LayerName, is_layer_filename
 from strata.storage.values import PageImage, Tombstone, Value, WalRecord
 
 log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    """Who opened the store. Also the owner tag of temporary layer files."""
+
+    WRITER = "w"  # ingest: puts, memtables, flush (and maintenance itself, in-process mode)
+    MAINTAINER = "m"  # the maintenance process: compaction, images, gc
+    READER = "r"  # any other process: reads a manifest snapshot, never writes
+
+
+class MaintenanceStopped(Exception):
+    """Raised at a checkpoint once a stop was requested: the verb abandons its work
+    (temporary files removed, nothing committed). Not an error."""
+
+
+class Pacer(Protocol):
+    def pace(self, stop: threading.Event) -> None:
+        """Sleep (interruptibly, on `stop`) as long as the CPU budget requires."""
 
 
 def advice(directory: Path) -> str:
@@ -49,42 +75,84 @@ def advice(directory: Path) -> str:
             f"{directory} aside and re-import from the primary (ingest restarts from the slot).")
 
 
-def open_layers(directory: Path, manifest: Manifest, verify: bool) -> list[Layer]:
-    """Open every layer `manifest` names, checking header, footer, index, and that
-    size and header agree with the manifest.
+def open_named(directory: Path, manifest: Manifest, have: dict[LayerName, Layer],
+               verify: bool = False) -> list[Layer]:
+    """The layers `manifest` names, in its order: those in `have` (already open, same
+    size) reused, the others opened and checked (header, footer, index; size and
+    header agree with the manifest).
 
-    Raises: CorruptionError naming the file and offset (nothing stays open)."""
-    layers: list[Layer] = []
+    Raises: CorruptionError (MissingLayerError for an absent file) naming the file
+    and offset; nothing newly opened stays open."""
+    out: list[Layer] = []
+    opened: list[Layer] = []
     try:
         for le in manifest.layers:
+            la = have.get(le.name)
+            if la is not None and la.entry.size == le.size:
+                out.append(la if la.entry == le else Layer(le, la.file))
+                continue
             f = open_layer(directory / le.name.filename())
             if f.size != le.size or f.name != le.name:
                 f.close()
                 raise CorruptionError(f"layer file {f.path}: size {f.size} / header {f.name} "
                                       f"disagree with the manifest ({le.size}) at offset 0")
-            layers.append(Layer(le, f))
+            la = Layer(le, f)
+            opened.append(la)
+            out.append(la)
             if verify:
                 f.verify()
     except BaseException:
-        for la in layers:
+        for la in opened:
             la.file.close()
         raise
-    return layers
+    return out
+
+
+def load_snapshot(directory: Path, have: dict[LayerName, Layer], verify: bool = False,
+                  attempts: int = 100) -> tuple[Manifest, list[Layer]]:
+    """The newest committed manifest and its layers, opened, without any lock (a
+    reader's snapshot, FORMAT.md invariant 15): a file retired by a commit between
+    reading the manifest and opening it is missing; then the manifest has moved on,
+    and the snapshot is taken again from the newer one.
+
+    Raises: StrataError if there is no store; CorruptionError (with advice) if a
+    layer is damaged or missing while the manifest stays the same."""
+    for _ in range(attempts):
+        m = _load(directory)
+        if m is None:
+            raise StrataError(f"no layer store in {directory} (no {MANIFEST_NAME})")
+        try:
+            return m, open_named(directory, m, have, verify)
+        except CorruptionError as e:
+            now = _load(directory)
+            if now is None or now.generation == m.generation:
+                raise CorruptionError(f"{e}. {advice(directory)}") from e
+            log.debug("manifest moved from generation %d to %d while opening %s: retrying",
+                      m.generation, now.generation, directory)
+    raise StrataError(f"layer store {directory}: the manifest changed {attempts} times while "
+                      "a snapshot was being opened")
+
+
+def _load(directory: Path) -> Manifest | None:
+    try:
+        return load_manifest(directory)
+    except CorruptionError as e:
+        raise CorruptionError(f"{e}. {advice(directory)}") from e
 
 
 class LayerStore:
     """See module docstring. Create with `LayerStore.open`."""
 
-    def __init__(self, directory: Path, redo: Redo, config: StorageConfig,
+    def __init__(self, directory: Path, redo: Redo, config: StorageConfig, role: Role,
                  manifest: Manifest, layers: list[Layer]) -> None:
         self.directory = directory
         self.redo = redo
         self.config = config
+        self.role = role
         self._manifest = manifest
         self._lock = threading.Lock()
         self.maint_lock = threading.RLock()  # compaction / image creation / gc, one at a time
         self.flush_lock = threading.Lock()  # flushes, one at a time (never waits for maint_lock)
-        self.commit_lock = threading.Lock()  # a manifest edit: compute, commit, publish
         self._durable_changed = threading.Condition(self._lock)
         self._view = ReadView(Memtable(), (), LayerMap(tuple(layers)))
         self._ingested = manifest.durable_lsn
@@ -93,64 +161,119 @@ class LayerStore:
         self.metrics = StoreMetrics()
         self._mlock = threading.Lock()
         self._closed = False
-        self._lockfile: BinaryIO | None = None
+        self._held: list[BinaryIO] = []  # role locks, released by close
+        self.commit_lock: CommitLock | None = None
+        self.runs_maintenance = False
+        self._stop = threading.Event()
+        self._local = threading.local()
+        # Test hook: called at every maintenance checkpoint (see `checkpoint`).
+        self.checkpoint_hook: Callable[[], None] | None = None
 
     # -- open / recovery -----------------------------------------------------------
     @classmethod
-    def open(cls, directory: Path | str, redo: Redo,
-             config: StorageConfig | None = None) -> LayerStore:
-        """Load the last committed manifest; delete .tmp and unreferenced layer files.
+    def open(cls, directory: Path | str, redo: Redo, config: StorageConfig | None = None, *,
+             role: Role = Role.WRITER, maintenance: bool = True) -> LayerStore:
+        """Open the store in `directory` as `role`.
 
-        Raises: CorruptionError (naming file and offset, with advice) if the manifest or
+        WRITER takes `LOCK` (and `MAINT` with `maintenance`: it then runs compaction,
+        images and gc itself), creates the store if there is none; MAINTAINER takes
+        `MAINT`; both load the last committed manifest and, under the commit lock,
+        delete leftovers of interrupted work (FORMAT.md section 6). READER takes no
+        lock and writes nothing: a snapshot of the newest manifest (`refresh` moves it).
+
+        Raises: StrataError if the role's lock is held or there is no store (maintainer,
+        reader); CorruptionError (naming file and offset, with advice) if the manifest or
         a layer it references is damaged or missing; nothing is deleted in that case.
         """
         directory = Path(directory)
         config = config or StorageConfig()
-        directory.mkdir(parents=True, exist_ok=True)
-        lock = lock_directory(directory)
+        if role is Role.READER:
+            manifest, layers = load_snapshot(directory, {}, config.verify_on_open)
+            return cls(directory, redo, config, role, manifest, layers)
+        held: list[BinaryIO] = []
         try:
-            return cls._open_locked(directory, redo, config, lock)
+            if role is Role.WRITER:
+                directory.mkdir(parents=True, exist_ok=True)
+                held.append(lock_directory(directory))
+            elif not (directory / MANIFEST_NAME).exists():
+                raise StrataError(f"no layer store in {directory} (no {MANIFEST_NAME})")
+            if role is Role.MAINTAINER or maintenance:
+                held.append(lock_maintainer(directory))
+            store = cls._open_locked(directory, redo, config, role,
+                                     role is Role.MAINTAINER or maintenance)
         except BaseException:
-            lock.close()
+            for f in held:
+                f.close()
             raise
+        store._held = held
+        store.runs_maintenance = role is Role.MAINTAINER or maintenance
+        return store
 
     @classmethod
     def _open_locked(cls, directory: Path, redo: Redo, config: StorageConfig,
-                     lock: BinaryIO) -> LayerStore:
+                     role: Role, maint_held: bool) -> LayerStore:
+        lock = CommitLock(directory)
         try:
-            manifest = load_manifest(directory)
-        except CorruptionError as e:
-            raise CorruptionError(f"{e}. {advice(directory)}") from e
-        if manifest is None:
-            manifest = Manifest().edit()
-            commit_manifest(directory, manifest)
-        ensure_fd_budget(len(manifest.layers))
-        try:
-            layers = open_layers(directory, manifest, config.verify_on_open)
-        except CorruptionError as e:
-            raise CorruptionError(f"{e}. {advice(directory)}") from e
-        live = manifest.names()
-        removed = 0
-        for fn in os.listdir(directory):
-            if fn.endswith(TMP_SUFFIX) or (is_layer_filename(fn) and fn not in live):
-                os.unlink(directory / fn)
-                removed += 1
-        if removed:
-            fsync_dir(directory)
-            log.info("recovery removed %d leftover files in %s", removed, directory)
-        store = cls(directory, redo, config, manifest, layers)
-        store._lockfile = lock
+            with lock.held():
+                manifest = _load(directory)
+                if manifest is None:
+                    if role is not Role.WRITER:
+                        raise StrataError(f"no layer store in {directory} (no {MANIFEST_NAME})")
+                    manifest = Manifest().edit()
+                    commit_manifest(directory, manifest)
+                ensure_fd_budget(len(manifest.layers))
+                try:
+                    layers = open_named(directory, manifest, {}, config.verify_on_open)
+                except CorruptionError as e:
+                    raise CorruptionError(f"{e}. {advice(directory)}") from e
+                remove_leftovers(directory, manifest, role.value, maint_held)
+        except BaseException:
+            lock.close()
+            raise
+        store = cls(directory, redo, config, role, manifest, layers)
+        store.commit_lock = lock
         return store
 
     def close(self) -> None:
-        with self.maint_lock, self.flush_lock, self.commit_lock, self._lock:
+        self._stop.set()
+        with self.maint_lock, self.flush_lock, self._lock:
             if self._closed:
                 return
             self._closed = True
             for la in self._view.layer_map.layers:
                 la.file.close()
-            if self._lockfile is not None:
-                self._lockfile.close()  # releases the flock
+            if self.commit_lock is not None:
+                self.commit_lock.close()
+            for f in self._held:
+                f.close()  # releases the flock
+
+    # -- stop requests and pacing (maintenance verbs) ------------------------------
+    def request_stop(self) -> None:
+        """Make every running and later maintenance verb abandon its work at its next
+        checkpoint (`MaintenanceStopped`)."""
+        self._stop.set()
+
+    @property
+    def stop_event(self) -> threading.Event:
+        return self._stop
+
+    def use_pacer(self, pacer: Pacer | None) -> None:
+        """Pace the maintenance verbs run on the calling thread (None: unpaced)."""
+        self._local.pacer = pacer
+
+    def checkpoint(self) -> None:
+        """Called by maintenance verbs between bounded units of work (a block of a
+        merge, a key of an image layer): waits as the calling thread's CPU budget asks,
+        and raises MaintenanceStopped once a stop was requested."""
+        if self.checkpoint_hook is not None:
+            self.checkpoint_hook()
+        if self._stop.is_set():
+            raise MaintenanceStopped(f"maintenance of {self.directory} stopped")
+        pacer: Pacer | None = getattr(self._local, "pacer", None)
+        if pacer is not None:
+            pacer.pace(self._stop)
+            if self._stop.is_set():
+                raise MaintenanceStopped(f"maintenance of {self.directory} stopped")
 
     # -- watermarks ----------------------------------------------------------------
     @property
@@ -179,6 +302,11 @@ class LayerStore:
             return self._view, self._manifest, self._ingested
 
     # -- writes --------------------------------------------------------------------
+    def _require_writer(self) -> None:
+        if self.role is not Role.WRITER:
+            raise StrataError(f"layer store {self.directory} is open as {self.role.name.lower()}: "
+                              "only the writer puts, advances and flushes")
+
     def put(self, key: bytes, lsn: int, value: Value) -> None:
         """Requires: lsn > ingested_lsn (ingest restarts from durable_lsn after a crash)."""
         if lsn <= self._ingested:
@@ -187,13 +315,12 @@ class LayerStore:
             raise TypeError(f"not a storage value: {value!r}")
         if key[0] == 0xFF:  # reserved: above every real key, used as a range end
             raise ValueError(f"key kind 0xFF is reserved, cannot store {key.hex()}")
+        self._require_writer()
         with self._lock:  # freeze() may swap the memtable from another thread
             self._view.active.put(key, lsn, value)
 
     def note_put(self, entries: int, nbytes: int) -> None:
-        with self._mlock:
-            self.metrics.entries_put += entries
-            self.metrics.bytes_put += nbytes
+        self.count(entries_put=entries, bytes_put=nbytes)
 
     def count(self, **deltas: int) -> None:
         """Add to the named metrics counters (e.g. ``count(flushes=1)``)."""
@@ -207,6 +334,7 @@ class LayerStore:
         Requires: lsn >= ingested_lsn and >= every LSN put so far.
         Returns: the newly frozen memtable, if any.
         """
+        self._require_writer()
         if lsn < self._ingested:
             raise ValueError(f"advance to {Lsn(lsn)} below ingested_lsn {self.ingested_lsn}")
         active = self._view.active
@@ -219,6 +347,7 @@ class LayerStore:
 
     def freeze(self) -> FrozenMemtable | None:
         """Seal the active memtable as (last frozen end, ingested_lsn]; None if nothing new."""
+        self._require_writer()
         with self._lock:
             old = self._view.active
             if self._ingested <= self._frozen_end and len(old) == 0:
@@ -236,25 +365,45 @@ class LayerStore:
         frozen = self._view.frozen
         return frozen[0] if frozen else None
 
-    # -- publishing a committed manifest -------------------------------------------
-    def install(self, manifest: Manifest, add: Sequence[Layer], remove: set[LayerName],
-                drop_frozen: FrozenMemtable | None = None) -> list[Layer]:
-        """Make a committed manifest what reads see: `add` joins the layer map, `remove`
-        leaves it, `drop_frozen` (now in a layer) leaves the frozen memtables.
-        Returns: the layers that left."""
+    # -- following the manifest ----------------------------------------------------
+    def open_layers(self, manifest: Manifest, new: Sequence[Layer] = ()) -> list[Layer]:
+        """The layers `manifest` names: those this store has open (or `new`) reused,
+        the others opened. Requires: the commit lock is held (so none is retired
+        meanwhile). Raises: CorruptionError."""
+        have = {la.name: la for la in self.view().layer_map.layers}
+        have.update((la.name, la) for la in new)
+        return open_named(self.directory, manifest, have)
+
+    def install(self, manifest: Manifest, layers: list[Layer],
+                drop_frozen: FrozenMemtable | None = None) -> None:
+        """Make `manifest` (committed) and its open `layers` what reads see;
+        `drop_frozen` (now in a layer) leaves the frozen memtables."""
         with self._lock:
-            layers = self._view.layer_map.layers
-            keep = [la for la in layers if la.name not in remove]
-            gone = [la for la in layers if la.name in remove]
-            keep_names = {la.name for la in keep}
-            new = keep + [la for la in add if la.name not in keep_names]
-            if add:
-                ensure_fd_budget(len(new) + len(gone))
+            ensure_fd_budget(len(layers) + len(self._view.layer_map.layers))
             frozen = tuple(f for f in self._view.frozen if f is not drop_frozen)
-            self._view = ReadView(self._view.active, frozen, LayerMap(tuple(new)))
+            self._view = ReadView(self._view.active, frozen, LayerMap(tuple(layers)))
             self._manifest = manifest
+            # another role's store has no memtable: what is durable is all it has
+            self._ingested = max(self._ingested, manifest.durable_lsn)
             self._durable_changed.notify_all()
-            return gone
+
+    def refresh(self) -> bool:
+        """Follow the newest committed manifest (edits of the other role, or of the
+        writer for a reader). Returns: True if it moved."""
+        if self.commit_lock is None:  # a reader: no lock, retry on a retired file
+            m = _load(self.directory)
+            if m is None or m.generation == self._manifest.generation:
+                return False
+            have = {la.name: la for la in self.view().layer_map.layers}
+            m, layers = load_snapshot(self.directory, have)
+            self.install(m, layers)
+            return True
+        with self.commit_lock.held():
+            m = _load(self.directory)
+            if m is None or m.generation == self._manifest.generation:
+                return False
+            self.install(m, self.open_layers(m))
+            return True
 
     def wait_durable(self, lsn: int, timeout: float | None = None) -> bool:
         with self._lock:
@@ -265,3 +414,41 @@ class LayerStore:
         """Wake every `wait_durable` caller (e.g. so it sees a worker failure)."""
         with self._lock:
             self._durable_changed.notify_all()
+
+
+def remove_leftovers(directory: Path, manifest: Manifest, owner: str, maint_held: bool) -> int:
+    """Recovery (FORMAT.md section 6), under the commit lock: delete `MANIFEST.tmp`,
+    every layer-named file `manifest` does not name (a rename happens only inside a
+    commit, so no live process has one), and the temporary layer files of `owner`'s
+    role and of any role whose lock is free (the writer also deletes older unowned
+    ones). Temporary files of a role whose process is alive stay. `maint_held`: the
+    caller holds MAINT. Returns: files removed."""
+    live = manifest.names()
+    maint = None if maint_held else try_lock_maintainer(directory)
+    owners = {owner}
+    if maint_held or maint is not None:
+        owners.add(Role.MAINTAINER.value)
+    removed = 0
+    try:
+        for fn in os.listdir(directory):
+            if fn.endswith(TMP_SUFFIX):
+                m = _TMP_OWNER.match(fn)
+                tag = m["owner"] if m is not None else Role.WRITER.value
+                if fn != MANIFEST_NAME + TMP_SUFFIX and tag not in owners:
+                    continue
+            elif not is_layer_filename(fn) or fn in live:
+                continue
+            os.unlink(directory / fn)
+            removed += 1
+    finally:
+        if maint is not None:
+            maint.close()
+    if removed:
+        fsync_dir(directory)
+        log.info("recovery removed %d leftover files in %s", removed, directory)
+    return removed
+
+
+# layer-<owner>-<pid>-<n>.tmp (layerfile.tmp_layer_name); older writers used
+# layer-<pid>-<thread>-<id>.tmp, which counts as the writer's.
+_TMP_OWNER = re.compile(r"^layer-(?P<owner>[a-z])-\d+-\d+\.tmp$")
