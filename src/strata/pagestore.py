@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from strata.errors import StrataError
 from strata.key import Key, KeyRange
 from strata.lsn import Lsn
 from strata.storage import compaction, flush, gc, images, reads
+from strata.storage.batch import EntryBatch, key_array
 from strata.storage.config import StorageConfig
 from strata.storage.layermap import Redo
 from strata.storage.maintenance import Maintainer
@@ -38,7 +41,7 @@ from strata.storage.manifest import layer_summary
 from strata.storage.metrics import StoreMetrics
 from strata.storage.naming import LayerName
 from strata.storage.store import LayerStore, MaintenanceStopped, Role
-from strata.storage.values import TOMBSTONE, Value, entry_size
+from strata.storage.values import Value, ValueKind, entry_size
 
 log = logging.getLogger(__name__)
 
@@ -202,24 +205,27 @@ class PageStore(_Facade):
         self._store.put(key.to_bytes(), lsn, value)
         self._store.note_put(1, entry_size(value))
 
-    def put_batch(self, entries: Iterable[tuple[Key, int, Value]]) -> None:
+    def put_batch(self, batch: EntryBatch) -> None:
+        """Store every entry of `batch` (see storage/batch.py for the contract: keys,
+        LSNs non-decreasing and above ingested_lsn, kinds, offsets into one value
+        buffer; the last of several puts at one (key, lsn) wins).
+
+        Raises: ValueError naming the first offending row (nothing is put)."""
         self._check_worker()
-        n = b = 0
-        put = self._store.put
-        for key, lsn, value in entries:
-            put(key.to_bytes(), lsn, value)
-            n += 1
-            b += entry_size(value)
-        self._store.note_put(n, b)
+        self._store.put_batch(batch)
 
     def delete_range(self, key_range: KeyRange, lsn: int) -> int:
         """Record that every key in `key_range` present just before `lsn` stops existing
         at `lsn` (relation dropped): puts a tombstone per present key.
         Returns: the number of tombstones put."""
-        keys = list(reads.keys(self._store, key_range, lsn - 1)) if lsn - 1 >= self.retention_lsn else []
-        for k in keys:
-            self._store.put(k.to_bytes(), lsn, TOMBSTONE)
-        self._store.note_put(len(keys), 0)
+        if lsn - 1 < self.retention_lsn:
+            return 0
+        keys = [k.to_bytes() for k in reads.keys(self._store, key_range, lsn - 1)]
+        if keys:
+            n = len(keys)
+            self._store.put_batch(EntryBatch.from_offsets(
+                key_array(keys), np.full(n, lsn, dtype=np.int64),
+                np.full(n, ValueKind.TOMBSTONE, dtype=np.uint8), np.zeros(n + 1, np.int64), b""))
         return len(keys)
 
     def advance(self, ingested_lsn: int) -> None:

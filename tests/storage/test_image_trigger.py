@@ -18,7 +18,7 @@ from strata.errors import CorruptionError
 from strata.key import Key, KeyRange
 from strata.pagestore import PageStore
 from strata.storage.config import StorageConfig
-from strata.storage.layerfile import HEADER, LayerFile, crc32c, write_layer
+from strata.storage.layerfile import FORMAT_VERSION, HEADER, LayerFile, crc32c, write_layer
 from strata.storage.manifest import Level, load_manifest
 from strata.storage.naming import LayerName
 from strata.storage.values import Entry, PageImage, WalRecord
@@ -193,7 +193,7 @@ def test_writer_records_the_longest_run_of_one_key_in_the_header(tmp_path: Path)
     assert w.max_key_entries == 7
     f = LayerFile(tmp_path / name.filename())
     try:
-        assert f.version == 2 and len(f.blocks) > 3
+        assert f.version == FORMAT_VERSION and len(f.blocks) > 3
         assert f.max_key_entries() == 7
         assert f._count_max_key_entries() == 7  # the v1 fallback agrees with the header
     finally:

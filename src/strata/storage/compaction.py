@@ -9,12 +9,14 @@ all of them, and always newer than every L1.
 
 from __future__ import annotations
 
-import heapq
+import numpy as np
 
 from strata.storage import commit
+from strata.storage.batch import ENTRY_OVERHEAD, EntryBatch
 from strata.storage.layerfile import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
+from strata.storage.scan import merged_windows
 from strata.storage.store import LayerStore
 
 
@@ -37,8 +39,6 @@ def compact_l0(store: LayerStore, force: bool = False) -> list[LayerName]:
         lsn_end = l0s[-1].name.lsn_end
         ks = min(la.name.key_start for la in l0s)
         ke = max(la.name.key_end for la in l0s)
-        merged = heapq.merge(*(la.file.scan(ks, ke) for la in l0s),
-                             key=lambda e: (e.key, e.lsn))
         existing = {la.name: la.entry.size for la in lm.layers}
         outputs: list[commit.NewLayer] = []
 
@@ -49,14 +49,19 @@ def compact_l0(store: LayerStore, force: bool = False) -> list[LayerName]:
         w = writer()
         cur_start = ks
         try:
-            for i, e in enumerate(merged):
-                if i % CHECK_EVERY == 0:
+            for b in merged_windows([la.file for la in l0s], ks, ke):
+                store.checkpoint()
+                while len(b):
+                    cut = file_cut(w, b, cfg.target_file_bytes)
+                    if cut is None:
+                        w.add_batch(b)
+                        break
+                    w.add_batch(b.slice(0, cut))
+                    at = b.key_at(cut)
+                    outputs.append(_finish_l1(w, cur_start, at, lsn_start, lsn_end, existing))
+                    w, cur_start = writer(), at
+                    b = b.slice(cut, len(b))
                     store.checkpoint()
-                if w.raw_bytes >= cfg.target_file_bytes and e.key != w.last_key:
-                    outputs.append(_finish_l1(w, cur_start, e.key, lsn_start, lsn_end, existing))
-                    w = writer()
-                    cur_start = e.key
-                w.add(e)
             outputs.append(_finish_l1(w, cur_start, ke, lsn_start, lsn_end, existing))
             store.checkpoint()
         except BaseException:
@@ -69,8 +74,17 @@ def compact_l0(store: LayerStore, force: bool = False) -> list[LayerName]:
         return [o.entry.name for o in outputs]
 
 
-# entries merged between two checkpoints (stop requests, CPU pacing)
-CHECK_EVERY = 256
+def file_cut(w: LayerWriter, b: EntryBatch, target: int) -> int | None:
+    """The row of `b` before which the file `w` writes ends: the first row that finds
+    `w` at `target` bytes or more and starts a new key (a key never spans two L1
+    files). None: every row of `b` goes into `w`."""
+    before = w.raw_bytes + np.concatenate([[0], np.cumsum(b.lengths + ENTRY_OVERHEAD)[:-1]])
+    ok = b.order_keys
+    new_key = np.empty(len(b), dtype=bool)
+    new_key[0] = w.last_key is None or b.key_at(0) != w.last_key
+    new_key[1:] = ok[1:] != ok[:-1]
+    hit = np.flatnonzero((before >= target) & new_key)
+    return int(hit[0]) if len(hit) else None
 
 
 def _finish_l1(w: LayerWriter, ks: bytes, ke: bytes, ls: int, le: int,

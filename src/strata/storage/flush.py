@@ -10,70 +10,100 @@ page it produces.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import numpy as np
 
 from strata.errors import RedoError, UnsupportedRecordError
 from strata.key import Key
 from strata.storage import commit
-from strata.storage.layerfile import LayerWriter, add_all
+from strata.storage.batch import EntryBatch
+from strata.storage.layerfile import LayerWriter
 from strata.storage.layermap import ReadStats, read_key
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
 from strata.storage.store import LayerStore
-from strata.storage.values import Entry, PageImage, Tombstone, WalRecord
+from strata.storage.values import ValueKind, WalRecord
+
+_IMAGE = int(ValueKind.PAGE_IMAGE)
+_RECORD = int(ValueKind.WAL_RECORD)
+_INIT = int(ValueKind.WAL_RECORD_INIT)
 
 
-def cut_long_chains(store: LayerStore, entries: list[Entry]) -> Iterator[Entry]:
-    """The entries of a frozen memtable, in order, with every
-    `flush_image_interval`-th delta of a key's unbroken chain replaced by the
-    page it produces (see StorageConfig.flush_image_interval).
+def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
+    """The rows of a frozen memtable's batch (sorted by (key, lsn)) with every
+    `flush_image_interval`-th delta of a key's unbroken chain replaced by the page it
+    produces (see StorageConfig.flush_image_interval).
 
-    The page is computed incrementally: the key's value just before its first
-    delta here (read through the current view, which still holds this frozen
-    memtable) plus the deltas since, so each delta is redone about once. A key
-    redo cannot rebuild keeps its deltas.
+    The cut rows are found column-wise: a key's pending-record count restarts at 0
+    after an image or tombstone and at 1 with a will_init record, and a plain delta
+    whose count reaches a multiple of the interval is cut. Only the cut rows cost
+    Python work: the page is computed incrementally (the key's value just before
+    its first delta here, read through the current view, which still holds this
+    frozen memtable, plus the deltas since), so each delta is redone about once. A
+    key redo cannot rebuild keeps its deltas.
     """
     k = store.config.flush_image_interval
-    if k <= 0:
-        yield from entries
-        return
+    n = len(b)
+    if k <= 0 or n == 0:
+        return b
+    ok, kinds = b.order_keys, b.kinds
+    idx = np.arange(n)
+    heads = np.flatnonzero(np.concatenate([[True], ok[1:] != ok[:-1]]))
+    head = np.repeat(heads, np.diff(np.concatenate([heads, [n]])))  # each row's key start
+    restart = kinds != _RECORD
+    last = np.maximum.accumulate(np.where(restart, idx, -1))
+    last = np.where(last >= head, last, head - 1)  # -1 relative: nothing before the key
+    # pending records at each row: after an image or tombstone the count starts at 0,
+    # with a will_init record at 1, and with nothing of the key below at 0 before it
+    count = idx - last + ((last >= head) & (kinds[np.maximum(last, 0)] == _INIT))
+    cuts = np.flatnonzero((kinds == _RECORD) & (count % k == 0))
+    if len(cuts) == 0:
+        return b
     view = store.view()
     stats = ReadStats()
-    cur: bytes | None = None
-    base: bytes | None = None
-    base_known = False
-    give_up = False
-    pending: list[WalRecord] = []
-    pending_start = 0  # LSN of the first delta in `pending` when base is unknown
-    for e in entries:
-        if e.key != cur:
-            cur, base, base_known, give_up, pending = e.key, None, False, False, []
-        v = e.value
-        if give_up:
-            pass
-        elif isinstance(v, PageImage):
-            base, base_known, pending = v.data, True, []
-        elif isinstance(v, Tombstone):
-            base, base_known, pending = None, True, []
-        elif v.will_init:
-            base, base_known, pending = None, True, [v]
-        else:
-            if not pending:
-                pending_start = e.lsn
-            pending.append(v)
-            if len(pending) >= k:
-                key = Key.from_bytes(e.key)
-                try:
-                    if not base_known:
-                        base = read_key(view, key, pending_start - 1, store.redo, stats)
-                    page = store.redo(key, base, pending)
-                except (UnsupportedRecordError, RedoError):
-                    give_up = True  # keep this key's deltas as they are
-                else:
-                    base, base_known, pending = page, True, []
-                    yield Entry(e.key, e.lsn, PageImage(page))
-                    continue
-        yield e
+    rows: list[int] = []
+    pages: list[bytes] = []
+    prev_cut = -1  # last cut row of the current stretch, or -1
+    prev_page: bytes | None = None
+    give_up_key = -1  # key start of a key redo failed for
+    for p in cuts.tolist():
+        h, r = int(head[p]), int(last[p])
+        if h == give_up_key:
+            continue
+        key = Key.from_bytes(b.key_at(p))
+        if prev_cut > r and prev_cut >= h:  # the stretch already had a cut: go on from it
+            base, first = prev_page, prev_cut + 1
+        elif r >= h and kinds[r] != _INIT:  # after an image (its value) or a tombstone
+            base = b.value_at(r) if kinds[r] == _IMAGE else None
+            first = r + 1
+        elif r >= h:  # a will_init record starts the chain
+            base, first = None, r
+        else:  # nothing of this key below here: its value before the first delta
+            base, first = None, h
+        recs = [WalRecord(b.value_at(i), bool(kinds[i] == _INIT)) for i in range(first, p + 1)]
+        try:
+            if r < h and prev_cut < h:
+                base = read_key(view, key, int(b.lsns[h]) - 1, store.redo, stats)
+            page = store.redo(key, base, recs)
+        except (UnsupportedRecordError, RedoError):
+            give_up_key = h  # keep this key's deltas as they are
+            continue
+        rows.append(p)
+        pages.append(page)
+        prev_cut, prev_page = p, page
+    return _replace_with_images(b, rows, pages)
+
+
+def _replace_with_images(b: EntryBatch, rows: list[int], pages: list[bytes]) -> EntryBatch:
+    if not rows:
+        return b
+    at = np.array(rows, dtype=np.int64)
+    lens = np.array([len(p) for p in pages], dtype=np.int64)
+    new_starts = len(b.data) + np.concatenate([[0], np.cumsum(lens)[:-1]])
+    kinds, starts, ends = b.kinds.copy(), b.starts.copy(), b.ends.copy()
+    kinds[at] = _IMAGE
+    starts[at] = new_starts
+    ends[at] = new_starts + lens
+    return EntryBatch(b.keys, b.lsns, kinds, starts, ends, b.data + b"".join(pages))
 
 
 def flush_one(store: LayerStore) -> bool:
@@ -90,7 +120,12 @@ def flush_one(store: LayerStore) -> bool:
             cfg = store.config
             w = LayerWriter(store.directory, block_bytes=cfg.block_bytes,
                             zstd_level=cfg.zstd_level, owner=store.role.value)
-            sealed = add_all(w, name, cut_long_chains(store, fm.entries)).seal(name)
+            try:
+                w.add_batch(cut_long_chains(store, fm.batch))
+            except BaseException:
+                w.abort()
+                raise
+            sealed = w.seal(name)
             add = (commit.NewLayer(LayerEntry(name, Level.L0, sealed.size), sealed),)
             store.count(flushes=1, bytes_flushed=sealed.size)
         commit.commit(store, commit.Edit("flush", add=add, durable_lsn=fm.lsn_end - 1),

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from strata.errors import LsnOutOfRangeError, RedoError, UnsupportedRecordError
 from strata.key import Key
 from strata.lsn import Lsn
 from strata.storage import commit
+from strata.storage.batch import BatchBuilder, EntryBatch
 from strata.storage.layerfile import LayerWriter
-from strata.storage.layermap import Layer, LayerMap, ReadStats, covers, finish_chain, scan_entries
+from strata.storage.layermap import Layer, LayerMap, ReadStats, covers
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
+from strata.storage.scan import Chains, scan_chains
 from strata.storage.store import LayerStore
-from strata.storage.values import Entry, PageImage
+from strata.storage.values import PageImage, ValueKind
 
 log = logging.getLogger(__name__)
+_IMAGE = int(ValueKind.PAGE_IMAGE)
 
 
 def floor_lsn(lm: LayerMap, start: bytes, end: bytes, upto: int) -> int:
@@ -108,62 +113,108 @@ def chain_bound(deltas: list[Layer], limit: int) -> int:
 def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[LayerName]:
     """Write and commit image layers holding every key of [start, end) at `at`.
 
+    Column-wise per scan window: keys whose value at `at` is an image already (the
+    floor image, or an image entry with nothing above it) are copied as a block of
+    rows; only the others cost redo, one key at a time. A key redo cannot rebuild
+    is left out and the image layers end before it and restart after it.
+
     Raises: MaintenanceStopped (nothing committed, no file left) once a stop is
     requested; EditConflict if `at` left [retention_lsn, durable_lsn] meanwhile."""
     view = store.view()
     stats = ReadStats()
     cfg = store.config
-    outputs: list[commit.NewLayer] = []
-
-    def writer() -> LayerWriter:
-        return LayerWriter(store.directory, block_bytes=cfg.block_bytes,
-                           zstd_level=cfg.zstd_level, owner=store.role.value)
-
-    def finish(w: LayerWriter, ks: bytes, ke: bytes) -> None:
-        name = LayerName.image(ks, ke, at)
-        sealed = w.seal(name)
-        outputs.append(commit.NewLayer(LayerEntry(name, Level.IMAGE, sealed.size), sealed))
-
-    w = writer()
-    cur = start
-    skipped = 0
+    out = _ImageOutput(store, start, at)
     try:
-        for kb, chain in scan_entries(view, start, end, at, stats):
+        for ch in scan_chains(view, start, end, at, stats):
             store.checkpoint()
-            key = Key.from_bytes(kb)
-            try:
-                page = finish_chain(key, chain, store.redo, stats)
-            except (UnsupportedRecordError, RedoError) as e:
-                # This key cannot be rebuilt (e.g. an access method with no
-                # redo yet): leave it out of every image layer, so its reads
-                # keep using its deltas. The image layers end before it and
-                # restart after it (Invariant: an image layer holds every
-                # key of its range at its LSN).
-                skipped += 1
-                if skipped == 1:
-                    log.info("image layers at %s skip %s: %s", Lsn(at), key, e)
-                if cur < kb:
-                    finish(w, cur, kb)
-                    w = writer()
-                cur = key.next().to_bytes()
-                continue
-            if page is None:
-                continue
-            if w.raw_bytes >= cfg.target_file_bytes:
-                finish(w, cur, kb)
-                w = writer()
-                cur = kb
-            w.add(Entry(kb, at, PageImage(page)))
-        if cur < end:
-            finish(w, cur, end)
-        else:
-            w.abort()
+            rows, skipped = _window_images(store, ch, at, stats)
+            for kb in skipped:  # split around each key that cannot be imaged
+                a, z = rows.key_slice(kb, kb)
+                out.add(rows.slice(0, a), cfg.target_file_bytes)
+                out.skip(kb)
+                rows = rows.slice(z, len(rows))
+            out.add(rows, cfg.target_file_bytes)
+        outputs = out.close(end)
         store.checkpoint()
     except BaseException:
-        w.abort()
-        commit.Edit("image", add=tuple(outputs)).abort()
+        out.abort()
         raise
     commit.commit(store, commit.Edit("image", add=tuple(outputs)))
     store.count(image_layers_created=len(outputs),
                 bytes_imaged=sum(o.entry.size for o in outputs))
     return [o.entry.name for o in outputs]
+
+
+def _window_images(store: LayerStore, ch: Chains, at: int,
+                   stats: ReadStats) -> tuple[EntryBatch, list[bytes]]:
+    """The image rows (at `at`) of every key present in a window, in key order, and
+    the keys left out because redo cannot rebuild them."""
+    b = ch.batch
+    present = ch.present()
+    single = present & (ch.stop - ch.first == 1) & (b.kinds[ch.first] == _IMAGE)
+    rows = b.take(ch.first[single])
+    copied = EntryBatch(rows.keys, np.full(len(rows), at, dtype=np.int64), rows.kinds,
+                        rows.starts, rows.ends, rows.data)
+    built = BatchBuilder()
+    skipped: list[bytes] = []
+    for g in np.flatnonzero(present & ~single).tolist():
+        store.checkpoint()
+        kb = b.key_at(int(ch.first[g]))
+        key = Key.from_bytes(kb)
+        try:
+            page = ch.value(g, key, store.redo, stats)
+        except (UnsupportedRecordError, RedoError) as e:
+            # This key cannot be rebuilt (e.g. an access method with no redo yet):
+            # leave it out of every image layer, so its reads keep using its deltas
+            # (Invariant: an image layer holds every key of its range at its LSN).
+            if not skipped:
+                log.info("image layers at %s skip %s: %s", Lsn(at), key, e)
+            skipped.append(kb)
+            continue
+        if page is not None:
+            built.add(kb, at, PageImage(page))
+    both = EntryBatch.concat([copied, built.build()])
+    return both.take(np.argsort(both.order_keys, kind="stable")), skipped
+
+
+class _ImageOutput:
+    """The image layer files of one make_images: cut at ~target_file_bytes and around
+    skipped keys."""
+
+    def __init__(self, store: LayerStore, start: bytes, at: int) -> None:
+        self.store, self.at, self.cur = store, at, start
+        self.outputs: list[commit.NewLayer] = []
+        self.w = self._writer()
+
+    def _writer(self) -> LayerWriter:
+        cfg = self.store.config
+        return LayerWriter(self.store.directory, block_bytes=cfg.block_bytes,
+                           zstd_level=cfg.zstd_level, owner=self.store.role.value)
+
+    def _finish(self, ke: bytes) -> None:
+        name = LayerName.image(self.cur, ke, self.at)
+        sealed = self.w.seal(name)
+        self.outputs.append(commit.NewLayer(LayerEntry(name, Level.IMAGE, sealed.size), sealed))
+        self.w = self._writer()
+
+    def add(self, rows: EntryBatch, target: int) -> None:
+        if len(rows) and self.w.raw_bytes >= target:
+            first = rows.key_at(0)
+            self._finish(first)
+            self.cur = first
+        self.w.add_batch(rows)
+
+    def skip(self, kb: bytes) -> None:
+        if self.cur < kb:
+            self._finish(kb)
+        self.cur = Key.from_bytes(kb).next().to_bytes()
+
+    def close(self, end: bytes) -> list[commit.NewLayer]:
+        if self.cur < end:
+            self._finish(end)
+        self.w.abort()
+        return self.outputs
+
+    def abort(self) -> None:
+        self.w.abort()
+        commit.Edit("image", add=tuple(self.outputs)).abort()

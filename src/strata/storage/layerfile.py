@@ -1,19 +1,22 @@
-"""Layer files: writer and reader of the on-disk layer format (v2; reads v1 too).
+"""Layer files: writer and reader of the on-disk layer format (v3; reads v1, v2).
 
 Fed by: flush (frozen memtable -> L0 delta), compaction (L0 -> L1 deltas),
 image creation (scan -> image layer). Feeds: the layer map's reads, verify,
 dump-layer. Owns: the byte layout documented in FORMAT.md, its checksums and
-the write half of the commit protocol (.tmp, fsync, rename, fsync dir).
+the write half of the commit protocol (.tmp, fsync, then the commit renames).
 
 Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
-zstd frames of encoded entries sorted by (key, lsn); the index holds one
-76-byte record per block with its CRC-32C. A reader checks header, footer and
-index when it opens a file and a block's CRC before every decompression.
+zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
+in v3); the index holds one 76-byte record per block with its CRC-32C. A reader
+checks header, footer and index when it opens a file and a block's CRC before
+every decompression.
 
 Version 2 adds one header field (the v1 reserved u32 at offset 12): the largest
 number of entries any single key has in the layer (`max_key_entries`), so image
 creation can bound a key's delta chain without reading blocks. A v1 file reports
-it by walking its entry headers once (`LayerFile.max_key_entries`).
+it by walking its blocks once (`LayerFile.max_key_entries`). Version 3 stores
+each block column-wise (keys, LSNs, kinds, value ends, values), so blocks are
+written and read as whole numpy columns, and compress better.
 """
 
 from __future__ import annotations
@@ -30,23 +33,26 @@ from pathlib import Path
 from typing import BinaryIO
 
 import google_crc32c
+import numpy as np
 import zstandard
 
 from strata.errors import CorruptionError
-from strata.storage.naming import TMP_SUFFIX, LayerKind, LayerName
-from strata.storage.values import (
-    ENTRY_HEADER,
-    Entry,
-    PageImage,
-    decode_entries,
-    encode_entry,
-    make_value,
+from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch
+from strata.storage.blocks import (
+    decode_columns,
+    decode_rows,
+    encode_columns,
+    find_in_columns,
+    find_in_rows,
 )
+from strata.storage.naming import TMP_SUFFIX, LayerKind, LayerName
+from strata.storage.values import Entry, PageImage, ValueKind
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
+COLUMN_VERSION = 3  # first version whose blocks are column-wise
 # max_key_entries is a u32; a longer run is recorded as this (still an upper bound
 # for the image trigger's purpose: it only has to exceed a threshold).
 MAX_KEY_ENTRIES_CAP = 0xFFFFFFFF
@@ -126,29 +132,29 @@ def tmp_layer_name(owner: str) -> str:
 
 
 class LayerWriter:
-    """Streams sorted entries into `<dir>/<name>.tmp`; `finish` publishes the file.
+    """Streams sorted entries into `<dir>/<name>.tmp`; `seal` (or `finish`) ends it.
 
-    Requires: entries added in strictly increasing (key, lsn) order, each inside
-    the key range / LSN range given to `finish`. The file becomes visible under its
-    final name only after fsync(file), rename and fsync(dir); it is not live until
-    the manifest references it.
+    Requires: entries added (one by one with `add`, or as sorted batches with
+    `add_batch`) in strictly increasing (key, lsn) order, each inside the key range
+    / LSN range given to `seal`. Blocks are written in the column layout (v3).
+    The file gets its final name only through the commit protocol (or `finish`);
+    it is not live until the manifest references it.
     """
 
     def __init__(self, directory: Path, *, block_bytes: int, zstd_level: int,
                  owner: str = "w") -> None:
         self._dir = directory
         self._tmp = directory / tmp_layer_name(owner)
-        self._f: BinaryIO = open(self._tmp, "wb")  # noqa: SIM115 - closed in finish/abort
+        self._f: BinaryIO = open(self._tmp, "wb")  # noqa: SIM115 - closed in seal/abort
         self._f.write(b"\0" * HEADER.size)
         self._pos = HEADER.size
         self._block_bytes = block_bytes
         self._cctx = zstandard.ZstdCompressor(level=zstd_level)
-        self._buf: list[bytes] = []
-        self._buf_len = 0
-        self._buf_n = 0
+        self._parts: list[EntryBatch] = []  # rows of the block being filled
+        self._part_bytes = 0
+        self._rows = BatchBuilder()  # rows given one by one, not yet in _parts
         self._first: tuple[bytes, int] | None = None
         self._last: tuple[bytes, int] | None = None
-        self._block_first: tuple[bytes, int] = (b"", 0)
         self._index: list[bytes] = []
         self.entries = 0
         self.raw_bytes = 0
@@ -170,34 +176,87 @@ class LayerWriter:
             raise ValueError(f"entries out of order: {pos!r} after {self._last!r}")
         if self._first is None:
             self._first = pos
-        if self._buf_n == 0:
-            self._block_first = pos
         self._run = self._run + 1 if self._last is not None and self._last[0] == e.key else 1
         if self._run > self.max_key_entries:
             self.max_key_entries = self._run
-        enc = encode_entry(e)
-        self._buf.append(enc)
-        self._buf_len += len(enc)
-        self._buf_n += 1
         self._last = pos
+        before = self._rows.nbytes
+        self._rows.add(e.key, e.lsn, e.value)
+        n = self._rows.nbytes - before
         self.entries += 1
-        self.raw_bytes += len(enc)
-        if self._buf_len >= self._block_bytes:
+        self.raw_bytes += n
+        self._part_bytes += n
+        if self._part_bytes >= self._block_bytes:
             self._flush_block()
 
-    def _flush_block(self) -> None:
-        if self._buf_n == 0:
+    def add_batch(self, b: EntryBatch) -> None:
+        """Add the rows of `b`. Requires: `b` sorted by (key, lsn), one row per (key, lsn),
+        every row after the last one added. Raises: ValueError otherwise (nothing added)."""
+        n = len(b)
+        if n == 0:
             return
-        raw = b"".join(self._buf)
+        ok = b.order_keys
+        first = (b.key_at(0), int(b.lsns[0]))
+        if n > 1:
+            same = ok[1:] == ok[:-1]
+            if np.any(ok[1:] < ok[:-1]) or np.any(same & (b.lsns[1:] <= b.lsns[:-1])):
+                raise ValueError("batch not strictly increasing in (key, lsn)")
+        if self._last is not None and first <= self._last:
+            raise ValueError(f"entries out of order: {first!r} after {self._last!r}")
+        self._count_runs(ok, first[0])
+        if self._first is None:
+            self._first = first
+        self._last = (b.key_at(n - 1), int(b.lsns[-1]))
+        self._take_rows()
+        sizes = b.lengths + ENTRY_OVERHEAD
+        cum = np.cumsum(sizes)
+        self.entries += n
+        self.raw_bytes += int(cum[-1])
+        done = 0
+        while done < n:
+            # the block closes with the row that brings it to block_bytes or more
+            need = self._block_bytes - self._part_bytes + (int(cum[done - 1]) if done else 0)
+            cut = int(np.searchsorted(cum, need, "left"))
+            if cut >= n:
+                self._parts.append(b.slice(done, n) if done else b)
+                self._part_bytes += int(cum[-1]) - (int(cum[done - 1]) if done else 0)
+                return
+            self._parts.append(b.slice(done, cut + 1))
+            self._part_bytes = 0
+            self._flush_block()
+            done = cut + 1
+
+    def _count_runs(self, ok: np.ndarray, first_key: bytes) -> None:
+        """Longest run of one key, carried across batches (max_key_entries, v2+)."""
+        n = len(ok)
+        bounds = np.flatnonzero(ok[1:] != ok[:-1]) + 1
+        starts = np.concatenate([[0], bounds])
+        lens = np.diff(np.concatenate([starts, [n]]))
+        if self._last is not None and self._last[0] == first_key:
+            lens[0] += self._run
+        self._run = int(lens[-1])
+        self.max_key_entries = max(self.max_key_entries, int(lens.max()))
+
+    def _take_rows(self) -> None:
+        if len(self._rows):
+            self._parts.append(self._rows.build())
+            self._rows = BatchBuilder()
+
+    def _flush_block(self) -> None:
+        self._take_rows()
+        block = EntryBatch.concat(self._parts)
+        self._parts, self._part_bytes = [], 0
+        n = len(block)
+        if n == 0:
+            return
+        raw = encode_columns(block)
         comp = self._cctx.compress(raw)
-        assert self._last is not None
         self._index.append(INDEX_ENTRY.pack(
-            self._pos, len(comp), len(raw), self._buf_n, crc32c(comp),
-            self._block_first[0], self._block_first[1], self._last[0], self._last[1],
+            self._pos, len(comp), len(raw), n, crc32c(comp),
+            block.key_at(0), int(block.lsns[0]), block.key_at(n - 1), int(block.lsns[-1]),
         ))
         self._f.write(comp)
         self._pos += len(comp)
-        self._buf, self._buf_len, self._buf_n = [], 0, 0
 
     def finish(self, name: LayerName) -> WrittenLayer:
         """`seal`, then rename to `name` and fsync the directory: the file is in place
@@ -369,6 +428,7 @@ class LayerFile:
         self.entry_count = nentries
         self.index_offset = index_off
         self._last_keys = [b.last_key for b in blocks]
+        self._cached: tuple[int, EntryBatch] | None = None
 
     def close(self) -> None:
         self._f.close()
@@ -385,24 +445,10 @@ class LayerFile:
         return self._max_key_entries
 
     def _count_max_key_entries(self) -> int:
-        best = run = 0
-        prev: bytes | None = None
-        hsize = ENTRY_HEADER.size
-        unpack = ENTRY_HEADER.unpack_from
+        runs = _Runs()
         for i in range(len(self.blocks)):
-            raw = self._raw_block(i)
-            pos, end = 0, len(raw)
-            try:
-                while pos < end:
-                    k, _lsn, _kind, n = unpack(raw, pos)
-                    run = run + 1 if k == prev else 1
-                    prev = k
-                    if run > best:
-                        best = run
-                    pos += hsize + n
-            except struct.error as e:
-                raise self._fail(self.blocks[i].offset, f"block {i} undecodable: {e}") from e
-        return best
+            runs.add(self.block_batch(i).order_keys)
+        return runs.best
 
     # -- reads -------------------------------------------------------------------
     def _raw_block(self, i: int) -> bytes:
@@ -421,16 +467,25 @@ class LayerFile:
                                        f"index says {b.raw_len}")
         return raw
 
-    def read_block(self, i: int) -> list[Entry]:
+    def block_batch(self, i: int) -> EntryBatch:
+        """Block i as a batch, sorted by (key, lsn). Raises: CorruptionError."""
+        cached = self._cached
+        if cached is not None and cached[0] == i:
+            return cached[1]
         b = self.blocks[i]
         raw = self._raw_block(i)
         try:
-            entries = decode_entries(raw)
+            batch = decode_columns(raw) if self.version >= COLUMN_VERSION else decode_rows(raw)
         except ValueError as e:
             raise self._fail(b.offset, f"block {i} undecodable: {e}") from e
-        if len(entries) != b.entries:
-            raise self._fail(b.offset, f"block {i} holds {len(entries)} entries, index says {b.entries}")
-        return entries
+        if len(batch) != b.entries:
+            raise self._fail(b.offset, f"block {i} holds {len(batch)} entries, "
+                                       f"index says {b.entries}")
+        self._cached = (i, batch)  # one block: a scan's neighbouring windows share it
+        return batch
+
+    def read_block(self, i: int) -> list[Entry]:
+        return list(self.block_batch(i).entries())
 
     def get(self, key: bytes, lo: int, hi: int) -> list[Entry]:
         """Entries of `key` with lo <= lsn < hi, oldest first."""
@@ -442,63 +497,90 @@ class LayerFile:
         return out
 
     def _find(self, i: int, key: bytes, lo: int, hi: int) -> list[Entry]:
-        """Entries of `key` in block i, walking entry headers only (no decoding of the
-        others): GetPage's hot path."""
+        """Entries of `key` in block i, decoding only those (GetPage's hot path)."""
         raw = self._raw_block(i)
-        out: list[Entry] = []
-        pos, end = 0, len(raw)
-        hsize = ENTRY_HEADER.size
-        unpack = ENTRY_HEADER.unpack_from
         try:
-            while pos < end:
-                k, lsn, kind, n = unpack(raw, pos)
-                if k > key:
-                    break  # sorted: nothing further
-                if k == key and lo <= lsn < hi:
-                    out.append(Entry(k, lsn, make_value(kind, raw[pos + hsize : pos + hsize + n])))
-                pos += hsize + n
-            if pos > end:
-                raise ValueError("entry runs past the end of the block")
+            if self.version >= COLUMN_VERSION:
+                return find_in_columns(raw, key, lo, hi)
+            return find_in_rows(raw, key, lo, hi)
         except (struct.error, ValueError) as e:
             raise self._fail(self.blocks[i].offset, f"block {i} undecodable: {e}") from e
-        return out
+
+    def blocks_in(self, start: bytes, end: bytes) -> range:
+        """Indexes of the blocks that may hold keys in [start, end)."""
+        i = bisect.bisect_left(self._last_keys, start)
+        j = i
+        while j < len(self.blocks) and self.blocks[j].first_key < end:
+            j += 1
+        return range(i, j)
+
+    def batch_range(self, start: bytes, end: bytes, lo: int = 0,
+                    hi: int = 1 << 63) -> EntryBatch:
+        """Entries with start <= key < end and lo <= lsn < hi, sorted by (key, lsn)."""
+        parts = [self.block_batch(i).select(start, end, lo, hi)
+                 for i in self.blocks_in(start, end)]
+        return EntryBatch.concat(parts)
 
     def scan(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 64) -> Iterator[Entry]:
         """Entries with start <= key < end and lo <= lsn < hi, in (key, lsn) order."""
-        i = bisect.bisect_left(self._last_keys, start)
-        while i < len(self.blocks) and self.blocks[i].first_key < end:
-            for e in self.read_block(i):
-                if start <= e.key < end and lo <= e.lsn < hi:
-                    yield e
-            i += 1
+        for i in self.blocks_in(start, end):
+            yield from self.block_batch(i).select(start, end, lo, hi).entries()
 
     def verify(self) -> int:
         """Read every block; check CRCs, order and ranges. Returns: the entry count."""
         prev: tuple[bytes, int] | None = None
         n = 0
-        run = best = 0
+        runs = _Runs()
         name = self.name
         for i, b in enumerate(self.blocks):
-            for e in self.read_block(i):
-                pos = (e.key, e.lsn)
-                if prev is not None and pos <= prev:
-                    raise self._fail(b.offset, f"block {i}: entries out of (key, lsn) order")
-                run = run + 1 if prev is not None and prev[0] == e.key else 1
-                best = max(best, run)
-                if not (name.key_start <= e.key < name.key_end
-                        and name.lsn_start <= e.lsn < name.lsn_end):
-                    raise self._fail(b.offset, f"block {i}: entry outside the header's ranges")
-                if name.is_image and not isinstance(e.value, PageImage):
-                    raise self._fail(b.offset, f"block {i}: non-image value in an image layer")
-                prev = pos
-                n += 1
-            if (b.first_key, b.first_lsn) > (b.last_key, b.last_lsn):
-                raise self._fail(b.offset, f"block {i}: index first/last inverted")
+            batch = self.block_batch(i)
+            m = len(batch)
+            if m == 0:
+                continue
+            ok, lsn = batch.order_keys, batch.lsns
+            first = (batch.key_at(0), int(lsn[0]))
+            same = ok[1:] == ok[:-1]
+            if (prev is not None and first <= prev) or np.any(ok[1:] < ok[:-1]) \
+                    or np.any(same & (lsn[1:] <= lsn[:-1])):
+                raise self._fail(b.offset, f"block {i}: entries out of (key, lsn) order")
+            if (first[0] < name.key_start or batch.key_at(m - 1) >= name.key_end
+                    or int(lsn.min()) < name.lsn_start or int(lsn.max()) >= name.lsn_end):
+                raise self._fail(b.offset, f"block {i}: entry outside the header's ranges")
+            if name.is_image and np.any(batch.kinds != ValueKind.PAGE_IMAGE):
+                raise self._fail(b.offset, f"block {i}: non-image value in an image layer")
+            if (first != (b.first_key, b.first_lsn)
+                    or (batch.key_at(m - 1), int(lsn[-1])) != (b.last_key, b.last_lsn)):
+                raise self._fail(b.offset, f"block {i}: index first/last disagree with it")
+            runs.add(ok)
+            prev = (batch.key_at(m - 1), int(lsn[-1]))
+            n += m
+        best = runs.best
         if self.version >= 2 and self._max_key_entries != min(best, MAX_KEY_ENTRIES_CAP):
             raise self._fail(12, f"header max_key_entries {self._max_key_entries} but a key "
                                  f"has {best} entries")
         return n
 
+
+class _Runs:
+    """The longest run of equal keys over a sequence of key-sorted columns."""
+
+    def __init__(self) -> None:
+        self.best = 0
+        self._last: bytes | None = None
+        self._run = 0
+
+    def add(self, ok: np.ndarray) -> None:
+        n = len(ok)
+        if n == 0:
+            return
+        starts = np.concatenate([[0], np.flatnonzero(ok[1:] != ok[:-1]) + 1])
+        lens = np.diff(np.concatenate([starts, [n]]))
+        # (an S18 item loses trailing NUL bytes: compare whole rows as raw bytes)
+        if self._last is not None and ok[:1].tobytes() == self._last:
+            lens[0] += self._run
+        self._run = int(lens[-1])
+        self._last = ok[-1:].tobytes()
+        self.best = max(self.best, int(lens.max()))
 
 
 class DeltaLayer(LayerFile):

@@ -27,7 +27,8 @@ Policy (FORMAT.md section 7b), checked once per new manifest generation:
    time, and never takes more than that share of a core from ingest and the
    proxy meanwhile.
 6. **Stop**: `stop()` (or the store's `request_stop`) is seen at the next
-   checkpoint: every 256 merged entries, every imaged key, before every
+   checkpoint: every merge window (~4 MiB of entries), every key redo
+   rebuilds for an image, before every
    commit and during every pacing sleep. The verb running then is abandoned:
    its temporary files are deleted and nothing is committed (layers are
    immutable and the manifest edit atomic), so a stop at any moment leaves

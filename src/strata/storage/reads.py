@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from strata.errors import LsnOutOfRangeError
 from strata.key import Key, KeyRange
 from strata.lsn import Lsn
-from strata.storage.layermap import ReadStats, ReadView, read_key, scan_keys, scan_values
+from strata.storage.layermap import ReadStats, ReadView, read_key
 from strata.storage.manifest import Manifest
+from strata.storage.scan import scan_keys, scan_values
 from strata.storage.store import LayerStore, Role
 
 

@@ -29,6 +29,7 @@ from typing import BinaryIO, Protocol
 
 from strata.errors import CorruptionError, StrataError
 from strata.lsn import Lsn
+from strata.storage.batch import EntryBatch
 from strata.storage.cache import PageCache
 from strata.storage.config import StorageConfig
 from strata.storage.directory import (
@@ -319,8 +320,20 @@ class LayerStore:
         with self._lock:  # freeze() may swap the memtable from another thread
             self._view.active.put(key, lsn, value)
 
+    def put_batch(self, batch: EntryBatch) -> None:
+        """Requires: the batch contract (batch.py). Raises: ValueError naming the first
+        offending row (nothing is put)."""
+        self._require_writer()
+        batch.check(self._ingested)
+        with self._lock:
+            self._view.active.put_batch(batch)
+        self.note_put(len(batch), batch.nbytes())
+
     def note_put(self, entries: int, nbytes: int) -> None:
-        self.count(entries_put=entries, bytes_put=nbytes)
+        with self._mlock:
+            m = self.metrics
+            m.entries_put += entries
+            m.bytes_put += nbytes
 
     def count(self, **deltas: int) -> None:
         """Add to the named metrics counters (e.g. ``count(flushes=1)``)."""
