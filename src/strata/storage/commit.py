@@ -29,13 +29,13 @@ crash tests can die exactly there.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from strata import durable
 from strata.errors import StrataError
 from strata.lsn import Lsn
-from strata.storage.layerfile import SealedLayer, fsync_dir
+from strata.storage.layerfile import SealedLayer
 from strata.storage.manifest import LayerEntry, Manifest, commit_manifest, load_manifest
 from strata.storage.memtable import FrozenMemtable
 from strata.storage.naming import LayerName
@@ -79,7 +79,7 @@ class Edit:
         for nl in self.add:
             if nl.sealed is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(nl.sealed.tmp)
+                    durable.fs().unlink(nl.sealed.tmp)
 
 
 def validate(edit: Edit, m: Manifest) -> None:
@@ -138,12 +138,12 @@ def commit(store: LayerStore, edit: Edit,
         sealed = [nl.sealed for nl in edit.add if nl.sealed is not None]
         try:
             for s in sealed:
-                os.rename(s.tmp, d / s.name.filename())
+                durable.fs().rename(s.tmp, d / s.name.filename())
         except BaseException:
             edit.abort()
             raise
         if sealed:
-            fsync_dir(d)
+            durable.fs().fsync_dir(d)
         crash_point(f"{edit.verb}:renamed")
         new = m.edit(add=tuple(nl.entry for nl in edit.add), remove=tuple(edit.remove),
                      durable_lsn=edit.durable_lsn, retention_lsn=edit.retention_lsn)
@@ -163,9 +163,9 @@ def _retire(store: LayerStore, m: Manifest, remove: frozenset[LayerName]) -> Non
         if fn in live:
             continue
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(store.directory / fn)
+            durable.fs().unlink(store.directory / fn)
         n += 1
         crash_point("retire:unlinked-one")
     if n:
-        fsync_dir(store.directory)
+        durable.fs().fsync_dir(store.directory)
         store.count(layers_removed=n)

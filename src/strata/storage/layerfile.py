@@ -36,6 +36,7 @@ import google_crc32c
 import numpy as np
 import zstandard
 
+from strata import durable
 from strata.errors import CorruptionError
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch
 from strata.storage.blocks import (
@@ -73,14 +74,6 @@ assert (HEADER.size, INDEX_ENTRY.size, FOOTER.size) == (72, 76, 44)
 
 def crc32c(data: bytes) -> int:
     return int(google_crc32c.value(data))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +138,7 @@ class LayerWriter:
                  owner: str = "w") -> None:
         self._dir = directory
         self._tmp = directory / tmp_layer_name(owner)
-        self._f: BinaryIO = open(self._tmp, "wb")  # noqa: SIM115 - closed in seal/abort
+        self._f = durable.fs().create(self._tmp)
         self._f.write(b"\0" * HEADER.size)
         self._pos = HEADER.size
         self._block_bytes = block_bytes
@@ -267,11 +260,11 @@ class LayerWriter:
         """
         s = self.seal(name)
         try:
-            os.rename(s.tmp, self._dir / name.filename())
+            durable.fs().rename(s.tmp, self._dir / name.filename())
         except BaseException:
             self.abort()
             raise
-        fsync_dir(self._dir)
+        durable.fs().fsync_dir(self._dir)
         return WrittenLayer(name, s.size, s.entries, s.max_key_entries)
 
     def seal(self, name: LayerName) -> SealedLayer:
@@ -302,8 +295,7 @@ class LayerWriter:
             self._f.write(HEADER.pack(MAGIC, FORMAT_VERSION, name.kind, COMPRESSION_ZSTD, mke,
                                       name.key_start, name.key_end, name.lsn_start, name.lsn_end,
                                       crc32c(head[:-4])))
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            self._f.fsync()
             self._f.close()
             return SealedLayer(name, self._tmp, size, self.entries, self.max_key_entries)
         except BaseException:
@@ -314,7 +306,7 @@ class LayerWriter:
         if not self._f.closed:
             self._f.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+            durable.fs().unlink(self._tmp)
 
 
 def add_all(w: LayerWriter, name: LayerName, entries: Iterable[Entry]) -> LayerWriter:

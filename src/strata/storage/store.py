@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from strata import durable
 from strata.errors import CorruptionError, StrataError
 from strata.lsn import Lsn
 from strata.storage.batch import EntryBatch
@@ -39,7 +40,7 @@ from strata.storage.directory import (
     lock_maintainer,
     try_lock_maintainer,
 )
-from strata.storage.layerfile import fsync_dir, open_layer
+from strata.storage.layerfile import open_layer
 from strata.storage.layermap import Layer, LayerMap, ReadView, Redo
 from strata.storage.manifest import Manifest, commit_manifest, load_manifest
 from strata.storage.memtable import FrozenMemtable, Memtable
@@ -451,13 +452,13 @@ def remove_leftovers(directory: Path, manifest: Manifest, owner: str, maint_held
                     continue
             elif not is_layer_filename(fn) or fn in live:
                 continue
-            os.unlink(directory / fn)
+            durable.fs().unlink(directory / fn)
             removed += 1
     finally:
         if maint is not None:
             maint.close()
     if removed:
-        fsync_dir(directory)
+        durable.fs().fsync_dir(directory)
         log.info("recovery removed %d leftover files in %s", removed, directory)
     return removed
 
