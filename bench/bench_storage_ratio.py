@@ -39,6 +39,7 @@ from strata.storage.blocks import encode_columns
 from strata.storage.config import StorageConfig
 from strata.storage.layerfile import LayerFile
 from strata.storage.manifest import load_manifest
+from strata.storage.values import ENTRY_HEADER
 from strata.timeline.timemap import TimeMap
 from strata.wal.decoder import decode_record
 from strata.wal.segments import iter_records
@@ -89,6 +90,7 @@ def what_is_stored(d: Path) -> None:
     pending: dict[int, list[bytes]] = {k: [] for k in big}
     total_comp = 0
     fpi_in_records = 0  # full-page images of other blocks inside stored records
+    as_rows = 0  # the same blocks in the v2 row layout
     for le in m.layers:
         f = LayerFile(d / le.name.filename())
         try:
@@ -96,6 +98,9 @@ def what_is_stored(d: Path) -> None:
                 b = f.block_batch(i)
                 raw = encode_columns(b)
                 total_comp += blk.comp_len
+                rows = b"".join(ENTRY_HEADER.pack(e.key, e.lsn, k, len(v)) + v for e, k, v in (
+                    (e, int(b.kinds[j]), b.value_at(j)) for j, e in enumerate(b.entries())))
+                as_rows += len(zstandard.ZstdCompressor(level=1).compress(rows))
                 for lvl in levels:
                     levels[lvl] += len(zstandard.ZstdCompressor(level=lvl).compress(raw))
                 for size, parts in pending.items():
@@ -136,7 +141,8 @@ def what_is_stored(d: Path) -> None:
           f"of record bytes ({100 * dup / max(recs, 1):.0f} %)")
     print(f"full-page images inside stored record values (of the record's blocks, each "
           f"also stored as a PageImage where it applies): {fpi_in_records / 1e6:.1f} MB")
-    print(f"blocks as written (level 1, 64 KiB): {total_comp / 1e6:.1f} MB")
+    print(f"blocks as written (v3 columns, level 1, 64 KiB): {total_comp / 1e6:.1f} MB; "
+          f"the same blocks as v2 rows: {as_rows / 1e6:.1f} MB")
     for lvl, n in levels.items():
         print(f"  same blocks at zstd level {lvl:<2}: {n / 1e6:.1f} MB")
     for size, n in big.items():

@@ -41,7 +41,7 @@ from strata.storage.manifest import layer_summary
 from strata.storage.metrics import StoreMetrics
 from strata.storage.naming import LayerName
 from strata.storage.store import LayerStore, MaintenanceStopped, Role
-from strata.storage.values import Value, ValueKind, entry_size
+from strata.storage.values import Value, ValueKind
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,6 @@ class PageStore(_Facade):
         """
         self._check_worker()
         self._store.put(key.to_bytes(), lsn, value)
-        self._store.note_put(1, entry_size(value))
 
     def put_batch(self, batch: EntryBatch) -> None:
         """Store every entry of `batch` (see storage/batch.py for the contract: keys,

@@ -262,6 +262,17 @@ class EntryBatch:
             raise fail(bad, "key kind 0xFF is reserved")
 
 
+def kind_and_data(value: Value) -> tuple[int, bytes]:
+    """A Value as (ValueKind, data). Raises: TypeError for anything else."""
+    if isinstance(value, PageImage):
+        return _KIND_OF_IMAGE, value.data
+    if isinstance(value, WalRecord):
+        return (_KIND_OF_INIT if value.will_init else _KIND_OF_RECORD), value.data
+    if isinstance(value, Tombstone):
+        return _KIND_OF_TOMBSTONE, b""
+    raise TypeError(f"not a storage value: {value!r}")
+
+
 class BatchBuilder:
     """Collects entries one at a time (single puts, tools) into an EntryBatch."""
 
@@ -279,14 +290,7 @@ class BatchBuilder:
         return len(self._lsns)
 
     def add(self, key: bytes, lsn: int, value: Value) -> None:
-        if isinstance(value, PageImage):
-            kind, data = _KIND_OF_IMAGE, value.data
-        elif isinstance(value, WalRecord):
-            kind, data = (_KIND_OF_INIT if value.will_init else _KIND_OF_RECORD), value.data
-        elif isinstance(value, Tombstone):
-            kind, data = _KIND_OF_TOMBSTONE, b""
-        else:
-            raise TypeError(f"not a storage value: {value!r}")
+        kind, data = kind_and_data(value)
         self.add_raw(key, lsn, kind, data)
 
     def add_raw(self, key: bytes, lsn: int, kind: int, data: bytes) -> None:

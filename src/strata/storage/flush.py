@@ -42,22 +42,12 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
     key redo cannot rebuild keeps its deltas.
     """
     k = store.config.flush_image_interval
-    n = len(b)
-    if k <= 0 or n == 0:
+    if k <= 0 or len(b) == 0:
         return b
-    ok, kinds = b.order_keys, b.kinds
-    idx = np.arange(n)
-    heads = np.flatnonzero(np.concatenate([[True], ok[1:] != ok[:-1]]))
-    head = np.repeat(heads, np.diff(np.concatenate([heads, [n]])))  # each row's key start
-    restart = kinds != _RECORD
-    last = np.maximum.accumulate(np.where(restart, idx, -1))
-    last = np.where(last >= head, last, head - 1)  # -1 relative: nothing before the key
-    # pending records at each row: after an image or tombstone the count starts at 0,
-    # with a will_init record at 1, and with nothing of the key below at 0 before it
-    count = idx - last + ((last >= head) & (kinds[np.maximum(last, 0)] == _INIT))
-    cuts = np.flatnonzero((kinds == _RECORD) & (count % k == 0))
+    cuts, head, last = _cut_rows(b, k)
     if len(cuts) == 0:
         return b
+    kinds = b.kinds
     view = store.view()
     stats = ReadStats()
     rows: list[int] = []
@@ -91,6 +81,22 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
         pages.append(page)
         prev_cut, prev_page = p, page
     return _replace_with_images(b, rows, pages)
+
+
+def _cut_rows(b: EntryBatch, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows to cut, each row's key start, each row's last chain restart at or before
+    it in its key, or key start - 1) of a (key, lsn)-sorted batch."""
+    n = len(b)
+    ok, kinds = b.order_keys, b.kinds
+    idx = np.arange(n)
+    heads = np.flatnonzero(np.concatenate([[True], ok[1:] != ok[:-1]]))
+    head = np.repeat(heads, np.diff(np.concatenate([heads, [n]])))
+    last = np.maximum.accumulate(np.where(kinds != _RECORD, idx, -1))
+    last = np.where(last >= head, last, head - 1)
+    # pending records at each row: after an image or tombstone the count starts at 0,
+    # with a will_init record at 1, and with nothing of the key below at 0 before it
+    count = idx - last + ((last >= head) & (kinds[np.maximum(last, 0)] == _INIT))
+    return np.flatnonzero((kinds == _RECORD) & (count % k == 0)), head, last
 
 
 def _replace_with_images(b: EntryBatch, rows: list[int], pages: list[bytes]) -> EntryBatch:

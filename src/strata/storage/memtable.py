@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from strata.storage.batch import BatchBuilder, EntryBatch
+from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, kind_and_data
 from strata.storage.values import Entry, Value
 
 
@@ -37,11 +37,13 @@ class Memtable:
         self.max_lsn = max((int(r.lsns.max()) for r in self._runs if len(r)), default=-1)
 
     def put(self, key: bytes, lsn: int, value: Value) -> None:
+        self.put_raw(key, lsn, *kind_and_data(value))
+
+    def put_raw(self, key: bytes, lsn: int, kind: int, data: bytes) -> None:
+        """One entry, its value as (ValueKind, data)."""
         with self._lock:
-            b = self._single
-            before = b.nbytes
-            b.add(key, lsn, value)
-            self.size_bytes += b.nbytes - before
+            self._single.add_raw(key, lsn, kind, data)
+            self.size_bytes += ENTRY_OVERHEAD + len(data)
             self.entry_count += 1
             if lsn > self.max_lsn:
                 self.max_lsn = lsn

@@ -30,7 +30,7 @@ from typing import BinaryIO, Protocol
 from strata import durable
 from strata.errors import CorruptionError, StrataError
 from strata.lsn import Lsn
-from strata.storage.batch import EntryBatch
+from strata.storage.batch import ENTRY_OVERHEAD, EntryBatch, kind_and_data
 from strata.storage.cache import PageCache
 from strata.storage.config import StorageConfig
 from strata.storage.directory import (
@@ -46,7 +46,7 @@ from strata.storage.manifest import Manifest, commit_manifest, load_manifest
 from strata.storage.memtable import FrozenMemtable, Memtable
 from strata.storage.metrics import StoreMetrics
 from strata.storage.naming import MANIFEST_NAME, TMP_SUFFIX, LayerName, is_layer_filename
-from strata.storage.values import PageImage, Tombstone, Value, WalRecord
+from strata.storage.values import Value
 
 log = logging.getLogger(__name__)
 
@@ -313,13 +313,16 @@ class LayerStore:
         """Requires: lsn > ingested_lsn (ingest restarts from durable_lsn after a crash)."""
         if lsn <= self._ingested:
             raise ValueError(f"put at {Lsn(lsn)} at or below ingested_lsn {self.ingested_lsn}")
-        if not isinstance(value, PageImage | WalRecord | Tombstone):
-            raise TypeError(f"not a storage value: {value!r}")
+        kind, data = kind_and_data(value)
         if key[0] == 0xFF:  # reserved: above every real key, used as a range end
             raise ValueError(f"key kind 0xFF is reserved, cannot store {key.hex()}")
-        self._require_writer()
+        if self.role is not Role.WRITER:
+            self._require_writer()
         with self._lock:  # freeze() may swap the memtable from another thread
-            self._view.active.put(key, lsn, value)
+            self._view.active.put_raw(key, lsn, kind, data)
+        m = self.metrics  # only the writer's thread changes these two: no lock
+        m.entries_put += 1
+        m.bytes_put += ENTRY_OVERHEAD + len(data)
 
     def put_batch(self, batch: EntryBatch) -> None:
         """Requires: the batch contract (batch.py). Raises: ValueError naming the first
@@ -328,13 +331,9 @@ class LayerStore:
         batch.check(self._ingested)
         with self._lock:
             self._view.active.put_batch(batch)
-        self.note_put(len(batch), batch.nbytes())
-
-    def note_put(self, entries: int, nbytes: int) -> None:
-        with self._mlock:
-            m = self.metrics
-            m.entries_put += entries
-            m.bytes_put += nbytes
+        m = self.metrics
+        m.entries_put += len(batch)
+        m.bytes_put += batch.nbytes()
 
     def count(self, **deltas: int) -> None:
         """Add to the named metrics counters (e.g. ``count(flushes=1)``)."""

@@ -64,10 +64,6 @@ class Entry(NamedTuple):
     value: Value
 
 
-def value_data(value: Value) -> bytes:
-    return b"" if isinstance(value, Tombstone) else value.data
-
-
 def ends_chain(value: Value) -> bool:
     """True if no older version is needed to reconstruct at this value."""
     return not isinstance(value, WalRecord) or value.will_init
@@ -93,7 +89,3 @@ def make_value(kind: int, data: bytes) -> Value:
 ENTRY_HEADER = struct.Struct(">18sQBI")
 assert ENTRY_HEADER.size == KEY_SIZE + 13
 
-
-def entry_size(value: Value) -> int:
-    """Encoded bytes of one entry (what memtable size and block cuts count)."""
-    return ENTRY_HEADER.size + len(value_data(value))
