@@ -170,10 +170,10 @@ def test_v3_block_round_trips_and_rejects_malformed_columns() -> None:
     bad_kind[kinds_at] = 9
     with pytest.raises(ValueError, match="unknown value kind"):
         decode_columns(bytes(bad_kind))
-    bad_end = bytearray(raw)
-    bad_end[ends_at + 3] = 7  # first value "ends" past the second
+    bad_len = bytearray(raw)
+    bad_len[ends_at + 3] = 7  # the first value is 7 bytes long: too long for the block
     with pytest.raises(ValueError, match="tile"):
-        decode_columns(bytes(bad_end))
+        decode_columns(bytes(bad_len))
     with pytest.raises(ValueError):
         decode_columns(raw[:-1])
 

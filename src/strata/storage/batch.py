@@ -273,6 +273,44 @@ def kind_and_data(value: Value) -> tuple[int, bytes]:
     raise TypeError(f"not a storage value: {value!r}")
 
 
+class KeyRuns:
+    """The longest run of rows over key-sorted batches given in order (a run may
+    cross batches). With `chains`: runs of one key's records (kinds 1 and 2; a
+    will_init record starts a new run, an image or a tombstone ends one): the most
+    deltas one read can replay from these rows (layer v3 `max_key_entries`).
+    Without: runs of one key's entries (v2 `max_key_entries`)."""
+
+    def __init__(self, chains: bool) -> None:
+        self.chains = chains
+        self.best = 0
+        self._last_key: bytes | None = None
+        self._run = 0  # length of the run the last row belongs to (0: not in one)
+
+    def add(self, b: EntryBatch) -> None:
+        n = len(b)
+        if n == 0:
+            return
+        ok, kinds = b.order_keys, b.kinds
+        if self.chains:
+            rec = (kinds == _KIND_OF_RECORD) | (kinds == _KIND_OF_INIT)
+            extends = kinds == _KIND_OF_RECORD
+        else:
+            rec = extends = np.ones(n, dtype=bool)
+        same = np.empty(n, dtype=bool)
+        same[0] = self._last_key == b.key_at(0)
+        same[1:] = ok[1:] == ok[:-1]
+        prev = np.empty(n, dtype=bool)
+        prev[0] = self._run > 0
+        prev[1:] = rec[:-1]
+        cont = rec & same & prev & extends
+        ids = np.cumsum(rec & ~cont)  # run number of each row (0: the carried run)
+        lens = np.bincount(ids[rec], minlength=int(ids[-1]) + 1)
+        lens[0] += self._run if cont[0] else 0
+        self.best = max(self.best, int(lens.max()))
+        self._run = int(lens[ids[-1]]) if rec[-1] else 0
+        self._last_key = b.key_at(n - 1)
+
+
 class BatchBuilder:
     """Collects entries one at a time (single puts, tools) into an EntryBatch."""
 

@@ -7,7 +7,8 @@ Owns: the two block layouts (FORMAT.md section 3):
 - rows (layer versions 1 and 2): entries back to back, each
   `key 18 | lsn u64 | kind u8 | data_len u32 | data`;
 - columns (version 3): `n u32 | keys 18n | lsns 8n (u64) | kinds n |
-  value_ends 4n (u32, each value's end offset in the values area) | values`.
+  value_lens 4n (u32, each value's length) | values` (lengths, not offsets:
+  they repeat, so they compress).
 
 All integers big-endian. Decoders raise ValueError on malformed bytes (the
 caller names file, block and offset).
@@ -24,20 +25,19 @@ from strata.storage.batch import KEY_DTYPE, KEY_ORDER, BatchBuilder, EntryBatch
 from strata.storage.values import ENTRY_HEADER, Entry, ValueKind, make_value
 
 N_FIELD = struct.Struct(">I")
-U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 COLUMN_OVERHEAD = KEY_SIZE + 8 + 1 + 4  # bytes per entry besides its value (v3)
 
 
 def encode_columns(b: EntryBatch) -> bytes:
     """A v3 block holding the rows of `b` (in order)."""
-    values, ends = b.values_joined()
+    values, _ = b.values_joined()
     return b"".join((N_FIELD.pack(len(b)), b.keys.tobytes(), b.lsns.astype(">u8").tobytes(),
-                     b.kinds.tobytes(), ends.astype(">u4").tobytes(), values))
+                     b.kinds.tobytes(), b.lengths.astype(">u4").tobytes(), values))
 
 
 def _column_offsets(n: int) -> tuple[int, int, int, int]:
-    """Offsets of lsns, kinds, value_ends and values in a v3 block of n entries."""
+    """Offsets of lsns, kinds, value_lens and values in a v3 block of n entries."""
     lo = 4 + KEY_SIZE * n
     ko = lo + 8 * n
     eo = ko + n
@@ -55,9 +55,9 @@ def decode_columns(raw: bytes) -> EntryBatch:
     keys = np.frombuffer(raw, dtype=KEY_DTYPE, count=n, offset=4)
     lsns = np.frombuffer(raw, dtype=">u8", count=n, offset=lo).astype(np.int64)
     kinds = np.frombuffer(raw, dtype=np.uint8, count=n, offset=ko)
-    ve = np.frombuffer(raw, dtype=">u4", count=n, offset=eo).astype(np.int64)
-    if n and (np.any(ve[1:] < ve[:-1]) or vo + int(ve[-1]) != len(raw)):
-        raise ValueError("value ends do not tile the values area")
+    ve = np.cumsum(np.frombuffer(raw, dtype=">u4", count=n, offset=eo), dtype=np.int64)
+    if n and vo + int(ve[-1]) != len(raw):
+        raise ValueError("value lengths do not tile the values area")
     if n == 0 and vo != len(raw):
         raise ValueError("bytes after an empty block")
     if n and int(kinds.max()) > ValueKind.TOMBSTONE:
@@ -83,15 +83,18 @@ def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> list[Entry]:
     a = int(np.searchsorted(keys, key, "left"))
     b = int(np.searchsorted(keys, key, "right"))
     out: list[Entry] = []
+    if a == b:
+        return out
+    lens = np.frombuffer(raw, dtype=">u4", count=b, offset=eo)
+    start = vo + int(lens[:a].sum(dtype=np.int64))
     for j in range(a, b):
+        end = start + int(lens[j])
         (lsn,) = U64.unpack_from(raw, lsn_off + 8 * j)
-        if not lo <= lsn < hi:
-            continue
-        start = vo + (U32.unpack_from(raw, eo + 4 * (j - 1))[0] if j else 0)
-        end = vo + U32.unpack_from(raw, eo + 4 * j)[0]
-        if not start <= end <= len(raw):
+        if end > len(raw):
             raise ValueError(f"value {j} runs outside the block")
-        out.append(Entry(key, lsn, make_value(raw[ko + j], raw[start:end])))
+        if lo <= lsn < hi:
+            out.append(Entry(key, lsn, make_value(raw[ko + j], raw[start:end])))
+        start = end
     return out
 
 

@@ -35,6 +35,7 @@ class StorageConfig:
     image_delta_threshold: int = 3
     # ... or when some key of the range may have more than this many delta entries
     # above its newest image (bounded by summing each delta layer's max_key_entries,
+    # its longest run of one key's records,
     # FORMAT.md section 3): a hot page whose deltas sit in a few big layers would
     # otherwise replay its whole chain on every cold read.
     image_record_threshold: int = 512

@@ -16,7 +16,9 @@ number of entries any single key has in the layer (`max_key_entries`), so image
 creation can bound a key's delta chain without reading blocks. A v1 file reports
 it by walking its blocks once (`LayerFile.max_key_entries`). Version 3 stores
 each block column-wise (keys, LSNs, kinds, value ends, values), so blocks are
-written and read as whole numpy columns, and compress better.
+written and read as whole numpy columns, and compress better; its
+`max_key_entries` counts the longest run of one key's records (the deltas a read
+can replay from the file), not all of its entries.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import zstandard
 
 from strata import durable
 from strata.errors import CorruptionError
-from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch
+from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
 from strata.storage.blocks import (
     decode_columns,
     decode_rows,
@@ -60,7 +62,8 @@ MAX_KEY_ENTRIES_CAP = 0xFFFFFFFF
 COMPRESSION_ZSTD = 1
 
 # magic 8s | version u16 | layer kind u8 | compression u8 |
-# max_key_entries u32 (v2; v1: reserved, 0) |
+# max_key_entries u32 (v3: longest record run of one key; v2: most entries of one key;
+#   v1: reserved, 0) |
 # key_start 18s | key_end 18s | lsn_start u64 | lsn_end u64 | header crc32c u32
 HEADER = struct.Struct(">8sHBBI18s18sQQI")
 # offset u64 | compressed len u32 | raw len u32 | entries u32 | crc32c u32 |
@@ -151,9 +154,12 @@ class LayerWriter:
         self._index: list[bytes] = []
         self.entries = 0
         self.raw_bytes = 0
-        # longest run of one key so far (entries are key-sorted, so a run is contiguous)
-        self._run = 0
-        self.max_key_entries = 0
+        self._runs = KeyRuns(chains=True)  # the header's max_key_entries (v3)
+
+    @property
+    def max_key_entries(self) -> int:
+        """The longest run of one key's records so far (see KeyRuns); final after seal."""
+        return self._runs.best
 
     @property
     def first_key(self) -> bytes | None:
@@ -169,9 +175,6 @@ class LayerWriter:
             raise ValueError(f"entries out of order: {pos!r} after {self._last!r}")
         if self._first is None:
             self._first = pos
-        self._run = self._run + 1 if self._last is not None and self._last[0] == e.key else 1
-        if self._run > self.max_key_entries:
-            self.max_key_entries = self._run
         self._last = pos
         before = self._rows.nbytes
         self._rows.add(e.key, e.lsn, e.value)
@@ -196,11 +199,11 @@ class LayerWriter:
                 raise ValueError("batch not strictly increasing in (key, lsn)")
         if self._last is not None and first <= self._last:
             raise ValueError(f"entries out of order: {first!r} after {self._last!r}")
-        self._count_runs(ok, first[0])
+        self._take_rows()
+        self._runs.add(b)
         if self._first is None:
             self._first = first
         self._last = (b.key_at(n - 1), int(b.lsns[-1]))
-        self._take_rows()
         sizes = b.lengths + ENTRY_OVERHEAD
         cum = np.cumsum(sizes)
         self.entries += n
@@ -219,20 +222,11 @@ class LayerWriter:
             self._flush_block()
             done = cut + 1
 
-    def _count_runs(self, ok: np.ndarray, first_key: bytes) -> None:
-        """Longest run of one key, carried across batches (max_key_entries, v2+)."""
-        n = len(ok)
-        bounds = np.flatnonzero(ok[1:] != ok[:-1]) + 1
-        starts = np.concatenate([[0], bounds])
-        lens = np.diff(np.concatenate([starts, [n]]))
-        if self._last is not None and self._last[0] == first_key:
-            lens[0] += self._run
-        self._run = int(lens[-1])
-        self.max_key_entries = max(self.max_key_entries, int(lens.max()))
-
     def _take_rows(self) -> None:
         if len(self._rows):
-            self._parts.append(self._rows.build())
+            rows = self._rows.build()
+            self._runs.add(rows)
+            self._parts.append(rows)
             self._rows = BatchBuilder()
 
     def _flush_block(self) -> None:
@@ -437,9 +431,9 @@ class LayerFile:
         return self._max_key_entries
 
     def _count_max_key_entries(self) -> int:
-        runs = _Runs()
+        runs = KeyRuns(chains=self.version >= COLUMN_VERSION)
         for i in range(len(self.blocks)):
-            runs.add(self.block_batch(i).order_keys)
+            runs.add(self.block_batch(i))
         return runs.best
 
     # -- reads -------------------------------------------------------------------
@@ -522,7 +516,7 @@ class LayerFile:
         """Read every block; check CRCs, order and ranges. Returns: the entry count."""
         prev: tuple[bytes, int] | None = None
         n = 0
-        runs = _Runs()
+        runs = KeyRuns(chains=self.version >= COLUMN_VERSION)
         name = self.name
         for i, b in enumerate(self.blocks):
             batch = self.block_batch(i)
@@ -543,36 +537,15 @@ class LayerFile:
             if (first != (b.first_key, b.first_lsn)
                     or (batch.key_at(m - 1), int(lsn[-1])) != (b.last_key, b.last_lsn)):
                 raise self._fail(b.offset, f"block {i}: index first/last disagree with it")
-            runs.add(ok)
+            runs.add(batch)
             prev = (batch.key_at(m - 1), int(lsn[-1]))
             n += m
         best = runs.best
         if self.version >= 2 and self._max_key_entries != min(best, MAX_KEY_ENTRIES_CAP):
+            what = "records in a run" if self.version >= COLUMN_VERSION else "entries"
             raise self._fail(12, f"header max_key_entries {self._max_key_entries} but a key "
-                                 f"has {best} entries")
+                                 f"has {best} {what}")
         return n
-
-
-class _Runs:
-    """The longest run of equal keys over a sequence of key-sorted columns."""
-
-    def __init__(self) -> None:
-        self.best = 0
-        self._last: bytes | None = None
-        self._run = 0
-
-    def add(self, ok: np.ndarray) -> None:
-        n = len(ok)
-        if n == 0:
-            return
-        starts = np.concatenate([[0], np.flatnonzero(ok[1:] != ok[:-1]) + 1])
-        lens = np.diff(np.concatenate([starts, [n]]))
-        # (an S18 item loses trailing NUL bytes: compare whole rows as raw bytes)
-        if self._last is not None and ok[:1].tobytes() == self._last:
-            lens[0] += self._run
-        self._run = int(lens[-1])
-        self._last = ok[-1:].tobytes()
-        self.best = max(self.best, int(lens.max()))
 
 
 class DeltaLayer(LayerFile):

@@ -155,7 +155,7 @@ def column_layout(n: int, raw_len: int) -> str:
     """Where each column of a v3 block of `n` entries starts (and its length)."""
     parts = [("n", 0, 4), ("keys", 4, KEY_SIZE * n), ("lsns", 4 + KEY_SIZE * n, 8 * n)]
     parts += [("kinds", parts[-1][1] + 8 * n, n)]
-    parts += [("value_ends", parts[-1][1] + n, 4 * n)]
+    parts += [("value_lens", parts[-1][1] + n, 4 * n)]
     vo = parts[-1][1] + 4 * n
     parts += [("values", vo, raw_len - vo)]
     return ", ".join(f"{name} @{off} ({size})" for name, off, size in parts)
