@@ -320,11 +320,11 @@ def main() -> None:
         "",
         f"## Mixed loop ({args.entries} puts: 8 KB images and 100-300 byte deltas, 1:10)",
         "",
-        "| seconds | entries/s | layer bytes per WAL byte | bytes written per WAL byte |",
-        "|---------|-----------|--------------------------|----------------------------|",
-        f"| put per entry: {mixed['seconds']:.2f} | {mixed['entries_s']:,.0f} | "
+        "| puts | seconds | entries/s | layer bytes per WAL byte | bytes written per WAL byte |",
+        "|------|---------|-----------|--------------------------|----------------------------|",
+        f"| put per entry | {mixed['seconds']:.2f} | {mixed['entries_s']:,.0f} | "
         f"{mixed['layer_per_wal']:.3f} | {mixed['written_per_wal']:.3f} |",
-        f"| put_batch of 256: {mixed_b['seconds']:.2f} | {mixed_b['entries_s']:,.0f} | "
+        f"| put_batch of 256 | {mixed_b['seconds']:.2f} | {mixed_b['entries_s']:,.0f} | "
         f"{mixed_b['layer_per_wal']:.3f} | {mixed_b['written_per_wal']:.3f} |",
     ]
     text = "\n".join(lines) + "\n"

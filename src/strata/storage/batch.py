@@ -25,8 +25,9 @@ Contract (what `PageStore.put_batch` accepts; `EntryBatch.from_offsets` builds i
   wins (as a second `put` at the same key and LSN replaces the first).
 
 Internally a batch also exists in other orders (sorted by (key, lsn)): rows carry
-`starts`/`ends` into a shared `data` buffer, so sorting or slicing a batch moves
-only the columns; the values are gathered once, when a layer block is encoded.
+`starts`/`ends` into shared value buffers, so sorting, slicing or joining batches
+moves only the columns; the values are gathered once, when a layer block is
+encoded.
 """
 
 from __future__ import annotations
@@ -69,14 +70,17 @@ def key_array(keys: Sequence[bytes]) -> np.ndarray:
 @dataclass(frozen=True, slots=True)
 class EntryBatch:
     """Entries as columns (module docstring). Immutable by convention: no method
-    changes an array in place."""
+    changes an array in place. Values live in one or more buffers: row i's value is
+    bufs[buf[i]][starts[i]:ends[i]] (`buf` None: every row in bufs[0]), so joining
+    batches never copies values."""
 
     keys: np.ndarray  # (n,) KEY_DTYPE
     lsns: np.ndarray  # (n,) int64
     kinds: np.ndarray  # (n,) uint8
-    starts: np.ndarray  # (n,) int64: value i = data[starts[i]:ends[i]]
+    starts: np.ndarray  # (n,) int64
     ends: np.ndarray  # (n,) int64
-    data: bytes
+    bufs: tuple[bytes, ...]
+    buf: np.ndarray | None = None  # (n,) uint32: which buffer holds the row's value
 
     # -- construction --------------------------------------------------------------
     @classmethod
@@ -96,12 +100,12 @@ class EntryBatch:
         if off[0] != 0 or off[-1] != len(data) or (n and np.any(off[1:] < off[:-1])):
             raise ValueError(f"offsets must rise from 0 to len(data) = {len(data)}")
         return cls(keys, np.asarray(lsns, dtype=_I64), np.asarray(kinds, dtype=np.uint8),
-                   off[:-1], off[1:], bytes(data))
+                   off[:-1], off[1:], (bytes(data),))
 
     @classmethod
     def empty(cls) -> EntryBatch:
         z = np.empty(0, dtype=_I64)
-        return cls(np.empty(0, dtype=KEY_DTYPE), z, np.empty(0, dtype=np.uint8), z, z, b"")
+        return cls(np.empty(0, dtype=KEY_DTYPE), z, np.empty(0, dtype=np.uint8), z, z, (b"",))
 
     @classmethod
     def from_entries(cls, entries: Iterable[Entry]) -> EntryBatch:
@@ -113,22 +117,44 @@ class EntryBatch:
 
     @classmethod
     def concat(cls, batches: Sequence[EntryBatch]) -> EntryBatch:
-        """The rows of every batch, in order, with one data buffer: each batch's data,
-        or only its rows' values when they are a small part of it (a slice of a big
-        memtable run must not copy the whole run)."""
+        """The rows of every batch, in order (their value buffers are shared, not copied)."""
         batches = [b for b in batches if len(b)]
         if not batches:
             return cls.empty()
         if len(batches) == 1:
             return batches[0]
-        batches = [b.compacted() for b in batches]
-        bases = np.cumsum([0] + [len(b.data) for b in batches[:-1]])
+        bufs: list[bytes] = []
+        ids = []
+        for b in batches:
+            base = len(bufs)
+            bufs.extend(b.bufs)
+            ids.append(np.full(len(b), base, np.uint32) if b.buf is None else b.buf + base)
         return cls(np.concatenate([b.keys for b in batches]),
                    np.concatenate([b.lsns for b in batches]),
                    np.concatenate([b.kinds for b in batches]),
-                   np.concatenate([b.starts + o for b, o in zip(batches, bases, strict=True)]),
-                   np.concatenate([b.ends + o for b, o in zip(batches, bases, strict=True)]),
-                   b"".join(b.data for b in batches))
+                   np.concatenate([b.starts for b in batches]),
+                   np.concatenate([b.ends for b in batches]),
+                   tuple(bufs), np.concatenate(ids).astype(np.uint32, copy=False))
+
+    def with_lsn(self, lsn: int) -> EntryBatch:
+        """The same rows, every one at `lsn` (image layers)."""
+        return EntryBatch(self.keys, np.full(len(self), lsn, dtype=_I64), self.kinds,
+                          self.starts, self.ends, self.bufs, self.buf)
+
+    def with_values(self, rows: np.ndarray, kind: int, values: Sequence[bytes]) -> EntryBatch:
+        """The same rows, rows `rows` holding `values` (of `kind`) instead."""
+        if len(rows) == 0:
+            return self
+        lens = np.array([len(v) for v in values], dtype=_I64)
+        new_ends = np.cumsum(lens)
+        kinds, starts, ends = self.kinds.copy(), self.starts.copy(), self.ends.copy()
+        buf = self.buf.copy() if self.buf is not None else np.zeros(len(self), np.uint32)
+        kinds[rows] = kind
+        starts[rows] = new_ends - lens
+        ends[rows] = new_ends
+        buf[rows] = len(self.bufs)
+        return EntryBatch(self.keys, self.lsns, kinds, starts, ends,
+                          (*self.bufs, b"".join(values)), buf)
 
     # -- inspection ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -151,52 +177,46 @@ class EntryBatch:
         return bytes(self.keys[i].tobytes())
 
     def value_at(self, i: int) -> bytes:
-        return self.data[int(self.starts[i]):int(self.ends[i])]
+        data = self.bufs[0] if self.buf is None else self.bufs[int(self.buf[i])]
+        return data[int(self.starts[i]):int(self.ends[i])]
 
     def entry_at(self, i: int) -> Entry:
         return Entry(self.key_at(i), int(self.lsns[i]),
                      make_value(int(self.kinds[i]), self.value_at(i)))
 
+    def _values(self) -> Iterator[bytes]:
+        bufs = [memoryview(b) for b in self.bufs]
+        which = [0] * len(self) if self.buf is None else self.buf.tolist()
+        for k, s, e in zip(which, self.starts.tolist(), self.ends.tolist(), strict=True):
+            yield bufs[k][s:e]
+
     def entries(self) -> Iterator[Entry]:
         raw = self.keys.tobytes()
-        data = self.data
-        for i, (lsn, kind, s, e) in enumerate(zip(self.lsns.tolist(), self.kinds.tolist(),
-                                                   self.starts.tolist(), self.ends.tolist(),
-                                                   strict=True)):
-            yield Entry(raw[KEY_SIZE * i:KEY_SIZE * (i + 1)], lsn, make_value(kind, data[s:e]))
+        for i, (lsn, kind, v) in enumerate(zip(self.lsns.tolist(), self.kinds.tolist(),
+                                               self._values(), strict=True)):
+            yield Entry(raw[KEY_SIZE * i:KEY_SIZE * (i + 1)], lsn, make_value(kind, bytes(v)))
 
     def values_joined(self) -> tuple[bytes, np.ndarray]:
         """The values in row order, back to back, and each one's end offset in it."""
-        lens = self.lengths
-        ends = np.cumsum(lens, dtype=_I64)
+        ends = np.cumsum(self.lengths, dtype=_I64)
         if len(self) == 0:
             return b"", ends
-        s, e = int(self.starts[0]), int(self.ends[-1])
-        if e - s == int(ends[-1]) and np.all(self.starts[1:] == self.ends[:-1]):
-            return self.data[s:e], ends  # already contiguous and in order
-        mv = memoryview(self.data)
-        return b"".join([mv[a:b] for a, b in zip(self.starts.tolist(), self.ends.tolist(),
-                                                 strict=True)]), ends
-
-    def compacted(self) -> EntryBatch:
-        """This batch, or (when its rows use under half of its data buffer) the same
-        rows over a buffer holding just their values, in row order."""
-        used = int(self.lengths.sum())
-        if len(self.data) <= 2 * used + 4096:
-            return self
-        values, ends = self.values_joined()
-        starts = np.concatenate([[0], ends[:-1]]).astype(_I64)
-        return EntryBatch(self.keys, self.lsns, self.kinds, starts, ends, values)
+        if self.buf is None or not np.any(self.buf != self.buf[0]):
+            s, e = int(self.starts[0]), int(self.ends[-1])
+            if e - s == int(ends[-1]) and np.all(self.starts[1:] == self.ends[:-1]):
+                data = self.bufs[0 if self.buf is None else int(self.buf[0])]
+                return data[s:e], ends  # already contiguous and in order
+        return b"".join(self._values()), ends
 
     # -- row selection ---------------------------------------------------------------
     def take(self, idx: np.ndarray) -> EntryBatch:
-        """Rows `idx` (indices or a boolean mask), sharing this batch's data."""
+        """Rows `idx` (indices or a boolean mask), sharing this batch's buffers."""
         return EntryBatch(self.keys[idx], self.lsns[idx], self.kinds[idx], self.starts[idx],
-                          self.ends[idx], self.data)
+                          self.ends[idx], self.bufs, None if self.buf is None else self.buf[idx])
 
     def slice(self, a: int, b: int) -> EntryBatch:
         return EntryBatch(self.keys[a:b], self.lsns[a:b], self.kinds[a:b], self.starts[a:b],
-                          self.ends[a:b], self.data)
+                          self.ends[a:b], self.bufs, None if self.buf is None else self.buf[a:b])
 
     def sorted(self) -> EntryBatch:
         """Sorted by (key, lsn), one row per (key, lsn): the last one in row order wins."""
@@ -345,5 +365,5 @@ class BatchBuilder:
         off = np.array(self._offsets, dtype=_I64)
         return EntryBatch(key_array(self._keys), np.array(self._lsns, dtype=_I64),
                           np.array(self._kinds, dtype=np.uint8), off[:-1], off[1:],
-                          b"".join(self._data))
+                          (b"".join(self._data),))
 

@@ -80,7 +80,7 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
         rows.append(p)
         pages.append(page)
         prev_cut, prev_page = p, page
-    return _replace_with_images(b, rows, pages)
+    return b.with_values(np.array(rows, dtype=np.int64), _IMAGE, pages)
 
 
 def _cut_rows(b: EntryBatch, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,19 +97,6 @@ def _cut_rows(b: EntryBatch, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     # with a will_init record at 1, and with nothing of the key below at 0 before it
     count = idx - last + ((last >= head) & (kinds[np.maximum(last, 0)] == _INIT))
     return np.flatnonzero((kinds == _RECORD) & (count % k == 0)), head, last
-
-
-def _replace_with_images(b: EntryBatch, rows: list[int], pages: list[bytes]) -> EntryBatch:
-    if not rows:
-        return b
-    at = np.array(rows, dtype=np.int64)
-    lens = np.array([len(p) for p in pages], dtype=np.int64)
-    new_starts = len(b.data) + np.concatenate([[0], np.cumsum(lens)[:-1]])
-    kinds, starts, ends = b.kinds.copy(), b.starts.copy(), b.ends.copy()
-    kinds[at] = _IMAGE
-    starts[at] = new_starts
-    ends[at] = new_starts + lens
-    return EntryBatch(b.keys, b.lsns, kinds, starts, ends, b.data + b"".join(pages))
 
 
 def flush_one(store: LayerStore) -> bool:

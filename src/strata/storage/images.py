@@ -152,9 +152,7 @@ def _window_images(store: LayerStore, ch: Chains, at: int,
     b = ch.batch
     present = ch.present()
     single = present & (ch.stop - ch.first == 1) & (b.kinds[ch.first] == _IMAGE)
-    rows = b.take(ch.first[single])
-    copied = EntryBatch(rows.keys, np.full(len(rows), at, dtype=np.int64), rows.kinds,
-                        rows.starts, rows.ends, rows.data)
+    copied = b.take(ch.first[single]).with_lsn(at)
     built = BatchBuilder()
     skipped: list[bytes] = []
     for g in np.flatnonzero(present & ~single).tolist():

@@ -503,8 +503,15 @@ class LayerFile:
     def batch_range(self, start: bytes, end: bytes, lo: int = 0,
                     hi: int = 1 << 63) -> EntryBatch:
         """Entries with start <= key < end and lo <= lsn < hi, sorted by (key, lsn)."""
-        parts = [self.block_batch(i).select(start, end, lo, hi)
-                 for i in self.blocks_in(start, end)]
+        all_lsns = lo <= self.name.lsn_start and self.name.lsn_end <= hi
+        parts = []
+        for i in self.blocks_in(start, end):
+            b = self.blocks[i]
+            batch = self.block_batch(i)
+            if all_lsns and start <= b.first_key and b.last_key < end:
+                parts.append(batch)  # the whole block: nothing to search or filter
+            else:
+                parts.append(batch.select(start, end, lo, hi))
         return EntryBatch.concat(parts)
 
     def scan(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 64) -> Iterator[Entry]:

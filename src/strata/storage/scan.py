@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strata.key import Key
+from strata.key import KEY_SIZE, Key
 from strata.storage.batch import EntryBatch
 from strata.storage.layerfile import LayerFile
 from strata.storage.layermap import Layer, ReadStats, ReadView, Redo
@@ -143,9 +143,20 @@ def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,
                 stats: ReadStats) -> Iterator[tuple[Key, bytes]]:
     """(key, value at lsn) for every key present at `lsn` in [start, end), sorted."""
     for ch in scan_chains(view, start, end, lsn, stats):
-        raw = ch.batch.keys
-        for g in np.flatnonzero(ch.present()).tolist():
-            key = Key.from_bytes(raw[int(ch.first[g])].tobytes())
+        b = ch.batch
+        keys = b.keys.tobytes()
+        # Python lists, not numpy scalars, in the per-key loop
+        bufs = b.bufs
+        which = [0] * len(b) if b.buf is None else b.buf.tolist()
+        starts, ends, kinds = b.starts.tolist(), b.ends.tolist(), b.kinds.tolist()
+        present = ch.present()
+        for g, (a, z) in enumerate(zip(ch.first.tolist(), ch.stop.tolist(), strict=True)):
+            if not present[g]:
+                continue
+            key = Key.from_bytes(keys[KEY_SIZE * a:KEY_SIZE * (a + 1)])
+            if z - a == 1 and kinds[a] == _IMAGE:  # a page as it is: no redo
+                yield key, bufs[which[a]][starts[a]:ends[a]]
+                continue
             v = ch.value(g, key, redo, stats)
             if v is not None:
                 yield key, v
