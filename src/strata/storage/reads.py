@@ -48,14 +48,13 @@ def get(store: LayerStore, key: Key, lsn: int) -> bytes | None:
     if cacheable:
         hit, v = store.cache.get(key, lsn)
         if hit:
-            store.count(gets=1, cache_hits=1)
+            store.note_get(None)
             return v
     stats = ReadStats()
     v = read_key(view, key, lsn, store.redo, stats)
     if cacheable:
         store.cache.put(key, lsn, v)
-    store.count(gets=1, cache_misses=1, layers_visited=stats.layers_visited,
-                deltas_applied=stats.deltas_applied, redo_calls=stats.redo_calls)
+    store.note_get(stats)
     return v
 
 

@@ -41,7 +41,7 @@ from strata.storage.directory import (
     try_lock_maintainer,
 )
 from strata.storage.layerfile import open_layer
-from strata.storage.layermap import Layer, LayerMap, ReadView, Redo
+from strata.storage.layermap import Layer, LayerMap, ReadStats, ReadView, Redo
 from strata.storage.manifest import Manifest, commit_manifest, load_manifest
 from strata.storage.memtable import FrozenMemtable, Memtable
 from strata.storage.metrics import StoreMetrics
@@ -334,6 +334,19 @@ class LayerStore:
         m = self.metrics
         m.entries_put += len(batch)
         m.bytes_put += batch.nbytes()
+
+    def note_get(self, stats: ReadStats | None) -> None:
+        """One GetPage: a cache hit (None) or a read with these costs."""
+        with self._mlock:
+            m = self.metrics
+            m.gets += 1
+            if stats is None:
+                m.cache_hits += 1
+            else:
+                m.cache_misses += 1
+                m.layers_visited += stats.layers_visited
+                m.deltas_applied += stats.deltas_applied
+                m.redo_calls += stats.redo_calls
 
     def count(self, **deltas: int) -> None:
         """Add to the named metrics counters (e.g. ``count(flushes=1)``)."""
