@@ -30,7 +30,7 @@ from pathlib import Path
 
 from strata.errors import LsnOutOfRangeError
 from strata.lsn import Lsn
-from strata.proxy.history import ResolvedPoint
+from strata.proxy.history import Progress, ResolvedPoint
 from strata.proxy.server import ProxyConfig, ProxyThread
 from strata.runtime.cluster import Cluster
 from strata.runtime.pgbin import find_pg_binaries
@@ -39,10 +39,12 @@ from strata.runtime.pgbin import find_pg_binaries
 class NoHistory:
     """A provider for relaying-only benchmarks."""
 
-    def resolve_time(self, when: datetime, *, literal: str, timezone: str) -> ResolvedPoint:
+    def resolve_time(self, when: datetime, *, literal: str, timezone: str, wait: float,
+                     progress: Progress | None = None) -> ResolvedPoint:
         raise LsnOutOfRangeError("no history in this benchmark")
 
-    def resolve_lsn(self, lsn: Lsn) -> ResolvedPoint:
+    def resolve_lsn(self, lsn: Lsn, *, wait: float,
+                    progress: Progress | None = None) -> ResolvedPoint:
         raise LsnOutOfRangeError("no history in this benchmark")
 
     def server_for(self, point: ResolvedPoint, dbname: str) -> tuple[str, int]:
@@ -50,6 +52,9 @@ class NoHistory:
 
     def may_time_travel(self, user: str) -> bool:
         return False
+
+    def commit_of_xid(self, xid: int) -> ResolvedPoint | None:
+        return None
 
 
 def pgbench(port: int, args: list[str]) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from strata.errors import LsnOutOfRangeError
+from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.lsn import Lsn
-from strata.proxy.history import ResolvedPoint
+from strata.proxy.history import IngestProgress, Progress, ResolvedPoint
 from strata.proxy.server import ProxyConfig, ProxyThread
 from strata.runtime.cluster import Cluster
 from tests.conftest import SCRATCH_ROOT, make_cluster
@@ -36,27 +36,45 @@ GRANT strata_time_travel TO alice;
 
 @dataclass
 class FakeHistory:
-    """Every point in [OLDEST_TIME, now] / [0/0, F/0] lives on one server."""
+    """Every point in [OLDEST_TIME, now] / [0/0, F/0] lives on one server.
+
+    `behind`: ingest needs that many (simulated) seconds to cover a target:
+    a resolve reports progress once per second of its `wait`, and fails with
+    IngestBehindError when `wait` is shorter. `commits`: xid -> its commit.
+    """
 
     host: str
     port: int
     calls: list[tuple[str, object]] = field(default_factory=list)
+    behind: int = 0
+    commits: dict[int, ResolvedPoint] = field(default_factory=dict)
 
-    def resolve_time(self, when: datetime, *, literal: str, timezone: str) -> ResolvedPoint:
+    def _catch_up(self, target: Lsn, wait: float, progress: Progress | None) -> None:
+        for second in range(self.behind):
+            if second >= wait:
+                raise IngestBehindError(f"LSN {target} is not ingested yet", nearest=Lsn(0x100))
+            if progress is not None:
+                progress(IngestProgress(Lsn(0x100 + second), target, Lsn(0xF000000),
+                                        None if second == 0 else float(self.behind - second)))
+
+    def resolve_time(self, when: datetime, *, literal: str, timezone: str, wait: float,
+                     progress: Progress | None = None) -> ResolvedPoint:
         self.calls.append(("time", (when, literal, timezone)))
         newest = datetime.now(UTC) + timedelta(seconds=5)
         if when > newest:
-            raise LsnOutOfRangeError(f"{when.isoformat()} is in the future",
-                                     nearest=newest.isoformat(sep=" "))
+            raise LsnOutOfRangeError(f"{when.isoformat()} is in the future", nearest=newest)
         if when < OLDEST_TIME:
             raise LsnOutOfRangeError(f"{when.isoformat()} is before history starts",
-                                     nearest=OLDEST_TIME.isoformat(sep=" "))
+                                     nearest=OLDEST_TIME)
+        self._catch_up(Lsn(0x3000028), wait, progress)
         return ResolvedPoint(Lsn(0x3000028), 742, when)
 
-    def resolve_lsn(self, lsn: Lsn) -> ResolvedPoint:
+    def resolve_lsn(self, lsn: Lsn, *, wait: float,
+                    progress: Progress | None = None) -> ResolvedPoint:
         self.calls.append(("lsn", lsn))
         if lsn > NEWEST_LSN:
             raise LsnOutOfRangeError(f"LSN {lsn} is past the ingested WAL", nearest=NEWEST_LSN)
+        self._catch_up(lsn, wait, progress)
         return ResolvedPoint(lsn, 741, datetime(2026, 4, 6, 10, 0, tzinfo=UTC))
 
     def server_for(self, point: ResolvedPoint, dbname: str) -> tuple[str, int]:
@@ -65,6 +83,9 @@ class FakeHistory:
 
     def may_time_travel(self, user: str) -> bool:
         return True
+
+    def commit_of_xid(self, xid: int) -> ResolvedPoint | None:
+        return self.commits.get(xid)
 
 
 @dataclass

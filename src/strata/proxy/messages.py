@@ -64,6 +64,10 @@ _HDR = struct.Struct("!cI")  # type byte + length (length counts itself)
 _LEN_CODE = struct.Struct("!II")  # untyped packet: length + code
 _CANCEL = struct.Struct("!III")  # length, code, pid (secret follows)
 _FIELD = struct.Struct("!IhIhih")  # RowDescription field after the name
+# The length word after a message's type byte, for the relay's walkers
+# (`proxy.machine`), which read it with ``LENGTH_WORD.unpack_from``.
+LENGTH_WORD = _U32
+HEADER_SIZE = 5  # type byte + length word
 
 
 def _cstr(s: str) -> bytes:
@@ -193,6 +197,12 @@ class Framer:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def take_buffered(self) -> bytes:
+        """The incomplete tail held so far (the framer is empty afterwards)."""
+        tail = bytes(self._buf)
+        self._buf.clear()
+        return tail
+
     def feed(self, data: bytes) -> list[Message]:
         carried = bool(self._buf)
         if carried:
@@ -274,6 +284,17 @@ def decode_first_packet(packet: bytes) -> FirstPacket:
     items = parts[:-2]
     params = tuple((_decode(items[i]), _decode(items[i + 1])) for i in range(0, len(items), 2))
     return StartupMessage(code, params)
+
+
+def cstr_at(body: bytes, pos: int) -> tuple[bytes, int]:
+    """The NUL-terminated string at `pos` of `body`, raw, and the position after it.
+
+    Raises: ProtocolError if it is not terminated.
+    """
+    end = body.find(b"\x00", pos)
+    if end < 0:
+        raise ProtocolError("string not NUL-terminated")
+    return body[pos:end], end + 1
 
 
 # -- field readers --------------------------------------------------------------------------
