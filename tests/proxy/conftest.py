@@ -5,20 +5,28 @@ proxy itself on its own event-loop thread."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import errors
 
 from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.lsn import Lsn
 from strata.proxy.history import IngestProgress, Progress, ResolvedPoint
 from strata.proxy.server import ProxyConfig, ProxyThread
 from strata.runtime.cluster import Cluster
+from strata.runtime.pgbin import find_pg_binaries
 from tests.conftest import SCRATCH_ROOT, make_cluster
 
 ALICE_PASSWORD = "s3cret-Ålice"
@@ -151,3 +159,56 @@ def env(clusters: tuple[Cluster, Cluster]) -> Iterator[ProxyEnv]:
     proxy = ProxyThread(ProxyConfig(primary_host="127.0.0.1", primary_port=live.port), history)
     with proxy:
         yield ProxyEnv(live, hist, history, proxy)
+
+
+# -- client helpers -----------------------------------------------------------------
+def connect(env: ProxyEnv, **kw: Any) -> psycopg.Connection[Any]:
+    kw.setdefault("autocommit", True)
+    dbname = kw.pop("dbname", "postgres")
+    user = kw.pop("user", "postgres")
+    return psycopg.connect(env.dsn(dbname, user), **kw)
+
+
+def notices(conn: psycopg.Connection[Any]) -> list[str]:
+    got: list[str] = []
+    conn.add_notice_handler(lambda d: got.append(d.message_primary or ""))
+    return got
+
+
+def value(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT v FROM t").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def psql(env: ProxyEnv, sql: str, *, user: str = "postgres", password: str | None = None,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
+    envvars = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password is not None:
+        envvars["PGPASSWORD"] = password
+    return subprocess.run(
+        [str(find_pg_binaries().path("psql")), "-X", "-A", "-t", "-h", "127.0.0.1",
+         "-p", str(env.port), "-U", user, "-d", "postgres", "-c", sql],
+        capture_output=True, text=True, env=envvars, check=check, timeout=60)
+
+
+def cancel_while_sleeping(conn: psycopg.Connection[Any]) -> float:
+    """Cancel a pg_sleep(30) on `conn` (repeatedly, until it ends); returns
+    how long the query ran."""
+    done = threading.Event()
+
+    def cancel_until_done() -> None:
+        # repeat: a cancel that arrives before the query starts is a no-op
+        while not done.wait(0.5):
+            conn.cancel_safe()
+
+    t = threading.Thread(target=cancel_until_done)
+    t.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
+    finally:
+        done.set()
+        t.join()
+    return time.monotonic() - start

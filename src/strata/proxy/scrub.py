@@ -29,6 +29,9 @@ _PATH = re.compile(r"(?<![\w./])/(?:[\w.+@-]+/)+[\w.+@-]*")
 
 
 _NOT_TEXT = frozenset("CSVPpL")
+# Any PostgreSQL socket path, whatever the server (its directory alone is only
+# known, and hidden, for the server the proxy reaches by that socket).
+_ANY_SOCKET = r"[^\s'\"]*/\.s\.PGSQL\.\d+"
 
 
 def scrub_paths(text: str) -> str:
@@ -48,7 +51,7 @@ class Scrubber:
         else:
             words += [f"{host}:{port}", f"[{host}]:{port}", host]
         alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-        self._rx = re.compile(rf"{alternatives}|(?<!\d){port}(?!\d)")
+        self._rx = re.compile(rf"{_ANY_SOCKET}|{alternatives}|(?<!\d){port}(?!\d)")
 
     def text(self, s: str) -> str:
         return self._rx.sub(HIDDEN, s)
