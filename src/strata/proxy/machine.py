@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from strata.errors import ProtocolError
 from strata.proxy import messages as m
@@ -85,15 +85,16 @@ class Expect:
     hide_ready: bool = False
     errored: bool = False
     done: Callable[[str, bool], None] | None = None
+    special: bool = field(init=False)  # not a plain reply to relay
 
-    @property
-    def special(self) -> bool:
-        return self.swallow or self.hide_ready or self.done is not None
+    def __post_init__(self) -> None:
+        self.special = self.swallow or self.hide_ready or self.done is not None
 
 
 # The ordinary expectations, shared: they carry no state of their own.
 _PLAIN = {k: Expect(k) for k in (EXP_PARSE, EXP_BIND, EXP_DESCRIBE, EXP_EXECUTE, EXP_CLOSE,
                                  EXP_SYNC)}
+_SYNC = _PLAIN[EXP_SYNC]
 
 
 class ServerState:
@@ -118,14 +119,15 @@ class ServerState:
         self.internal: Callable[[m.Message], None] | None = None
         self.scrub = scrub
         self._framer = m.Framer()
+        self._partial = False  # the framer holds part of a message
         self._skip = 0  # bytes of a DataRow still to pass through (fast path)
+        # what each reply does to the books (ReadyForQuery apart: it has a body to read)
         h = self._on_complete
-        self._handlers: dict[int, Callable[[bytes], bool]] = {
+        self._handlers: dict[int, Callable[[], bool]] = {
             ord("1"): h, ord("2"): h, ord("3"): h,
             ord("T"): self._on_described, ord("n"): self._on_described,
             ord("C"): self._on_executed, ord("I"): self._on_executed,
-            ord("s"): self._on_executed,
-            _E: self._on_error, _Z: self._on_ready,
+            ord("s"): self._on_executed, _E: self._on_error,
         }
 
     # -- expectations ------------------------------------------------------------------
@@ -142,14 +144,20 @@ class ServerState:
     def push(self, exp: Expect | str) -> None:
         """Record a response owed for a message sent now (a kind for the
         ordinary ones)."""
-        e = _PLAIN[exp] if isinstance(exp, str) else exp
+        e = _PLAIN[exp] if exp.__class__ is str else exp  # type: ignore[index]
+        assert isinstance(e, Expect)
         if e.kind in SYNC_LIKE:
             self.syncs_pending += 1
-        elif not self.will_answer():
-            return
+        elif self.skipping and self.syncs_pending == 0:
+            return  # the server skips it: no answer comes
         self.expect.append(e)
         if e.special:
             self.special += 1
+
+    def push_sync(self) -> None:
+        """`push(EXP_SYNC)` for the hot path (simple Query, Sync)."""
+        self.syncs_pending += 1
+        self.expect.append(_SYNC)
 
     def _pop(self) -> Expect | None:
         if not self.expect:
@@ -167,21 +175,21 @@ class ServerState:
         self.syncs_pending = self.special = 0
 
     # -- server messages ---------------------------------------------------------------
-    def _on_complete(self, body: bytes) -> bool:  # ParseComplete, BindComplete, CloseComplete
+    def _on_complete(self) -> bool:  # ParseComplete, BindComplete, CloseComplete
         e = self._pop()
         return not (e is not None and e.swallow)
 
-    def _on_described(self, body: bytes) -> bool:  # RowDescription, NoData
+    def _on_described(self) -> bool:  # RowDescription, NoData
         if self.expect and self.expect[0].kind == EXP_DESCRIBE:
             self._pop()
         return True
 
-    def _on_executed(self, body: bytes) -> bool:  # CommandComplete, EmptyQuery, PortalSuspended
+    def _on_executed(self) -> bool:  # CommandComplete, EmptyQuery, PortalSuspended
         if self.expect and self.expect[0].kind == EXP_EXECUTE:
             self._pop()
         return True
 
-    def _on_error(self, body: bytes) -> bool:
+    def _on_error(self) -> bool:
         exp = self.expect[0] if self.expect else None
         if exp is None or exp.kind in SYNC_LIKE:
             # inside a simple Query (or at Sync): no skipping follows
@@ -195,6 +203,8 @@ class ServerState:
         return True
 
     def _on_ready(self, body: bytes) -> bool:
+        if len(body) != 1 or body not in b"ITE":
+            raise ProtocolError(f"invalid ReadyForQuery status {body!r}")
         exp = None
         while self.expect:
             e = self._pop()
@@ -202,33 +212,38 @@ class ServerState:
             if e.kind in SYNC_LIKE:
                 exp = e
                 break
-        self.status = m.parse_ready_for_query(body)
+        self.status = chr(body[0])
         self.skipping = False
         if self.syncs_pending == 0:
             self.unsynced = False
-        if exp is not None and exp.hide_ready:
-            if exp.done is not None:
-                exp.done(self.status, exp.errored)
-            return False
-        return not (exp is not None and exp.swallow)
+        if exp is not None and exp.special:
+            if exp.hide_ready:
+                if exp.done is not None:
+                    exp.done(self.status, exp.errored)
+                return False
+            return not exp.swallow
+        return True
 
     # -- the relay ---------------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:
         """Take a chunk from the server; returns the bytes for the client."""
-        if self._skip:
-            if self.internal is None and not self.special and self.scrub is None:
+        if self.internal is None and not self.special and self.scrub is None:
+            if not self._partial:
                 return self._walk(data)
+        elif self._skip:
             # the rest of a DataRow that started on the fast path
             k = min(self._skip, len(data))
             self._skip -= k
             return data[:k] + self._frame(data[k:]) if k < len(data) else data
-        if (self.internal is None and not self.special and self.scrub is None
-                and not self._framer.buffered):
-            return self._walk(data)
         return self._frame(data)
 
     def _walk(self, data: bytes) -> bytes:
-        """The fast path: keep the books, pass the chunk on as it is."""
+        """The fast path: keep the books, pass the chunk on as it is.
+
+        While the server answers a simple Query or a Sync (the first reply
+        owed is sync-like), only ErrorResponse and ReadyForQuery change the
+        books: the other replies are stepped over like DataRows.
+        """
         n = len(data)
         pos = self._skip
         if pos >= n:
@@ -236,6 +251,8 @@ class ServerState:
             return data
         self._skip = 0
         handlers = self._handlers
+        expect = self.expect
+        sync_front = not expect or expect[0].kind in SYNC_LIKE
         while n - pos >= _HDR:
             tag = data[pos]
             (length,) = _unpack_len(data, pos + 1)
@@ -250,10 +267,14 @@ class ServerState:
                 continue
             if end > n:
                 break
-            h = handlers.get(tag)
-            if h is not None:
-                # only ReadyForQuery's body is read (one byte)
-                h(data[pos + _HDR:end] if tag == _Z else b"")
+            if tag == _Z:
+                self._on_ready(data[pos + _HDR:end])
+                sync_front = not expect or expect[0].kind in SYNC_LIKE
+            elif not sync_front or tag == _E:
+                h = handlers.get(tag)
+                if h is not None:
+                    h()
+                    sync_front = not expect or expect[0].kind in SYNC_LIKE
             pos = end
         if pos == n:
             return data
@@ -263,6 +284,7 @@ class ServerState:
     def _frame(self, data: bytes) -> bytes:
         """Message by message: the proxy's own queries, hidden replies, scrubbing."""
         msgs = self._framer.feed(data)
+        self._partial = self._framer.buffered > 0
         changed = not self._framer.exact
         out = bytearray()
         for msg in msgs:
@@ -271,8 +293,12 @@ class ServerState:
                 changed = True
                 continue
             tag = ord(msg.tag)
-            h = self._handlers.get(tag)
-            if h is not None and not h(msg.body):
+            if tag == _Z:
+                keep = self._on_ready(msg.body)
+            else:
+                h = self._handlers.get(tag)
+                keep = h() if h is not None else True
+            if not keep:
                 changed = True
                 continue
             if self.scrub is not None and tag in (_E, _N):
@@ -401,8 +427,12 @@ class ClientMachine:
             if stmts is not None:
                 return Action("Q", statements=tuple(stmts))
         # a simple Query destroys the unnamed statement and portal
-        self.forget_unnamed()
-        self.server.push(EXP_SYNC)
+        srv = self.server
+        if srv.prepared:
+            srv.prepared.pop(b"", None)
+        if self.prepared or self.strata_stmts or self.strata_portals:
+            self.forget_unnamed()
+        srv.push_sync()
         return None
 
     def _parse(self, body: bytes) -> Action | None:
@@ -481,7 +511,7 @@ class ClientMachine:
         return None
 
     def _sync(self, body: bytes) -> Action | None:  # Sync, FunctionCall: up to ReadyForQuery
-        self.server.push(EXP_SYNC)
+        self.server.push_sync()
         return None
 
     def _terminate(self, body: bytes) -> Action | None:
