@@ -96,6 +96,7 @@ from strata.proxy.backend import (
 from strata.proxy.cancel import CancelTarget, send_cancel
 from strata.proxy.context import ProxyContext
 from strata.proxy.machine import Action, ClientMachine, ServerState
+from strata.proxy.options import extract_settings, join_options
 from strata.proxy.statements import (
     DEFAULT_TRAVEL_WAIT,
     TRAVEL_LSN,
@@ -113,7 +114,7 @@ log = logging.getLogger(__name__)
 
 def _with_placeholders(options: str, wait: str) -> str:
     """A startup `options` value that also sets the strata placeholders."""
-    ours = m.join_options(["-c", f"{TRAVEL_TIME}=", "-c", f"{TRAVEL_LSN}=",
+    ours = join_options(["-c", f"{TRAVEL_TIME}=", "-c", f"{TRAVEL_LSN}=",
                            "-c", f"{TRAVEL_WAIT}={wait}"])
     return f"{options} {ours}".strip()
 
@@ -246,7 +247,7 @@ class Session(CancelTarget):
     def _startup_travel(self, startup: m.StartupMessage) -> tuple[Statement | None, str, str]:
         """The strata settings of the startup options: (travel statement, the
         options left to relay, strata.travel_wait). Raises: BadTravelValue."""
-        taken, rest = m.extract_settings(startup.get("options") or "", "strata.travel_")
+        taken, rest = extract_settings(startup.get("options") or "", "strata.travel_")
         travel: Statement | None = None
         wait = taken.pop(TRAVEL_WAIT, DEFAULT_TRAVEL_WAIT)
         parse_duration(wait)

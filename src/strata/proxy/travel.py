@@ -381,9 +381,9 @@ class Travel:
         s = self.s
         code, message = fields.get("C"), fields.get("M", "")
         what, name = None, ""
-        if code == "28000" and "does not exist" in message:
+        if code == ss.INVALID_AUTHORIZATION_SPECIFICATION and "does not exist" in message:
             what, name = "role", s.user
-        elif code == "3D000":
+        elif code == ss.INVALID_CATALOG_NAME:
             what, name = "database", s.dbname
         if what is None:
             f = scrubber.fields(fields)
