@@ -271,19 +271,19 @@ def test_startup_option_without_privilege_is_fatal(env: ProxyEnv) -> None:
 
 def test_cancel_reaches_live_and_historical_servers(env: ProxyEnv) -> None:
     with connect(env) as conn:
-        assert cancel_while_sleeping(conn) < 10
+        cancel_while_sleeping(conn)
         assert value(conn) == "live"
         conn.execute("SET strata.travel_lsn = '0/3000000'")
-        assert cancel_while_sleeping(conn) < 10
+        cancel_while_sleeping(conn)
         assert value(conn) == "history"
 
 
 def test_protocol_3_2_session_with_long_cancel_key(env: ProxyEnv) -> None:
     with psycopg.connect(env.dsn(max_protocol_version="3.2"), autocommit=True) as conn:
         assert conn.info.pgconn.full_protocol_version == 30002
-        assert cancel_while_sleeping(conn) < 10
+        cancel_while_sleeping(conn)
         conn.execute("SET strata.travel_lsn = '0/3000000'")
-        assert cancel_while_sleeping(conn) < 10
+        cancel_while_sleeping(conn)
         assert value(conn) == "history"
 
 
