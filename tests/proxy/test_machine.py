@@ -229,7 +229,7 @@ def test_a_statement_prepared_elsewhere_is_prepared_again_and_its_reply_swallowe
     cm.feed(parse + m.encode_sync())
     live.feed(m.PARSE_COMPLETE + m.encode_ready_for_query("I"))
     hist = ServerState()
-    cm.server = hist  # the session moved to another server
+    cm.switch(hist)  # the session moved to another server
     bind = m.encode_bind("", "s1") + m.encode_execute("") + m.encode_sync()
     out, a = cm.feed(bind)
     assert a is None and out == parse + bind
@@ -286,3 +286,17 @@ def test_any_split_of_the_client_stream_is_relayed_whole(cuts: list[int]) -> Non
         got.append(out)
     assert b"".join(got) == stream
     assert [e.kind for e in ssrv.expect] == [e.kind for e in wsrv.expect] == list("SPBDESSCS")
+
+
+def test_bind_names_are_read_only_once_the_session_has_moved() -> None:
+    cm, live = _client()
+    parse = m.encode_parse("s1", "SELECT 1")
+    cm.feed(parse)
+    cm.switch(live)  # the same server: nothing moved
+    assert not cm.moved
+    bad_names = b"B\x00\x00\x00\x06xx"  # not NUL-terminated: only a name reader would mind
+    assert cm.feed(bad_names) == (bad_names, None)
+    cm.switch(ServerState())
+    assert cm.moved
+    with pytest.raises(ProtocolError):
+        cm.feed(bad_names)

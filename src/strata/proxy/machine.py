@@ -338,11 +338,14 @@ class ClientMachine:
     """The client -> server direction of a session (see the module docstring).
 
     `server` is the state of the server the session talks to now; the driver
-    switches it (`proxy.session`). Statement names are kept as raw bytes.
+    switches it (`switch`). Statement names are kept as raw bytes.
     """
 
     def __init__(self, server: ServerState) -> None:
         self.server = server
+        # the session has talked to another server: statements may need
+        # preparing again where a Bind/Describe goes
+        self.moved = False
         # statement name -> the Parse body the client prepared under it
         self.prepared: dict[bytes, bytes] = {}
         self.strata_stmts: dict[bytes, Statement] = {}
@@ -455,15 +458,15 @@ class ClientMachine:
         return None
 
     def _bind(self, body: bytes) -> Action | None:
-        portal, pos = m.cstr_at(body, 0)
-        stmt, _ = m.cstr_at(body, pos)
-        if self.strata_stmts:
+        if self.strata_stmts or self.strata_portals or self.moved:
+            portal, pos = m.cstr_at(body, 0)
+            stmt, _ = m.cstr_at(body, pos)
             st = self.strata_stmts.get(stmt)
             if st is not None:
                 return Action("B", name=portal, statement=st)
-        if self.strata_portals:
             self.strata_portals.pop(portal, None)
-        self._ensure_prepared(stmt)
+            self._ensure_prepared(stmt)
+        # else: every statement is prepared where it was parsed; names need no reading
         srv = self.server
         srv.unsynced = True
         srv.push(EXP_BIND)
@@ -491,7 +494,7 @@ class ClientMachine:
         target, name, ours = self._target(body)
         if ours and name in ours:
             return Action("D", name=name, target=target, statement=ours[name])
-        if target == "S":
+        if target == "S" and self.moved:
             self._ensure_prepared(name)
         srv = self.server
         srv.unsynced = True
@@ -518,6 +521,12 @@ class ClientMachine:
         return TERMINATE
 
     # -- bookkeeping -----------------------------------------------------------------
+    def switch(self, server: ServerState) -> None:
+        """The session talks to `server` from now on."""
+        if server is not self.server:
+            self.moved = True
+            self.server = server
+
     def forget_unnamed(self) -> None:
         self.server.prepared.pop(b"", None)
         self.prepared.pop(b"", None)

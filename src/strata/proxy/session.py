@@ -132,7 +132,7 @@ class Session(CancelTarget):
         self.live: Backend | None = None
         self.current: Backend | None = None
         self.travel = Travel(self)
-        self.machine = ClientMachine(ServerState())
+        self.machine = ClientMachine(ServerState())  # bound to the live server in _begin
         self.user = ""
         self.dbname = ""
         self.live_dbname = ""
@@ -164,7 +164,7 @@ class Session(CancelTarget):
     def route(self, be: Backend) -> None:
         """From now on the client talks to `be`."""
         self.current = be
-        self.machine.server = be.state
+        self.machine.switch(be.state)
         self._to_server = be.writer.transport.write
 
     def start_relay(self, be: Backend, first: bytes = b"") -> None:
@@ -285,6 +285,7 @@ class Session(CancelTarget):
         live = Backend("live", self.ctx.primary_host, self.ctx.primary_port, reader, writer,
                        self.live_dbname, protocol=server_protocol)
         self.live = live
+        self.machine = ClientMachine(live.state)
         writer.write(live_startup.encode())
         pending: deque[m.Message] = deque()
         protocol = await self._authenticate(live, startup.protocol, pending)
