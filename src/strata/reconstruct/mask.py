@@ -30,8 +30,8 @@ MASK_MARKER = 0
 MaskFn = Callable[[bytearray, int], None]
 
 _REGISTRY: dict[int, MaskFn] = {}
-_OPTIONAL_MODULES = ("strata.reconstruct.redo.btree", "strata.reconstruct.redo.gin",
-                     "strata.reconstruct.redo.spgist")
+_OPTIONAL_MODULES = tuple(f"strata.reconstruct.redo.{m}"
+                          for m in ("btree", "hash", "gin", "gist", "spgist", "brin"))
 _loaded = False
 
 
