@@ -90,8 +90,9 @@ def test_every_hash_record_type_matches_server_pages(hash_wal: WalCapture) -> No
 
 @pytest.mark.pg
 def test_chained_hash_redo_from_our_own_pages_matches_server(hash_wal: WalCapture) -> None:
-    checked = chained_replay(hash_wal, RM_HASH_ID)
-    assert set(checked) == ALL_HASH_TYPES - IMAGE_ONLY
+    res = chained_replay(hash_wal, RM_HASH_ID)
+    assert set(res.checked) == ALL_HASH_TYPES - IMAGE_ONLY
+    assert not res.upstream
 
 
 @pytest.mark.pg
