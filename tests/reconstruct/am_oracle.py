@@ -27,7 +27,7 @@ from strata.reconstruct.check import CheckReport
 from strata.reconstruct.mask import known_difference, masked
 from strata.reconstruct.redo import RM_XLOG_ID, redo_block, restore_image
 from strata.runtime.cluster import Cluster
-from strata.wal.record import DecodedRecord, RelFileLocator
+from strata.wal.record import BlockRef, DecodedRecord, RelFileLocator
 from strata.wal.rmgr import record_type_name, rmgr_name
 from strata.wal.segments import iter_records
 
@@ -102,7 +102,12 @@ class ChainedResult:
     upstream: Counter[str] = field(default_factory=Counter)
 
 
-def chained_replay(cap: WalCapture, rmid: int) -> ChainedResult:
+# (record, block, page) -> the page as compared
+CompareMask = Callable[[DecodedRecord, BlockRef, bytes], bytes]
+
+
+def chained_replay(cap: WalCapture, rmid: int,
+                   mask: CompareMask | None = None) -> ChainedResult:
     """Redo each block of rmgr `rmid` from our previous result, never from the
     server's verification images; assert every verification image matches
     (masked, or differing only by a registered known difference) and return
@@ -110,7 +115,11 @@ def chained_replay(cap: WalCapture, rmid: int) -> ChainedResult:
 
     A block the rmgr has not touched yet starts from its last XLOG full-page
     image (index builds log whole pages that way); only such images may touch
-    a block of the rmgr afterwards."""
+    a block of the rmgr afterwards. `mask` replaces the rmgr's mask (a
+    stricter one, say)."""
+    if mask is None:
+        def mask(rec: DecodedRecord, b: BlockRef, page: bytes) -> bytes:
+            return bytes(masked(rmid, page, b.blkno))
     ours: dict[BlockKey, bytes] = {}
     fpis: dict[BlockKey, bytes] = {}
     res = ChainedResult()
@@ -127,8 +136,8 @@ def chained_replay(cap: WalCapture, rmid: int) -> ChainedResult:
                     assert prev is not None, f"no base for {key} at {rec.lsn}"
                 page = redo_block(rec, b.block_id, prev)
                 if b.image is not None and not b.apply_image:
-                    a = bytes(masked(rmid, page, b.blkno))
-                    s = bytes(masked(rmid, restore_image(b), b.blkno))
+                    a = mask(rec, b, page)
+                    s = mask(rec, b, bytes(restore_image(b)))
                     if a != s:
                         assert known is not None and known(rec, b, a, s), (
                             f"{name}/{rtype} at {rec.lsn} block {b.block_id} ({key})")

@@ -27,8 +27,10 @@ import pytest
 
 from strata.reconstruct.check import check_wal_dir
 from strata.reconstruct.redo import RM_GIST_ID
+from strata.reconstruct.redo import gist as gist_redo
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import make_private_dir, run_as_server
+from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import gist as x
 
 from .am_oracle import (
@@ -150,6 +152,36 @@ def test_chained_gist_redo_from_our_own_pages_matches_server(gist_wal: WalCaptur
     res = chained_replay(gist_wal, RM_GIST_ID)
     assert set(res.checked) == ALL_GIST_TYPES - NO_BLOCK
     assert res.upstream["DELETE"] == res.checked["DELETE"]
+
+
+def strict_gist_mask(rec: DecodedRecord, block: BlockRef, page: bytes) -> bytes:
+    """gist_mask without hiding the NSN and F_FOLLOW_RIGHT, except on the left
+    child whose split a record completes (block 1 of PAGE_UPDATE, block 0 of
+    PAGE_SPLIT): the primary sets that child's NSN and clears its flag after
+    writing the record, so its image cannot show them. Every other image
+    shows what redo sets (a split copies the old NSN to its pages, and marks
+    F_FOLLOW_RIGHT, before the record is written), so this checks the NSN and
+    follow-right logic that gist_mask hides."""
+    out = bytearray(page)
+    nsn, flags = gist_redo.get_nsn(out), gist_redo.get_flags(out)
+    gist_redo.gist_mask(out, block.blkno)
+    child = ((rec.info == x.XLOG_GIST_PAGE_UPDATE and block.block_id == 1)
+             or (rec.info == x.XLOG_GIST_PAGE_SPLIT and block.block_id == 0))
+    if not child:
+        gist_redo.set_nsn(out, nsn)
+        follow = flags & gist_redo.F_FOLLOW_RIGHT
+        gist_redo.set_flags(out, (gist_redo.get_flags(out) & ~gist_redo.F_FOLLOW_RIGHT) | follow)
+    return bytes(out)
+
+
+@pytest.mark.pg
+def test_nsn_and_follow_right_match_server_pages(gist_wal: WalCapture) -> None:
+    """The NSN and F_FOLLOW_RIGHT, which gist_mask hides, match wherever the
+    server's image can show them: from our own pages (chained), so a child's
+    NSN set by the record that completed its split is checked by the next
+    image of that child."""
+    res = chained_replay(gist_wal, RM_GIST_ID, mask=strict_gist_mask)
+    assert set(res.checked) == ALL_GIST_TYPES - NO_BLOCK
 
 
 @pytest.mark.pg
