@@ -17,8 +17,8 @@ to the next (as GetPage@LSN chains deltas) instead of re-basing every record on
 the server's previous image, so errors that surface only later are caught.
 
 Exit status: 0 when there is no mismatch, no redo error and no unsupported
-record outside `--allow-unsupported` (default: the index AMs whose redo is
-not written yet: Hash, Gist, BRIN); 1 otherwise.
+record outside `--allow-unsupported` (default: none; every rmgr that changes
+relation pages has redo); 1 otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from strata.errors import ConfigError, WalSourceError
 from strata.lsn import Lsn
 
-DEFAULT_ALLOWED_UNSUPPORTED = ("Hash", "Gist", "BRIN")
+DEFAULT_ALLOWED_UNSUPPORTED: tuple[str, ...] = ()
 
 
 def _wal_dir_from_source(dsn: str) -> tuple[Path, Lsn]:
