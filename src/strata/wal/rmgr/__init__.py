@@ -264,6 +264,21 @@ _RAW: dict[int, dict[int, str]] = {
 }
 
 
+def record_types(rmid: int) -> dict[int, str]:
+    """Every record type of built-in rmgr `rmid`: the value its identify
+    function switches on -> the name pg_waldump prints (docs/wal-record-types.md
+    lists them all)."""
+    if rmid == RM_XACT_ID:
+        return dict(_XACT)
+    if rmid == RM_GENERIC_ID:
+        return {0x00: "Generic"}
+    if rmid in _MASKED:
+        return dict(_MASKED[rmid])
+    if rmid in _RAW:
+        return dict(_RAW[rmid])
+    raise ValueError(f"no record-type table for resource manager {rmid}")
+
+
 def rmgr_is_valid(rmid: int) -> bool:
     """RmgrIdIsValid: a built-in id or one in the custom range 128..255."""
     return 0 <= rmid <= RM_MAX_BUILTIN_ID or RM_MIN_CUSTOM_ID <= rmid <= RM_MAX_CUSTOM_ID
