@@ -12,6 +12,11 @@ of the masked pages.
 the heap blocks a record touches, and the t_infomask bits that heap_mask
 hides although WAL determines them (lock bits, IS_MULTI, UPDATED).
 
+The `upstream` column counts blocks that differ from the server's image only
+where PostgreSQL's own redo differs from its primary (GiST's F_TUPLES_DELETED
+after Gist/DELETE: PostgreSQL's standby fails its own check there); they are
+neither matches nor mismatches, and do not change the exit status.
+
 `--chain` keeps our own redo result as each block's base from one apply-image
 to the next (as GetPage@LSN chains deltas) instead of re-basing every record on
 the server's previous image, so errors that surface only later are caught.
