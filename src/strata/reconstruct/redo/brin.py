@@ -26,9 +26,11 @@ import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
+from strata.pg.constants import BLCKSZ
+from strata.pg.structs import U16, U32
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import RM_BRIN_ID, page_ops, register, unsupported
-from strata.reconstruct.redo.page_ops import BLCKSZ, maxalign
+from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import brin as x
 
@@ -44,28 +46,27 @@ _META_LAST_REVMAP_PAGE = _CONTENTS + 12
 REVMAP_CONTENT_SIZE = BLCKSZ - _CONTENTS - SIZE_OF_BRIN_SPECIAL
 REVMAP_PAGE_MAXITEMS = REVMAP_CONTENT_SIZE // 6
 _ITEM_POINTER = struct.Struct("<HHH")  # bi_hi, bi_lo, ip_posid
-_U16 = struct.Struct("<H")
 INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 
 
 # -- page layout ------------------------------------------------------------------
 
 def page_type(page: bytes | bytearray) -> int:
-    return int(_U16.unpack_from(page, page_ops.get_special(page) + SIZE_OF_BRIN_SPECIAL - 2)[0])
+    return int(U16.unpack_from(page, page_ops.get_special(page) + SIZE_OF_BRIN_SPECIAL - 2)[0])
 
 
 def page_flags(page: bytes | bytearray) -> int:
-    return int(_U16.unpack_from(page, page_ops.get_special(page) + SIZE_OF_BRIN_SPECIAL - 4)[0])
+    return int(U16.unpack_from(page, page_ops.get_special(page) + SIZE_OF_BRIN_SPECIAL - 4)[0])
 
 
 def set_page_flags(page: bytearray, flags: int) -> None:
-    _U16.pack_into(page, page_ops.get_special(page) + SIZE_OF_BRIN_SPECIAL - 4, flags)
+    U16.pack_into(page, page_ops.get_special(page) + SIZE_OF_BRIN_SPECIAL - 4, flags)
 
 
 def brin_page_init(page: bytearray, pagetype: int) -> None:
     """brin_page_init: PageInit with the special space, then the page type."""
     page_ops.page_init(page, SIZE_OF_BRIN_SPECIAL)
-    _U16.pack_into(page, page_ops.get_special(page) + SIZE_OF_BRIN_SPECIAL - 2, pagetype)
+    U16.pack_into(page, page_ops.get_special(page) + SIZE_OF_BRIN_SPECIAL - 2, pagetype)
 
 
 def brin_metapage_init(page: bytearray, pages_per_range: int, version: int) -> None:
@@ -143,7 +144,7 @@ def _samepage_update(record: DecodedRecord, block: BlockRef, page: bytearray) ->
 def _revmap_extend(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
     xlrec = x.XlBrinRevmapExtend.parse(record.main_data)
     if block.block_id == 0:
-        struct.pack_into("<I", page, _META_LAST_REVMAP_PAGE, xlrec.target_blk)
+        U32.pack_into(page, _META_LAST_REVMAP_PAGE, xlrec.target_blk)
         page_ops.set_lower(page, _CONTENTS + _META.size)
     elif block.block_id == 1:
         if block.blkno != xlrec.target_blk:

@@ -31,6 +31,8 @@ import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
+from strata.pg.constants import BLCKSZ
+from strata.pg.structs import U16, U32, U64
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import (
     RM_GIST_ID,
@@ -39,14 +41,12 @@ from strata.reconstruct.redo import (
     register_after_image,
     unsupported,
 )
-from strata.reconstruct.redo.page_ops import BLCKSZ, maxalign
+from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import gist as x
 
 SIZE_OF_GIST_PAGE_OPAQUE = 16
 _OPAQUE = struct.Struct("<IIIHH")
-_U16 = struct.Struct("<H")
-_U64 = struct.Struct("<Q")
 
 F_LEAF = 1 << 0
 F_DELETED = 1 << 1
@@ -69,11 +69,11 @@ def _opaque_pos(page: bytes | bytearray) -> int:
 
 
 def get_flags(page: bytes | bytearray) -> int:
-    return int(_U16.unpack_from(page, _opaque_pos(page) + 12)[0])
+    return int(U16.unpack_from(page, _opaque_pos(page) + 12)[0])
 
 
 def set_flags(page: bytearray, flags: int) -> None:
-    _U16.pack_into(page, _opaque_pos(page) + 12, flags & 0xFFFF)
+    U16.pack_into(page, _opaque_pos(page) + 12, flags & 0xFFFF)
 
 
 def get_nsn(page: bytes | bytearray) -> int:
@@ -86,7 +86,7 @@ def set_nsn(page: bytearray, nsn: int) -> None:
 
 
 def set_rightlink(page: bytearray, blkno: int) -> None:
-    struct.pack_into("<I", page, _opaque_pos(page) + 8, blkno)
+    U32.pack_into(page, _opaque_pos(page) + 8, blkno)
 
 
 def gist_init_page(page: bytearray, flags: int) -> None:
@@ -99,7 +99,7 @@ def gist_page_set_deleted(page: bytearray, delete_xid: int) -> None:
     """GistPageSetDeleted: F_DELETED, the deleteXid after the header."""
     set_flags(page, get_flags(page) | F_DELETED)
     page_ops.set_lower(page, _CONTENTS + 8)
-    _U64.pack_into(page, _CONTENTS, delete_xid)
+    U64.pack_into(page, _CONTENTS, delete_xid)
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:

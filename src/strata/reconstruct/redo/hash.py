@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
+from strata.pg.structs import U16
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import (
     RM_HASH_ID,
@@ -73,7 +74,7 @@ def _add_moved_tuples(record: DecodedRecord, block: BlockRef, page: bytearray,
     while pos < len(data):
         if pos + _SIZE_OF_INDEX_TUPLE_DATA > len(data) or n >= ntups:
             raise _fail(record, block, f"malformed moved tuples at byte {pos}")
-        t_info = struct.unpack_from("<H", data, pos + 6)[0]
+        t_info = U16.unpack_from(data, pos + 6)[0]
         itemsz = maxalign(t_info & _INDEX_SIZE_MASK)
         _add(record, block, page, view[pos:pos + itemsz], towrite[n])
         pos += itemsz

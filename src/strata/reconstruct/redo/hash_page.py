@@ -25,12 +25,13 @@ from __future__ import annotations
 import struct
 
 from strata.errors import RedoError
+from strata.pg.constants import BLCKSZ
+from strata.pg.structs import U16, U32
 from strata.reconstruct.redo import page_ops
-from strata.reconstruct.redo.page_ops import BLCKSZ, maxalign
+from strata.reconstruct.redo.page_ops import maxalign
 
 SIZE_OF_HASH_PAGE_OPAQUE = 16
 _OPAQUE = struct.Struct("<IIIHH")
-_U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
 
 LH_UNUSED_PAGE = 0
@@ -95,29 +96,29 @@ def set_opaque(page: bytearray, prev: int, next_: int, bucket: int, flag: int) -
 
 
 def get_flag(page: bytes | bytearray) -> int:
-    return int(struct.unpack_from("<H", page, _opaque_pos(page) + 12)[0])
+    return int(U16.unpack_from(page, _opaque_pos(page) + 12)[0])
 
 
 def set_flag(page: bytearray, flag: int) -> None:
-    struct.pack_into("<H", page, _opaque_pos(page) + 12, flag & 0xFFFF)
+    U16.pack_into(page, _opaque_pos(page) + 12, flag & 0xFFFF)
 
 
 def set_prevblkno(page: bytearray, blkno: int) -> None:
-    _U32.pack_into(page, _opaque_pos(page), blkno)
+    U32.pack_into(page, _opaque_pos(page), blkno)
 
 
 def set_nextblkno(page: bytearray, blkno: int) -> None:
-    _U32.pack_into(page, _opaque_pos(page) + 4, blkno)
+    U32.pack_into(page, _opaque_pos(page) + 4, blkno)
 
 
 # -- metapage fields ----------------------------------------------------------------
 
 def get_u32(page: bytes | bytearray, pos: int) -> int:
-    return int(_U32.unpack_from(page, pos)[0])
+    return int(U32.unpack_from(page, pos)[0])
 
 
 def set_u32(page: bytearray, pos: int, value: int) -> None:
-    _U32.pack_into(page, pos, value & 0xFFFFFFFF)
+    U32.pack_into(page, pos, value & 0xFFFFFFFF)
 
 
 def get_ntuples(page: bytes | bytearray) -> float:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from strata.errors import WalDecodeError
+from strata.pg.structs import I32, U16
 from strata.wal.record import XLR_INFO_MASK, DecodedRecord, RelFileLocator
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_GIST_ID,
@@ -59,8 +60,6 @@ SIZE_OF_GISTXLOG_DELETE = 8
 _SPLIT = struct.Struct("<I4xQ?xH?3x")  # sizeof(gistxlogPageSplit) = 24
 _PAGE_DELETE = struct.Struct("<QH")  # SizeOfGistxlogPageDelete = 10
 _REUSE = struct.Struct("<IIIIQ?")  # SizeOfGistxlogPageReuse = 25
-_I32 = struct.Struct("<i")
-_U16 = struct.Struct("<H")
 INDEX_SIZE_MASK = 0x1FFF
 _T_INFO = 6  # IndexTupleData.t_info, after the 6-byte t_tid
 
@@ -73,7 +72,7 @@ def _need(data: bytes, size: int, what: str) -> None:
 def index_tuple_size(data: bytes | memoryview, pos: int) -> int:
     """IndexTupleSize of the tuple at `pos` (t_info & INDEX_SIZE_MASK)."""
     _need(bytes(data[pos:pos + _T_INFO + 2]), _T_INFO + 2, "index tuple header")
-    return int(_U16.unpack_from(data, pos + _T_INFO)[0]) & INDEX_SIZE_MASK
+    return int(U16.unpack_from(data, pos + _T_INFO)[0]) & INDEX_SIZE_MASK
 
 
 def split_tuples(data: bytes, pos: int, end: int, what: str) -> list[bytes]:
@@ -150,7 +149,7 @@ class GistxlogPageSplit:
 def parse_split_page_data(data: bytes) -> list[bytes]:
     """A PAGE_SPLIT page's block data: int32 count, then that many tuples."""
     _need(data, 4, "PAGE_SPLIT page data")
-    (n,) = _I32.unpack_from(data)
+    (n,) = I32.unpack_from(data)
     tuples = split_tuples(data, 4, len(data), "PAGE_SPLIT tuples")
     if len(tuples) != n:
         raise WalDecodeError(f"PAGE_SPLIT page data carries {len(tuples)} tuples, says {n}")

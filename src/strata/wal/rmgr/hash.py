@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from strata.errors import WalDecodeError
+from strata.pg.structs import U16, U32
 from strata.wal.record import XLR_INFO_MASK, DecodedRecord
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_HASH_ID,
@@ -90,8 +91,6 @@ XLH_SPLIT_META_UPDATE_MASKS = 1 << 0
 XLH_SPLIT_META_UPDATE_SPLITPOINT = 1 << 1
 
 _INIT_META = struct.Struct("<dIH")  # SizeOfHashInitMetaPage = 14
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _ADD_OVFL = struct.Struct("<H?")  # 3
 _SPLIT_ALLOC = struct.Struct("<IHHB")  # 9
 _SPLIT_COMPLETE = struct.Struct("<HH")
@@ -116,7 +115,7 @@ def parse_offsets(data: bytes, count: int, pos: int = 0, what: str = "offsets") 
 
 def parse_u32(data: bytes, what: str, pos: int = 0) -> int:
     _need(data, pos + 4, what)
-    return int(_U32.unpack_from(data, pos)[0])
+    return int(U32.unpack_from(data, pos)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +137,7 @@ class XlHashInitBitmapPage:
     @classmethod
     def parse(cls, data: bytes) -> XlHashInitBitmapPage:
         _need(data, 2, "xl_hash_init_bitmap_page")
-        return cls(*_U16.unpack_from(data))
+        return cls(*U16.unpack_from(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +147,7 @@ class XlHashInsert:
     @classmethod
     def parse(cls, data: bytes) -> XlHashInsert:
         _need(data, 2, "xl_hash_insert")
-        return cls(*_U16.unpack_from(data))
+        return cls(*U16.unpack_from(data))
 
 
 @dataclass(frozen=True, slots=True)
