@@ -5,7 +5,7 @@ What it is: the per-block equivalent of PostgreSQL's recovery loop
 (`strata.wal.record.DecodedRecord`) and the block's previous page; feeds the
 page store (GetPage@LSN) and the wal_consistency_checking oracle. Owns the
 registry of per-rmgr redo functions; rmgr modules (xlog, heap, heap2,
-sequence, generic here; btree in its own module) call `register` at import.
+sequence, generic, btree, hash, gist, brin) call `register` at import.
 
 Rules, as PostgreSQL applies them to a block reference:
 
