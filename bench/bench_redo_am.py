@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -132,13 +133,14 @@ def main() -> int:
             records, per_type, decode_s, redo_s, errors = throughput(c.wal_dir(), start, end)
             c.stop()
             pg_start, pg_secs = pg_replay(c, backup, end)
+            pg_sizes = [len(r.raw) for r in iter_raw_records(c.wal_dir(), pg_start, end)]
         finally:
             c.stop()
+            shutil.rmtree(base, ignore_errors=True)
         n = len(records)
         mb = sum(r.xl_tot_len for r in records) / 1e6
         am_n = sum(v[0] for k, v in per_type.items() if k.startswith(rmgr + "/"))
         am_s = sum(v[1] for k, v in per_type.items() if k.startswith(rmgr + "/"))
-        pg_sizes = [len(r.raw) for r in iter_raw_records(c.wal_dir(), pg_start, end)]
         pg_n, pg_mb = len(pg_sizes), sum(pg_sizes) / 1e6
         both = decode_s + redo_s
         print(f"| {am} | {start}..{end} | {n:,} | {mb:.1f} | {n / both:,.0f} | {mb / both:.1f} "
