@@ -108,3 +108,20 @@ def test_commit_of_xid_is_the_point_after_its_commit(tmp_path: Path) -> None:
     assert p is not None and (p.lsn, p.last_commit_xid) == (Lsn(2040), 701)
     assert p.last_commit_time == T0 + dt.timedelta(seconds=10)
     assert svc.commit_of_xid(999) is None
+
+
+def test_index_ams_marked_invalid_are_exactly_those_without_redo() -> None:
+    """Historical servers mark invalid only the indexes of AMs whose rmgr has no
+    redo, and materialization serves empty pages only for those rmgrs; every
+    other index AM's rmgr has redo."""
+    from strata.historical.modes import UNSUPPORTED_INDEX_AMS
+    from strata.historical.store_source import NO_REDO_YET_RMGRS
+    from strata.reconstruct.redo import registered_rmgrs
+    from strata.wal.rmgr import RM_BRIN_ID, RM_GIN_ID, RM_GIST_ID, RM_HASH_ID, RM_SPGIST_ID
+
+    am_rmgrs = {"hash": (RM_HASH_ID, "Hash"), "gin": (RM_GIN_ID, "Gin"),
+                "gist": (RM_GIST_ID, "Gist"), "spgist": (RM_SPGIST_ID, "SPGist"),
+                "brin": (RM_BRIN_ID, "BRIN")}
+    assert {am_rmgrs[am][1] for am in UNSUPPORTED_INDEX_AMS} == NO_REDO_YET_RMGRS
+    for am, (rmid, _name) in am_rmgrs.items():
+        assert (rmid in registered_rmgrs()) == (am not in UNSUPPORTED_INDEX_AMS), am

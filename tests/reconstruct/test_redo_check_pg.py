@@ -82,15 +82,21 @@ def test_strict_heap_check_sees_infomask_bits_that_heap_mask_hides(
 
 
 def test_redo_check_cli_exit_status_follows_unsupported_policy(
-        small_capture: WalCapture, capsys: pytest.CaptureFixture[str]) -> None:
+        small_capture: WalCapture, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["redo-check", "--path", str(small_capture.wal_dir),
             "--start", str(small_capture.start), "--end", str(small_capture.end)]
-    assert strata_main(args) == 0  # Hash is allowed to be unsupported by default
+    assert strata_main(args) == 0  # hash has redo
+    assert "UNSUPPORTED:" not in capsys.readouterr().out
+    # an rmgr without redo (as hash was before issue 12)
+    redo_pkg._ensure_loaded()
+    monkeypatch.delitem(redo_pkg._REGISTRY, redo_pkg.RM_HASH_ID)
+    assert strata_main([*args, "--allow-unsupported", "Hash"]) == 0
     out = capsys.readouterr().out
     assert "Heap/INSERT" in out and "UNSUPPORTED: Hash/INSERT" in out and "(allowed)" in out
     assert strata_main([*args, "--allow-unsupported", ""]) == 1
     assert "NOT ALLOWED" in capsys.readouterr().out
-    assert strata_main([*args, "--strict", "--chain"]) == 0
+    assert strata_main([*args, "--strict", "--chain", "--allow-unsupported", "Hash"]) == 0
 
 
 def test_redo_check_cli_reads_a_local_server_by_dsn(

@@ -12,10 +12,10 @@ from strata.pg.constants import BLCKSZ
 from strata.reconstruct import mask as bm
 from strata.reconstruct.redo import (
     RM_GENERIC_ID,
-    RM_HASH_ID,
     RM_HEAP2_ID,
     RM_HEAP_ID,
     RM_SEQ_ID,
+    RM_STANDBY_ID,
     page_ops,
     redo_block,
     redo_block_inplace,
@@ -63,10 +63,10 @@ def test_builtin_rmgrs_are_registered() -> None:
 
 
 def test_rmgr_without_redo_raises_unsupported_naming_it() -> None:
-    rec = _record(RM_HASH_ID, 0x20, (_block(data=b"x"),))
+    rec = _record(RM_STANDBY_ID, 0x00, (_block(data=b"x"),))  # Standby: no page redo
     with pytest.raises(UnsupportedRecordError) as ei:
         redo_block(rec, 0, page_ops.new_page())
-    assert ei.value.rmgr == "Hash" and ei.value.record_type == "INSERT"
+    assert ei.value.rmgr == "Standby" and ei.value.record_type == "LOCK"
     assert ei.value.lsn == rec.lsn
 
 
@@ -109,7 +109,7 @@ def test_apply_image_wins_and_gets_end_lsn() -> None:
     img_page = page_ops.new_page()
     page_ops.page_add_item(img_page, b"image-item")
     img = BlockImage(bytes(img_page), BKPIMAGE_APPLY, 0, 0)
-    rec = _record(RM_HASH_ID, 0x20, (_block(image=img),))  # even for an rmgr without redo
+    rec = _record(RM_STANDBY_ID, 0x00, (_block(image=img),))  # even for an rmgr without redo
     out = redo_block(rec, 0, None)
     assert page_ops.get_item(out, 1) == b"image-item"
     assert page_ops.page_get_lsn(out) == rec.end_lsn

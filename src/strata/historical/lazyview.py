@@ -18,9 +18,10 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
 * Every non-new page gets its checksum (pg_control says checksums are on);
   pg_class / pg_index pages are patched first (`catalog_patch`).
 * A block the store has no value for is a zero page (a hole), as in
-  materialize. A relation with WAL of an index AM without redo yields zero
-  pages from there on (its indexes are invalid, never read). Any other error
-  of the store propagates (the file system answers EIO: never wrong data).
+  materialize. A relation with WAL of an index AM without redo
+  (`store_source.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
+  on (its indexes are invalid, never read). Any other error of the store
+  propagates (the file system answers EIO: never wrong data).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from strata.historical.catalog_patch import CatalogFacts, am_oids, patch_page
 from strata.historical.materialize import database_dir
 from strata.historical.served import ServedFork, facts_of, served_forks
 from strata.historical.source import BLCKSZ, FORK_SUFFIX
-from strata.historical.store_source import StoreSource
+from strata.historical.store_source import NO_REDO_YET_RMGRS, StoreSource
 from strata.key import Key, KeyRange
 from strata.pg.checksum import set_checksums
 from strata.pg.constants import ForkNumber
@@ -192,6 +193,8 @@ class LazyView:
                 for key, page in self.source.store.scan(rng, self.source.lsn):
                     pages[key.blk - start] = page
             except UnsupportedRecordError as e:
+                if e.rmgr not in NO_REDO_YET_RMGRS:
+                    raise  # a record no redo knows: EIO, never wrong data
                 log.warning("relation %d/%d/%d fork %d at %s: %s; served as empty pages",
                             *fid, self.source.lsn, e)
                 self._unsupported.add(fid)

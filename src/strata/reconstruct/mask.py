@@ -4,7 +4,9 @@ What it is: the bufmask helpers (src/backend/access/common/bufmask.c) and the
 rm_mask functions of the resource managers whose redo we own: heap_mask
 (heapam_xlog.c; Heap and Heap2 share it), seq_mask (sequence.c) and
 generic_mask (generic_xlog.c). A registry maps rmgr id -> mask function so
-other AMs plug in (btree registers btree_mask from its own module).
+other AMs plug in (btree registers btree_mask from its own module); a second
+one holds the known differences between PostgreSQL's redo and its primary
+that no mask hides (GiST's F_TUPLES_DELETED after Gist/DELETE).
 Fed by pages (bytearray, masked in place); feeds the oracle in
 `reconstruct.check`. MASK_MARKER is 0, as in PostgreSQL.
 """
@@ -24,14 +26,19 @@ from strata.reconstruct.redo import (
     RM_SEQ_ID,
     page_ops,
 )
+from strata.wal.record import BlockRef, DecodedRecord
 
 MASK_MARKER = 0
 
 MaskFn = Callable[[bytearray, int], None]
+# (record, block, our masked page, server's masked page) -> True when the two
+# differ only where PostgreSQL's own redo differs from its primary
+KnownDifferenceFn = Callable[[DecodedRecord, BlockRef, bytes, bytes], bool]
 
 _REGISTRY: dict[int, MaskFn] = {}
-_OPTIONAL_MODULES = ("strata.reconstruct.redo.btree", "strata.reconstruct.redo.gin",
-                     "strata.reconstruct.redo.spgist")
+_KNOWN_DIFFERENCES: dict[int, KnownDifferenceFn] = {}
+_OPTIONAL_MODULES = tuple(f"strata.reconstruct.redo.{m}"
+                          for m in ("btree", "hash", "gin", "gist", "spgist", "brin"))
 _loaded = False
 
 
@@ -52,6 +59,19 @@ def register(rmid: int, fn: MaskFn) -> None:
 
 
 register_mask = register
+
+
+def register_known_difference(rmid: int, fn: KnownDifferenceFn) -> None:
+    """Install the test for a difference between PostgreSQL's redo and its
+    primary that rm_mask does not hide (PostgreSQL's own standby fails its
+    consistency check there too). The oracle counts such blocks apart
+    (`TypeStats.upstream`), never as matches."""
+    _KNOWN_DIFFERENCES[rmid] = fn
+
+
+def known_difference(rmid: int) -> KnownDifferenceFn | None:
+    mask_for(rmid)  # loads the optional rmgr modules
+    return _KNOWN_DIFFERENCES.get(rmid)
 
 
 def mask_for(rmid: int) -> MaskFn | None:

@@ -5,7 +5,7 @@ What it is: the per-block equivalent of PostgreSQL's recovery loop
 (`strata.wal.record.DecodedRecord`) and the block's previous page; feeds the
 page store (GetPage@LSN) and the wal_consistency_checking oracle. Owns the
 registry of per-rmgr redo functions; rmgr modules (xlog, heap, heap2,
-sequence, generic here; btree in its own module) call `register` at import.
+sequence, generic, btree, hash, gist, brin) call `register` at import.
 
 Rules, as PostgreSQL applies them to a block reference:
 
@@ -24,6 +24,10 @@ Rules, as PostgreSQL applies them to a block reference:
 
 A registered function has the signature `fn(record, block, page) -> bool | None`
 and edits `page` (a bytearray of BLCKSZ) in place for that one block.
+An rmgr whose redo also changes a page it restored from an apply-image
+(PostgreSQL's BLK_RESTORED branch: GiST sets the NSN, which no image can
+hold) registers `register_after_image(rmid, fn)`; `fn` runs on the restored
+page before it is stamped.
 Unknown rmgrs and record types raise UnsupportedRecordError.
 """
 
@@ -68,15 +72,22 @@ RedoFn = Callable[[DecodedRecord, BlockRef, bytearray], "bool | None"]
 VISIBILITYMAP_FORKNUM = 2
 
 _REGISTRY: dict[int, RedoFn] = {}
+_AFTER_IMAGE: dict[int, Callable[[DecodedRecord, BlockRef, bytearray], None]] = {}
 _loaded = False
 # Modules that register redo functions; optional ones may not exist yet.
-_BUILTIN_MODULES = ("xlog", "heap", "heap2", "sequence", "generic", "btree", "gin",
-                    "spgist")
+_BUILTIN_MODULES = ("xlog", "heap", "heap2", "sequence", "generic", "btree", "hash", "gin",
+                    "gist", "spgist", "brin")
 
 
 def register(rmid: int, fn: RedoFn) -> None:
     """Install the redo function of resource manager `rmid` (last one wins)."""
     _REGISTRY[rmid] = fn
+
+
+def register_after_image(rmid: int,
+                         fn: Callable[[DecodedRecord, BlockRef, bytearray], None]) -> None:
+    """Install what rmgr `rmid` does to a block it restored from an apply-image."""
+    _AFTER_IMAGE[rmid] = fn
 
 
 def _ensure_loaded() -> None:
@@ -151,6 +162,10 @@ def _redo_one(record: DecodedRecord, block: BlockRef,
               page: bytes | bytearray | None, *, inplace: bool = False) -> bytearray:
     if block.apply_image:
         img = restore_image(block, record.lsn)
+        _ensure_loaded()
+        after = _AFTER_IMAGE.get(record.xl_rmid)
+        if after is not None:
+            after(record, block, img)
         if not page_ops.page_is_new(img):
             page_ops.page_set_lsn(img, record.end_lsn)
         return img

@@ -5,7 +5,7 @@ checksum_impl.h).
 What it is: the page-level toolbox every redo module uses. Pages are
 `bytearray`s of BLCKSZ bytes that are modified **in place**; nothing here
 allocates a new page unless its name says so. Fed by the redo modules
-(heap, heap2, btree, sequence, generic, xlog); feeds nothing else. Owns the
+(heap, heap2, btree, hash, gist, brin, sequence, generic, xlog); feeds nothing else. Owns the
 byte layout of the page header and of line pointers.
 
 Byte-exactness: placement of new items, compaction order, and what is (and is

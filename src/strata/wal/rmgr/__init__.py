@@ -135,6 +135,20 @@ XLOG_BTREE_MARK_PAGE_HALFDEAD = 0xB0
 XLOG_BTREE_VACUUM = 0xC0
 XLOG_BTREE_REUSE_PAGE = 0xD0
 XLOG_BTREE_META_CLEANUP = 0xE0
+# Hash (access/hash_xlog.h)
+XLOG_HASH_INIT_META_PAGE = 0x00
+XLOG_HASH_INIT_BITMAP_PAGE = 0x10
+XLOG_HASH_INSERT = 0x20
+XLOG_HASH_ADD_OVFL_PAGE = 0x30
+XLOG_HASH_SPLIT_ALLOCATE_PAGE = 0x40
+XLOG_HASH_SPLIT_PAGE = 0x50
+XLOG_HASH_SPLIT_COMPLETE = 0x60
+XLOG_HASH_MOVE_PAGE_CONTENTS = 0x70
+XLOG_HASH_SQUEEZE_PAGE = 0x80
+XLOG_HASH_DELETE = 0x90
+XLOG_HASH_SPLIT_CLEANUP = 0xA0
+XLOG_HASH_UPDATE_META_PAGE = 0xB0
+XLOG_HASH_VACUUM_ONE_PAGE = 0xC0
 # Gin (access/ginxlog.h)
 XLOG_GIN_CREATE_PTREE = 0x10
 XLOG_GIN_INSERT = 0x20
@@ -145,6 +159,13 @@ XLOG_GIN_UPDATE_META_PAGE = 0x60
 XLOG_GIN_INSERT_LISTPAGE = 0x70
 XLOG_GIN_DELETE_LISTPAGE = 0x80
 XLOG_GIN_VACUUM_DATA_LEAF_PAGE = 0x90
+# Gist (access/gistxlog.h; 0x40 and 0x50 are retired)
+XLOG_GIST_PAGE_UPDATE = 0x00
+XLOG_GIST_DELETE = 0x10
+XLOG_GIST_PAGE_REUSE = 0x20
+XLOG_GIST_PAGE_SPLIT = 0x30
+XLOG_GIST_PAGE_DELETE = 0x60
+XLOG_GIST_ASSIGN_LSN = 0x70
 # Sequence
 XLOG_SEQ_LOG = 0x00
 # SPGist (access/spgxlog.h; 0x00, CREATE_INDEX, is retired)
@@ -241,6 +262,21 @@ _RAW: dict[int, dict[int, str]] = {
     RM_COMMIT_TS_ID: {0x00: "ZEROPAGE", 0x10: "TRUNCATE"},
     RM_REPLORIGIN_ID: {0x00: "SET", 0x10: "DROP"},
 }
+
+
+def record_types(rmid: int) -> dict[int, str]:
+    """Every record type of built-in rmgr `rmid`: the value its identify
+    function switches on -> the name pg_waldump prints (docs/wal-record-types.md
+    lists them all)."""
+    if rmid == RM_XACT_ID:
+        return dict(_XACT)
+    if rmid == RM_GENERIC_ID:
+        return {0x00: "Generic"}
+    if rmid in _MASKED:
+        return dict(_MASKED[rmid])
+    if rmid in _RAW:
+        return dict(_RAW[rmid])
+    raise ValueError(f"no record-type table for resource manager {rmid}")
 
 
 def rmgr_is_valid(rmid: int) -> bool:
