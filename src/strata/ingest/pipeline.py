@@ -35,7 +35,6 @@ from strata.errors import EndOfWal, WalSourceError
 from strata.home.files import ReceiverState, write_json
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
-from strata.wal.decoder import decode_record
 from strata.wal.reader import WalReader
 from strata.wal.record import DecodedRecord
 from strata.wal.source import WalChunk
@@ -157,7 +156,8 @@ class IngestPipeline:
         return self.ingest.store.durable_lsn
 
     def feed(self, chunk: WalChunk) -> None:
-        """Frame, decode and ingest every complete record in `chunk`.
+        """Frame, decode and ingest every complete record in `chunk`, a
+        `RecordBatch` at a time.
 
         Raises: WalSourceError when streamed WAL is invalid (streamed WAL is
         flushed WAL: it must be valid to the end)."""
@@ -165,14 +165,14 @@ class IngestPipeline:
         self.stats.bytes += len(chunk.data)
         ingest = self.ingest
         try:
-            for raw in self.reader:
-                rec = decode_record(raw.raw, raw.lsn, raw.end_lsn)
-                ingest.ingest(rec)
-                self.stats.records += 1
+            while (batch := self.reader.read_batch()) is not None:
+                ingest.ingest_batch(batch)
+                self.stats.records += len(batch)
                 if self.on_record is not None:
-                    self.on_record(rec)
-                self.processed = raw.end_lsn
-                self.last_record = raw.lsn
+                    for i in range(len(batch)):
+                        self.on_record(batch.record(i))
+                self.processed = batch.end_lsn
+                self.last_record = batch.last_lsn
         except EndOfWal as e:
             raise WalSourceError(f"invalid WAL in the stream: {e}") from e
 
