@@ -76,7 +76,7 @@ from strata.keyspace.slru import slru_store_value
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.pg.constants import ForkNumber
-from strata.storage.values import Value, ValueKind, value_data, value_kind
+from strata.storage.values import PageImage, Tombstone, Value, ValueKind, WalRecord
 from strata.timeline.timemap import FLAG_CATALOG_CHANGE, EndKind, TimeMap, TxEnd
 from strata.wal.batch import RecordBatch
 from strata.wal.record import DecodedRecord
@@ -270,9 +270,8 @@ class WalIngest:
             self._read_store()  # the tracker reads catalog pages from the store
             self.catalog.observe(record)  # rare: a system catalog page (DDL)
         for key, value in self.transam.puts(record):
-            v: Value | None = slru_store_value(value) if key.kind == KeyKind.SLRU_PAGE else None
-            if v is not None:
-                self._put(key, lsn, int(value_kind(v)), value_data(v))
+            if key.kind == KeyKind.SLRU_PAGE:
+                self._put(key, lsn, *_kind_and_data(slru_store_value(value)))
             else:
                 self._put(key, lsn, _KIND_IMAGE if value else _KIND_TOMBSTONE, value)
 
@@ -501,3 +500,10 @@ class WalIngest:
             self.catalog.transaction_end(record, rec)
 
 
+def _kind_and_data(value: Value) -> tuple[int, bytes]:
+    if isinstance(value, PageImage):
+        return _KIND_IMAGE, value.data
+    if isinstance(value, WalRecord):
+        return (_KIND_INIT if value.will_init else _KIND_RECORD), value.data
+    assert isinstance(value, Tombstone)
+    return _KIND_TOMBSTONE, b""
