@@ -33,8 +33,8 @@ runs with ``--flush-interval 2``) per WAL byte.
 Offline mode (``--offline``): the same workloads are recorded once (a cleanly
 stopped base data directory, the WAL after it and each workload's LSN range,
 in --wal-cache, reused when present), then fed from the files through the ingest
-pipeline in this process (`IngestPipeline.feed` in 128 kB chunks as the
-walsender sends them, advancing every 8 MiB) into a fresh store imported from
+pipeline in this process (128 kB chunks as the walsender sends them, taken
+and fed as `IngestPipeline.run` does, advancing every 8 MiB) into a fresh store imported from
 the base. Per workload: WAL MiB, records, CPU s of this process (ingest; then
 including the flush and the background compaction it causes), records/s and
 MB/s per CPU second, layer bytes per WAL byte. ``--profile DIR`` writes a
@@ -370,16 +370,18 @@ def record_wal(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
 
 
 class FileStream:
-    """A finished WAL directory as the pipeline's `Stream`."""
+    """A finished WAL directory as the pipeline's `Stream`, handing out nothing
+    past `limit` (moved forward by the caller; the end of WAL is zeros)."""
 
     def __init__(self, wal: Path, start: Lsn, limit: Lsn, system_id: int, timeline: int) -> None:
         from strata.wal.source import FileSource
 
-        self.src = FileSource(wal, start, chunk_size=128 << 10)
-        self.limit = limit  # bytes past it (the end of WAL: zeros) are not handed out
+        self.src = FileSource(wal, start, chunk_size=128 << 10)  # a walsender message
+        self.limit = limit
         self.system_id = system_id
         self.timeline = timeline
         self.server_wal_end = Lsn(0)
+        self._held: Any = None  # the part of a chunk past the limit
 
     @property
     def received_lsn(self) -> Lsn:
@@ -387,16 +389,21 @@ class FileStream:
 
     @property
     def finished(self) -> bool:
-        return self.src.finished
+        return self.src.finished and self._held is None
 
     def poll(self, timeout: float | None = None) -> Any:
         from strata.wal.source import WalChunk
 
-        chunk = self.src.poll(timeout)
+        chunk, self._held = (self._held, None) if self._held is not None else \
+            (self.src.poll(timeout), None)
         if chunk is None or chunk.end <= self.limit:
             return chunk
-        return WalChunk(chunk.start, chunk.data[:max(0, self.limit - chunk.start)]) \
-            if chunk.start < self.limit else None
+        if chunk.start >= self.limit:
+            self._held = chunk
+            return None
+        cut = self.limit - chunk.start
+        self._held = WalChunk(Lsn(self.limit), chunk.data[cut:])
+        return WalChunk(chunk.start, chunk.data[:cut])
 
     def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
         pass
@@ -435,8 +442,7 @@ def offline(args: argparse.Namespace) -> list[Row]:
             import_datadir(source, ingest)
             store.flush()
             store.wait_maintenance()
-            stream = FileStream(cache / "wal", at, Lsn.parse(meta["phases"][-1]["end"]),
-                                source.controlfile.system_identifier,
+            stream = FileStream(cache / "wal", at, at, source.controlfile.system_identifier,
                                 source.controlfile.timeline)
             pipe = IngestPipeline(stream, ingest, start=at,  # type: ignore[arg-type]
                                   segment_size=source.controlfile.xlog_seg_size, slot="bench",
@@ -487,16 +493,19 @@ def offline_phase(args: argparse.Namespace, pipe: Any, ph: dict[str, Any], work:
 
 
 def feed_until(pipe: Any, lsn: Lsn, prof: cProfile.Profile | None) -> None:
-    """Feed chunks until the pipeline has processed every record ending at or before `lsn`."""
+    """Feed the WAL up to `lsn` (a record end) through the pipeline as its run loop
+    does (`IngestPipeline.take`: a backlog in batches of up to 4 MiB), advancing
+    every 8 MiB."""
+    pipe.stream.limit = lsn
     pending = 0
     while pipe.processed < lsn:
-        chunk = pipe.stream.poll(0)
-        if chunk is None:
-            raise RuntimeError(f"WAL ends at {pipe.processed} before {lsn}")
         if prof is not None:
             prof.enable()
-        pipe.feed(chunk)
-        pending += len(chunk.data)
+        chunks = pipe.take(0)
+        if not chunks:
+            raise RuntimeError(f"WAL ends at {pipe.processed} before {lsn}")
+        pipe.feed(*chunks)
+        pending += sum(len(c.data) for c in chunks)
         if pending >= 8 << 20 or pipe.processed >= lsn:
             pipe.advance(time.monotonic())
             pending = 0

@@ -140,12 +140,14 @@ def size_growth(k: np.ndarray, sizes: dict[RelFork, int]) -> list[tuple[int, Rel
 def new_databases(k: np.ndarray, known: set[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """(record row, spc, db) of the first block of each database not in `known`
     (db 0, the shared catalogs, is no database). In record order."""
-    k = k[k["db"] != 0]
-    if not len(k):
+    db = k["db"]
+    some = db != 0
+    if not some.any():
         return []
-    pairs = (k["spc"].astype(np.uint64) << np.uint64(32)) | k["db"]
+    pairs = ((k["spc"].astype(np.uint64) << np.uint64(32)) | db)[some]
     uniq, first = np.unique(pairs, return_index=True)
-    out = [(int(k["rec"][i]), p >> 32, p & 0xFFFFFFFF)
+    rec = k["rec"][some]
+    out = [(int(rec[i]), p >> 32, p & 0xFFFFFFFF)
            for p, i in zip(uniq.tolist(), first.tolist(), strict=True)
            if (p >> 32, p & 0xFFFFFFFF) not in known]
     out.sort()

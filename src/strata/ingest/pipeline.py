@@ -74,6 +74,7 @@ class PublishConfig:
     flush_interval: float = 30.0  # s between forced flushes of the memtable
     save_interval: float = 1.0  # s between saves of receiver.json + slot confirmations
     periodic_interval: float = 1.0  # s between calls of the caller's hooks
+    batch_bytes: int = 4 << 20  # WAL taken at once from a stream with more waiting (one batch)
 
 
 @dataclass(slots=True)
@@ -155,14 +156,15 @@ class IngestPipeline:
     def store_durable(self) -> Lsn:
         return self.ingest.store.durable_lsn
 
-    def feed(self, chunk: WalChunk) -> None:
-        """Frame, decode and ingest every complete record in `chunk`, a
-        `RecordBatch` at a time.
+    def feed(self, chunk: WalChunk, *more: WalChunk) -> None:
+        """Frame, decode and ingest every complete record in `chunk` (and the
+        chunks after it), a `RecordBatch` at a time.
 
         Raises: WalSourceError when streamed WAL is invalid (streamed WAL is
         flushed WAL: it must be valid to the end)."""
-        self.reader.feed(chunk.data)
-        self.stats.bytes += len(chunk.data)
+        for c in (chunk, *more):
+            self.reader.feed(c.data)
+            self.stats.bytes += len(c.data)
         ingest = self.ingest
         try:
             while (batch := self.reader.read_batch()) is not None:
@@ -200,12 +202,12 @@ class IngestPipeline:
         self.stats.caught_up_at = time.monotonic()
         try:
             while not stop_event.is_set():
-                chunk = self.stream.poll(poll_timeout)
-                if chunk is not None:
-                    self.feed(chunk)
+                chunks = self.take(poll_timeout)
+                if chunks:
+                    self.feed(*chunks)
                 now = time.monotonic()
-                act = policy.decide(now, received=len(chunk.data) if chunk is not None else 0,
-                                    idle=chunk is None, processed=self.processed,
+                act = policy.decide(now, received=sum(len(c.data) for c in chunks),
+                                    idle=not chunks, processed=self.processed,
                                     published=self.published, durable=self.store_durable)
                 if Action.ADVANCE in act:
                     self.advance(now)
@@ -219,6 +221,18 @@ class IngestPipeline:
                     break
         finally:
             self.finish()
+
+    def take(self, timeout: float) -> list[WalChunk]:
+        """The next chunk, and the ones already waiting behind it up to
+        `batch_bytes` (a backlog is ingested in big batches)."""
+        chunk = self.stream.poll(timeout)
+        if chunk is None:
+            return []
+        chunks, size = [chunk], len(chunk.data)
+        while size < self.config.batch_bytes and (more := self.stream.poll(0)) is not None:
+            chunks.append(more)
+            size += len(more.data)
+        return chunks
 
     def finish(self) -> None:
         """Advance and flush everything processed, then save the resume point."""

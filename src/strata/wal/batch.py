@@ -127,8 +127,8 @@ class BatchBuilder:
 
     def __init__(self, records: int = 256, buffer: int = 1 << 16) -> None:
         self.recs = np.zeros(max(records, 1), dtype=REC_DTYPE)
-        self.blks = np.zeros(max(2 * records, _MAX_BLOCKS), dtype=BLK_DTYPE)
-        self.out = np.zeros(max(buffer, 1 << 12), dtype=np.uint8)
+        self.blks = np.zeros(max(3 * records, _MAX_BLOCKS), dtype=BLK_DTYPE)
+        self.out = np.empty(max(buffer, 1 << 12), dtype=np.uint8)  # written before it is read
         self.nrec = self.nblk = self.opos = 0
 
     def __len__(self) -> int:
@@ -206,6 +206,7 @@ class BatchBuilder:
 
 
 def _grown(a: np.ndarray, at_least: int) -> np.ndarray:
+    """`a` in a bigger array (zeros after it: the padding of the rows stays 0)."""
     new = np.zeros(max(at_least, 2 * len(a)), dtype=a.dtype)
     new[:len(a)] = a
     return new
