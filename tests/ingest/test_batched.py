@@ -7,6 +7,7 @@ DDL, drops and truncations), with the compiled reader and in pure Python."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from strata.bootstrap import cluster_state_of, import_datadir
 from strata.errors import EndOfWal
+from strata.historical.source import DataDirSource
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import Key, KeyKind, KeyRange
@@ -29,7 +32,14 @@ from strata.wal.batch import BatchBuilder
 from strata.wal.reader import WalReader
 from strata.wal.segments import iter_records
 from strata.wal.source import FileSource
-from tests.wal.conftest import WalRun, history_wal, pgbench_wal, wal_scratch  # noqa: F401
+from tests.conftest import _scratch, make_cluster
+from tests.wal.conftest import (  # noqa: F401  (fixtures)
+    WalRun,
+    history_statements,
+    history_wal,
+    pgbench_wal,
+    wal_scratch,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -65,6 +75,7 @@ class Ingested:
     dbs: set[tuple[int, int]]
     state: ClusterState | None
     tx_ends: list[Any]
+    ddl: list[Any]
     records: int
 
 
@@ -77,16 +88,29 @@ def _state() -> ClusterState:
     return ClusterState.from_bytes((DATA / "transam" / "cluster_state_v1.bin").read_bytes())
 
 
-def ingest_with(tmp: Path, start: Lsn, feed: Any) -> Ingested:
+def ingest_with(tmp: Path, start: Lsn, feed: Any, base: Path | None = None) -> Ingested:
+    """`feed` WAL into a fresh store (imported from the stopped data directory
+    `base` first, when given) and say what was stored."""
     store = RecordingStore.open(tmp / "layers", reconstruct_value, background=False)
     store.puts, store.deletes = [], []
     timemap = TimeMap.open(tmp / "timemap")
     try:
-        ing = WalIngest(store, timemap, TransamIngest(_state()), start_lsn=start)
+        if base is not None:
+            source = DataDirSource(base)
+            ing = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+                            start_lsn=source.lsn)
+            import_datadir(source, ing)
+            ing = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+                            start_lsn=source.lsn)  # as the daemon resumes: state from the store
+            ing.load_state(source.lsn)
+        else:
+            ing = WalIngest(store, timemap, TransamIngest(_state()), start_lsn=start)
+        store.puts, store.deletes = [], []
         feed(ing)
         ing.advance()
         return Ingested(store.puts, store.deletes, ing.relation_sizes(), ing.databases(),
-                        ing.transam.cluster_state, list(timemap.entries()), ing.stats.records)
+                        ing.transam.cluster_state, list(timemap.entries()),
+                        list(timemap.ddl.entries()), ing.stats.records)
     finally:
         store.close()
         timemap.close()
@@ -101,6 +125,7 @@ def assert_same(a: Ingested, b: Ingested) -> None:
     assert a.sizes == b.sizes and a.dbs == b.dbs
     assert a.state == b.state
     assert a.tx_ends == b.tx_ends
+    assert a.ddl == b.ddl
 
 
 @pytest.fixture(params=["compiled", "python"])
@@ -209,4 +234,50 @@ def test_real_wal_in_batches_stores_what_one_by_one_stores(
     assert a.records > 1000 and a.tx_ends
     if name == "history_wal":
         assert a.deletes  # dropped and truncated relations went through the split path
+    assert_same(a, b)
+
+
+@dataclass
+class ImportedRun:
+    base: Path  # the primary's data directory, cleanly stopped, before the workload
+    run: WalRun
+
+
+@pytest.fixture(scope="module")
+def imported_ddl_run() -> Iterator[ImportedRun]:
+    """A primary imported at a clean stop, then history.sql, databases created
+    both ways (file copy reads the template from the store) and dropped, and a
+    catalog rewritten (VACUUM FULL pg_class: the DDL tracker follows it)."""
+    root = _scratch("batched-")
+    c = make_cluster(root / "primary")
+    try:
+        c.stop()
+        base = root / "base"
+        shutil.copytree(c.datadir, base, symlinks=True)
+        start = DataDirSource(base).lsn
+        c.start()
+        with c.connect() as conn:
+            for stmt in history_statements():
+                conn.execute(stmt)  # type: ignore[arg-type]
+            conn.execute("CREATE DATABASE copied STRATEGY file_copy")
+            conn.execute("CREATE DATABASE logged STRATEGY wal_log")
+            conn.execute("VACUUM FULL pg_class")
+            conn.execute("CREATE TABLE after_rewrite (a int)")
+            conn.execute("DROP DATABASE copied")
+        end = Lsn.parse(c.sql("SELECT pg_current_wal_insert_lsn()::text")[0][0])
+        c.stop()
+        yield ImportedRun(base, WalRun(c, start, end))
+    finally:
+        c.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.pg
+def test_imported_history_in_batches_stores_what_one_by_one_stores(
+        imported_ddl_run: ImportedRun, tmp_path: Path, reader_mode: str) -> None:
+    r = imported_ddl_run
+    a = ingest_with(tmp_path / "a", r.run.start, _record_path(r.run), base=r.base)
+    b = ingest_with(tmp_path / "b", r.run.start, _batch_path(r.run, 128 << 10), base=r.base)
+    assert a.ddl and any("after_rewrite" in str(e) for e in a.ddl)
+    assert {KeyKind.DB_DIR, KeyKind.RELMAP} <= {k.kind for k, _, _ in a.puts}
     assert_same(a, b)
