@@ -153,6 +153,8 @@ class WalIngest:
         # while a batch run walks its interpreted records: their puts, by record row
         self._walk: list[tuple[int, bytes, int, bytes]] | None = None
         self._walk_row = 0
+        # catalog record rows of the batch being ingested, for a set of catalogs
+        self._hits: tuple[RecordBatch, frozenset[int], np.ndarray] | None = None
 
     # -- state from the store (restart) ------------------------------------------------
     def load_state(self, lsn: Lsn) -> None:
@@ -299,6 +301,7 @@ class WalIngest:
                 self._blocks(rec, rec.end_lsn)
                 self._interpret(rec, rec.end_lsn)
             lo = at + 1
+        self._hits = None
         self.last_lsn = batch.end_lsn
 
     def _next_split(self, batch: RecordBatch, lo: int, rows: list[int],
@@ -308,18 +311,11 @@ class WalIngest:
         order) that reads the store, shrinks or drops relations or databases,
         or a Heap/Heap2 record on a catalog (the DDL tracker reads pages).
         Asked again after each such record: it may change the catalogs."""
-        recs = batch.recs
-        n = len(recs)
-        cand = n
-        rmid = recs["rmid"][lo:]
-        heap = ((rmid == RM_HEAP_ID) | (rmid == RM_HEAP2_ID)) & (recs["nblocks"][lo:] > 0)
-        if heap.any():
-            rels = np.fromiter(self.catalog.relfilenumbers, dtype=np.uint32)
-            first_rel = batch.blks["rel"][recs["blk_first"][lo:][heap]]
-            hits = np.flatnonzero(heap)[np.isin(first_rel, rels)]
-            if len(hits):
-                cand = lo + int(hits[0])
-                decoded.setdefault(cand, batch.record(cand))
+        hits = self._catalog_hits(batch)
+        j = int(np.searchsorted(hits, lo))
+        cand = int(hits[j]) if j < len(hits) else len(batch)
+        if cand < len(batch):
+            decoded.setdefault(cand, batch.record(cand))
         for i in rows[bisect.bisect_left(rows, lo):]:
             if i >= cand:
                 break
@@ -385,6 +381,23 @@ class WalIngest:
             self._walk = None
         self.transam.note_lsn(Lsn(int(ends[hi - 1])))
         return out
+
+    def _catalog_hits(self, batch: RecordBatch) -> np.ndarray:
+        """Rows of Heap/Heap2 records of `batch` whose first block is in a
+        (possible) catalog, for the catalogs known now (recomputed when they
+        change, e.g. a catalog rewritten by VACUUM FULL)."""
+        rels = self.catalog.relfilenumbers
+        cached = self._hits
+        if cached is not None and cached[0] is batch and cached[1] == rels:
+            return cached[2]
+        recs = batch.recs
+        rmid = recs["rmid"]
+        heap = np.flatnonzero(((rmid == RM_HEAP_ID) | (rmid == RM_HEAP2_ID))
+                              & (recs["nblocks"] > 0))
+        first_rel = batch.blks["rel"][recs["blk_first"][heap]]
+        hits = heap[np.isin(first_rel, np.fromiter(rels, dtype=np.uint32, count=len(rels)))]
+        self._hits = (batch, frozenset(rels), hits)
+        return hits
 
     def _splits(self, record: DecodedRecord) -> bool:
         """Whether interpreted `record` must be ingested on its own: it reads the

@@ -104,19 +104,6 @@ class RecordBatch:
         return decode_record(self.raw(i), _int_new(Lsn, int(r["lsn"])),
                              _int_new(Lsn, int(r["end_lsn"])))
 
-    def slice(self, a: int, b: int) -> RecordBatch:
-        """Records [a, b) (sharing `buf`; block rows re-indexed)."""
-        recs = self.recs[a:b].copy()
-        if a >= b:
-            return RecordBatch(self.buf, recs, self.blks[:0].copy())
-        lo = int(recs["blk_first"][0])
-        last = recs[-1]
-        hi = int(last["blk_first"]) + int(last["nblocks"])
-        blks = self.blks[lo:hi].copy()
-        recs["blk_first"] -= lo
-        blks["rec"] -= a
-        return RecordBatch(self.buf, recs, blks)
-
 
 class BatchBuilder:
     """Fills the columns of one `RecordBatch`, record by record (`add`: the
@@ -210,30 +197,6 @@ def _grown(a: np.ndarray, at_least: int) -> np.ndarray:
     new = np.zeros(max(at_least, 2 * len(a)), dtype=a.dtype)
     new[:len(a)] = a
     return new
-
-
-def concat(batches: list[RecordBatch]) -> RecordBatch:
-    """One batch of every record of `batches`, in order."""
-    if len(batches) == 1:
-        return batches[0]
-    recs, blks, bufs = [], [], []
-    base = nrec = nblk = 0
-    for b in batches:
-        r = b.recs.copy()
-        k = b.blks.copy()
-        r["off"] += base
-        r["main_off"] += np.where(r["main_len"] > 0, base, 0)
-        r["blk_first"] += nblk
-        k["img_off"] += np.where(k["fork_flags"] & BKPBLOCK_HAS_IMAGE, base, 0)
-        k["data_off"] += np.where(k["data_len"] > 0, base, 0)
-        k["rec"] += nrec
-        recs.append(r)
-        blks.append(k)
-        bufs.append(b.buf)
-        base += len(b.buf)
-        nrec += len(r)
-        nblk += len(k)
-    return RecordBatch(b"".join(bufs), np.concatenate(recs), np.concatenate(blks))
 
 
 _COMPILED: Callable[..., tuple[int, ...]] | bool | None = False  # False: not looked up yet
