@@ -503,10 +503,12 @@ static PyObject *gather(PyObject *self, PyObject *args)
     if (result == NULL)
         goto done;
     uint8_t *o = (uint8_t *)PyBytes_AS_STRING(result);
+    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < n; k++) {
         memcpy(o, (const uint8_t *)views[si[k]].buf + st[k], (size_t)ln[k]);
         o += ln[k];
     }
+    Py_END_ALLOW_THREADS
 done:
     for (Py_ssize_t v = 0; v < nviews; v++)
         PyBuffer_Release(&views[v]);
