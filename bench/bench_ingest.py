@@ -20,11 +20,14 @@ Live mode (default): one PostgreSQL 18 primary, a streaming standby made with
 ``pg_basebackup -R`` and ``strata up --source`` attached to the primary. Per
 workload, after both have caught up with the setup: the standby's replay is
 paused (``pg_wal_replay_pause()``; it keeps receiving WAL), the statement runs
-on the primary (the primary's time), then the time until strata has ingested up
-to the statement's end LSN (``pg_stat_replication.write_lsn`` of strata's
-walsender, which strata reports within 0.2 s of processing; polled every 10 ms)
-counted from the statement's end, then the standby's replay is resumed and
-timed until ``pg_last_wal_replay_lsn()`` reaches the same LSN. CPU seconds of
+on the primary (the primary's time), then a marker transaction
+(``SELECT txid_current()``: a commit record right after the statement's WAL),
+then the time from the statement's end until strata has ingested the marker
+(its commit appears in strata's time map, which ingest publishes as soon as
+the stream goes idle; a read-only `TimeMap` polled every 10 ms: the WAL
+positions strata reports to the primary follow received bytes and status
+intervals instead), then the standby's replay is resumed and timed until
+``pg_last_wal_replay_lsn()`` reaches the marker's end. CPU seconds of
 every strata process (the ``strata up`` process and its Python descendants,
 from /proc) over the statement and its catch-up, divided by the WAL MiB; layer
 bytes written (``du <home>/layers`` once strata reports the LSN durable; strata
@@ -231,6 +234,7 @@ class LiveRig:
              "--progress-interval", "1", "--status-interval", "1"],
             stdout=self._out, stderr=self._err)
         self._wait(lambda: (self.home / "state.json").exists(), 1800, "strata up to start")
+        self._timemap: Any = None
 
     def _make_standby(self) -> Cluster:
         dest = self.base / "standby" / "data"
@@ -256,6 +260,17 @@ class LiveRig:
             time.sleep(step)
         return time.monotonic() - t0
 
+    def strata_ingested(self, xid: int, end: Lsn) -> bool:
+        """Whether strata has published the commit of `xid` that ends at `end`."""
+        from strata.home import HomeLayout
+        from strata.timeline.timemap import TimeMap
+
+        if self._timemap is None:
+            self._timemap = TimeMap.open(HomeLayout(self.home).timemap, readonly=True)
+        self._timemap.refresh()
+        e = self._timemap.last_at_or_before(end)
+        return e is not None and e.xid == xid
+
     def strata_lsns(self) -> tuple[Lsn, Lsn]:
         """(processed, durable) as strata last reported them to the primary."""
         rows = self.primary.sql("SELECT write_lsn::text, flush_lsn::text FROM pg_stat_replication"
@@ -270,13 +285,20 @@ class LiveRig:
                                 "pg_last_wal_replay_lsn()::text")[0]
         return Lsn.parse(r or "0/0"), Lsn.parse(p or "0/0")
 
-    def settle(self, target: Lsn) -> None:
-        self._wait(lambda: self.strata_lsns()[0] >= target, 3600, f"strata at {target}", 0.05)
-        self._wait(lambda: self.standby_lsns()[1] >= target, 3600, f"standby at {target}", 0.05)
+    def marker(self) -> tuple[int, Lsn]:
+        """A commit right now: (its xid, the end of its record)."""
+        xid = int(self.primary.sql("SELECT txid_current()")[0][0]) & 0xFFFFFFFF
+        return xid, record_end(insert_lsn(self.primary))
+
+    def settle(self) -> None:
+        """Wait until strata and the standby have everything written so far."""
+        xid, mark = self.marker()
+        self._wait(lambda: self.strata_ingested(xid, mark), 3600, f"strata at {mark}", 0.05)
+        self._wait(lambda: self.standby_lsns()[1] >= mark, 3600, f"standby at {mark}", 0.05)
 
     def run(self, w: Workload) -> Row:
         setup(self.primary, w)
-        self.settle(record_end(insert_lsn(self.primary)))
+        self.settle()
         self.standby.sql("SELECT pg_wal_replay_pause()")
         self._wait(lambda: self.standby.sql("SELECT pg_get_wal_replay_pause_state()")[0][0]
                    == "paused", 60, "the standby to pause")
@@ -284,22 +306,27 @@ class LiveRig:
         start = insert_lsn(self.primary)
         cpu0 = cpu_snapshot(self.strata.pid)
         row = Row(w.name, primary_s=run_statements(self.primary, w))
+        t_end = time.monotonic()
         end = record_end(insert_lsn(self.primary))
         row.wal_bytes = end - start
-        row.strata_catchup_s = self._wait(lambda: self.strata_lsns()[0] >= end, 3600,
-                                          f"strata to ingest up to {end}")
+        xid, mark = self.marker()
+        self._wait(lambda: self.strata_ingested(xid, mark), 3600,
+                   f"strata to ingest up to {mark}")
+        row.strata_catchup_s = time.monotonic() - t_end
         cpu1 = cpu_snapshot(self.strata.pid)
         row.cpu_s = {("strata up" if p == self.strata.pid else cpu1[p][0]) + f"[{p}]":
                      cpu1[p][1] - cpu0.get(p, ("", 0.0))[1] for p in cpu1}
-        self._wait(lambda: self.standby_lsns()[0] >= end, 600, "the standby to receive")
+        self._wait(lambda: self.standby_lsns()[0] >= mark, 600, "the standby to receive")
         self.standby.sql("SELECT pg_wal_replay_resume()")
-        row.standby_replay_s = self._wait(lambda: self.standby_lsns()[1] >= end, 3600,
-                                          f"the standby to replay up to {end}", 0.005)
-        self._wait(lambda: self.strata_lsns()[1] >= end, 600, "strata to make it durable", 0.1)
+        row.standby_replay_s = self._wait(lambda: self.standby_lsns()[1] >= mark, 3600,
+                                          f"the standby to replay up to {mark}", 0.005)
+        self._wait(lambda: self.strata_lsns()[1] >= mark, 600, "strata to make it durable", 0.1)
         row.layer_bytes = du(self.home / "layers") - layers0
         return row
 
     def close(self) -> None:
+        if self._timemap is not None:
+            self._timemap.close()
         if self.strata.poll() is None:
             self.strata.send_signal(signal.SIGTERM)
             try:

@@ -101,3 +101,26 @@ def test_a_backlog_is_ingested_in_big_batches_with_the_same_records(tmp_path: Pa
         assert [int(r) for bt in ing.batches for r in bt.recs["lsn"]] == lsns
         assert ing.advanced[-1] == b.ends[last]
     assert len(big.batches) == 1 < len(small.batches)
+
+
+def test_the_end_of_a_burst_is_published_after_a_short_wait(tmp_path: Path) -> None:
+    b, wal = _wal(20)
+    data = wal[:b.ends[-2] - START]
+    waits: list[float | None] = []
+
+    class Recording(FakeStream):
+        def poll(self, timeout: float | None = None) -> WalChunk | None:
+            waits.append(timeout)
+            return super().poll(timeout)
+
+        @property
+        def finished(self) -> bool:
+            return len(waits) > 6  # a few idle polls after the data
+
+    ingest = FakeIngest()
+    pipe = _pipeline(Recording(_chunks(data, 100_000)), ingest, tmp_path, 1 << 20)
+    pipe.run(threading.Event(), poll_timeout=0.5)
+    # the data; a take that finds nothing more; then, work unpublished, a short wait
+    # (idle: published at once); then, nothing unpublished, the long wait again
+    assert waits[:4] == [0.5, 0, PublishConfig().idle_after, 0.5]
+    assert ingest.advanced[0] == b.ends[-2]

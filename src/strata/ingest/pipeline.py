@@ -75,6 +75,7 @@ class PublishConfig:
     save_interval: float = 1.0  # s between saves of receiver.json + slot confirmations
     periodic_interval: float = 1.0  # s between calls of the caller's hooks
     batch_bytes: int = 4 << 20  # WAL taken at once from a stream with more waiting (one batch)
+    idle_after: float = 0.05  # s without WAL after which unpublished work is published (idle)
 
 
 @dataclass(slots=True)
@@ -83,8 +84,10 @@ class PublishPolicy:
     the clock and the positions, the policy says what is due and remembers it.
 
     - advance in batches: after `advance_interval` s or `advance_bytes` of WAL,
-      or at once when the stream is idle (nothing more to batch with), so an
-      fsync of the time map never lands on every replication message;
+      or at once when the stream is idle (nothing more to batch with: no WAL
+      for `idle_after` s, the run loop's wait while work is unpublished), so
+      an fsync of the time map never lands on every replication message of a
+      busy stream, and the end of a burst is published at once;
     - flush every `flush_interval` s when something is not durable yet;
     - save every `save_interval` s; hooks every `periodic_interval` s.
     """
@@ -202,7 +205,11 @@ class IngestPipeline:
         self.stats.caught_up_at = time.monotonic()
         try:
             while not stop_event.is_set():
-                chunks = self.take(poll_timeout)
+                # with work not yet published, a short wait tells "idle" (publish
+                # now, at the end of a burst) from "busy" (keep batching)
+                wait = (min(poll_timeout, self.config.idle_after)
+                        if self.processed > self.published else poll_timeout)
+                chunks = self.take(wait)
                 if chunks:
                     self.feed(*chunks)
                 now = time.monotonic()
