@@ -294,7 +294,7 @@ class WalIngest:
         lo = first
         while lo < n:
             at = self._next_split(batch, lo, rows, decoded)
-            self._run(batch, lo, at, decoded)
+            self._run(batch, lo, at, rows, decoded)
             if at < n:  # on its own, with everything before it in the store
                 rec = decoded[at]
                 self._pending.flush()
@@ -323,7 +323,7 @@ class WalIngest:
                 return i
         return cand
 
-    def _run(self, batch: RecordBatch, lo: int, hi: int,
+    def _run(self, batch: RecordBatch, lo: int, hi: int, rows: list[int],
              decoded: dict[int, DecodedRecord]) -> None:
         """Records [lo, hi), none of which `_splits`."""
         if lo >= hi:
@@ -340,7 +340,7 @@ class WalIngest:
                           encode_rel_size(nblocks)))
         extra.sort(key=lambda e: e[0])  # stable: per record, databases before sizes
         self.stats.puts += len(cols) + len(extra)
-        extra += self._walk_run(batch, lo, hi, decoded)
+        extra += self._walk_run(batch, lo, hi, rows, decoded)
         if extra:
             extra.sort(key=lambda e: e[0])
             ends = recs["end_lsn"]
@@ -350,7 +350,7 @@ class WalIngest:
             cols = cols.insert(at, add)
         self._pending.add(cols)
 
-    def _walk_run(self, batch: RecordBatch, lo: int, hi: int,
+    def _walk_run(self, batch: RecordBatch, lo: int, hi: int, rows: list[int],
                   decoded: dict[int, DecodedRecord]) -> list[tuple[int, bytes, int, bytes]]:
         """In WAL order: the records of [lo, hi) ingest interprets, and the first
         record of each transaction id among the others (the only thing such a
@@ -358,7 +358,7 @@ class WalIngest:
         recs = batch.recs
         xids = recs["xid"][lo:hi]
         plain = np.ones(hi - lo, dtype=bool)
-        inside = [i for i in decoded if lo <= i < hi]
+        inside = rows[bisect.bisect_left(rows, lo):bisect.bisect_left(rows, hi)]
         plain[[i - lo for i in inside]] = False
         cand = np.flatnonzero(plain & (xids >= 3))  # 0-2: never a next XID
         _, first = np.unique(xids[cand], return_index=True)
