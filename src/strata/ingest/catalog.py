@@ -141,6 +141,12 @@ class CatalogTracker:
         self._broken: dict[int, str] = {}
         self._note_mapped_catalogs()
 
+    @property
+    def waiting(self) -> bool:
+        """Whether some transaction's catalog rows (or failures) wait for its end
+        (`transaction_end` may then read the store)."""
+        return bool(self._pending or self._broken)
+
     def _note_mapped_catalogs(self) -> None:
         """Add every database's mapped catalog relfilenumbers (from the relation
         maps at `start_lsn`) to the pre-filter: a catalog rewritten before a

@@ -136,6 +136,21 @@ class ClusterStateTracker:
         self._s = s
         return s != replace(before, lsn=s.lsn)
 
+    def advance_xid(self, xid: int, end_lsn: Lsn) -> bool:
+        """`apply` for a record of an rmgr without control values (heap, btree, ...)
+        that carries `xid` and ends at `end_lsn`; returns whether a value changed."""
+        before = self._s
+        s = _advance_past_xid(before, xid)
+        self._lsn = end_lsn
+        if s is before:
+            return False
+        self._s = s
+        return True
+
+    def note_lsn(self, end_lsn: Lsn) -> None:
+        """Records up to `end_lsn` were applied (some skipped: they changed nothing)."""
+        self._lsn = end_lsn
+
     @staticmethod
     def _xlog(s: ClusterState, record: DecodedRecord) -> ClusterState:
         info = record.info

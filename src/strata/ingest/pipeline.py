@@ -35,7 +35,6 @@ from strata.errors import EndOfWal, WalSourceError
 from strata.home.files import ReceiverState, write_json
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
-from strata.wal.decoder import decode_record
 from strata.wal.reader import WalReader
 from strata.wal.record import DecodedRecord
 from strata.wal.source import WalChunk
@@ -75,6 +74,8 @@ class PublishConfig:
     flush_interval: float = 30.0  # s between forced flushes of the memtable
     save_interval: float = 1.0  # s between saves of receiver.json + slot confirmations
     periodic_interval: float = 1.0  # s between calls of the caller's hooks
+    batch_bytes: int = 4 << 20  # WAL taken at once from a stream with more waiting (one batch)
+    idle_after: float = 0.05  # s without WAL after which unpublished work is published (idle)
 
 
 @dataclass(slots=True)
@@ -83,8 +84,10 @@ class PublishPolicy:
     the clock and the positions, the policy says what is due and remembers it.
 
     - advance in batches: after `advance_interval` s or `advance_bytes` of WAL,
-      or at once when the stream is idle (nothing more to batch with), so an
-      fsync of the time map never lands on every replication message;
+      or at once when the stream is idle (nothing more to batch with: no WAL
+      for `idle_after` s, the run loop's wait while work is unpublished), so
+      an fsync of the time map never lands on every replication message of a
+      busy stream, and the end of a burst is published at once;
     - flush every `flush_interval` s when something is not durable yet;
     - save every `save_interval` s; hooks every `periodic_interval` s.
     """
@@ -156,23 +159,25 @@ class IngestPipeline:
     def store_durable(self) -> Lsn:
         return self.ingest.store.durable_lsn
 
-    def feed(self, chunk: WalChunk) -> None:
-        """Frame, decode and ingest every complete record in `chunk`.
+    def feed(self, chunk: WalChunk, *more: WalChunk) -> None:
+        """Frame, decode and ingest every complete record in `chunk` (and the
+        chunks after it), a `RecordBatch` at a time.
 
         Raises: WalSourceError when streamed WAL is invalid (streamed WAL is
         flushed WAL: it must be valid to the end)."""
-        self.reader.feed(chunk.data)
-        self.stats.bytes += len(chunk.data)
+        for c in (chunk, *more):
+            self.reader.feed(c.data)
+            self.stats.bytes += len(c.data)
         ingest = self.ingest
         try:
-            for raw in self.reader:
-                rec = decode_record(raw.raw, raw.lsn, raw.end_lsn)
-                ingest.ingest(rec)
-                self.stats.records += 1
+            while (batch := self.reader.read_batch()) is not None:
+                ingest.ingest_batch(batch)
+                self.stats.records += len(batch)
                 if self.on_record is not None:
-                    self.on_record(rec)
-                self.processed = raw.end_lsn
-                self.last_record = raw.lsn
+                    for i in range(len(batch)):
+                        self.on_record(batch.record(i))
+                self.processed = batch.end_lsn
+                self.last_record = batch.last_lsn
         except EndOfWal as e:
             raise WalSourceError(f"invalid WAL in the stream: {e}") from e
 
@@ -200,12 +205,16 @@ class IngestPipeline:
         self.stats.caught_up_at = time.monotonic()
         try:
             while not stop_event.is_set():
-                chunk = self.stream.poll(poll_timeout)
-                if chunk is not None:
-                    self.feed(chunk)
+                # with work not yet published, a short wait tells "idle" (publish
+                # now, at the end of a burst) from "busy" (keep batching)
+                wait = (min(poll_timeout, self.config.idle_after)
+                        if self.processed > self.published else poll_timeout)
+                chunks = self.take(wait)
+                if chunks:
+                    self.feed(*chunks)
                 now = time.monotonic()
-                act = policy.decide(now, received=len(chunk.data) if chunk is not None else 0,
-                                    idle=chunk is None, processed=self.processed,
+                act = policy.decide(now, received=sum(len(c.data) for c in chunks),
+                                    idle=not chunks, processed=self.processed,
                                     published=self.published, durable=self.store_durable)
                 if Action.ADVANCE in act:
                     self.advance(now)
@@ -219,6 +228,18 @@ class IngestPipeline:
                     break
         finally:
             self.finish()
+
+    def take(self, timeout: float) -> list[WalChunk]:
+        """The next chunk, and the ones already waiting behind it up to
+        `batch_bytes` (a backlog is ingested in big batches)."""
+        chunk = self.stream.poll(timeout)
+        if chunk is None:
+            return []
+        chunks, size = [chunk], len(chunk.data)
+        while size < self.config.batch_bytes and (more := self.stream.poll(0)) is not None:
+            chunks.append(more)
+            size += len(more.data)
+        return chunks
 
     def finish(self) -> None:
         """Advance and flush everything processed, then save the resume point."""

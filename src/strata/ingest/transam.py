@@ -153,6 +153,18 @@ class TransamIngest:
             out.append((Key.cluster(0), self._tracker.state.to_bytes()))
         return out
 
+    def advance_xid(self, xid: int, end_lsn: Lsn) -> bytes | None:
+        """What `puts` does for a record that only carries `xid` (no record ingest
+        interprets): the control values if they change (their new bytes), else None."""
+        if self._tracker is None or not self._tracker.advance_xid(xid, end_lsn):
+            return None
+        return self._tracker.state.to_bytes()
+
+    def note_lsn(self, end_lsn: Lsn) -> None:
+        """Records up to `end_lsn` have been seen (`advance_xid` skips repeated xids)."""
+        if self._tracker is not None:
+            self._tracker.note_lsn(end_lsn)
+
     def _xact(self, rec: xact_rmgr.XactRecord) -> list[Put]:
         if isinstance(rec, xact_rmgr.XactCommit):
             return self._status_puts(rec.all_xids, XidStatus.COMMITTED)

@@ -11,14 +11,28 @@ DB_DIR (keyspace/FORMAT.md).
 Every value is stored at the record's end LSN (`DecodedRecord.end_lsn`), as
 PostgreSQL stamps pages.
 
+Two paths, one meaning: `ingest(record)` takes one `DecodedRecord` (the
+reference, and the path of every record that needs interpreting), and
+`ingest_batch(batch)` takes a `wal.batch.RecordBatch` and does the same with
+numpy over columns (`ingest.batched`): block references, sizes and database
+directories of a run of records at once, the records that need interpreting
+(Transaction, Storage, Database, CLOG, MultiXact, RelMap, XLOG other than
+full-page images, Standby, Tablespace) one by one through the reference code,
+in WAL order. Records whose effect depends on the store's contents or shrinks
+relations (Storage, Database, a commit or abort that drops relations) split
+the batch: everything before them is handed to the store first. The entries
+of both paths are the same (tests/ingest/test_batched.py). Entries collect in
+`PendingEntries` and reach the store in one columnar call: before the store is
+read and at `advance`.
+
 Per record:
 
 - block references of the main and init forks: an image with BKPIMAGE_APPLY
-  becomes a `PageImage` (restored, stamped with the end LSN like redo does);
-  any other reference stores the record itself as a `WalRecord` delta
-  (`will_init` when the block is initialised). Visibility-map and FSM forks
-  are not stored: a read-only historical server does not need them
-  (wal-census 5.2).
+  becomes an image delta (the image as WAL stores it, a chain start restored
+  when the page is read: keyspace/FORMAT.md); any other reference stores the
+  record itself as a `WalRecord` delta (`will_init` when the block is
+  initialised). Visibility-map and FSM forks are not stored: a read-only
+  historical server does not need them (wal-census 5.2).
 - relation sizes: raised by every block reference past the known end
   (relation extension is not WAL-logged, so a block's first appearance is
   the size evidence), set by Storage CREATE / TRUNCATE, removed (tombstone)
@@ -29,18 +43,25 @@ Per record:
 - transaction ends go to the time map.
 - records on the system catalogs that say what DDL did go to the catalog
   tracker (`ingest.catalog`): one pre-filter (a set lookup on the first
-  block's relfilenumber of Heap/Heap2 records) keeps every other record off
-  that path; transaction ends tell it to write or drop a transaction's DDL.
+  block's relfilenumber of Heap/Heap2 records; a vector test per batch) keeps
+  every other record off that path; transaction ends tell it to write or drop
+  a transaction's DDL. The tracker reads the store, so such records split a
+  batch like the others that do.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from strata.errors import RedoError
+from strata.ingest import batched
 from strata.ingest.catalog import CatalogTracker
+from strata.ingest.entries import EntryColumns, PendingEntries
 from strata.ingest.transam import TransamIngest
 from strata.key import Key, KeyKind, KeyRange, SlruKind
 from strata.keyspace.relation import (
@@ -48,17 +69,38 @@ from strata.keyspace.relation import (
     STORED_FORKS,
     decode_rel_size,
     encode_delta,
+    encode_image_delta,
     encode_rel_size,
 )
 from strata.keyspace.slru import slru_store_value
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.pg.constants import ForkNumber
-from strata.reconstruct.redo import redo_block
-from strata.storage.values import TOMBSTONE, PageImage, Value, WalRecord
+from strata.storage.values import PageImage, Tombstone, Value, ValueKind, WalRecord
 from strata.timeline.timemap import FLAG_CATALOG_CHANGE, EndKind, TimeMap, TxEnd
+from strata.wal.batch import RecordBatch
 from strata.wal.record import DecodedRecord
-from strata.wal.rmgr import RM_DBASE_ID, RM_HEAP2_ID, RM_HEAP_ID, RM_SMGR_ID, RM_XACT_ID
+from strata.wal.rmgr import (
+    RM_CLOG_ID,
+    RM_DBASE_ID,
+    RM_HEAP2_ID,
+    RM_HEAP_ID,
+    RM_MULTIXACT_ID,
+    RM_RELMAP_ID,
+    RM_SMGR_ID,
+    RM_STANDBY_ID,
+    RM_TBLSPC_ID,
+    RM_XACT_ID,
+    RM_XLOG_ID,
+    XLOG_FPI,
+    XLOG_FPI_FOR_HINT,
+    XLOG_XACT_ABORT,
+    XLOG_XACT_ABORT_PREPARED,
+    XLOG_XACT_COMMIT,
+    XLOG_XACT_COMMIT_PREPARED,
+    XLOG_XACT_HAS_INFO,
+    XLOG_XACT_OPMASK,
+)
 from strata.wal.rmgr import dbase as dbase_rmgr
 from strata.wal.rmgr import storage as smgr_rmgr
 from strata.wal.rmgr import xact as xact_rmgr
@@ -66,6 +108,22 @@ from strata.wal.rmgr import xact as xact_rmgr
 log = logging.getLogger(__name__)
 
 RelFork = tuple[int, int, int, int]  # spc, db, rel, fork
+
+# Records ingest interprets one at a time (everything else only references blocks).
+_INTERPRETED = np.zeros(256, dtype=bool)  # rmid -> interpreted?
+_INTERPRETED[[RM_XLOG_ID, RM_XACT_ID, RM_SMGR_ID, RM_CLOG_ID, RM_DBASE_ID, RM_TBLSPC_ID,
+              RM_MULTIXACT_ID, RM_RELMAP_ID, RM_STANDBY_ID]] = True
+_XLOG_IMAGE = np.zeros(256, dtype=bool)  # XLOG xl_info -> a full-page image record?
+for _info in range(256):
+    _XLOG_IMAGE[_info] = _info & 0xF0 in (XLOG_FPI, XLOG_FPI_FOR_HINT)
+_XACT_ENDS = (XLOG_XACT_COMMIT, XLOG_XACT_ABORT, XLOG_XACT_COMMIT_PREPARED,
+              XLOG_XACT_ABORT_PREPARED)
+_XINFO_HAS_RELFILELOCATORS = 1 << 2  # xact.h XACT_XINFO_HAS_RELFILELOCATORS
+_XINFO_HAS_INVALS = 1 << 3  # xact.h XACT_XINFO_HAS_INVALS
+_KIND_IMAGE = int(ValueKind.PAGE_IMAGE)
+_KIND_TOMBSTONE = int(ValueKind.TOMBSTONE)
+_KIND_RECORD = int(ValueKind.WAL_RECORD)
+_KIND_INIT = int(ValueKind.WAL_RECORD_INIT)
 
 
 @dataclass
@@ -88,13 +146,20 @@ class WalIngest:
         self._sizes: dict[RelFork, int] = {}
         self._dbs: set[tuple[int, int]] = set()
         self.last_lsn: Lsn | None = None
+        self._pending = PendingEntries(store)
         state = transam.cluster_state
         self.catalog = CatalogTracker(store, timemap.ddl, start_lsn=start_lsn,
                                       start_next_xid=state.next_xid if state else None)
+        # while a batch run walks its interpreted records: their puts, by record row
+        self._walk: list[tuple[int, bytes, int, bytes]] | None = None
+        self._walk_row = 0
+        # catalog record rows of the batch being ingested, for a set of catalogs
+        self._hits: tuple[RecordBatch, frozenset[int], np.ndarray] | None = None
 
     # -- state from the store (restart) ------------------------------------------------
     def load_state(self, lsn: Lsn) -> None:
         """Read relation sizes, databases, relmaps and SLRU page sets at `lsn`."""
+        self._pending.flush()
         for key, data in self.store.scan(KeyRange.kind(KeyKind.REL_SIZE), lsn):
             self._sizes[(key.spc, key.db, key.rel, key.fork)] = decode_rel_size(data)
         for key, _ in self.store.scan(KeyRange.kind(KeyKind.DB_DIR), lsn):
@@ -111,40 +176,51 @@ class WalIngest:
         return set(self._dbs)
 
     # -- puts ------------------------------------------------------------------------
-    def _put(self, key: Key, lsn: Lsn, value: Value) -> None:
-        self.store.put(key, lsn, value)
+    def _put(self, key: Key, lsn: Lsn, kind: int, data: bytes) -> None:
+        if self._walk is not None:
+            self._walk.append((self._walk_row, key.to_bytes(), kind, data))
+        else:
+            self._pending.put(key, lsn, kind, data)
         self.stats.puts += 1
+
+    def _read_store(self) -> PageStore:
+        """The store, with everything ingested so far in it (before reading it)."""
+        assert self._walk is None, "a record that reads the store must split the batch"
+        self._pending.flush()
+        return self.store
 
     def note_relation(self, spc: int, db: int, rel: int, fork: int, nblocks: int, lsn: Lsn) -> None:
         """Set a relation fork's size (import and Storage records)."""
         self._sizes[(spc, db, rel, fork)] = nblocks
-        self._put(Key.rel_size(spc, db, rel, fork), lsn, PageImage(encode_rel_size(nblocks)))
+        self._put(Key.rel_size(spc, db, rel, fork), lsn, _KIND_IMAGE, encode_rel_size(nblocks))
 
     def note_database(self, spc: int, db: int, lsn: Lsn) -> None:
         if (spc, db) not in self._dbs:
             self._dbs.add((spc, db))
-            self._put(Key.db_dir(spc, db), lsn, PageImage(DB_DIR_PRESENT))
+            self._put(Key.db_dir(spc, db), lsn, _KIND_IMAGE, DB_DIR_PRESENT)
 
     def _drop_relation(self, spc: int, db: int, rel: int, lsn: Lsn) -> None:
+        store = self._read_store()
         for fork in range(4):
             if self._sizes.pop((spc, db, rel, fork), None) is not None:
-                self._put(Key.rel_size(spc, db, rel, fork), lsn, TOMBSTONE)
-            self.store.delete_range(KeyRange.relation(spc, db, rel, fork), lsn)
+                self._put(Key.rel_size(spc, db, rel, fork), lsn, _KIND_TOMBSTONE, b"")
+            store.delete_range(KeyRange.relation(spc, db, rel, fork), lsn)
 
     def _truncate(self, spc: int, db: int, rel: int, fork: int, nblocks: int, lsn: Lsn) -> None:
         old = self._sizes.get((spc, db, rel, fork))
         if old is not None and old > nblocks:
-            self.store.delete_range(KeyRange(Key.rel_block(spc, db, rel, fork, nblocks),
-                                             Key.rel_block(spc, db, rel, fork + 1, 0)), lsn)
+            self._read_store().delete_range(KeyRange(Key.rel_block(spc, db, rel, fork, nblocks),
+                                                     Key.rel_block(spc, db, rel, fork + 1, 0)),
+                                            lsn)
         self.note_relation(spc, db, rel, fork, nblocks, lsn)
 
-    # -- the record loop ---------------------------------------------------------------
+    # -- one record at a time ------------------------------------------------------------
     def ingest(self, record: DecodedRecord) -> None:
         """Store everything `record` changes, at its end LSN.
 
         Records ending at or below `start_lsn` were stored before (a restart
         re-reads WAL from the slot) and are skipped. Call `advance` after a
-        batch to publish it (readers see puts at once; `advance` moves the
+        batch to publish it (it hands the entries to the store, moves the
         ingested watermark and lets the store freeze and flush).
         """
         lsn = record.end_lsn
@@ -152,6 +228,12 @@ class WalIngest:
             return
         self.stats.records += 1
         self.stats.wal_bytes += record.xl_tot_len
+        self._blocks(record, lsn)
+        self._interpret(record, lsn)
+        self.last_lsn = lsn
+
+    def _blocks(self, record: DecodedRecord, lsn: Lsn) -> None:
+        """Block entries, fork sizes and database directories of `record`."""
         delta: bytes | None = None
         grown: dict[RelFork, int] = {}  # one REL_SIZE put per fork and record
         for blk in record.blocks:
@@ -160,12 +242,14 @@ class WalIngest:
             loc = blk.rlocator
             key = Key.rel_block(loc.spc, loc.db, loc.rel, blk.fork, blk.blkno)
             if blk.apply_image:
-                # the image as redo restores it (stamped with the end LSN)
-                self._put(key, lsn, PageImage(redo_block(record, blk.block_id, None)))
+                assert blk.image is not None
+                # the image as WAL has it: restored when the page is read
+                self._put(key, lsn, _KIND_INIT,
+                          encode_image_delta(record.lsn, record.end_lsn, blk.image))
             else:
                 if delta is None:
                     delta = encode_delta(record.lsn, record.end_lsn, record.raw)
-                self._put(key, lsn, WalRecord(delta, will_init=blk.will_init))
+                self._put(key, lsn, _KIND_INIT if blk.will_init else _KIND_RECORD, delta)
             rf = (loc.spc, loc.db, loc.rel, blk.fork)
             if max(self._sizes.get(rf, -1), grown.get(rf, -1)) < blk.blkno + 1:
                 grown[rf] = blk.blkno + 1
@@ -173,6 +257,9 @@ class WalIngest:
                 self.note_database(loc.spc, loc.db, lsn)
         for (spc, db, rel, fork), nblocks in grown.items():
             self.note_relation(spc, db, rel, fork, nblocks, lsn)
+
+    def _interpret(self, record: DecodedRecord, lsn: Lsn) -> None:
+        """What `record` means beyond its block references."""
         rmid = record.xl_rmid
         if rmid == RM_SMGR_ID:
             self._smgr(record, lsn)
@@ -182,12 +269,160 @@ class WalIngest:
             self._xact(record, lsn)
         elif rmid in (RM_HEAP_ID, RM_HEAP2_ID) and record.blocks and \
                 record.blocks[0].rlocator.rel in self.catalog.relfilenumbers:
+            self._read_store()  # the tracker reads catalog pages from the store
             self.catalog.observe(record)  # rare: a system catalog page (DDL)
         for key, value in self.transam.puts(record):
-            self._put(key, lsn, slru_store_value(value) if key.kind == KeyKind.SLRU_PAGE
-                      else (PageImage(value) if value else TOMBSTONE))
-        self.last_lsn = lsn
+            if key.kind == KeyKind.SLRU_PAGE:
+                self._put(key, lsn, *_kind_and_data(slru_store_value(value)))
+            else:
+                self._put(key, lsn, _KIND_IMAGE if value else _KIND_TOMBSTONE, value)
 
+    # -- a batch at a time -----------------------------------------------------------------
+    def ingest_batch(self, batch: RecordBatch) -> None:
+        """`ingest` every record of `batch`, in order, with the same entries."""
+        recs = batch.recs
+        n = len(recs)
+        first = int(np.searchsorted(recs["end_lsn"], self.start_lsn, side="right"))
+        if first >= n:
+            return
+        self.stats.records += n - first
+        self.stats.wal_bytes += int(recs["tot_len"][first:].sum(dtype=np.int64))
+        rmid = recs["rmid"]
+        interp = _INTERPRETED[rmid] & ~((rmid == RM_XLOG_ID) & _XLOG_IMAGE[recs["info"]])
+        rows = (np.flatnonzero(interp[first:]) + first).tolist()
+        decoded = {i: batch.record(i) for i in rows}
+        lo = first
+        while lo < n:
+            at = self._next_split(batch, lo, rows, decoded)
+            self._run(batch, lo, at, rows, decoded)
+            if at < n:  # on its own, with everything before it in the store
+                rec = decoded[at]
+                self._pending.flush()
+                self._blocks(rec, rec.end_lsn)
+                self._interpret(rec, rec.end_lsn)
+            lo = at + 1
+        self._hits = None
+        self.last_lsn = batch.end_lsn
+
+    def _next_split(self, batch: RecordBatch, lo: int, rows: list[int],
+                    decoded: dict[int, DecodedRecord]) -> int:
+        """The first record at or after `lo` that must be ingested on its own
+        (`decoded` gets it), or len(batch): an interpreted record (`rows`, in
+        order) that reads the store, shrinks or drops relations or databases,
+        or a Heap/Heap2 record on a catalog (the DDL tracker reads pages).
+        Asked again after each such record: it may change the catalogs."""
+        hits = self._catalog_hits(batch)
+        j = int(np.searchsorted(hits, lo))
+        cand = int(hits[j]) if j < len(hits) else len(batch)
+        if cand < len(batch):
+            decoded.setdefault(cand, batch.record(cand))
+        for i in rows[bisect.bisect_left(rows, lo):]:
+            if i >= cand:
+                break
+            if self._splits(decoded[i]):
+                return i
+        return cand
+
+    def _run(self, batch: RecordBatch, lo: int, hi: int, rows: list[int],
+             decoded: dict[int, DecodedRecord]) -> None:
+        """Records [lo, hi), none of which `_splits`."""
+        if lo >= hi:
+            return
+        recs = batch.recs
+        k = batched.stored_blocks(batch, lo, hi)
+        cols = batched.block_entries(batch, k)
+        extra: list[tuple[int, bytes, int, bytes]] = []
+        for row, spc, db in batched.new_databases(k, self._dbs):
+            self._dbs.add((spc, db))
+            extra.append((row, Key.db_dir(spc, db).to_bytes(), _KIND_IMAGE, DB_DIR_PRESENT))
+        for row, (spc, db, rel, fork), nblocks in batched.size_growth(k, self._sizes):
+            extra.append((row, Key.rel_size(spc, db, rel, fork).to_bytes(), _KIND_IMAGE,
+                          encode_rel_size(nblocks)))
+        extra.sort(key=lambda e: e[0])  # stable: per record, databases before sizes
+        self.stats.puts += len(cols) + len(extra)
+        extra += self._walk_run(batch, lo, hi, rows, decoded)
+        if extra:
+            extra.sort(key=lambda e: e[0])
+            ends = recs["end_lsn"]
+            add = EntryColumns.of([e[1] for e in extra], [int(ends[e[0]]) for e in extra],
+                                  [e[2] for e in extra], [e[3] for e in extra])
+            at = np.searchsorted(k["rec"], np.array([e[0] for e in extra]), side="right")
+            cols = cols.insert(at, add)
+        self._pending.add(cols)
+
+    def _walk_run(self, batch: RecordBatch, lo: int, hi: int, rows: list[int],
+                  decoded: dict[int, DecodedRecord]) -> list[tuple[int, bytes, int, bytes]]:
+        """In WAL order: the records of [lo, hi) ingest interprets, and the first
+        record of each transaction id among the others (the only thing such a
+        record can change beyond its blocks: the next XID). Returns their puts."""
+        recs = batch.recs
+        xids = recs["xid"][lo:hi]
+        plain = np.ones(hi - lo, dtype=bool)
+        inside = rows[bisect.bisect_left(rows, lo):bisect.bisect_left(rows, hi)]
+        plain[[i - lo for i in inside]] = False
+        cand = np.flatnonzero(plain & (xids >= 3))  # 0-2: never a next XID
+        _, first = np.unique(xids[cand], return_index=True)
+        events = sorted([(i, True) for i in inside]
+                        + [(int(i) + lo, False) for i in cand[first]])
+        out: list[tuple[int, bytes, int, bytes]] = []
+        self._walk = out
+        ends = recs["end_lsn"]
+        try:
+            for row, interpreted in events:
+                self._walk_row = row
+                end = Lsn(int(ends[row]))
+                if interpreted:
+                    self._interpret(decoded[row], end)
+                else:
+                    state = self.transam.advance_xid(int(xids[row - lo]), end)
+                    if state is not None:
+                        self._put(Key.cluster(0), end, _KIND_IMAGE, state)
+        finally:
+            self._walk = None
+        self.transam.note_lsn(Lsn(int(ends[hi - 1])))
+        return out
+
+    def _catalog_hits(self, batch: RecordBatch) -> np.ndarray:
+        """Rows of Heap/Heap2 records of `batch` whose first block is in a
+        (possible) catalog, for the catalogs known now (recomputed when they
+        change, e.g. a catalog rewritten by VACUUM FULL)."""
+        rels = self.catalog.relfilenumbers
+        cached = self._hits
+        if cached is not None and cached[0] is batch and cached[1] == rels:
+            return cached[2]
+        recs = batch.recs
+        rmid = recs["rmid"]
+        heap = np.flatnonzero(((rmid == RM_HEAP_ID) | (rmid == RM_HEAP2_ID))
+                              & (recs["nblocks"] > 0))
+        first_rel = batch.blks["rel"][recs["blk_first"][heap]]
+        hits = heap[np.isin(first_rel, np.fromiter(rels, dtype=np.uint32, count=len(rels)))]
+        self._hits = (batch, frozenset(rels), hits)
+        return hits
+
+    def _splits(self, record: DecodedRecord) -> bool:
+        """Whether interpreted `record` must be ingested on its own: it reads the
+        store, or shrinks or drops relations or databases (over-approximated:
+        any commit or abort that lists relations or invalidations)."""
+        rmid = record.xl_rmid
+        if rmid in (RM_SMGR_ID, RM_DBASE_ID):
+            return True
+        return rmid == RM_XACT_ID and self._xact_end_reads_store(record)
+
+    def _xact_end_reads_store(self, record: DecodedRecord) -> bool:
+        """Whether a transaction record may read the store or change sizes: a
+        commit or abort dropping relations or carrying invalidations (the DDL
+        tracker reads catalogs), or any end while the tracker holds a
+        transaction's catalog rows."""
+        if record.xl_info & XLOG_XACT_OPMASK not in _XACT_ENDS:
+            return False
+        if self.catalog.waiting:
+            return True
+        if not record.xl_info & XLOG_XACT_HAS_INFO or len(record.main_data) < 12:
+            return False
+        xinfo = int.from_bytes(record.main_data[8:12], "little")
+        return bool(xinfo & (_XINFO_HAS_RELFILELOCATORS | _XINFO_HAS_INVALS))
+
+    # -- publishing ------------------------------------------------------------------------
     def advance(self, lsn: Lsn | None = None) -> None:
         """Publish everything ingested up to `lsn` (default: the last record).
 
@@ -196,6 +431,7 @@ class WalIngest:
         (timeline/FORMAT.md, invariant 2).
         """
         target = self.last_lsn if lsn is None else lsn
+        self._pending.flush()
         if target is None:
             return
         self.timemap.sync()
@@ -206,6 +442,7 @@ class WalIngest:
             self.ingest(r)
         self.advance()
 
+    # -- interpreted records ---------------------------------------------------------------
     def _smgr(self, record: DecodedRecord, lsn: Lsn) -> None:
         rec = smgr_rmgr.parse(record)
         if isinstance(rec, smgr_rmgr.SmgrCreate):
@@ -239,25 +476,26 @@ class WalIngest:
         # the template's state just before this record; its pages are read
         # through the store (memtable included), one relation at a time
         before = Lsn(lsn - 1)
+        store = self._read_store()
         rels = sorted(k for k in self._sizes if k[0] == src_spc and k[1] == src_db)
         for (_, _, rel, fork) in rels:
             nblocks = self._sizes[(src_spc, src_db, rel, fork)]
-            for key, page in self.store.scan(KeyRange.relation(src_spc, src_db, rel, fork), before):
+            for key, page in store.scan(KeyRange.relation(src_spc, src_db, rel, fork), before):
                 if key.blk < nblocks:
-                    self._put(Key.rel_block(spc, db, rel, fork, key.blk), lsn, PageImage(page))
+                    self._put(Key.rel_block(spc, db, rel, fork, key.blk), lsn, _KIND_IMAGE, page)
             self.note_relation(spc, db, rel, fork, nblocks, lsn)
 
     def _drop_database(self, spc: int, db: int, lsn: Lsn) -> None:
         for (s, d, rel, fork) in [k for k in self._sizes if k[0] == spc and k[1] == db]:
             del self._sizes[(s, d, rel, fork)]
-            self._put(Key.rel_size(s, d, rel, fork), lsn, TOMBSTONE)
-        self.store.delete_range(KeyRange(Key.rel_block(spc, db, 0, 0, 0),
-                                         Key.rel_block(spc, db + 1, 0, 0, 0)) if db < 0xFFFFFFFF
-                                else KeyRange(Key.rel_block(spc, db, 0, 0, 0),
-                                              Key.rel_block(spc + 1, 0, 0, 0, 0)), lsn)
+            self._put(Key.rel_size(s, d, rel, fork), lsn, _KIND_TOMBSTONE, b"")
+        self._read_store().delete_range(
+            KeyRange(Key.rel_block(spc, db, 0, 0, 0), Key.rel_block(spc, db + 1, 0, 0, 0))
+            if db < 0xFFFFFFFF else
+            KeyRange(Key.rel_block(spc, db, 0, 0, 0), Key.rel_block(spc + 1, 0, 0, 0, 0)), lsn)
         if (spc, db) in self._dbs:
             self._dbs.discard((spc, db))
-            self._put(Key.db_dir(spc, db), lsn, TOMBSTONE)
+            self._put(Key.db_dir(spc, db), lsn, _KIND_TOMBSTONE, b"")
 
     def _xact(self, record: DecodedRecord, lsn: Lsn) -> None:
         rec = xact_rmgr.parse(record)
@@ -270,4 +508,15 @@ class WalIngest:
             catalog = bool(rec.rels) or bool(rec.xinfo & xact_rmgr.XACT_XINFO_HAS_INVALS)
             self.timemap.append(TxEnd(record.lsn, record.end_lsn, rec.xact_time, rec.xid, kind,
                                       FLAG_CATALOG_CHANGE if catalog else 0))
+            if self._xact_end_reads_store(record):
+                self._read_store()
             self.catalog.transaction_end(record, rec)
+
+
+def _kind_and_data(value: Value) -> tuple[int, bytes]:
+    if isinstance(value, PageImage):
+        return _KIND_IMAGE, value.data
+    if isinstance(value, WalRecord):
+        return (_KIND_INIT if value.will_init else _KIND_RECORD), value.data
+    assert isinstance(value, Tombstone)
+    return _KIND_TOMBSTONE, b""

@@ -1,6 +1,12 @@
 """REL_BLOCK, REL_SIZE and DB_DIR values: relation pages, fork lengths and
 database directories.
 
+REL_BLOCK deltas come in two forms (keyspace/FORMAT.md, version 2): a whole
+WAL record (`encode_delta`), or one block's full-page image exactly as WAL
+stores it (`encode_image_delta`: maybe compressed, without its hole), which
+reconstruct restores when the page is read; the u32 at offset 16 tells them
+apart (a record's ``xl_tot_len`` is never 0).
+
 What it is: the codecs of the values ingest stores under these key kinds
 (keyspace/FORMAT.md has the byte tables). Fed by: ingest (which builds them
 from WAL records and imports). Feeds: reconstruct (decodes REL_BLOCK deltas
@@ -14,10 +20,18 @@ import struct
 
 from strata.lsn import Lsn
 from strata.pg.constants import ForkNumber
+from strata.wal.record import BlockImage
 
 # REL_BLOCK delta value: start LSN, end LSN, then the whole record.
 _DELTA_HEADER = struct.Struct("<QQ")
 DELTA_HEADER_SIZE = _DELTA_HEADER.size
+# REL_BLOCK image delta (version 2): start LSN, end LSN, marker 0 (u32: where a
+# record delta has xl_tot_len >= 24), bimg_info u8, reserved u8, hole_offset
+# u16, hole_length u16, then the image bytes as stored in WAL.
+_IMAGE_HEADER = struct.Struct("<QQIBxHH")
+IMAGE_DELTA_HEADER_SIZE = _IMAGE_HEADER.size  # 26
+_IMAGE_TAIL = struct.Struct("<IBxHH")  # the part after the two LSNs
+IMAGE_DELTA_MARKER = b"\0\0\0\0"
 # REL_SIZE value: number of blocks.
 _REL_SIZE = struct.Struct("<I")
 # DB_DIR value: format byte (1) then PG_VERSION contents.
@@ -34,9 +48,39 @@ def encode_delta(lsn: int, end_lsn: int, raw: bytes) -> bytes:
 
 
 def decode_delta(data: bytes) -> tuple[Lsn, Lsn, bytes]:
-    """(start LSN, end LSN, record bytes) of a REL_BLOCK delta."""
+    """(start LSN, end LSN, record bytes) of a REL_BLOCK record delta.
+
+    Requires: not an image delta (`is_image_delta`)."""
     lsn, end = _DELTA_HEADER.unpack_from(data, 0)
     return Lsn(lsn), Lsn(end), data[_DELTA_HEADER.size:]
+
+
+def image_delta_tail(bimg_info: int, hole_offset: int, hole_length: int) -> bytes:
+    """The 10 bytes of an image delta between its two LSNs and the image."""
+    return _IMAGE_TAIL.pack(0, bimg_info, hole_offset, hole_length)
+
+
+def encode_image_delta(lsn: int, end_lsn: int, image: BlockImage) -> bytes:
+    """A REL_BLOCK image delta: `image` (a full-page image of the record that
+    starts at `lsn`) as WAL stores it; the page it restores to is stamped
+    with `end_lsn` (as redo stamps a restored image)."""
+    return _IMAGE_HEADER.pack(lsn, end_lsn, 0, image.bimg_info, image.hole_offset,
+                              image.hole_length) + image.data
+
+
+def is_image_delta(data: bytes) -> bool:
+    return data[16:20] == IMAGE_DELTA_MARKER
+
+
+def decode_image_delta(data: bytes) -> tuple[Lsn, Lsn, BlockImage]:
+    """(start LSN, end LSN, the image as stored) of a REL_BLOCK image delta.
+
+    Raises: ValueError when `data` is not one."""
+    if len(data) < IMAGE_DELTA_HEADER_SIZE or not is_image_delta(data):
+        raise ValueError(f"not a REL_BLOCK image delta ({len(data)} bytes)")
+    lsn, end, _, info, hole_offset, hole_length = _IMAGE_HEADER.unpack_from(data, 0)
+    return (Lsn(lsn), Lsn(end),
+            BlockImage(data[IMAGE_DELTA_HEADER_SIZE:], info, hole_offset, hole_length))
 
 
 def encode_rel_size(nblocks: int) -> bytes:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from strata.errors import RedoError
 from strata.key import Key, KeyKind
-from strata.keyspace.relation import decode_delta
+from strata.keyspace.relation import decode_delta, decode_image_delta, is_image_delta
 from strata.reconstruct.redo import redo_block
+from strata.reconstruct.redo.page_ops import page_is_new, page_set_lsn
 from strata.reconstruct.slru import apply_value
 from strata.storage.values import WalRecord
 from strata.wal.decoder import decode_record
+from strata.wal.image import restore_page
 
 
 def _block_id(record_blocks: object, key: Key) -> int:
@@ -28,6 +30,16 @@ def _block_id(record_blocks: object, key: Key) -> int:
     raise RedoError(f"stored WAL record does not reference block {key}")
 
 
+def _restore_image(data: bytes) -> bytes:
+    """An image delta's page, as redo restores an applied image (stamped with
+    the record's end LSN unless the page is new)."""
+    lsn, end, image = decode_image_delta(data)
+    page = bytearray(restore_page(image, lsn=lsn))
+    if not page_is_new(page):
+        page_set_lsn(page, end)
+    return bytes(page)
+
+
 def reconstruct_value(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
     """Apply `records` (oldest first) on top of `base` for `key`.
 
@@ -37,6 +49,9 @@ def reconstruct_value(key: Key, base: bytes | None, records: list[WalRecord]) ->
 
         page: bytes | None = base
         for r in records:
+            if is_image_delta(r.data):
+                page = _restore_image(r.data)
+                continue
             lsn, end, raw = decode_delta(r.data)
             rec = decode_record(raw, lsn, end)
             page = redo_block(rec, _block_id(rec.blocks, key), page)

@@ -127,25 +127,32 @@ def _check_image(lsn: int, bimg_len: int, hole_offset: int, hole_len: int, has_h
             f"image length is {bimg_len} at {_fmt(lsn)}")
 
 
-def decode_record(raw: bytes, lsn: Lsn | int, end_lsn: Lsn | int) -> DecodedRecord:
-    """Decode one complete record.
+# One block reference header, as pass 1 leaves it:
+# (block_id, fork_flags, data_len, rloc, blkno, bimg_len, hole_offset, bimg_info, hole_len)
+BlockHeader = tuple[int, int, int, RelFileLocator, int, int, int, int, int]
+
+
+def decode_headers(raw: bytes, lsn: int
+                   ) -> tuple[list[BlockHeader], int, int | None, int | None, int]:
+    """Pass 1 of DecodeXLogRecord: the record's headers, with every check.
 
     Requires: `raw` is the whole record (len(raw) == xl_tot_len), CRC checked.
-    Returns: the DecodedRecord; block images are kept as stored.
+    Returns: (block headers in order, main data length, origin, top-level xid,
+    offset of the first payload byte). Payloads follow in header order: each
+    block's image, then its data; the main data last.
     Raises: WalDecodeError("... at X/Y") for any inconsistency.
     """
     n = len(raw)
     if n < SIZE_OF_XLOG_RECORD:
         raise WalDecodeError(f"record with invalid length at {_fmt(lsn)}")
-    tot_len, xid, prev, info, rmid, crc = _rec_hdr_unpack_from(raw, 0)
+    tot_len = _u32_unpack_from(raw, 0)[0]
     if tot_len != n:
         raise WalDecodeError(
             f"record length {tot_len} does not match the {n} bytes given at {_fmt(lsn)}")
-
-    # Pass 1: the headers. PostgreSQL tracks `remaining` (bytes not yet consumed);
-    # here that is always n - pos, and a header field running past the record
-    # shows up as IndexError/struct.error (its shortdata_err). `datatotal` sums
-    # the payload bytes the headers announce; headers and payloads must meet.
+    # PostgreSQL tracks `remaining` (bytes not yet consumed); here that is always
+    # n - pos, and a header field running past the record shows up as
+    # IndexError/struct.error (its shortdata_err). `datatotal` sums the payload
+    # bytes the headers announce; headers and payloads must meet.
     pos = SIZE_OF_XLOG_RECORD
     datatotal = 0
     main_len = 0
@@ -153,8 +160,7 @@ def decode_record(raw: bytes, lsn: Lsn | int, end_lsn: Lsn | int) -> DecodedReco
     toplevel_xid: int | None = None
     max_block_id = -1
     rloc: RelFileLocator | None = None
-    # (block_id, fork_flags, data_len, rloc, blkno, bimg_len, hole_offset, bimg_info, hole_len)
-    pending: list[tuple[int, int, int, RelFileLocator, int, int, int, int, int]] = []
+    pending: list[BlockHeader] = []
     try:
         while n - pos > datatotal:
             block_id = raw[pos]
@@ -227,7 +233,18 @@ def decode_record(raw: bytes, lsn: Lsn | int, end_lsn: Lsn | int) -> DecodedReco
             raise _Short
     except (_Short, IndexError, struct.error):
         raise WalDecodeError(f"record with invalid length at {_fmt(lsn)}") from None
+    return pending, main_len, origin, toplevel_xid, pos
 
+
+def decode_record(raw: bytes, lsn: Lsn | int, end_lsn: Lsn | int) -> DecodedRecord:
+    """Decode one complete record.
+
+    Requires: `raw` is the whole record (len(raw) == xl_tot_len), CRC checked.
+    Returns: the DecodedRecord; block images are kept as stored.
+    Raises: WalDecodeError("... at X/Y") for any inconsistency.
+    """
+    pending, main_len, origin, toplevel_xid, pos = decode_headers(raw, lsn)
+    tot_len, xid, prev, info, rmid, crc = _rec_hdr_unpack_from(raw, 0)
     # Pass 2: the payloads, in header order: each block's image, then its data;
     # the main data last.
     blocks: list[BlockRef] = []

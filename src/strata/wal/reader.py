@@ -10,7 +10,9 @@ of valid WAL exactly where PostgreSQL's recovery would stop.
 
 Fed by: any byte source that can hand over WAL contiguous from `start_lsn`
 (segment files: `wal.segments`; the replication stream: `wal.receiver`).
-Feeds: `wal.decoder` (`RawRecord.raw` -> `DecodedRecord`).
+Feeds: `wal.decoder` (`RawRecord.raw` -> `DecodedRecord`), or, a batch at a
+time, `wal.batch` (`read_batch` -> `RecordBatch`: framed and decoded into
+columns).
 Owns: the reading position (`next_lsn`, `prev_lsn`) and the buffered bytes.
 
 End of WAL is not an error of the reader's caller: `read_record` raises
@@ -28,11 +30,12 @@ from dataclasses import dataclass
 from google_crc32c import extend as _crc_extend
 from google_crc32c import value as _crc_value
 
-from strata.errors import EndOfWal
+from strata.errors import EndOfWal, WalDecodeError
 from strata.lsn import Lsn
 from strata.pg.constants import XLOG_BLCKSZ
 from strata.pg.rmgrids import RM_XLOG_ID
 from strata.pg.structs import U32
+from strata.wal.batch import BatchBuilder, RecordBatch, compiled_frame
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 XLOG_PAGE_MAGIC = 0xD118  # PostgreSQL 18 (master uses 0xD120: a different format)
@@ -148,6 +151,7 @@ class WalReader:
         self._end: EndOfWal | None = None
         # LSN of a record dropped because the next page said it was overwritten.
         self.overwritten_lsn: Lsn | None = None
+        self._deferred: EndOfWal | WalDecodeError | None = None  # raised by the next read_batch
 
     # -- public state ---------------------------------------------------------
     @property
@@ -202,6 +206,47 @@ class WalReader:
             yield from self
         except EndOfWal:
             return
+
+    def read_batch(self, max_records: int = 16384) -> RecordBatch | None:
+        """Every complete record buffered (at most `max_records`), framed and
+        decoded into one `RecordBatch`; None when no complete record is buffered.
+
+        The compiled reader (`wal._walbatch`, when built) takes every record it
+        can; the few it leaves (segment starts, XLOG_SWITCH, anything invalid)
+        go through `read_record` and the pure-Python decoder. Same records, same
+        bytes either way.
+        Raises: EndOfWal or WalDecodeError as `read_record` / `decode_record` do,
+        but only once the records before the failure have been returned (the
+        next call raises).
+        """
+        if self._deferred is not None:
+            err, self._deferred = self._deferred, None
+            raise err
+        avail = max(0, self._base + len(self._buf) - self._next)
+        n = min(max_records, avail // 48 + 16)
+        builder = BatchBuilder(n, avail + 16 * n + 4096)
+        frame = compiled_frame()
+        try:
+            while len(builder) < max_records:
+                if frame is not None and self._prev is not None and not self._skip_cont \
+                        and self.timeline is not None and self._end is None:
+                    start = self._next
+                    self._next, self._prev = builder.frame(
+                        frame, self._buf, self._base, self._next, self._prev,
+                        self.segment_size, self.timeline, max_records)
+                    if self._next != start and self._next - self._base >= _COMPACT_AT:
+                        self._compact()
+                    if len(builder) >= max_records:
+                        break
+                rec = self.read_record()
+                if rec is None:
+                    break
+                builder.add(rec.raw, rec.lsn, rec.end_lsn)
+        except (EndOfWal, WalDecodeError) as e:
+            if not len(builder):
+                raise
+            self._deferred = e
+        return builder.build() if len(builder) else None
 
     # -- internals ------------------------------------------------------------
     def _stop(self, lsn: int, reason: str) -> EndOfWal:

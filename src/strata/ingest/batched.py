@@ -1,0 +1,154 @@
+"""The columnar half of WAL ingest: what a run of records does to relation
+blocks, sizes and database directories, computed with numpy over a
+`RecordBatch` instead of record by record.
+
+What it is: pure functions over the block-reference rows of records
+``[lo, hi)`` of a batch, each the vector form of one step of
+`WalIngest.ingest` (walingest.py), which stays the reference:
+
+- `block_entries`: one REL_BLOCK entry per block reference of a stored fork:
+  an image delta for an applied full-page image, else the record itself as a
+  delta (WAL_RECORD_INIT when the block is initialised);
+- `size_growth`: the REL_SIZE puts of forks that grow (a block past the known
+  end), given the sizes before the run, which it updates;
+- `new_databases`: the first block of a database history does not know yet.
+
+Requires (the caller's split keeps it): no record in the run shrinks or
+drops a relation or a database, and nothing reads the store in between, so
+sizes only grow along the run. Fed by `WalIngest.ingest_batch`. Feeds it
+entry columns (`ingest.entries`). Owns nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from strata.ingest.entries import KEY_DTYPE, KEY_FIELDS, EntryColumns
+from strata.key import KeyKind
+from strata.keyspace.relation import IMAGE_DELTA_HEADER_SIZE, STORED_FORKS
+from strata.storage.values import ValueKind
+from strata.wal.batch import LSN_HEADER, RecordBatch, gather
+from strata.wal.record import BKPBLOCK_HAS_IMAGE, BKPBLOCK_WILL_INIT, BKPIMAGE_APPLY
+
+RelFork = tuple[int, int, int, int]
+_I64 = np.dtype(np.int64)
+_HDR = LSN_HEADER.size  # 16
+_IMAGE_HDR = IMAGE_DELTA_HEADER_SIZE  # keyspace image delta header (26)
+_STORED = np.zeros(256, dtype=bool)  # fork number -> stored?
+_STORED[[int(f) for f in STORED_FORKS]] = True
+# the part of an image delta between its LSNs and the image (keyspace image_delta_tail)
+_TAIL = np.dtype([("marker", "<u4"), ("bimg_info", "u1"), ("reserved", "u1"),
+                  ("hole_offset", "<u2"), ("hole_length", "<u2")])
+assert _TAIL.itemsize == _IMAGE_HDR - _HDR
+_GROUP_STRIDE = 1 << 33  # above any block count + 1: keeps groups apart in one cummax
+
+
+def stored_blocks(batch: RecordBatch, lo: int, hi: int) -> np.ndarray:
+    """Block rows of records [lo, hi) whose fork is stored, in record order."""
+    recs = batch.recs
+    if lo >= hi:
+        return batch.blks[:0]
+    a = int(recs["blk_first"][lo])
+    b = int(recs["blk_first"][hi - 1]) + int(recs["nblocks"][hi - 1])
+    k = batch.blks[a:b]
+    keep = _STORED[k["fork"]]
+    return k if keep.all() else k[keep]
+
+
+def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
+    """The REL_BLOCK entries of block rows `k` (in row order, at their record's
+    end LSN)."""
+    n = len(k)
+    recs = batch.recs
+    rec = k["rec"]
+    keys = np.zeros(n, dtype=KEY_FIELDS)
+    keys["kind"] = KeyKind.REL_BLOCK
+    keys["spc"] = k["spc"]
+    keys["db"] = k["db"]
+    keys["rel"] = k["rel"]
+    keys["fork"] = k["fork"]
+    keys["blk"] = k["blkno"]
+    flags = k["fork_flags"]
+    image = ((flags & BKPBLOCK_HAS_IMAGE) != 0) & ((k["bimg_info"] & BKPIMAGE_APPLY) != 0)
+    kinds = np.where(image | ((flags & BKPBLOCK_WILL_INIT) != 0),
+                     np.uint8(ValueKind.WAL_RECORD_INIT), np.uint8(ValueKind.WAL_RECORD))
+    # a record delta is one piece of buf: the LSN header and the record behind it;
+    # an image delta three: the LSN header, its 10-byte tail, the image as stored
+    start = recs["off"][rec] - _HDR
+    lens = np.where(image, _IMAGE_HDR + k["img_len"].astype(_I64),
+                    _HDR + recs["tot_len"][rec].astype(_I64))
+    offsets = np.zeros(n + 1, dtype=_I64)
+    np.cumsum(lens, out=offsets[1:])
+    nimg = int(np.count_nonzero(image))
+    if not nimg:
+        data = gather((batch.buf,), np.zeros(n, dtype=np.uint8), start, lens)
+    else:
+        first = np.arange(n, dtype=_I64) + 2 * (np.cumsum(image) - image)  # first piece
+        src = np.zeros(n + 2 * nimg, dtype=np.uint8)
+        starts = np.empty(n + 2 * nimg, dtype=_I64)
+        plens = np.empty(n + 2 * nimg, dtype=_I64)
+        starts[first] = start
+        plens[first] = lens
+        at = first[image]
+        plens[at] = _HDR
+        tails = np.zeros(nimg, dtype=_TAIL)
+        tails["bimg_info"] = k["bimg_info"][image]
+        tails["hole_offset"] = k["hole_offset"][image]
+        tails["hole_length"] = k["hole_length"][image]
+        src[at + 1] = 1
+        starts[at + 1] = np.arange(nimg, dtype=_I64) * _TAIL.itemsize
+        plens[at + 1] = _TAIL.itemsize
+        starts[at + 2] = k["img_off"][image]
+        plens[at + 2] = k["img_len"][image]
+        data = gather((batch.buf, tails.tobytes()), src, starts, plens)
+    return EntryColumns(keys.view(KEY_DTYPE), recs["end_lsn"][rec], kinds, offsets, data)
+
+
+def size_growth(k: np.ndarray, sizes: dict[RelFork, int]) -> list[tuple[int, RelFork, int]]:
+    """(record row, fork, new length) for each record that lengthens a fork: a
+    block past the fork's known end (the longest of the record's blocks counts).
+    Updates `sizes`. In record order (forks of one record in key order)."""
+    if not len(k):
+        return []
+    a = (k["spc"].astype(np.uint64) << np.uint64(32)) | k["db"]
+    b = (k["rel"].astype(np.uint64) << np.uint64(8)) | k["fork"]
+    rec = k["rec"].astype(_I64)
+    order = np.lexsort((rec, b, a))
+    a, b, rec = a[order], b[order], rec[order]
+    val = k["blkno"][order].astype(_I64) + 1
+    new_fork = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])]
+    first = np.flatnonzero(new_fork | np.r_[True, rec[1:] != rec[:-1]])
+    m = np.maximum.reduceat(val, first)  # per (fork, record): its longest block + 1
+    gg = (np.cumsum(new_fork) - 1)[first]  # fork number of each (fork, record)
+    rr = rec[first]
+    heads = np.flatnonzero(new_fork)
+    forks: list[RelFork] = [(x >> 32, x & 0xFFFFFFFF, y >> 8, y & 0xFF)
+                            for x, y in zip(a[heads].tolist(), b[heads].tolist(), strict=True)]
+    before = np.array([sizes.get(f, -1) for f in forks], dtype=_I64)
+    run = np.maximum.accumulate(m + gg * _GROUP_STRIDE) - gg * _GROUP_STRIDE
+    prev = np.r_[-1, run[:-1]]
+    prev[np.r_[True, gg[1:] != gg[:-1]]] = -1  # a fork's first record: nothing before
+    grow = m > np.maximum(prev, before[gg])
+    out: list[tuple[int, RelFork, int]] = []
+    for r, gi, nb in zip(rr[grow].tolist(), gg[grow].tolist(), m[grow].tolist(), strict=True):
+        out.append((r, forks[gi], nb))
+        sizes[forks[gi]] = nb  # a fork's records come in order: the last one wins
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def new_databases(k: np.ndarray, known: set[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(record row, spc, db) of the first block of each database not in `known`
+    (db 0, the shared catalogs, is no database). In record order."""
+    db = k["db"]
+    some = db != 0
+    if not some.any():
+        return []
+    pairs = ((k["spc"].astype(np.uint64) << np.uint64(32)) | db)[some]
+    uniq, first = np.unique(pairs, return_index=True)
+    rec = k["rec"][some]
+    out = [(int(rec[i]), p >> 32, p & 0xFFFFFFFF)
+           for p, i in zip(uniq.tolist(), first.tolist(), strict=True)
+           if (p >> 32, p & 0xFFFFFFFF) not in known]
+    out.sort()
+    return out
