@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from strata.restore.restore import restore
 
     req = request_of(args)
-    ep = Endpoint.of_home(resolve_home(args.home), args.user)
+    ep = Endpoint.of_home(resolve_home(args.home), args.user, "strata restore")
     res = restore(req, ep, make_progress(sys.stderr))
     print(report(res))
     return 0

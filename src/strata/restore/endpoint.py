@@ -65,16 +65,18 @@ class Endpoint:
     port: int
     user: str
     home: Path
+    application: str = "strata"  # application_name of every session (pg_stat_activity)
 
     @classmethod
-    def of_home(cls, home: Path, user: str | None = None) -> Endpoint:
+    def of_home(cls, home: Path, user: str | None = None,
+                application: str = "strata") -> Endpoint:
         from strata.daemon import load_daemon_state
 
         state = load_daemon_state(home)
         if state is None or not state.get("proxy_port"):
             raise ConfigError(f"strata is not running on {home}: start it with `strata up`")
         return cls("127.0.0.1", int(state["proxy_port"]),
-                   user or str(state.get("target_user") or "postgres"), home)
+                   user or str(state.get("target_user") or "postgres"), home, application)
 
     def timemap(self) -> TimeMap:
         """The daemon's time map, opened read-only (the caller closes it)."""
@@ -89,7 +91,7 @@ class Endpoint:
         """Connection parameters for `dbname` in the present (`at` None) or at a
         point (an LSN, or a time literal: only `resolve_point` passes one)."""
         p: dict[str, Any] = {"host": self.host, "port": self.port, "dbname": dbname,
-                             "user": self.user}
+                             "user": self.user, "application_name": self.application}
         if at is not None:
             setting = "strata.travel_lsn" if isinstance(at, Lsn) or is_lsn(str(at)) \
                 else "strata.travel_time"

@@ -47,7 +47,7 @@ class PgDump:
         self._t: threading.Thread | None = None
 
     def __enter__(self) -> PgDump:
-        env = dict(os.environ, PGAPPNAME="strata restore")
+        env = dict(os.environ)
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, env=env)
         assert self.proc.stdout is not None and self.proc.stderr is not None
