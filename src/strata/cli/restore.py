@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from strata.cli._common import add_home
 from strata.restore.plan import Kind, Request
 from strata.restore.progress import human_bytes, make_progress
 from strata.restore.restore import Result
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="restore under this name, next to the live object")
     how.add_argument("--replace", action="store_true",
                      help="drop the live object and restore it, in one transaction")
-    p.add_argument("--home", help="strata home (default $STRATA_HOME or ~/.strata)")
+    add_home(p)
     p.add_argument("--user", default=None, help="role (default: the primary's superuser)")
     p.set_defaults(func=run)
 
@@ -72,7 +73,7 @@ def report(res: Result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from strata.daemon import resolve_home
+    from strata.home import resolve_home
     from strata.restore.endpoint import Endpoint
     from strata.restore.restore import restore
 

@@ -66,23 +66,27 @@ class Endpoint:
     user: str
     home: Path
     application: str = "strata"  # application_name of every session (pg_stat_activity)
+    passfile: str | None = None  # the embedded primary's password file (home/FORMAT.md)
 
     @classmethod
     def of_home(cls, home: Path, user: str | None = None,
                 application: str = "strata") -> Endpoint:
-        from strata.daemon import load_daemon_state
+        from strata.home import HomeLayout
+        from strata.home.files import load_daemon_state
 
-        state = load_daemon_state(home)
-        if state is None or not state.get("proxy_port"):
+        state = load_daemon_state(HomeLayout(home).daemon_file)
+        if state is None or not state.proxy_port:
             raise ConfigError(f"strata is not running on {home}: start it with `strata up`")
-        return cls("127.0.0.1", int(state["proxy_port"]),
-                   user or str(state.get("target_user") or "postgres"), home, application)
+        return cls("127.0.0.1", int(state.proxy_port), user or state.target_user or "postgres",
+                   home, application, state.passfile)
 
     def timemap(self) -> TimeMap:
         """The daemon's time map, opened read-only (the caller closes it)."""
         from strata.timeline.timemap import TimeMap
 
-        tdir = self.home / "timemap"
+        from strata.home import HomeLayout
+
+        tdir = HomeLayout(self.home).timemap
         if not (tdir / "timemap.dat").exists():
             raise ConfigError(f"no time map in {self.home}: has `strata up` run with this --home?")
         return TimeMap.open(tdir, readonly=True)
@@ -92,6 +96,8 @@ class Endpoint:
         point (an LSN, or a time literal: only `resolve_point` passes one)."""
         p: dict[str, Any] = {"host": self.host, "port": self.port, "dbname": dbname,
                              "user": self.user, "application_name": self.application}
+        if self.passfile:
+            p["passfile"] = self.passfile
         if at is not None:
             setting = "strata.travel_lsn" if isinstance(at, Lsn) or is_lsn(str(at)) \
                 else "strata.travel_time"
