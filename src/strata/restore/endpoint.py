@@ -82,9 +82,8 @@ class Endpoint:
 
     def timemap(self) -> TimeMap:
         """The daemon's time map, opened read-only (the caller closes it)."""
-        from strata.timeline.timemap import TimeMap
-
         from strata.home import HomeLayout
+        from strata.timeline.timemap import TimeMap
 
         tdir = HomeLayout(self.home).timemap
         if not (tdir / "timemap.dat").exists():
