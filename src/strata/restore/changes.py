@@ -1,0 +1,73 @@
+"""The layer store read from a restore-family command: which pages changed.
+
+What it is: `StoreChanges`, the `restore.diff.ChangeSource` (and the page
+reader of row history) over a read-only open of the home's layer store, and
+`open_changes`, which makes one when the store can be read from another
+process. A reader sees what the daemon has made durable; a point above that
+is waited for (the daemon flushes every ``--flush-interval`` seconds).
+Fed by: the home's layers (written by the daemon). Feeds: diff, history.
+Owns: the translation of a relation to its key range (main fork).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from strata.errors import RestoreError
+from strata.key import Key, KeyRange
+from strata.lsn import Lsn
+from strata.pg.constants import ForkNumber
+
+DURABLE_WAIT = 120.0  # seconds: a few of the daemon's flush intervals
+
+
+class StoreChanges:
+    def __init__(self, reader: Any, timeout: float = DURABLE_WAIT) -> None:
+        self.reader = reader
+        self.timeout = timeout
+
+    def wait_durable(self, lsn: Lsn) -> None:
+        """Raises: RestoreError when `lsn` is not durable within the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while self.reader.durable_lsn < lsn:
+            if time.monotonic() > deadline:
+                raise RestoreError(f"LSN {lsn} is not in the layer store yet (durable up to "
+                                   f"{self.reader.durable_lsn}): is strata up running?")
+            time.sleep(0.1)
+            self.reader.refresh()
+
+    def changed_pages(self, spc: int, db: int, filenode: int, after: Lsn,
+                      upto: Lsn) -> dict[int, list[int]]:
+        """Main-fork block -> LSNs of its changes in (after, upto]."""
+        self.wait_durable(upto)
+        rng = KeyRange.relation(spc, db, filenode, ForkNumber.MAIN)
+        return {Key.from_bytes(k).blk: lsns
+                for k, lsns in self.reader.changed_keys(rng, after, upto)}
+
+    def changed_blocks(self, spc: int, db: int, filenode: int, after: Lsn,
+                       upto: Lsn) -> list[int] | None:
+        return sorted(self.changed_pages(spc, db, filenode, after, upto))
+
+    def page(self, spc: int, db: int, filenode: int, blk: int, lsn: Lsn) -> bytes | None:
+        return self.reader.get_page(Key.rel_block(spc, db, filenode, ForkNumber.MAIN, blk), lsn)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def open_changes(layers: Path) -> StoreChanges | None:
+    """A reader of the store in `layers`, or None when this build cannot read a
+    store that another process writes (then diffs compare tables in full)."""
+    from strata.pagestore import PageStore
+    from strata.reconstruct.reconstruct import reconstruct_value
+
+    opener = getattr(PageStore, "open_readonly", None)
+    if opener is None or not (layers / "MANIFEST").exists():
+        return None
+    reader = opener(layers, reconstruct_value)
+    if not hasattr(reader, "changed_keys"):
+        reader.close()
+        return None
+    return StoreChanges(reader)
