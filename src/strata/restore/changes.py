@@ -53,6 +53,16 @@ class StoreChanges:
     def page(self, spc: int, db: int, filenode: int, blk: int, lsn: Lsn) -> bytes | None:
         return self.reader.get_page(Key.rel_block(spc, db, filenode, ForkNumber.MAIN, blk), lsn)
 
+    def slru_changes(self, slru: int, pageno: int, upto: Lsn) -> list[int]:
+        """LSNs at which an SLRU page (pg_xact, ...) changed, up to `upto`."""
+        self.wait_durable(upto)
+        key = Key.slru_page(slru, pageno)
+        return [lsn for _, lsns in self.reader.changed_keys(KeyRange(key, key.next()), 0, upto)
+                for lsn in lsns]
+
+    def slru_page(self, slru: int, pageno: int, lsn: Lsn) -> bytes | None:
+        return self.reader.get_page(Key.slru_page(slru, pageno), lsn)
+
     def close(self) -> None:
         self.reader.close()
 
