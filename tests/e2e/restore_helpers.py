@@ -61,9 +61,18 @@ class Strata:
         return _RESTRICT.sub("", out)
 
 
-def start_strata(scratch: Path) -> Iterator[Strata]:
+def store_readable() -> bool:
+    """Whether this build reads the layer store while `strata up` writes it
+    (storage's StoreReader with changed_keys): then diff reads changed pages
+    only and history works; else diff compares in full and history refuses."""
+    from strata.pagestore import PageStore
+
+    return hasattr(PageStore, "open_readonly") and hasattr(PageStore, "changed_keys")
+
+
+def start_strata(scratch: Path, *args: str) -> Iterator[Strata]:
     home = scratch / "home"
-    up = StrataUp(home)
+    up = StrataUp(home, *args)
     try:
         dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
         up.proxy_dsn()
