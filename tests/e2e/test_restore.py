@@ -273,3 +273,41 @@ def test_clear_errors(strata: Strata) -> None:
     assert res.returncode == 1 and "nope" in res.stderr
     res = strata.cli("restore", "--database", "postgres", "--at", lsn, "--replace")
     assert res.returncode == 1 and "--replace does not apply" in res.stderr
+
+
+def test_the_sql_form_acts_as_the_session_role(strata: Strata) -> None:
+    from strata.errors import RestoreError
+    from strata.restore.endpoint import Endpoint
+    from strata.restore.plan import Kind, Request
+    from strata.restore.sqlcall import run_call
+
+    _run_sql(strata, """
+CREATE ROLE clerk LOGIN;
+GRANT strata_time_travel TO clerk;
+GRANT CREATE ON SCHEMA public TO clerk;
+CREATE TABLE ledger (id int PRIMARY KEY, v text);
+INSERT INTO ledger SELECT i, 'v' || i FROM generate_series(1, 10) i;
+GRANT SELECT ON ledger TO clerk;
+CREATE TABLE vault (secret text);
+INSERT INTO vault VALUES ('gold');
+""")
+    _, lsn = strata.point()
+    _run_sql(strata, "DROP TABLE ledger; DROP TABLE vault")
+    strata.sync()
+    daemon = Endpoint.of_home(strata.home)
+    notices: list[str] = []
+    lines = run_call(Request(Kind.TABLE, "public.ledger", lsn), daemon, "clerk", notices.append)
+    assert lines[0].startswith("restored table public.ledger as it was at LSN")
+    assert any("copied public.ledger (10 rows" in n for n in notices)
+    # the present's rules are clerk's: the table is clerk's, the old owner's
+    # OWNER TO is reported as not come back
+    assert any('must be able to SET ROLE "postgres"' in ln or "permission denied" in ln
+               for ln in lines), lines
+    with strata.connect() as c:
+        assert c.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'ledger'"
+                         ).fetchone() == ("clerk",)
+    # the past's rules are clerk's too: it could not read vault then
+    with pytest.raises(RestoreError, match="permission denied for table vault"):
+        run_call(Request(Kind.TABLE, "public.vault", lsn), daemon, "clerk", notices.append)
+    with strata.connect() as c:
+        assert c.execute("SELECT to_regclass('public.vault')").fetchone() == (None,)

@@ -18,8 +18,8 @@ import sys
 
 from strata.cli._common import add_home
 from strata.restore.plan import Kind, Request
-from strata.restore.progress import human_bytes, make_progress
-from strata.restore.restore import Result
+from strata.restore.progress import make_progress
+from strata.restore.restore import report
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,22 +54,6 @@ def request_of(args: argparse.Namespace) -> Request:
     else:
         kind, name = Kind.TABLE, args.table
     return Request(kind, name, args.at, args.db or "postgres", args.as_name, args.replace)
-
-
-def report(res: Result) -> str:
-    o = res.outcome
-    rate = o.data_bytes / res.seconds if res.seconds > 0 else 0.0
-    lines = [f"restored {res.request.kind.value} {res.request.name} as it was at {res.point}",
-             f"  into database {res.database} as {res.target}",
-             f"  {o.tables} table(s), {o.rows} row(s), {human_bytes(o.data_bytes)} of data in "
-             f"{res.seconds:.1f} s ({human_bytes(rate)}/s)"]
-    if o.skipped:
-        lines.append("could not come back:")
-        lines += [f"  - {s}" for s in o.skipped]
-    if res.notes:
-        lines.append("notes:")
-        lines += [f"  - {n}" for n in res.notes]
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,6 +67,7 @@ class Endpoint:
     home: Path
     application: str = "strata"  # application_name of every session (pg_stat_activity)
     passfile: str | None = None  # the embedded primary's password file (home/FORMAT.md)
+    role: str | None = None  # act as this role (SET ROLE) after connecting as `user`
 
     @classmethod
     def of_home(cls, home: Path, user: str | None = None,
@@ -115,11 +116,20 @@ class Endpoint:
         import psycopg
 
         try:
-            return psycopg.connect(**self.params(dbname, at=at), autocommit=autocommit)
+            conn = psycopg.connect(**self.params(dbname, at=at), autocommit=autocommit)
         except psycopg.Error as e:
             where = f" at LSN {at}" if at is not None else ""
             raise RestoreError(f"cannot connect to database {dbname}{where}: {pg_error(e)}") \
                 from e
+        if self.role is not None:
+            try:
+                conn.execute("SELECT pg_catalog.set_config('role', %s, false)", (self.role,))
+                if not autocommit:
+                    conn.commit()  # the role stays for the session, not one transaction
+            except psycopg.Error as e:
+                conn.close()
+                raise RestoreError(f"cannot act as role {self.role}: {pg_error(e)}") from e
+        return conn
 
 
 def resolve_point(ep: Endpoint, at: str, dbname: str) -> Point:

@@ -38,7 +38,8 @@ def pattern(*parts: str) -> str:
 
 class PgDump:
     def __init__(self, ep: Endpoint, dbname: str, lsn: Lsn, selection: list[str]) -> None:
-        self.argv = [str(find_pg_binaries().path("pg_dump")), *BASE_ARGS, *selection,
+        role = ["--role", ep.role] if ep.role is not None else []
+        self.argv = [str(find_pg_binaries().path("pg_dump")), *BASE_ARGS, *role, *selection,
                      "--dbname", ep.conninfo(dbname, at=lsn)]
         self.what = f"database {dbname} at LSN {lsn}"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -37,7 +37,7 @@ from strata.restore.apply import Applier, Outcome
 from strata.restore.endpoint import Endpoint, Point, pg_error, resolve_point
 from strata.restore.pgdump import PgDump
 from strata.restore.plan import Kind, Plan, Request, Step, plan_schema, plan_table
-from strata.restore.progress import Progress
+from strata.restore.progress import Progress, human_bytes
 from strata.restore.script import Entry, Renamer, TocHeader, quote_ident
 
 RENAME_WAIT = 30.0  # seconds to wait for our own backend to leave the new database
@@ -52,6 +52,24 @@ class Result:
     outcome: Outcome
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def report(res: Result) -> str:
+    """What came back, what could not and why, and notes: the command's output."""
+    o = res.outcome
+    rate = o.data_bytes / res.seconds if res.seconds > 0 else 0.0
+    lines = [f"restored {res.request.kind.value} {res.request.name} as it was at {res.point}",
+             f"  into database {res.database} as {res.target}",
+             f"  {o.tables} table(s), {o.rows} row(s), {human_bytes(o.data_bytes)} of data in "
+             f"{res.seconds:.1f} s ({human_bytes(rate)}/s)"]
+    if o.skipped:
+        lines.append("could not come back:")
+        lines += [f"  - {s}" for s in o.skipped]
+    if res.notes:
+        lines.append("notes:")
+        lines += [f"  - {n}" for n in res.notes]
+    return "\n".join(lines)
+
 
 
 def _step_header(st: Step) -> TocHeader:
