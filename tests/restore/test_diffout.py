@@ -86,3 +86,13 @@ def test_text_and_json_say_the_same() -> None:
 def test_literal() -> None:
     assert literal(None) == "NULL"
     assert literal("a'b\\c") == "'a''b\\c'"
+
+
+def test_xids_before_the_next_one_across_an_epoch() -> None:
+    from strata.restore.diff import full_xid, xid_precedes
+
+    nxt = (3 << 32) | 100
+    assert xid_precedes(99, nxt) and xid_precedes(0xFFFFFFF0, nxt)
+    assert not xid_precedes(100, nxt) and not xid_precedes(101, nxt)
+    assert full_xid(99, nxt) == (3 << 32) | 99
+    assert full_xid(0xFFFFFFF0, nxt) == (2 << 32) | 0xFFFFFFF0

@@ -63,6 +63,35 @@ class StoreChanges:
     def slru_page(self, slru: int, pageno: int, lsn: Lsn) -> bytes | None:
         return self.reader.get_page(Key.slru_page(slru, pageno), lsn)
 
+    def next_full_xid(self, lsn: Lsn) -> int | None:
+        """The cluster's next transaction id (with epoch) at `lsn`."""
+        from strata.keyspace.cluster import ClusterState
+
+        v = self.reader.get_page(Key.cluster(0), lsn)
+        return None if v is None else ClusterState.from_bytes(v).next_full_xid
+
+    def xid_start(self, full_xid: int, upto: Lsn) -> Lsn | None:
+        """An LSN at or before the first WAL record of transaction `full_xid`:
+        the first point where the cluster's next xid is past it (ingest moves
+        it past every record's xid). None when that is before what the store
+        keeps. Binary search over LSNs, one cluster-values read per step."""
+        def past(lsn: int) -> bool:
+            nxt = self.next_full_xid(Lsn(lsn))
+            return nxt is not None and nxt > full_xid
+
+        lo, hi = int(self.reader.retention_lsn), int(upto)
+        if past(lo):
+            return None
+        if not past(hi):
+            return Lsn(hi)
+        while hi - lo > 1:  # invariant: not past(lo), past(hi)
+            mid = (lo + hi) // 2
+            if past(mid):
+                hi = mid
+            else:
+                lo = mid
+        return Lsn(hi)
+
     def close(self) -> None:
         self.reader.close()
 

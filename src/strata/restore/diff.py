@@ -16,7 +16,10 @@ Owns: the rules that keep the page-level diff exact:
   there): rows outside the changed pages are the same at both points;
 - that holds unless a transaction running at LSN1 commits by LSN2 (its
   earlier writes become visible without their pages changing after LSN1):
-  then every table is compared in full, and the result says so;
+  then pages are looked for from the first record of the oldest such
+  transaction (the first LSN where the cluster's next xid passed it), or,
+  if that is older than the history kept, every table is compared in full;
+  the result says which;
 - a table whose storage was rewritten (VACUUM FULL, CLUSTER, TRUNCATE,
   ALTER TABLE rewriting it: another relfilenode) is compared in full;
 - columns are compared by name among those both points have with the same
@@ -43,6 +46,7 @@ from strata.restore.tables import (
     sequences_at,
     tables_at,
 )
+from strata.timeline.timemap import EndKind
 
 Row = tuple[str | None, ...]
 
@@ -52,6 +56,14 @@ class ChangeSource(Protocol):
                        upto: Lsn) -> list[int] | None:
         """Main-fork blocks of the relation with a change in (after, upto];
         None when that cannot be known (then the table is compared in full)."""
+        ...
+
+    def next_full_xid(self, lsn: Lsn) -> int | None:
+        """The cluster's next transaction id (with epoch) at `lsn`, or None."""
+        ...
+
+    def xid_start(self, full_xid: int, upto: Lsn) -> Lsn | None:
+        """An LSN at or before the first WAL record of `full_xid`, or None."""
         ...
 
 
@@ -141,17 +153,54 @@ def diff_table(c1: Any, c2: Any, a: TableInfo, b: TableInfo,
     return td
 
 
-RUNNING_SQL = ("SELECT pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot())::text")
-COMMITTED_SQL = ("SELECT count(*) FROM pg_catalog.unnest(%s::text[]) x "
-                 "WHERE pg_catalog.pg_xact_status(x::xid8) = 'committed'")
+def xid_precedes(xid: int, next_full: int) -> bool:
+    """TransactionIdPrecedes(xid, next xid): modulo 2^32, as PostgreSQL compares."""
+    return ((xid - (next_full & 0xFFFFFFFF)) & 0xFFFFFFFF) >= 0x80000000
 
 
-def _spanning_commits(c1: Any, c2: Any) -> int:
-    """Transactions running at the first point that committed by the second."""
-    running = [r[0] for r in c1.execute(RUNNING_SQL).fetchall()]
-    if not running:
-        return 0
-    return int(c2.execute(COMMITTED_SQL, (running,)).fetchone()[0])
+def full_xid(xid: int, next_full: int) -> int:
+    """A 32-bit xid that precedes `next_full`, as a full one (its epoch)."""
+    epoch = next_full >> 32
+    if xid >= (next_full & 0xFFFFFFFF):
+        epoch -= 1
+    return (epoch << 32) | xid
+
+
+def _spanning_commits(ep: Endpoint, changes: ChangeSource | None, p1: Point,
+                      p2: Point) -> list[int]:
+    """Full xids of transactions that committed in (p1, p2] and had xids
+    before p1: their writes before p1 became visible after it."""
+    nxt = changes.next_full_xid(p1.lsn) if changes is not None else None
+    if nxt is None:
+        return []
+    tm = ep.timemap()
+    try:
+        ends = [e for e in tm.entries() if p1.lsn < e.end_lsn <= p2.lsn
+                and e.kind in (EndKind.COMMIT, EndKind.COMMIT_PREPARED)]
+    finally:
+        tm.close()
+    return sorted(full_xid(e.xid, nxt) for e in ends if xid_precedes(e.xid, nxt))
+
+
+def _changes_since(changes: ChangeSource | None, spanning: list[int], p1: Point,
+                   notes: list[str]) -> Lsn | None:
+    """Where changed pages must be looked for from: the first point, or, when
+    transactions running there committed later, the first record of the oldest
+    of them (their earlier writes become visible without their pages changing
+    after the first point). None: unknown (tables are compared in full)."""
+    if changes is None:
+        return None
+    if not spanning:
+        return p1.lsn
+    start = changes.xid_start(spanning[0], p1.lsn)
+    if start is None:
+        notes.append(f"{len(spanning)} transaction(s) running at the first point committed by "
+                     "the second, the oldest before the history kept: every table is compared "
+                     "in full")
+        return None
+    notes.append(f"{len(spanning)} transaction(s) running at the first point committed by the "
+                 f"second: pages changed since their first record (LSN {start}) are read")
+    return Lsn(start - 1)
 
 
 def _table_oid(c1: Any, c2: Any, name: str, p1: Point, p2: Point) -> int:
@@ -177,10 +226,7 @@ def diff(ep: Endpoint, at1: str, at2: str, db: str = "postgres", table: str | No
         t2 = {t.oid: t for t in tables_at(c2, oid)}
         res.only_first = [t1[o] for o in t1.keys() - t2.keys()]
         res.only_second = [t2[o] for o in t2.keys() - t1.keys()]
-        spanning = _spanning_commits(c1, c2)
-        if spanning:
-            res.notes.append(f"{spanning} transaction(s) running at the first point committed "
-                             "by the second: every table is compared in full")
+        since = _changes_since(changes, _spanning_commits(ep, changes, p1, p2), p1, res.notes)
         res.foreign_keys = foreign_keys_at(c1) | foreign_keys_at(c2)
         if not table:
             s1, s2 = sequences_at(c1), sequences_at(c2)
@@ -192,8 +238,8 @@ def diff(ep: Endpoint, at1: str, at2: str, db: str = "postgres", table: str | No
             mode = "full"
             if (a.filenode, a.spc, a.db) != (b.filenode, b.spc, b.db):
                 mode = "rewritten"
-            elif not spanning and changes is not None:
-                blocks = changes.changed_blocks(b.spc, b.db, b.filenode, p1.lsn, p2.lsn)
+            elif since is not None and changes is not None:
+                blocks = changes.changed_blocks(b.spc, b.db, b.filenode, since, p2.lsn)
                 mode = "changed pages" if blocks is not None else "full"
             res.tables.append(diff_table(c1, c2, a, b, blocks, mode))
     selection = ["--table", pattern(res.tables[0].table.schema, res.tables[0].table.name)] \
