@@ -311,3 +311,33 @@ INSERT INTO vault VALUES ('gold');
         run_call(Request(Kind.TABLE, "public.vault", lsn), daemon, "clerk", notices.append)
     with strata.connect() as c:
         assert c.execute("SELECT to_regclass('public.vault')").fetchone() == (None,)
+
+
+def test_odd_names_and_data_come_back(strata: Strata) -> None:
+    _run_sql(strata, r"""
+CREATE SCHEMA "Odd Schema";
+CREATE TABLE "Odd Schema"."Wei;rd.Table" ("sp ace" int PRIMARY KEY, "Ünï" text,
+  "x;y" text DEFAULT 'a;b');
+CREATE INDEX "Wei;rd.Table_idx" ON "Odd Schema"."Wei;rd.Table" ("Ünï");
+INSERT INTO "Odd Schema"."Wei;rd.Table" VALUES
+  (1, E'tab\there\nnew line \\ back', E'\\.'), (2, '', NULL), (3, 'é☃', '--');
+""")
+    with strata.connect() as c:
+        then = fingerprint(c)['Odd Schema.Wei;rd.Table']
+    _, lsn = strata.point()
+    # unquoted, a dot separates schema and name, as in SQL
+    res = strata.cli("restore", "--table", '"Odd Schema"."Wei;rd.Table"', "--at", lsn,
+                     "--as", 'Wei;rd.Then')
+    assert res.returncode == 1 and "schema wei;rd (of --as Wei;rd.Then)" in res.stderr
+    res = strata.cli("restore", "--table", '"Odd Schema"."Wei;rd.Table"', "--at", lsn,
+                     "--as", '"Wei;rd.Then"')
+    assert res.returncode == 0, res.stderr
+    res = strata.cli("restore", "--schema", "Odd Schema", "--at", lsn, "--as", "Odd Copy")
+    assert res.returncode == 0, res.stderr
+    with strata.connect() as c:
+        fp = fingerprint(c)
+        assert fp['Odd Schema.Wei;rd.Then'] == then
+        assert fp['Odd Copy.Wei;rd.Table'] == then
+        idx = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE schemaname = "
+                                       "'Odd Schema'")}
+        assert 'Wei;rd.Then_idx' in idx and 'Wei;rd.Table_idx' in idx
