@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pglast
 import pytest
 
@@ -44,3 +46,13 @@ def test_other_statements_are_not_ours(sql: str) -> None:
 def test_wrong_arguments_are_named(sql: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _parse(sql)
+
+
+def test_run_sql_refuses_what_is_not_a_restore_call() -> None:
+    from strata.restore.endpoint import Endpoint
+    from strata.restore.sqlcall import run_sql
+
+    ep = Endpoint("127.0.0.1", 1, "postgres", Path("/nonexistent"))
+    for sql in ("SELECT 1", "CALL strata.restore_table('a', '0/1'); SELECT 1", "CALL x("):
+        with pytest.raises(ConfigError):
+            run_sql(sql, "db", "role", print, ep)

@@ -116,3 +116,21 @@ def run_call(req: Request, daemon: Endpoint, session_role: str,
     ep = dataclasses.replace(daemon, role=session_role, application="strata restore (SQL)")
     res = restore(req, ep, NoticeProgress(notice))
     return report(res).splitlines()
+
+
+def run_sql(text: str, session_db: str, session_role: str, notice: Callable[[str], None],
+            daemon: Endpoint) -> list[str]:
+    """Parse one ``CALL strata.restore_*(...)`` statement and run it (the
+    proxy's entry point: it recognises the statement, this does the rest).
+    Raises: ConfigError (not such a call, wrong arguments), RestoreError."""
+    import pglast
+
+    try:
+        stmts = pglast.parse_sql(text)
+    except pglast.parser.ParseError as e:
+        raise ConfigError(f"cannot parse {text!r}: {e}") from e
+    req = parse_call(stmts[0].stmt, session_db) if len(stmts) == 1 else None
+    if req is None:
+        raise ConfigError(f"not a call of {SCHEMA}.restore_table, restore_schema or "
+                          f"restore_database: {text!r}")
+    return run_call(req, daemon, session_role, notice)
