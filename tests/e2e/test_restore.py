@@ -279,7 +279,7 @@ def test_the_sql_form_acts_as_the_session_role(strata: Strata) -> None:
     from strata.errors import RestoreError
     from strata.restore.endpoint import Endpoint
     from strata.restore.plan import Kind, Request
-    from strata.restore.sqlcall import run_call
+    from strata.restore.sqlcall import SqlRestorer, run_call
 
     _run_sql(strata, """
 CREATE ROLE clerk LOGIN;
@@ -295,8 +295,10 @@ INSERT INTO vault VALUES ('gold');
     _run_sql(strata, "DROP TABLE ledger; DROP TABLE vault")
     strata.sync()
     daemon = Endpoint.of_home(strata.home)
+    restorer = SqlRestorer(strata.home, lambda: daemon.port, daemon.user, daemon.passfile)
     notices: list[str] = []
-    lines = run_call(Request(Kind.TABLE, "public.ledger", lsn), daemon, "clerk", notices.append)
+    lines = restorer(f"CALL strata.restore_table('public.ledger', '{lsn}')", "postgres",
+                     "clerk", notices.append)
     assert lines[0].startswith("restored table public.ledger as it was at LSN")
     assert any("copied public.ledger (10 rows" in n for n in notices)
     # the present's rules are clerk's: the table is clerk's, the old owner's

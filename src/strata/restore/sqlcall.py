@@ -134,3 +134,22 @@ def run_sql(text: str, session_db: str, session_role: str, notice: Callable[[str
         raise ConfigError(f"not a call of {SCHEMA}.restore_table, restore_schema or "
                           f"restore_database: {text!r}")
     return run_call(req, daemon, session_role, notice)
+
+
+@dataclasses.dataclass(frozen=True)
+class SqlRestorer:
+    """What the daemon hands the proxy: runs a ``CALL strata.restore_*``
+    statement's text for a session (its database and role). Connects back
+    through the proxy (`port`, read when called: the proxy starts after this
+    is made) as the daemon's own role, then acts as the session's role."""
+
+    home: Any
+    port: Callable[[], int]
+    user: str
+    passfile: str | None = None
+
+    def __call__(self, text: str, session_db: str, session_role: str,
+                 notice: Callable[[str], None]) -> list[str]:
+        daemon = Endpoint("127.0.0.1", self.port(), self.user, self.home,
+                          passfile=self.passfile)
+        return run_sql(text, session_db, session_role, notice, daemon)
