@@ -1,17 +1,23 @@
 """Layer store benchmark: put throughput with flush on, GetPage@LSN latency for delta
 chains of 1/3/10 (cold and warm cache), compaction throughput, write and space
-amplification.
+amplification, and a realistic mixed put/flush/compact/image loop.
 
 Run: python bench/bench_storage.py [--pages N] [--out bench/results/storage.md]
+     python bench/bench_storage.py --profile [--batched] [--entries N]  (cProfile, mixed loop)
 Values are synthetic 8 KB pages (half random, half zero, like a half-full heap page)
 and 100-byte deltas; redo is trivial (append), so this measures storage, not redo.
+The mixed loop puts 8 KB images and 100-300 byte deltas in a ~1:10 ratio, all on
+the caller's thread (flush, compaction, images inline), so cProfile sees every step.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
 import platform
+import pstats
 import random
 import shutil
 import statistics
@@ -21,8 +27,9 @@ from pathlib import Path
 
 from strata.key import Key, KeyRange
 from strata.pagestore import PageStore
+from strata.storage.batch import EntryBatch
 from strata.storage.config import StorageConfig
-from strata.storage.values import PageImage, WalRecord
+from strata.storage.values import Entry, PageImage, WalRecord
 
 
 def redo(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
@@ -102,7 +109,7 @@ def bench_getpage(root: Path, chain: int, keys: int, samples: int,
     cold: list[float] = []
     before = ps.metrics()
     for i in order:  # cold: cache cleared before each read
-        ps.store.cache.clear()
+        ps.clear_cache()
         t = time.perf_counter()
         ps.get_page(key(i), lsn)
         cold.append(time.perf_counter() - t)
@@ -153,17 +160,118 @@ def bench_compaction(root: Path, pages: int) -> dict[str, float]:
             "scan_pages_s": n / scan_el}
 
 
+def mixed_stream(entries: int, keys: int, seed: int = 3) -> list[tuple[Key, int, PageImage | WalRecord]]:
+    """WAL-like puts: ~1 in 11 an 8 KB page image, else a 100-300 byte delta (a
+    16-byte LSN header, a record-like header, half-random payload), LSNs advancing by
+    the record size as WAL positions do."""
+    rnd = random.Random(seed)
+    pages = [page(rnd) for _ in range(32)]
+    out: list[tuple[Key, int, PageImage | WalRecord]] = []
+    lsn = 0
+    for i in range(entries):
+        k = key(rnd.randrange(keys))
+        if i % 11 == 0:
+            v: PageImage | WalRecord = PageImage(pages[i % 32])
+            lsn += 8192 + 50
+        else:
+            n = rnd.randint(100, 300)
+            body = rnd.randbytes(n // 2) + bytes(n - n // 2 - 40)
+            v = WalRecord(lsn.to_bytes(8, "little") + (lsn + n).to_bytes(8, "little")
+                          + b"\x2a\x00\x00\x00\x0a\x00\x00\x00" + bytes(16) + body)
+            lsn += n
+        out.append((k, lsn, v))
+    return out
+
+
+def as_batches(stream: list[tuple[Key, int, PageImage | WalRecord]],
+               size: int = 256) -> list[EntryBatch]:
+    """The stream cut into put_batch batches of `size` entries (what ingest builds)."""
+    return [EntryBatch.from_entries(Entry(k.to_bytes(), lsn, v)
+                                    for k, lsn, v in stream[i:i + size])
+            for i in range(0, len(stream), size)]
+
+
+def bench_mixed(root: Path, stream: list[tuple[Key, int, PageImage | WalRecord]],
+                batches: list[EntryBatch] | None = None) -> dict[str, float]:
+    """put + advance per entry (or put_batch + advance per batch), flush every
+    memtable, compaction and image creation as the background worker would run
+    them, but inline."""
+    entries = len(stream)
+    d = root / "mixed"
+    cfg = StorageConfig(memtable_bytes=8 << 20, target_file_bytes=32 << 20,
+                        background_maintenance=False)
+    ps = PageStore.open(d, redo, cfg, background=False)
+
+    def maintain() -> None:
+        if ps.store.frozen_count():
+            ps.flush()
+            ps.compact(force=False)
+            ps.create_image_layers()
+
+    t0 = time.perf_counter()
+    if batches is None:
+        for k, lsn, v in stream:
+            ps.put(k, lsn, v)
+            ps.advance(lsn)
+            maintain()
+    else:
+        for b in batches:
+            ps.put_batch(b)
+            ps.advance(int(b.lsns[-1]))
+            maintain()
+    ps.flush()
+    ps.compact(force=True)
+    ps.create_image_layers()
+    elapsed = time.perf_counter() - t0
+    m = ps.metrics()
+    wal = stream[-1][1]
+    ps.close()
+    live = dir_bytes(d)
+    return {"seconds": elapsed, "entries_s": entries / elapsed, "bytes_put": m.bytes_put,
+            "wal_bytes": wal, "layer_per_wal": live / wal,
+            "written_per_wal": (m.bytes_flushed + m.bytes_compacted + m.bytes_imaged) / wal}
+
+
+def profile_mixed(entries: int, batched: bool, top: int = 25) -> None:
+    root = Path(tempfile.mkdtemp(prefix="strata-bench-"))
+    stream = mixed_stream(entries, 5000)
+    batches = as_batches(stream) if batched else None
+    try:
+        prof = cProfile.Profile(time.process_time)  # CPU time: the machine may be shared
+        prof.enable()
+        res = bench_mixed(root, stream, batches)
+        prof.disable()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print({k: round(v, 3) for k, v in res.items()})
+    for order in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(order).print_stats(top)
+        print(buf.getvalue())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pages", type=int, default=20000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true",
+                    help="only run the mixed loop under cProfile and print its top entries")
+    ap.add_argument("--entries", type=int, default=200_000, help="entries of the mixed loop")
+    ap.add_argument("--batched", action="store_true",
+                    help="with --profile: put_batch of 256 entries instead of put per entry")
     args = ap.parse_args()
+    if args.profile:
+        profile_mixed(args.entries, args.batched)
+        return
     root = Path(tempfile.mkdtemp(prefix="strata-bench-"))
     try:
         put = bench_put(root, args.pages, 3)
         gets = {(c, comp): bench_getpage(root, c, 2000, 2000, comp)
                 for comp in (True, False) for c in (1, 3, 10)}
         comp = bench_compaction(root, args.pages)
+        stream = mixed_stream(args.entries, 5000)
+        mixed = bench_mixed(root, stream)
+        mixed_b = bench_mixed(root / "b", stream, as_batches(stream))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     lines = [
@@ -209,6 +317,15 @@ def main() -> None:
         f"| {comp['l0_files']:.0f} | {comp['in_mb']:.1f} | {comp['entries']:.0f} | "
         f"{comp['seconds']:.2f} | {comp['mb_s']:.1f} | {comp['entries_s']:,.0f} | "
         f"{comp['scan_pages_s']:,.0f} |",
+        "",
+        f"## Mixed loop ({args.entries} puts: 8 KB images and 100-300 byte deltas, 1:10)",
+        "",
+        "| puts | seconds | entries/s | layer bytes per WAL byte | bytes written per WAL byte |",
+        "|------|---------|-----------|--------------------------|----------------------------|",
+        f"| put per entry | {mixed['seconds']:.2f} | {mixed['entries_s']:,.0f} | "
+        f"{mixed['layer_per_wal']:.3f} | {mixed['written_per_wal']:.3f} |",
+        f"| put_batch of 256 | {mixed_b['seconds']:.2f} | {mixed_b['entries_s']:,.0f} | "
+        f"{mixed_b['layer_per_wal']:.3f} | {mixed_b['written_per_wal']:.3f} |",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

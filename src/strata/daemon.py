@@ -64,7 +64,7 @@ from strata.runtime.primary import (
     ensure_travel_role,
     prepare_embedded,
 )
-from strata.status import LagClock, layer_summary, write_status
+from strata.status import LagClock, write_status
 from strata.timeline.timemap import TimeMap
 from strata.wal.receiver import WalReceiver
 from strata.wal.record import DecodedRecord
@@ -413,7 +413,7 @@ class Daemon:
             lag_seconds=self._lag.seconds(lag), oldest_lsn=history.oldest_lsn,
             oldest_time=history.oldest_time() or (self.info.start_time if self.info else None),
             newest_commit_time=tm_last.time if tm_last else None,
-            layers=layer_summary(store.store.manifest.layers),
+            layers=store.layer_summary(),
             instances=[{"lsn": str(s.lsn), "port": s.port, "size_bytes": s.size_bytes,
                         "idle_seconds": round(s.idle_seconds, 1)} for s in history.pool.stats()],
             historical=self.factory.reason if self.factory is not None else "")

@@ -18,17 +18,7 @@ from strata.errors import ConfigError
 from strata.home import HomeLayout
 from strata.home.files import load_daemon_state, load_history_info, load_status, write_json
 from strata.lsn import Lsn
-from strata.storage.manifest import load_manifest
-
-
-def layer_summary(layers: Any) -> dict[str, dict[str, int]]:
-    """Per level: count and bytes of the live layers (manifest entries)."""
-    out: dict[str, dict[str, int]] = {}
-    for e in layers:
-        d = out.setdefault(e.level.name, {"count": 0, "bytes": 0})
-        d["count"] += 1
-        d["bytes"] += e.size
-    return out
+from strata.storage.manifest import layer_summary, load_manifest
 
 
 class LagClock:
@@ -94,7 +84,7 @@ def collect(layout: HomeLayout) -> dict[str, Any]:
         "durable_lsn": status.get("durable_lsn", durable),
         "lag_bytes": status.get("lag_bytes"),
         "lag_seconds": status.get("lag_seconds"),
-        "layers": layer_summary(manifest.layers) if manifest is not None else {},
+        "layers": layer_summary(manifest) if manifest is not None else {},
         "instances": status.get("instances", []),
         "historical": status.get("historical"),
         "updated_at": status.get("updated_at"),

@@ -14,12 +14,13 @@ from pathlib import Path
 from strata.key import Key
 from strata.pagestore import PageStore
 from strata.storage.config import StorageConfig
+from strata.storage.directory import LOCK_NAMES
 from strata.storage.layerfile import FORMAT_VERSION
 from strata.storage.values import TOMBSTONE, PageImage, Value, WalRecord
 
 SAMPLES_ROOT = Path(__file__).resolve().parents[1] / "data" / "storage"
 # Layer format versions with a committed sample store (v1 also backs FORMAT.md's worked example).
-SAMPLE_VERSIONS = (1, 2)
+SAMPLE_VERSIONS = (1, 2, 3)
 SAMPLE_DIR = SAMPLES_ROOT / "v1" / "layers"
 
 
@@ -62,7 +63,8 @@ def main() -> None:
     ps.advance(0x300)
     ps.flush()
     ps.close()
-    (out / "LOCK").unlink()
+    for name in LOCK_NAMES:
+        (out / name).unlink()
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ import pytest
 
 from strata.key import KeyRange
 from strata.pagestore import PageStore
+from strata.storage import commit
 from strata.storage.config import StorageConfig
 from strata.storage.naming import TMP_SUFFIX, is_layer_filename
-from strata.storage.store import LayerStore
 from strata.storage.tools import verify_store
 from strata.storage.values import PageImage, Value, WalRecord
 
@@ -26,7 +26,8 @@ from .conftest import Model, append_redo, rk
 
 CFG = StorageConfig(memtable_bytes=1500, block_bytes=400, target_file_bytes=2500,
                     l0_compaction_trigger=2, image_delta_threshold=1, cache_pages=0,
-                    retention_lsn_distance=6000, background_maintenance=True)
+                    retention_lsn_distance=6000, background_maintenance=True,
+                    maintenance_cpu_fraction=1.0)
 KEYS = 13
 POINTS = ["flush:renamed", "flush:committed", "compact:renamed", "compact:committed",
           "retention:renamed", "retention:committed", "gc:renamed",
@@ -55,7 +56,7 @@ def writer(directory: Path, seed: int, point: str | None) -> None:
                 os.write(fd, f"{p}\n".encode())
                 os.close(fd)
                 os.kill(os.getpid(), signal.SIGKILL)
-        LayerStore.crash_point = staticmethod(die)  # type: ignore[method-assign]
+        commit.crash_point = die
     ps = PageStore.open(directory, append_redo, CFG)
     lsn = int(ps.durable_lsn)
     while True:
@@ -65,6 +66,8 @@ def writer(directory: Path, seed: int, point: str | None) -> None:
         ps.advance(lsn)
         if rnd.random() < 0.02:
             ps.flush()
+            if rnd.random() < 0.3:  # gc on this thread too: not only when the worker gets to it
+                ps.gc()
 
 
 def model_upto(durable: int, m: Model | None = None, start: int = 8) -> Model:

@@ -18,7 +18,7 @@ from strata.errors import CorruptionError
 from strata.key import Key, KeyRange
 from strata.pagestore import PageStore
 from strata.storage.config import StorageConfig
-from strata.storage.layerfile import HEADER, LayerFile, crc32c, write_layer
+from strata.storage.layerfile import FORMAT_VERSION, HEADER, LayerFile, crc32c, write_layer
 from strata.storage.manifest import Level, load_manifest
 from strata.storage.naming import LayerName
 from strata.storage.values import Entry, PageImage, WalRecord
@@ -70,7 +70,7 @@ def test_hot_key_with_2000_deltas_in_one_layer_gets_an_image_and_stops_replaying
         ps.flush()
         lm = ps.store.view().layer_map
         assert len(lm.deltas) == 1  # one layer: the layer-count trigger cannot fire
-        assert lm.deltas[0].file.max_key_entries() == 2001  # base image + 2000 records
+        assert lm.deltas[0].file.max_key_entries() == 2000  # the base image ends no run
         before, applied = deltas_applied_by_get(ps, HOT, last)
         assert before == m.get(HOT, last) and applied == 2000
 
@@ -95,7 +95,7 @@ def test_same_store_with_a_higher_record_threshold_makes_no_image(store_dir: Pat
         ps.flush()
         assert ps.create_image_layers() == [] and images(ps) == []
         # the explicit argument overrides the config
-        assert ps.store.create_image_layers(record_threshold=1999) != []
+        assert ps.create_image_layers(record_threshold=1999) != []
 
 
 def test_short_chains_in_few_layers_make_no_images(store_dir: Path) -> None:
@@ -156,7 +156,7 @@ def test_compacted_l1_keeps_the_count_and_triggers(store_dir: Path) -> None:
         ps.compact()
         lm = ps.store.view().layer_map
         assert [d.entry.level for d in lm.deltas] == [Level.L1]
-        assert lm.deltas[0].file.max_key_entries() == 801
+        assert lm.deltas[0].file.max_key_entries() == 800
         assert ps.create_image_layers()
         v, applied = deltas_applied_by_get(ps, HOT, lsn)
         assert v == m.get(HOT, lsn) and applied == 0
@@ -193,7 +193,7 @@ def test_writer_records_the_longest_run_of_one_key_in_the_header(tmp_path: Path)
     assert w.max_key_entries == 7
     f = LayerFile(tmp_path / name.filename())
     try:
-        assert f.version == 2 and len(f.blocks) > 3
+        assert f.version == FORMAT_VERSION and len(f.blocks) > 3
         assert f.max_key_entries() == 7
         assert f._count_max_key_entries() == 7  # the v1 fallback agrees with the header
     finally:
@@ -252,3 +252,40 @@ def test_flush_cuts_a_hot_keys_chain_so_no_read_replays_more_than_the_interval(
             assert ps.metrics().deltas_applied - b.deltas_applied <= interval
     finally:
         ps.close()
+
+
+def test_a_chain_cut_at_flush_does_not_look_long_to_the_image_trigger(tmp_path: Path) -> None:
+    """v3 counts runs of records, so 2,000 updates of one page, cut by flush every 128
+    deltas, count as at most 128 (not 2,001 entries): no image layer is rewritten for
+    a chain no read replays, and reads still replay at most the interval."""
+    cfg = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=False,
+                        flush_image_interval=128, image_delta_threshold=3,
+                        image_record_threshold=512)
+    m = Model()
+    with PageStore.open(tmp_path / "layers", append_redo, cfg, background=False) as ps:
+        last = put_hot_and_cold(ps, m, 0, hot=2000, cold=3)
+        ps.flush()
+        assert ps.store.view().layer_map.deltas[0].file.max_key_entries() <= 128
+        assert ps.create_image_layers() == []
+        for lsn in (8, 4000, 8000, last):
+            v, applied = deltas_applied_by_get(ps, HOT, lsn)
+            assert v == m.get(HOT, lsn) and applied <= 128
+
+
+def test_record_runs_restart_at_will_init_and_end_at_images_and_tombstones(
+        tmp_path: Path) -> None:
+    from strata.storage.values import TOMBSTONE
+
+    k = rk(0).to_bytes()
+    vals = [WalRecord(b"a"), WalRecord(b"b"), WalRecord(b"i", True), WalRecord(b"c"),
+            WalRecord(b"d"), WalRecord(b"e"), PageImage(b"p"), WalRecord(b"f"), TOMBSTONE,
+            WalRecord(b"g"), WalRecord(b"h")]
+    entries = [Entry(k, lsn + 1, v) for lsn, v in enumerate(vals)]
+    name = LayerName.delta(rk(0).to_bytes(), rk(1).to_bytes(), 1, len(vals) + 1)
+    w = write_layer(tmp_path, name, entries, block_bytes=40, zstd_level=1)
+    assert w.max_key_entries == 4  # i c d e
+    f = LayerFile(tmp_path / name.filename())
+    try:
+        assert f.verify() == len(vals) and f._count_max_key_entries() == 4
+    finally:
+        f.close()

@@ -11,11 +11,13 @@ import pytest
 
 from strata.key import MAX_KEY, MIN_KEY, Key, KeyRange
 from strata.pagestore import PageStore
+from strata.storage.batch import EntryBatch
 from strata.storage.layerfile import LayerFile, write_layer
-from strata.storage.layermap import Layer, LayerMap, ReadStats, ReadView, read_key, scan_values
+from strata.storage.layermap import Layer, LayerMap, ReadStats, ReadView, read_key
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.memtable import Memtable
 from strata.storage.naming import LayerName
+from strata.storage.scan import scan_values
 from strata.storage.values import TOMBSTONE, Entry, PageImage, Value, WalRecord
 
 from .conftest import TINY, Model, append_redo, rk
@@ -101,7 +103,7 @@ def as_store(data: list[tuple[Key, int, Value]], d: Path) -> Reader:
     for k, lsn, v in data:
         by_lsn.setdefault(lsn, []).append((k, v))
     for i, lsn in enumerate(sorted(by_lsn)):
-        ps.put_batch((k, lsn, v) for k, v in by_lsn[lsn])
+        ps.put_batch(EntryBatch.from_entries(Entry(k.to_bytes(), lsn, v) for k, v in by_lsn[lsn]))
         ps.advance(lsn)
         if i % 17 == 16:
             ps.flush()

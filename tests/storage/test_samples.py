@@ -13,11 +13,11 @@ from strata.storage.layerfile import FORMAT_VERSION, LayerFile
 from strata.storage.manifest import MANIFEST_VERSION, load_manifest
 from strata.storage.tools import verify_store
 
-from .make_samples import SAMPLE_DIR, SAMPLE_VERSIONS, sample_dir, sample_history, sample_redo
+from .make_samples import SAMPLE_VERSIONS, sample_dir, sample_history, sample_redo
 
 
 def test_current_format_version_has_a_committed_sample() -> None:
-    assert (FORMAT_VERSION, MANIFEST_VERSION) == (2, 1), "new version: add its sample dir"
+    assert (FORMAT_VERSION, MANIFEST_VERSION) == (3, 1), "new version: add its sample dir"
     assert FORMAT_VERSION in SAMPLE_VERSIONS
     assert (sample_dir(FORMAT_VERSION) / "MANIFEST").is_file()
 
@@ -34,7 +34,9 @@ def test_samples_verify_and_hold_the_sample_history(version: int, tmp_path: Path
         assert f.name == le.name and f.version == version
         # v2: from the header; v1: counted from the blocks. Same answer.
         # second delta layer: block 1's three records (+0 +1 +2); else one per key
-        want = 1 if le.name.is_image else {0x200: 1, 0x301: 3}[le.name.lsn_end]
+        # (v3 counts record runs: an image layer has none)
+        want = (0 if version >= 3 else 1) if le.name.is_image else \
+            {0x200: 1, 0x301: 3}[le.name.lsn_end]
         assert f.max_key_entries() == want
         f.close()
     d = tmp_path / "layers"
@@ -55,12 +57,14 @@ def test_samples_verify_and_hold_the_sample_history(version: int, tmp_path: Path
         ps.close()
 
 
-def test_format_md_worked_example_is_what_dump_layer_prints() -> None:
+@pytest.mark.parametrize("version", [1, 3])
+def test_format_md_worked_example_is_what_dump_layer_prints(version: int) -> None:
     from strata.storage.tools import dump_layer
 
     doc = (Path(__file__).resolve().parents[2] / "src/strata/storage/FORMAT.md").read_text()
-    f = SAMPLE_DIR / ("000000067F00000005000040000000000001-000000067F00000005000040010000000001"
-                      "__0000000000000200-0000000000000301.delta")
+    f = sample_dir(version) / ("000000067F00000005000040000000000001-"
+                               "000000067F00000005000040010000000001"
+                               "__0000000000000200-0000000000000301.delta")
     lines = list(dump_layer(f))
     assert len(lines) > 10
     for line in lines:

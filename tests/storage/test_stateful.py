@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from strata.errors import LsnOutOfRangeError
 from strata.key import KeyRange
 from strata.pagestore import PageStore
+from strata.storage import flush
 from strata.storage.config import StorageConfig
 from strata.storage.layermap import ReadStats, read_key
 from strata.storage.tools import verify_store
@@ -83,7 +84,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def flush_one(self) -> None:
         before = int(self.ps.durable_lsn)
-        self.ps.store.flush_one()
+        flush.flush_one(self.ps.store)
         assert self.ps.durable_lsn >= before
 
     @rule()

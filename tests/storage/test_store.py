@@ -300,15 +300,16 @@ def test_verify_flags_delta_layers_overlapping_in_key_and_lsn(store_dir: Path) -
 
 
 def test_worker_failure_stops_writes_loudly(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from strata.storage import flush
     from strata.storage.store import LayerStore
 
-    def broken(self: LayerStore) -> bool:
+    def broken(store: LayerStore) -> bool:
         raise OSError(28, "No space left on device")
 
     cfg = StorageConfig(memtable_bytes=100, background_maintenance=False)
     ps = PageStore.open(store_dir, append_redo, cfg)
     try:
-        monkeypatch.setattr(LayerStore, "flush_one", broken)
+        monkeypatch.setattr(flush, "flush_one", broken)
         ps.put(rk(1), 10, PageImage(b"x" * 200))
         ps.advance(10)  # freezes; the worker's flush fails
         with pytest.raises(StrataError, match="No space left on device"):

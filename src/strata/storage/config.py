@@ -35,6 +35,7 @@ class StorageConfig:
     image_delta_threshold: int = 3
     # ... or when some key of the range may have more than this many delta entries
     # above its newest image (bounded by summing each delta layer's max_key_entries,
+    # its longest run of one key's records,
     # FORMAT.md section 3): a hot page whose deltas sit in a few big layers would
     # otherwise replay its whole chain on every cold read.
     image_record_threshold: int = 512
@@ -48,6 +49,12 @@ class StorageConfig:
     retention_lsn_distance: int | None = None
     # The background worker runs compaction / image creation / gc by itself.
     background_maintenance: bool = True
+    # Share of one core the maintenance thread (in-process worker or maintenance
+    # process) may use, per second of wall time; it sleeps off any excess
+    # (maintenance.py, policy 5). 1.0: unpaced.
+    maintenance_cpu_fraction: float = 0.5
+    # How often an idle maintenance process looks for a new manifest.
+    maintenance_poll_seconds: float = 0.2
     # Check every block's CRC when the store opens (reads a whole store; header, footer
     # and index are always checked on open and each block before it is used).
     verify_on_open: bool = False
@@ -64,6 +71,8 @@ class StorageConfig:
             "image_delta_threshold": self.image_delta_threshold >= 0,
             "image_record_threshold": self.image_record_threshold >= 0,
             "flush_image_interval": self.flush_image_interval >= 0,
+            "maintenance_cpu_fraction": 0 < self.maintenance_cpu_fraction <= 1,
+            "maintenance_poll_seconds": self.maintenance_poll_seconds > 0,
             "retention_lsn_distance": self.retention_lsn_distance is None
             or self.retention_lsn_distance >= 0,
         }

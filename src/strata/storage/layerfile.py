@@ -1,25 +1,31 @@
-"""Layer files: writer and reader of the on-disk layer format (v2; reads v1 too).
+"""Layer files: writer and reader of the on-disk layer format (v3; reads v1, v2).
 
 Fed by: flush (frozen memtable -> L0 delta), compaction (L0 -> L1 deltas),
 image creation (scan -> image layer). Feeds: the layer map's reads, verify,
 dump-layer. Owns: the byte layout documented in FORMAT.md, its checksums and
-the write half of the commit protocol (.tmp, fsync, rename, fsync dir).
+the write half of the commit protocol (.tmp, fsync, then the commit renames).
 
 Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
-zstd frames of encoded entries sorted by (key, lsn); the index holds one
-76-byte record per block with its CRC-32C. A reader checks header, footer and
-index when it opens a file and a block's CRC before every decompression.
+zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
+in v3); the index holds one 76-byte record per block with its CRC-32C. A reader
+checks header, footer and index when it opens a file and a block's CRC before
+every decompression.
 
 Version 2 adds one header field (the v1 reserved u32 at offset 12): the largest
 number of entries any single key has in the layer (`max_key_entries`), so image
 creation can bound a key's delta chain without reading blocks. A v1 file reports
-it by walking its entry headers once (`LayerFile.max_key_entries`).
+it by walking its blocks once (`LayerFile.max_key_entries`). Version 3 stores
+each block column-wise (keys, LSNs, kinds, value ends, values), so blocks are
+written and read as whole numpy columns, and compress better; its
+`max_key_entries` counts the longest run of one key's records (the deltas a read
+can replay from the file), not all of its entries.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import os
 import struct
 import threading
@@ -29,30 +35,35 @@ from pathlib import Path
 from typing import BinaryIO
 
 import google_crc32c
+import numpy as np
 import zstandard
 
+from strata import durable
 from strata.errors import CorruptionError
-from strata.storage.naming import TMP_SUFFIX, LayerKind, LayerName
-from strata.storage.values import (
-    ENTRY_HEADER,
-    Entry,
-    PageImage,
-    decode_entries,
-    encode_entry,
-    make_value,
+from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
+from strata.storage.blocks import (
+    decode_columns,
+    decode_rows,
+    encode_columns,
+    find_in_columns,
+    find_in_rows,
 )
+from strata.storage.naming import TMP_SUFFIX, LayerKind, LayerName
+from strata.storage.values import Entry, PageImage, ValueKind
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
+COLUMN_VERSION = 3  # first version whose blocks are column-wise
 # max_key_entries is a u32; a longer run is recorded as this (still an upper bound
 # for the image trigger's purpose: it only has to exceed a threshold).
 MAX_KEY_ENTRIES_CAP = 0xFFFFFFFF
 COMPRESSION_ZSTD = 1
 
 # magic 8s | version u16 | layer kind u8 | compression u8 |
-# max_key_entries u32 (v2; v1: reserved, 0) |
+# max_key_entries u32 (v3: longest record run of one key; v2: most entries of one key;
+#   v1: reserved, 0) |
 # key_start 18s | key_end 18s | lsn_start u64 | lsn_end u64 | header crc32c u32
 HEADER = struct.Struct(">8sHBBI18s18sQQI")
 # offset u64 | compressed len u32 | raw len u32 | entries u32 | crc32c u32 |
@@ -66,14 +77,6 @@ assert (HEADER.size, INDEX_ENTRY.size, FOOTER.size) == (72, 76, 44)
 
 def crc32c(data: bytes) -> int:
     return int(google_crc32c.value(data))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,35 +100,66 @@ class WrittenLayer:
     max_key_entries: int
 
 
-class LayerWriter:
-    """Streams sorted entries into `<dir>/<name>.tmp`; `finish` publishes the file.
+@dataclass(frozen=True, slots=True)
+class SealedLayer:
+    """A complete, fsynced layer file still under its temporary name: the commit
+    protocol renames it to `name.filename()` (commit.py) or deletes it."""
 
-    Requires: entries added in strictly increasing (key, lsn) order, each inside
-    the key range / LSN range given to `finish`. The file becomes visible under its
-    final name only after fsync(file), rename and fsync(dir); it is not live until
-    the manifest references it.
+    name: LayerName
+    tmp: Path
+    size: int
+    entries: int
+    max_key_entries: int
+
+
+class MissingLayerError(CorruptionError):
+    """A layer file is not there. For a reader that took its manifest before a
+    commit retired the file this is not damage: it re-reads the manifest."""
+
+
+_tmp_seq = itertools.count()
+
+
+def tmp_layer_name(owner: str) -> str:
+    """`layer-<owner>-<pid>-<n>.tmp`: `owner` says which role wrote it ("w" the
+    writer, "m" the maintenance process), so recovery deletes only its own role's
+    leftovers while the other role may still be writing (FORMAT.md section 6)."""
+    return f"layer-{owner}-{os.getpid()}-{next(_tmp_seq)}{TMP_SUFFIX}"
+
+
+class LayerWriter:
+    """Streams sorted entries into `<dir>/<name>.tmp`; `seal` (or `finish`) ends it.
+
+    Requires: entries added (one by one with `add`, or as sorted batches with
+    `add_batch`) in strictly increasing (key, lsn) order, each inside the key range
+    / LSN range given to `seal`. Blocks are written in the column layout (v3).
+    The file gets its final name only through the commit protocol (or `finish`);
+    it is not live until the manifest references it.
     """
 
-    def __init__(self, directory: Path, *, block_bytes: int, zstd_level: int) -> None:
+    def __init__(self, directory: Path, *, block_bytes: int, zstd_level: int,
+                 owner: str = "w") -> None:
         self._dir = directory
-        self._tmp = directory / f"layer-{os.getpid()}-{threading.get_ident()}-{id(self)}{TMP_SUFFIX}"
-        self._f: BinaryIO = open(self._tmp, "wb")  # noqa: SIM115 - closed in finish/abort
+        self._tmp = directory / tmp_layer_name(owner)
+        self._f = durable.fs().create(self._tmp)
         self._f.write(b"\0" * HEADER.size)
         self._pos = HEADER.size
         self._block_bytes = block_bytes
         self._cctx = zstandard.ZstdCompressor(level=zstd_level)
-        self._buf: list[bytes] = []
-        self._buf_len = 0
-        self._buf_n = 0
+        self._parts: list[EntryBatch] = []  # rows of the block being filled
+        self._part_bytes = 0
+        self._rows = BatchBuilder()  # rows given one by one, not yet in _parts
         self._first: tuple[bytes, int] | None = None
         self._last: tuple[bytes, int] | None = None
-        self._block_first: tuple[bytes, int] = (b"", 0)
         self._index: list[bytes] = []
         self.entries = 0
         self.raw_bytes = 0
-        # longest run of one key so far (entries are key-sorted, so a run is contiguous)
-        self._run = 0
-        self.max_key_entries = 0
+        self._runs = KeyRuns(chains=True)  # the header's max_key_entries (v3)
+
+    @property
+    def max_key_entries(self) -> int:
+        """The longest run of one key's records so far (see KeyRuns); final after seal."""
+        return self._runs.best
 
     @property
     def first_key(self) -> bytes | None:
@@ -141,39 +175,96 @@ class LayerWriter:
             raise ValueError(f"entries out of order: {pos!r} after {self._last!r}")
         if self._first is None:
             self._first = pos
-        if self._buf_n == 0:
-            self._block_first = pos
-        self._run = self._run + 1 if self._last is not None and self._last[0] == e.key else 1
-        if self._run > self.max_key_entries:
-            self.max_key_entries = self._run
-        enc = encode_entry(e)
-        self._buf.append(enc)
-        self._buf_len += len(enc)
-        self._buf_n += 1
         self._last = pos
+        before = self._rows.nbytes
+        self._rows.add(e.key, e.lsn, e.value)
+        n = self._rows.nbytes - before
         self.entries += 1
-        self.raw_bytes += len(enc)
-        if self._buf_len >= self._block_bytes:
+        self.raw_bytes += n
+        self._part_bytes += n
+        if self._part_bytes >= self._block_bytes:
             self._flush_block()
 
-    def _flush_block(self) -> None:
-        if self._buf_n == 0:
+    def add_batch(self, b: EntryBatch) -> None:
+        """Add the rows of `b`. Requires: `b` sorted by (key, lsn), one row per (key, lsn),
+        every row after the last one added. Raises: ValueError otherwise (nothing added)."""
+        n = len(b)
+        if n == 0:
             return
-        raw = b"".join(self._buf)
+        ok = b.order_keys
+        first = (b.key_at(0), int(b.lsns[0]))
+        if n > 1:
+            same = ok[1:] == ok[:-1]
+            if np.any(ok[1:] < ok[:-1]) or np.any(same & (b.lsns[1:] <= b.lsns[:-1])):
+                raise ValueError("batch not strictly increasing in (key, lsn)")
+        if self._last is not None and first <= self._last:
+            raise ValueError(f"entries out of order: {first!r} after {self._last!r}")
+        self._take_rows()
+        self._runs.add(b)
+        if self._first is None:
+            self._first = first
+        self._last = (b.key_at(n - 1), int(b.lsns[-1]))
+        sizes = b.lengths + ENTRY_OVERHEAD
+        cum = np.cumsum(sizes)
+        self.entries += n
+        self.raw_bytes += int(cum[-1])
+        done = 0
+        while done < n:
+            # the block closes with the row that brings it to block_bytes or more
+            need = self._block_bytes - self._part_bytes + (int(cum[done - 1]) if done else 0)
+            cut = int(np.searchsorted(cum, need, "left"))
+            if cut >= n:
+                self._parts.append(b.slice(done, n) if done else b)
+                self._part_bytes += int(cum[-1]) - (int(cum[done - 1]) if done else 0)
+                return
+            self._parts.append(b.slice(done, cut + 1))
+            self._part_bytes = 0
+            self._flush_block()
+            done = cut + 1
+
+    def _take_rows(self) -> None:
+        if len(self._rows):
+            rows = self._rows.build()
+            self._runs.add(rows)
+            self._parts.append(rows)
+            self._rows = BatchBuilder()
+
+    def _flush_block(self) -> None:
+        self._take_rows()
+        block = EntryBatch.concat(self._parts)
+        self._parts, self._part_bytes = [], 0
+        n = len(block)
+        if n == 0:
+            return
+        raw = encode_columns(block)
         comp = self._cctx.compress(raw)
-        assert self._last is not None
         self._index.append(INDEX_ENTRY.pack(
-            self._pos, len(comp), len(raw), self._buf_n, crc32c(comp),
-            self._block_first[0], self._block_first[1], self._last[0], self._last[1],
+            self._pos, len(comp), len(raw), n, crc32c(comp),
+            block.key_at(0), int(block.lsns[0]), block.key_at(n - 1), int(block.lsns[-1]),
         ))
         self._f.write(comp)
         self._pos += len(comp)
-        self._buf, self._buf_len, self._buf_n = [], 0, 0
 
     def finish(self, name: LayerName) -> WrittenLayer:
-        """Write index, footer and header, then fsync, rename to `name`, fsync dir.
+        """`seal`, then rename to `name` and fsync the directory: the file is in place
+        (not live until a manifest names it). For tools and tests; the store's verbs
+        seal and let the commit protocol rename.
 
         Raises: ValueError if an entry lies outside `name`'s ranges (nothing published).
+        """
+        s = self.seal(name)
+        try:
+            durable.fs().rename(s.tmp, self._dir / name.filename())
+        except BaseException:
+            self.abort()
+            raise
+        durable.fs().fsync_dir(self._dir)
+        return WrittenLayer(name, s.size, s.entries, s.max_key_entries)
+
+    def seal(self, name: LayerName) -> SealedLayer:
+        """Write index, footer and header, then fsync; the file keeps its temporary name.
+
+        Raises: ValueError if an entry lies outside `name`'s ranges (nothing kept).
         """
         try:
             if self._first is not None:
@@ -198,12 +289,9 @@ class LayerWriter:
             self._f.write(HEADER.pack(MAGIC, FORMAT_VERSION, name.kind, COMPRESSION_ZSTD, mke,
                                       name.key_start, name.key_end, name.lsn_start, name.lsn_end,
                                       crc32c(head[:-4])))
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            self._f.fsync()
             self._f.close()
-            os.rename(self._tmp, self._dir / name.filename())
-            fsync_dir(self._dir)
-            return WrittenLayer(name, size, self.entries, self.max_key_entries)
+            return SealedLayer(name, self._tmp, size, self.entries, self.max_key_entries)
         except BaseException:
             self.abort()
             raise
@@ -212,12 +300,13 @@ class LayerWriter:
         if not self._f.closed:
             self._f.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+            durable.fs().unlink(self._tmp)
 
 
-def write_layer(directory: Path, name: LayerName, entries: Iterable[Entry], *,
-                block_bytes: int, zstd_level: int) -> WrittenLayer:
-    w = LayerWriter(directory, block_bytes=block_bytes, zstd_level=zstd_level)
+def add_all(w: LayerWriter, name: LayerName, entries: Iterable[Entry]) -> LayerWriter:
+    """Add `entries` to `w`, checking them against `name`'s LSN range and kind.
+
+    Raises: ValueError (and aborts `w`: its temporary file is gone)."""
     try:
         for e in entries:
             if not name.lsn_start <= e.lsn < name.lsn_end:
@@ -228,7 +317,14 @@ def write_layer(directory: Path, name: LayerName, entries: Iterable[Entry], *,
     except BaseException:
         w.abort()
         raise
-    return w.finish(name)
+    return w
+
+
+def write_layer(directory: Path, name: LayerName, entries: Iterable[Entry], *,
+                block_bytes: int, zstd_level: int) -> WrittenLayer:
+    """Write a whole layer file under its final name (tools, tests, samples)."""
+    w = LayerWriter(directory, block_bytes=block_bytes, zstd_level=zstd_level)
+    return add_all(w, name, entries).finish(name)
 
 
 _local = threading.local()
@@ -252,7 +348,7 @@ class LayerFile:
         try:
             self._f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - lives with the object
         except FileNotFoundError as e:
-            raise CorruptionError(f"layer file {self.path} is missing") from e
+            raise MissingLayerError(f"layer file {self.path} is missing") from e
         try:
             self._load()
         except BaseException:
@@ -318,6 +414,7 @@ class LayerFile:
         self.entry_count = nentries
         self.index_offset = index_off
         self._last_keys = [b.last_key for b in blocks]
+        self._cached: tuple[int, EntryBatch] | None = None
 
     def close(self) -> None:
         self._f.close()
@@ -334,24 +431,10 @@ class LayerFile:
         return self._max_key_entries
 
     def _count_max_key_entries(self) -> int:
-        best = run = 0
-        prev: bytes | None = None
-        hsize = ENTRY_HEADER.size
-        unpack = ENTRY_HEADER.unpack_from
+        runs = KeyRuns(chains=self.version >= COLUMN_VERSION)
         for i in range(len(self.blocks)):
-            raw = self._raw_block(i)
-            pos, end = 0, len(raw)
-            try:
-                while pos < end:
-                    k, _lsn, _kind, n = unpack(raw, pos)
-                    run = run + 1 if k == prev else 1
-                    prev = k
-                    if run > best:
-                        best = run
-                    pos += hsize + n
-            except struct.error as e:
-                raise self._fail(self.blocks[i].offset, f"block {i} undecodable: {e}") from e
-        return best
+            runs.add(self.block_batch(i))
+        return runs.best
 
     # -- reads -------------------------------------------------------------------
     def _raw_block(self, i: int) -> bytes:
@@ -370,16 +453,25 @@ class LayerFile:
                                        f"index says {b.raw_len}")
         return raw
 
-    def read_block(self, i: int) -> list[Entry]:
+    def block_batch(self, i: int) -> EntryBatch:
+        """Block i as a batch, sorted by (key, lsn). Raises: CorruptionError."""
+        cached = self._cached
+        if cached is not None and cached[0] == i:
+            return cached[1]
         b = self.blocks[i]
         raw = self._raw_block(i)
         try:
-            entries = decode_entries(raw)
+            batch = decode_columns(raw) if self.version >= COLUMN_VERSION else decode_rows(raw)
         except ValueError as e:
             raise self._fail(b.offset, f"block {i} undecodable: {e}") from e
-        if len(entries) != b.entries:
-            raise self._fail(b.offset, f"block {i} holds {len(entries)} entries, index says {b.entries}")
-        return entries
+        if len(batch) != b.entries:
+            raise self._fail(b.offset, f"block {i} holds {len(batch)} entries, "
+                                       f"index says {b.entries}")
+        self._cached = (i, batch)  # one block: a scan's neighbouring windows share it
+        return batch
+
+    def read_block(self, i: int) -> list[Entry]:
+        return list(self.block_batch(i).entries())
 
     def get(self, key: bytes, lo: int, hi: int) -> list[Entry]:
         """Entries of `key` with lo <= lsn < hi, oldest first."""
@@ -391,63 +483,76 @@ class LayerFile:
         return out
 
     def _find(self, i: int, key: bytes, lo: int, hi: int) -> list[Entry]:
-        """Entries of `key` in block i, walking entry headers only (no decoding of the
-        others): GetPage's hot path."""
+        """Entries of `key` in block i, decoding only those (GetPage's hot path)."""
         raw = self._raw_block(i)
-        out: list[Entry] = []
-        pos, end = 0, len(raw)
-        hsize = ENTRY_HEADER.size
-        unpack = ENTRY_HEADER.unpack_from
         try:
-            while pos < end:
-                k, lsn, kind, n = unpack(raw, pos)
-                if k > key:
-                    break  # sorted: nothing further
-                if k == key and lo <= lsn < hi:
-                    out.append(Entry(k, lsn, make_value(kind, raw[pos + hsize : pos + hsize + n])))
-                pos += hsize + n
-            if pos > end:
-                raise ValueError("entry runs past the end of the block")
+            if self.version >= COLUMN_VERSION:
+                return find_in_columns(raw, key, lo, hi)
+            return find_in_rows(raw, key, lo, hi)
         except (struct.error, ValueError) as e:
             raise self._fail(self.blocks[i].offset, f"block {i} undecodable: {e}") from e
-        return out
+
+    def blocks_in(self, start: bytes, end: bytes) -> range:
+        """Indexes of the blocks that may hold keys in [start, end)."""
+        i = bisect.bisect_left(self._last_keys, start)
+        j = i
+        while j < len(self.blocks) and self.blocks[j].first_key < end:
+            j += 1
+        return range(i, j)
+
+    def batch_range(self, start: bytes, end: bytes, lo: int = 0,
+                    hi: int = 1 << 63) -> EntryBatch:
+        """Entries with start <= key < end and lo <= lsn < hi, sorted by (key, lsn)."""
+        all_lsns = lo <= self.name.lsn_start and self.name.lsn_end <= hi
+        parts = []
+        for i in self.blocks_in(start, end):
+            b = self.blocks[i]
+            batch = self.block_batch(i)
+            if all_lsns and start <= b.first_key and b.last_key < end:
+                parts.append(batch)  # the whole block: nothing to search or filter
+            else:
+                parts.append(batch.select(start, end, lo, hi))
+        return EntryBatch.concat(parts)
 
     def scan(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 64) -> Iterator[Entry]:
         """Entries with start <= key < end and lo <= lsn < hi, in (key, lsn) order."""
-        i = bisect.bisect_left(self._last_keys, start)
-        while i < len(self.blocks) and self.blocks[i].first_key < end:
-            for e in self.read_block(i):
-                if start <= e.key < end and lo <= e.lsn < hi:
-                    yield e
-            i += 1
+        for i in self.blocks_in(start, end):
+            yield from self.block_batch(i).select(start, end, lo, hi).entries()
 
     def verify(self) -> int:
         """Read every block; check CRCs, order and ranges. Returns: the entry count."""
         prev: tuple[bytes, int] | None = None
         n = 0
-        run = best = 0
+        runs = KeyRuns(chains=self.version >= COLUMN_VERSION)
         name = self.name
         for i, b in enumerate(self.blocks):
-            for e in self.read_block(i):
-                pos = (e.key, e.lsn)
-                if prev is not None and pos <= prev:
-                    raise self._fail(b.offset, f"block {i}: entries out of (key, lsn) order")
-                run = run + 1 if prev is not None and prev[0] == e.key else 1
-                best = max(best, run)
-                if not (name.key_start <= e.key < name.key_end
-                        and name.lsn_start <= e.lsn < name.lsn_end):
-                    raise self._fail(b.offset, f"block {i}: entry outside the header's ranges")
-                if name.is_image and not isinstance(e.value, PageImage):
-                    raise self._fail(b.offset, f"block {i}: non-image value in an image layer")
-                prev = pos
-                n += 1
-            if (b.first_key, b.first_lsn) > (b.last_key, b.last_lsn):
-                raise self._fail(b.offset, f"block {i}: index first/last inverted")
+            batch = self.block_batch(i)
+            m = len(batch)
+            if m == 0:
+                continue
+            ok, lsn = batch.order_keys, batch.lsns
+            first = (batch.key_at(0), int(lsn[0]))
+            same = ok[1:] == ok[:-1]
+            if (prev is not None and first <= prev) or np.any(ok[1:] < ok[:-1]) \
+                    or np.any(same & (lsn[1:] <= lsn[:-1])):
+                raise self._fail(b.offset, f"block {i}: entries out of (key, lsn) order")
+            if (first[0] < name.key_start or batch.key_at(m - 1) >= name.key_end
+                    or int(lsn.min()) < name.lsn_start or int(lsn.max()) >= name.lsn_end):
+                raise self._fail(b.offset, f"block {i}: entry outside the header's ranges")
+            if name.is_image and np.any(batch.kinds != ValueKind.PAGE_IMAGE):
+                raise self._fail(b.offset, f"block {i}: non-image value in an image layer")
+            if (first != (b.first_key, b.first_lsn)
+                    or (batch.key_at(m - 1), int(lsn[-1])) != (b.last_key, b.last_lsn)):
+                raise self._fail(b.offset, f"block {i}: index first/last disagree with it")
+            runs.add(batch)
+            prev = (batch.key_at(m - 1), int(lsn[-1]))
+            n += m
+        best = runs.best
         if self.version >= 2 and self._max_key_entries != min(best, MAX_KEY_ENTRIES_CAP):
+            what = "records in a run" if self.version >= COLUMN_VERSION else "entries"
             raise self._fail(12, f"header max_key_entries {self._max_key_entries} but a key "
-                                 f"has {best} entries")
+                                 f"has {best} {what}")
         return n
-
 
 
 class DeltaLayer(LayerFile):

@@ -2,8 +2,9 @@
 value is rebuilt from them.
 
 Fed by: the store's current snapshot (memtables + live layer files).
-Feeds: GetPage@LSN and range scans (materialising a database), image creation,
-compaction planning, gc. Owns: read-path rules (FORMAT.md invariants 5-8):
+Feeds: GetPage@LSN (`read_key`), range scans (scan.py applies the same rules
+column-wise), image creation, compaction planning, gc. Owns: read-path rules
+(FORMAT.md invariants 5-8):
 
 - a read at LSN X sees every entry with lsn <= X;
 - the newest image layer covering the key with image lsn <= X is a floor: it
@@ -16,8 +17,7 @@ compaction planning, gc. Owns: read-path rules (FORMAT.md invariants 5-8):
 from __future__ import annotations
 
 import bisect
-import heapq
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from strata.key import Key
@@ -220,76 +220,3 @@ def read_key(view: ReadView, key: Key, lsn: int, redo: Redo, stats: ReadStats) -
         stats.layers_visited += 1
         chain.extend(img.file.get(kb, floor, floor + 1))
     return finish_chain(key, chain, redo, stats)
-
-
-def _tagged(it: Iterable[Entry], tag: int, seq: int) -> Iterator[tuple[bytes, int, int, int, Entry]]:
-    # seq breaks ties so heapq.merge never compares two values
-    for e in it:
-        yield e.key, e.lsn, tag, seq, e
-
-
-def scan_entries(view: ReadView, start: bytes, end: bytes, lsn: int,
-                 stats: ReadStats) -> Iterator[tuple[bytes, list[Entry]]]:
-    """Per key in [start, end), in key order: its chain at `lsn` (newest first),
-    already cut at a chain end or floor image. Streaming: one block per source
-    in memory at a time."""
-    lm = view.layer_map
-    images = lm.images_for_scan(start, end, lsn)
-    deltas = lm.deltas_for_scan(start, end, lsn, images)
-    stats.layers_visited += len(images) + len(deltas)
-    hi = lsn + 1
-    # tag 0 = image-layer entry (a floor), 1 = anything else
-    sources: list[tuple[int, Iterable[Entry]]] = [(0, im.file.scan(start, end, 0, hi)) for im in images]
-    sources += [(1, d.file.scan(start, end, 0, hi)) for d in deltas]
-    sources += [(1, fm.scan(start, end, 0, hi)) for fm in view.frozen]
-    sources.append((1, view.active.scan(start, end, 0, hi)))
-    streams = [_tagged(it, tag, seq) for seq, (tag, it) in enumerate(sources)]
-    img_ranges = [(im.name.key_start, im.name.key_end, im.name.image_lsn) for im in images]
-    cur: bytes | None = None
-    group: list[tuple[int, int, Entry]] = []
-    for k, elsn, tag, _seq, e in heapq.merge(*streams):
-        if k != cur:
-            if cur is not None:
-                yield cur, _chain(cur, group, img_ranges)
-            cur, group = k, []
-        group.append((elsn, tag, e))
-    if cur is not None:
-        yield cur, _chain(cur, group, img_ranges)
-
-
-def _chain(key: bytes, group: list[tuple[int, int, Entry]],
-           img_ranges: list[tuple[bytes, bytes, int]]) -> list[Entry]:
-    floor = -1
-    for ks, ke, il in img_ranges:
-        if ks <= key < ke and il > floor:
-            floor = il
-    chain: list[Entry] = []
-    for elsn, tag, e in reversed(group):  # newest first
-        if elsn > floor and tag == 1:
-            chain.append(e)
-            if ends_chain(e.value):
-                return chain
-        elif elsn == floor and tag == 0:
-            chain.append(e)
-            return chain
-        elif elsn < floor:
-            break
-    return chain
-
-
-def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,
-                stats: ReadStats) -> Iterator[tuple[Key, bytes]]:
-    """(key, value at lsn) for every key present at `lsn` in [start, end), sorted."""
-    for kb, chain in scan_entries(view, start, end, lsn, stats):
-        key = Key.from_bytes(kb)
-        v = finish_chain(key, chain, redo, stats)
-        if v is not None:
-            yield key, v
-
-
-def scan_keys(view: ReadView, start: bytes, end: bytes, lsn: int,
-              stats: ReadStats) -> Iterator[Key]:
-    """Keys present at `lsn` (no reconstruction): newest chain entry not a tombstone."""
-    for kb, chain in scan_entries(view, start, end, lsn, stats):
-        if chain and not (len(chain) == 1 and isinstance(chain[0].value, Tombstone)):
-            yield Key.from_bytes(kb)

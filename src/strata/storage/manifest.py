@@ -8,14 +8,14 @@ MANIFEST, fsync the directory. A layer file is live iff the manifest names it.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 
+from strata import durable
 from strata.errors import CorruptionError
-from strata.storage.layerfile import crc32c, fsync_dir
+from strata.storage.layerfile import crc32c
 from strata.storage.naming import MANIFEST_NAME, TMP_SUFFIX, LayerKind, LayerName
 
 MANIFEST_MAGIC = b"STRATAMF"
@@ -109,6 +109,16 @@ class Manifest:
         return {le.name.filename() for le in self.layers}
 
 
+def layer_summary(manifest: Manifest) -> dict[str, dict[str, int]]:
+    """Live layers per level name (L0, L1, IMAGE): {"count": n, "bytes": b}."""
+    out: dict[str, dict[str, int]] = {}
+    for le in manifest.layers:
+        d = out.setdefault(le.level.name, {"count": 0, "bytes": 0})
+        d["count"] += 1
+        d["bytes"] += le.size
+    return out
+
+
 def load_manifest(directory: Path) -> Manifest | None:
     """The committed manifest, or None if the directory has never committed one."""
     path = directory / MANIFEST_NAME
@@ -121,11 +131,5 @@ def load_manifest(directory: Path) -> Manifest | None:
 
 def commit_manifest(directory: Path, manifest: Manifest) -> None:
     """The single commit point: .tmp, fsync, rename, fsync dir."""
-    tmp = directory / (MANIFEST_NAME + TMP_SUFFIX)
-    data = manifest.encode()
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, directory / MANIFEST_NAME)
-    fsync_dir(directory)
+    durable.fs().write_durably(directory / MANIFEST_NAME, manifest.encode(),
+                               directory / (MANIFEST_NAME + TMP_SUFFIX))

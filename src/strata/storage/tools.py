@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from strata.errors import CorruptionError
-from strata.key import Key
+from strata.key import KEY_SIZE, Key
 from strata.lsn import Lsn
-from strata.storage.layerfile import FOOTER, HEADER, INDEX_ENTRY, LayerFile
+from strata.storage.layerfile import COLUMN_VERSION, FOOTER, HEADER, INDEX_ENTRY, LayerFile
 from strata.storage.manifest import Level, Manifest, load_manifest
 from strata.storage.naming import TMP_SUFFIX, is_layer_filename
 from strata.storage.values import PageImage, Tombstone, WalRecord
@@ -135,6 +135,8 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
         for i, b in enumerate(f.blocks):
             yield (f"block {i:<4}    offset {b.offset}, {b.comp_len} bytes zstd -> {b.raw_len} raw, "
                    f"{b.entries} entries, crc32c {b.crc:08x}")
+            if f.version >= COLUMN_VERSION:
+                yield "  columns     " + column_layout(b.entries, b.raw_len)
             for e in f.read_block(i):
                 if max_entries is not None and shown >= max_entries:
                     continue
@@ -147,6 +149,16 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
             yield f"({f.entry_count - shown} more entries not shown)"
     finally:
         f.close()
+
+
+def column_layout(n: int, raw_len: int) -> str:
+    """Where each column of a v3 block of `n` entries starts (and its length)."""
+    parts = [("n", 0, 4), ("keys", 4, KEY_SIZE * n), ("lsns", 4 + KEY_SIZE * n, 8 * n)]
+    parts += [("kinds", parts[-1][1] + 8 * n, n)]
+    parts += [("value_lens", parts[-1][1] + n, 4 * n)]
+    vo = parts[-1][1] + 4 * n
+    parts += [("values", vo, raw_len - vo)]
+    return ", ".join(f"{name} @{off} ({size})" for name, off, size in parts)
 
 
 def level_name(level: Level) -> str:

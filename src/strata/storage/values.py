@@ -64,20 +64,6 @@ class Entry(NamedTuple):
     value: Value
 
 
-def value_kind(value: Value) -> ValueKind:
-    if isinstance(value, PageImage):
-        return ValueKind.PAGE_IMAGE
-    if isinstance(value, WalRecord):
-        return ValueKind.WAL_RECORD_INIT if value.will_init else ValueKind.WAL_RECORD
-    if isinstance(value, Tombstone):
-        return ValueKind.TOMBSTONE
-    raise TypeError(f"not a storage value: {value!r}")
-
-
-def value_data(value: Value) -> bytes:
-    return b"" if isinstance(value, Tombstone) else value.data
-
-
 def ends_chain(value: Value) -> bool:
     """True if no older version is needed to reconstruct at this value."""
     return not isinstance(value, WalRecord) or value.will_init
@@ -98,34 +84,8 @@ def make_value(kind: int, data: bytes) -> Value:
     raise ValueError(f"unknown value kind {kind}")
 
 
+# the row encoding of an entry in v1/v2 blocks (blocks.py):
 # key 18s | lsn u64 | kind u8 | data length u32, then data
 ENTRY_HEADER = struct.Struct(">18sQBI")
 assert ENTRY_HEADER.size == KEY_SIZE + 13
 
-
-def entry_size(value: Value) -> int:
-    """Encoded bytes of one entry (what memtable size and block cuts count)."""
-    return ENTRY_HEADER.size + len(value_data(value))
-
-
-def encode_entry(e: Entry) -> bytes:
-    data = value_data(e.value)
-    return ENTRY_HEADER.pack(e.key, e.lsn, value_kind(e.value), len(data)) + data
-
-
-def decode_entries(buf: bytes) -> list[Entry]:
-    """Decode a block's entries. Raises: ValueError on malformed bytes."""
-    out: list[Entry] = []
-    pos, end = 0, len(buf)
-    unpack = ENTRY_HEADER.unpack_from
-    hsize = ENTRY_HEADER.size
-    while pos < end:
-        if end - pos < hsize:
-            raise ValueError(f"entry header cut short at block offset {pos}")
-        key, lsn, kind, n = unpack(buf, pos)
-        pos += hsize
-        if end - pos < n:
-            raise ValueError(f"entry data cut short at block offset {pos}")
-        out.append(Entry(key, lsn, make_value(kind, buf[pos : pos + n])))
-        pos += n
-    return out

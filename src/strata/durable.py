@@ -1,0 +1,102 @@
+"""The file-I/O seam for files that must survive a crash: create and write, fsync,
+rename, fsync of a directory, unlink.
+
+Bottom layer: imports nothing from strata. Fed by: the layer store (layer files,
+manifest commits, recovery's clean-up); the time map and home files can adopt
+it. Feeds: the operating system, or, in tests, a file system that models what a
+power cut keeps (tests/storage/faultfs.py: writes not fsynced and directory
+entries not fsynced are lost). Owns: nothing on disk.
+
+Reads do not go through the seam: they see the real files.
+
+Use: `durable.fs().create(path)` etc. Tests swap the implementation with
+`with durable.using(other): ...` (process-wide: the store's threads see it too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+class WritableFile:
+    """A file being written (created empty, or truncated)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+
+    def seek(self, offset: int) -> None:
+        self._f.seek(offset)
+
+    def fsync(self) -> None:
+        """Everything written so far is on stable storage once this returns."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+
+class FileSystem:
+    """The real file system."""
+
+    def create(self, path: Path) -> WritableFile:
+        return WritableFile(path)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        """Atomic replace of `dst`; durable only after `fsync_dir` of its directory."""
+        os.rename(src, dst)
+
+    def unlink(self, path: Path) -> None:
+        """Raises: FileNotFoundError. Durable only after `fsync_dir`."""
+        os.unlink(path)
+
+    def fsync_dir(self, path: Path) -> None:
+        """Every entry of directory `path` (creations, renames, unlinks) is durable."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_durably(self, path: Path, data: bytes, tmp: Path) -> None:
+        """Replace `path` by `data` atomically and durably: `tmp` written, fsynced,
+        renamed over `path`, directory fsynced (a crash leaves the old or the new)."""
+        f = self.create(tmp)
+        try:
+            f.write(data)
+            f.fsync()
+        finally:
+            f.close()
+        self.rename(tmp, path)
+        self.fsync_dir(path.parent)
+
+
+_current: FileSystem = FileSystem()
+
+
+def fs() -> FileSystem:
+    """The file system in use (the real one unless a test swapped it)."""
+    return _current
+
+
+@contextlib.contextmanager
+def using(other: FileSystem) -> Iterator[FileSystem]:
+    """Use `other` for every durable write until the block ends."""
+    global _current
+    before, _current = _current, other
+    try:
+        yield other
+    finally:
+        _current = before

@@ -1,0 +1,147 @@
+"""Block encodings of layer files: the decompressed bytes of one block.
+
+Fed by: LayerWriter (encode, v3 only) and LayerFile (decode, every version).
+Feeds: reads (point lookups inside a block, whole blocks as EntryBatch).
+Owns: the two block layouts (FORMAT.md section 3):
+
+- rows (layer versions 1 and 2): entries back to back, each
+  `key 18 | lsn u64 | kind u8 | data_len u32 | data`;
+- columns (version 3): `n u32 | keys 18n | lsns 8n (u64) | kinds n |
+  value_lens 4n (u32, each value's length) | values` (lengths, not offsets:
+  they repeat, so they compress).
+
+All integers big-endian. Decoders raise ValueError on malformed bytes (the
+caller names file, block and offset).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from strata.key import KEY_SIZE
+from strata.storage.batch import KEY_DTYPE, KEY_ORDER, BatchBuilder, EntryBatch
+from strata.storage.values import ENTRY_HEADER, Entry, ValueKind, make_value
+
+N_FIELD = struct.Struct(">I")
+U64 = struct.Struct(">Q")
+COLUMN_OVERHEAD = KEY_SIZE + 8 + 1 + 4  # bytes per entry besides its value (v3)
+_TOMBSTONE = int(ValueKind.TOMBSTONE)  # (an IntEnum attribute costs a lookup per use)
+
+
+def encode_columns(b: EntryBatch) -> bytes:
+    """A v3 block holding the rows of `b` (in order)."""
+    values, _ = b.values_joined()
+    return b"".join((N_FIELD.pack(len(b)), b.keys.tobytes(), b.lsns.astype(">u8").tobytes(),
+                     b.kinds.tobytes(), b.lengths.astype(">u4").tobytes(), values))
+
+
+def _column_offsets(n: int) -> tuple[int, int, int, int]:
+    """Offsets of lsns, kinds, value_lens and values in a v3 block of n entries."""
+    lo = 4 + KEY_SIZE * n
+    ko = lo + 8 * n
+    eo = ko + n
+    return lo, ko, eo, eo + 4 * n
+
+
+def decode_columns(raw: bytes) -> EntryBatch:
+    """Raises: ValueError if `raw` is not a well-formed v3 block."""
+    if len(raw) < 4:
+        raise ValueError("block shorter than its entry count")
+    (n,) = N_FIELD.unpack_from(raw, 0)
+    lo, ko, eo, vo = _column_offsets(n)
+    if vo > len(raw):
+        raise ValueError(f"block of {len(raw)} bytes cannot hold {n} entries")
+    if n == 0:
+        if vo != len(raw):
+            raise ValueError("bytes after an empty block")
+        return EntryBatch.empty()
+    # (few numpy calls: a scan decodes every block, and image blocks hold ~8 pages)
+    lens = np.frombuffer(raw, dtype=">u4", count=n, offset=eo).astype(np.int64)
+    ends = np.cumsum(lens)
+    ends += vo
+    if int(ends[-1]) != len(raw):
+        raise ValueError("value lengths do not tile the values area")
+    kinds = np.frombuffer(raw, dtype=np.uint8, count=n, offset=ko)
+    if int(kinds.max()) >= _TOMBSTONE:  # (rare: one reduction decides the usual case)
+        bad = (kinds > _TOMBSTONE) | ((kinds == _TOMBSTONE) & (lens != 0))
+        if bad.any():
+            i = int(bad.argmax())
+            raise ValueError(f"unknown value kind {int(kinds[i])}" if kinds[i] > _TOMBSTONE
+                             else "tombstone with a payload")
+    return EntryBatch(np.frombuffer(raw, dtype=KEY_DTYPE, count=n, offset=4),
+                      np.frombuffer(raw, dtype=">u8", count=n, offset=lo).astype(np.int64),
+                      kinds, ends - lens, ends, (raw,))
+
+
+def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> list[Entry]:
+    """Entries of `key` with lo <= lsn < hi in a v3 block, oldest first, decoding only
+    those rows (GetPage's hot path: one binary search, then plain bytes and struct).
+    Raises: ValueError if malformed."""
+    (n,) = N_FIELD.unpack_from(raw, 0)
+    lsn_off, ko, eo, vo = _column_offsets(n)
+    if vo > len(raw):
+        raise ValueError(f"block of {len(raw)} bytes cannot hold {n} entries")
+    a = int(np.frombuffer(raw, dtype=KEY_ORDER, count=n, offset=4).searchsorted(key))
+    out: list[Entry] = []
+    if a == n or raw[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] != key:
+        return out
+    b = a + 1
+    while b < n and raw.startswith(key, 4 + KEY_SIZE * b):
+        b += 1
+    start = vo + (int(np.frombuffer(raw, dtype=">u4", count=a, offset=eo).sum(dtype=np.int64))
+                  if a else 0)
+    for j in range(a, b):
+        (n_j,) = N_FIELD.unpack_from(raw, eo + 4 * j)
+        end = start + n_j
+        (lsn,) = U64.unpack_from(raw, lsn_off + 8 * j)
+        if end > len(raw):
+            raise ValueError(f"value {j} runs outside the block")
+        if lo <= lsn < hi:
+            out.append(Entry(key, lsn, make_value(raw[ko + j], raw[start:end])))
+        start = end
+    return out
+
+
+def decode_rows(raw: bytes) -> EntryBatch:
+    """A v1/v2 block as a batch. Raises: ValueError if malformed."""
+    b = BatchBuilder()
+    pos, end = 0, len(raw)
+    unpack = ENTRY_HEADER.unpack_from
+    hsize = ENTRY_HEADER.size
+    while pos < end:
+        if end - pos < hsize:
+            raise ValueError(f"entry header cut short at block offset {pos}")
+        key, lsn, kind, n = unpack(raw, pos)
+        pos += hsize
+        if end - pos < n:
+            raise ValueError(f"entry data cut short at block offset {pos}")
+        if kind > ValueKind.TOMBSTONE:
+            raise ValueError(f"unknown value kind {kind}")
+        if kind == ValueKind.TOMBSTONE and n:
+            raise ValueError("tombstone with a payload")
+        b.add_raw(key, lsn, kind, raw[pos:pos + n])
+        pos += n
+    return b.build()
+
+
+def find_in_rows(raw: bytes, key: bytes, lo: int, hi: int) -> list[Entry]:
+    """Entries of `key` in a v1/v2 block, walking entry headers only."""
+    out: list[Entry] = []
+    pos, end = 0, len(raw)
+    hsize = ENTRY_HEADER.size
+    unpack = ENTRY_HEADER.unpack_from
+    try:
+        while pos < end:
+            k, lsn, kind, n = unpack(raw, pos)
+            if k > key:
+                break  # sorted: nothing further
+            if k == key and lo <= lsn < hi:
+                out.append(Entry(k, lsn, make_value(kind, raw[pos + hsize:pos + hsize + n])))
+            pos += hsize + n
+    except struct.error as e:
+        raise ValueError(str(e)) from e
+    if pos > end:
+        raise ValueError("entry runs past the end of the block")
+    return out

@@ -1,0 +1,183 @@
+"""Range reads, column-wise: every key of a key range at an LSN, and the merge
+of whole layers, a window of keys at a time.
+
+Fed by: a ReadView (memtables + layer files). Feeds: range scans
+(`scan_values`, `scan_keys`: materializing a database, ingest's own reads),
+image creation (`scan_chains`: each key's chain, for redo) and compaction
+(`merged_windows`: the entries of several delta layers in (key, lsn) order).
+Owns: how a key range is cut into windows, and the vectorized form of the
+read rules of layermap.py (FORMAT.md section 7).
+
+A window is a key range whose entries, over all sources, come to about
+`WINDOW_BYTES` (from the layers' block indexes). Per window each source yields
+one EntryBatch; the batches are concatenated and sorted with numpy, and the
+chain of each key (its floor image, then the entries above it up to the
+newest chain end) is found with array operations. Only the per-key result
+(redo, and the (Key, value) handed out) is Python work per key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from strata.key import KEY_SIZE, Key
+from strata.storage.batch import EntryBatch
+from strata.storage.layerfile import LayerFile
+from strata.storage.layermap import Layer, ReadStats, ReadView, Redo
+from strata.storage.values import ValueKind, WalRecord
+
+WINDOW_BYTES = 4 << 20
+_IMAGE = int(ValueKind.PAGE_IMAGE)
+_RECORD = int(ValueKind.WAL_RECORD)
+_INIT = int(ValueKind.WAL_RECORD_INIT)
+_TOMBSTONE = int(ValueKind.TOMBSTONE)
+
+
+def windows(files: Sequence[LayerFile], start: bytes, end: bytes,
+            target: int = WINDOW_BYTES) -> Iterator[tuple[bytes, bytes]]:
+    """Consecutive key ranges covering [start, end), cut at block first keys so that
+    each holds about `target` raw bytes of the files' blocks."""
+    blocks = sorted((b.first_key, b.raw_len) for f in files
+                    for b in (f.blocks[i] for i in f.blocks_in(start, end)))
+    cur, acc = start, 0
+    for first_key, raw_len in blocks:
+        if acc >= target and cur < first_key < end:
+            yield cur, first_key
+            cur, acc = first_key, 0
+        acc += raw_len
+    yield cur, end
+
+
+def _sorted_by_key_lsn(b: EntryBatch, tags: np.ndarray) -> tuple[EntryBatch, np.ndarray]:
+    order = np.lexsort((b.lsns, b.order_keys))
+    return b.take(order), tags[order]
+
+
+@dataclass(frozen=True, slots=True)
+class Chains:
+    """The chain at one LSN of every key of a window that has entries there, in key
+    order: key g's chain is rows [first[g], stop[g]) of `batch`, oldest first; its
+    oldest row is a chain end (image, will_init record, tombstone) or the oldest
+    entry the key has above its floor."""
+
+    batch: EntryBatch
+    first: np.ndarray
+    stop: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def present(self) -> np.ndarray:
+        """Per key: True unless its newest entry is a tombstone."""
+        return np.asarray(self.batch.kinds[self.stop - 1] != _TOMBSTONE)
+
+    def value(self, g: int, key: Key, redo: Redo, stats: ReadStats) -> bytes | None:
+        """Key g's value (None: absent), running redo when the chain has records."""
+        b = self.batch
+        a, z = int(self.first[g]), int(self.stop[g])
+        kind = int(b.kinds[a])
+        base: bytes | None = None
+        if kind == _IMAGE:
+            base = b.value_at(a)
+            a += 1
+        elif kind == _TOMBSTONE:
+            a += 1
+        if a == z:
+            return base
+        recs = [WalRecord(b.value_at(i), int(b.kinds[i]) == _INIT) for i in range(a, z)]
+        stats.deltas_applied += len(recs)
+        stats.redo_calls += 1
+        return redo(key, base, recs)
+
+
+def chains_of(b: EntryBatch, tags: np.ndarray,
+              img_ranges: Sequence[tuple[bytes, bytes, int]]) -> Chains:
+    """The chains in `b` (entries of every source at or below the read LSN; `tags`:
+    0 for rows of image layers, 1 for the others) under the image floors
+    `img_ranges` ((key_start, key_end, image_lsn) of each image layer read)."""
+    ok = b.order_keys
+    floor = np.full(len(b), -1, dtype=np.int64)
+    for ks, ke, il in img_ranges:
+        cover = (ok >= ks) & (ok < ke)
+        floor = np.where(cover & (il > floor), il, floor)
+    # the floor image itself, and everything else above the floor
+    keep = np.where(tags == 0, b.lsns == floor, b.lsns > floor)
+    b, tags = _sorted_by_key_lsn(b.take(keep), tags[keep])
+    n = len(b)
+    if n == 0:
+        return Chains(b, np.empty(0, np.int64), np.empty(0, np.int64))
+    ok = b.order_keys
+    first = np.flatnonzero(np.concatenate([[True], ok[1:] != ok[:-1]]))
+    stop = np.concatenate([first[1:], [n]])
+    is_end = (tags == 0) | (b.kinds != _RECORD)
+    last_end = np.maximum.accumulate(np.where(is_end, np.arange(n), -1))
+    return Chains(b, np.maximum(last_end[stop - 1], first), stop)
+
+
+def scan_chains(view: ReadView, start: bytes, end: bytes, lsn: int,
+                stats: ReadStats) -> Iterator[Chains]:
+    """Per window of [start, end), in key order: the chains at `lsn` of its keys.
+    Streaming: about one window of every source in memory at a time."""
+    lm = view.layer_map
+    images = lm.images_for_scan(start, end, lsn)
+    deltas = lm.deltas_for_scan(start, end, lsn, images)
+    stats.layers_visited += len(images) + len(deltas)
+    hi = lsn + 1
+    img_ranges = [(im.name.key_start, im.name.key_end, im.name.image_lsn) for im in images]
+    layers: list[Layer] = [*images, *deltas]
+    for ws, we in windows([la.file for la in layers], start, end):
+        parts = [la.file.batch_range(ws, we, 0, hi) for la in layers]
+        parts += [fm.batch_range(ws, we, 0, hi) for fm in view.frozen]
+        parts.append(view.active.batch_range(ws, we, 0, hi))
+        tags = np.concatenate([np.full(len(p), 0 if i < len(images) else 1, np.uint8)
+                               for i, p in enumerate(parts)])
+        b = EntryBatch.concat(parts)
+        if len(b):
+            yield chains_of(b, tags, img_ranges)
+
+
+def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,
+                stats: ReadStats) -> Iterator[tuple[Key, bytes]]:
+    """(key, value at lsn) for every key present at `lsn` in [start, end), sorted."""
+    for ch in scan_chains(view, start, end, lsn, stats):
+        b = ch.batch
+        keys = b.keys.tobytes()
+        # Python lists, not numpy scalars, in the per-key loop
+        bufs = b.bufs
+        which = [0] * len(b) if b.buf is None else b.buf.tolist()
+        starts, ends, kinds = b.starts.tolist(), b.ends.tolist(), b.kinds.tolist()
+        present = ch.present()
+        for g, (a, z) in enumerate(zip(ch.first.tolist(), ch.stop.tolist(), strict=True)):
+            if not present[g]:
+                continue
+            key = Key.from_bytes(keys[KEY_SIZE * a:KEY_SIZE * (a + 1)])
+            if z - a == 1 and kinds[a] == _IMAGE:  # a page as it is: no redo
+                yield key, bufs[which[a]][starts[a]:ends[a]]
+                continue
+            v = ch.value(g, key, redo, stats)
+            if v is not None:
+                yield key, v
+
+
+def scan_keys(view: ReadView, start: bytes, end: bytes, lsn: int,
+              stats: ReadStats) -> Iterator[Key]:
+    """Keys present at `lsn` (no reconstruction): newest chain entry not a tombstone."""
+    for ch in scan_chains(view, start, end, lsn, stats):
+        raw = ch.batch.keys
+        for g in np.flatnonzero(ch.present()).tolist():
+            yield Key.from_bytes(raw[int(ch.first[g])].tobytes())
+
+
+def merged_windows(files: Sequence[LayerFile], start: bytes,
+                   end: bytes) -> Iterator[EntryBatch]:
+    """The entries of `files` (delta layers with pairwise disjoint LSN ranges, given
+    oldest first) in (key, lsn) order, a window at a time (compaction's merge)."""
+    for ws, we in windows(files, start, end):
+        b = EntryBatch.concat([f.batch_range(ws, we) for f in files])
+        if len(b):
+            # rows are in (source, key, lsn) order and sources in LSN order: a stable
+            # sort by key alone leaves each key's rows in LSN order
+            yield b.take(np.argsort(b.order_keys, kind="stable"))

@@ -1,0 +1,285 @@
+"""The columnar data path: the EntryBatch contract, put_batch against put per entry
+(same reads, byte-identical layer files), the memtable's sorted runs, v3 blocks, and
+the column-wise chain cut at flush against the dict model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strata.errors import CorruptionError, RedoError
+from strata.key import Key, KeyRange
+from strata.pagestore import PageStore
+from strata.storage.batch import KEY_DTYPE, EntryBatch, key_array
+from strata.storage.blocks import decode_columns, encode_columns
+from strata.storage.config import StorageConfig
+from strata.storage.layerfile import LayerFile
+from strata.storage.memtable import Memtable
+from strata.storage.values import TOMBSTONE, Entry, PageImage, Value, WalRecord
+
+from .conftest import Model, append_redo, rk
+
+CFG = StorageConfig(memtable_bytes=1 << 20, block_bytes=300, cache_pages=0,
+                    background_maintenance=False)
+# keys whose bytes end in zeros (numpy S18 items would lose them)
+ZERO_TAIL = [Key.rel_block(1663, 5, 16384, 0, 0), Key.rel_block(1663, 5, 16384, 0, 256),
+             Key.cluster(0), Key.rel_size(1663, 5, 16384, 0)]
+
+
+def batch_of(rows: list[tuple[Key, int, Value]]) -> EntryBatch:
+    return EntryBatch.from_entries(Entry(k.to_bytes(), lsn, v) for k, lsn, v in rows)
+
+
+def test_from_offsets_builds_the_documented_contract() -> None:
+    keys = key_array([k.to_bytes() for k in ZERO_TAIL[:3]])
+    b = EntryBatch.from_offsets(keys, np.array([10, 10, 11]), np.array([0, 1, 3], np.uint8),
+                                np.array([0, 4, 6, 6]), b"pagerc")
+    assert [e for e in b.entries()] == [
+        Entry(ZERO_TAIL[0].to_bytes(), 10, PageImage(b"page")),
+        Entry(ZERO_TAIL[1].to_bytes(), 10, WalRecord(b"rc")),
+        Entry(ZERO_TAIL[2].to_bytes(), 11, TOMBSTONE)]
+    assert b.key_at(2) == ZERO_TAIL[2].to_bytes() and len(b.key_at(2)) == 18
+
+
+@pytest.mark.parametrize("what, build, message", [
+    ("dtype", lambda k: (k.view("S18"), [1, 2], [0, 0], [0, 1, 2], b"ab"), "dtype V18"),
+    ("lengths", lambda k: (k, [1], [0, 0], [0, 1, 2], b"ab"), "column lengths"),
+    ("offsets", lambda k: (k, [1, 2], [0, 0], [0, 1, 3], b"ab"), "offsets"),
+])
+def test_from_offsets_refuses_malformed_columns(what: str, build, message: str) -> None:  # type: ignore[no-untyped-def]
+    keys = key_array([rk(1).to_bytes(), rk(2).to_bytes()])
+    k, lsns, kinds, offsets, data = build(keys)
+    with pytest.raises(ValueError, match=message):
+        EntryBatch.from_offsets(k, np.array(lsns), np.array(kinds, np.uint8),
+                                np.array(offsets), data)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([(rk(1), 5, PageImage(b"x"))], "at or below ingested_lsn"),
+    ([(rk(1), 20, PageImage(b"x")), (rk(2), 15, PageImage(b"y"))], "must not decrease"),
+    ([(Key(0xFF), 20, PageImage(b"x"))], "reserved"),
+])
+def test_put_batch_refuses_rows_breaking_the_contract_and_puts_nothing(
+        tmp_path: Path, rows: list[tuple[Key, int, Value]], message: str) -> None:
+    with PageStore.open(tmp_path, append_redo, CFG, background=False) as ps:
+        ps.put(rk(9), 10, PageImage(b"first"))
+        ps.advance(10)
+        with pytest.raises(ValueError, match=f"row .*{message}"):
+            ps.put_batch(batch_of(rows))
+        assert list(ps.scan(KeyRange.everything(), 30)) == [(rk(9), b"first")]
+
+
+def test_put_batch_refuses_a_tombstone_with_a_value(tmp_path: Path) -> None:
+    keys = key_array([rk(1).to_bytes()])
+    b = EntryBatch.from_offsets(keys, np.array([20]), np.array([3], np.uint8),
+                                np.array([0, 1]), b"x")
+    with PageStore.open(tmp_path, append_redo, CFG, background=False) as ps, \
+            pytest.raises(ValueError, match="tombstone with a value"):
+        ps.put_batch(b)
+
+
+rows_strategy = st.lists(
+    st.tuples(st.integers(0, 5), st.integers(0, 2),
+              st.sampled_from(["image", "rec", "init", "tomb"]), st.binary(max_size=40)),
+    min_size=1, max_size=120)
+
+
+def _rows(spec: list[tuple[int, int, str, bytes]]) -> list[tuple[Key, int, Value]]:
+    out: list[tuple[Key, int, Value]] = []
+    lsn = 100
+    for key, step, kind, data in spec:
+        lsn += step  # step 0: the same LSN again (and maybe the same key: last wins)
+        v: Value = {"image": PageImage(data), "rec": WalRecord(data),
+                    "init": WalRecord(data, True), "tomb": TOMBSTONE}[kind]
+        out.append((ZERO_TAIL[key % 4] if key < 4 else rk(key), lsn, v))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=rows_strategy, cut=st.integers(1, 5))
+def test_put_batch_equals_put_per_entry_in_reads_and_layer_bytes(
+        tmp_path_factory: pytest.TempPathFactory, spec: list[tuple[int, int, str, bytes]],
+        cut: int) -> None:
+    """put per entry (the reference) and put_batch in `cut` batches: the same reads at
+    every LSN before and after the flush, and the same layer file, byte for byte."""
+    rows = _rows(spec)
+    model = Model()
+    for k, lsn, v in rows:
+        model.put(k, lsn, v)
+    root = tmp_path_factory.mktemp("eq")
+    a = PageStore.open(root / "a", append_redo, CFG, background=False)
+    b = PageStore.open(root / "b", append_redo, CFG, background=False)
+    try:
+        for k, lsn, v in rows:
+            a.put(k, lsn, v)
+        step = max(1, len(rows) // cut)
+        for i in range(0, len(rows), step):
+            b.put_batch(batch_of(rows[i:i + step]))
+        last = rows[-1][1]
+        for ps in (a, b):
+            ps.advance(last)
+        lsns = sorted({lsn for _, lsn, _ in rows} | {99, last + 1})
+        for ps in (a, b):
+            for lsn in lsns:
+                assert list(ps.scan(KeyRange.everything(), lsn)) == model.scan(lsn)
+            ps.flush()
+            for lsn in lsns:
+                for k in {k for k, _, _ in rows}:
+                    assert ps.get_page(k, lsn) == model.get(k, lsn), (k, lsn)
+        fa = sorted((root / "a").glob("*.delta"))
+        fb = sorted((root / "b").glob("*.delta"))
+        assert [f.name for f in fa] == [f.name for f in fb]
+        assert [f.read_bytes() for f in fa] == [f.read_bytes() for f in fb]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_memtable_runs_keep_last_put_and_any_put_order() -> None:
+    mt = Memtable()
+    model: dict[tuple[bytes, int], Value] = {}
+    rnd = np.random.default_rng(4)
+    for i in range(400):
+        k = rk(int(rnd.integers(0, 9))).to_bytes()
+        lsn = int(rnd.integers(1, 60))  # any order, repeats
+        v = PageImage(b"%d" % i)
+        mt.put(k, lsn, v)
+        model[(k, lsn)] = v
+        if i % 37 == 0:  # reads between puts seal runs
+            want = sorted((kk, ll) for kk, ll in model if kk == k)
+            assert [(e.key, e.lsn) for e in mt.get(k, 0, 100)] == want
+    got = [(e.key, e.lsn, e.value) for e in mt.scan(rk(0).to_bytes(), rk(99).to_bytes())]
+    assert got == [(k, lsn, model[(k, lsn)]) for k, lsn in sorted(model)]
+    fm, rest = mt.freeze(1, 30)
+    assert [(e.key, e.lsn) for e in fm.batch.entries()] == sorted(x for x in model if x[1] < 30)
+    assert len(rest) == sum(1 for x in model if x[1] >= 30)
+
+
+def test_v3_block_round_trips_and_rejects_malformed_columns() -> None:
+    b = batch_of([(ZERO_TAIL[0], 5, PageImage(b"abc")), (ZERO_TAIL[0], 6, WalRecord(b"d")),
+                  (ZERO_TAIL[1], 5, TOMBSTONE)])
+    raw = encode_columns(b)
+    assert list(decode_columns(raw).entries()) == list(b.entries())
+    n = 3
+    kinds_at, ends_at = 4 + 26 * n, 4 + 27 * n
+    bad_kind = bytearray(raw)
+    bad_kind[kinds_at] = 9
+    with pytest.raises(ValueError, match="unknown value kind"):
+        decode_columns(bytes(bad_kind))
+    bad_len = bytearray(raw)
+    bad_len[ends_at + 3] = 7  # the first value is 7 bytes long: too long for the block
+    with pytest.raises(ValueError, match="tile"):
+        decode_columns(bytes(bad_len))
+    with pytest.raises(ValueError):
+        decode_columns(raw[:-1])
+
+
+def test_damaged_v3_columns_are_corruption_naming_the_block(tmp_path: Path) -> None:
+    """A block whose CRC is right but whose columns are not (a writer bug, not bit rot)."""
+    import zstandard
+
+    from strata.storage.layerfile import FOOTER, HEADER, INDEX_ENTRY, crc32c, write_layer
+    from strata.storage.naming import LayerName
+
+    name = LayerName.delta(rk(0).to_bytes(), rk(5).to_bytes(), 1, 100)
+    write_layer(tmp_path, name, [Entry(rk(1).to_bytes(), 5, PageImage(b"abc"))],
+                block_bytes=1000, zstd_level=1)
+    p = tmp_path / name.filename()
+    data = bytearray(p.read_bytes())
+    f = LayerFile(p)
+    blk = f.blocks[0]
+    f.close()
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(
+        bytes(data[blk.offset:blk.offset + blk.comp_len]), max_output_size=blk.raw_len))
+    raw[4 + 26] = 7  # kind 7
+    comp = zstandard.ZstdCompressor().compress(bytes(raw))
+    index_off = blk.offset + len(comp)
+    index = INDEX_ENTRY.pack(blk.offset, len(comp), blk.raw_len, 1, crc32c(comp),
+                             blk.first_key, blk.first_lsn, blk.last_key, blk.last_lsn)
+    head = FOOTER.pack(index_off, len(index), 1, 1, crc32c(index), 0, b"STRATAFT")
+    foot = FOOTER.pack(index_off, len(index), 1, 1, crc32c(index), crc32c(head[:28]),
+                       b"STRATAFT")
+    p.write_bytes(bytes(data[:HEADER.size]) + comp + index + foot)
+    f = LayerFile(p)
+    try:
+        with pytest.raises(CorruptionError, match="block 0 undecodable: unknown value kind"):
+            f.verify()
+        with pytest.raises(CorruptionError, match=f"at offset {blk.offset}"):
+            f.get(rk(1).to_bytes(), 0, 100)
+    finally:
+        f.close()
+
+
+chain_strategy = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(
+    ["rec"] * 8 + ["image", "init", "tomb"])), min_size=1, max_size=150)
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=chain_strategy, interval=st.integers(1, 6), before=st.booleans(),
+       bad=st.booleans())
+def test_flush_chain_cut_keeps_every_read_and_bounds_every_chain(
+        tmp_path_factory: pytest.TempPathFactory, spec: list[tuple[int, str]], interval: int,
+        before: bool, bad: bool) -> None:
+    """Invariant 14 column-wise: after the flush no read replays more than `interval`
+    deltas of a key redo can rebuild, and every read equals the dict model's (a key
+    whose redo fails keeps its deltas, and still reads as before)."""
+    broken = rk(2)
+
+    def redo(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
+        if bad and key == broken:
+            raise RedoError("no redo for this key")
+        return append_redo(key, base, records)
+
+    cfg = StorageConfig(memtable_bytes=1 << 20, block_bytes=256, cache_pages=0,
+                        background_maintenance=False, flush_image_interval=interval)
+    ps = PageStore.open(tmp_path_factory.mktemp("cut"), redo, cfg, background=False)
+    model = Model()
+    try:
+        lsn = 10
+        if before:  # part of each chain already in a layer: the cut reads its base
+            for k in range(3):
+                for v in (PageImage(b"B%d" % k), WalRecord(b"+")):
+                    lsn += 1
+                    ps.put(rk(k), lsn, v)
+                    model.put(rk(k), lsn, v)
+            ps.advance(lsn)
+            ps.flush()
+        for k, kind in spec:
+            lsn += 1
+            v: Value = {"rec": WalRecord(b"%d," % lsn), "image": PageImage(b"I%d|" % lsn),
+                        "init": WalRecord(b"W%d|" % lsn, True), "tomb": TOMBSTONE}[kind]
+            ps.put(rk(k), lsn, v)
+            model.put(rk(k), lsn, v)
+        ps.advance(lsn)
+        ps.flush()
+        for at in range(10, lsn + 1):
+            for k in range(3):
+                m0 = ps.metrics().deltas_applied
+                try:
+                    got = ps.get_page(rk(k), at)
+                except RedoError:
+                    assert bad and rk(k) == broken  # only the broken key can fail
+                    continue
+                assert got == model.get(rk(k), at), (k, at)
+                if rk(k) != broken or not bad:
+                    assert ps.metrics().deltas_applied - m0 <= interval + (1 if before else 0)
+    finally:
+        ps.close()
+
+
+def test_keys_ending_in_zero_bytes_survive_every_path(tmp_path: Path) -> None:
+    with PageStore.open(tmp_path, append_redo, CFG, background=False) as ps:
+        rows = [(k, 10 + i, PageImage(b"v%d" % i)) for i, k in enumerate(ZERO_TAIL)]
+        ps.put_batch(batch_of(rows))
+        ps.advance(20)
+        ps.flush()
+        ps.compact()
+        ps.create_image_layers(threshold=0)
+        got = dict(ps.scan(KeyRange.everything(), 20))
+        assert got == {k: v.data for k, _, v in rows}  # type: ignore[union-attr]
+        assert all(ps.get_page(k, 20) == v.data for k, _, v in rows)  # type: ignore[union-attr]
+    assert KEY_DTYPE.itemsize == 18
