@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "reconstruct": 5, "timeline": 5,
     "ingest": 6,
     "historical": 7, "proxy": 7,
-    "bootstrap": 8, "history_service": 8, "status": 9,
+    "bootstrap": 8, "history_service": 8, "restore": 8, "status": 9,
     "daemon": 9, "supervisor": 9, "services": 9,
     "cli": 10,
 }

@@ -56,6 +56,7 @@ from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.proxy.server import ProxyConfig, ProxyThread
 from strata.reconstruct.reconstruct import reconstruct_value
+from strata.restore.leases import LeaseKeeper
 from strata.runtime.cluster import SUPERUSER, Cluster
 from strata.runtime.primary import (
     PrimaryClient,
@@ -139,6 +140,7 @@ class Daemon:
         self.history: HistoryService | None = None
         self.factory: HistoricalFactory | None = None
         self.proxy: ProxyThread | None = None
+        self.leases: LeaseKeeper | None = None
         self.info: HistoryInfo | None = None
         self.pipeline: IngestPipeline | None = None
         self._lag = LagClock()
@@ -262,6 +264,9 @@ class Daemon:
             max_instances=self.opts.max_instances,
             idle_timeout=self.opts.instance_idle_timeout, factory=self.factory)
         self.history.pool.start_reaper()
+        # the pasts attached to live databases keep their historical servers (restore/leases.py)
+        self.leases = LeaseKeeper(self.layout.leases, self.history.pool.acquire,
+                                  self.history.pool.release).start()
 
     def _ingest_at(self, durable: Lsn) -> WalIngest:
         """The ingest writer resuming at `durable`, with its state read from the store."""
@@ -419,6 +424,7 @@ class Daemon:
         steps: list[tuple[str, Callable[[], None] | None]] = [
             ("state file", lambda: self.layout.daemon_file.unlink(missing_ok=True)),
             ("proxy", self.proxy.stop if self.proxy is not None else None),
+            ("leases", self.leases.stop if self.leases is not None else None),
             ("historical servers", self.history.close if self.history is not None else None),
             ("historical factory", self.factory.close if self.factory is not None else None),
             ("store", self.store.close if self.store is not None else None),
@@ -428,6 +434,7 @@ class Daemon:
             ("lock", self._lockfile.close if self._lockfile is not None else None),
         ]
         self.proxy = self.history = self.store = self.timemap = self.factory = None
+        self.leases = None
         self._lockfile = None
         for what, step in steps:
             if step is None:

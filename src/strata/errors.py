@@ -104,5 +104,12 @@ class ProtocolError(StrataError):
     sqlstate = "08P01"  # protocol_violation
 
 
+class RestoreError(StrataError):
+    """Bringing the past back (restore, attach-past, diff, history) failed; for a
+    restore nothing was changed in the present (its transaction rolled back)."""
+
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
 class RuntimeSetupError(StrataError):
     """PostgreSQL binaries missing, wrong major version, or OS user problems."""

@@ -98,6 +98,12 @@ class _Facade:
         """Every (key, value) present at `lsn` in `key_range`, in key order, streamed."""
         return reads.scan(self._store, key_range, lsn)
 
+    def changed_keys(self, key_range: KeyRange, after: int, upto: int
+                     ) -> Iterator[tuple[bytes, list[int]]]:
+        """Keys of `key_range` with entries in (after, upto], with their LSNs
+        (storage/changes.py): what changed in between, from the layer map."""
+        return reads.changed(self._store, key_range, after, upto)
+
     def keys(self, key_range: KeyRange, lsn: int) -> Iterator[Key]:
         return reads.keys(self._store, key_range, lsn)
 

@@ -114,8 +114,11 @@ def _databases(cluster: Cluster, user: str) -> list[str]:
     for db in _BOOTSTRAP_DBS:
         try:
             with _connect(cluster, db, user) as conn:
+                # datconnlimit -2: a database DROP DATABASE has marked invalid (in
+                # place, before its commit): no connection is accepted there
                 rows = conn.execute(
-                    "SELECT datname FROM pg_database WHERE datallowconn ORDER BY oid").fetchall()
+                    "SELECT datname FROM pg_database WHERE datallowconn "
+                    "AND datconnlimit <> -2 ORDER BY oid").fetchall()
                 return [r[0] for r in rows]
         except Exception as e:  # psycopg.OperationalError: database missing
             last = e

@@ -90,6 +90,10 @@ class HomeLayout:
         return self.root / "instances"
 
     @property
+    def leases(self) -> Path:
+        return self.root / "leases"
+
+    @property
     def import_dir(self) -> Path:
         return self.root / "import"
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from strata.errors import LsnOutOfRangeError
 from strata.key import Key, KeyRange
 from strata.lsn import Lsn
+from strata.storage.changes import changed_keys
 from strata.storage.layermap import ReadStats, ReadView, read_key
 from strata.storage.manifest import Manifest
 from strata.storage.scan import scan_keys, scan_values
@@ -75,3 +76,11 @@ def keys(store: LayerStore, key_range: KeyRange, lsn: int) -> Iterator[Key]:
     view, _ = _view_at(store, lsn)
     yield from scan_keys(view, key_range.start.to_bytes(), key_range.end.to_bytes(), lsn,
                          ReadStats())
+
+
+def changed(store: LayerStore, key_range: KeyRange, after: int, upto: int
+            ) -> Iterator[tuple[bytes, list[int]]]:
+    """Keys of `key_range` with entries in (after, upto] (`changes.changed_keys`)."""
+    view, _ = _view_at(store, upto)
+    yield from changed_keys(view, key_range.start.to_bytes(), key_range.end.to_bytes(), after,
+                            upto)
