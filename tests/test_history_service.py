@@ -12,6 +12,7 @@ import pytest
 from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.history_service import HistoryService
 from strata.lsn import Lsn
+from strata.proxy.history import IngestProgress
 from strata.proxy.sqlstate import sqlstate_for
 from strata.timeline.timemap import EndKind, TimeMap, TxEnd, datetime_to_timestamptz
 
@@ -63,3 +64,47 @@ def test_future_and_before_history_are_refused_naming_the_nearest_point(tmp_path
         svc.resolve_lsn(Lsn(100))
     with pytest.raises(LsnOutOfRangeError, match="past the newest point"):
         _service(tmp_path, ingested=9000, primary=9000).resolve_lsn(Lsn(99999))
+
+
+def test_a_covered_time_answers_at_once_without_waiting(tmp_path: Path) -> None:
+    svc = _service(tmp_path, ingested=3500, primary=9000)
+    reports: list[IngestProgress] = []
+    p = svc.resolve_time(T0 + dt.timedelta(seconds=5), wait=0, progress=reports.append)
+    assert p.lsn == Lsn(1040) and reports == []  # a commit later than T is ingested
+
+
+def test_an_uncovered_target_with_no_wait_fails_at_once(tmp_path: Path) -> None:
+    svc = _service(tmp_path, ingested=3500, primary=9000)
+    reports: list[IngestProgress] = []
+    with pytest.raises(IngestBehindError) as ei:
+        svc.resolve_time(T0 + dt.timedelta(seconds=25), wait=0, progress=reports.append)
+    assert sqlstate_for(ei.value) == "55000"
+    with pytest.raises(IngestBehindError, match="not ingested yet") as ei:
+        svc.resolve_lsn(Lsn(5000), wait=0, progress=reports.append)
+    assert sqlstate_for(ei.value) == "55000" and reports == []
+    assert svc.resolve_lsn(Lsn(3000), wait=0).lsn == Lsn(3000)  # ingested: no wait
+
+
+def test_waiting_reports_progress_until_ingest_covers_the_target(tmp_path: Path) -> None:
+    svc = _service(tmp_path, ingested=3500, primary=9000)
+    reports: list[IngestProgress] = []
+
+    def ingest_catches_up(p: IngestProgress) -> None:
+        reports.append(p)
+        svc.store.ingested_lsn = Lsn(9000)  # type: ignore[misc]
+
+    p = svc.resolve_time(T0 + dt.timedelta(seconds=25), wait=600, progress=ingest_catches_up)
+    assert p.lsn == Lsn(3040) and p.last_commit_xid == 702
+    assert reports == [IngestProgress(Lsn(3500), Lsn(9000), Lsn(9000), None)]
+    svc.store.ingested_lsn = Lsn(3500)  # type: ignore[misc]
+    reports.clear()
+    assert svc.resolve_lsn(Lsn(6000), wait=600, progress=ingest_catches_up).lsn == Lsn(6000)
+    assert reports == [IngestProgress(Lsn(3500), Lsn(6000), Lsn(9000), None)]
+
+
+def test_commit_of_xid_is_the_point_after_its_commit(tmp_path: Path) -> None:
+    svc = _service(tmp_path, ingested=9000, primary=9000)
+    p = svc.commit_of_xid(701)
+    assert p is not None and (p.lsn, p.last_commit_xid) == (Lsn(2040), 701)
+    assert p.last_commit_time == T0 + dt.timedelta(seconds=10)
+    assert svc.commit_of_xid(999) is None

@@ -14,15 +14,17 @@ Rules
   shows). When the time map already holds a commit later than T, that answer
   is final and given at once, even while ingest lags. Otherwise a commit at or
   before T could still be in WAL not ingested yet: the service waits for
-  ingest to reach the primary's WAL position as of the request (bounded by
-  `catchup_timeout`), then answers, or refuses (55000) if it did not get there.
+  ingest to reach the primary's WAL position as of the request (or a commit
+  later than T to appear), at most the caller's `wait` (default
+  `catchup_timeout`) and reporting progress (proxy.history's contract), then
+  answers, or refuses (55000) if it did not get there.
 - T later than the primary's clock: error (the future is not history yet).
 - T before history starts, or below the retention horizon: error naming the
   oldest point one can travel to.
 - An LSN X: the state holding every record ending at or before X. X must lie
   in [history start, ingested]; X above the ingested position is waited for
-  when the primary has already written it, else refused naming the newest
-  point.
+  (as above; 55000 when the wait is over) when the primary has already
+  written it, else refused naming the newest point.
 - Thread-safe: called from proxy worker threads.
 """
 
@@ -43,8 +45,8 @@ from strata.historical.pool import InstanceFactory, InstancePool
 from strata.historical.store_source import StoreSource
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
-from strata.proxy.history import ResolvedPoint
-from strata.timeline.timemap import TimeMap, datetime_to_timestamptz
+from strata.proxy.history import PROGRESS_INTERVAL, IngestProgress, Progress, ResolvedPoint
+from strata.timeline.timemap import EndKind, TimeMap, TimeResolution, datetime_to_timestamptz
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +85,35 @@ class HistoryService:
                 return at.time
         return self.history_start_time
 
-    def _wait_ingested(self, target: Lsn) -> Lsn:
-        deadline = time.monotonic() + self.catchup_timeout
+    def _wait_ingested(self, covered: Callable[[Lsn], bool], target: Lsn, wait: float,
+                       progress: Progress | None) -> Lsn:
+        """Wait at most `wait` s until `covered(ingested)`, reporting progress
+        towards `target` every PROGRESS_INTERVAL; returns the ingested LSN."""
+        start = time.monotonic()
+        first = self.store.ingested_lsn
+        next_report = start
         while True:
             ingested = self.store.ingested_lsn
-            if ingested >= target or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if covered(ingested) or now >= start + wait:
                 return ingested
-            time.sleep(0.02)
+            if progress is not None and now >= next_report:
+                rate = (ingested - first) / (now - start) if ingested > first else 0.0
+                eta = (target - ingested) / rate if rate > 0 else None
+                progress(IngestProgress(ingested, target, self.primary_lsn(), eta))
+                next_report = now + PROGRESS_INTERVAL
+            time.sleep(min(0.02, start + wait - now))
 
     def _point(self, lsn: Lsn) -> ResolvedPoint:
         last = self.timemap.last_at_or_before(lsn)
         return ResolvedPoint(lsn, last.xid if last else None, last.time if last else None)
 
     # -- HistoryProvider ----------------------------------------------------------------
-    def resolve_time(self, when: dt.datetime, *, literal: str = "", timezone: str = "UTC"
+    def resolve_time(self, when: dt.datetime, *, literal: str = "", timezone: str = "UTC",
+                     wait: float | None = None, progress: Progress | None = None
                      ) -> ResolvedPoint:
         shown = literal or when.isoformat()
+        wait = self.catchup_timeout if wait is None else wait
         now = self.primary_now()
         if when > now:
             raise LsnOutOfRangeError(
@@ -107,45 +122,62 @@ class HistoryService:
         oldest = self.oldest_time()
         ts = datetime_to_timestamptz(when)
         start_ts = datetime_to_timestamptz(oldest) if oldest is not None else None
-        try:
-            res = self.timemap.resolve_time(ts, history_start=self.oldest_lsn,
-                                            history_start_time=start_ts)
-            if res.next_commit is None:
-                # every commit at or before `when` is in WAL the primary has written by now
-                target = self.primary_lsn()
-                ingested = self._wait_ingested(target)
-                res = self.timemap.resolve_time(ts, history_start=self.oldest_lsn,
-                                                history_start_time=start_ts)
-                if res.next_commit is None and ingested < target:
-                    raise IngestBehindError(
-                        f"cannot resolve time {shown} yet: ingest is at LSN {ingested}, the "
-                        f"primary at {target} ({target - ingested} bytes behind after "
-                        f"{self.catchup_timeout:.0f} s); try again", nearest=ingested)
-        except IngestBehindError:
-            raise
-        except LsnOutOfRangeError as e:
-            raise LsnOutOfRangeError(
-                f"time {shown} is before history starts: the oldest point is "
-                f"{oldest.isoformat() if oldest else '?'} (LSN {self.oldest_lsn})",
-                nearest=oldest) from e
-        lsn = Lsn(max(res.lsn, self.oldest_lsn))
-        return self._point(lsn)
 
-    def resolve_lsn(self, lsn: Lsn) -> ResolvedPoint:
+        def resolve() -> TimeResolution:
+            try:
+                return self.timemap.resolve_time(ts, history_start=self.oldest_lsn,
+                                                 history_start_time=start_ts)
+            except LsnOutOfRangeError as e:
+                raise LsnOutOfRangeError(
+                    f"time {shown} is before history starts: the oldest point is "
+                    f"{oldest.isoformat() if oldest else '?'} (LSN {self.oldest_lsn})",
+                    nearest=oldest) from e
+
+        res = resolve()
+        if res.next_commit is None:
+            # every commit at or before `when` is in WAL the primary has written by now
+            target = self.primary_lsn()
+            ingested = self._wait_ingested(
+                lambda i: i >= target or resolve().next_commit is not None, target, wait,
+                progress)
+            res = resolve()
+            if res.next_commit is None and ingested < target:
+                raise IngestBehindError(
+                    f"cannot resolve time {shown} yet: ingest is at LSN {ingested}, the "
+                    f"primary at {target} ({target - ingested} bytes behind after waiting "
+                    f"{wait:g} s); try again", nearest=ingested)
+        return self._point(Lsn(max(res.lsn, self.oldest_lsn)))
+
+    def resolve_lsn(self, lsn: Lsn, *, wait: float | None = None,
+                    progress: Progress | None = None) -> ResolvedPoint:
         lsn = Lsn(lsn)
+        wait = self.catchup_timeout if wait is None else wait
         if lsn < self.oldest_lsn:
             raise LsnOutOfRangeError(
                 f"LSN {lsn} is before history starts: the oldest point is LSN {self.oldest_lsn}",
                 nearest=self.oldest_lsn)
         ingested = self.store.ingested_lsn
         if lsn > ingested:
-            if lsn <= self.primary_lsn():
-                ingested = self._wait_ingested(lsn)
-            if lsn > ingested:
+            if lsn > self.primary_lsn():
                 raise LsnOutOfRangeError(
                     f"LSN {lsn} is past the newest point in history (LSN {ingested})",
                     nearest=ingested)
+            ingested = self._wait_ingested(lambda i: i >= lsn, lsn, wait, progress)
+            if lsn > ingested:
+                raise IngestBehindError(
+                    f"LSN {lsn} is not ingested yet: ingest is at LSN {ingested} "
+                    f"({lsn - ingested} bytes behind after waiting {wait:g} s); try again",
+                    nearest=ingested)
         return self._point(lsn)
+
+    def commit_of_xid(self, xid: int) -> ResolvedPoint | None:
+        """The point just after the last commit of `xid` in history (xids wrap:
+        the newest one is the transaction that exists now), or None."""
+        found = None
+        for e in self.timemap.entries():
+            if e.xid == xid and e.kind in (EndKind.COMMIT, EndKind.COMMIT_PREPARED):
+                found = e
+        return None if found is None else ResolvedPoint(found.end_lsn, found.xid, found.time)
 
     def server_for(self, point: ResolvedPoint, dbname: str) -> tuple[str, int]:
         """A running server at the point, leased to the caller until

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from strata.errors import ProtocolError
 from strata.proxy import messages as m
+from strata.proxy.options import extract_settings, join_options, split_options
 
 
 def _frontend_stream() -> bytes:
@@ -175,12 +176,12 @@ def test_startup_replace_sets_and_removes_parameters() -> None:
 ])
 def test_extract_settings_takes_strata_options_out(options: str, taken: dict[str, str],
                                                     rest: str) -> None:
-    got, remaining = m.extract_settings(options, "strata.travel_")
+    got, remaining = extract_settings(options, "strata.travel_")
     assert got == taken
     assert remaining == rest
-    assert m.split_options(remaining) == m.split_options(rest)
+    assert split_options(remaining) == split_options(rest)
 
 
 def test_split_and_join_options_are_inverse() -> None:
     tokens = ["-c", "a=b c", "back\\slash", "x"]
-    assert m.split_options(m.join_options(tokens)) == tokens
+    assert split_options(join_options(tokens)) == tokens

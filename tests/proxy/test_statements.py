@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from strata.proxy.statements import BadTravelValue, Kind, classify_single, split_statements
+from strata.proxy.statements import (
+    BadTravelValue,
+    Kind,
+    classify_single,
+    parse_duration,
+    split_statements,
+)
 
 
 @pytest.mark.parametrize(("sql", "kind", "value"), [
@@ -77,3 +83,50 @@ def test_travel_set_with_a_list_value_is_an_error() -> None:
 def test_numeric_value_is_kept_as_text() -> None:
     st = classify_single("SET strata.travel_lsn = 0")
     assert st is not None and st.value == "0"
+
+
+@pytest.mark.parametrize(("sql", "tag"), [
+    ("SET strata.travel_time TO DEFAULT", "SET"),
+    ("SET strata.travel_lsn = DEFAULT", "SET"),
+    ("RESET strata.travel_time", "RESET"),
+])
+def test_returning_to_the_present_answers_the_tag_postgresql_would(sql: str, tag: str) -> None:
+    st = classify_single(sql)
+    assert st is not None and st.kind is Kind.RESET_TRAVEL and st.tag == tag
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT set_config('strata.travel_time', '2026-04-06', false)",
+    "SELECT x, pg_catalog.SET_CONFIG('Strata.Travel_LSN', '0/1', true) FROM t",
+    "SELECT 1 WHERE set_config('strata.travel_wait', '0', false) IS NOT NULL",
+])
+def test_set_config_of_a_strata_setting_is_ours(sql: str) -> None:
+    st = classify_single(sql)
+    assert st is not None and st.kind is Kind.SET_CONFIG
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT set_config('work_mem', '5MB', false)",
+    "SELECT set_config(name, 'x', false) FROM strata_settings",  # not a constant: the server's
+    "SET strata.travel_wait = '5s'", "SET LOCAL strata.travel_wait TO 0", "SHOW strata.travel_wait",
+    "RESET strata.travel_wait", "SET strata.travel_wait TO DEFAULT",
+])
+def test_travel_wait_and_other_set_config_are_relayed(sql: str) -> None:
+    assert split_statements(sql) is None
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30s", 30.0), ("0", 0.0), ("2", 2.0), ("500ms", 0.5), ("1.5 min", 90.0), ("1h", 3600.0),
+    (" 250us ", 0.00025), ("1d", 86400.0),
+])
+def test_travel_wait_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-1s", "5 sec", "1e3"])
+def test_bad_travel_wait_values_are_refused(text: str) -> None:
+    with pytest.raises(BadTravelValue, match=r"strata\.travel_wait"):
+        parse_duration(text)
+    if text:
+        with pytest.raises(BadTravelValue):
+            split_statements(f"SET strata.travel_wait = '{text}'")

@@ -5,9 +5,9 @@ What it is: framing (an incremental `Framer` for typed messages and a
 proxy looks at, and encoders for every message the proxy itself writes.
 Nothing here touches a socket; bytes in, values out, values in, bytes out.
 
-Fed by: `proxy.session` / `proxy.routing`, which read sockets and hand the
-chunks they get (of any size: a message may arrive in many pieces, many
-messages in one piece) to a framer.
+Fed by: `proxy.machine`, `proxy.backend` and `proxy.session`, which get
+chunks from sockets (of any size: a message may arrive in many pieces, many
+messages in one piece) and frame or walk them.
 Feeds: the session state machine (`Message` values) and the sockets (bytes
 from the ``encode_*`` helpers).
 Owns: the byte layout of the protocol (see PostgreSQL's
@@ -64,6 +64,10 @@ _HDR = struct.Struct("!cI")  # type byte + length (length counts itself)
 _LEN_CODE = struct.Struct("!II")  # untyped packet: length + code
 _CANCEL = struct.Struct("!III")  # length, code, pid (secret follows)
 _FIELD = struct.Struct("!IhIhih")  # RowDescription field after the name
+# The length word after a message's type byte, for the relay's walkers
+# (`proxy.machine`), which read it with ``LENGTH_WORD.unpack_from``.
+LENGTH_WORD = _U32
+HEADER_SIZE = 5  # type byte + length word
 
 
 def _cstr(s: str) -> bytes:
@@ -193,6 +197,12 @@ class Framer:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def take_buffered(self) -> bytes:
+        """The incomplete tail held so far (the framer is empty afterwards)."""
+        tail = bytes(self._buf)
+        self._buf.clear()
+        return tail
+
     def feed(self, data: bytes) -> list[Message]:
         carried = bool(self._buf)
         if carried:
@@ -274,6 +284,17 @@ def decode_first_packet(packet: bytes) -> FirstPacket:
     items = parts[:-2]
     params = tuple((_decode(items[i]), _decode(items[i + 1])) for i in range(0, len(items), 2))
     return StartupMessage(code, params)
+
+
+def cstr_at(body: bytes, pos: int) -> tuple[bytes, int]:
+    """The NUL-terminated string at `pos` of `body`, raw, and the position after it.
+
+    Raises: ProtocolError if it is not terminated.
+    """
+    end = body.find(b"\x00", pos)
+    if end < 0:
+        raise ProtocolError("string not NUL-terminated")
+    return body[pos:end], end + 1
 
 
 # -- field readers --------------------------------------------------------------------------
@@ -588,68 +609,3 @@ BIND_COMPLETE = b"2\x00\x00\x00\x04"
 CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
 NO_DATA = b"n\x00\x00\x00\x04"
 EMPTY_QUERY_RESPONSE = b"I\x00\x00\x00\x04"
-
-
-# -- startup "options" ----------------------------------------------------------------------
-def split_options(options: str) -> list[str]:
-    """Split a startup `options` value the way PostgreSQL's pg_split_opts does:
-    whitespace separates, a backslash makes the next character literal."""
-    out: list[str] = []
-    cur: list[str] = []
-    have = False
-    i = 0
-    while i < len(options):
-        ch = options[i]
-        if ch.isspace():
-            if have:
-                out.append("".join(cur))
-                cur, have = [], False
-        elif ch == "\\" and i + 1 < len(options):
-            i += 1
-            cur.append(options[i])
-            have = True
-        else:
-            cur.append(ch)
-            have = True
-        i += 1
-    if have:
-        out.append("".join(cur))
-    return out
-
-
-def join_options(tokens: Iterable[str]) -> str:
-    """Inverse of `split_options` (escapes whitespace and backslashes)."""
-    def esc(t: str) -> str:
-        return "".join("\\" + c if c.isspace() or c == "\\" else c for c in t)
-    return " ".join(esc(t) for t in tokens)
-
-
-def extract_settings(options: str, prefix: str) -> tuple[dict[str, str], str]:
-    """Take ``-c name=value`` / ``-cname=value`` / ``--name=value`` settings whose
-    name starts with `prefix` out of an options string.
-
-    Returns: (those settings with lowercased names, the remaining options string).
-    """
-    tokens = split_options(options)
-    keep: list[str] = []
-    taken: dict[str, str] = {}
-    i = 0
-    while i < len(tokens):
-        t = tokens[i]
-        setting: str | None = None
-        used = 1
-        if t == "-c" and i + 1 < len(tokens):
-            setting, used = tokens[i + 1], 2
-        elif (t.startswith("-c") and len(t) > 2) or (t.startswith("--") and "=" in t):
-            setting = t[2:]
-        if setting is not None and "=" in setting:
-            name, value = setting.split("=", 1)
-            # PostgreSQL treats '-' and '_' alike in option names
-            norm = name.strip().lower().replace("-", "_")
-            if norm.startswith(prefix):
-                taken[norm] = value
-                i += used
-                continue
-        keep.extend(tokens[i:i + used])
-        i += used
-    return taken, join_options(keep)

@@ -1,32 +1,44 @@
-"""The proxy's listening socket: asyncio server on 127.0.0.1:PORT.
+"""The proxy's listening socket and how to run it.
 
-What it is: `ProxyServer` (accepts clients, one `Session` each) and
-`ProxyThread` (the same server on an event loop of its own thread, for
-tests, benchmarks and synchronous callers such as the CLI).
+What it is: `ProxyServer` (accepts clients, one `Session` each), `serve` (a
+blocking entry that runs the server on an event loop of its own until told
+to stop: the main of a proxy process) and `ProxyThread` (`serve` in a thread
+of the calling process, for tests, benchmarks and synchronous callers).
 Fed by: configuration (`ProxyConfig`) and a `HistoryProvider`.
 Feeds: `proxy.session`.
 Owns: the listening socket, the TLS context (when a certificate and key are
-configured; else SSLRequest is answered 'N') and the cancel-key registry
-shared by all sessions.
+configured; else SSLRequest is answered 'N'), the cancel-key registry shared
+by all sessions, and the choice of event loop: uvloop when installed (it
+halves the proxy's CPU per relayed transaction: see bench/bench_proxy.py),
+else asyncio's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from strata.proxy.backend import READ_SIZE, RelayProtocol
+from strata.proxy.cancel import CancelRegistry
+from strata.proxy.context import ProxyContext
 from strata.proxy.history import HistoryProvider
-from strata.proxy.routing import READ_SIZE, CancelRegistry, RelayProtocol
-from strata.proxy.session import ProxyContext, Session
+from strata.proxy.session import Session
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
-    """Where the proxy listens and where the primary is."""
+    """Where the proxy listens and where the primary is (`primary_host` may be
+    a socket directory)."""
 
     primary_host: str
     primary_port: int
@@ -35,6 +47,32 @@ class ProxyConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     connect_timeout: float = 60.0
+    event_loop: str = "auto"  # one of EVENT_LOOPS
+
+
+class StopEvent(Protocol):
+    """threading.Event or multiprocessing.Event."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """An event loop of the kind asked for ("auto": uvloop when installed)."""
+    if kind not in EVENT_LOOPS:
+        raise ValueError(f"unknown event loop {kind!r} (one of {', '.join(EVENT_LOOPS)})")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 class ProxyServer:
@@ -76,8 +114,6 @@ class ProxyServer:
         try:
             sock = writer.get_extra_info("socket")
             if sock is not None:
-                import socket
-
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await Session(self.ctx, reader, writer).run()
@@ -87,12 +123,6 @@ class ProxyServer:
             pass
         finally:
             self._sessions.discard(task)
-
-    async def serve_forever(self) -> None:
-        if self._server is None:
-            await self.start()
-        assert self._server is not None
-        await self._server.serve_forever()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -106,46 +136,92 @@ class ProxyServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
 
-class ProxyThread:
-    """A `ProxyServer` running on its own event loop in a daemon thread.
+def serve(config: ProxyConfig, provider: HistoryProvider, *,
+          ready: Callable[[int], None] | None = None, stop: StopEvent | None = None) -> None:
+    """Run the proxy on an event loop of its own until `stop` is set (or, in
+    the main thread, SIGTERM/SIGINT arrives); then close every session and
+    return. `ready(port)` is called once it listens.
 
-    Use as a context manager; `port` is valid once entered.
+    Raises: OSError when it cannot listen (before `ready`).
+    """
+    loop = new_event_loop(config.event_loop)
+    try:
+        loop.run_until_complete(_serve(config, provider, ready, stop))
+    finally:
+        loop.close()
+
+
+async def _serve(config: ProxyConfig, provider: HistoryProvider,
+                 ready: Callable[[int], None] | None, stop: StopEvent | None) -> None:
+    server = ProxyServer(config, provider)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+    if stop is not None:
+        def wait_for_stop() -> None:
+            stop.wait()
+            with contextlib.suppress(RuntimeError):  # the loop is gone already
+                loop.call_soon_threadsafe(stopping.set)
+
+        threading.Thread(target=wait_for_stop, name="strata-proxy-stop", daemon=True).start()
+    if ready is not None:
+        ready(server.port)
+    try:
+        await stopping.wait()
+    finally:
+        await server.close()
+        if stop is not None:
+            stop.set()  # lets the waiting thread end
+
+
+class ProxyThread:
+    """`serve` in a daemon thread of this process.
+
+    Use as a context manager; `port` is valid once entered, and `loop` is the
+    proxy's event loop.
     """
 
     def __init__(self, config: ProxyConfig, provider: HistoryProvider) -> None:
-        self.server = ProxyServer(config, provider)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="strata-proxy", daemon=True)
-        self._started = threading.Event()
+        self.config = config
+        self.provider = provider
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._port: int | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="strata-proxy", daemon=True)
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
         try:
-            self.loop.run_until_complete(self.server.start())
+            serve(self.config, self.provider, ready=self._on_ready, stop=self._stop)
         except BaseException as e:
             self._error = e
-            self._started.set()
-            return
-        self._started.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(self.server.close())
-        self.loop.close()
+        finally:
+            self._ready.set()
+
+    def _on_ready(self, port: int) -> None:
+        self._port = port
+        self.loop = asyncio.get_running_loop()
+        self._ready.set()
 
     @property
     def port(self) -> int:
-        return self.server.port
+        assert self._port is not None, "proxy not started"
+        return self._port
 
     def start(self) -> ProxyThread:
         self._thread.start()
-        self._started.wait(30)
+        self._ready.wait(30)
         if self._error is not None:
             raise self._error
         return self
 
     def stop(self) -> None:
+        self._stop.set()
         if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(30)
 
     def __enter__(self) -> ProxyThread:
@@ -153,3 +229,4 @@ class ProxyThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
