@@ -57,6 +57,7 @@ from strata.pagestore import PageStore
 from strata.proxy.server import ProxyConfig, ProxyThread
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.restore.leases import LeaseKeeper
+from strata.restore.sqlcall import SqlRestorer
 from strata.runtime.cluster import SUPERUSER, Cluster
 from strata.runtime.primary import (
     PrimaryClient,
@@ -285,9 +286,12 @@ class Daemon:
 
         assert self.history is not None
         params = conninfo_to_dict(self.dsn)
+        restorer = SqlRestorer(self.layout.root, lambda: self.proxy.port if self.proxy else 0,
+                               str(params.get("user") or SUPERUSER),
+                               str(params["passfile"]) if params.get("passfile") else None)
         config = ProxyConfig(primary_host=str(params.get("host") or "127.0.0.1"),
                              primary_port=int(params.get("port") or 5432),
-                             listen_port=self.opts.port or 0)
+                             listen_port=self.opts.port or 0, restorer=restorer)
         self.proxy = ProxyThread(config, self.history).start()
 
     def _write_daemon_state(self) -> None:

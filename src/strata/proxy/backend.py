@@ -76,6 +76,16 @@ class RelayProtocol(asyncio.StreamReaderProtocol):
         if self.on_flow is not None:
             self.on_flow(False)
 
+    def eof_received(self) -> bool | None:
+        keep_open = super().eof_received()
+        if self.on_data is not None:
+            # Relaying, nobody reads the StreamReader: a peer that closed its side
+            # is gone (PostgreSQL clients and servers never half-close). Closing
+            # reports the loss (connection_lost), so the other side is closed too
+            # instead of waiting forever (a client killed inside COPY FROM).
+            return False
+        return keep_open
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         cb, self.on_lost = self.on_lost, None

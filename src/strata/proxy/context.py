@@ -1,7 +1,7 @@
 """What every session of one proxy shares.
 
 What it is: `ProxyContext` (where the primary is, the history provider, the
-cancel-key registry, the TLS context, the connect timeout).
+cancel-key registry, the TLS context, the connect timeout, the restorer).
 Fed by: `proxy.server`, which builds one per server.
 Feeds: `proxy.session` and `proxy.travel`.
 Owns: nothing; a value.
@@ -10,6 +10,7 @@ Owns: nothing; a value.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from strata.proxy.cancel import CancelRegistry
@@ -26,3 +27,6 @@ class ProxyContext:
     registry: CancelRegistry
     ssl_context: ssl.SSLContext | None = None
     connect_timeout: float = 60.0
+    # restorer(statement text, database, session role, notice) -> report lines:
+    # runs CALL strata.restore_* (the daemon gives restore.sqlcall.SqlRestorer)
+    restorer: Callable[[str, str, str, Callable[[str], None]], list[str]] | None = None

@@ -48,6 +48,7 @@ class ProxyConfig:
     tls_key: Path | None = None
     connect_timeout: float = 60.0
     event_loop: str = "auto"  # one of EVENT_LOOPS
+    restorer: Callable[[str, str, str, Callable[[str], None]], list[str]] | None = None
 
 
 class StopEvent(Protocol):
@@ -87,7 +88,7 @@ class ProxyServer:
             ssl_ctx.load_cert_chain(str(config.tls_cert),
                                     str(config.tls_key) if config.tls_key else None)
         self.ctx = ProxyContext(config.primary_host, config.primary_port, provider,
-                                self.registry, ssl_ctx, config.connect_timeout)
+                                self.registry, ssl_ctx, config.connect_timeout, config.restorer)
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
 

@@ -24,6 +24,10 @@ Owns: which statements are "ours", and the settings' value syntax:
 - ``RESET ALL`` -> RESET_ALL and ``DISCARD ALL`` -> DISCARD_ALL: relayed to
   the server *and* they return the session to the present.
 - ``SHOW strata.travel_time|travel_lsn`` -> SHOW_TIME / SHOW_LSN.
+- ``CALL strata.restore_table|restore_schema|restore_database(...)`` ->
+  CALL_RESTORE: the proxy restores the object for the session's role
+  (docs/restore.md says why a CALL); the arguments are read by
+  `restore.sqlcall`, through the restorer the daemon gives the proxy.
 - ``strata.travel_wait`` lives on the server as a placeholder setting (the
   proxy puts its default in every startup packet): SET, SET LOCAL, RESET and
   SHOW of it are relayed, once the value is checked here (a bad value is a
@@ -50,6 +54,7 @@ TRAVEL_WAIT = "strata.travel_wait"
 _TRAVEL_NAMES = (TRAVEL_TIME, TRAVEL_LSN)
 _SETTINGS = (TRAVEL_TIME, TRAVEL_LSN, TRAVEL_WAIT)
 DEFAULT_TRAVEL_WAIT = "30s"
+RESTORE_PROCEDURES = ("restore_table", "restore_schema", "restore_database")
 
 
 
@@ -77,6 +82,7 @@ class Kind(enum.Enum):
     DISCARD_ALL = "discard_all"
     SHOW_TIME = "show_time"
     SHOW_LSN = "show_lsn"
+    CALL_RESTORE = "call_restore"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +202,10 @@ def _classify(node: ast.Node, text: str) -> Statement:
             return Statement(text, Kind.SHOW_TIME, name=name, tag="SHOW")
         if name == TRAVEL_LSN:
             return Statement(text, Kind.SHOW_LSN, name=name, tag="SHOW")
+    elif isinstance(node, ast.CallStmt) and node.funccall is not None:
+        names = [getattr(n, "sval", "") for n in node.funccall.funcname or ()]
+        if len(names) == 2 and names[0] == "strata" and names[1] in RESTORE_PROCEDURES:
+            return Statement(text, Kind.CALL_RESTORE, name=f"strata.{names[1]}", tag="CALL")
     setting = _set_config_of_ours(node, text)
     if setting is not None:
         return Statement(text, Kind.SET_CONFIG, name=setting)

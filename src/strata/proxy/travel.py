@@ -187,7 +187,7 @@ class Travel:
             Kind.RESET_TRAVEL: self._reset, Kind.SHOW_TIME: self._show, Kind.SHOW_LSN: self._show,
             Kind.RESET_ALL: self._reset_all, Kind.DISCARD_ALL: self._reset_all,
             Kind.SET_LOCAL_TRAVEL: self._refuse, Kind.SET_CONFIG: self._refuse,
-            Kind.INVALID: self._refuse,
+            Kind.INVALID: self._refuse, Kind.CALL_RESTORE: self._call_restore,
         }
 
     # -- strata statements ---------------------------------------------------------------
@@ -204,6 +204,32 @@ class Travel:
                           hint=f"use SET {st.name} = '...' (and RESET {st.name})")
         raise failure(ss.FEATURE_NOT_SUPPORTED, f"SET LOCAL {st.name} is not supported",
                       hint=f"use SET {st.name} (session scope) outside a transaction block")
+
+    async def _call_restore(self, st: Statement, in_batch: bool) -> None:
+        """CALL strata.restore_*(...): the object comes back for the session's
+        role, in transactions of its own (so not inside the session's
+        transaction block); progress and the report arrive as notices."""
+        s = self.s
+        restorer = s.ctx.restorer
+        if restorer is None:
+            raise failure(ss.FEATURE_NOT_SUPPORTED, f"{st.name} needs the strata daemon")
+        if s.current_backend.status in ("T", "E"):
+            raise failure(ss.ACTIVE_SQL_TRANSACTION,
+                          f"{st.name} cannot run inside a transaction block",
+                          hint="it runs transactions of its own: COMMIT or ROLLBACK first")
+        await self._check_privilege(st, in_batch, what=f"call {st.name}")
+        loop = asyncio.get_running_loop()
+
+        def notice(text: str) -> None:
+            loop.call_soon_threadsafe(self.notice, text)
+
+        try:
+            lines = await asyncio.to_thread(restorer, st.text, s.dbname, s.user, notice)
+        except StrataError as e:
+            raise TravelFailure(m.error_fields(ss.sqlstate_for(e), scrub_paths(str(e)))) from e
+        await asyncio.sleep(0)  # the notices the thread scheduled go first
+        self.notice("\n".join(lines))
+        s.cw.write(m.encode_command_complete(st.tag))
 
     async def _set(self, st: Statement, in_batch: bool) -> None:
         await self.go(st, in_batch=in_batch)
@@ -309,7 +335,8 @@ class Travel:
         s.route(new)
         self.notice(self._arrived(state, committed))
 
-    async def _check_privilege(self, st: Statement, in_batch: bool) -> None:
+    async def _check_privilege(self, st: Statement, in_batch: bool, *,
+                               what: str | None = None) -> None:
         """Superuser or member of strata_time_travel, on the primary whatever
         server the session is on now; then the provider's policy."""
         s = self.s
@@ -323,7 +350,8 @@ class Travel:
             allowed = bool(await self._provider("time travel policy",
                                                 s.ctx.provider.may_time_travel, s.user))
         if not allowed:
-            raise failure(ss.INSUFFICIENT_PRIVILEGE, f"permission denied to set {st.name}",
+            raise failure(ss.INSUFFICIENT_PRIVILEGE,
+                          f"permission denied to {what or f'set {st.name}'}",
                           detail=f'Role "{s.user}" may not time travel.',
                           hint=f'time travel is allowed to superusers and members of role '
                                f'"{TRAVEL_ROLE}"')
