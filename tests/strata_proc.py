@@ -11,6 +11,7 @@ Fed by: the tests that start it. Feeds: them. Owns: the subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from strata.lsn import Lsn
+from strata.services.control import ControlClient, ControlError
 
 
 class StrataUp:
@@ -101,22 +103,29 @@ class StrataUp:
             return None
         return d
 
+    def ingested(self) -> Lsn | None:
+        """The ingest service's position, asked over its control socket (None while
+        it does not answer)."""
+        try:
+            st = ControlClient(self.home / "run" / "ingest.sock").request("status", timeout=5)
+        except ControlError:
+            return None
+        return Lsn.parse(st["ingested_lsn"])
+
     def wait_ingested(self, lsn: Lsn, timeout: float = 120) -> Lsn:
-        """Wait until status.json reports ingest at or past `lsn`; returns that position."""
+        """Wait until ingest is at or past `lsn`; returns that position."""
         deadline = time.monotonic() + timeout
-        seen: object = None
+        seen: Lsn | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"strata up exited ({self.proc.returncode}) while "
                                      f"waiting for ingest of {lsn}.\n{self.output()}")
-            st = self.status()
-            if st is not None:
-                seen = st.get("ingested_lsn")
-                if seen is not None and Lsn.parse(str(seen)) >= lsn:
-                    return Lsn.parse(str(seen))
-            time.sleep(0.2)
+            seen = self.ingested()
+            if seen is not None and seen >= lsn:
+                return seen
+            time.sleep(0.05)
         raise AssertionError(f"strata did not ingest up to {lsn} within {timeout:.0f} s "
-                             f"(status.json: ingested_lsn {seen}).\n{self.output()}")
+                             f"(ingest at {seen}).\n{self.output()}")
 
     def terminate(self, timeout: float = 90, sig: int = signal.SIGTERM) -> int:
         """Send `sig` (SIGTERM; SIGINT is Ctrl-C), wait for the exit; returns the exit code."""
@@ -127,6 +136,16 @@ class StrataUp:
         self._te.join(5)
         self._drain()
         return rc
+
+    def crash(self) -> None:
+        """kill -9 of strata itself: the supervisor and every service process at
+        once (the primary, a server of its own, keeps running)."""
+        pids = [int(line.split(":")[0]) for line in processes_under(self.home)
+                if "strata.services." in line or "strata.cli.main" in line]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

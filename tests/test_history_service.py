@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,10 @@ class FakeStore:
         self.retention_lsn = Lsn(0)
 
 
+def _no_servers(lsn: Lsn, root: Path) -> Any:
+    raise AssertionError("these tests resolve points; they start no server")
+
+
 def _service(tmp_path: Path, *, ingested: int, primary: int) -> HistoryService:
     tm = TimeMap(None)
     for i, start in enumerate((1000, 2000, 3000)):
@@ -34,7 +39,8 @@ def _service(tmp_path: Path, *, ingested: int, primary: int) -> HistoryService:
     return HistoryService(FakeStore(ingested), tm, history_start=Lsn(500),  # type: ignore[arg-type]
                           history_start_time=T0 - dt.timedelta(minutes=1),
                           instances_root=tmp_path / "inst", primary_lsn=lambda: Lsn(primary),
-                          primary_now=lambda: T0 + dt.timedelta(hours=1), catchup_timeout=0.05)
+                          primary_now=lambda: T0 + dt.timedelta(hours=1), catchup_timeout=0.05,
+                          factory=_no_servers)
 
 
 def test_time_before_a_later_commit_resolves_even_while_ingest_lags(tmp_path: Path) -> None:

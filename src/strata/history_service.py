@@ -32,33 +32,38 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from strata.errors import IngestBehindError, LsnOutOfRangeError
-from strata.historical.instance import HistoricalInstance, start_instance
-from strata.historical.materialize import materialize
-from strata.historical.modes import UNSUPPORTED_INDEX_AMS
 from strata.historical.pool import InstanceFactory, InstancePool
-from strata.historical.store_source import StoreSource
 from strata.lsn import Lsn
-from strata.pagestore import PageStore
 from strata.proxy.history import PROGRESS_INTERVAL, IngestProgress, Progress, ResolvedPoint
 from strata.timeline.timemap import EndKind, TimeMap, TimeResolution, datetime_to_timestamptz
 
 log = logging.getLogger(__name__)
 
 
+class Watermarks(Protocol):
+    """Where history stands: the writer's `PageStore` in one process, or the
+    proxy service's view of the ingest service (`services.proxy`)."""
+
+    @property
+    def ingested_lsn(self) -> Lsn: ...
+
+    @property
+    def retention_lsn(self) -> Lsn: ...
+
+
 class HistoryService:
-    def __init__(self, store: PageStore, timemap: TimeMap, *, history_start: Lsn,
-                 history_start_time: dt.datetime | None, instances_root: Path, primary_lsn: Callable[[], Lsn],
+    def __init__(self, store: Watermarks, timemap: TimeMap, *, history_start: Lsn,
+                 history_start_time: dt.datetime | None, instances_root: Path,
+                 primary_lsn: Callable[[], Lsn], factory: InstanceFactory,
                  primary_now: Callable[[], dt.datetime] | None = None,
                  max_instances: int = 4, idle_timeout: float = 300.0,
-                 catchup_timeout: float = 30.0,
-                 invalid_index_ams: Sequence[str] = UNSUPPORTED_INDEX_AMS,
-                 factory: InstanceFactory | None = None) -> None:
+                 catchup_timeout: float = 30.0) -> None:
         self.store = store
         self.timemap = timemap
         self.history_start = Lsn(history_start)
@@ -66,9 +71,8 @@ class HistoryService:
         self.primary_lsn = primary_lsn
         self.primary_now = primary_now or (lambda: dt.datetime.now(dt.UTC))
         self.catchup_timeout = catchup_timeout
-        self.invalid_index_ams = tuple(invalid_index_ams)
-        # `factory`: e.g. `historical.modes.make_factory(...)` (lazy / materialize / auto)
-        self.pool = InstancePool(instances_root, factory or self._make_instance,
+        # `factory`: `historical.modes.make_factory(...)` (lazy / materialize / auto)
+        self.pool = InstancePool(instances_root, factory,
                                  max_running=max_instances, idle_timeout=idle_timeout)
 
     # -- the window -------------------------------------------------------------------
@@ -125,6 +129,7 @@ class HistoryService:
 
         def resolve() -> TimeResolution:
             try:
+                self.timemap.refresh()  # a reader beside the ingest process: follow it
                 return self.timemap.resolve_time(ts, history_start=self.oldest_lsn,
                                                  history_start_time=start_ts)
             except LsnOutOfRangeError as e:
@@ -174,6 +179,7 @@ class HistoryService:
         """The point just after the last commit of `xid` in history (xids wrap:
         the newest one is the transaction that exists now), or None."""
         found = None
+        self.timemap.refresh()
         for e in self.timemap.entries():
             if e.xid == xid and e.kind in (EndKind.COMMIT, EndKind.COMMIT_PREPARED):
                 found = e
@@ -191,30 +197,6 @@ class HistoryService:
     def may_time_travel(self, user: str) -> bool:
         return True
 
-    # -- instances ----------------------------------------------------------------------
-    def _make_instance(self, lsn: Lsn, root: Path) -> HistoricalInstance:
-        t0 = time.perf_counter()
-        root.mkdir(parents=True, exist_ok=True)
-        root.chmod(0o755)
-        try:
-            mat = materialize(StoreSource(self.store, lsn), root / "data")
-            inst = start_instance(mat, root=root, invalid_index_ams=self.invalid_index_ams)
-        except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
-        log.info("historical instance at %s ready in %.2fs (%d pages)", lsn,
-                 time.perf_counter() - t0, mat.pages)
-        return inst
-
     def close(self) -> None:
         self.pool.stop_all()
-
-
-def describe_point(point: ResolvedPoint) -> str:
-    if point.last_commit_xid is None:
-        return f"LSN {point.lsn}"
-    when = point.last_commit_time
-    return (f"LSN {point.lsn}, last commit xid {point.last_commit_xid} at "
-            f"{when.isoformat() if when else '?'}")
-
 

@@ -1,7 +1,7 @@
 """What `strata status` shows, written by the daemon and read by the CLI.
 
-What it is: `StatusWriter` (the running daemon's ``status.json``: positions,
-lag, the history window, layers, historical servers; home/FORMAT.md) and
+What it is: `write_status` (the ingest service's ``status.json``: positions,
+lag, the history window, layers; home/FORMAT.md) and
 `collect` (the same view for `strata status`, from that file when strata runs,
 from the store's manifest and ``history.json`` when it does not). One place
 builds each field, so both always agree. Fed by: the daemon's ingest loop
@@ -16,7 +16,13 @@ from typing import Any
 
 from strata.errors import ConfigError
 from strata.home import HomeLayout
-from strata.home.files import load_daemon_state, load_history_info, load_status, write_json
+from strata.home.files import (
+    load_daemon_state,
+    load_history_info,
+    load_proxy_state,
+    load_status,
+    write_json,
+)
 from strata.lsn import Lsn
 from strata.storage.manifest import layer_summary, load_manifest
 
@@ -38,8 +44,7 @@ class LagClock:
 def write_status(layout: HomeLayout, *, received: Lsn, ingested: Lsn, durable: Lsn,
                  server_wal_end: Lsn, lag_bytes: int, lag_seconds: float, oldest_lsn: Lsn,
                  oldest_time: datetime | None, newest_commit_time: datetime | None,
-                 layers: dict[str, dict[str, int]], instances: list[dict[str, Any]],
-                 historical: str = "") -> None:
+                 layers: dict[str, dict[str, int]]) -> None:
     """Rewrite ``status.json`` atomically (LSNs as X/Y, times ISO 8601)."""
     write_json(layout.status_file, {
         "version": 1,
@@ -55,8 +60,6 @@ def write_status(layout: HomeLayout, *, received: Lsn, ingested: Lsn, durable: L
         "newest_lsn": str(ingested),
         "newest_commit_time": newest_commit_time.isoformat() if newest_commit_time else None,
         "layers": layers,
-        "instances": instances,
-        "historical": historical,
     })
 
 
@@ -69,6 +72,7 @@ def collect(layout: HomeLayout) -> dict[str, Any]:
         raise ConfigError(f"no history in {layout.root}: has `strata up` run with this --home?")
     running = load_daemon_state(layout.daemon_file)
     status = load_status(layout.status_file) if running is not None else {}
+    proxy = load_proxy_state(layout.proxy_file) if running is not None else None
     manifest = load_manifest(layout.layers)
     durable = str(Lsn(manifest.durable_lsn)) if manifest is not None else None
     return {
@@ -85,7 +89,7 @@ def collect(layout: HomeLayout) -> dict[str, Any]:
         "lag_bytes": status.get("lag_bytes"),
         "lag_seconds": status.get("lag_seconds"),
         "layers": layer_summary(manifest) if manifest is not None else {},
-        "instances": status.get("instances", []),
-        "historical": status.get("historical"),
+        "instances": proxy.instances if proxy is not None else [],
+        "historical": proxy.historical if proxy is not None else None,
         "updated_at": status.get("updated_at"),
     }

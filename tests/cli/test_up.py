@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,9 +122,9 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
         assert before == (200, 20100)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO t SELECT generate_series(1001, 1100)")
-        time.sleep(0.3)
-        up.proc.kill()  # strata dies mid-stream; its primary (a separate session) keeps running
-        up.proc.wait(10)
+            mid = _flush_lsn(conn)
+        up.wait_ingested(mid)  # ingested, not necessarily durable
+        up.crash()  # strata dies mid-stream; its primary (a separate session) keeps running
     finally:
         up.kill()
     assert Cluster(datadir=up_home / "primary" / "data").is_running()
@@ -163,98 +162,74 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
 
 @pytest.mark.e2e
 def test_up_restarts_an_embedded_primary_that_died(up_home: Path) -> None:
-    daemon = Daemon(UpOptions(home=up_home, progress_interval=60, status_interval=0.5))
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            daemon.run()
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
+    up = StrataUp(up_home)
     try:
-        deadline = time.monotonic() + 60
-        while daemon.records == 0 and time.monotonic() < deadline and not errors:
-            time.sleep(0.1)
-        assert not errors and daemon.cluster is not None and daemon.records > 0
-        c = daemon.cluster
+        up.wait_for(r"time travel proxy: ")
+        c = Cluster(datadir=up_home / "primary" / "data")
         old_pid = c.postmaster_pid()
         c.kill9()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
+        up.wait_for(r"the embedded primary is not running; starting it again")
         while not (c.is_running() and c.postmaster_pid() != old_pid):
-            assert time.monotonic() < deadline and not errors, errors
-            time.sleep(0.2)
+            assert time.monotonic() < deadline, up.output()
+            time.sleep(0.1)
+        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
         while True:  # the restarted server may still be in crash recovery
             try:
-                with c.connect() as conn:
+                with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute("CREATE TABLE after_crash (x int)")
                     target = _flush_lsn(conn)
                 break
             except psycopg.OperationalError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
-        deadline = time.monotonic() + 30
-        while daemon.processed < target and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert daemon.processed >= target
+                assert time.monotonic() < deadline, up.output()
+                time.sleep(0.1)
+        up.wait_ingested(target)  # the receiver reconnected by itself
+        assert up.terminate() == 0
     finally:
-        daemon.stop()
-        t.join(60)
-    assert not t.is_alive() and not errors
+        up.kill()
     assert not Cluster(datadir=up_home / "primary" / "data").is_running()
+    assert processes_under(up_home) == []
 
 
-@pytest.mark.pg
+@pytest.mark.e2e
 def test_attach_mode_creates_the_slot_and_streams(scratch_dir: Path) -> None:
     """--source: history is imported from a base backup of a primary strata did
     not start, then WAL is ingested; stopping strata leaves that primary alone."""
     c = make_cluster(scratch_dir / "src")
     c.sql("CREATE TABLE a (x int); INSERT INTO a SELECT generate_series(1, 100)")
     home = scratch_dir / "home"
-    daemon = Daemon(UpOptions(home=home, source=c.dsn(), port=0, progress_interval=0.2,
-                              status_interval=0.5))
-    t = threading.Thread(target=daemon.run)
+    up = StrataUp(home, "--source", c.dsn())
     try:
-        t.start()
-        deadline = time.monotonic() + 60
-        while daemon.proxy is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        proxy = up.proxy_dsn()
         c.sql("INSERT INTO a SELECT generate_series(101, 150)")
         target = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
         c.sql("DELETE FROM a")
         end = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
-        while daemon.processed < end and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert daemon.processed >= end
-        assert daemon.records > 0
-        with psycopg.connect(daemon.proxy_dsn(), autocommit=True) as conn:
+        up.wait_ingested(end)
+        with psycopg.connect(proxy, autocommit=True) as conn:
             conn.execute(f"SET strata.travel_lsn = '{target}'")
             assert conn.execute("SELECT count(*) FROM a").fetchone() == (150,)
             conn.execute("RESET strata.travel_lsn")
             assert conn.execute("SELECT count(*) FROM a").fetchone() == (0,)
-    finally:
-        daemon.stop()
-        t.join(60)
+        assert up.terminate() == 0
+        assert c.is_running()  # attach mode never stops the user's primary
+        # the slot keeps everything after what the store made durable
+        slot = read_slot(c.dsn(), "strata")
+        assert slot is not None and slot.restart_lsn is not None
+        saved = load_receiver_state(HomeLayout(home).receiver_file)
+        assert saved is not None and slot.restart_lsn <= saved.flushed_lsn
+        assert saved.flushed_lsn >= end  # a clean stop flushes everything ingested
+        assert processes_under(home) == []
+        # History of another cluster is refused, not mixed in.
+        other = make_cluster(scratch_dir / "other")
         try:
-            assert not t.is_alive()
-            assert c.is_running()  # attach mode never stops the user's primary
-            # the slot keeps everything after what the store made durable
-            slot = read_slot(c.dsn(), "strata")
-            assert slot is not None and slot.restart_lsn is not None
-            saved = load_receiver_state(HomeLayout(home).receiver_file)
-            assert saved is not None and slot.restart_lsn <= saved.flushed_lsn
-            assert saved.flushed_lsn >= end  # a clean stop flushes everything ingested
-            # History of another cluster is refused, not mixed in.
-            other = make_cluster(scratch_dir / "other")
-            try:
-                with pytest.raises(ConfigError, match="belongs to another cluster"):
-                    Daemon(UpOptions(home=home, source=other.dsn(), port=0)).run()
-            finally:
-                other.stop("immediate")
+            with pytest.raises(ConfigError, match="belongs to another cluster"):
+                Daemon(UpOptions(home=home, source=other.dsn(), port=0)).run()
         finally:
-            c.stop("immediate")
+            other.stop("immediate")
+    finally:
+        up.kill()
+        c.stop("immediate")
 
 
 def test_receiver_state_round_trips_atomically(tmp_path: Path) -> None:

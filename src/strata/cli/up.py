@@ -20,6 +20,7 @@ from strata.cli._common import HOME_HELP
 from strata.daemon import Daemon, UpOptions
 from strata.errors import ConfigError
 from strata.home import check_server_can_reach, resolve_home
+from strata.services.maintenance import Retention
 
 DEFAULT_PROXY_PORT = 55432
 
@@ -43,6 +44,10 @@ def register(subparsers: Any) -> None:
                    help="how historical servers are built: lazy (a FUSE data directory, "
                         "pages rebuilt on first read), materialize (every page written "
                         "first) or auto (lazy where FUSE works; the default)")
+    p.add_argument("--retention", metavar="TIME|SIZE",
+                   help="keep this much history: a time (7d, 12h, 30m) or a size of WAL "
+                        "(10GB); older history is collected once image layers hold it "
+                        "(default: keep everything)")
     p.add_argument("--source", metavar="DSN",
                    help="attach to this running PostgreSQL 18 primary instead")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
@@ -55,6 +60,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.retention is not None:
+        Retention.parse(args.retention)  # a bad value is refused before anything starts
     if args.source is not None and args.primary_port is not None:
         raise ConfigError("--primary-port is for the embedded primary; with --source the "
                           "primary is the one the DSN names")
@@ -65,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
                      status_interval=args.status_interval, flush_interval=args.flush_interval,
                      max_instances=args.max_instances,
                      instance_idle_timeout=args.instance_idle_timeout,
-                     primary_port=args.primary_port, historical=args.historical)
+                     primary_port=args.primary_port, historical=args.historical,
+                     retention=args.retention)
     daemon = Daemon(opts, out=sys.stdout)
     restore = daemon.install_signal_handlers()
     try:

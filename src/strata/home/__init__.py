@@ -118,6 +118,10 @@ class HomeLayout:
         return self.root / "status.json"
 
     @property
+    def proxy_file(self) -> Path:
+        return self.run / "proxy.json"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "lock"
 

@@ -170,6 +170,44 @@ def load_daemon_state(path: Path) -> DaemonState | None:
     return state
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyState:
+    """``run/proxy.json``: the running proxy service (rewritten every few seconds):
+    its port, how historical servers are built and which run."""
+
+    pid: int
+    port: int
+    historical: str
+    instances: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": FORMAT_VERSION, **asdict(self),
+                "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ProxyState:
+        return cls(int(d["pid"]), int(d["port"]), str(d.get("historical", "")),
+                   list(d.get("instances", [])))
+
+
+def load_proxy_state(path: Path) -> ProxyState | None:
+    """The running proxy service's state; None if there is none or its process is gone."""
+    try:
+        d = _read_json(path, "it is rewritten by the running proxy")
+        state = None if d is None else ProxyState.from_json(d)
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return None
+    if state is None:
+        return None
+    try:
+        os.kill(state.pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return state
+
+
 def load_status(path: Path) -> dict[str, Any]:
     """``status.json`` (home/FORMAT.md lists its fields); {} when absent or unreadable
     (it is rewritten every progress interval: a reader may race a rename)."""

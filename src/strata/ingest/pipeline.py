@@ -200,7 +200,9 @@ class IngestPipeline:
         self.stream.report(self.processed, durable)
         return durable
 
-    def run(self, stop_event: threading.Event, poll_timeout: float = 0.5) -> None:
+    def run(self, stop_event: threading.Event, poll_timeout: float = 0.5,
+            finish_flush_seconds: float | None = None) -> bool:
+        """The loop; returns what `finish` returns."""
         policy = PublishPolicy.start(self.config, time.monotonic())
         self.stats.caught_up_at = time.monotonic()
         try:
@@ -227,7 +229,8 @@ class IngestPipeline:
                 if self.stream.finished:
                     break
         finally:
-            self.finish()
+            done = self.finish(finish_flush_seconds)
+        return done
 
     def take(self, timeout: float) -> list[WalChunk]:
         """The next chunk, and the ones already waiting behind it up to
@@ -241,11 +244,22 @@ class IngestPipeline:
             size += len(more.data)
         return chunks
 
-    def finish(self) -> None:
-        """Advance and flush everything processed, then save the resume point."""
+    def finish(self, flush_seconds: float | None = None) -> bool:
+        """Advance and flush everything processed, then save the resume point.
+
+        With `flush_seconds`, the flush is waited for that long only (a stop must
+        be quick): what is not durable by then is streamed again on the next
+        start (the slot still holds it). Returns: whether everything processed
+        is durable."""
         if self.processed > self.published:
             self.ingest.advance(self.processed)
             self.published = self.processed
+        store = self.ingest.store
         if self.processed > self.store_durable:
-            self.ingest.store.flush()
+            if flush_seconds is None:
+                store.flush()
+            else:
+                store.freeze()
+                store.wait_durable(self.processed, timeout=flush_seconds)
         self.save_and_confirm()
+        return self.store_durable >= self.processed

@@ -41,6 +41,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -87,9 +88,17 @@ class CpuBudget:
 class Maintainer:
     """Runs the policy (module docstring) over one open store."""
 
-    def __init__(self, store: LayerStore) -> None:
+    def __init__(self, store: LayerStore, horizon: Callable[[], int | None] | None = None,
+                 gc_interval: float = 60.0) -> None:
+        """`horizon`: where retention should be now, as an LSN (e.g. the last commit
+        older than a time window, which the caller finds in its time map); by
+        default durable_lsn - `retention_lsn_distance`. With a `horizon`, gc runs
+        at most every `gc_interval` s, once the horizon has passed retention_lsn."""
         self.store = store
         self.budget = CpuBudget(store.config.maintenance_cpu_fraction)
+        self.horizon = horizon
+        self.gc_interval = gc_interval
+        self._last_gc = float("-inf")
 
     def run_once(self) -> bool:
         """One pass of policies 2-4 over the store's current view. Returns: True if
@@ -98,6 +107,15 @@ class Maintainer:
         s.use_pacer(self.budget)
         did = bool(compaction.compact_l0(s))
         did = bool(images.create_image_layers(s)) or did
+        if self.horizon is not None:
+            now = time.monotonic()
+            if now - self._last_gc >= self.gc_interval:
+                self._last_gc = now
+                h = self.horizon()
+                if h is not None and h > s.retention_lsn:
+                    gc.gc(s, h)
+                    did = True
+            return did
         h = gc.horizon(s)
         dist = s.config.retention_lsn_distance
         # gc writes images at the horizon: run it once the horizon has moved a
@@ -133,18 +151,19 @@ class Maintainer:
         self.store.request_stop()
 
 
-def open_maintainer(directory: Path | str, redo: Redo,
-                    config: StorageConfig | None = None) -> Maintainer:
+def open_maintainer(directory: Path | str, redo: Redo, config: StorageConfig | None = None,
+                    horizon: Callable[[], int | None] | None = None) -> Maintainer:
     """Open the store for maintenance (takes MAINT, never LOCK; cleans its own role's
     leftovers). Raises: StrataError if another maintainer runs or there is no store."""
-    return Maintainer(LayerStore.open(directory, redo, config, role=Role.MAINTAINER))
+    return Maintainer(LayerStore.open(directory, redo, config, role=Role.MAINTAINER), horizon)
 
 
 def run_maintenance(directory: Path | str, redo: Redo, config: StorageConfig | None = None,
-                    *, handle_signals: bool = True) -> None:
+                    *, handle_signals: bool = True,
+                    horizon: Callable[[], int | None] | None = None) -> None:
     """The maintenance process's body: open, maintain until SIGTERM/SIGINT (with
     `handle_signals`), close. Returns within one checkpoint of the signal."""
-    m = open_maintainer(directory, redo, config)
+    m = open_maintainer(directory, redo, config, horizon)
     if handle_signals:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             # Event.set takes a lock the interrupted code may hold: set it elsewhere
