@@ -73,12 +73,14 @@ class StrataUp:
         return ("stdout:\n" + "\n".join(self.lines[-40:]) + "\nstderr:\n"
                 + "\n".join(self._err[-40:]))
 
-    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
-        """The first stdout line matching `pattern` (already seen or to come)."""
+    def wait_for(self, pattern: str, timeout: float = 120, nth: int = 1) -> re.Match[str]:
+        """The `nth` stdout line matching `pattern` (already seen or to come)."""
         rx = re.compile(pattern)
         for line in self.lines:
             if (m := rx.search(line)) is not None:
-                return m
+                nth -= 1
+                if nth == 0:
+                    return m
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -89,7 +91,9 @@ class StrataUp:
                 continue
             self.lines.append(line)
             if (m := rx.search(line)) is not None:
-                return m
+                nth -= 1
+                if nth == 0:
+                    return m
         raise AssertionError(f"strata up printed no line matching {pattern!r} "
                              f"(exit code {self.proc.poll()}).\n{self.output()}")
 

@@ -207,6 +207,11 @@ class Daemon:
         self._wait_ready("proxy", lambda: load_proxy_state(self.layout.proxy_file) is not None)
         if self._stop.is_set():
             return
+        # a proxy started again listens where clients already connect
+        proxy = load_proxy_state(self.layout.proxy_file)
+        assert proxy is not None
+        argv = self.services["proxy"].argv
+        argv[argv.index("--port") + 1] = str(proxy.port)
         self._write_daemon_state()
         self.say(f"strata: PostgreSQL 18 primary: {safe_dsn(self.dsn)}")
         self.say(f"strata: time travel proxy: {self.proxy_dsn()}")

@@ -205,9 +205,12 @@ class LazyMount:
             unmount(self.mountpoint)
 
 
-def spawn_fs() -> subprocess.Popen[bytes]:
-    """A file system process that imports what it needs and waits for its arguments."""
-    return subprocess.Popen([sys.executable, "-m", "strata.historical.lazyfs", "--wait-args"],
+def spawn_fs(owner: Path | None = None) -> subprocess.Popen[bytes]:
+    """A file system process that imports what it needs and waits for its arguments
+    (`owner`, e.g. the instances root, is in its command line: ps tells whose it is)."""
+    tag = ["--for", str(owner)] if owner is not None else []
+    return subprocess.Popen([sys.executable, "-m", "strata.historical.lazyfs", "--wait-args",
+                             *tag],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
 
@@ -216,16 +219,18 @@ class FsSpares:
     """`size` file system processes started ahead (Python start and imports are most
     of a mount's cost). A spare that gets no arguments exits when stdin closes."""
 
-    def __init__(self, size: int = 1) -> None:
+    def __init__(self, size: int = 1, owner: Path | None = None) -> None:
         self.size = size
+        self.owner = owner
         self._lock = threading.Lock()
-        self._spares: list[subprocess.Popen[bytes]] = [spawn_fs() for _ in range(size)]
+        self._spares: list[subprocess.Popen[bytes]] = [spawn_fs(owner) for _ in range(size)]
 
     def take(self) -> subprocess.Popen[bytes]:
         with self._lock:
             alive = [p for p in self._spares if p.poll() is None]
-            proc = alive.pop(0) if alive else spawn_fs()
-            self._spares = [*alive, *(spawn_fs() for _ in range(self.size - len(alive)))]
+            proc = alive.pop(0) if alive else spawn_fs(self.owner)
+            self._spares = [*alive, *(spawn_fs(self.owner)
+                                      for _ in range(self.size - len(alive)))]
         return proc
 
     def close(self) -> None:

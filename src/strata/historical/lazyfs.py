@@ -405,7 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     from strata.lsn import Lsn
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--wait-args"]:
+    if argv[:1] == ["--wait-args"]:
+        # (a `--for DIR` after it only names, in the command line, whose spare it is)
         line = sys.stdin.readline()
         if not line:
             return  # the parent went away before using this spare

@@ -66,6 +66,10 @@ class ControlServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # a caller that gave up and went away
+            self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rwb") as f:
             for line in f:
                 try:

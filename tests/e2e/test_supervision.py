@@ -1,0 +1,220 @@
+"""One process per kind of work, supervised (issues 9 and 10), through `strata up`:
+
+- a service killed with SIGKILL is started again, and history answers as before:
+  the ingest service (resumes from the durable LSN, the slot kept the rest), the
+  maintenance service, and the proxy service, the page reader of the historical
+  servers (a client reading the past gets an error, the next connection and
+  SET work, on the same port);
+- the lazy file system of a historical server killed while a session reads:
+  the query fails with an error, the next SET works, no mount is left;
+- a service that keeps dying stops everything with a message naming it;
+- kill -TERM and kill -9 of strata at random moments of a bulk write, then a
+  restart: every earlier point still answers the same.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from strata.lsn import Lsn
+from strata.runtime.cluster import Cluster
+from tests.strata_proc import StrataUp, processes_under
+
+
+def _service_pid(home: Path, name: str) -> int:
+    lines = [ln for ln in processes_under(home) if f"strata.services.{name} " in ln]
+    assert len(lines) == 1, lines
+    return int(lines[0].split(":")[0])
+
+
+def _flush_lsn(conn: psycopg.Connection[Any]) -> Lsn:
+    row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+    assert row is not None
+    return Lsn.parse(row[0])
+
+
+def _count_at(dsn: str, lsn: Lsn) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SET strata.travel_lsn = '{lsn}'")
+        return conn.execute("SELECT count(*), sum(x) FROM t").fetchone()
+
+
+def _sql(dsn: str, query: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(query)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line for line in f if str(path) in line]
+
+
+@pytest.mark.e2e
+def test_killed_services_are_started_again_and_history_answers_the_same(
+        scratch_dir: Path) -> None:
+    home = scratch_dir / "home"
+    up = StrataUp(home, "--flush-interval", "0.5")
+    try:
+        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        proxy = up.proxy_dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+            first = _flush_lsn(conn)
+        up.wait_ingested(first)
+        assert _count_at(proxy, first) == (100, 5050)
+
+        # the ingest service: WAL written while it is down is ingested after its restart
+        os.kill(_service_pid(home, "ingest"), signal.SIGKILL)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO t SELECT generate_series(101, 200)")
+            second = _flush_lsn(conn)
+        up.wait_for(r"the ingest service ended .*starting it again")
+        up.wait_ingested(second)
+        assert _count_at(proxy, first) == (100, 5050)
+        assert _count_at(proxy, second) == (200, 20100)
+
+        # the maintenance service
+        os.kill(_service_pid(home, "maintenance"), signal.SIGKILL)
+        up.wait_for(r"the maintenance service ended .*starting it again")
+
+        # the proxy service, while a session reads the past: the session ends with
+        # an error; a new one, on the same port, answers as before
+        with psycopg.connect(proxy, autocommit=True) as conn:
+            conn.execute(f"SET strata.travel_lsn = '{second}'")
+            os.kill(_service_pid(home, "proxy"), signal.SIGKILL)
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT count(*) FROM t").fetchone()
+        up.wait_for(r"the proxy service ended .*starting it again")
+        deadline_reached = False
+        for _ in range(600):  # until the restarted proxy listens (on the same port)
+            try:
+                assert _count_at(proxy, second) == (200, 20100)
+                break
+            except psycopg.OperationalError:
+                threading.Event().wait(0.1)
+        else:
+            deadline_reached = True
+        assert not deadline_reached, up.output()
+        assert up.terminate() == 0
+    finally:
+        up.kill()
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+    assert processes_under(home) == []
+    assert _mounts_under(home) == []
+
+
+@pytest.mark.e2e
+def test_a_killed_lazy_file_system_fails_the_query_and_the_next_set_works(
+        scratch_dir: Path) -> None:
+    home = scratch_dir / "home"
+    up = StrataUp(home, "--historical", "lazy")
+    try:
+        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        proxy = up.proxy_dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100000)")
+            at = _flush_lsn(conn)
+        up.wait_ingested(at)
+        with psycopg.connect(proxy, autocommit=True) as conn:
+            conn.execute(f"SET strata.travel_lsn = '{at}'")
+            fs = [ln for ln in processes_under(home) if "strata.historical.lazyfs" in ln]
+            assert fs, processes_under(home)
+            for line in fs:
+                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+            with pytest.raises(psycopg.Error):  # never a wrong answer: an error
+                conn.execute("SELECT count(*), sum(x) FROM t").fetchone()
+        # the next SET gets a new server at that point
+        assert _count_at(proxy, at) == (100000, 5000050000)
+        assert up.terminate() == 0
+    finally:
+        up.kill()
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+    assert processes_under(home) == []
+    assert _mounts_under(home) == []
+
+
+@pytest.mark.e2e
+def test_a_service_that_keeps_dying_stops_everything_naming_it(scratch_dir: Path) -> None:
+    home = scratch_dir / "home"
+    up = StrataUp(home)
+    try:
+        up.proxy_dsn()
+        for n in range(1, 5):  # more restarts than the window allows
+            pid = None
+            for _ in range(600):
+                try:
+                    pid = _service_pid(home, "maintenance")
+                    break
+                except AssertionError:
+                    threading.Event().wait(0.05)
+            if up.proc.poll() is not None:
+                break
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            up.wait_for(r"the maintenance service ended|keeps failing", nth=n)
+        assert up.proc.wait(120) == 1
+        up.terminate()  # collects the last lines
+        assert "the maintenance service keeps failing" in up.output(), up.output()
+    finally:
+        up.kill()
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+    assert not Cluster(datadir=home / "primary" / "data").is_running()
+    assert processes_under(home) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_stopping_strata_during_a_bulk_write_loses_no_earlier_point(scratch_dir: Path,
+                                                                    sig: int) -> None:
+    rnd = random.Random(int(os.environ.get("STRATA_CRASH_SEED", "0")) or None)
+    home = scratch_dir / "home"
+    up = StrataUp(home, "--flush-interval", "1")
+    points: list[tuple[Lsn, Any]] = []
+    try:
+        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            for i in range(3):
+                conn.execute(f"INSERT INTO t SELECT generate_series({i * 1000 + 1}, "
+                             f"{(i + 1) * 1000})")
+                at = _flush_lsn(conn)
+                points.append((at, ((i + 1) * 1000, sum(range(1, (i + 1) * 1000 + 1)))))
+        up.wait_ingested(points[-1][0])
+        # a bulk write, and strata stopped at a random moment while it is ingested
+        writer = threading.Thread(target=_sql, args=(
+            dsn, "INSERT INTO t SELECT generate_series(100001, 400000)"))
+        writer.start()
+        threading.Event().wait(rnd.uniform(0.0, 2.0))
+        if sig == signal.SIGKILL:
+            up.crash()
+        else:
+            assert up.terminate() == 0
+        writer.join(120)
+    finally:
+        up.kill()
+    up2 = StrataUp(home)
+    try:
+        proxy = up2.proxy_dsn()
+        with psycopg.connect(up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1),
+                             autocommit=True) as conn:
+            end = _flush_lsn(conn)
+        up2.wait_ingested(end)
+        for lsn, want in points:
+            assert _count_at(proxy, lsn) == want, f"at {lsn}"
+        assert _count_at(proxy, end) == (303000, sum(range(1, 3001)) + sum(
+            range(100001, 400001)))
+        assert up2.terminate() == 0
+    finally:
+        up2.kill()
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+    assert processes_under(home) == []
