@@ -10,6 +10,7 @@ and the store's manifest. Feeds: ``<home>/status.json`` and `strata status`.
 
 from __future__ import annotations
 
+import struct
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +24,10 @@ from strata.home.files import (
     load_status,
     write_json,
 )
+from strata.key import KeyKind
 from strata.lsn import Lsn
 from strata.storage.manifest import layer_summary, load_manifest
+from strata.storage.tools import bytes_by_key_prefix
 
 
 class LagClock:
@@ -93,3 +96,59 @@ def collect(layout: HomeLayout) -> dict[str, Any]:
         "historical": proxy.historical if proxy is not None else None,
         "updated_at": status.get("updated_at"),
     }
+
+
+def history_bytes(layout: HomeLayout, top: int = 20) -> dict[str, Any]:
+    """Bytes of history in the store per database and per relation (the `top`
+    largest), from the layers' block indexes (`storage.tools.bytes_by_key_prefix`,
+    exact to a block). Names come from the running primary where it answers
+    (relations dropped since, or a stopped strata, show their numbers)."""
+    by_rel: dict[tuple[int, int, int], int] = {}
+    other = 0
+    for prefix, n in bytes_by_key_prefix(layout.layers, 13).items():
+        kind, spc, db, rel = struct.unpack(">BIII", prefix.ljust(13, b"\0"))
+        if kind == KeyKind.REL_BLOCK:
+            by_rel[(spc, db, rel)] = by_rel.get((spc, db, rel), 0) + n
+        else:
+            other += n
+    by_db: dict[int, int] = {}
+    for (_, db, _), n in by_rel.items():
+        by_db[db] = by_db.get(db, 0) + n
+    largest = sorted(by_rel.items(), key=lambda kv: -kv[1])[:top]
+    names = _names(layout, {db for (_, db, _), _ in largest})
+    return {
+        "databases": [{"db": db, "name": names.get((db, 0), "global" if db == 0 else None),
+                       "bytes": n} for db, n in sorted(by_db.items(), key=lambda kv: -kv[1])],
+        "relations": [{"db": db, "relfilenode": rel, "name": names.get((db, rel)), "bytes": n}
+                      for (_, db, rel), n in largest],
+        "other_bytes": other,
+    }
+
+
+def _names(layout: HomeLayout, dbs: set[int]) -> dict[tuple[int, int], str]:
+    """(db, 0) -> database name and (db, relfilenode) -> relation name, asked of the
+    running primary; {} when strata is not running or the primary does not answer."""
+    state = load_daemon_state(layout.daemon_file)
+    if state is None:
+        return {}
+    import psycopg
+
+    dsn = state.primary_dsn  # names its password file, never a password
+    out: dict[tuple[int, int], str] = {}
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            dbnames = {int(oid): str(name) for oid, name in conn.execute(
+                "SELECT oid, datname FROM pg_database WHERE datallowconn")}
+        for oid, name in dbnames.items():
+            out[(oid, 0)] = name
+            if oid not in dbs:
+                continue
+            with psycopg.connect(dsn, dbname=name, autocommit=True,
+                                 connect_timeout=5) as conn:
+                for node, rel in conn.execute(
+                        "SELECT pg_relation_filenode(oid), oid::regclass::text FROM pg_class "
+                        "WHERE pg_relation_filenode(oid) IS NOT NULL"):
+                    out[(oid, int(node))] = str(rel)
+    except psycopg.Error:
+        pass
+    return out

@@ -15,13 +15,15 @@ import json
 import sys
 
 from strata.cli._common import add_home, layout
-from strata.status import collect
+from strata.status import collect, history_bytes
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="ingest position, lag, layers, history window, instances")
     add_home(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--bytes", action="store_true",
+                   help="also the bytes of history per database and per relation")
     p.set_defaults(func=run)
 
 
@@ -35,7 +37,10 @@ def _bytes(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    st = collect(layout(args))
+    lay = layout(args)
+    st = collect(lay)
+    if args.bytes:
+        st["history_bytes"] = history_bytes(lay)
     if args.json:
         json.dump(st, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -62,4 +67,12 @@ def run(args: argparse.Namespace) -> int:
     for inst in st["instances"]:
         w(f"instance: LSN {inst['lsn']} on port {inst['port']}, {_bytes(inst['size_bytes'])}, "
           f"idle {inst['idle_seconds']} s\n")
+    hb = st.get("history_bytes")
+    if hb is not None:
+        for d in hb["databases"]:
+            w(f"database: {d['name'] or 'oid ' + str(d['db'])}: {_bytes(d['bytes'])} of history\n")
+        for r in hb["relations"]:
+            name = r["name"] or f"relfilenode {r['relfilenode']} (dropped?)"
+            w(f"relation: {name} (db {r['db']}): {_bytes(r['bytes'])}\n")
+        w(f"other:    {_bytes(hb['other_bytes'])} (transaction status, control values, sizes)\n")
     return 0

@@ -1,0 +1,74 @@
+"""`strata up --retention` (issue 11): history older than the window is collected
+once image layers hold it; `strata status` shows the window and the bytes of
+history per database and per relation; travelling below the horizon gives the
+"before history starts" error naming the oldest point, and a point inside the
+window answers as before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from strata.lsn import Lsn
+from strata.runtime.cluster import Cluster
+from tests.strata_proc import StrataUp, processes_under
+
+
+def _flush_lsn(conn: psycopg.Connection[Any]) -> Lsn:
+    row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+    assert row is not None
+    return Lsn.parse(row[0])
+
+
+def _status(home: Path, *extra: str) -> dict[str, Any]:
+    cp = subprocess.run([sys.executable, "-m", "strata.cli.main", "status", "--home", str(home),
+                         "--json", *extra], capture_output=True, text=True, timeout=120,
+                        check=False)
+    assert cp.returncode == 0, cp.stderr
+    return json.loads(cp.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.e2e
+def test_history_older_than_the_window_is_collected(scratch_dir: Path) -> None:
+    home = scratch_dir / "home"
+    up = StrataUp(home, "--retention", "4MB", "--flush-interval", "0.5")
+    try:
+        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        proxy = up.proxy_dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE keep (x int)")
+            conn.execute("INSERT INTO keep SELECT generate_series(1, 10)")
+            old = _flush_lsn(conn)
+            for i in range(12):  # ~24 MB of WAL: the window moves far past `old`
+                conn.execute(f"INSERT INTO keep SELECT g FROM generate_series(1, 40000) g "
+                             f"WHERE {i} >= 0")
+            recent = _flush_lsn(conn)
+        up.wait_ingested(recent)
+        deadline = time.monotonic() + 300
+        while True:  # the maintenance service collects in the background
+            st = _status(home)
+            if Lsn.parse(st["history_start_lsn"]) > old:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.5)
+        with psycopg.connect(proxy, autocommit=True) as conn:
+            with pytest.raises(psycopg.Error, match="before history starts") as ei:
+                conn.execute(f"SET strata.travel_lsn = '{old}'")
+            assert st["history_start_lsn"] in str(ei.value)  # the oldest point, named
+            conn.execute(f"SET strata.travel_lsn = '{recent}'")
+            assert conn.execute("SELECT count(*) FROM keep").fetchone() == (480010,)
+        hb = _status(home, "--bytes")["history_bytes"]
+        assert any(d["name"] == "postgres" and d["bytes"] > 0 for d in hb["databases"])
+        assert any(r["name"] == "keep" and r["bytes"] > 0 for r in hb["relations"])
+        assert up.terminate() == 0
+    finally:
+        up.kill()
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+    assert processes_under(home) == []
