@@ -29,8 +29,9 @@ import zstandard
 from strata.bootstrap import cluster_state_of, import_datadir
 from strata.historical.source import DataDirSource
 from strata.ingest.transam import TransamIngest
-from strata.ingest.walingest import WalIngest, decode_delta
+from strata.ingest.walingest import WalIngest
 from strata.key import KeyKind
+from strata.keyspace.relation import decode_delta
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value

@@ -74,7 +74,7 @@ import psycopg
 
 from strata.historical.instance import HistoricalInstance, start_instance
 from strata.historical.materialize import materialize
-from strata.historical.modes import make_factory
+from strata.historical.modes import UNSUPPORTED_INDEX_AMS, make_factory
 from strata.historical.pitr import (
     RecoveryTarget,
     archive_now,
@@ -83,7 +83,6 @@ from strata.historical.pitr import (
     recover_to,
 )
 from strata.historical.store_source import StoreSource
-from strata.history_service import UNSUPPORTED_INDEX_AMS
 from strata.key import Key, KeyKind
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
