@@ -131,3 +131,13 @@ def test_index_ams_marked_invalid_are_exactly_those_without_redo() -> None:
     assert {am_rmgrs[am][1] for am in UNSUPPORTED_INDEX_AMS} == NO_REDO_YET_RMGRS
     for am, (rmid, _name) in am_rmgrs.items():
         assert (rmid in registered_rmgrs()) == (am not in UNSUPPORTED_INDEX_AMS), am
+
+
+def test_times_in_errors_are_in_the_sessions_time_zone(tmp_path: Path) -> None:
+    svc = _service(tmp_path, ingested=9000, primary=9000)
+    with pytest.raises(LsnOutOfRangeError) as ei:
+        svc.resolve_time(T0 + dt.timedelta(hours=2), timezone="Europe/Paris")
+    assert "2026-11-24 12:00:00+01:00" in str(ei.value)  # now, as the session sees it
+    with pytest.raises(LsnOutOfRangeError) as ei:
+        svc.resolve_time(T0 - dt.timedelta(hours=1), timezone="America/New_York")
+    assert "2026-11-24 04:59:00-05:00" in str(ei.value)  # the oldest point

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.historical.pool import InstanceFactory, InstancePool
@@ -116,12 +117,19 @@ class HistoryService:
     def resolve_time(self, when: dt.datetime, *, literal: str = "", timezone: str = "UTC",
                      wait: float | None = None, progress: Progress | None = None
                      ) -> ResolvedPoint:
-        shown = literal or when.isoformat()
+        def local(t: dt.datetime) -> str:
+            """A time as the session sees it (its TimeZone), not in UTC."""
+            try:
+                return t.astimezone(ZoneInfo(timezone)).isoformat(sep=" ")
+            except (ZoneInfoNotFoundError, ValueError):
+                return t.isoformat(sep=" ")
+
+        shown = literal or local(when)
         wait = self.catchup_timeout if wait is None else wait
         now = self.primary_now()
         if when > now:
             raise LsnOutOfRangeError(
-                f"time {shown} is in the future: the newest point is now ({now.isoformat()})",
+                f"time {shown} is in the future: the newest point is now ({local(now)})",
                 nearest=now)
         oldest = self.oldest_time()
         ts = datetime_to_timestamptz(when)
@@ -135,7 +143,7 @@ class HistoryService:
             except LsnOutOfRangeError as e:
                 raise LsnOutOfRangeError(
                     f"time {shown} is before history starts: the oldest point is "
-                    f"{oldest.isoformat() if oldest else '?'} (LSN {self.oldest_lsn})",
+                    f"{local(oldest) if oldest else '?'} (LSN {self.oldest_lsn})",
                     nearest=oldest) from e
 
         res = resolve()
