@@ -35,6 +35,7 @@ import pytest
 from strata.bootstrap import cluster_state_of, import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
+from strata.historical.modes import UNSUPPORTED_INDEX_AMS
 from strata.historical.pitr import (
     RecoveryTarget,
     archive_now,
@@ -44,7 +45,6 @@ from strata.historical.pitr import (
 )
 from strata.historical.source import DataDirSource
 from strata.historical.store_source import StoreSource
-from strata.history_service import UNSUPPORTED_INDEX_AMS
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
