@@ -99,13 +99,16 @@ def test_follow_mode_picks_up_a_new_segment_and_stops_on_request(tmp_path: Path)
 
     t = threading.Thread(target=consume)
     t.start()
+    def wait_for(size: int) -> None:
+        deadline = time.monotonic() + 30
+        while sum(len(c.data) for c in got) < size:
+            assert time.monotonic() < deadline, f"follow mode stopped before {size} bytes"
+            time.sleep(0.01)
+
     try:
-        time.sleep(0.5)
-        assert sum(len(c.data) for c in got) == SEG
+        wait_for(SEG)  # the one segment there, and it waits for the next
         _write(tmp_path, 1, 4, 4)
-        deadline = time.monotonic() + 5
-        while sum(len(c.data) for c in got) < 2 * SEG and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(2 * SEG)
         assert sum(len(c.data) for c in got) == 2 * SEG
     finally:
         src.stop()
