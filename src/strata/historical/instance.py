@@ -12,7 +12,8 @@ The recipe (wal-census.md section 5.3):
      segment after X, so every page LSN (at most X) is in the server's past;
   2. one normal start and stop, socket only, autovacuum off: pg_resetwal always
      leaves wal_level=minimal in pg_control and a hot standby refuses that; during
-     this start `mark_indexes_invalid` runs, if asked;
+     this start (`normal_cycle`) the indexes of unsupported access methods are
+     marked invalid, if asked;
   3. standby.signal (no primary_conninfo, no restore_command) and start: the
      server reaches consistency at the shutdown checkpoint, accepts read-only
      connections (writes get SQLSTATE 25006) and never writes relation files.
@@ -155,16 +156,6 @@ def normal_cycle(datadir: Path, *, am_names: Sequence[str] = (), user: str = SUP
     if c.is_running():
         raise InstanceError(f"the normal start of {datadir} did not stop.\n{c.log_tail()}")
     return marked
-
-
-def mark_indexes_invalid(datadir: Path, am_names: Sequence[str], *, user: str = SUPERUSER,
-                         bins: PgBinaries | None = None) -> int:
-    """Mark every index of the access methods `am_names` invalid (the planner then
-    answers by other plans). Runs one normal start/stop of the stopped,
-    pg_resetwal-ed cluster in `datadir` (it is step 2 of the recipe).
-    Returns: the number of indexes marked.
-    """
-    return normal_cycle(datadir, am_names=am_names, user=user, bins=bins)
 
 
 @dataclass

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -436,11 +435,6 @@ class WalIngest:
             return
         self.timemap.sync()
         self.store.advance(target)
-
-    def ingest_many(self, records: Iterable[DecodedRecord]) -> None:
-        for r in records:
-            self.ingest(r)
-        self.advance()
 
     # -- interpreted records ---------------------------------------------------------------
     def _smgr(self, record: DecodedRecord, lsn: Lsn) -> None:

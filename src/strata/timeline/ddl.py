@@ -39,7 +39,7 @@ from pathlib import Path
 import google_crc32c
 
 from strata.errors import CorruptionError
-from strata.lsn import MAX_LSN_VALUE, Lsn
+from strata.lsn import MAX_LSN, Lsn
 
 MAGIC = b"STRTDDL\x00"
 VERSION = 1
@@ -162,7 +162,7 @@ class DdlLog:
         elif readonly:
             # no log (a home from before DDL decoding, or its header is being
             # written): nothing is decoded
-            log.start_lsn = Lsn(MAX_LSN_VALUE)
+            log.start_lsn = MAX_LSN
             return log
         else:
             log.start_lsn = Lsn(durable_lsn or 0)

@@ -146,7 +146,6 @@ class WalReceiver:
         self._failing_since: float | None = None
         self._attempts = 0
         self._next_attempt_at = 0.0
-        self._last_error = ""
         self._stopping = threading.Event()
         self._finished = False
         self._wake_r, self._wake_w = os.pipe()
@@ -285,7 +284,6 @@ class WalReceiver:
         now = self._clock()
         if self._failing_since is None:
             self._failing_since = now
-        self._last_error = why
         delay = min(self.backoff_max, self.backoff_initial * (2 ** self._attempts))
         self._attempts += 1
         self._next_attempt_at = now + delay

@@ -17,12 +17,12 @@ API (page = bytearray of BLCKSZ; offsets are 1-based OffsetNumbers):
 - constants: BLCKSZ, SIZE_OF_PAGE_HEADER, ITEM_ID_SIZE, LP_UNUSED/NORMAL/REDIRECT/DEAD,
   PD_HAS_FREE_LINES, PD_PAGE_FULL, PD_ALL_VISIBLE, PD_VALID_FLAG_BITS, INVALID_OFFSET_NUMBER,
   MAX_HEAP_TUPLES_PER_PAGE, MAX_INDEX_TUPLES_PER_PAGE, maxalign(n)
-- header: PageHeader.parse(page) (frozen value), page_get_lsn / page_set_lsn, get/set of
-  pd_checksum, pd_flags, pd_lower, pd_upper, pd_special, pd_prune_xid;
-  page_is_new, page_is_empty, page_get_max_offset, page_get_special_size,
+- header: PageHeader.parse(page) (frozen value), page_get_lsn / page_set_lsn, get_checksum, get/set of
+  pd_flags, pd_lower, pd_upper, pd_special, pd_prune_xid;
+  page_is_new, page_is_empty, page_get_max_offset,
   page_has_free_line_pointers / page_set_has_free_line_pointers /
   page_clear_has_free_line_pointers, page_set_all_visible / page_clear_all_visible /
-  page_is_all_visible, page_clear_full
+  page_is_all_visible
 - page_init(page, special_size), new_page(special_size) -> bytearray,
   page_get_temp_page_copy_special(page) -> bytearray
 - line pointers: item_id(page, off) -> (lp_off, lp_flags, lp_len), set_item_id,
@@ -36,7 +36,7 @@ API (page = bytearray of BLCKSZ; offsets are 1-based OffsetNumbers):
   page_get_free_space_for_multiple_tuples
 - page_index_tuple_delete, page_index_multi_delete, page_index_tuple_delete_no_compact,
   page_index_tuple_overwrite(page, off, newtup) -> bool
-- pg_checksum_page(page, blkno) -> int, page_set_checksum_inplace(page, blkno)
+- pg_checksum_page(page, blkno) -> int
 
 Raises: RedoError for corrupted page pointers or impossible operations where
 PostgreSQL would ERROR/PANIC.
@@ -140,10 +140,6 @@ def get_checksum(page: bytes | bytearray | memoryview) -> int:
     return _get16(page, OFF_CHECKSUM)
 
 
-def set_checksum(page: bytearray, value: int) -> None:
-    U16.pack_into(page, OFF_CHECKSUM, value)
-
-
 def get_flags(page: bytes | bytearray | memoryview) -> int:
     return _get16(page, OFF_FLAGS)
 
@@ -201,10 +197,6 @@ def page_is_empty(page: bytes | bytearray | memoryview) -> bool:
     return get_lower(page) <= SIZE_OF_PAGE_HEADER
 
 
-def page_get_special_size(page: bytes | bytearray | memoryview) -> int:
-    return BLCKSZ - get_special(page)
-
-
 def page_has_free_line_pointers(page: bytes | bytearray | memoryview) -> bool:
     return bool(get_flags(page) & PD_HAS_FREE_LINES)
 
@@ -227,10 +219,6 @@ def page_set_all_visible(page: bytearray) -> None:
 
 def page_clear_all_visible(page: bytearray) -> None:
     set_flags(page, get_flags(page) & ~PD_ALL_VISIBLE)
-
-
-def page_clear_full(page: bytearray) -> None:
-    set_flags(page, get_flags(page) & ~PD_PAGE_FULL)
 
 
 # -- init ---------------------------------------------------------------------
@@ -660,13 +648,6 @@ def pg_checksum_page(page: bytes | bytearray, blkno: int) -> int:
     """pg_checksum_page: the 16-bit data checksum of a (non-new) page for
     block `blkno`, computed with pd_checksum taken as zero."""
     return checksum_page(page, blkno)
-
-
-def page_set_checksum_inplace(page: bytearray, blkno: int) -> None:
-    """PageSetChecksumInplace (new pages keep checksum 0)."""
-    if page_is_new(page):
-        return
-    set_checksum(page, pg_checksum_page(page, blkno))
 
 
 def iter_line_pointers(page: bytes | bytearray | memoryview) -> Iterable[tuple[int, int, int, int]]:
