@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.source import DataDirSource
@@ -122,7 +122,7 @@ def build(root: Path, rows: int, late_rows: int
     source = DataDirSource(c.datadir)
     store = PageStore.open(root / "layers", reconstruct_value)
     ingest = WalIngest(store, TimeMap.open(root / "timemap"),
-                       TransamIngest(cluster_state_of(source)), start_lsn=source.lsn)
+                       TransamIngest(source.control()), start_lsn=source.lsn)
     start = import_datadir(source, ingest)
     c.start()
     t0 = time.perf_counter()

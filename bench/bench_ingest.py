@@ -458,13 +458,12 @@ def offline(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     try:
         source = DataDirSource(cache / "base")
-        from strata.bootstrap import cluster_state_of
 
         store = PageStore.open(work / "layers", reconstruct_value)
         timemap = TimeMap.open(work / "timemap")
         try:
             at = source.lsn
-            ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+            ingest = WalIngest(store, timemap, TransamIngest(source.control()),
                                start_lsn=at)
             import_datadir(source, ingest)
             store.flush()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import zstandard
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.source import DataDirSource
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest, decode_delta
@@ -168,7 +168,7 @@ def main() -> None:
         cfg = StorageConfig(retention_lsn_distance=None)
         store = PageStore.open(root / "layers", reconstruct_value, cfg)
         timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+        ingest = WalIngest(store, timemap, TransamIngest(source.control()),
                            start_lsn=source.lsn)
         start = import_datadir(source, ingest)
         store.flush()

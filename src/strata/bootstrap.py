@@ -24,7 +24,7 @@ from strata.home.files import HistoryInfo, write_json
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import Key, SlruKind
-from strata.keyspace.cluster import ClusterState, control_template_key
+from strata.keyspace.cluster import control_template_key
 from strata.keyspace.relation import STORED_FORKS
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
@@ -35,19 +35,6 @@ from strata.storage.values import PageImage
 from strata.timeline.timemap import TimeMap
 
 log = logging.getLogger(__name__)
-
-def cluster_state_of(source: DataDirSource) -> ClusterState:
-    """The control values of the imported cluster, at its checkpoint."""
-    cf = source.controlfile
-    return ClusterState(
-        lsn=cf.checkpoint, next_full_xid=cf.next_full_xid, next_oid=cf.next_oid,
-        next_multi=cf.next_multi, next_multi_offset=cf.next_multi_offset,
-        oldest_xid=cf.oldest_xid, oldest_xid_db=cf.oldest_xid_db, oldest_multi=cf.oldest_multi,
-        oldest_multi_db=cf.oldest_multi_db, timeline=cf.timeline,
-        wal_segment_size=cf.xlog_seg_size, checkpoint_redo=cf.redo,
-        char_signed=cf.default_char_signedness,
-    )
-
 
 def import_datadir(source: DataDirSource, ingest: WalIngest,
                    progress: Callable[[int], None] | None = None, *, lsn: Lsn | None = None
@@ -87,7 +74,7 @@ def import_datadir(source: DataDirSource, ingest: WalIngest,
             store.put(Key.relmap(spc, db), lsn, PageImage(relmap))
             ingest.transam.note_relmap(spc, db, relmap)
     store.put(control_template_key(), lsn, PageImage(source.control_template()))
-    store.put(Key.cluster(0), lsn, PageImage(cluster_state_of(source).to_bytes()))
+    store.put(Key.cluster(0), lsn, PageImage(source.control().to_bytes()))
     ingest.advance(lsn)
     log.info("imported %d pages at %s", pages, lsn)
     return lsn
@@ -109,7 +96,7 @@ def import_history(layout: HomeLayout, source: DataDirSource, *, mode: str,
     store = PageStore.open(layout.layers, reconstruct_value)
     timemap = TimeMap.open(layout.timemap, durable_lsn=store.durable_lsn)
     try:
-        ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)), start_lsn=at)
+        ingest = WalIngest(store, timemap, TransamIngest(source.control()), start_lsn=at)
         import_datadir(source, ingest, progress, lsn=at)
         store.flush()
         info = HistoryInfo(source.controlfile.system_identifier, at, datetime.now(UTC), mode)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.modes import UNSUPPORTED_INDEX_AMS
@@ -59,7 +59,7 @@ def history() -> Iterator[History]:
         source = DataDirSource(primary.datadir)
         store = PageStore.open(root / "layers", reconstruct_value)
         timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+        ingest = WalIngest(store, timemap, TransamIngest(source.control()),
                            start_lsn=source.lsn)
         start = import_datadir(source, ingest)
         primary.start()

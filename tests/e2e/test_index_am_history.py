@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.modes import UNSUPPORTED_INDEX_AMS
@@ -180,7 +180,7 @@ def world() -> Iterator[World]:
         source = DataDirSource(primary.datadir)
         store = PageStore.open(root / "layers", reconstruct_value)
         ingest = WalIngest(store, TimeMap.open(root / "timemap"),
-                           TransamIngest(cluster_state_of(source)), start_lsn=source.lsn)
+                           TransamIngest(source.control()), start_lsn=source.lsn)
         start = import_datadir(source, ingest)
         primary.start()
         backup = base_backup(primary, root / "backup")

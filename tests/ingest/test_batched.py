@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.errors import EndOfWal
 from strata.historical.source import DataDirSource
 from strata.ingest.transam import TransamIngest
@@ -97,10 +97,10 @@ def ingest_with(tmp: Path, start: Lsn, feed: Any, base: Path | None = None) -> I
     try:
         if base is not None:
             source = DataDirSource(base)
-            ing = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+            ing = WalIngest(store, timemap, TransamIngest(source.control()),
                             start_lsn=source.lsn)
             import_datadir(source, ing)
-            ing = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+            ing = WalIngest(store, timemap, TransamIngest(source.control()),
                             start_lsn=source.lsn)  # as the daemon resumes: state from the store
             ing.load_state(source.lsn)
         else:

@@ -41,6 +41,7 @@ from strata.historical.materialize import (
     materialize,
 )
 from strata.historical.source import SnapshotSource
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.xlogfile import segment_file_name
 from strata.runtime.cluster import SUPERUSER, Cluster, free_port
@@ -82,6 +83,15 @@ def wait_process_exit(pid: int, timeout: float) -> bool:
     return True
 
 
+def pg_resetwal_args(values: ClusterState) -> list[str]:
+    """-x/-e (next xid and its epoch), -u, -m, -O, -o: `values` as pg_resetwal
+    sets them (pg_resetwal's own checks apply)."""
+    epoch, xid = values.next_full_xid >> 32, values.next_full_xid & 0xFFFFFFFF
+    return ["-x", str(xid), "-e", str(epoch), "-u", str(values.oldest_xid),
+            "-m", f"{values.next_multi},{values.oldest_multi}",
+            "-O", str(values.next_multi_offset), "-o", str(values.next_oid)]
+
+
 def reset_wal(datadir: Path, mat: MaterializedDir, *, bins: PgBinaries | None = None) -> None:
     """Run pg_resetwal with the values at X (step 1).
 
@@ -96,7 +106,7 @@ def reset_wal(datadir: Path, mat: MaterializedDir, *, bins: PgBinaries | None = 
     next_seg = segment_file_name(mat.timeline, int(mat.lsn) // mat.wal_segment_size + 1,
                                  mat.wal_segment_size)
     try:
-        run_as_server([bins.path("pg_resetwal"), "-f", *mat.control.pg_resetwal_args(),
+        run_as_server([bins.path("pg_resetwal"), "-f", *pg_resetwal_args(mat.control),
                        "-l", next_seg, "-D", datadir])
     except RuntimeSetupError as e:
         raise InstanceError(f"pg_resetwal failed on {datadir}: {e}") from e

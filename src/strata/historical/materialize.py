@@ -47,8 +47,9 @@ from pathlib import Path
 
 from strata.errors import CorruptionError, InstanceError
 from strata.historical.controlfile import parse_control, with_checksum_version
-from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, ControlValues, RelFile, SnapshotSource
+from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, RelFile, SnapshotSource
 from strata.key import SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.checksum import set_checksums
 from strata.pg.constants import BLCKSZ, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber
@@ -126,7 +127,7 @@ class MaterializedDir:
 
     datadir: Path
     lsn: Lsn
-    control: ControlValues
+    control: ClusterState
     timeline: int
     wal_segment_size: int
     checksums: bool

@@ -30,8 +30,9 @@ from strata.historical.catalog_patch import (
     read_facts,
     relmap_lookup,
 )
-from strata.historical.source import ControlValues, RelFile, SnapshotSource
+from strata.historical.source import RelFile, SnapshotSource
 from strata.key import SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.constants import GLOBALTABLESPACE_OID, ForkNumber
 
@@ -128,7 +129,7 @@ class ServedSource:
     def relmap(self, spc: int, db: int) -> bytes | None:
         return self.inner.relmap(spc, db)
 
-    def control(self) -> ControlValues:
+    def control(self) -> ClusterState:
         return self.inner.control()
 
     def control_template(self) -> bytes:

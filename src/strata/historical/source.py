@@ -11,8 +11,8 @@ from REL_SIZE keys, `pages` from one `scan(KeyRange.relation(spc, db, rel, fork)
 lsn)` per fork (streaming, sorted; never one lookup per page), `slru_segments`
 from SLRU_PAGE keys through `slru_segments_from_pages`, `relmap` from RELMAP keys,
 `databases` from DB_DIR keys, `control` from the cluster values at X
-(`ControlValues.from_state`), `control_template` from the pg_control kept at
-import.
+(a `keyspace.cluster.ClusterState`), `control_template` from the pg_control
+kept at import.
 
 Identifiers follow the key space (`strata.key`): tablespace OID `spc`
 (1664 = global, 1663 = default), database OID `db` (0 for global), relfilenumber
@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from strata.errors import CorruptionError
-from strata.historical.controlfile import DB_SHUTDOWNED, ControlFile, parse_control
+from strata.historical.controlfile import DB_SHUTDOWNED, parse_control
 from strata.key import SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.constants import BLCKSZ, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber
 
@@ -53,41 +53,6 @@ class RelFile(NamedTuple):
     rel: int
     fork: int
     nblocks: int
-
-
-@dataclass(frozen=True, slots=True)
-class ControlValues:
-    """The cluster values at X that `pg_resetwal` writes into pg_control.
-
-    Field names match `strata.ingest.cluster_state.ClusterState`, so
-    `ControlValues.from_state(state)` adopts one.
-    """
-
-    next_full_xid: int
-    next_oid: int
-    next_multi: int
-    next_multi_offset: int
-    oldest_xid: int
-    oldest_xid_db: int
-    oldest_multi: int
-    oldest_multi_db: int
-
-    @classmethod
-    def from_state(cls, state: object) -> ControlValues:
-        """Copy the same-named attributes of any object (e.g. a ClusterState)."""
-        return cls(**{f: int(getattr(state, f)) for f in cls.__dataclass_fields__})
-
-    @classmethod
-    def from_control(cls, cf: ControlFile) -> ControlValues:
-        return cls(cf.next_full_xid, cf.next_oid, cf.next_multi, cf.next_multi_offset,
-                   cf.oldest_xid, cf.oldest_xid_db, cf.oldest_multi, cf.oldest_multi_db)
-
-    def pg_resetwal_args(self) -> list[str]:
-        """-x/-e (next xid and its epoch), -u, -m, -O, -o (pg_resetwal's own checks apply)."""
-        epoch, xid = self.next_full_xid >> 32, self.next_full_xid & 0xFFFFFFFF
-        return ["-x", str(xid), "-e", str(epoch), "-u", str(self.oldest_xid),
-                "-m", f"{self.next_multi},{self.oldest_multi}", "-O", str(self.next_multi_offset),
-                "-o", str(self.next_oid)]
 
 
 class SnapshotSource(Protocol):
@@ -122,8 +87,8 @@ class SnapshotSource(Protocol):
         """pg_filenode.map of that database directory (global: spc 1664, db 0), or None."""
         ...
 
-    def control(self) -> ControlValues:
-        """The values `pg_resetwal` sets for the state at `lsn`."""
+    def control(self) -> ClusterState:
+        """The cluster's control values at `lsn` (what its pg_control is written from)."""
         ...
 
     def control_template(self) -> bytes:
@@ -261,8 +226,9 @@ class DataDirSource:
         p = self._db_dir(spc, db) / "pg_filenode.map"
         return p.read_bytes() if p.exists() else None
 
-    def control(self) -> ControlValues:
-        return ControlValues.from_control(self.controlfile)
+    def control(self) -> ClusterState:
+        """The values of this directory's pg_control, at its checkpoint."""
+        return self.controlfile.cluster_state()
 
     def control_template(self) -> bytes:
         return self._template

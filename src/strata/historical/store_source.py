@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from strata.errors import LsnOutOfRangeError, UnsupportedRecordError
 from strata.historical.reader import PageReader
-from strata.historical.source import ControlValues, RelFile, slru_segments_from_pages
+from strata.historical.source import RelFile, slru_segments_from_pages
 from strata.key import Key, KeyKind, KeyRange, SlruKind
 from strata.keyspace.cluster import ClusterState, control_template_key
 from strata.keyspace.relation import decode_rel_size
@@ -105,8 +105,8 @@ class StoreSource:
             self._cluster = ClusterState.from_bytes(data)
         return self._cluster
 
-    def control(self) -> ControlValues:
-        return ControlValues.from_state(self.cluster_state())
+    def control(self) -> ClusterState:
+        return self.cluster_state()
 
     def control_template(self) -> bytes:
         data = self.store.get_page(control_template_key(), self._lsn)
