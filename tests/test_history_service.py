@@ -13,9 +13,10 @@ import pytest
 from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.history_service import HistoryService
 from strata.lsn import Lsn
+from strata.pg.timestamp import datetime_to_timestamptz
 from strata.proxy.history import IngestProgress
 from strata.proxy.sqlstate import sqlstate_for
-from strata.timeline.timemap import EndKind, TimeMap, TxEnd, datetime_to_timestamptz
+from strata.timeline.timemap import EndKind, TimeMap, TxEnd
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 

@@ -31,8 +31,9 @@ from strata.errors import ConfigError
 from strata.home import HomeLayout, resolve_home
 from strata.home.files import load_history_info
 from strata.lsn import Lsn
+from strata.pg.timestamp import timestamptz_to_datetime
 from strata.timeline.ddl import DdlChange, DdlEntry
-from strata.timeline.timemap import TimeMap, TxEnd, timestamptz_to_datetime
+from strata.timeline.timemap import TimeMap, TxEnd
 
 
 def _when(text: str) -> dt.datetime:

@@ -51,9 +51,8 @@ import google_crc32c
 
 from strata.errors import CorruptionError, LsnOutOfRangeError
 from strata.lsn import Lsn
+from strata.pg.timestamp import datetime_to_timestamptz, timestamptz_to_datetime
 from strata.timeline.ddl import DdlLog
-
-PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 MAGIC = b"STRTMAP\x00"
 VERSION = 1
@@ -73,17 +72,6 @@ class EndKind(IntEnum):
 
 
 FLAG_CATALOG_CHANGE = 0x01
-
-
-def timestamptz_to_datetime(ts: int) -> dt.datetime:
-    return PG_EPOCH + dt.timedelta(microseconds=ts)
-
-
-def datetime_to_timestamptz(when: dt.datetime) -> int:
-    if when.tzinfo is None:
-        raise ValueError("a timestamp without time zone cannot be placed in history")
-    delta = when - PG_EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass(frozen=True, slots=True)

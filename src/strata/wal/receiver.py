@@ -46,6 +46,7 @@ from psycopg import OperationalError, pq
 
 from strata.errors import ProtocolError, WalSourceError
 from strata.lsn import Lsn
+from strata.pg.timestamp import timestamptz_now
 from strata.wal.replication import (
     Retry,
     check_slot_name,
@@ -63,7 +64,6 @@ from strata.wal.replication_messages import (
     XLogData,
     parse_server_message,
     parse_timeline_history,
-    pg_now_us,
     switchpoint_of,
     timeline_of_lsn,
 )
@@ -518,7 +518,7 @@ class WalReceiver:
             flush = self._rep_flush
             write = max(self._rep_write, self._received, flush)
             apply = min(self._rep_apply, flush) if self._rep_apply else flush
-        msg = StandbyStatusUpdate(write, flush, apply, pg_now_us(), reply_requested)
+        msg = StandbyStatusUpdate(write, flush, apply, timestamptz_now(), reply_requested)
         try:
             conn.put_copy_data(msg.encode())
             conn.flush()
