@@ -40,7 +40,7 @@ from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.source import DataDirSource
-from strata.historical.store_source import StoreSource
+from strata.historical.store_view import StoreView
 from strata.history_service import UNSUPPORTED_INDEX_AMS
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
@@ -154,7 +154,7 @@ def main() -> None:
     try:
         primary, store, start, end, timings = build(root, args.rows, args.late_rows)
         t0 = time.perf_counter()
-        mat = materialize(StoreSource(store, end), root / "hist" / "data")
+        mat = materialize(StoreView(store, end), root / "hist" / "data")
         timings["materialize at the end LSN"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         inst = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)

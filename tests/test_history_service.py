@@ -122,7 +122,7 @@ def test_index_ams_marked_invalid_are_exactly_those_without_redo() -> None:
     redo, and materialization serves empty pages only for those rmgrs; every
     other index AM's rmgr has redo."""
     from strata.historical.modes import UNSUPPORTED_INDEX_AMS
-    from strata.historical.store_source import NO_REDO_YET_RMGRS
+    from strata.historical.store_view import NO_REDO_YET_RMGRS
     from strata.reconstruct.redo import registered_rmgrs
     from strata.wal.rmgr import RM_BRIN_ID, RM_GIN_ID, RM_GIST_ID, RM_HASH_ID, RM_SPGIST_ID
 

@@ -44,7 +44,7 @@ from strata.historical.pitr import (
     recover_to,
 )
 from strata.historical.source import DataDirSource
-from strata.historical.store_source import StoreSource
+from strata.historical.store_view import StoreView
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
@@ -202,7 +202,7 @@ def index_history() -> Iterator[IndexHistory]:
 
 
 def _historical(h: IndexHistory, name: str, lsn: Lsn) -> Any:
-    mat = materialize(StoreSource(h.store, lsn), h.root / f"h-{name}" / "data")
+    mat = materialize(StoreView(h.store, lsn), h.root / f"h-{name}" / "data")
     inst = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)
     assert inst.indexes_marked_invalid == 0
     return inst

@@ -20,7 +20,7 @@ from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.modes import UNSUPPORTED_INDEX_AMS
 from strata.historical.source import DataDirSource
-from strata.historical.store_source import StoreSource
+from strata.historical.store_view import StoreView
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
@@ -82,7 +82,7 @@ def history() -> Iterator[History]:
 
 
 def _fingerprint_at(h: History, lsn: Lsn, name: str) -> dict[str, object]:
-    mat = materialize(StoreSource(h.store, lsn), h.root / f"h-{name}" / "data")
+    mat = materialize(StoreView(h.store, lsn), h.root / f"h-{name}" / "data")
     inst = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)
     try:
         with inst.connect() as conn:

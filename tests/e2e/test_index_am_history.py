@@ -36,7 +36,7 @@ from strata.historical.pitr import (
     recover_to,
 )
 from strata.historical.source import DataDirSource
-from strata.historical.store_source import StoreSource
+from strata.historical.store_view import StoreView
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import KeyKind, KeyRange
@@ -231,7 +231,7 @@ def test_past_plans_equal_live_plans_and_answers_equal_native_pitr(world: World,
                                                                     strict=True)
                if index not in {ix for _node, ix in live}]
     assert not skipped, f"live plans without their index: {skipped}"
-    mat = materialize(StoreSource(world.store, point.lsn),
+    mat = materialize(StoreView(world.store, point.lsn),
                       world.root / f"hist-{point.name}" / "data")
     hist = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)
     pitr: Cluster | None = None

@@ -1,4 +1,4 @@
-"""materialize() against an in-memory SnapshotSource (no server needed)."""
+"""materialize() against an in-memory ClusterView (no server needed)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The shutdown checkpoint a historical server starts from: pg_control at X and
 the WAL segment that holds the checkpoint record (what pg_resetwal writes).
 
-Fed by the cluster's pg_control template (`SnapshotSource.control_template`),
+Fed by the cluster's pg_control template (`ClusterView.control_template`),
 the cluster values at X (a `keyspace.cluster.ClusterState`) and the
 settings of the instance (`ServerLimits`: the historical server's own, not
 the primary's). Feeds `modes` (both modes start this way: no `pg_resetwal`, no

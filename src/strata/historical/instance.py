@@ -40,7 +40,7 @@ from strata.historical.materialize import (
     ProgressFn,
     materialize,
 )
-from strata.historical.source import SnapshotSource
+from strata.historical.source import ClusterView
 from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.xlogfile import segment_file_name
@@ -336,7 +336,7 @@ def start_instance(mat: MaterializedDir, *, root: Path | None = None,
     return inst
 
 
-def materialize_and_start(source: SnapshotSource, root: Path, *,
+def materialize_and_start(source: ClusterView, root: Path, *,
                           invalid_index_ams: Sequence[str] = (),
                           checksums: ChecksumPolicy | str = ChecksumPolicy.COMPUTE,
                           progress: ProgressFn | None = None, port: int | None = None,

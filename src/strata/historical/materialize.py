@@ -1,6 +1,6 @@
-"""Write a PostgreSQL 18 data directory at LSN X from a `SnapshotSource`.
+"""Write a PostgreSQL 18 data directory at LSN X from a `ClusterView`.
 
-Fed by a `SnapshotSource` (the page store's, or `DataDirSource` for imports and
+Fed by a `ClusterView` (the page store's, or `DataDirSource` for imports and
 tests). Feeds `instance` (which runs pg_resetwal and starts the server on the
 directory). Owns the directory it writes, until `instance` takes it over.
 
@@ -47,7 +47,7 @@ from pathlib import Path
 
 from strata.errors import CorruptionError, InstanceError
 from strata.historical.controlfile import parse_control, with_checksum_version
-from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, RelFile, SnapshotSource
+from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, ClusterView, RelFile
 from strata.key import SlruKind
 from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
@@ -219,7 +219,7 @@ class _ForkWriter:
         return total
 
 
-def materialize(source: SnapshotSource, datadir: Path, *,
+def materialize(source: ClusterView, datadir: Path, *,
                 checksums: ChecksumPolicy | str = ChecksumPolicy.COMPUTE,
                 progress: ProgressFn | None = None,
                 settings: Mapping[str, str] | None = None) -> MaterializedDir:
@@ -294,7 +294,7 @@ def database_dir(datadir: Path, spc: int, db: int, catver_dir: str) -> Path:
     return datadir / TABLESPACE_ROOT / str(spc) / catver_dir / str(db)
 
 
-def write_layout(source: SnapshotSource, datadir: Path, catver_dir: str
+def write_layout(source: ClusterView, datadir: Path, catver_dir: str
                  ) -> dict[tuple[int, int], Path]:
     """Database directories (PG_VERSION, pg_filenode.map), tablespace links and SLRU
     segments at the source's LSN: every small file that depends on X except
@@ -323,7 +323,7 @@ def write_layout(source: SnapshotSource, datadir: Path, catver_dir: str
     return dirs
 
 
-def write_fork(source: SnapshotSource, rdir: Path, r: RelFile, segblocks: int, checksums: bool,
+def write_fork(source: ClusterView, rdir: Path, r: RelFile, segblocks: int, checksums: bool,
                on_batch: Callable[[int], None] | None = None) -> int:
     """Write one relation fork (all its segments) under `rdir`; returns bytes written.
     `on_batch(blocks_done_in_this_fork)` after every batch."""
@@ -342,7 +342,7 @@ def write_fork(source: SnapshotSource, rdir: Path, r: RelFile, segblocks: int, c
     return w.bytes_written
 
 
-def _write_all(source: SnapshotSource, datadir: Path, catver_dir: str, segblocks: int,
+def _write_all(source: ClusterView, datadir: Path, catver_dir: str, segblocks: int,
                checksums: bool, progress: ProgressFn | None) -> tuple[int, int, int]:
     write_skeleton(datadir)
     dirs = write_layout(source, datadir, catver_dir)

@@ -1,12 +1,19 @@
-"""What a data directory at LSN X is made of: the `SnapshotSource` protocol.
+"""What a data directory at LSN X is made of: the `ClusterView` protocol.
 
-A `SnapshotSource` is the input of `materialize`. The page store will offer one
-(`StoreSource`, written over `pagestore.scan(key_range, lsn)`); this module
+A `ClusterView` is a read-only view of a cluster's files as of one LSN: the
+input of `materialize` and of the lazy file system. The page store offers one
+(`store_view.StoreView`, over `pagestore.scan(key_range, lsn)`); this module
 offers `DataDirSource`, which reads a cleanly stopped PostgreSQL 18 data
-directory (the tests' source and the startup "import" path). Fed by the file
-system (DataDirSource); feeds `materialize`. Owns no file.
+directory (the source an import copies into the store, and the tests').
+Fed by the file system (DataDirSource); feeds `materialize`, `bootstrap`.
+Owns no file.
 
-A store-backed source maps the key space (`strata.key`) directly: `relations`
+"Source" elsewhere: `wal.source.WalSource` (and its `StreamSource`,
+`FileSource`) and `wal.segments.SegmentWalSource` are sources of WAL bytes or
+records; ``strata up --source DSN`` names the primary to attach to (the WAL
+comes from it). A `DataDirSource` is the source of an import, never of WAL.
+
+The store's view maps the key space (`strata.key`) directly: `relations`
 from REL_SIZE keys, `pages` from one `scan(KeyRange.relation(spc, db, rel, fork),
 lsn)` per fork (streaming, sorted; never one lookup per page), `slru_segments`
 from SLRU_PAGE keys through `slru_segments_from_pages`, `relmap` from RELMAP keys,
@@ -55,7 +62,7 @@ class RelFile(NamedTuple):
     nblocks: int
 
 
-class SnapshotSource(Protocol):
+class ClusterView(Protocol):
     """Everything a data directory at `lsn` holds that PostgreSQL needs to serve reads.
 
     Visibility-map and free-space-map forks may be offered; `materialize` leaves
@@ -130,7 +137,7 @@ def slru_segments_from_pages(pages: Iterator[tuple[int, bytes]]) -> Iterator[tup
 
 
 class DataDirSource:
-    """A `SnapshotSource` over a cleanly stopped PostgreSQL 18 data directory.
+    """A `ClusterView` over a cleanly stopped PostgreSQL 18 data directory.
 
     Requires: the server is stopped and pg_control says "shut down" (a copy of a
     running cluster is not a consistent state). The lsn is the shutdown

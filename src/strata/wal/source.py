@@ -18,6 +18,10 @@ bytes is the reader's decision.
 
 Fed by: a server (DSN + slot) or a directory. Feeds: the reader/decoder, the
 daemon, ``strata waldump``. Owns: nothing on disk.
+
+A "source" here is always a source of WAL bytes (`wal.segments.SegmentWalSource`
+yields records from segment files). `historical.source.DataDirSource` is
+something else: a stopped data directory an import copies pages from.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`StoreSource`: the `SnapshotSource` over the page store at LSN X.
+"""`StoreView`: the `ClusterView` over the page store at LSN X.
 
 Maps the key space directly (see `historical.source`): databases from DB_DIR
 keys, relation forks and their lengths from REL_SIZE keys, pages from one
@@ -34,7 +34,7 @@ _ZERO = bytes(BLCKSZ)
 NO_REDO_YET_RMGRS: frozenset[str] = frozenset()
 
 
-class StoreSource:
+class StoreView:
     """A consistent view of the cluster at `lsn` (every record ending at or before it)."""
 
     def __init__(self, store: PageReader, lsn: Lsn) -> None:
