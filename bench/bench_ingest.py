@@ -263,7 +263,7 @@ class LiveRig:
     def strata_ingested(self, xid: int, end: Lsn) -> bool:
         """Whether strata has published the commit of `xid` that ends at `end`."""
         from strata.home import HomeLayout
-        from strata.timeline.timemap import TimeMap
+        from strata.timemap.timemap import TimeMap
 
         if self._timemap is None:
             self._timemap = TimeMap.open(HomeLayout(self.home).timemap, readonly=True)
@@ -449,7 +449,7 @@ def offline(args: argparse.Namespace) -> list[Row]:
     from strata.ingest.walingest import WalIngest
     from strata.pagestore import PageStore
     from strata.reconstruct.reconstruct import reconstruct_value
-    from strata.timeline.timemap import TimeMap
+    from strata.timemap.timemap import TimeMap
 
     cache = Path(args.wal_cache) if args.wal_cache else scratch() / "wal-cache"
     cache.mkdir(parents=True, exist_ok=True)

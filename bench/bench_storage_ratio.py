@@ -40,7 +40,7 @@ from strata.storage.config import StorageConfig
 from strata.storage.layerfile import LayerFile
 from strata.storage.manifest import load_manifest
 from strata.storage.values import ENTRY_HEADER
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.decoder import decode_record
 from strata.wal.segments import iter_records
 

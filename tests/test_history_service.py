@@ -1,5 +1,5 @@
 """HistoryService's rules for where T and X land, with a stand-in store (the
-resolution itself is recovery_target_time's rule, tested in tests/timeline and
+resolution itself is recovery_target_time's rule, tested in tests/timemap and
 against native PITR in tests/e2e/test_pitr_oracle.py)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from strata.lsn import Lsn
 from strata.pg.timestamp import datetime_to_timestamptz
 from strata.proxy.history import IngestProgress
 from strata.proxy.sqlstate import sqlstate_for
-from strata.timeline.timemap import EndKind, TimeMap, TxEnd
+from strata.timemap.timemap import EndKind, TimeMap, TxEnd
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "storage": 2, "runtime": 2, "home": 2,
     "pagestore": 3, "wal": 3,
     "keyspace": 4,
-    "reconstruct": 5, "timeline": 5,
+    "reconstruct": 5, "timemap": 5,
     "ingest": 6,
     "historical": 7, "proxy": 7,
     "bootstrap": 8, "history_service": 8, "restore": 8, "status": 9,

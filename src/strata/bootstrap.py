@@ -32,7 +32,7 @@ from strata.pg.constants import GLOBALTABLESPACE_OID
 from strata.pg.slru import parse_segment_file_name, segment_pages
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.storage.values import PageImage
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
 

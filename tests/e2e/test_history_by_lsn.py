@@ -27,7 +27,7 @@ from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.pg.timestamp import datetime_to_timestamptz
 from strata.reconstruct.reconstruct import reconstruct_value
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
 from tests.e2e.workload import (

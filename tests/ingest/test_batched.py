@@ -26,7 +26,7 @@ from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.storage.values import Value
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal import batch as batch_mod
 from strata.wal.batch import BatchBuilder
 from strata.wal.reader import WalReader

@@ -12,7 +12,7 @@ invalid marker). ``--db`` and ``--table`` filter it (and imply it);
 temporary objects are hidden unless ``--temp``. VACUUM and ANALYZE never
 appear: their catalog updates are statistics, not DDL.
 
-Reads the time map and the DDL log (`strata.timeline`) read-only, beside a
+Reads the time map and the DDL log (`strata.timemap`) read-only, beside a
 running daemon. Times print as ISO 8601 with the offset of the local time
 zone (the ``TZ`` environment variable).
 """
@@ -32,8 +32,8 @@ from strata.home import HomeLayout, resolve_home
 from strata.home.files import load_history_info
 from strata.lsn import Lsn
 from strata.pg.timestamp import timestamptz_to_datetime
-from strata.timeline.ddl import DdlChange, DdlEntry
-from strata.timeline.timemap import TimeMap, TxEnd
+from strata.timemap.ddl import DdlChange, DdlEntry
+from strata.timemap.timemap import TimeMap, TxEnd
 
 
 def _when(text: str) -> dt.datetime:

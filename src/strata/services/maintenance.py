@@ -33,7 +33,7 @@ from strata.reconstruct.reconstruct import reconstruct_value
 from strata.services.process import die_with_parent, run_service
 from strata.storage.config import StorageConfig
 from strata.storage.maintenance import Maintainer, open_maintainer
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.I)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb)\s*$", re.I)

@@ -6,7 +6,7 @@ import pytest
 
 from strata.errors import CorruptionError, LsnOutOfRangeError
 from strata.lsn import Lsn
-from strata.timeline.timemap import ENTRY_SIZE, EndKind, TimeMap, TxEnd
+from strata.timemap.timemap import ENTRY_SIZE, EndKind, TimeMap, TxEnd
 
 
 def _e(start: int, ts: int, xid: int = 1, kind: EndKind = EndKind.COMMIT) -> TxEnd:

@@ -21,7 +21,7 @@ order, so this is a scan in LSN order, never a bisection on time alone; an
 index of running maxima makes it logarithmic (`_prefix_max`).
 
 File format: see FORMAT.md beside this module (``timemap.dat``). The time
-map also owns the DDL log (``ddl.dat``, `strata.timeline.ddl`): `open`,
+map also owns the DDL log (``ddl.dat``, `strata.timemap.ddl`): `open`,
 `sync` and `close` act on both, so one durable LSN covers both files.
 
 Invariants:
@@ -52,7 +52,7 @@ import google_crc32c
 from strata.errors import CorruptionError, LsnOutOfRangeError
 from strata.lsn import Lsn
 from strata.pg.timestamp import datetime_to_timestamptz, timestamptz_to_datetime
-from strata.timeline.ddl import DdlLog
+from strata.timemap.ddl import DdlLog
 
 MAGIC = b"STRTMAP\x00"
 VERSION = 1
