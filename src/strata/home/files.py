@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from strata import durable
 from strata.errors import ConfigError
 from strata.lsn import Lsn
 
@@ -24,21 +25,10 @@ FORMAT_VERSION = 1
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """tmp + fsync + rename + fsync dir: a crash leaves the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """tmp + fsync + rename + fsync dir (`durable`): a crash leaves the old or the
+    new file."""
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    durable.fs().write_durably(path, data, path.with_name(path.name + ".tmp"))
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:

@@ -29,7 +29,6 @@ Invariants (FORMAT.md):
 from __future__ import annotations
 
 import json
-import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import google_crc32c
 
+from strata import durable
 from strata.errors import CorruptionError
 from strata.lsn import MAX_LSN, Lsn
 
@@ -136,7 +136,7 @@ class DdlLog:
         self.start_lsn = Lsn(start_lsn)
         self._lock = threading.Lock()
         self._entries: list[DdlEntry] = []
-        self._file = None
+        self._file: durable.WritableFile | None = None
         self._unsynced = 0
 
     @classmethod
@@ -168,17 +168,18 @@ class DdlLog:
             log.start_lsn = Lsn(durable_lsn or 0)
         if readonly:
             return log
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        f = os.fdopen(fd, "r+b")
+        created = not path.exists()
+        f = durable.fs().open_in_place(path)
         if good == 0:
             f.seek(0)
             f.write(_HEADER.pack(MAGIC, VERSION, 0, log.start_lsn))
             good = _HEADER.size
         f.truncate(good)
         f.seek(good)
-        f.flush()
-        os.fsync(fd)
-        log._file = f  # type: ignore[assignment]
+        f.fsync()
+        if created:
+            durable.fs().fsync_dir(path.parent)
+        log._file = f
         return log
 
     def _load(self, data: bytes, durable_lsn: Lsn | None) -> int:
@@ -216,15 +217,13 @@ class DdlLog:
     def sync(self) -> None:
         with self._lock:
             if self._file is not None and self._unsynced:
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                self._file.fsync()
                 self._unsynced = 0
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                self._file.fsync()
                 self._file.close()
                 self._file = None
 

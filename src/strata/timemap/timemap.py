@@ -26,10 +26,10 @@ map also owns the DDL log (``ddl.dat``, `strata.timemap.ddl`): `open`,
 
 Invariants:
   1. Entries are appended in strictly increasing start-LSN order (`append`).
-  2. An entry is durable once `sync()` returned; the store's manifest is
-     committed after it (the daemon calls `sync()` before publishing
-     `durable_lsn`), so every transaction end at or below durable_lsn is in
-     the file.
+  2. An entry is durable once `sync()` returned; `WalIngest.advance` calls
+     it before the store's watermark moves, so every transaction end at or
+     below durable_lsn is in the file. Writes go through `strata.durable`
+     (a power cut keeps exactly what was synced: tests/timemap/test_timemap_faults.py).
   3. On open, a torn or corrupt tail is cut at the last valid entry, and
      entries whose end LSN is above the given durable LSN are dropped (ingest
      re-reads that WAL from the slot and appends them again).
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from pathlib import Path
 
 import google_crc32c
 
+from strata import durable
 from strata.errors import CorruptionError, LsnOutOfRangeError
 from strata.lsn import Lsn
 from strata.pg.timestamp import datetime_to_timestamptz, timestamptz_to_datetime
@@ -123,7 +123,7 @@ class TimeMap:
         self._entries: list[TxEnd] = []
         self._starts: list[int] = []
         self._prefix_max: list[int] = []  # running max of timestamps, for time search
-        self._file = None
+        self._file: durable.WritableFile | None = None
         self._unsynced = 0
         self._read_off = 0  # file offset after the last entry loaded
         # what the catalog-changing transactions did (ddl.dat): opened, synced
@@ -146,15 +146,17 @@ class TimeMap:
         good_len = tm._load(durable_lsn)
         if readonly:
             return tm
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        f = os.fdopen(fd, "r+b")
-        if good_len == _HEADER.size and os.fstat(fd).st_size < _HEADER.size:
+        created = not path.exists()
+        f = durable.fs().open_in_place(path)
+        if good_len == _HEADER.size and (created or path.stat().st_size < _HEADER.size):
+            f.seek(0)
             f.write(_HEADER.pack(MAGIC, VERSION, 0))
         f.truncate(good_len)
         f.seek(good_len)
-        f.flush()
-        os.fsync(fd)
-        tm._file = f  # type: ignore[assignment]
+        f.fsync()
+        if created:
+            durable.fs().fsync_dir(directory)
+        tm._file = f
         return tm
 
     def _load(self, durable_lsn: Lsn | None = None) -> int:
@@ -216,8 +218,7 @@ class TimeMap:
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                self._file.fsync()
                 self._file.close()
                 self._file = None
         self.ddl.close()
@@ -227,8 +228,7 @@ class TimeMap:
         self.ddl.sync()
         with self._lock:
             if self._file is not None and self._unsynced:
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                self._file.fsync()
                 self._unsynced = 0
 
     # -- writing ---------------------------------------------------------------------
