@@ -282,7 +282,9 @@ class PageStore(_Facade):
                     return False
 
     def freeze(self) -> None:
-        """Seal the active memtable now (it is flushed later); for tools and tests."""
+        """Seal the active memtable now; the background worker (or the next `flush`)
+        writes it out. The ingest pipeline's stop seals before it waits, bounded,
+        for durability (`IngestPipeline.finish`)."""
         self._store.freeze()
 
     # -- maintenance (run on the caller's thread, serialised with the worker) -------
