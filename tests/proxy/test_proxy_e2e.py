@@ -16,6 +16,7 @@ import pytest
 from psycopg import errors
 
 from strata.errors import InstanceError
+from strata.proxy import framing
 from strata.proxy import messages as m
 from strata.proxy.server import ProxyConfig, ProxyThread
 from tests.proxy.conftest import (
@@ -292,7 +293,7 @@ class RawClient:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.framer = m.Framer()
+        self.framer = framing.Framer()
         self.pending: list[m.Message] = []
 
     def send_slowly(self, data: bytes) -> None:

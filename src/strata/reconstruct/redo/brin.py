@@ -29,7 +29,7 @@ from strata.errors import RedoError
 from strata.pg.constants import BLCKSZ
 from strata.pg.structs import U16, U32
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_BRIN_ID, page_ops, register, unsupported
+from strata.reconstruct.redo import RM_BRIN_ID, index_tuples, page_ops, register, unsupported
 from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import brin as x
@@ -128,7 +128,7 @@ def _insert(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
 def _update(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
     xlrec = x.XlBrinUpdate.parse(record.main_data)
     if block.block_id == 2:
-        page_ops.page_index_tuple_delete_no_compact(page, xlrec.old_offnum)
+        index_tuples.page_index_tuple_delete_no_compact(page, xlrec.old_offnum)
     else:
         _insert_update(record, block, page, xlrec.insert)
 
@@ -137,7 +137,7 @@ def _samepage_update(record: DecodedRecord, block: BlockRef, page: bytearray) ->
     if block.block_id != 0:
         raise _fail(record, block, "unexpected block reference")
     xlrec = x.XlBrinSamepageUpdate.parse(record.main_data)
-    if not page_ops.page_index_tuple_overwrite(page, xlrec.offnum, block.data):
+    if not index_tuples.page_index_tuple_overwrite(page, xlrec.offnum, block.data):
         raise _fail(record, block, "failed to replace tuple")
 
 
@@ -160,7 +160,7 @@ def _desummarize(record: DecodedRecord, block: BlockRef, page: bytearray) -> Non
         set_heap_block_itemptr(page, xlrec.pages_per_range, xlrec.heap_blk,
                                INVALID_BLOCK_NUMBER, 0)
     elif block.block_id == 1:
-        page_ops.page_index_tuple_delete_no_compact(page, xlrec.reg_offset)
+        index_tuples.page_index_tuple_delete_no_compact(page, xlrec.reg_offset)
     else:
         raise _fail(record, block, "unexpected block reference")
 

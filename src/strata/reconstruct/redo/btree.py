@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 from strata.errors import RedoError
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_BTREE_ID, page_ops, register, unsupported
+from strata.reconstruct.redo import RM_BTREE_ID, index_tuples, page_ops, register, unsupported
 from strata.reconstruct.redo import btree_page as bp
 from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
@@ -310,10 +310,10 @@ def _redo_delvacuum(record: DecodedRecord, block: BlockRef, page: bytearray) -> 
     for off, upd in zip(payload.updated_offsets, payload.updates, strict=True):
         newtup = bp.bt_update_posting(page_ops.get_item(page, off), upd.deletetids)
         n = maxalign(bp.itup_size(newtup))
-        if not page_ops.page_index_tuple_overwrite(page, off, newtup[:n]):
+        if not index_tuples.page_index_tuple_overwrite(page, off, newtup[:n]):
             raise _fail(record, block, f"failed to update partially dead item {off}")
     if payload.deleted:
-        page_ops.page_index_multi_delete(page, payload.deleted)
+        index_tuples.page_index_multi_delete(page, payload.deleted)
     flags = bp.get_flags(page) & ~bp.BTP_HAS_GARBAGE
     bp.set_flags(page, flags)
     if isvacuum:
@@ -331,7 +331,7 @@ def _redo_mark_halfdead(record: DecodedRecord, block: BlockRef, page: bytearray)
         rightsib = bp.tid_block(page_ops.get_item(page, nextoffset))
         start, _end = page_ops.item_slice(page, poffset)
         bp.set_tid_block(page, rightsib, start)
-        page_ops.page_index_tuple_delete(page, nextoffset)
+        index_tuples.page_index_tuple_delete(page, nextoffset)
     elif block.block_id == 0:
         _halfdead_leaf(record, block, page, xlrec.leftblk, xlrec.rightblk, xlrec.topparent)
     else:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from strata.errors import RedoError
 from strata.pg.structs import U16
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_GIN_ID, page_ops, register, unsupported
+from strata.reconstruct.redo import RM_GIN_ID, index_tuples, page_ops, register, unsupported
 from strata.reconstruct.redo import gin_page as gp
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import gin as x
@@ -95,7 +95,7 @@ def _insert_entry(record: DecodedRecord, block: BlockRef, page: bytearray,
         lp_off = page_ops.item_offset(page, offset)
         struct.pack_into("<HHH", page, lp_off, right_child >> 16, right_child & 0xFFFF, 0)
     if data.is_delete:
-        page_ops.page_index_tuple_delete(page, offset)
+        index_tuples.page_index_tuple_delete(page, offset)
     if page_ops.page_add_item(page, data.tuple, offset) == 0:
         raise _fail(record, block, f"failed to add item to index page at offset {offset}")
 

@@ -36,6 +36,7 @@ from strata.pg.structs import U16, U32, U64
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import (
     RM_GIST_ID,
+    index_tuples,
     page_ops,
     register,
     register_after_image,
@@ -136,12 +137,12 @@ def _page_update(record: DecodedRecord, block: BlockRef, page: bytearray) -> Non
     data = x.parse_page_update_data(block.data, xlrec)
     if xlrec.ntodelete == 1 and xlrec.ntoinsert == 1:
         # one tuple replaced by another: PageIndexTupleOverwrite, like gistplacetopage
-        if not page_ops.page_index_tuple_overwrite(page, data.todelete[0], data.tuples[0]):
+        if not index_tuples.page_index_tuple_overwrite(page, data.todelete[0], data.tuples[0]):
             raise _fail(record, block, "failed to add item to GiST index page, "
                                        f"size {len(data.tuples[0])}")
         return
     if xlrec.ntodelete > 0:
-        page_ops.page_index_multi_delete(page, data.todelete)
+        index_tuples.page_index_multi_delete(page, data.todelete)
         if get_flags(page) & F_LEAF:
             set_flags(page, get_flags(page) | F_TUPLES_DELETED)
     _fill(record, block, page, data.tuples)
@@ -151,7 +152,7 @@ def _delete(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
     if block.block_id != 0:
         raise _fail(record, block, "unexpected block reference")
     xlrec = x.GistxlogDelete.parse(record.main_data)
-    page_ops.page_index_multi_delete(page, xlrec.offsets)
+    index_tuples.page_index_multi_delete(page, xlrec.offsets)
     set_flags(page, (get_flags(page) & ~F_HAS_GARBAGE) | F_TUPLES_DELETED)
 
 
@@ -193,7 +194,7 @@ def _page_delete(record: DecodedRecord, block: BlockRef, page: bytearray) -> Non
     if block.block_id == 0:
         gist_page_set_deleted(page, xlrec.delete_xid)
     elif block.block_id == 1:
-        page_ops.page_index_tuple_delete(page, xlrec.downlink_offset)
+        index_tuples.page_index_tuple_delete(page, xlrec.downlink_offset)
     else:
         raise _fail(record, block, "unexpected block reference")
 

@@ -31,6 +31,7 @@ from strata.pg.structs import U16
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import (
     RM_HASH_ID,
+    index_tuples,
     page_ops,
     register,
     register_after_image,
@@ -87,7 +88,7 @@ def _multi_delete(page: bytearray, data: bytes) -> None:
     """PageIndexMultiDelete of the OffsetNumber array in `data`."""
     n = len(data) // 2
     if n > 0:
-        page_ops.page_index_multi_delete(page, x.parse_offsets(data, n))
+        index_tuples.page_index_multi_delete(page, x.parse_offsets(data, n))
 
 
 def _clear_flag(page: bytearray, bits: int) -> None:
@@ -283,7 +284,7 @@ def _update_meta_page(record: DecodedRecord, block: BlockRef, page: bytearray) -
 def _vacuum_one_page(record: DecodedRecord, block: BlockRef, page: bytearray) -> RedoResult:
     xlrec = x.XlHashVacuumOnePage.parse(record.main_data)
     if block.block_id == 0:
-        page_ops.page_index_multi_delete(page, xlrec.offsets)
+        index_tuples.page_index_multi_delete(page, xlrec.offsets)
         _clear_flag(page, hp.LH_PAGE_HAS_DEAD_TUPLES)
     elif block.block_id == 1:
         hp.set_ntuples(page, hp.get_ntuples(page) - xlrec.ntuples)

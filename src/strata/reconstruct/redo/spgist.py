@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 from strata.errors import RedoError
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_SPGIST_ID, page_ops, register, unsupported
+from strata.reconstruct.redo import RM_SPGIST_ID, index_tuples, page_ops, register, unsupported
 from strata.reconstruct.redo import spgist_page as sp
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import spgist as x
@@ -216,7 +216,7 @@ def _redo_vacuum_root(record: DecodedRecord, block: BlockRef, page: bytearray) -
     if block.block_id != 0:
         raise _fail(record, block, "unexpected block reference")
     r = x.SpgxlogVacuumRoot.parse(record.main_data)
-    page_ops.page_index_multi_delete(page, r.offsets)  # the offsets are in order
+    index_tuples.page_index_multi_delete(page, r.offsets)  # the offsets are in order
 
 
 def _redo_vacuum_redirect(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
@@ -233,7 +233,7 @@ def _redo_vacuum_redirect(record: DecodedRecord, block: BlockRef, page: bytearra
         nmax = page_ops.page_get_max_offset(page)
         todelete = list(range(r.first_placeholder, nmax + 1))
         sp.add_placeholders(page, -len(todelete))
-        page_ops.page_index_multi_delete(page, todelete)
+        index_tuples.page_index_multi_delete(page, todelete)
 
 
 _HANDLERS: dict[int, Callable[[DecodedRecord, BlockRef, bytearray], None]] = {
