@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # top-level names under strata -> layer (modules named here by their first component)
 LAYERS: dict[str, int] = {
-    "errors": 0, "lsn": 0, "key": 0, "durable": 0, "config": 0,
+    "errors": 0, "lsn": 0, "key": 0, "durable": 0, "config": 0, "progress": 0,
     "pg": 1,
     "storage": 2, "runtime": 2, "home": 2,
     "pagestore": 3, "wal": 3,

@@ -36,11 +36,10 @@ file is written; a failure midway removes the partial directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -113,7 +112,8 @@ HBA_CONF = (
 )
 
 ProgressFn = Callable[[int, int], None]
-"""progress(pages_done, pages_total), called after every batch."""
+"""progress(pages_done, pages_total), called after every batch (`strata.progress.Progress.update`
+is one: a bar or lines for a caller that shows them)."""
 
 
 class ChecksumPolicy(StrEnum):
@@ -373,34 +373,3 @@ def relation_dir(dirs: Mapping[tuple[int, int], Path], r: RelFile) -> Path:
             f"relation {r.rel} is in database directory {r.spc}/{r.db}, "
             "which the source's databases() does not list")
     return rdir
-
-
-@contextlib.contextmanager
-def rich_progress(description: str = "materializing") -> Iterator[ProgressFn]:
-    """A `ProgressFn` that draws a rich progress bar with pages/s (for the CLI)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    class _Rate(TextColumn):
-        def __init__(self) -> None:
-            super().__init__("")
-
-        def render(self, task):  # type: ignore[no-untyped-def,override]
-            from rich.text import Text
-
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} pages/s" if speed else "")
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  _Rate(), TimeRemainingColumn(), transient=False) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
