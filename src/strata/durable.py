@@ -98,6 +98,49 @@ class FileSystem:
         self.fsync_dir(path.parent)
 
 
+class AppendFile:
+    """An append-only file with a header, kept through the seam (the time map and
+    its DDL log): opened at the end of its good prefix (what follows is cut), a
+    header written first when it has none, the directory fsynced when the file is
+    new; appends are durable once `sync` returned.
+
+    Not thread-safe: its owner serialises calls."""
+
+    def __init__(self, f: WritableFile) -> None:
+        self._f = f
+        self._unsynced = 0
+
+    @classmethod
+    def open(cls, path: Path, header: bytes, good: int) -> AppendFile:
+        """`path` cut to its first `good` bytes (0: no valid header: one is written)."""
+        created = not path.exists()
+        f = fs().open_in_place(path)
+        if good < len(header):
+            f.seek(0)
+            f.write(header)
+            good = len(header)
+        f.truncate(good)
+        f.seek(good)
+        f.fsync()
+        if created:
+            fs().fsync_dir(path.parent)
+        return cls(f)
+
+    def append(self, data: bytes) -> None:
+        self._f.write(data)
+        self._unsynced += 1
+
+    def sync(self) -> None:
+        """Every append so far is durable once this returns."""
+        if self._unsynced:
+            self._f.fsync()
+            self._unsynced = 0
+
+    def close(self) -> None:
+        self._f.fsync()
+        self._f.close()
+
+
 _current: FileSystem = FileSystem()
 
 

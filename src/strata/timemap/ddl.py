@@ -136,8 +136,7 @@ class DdlLog:
         self.start_lsn = Lsn(start_lsn)
         self._lock = threading.Lock()
         self._entries: list[DdlEntry] = []
-        self._file: durable.WritableFile | None = None
-        self._unsynced = 0
+        self._file: durable.AppendFile | None = None
 
     @classmethod
     def open(cls, path: Path, *, durable_lsn: Lsn | None = None, readonly: bool = False
@@ -168,18 +167,8 @@ class DdlLog:
             log.start_lsn = Lsn(durable_lsn or 0)
         if readonly:
             return log
-        created = not path.exists()
-        f = durable.fs().open_in_place(path)
-        if good == 0:
-            f.seek(0)
-            f.write(_HEADER.pack(MAGIC, VERSION, 0, log.start_lsn))
-            good = _HEADER.size
-        f.truncate(good)
-        f.seek(good)
-        f.fsync()
-        if created:
-            durable.fs().fsync_dir(path.parent)
-        log._file = f
+        log._file = durable.AppendFile.open(path, _HEADER.pack(MAGIC, VERSION, 0, log.start_lsn),
+                                            good)
         return log
 
     def _load(self, data: bytes, durable_lsn: Lsn | None) -> int:
@@ -211,19 +200,16 @@ class DdlLog:
                 return
             self._add(e)
             if self._file is not None:
-                self._file.write(e.encode())
-                self._unsynced += 1
+                self._file.append(e.encode())
 
     def sync(self) -> None:
         with self._lock:
-            if self._file is not None and self._unsynced:
-                self._file.fsync()
-                self._unsynced = 0
+            if self._file is not None:
+                self._file.sync()
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.fsync()
                 self._file.close()
                 self._file = None
 

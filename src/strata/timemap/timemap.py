@@ -123,8 +123,7 @@ class TimeMap:
         self._entries: list[TxEnd] = []
         self._starts: list[int] = []
         self._prefix_max: list[int] = []  # running max of timestamps, for time search
-        self._file: durable.WritableFile | None = None
-        self._unsynced = 0
+        self._file: durable.AppendFile | None = None
         self._read_off = 0  # file offset after the last entry loaded
         # what the catalog-changing transactions did (ddl.dat): opened, synced
         # and closed with this file, so one durable LSN covers both
@@ -146,17 +145,9 @@ class TimeMap:
         good_len = tm._load(durable_lsn)
         if readonly:
             return tm
-        created = not path.exists()
-        f = durable.fs().open_in_place(path)
-        if good_len == _HEADER.size and (created or path.stat().st_size < _HEADER.size):
-            f.seek(0)
-            f.write(_HEADER.pack(MAGIC, VERSION, 0))
-        f.truncate(good_len)
-        f.seek(good_len)
-        f.fsync()
-        if created:
-            durable.fs().fsync_dir(directory)
-        tm._file = f
+        has_header = path.exists() and path.stat().st_size >= _HEADER.size
+        tm._file = durable.AppendFile.open(path, _HEADER.pack(MAGIC, VERSION, 0),
+                                           good_len if has_header else 0)
         return tm
 
     def _load(self, durable_lsn: Lsn | None = None) -> int:
@@ -218,7 +209,6 @@ class TimeMap:
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.fsync()
                 self._file.close()
                 self._file = None
         self.ddl.close()
@@ -227,9 +217,8 @@ class TimeMap:
         """Make every appended entry durable (Invariant 2), DDL log included."""
         self.ddl.sync()
         with self._lock:
-            if self._file is not None and self._unsynced:
-                self._file.fsync()
-                self._unsynced = 0
+            if self._file is not None:
+                self._file.sync()
 
     # -- writing ---------------------------------------------------------------------
     def _add(self, e: TxEnd) -> None:
@@ -248,8 +237,7 @@ class TimeMap:
                 return
             self._add(e)
             if self._file is not None:
-                self._file.write(e.encode())
-                self._unsynced += 1
+                self._file.append(e.encode())
 
     # -- reading ---------------------------------------------------------------------
     def __len__(self) -> int:

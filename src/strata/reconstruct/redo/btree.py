@@ -37,12 +37,18 @@ META_CLEANUP           0 metapage
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_BTREE_ID, index_tuples, page_ops, register, unsupported
+from strata.reconstruct.redo import (
+    RM_BTREE_ID,
+    block_error,
+    index_tuples,
+    page_ops,
+    register,
+    run_handler,
+)
 from strata.reconstruct.redo import btree_page as bp
 from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
@@ -52,9 +58,7 @@ _INFO_MASK = 0xF0
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.btree_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"Btree/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("Btree", x.btree_identify, record, block, what)
 
 
 def _add(record: DecodedRecord, block: BlockRef, page: bytearray,
@@ -421,13 +425,7 @@ def btree_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) ->
     the page cannot take the change (PostgreSQL would PANIC) or the record has
     no such block.
     """
-    fn = _HANDLERS.get(record.info & _INFO_MASK)
-    if fn is None:
-        raise unsupported(record)
-    try:
-        fn(record, block, page)
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
+    run_handler(_HANDLERS, record.info & _INFO_MASK, record, block, page, _fail)
 
 
 # -- mask -----------------------------------------------------------------------

@@ -36,11 +36,12 @@ from strata.pg.structs import U16, U32, U64
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import (
     RM_GIST_ID,
+    block_error,
     index_tuples,
     page_ops,
     register,
     register_after_image,
-    unsupported,
+    run_handler,
 )
 from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
@@ -104,9 +105,7 @@ def gist_page_set_deleted(page: bytearray, delete_xid: int) -> None:
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.gist_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"Gist/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("Gist", x.gist_identify, record, block, what)
 
 
 def _fill(record: DecodedRecord, block: BlockRef, page: bytearray,
@@ -224,13 +223,7 @@ def gist_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) -> 
     type; RedoError when the page cannot take the change or the record has
     no such block.
     """
-    fn = _HANDLERS.get(record.info)
-    if fn is None:
-        raise unsupported(record)
-    try:
-        fn(record, block, page)
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
+    run_handler(_HANDLERS, record.info, record, block, page, _fail)
 
 
 def gist_after_image(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:

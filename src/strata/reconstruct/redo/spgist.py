@@ -34,12 +34,18 @@ VACUUM_REDIRECT    0 REDIRECTs to PLACEHOLDERs, trailing placeholders removed
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_SPGIST_ID, index_tuples, page_ops, register, unsupported
+from strata.reconstruct.redo import (
+    RM_SPGIST_ID,
+    block_error,
+    index_tuples,
+    page_ops,
+    register,
+    run_handler,
+)
 from strata.reconstruct.redo import spgist_page as sp
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import spgist as x
@@ -48,9 +54,7 @@ _INFO_MASK = 0xF0
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.spg_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"SPGist/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("SPGist", x.spg_identify, record, block, what)
 
 
 def _blkno(record: DecodedRecord, block: BlockRef, block_id: int) -> int:
@@ -259,17 +263,12 @@ def spg_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) -> N
     the page cannot take the change (PostgreSQL would ERROR/PANIC) or the
     record has no such block.
     """
-    fn = _HANDLERS.get(record.info & _INFO_MASK)
-    if fn is None:
-        raise unsupported(record)
     try:
-        fn(record, block, page)
+        run_handler(_HANDLERS, record.info & _INFO_MASK, record, block, page, _fail)
     except RedoError as e:
         if str(e).startswith("SPGist/"):
             raise
         raise _fail(record, block, str(e)) from e
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
 
 
 def spg_mask(page: bytearray, blkno: int = 0) -> None:
