@@ -43,7 +43,7 @@ from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import make_private_dir, run_as_server
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import RM_HEAP2_ID, RM_HEAP_ID
 from strata.wal.segments import iter_records

@@ -36,19 +36,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.modes import UNSUPPORTED_INDEX_AMS
 from strata.historical.source import DataDirSource
-from strata.historical.store_source import StoreSource
+from strata.historical.store_view import StoreView
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 
 WORDS = 5000
@@ -122,7 +122,7 @@ def build(root: Path, rows: int, late_rows: int
     source = DataDirSource(c.datadir)
     store = PageStore.open(root / "layers", reconstruct_value)
     ingest = WalIngest(store, TimeMap.open(root / "timemap"),
-                       TransamIngest(cluster_state_of(source)), start_lsn=source.lsn)
+                       TransamIngest(source.control()), start_lsn=source.lsn)
     start = import_datadir(source, ingest)
     c.start()
     t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def main() -> None:
     try:
         primary, store, start, end, timings = build(root, args.rows, args.late_rows)
         t0 = time.perf_counter()
-        mat = materialize(StoreSource(store, end), root / "hist" / "data")
+        mat = materialize(StoreView(store, end), root / "hist" / "data")
         timings["materialize at the end LSN"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         inst = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)

@@ -263,7 +263,7 @@ class LiveRig:
     def strata_ingested(self, xid: int, end: Lsn) -> bool:
         """Whether strata has published the commit of `xid` that ends at `end`."""
         from strata.home import HomeLayout
-        from strata.timeline.timemap import TimeMap
+        from strata.timemap.timemap import TimeMap
 
         if self._timemap is None:
             self._timemap = TimeMap.open(HomeLayout(self.home).timemap, readonly=True)
@@ -449,7 +449,7 @@ def offline(args: argparse.Namespace) -> list[Row]:
     from strata.ingest.walingest import WalIngest
     from strata.pagestore import PageStore
     from strata.reconstruct.reconstruct import reconstruct_value
-    from strata.timeline.timemap import TimeMap
+    from strata.timemap.timemap import TimeMap
 
     cache = Path(args.wal_cache) if args.wal_cache else scratch() / "wal-cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -458,13 +458,12 @@ def offline(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     try:
         source = DataDirSource(cache / "base")
-        from strata.bootstrap import cluster_state_of
 
         store = PageStore.open(work / "layers", reconstruct_value)
         timemap = TimeMap.open(work / "timemap")
         try:
             at = source.lsn
-            ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+            ingest = WalIngest(store, timemap, TransamIngest(source.control()),
                                start_lsn=at)
             import_datadir(source, ingest)
             store.flush()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import zstandard
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.source import DataDirSource
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
@@ -41,7 +41,7 @@ from strata.storage.config import StorageConfig
 from strata.storage.layerfile import LayerFile
 from strata.storage.manifest import load_manifest
 from strata.storage.values import ENTRY_HEADER
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.decoder import decode_record
 from strata.wal.segments import iter_records
 
@@ -169,7 +169,7 @@ def main() -> None:
         cfg = StorageConfig(retention_lsn_distance=None)
         store = PageStore.open(root / "layers", reconstruct_value, cfg)
         timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+        ingest = WalIngest(store, timemap, TransamIngest(source.control()),
                            start_lsn=source.lsn)
         start = import_datadir(source, ingest)
         store.flush()

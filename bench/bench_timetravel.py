@@ -82,7 +82,7 @@ from strata.historical.pitr import (
     base_backup,
     recover_to,
 )
-from strata.historical.store_source import StoreSource
+from strata.historical.store_view import StoreView
 from strata.key import Key, KeyKind
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
@@ -378,7 +378,7 @@ def inprocess_materialize(home: Path, lsn: Lsn, work: Path, profile: bool,
         root = work / "plain"
         root.mkdir(parents=True)
         root.chmod(0o755)
-        mat = materialize(StoreSource(store, lsn), root / "data")
+        mat = materialize(StoreView(store, lsn), root / "data")
         res.update(pages=mat.pages, seconds=mat.seconds, pages_per_s=mat.pages_per_second,
                    bytes=mat.bytes_written)
         res["replayed_records"] = sum(replayed.values())
@@ -399,7 +399,7 @@ def inprocess_materialize(home: Path, lsn: Lsn, work: Path, profile: bool,
         if profile:
             prof = cProfile.Profile()
             prof.enable()
-            materialize(StoreSource(store, lsn), work / "profiled" / "data")
+            materialize(StoreView(store, lsn), work / "profiled" / "data")
             prof.disable()
             for key, order, n in (("cprofile_tottime", "tottime", 20),
                                   ("cprofile_cumulative", "cumulative", 30)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,17 @@ def make_cluster(base: Path, **settings: object) -> Cluster:
     c.initdb(settings={"wal_keep_size": "1GB", "max_wal_size": "1GB", **settings})
     c.start()
     return c
+
+
+def wait_clock_past(c: Cluster, ts: str, limit: float = 60) -> None:
+    """Return once the server's clock_timestamp() is past `ts` (timestamptz text) by
+    more than commit timestamps of concurrent backends can disagree (microseconds;
+    1 ms here): a transaction that commits after this is stamped later than `ts`."""
+    deadline = time.monotonic() + limit
+    query = (f"SELECT clock_timestamp() > '{ts}'::timestamptz "
+             "+ interval '1 millisecond'")
+    while not c.sql(query)[0][0]:  # each try is a round trip: the clock moves meanwhile
+        assert time.monotonic() < deadline, f"the server's clock did not pass {ts}"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """HistoryService's rules for where T and X land, with a stand-in store (the
-resolution itself is recovery_target_time's rule, tested in tests/timeline and
+resolution itself is recovery_target_time's rule, tested in tests/timemap and
 against native PITR in tests/e2e/test_pitr_oracle.py)."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.history_service import HistoryService
 from strata.lsn import Lsn
+from strata.pg.timestamp import datetime_to_timestamptz
 from strata.proxy.history import IngestProgress
 from strata.proxy.sqlstate import sqlstate_for
-from strata.timeline.timemap import EndKind, TimeMap, TxEnd, datetime_to_timestamptz
+from strata.timemap.timemap import EndKind, TimeMap, TxEnd
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 
@@ -121,7 +122,7 @@ def test_index_ams_marked_invalid_are_exactly_those_without_redo() -> None:
     redo, and materialization serves empty pages only for those rmgrs; every
     other index AM's rmgr has redo."""
     from strata.historical.modes import UNSUPPORTED_INDEX_AMS
-    from strata.historical.store_source import NO_REDO_YET_RMGRS
+    from strata.historical.store_view import NO_REDO_YET_RMGRS
     from strata.reconstruct.redo import registered_rmgrs
     from strata.wal.rmgr import RM_BRIN_ID, RM_GIN_ID, RM_GIST_ID, RM_HASH_ID, RM_SPGIST_ID
 

@@ -24,12 +24,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # top-level names under strata -> layer (modules named here by their first component)
 LAYERS: dict[str, int] = {
-    "errors": 0, "lsn": 0, "key": 0, "durable": 0, "config": 0,
+    "errors": 0, "lsn": 0, "key": 0, "durable": 0, "config": 0, "progress": 0,
     "pg": 1,
     "storage": 2, "runtime": 2, "home": 2,
     "pagestore": 3, "wal": 3,
     "keyspace": 4,
-    "reconstruct": 5, "timeline": 5,
+    "reconstruct": 5, "timemap": 5,
     "ingest": 6,
     "historical": 7, "proxy": 7,
     "bootstrap": 8, "history_service": 8, "restore": 8, "status": 9,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from strata.errors import RedoError, UnsupportedRecordError
-from strata.historical.store_source import NO_REDO_YET_RMGRS
+from strata.historical.store_view import NO_REDO_YET_RMGRS
 from strata.ingest import cluster_state, transam, walingest
 from strata.lsn import Lsn
 from strata.reconstruct.redo import page_ops, redo_block

@@ -1,11 +1,12 @@
-"""The file-I/O seam for files that must survive a crash: create and write, fsync,
-rename, fsync of a directory, unlink.
+"""The file-I/O seam for files that must survive a crash: create and write (or
+open in place, append, truncate), fsync, rename, fsync of a directory, unlink.
 
 Bottom layer: imports nothing from strata. Fed by: the layer store (layer files,
-manifest commits, recovery's clean-up); the time map and home files can adopt
-it. Feeds: the operating system, or, in tests, a file system that models what a
-power cut keeps (tests/storage/faultfs.py: writes not fsynced and directory
-entries not fsynced are lost). Owns: nothing on disk.
+manifest commits, recovery's clean-up), the time map and DDL log (append-only
+files), the home's JSON files (`home.files.write_json`). Feeds: the operating
+system, or, in tests, a file system that models what a power cut keeps
+(tests/storage/faultfs.py: writes not fsynced and directory entries not fsynced
+are lost). Owns: nothing on disk.
 
 Reads do not go through the seam: they see the real files.
 
@@ -23,17 +24,26 @@ from typing import BinaryIO
 
 
 class WritableFile:
-    """A file being written (created empty, or truncated)."""
+    """A file being written: created empty (or truncated), or, `in_place`, opened
+    with its content kept (created empty, mode 0600, if missing)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, in_place: bool = False) -> None:
         self.path = Path(path)
-        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+        if in_place:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._f: BinaryIO = os.fdopen(fd, "r+b")
+        else:
+            self._f = open(path, "wb")  # noqa: SIM115 - closed by close()
 
     def write(self, data: bytes) -> None:
         self._f.write(data)
 
     def seek(self, offset: int) -> None:
         self._f.seek(offset)
+
+    def truncate(self, size: int) -> None:
+        """Cut (or extend with zeros) the file to `size` bytes; durable after `fsync`."""
+        self._f.truncate(size)
 
     def fsync(self) -> None:
         """Everything written so far is on stable storage once this returns."""
@@ -53,6 +63,11 @@ class FileSystem:
 
     def create(self, path: Path) -> WritableFile:
         return WritableFile(path)
+
+    def open_in_place(self, path: Path) -> WritableFile:
+        """`path` opened for writing with its content kept, created empty if missing
+        (that creation, like `create`'s, is durable only after `fsync_dir`)."""
+        return WritableFile(path, in_place=True)
 
     def rename(self, src: Path, dst: Path) -> None:
         """Atomic replace of `dst`; durable only after `fsync_dir` of its directory."""
@@ -81,6 +96,49 @@ class FileSystem:
             f.close()
         self.rename(tmp, path)
         self.fsync_dir(path.parent)
+
+
+class AppendFile:
+    """An append-only file with a header, kept through the seam (the time map and
+    its DDL log): opened at the end of its good prefix (what follows is cut), a
+    header written first when it has none, the directory fsynced when the file is
+    new; appends are durable once `sync` returned.
+
+    Not thread-safe: its owner serialises calls."""
+
+    def __init__(self, f: WritableFile) -> None:
+        self._f = f
+        self._unsynced = 0
+
+    @classmethod
+    def open(cls, path: Path, header: bytes, good: int) -> AppendFile:
+        """`path` cut to its first `good` bytes (0: no valid header: one is written)."""
+        created = not path.exists()
+        f = fs().open_in_place(path)
+        if good < len(header):
+            f.seek(0)
+            f.write(header)
+            good = len(header)
+        f.truncate(good)
+        f.seek(good)
+        f.fsync()
+        if created:
+            fs().fsync_dir(path.parent)
+        return cls(f)
+
+    def append(self, data: bytes) -> None:
+        self._f.write(data)
+        self._unsynced += 1
+
+    def sync(self) -> None:
+        """Every append so far is durable once this returns."""
+        if self._unsynced:
+            self._f.fsync()
+            self._unsynced = 0
+
+    def close(self) -> None:
+        self._f.fsync()
+        self._f.close()
 
 
 _current: FileSystem = FileSystem()

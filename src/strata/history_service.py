@@ -41,8 +41,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from strata.errors import IngestBehindError, LsnOutOfRangeError
 from strata.historical.pool import InstanceFactory, InstancePool
 from strata.lsn import Lsn
+from strata.pg.timestamp import datetime_to_timestamptz
 from strata.proxy.history import PROGRESS_INTERVAL, IngestProgress, Progress, ResolvedPoint
-from strata.timeline.timemap import EndKind, TimeMap, TimeResolution, datetime_to_timestamptz
+from strata.timemap.timemap import EndKind, TimeMap, TimeResolution
 
 log = logging.getLogger(__name__)
 

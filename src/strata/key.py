@@ -130,9 +130,6 @@ class KeyRange:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, Key) and self.start <= key < self.end
 
-    def overlaps(self, other: KeyRange) -> bool:
-        return self.start < other.end and other.start < self.end
-
     @classmethod
     def relation(cls, spc: int, db: int, rel: int, fork: int) -> KeyRange:
         """Every block of one fork of one relation."""

@@ -61,12 +61,6 @@ class Lsn(int):
         """Round up to a multiple of `alignment` (records start MAXALIGNed)."""
         return Lsn((int(self) + alignment - 1) & ~(alignment - 1))
 
-    def segment_number(self, segment_size: int) -> int:
-        return int(self) // segment_size
-
-    def segment_offset(self, segment_size: int) -> int:
-        return int(self) % segment_size
-
 
 INVALID_LSN = Lsn(0)
 MAX_LSN = Lsn(MAX_LSN_VALUE)
@@ -85,9 +79,6 @@ class LsnRange:
 
     def __contains__(self, lsn: object) -> bool:
         return isinstance(lsn, int) and self.start <= lsn < self.end
-
-    def overlaps(self, other: LsnRange) -> bool:
-        return self.start < other.end and other.start < self.end
 
     def __str__(self) -> str:
         return f"[{self.start}, {self.end})"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -282,7 +282,9 @@ class PageStore(_Facade):
                     return False
 
     def freeze(self) -> None:
-        """Seal the active memtable now (it is flushed later); for tools and tests."""
+        """Seal the active memtable now; the background worker (or the next `flush`)
+        writes it out. The ingest pipeline's stop seals before it waits, bounded,
+        for durability (`IngestPipeline.finish`)."""
         self._store.freeze()
 
     # -- maintenance (run on the caller's thread, serialised with the worker) -------
@@ -293,13 +295,18 @@ class PageStore(_Facade):
                               "process")
         return self._store
 
-    def compact(self, force: bool = True) -> list[LayerName]:
-        return compaction.compact_l0(self._maintainer(), force=force)
+    def compact(self, force: bool = True, progress: Callable[[int, int], None] | None = None
+                ) -> list[LayerName]:
+        """Merge the L0 layers into L1 (`progress(done, total)`: entries merged)."""
+        return compaction.compact_l0(self._maintainer(), force=force, progress=progress)
 
     def create_image_layers(self, lsn: int | None = None, threshold: int | None = None,
-                            record_threshold: int | None = None) -> list[LayerName]:
+                            record_threshold: int | None = None,
+                            progress: Callable[[int, int], None] | None = None
+                            ) -> list[LayerName]:
+        """Image layers where chains are long (`progress(done, total)`: key ranges)."""
         return images.create_image_layers(self._maintainer(), lsn, threshold,
-                                          record_threshold=record_threshold)
+                                          record_threshold=record_threshold, progress=progress)
 
     def set_retention_lsn(self, lsn: int) -> list[LayerName]:
         """Raise the retention horizon to `lsn` (e.g. from a time window through the

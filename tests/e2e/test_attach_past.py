@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from strata.home import HomeLayout
 from strata.runtime.cluster import Cluster
+from strata.status import collect
 from tests.e2e.restore_helpers import Strata, wait_until
 from tests.strata_proc import StrataUp
 
@@ -36,9 +39,9 @@ def strata() -> Iterator[Strata]:
 
 def _instances(s: Strata, *, leased: bool = False) -> dict[str, int]:
     """LSN -> port of the running historical servers (`leased`: only those a
-    lease holds now: status.json shows their idle time as 0)."""
-    st = s.up.status() or {}
-    return {str(i["lsn"]): int(i["port"]) for i in st.get("instances", [])  # type: ignore[attr-defined]
+    lease holds now: `strata status` shows their idle time as 0)."""
+    st = collect(HomeLayout(s.home))
+    return {str(i["lsn"]): int(i["port"]) for i in st["instances"]
             if not leased or i["idle_seconds"] == 0}
 
 
@@ -70,13 +73,21 @@ def test_attach_join_copy_back_and_detach(strata: Strata) -> None:
             c.execute("DELETE FROM past_then.orders WHERE id = 1")
 
     # no session uses the past now, yet its server outlives its idle timeout
-    # (1 s): the daemon's lease keeper holds it; the same server (port) is
-    # still there after more than a reaper pass (every 5 s)
+    # (1 s): the daemon's lease keeper holds it. A witness, a server at another
+    # point that nothing holds, is reaped once idle: the reaper has passed since,
+    # and the same leased server (port) is still there.
     wait_until(lambda: lease["lsn"] in _instances(strata, leased=True),
                "the lease keeper to hold the server")
     port = _instances(strata)[lease["lsn"]]
-    with strata.connect() as c:
-        c.execute("SELECT pg_sleep(6)")
+    _, witness = strata.point()
+    def servers() -> set[Path]:  # the pool's directories: <LSN>-<n>
+        return {p for p in (strata.home / "instances").iterdir() if "-" in p.name}
+
+    before = servers()
+    res = strata.cli("query", "--at", witness, "SELECT 1")
+    assert res.returncode == 0, res.stderr
+    (witness_dir,) = servers() - before  # its files, until it is reaped
+    wait_until(lambda: not witness_dir.exists(), "the reaper to remove the witness")
     assert _instances(strata, leased=True).get(lease["lsn"]) == port
 
     res = strata.cli("detach-past", "--schema", "past_then")

@@ -32,9 +32,10 @@ from typing import Any
 
 import pytest
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
+from strata.historical.modes import UNSUPPORTED_INDEX_AMS
 from strata.historical.pitr import (
     RecoveryTarget,
     archive_now,
@@ -43,15 +44,14 @@ from strata.historical.pitr import (
     recover_to,
 )
 from strata.historical.source import DataDirSource
-from strata.historical.store_source import StoreSource
-from strata.history_service import UNSUPPORTED_INDEX_AMS
+from strata.historical.store_view import StoreView
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
 
@@ -175,7 +175,7 @@ def index_history() -> Iterator[IndexHistory]:
         source = DataDirSource(primary.datadir)
         store = PageStore.open(root / "layers", reconstruct_value)
         timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+        ingest = WalIngest(store, timemap, TransamIngest(source.control()),
                            start_lsn=source.lsn)
         start = import_datadir(source, ingest)
         primary.start()
@@ -202,7 +202,7 @@ def index_history() -> Iterator[IndexHistory]:
 
 
 def _historical(h: IndexHistory, name: str, lsn: Lsn) -> Any:
-    mat = materialize(StoreSource(h.store, lsn), h.root / f"h-{name}" / "data")
+    mat = materialize(StoreView(h.store, lsn), h.root / f"h-{name}" / "data")
     inst = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)
     assert inst.indexes_marked_invalid == 0
     return inst

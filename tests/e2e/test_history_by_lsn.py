@@ -15,18 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
+from strata.historical.modes import UNSUPPORTED_INDEX_AMS
 from strata.historical.source import DataDirSource
-from strata.historical.store_source import StoreSource
-from strata.history_service import UNSUPPORTED_INDEX_AMS
+from strata.historical.store_view import StoreView
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
+from strata.pg.timestamp import datetime_to_timestamptz
 from strata.reconstruct.reconstruct import reconstruct_value
-from strata.timeline.timemap import TimeMap, datetime_to_timestamptz
+from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
 from tests.e2e.workload import (
@@ -59,7 +60,7 @@ def history() -> Iterator[History]:
         source = DataDirSource(primary.datadir)
         store = PageStore.open(root / "layers", reconstruct_value)
         timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+        ingest = WalIngest(store, timemap, TransamIngest(source.control()),
                            start_lsn=source.lsn)
         start = import_datadir(source, ingest)
         primary.start()
@@ -81,7 +82,7 @@ def history() -> Iterator[History]:
 
 
 def _fingerprint_at(h: History, lsn: Lsn, name: str) -> dict[str, object]:
-    mat = materialize(StoreSource(h.store, lsn), h.root / f"h-{name}" / "data")
+    mat = materialize(StoreView(h.store, lsn), h.root / f"h-{name}" / "data")
     inst = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)
     try:
         with inst.connect() as conn:

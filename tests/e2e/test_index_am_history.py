@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
+from strata.historical.modes import UNSUPPORTED_INDEX_AMS
 from strata.historical.pitr import (
     RecoveryTarget,
     archive_now,
@@ -35,8 +36,7 @@ from strata.historical.pitr import (
     recover_to,
 )
 from strata.historical.source import DataDirSource
-from strata.historical.store_source import StoreSource
-from strata.history_service import UNSUPPORTED_INDEX_AMS
+from strata.historical.store_view import StoreView
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import KeyKind, KeyRange
@@ -45,7 +45,7 @@ from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
 from strata.storage.manifest import Level
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
 
@@ -180,7 +180,7 @@ def world() -> Iterator[World]:
         source = DataDirSource(primary.datadir)
         store = PageStore.open(root / "layers", reconstruct_value)
         ingest = WalIngest(store, TimeMap.open(root / "timemap"),
-                           TransamIngest(cluster_state_of(source)), start_lsn=source.lsn)
+                           TransamIngest(source.control()), start_lsn=source.lsn)
         start = import_datadir(source, ingest)
         primary.start()
         backup = base_backup(primary, root / "backup")
@@ -231,7 +231,7 @@ def test_past_plans_equal_live_plans_and_answers_equal_native_pitr(world: World,
                                                                     strict=True)
                if index not in {ix for _node, ix in live}]
     assert not skipped, f"live plans without their index: {skipped}"
-    mat = materialize(StoreSource(world.store, point.lsn),
+    mat = materialize(StoreView(world.store, point.lsn),
                       world.root / f"hist-{point.name}" / "data")
     hist = start_instance(mat, invalid_index_ams=UNSUPPORTED_INDEX_AMS)
     pitr: Cluster | None = None

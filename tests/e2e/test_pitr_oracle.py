@@ -63,8 +63,9 @@ from strata.historical.pitr import (
 from strata.lsn import Lsn
 from strata.runtime.cluster import SUPERUSER, Cluster
 from strata.runtime.osuser import run_as_server
+from strata.storage.manifest import load_manifest
 from strata.wal.segments import find_first_record, iter_raw_records
-from tests.conftest import _scratch, make_cluster
+from tests.conftest import _scratch, make_cluster, wait_clock_past
 from tests.e2e.workload import (
     WORKLOADS,
     StepPoint,
@@ -229,24 +230,35 @@ def _quiet_point(primary: Cluster) -> tuple[str, str]:
     """(insert LSN, clock_timestamp()) with no writer running: a record boundary
     and a time between commits."""
     lsn, ts = primary.sql("SELECT pg_current_wal_insert_lsn()::text, clock_timestamp()::text")[0]
-    time.sleep(0.05)  # the next commit's timestamp is clearly later than ts
+    wait_clock_past(primary, str(ts))  # the next commit's timestamp is later than ts
     return str(lsn), str(ts)
 
 
-def _pgbench_run(primary: Cluster, seconds: int, rng: random.Random) -> str:
-    """pgbench -c 2 for `seconds`; returns a clock_timestamp() taken at a random
-    moment while it ran (any time is valid: the oracle decides)."""
+_NEXT_XID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+
+
+def _pgbench_run(primary: Cluster, transactions: int, rng: random.Random) -> str:
+    """pgbench -c 2, `transactions` each; returns a clock_timestamp() taken once a
+    random number of them had committed (any time is valid: the oracle decides)."""
     sampled: list[str] = []
+    done = threading.Event()
+    first_xid = int(primary.sql(_NEXT_XID)[0][0])
+    target = first_xid + rng.randint(transactions // 4, transactions * 7 // 4)
 
     def sample() -> None:
-        time.sleep(rng.uniform(1.0, seconds - 1.0))
+        deadline = time.monotonic() + 300
+        # each transaction takes one xid: wait (polled) until `target` is handed out
+        while int(primary.sql(_NEXT_XID)[0][0]) < target and not done.is_set():
+            assert time.monotonic() < deadline, "pgbench made no progress"
+            time.sleep(0.01)
         sampled.append(str(primary.sql("SELECT clock_timestamp()::text")[0][0]))
 
     t = threading.Thread(target=sample)
     t.start()
     try:
-        _pgbench(primary, "-c", "2", "-j", "2", "-T", str(seconds))
+        _pgbench(primary, "-c", "2", "-j", "2", "-t", str(transactions))
     finally:
+        done.set()
         t.join()
     return sampled[0]
 
@@ -274,19 +286,18 @@ def oracle() -> Iterator[Oracle]:
         proxy = strata.proxy_dsn()
 
         quiet = [_quiet_point(primary)]
-        in_run = [_pgbench_run(primary, 5, rng)]
+        in_run = [_pgbench_run(primary, 1500, rng)]
         for stmt in DDL_1:
             primary.sql(stmt)
         quiet.append(_quiet_point(primary))
-        in_run.append(_pgbench_run(primary, 5, rng))
+        in_run.append(_pgbench_run(primary, 1500, rng))
         for stmt in DDL_2:
             primary.sql(stmt)
         quiet.append(_quiet_point(primary))
-        in_run.append(_pgbench_run(primary, 4, rng))
+        in_run.append(_pgbench_run(primary, 1200, rng))
         quiet.append(_quiet_point(primary))
-        # a commit later than every chosen time (recovery to T needs one to stop at),
-        # then every segment up to here in the archive
-        time.sleep(0.05)
+        # a commit later than every chosen time (recovery to T needs one to stop at;
+        # _quiet_point waited for the clock), then every segment up to here in the archive
         primary.sql("CREATE TABLE end_marker (x int)")
         archive_now(primary)
         end = Lsn.parse(primary.sql("SELECT pg_current_wal_insert_lsn()::text")[0][0])
@@ -533,6 +544,14 @@ def test_attach_mode_every_history_step_reproduces_by_time(
     _check_history(attach_history, "time")
 
 
+def _flushed_and_imaged(layers: Path, end: Lsn, after: Lsn) -> bool:
+    """The store's committed manifest is durable to `end` and holds an image layer
+    made above `after`."""
+    manifest = load_manifest(layers)
+    return manifest is not None and manifest.durable_lsn >= end and any(
+        le.name.is_image and le.name.image_lsn > after for le in manifest.layers)
+
+
 @pytest.mark.slow
 def test_attach_mode_keeps_running_through_maintenance_of_index_pages_without_redo(
         attach_history: AttachHistory) -> None:
@@ -547,8 +566,12 @@ def test_attach_mode_keeps_running_through_maintenance_of_index_pages_without_re
     end = Lsn.parse(h.primary.sql("SELECT pg_current_wal_insert_lsn()::text")[0][0])
     try:
         h.strata.wait_ingested(end, timeout=180)
-        deadline = time.monotonic() + 20  # flushes and image layers run after ingest
-        while time.monotonic() < deadline and h.strata.proc.poll() is None:
+        # flushes and image layers run after ingest: wait until a flush made all of
+        # it durable and maintenance put image layers over the new databases
+        deadline = time.monotonic() + 300
+        while not _flushed_and_imaged(h.strata.home / "layers", end, h.end):
+            assert h.strata.proc.poll() is None, "strata up exited"
+            assert time.monotonic() < deadline, "no flush to the end or no new image layer"
             time.sleep(0.5)
     finally:
         if h.strata.proc.poll() is not None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.historical.pitr import archive_now, archive_settings, base_backup
 from strata.historical.reader import open_reader
 from strata.historical.source import DataDirSource
@@ -26,7 +26,7 @@ from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import make_private_dir
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
 from tests.e2e.workload import WORKLOADS, StepPoint, load_steps, run_steps
@@ -79,7 +79,7 @@ def build_world() -> Iterator[LazyWorld]:
         source = DataDirSource(primary.datadir)
         writer = PageStore.open(root / "layers", reconstruct_value)
         timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(writer, timemap, TransamIngest(cluster_state_of(source)),
+        ingest = WalIngest(writer, timemap, TransamIngest(source.control()),
                            start_lsn=source.lsn)
         start = import_datadir(source, ingest)
         primary.start()

@@ -13,7 +13,8 @@ from strata.historical.checkpoint import ServerLimits, startup_files, write_star
 from strata.historical.controlfile import parse_control
 from strata.historical.instance import launch
 from strata.historical.materialize import materialize
-from strata.historical.source import ControlValues, DataDirSource
+from strata.historical.source import DataDirSource
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.runtime.osuser import run_as_server
 from tests.conftest import make_cluster
@@ -23,9 +24,9 @@ TEMPLATE = Path(__file__).parent / "data" / "pg_control_18.bin"
 
 def test_startup_files_put_the_values_at_x_and_a_valid_crc() -> None:
     template = TEMPLATE.read_bytes()
-    values = ControlValues(next_full_xid=(2 << 32) | 1000, next_oid=40000, next_multi=7,
-                           next_multi_offset=19, oldest_xid=744, oldest_xid_db=1,
-                           oldest_multi=1, oldest_multi_db=1)
+    values = ClusterState(lsn=Lsn.parse("0/3A00100"), next_full_xid=(2 << 32) | 1000,
+                          next_oid=40000, next_multi=7, next_multi_offset=19, oldest_xid=744,
+                          oldest_xid_db=1, oldest_multi=1, oldest_multi_db=1)
     sf = startup_files(template, values, Lsn.parse("0/3A00100"), limits=ServerLimits(), now=1)
     cf = parse_control(sf.pg_control)  # CRC checked
     assert cf.checkpoint == cf.redo == sf.checkpoint == Lsn.parse("0/4000028")

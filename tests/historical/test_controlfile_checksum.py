@@ -14,7 +14,9 @@ import pytest
 
 from strata.errors import CorruptionError
 from strata.historical.controlfile import parse_control, with_checksum_version
-from strata.historical.source import ControlValues
+from strata.historical.instance import pg_resetwal_args
+from strata.keyspace.cluster import ClusterState
+from strata.lsn import Lsn
 from strata.pg.checksum import checksum_page_py, checksum_pages, set_checksums
 from strata.pg.constants import BLCKSZ
 
@@ -52,10 +54,10 @@ def test_with_checksum_version_changes_only_that_field_and_keeps_the_crc_valid()
 
 
 def test_pg_resetwal_args_split_the_full_xid_into_epoch_and_xid() -> None:
-    v = ControlValues(next_full_xid=(3 << 32) | 1000, next_oid=16384, next_multi=12,
-                      next_multi_offset=23, oldest_xid=744, oldest_xid_db=1, oldest_multi=1,
-                      oldest_multi_db=1)
-    assert v.pg_resetwal_args() == ["-x", "1000", "-e", "3", "-u", "744", "-m", "12,1",
+    v = ClusterState(lsn=Lsn(0x3000028), next_full_xid=(3 << 32) | 1000, next_oid=16384,
+                     next_multi=12, next_multi_offset=23, oldest_xid=744, oldest_xid_db=1,
+                     oldest_multi=1, oldest_multi_db=1)
+    assert pg_resetwal_args(v) == ["-x", "1000", "-e", "3", "-u", "744", "-m", "12,1",
                                     "-O", "23", "-o", "16384"]
 
 

@@ -292,13 +292,13 @@ def _relation_md5s(datadir: Path) -> dict[str, str]:
 def test_parallel_materialize_writes_what_one_process_writes(world: LazyWorld) -> None:
     from strata.historical.materialize import materialize
     from strata.historical.parallel import materialize_parallel
-    from strata.historical.served import ServedSource
-    from strata.historical.store_source import StoreSource
+    from strata.historical.served import ServedView
+    from strata.historical.store_view import StoreView
 
     lsn = Lsn.parse(world.point("update_big").lsn)
-    one = ServedSource(StoreSource(world.store, lsn), ("hash",))
+    one = ServedView(StoreView(world.store, lsn), ("hash",))
     mat1 = materialize(one, world.root / "m1" / "data")
-    mat2, marked = materialize_parallel(world.store_dir, StoreSource(world.store, lsn),
+    mat2, marked = materialize_parallel(world.store_dir, StoreView(world.store, lsn),
                                         world.root / "m2" / "data", workers=2,
                                         invalid_index_ams=("hash",), chunk_blocks=100)
     assert marked == one.indexes_marked_invalid == 2  # account_owner_hash, hashed_k

@@ -1,4 +1,4 @@
-"""materialize() against an in-memory SnapshotSource (no server needed)."""
+"""materialize() against an in-memory ClusterView (no server needed)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 from strata.errors import CorruptionError, InstanceError
 from strata.historical.controlfile import control_crc, parse_control
 from strata.historical.materialize import SKELETON, materialize
-from strata.historical.source import ControlValues, RelFile
+from strata.historical.source import RelFile
 from strata.key import SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.checksum import checksum_page_py
 from strata.pg.constants import BLCKSZ
@@ -68,8 +69,8 @@ class FakeSource:
     def relmap(self, spc: int, db: int) -> bytes | None:
         return None if spc == 16500 else f"map {spc}/{db}".encode()
 
-    def control(self) -> ControlValues:
-        return ControlValues.from_control(parse_control(self.template))
+    def control(self) -> ClusterState:
+        return parse_control(self.template).cluster_state()
 
     def control_template(self) -> bytes:
         return self.template

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from strata.historical.pitr import (
 )
 from strata.lsn import Lsn
 from strata.runtime.osuser import make_private_dir
-from tests.conftest import make_cluster
+from tests.conftest import make_cluster, wait_clock_past
 
 pytestmark = [pytest.mark.pg, pytest.mark.e2e]
 
@@ -42,7 +41,7 @@ def test_recovery_to_an_lsn_or_a_time_gives_exactly_the_committed_rows(scratch_d
                 conn.commit()
             lsns.append(Lsn.parse(primary.sql("SELECT pg_current_wal_insert_lsn()")[0][0]))
             times.append(primary.sql("SELECT clock_timestamp()::text")[0][0])
-            time.sleep(0.02)  # keep commit timestamps apart from the recorded times
+            wait_clock_past(primary, times[-1])  # the next commit is stamped later
         archive_now(primary)
 
         # stops before the record starting at (or after) that LSN: commit 2 is not applied

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,12 +48,13 @@ class Clock:
         return self.now
 
 
-def _pool(tmp_path: Path, **kw: object) -> tuple[InstancePool, list[FakeInstance], Clock]:
+def _pool(tmp_path: Path, before_create: Callable[[Lsn], None] = lambda lsn: None,
+          **kw: object) -> tuple[InstancePool, list[FakeInstance], Clock]:
     made: list[FakeInstance] = []
     clock = Clock()
 
     def factory(lsn: Lsn, root: Path) -> FakeInstance:
-        time.sleep(0.05)  # let concurrent callers overlap
+        before_create(lsn)
         inst = FakeInstance(lsn, root)
         made.append(inst)
         return inst
@@ -62,14 +64,25 @@ def _pool(tmp_path: Path, **kw: object) -> tuple[InstancePool, list[FakeInstance
 
 
 def test_concurrent_requests_for_one_lsn_create_one_instance(tmp_path: Path) -> None:
-    pool, made, _ = _pool(tmp_path)
+    callers = 8
+
+    def until_all_callers_wait(lsn: Lsn) -> None:
+        """The creation finishes only once every caller holds the entry (and waits
+        for it): they all overlap."""
+        deadline = time.monotonic() + 30
+        while pool._entries[lsn].leases < callers:
+            assert time.monotonic() < deadline, "the callers never all arrived"
+            time.sleep(0.001)
+
+    pool, made, _ = _pool(tmp_path, until_all_callers_wait)
     got: list[object] = []
-    threads = [threading.Thread(target=lambda: got.append(pool.get(Lsn(7)))) for _ in range(8)]
+    threads = [threading.Thread(target=lambda: got.append(pool.get(Lsn(7))))
+               for _ in range(callers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(made) == 1 and all(g is made[0] for g in got)
+    assert len(made) == 1 and len(got) == callers and all(g is made[0] for g in got)
 
 
 def test_limit_evicts_the_least_recently_used_and_removes_its_directory(tmp_path: Path) -> None:

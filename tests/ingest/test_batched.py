@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from strata.bootstrap import cluster_state_of, import_datadir
+from strata.bootstrap import import_datadir
 from strata.errors import EndOfWal
 from strata.historical.source import DataDirSource
 from strata.ingest.transam import TransamIngest
@@ -26,7 +26,7 @@ from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.storage.values import Value
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal import batch as batch_mod
 from strata.wal.batch import BatchBuilder
 from strata.wal.reader import WalReader
@@ -97,10 +97,10 @@ def ingest_with(tmp: Path, start: Lsn, feed: Any, base: Path | None = None) -> I
     try:
         if base is not None:
             source = DataDirSource(base)
-            ing = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+            ing = WalIngest(store, timemap, TransamIngest(source.control()),
                             start_lsn=source.lsn)
             import_datadir(source, ing)
-            ing = WalIngest(store, timemap, TransamIngest(cluster_state_of(source)),
+            ing = WalIngest(store, timemap, TransamIngest(source.control()),
                             start_lsn=source.lsn)  # as the daemon resumes: state from the store
             ing.load_state(source.lsn)
         else:

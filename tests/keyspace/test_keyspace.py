@@ -43,7 +43,7 @@ from strata.reconstruct.reconstruct import reconstruct_value
 from strata.reconstruct.redo import redo_block
 from strata.reconstruct.redo.page_ops import page_get_lsn, page_is_new
 from strata.storage.values import TOMBSTONE, PageImage, Value, WalRecord
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.decoder import decode_record
 from strata.wal.record import DecodedRecord
 

@@ -12,7 +12,7 @@ from strata.errors import (
 from strata.proxy import messages as m
 from strata.proxy import sqlstate
 from strata.proxy.cancel import CancelRegistry, CancelTarget
-from strata.proxy.travel import raise_sql
+from strata.proxy.travel_sql import raise_sql
 
 
 class _Target(CancelTarget):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from strata.proxy import framing
 from strata.proxy import messages as m
 from tests.proxy.conftest import ProxyEnv
 
@@ -21,7 +22,7 @@ def _sessions(env: ProxyEnv, app: str) -> int:
                                 "WHERE application_name = %s", [app]).fetchone()[0])
 
 
-def _until_tag(sock: socket.socket, framer: m.Framer, tag: str) -> None:
+def _until_tag(sock: socket.socket, framer: framing.Framer, tag: str) -> None:
     while True:
         chunk = sock.recv(65536)
         assert chunk, "the proxy closed the connection"
@@ -33,7 +34,7 @@ def _until_tag(sock: socket.socket, framer: m.Framer, tag: str) -> None:
 def test_a_vanished_client_ends_its_server_session(env: ProxyEnv, inside_copy: bool) -> None:
     app = f"vanishing-{inside_copy}"
     sock = socket.create_connection(("127.0.0.1", env.port), timeout=20)
-    framer = m.Framer()
+    framer = framing.Framer()
     sock.sendall(m.StartupMessage(m.PROTOCOL_3_0, (("user", "postgres"), ("database", "postgres"),
                                                    ("application_name", app))).encode())
     _until_tag(sock, framer, "Z")

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from strata.errors import ProtocolError
+from strata.proxy import framing
 from strata.proxy import messages as m
 from strata.proxy.machine import (
     TERMINATE,
@@ -115,7 +116,7 @@ def test_historical_errors_and_notices_are_scrubbed() -> None:
     srv.push("S")
     out = srv.feed(notice + SELECT_REPLY[:-6] + error + m.encode_ready_for_query("I"))
     assert b"54321" not in out and b"/tmp/inst" not in out
-    msgs = m.Framer().feed(out)
+    msgs = framing.Framer().feed(out)
     assert [x.tag for x in msgs] == ["N", "T", "D", "C", "E", "Z"]
     assert m.parse_error_fields(msgs[4].body) == {
         "S": "ERROR", "V": "ERROR", "C": "P0001", "M": "port [hidden] in [hidden]",

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from strata.errors import ProtocolError
+from strata.proxy import framing
 from strata.proxy import messages as m
 from strata.proxy.options import extract_settings, join_options, split_options
 
@@ -33,7 +34,7 @@ def _frontend_stream() -> bytes:
 
 
 def test_framer_splits_a_stream_of_frontend_messages() -> None:
-    msgs = m.Framer().feed(_frontend_stream())
+    msgs = framing.Framer().feed(_frontend_stream())
     assert [x.tag for x in msgs] == list("QPBDECHSdcfppX")
     assert m.parse_query(msgs[0].body) == "SELECT 'é'; SELECT 2"
     assert m.parse_parse(msgs[1].body) == m.ParseMsg("s1", "SELECT $1::int", (23,))
@@ -47,8 +48,8 @@ def test_framer_splits_a_stream_of_frontend_messages() -> None:
 @given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=200))
 def test_framer_gives_the_same_messages_for_any_fragmentation(cuts: list[int]) -> None:
     stream = _frontend_stream()
-    whole = m.Framer().feed(stream)
-    framer = m.Framer()
+    whole = framing.Framer().feed(stream)
+    framer = framing.Framer()
     got: list[m.Message] = []
     pos = 0
     i = 0
@@ -63,7 +64,7 @@ def test_framer_gives_the_same_messages_for_any_fragmentation(cuts: list[int]) -
 
 def test_framer_one_byte_at_a_time_keeps_partial_tail() -> None:
     stream = m.encode_query("SELECT 1")
-    framer = m.Framer()
+    framer = framing.Framer()
     for b in stream[:-1]:
         assert framer.feed(bytes([b])) == []
     assert framer.buffered == len(stream) - 1
@@ -72,9 +73,9 @@ def test_framer_one_byte_at_a_time_keeps_partial_tail() -> None:
 
 def test_framer_rejects_impossible_length() -> None:
     with pytest.raises(ProtocolError, match="invalid message length 3"):
-        m.Framer().feed(b"Q\x00\x00\x00\x03")
+        framing.Framer().feed(b"Q\x00\x00\x00\x03")
     with pytest.raises(ProtocolError):
-        m.Framer(max_len=100).feed(b"Q" + struct.pack("!I", 101))
+        framing.Framer(max_len=100).feed(b"Q" + struct.pack("!I", 101))
 
 
 def test_backend_messages_round_trip() -> None:
@@ -92,7 +93,7 @@ def test_backend_messages_round_trip() -> None:
         m.encode_parameter_description([23, 25]),
         m.encode_ready_for_query("T"),
     ])
-    msgs = m.Framer().feed(stream)
+    msgs = framing.Framer().feed(stream)
     assert [x.tag for x in msgs] == list("RSKvTDCENtZ")
     code, data = m.parse_authentication(msgs[0].body)
     assert code == m.AUTH_SASL
@@ -125,7 +126,7 @@ def test_ready_for_query_status_is_checked() -> None:
 def test_startup_message_round_trips_for_protocol_3_0_and_3_2() -> None:
     for proto in (m.PROTOCOL_3_0, m.PROTOCOL_3_2):
         s = m.StartupMessage(proto, (("user", "bob"), ("database", "db"), ("options", "-c a=b")))
-        f = m.StartupFramer()
+        f = framing.StartupFramer()
         raw = s.encode()
         assert f.feed(raw[:5]) is None
         got = f.feed(raw[5:])
@@ -134,15 +135,15 @@ def test_startup_message_round_trips_for_protocol_3_0_and_3_2() -> None:
 
 
 def test_special_first_packets_decode() -> None:
-    assert m.decode_first_packet(m.SSLRequest().encode()) == m.SSLRequest()
-    assert m.decode_first_packet(m.GSSENCRequest().encode()) == m.GSSENCRequest()
+    assert framing.decode_first_packet(m.SSLRequest().encode()) == m.SSLRequest()
+    assert framing.decode_first_packet(m.GSSENCRequest().encode()) == m.GSSENCRequest()
     for secret in (b"abcd", b"x" * 32, b"y" * 256):
         c = m.CancelRequest(99, secret)
-        assert m.decode_first_packet(c.encode()) == c
+        assert framing.decode_first_packet(c.encode()) == c
 
 
 def test_startup_framer_keeps_bytes_after_the_packet() -> None:
-    f = m.StartupFramer()
+    f = framing.StartupFramer()
     pkt = f.feed(m.SSLRequest().encode() + b"extra")
     assert pkt == m.SSLRequest()
     assert f.rest == b"extra"
@@ -150,13 +151,13 @@ def test_startup_framer_keeps_bytes_after_the_packet() -> None:
 
 def test_malformed_startup_packets_are_rejected() -> None:
     with pytest.raises(ProtocolError, match="unsupported frontend protocol 2"):
-        m.decode_first_packet(struct.pack("!II", 8, 2 << 16))
+        framing.decode_first_packet(struct.pack("!II", 8, 2 << 16))
     with pytest.raises(ProtocolError, match="not NUL-terminated"):
-        m.decode_first_packet(struct.pack("!II", 12, m.PROTOCOL_3_0) + b"user")
+        framing.decode_first_packet(struct.pack("!II", 12, m.PROTOCOL_3_0) + b"user")
     with pytest.raises(ProtocolError):
-        m.StartupFramer().feed(struct.pack("!II", 100000, m.PROTOCOL_3_0))
+        framing.StartupFramer().feed(struct.pack("!II", 100000, m.PROTOCOL_3_0))
     with pytest.raises(ProtocolError, match="cancel"):
-        m.decode_first_packet(struct.pack("!III", 12, m.CANCEL_REQUEST_CODE, 1))
+        framing.decode_first_packet(struct.pack("!III", 12, m.CANCEL_REQUEST_CODE, 1))
 
 
 def test_startup_replace_sets_and_removes_parameters() -> None:

@@ -16,6 +16,7 @@ import pytest
 from psycopg import errors
 
 from strata.errors import InstanceError
+from strata.proxy import framing
 from strata.proxy import messages as m
 from strata.proxy.server import ProxyConfig, ProxyThread
 from tests.proxy.conftest import (
@@ -292,7 +293,7 @@ class RawClient:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.framer = m.Framer()
+        self.framer = framing.Framer()
         self.pending: list[m.Message] = []
 
     def send_slowly(self, data: bytes) -> None:
@@ -428,11 +429,21 @@ def test_copy_in_and_out_are_relayed(env: ProxyEnv) -> None:
 def test_large_result_to_a_slow_reader_arrives_whole(env: ProxyEnv) -> None:
     c = RawClient(env.port)
     try:
-        c.sock.sendall(m.StartupMessage(m.PROTOCOL_3_0, (("user", "postgres"),)).encode())
+        c.sock.sendall(m.StartupMessage(m.PROTOCOL_3_0, (("user", "postgres"),
+                                                         ("application_name", "slow-reader"),
+                                                         )).encode())
         c.until_ready()
         c.sock.sendall(m.encode_query(
             "SELECT i, repeat('x', 1000) FROM generate_series(1, 20000) i"))
-        time.sleep(1.0)  # the proxy's buffer to us fills up; it must pause the server
+        # We read nothing: the proxy's buffer to us fills up and it must stop reading
+        # from the server, whose backend then waits to write to its client.
+        deadline = time.monotonic() + 60
+        with env.live.connect() as conn:
+            while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                   "application_name = 'slow-reader' AND "
+                                   "wait_event = 'ClientWrite'").fetchone()[0]:
+                assert time.monotonic() < deadline, "the server was never paused"
+                time.sleep(0.01)
         got = c.until_ready()
         rows = [m.parse_data_row(x.body) for x in got if x.tag == "D"]
         assert len(rows) == 20000

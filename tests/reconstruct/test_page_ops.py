@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from strata.errors import RedoError
+from strata.reconstruct.redo import index_tuples as it
 from strata.reconstruct.redo import page_ops as po
 
 
@@ -158,7 +159,7 @@ def test_index_tuple_delete_closes_both_gaps() -> None:
     page = _fragmented_page()
     items = {i: po.get_item(page, i) for i in range(1, 7)}
     upper = po.get_upper(page)
-    po.page_index_tuple_delete(page, 3)
+    it.page_index_tuple_delete(page, 3)
     assert po.page_get_max_offset(page) == 5
     assert [po.get_item(page, i) for i in range(1, 6)] == [items[i] for i in (1, 2, 4, 5, 6)]
     assert po.get_upper(page) == upper + po.maxalign(27)
@@ -169,43 +170,43 @@ def test_index_tuple_delete_closes_both_gaps() -> None:
 def test_index_multi_delete_renumbers_and_compacts() -> None:
     page = _fragmented_page()
     items = {i: po.get_item(page, i) for i in range(1, 7)}
-    po.page_index_multi_delete(page, [1, 3, 5])
+    it.page_index_multi_delete(page, [1, 3, 5])
     assert [po.get_item(page, i) for i in range(1, 4)] == [items[2], items[4], items[6]]
     assert po.item_offset(page, 1) == 8192 - po.maxalign(19)
     assert po.get_upper(page) == 8192 - sum(po.maxalign(8 * i + 3) for i in (2, 4, 6))
     with pytest.raises(RedoError):
-        po.page_index_multi_delete(page, [1, 2, 9])
+        it.page_index_multi_delete(page, [1, 2, 9])
 
 
 def test_index_multi_delete_two_items_uses_single_deletes() -> None:
     a, b = _fragmented_page(), _fragmented_page()
-    po.page_index_multi_delete(a, [2, 5])
-    po.page_index_tuple_delete(b, 5)
-    po.page_index_tuple_delete(b, 2)
+    it.page_index_multi_delete(a, [2, 5])
+    it.page_index_tuple_delete(b, 5)
+    it.page_index_tuple_delete(b, 2)
     assert a == b
 
 
 def test_index_tuple_delete_no_compact_leaves_unused_pointer() -> None:
     page = _fragmented_page()
     item4 = po.get_item(page, 4)
-    po.page_index_tuple_delete_no_compact(page, 2)
+    it.page_index_tuple_delete_no_compact(page, 2)
     assert po.page_get_max_offset(page) == 6
     assert po.item_id(page, 2) == (0, po.LP_UNUSED, 0)
     assert po.get_item(page, 4) == item4
-    po.page_index_tuple_delete_no_compact(page, 6)
+    it.page_index_tuple_delete_no_compact(page, 6)
     assert po.page_get_max_offset(page) == 5
 
 
 def test_index_tuple_overwrite_grow_and_shrink() -> None:
     page = _fragmented_page()
     items = {i: po.get_item(page, i) for i in range(1, 7)}
-    assert po.page_index_tuple_overwrite(page, 2, b"N" * 40)
+    assert it.page_index_tuple_overwrite(page, 2, b"N" * 40)
     assert po.get_item(page, 2) == b"N" * 40
     assert all(po.get_item(page, i) == items[i] for i in (1, 3, 4, 5, 6))
-    assert po.page_index_tuple_overwrite(page, 2, b"s" * 3)
+    assert it.page_index_tuple_overwrite(page, 2, b"s" * 3)
     assert po.get_item(page, 2) == b"s" * 3
     assert all(po.get_item(page, i) == items[i] for i in (1, 3, 4, 5, 6))
-    assert not po.page_index_tuple_overwrite(page, 1, b"x" * 9000)
+    assert not it.page_index_tuple_overwrite(page, 1, b"x" * 9000)
 
 
 def test_temp_page_copy_special_keeps_only_special() -> None:

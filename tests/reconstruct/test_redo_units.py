@@ -238,3 +238,29 @@ def test_multi_insert_init_fast_path_equals_page_add_item_appends() -> None:
         assert page_ops.page_add_item(expected, tup, i + 1, overwrite=True, is_heap=True) == i + 1
     page_ops.page_set_lsn(expected, rec.end_lsn)
     assert page == bytes(expected)
+
+
+def test_an_index_rmgrs_redo_names_the_record_when_its_data_is_malformed() -> None:
+    """Every index AM dispatches through `run_handler`: a handler's IndexError /
+    ValueError / struct.error becomes a RedoError naming rmgr, record type, LSN and
+    block; a record type without a handler is unsupported, never skipped."""
+    from strata.reconstruct.redo import RM_BTREE_ID, run_handler
+    from strata.reconstruct.redo.btree import btree_redo_block
+    from strata.wal.rmgr import btree as xb
+
+    block = BlockRef(0, REL, 0, 3, 0, None, b"\x01")
+    rec = _record(RM_BTREE_ID, xb.XLOG_BTREE_INSERT_LEAF, (block,), main=struct.pack("<H", 1))
+    with pytest.raises(RedoError, match=r"^Btree/INSERT_LEAF at 0/1000000, block 0 .*blk 3\): "
+                                         r"malformed page or record data"):
+        btree_redo_block(rec, block, bytearray(10))  # a page cut short
+
+    def broken(r: DecodedRecord, b: BlockRef, p: bytearray) -> None:
+        raise struct.error("cut short")
+
+    def fail(r: DecodedRecord, b: BlockRef, what: str) -> RedoError:
+        return RedoError(what)
+
+    with pytest.raises(RedoError, match="malformed page or record data: cut short"):
+        run_handler({1: broken}, 1, rec, block, bytearray(BLCKSZ), fail)
+    with pytest.raises(UnsupportedRecordError):
+        run_handler({1: broken}, 2, rec, block, bytearray(BLCKSZ), fail)

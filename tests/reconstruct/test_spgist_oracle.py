@@ -25,14 +25,14 @@ from strata.runtime.cluster import Cluster
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import spgist as x
 
-from .conftest import WalCapture
-from .index_oracle import (
+from .am_oracle import (
     assert_descs_match,
     capture_in_db,
     check_plain_and_chained,
     header_record_types,
     records_of,
 )
+from .conftest import WalCapture
 
 ALL_SPGIST_TYPES = frozenset(x.SPGIST_RECORD_NAMES.values())
 

@@ -9,8 +9,9 @@ import pytest
 
 from strata.errors import ConfigError
 from strata.lsn import Lsn
+from strata.pg.timestamp import datetime_to_timestamptz
 from strata.services.maintenance import Retention, time_horizon
-from strata.timeline.timemap import EndKind, TimeMap, TxEnd, datetime_to_timestamptz
+from strata.timemap.timemap import EndKind, TimeMap, TxEnd
 
 T0 = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
 

@@ -10,6 +10,8 @@ bytes only at an fsync of that file. `cut()` makes every later operation raise
 their durable state: files created or renamed in since the last directory
 fsync disappear (or are back under their old name), unlinked ones come back,
 and each file holds exactly what it held at its last fsync (nothing, if never).
+Files opened in place (`open_in_place`) keep their durable content until an
+fsync replaces it.
 
 `skip_fsync(path) -> bool`: a hook that makes chosen fsyncs do nothing, to show
 that a test notices a missing one.
@@ -43,8 +45,8 @@ class _Dir:
 
 
 class FaultFile(WritableFile):
-    def __init__(self, ffs: FaultFS, path: Path, node: Node) -> None:
-        super().__init__(path)
+    def __init__(self, ffs: FaultFS, path: Path, node: Node, *, in_place: bool = False) -> None:
+        super().__init__(path, in_place=in_place)
         self._ffs, self._node = ffs, node
 
     def write(self, data: bytes) -> None:
@@ -54,6 +56,10 @@ class FaultFile(WritableFile):
     def seek(self, offset: int) -> None:
         self._ffs.step("seek", self.path)
         super().seek(offset)
+
+    def truncate(self, size: int) -> None:
+        self._ffs.step("truncate", self.path)
+        super().truncate(size)
 
     def fsync(self) -> None:
         self._ffs.step("fsync", self.path)
@@ -114,6 +120,16 @@ class FaultFS(FileSystem):
         self._dir(path).live[Path(path).name] = node
         return f
 
+    def open_in_place(self, path: Path) -> WritableFile:
+        self.step("open", path)
+        d = self._dir(path)
+        node = d.live.get(Path(path).name)
+        if node is None:  # created: a new directory entry, its content never synced
+            node = d.live[Path(path).name] = Node()
+        f = FaultFile(self, path, node, in_place=True)
+        self._open.append(f)
+        return f
+
     def rename(self, src: Path, dst: Path) -> None:
         self.step("rename", src)
         super().rename(src, dst)
@@ -131,6 +147,11 @@ class FaultFS(FileSystem):
         d = self._dirs.get(Path(path))
         if d is not None:
             d.durable = dict(d.live)
+
+    def durable_bytes(self, path: Path) -> bytes | None:
+        """What a power cut now would leave in `path` (None: no such file then)."""
+        node = self._dir(path).durable.get(Path(path).name)
+        return None if node is None else (node.synced or b"")
 
     # -- the power cut -------------------------------------------------------------
     def cut(self) -> None:

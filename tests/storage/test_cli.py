@@ -11,6 +11,7 @@ from strata.cli import compact as cli_compact
 from strata.cli import gc as cli_gc
 from strata.cli.main import main
 from strata.pagestore import PageStore
+from strata.storage.layerfile import open_layer
 from strata.storage.manifest import Level, load_manifest
 
 from .conftest import TINY, Model, append_redo, rk
@@ -57,9 +58,22 @@ def test_ls_layers_lists_kind_ranges_and_sizes(home: Path, capsys: pytest.Captur
     assert f"{len(m.layers)} layers" in out and "durable_lsn 0/3C0" in out
 
 
+def test_compaction_reports_its_progress_in_entries_merged(home: Path) -> None:
+    before = load_manifest(home / "layers")
+    assert before is not None and {le.level for le in before.layers} == {Level.L0}
+    entries = sum(open_layer(home / "layers" / le.name.filename()).entry_count
+                  for le in before.layers)
+    seen: list[tuple[int, int]] = []
+    with PageStore.open(home / "layers", append_redo, TINY, background=False) as ps:
+        ps.compact(force=True, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1] == (entries, entries)  # every L0 entry merged, none twice
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
 def test_compact_and_gc_commands_rewrite_the_store(home: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compact", "--home", str(home)]) == 0
+    assert "compact: merging the L0 layers" in capsys.readouterr().err  # lines: no terminal
     m = load_manifest(home / "layers")
     assert m is not None and {le.level for le in m.layers} == {Level.L1}
     # image creation at the horizon needs redo: give the CLI the test redo

@@ -18,6 +18,7 @@ import pytest
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.lsn import Lsn
+from strata.pg.timestamp import timestamptz_to_datetime
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import clog, dbase, multixact, relmap, standby, storage, tblspc, xact, xlog
 
@@ -38,7 +39,7 @@ def sample(name: str) -> tuple[DecodedRecord, str]:
 
 
 def ts_text(ts: int) -> str:
-    return xact.timestamptz_to_datetime(ts).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    return timestamptz_to_datetime(ts).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
 
 
 def ints(text: str) -> list[int]:
@@ -303,15 +304,6 @@ def test_truncated_main_data_raises_decode_error_never_garbage(name: str) -> Non
 def test_unknown_record_types_raise_unsupported(rmid: int, info: int) -> None:
     with pytest.raises(UnsupportedRecordError):
         PARSERS[rmid](_rec(rmid, info, bytes(64)))
-
-
-def test_timestamptz_conversion_round_trips_and_handles_infinity() -> None:
-    dt = datetime(2026, 11, 24, 16, 24, 51, 733203, tzinfo=UTC)
-    ts = xact.datetime_to_timestamptz(dt)
-    assert xact.timestamptz_to_datetime(ts) == dt
-    assert xact.timestamptz_to_datetime(0) == datetime(2000, 1, 1, tzinfo=UTC)
-    assert xact.timestamptz_to_datetime(-1) == datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-    assert xact.timestamptz_to_datetime(xact.DT_NOEND).year == 9999
 
 
 def test_commit_with_origin_and_twophase_gid_parses_the_unaligned_tail() -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from strata.historical.source import ControlValues
+from strata.historical.instance import pg_resetwal_args
 from strata.ingest.cluster_state import cluster_state_from_pg_controldata, parse_pg_controldata
 from strata.ingest.transam import import_baseline
 from strata.key import Key, KeyKind, SlruKind
@@ -208,7 +208,7 @@ def test_cluster_state_tracked_up_to_shutdown_checkpoint_matches_it(rebuilt: Reb
 def _resetwal_args(s: ClusterState) -> list[str]:
     """What a historical instance passes to pg_resetwal for state `s`."""
     nxt = segment_file_name(s.timeline, int(s.lsn) // s.wal_segment_size + 1, s.wal_segment_size)
-    return [*ControlValues.from_state(s).pg_resetwal_args(), "-l", nxt]
+    return [*pg_resetwal_args(s), "-l", nxt]
 
 
 def test_pg_resetwal_args_carry_the_rebuilt_values(rebuilt: Rebuilt) -> None:

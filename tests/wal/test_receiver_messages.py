@@ -12,7 +12,6 @@ from strata.lsn import Lsn
 from strata.wal.receiver import WalReceiver
 from strata.wal.replication import replication_conninfo
 from strata.wal.replication_messages import (
-    PG_EPOCH_OFFSET_S,
     PrimaryKeepalive,
     SlotInfo,
     StandbyStatusUpdate,
@@ -22,8 +21,6 @@ from strata.wal.replication_messages import (
     encode_xlogdata,
     parse_server_message,
     parse_timeline_history,
-    pg_now_us,
-    pg_us_to_unix,
     switchpoint_of,
     timeline_of_lsn,
 )
@@ -57,12 +54,6 @@ def test_standby_status_update_layout_matches_walreceiver() -> None:
 def test_malformed_server_messages_raise_protocol_error(buf: bytes) -> None:
     with pytest.raises(ProtocolError):
         parse_server_message(buf)
-
-
-def test_pg_clock_uses_the_2000_epoch() -> None:
-    now = pg_now_us()
-    assert abs(pg_us_to_unix(now) - (now / 1e6 + PG_EPOCH_OFFSET_S)) < 1e-6
-    assert now > 25 * 365 * 86400 * 1_000_000  # we are well past 2025
 
 
 def test_identify_system_row_is_parsed() -> None:

@@ -200,21 +200,29 @@ def test_server_setting_reads_over_a_replication_connection(pg_primary: Cluster)
 
 
 def test_stop_from_another_thread_ends_an_idle_stream(pg_primary: Cluster, slot: str) -> None:
-    rx = WalReceiver(pg_primary.dsn(), slot, _slot_restart(pg_primary, slot), give_up_after=10)
+    """The polling thread waits without a deadline and nothing falls due for ten
+    minutes: only stop()'s wake-up can end its wait."""
+    rx = WalReceiver(pg_primary.dsn(), slot, _slot_restart(pg_primary, slot), give_up_after=10,
+                     status_interval=600, receive_timeout=None)
     done = threading.Event()
 
     def run() -> None:
-        for _ in rx.stream():
-            pass
+        while not rx.finished:
+            rx.poll(None)
+        rx.close()
         done.set()
 
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(1.0)
-    t0 = time.monotonic()
-    rx.stop()
-    t.join(5)
-    assert done.is_set() and time.monotonic() - t0 < 2
+    try:
+        deadline = time.monotonic() + 60
+        while not rx.connected:  # streaming, then idle
+            assert time.monotonic() < deadline, "the receiver did not connect"
+            time.sleep(0.01)
+    finally:
+        rx.stop()
+        t.join(60)
+    assert done.is_set(), "stop() did not end the idle stream"
     assert rx.finished and not rx.connected
 
 
@@ -238,7 +246,12 @@ def test_primary_restart_mid_stream_loses_and_duplicates_nothing(
                     for i in range(40):
                         conn.execute("INSERT INTO w SELECT g, md5(g::text) "
                                      "FROM generate_series(%s::int, %s::int) g", (i * 100, i * 100 + 99))
-                        time.sleep(0.01)
+                # the restart comes while the receiver streams: it has this WAL already
+                written = _flush_lsn(c)
+                deadline = time.monotonic() + 60
+                while rx.received_lsn < written:
+                    assert time.monotonic() < deadline, f"the receiver never reached {written}"
+                    time.sleep(0.01)
                 if how == "fast":
                     c.stop("fast")
                 else:
@@ -397,15 +410,43 @@ def test_stream_follows_a_timeline_switch_without_loss(scratch_dir: Path) -> Non
 
 def test_an_idle_but_alive_server_answers_pings_and_is_not_dropped(
         pg_primary: Cluster, slot: str) -> None:
-    """receive_timeout 1 s on an idle stream: at 0.5 s of silence the receiver asks for a
-    reply; the server's keepalive answer keeps the connection (no reconnect in 3 s)."""
-    rx = WalReceiver(pg_primary.dsn(), slot, _slot_restart(pg_primary, slot),
-                     receive_timeout=1.0, status_interval=30, give_up_after=10)
+    """receive_timeout 1 s on the receiver's clock (moved by hand): at 0.6 s of
+    silence it asks for a reply; the server's answer keeps the connection, so at
+    1.2 s (0.6 s after the answer) it is still there and asks again."""
+    clock = ManualClock()
+    rx = WalReceiver(pg_primary.dsn(), slot, _flush_lsn(pg_primary),
+                     receive_timeout=1.0, status_interval=30, give_up_after=10, clock=clock)
     try:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 3:
-            rx.poll(0.2)
+        rx.poll(0)  # connects
+        assert rx.connected
+        # whatever the server sends on its own first (it has nothing to stream)
+        _poll_quietly(rx)
+        heard = rx.stats().messages
+        clock.now += 0.6
+        rx.poll(0)  # the ping
+        deadline = time.monotonic() + 30
+        while rx.stats().messages == heard:  # the server's answer
+            assert time.monotonic() < deadline, "the server did not answer the ping"
+            _poll_quietly(rx)
+        clock.now += 0.6
+        rx.poll(0)
         assert rx.connected
         assert rx.stats().reconnects == 0
     finally:
         rx.close()
+
+
+class ManualClock:
+    """The receiver's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _poll_quietly(rx: WalReceiver) -> None:
+    """Take in what the server has sent (nothing to stream: from its flush position)."""
+    rx.poll(0)
+    time.sleep(0.01)

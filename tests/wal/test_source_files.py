@@ -11,15 +11,10 @@ import pytest
 
 from strata.errors import WalSourceError
 from strata.lsn import Lsn
+from strata.pg.xlogfile import parse_segment_file_name, segment_file_name
 from strata.wal.receiver import StreamSource
-from strata.wal.source import (
-    FileSource,
-    WalChunk,
-    WalSource,
-    parse_segment_file_name,
-    read_segment_size,
-    segment_file_name,
-)
+from strata.wal.segments import WalDirectory, read_segment_size
+from strata.wal.source import FileSource, WalChunk, WalSource
 
 SEG = 1 << 20  # 1 MB segments (initdb --wal-segsize=1)
 
@@ -88,6 +83,19 @@ def test_file_source_follows_the_timeline_history(tmp_path: Path) -> None:
     assert [data[i * SEG + 100] for i in range(3)] == [0x13, 0x24, 0x35]
 
 
+def test_a_complete_segment_wins_over_its_partial_one_and_a_partial_alone_is_read(
+        tmp_path: Path) -> None:
+    """One reader of segment directories (WalDirectory) for both sources."""
+    _write(tmp_path, 1, 3, 0x13)
+    (tmp_path / (segment_file_name(1, 3, SEG) + ".partial")).write_bytes(_segment(1, 3, 0xEE))
+    (tmp_path / (segment_file_name(1, 4, SEG) + ".partial")).write_bytes(_segment(1, 4, 0x14))
+    d = WalDirectory.open(tmp_path)
+    assert d.segment_for(3) == (1, tmp_path / segment_file_name(1, 3, SEG))
+    assert d.segment_for(4) == (1, tmp_path / (segment_file_name(1, 4, SEG) + ".partial"))
+    data = b"".join(c.data for c in FileSource(tmp_path, 3 * SEG).stream())
+    assert [data[i * SEG + 100] for i in range(2)] == [0x13, 0x14]
+
+
 def test_follow_mode_picks_up_a_new_segment_and_stops_on_request(tmp_path: Path) -> None:
     _write(tmp_path, 1, 3, 3)
     src = FileSource(tmp_path, 3 * SEG, follow=True)
@@ -99,13 +107,16 @@ def test_follow_mode_picks_up_a_new_segment_and_stops_on_request(tmp_path: Path)
 
     t = threading.Thread(target=consume)
     t.start()
+    def wait_for(size: int) -> None:
+        deadline = time.monotonic() + 30
+        while sum(len(c.data) for c in got) < size:
+            assert time.monotonic() < deadline, f"follow mode stopped before {size} bytes"
+            time.sleep(0.01)
+
     try:
-        time.sleep(0.5)
-        assert sum(len(c.data) for c in got) == SEG
+        wait_for(SEG)  # the one segment there, and it waits for the next
         _write(tmp_path, 1, 4, 4)
-        deadline = time.monotonic() + 5
-        while sum(len(c.data) for c in got) < 2 * SEG and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(2 * SEG)
         assert sum(len(c.data) for c in got) == 2 * SEG
     finally:
         src.stop()

@@ -17,8 +17,8 @@ import argparse
 import sys
 
 from strata.cli._common import add_home
+from strata.progress import make_progress
 from strata.restore.plan import Kind, Request
-from strata.restore.progress import make_progress
 from strata.restore.restore import report
 
 
@@ -63,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
     req = request_of(args)
     ep = Endpoint.of_home(resolve_home(args.home), args.user, "strata restore")
-    res = restore(req, ep, make_progress(sys.stderr))
+    res = restore(req, ep, make_progress(sys.stderr, "restore"))
     print(report(res))
     return 0

@@ -12,7 +12,7 @@ invalid marker). ``--db`` and ``--table`` filter it (and imply it);
 temporary objects are hidden unless ``--temp``. VACUUM and ANALYZE never
 appear: their catalog updates are statistics, not DDL.
 
-Reads the time map and the DDL log (`strata.timeline`) read-only, beside a
+Reads the time map and the DDL log (`strata.timemap`) read-only, beside a
 running daemon. Times print as ISO 8601 with the offset of the local time
 zone (the ``TZ`` environment variable).
 """
@@ -31,8 +31,9 @@ from strata.errors import ConfigError
 from strata.home import HomeLayout, resolve_home
 from strata.home.files import load_history_info
 from strata.lsn import Lsn
-from strata.timeline.ddl import DdlChange, DdlEntry
-from strata.timeline.timemap import TimeMap, TxEnd, timestamptz_to_datetime
+from strata.pg.timestamp import timestamptz_to_datetime
+from strata.timemap.ddl import DdlChange, DdlEntry
+from strata.timemap.timemap import TimeMap, TxEnd
 
 
 def _when(text: str) -> dt.datetime:

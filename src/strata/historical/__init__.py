@@ -1,6 +1,6 @@
 """Historical compute: an LSN -> a running, read-only, stock PostgreSQL 18.
 
-Fed by a `SnapshotSource` (what a data directory at LSN X is made of: the page
+Fed by a `ClusterView` (what a data directory at LSN X is made of: the page
 store for live history, a cleanly stopped data directory for imports) and, in
 other processes, the page store read-only (`reader`). `modes` is the one
 factory (lazy | materialize | auto): `lazy` + `lazyfs` + `lazyview` serve the

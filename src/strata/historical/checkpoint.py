@@ -1,9 +1,10 @@
 """The shutdown checkpoint a historical server starts from: pg_control at X and
 the WAL segment that holds the checkpoint record (what pg_resetwal writes).
 
-Fed by the cluster's pg_control template (`SnapshotSource.control_template`),
-the cluster values at X (`ControlValues`) and the server settings of the
-instance. Feeds `modes` (both modes start this way: no `pg_resetwal`, no
+Fed by the cluster's pg_control template (`ClusterView.control_template`),
+the cluster values at X (a `keyspace.cluster.ClusterState`) and the
+settings of the instance (`ServerLimits`: the historical server's own, not
+the primary's). Feeds `modes` (both modes start this way: no `pg_resetwal`, no
 normal start/stop). `write_startup_files` writes global/pg_control,
 pg_wal/<segment> (sparse: its first page, then zeros) and standby.signal.
 
@@ -40,7 +41,7 @@ from strata.historical.controlfile import (
     parse_control,
     with_checksum_version,
 )
-from strata.historical.source import ControlValues
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.xlogfile import segment_file_name
 from strata.runtime.osuser import give_to_server_user
@@ -113,7 +114,7 @@ def _checkpoint_record(cp: bytes) -> bytes:
     return head[:20] + _U32.pack(crc) + body
 
 
-def startup_files(template: bytes, values: ControlValues, lsn: Lsn, *,
+def startup_files(template: bytes, values: ClusterState, lsn: Lsn, *,
                   limits: ServerLimits | None = None, now: int | None = None) -> StartupFiles:
     """pg_control at `lsn` and its checkpoint segment, from the cluster's template.
 
@@ -152,7 +153,7 @@ def startup_files(template: bytes, values: ControlValues, lsn: Lsn, *,
                         Lsn(redo))
 
 
-def write_startup_files(datadir: Path, template: bytes, values: ControlValues, lsn: Lsn, *,
+def write_startup_files(datadir: Path, template: bytes, values: ClusterState, lsn: Lsn, *,
                         checksums: bool = True, limits: ServerLimits | None = None
                         ) -> StartupFiles:
     """Write pg_control at `lsn`, its checkpoint segment and standby.signal into

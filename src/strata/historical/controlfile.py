@@ -2,8 +2,13 @@
 
 Fed by the bytes of a `global/pg_control` (a cluster we import, or the
 template kept from the import). Feeds `source.DataDirSource` (the values at
-its checkpoint) and `materialize` (which patches `data_checksum_version` and
-writes the file before `pg_resetwal` sets the values at LSN X). Owns no file.
+its checkpoint, as a `keyspace.cluster.ClusterState`) and `materialize` (which
+patches `data_checksum_version` and writes the file before the values at LSN X
+are set). Owns no file.
+
+Names: `ControlFile` is the parsed pg_control file (what the bytes say);
+`ClusterState` is the cluster's control values as of an LSN (what ingest keeps
+and a historical pg_control is written from).
 
 Offsets are those of ``ControlFileData`` in src/include/catalog/pg_control.h
 for x86-64 / aarch64 (8-byte alignment of int64 and double); the embedded
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 import google_crc32c
 
 from strata.errors import CorruptionError
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.structs import U32
 
@@ -69,6 +75,17 @@ class ControlFile:
     xlog_seg_size: int
     data_checksum_version: int
     default_char_signedness: bool
+
+    def cluster_state(self) -> ClusterState:
+        """The cluster values this file holds, at its checkpoint (`lsn` = the
+        checkpoint record; the settings not kept here take their defaults)."""
+        return ClusterState(
+            lsn=self.checkpoint, next_full_xid=self.next_full_xid, next_oid=self.next_oid,
+            next_multi=self.next_multi, next_multi_offset=self.next_multi_offset,
+            oldest_xid=self.oldest_xid, oldest_xid_db=self.oldest_xid_db,
+            oldest_multi=self.oldest_multi, oldest_multi_db=self.oldest_multi_db,
+            timeline=self.timeline, wal_segment_size=self.xlog_seg_size,
+            checkpoint_redo=self.redo, char_signed=self.default_char_signedness)
 
     @property
     def catalog_version_dir(self) -> str:

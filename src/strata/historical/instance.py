@@ -12,7 +12,8 @@ The recipe (wal-census.md section 5.3):
      segment after X, so every page LSN (at most X) is in the server's past;
   2. one normal start and stop, socket only, autovacuum off: pg_resetwal always
      leaves wal_level=minimal in pg_control and a hot standby refuses that; during
-     this start `mark_indexes_invalid` runs, if asked;
+     this start (`normal_cycle`) the indexes of unsupported access methods are
+     marked invalid, if asked;
   3. standby.signal (no primary_conninfo, no restore_command) and start: the
      server reaches consistency at the shutdown checkpoint, accepts read-only
      connections (writes get SQLSTATE 25006) and never writes relation files.
@@ -39,7 +40,8 @@ from strata.historical.materialize import (
     ProgressFn,
     materialize,
 )
-from strata.historical.source import SnapshotSource
+from strata.historical.source import ClusterView
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.xlogfile import segment_file_name
 from strata.runtime.cluster import SUPERUSER, Cluster, free_port
@@ -81,6 +83,15 @@ def wait_process_exit(pid: int, timeout: float) -> bool:
     return True
 
 
+def pg_resetwal_args(values: ClusterState) -> list[str]:
+    """-x/-e (next xid and its epoch), -u, -m, -O, -o: `values` as pg_resetwal
+    sets them (pg_resetwal's own checks apply)."""
+    epoch, xid = values.next_full_xid >> 32, values.next_full_xid & 0xFFFFFFFF
+    return ["-x", str(xid), "-e", str(epoch), "-u", str(values.oldest_xid),
+            "-m", f"{values.next_multi},{values.oldest_multi}",
+            "-O", str(values.next_multi_offset), "-o", str(values.next_oid)]
+
+
 def reset_wal(datadir: Path, mat: MaterializedDir, *, bins: PgBinaries | None = None) -> None:
     """Run pg_resetwal with the values at X (step 1).
 
@@ -95,7 +106,7 @@ def reset_wal(datadir: Path, mat: MaterializedDir, *, bins: PgBinaries | None = 
     next_seg = segment_file_name(mat.timeline, int(mat.lsn) // mat.wal_segment_size + 1,
                                  mat.wal_segment_size)
     try:
-        run_as_server([bins.path("pg_resetwal"), "-f", *mat.control.pg_resetwal_args(),
+        run_as_server([bins.path("pg_resetwal"), "-f", *pg_resetwal_args(mat.control),
                        "-l", next_seg, "-D", datadir])
     except RuntimeSetupError as e:
         raise InstanceError(f"pg_resetwal failed on {datadir}: {e}") from e
@@ -155,16 +166,6 @@ def normal_cycle(datadir: Path, *, am_names: Sequence[str] = (), user: str = SUP
     if c.is_running():
         raise InstanceError(f"the normal start of {datadir} did not stop.\n{c.log_tail()}")
     return marked
-
-
-def mark_indexes_invalid(datadir: Path, am_names: Sequence[str], *, user: str = SUPERUSER,
-                         bins: PgBinaries | None = None) -> int:
-    """Mark every index of the access methods `am_names` invalid (the planner then
-    answers by other plans). Runs one normal start/stop of the stopped,
-    pg_resetwal-ed cluster in `datadir` (it is step 2 of the recipe).
-    Returns: the number of indexes marked.
-    """
-    return normal_cycle(datadir, am_names=am_names, user=user, bins=bins)
 
 
 @dataclass
@@ -335,7 +336,7 @@ def start_instance(mat: MaterializedDir, *, root: Path | None = None,
     return inst
 
 
-def materialize_and_start(source: SnapshotSource, root: Path, *,
+def materialize_and_start(source: ClusterView, root: Path, *,
                           invalid_index_ams: Sequence[str] = (),
                           checksums: ChecksumPolicy | str = ChecksumPolicy.COMPUTE,
                           progress: ProgressFn | None = None, port: int | None = None,

@@ -401,7 +401,7 @@ def _prefetch(view: LazyView) -> None:
 def main(argv: list[str] | None = None) -> None:
     from strata.historical.controlfile import parse_control
     from strata.historical.reader import open_reader
-    from strata.historical.store_source import StoreSource
+    from strata.historical.store_view import StoreView
     from strata.lsn import Lsn
 
     argv = sys.argv[1:] if argv is None else argv
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         store = open_reader(args.store)
-        source = StoreSource(store, args.lsn)
+        source = StoreView(store, args.lsn)
         cf = parse_control(source.control_template())
         view = LazyView(source, cf.catalog_version_dir, cf.relseg_size,
                         tuple(a for a in args.invalid_index_ams.split(",") if a))

@@ -1,6 +1,6 @@
 """The relation files of a lazy data directory at LSN X, read page by page.
 
-Fed by a `StoreSource` over a `PageReader` (the store opened read-only in the
+Fed by a `StoreView` over a `PageReader` (the store opened read-only in the
 file system process) and the catalog version / segment size of the cluster.
 Feeds `lazyfs` (names, sizes and bytes of every relation segment file). Owns
 an in-memory cache of pages rebuilt ahead of the reader and not read yet (a
@@ -19,7 +19,7 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
   pg_class / pg_index pages are patched first (`catalog_patch`).
 * A block the store has no value for is a zero page (a hole), as in
   materialize. A relation with WAL of an index AM without redo
-  (`store_source.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
+  (`store_view.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
   on (its indexes are invalid, never read). Any other error of the store
   propagates (the file system answers EIO: never wrong data).
 """
@@ -38,7 +38,7 @@ from strata.historical.catalog_patch import CatalogFacts, am_oids, patch_page
 from strata.historical.materialize import database_dir
 from strata.historical.served import ServedFork, facts_of, served_forks
 from strata.historical.source import BLCKSZ, FORK_SUFFIX
-from strata.historical.store_source import NO_REDO_YET_RMGRS, StoreSource
+from strata.historical.store_view import NO_REDO_YET_RMGRS, StoreView
 from strata.key import Key, KeyRange
 from strata.pg.checksum import set_checksums
 from strata.pg.constants import ForkNumber
@@ -78,7 +78,7 @@ class LazyView:
     """See the module docstring. `files` maps a path relative to the data directory
     to its segment file."""
 
-    source: StoreSource
+    source: StoreView
     catver_dir: str
     segblocks: int
     invalid_index_ams: tuple[str, ...] = ()

@@ -1,6 +1,6 @@
-"""Write a PostgreSQL 18 data directory at LSN X from a `SnapshotSource`.
+"""Write a PostgreSQL 18 data directory at LSN X from a `ClusterView`.
 
-Fed by a `SnapshotSource` (the page store's, or `DataDirSource` for imports and
+Fed by a `ClusterView` (the page store's, or `DataDirSource` for imports and
 tests). Feeds `instance` (which runs pg_resetwal and starts the server on the
 directory). Owns the directory it writes, until `instance` takes it over.
 
@@ -36,19 +36,19 @@ file is written; a failure midway removes the partial directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from strata.errors import CorruptionError, InstanceError
 from strata.historical.controlfile import parse_control, with_checksum_version
-from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, ControlValues, RelFile, SnapshotSource
+from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, ClusterView, RelFile
 from strata.key import SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.checksum import set_checksums
 from strata.pg.constants import BLCKSZ, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber
@@ -112,7 +112,8 @@ HBA_CONF = (
 )
 
 ProgressFn = Callable[[int, int], None]
-"""progress(pages_done, pages_total), called after every batch."""
+"""progress(pages_done, pages_total), called after every batch (`strata.progress.Progress.update`
+is one: a bar or lines for a caller that shows them)."""
 
 
 class ChecksumPolicy(StrEnum):
@@ -126,7 +127,7 @@ class MaterializedDir:
 
     datadir: Path
     lsn: Lsn
-    control: ControlValues
+    control: ClusterState
     timeline: int
     wal_segment_size: int
     checksums: bool
@@ -218,7 +219,7 @@ class _ForkWriter:
         return total
 
 
-def materialize(source: SnapshotSource, datadir: Path, *,
+def materialize(source: ClusterView, datadir: Path, *,
                 checksums: ChecksumPolicy | str = ChecksumPolicy.COMPUTE,
                 progress: ProgressFn | None = None,
                 settings: Mapping[str, str] | None = None) -> MaterializedDir:
@@ -293,7 +294,7 @@ def database_dir(datadir: Path, spc: int, db: int, catver_dir: str) -> Path:
     return datadir / TABLESPACE_ROOT / str(spc) / catver_dir / str(db)
 
 
-def write_layout(source: SnapshotSource, datadir: Path, catver_dir: str
+def write_layout(source: ClusterView, datadir: Path, catver_dir: str
                  ) -> dict[tuple[int, int], Path]:
     """Database directories (PG_VERSION, pg_filenode.map), tablespace links and SLRU
     segments at the source's LSN: every small file that depends on X except
@@ -322,7 +323,7 @@ def write_layout(source: SnapshotSource, datadir: Path, catver_dir: str
     return dirs
 
 
-def write_fork(source: SnapshotSource, rdir: Path, r: RelFile, segblocks: int, checksums: bool,
+def write_fork(source: ClusterView, rdir: Path, r: RelFile, segblocks: int, checksums: bool,
                on_batch: Callable[[int], None] | None = None) -> int:
     """Write one relation fork (all its segments) under `rdir`; returns bytes written.
     `on_batch(blocks_done_in_this_fork)` after every batch."""
@@ -341,7 +342,7 @@ def write_fork(source: SnapshotSource, rdir: Path, r: RelFile, segblocks: int, c
     return w.bytes_written
 
 
-def _write_all(source: SnapshotSource, datadir: Path, catver_dir: str, segblocks: int,
+def _write_all(source: ClusterView, datadir: Path, catver_dir: str, segblocks: int,
                checksums: bool, progress: ProgressFn | None) -> tuple[int, int, int]:
     write_skeleton(datadir)
     dirs = write_layout(source, datadir, catver_dir)
@@ -372,34 +373,3 @@ def relation_dir(dirs: Mapping[tuple[int, int], Path], r: RelFile) -> Path:
             f"relation {r.rel} is in database directory {r.spc}/{r.db}, "
             "which the source's databases() does not list")
     return rdir
-
-
-@contextlib.contextmanager
-def rich_progress(description: str = "materializing") -> Iterator[ProgressFn]:
-    """A `ProgressFn` that draws a rich progress bar with pages/s (for the CLI)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    class _Rate(TextColumn):
-        def __init__(self) -> None:
-            super().__init__("")
-
-        def render(self, task):  # type: ignore[no-untyped-def,override]
-            from rich.text import Text
-
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} pages/s" if speed else "")
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  _Rate(), TimeRemainingColumn(), transient=False) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update

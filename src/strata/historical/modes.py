@@ -42,9 +42,9 @@ from strata.historical.lazy import FsSpares, LazyMount, cleanup_mounts, lazy_ava
 from strata.historical.materialize import materialize, server_settings, write_layout
 from strata.historical.parallel import materialize_parallel
 from strata.historical.reader import PageReader
-from strata.historical.served import ServedSource
+from strata.historical.served import ServedView
 from strata.historical.skeleton import SKELETONS_DIR, SkeletonPool, build_skeleton
-from strata.historical.store_source import StoreSource
+from strata.historical.store_view import StoreView
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.runtime.osuser import give_to_server_user
@@ -55,7 +55,7 @@ SERVER_PID_FILE = "server.pid"  # <root>/server.pid: the postmaster, for `cleanu
 
 # Index access methods whose WAL has no redo yet: their indexes are marked invalid
 # in historical servers, so queries answer through other plans. Every index AM
-# of 18.6 has redo (issue 12); keep in step with store_source.NO_REDO_YET_RMGRS
+# of 18.6 has redo (issue 12); keep in step with store_view.NO_REDO_YET_RMGRS
 # (tests/test_history_service.py checks both against the redo registry).
 UNSUPPORTED_INDEX_AMS: tuple[str, ...] = ()
 
@@ -156,7 +156,7 @@ class HistoricalFactory:
             socket_only=self.socket_only)
 
     def _lazy(self, lsn: Lsn, root: Path) -> HistoricalInstance:
-        source = StoreSource(self.store, lsn)
+        source = StoreView(self.store, lsn)
         template = source.control_template()
         cf = parse_control(template)
         overlay = root / "overlay"
@@ -181,14 +181,14 @@ class HistoricalFactory:
             raise
 
     def _materialize(self, lsn: Lsn, root: Path) -> HistoricalInstance:
-        source = StoreSource(self.store, lsn)
+        source = StoreView(self.store, lsn)
         datadir = root / "data"
         if self.workers > 1:
             mat, marked = materialize_parallel(
                 self.store_dir, source, datadir, workers=self.workers,
                 invalid_index_ams=self.invalid_index_ams, settings=self.settings)
         else:
-            served = ServedSource(source, self.invalid_index_ams)
+            served = ServedView(source, self.invalid_index_ams)
             mat = materialize(served, datadir, settings=self.settings)
             marked = served.indexes_marked_invalid
         write_startup_files(datadir, source.control_template(), source.control(), lsn,

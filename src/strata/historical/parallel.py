@@ -1,7 +1,7 @@
 """Materialize mode spread over the cores: relation pages written by worker processes.
 
 Fed by the page store (its directory: each worker opens it read-only with
-`reader.open_reader`; the caller's `StoreSource` for the small files). Feeds
+`reader.open_reader`; the caller's `StoreView` for the small files). Feeds
 `modes` (materialize mode). Owns the data directory it writes, like
 `materialize`, and its worker processes (spawned, ended before it returns).
 
@@ -9,9 +9,9 @@ The parent writes the skeleton, the small files at X (`write_layout`), the
 configuration and the pg_control template, and creates every relation segment
 file at its final length (sparse). The relation forks are cut into block
 ranges of at most `chunk_blocks`, dealt to `workers` processes largest first;
-a worker rebuilds its ranges (`ServedSource.pages(..., start, end)`: range
+a worker rebuilds its ranges (`ServedView.pages(..., start, end)`: range
 scans, the same patches as one process) and writes pages in place. The
-result is byte-for-byte what `materialize(ServedSource(...))` writes.
+result is byte-for-byte what `materialize(ServedView(...))` writes.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from strata.historical.materialize import (
     write_layout,
     write_skeleton,
 )
-from strata.historical.served import ServedSource
+from strata.historical.served import ServedView
 from strata.historical.source import BLCKSZ, FORK_SUFFIX, RelFile
-from strata.historical.store_source import StoreSource
+from strata.historical.store_view import StoreView
 from strata.lsn import Lsn
 from strata.runtime.osuser import give_to_server_user
 
@@ -56,15 +56,15 @@ class _Task(NamedTuple):
     end: int
 
 
-_worker: tuple[StoreSource, ServedSource] | None = None
+_worker: tuple[StoreView, ServedView] | None = None
 
 
 def _init_worker(store_dir: str, lsn: int, invalid_index_ams: Sequence[str]) -> None:
     global _worker
     from strata.historical.reader import open_reader
 
-    source = StoreSource(open_reader(store_dir), Lsn(lsn))
-    _worker = (source, ServedSource(source, invalid_index_ams))
+    source = StoreView(open_reader(store_dir), Lsn(lsn))
+    _worker = (source, ServedView(source, invalid_index_ams))
 
 
 def _run_task(task: _Task, segblocks: int, checksums: bool) -> int:
@@ -110,7 +110,7 @@ def plan_tasks(rels: Sequence[tuple[Path, RelFile, int]], chunk_blocks: int) -> 
     return tasks
 
 
-def materialize_parallel(store_dir: Path, source: StoreSource, datadir: Path, *,
+def materialize_parallel(store_dir: Path, source: StoreView, datadir: Path, *,
                          workers: int, invalid_index_ams: Sequence[str] = (),
                          settings: Mapping[str, str] | None = None,
                          chunk_blocks: int = DEFAULT_CHUNK_BLOCKS
@@ -125,7 +125,7 @@ def materialize_parallel(store_dir: Path, source: StoreSource, datadir: Path, *,
         raise CorruptionError(f"pg_control block size {cf.blcksz} is not {BLCKSZ}")
     if datadir.exists() and any(datadir.iterdir()):
         raise InstanceError(f"cannot materialize into {datadir}: it is not empty")
-    served = ServedSource(source, invalid_index_ams)
+    served = ServedView(source, invalid_index_ams)
     t0 = time.perf_counter()
     try:
         write_skeleton(datadir)

@@ -1,7 +1,7 @@
 """The relation files a historical data directory shows, in both modes.
 
-Fed by a `SnapshotSource` (its `relations()` and `pages()`). Feeds
-`materialize` (through `ServedSource`, a `SnapshotSource` itself) and the lazy
+Fed by a `ClusterView` (its `relations()` and `pages()`). Feeds
+`materialize` (through `ServedView`, a `ClusterView` itself) and the lazy
 file system (`served_forks`, `facts_of`). Owns no file.
 
 What is served, per relation fork the source lists:
@@ -30,8 +30,9 @@ from strata.historical.catalog_patch import (
     read_facts,
     relmap_lookup,
 )
-from strata.historical.source import ControlValues, RelFile, SnapshotSource
+from strata.historical.source import ClusterView, RelFile
 from strata.key import SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.constants import GLOBALTABLESPACE_OID, ForkNumber
 
@@ -61,7 +62,7 @@ def served_forks(relations: Iterable[RelFile]) -> list[ServedFork]:
     return [out[k] for k in sorted(out)]
 
 
-def facts_of(source: SnapshotSource, spc: int, db: int, invalid_am_oids: Sequence[int]
+def facts_of(source: ClusterView, spc: int, db: int, invalid_am_oids: Sequence[int]
              ) -> CatalogFacts | None:
     """The catalog facts of the database whose relation map is in (spc, db), read
     from its pg_class pages; None for global/ or a directory without a map."""
@@ -75,10 +76,10 @@ def facts_of(source: SnapshotSource, spc: int, db: int, invalid_am_oids: Sequenc
     return read_facts(pg_class, pages, invalid_am_oids)
 
 
-class ServedSource:
+class ServedView:
     """`source` as a historical data directory shows it (see the module docstring)."""
 
-    def __init__(self, source: SnapshotSource, invalid_index_ams: Sequence[str] = ()) -> None:
+    def __init__(self, source: ClusterView, invalid_index_ams: Sequence[str] = ()) -> None:
         self.inner = source
         self.invalid_am_oids = am_oids(invalid_index_ams)
         self._facts: dict[tuple[int, int], CatalogFacts | None] = {}
@@ -112,7 +113,7 @@ class ServedSource:
     def pages(self, spc: int, db: int, rel: int, fork: int, start: int = 0,
               end: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Pages of a served fork; blocks [start, end) when given (the inner
-        source must then accept them too, as `StoreSource` does)."""
+        source must then accept them too, as `StoreView` does)."""
         from_fork = self._from.get((spc, db, rel, fork), fork)
         facts = self.facts(spc, db)
         inner = self.inner.pages(spc, db, rel, from_fork) if (start, end) == (0, None) else \
@@ -128,7 +129,7 @@ class ServedSource:
     def relmap(self, spc: int, db: int) -> bytes | None:
         return self.inner.relmap(spc, db)
 
-    def control(self) -> ControlValues:
+    def control(self) -> ClusterState:
         return self.inner.control()
 
     def control_template(self) -> bytes:

@@ -1,18 +1,25 @@
-"""What a data directory at LSN X is made of: the `SnapshotSource` protocol.
+"""What a data directory at LSN X is made of: the `ClusterView` protocol.
 
-A `SnapshotSource` is the input of `materialize`. The page store will offer one
-(`StoreSource`, written over `pagestore.scan(key_range, lsn)`); this module
+A `ClusterView` is a read-only view of a cluster's files as of one LSN: the
+input of `materialize` and of the lazy file system. The page store offers one
+(`store_view.StoreView`, over `pagestore.scan(key_range, lsn)`); this module
 offers `DataDirSource`, which reads a cleanly stopped PostgreSQL 18 data
-directory (the tests' source and the startup "import" path). Fed by the file
-system (DataDirSource); feeds `materialize`. Owns no file.
+directory (the source an import copies into the store, and the tests').
+Fed by the file system (DataDirSource); feeds `materialize`, `bootstrap`.
+Owns no file.
 
-A store-backed source maps the key space (`strata.key`) directly: `relations`
+"Source" elsewhere: `wal.source.WalSource` (and its `StreamSource`,
+`FileSource`) and `wal.segments.SegmentWalSource` are sources of WAL bytes or
+records; ``strata up --source DSN`` names the primary to attach to (the WAL
+comes from it). A `DataDirSource` is the source of an import, never of WAL.
+
+The store's view maps the key space (`strata.key`) directly: `relations`
 from REL_SIZE keys, `pages` from one `scan(KeyRange.relation(spc, db, rel, fork),
 lsn)` per fork (streaming, sorted; never one lookup per page), `slru_segments`
 from SLRU_PAGE keys through `slru_segments_from_pages`, `relmap` from RELMAP keys,
 `databases` from DB_DIR keys, `control` from the cluster values at X
-(`ControlValues.from_state`), `control_template` from the pg_control kept at
-import.
+(a `keyspace.cluster.ClusterState`), `control_template` from the pg_control
+kept at import.
 
 Identifiers follow the key space (`strata.key`): tablespace OID `spc`
 (1664 = global, 1663 = default), database OID `db` (0 for global), relfilenumber
@@ -24,13 +31,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from strata.errors import CorruptionError
-from strata.historical.controlfile import DB_SHUTDOWNED, ControlFile, parse_control
+from strata.historical.controlfile import DB_SHUTDOWNED, parse_control
 from strata.key import SlruKind
+from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
 from strata.pg.constants import BLCKSZ, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber
 
@@ -55,42 +62,7 @@ class RelFile(NamedTuple):
     nblocks: int
 
 
-@dataclass(frozen=True, slots=True)
-class ControlValues:
-    """The cluster values at X that `pg_resetwal` writes into pg_control.
-
-    Field names match `strata.ingest.cluster_state.ClusterState`, so
-    `ControlValues.from_state(state)` adopts one.
-    """
-
-    next_full_xid: int
-    next_oid: int
-    next_multi: int
-    next_multi_offset: int
-    oldest_xid: int
-    oldest_xid_db: int
-    oldest_multi: int
-    oldest_multi_db: int
-
-    @classmethod
-    def from_state(cls, state: object) -> ControlValues:
-        """Copy the same-named attributes of any object (e.g. a ClusterState)."""
-        return cls(**{f: int(getattr(state, f)) for f in cls.__dataclass_fields__})
-
-    @classmethod
-    def from_control(cls, cf: ControlFile) -> ControlValues:
-        return cls(cf.next_full_xid, cf.next_oid, cf.next_multi, cf.next_multi_offset,
-                   cf.oldest_xid, cf.oldest_xid_db, cf.oldest_multi, cf.oldest_multi_db)
-
-    def pg_resetwal_args(self) -> list[str]:
-        """-x/-e (next xid and its epoch), -u, -m, -O, -o (pg_resetwal's own checks apply)."""
-        epoch, xid = self.next_full_xid >> 32, self.next_full_xid & 0xFFFFFFFF
-        return ["-x", str(xid), "-e", str(epoch), "-u", str(self.oldest_xid),
-                "-m", f"{self.next_multi},{self.oldest_multi}", "-O", str(self.next_multi_offset),
-                "-o", str(self.next_oid)]
-
-
-class SnapshotSource(Protocol):
+class ClusterView(Protocol):
     """Everything a data directory at `lsn` holds that PostgreSQL needs to serve reads.
 
     Visibility-map and free-space-map forks may be offered; `materialize` leaves
@@ -122,8 +94,8 @@ class SnapshotSource(Protocol):
         """pg_filenode.map of that database directory (global: spc 1664, db 0), or None."""
         ...
 
-    def control(self) -> ControlValues:
-        """The values `pg_resetwal` sets for the state at `lsn`."""
+    def control(self) -> ClusterState:
+        """The cluster's control values at `lsn` (what its pg_control is written from)."""
         ...
 
     def control_template(self) -> bytes:
@@ -165,7 +137,7 @@ def slru_segments_from_pages(pages: Iterator[tuple[int, bytes]]) -> Iterator[tup
 
 
 class DataDirSource:
-    """A `SnapshotSource` over a cleanly stopped PostgreSQL 18 data directory.
+    """A `ClusterView` over a cleanly stopped PostgreSQL 18 data directory.
 
     Requires: the server is stopped and pg_control says "shut down" (a copy of a
     running cluster is not a consistent state). The lsn is the shutdown
@@ -261,8 +233,9 @@ class DataDirSource:
         p = self._db_dir(spc, db) / "pg_filenode.map"
         return p.read_bytes() if p.exists() else None
 
-    def control(self) -> ControlValues:
-        return ControlValues.from_control(self.controlfile)
+    def control(self) -> ClusterState:
+        """The values of this directory's pg_control, at its checkpoint."""
+        return self.controlfile.cluster_state()
 
     def control_template(self) -> bytes:
         return self._template

@@ -12,33 +12,32 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from strata import durable
 from strata.errors import ConfigError
 from strata.lsn import Lsn
 
 FORMAT_VERSION = 1
 
 
+class _HasPid(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+
+_Running = TypeVar("_Running", bound=_HasPid)
+
+
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """tmp + fsync + rename + fsync dir: a crash leaves the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """tmp + fsync + rename + fsync dir (`durable`): a crash leaves the old or the
+    new file."""
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    durable.fs().write_durably(path, data, path.with_name(path.name + ".tmp"))
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:
@@ -154,9 +153,16 @@ class DaemonState:
 
 def load_daemon_state(path: Path) -> DaemonState | None:
     """The running daemon's state; None if there is none or its process is gone."""
+    return _load_running(path, "remove it", DaemonState.from_json)
+
+
+def _load_running(path: Path, what: str, from_json: Callable[[dict[str, Any]], _Running]
+                  ) -> _Running | None:
+    """The state a running process keeps in `path`; None if there is none, it is
+    damaged, or its process (`pid`) is gone."""
     try:
-        d = _read_json(path, "remove it")
-        state = None if d is None else DaemonState.from_json(d)
+        d = _read_json(path, what)
+        state = None if d is None else from_json(d)
     except (ConfigError, KeyError, TypeError, ValueError):
         return None
     if state is None:
@@ -192,20 +198,7 @@ class ProxyState:
 
 def load_proxy_state(path: Path) -> ProxyState | None:
     """The running proxy service's state; None if there is none or its process is gone."""
-    try:
-        d = _read_json(path, "it is rewritten by the running proxy")
-        state = None if d is None else ProxyState.from_json(d)
-    except (ConfigError, KeyError, TypeError, ValueError):
-        return None
-    if state is None:
-        return None
-    try:
-        os.kill(state.pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return state
+    return _load_running(path, "it is rewritten by the running proxy", ProxyState.from_json)
 
 
 def load_status(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ pg_authid shared). Fed by `WalIngest`:
   so ordinary records cost one set lookup and nothing else);
 - `transaction_end(record, parsed)` for every commit and abort.
 
-Feeds the DDL log (`strata.timeline.ddl`, beside the time map) through
+Feeds the DDL log (`strata.timemap.ddl`, beside the time map) through
 `strata.ingest.catalog_changes.describe`.
 
 How a row is read: WAL of a catalog (wal_level=replica) carries new tuples
@@ -66,7 +66,7 @@ from strata.pg import catalog as pgc
 from strata.pg.constants import GLOBALTABLESPACE_OID, ForkNumber
 from strata.pg.transam import xid_precedes
 from strata.reconstruct.redo import page_ops, redo_block_inplace
-from strata.timeline.ddl import DdlEntry, DdlLog
+from strata.timemap.ddl import DdlEntry, DdlLog
 from strata.wal.record import DecodedRecord, RelFileLocator
 from strata.wal.rmgr import RM_HEAP2_ID, RM_HEAP_ID
 from strata.wal.rmgr import heap as heap_rmgr

@@ -23,7 +23,7 @@ Rules:
   created in it), then through `names` (the catalog as of the commit).
 
 Fed by: `strata.ingest.catalog.CatalogTracker` at a commit. Feeds: the DDL
-log (`strata.timeline.ddl`).
+log (`strata.timemap.ddl`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Protocol
 
 from strata.pg import catalog as pgc
 from strata.pg.catalog import Row
-from strata.timeline.ddl import DdlChange
+from strata.timemap.ddl import DdlChange
 
 _PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
 

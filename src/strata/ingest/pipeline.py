@@ -12,7 +12,7 @@ hooks (progress lines, status, primary checks).
 
 Ordering that keeps "nothing lost" (home/FORMAT.md):
 - `advance` syncs the time map before the store's watermark moves
-  (timeline/FORMAT.md invariant 2);
+  (timemap/FORMAT.md invariant 2);
 - ``receiver.json`` records ``durable_lsn`` before the slot is told it may
   release WAL up to it (`save_and_confirm`);
 - on stop, everything processed is advanced and flushed before the last

@@ -316,6 +316,3 @@ def import_baseline(datadir: Path | str, controldata: str,
     return ing, puts
 
 
-def shared_relmap_key() -> Key:
-    """Where the global/pg_filenode.map lives (RelMap UPDATE with dbid 0)."""
-    return Key.relmap(GLOBALTABLESPACE_OID, 0)

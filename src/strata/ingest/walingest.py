@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +76,7 @@ from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.pg.constants import ForkNumber
 from strata.storage.values import PageImage, Tombstone, Value, ValueKind, WalRecord
-from strata.timeline.timemap import FLAG_CATALOG_CHANGE, EndKind, TimeMap, TxEnd
+from strata.timemap.timemap import FLAG_CATALOG_CHANGE, EndKind, TimeMap, TxEnd
 from strata.wal.batch import RecordBatch
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import (
@@ -428,7 +427,7 @@ class WalIngest:
 
         The time map is synced first, so that once the store makes `lsn`
         durable, every transaction end at or below it is durable too
-        (timeline/FORMAT.md, invariant 2).
+        (timemap/FORMAT.md, invariant 2).
         """
         target = self.last_lsn if lsn is None else lsn
         self._pending.flush()
@@ -436,11 +435,6 @@ class WalIngest:
             return
         self.timemap.sync()
         self.store.advance(target)
-
-    def ingest_many(self, records: Iterable[DecodedRecord]) -> None:
-        for r in records:
-            self.ingest(r)
-        self.advance()
 
     # -- interpreted records ---------------------------------------------------------------
     def _smgr(self, record: DecodedRecord, lsn: Lsn) -> None:

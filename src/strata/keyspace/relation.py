@@ -55,11 +55,6 @@ def decode_delta(data: bytes) -> tuple[Lsn, Lsn, bytes]:
     return Lsn(lsn), Lsn(end), data[_DELTA_HEADER.size:]
 
 
-def image_delta_tail(bimg_info: int, hole_offset: int, hole_length: int) -> bytes:
-    """The 10 bytes of an image delta between its two LSNs and the image."""
-    return _IMAGE_TAIL.pack(0, bimg_info, hole_offset, hole_length)
-
-
 def encode_image_delta(lsn: int, end_lsn: int, image: BlockImage) -> bytes:
     """A REL_BLOCK image delta: `image` (a full-page image of the record that
     starts at `lsn`) as WAL stores it; the page it restores to is stamped

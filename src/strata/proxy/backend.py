@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from strata.errors import InstanceError, ProtocolError
+from strata.proxy import framing
 from strata.proxy import messages as m
 from strata.proxy.machine import EXP_SYNC, Expect, ServerState
 
@@ -140,7 +141,7 @@ class Backend:
     writer: asyncio.StreamWriter
     dbname: str
     state: ServerState = field(default_factory=ServerState)
-    framer: m.Framer = field(default_factory=m.Framer)  # startup only
+    framer: framing.Framer = field(default_factory=framing.Framer)  # startup only
     pid: int = 0
     secret: bytes = b""
     protocol: RelayProtocol | None = None
@@ -346,7 +347,7 @@ class Backend:
             self.writer.close()
 
 
-async def read_message(reader: asyncio.StreamReader, framer: m.Framer,
+async def read_message(reader: asyncio.StreamReader, framer: framing.Framer,
                        pending: deque[m.Message]) -> m.Message:
     """Next message from a stream, reading more only when `pending` is empty."""
     while not pending:
@@ -357,7 +358,7 @@ async def read_message(reader: asyncio.StreamReader, framer: m.Framer,
     return pending.popleft()
 
 
-def leftover(framer: m.Framer, pending: deque[m.Message]) -> bytes:
+def leftover(framer: framing.Framer, pending: deque[m.Message]) -> bytes:
     """What startup read past its last message, as raw bytes for the relay."""
     return b"".join(x.encode() for x in pending) + framer.take_buffered()
 

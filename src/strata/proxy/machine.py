@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from strata.errors import ProtocolError
+from strata.proxy import framing
 from strata.proxy import messages as m
 from strata.proxy.statements import (
     BadTravelValue,
@@ -118,7 +119,7 @@ class ServerState:
         self.prepared: dict[bytes, bytes] = {}
         self.internal: Callable[[m.Message], None] | None = None
         self.scrub = scrub
-        self._framer = m.Framer()
+        self._framer = framing.Framer()
         self._partial = False  # the framer holds part of a message
         self._skip = 0  # bytes of a DataRow still to pass through (fast path)
         # what each reply does to the books (ReadyForQuery apart: it has a body to read)

@@ -83,6 +83,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from strata.errors import ProtocolError
+from strata.proxy import framing
 from strata.proxy import messages as m
 from strata.proxy import sqlstate as ss
 from strata.proxy.backend import (
@@ -127,7 +128,7 @@ class Session(CancelTarget):
         self.ctx = ctx
         self.cr = reader
         self.cw = writer
-        self.client_framer = m.Framer()  # startup and authentication only
+        self.client_framer = framing.Framer()  # startup and authentication only
         self.client_pending: deque[m.Message] = deque()
         self.live: Backend | None = None
         self.current: Backend | None = None
@@ -212,7 +213,7 @@ class Session(CancelTarget):
 
     # -- startup -------------------------------------------------------------------------
     async def _startup(self) -> bool:
-        sf = m.StartupFramer()
+        sf = framing.StartupFramer()
         data = b""
         while True:
             pkt = sf.feed(data) if data else None
@@ -222,7 +223,7 @@ class Session(CancelTarget):
                     return False
                 continue
             data = sf.rest
-            sf = m.StartupFramer()
+            sf = framing.StartupFramer()
             if isinstance(pkt, m.SSLRequest):
                 if self.ctx.ssl_context is not None and not data:
                     self.cw.write(b"S")

@@ -4,14 +4,12 @@ What it is: `Travel`, where a session is in time (a `TravelState` and the
 historical backend, or the present) and the moves: run a strata statement,
 go to a point, return to the present, report a failure leaving the servers
 in the state PostgreSQL would be in; `TravelFailure`, the error a strata
-statement ends with; and the SQL the proxy sends to servers for its own
-purposes (privilege check, timestamp input and output, carrying session
-settings, raising an error on a server).
+statement ends with. The SQL it sends to servers for its own purposes is
+in `proxy.travel_sql`.
 Fed by: `proxy.session` (strata statements, with the session's servers).
 Feeds: the servers (SQL texts), the history provider, and the client
 (NOTICEs, ErrorResponses with SQLSTATEs from `proxy.sqlstate`).
-Owns: the texts below (every query is schema-qualified so a session's
-search_path cannot redirect it) and these rules:
+Owns these rules:
 - times a client sees (the target, the last commit, the nearest valid point)
   are formatted by the session's own server, in its TimeZone and DateStyle;
 - ``current_setting('strata.travel_time'|'strata.travel_lsn')`` agrees with
@@ -50,44 +48,21 @@ from strata.proxy.statements import (
     Statement,
     parse_duration,
 )
+from strata.proxy.travel_sql import (
+    APPLY_SQL,
+    AUTHID_READABLE_SQL,
+    CREATED_SQL,
+    PRIVILEGE_SQL,
+    SETTINGS_SQL,
+    TIME_TEXT_SQL,
+    TIMESTAMP_SQL,
+    TRAVEL_ROLE,
+    raise_sql,
+)
 
 log = logging.getLogger(__name__)
 
-TRAVEL_ROLE = "strata_time_travel"
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-PRIVILEGE_SQL = (
-    "SELECT r.rolsuper OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles t "
-    f"WHERE t.rolname = '{TRAVEL_ROLE}' AND pg_catalog.pg_has_role(r.oid, t.oid, 'MEMBER')) "
-    "FROM pg_catalog.pg_roles r WHERE r.rolname = session_user"
-)
-# Exact microseconds since the Unix epoch (extract returns numeric: no float
-# rounding), the value as the session displays it, and the session TimeZone.
-TIMESTAMP_SQL = (
-    "SELECT CASE WHEN pg_catalog.isfinite(t) "
-    "THEN (extract(epoch FROM t) * 1000000)::int8 END, t::text, "
-    "pg_catalog.current_setting('TimeZone') FROM (SELECT $1::text::timestamptz AS t) s"
-)
-TIME_TEXT_SQL = "SELECT $1::text::timestamptz::text"
-NOT_CARRIED = ("default_transaction_read_only", "transaction_read_only",
-               "transaction_isolation", "transaction_deferrable", "in_hot_standby")
-# Placeholder settings are not in pg_settings: strata.travel_wait is read by name.
-SETTINGS_SQL = (
-    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' AND name NOT IN ("
-    + ", ".join(f"'{n}'" for n in NOT_CARRIED) + ") "
-    "UNION ALL SELECT 'role', pg_catalog.current_setting('role') "
-    "WHERE pg_catalog.current_setting('role') <> 'none' "
-    f"UNION ALL SELECT '{TRAVEL_WAIT}', pg_catalog.current_setting('{TRAVEL_WAIT}', true) "
-    f"WHERE pg_catalog.current_setting('{TRAVEL_WAIT}', true) IS NOT NULL"
-)
-# Applies the settings and formats a time ($2, may be NULL) in the result.
-APPLY_SQL = ("SELECT count(pg_catalog.set_config(key, value, false)), "
-             "$2::text::timestamptz::text FROM pg_catalog.json_each_text($1::text::json)")
-AUTHID_READABLE_SQL = "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_authid', 'SELECT')"
-CREATED_SQL = {
-    "role": "SELECT xmin::text FROM pg_catalog.pg_authid WHERE rolname = $1",
-    "database": "SELECT xmin::text FROM pg_catalog.pg_database WHERE datname = $1",
-}
 
 SHOW_COLUMNS = {
     Kind.SHOW_TIME: (m.Column(TRAVEL_TIME), m.Column("lsn")),
@@ -123,18 +98,6 @@ class TravelState:
         if self.setting == TRAVEL_TIME:
             return f"{self.display} (LSN {self.point.lsn})"
         return f"LSN {self.point.lsn}"
-
-
-def raise_sql(fields: Mapping[str, str]) -> str:
-    """A DO block raising `fields` on a server (hex-encoded: no quoting issues)."""
-    def lit(s: str) -> str:
-        return f"convert_from(decode('{s.encode('utf-8', 'surrogateescape').hex()}', 'hex'), 'UTF8')"
-    opts = [f"ERRCODE = '{fields.get('C', ss.INTERNAL_ERROR)}'", f"MESSAGE = {lit(fields.get('M', ''))}"]
-    if fields.get("D"):
-        opts.append(f"DETAIL = {lit(fields['D'])}")
-    if fields.get("H"):
-        opts.append(f"HINT = {lit(fields['H'])}")
-    return f"DO $strata$BEGIN RAISE EXCEPTION USING {', '.join(opts)}; END$strata$"
 
 
 def progress_text(p: IngestProgress) -> str:

@@ -58,9 +58,6 @@ def register(rmid: int, fn: MaskFn) -> None:
     _REGISTRY[rmid] = fn
 
 
-register_mask = register
-
-
 def register_known_difference(rmid: int, fn: KnownDifferenceFn) -> None:
     """Install the test for a difference between PostgreSQL's redo and its
     primary that rm_mask does not hide (PostgreSQL's own standby fails its

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strata.errors import RestoreError
+from strata.progress import Progress, human_bytes
 from strata.restore.endpoint import pg_error
-from strata.restore.progress import Progress
 from strata.restore.script import Entry, Renamer, TocHeader
 
 OPTIONAL_TYPES = frozenset({
@@ -139,7 +139,7 @@ class Applier:
                     for chunk in e.data:
                         cp.write(chunk)
                         n += len(chunk)
-                        self.progress.data(what, len(chunk))
+                        self.progress.advance(len(chunk), f"copying {what}")
                 rows = max(cur.rowcount, 0)
         except Exception as ex:
             if not _is_pg_error(ex):
@@ -149,7 +149,7 @@ class Applier:
         self.outcome.tables += 1
         self.outcome.rows += rows
         self.outcome.data_bytes += n
-        self.progress.table_done(what, rows, n)
+        self.progress.note(f"copied {what} ({rows} rows, {human_bytes(n)})")
 
 
 def _is_pg_error(e: BaseException) -> bool:

@@ -31,16 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from strata.errors import RestoreError
+from strata.proxy.travel_sql import may_travel_sql
 from strata.restore.endpoint import Endpoint, Point, pg_error, resolve_point
 from strata.restore.leases import LEASE_DIR, Lease, remove_lease, write_lease
 from strata.restore.plan import truncate_name
 from strata.restore.script import quote_ident
+from strata.runtime.primary import TRAVEL_ROLE
 
-TRAVEL_ROLE = "strata_time_travel"
-MAY_TRAVEL_SQL = (
-    "SELECT r.rolsuper OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles t "
-    f"WHERE t.rolname = '{TRAVEL_ROLE}' AND pg_catalog.pg_has_role(r.oid, t.oid, 'MEMBER')) "
-    "FROM pg_catalog.pg_roles r WHERE r.rolname = current_user")
+MAY_TRAVEL_SQL = may_travel_sql("current_user")  # the role attaching (after SET ROLE)
 SERVER_PREFIX = "strata_past_"
 
 

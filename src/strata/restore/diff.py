@@ -46,7 +46,7 @@ from strata.restore.tables import (
     sequences_at,
     tables_at,
 )
-from strata.timeline.timemap import EndKind
+from strata.timemap.timemap import EndKind
 
 Row = tuple[str | None, ...]
 

@@ -23,7 +23,7 @@ from strata.errors import ConfigError, RestoreError
 from strata.lsn import Lsn
 
 if TYPE_CHECKING:
-    from strata.timeline.timemap import TimeMap
+    from strata.timemap.timemap import TimeMap
 
 _LSN = re.compile(r"^\s*[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}\s*$")
 _NOTICE = re.compile(r"session is now at (.*)$")
@@ -84,7 +84,7 @@ class Endpoint:
     def timemap(self) -> TimeMap:
         """The daemon's time map, opened read-only (the caller closes it)."""
         from strata.home import HomeLayout
-        from strata.timeline.timemap import TimeMap
+        from strata.timemap.timemap import TimeMap
 
         tdir = HomeLayout(self.home).timemap
         if not (tdir / "timemap.dat").exists():

@@ -49,7 +49,7 @@ from strata.restore.heappage import (
 )
 from strata.restore.script import quote_ident
 from strata.restore.tables import TableInfo, tables_at, text_rows
-from strata.timeline.timemap import EndKind, TimeMap
+from strata.timemap.timemap import EndKind, TimeMap
 
 MAX_PARAMS = 60000
 

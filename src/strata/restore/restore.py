@@ -33,11 +33,11 @@ from typing import Any
 
 from strata.errors import ConfigError, RestoreError
 from strata.lsn import Lsn
+from strata.progress import Progress, human_bytes
 from strata.restore.apply import Applier, Outcome
 from strata.restore.endpoint import Endpoint, Point, pg_error, resolve_point
 from strata.restore.pgdump import PgDump
 from strata.restore.plan import Kind, Plan, Request, Step, plan_schema, plan_table
-from strata.restore.progress import Progress, human_bytes
 from strata.restore.script import Entry, Renamer, TocHeader, quote_ident
 
 RENAME_WAIT = 30.0  # seconds to wait for our own backend to leave the new database
@@ -116,7 +116,7 @@ def _run(present: Any, plan: Plan, ep: Endpoint, db: str, point: Point,
     for st in plan.before:
         applier.statement(_step_header(st), st.sql, optional=st.optional)
     progress.stage(f"copying {plan.source} from {point}")
-    progress.start_data(plan.estimate)
+    progress.start(plan.estimate)
     with PgDump(ep, db, point.lsn, plan.selection) as pd:
         applier.apply(pd.entries())
         pd.finish()
@@ -231,7 +231,7 @@ def _fill_database(ep: Endpoint, maint: Any, source: str, tmp: str, point: Point
         estimate = int(past.execute("SELECT pg_catalog.pg_database_size(current_database())")
                        .fetchone()[0])
     progress.stage(f"copying database {source} from {point}")
-    progress.start_data(estimate)
+    progress.start(estimate)
     with PgDump(ep, source, point.lsn, ["--create"]) as pd:
         entries = pd.entries()
         preamble = next(entries)

@@ -1,6 +1,6 @@
 """pg_dump's plain-text script, read as entries; names in it renamed.
 
-What it is: `read_dump`, a streaming reader of the script pg_dump writes
+What it is: `Dump`, a streaming reader of the script pg_dump writes
 (``--format=plain``) that yields one `Entry` per archive TOC entry (its
 header, its SQL statements, or its COPY statement and data), and `Renamer`,
 which rewrites qualified names in one statement token by token with
@@ -204,10 +204,6 @@ class Dump:
         stmts = split_statements("".join(text))
         if stmts:
             yield Entry(header, stmts)
-
-
-def read_dump(chunks: Iterator[bytes]) -> Dump:
-    return Dump(chunks)
 
 
 # -- renaming --------------------------------------------------------------------

@@ -31,9 +31,9 @@ from typing import Any
 from pglast import ast
 
 from strata.errors import ConfigError
+from strata.progress import Progress
 from strata.restore.endpoint import Endpoint
 from strata.restore.plan import Kind, Request
-from strata.restore.progress import Progress
 
 SCHEMA = "strata"
 PROCEDURES = {"restore_table": Kind.TABLE, "restore_schema": Kind.SCHEMA,
@@ -100,10 +100,8 @@ class NoticeProgress(Progress):
     def stage(self, text: str) -> None:
         self.notice(f"strata restore: {text}")
 
-    def table_done(self, what: str, rows: int, nbytes: int) -> None:
-        from strata.restore.progress import human_bytes
-
-        self.notice(f"strata restore: copied {what} ({rows} rows, {human_bytes(nbytes)})")
+    def note(self, text: str) -> None:
+        self.notice(f"strata restore: {text}")
 
 
 def run_call(req: Request, daemon: Endpoint, session_role: str,

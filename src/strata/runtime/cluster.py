@@ -12,7 +12,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,14 +227,3 @@ class Cluster:
         return self.datadir / "pg_wal"
 
 
-@contextlib.contextmanager
-def running_cluster(base: Path, *, settings: Mapping[str, Any] | None = None,
-                    checksums: bool = True) -> Iterator[Cluster]:
-    """initdb + start a fresh cluster under `base`; stop it on exit."""
-    c = Cluster(datadir=base / "data")
-    c.initdb(settings=settings, checksums=checksums)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()

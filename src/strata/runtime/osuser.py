@@ -128,8 +128,3 @@ def run_as_server(
     return cp
 
 
-def popen_as_server(argv: Sequence[str | Path], **kw: Any) -> subprocess.Popen[bytes]:
-    """Start a PostgreSQL program as the server user (not waited for)."""
-    env = server_env(kw.pop("env", None))
-    return subprocess.Popen([str(a) for a in argv], env=env, cwd=kw.pop("cwd", "/"),
-                            **_as_user_kwargs(), **kw)

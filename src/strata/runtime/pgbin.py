@@ -46,10 +46,6 @@ class PgBinaries:
     def major(self) -> int:
         return int(self.version.split(".")[0])
 
-    @property
-    def libdir(self) -> Path:
-        return self.bindir.parent / "lib"
-
 
 def _version_of(bindir: Path) -> str:
     postgres = bindir / "postgres"

@@ -41,7 +41,7 @@ from strata.runtime.primary import PrimaryClient
 from strata.services.control import ControlServer
 from strata.services.process import ServiceOutput, die_with_parent, run_service
 from strata.status import LagClock, write_status
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.receiver import WalReceiver
 from strata.wal.record import DecodedRecord
 from strata.wal.replication import (

@@ -28,11 +28,12 @@ from strata.errors import ConfigError
 from strata.home import HomeLayout
 from strata.home.files import load_history_info
 from strata.lsn import Lsn
+from strata.pg.timestamp import datetime_to_timestamptz
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.services.process import die_with_parent, run_service
 from strata.storage.config import StorageConfig
 from strata.storage.maintenance import Maintainer, open_maintainer
-from strata.timeline.timemap import TimeMap, datetime_to_timestamptz
+from strata.timemap.timemap import TimeMap
 
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.I)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb)\s*$", re.I)

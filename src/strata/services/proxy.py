@@ -44,7 +44,7 @@ from strata.runtime.primary import PrimaryClient
 from strata.services.control import ControlClient, ControlError
 from strata.services.ingest import SOCKET as INGEST_SOCKET
 from strata.services.process import ServiceOutput, die_with_parent, run_service
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from strata.storage.values import ENTRY_HEADER, Entry, ValueKind, make_value
 
 N_FIELD = struct.Struct(">I")
 U64 = struct.Struct(">Q")
-COLUMN_OVERHEAD = KEY_SIZE + 8 + 1 + 4  # bytes per entry besides its value (v3)
 _TOMBSTONE = int(ValueKind.TOMBSTONE)  # (an IntEnum attribute costs a lookup per use)
 
 

@@ -9,6 +9,8 @@ all of them, and always newer than every L1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from strata.storage import commit
@@ -20,10 +22,12 @@ from strata.storage.scan import merged_windows
 from strata.storage.store import LayerStore
 
 
-def compact_l0(store: LayerStore, force: bool = False) -> list[LayerName]:
+def compact_l0(store: LayerStore, force: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> list[LayerName]:
     """Merge every L0 layer and re-cut into L1 layers of ~target_file_bytes with
     narrow key ranges covering the L0s' whole LSN span. Runs when at least
-    l0_compaction_trigger L0s exist (or any, with `force`).
+    l0_compaction_trigger L0s exist (or any, with `force`). `progress(done,
+    total)`: entries merged so far, of all the L0s hold.
 
     Returns: the names of the new L1 layers. Raises: MaintenanceStopped (nothing
     committed, no file left) once a stop is requested; EditConflict if the L0s
@@ -48,9 +52,13 @@ def compact_l0(store: LayerStore, force: bool = False) -> list[LayerName]:
 
         w = writer()
         cur_start = ks
+        total, merged = sum(la.file.entry_count for la in l0s), 0
         try:
             for b in merged_windows([la.file for la in l0s], ks, ke):
                 store.checkpoint()
+                merged += len(b)
+                if progress is not None:
+                    progress(merged, total)
                 while len(b):
                     cut = file_cut(w, b, cfg.target_file_bytes)
                     if cut is None:

@@ -1,7 +1,8 @@
 """Tunable limits of the layer store.
 
-Fed by: callers of `PageStore.open` (the lead may later build it from
-strata/config.py). Feeds: every storage module. Owns: the defaults.
+Fed by: callers of `PageStore.open` (the services build one: the maintenance
+service from ``--retention``; tools and benchmarks their own). Feeds: every
+storage module. Owns: the defaults.
 All sizes are bytes unless the name says otherwise.
 """
 

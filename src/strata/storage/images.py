@@ -10,6 +10,7 @@ and when.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -58,7 +59,8 @@ def image_partitions(lm: LayerMap) -> list[tuple[bytes, bytes]]:
 
 def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: int | None = None,
                         ranges: list[tuple[bytes, bytes]] | None = None,
-                        record_threshold: int | None = None) -> list[LayerName]:
+                        record_threshold: int | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> list[LayerName]:
     """Write image layers at `lsn` (default durable_lsn) over every key range (an
     image partition) that, above its newest image, has either more than `threshold`
     (default config.image_delta_threshold) delta layers, or a key that may have more
@@ -67,7 +69,8 @@ def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: in
     The per-key count is an upper bound, read from layer headers only: the sum of
     `max_key_entries` over those delta layers (a key's entries there cannot exceed
     it). It may over-count (a layer straddling the floor, different keys' maxima),
-    never under-count. Returns: names of the new image layers.
+    never under-count. `progress(done, total)`: key ranges looked at so far, of
+    all. Returns: names of the new image layers.
 
     Raises: LsnOutOfRangeError if lsn is above durable_lsn or below retention_lsn.
     """
@@ -83,8 +86,10 @@ def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: in
         thr = cfg.image_delta_threshold if threshold is None else threshold
         rthr = cfg.image_record_threshold if record_threshold is None else record_threshold
         made: list[LayerName] = []
-        for start, end in (image_partitions(store.view().layer_map) if ranges is None
-                           else ranges):
+        parts = image_partitions(store.view().layer_map) if ranges is None else ranges
+        for i, (start, end) in enumerate(parts):
+            if progress is not None:
+                progress(i, len(parts))
             lm = store.view().layer_map
             floor = floor_lsn(lm, start, end, at)
             if floor == at:
@@ -94,6 +99,8 @@ def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: in
                      and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
             if len(above) > thr or chain_bound(above, rthr) > rthr:
                 made += make_images(store, start, end, at)
+        if progress is not None:
+            progress(len(parts), len(parts))
         return made
 
 

@@ -67,7 +67,6 @@ class CpuBudget:
         self.window = window
         self._t0 = self._last = time.monotonic()
         self._c0 = time.thread_time()
-        self.slept = 0.0  # total seconds slept (for tests and status)
 
     def pace(self, stop: threading.Event) -> None:
         if self.fraction >= 1.0:
@@ -78,7 +77,6 @@ class CpuBudget:
         owed = (cpu - self._c0) / self.fraction - (now - self._t0)
         if owed > MIN_SLEEP_SECONDS:
             stop.wait(owed)
-            self.slept += owed
             now = time.monotonic()
         if now - self._t0 >= self.window:
             self._t0, self._c0 = now, time.thread_time()

@@ -20,11 +20,6 @@ from strata.storage.naming import TMP_SUFFIX, is_layer_filename
 from strata.storage.values import PageImage, Tombstone, WalRecord
 
 
-def layers_dir(home: Path | str) -> Path:
-    """The store directory under a strata home."""
-    return Path(home) / "layers"
-
-
 @dataclass(slots=True)
 class VerifyReport:
     manifest: Manifest | None = None

@@ -39,13 +39,14 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from psycopg import OperationalError, pq
 
 from strata.errors import ProtocolError, WalSourceError
 from strata.lsn import Lsn
+from strata.pg.timestamp import timestamptz_now
 from strata.wal.replication import (
     Retry,
     check_slot_name,
@@ -63,7 +64,6 @@ from strata.wal.replication_messages import (
     XLogData,
     parse_server_message,
     parse_timeline_history,
-    pg_now_us,
     switchpoint_of,
     timeline_of_lsn,
 )
@@ -80,6 +80,7 @@ class ReceiverStats:
     bytes_received: int
     reconnects: int
     timeline: int | None
+    messages: int  # every message from the server (WAL, keepalives), all connections
 
 
 class WalReceiver:
@@ -101,8 +102,12 @@ class WalReceiver:
                  status_interval: float = 10.0, min_feedback_interval: float = 0.2,
                  backoff_initial: float = 0.1, backoff_max: float = 5.0,
                  give_up_after: float | None = None, connect_timeout: float = 10.0,
-                 system_id: int | None = None, receive_timeout: float | None = 60.0) -> None:
+                 system_id: int | None = None, receive_timeout: float | None = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         check_slot_name(slot)
+        # Every interval above is measured on `clock` (tests drive a manual one; the
+        # waits on the socket still block for real, but decide nothing by themselves).
+        self._clock = clock
         self.dsn = dsn
         self.slot = slot
         self.where = describe_dsn(dsn)
@@ -125,6 +130,7 @@ class WalReceiver:
         self._system_id = system_id  # when known: refuse a server of another cluster
         self._server_wal_end = Lsn(0)
         self._bytes = 0
+        self._messages = 0
         self._reconnects = 0
         self._conn_count = 0
         self._conn: pq.abc.PGconn | None = None
@@ -140,7 +146,6 @@ class WalReceiver:
         self._failing_since: float | None = None
         self._attempts = 0
         self._next_attempt_at = 0.0
-        self._last_error = ""
         self._stopping = threading.Event()
         self._finished = False
         self._wake_r, self._wake_w = os.pipe()
@@ -180,7 +185,7 @@ class WalReceiver:
 
     def stats(self) -> ReceiverStats:
         return ReceiverStats(self._received, self._server_wal_end, self._sent_flush,
-                             self._bytes, self._reconnects, self._timeline)
+                             self._bytes, self._reconnects, self._timeline, self._messages)
 
     # -- feedback and control (any thread) ------------------------------------------------
     def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
@@ -245,7 +250,7 @@ class WalReceiver:
 
         Raises: WalSourceError for conditions a reconnect cannot cure.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self._clock() + timeout
         while True:
             if self._stopping.is_set():
                 # The connection stays open until close(), so the consumer's last
@@ -271,16 +276,14 @@ class WalReceiver:
                 self._disconnect(final_status=False)
                 raise
 
-    @staticmethod
-    def _deadline_passed(deadline: float | None) -> bool:
-        return deadline is not None and time.monotonic() >= deadline
+    def _deadline_passed(self, deadline: float | None) -> bool:
+        return deadline is not None and self._clock() >= deadline
 
     def _on_failure(self, why: str) -> None:
         self._disconnect(final_status=False)
-        now = time.monotonic()
+        now = self._clock()
         if self._failing_since is None:
             self._failing_since = now
-        self._last_error = why
         delay = min(self.backoff_max, self.backoff_initial * (2 ** self._attempts))
         self._attempts += 1
         self._next_attempt_at = now + delay
@@ -295,11 +298,11 @@ class WalReceiver:
     def _sleep_until(self, when: float, deadline: float | None) -> bool:
         """Wait (wakeable) until `when`; False if the poll deadline comes first."""
         until = when if deadline is None else min(when, deadline)
-        remaining = until - time.monotonic()
+        remaining = until - self._clock()
         if remaining > 0:
             select.select([self._wake_r], [], [], remaining)
             self._drain_wake()
-        return time.monotonic() >= when
+        return self._clock() >= when
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -307,7 +310,7 @@ class WalReceiver:
                 pass
 
     def _try_connect(self, deadline: float | None) -> bool:
-        if self._next_attempt_at > time.monotonic() and (
+        if self._next_attempt_at > self._clock() and (
             not self._sleep_until(self._next_attempt_at, deadline) or self._stopping.is_set()
         ):
             return False
@@ -339,7 +342,7 @@ class WalReceiver:
         self._conn = conn
         self._timeline = tli
         self._last_status_at = 0.0  # send our position right away
-        self._last_recv_at = time.monotonic()
+        self._last_recv_at = self._clock()
         self._pinged = False
         log.info("streaming WAL from %s slot %s at %s on timeline %d",
                  self.where, self.slot, self._received, tli)
@@ -399,9 +402,10 @@ class WalReceiver:
                 raise Retry(f"receiving from {self.where}: {e}") from e
             if n > 0:
                 msg = parse_server_message(buf)
+                self._messages += 1
                 self._attempts = 0
                 self._failing_since = None
-                self._last_recv_at = time.monotonic()
+                self._last_recv_at = self._clock()
                 self._pinged = False
                 if isinstance(msg, XLogData):
                     chunk = self._accept(msg)
@@ -415,13 +419,16 @@ class WalReceiver:
             if n == -1:
                 self._end_of_copy(conn)
                 return None
-            # n == 0: nothing buffered; wait for the socket, a wake-up, or feedback time.
-            if self._stopping.is_set() or self._deadline_passed(deadline):
+            # n == 0: nothing buffered; wait for the socket, a wake-up, or feedback time
+            # (past the deadline: only take in what has already arrived).
+            if self._stopping.is_set():
                 return None
-            wait = min(self._next_status_due(), self._check_silence(conn)) - time.monotonic()
+            expired = self._deadline_passed(deadline)
+            wait = min(self._next_status_due(), self._check_silence(conn)) - self._clock()
             if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-            readable, _, _ = select.select([conn.socket, self._wake_r], [], [], max(0.0, wait))
+                wait = min(wait, deadline - self._clock())
+            readable, _, _ = select.select([conn.socket, self._wake_r], [], [],
+                                           0.0 if expired else max(0.0, wait))
             if self._wake_r in readable:
                 self._drain_wake()
             if conn.socket in readable:
@@ -429,12 +436,14 @@ class WalReceiver:
                     conn.consume_input()
                 except OperationalError as e:
                     raise Retry(f"receiving from {self.where}: {e}") from e
+            elif expired:
+                return None
 
     def _check_silence(self, conn: pq.abc.PGconn) -> float:
         """Ping a silent server, drop a dead one; returns when to look again."""
         if self.receive_timeout is None:
             return float("inf")
-        silent = time.monotonic() - self._last_recv_at
+        silent = self._clock() - self._last_recv_at
         if silent >= self.receive_timeout:
             raise Retry(f"no message from the server for {silent:.1f}s (receive_timeout)")
         if silent >= self.receive_timeout / 2 and not self._pinged:
@@ -501,7 +510,7 @@ class WalReceiver:
         return self._last_status_at + gap
 
     def _maybe_send_status(self, conn: pq.abc.PGconn) -> None:
-        if time.monotonic() >= self._next_status_due():
+        if self._clock() >= self._next_status_due():
             self._send_status(conn, reply_requested=False)
 
     def _send_status(self, conn: pq.abc.PGconn, *, reply_requested: bool) -> None:
@@ -509,14 +518,14 @@ class WalReceiver:
             flush = self._rep_flush
             write = max(self._rep_write, self._received, flush)
             apply = min(self._rep_apply, flush) if self._rep_apply else flush
-        msg = StandbyStatusUpdate(write, flush, apply, pg_now_us(), reply_requested)
+        msg = StandbyStatusUpdate(write, flush, apply, timestamptz_now(), reply_requested)
         try:
             conn.put_copy_data(msg.encode())
             conn.flush()
         except OperationalError as e:
             raise Retry(f"sending feedback to {self.where}: {e}") from e
         self._sent_flush = flush
-        self._last_status_at = time.monotonic()
+        self._last_status_at = self._clock()
         self._reply_pending = False
         log.debug("status to %s: write %s flush %s apply %s", self.where, write, flush, apply)
 

@@ -15,14 +15,10 @@ value objects; every integer on the wire is big-endian (network order).
 from __future__ import annotations
 
 import struct
-import time
 from dataclasses import dataclass
 
 from strata.errors import ProtocolError, WalSourceError
 from strata.lsn import Lsn
-
-# Seconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00 UTC).
-PG_EPOCH_OFFSET_S = 946_684_800
 
 _XLOGDATA_HEADER = struct.Struct("!QQq")  # dataStart, walEnd, sendTime
 _KEEPALIVE = struct.Struct("!QqB")  # walEnd, sendTime, replyRequested
@@ -115,16 +111,6 @@ class StandbyStatusUpdate:
             raise ProtocolError(f"not a standby status update ({len(buf)} bytes)")
         _, w, f, a, clock, reply = _STANDBY_STATUS.unpack(bytes(buf))
         return cls(Lsn(w), Lsn(f), Lsn(a), clock, bool(reply))
-
-
-def pg_now_us() -> int:
-    """Now, as PostgreSQL microseconds since 2000-01-01 (GetCurrentTimestamp)."""
-    return time.time_ns() // 1000 - PG_EPOCH_OFFSET_S * 1_000_000
-
-
-def pg_us_to_unix(ts: int) -> float:
-    """PostgreSQL microseconds since 2000-01-01 -> Unix seconds."""
-    return ts / 1_000_000 + PG_EPOCH_OFFSET_S
 
 
 # -- result rows of replication commands ---------------------------------------------

@@ -10,16 +10,20 @@ Fed by: files on disk (read-only; segments the server is still writing are
 fine: their unwritten tail ends the WAL cleanly). Feeds: ingest, tests,
 `strata waldump --path`. Owns: nothing; it drives a `WalReader`.
 
-Timelines: for each segment number the file with the highest timeline not
-below the current one is used; the reader refuses timelines that go
-backwards (as PostgreSQL does). Timeline-history files are not consulted.
+`WalDirectory` is the one reader of a segment directory (which file holds a
+segment: timelines, ``.partial`` files); `SegmentWalSource` (records) and
+`wal.source.FileSource` (raw bytes) are built on it.
+
+Timelines: `SegmentWalSource` uses, for each segment number, the file with the
+highest timeline not below the current one; the reader refuses timelines that
+go backwards (as PostgreSQL does). It consults no timeline-history file
+(`FileSource` does, when given a timeline).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from strata.errors import EndOfWal, WalSourceError
@@ -36,6 +40,7 @@ from strata.wal.reader import (
     parse_page_header,
 )
 from strata.wal.record import DecodedRecord
+from strata.wal.replication_messages import parse_timeline_history
 
 _READ_CHUNK = 1024 * 1024
 
@@ -64,38 +69,55 @@ def read_segment_size(path: Path) -> int:
     return size
 
 
-@dataclass
 class WalDirectory:
-    """The WAL segment files of one directory."""
+    """The WAL segment files of one directory: the one place that finds which file
+    holds a segment (names, timelines, ``.partial`` files).
 
-    path: Path
-    segment_size: int = 0
-    # segno -> {tli: file}
-    files: dict[int, dict[int, Path]] = field(default_factory=dict)
+    Which file holds segment `segno` (`segment_for`): with a timeline history
+    (`history_begins`), the newest timeline of that history that had begun before
+    the segment's end (as PostgreSQL's XLogFileReadAnyTLI chooses); otherwise the
+    file with the highest timeline not below `min_tli`. A complete file wins over
+    a ``.partial`` one (pg_receivewal's open segment) of the same name.
+
+    The segment size is the one given, else read from the first segment file's
+    long page header once there is one (`segment_size` is None until then).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], segment_size: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise WalSourceError(f"WAL directory {self.path} does not exist")
+        self._segment_size = segment_size
+        self.files: dict[int, dict[int, Path]] = {}  # segno -> {tli: file}
+        self.rescan()
 
     @classmethod
     def open(cls, path: Path | str, segment_size: int | None = None) -> WalDirectory:
-        """Scan `path`. The segment size comes from the first readable segment
-        unless given. Raises: WalSourceError if there is no segment at all."""
-        p = Path(path)
-        if not p.is_dir():
-            raise WalSourceError(f"WAL directory {p} does not exist")
-        names = sorted(n for n in os.listdir(p) if parse_segment_file_name(n, 1 << 24) is not None)
-        if not names:
-            raise WalSourceError(f"no WAL segment files in {p}")
-        if segment_size is None:
-            segment_size = read_segment_size(p / names[0])
-        d = cls(p, segment_size)
-        d.rescan()
+        """Scan `path`. Raises: WalSourceError if there is no segment at all."""
+        d = cls(path, segment_size)
+        if not d.files:
+            raise WalSourceError(f"no WAL segment files in {d.path}")
         return d
 
+    @property
+    def segment_size(self) -> int | None:
+        return self._segment_size
+
     def rescan(self) -> None:
-        """Re-read the directory listing (new segments appear while a server runs).
-        A complete file wins over a ``.partial`` one of the same name."""
+        """Re-read the directory listing (new segments appear while a server runs)."""
+        names = sorted(n for n in os.listdir(self.path)
+                       if parse_segment_file_name(n, 1 << 24) is not None)
+        if self._segment_size is None:
+            for n in names:
+                if (self.path / n).is_file():
+                    self._segment_size = read_segment_size(self.path / n)
+                    break
+            else:
+                return
         files: dict[int, dict[int, Path]] = {}
-        for name in os.listdir(self.path):
-            parsed = parse_segment_file_name(name, self.segment_size)
-            if parsed is None:
+        for name in names:
+            parsed = parse_segment_file_name(name, self._segment_size)
+            if parsed is None or not (self.path / name).is_file():
                 continue
             tli, segno = parsed
             slot = files.setdefault(segno, {})
@@ -104,10 +126,31 @@ class WalDirectory:
             slot[tli] = self.path / name
         self.files = files
 
-    def segment_for(self, segno: int, min_tli: int = 0) -> tuple[int, Path] | None:
-        """The file for `segno` with the highest timeline >= `min_tli`."""
+    def history_begins(self, timeline: int) -> dict[int, Lsn]:
+        """Timeline -> its first byte along the history of `timeline`, from its
+        ``<tli>.history`` file here (just `timeline` from 0 when there is none)."""
+        path = self.path / f"{timeline:08X}.history"
+        begins: dict[int, Lsn] = {}
+        prev = Lsn(0)
+        if path.exists():
+            for entry in parse_timeline_history(path.read_text()):
+                begins[entry.tli] = prev
+                prev = entry.switchpoint
+        begins[timeline] = prev
+        return begins
+
+    def segment_for(self, segno: int, min_tli: int = 0,
+                    history: dict[int, Lsn] | None = None) -> tuple[int, Path] | None:
+        """(timeline, file) holding `segno` (see the class docstring), or None."""
         slot = self.files.get(segno)
         if not slot:
+            return None
+        if history:
+            assert self._segment_size is not None
+            seg_end = (segno + 1) * self._segment_size
+            for tli in sorted(history, reverse=True):
+                if history[tli] < seg_end and tli in slot:
+                    return tli, slot[tli]
             return None
         tlis = [t for t in slot if t >= min_tli]
         if not tlis:
@@ -115,17 +158,10 @@ class WalDirectory:
         tli = max(tlis)
         return tli, slot[tli]
 
-    @property
-    def first_segno(self) -> int:
-        return min(self.files)
-
-    @property
-    def last_segno(self) -> int:
-        return max(self.files)
-
     def start_lsn(self) -> Lsn:
-        """The LSN of the oldest segment present."""
-        return segment_start_lsn(self.first_segno, self.segment_size)
+        """The LSN of the oldest segment present. Requires: a segment is present."""
+        assert self._segment_size is not None
+        return segment_start_lsn(min(self.files), self._segment_size)
 
 
 class SegmentWalSource:
@@ -146,6 +182,7 @@ class SegmentWalSource:
 
     def __iter__(self) -> Iterator[RawRecord]:
         seg_size = self.dir.segment_size
+        assert seg_size is not None  # WalDirectory.open found a segment
         start = int(self.start)
         page_start = start - start % XLOG_BLCKSZ
         reader = WalReader(page_start, seg_size)

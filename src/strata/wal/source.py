@@ -10,13 +10,18 @@ bytes is the reader's decision.
 - `wal.receiver.StreamSource`: the streaming replication protocol from a
   physical slot; feedback goes back to the server (it lives with the
   receiver, which imports this module, never the reverse).
-- `FileSource`: segment files in a directory (a pg_wal copy or an archive):
-  raw bytes in LSN order from a start position; stops at the end of what is
-  there (or the first missing segment), or, with ``follow=True``, waits for
-  the next segment file to appear (archive semantics: a file appears whole).
+- `FileSource`: segment files in a directory (a pg_wal copy or an archive),
+  found by `wal.segments.WalDirectory`: raw bytes in LSN order from a start
+  position; stops at the end of what is there (or the first missing segment),
+  or, with ``follow=True``, waits for the next segment file to appear (archive
+  semantics: a file appears whole).
 
 Fed by: a server (DSN + slot) or a directory. Feeds: the reader/decoder, the
 daemon, ``strata waldump``. Owns: nothing on disk.
+
+A "source" here is always a source of WAL bytes (`wal.segments.SegmentWalSource`
+yields records from segment files). `historical.source.DataDirSource` is
+something else: a stopped data directory an import copies pages from.
 """
 
 from __future__ import annotations
@@ -28,13 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from strata.errors import WalSourceError
 from strata.lsn import Lsn
-from strata.wal.replication_messages import parse_timeline_history
-from strata.wal.segments import parse_segment_file_name, read_segment_size, segment_file_name
+from strata.wal.segments import WalDirectory
 
-__all__ = ["FileSource", "WalChunk", "WalSource", "parse_segment_file_name",
-           "read_segment_size", "segment_file_name"]
+__all__ = ["FileSource", "WalChunk", "WalSource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +109,9 @@ def _stream_from(source: WalSource, idle_timeout: float | None) -> Iterator[WalC
 class FileSource:
     """WAL bytes from segment files in `directory`, in LSN order from `start_lsn`.
 
-    Which file holds a segment: with `timeline` given and a ``<tli>.history``
-    file present, the newest timeline of that history that had begun before the
-    segment's end (as PostgreSQL's XLogFileReadAnyTLI chooses); otherwise the
-    newest timeline present for that segment number.
+    Which file holds a segment is `WalDirectory.segment_for`'s choice: with
+    `timeline` given, along that timeline's history (its ``<tli>.history`` file);
+    otherwise the newest timeline present for that segment number.
 
     Requires: the directory is readable by us. The bytes past the server's
     insert position in a live pg_wal are stale; the reader stops there.
@@ -119,18 +120,15 @@ class FileSource:
     def __init__(self, directory: str | os.PathLike[str], start_lsn: int, *,
                  timeline: int | None = None, follow: bool = False,
                  segment_size: int | None = None, chunk_size: int = 1 << 20) -> None:
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise WalSourceError(f"WAL directory {self.directory} does not exist")
+        self.dir = WalDirectory(directory, segment_size)
+        self.directory = self.dir.path
         self._start = Lsn(start_lsn)
         self._pos = Lsn(start_lsn)
         self.timeline = timeline
         self.follow = follow
         self.chunk_size = chunk_size
-        self._segment_size = segment_size
         self._stop = threading.Event()
         self._finished = False
-        self._flush = Lsn(0)
 
     # -- WalSource ------------------------------------------------------------------
     @property
@@ -145,13 +143,8 @@ class FileSource:
     def finished(self) -> bool:
         return self._finished
 
-    @property
-    def flushed_lsn(self) -> Lsn:
-        """What the consumer last reported durable (files need no feedback)."""
-        return self._flush
-
     def report(self, write_lsn: int, flush_lsn: int, apply_lsn: int | None = None) -> None:
-        self._flush = Lsn(flush_lsn)
+        """Files need no feedback."""
 
     def stop(self) -> None:
         self._stop.set()
@@ -191,62 +184,32 @@ class FileSource:
         return None
 
     # -- internals ------------------------------------------------------------------
-    def segment_size(self) -> int | None:
-        """The segment size, read from the first segment file found (None: no files yet)."""
-        if self._segment_size is None:
-            for p in sorted(self.directory.iterdir()):
-                if len(p.name) == 24 and parse_segment_file_name(p.name, 1 << 24) and p.is_file():
-                    self._segment_size = read_segment_size(p)
-                    break
-        return self._segment_size
-
-    def _history_begins(self) -> dict[int, Lsn]:
-        """Timeline -> its first byte, from the history file of `timeline`."""
-        if self.timeline is None:
-            return {}
-        path = self.directory / f"{self.timeline:08X}.history"
-        begins: dict[int, Lsn] = {}
-        if path.exists():
-            prev = Lsn(0)
-            for entry in parse_timeline_history(path.read_text()):
-                begins[entry.tli] = prev
-                prev = entry.switchpoint
-            begins[self.timeline] = prev
-        else:
-            begins[self.timeline] = Lsn(0)
-        return begins
-
-    def _segment_path(self, segno: int, seg_size: int) -> Path | None:
-        candidates: dict[int, Path] = {}
-        # A complete file wins over a ``.partial`` one (pg_receivewal's open segment).
-        for suffix in (".partial", ""):
-            pattern = f"????????{segment_file_name(0, segno, seg_size)[8:]}{suffix}"
-            for p in self.directory.glob(pattern):
-                parsed = parse_segment_file_name(p.name, seg_size)
-                if parsed is not None and parsed[1] == segno and p.is_file():
-                    candidates[parsed[0]] = p
-        if not candidates:
-            return None
-        begins = self._history_begins()
-        if begins:
-            seg_end = (segno + 1) * seg_size
-            for tli in sorted(begins, reverse=True):
-                if begins[tli] < seg_end and tli in candidates:
-                    return candidates[tli]
-            return None
-        return candidates[max(candidates)]
+    def _segment_path(self, segno: int) -> Path | None:
+        history = self.dir.history_begins(self.timeline) if self.timeline is not None else None
+        found = self.dir.segment_for(segno, history=history)
+        if found is None:
+            self.dir.rescan()  # it may have appeared since (or become complete)
+            found = self.dir.segment_for(segno, history=history)
+        return found[1] if found is not None else None
 
     def _read_next(self) -> WalChunk | None:
-        seg_size = self.segment_size()
+        seg_size = self.dir.segment_size
         if seg_size is None:
-            return None
+            self.dir.rescan()
+            seg_size = self.dir.segment_size
+            if seg_size is None:
+                return None
         segno, offset = divmod(int(self._pos), seg_size)
-        path = self._segment_path(segno, seg_size)
+        path = self._segment_path(segno)
         if path is None:
             return None
-        with path.open("rb") as f:
-            f.seek(offset)
-            data = f.read(min(self.chunk_size, seg_size - offset))
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(min(self.chunk_size, seg_size - offset))
+        except FileNotFoundError:  # a .partial renamed to its complete name meanwhile
+            self.dir.rescan()
+            return None
         if not data:
             # A short file (e.g. .partial renamed, or truncated copy): nothing more here.
             return None

@@ -34,6 +34,7 @@ Unknown rmgrs and record types raise UnsupportedRecordError.
 from __future__ import annotations
 
 import importlib
+import struct
 from collections.abc import Callable, Mapping
 
 from strata.errors import RedoError, UnsupportedRecordError
@@ -112,6 +113,31 @@ def record_type_name(record: DecodedRecord) -> str:
 
 def unsupported(record: DecodedRecord) -> UnsupportedRecordError:
     return UnsupportedRecordError(rmgr_name(record.xl_rmid), record_type_name(record), record.lsn)
+
+
+def block_error(rmgr: str, identify: Callable[[int], str | None], record: DecodedRecord,
+                block: BlockRef, what: str) -> RedoError:
+    """The RedoError of `record` on `block`, named as pg_waldump names the record
+    (`identify(xl_info)`, else its info bits)."""
+    name = identify(record.xl_info) or f"0x{record.info:02X}"
+    return RedoError(f"{rmgr}/{name} at {record.lsn}, block {block.block_id} "
+                     f"({block.rlocator} blk {block.blkno}): {what}")
+
+
+def run_handler(handlers: Mapping[int, RedoFn], op: int, record: DecodedRecord,
+                block: BlockRef, page: bytearray,
+                fail: Callable[[DecodedRecord, BlockRef, str], RedoError]) -> bool | None:
+    """An rmgr's redo of one block: the handler of record type `op` on `page`.
+
+    Raises: UnsupportedRecordError for a type without a handler; `fail(...)` for
+    page or record data too malformed to apply (what PostgreSQL would PANIC on)."""
+    fn = handlers.get(op)
+    if fn is None:
+        raise unsupported(record)
+    try:
+        return fn(record, block, page)
+    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
+        raise fail(record, block, f"malformed page or record data: {e}") from e
 
 
 def restore_image(block: BlockRef, lsn: int | None = None) -> bytearray:

@@ -29,7 +29,15 @@ from strata.errors import RedoError
 from strata.pg.constants import BLCKSZ
 from strata.pg.structs import U16, U32
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_BRIN_ID, page_ops, register, unsupported
+from strata.reconstruct.redo import (
+    RM_BRIN_ID,
+    block_error,
+    index_tuples,
+    page_ops,
+    register,
+    run_handler,
+    unsupported,
+)
 from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import brin as x
@@ -87,9 +95,7 @@ def set_heap_block_itemptr(page: bytearray, pages_per_range: int, heap_blk: int,
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.brin_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"BRIN/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("BRIN", x.brin_identify, record, block, what)
 
 
 # -- per record type ----------------------------------------------------------------
@@ -128,7 +134,7 @@ def _insert(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
 def _update(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
     xlrec = x.XlBrinUpdate.parse(record.main_data)
     if block.block_id == 2:
-        page_ops.page_index_tuple_delete_no_compact(page, xlrec.old_offnum)
+        index_tuples.page_index_tuple_delete_no_compact(page, xlrec.old_offnum)
     else:
         _insert_update(record, block, page, xlrec.insert)
 
@@ -137,7 +143,7 @@ def _samepage_update(record: DecodedRecord, block: BlockRef, page: bytearray) ->
     if block.block_id != 0:
         raise _fail(record, block, "unexpected block reference")
     xlrec = x.XlBrinSamepageUpdate.parse(record.main_data)
-    if not page_ops.page_index_tuple_overwrite(page, xlrec.offnum, block.data):
+    if not index_tuples.page_index_tuple_overwrite(page, xlrec.offnum, block.data):
         raise _fail(record, block, "failed to replace tuple")
 
 
@@ -160,7 +166,7 @@ def _desummarize(record: DecodedRecord, block: BlockRef, page: bytearray) -> Non
         set_heap_block_itemptr(page, xlrec.pages_per_range, xlrec.heap_blk,
                                INVALID_BLOCK_NUMBER, 0)
     elif block.block_id == 1:
-        page_ops.page_index_tuple_delete_no_compact(page, xlrec.reg_offset)
+        index_tuples.page_index_tuple_delete_no_compact(page, xlrec.reg_offset)
     else:
         raise _fail(record, block, "unexpected block reference")
 
@@ -186,14 +192,9 @@ def brin_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) -> 
     the page cannot take the change or the record has no such block.
     """
     op = record.info & x.XLOG_BRIN_OPMASK
-    fn = _HANDLERS.get(op)
-    if fn is None or (record.info & x.XLOG_BRIN_INIT_PAGE
-                      and op not in (x.XLOG_BRIN_INSERT, x.XLOG_BRIN_UPDATE)):
+    if record.info & x.XLOG_BRIN_INIT_PAGE and op not in (x.XLOG_BRIN_INSERT, x.XLOG_BRIN_UPDATE):
         raise unsupported(record)
-    try:
-        fn(record, block, page)
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
+    run_handler(_HANDLERS, op, record, block, page, _fail)
 
 
 # -- mask -----------------------------------------------------------------------

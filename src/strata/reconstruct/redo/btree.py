@@ -37,12 +37,18 @@ META_CLEANUP           0 metapage
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_BTREE_ID, page_ops, register, unsupported
+from strata.reconstruct.redo import (
+    RM_BTREE_ID,
+    block_error,
+    index_tuples,
+    page_ops,
+    register,
+    run_handler,
+)
 from strata.reconstruct.redo import btree_page as bp
 from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
@@ -52,9 +58,7 @@ _INFO_MASK = 0xF0
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.btree_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"Btree/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("Btree", x.btree_identify, record, block, what)
 
 
 def _add(record: DecodedRecord, block: BlockRef, page: bytearray,
@@ -310,10 +314,10 @@ def _redo_delvacuum(record: DecodedRecord, block: BlockRef, page: bytearray) -> 
     for off, upd in zip(payload.updated_offsets, payload.updates, strict=True):
         newtup = bp.bt_update_posting(page_ops.get_item(page, off), upd.deletetids)
         n = maxalign(bp.itup_size(newtup))
-        if not page_ops.page_index_tuple_overwrite(page, off, newtup[:n]):
+        if not index_tuples.page_index_tuple_overwrite(page, off, newtup[:n]):
             raise _fail(record, block, f"failed to update partially dead item {off}")
     if payload.deleted:
-        page_ops.page_index_multi_delete(page, payload.deleted)
+        index_tuples.page_index_multi_delete(page, payload.deleted)
     flags = bp.get_flags(page) & ~bp.BTP_HAS_GARBAGE
     bp.set_flags(page, flags)
     if isvacuum:
@@ -331,7 +335,7 @@ def _redo_mark_halfdead(record: DecodedRecord, block: BlockRef, page: bytearray)
         rightsib = bp.tid_block(page_ops.get_item(page, nextoffset))
         start, _end = page_ops.item_slice(page, poffset)
         bp.set_tid_block(page, rightsib, start)
-        page_ops.page_index_tuple_delete(page, nextoffset)
+        index_tuples.page_index_tuple_delete(page, nextoffset)
     elif block.block_id == 0:
         _halfdead_leaf(record, block, page, xlrec.leftblk, xlrec.rightblk, xlrec.topparent)
     else:
@@ -421,13 +425,7 @@ def btree_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) ->
     the page cannot take the change (PostgreSQL would PANIC) or the record has
     no such block.
     """
-    fn = _HANDLERS.get(record.info & _INFO_MASK)
-    if fn is None:
-        raise unsupported(record)
-    try:
-        fn(record, block, page)
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
+    run_handler(_HANDLERS, record.info & _INFO_MASK, record, block, page, _fail)
 
 
 # -- mask -----------------------------------------------------------------------

@@ -39,7 +39,14 @@ from collections.abc import Callable
 from strata.errors import RedoError
 from strata.pg.structs import U16
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_GIN_ID, page_ops, register, unsupported
+from strata.reconstruct.redo import (
+    RM_GIN_ID,
+    block_error,
+    index_tuples,
+    page_ops,
+    register,
+    run_handler,
+)
 from strata.reconstruct.redo import gin_page as gp
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import gin as x
@@ -48,9 +55,7 @@ _INFO_MASK = 0xF0
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.gin_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"Gin/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("Gin", x.gin_identify, record, block, what)
 
 
 def _add_tuples(record: DecodedRecord, block: BlockRef, page: bytearray,
@@ -95,7 +100,7 @@ def _insert_entry(record: DecodedRecord, block: BlockRef, page: bytearray,
         lp_off = page_ops.item_offset(page, offset)
         struct.pack_into("<HHH", page, lp_off, right_child >> 16, right_child & 0xFFFF, 0)
     if data.is_delete:
-        page_ops.page_index_tuple_delete(page, offset)
+        index_tuples.page_index_tuple_delete(page, offset)
     if page_ops.page_add_item(page, data.tuple, offset) == 0:
         raise _fail(record, block, f"failed to add item to index page at offset {offset}")
 
@@ -326,13 +331,7 @@ def gin_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) -> N
     the page cannot take the change (PostgreSQL would ERROR/PANIC) or the
     record has no such block.
     """
-    fn = _HANDLERS.get(record.info & _INFO_MASK)
-    if fn is None:
-        raise unsupported(record)
-    try:
-        fn(record, block, page)
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
+    run_handler(_HANDLERS, record.info & _INFO_MASK, record, block, page, _fail)
 
 
 # -- mask -------------------------------------------------------------------------

@@ -36,10 +36,12 @@ from strata.pg.structs import U16, U32, U64
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import (
     RM_GIST_ID,
+    block_error,
+    index_tuples,
     page_ops,
     register,
     register_after_image,
-    unsupported,
+    run_handler,
 )
 from strata.reconstruct.redo.page_ops import maxalign
 from strata.wal.record import BlockRef, DecodedRecord
@@ -103,9 +105,7 @@ def gist_page_set_deleted(page: bytearray, delete_xid: int) -> None:
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.gist_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"Gist/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("Gist", x.gist_identify, record, block, what)
 
 
 def _fill(record: DecodedRecord, block: BlockRef, page: bytearray,
@@ -136,12 +136,12 @@ def _page_update(record: DecodedRecord, block: BlockRef, page: bytearray) -> Non
     data = x.parse_page_update_data(block.data, xlrec)
     if xlrec.ntodelete == 1 and xlrec.ntoinsert == 1:
         # one tuple replaced by another: PageIndexTupleOverwrite, like gistplacetopage
-        if not page_ops.page_index_tuple_overwrite(page, data.todelete[0], data.tuples[0]):
+        if not index_tuples.page_index_tuple_overwrite(page, data.todelete[0], data.tuples[0]):
             raise _fail(record, block, "failed to add item to GiST index page, "
                                        f"size {len(data.tuples[0])}")
         return
     if xlrec.ntodelete > 0:
-        page_ops.page_index_multi_delete(page, data.todelete)
+        index_tuples.page_index_multi_delete(page, data.todelete)
         if get_flags(page) & F_LEAF:
             set_flags(page, get_flags(page) | F_TUPLES_DELETED)
     _fill(record, block, page, data.tuples)
@@ -151,7 +151,7 @@ def _delete(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
     if block.block_id != 0:
         raise _fail(record, block, "unexpected block reference")
     xlrec = x.GistxlogDelete.parse(record.main_data)
-    page_ops.page_index_multi_delete(page, xlrec.offsets)
+    index_tuples.page_index_multi_delete(page, xlrec.offsets)
     set_flags(page, (get_flags(page) & ~F_HAS_GARBAGE) | F_TUPLES_DELETED)
 
 
@@ -193,7 +193,7 @@ def _page_delete(record: DecodedRecord, block: BlockRef, page: bytearray) -> Non
     if block.block_id == 0:
         gist_page_set_deleted(page, xlrec.delete_xid)
     elif block.block_id == 1:
-        page_ops.page_index_tuple_delete(page, xlrec.downlink_offset)
+        index_tuples.page_index_tuple_delete(page, xlrec.downlink_offset)
     else:
         raise _fail(record, block, "unexpected block reference")
 
@@ -223,13 +223,7 @@ def gist_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) -> 
     type; RedoError when the page cannot take the change or the record has
     no such block.
     """
-    fn = _HANDLERS.get(record.info)
-    if fn is None:
-        raise unsupported(record)
-    try:
-        fn(record, block, page)
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
+    run_handler(_HANDLERS, record.info, record, block, page, _fail)
 
 
 def gist_after_image(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:

@@ -23,7 +23,6 @@ flags even when restored from an image (`hash_after_image`), as in PostgreSQL.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
@@ -31,10 +30,12 @@ from strata.pg.structs import U16
 from strata.reconstruct import mask as bufmask
 from strata.reconstruct.redo import (
     RM_HASH_ID,
+    block_error,
+    index_tuples,
     page_ops,
     register,
     register_after_image,
-    unsupported,
+    run_handler,
 )
 from strata.reconstruct.redo import hash_page as hp
 from strata.reconstruct.redo.page_ops import maxalign
@@ -47,9 +48,7 @@ _INDEX_SIZE_MASK = 0x1FFF
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.hash_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"Hash/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("Hash", x.hash_identify, record, block, what)
 
 
 def _unexpected(record: DecodedRecord, block: BlockRef) -> RedoError:
@@ -87,7 +86,7 @@ def _multi_delete(page: bytearray, data: bytes) -> None:
     """PageIndexMultiDelete of the OffsetNumber array in `data`."""
     n = len(data) // 2
     if n > 0:
-        page_ops.page_index_multi_delete(page, x.parse_offsets(data, n))
+        index_tuples.page_index_multi_delete(page, x.parse_offsets(data, n))
 
 
 def _clear_flag(page: bytearray, bits: int) -> None:
@@ -283,7 +282,7 @@ def _update_meta_page(record: DecodedRecord, block: BlockRef, page: bytearray) -
 def _vacuum_one_page(record: DecodedRecord, block: BlockRef, page: bytearray) -> RedoResult:
     xlrec = x.XlHashVacuumOnePage.parse(record.main_data)
     if block.block_id == 0:
-        page_ops.page_index_multi_delete(page, xlrec.offsets)
+        index_tuples.page_index_multi_delete(page, xlrec.offsets)
         _clear_flag(page, hp.LH_PAGE_HAS_DEAD_TUPLES)
     elif block.block_id == 1:
         hp.set_ntuples(page, hp.get_ntuples(page) - xlrec.ntuples)
@@ -320,13 +319,7 @@ def hash_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) -> 
     type; RedoError when the page cannot take the change (PostgreSQL would
     PANIC/ERROR) or the record has no such block.
     """
-    fn = _HANDLERS.get(record.info)
-    if fn is None:
-        raise unsupported(record)
-    try:
-        return fn(record, block, page)
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
+    return run_handler(_HANDLERS, record.info, record, block, page, _fail)
 
 
 def hash_after_image(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:

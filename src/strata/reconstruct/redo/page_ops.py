@@ -17,12 +17,12 @@ API (page = bytearray of BLCKSZ; offsets are 1-based OffsetNumbers):
 - constants: BLCKSZ, SIZE_OF_PAGE_HEADER, ITEM_ID_SIZE, LP_UNUSED/NORMAL/REDIRECT/DEAD,
   PD_HAS_FREE_LINES, PD_PAGE_FULL, PD_ALL_VISIBLE, PD_VALID_FLAG_BITS, INVALID_OFFSET_NUMBER,
   MAX_HEAP_TUPLES_PER_PAGE, MAX_INDEX_TUPLES_PER_PAGE, maxalign(n)
-- header: PageHeader.parse(page) (frozen value), page_get_lsn / page_set_lsn, get/set of
-  pd_checksum, pd_flags, pd_lower, pd_upper, pd_special, pd_prune_xid;
-  page_is_new, page_is_empty, page_get_max_offset, page_get_special_size,
+- header: PageHeader.parse(page) (frozen value), page_get_lsn / page_set_lsn, get_checksum, get/set of
+  pd_flags, pd_lower, pd_upper, pd_special, pd_prune_xid;
+  page_is_new, page_is_empty, page_get_max_offset,
   page_has_free_line_pointers / page_set_has_free_line_pointers /
   page_clear_has_free_line_pointers, page_set_all_visible / page_clear_all_visible /
-  page_is_all_visible, page_clear_full
+  page_is_all_visible
 - page_init(page, special_size), new_page(special_size) -> bytearray,
   page_get_temp_page_copy_special(page) -> bytearray
 - line pointers: item_id(page, off) -> (lp_off, lp_flags, lp_len), set_item_id,
@@ -34,9 +34,8 @@ API (page = bytearray of BLCKSZ; offsets are 1-based OffsetNumbers):
 - page_repair_fragmentation(page), page_truncate_line_pointer_array(page)
 - page_get_free_space / page_get_exact_free_space / page_get_heap_free_space /
   page_get_free_space_for_multiple_tuples
-- page_index_tuple_delete, page_index_multi_delete, page_index_tuple_delete_no_compact,
-  page_index_tuple_overwrite(page, off, newtup) -> bool
-- pg_checksum_page(page, blkno) -> int, page_set_checksum_inplace(page, blkno)
+- index tuples (PageIndexTupleDelete and friends): `index_tuples`
+- pg_checksum_page(page, blkno) -> int
 
 Raises: RedoError for corrupted page pointers or impossible operations where
 PostgreSQL would ERROR/PANIC.
@@ -140,10 +139,6 @@ def get_checksum(page: bytes | bytearray | memoryview) -> int:
     return _get16(page, OFF_CHECKSUM)
 
 
-def set_checksum(page: bytearray, value: int) -> None:
-    U16.pack_into(page, OFF_CHECKSUM, value)
-
-
 def get_flags(page: bytes | bytearray | memoryview) -> int:
     return _get16(page, OFF_FLAGS)
 
@@ -201,10 +196,6 @@ def page_is_empty(page: bytes | bytearray | memoryview) -> bool:
     return get_lower(page) <= SIZE_OF_PAGE_HEADER
 
 
-def page_get_special_size(page: bytes | bytearray | memoryview) -> int:
-    return BLCKSZ - get_special(page)
-
-
 def page_has_free_line_pointers(page: bytes | bytearray | memoryview) -> bool:
     return bool(get_flags(page) & PD_HAS_FREE_LINES)
 
@@ -227,10 +218,6 @@ def page_set_all_visible(page: bytearray) -> None:
 
 def page_clear_all_visible(page: bytearray) -> None:
     set_flags(page, get_flags(page) & ~PD_ALL_VISIBLE)
-
-
-def page_clear_full(page: bytearray) -> None:
-    set_flags(page, get_flags(page) & ~PD_PAGE_FULL)
 
 
 # -- init ---------------------------------------------------------------------
@@ -263,30 +250,30 @@ def page_get_temp_page_copy_special(page: bytes | bytearray) -> bytearray:
 
 # -- line pointers ----------------------------------------------------------
 
-def _lp_pos(offnum: int) -> int:
+def lp_pos(offnum: int) -> int:
     return SIZE_OF_PAGE_HEADER + (offnum - 1) * ITEM_ID_SIZE
 
 
 def item_id(page: bytes | bytearray | memoryview, offnum: int) -> tuple[int, int, int]:
     """(lp_off, lp_flags, lp_len) of line pointer `offnum` (1-based)."""
-    w = U32.unpack_from(page, _lp_pos(offnum))[0]
+    w = U32.unpack_from(page, lp_pos(offnum))[0]
     return w & 0x7FFF, (w >> 15) & 0x3, w >> 17
 
 
 def item_offset(page: bytes | bytearray | memoryview, offnum: int) -> int:
-    return U32.unpack_from(page, _lp_pos(offnum))[0] & 0x7FFF  # type: ignore[no-any-return]
+    return U32.unpack_from(page, lp_pos(offnum))[0] & 0x7FFF  # type: ignore[no-any-return]
 
 
 def item_flags(page: bytes | bytearray | memoryview, offnum: int) -> int:
-    return (U32.unpack_from(page, _lp_pos(offnum))[0] >> 15) & 0x3  # type: ignore[no-any-return]
+    return (U32.unpack_from(page, lp_pos(offnum))[0] >> 15) & 0x3  # type: ignore[no-any-return]
 
 
 def item_len(page: bytes | bytearray | memoryview, offnum: int) -> int:
-    return U32.unpack_from(page, _lp_pos(offnum))[0] >> 17  # type: ignore[no-any-return]
+    return U32.unpack_from(page, lp_pos(offnum))[0] >> 17  # type: ignore[no-any-return]
 
 
 def set_item_id(page: bytearray, offnum: int, lp_off: int, lp_flags: int, lp_len: int) -> None:
-    U32.pack_into(page, _lp_pos(offnum),
+    U32.pack_into(page, lp_pos(offnum),
                    (lp_off & 0x7FFF) | ((lp_flags & 0x3) << 15) | ((lp_len & 0x7FFF) << 17))
 
 
@@ -322,7 +309,7 @@ def get_item(page: bytes | bytearray | memoryview, offnum: int) -> bytes:
     return bytes(page[off:off + length])
 
 
-def _check_pointers(page: bytes | bytearray, *, special_aligned: bool = True) -> tuple[int, int, int]:
+def check_pointers(page: bytes | bytearray, *, special_aligned: bool = True) -> tuple[int, int, int]:
     lower, upper, special = get_lower(page), get_upper(page), get_special(page)
     if (lower < SIZE_OF_PAGE_HEADER or lower > upper or upper > special or special > BLCKSZ
             or (special_aligned and special != maxalign(special))):
@@ -355,7 +342,7 @@ def page_add_item(page: bytearray, item: bytes | bytearray | memoryview, offnum:
     if offnum != INVALID_OFFSET_NUMBER:
         if overwrite:
             if offnum < limit:
-                w = U32.unpack_from(page, _lp_pos(offnum))[0]
+                w = U32.unpack_from(page, lp_pos(offnum))[0]
                 if (w >> 15) & 0x3 != LP_UNUSED or (w >> 17) != 0:
                     return INVALID_OFFSET_NUMBER
         elif offnum < limit:
@@ -364,7 +351,7 @@ def page_add_item(page: bytearray, item: bytes | bytearray | memoryview, offnum:
         if flags & PD_HAS_FREE_LINES:
             offnum = FIRST_OFFSET_NUMBER
             while offnum < limit:
-                w = U32.unpack_from(page, _lp_pos(offnum))[0]
+                w = U32.unpack_from(page, lp_pos(offnum))[0]
                 if (w >> 15) & 0x3 == LP_UNUSED and (w >> 17) == 0:
                     break
                 offnum += 1
@@ -382,7 +369,7 @@ def page_add_item(page: bytearray, item: bytes | bytearray | memoryview, offnum:
     upper = upper0 - ((size + 7) & ~7)
     if lower > upper:
         return INVALID_OFFSET_NUMBER
-    pos = _lp_pos(offnum)
+    pos = lp_pos(offnum)
     if needshuffle:
         n = (limit - offnum) * ITEM_ID_SIZE
         page[pos + ITEM_ID_SIZE:pos + ITEM_ID_SIZE + n] = page[pos:pos + n]
@@ -395,7 +382,7 @@ def page_add_item(page: bytearray, item: bytes | bytearray | memoryview, offnum:
 
 # -- compaction ---------------------------------------------------------------
 
-def _compactify(page: bytearray, words: list[int], items: Sequence[tuple[int, int, int]],
+def compactify(page: bytearray, words: list[int], items: Sequence[tuple[int, int, int]],
                 special: int) -> None:
     """compactify_tuples: `items` are (lp index 0-based, itemoff, alignedlen)
     in line-pointer order; `words` are the line pointers (updated in place,
@@ -417,20 +404,20 @@ def _compactify(page: bytearray, words: list[int], items: Sequence[tuple[int, in
     set_upper(page, upper)
 
 
-def _line_pointers(page: bytes | bytearray, nline: int) -> list[int]:
+def line_pointers(page: bytes | bytearray, nline: int) -> list[int]:
     return list(struct.unpack_from(f"<{nline}I", page, SIZE_OF_PAGE_HEADER))
 
 
-def _store_line_pointers(page: bytearray, words: Sequence[int]) -> None:
+def store_line_pointers(page: bytearray, words: Sequence[int]) -> None:
     struct.pack_into(f"<{len(words)}I", page, SIZE_OF_PAGE_HEADER, *words)
 
 
 def page_repair_fragmentation(page: bytearray) -> None:
     """PageRepairFragmentation: compact tuple storage, zero unused line
     pointers, drop trailing unused ones, and set/clear PD_HAS_FREE_LINES."""
-    lower, upper, special = _check_pointers(page)
+    lower, upper, special = check_pointers(page)
     nline = page_get_max_offset(page)
-    words = _line_pointers(page, nline)
+    words = line_pointers(page, nline)
     items: list[tuple[int, int, int]] = []
     nunused = 0
     totallen = 0
@@ -455,9 +442,9 @@ def page_repair_fragmentation(page: bytearray) -> None:
         if totallen > special - lower:
             raise RedoError(
                 f"corrupted item lengths: total {totallen}, available space {special - lower}")
-        _compactify(page, words, items, special)
+        compactify(page, words, items, special)
     if nline:
-        _store_line_pointers(page, words)
+        store_line_pointers(page, words)
     if finalusedlp != nline:
         nunusedend = nline - finalusedlp
         nunused -= nunusedend
@@ -525,134 +512,6 @@ def page_get_heap_free_space(page: bytes | bytearray) -> int:
     return space
 
 
-# -- index tuple deletion / overwrite -------------------------------------------
-
-def _checked_item(page: bytearray, offnum: int, upper: int, special: int) -> tuple[int, int]:
-    nline = page_get_max_offset(page)
-    if offnum <= 0 or offnum > nline:
-        raise RedoError(f"invalid index offnum: {offnum}")
-    off, _fl, ln = item_id(page, offnum)
-    if off < upper or off + ln > special or off != maxalign(off):
-        raise RedoError(f"corrupted line pointer: offset = {off}, size = {ln}")
-    return off, ln
-
-
-def _shift_lp_offsets(page: bytearray, nline: int, limit_off: int, delta: int,
-                      only_storage: bool) -> None:
-    """Add `delta` to lp_off of every item whose offset <= limit_off."""
-    base = SIZE_OF_PAGE_HEADER
-    for i in range(nline):
-        p = base + i * ITEM_ID_SIZE
-        w = U32.unpack_from(page, p)[0]
-        if only_storage and (w >> 17) == 0:
-            continue
-        if (w & 0x7FFF) <= limit_off:
-            U32.pack_into(page, p, (w & ~0x7FFF) | (((w & 0x7FFF) + delta) & 0x7FFF))
-
-
-def page_index_tuple_delete(page: bytearray, offnum: int) -> None:
-    """PageIndexTupleDelete: remove the item and its line pointer, closing
-    both gaps (line pointers after it shift down)."""
-    lower, upper, special = _check_pointers(page)
-    off, ln = _checked_item(page, offnum, upper, special)
-    size = maxalign(ln)
-    lp = _lp_pos(offnum)
-    nbytes = lower - (lp + ITEM_ID_SIZE)
-    if nbytes > 0:
-        page[lp:lp + nbytes] = page[lp + ITEM_ID_SIZE:lp + ITEM_ID_SIZE + nbytes]
-    if off > upper:
-        page[upper + size:off + size] = page[upper:off]
-    set_upper(page, upper + size)
-    set_lower(page, lower - ITEM_ID_SIZE)
-    if not page_is_empty(page):
-        _shift_lp_offsets(page, page_get_max_offset(page), off, size, only_storage=False)
-
-
-def page_index_multi_delete(page: bytearray, itemnos: Sequence[int]) -> None:
-    """PageIndexMultiDelete: `itemnos` sorted ascending; remaining line
-    pointers are renumbered and storage compacted (compactify_tuples)."""
-    nitems = len(itemnos)
-    if nitems <= 2:
-        for o in reversed(itemnos):
-            page_index_tuple_delete(page, o)
-        return
-    lower, upper, special = _check_pointers(page)
-    nline = page_get_max_offset(page)
-    words = _line_pointers(page, nline)
-    items: list[tuple[int, int, int]] = []
-    newwords: list[int] = []
-    totallen = 0
-    nextitm = 0
-    for i, w in enumerate(words):
-        offnum = i + 1
-        off, ln = w & 0x7FFF, w >> 17
-        if off < upper or off + ln > special or off != maxalign(off):
-            raise RedoError(f"corrupted line pointer: offset = {off}, size = {ln}")
-        if nextitm < nitems and offnum == itemnos[nextitm]:
-            nextitm += 1
-        else:
-            alen = maxalign(ln)
-            items.append((len(newwords), off, alen))
-            totallen += alen
-            newwords.append(w)
-    if nextitm != nitems:
-        raise RedoError("incorrect index offsets supplied")
-    if totallen > special - lower:
-        raise RedoError(
-            f"corrupted item lengths: total {totallen}, available space {special - lower}")
-    nused = len(newwords)
-    set_lower(page, SIZE_OF_PAGE_HEADER + nused * ITEM_ID_SIZE)
-    if nused > 0:
-        _compactify(page, newwords, items, special)
-        _store_line_pointers(page, newwords)
-    else:
-        set_upper(page, special)
-
-
-def page_index_tuple_delete_no_compact(page: bytearray, offnum: int) -> None:
-    """PageIndexTupleDeleteNoCompact: remove the item's storage; the line
-    pointer becomes unused (or is dropped if it is the last one)."""
-    _lower, upper, special = _check_pointers(page)
-    off, ln = _checked_item(page, offnum, upper, special)
-    size = maxalign(ln)
-    nline = page_get_max_offset(page)
-    if offnum < nline:
-        item_id_set_unused(page, offnum)
-    else:
-        set_lower(page, get_lower(page) - ITEM_ID_SIZE)
-        nline -= 1
-    if off > upper:
-        page[upper + size:off + size] = page[upper:off]
-    set_upper(page, upper + size)
-    if not page_is_empty(page):
-        _shift_lp_offsets(page, nline, off, size, only_storage=True)
-
-
-def page_index_tuple_overwrite(page: bytearray, offnum: int,
-                               newtup: bytes | bytearray | memoryview) -> bool:
-    """PageIndexTupleOverwrite: replace the item's bytes in place, moving the
-    tuples below it when the aligned size changes. False if it cannot fit."""
-    lower, upper, special = _check_pointers(page)
-    itemcount = page_get_max_offset(page)
-    off, oldlen = _checked_item(page, offnum, upper, special)
-    oldsize = maxalign(oldlen)
-    newsize = len(newtup)
-    alignednewsize = maxalign(newsize)
-    if alignednewsize > oldsize + (upper - lower):
-        return False
-    size_diff = oldsize - alignednewsize
-    if size_diff != 0:
-        chunk = bytes(page[upper:off])
-        page[upper + size_diff:upper + size_diff + len(chunk)] = chunk
-        set_upper(page, upper + size_diff)
-        _shift_lp_offsets(page, itemcount, off, size_diff, only_storage=True)
-    _o, fl, _l = item_id(page, offnum)
-    newoff = off + size_diff
-    set_item_id(page, offnum, newoff, fl, newsize)
-    page[newoff:newoff + newsize] = newtup
-    return True
-
-
 # -- checksum -------------------------------------------------------------------
 
 
@@ -660,13 +519,6 @@ def pg_checksum_page(page: bytes | bytearray, blkno: int) -> int:
     """pg_checksum_page: the 16-bit data checksum of a (non-new) page for
     block `blkno`, computed with pd_checksum taken as zero."""
     return checksum_page(page, blkno)
-
-
-def page_set_checksum_inplace(page: bytearray, blkno: int) -> None:
-    """PageSetChecksumInplace (new pages keep checksum 0)."""
-    if page_is_new(page):
-        return
-    set_checksum(page, pg_checksum_page(page, blkno))
 
 
 def iter_line_pointers(page: bytes | bytearray | memoryview) -> Iterable[tuple[int, int, int, int]]:

@@ -34,12 +34,18 @@ VACUUM_REDIRECT    0 REDIRECTs to PLACEHOLDERs, trailing placeholders removed
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from strata.errors import RedoError
 from strata.reconstruct import mask as bufmask
-from strata.reconstruct.redo import RM_SPGIST_ID, page_ops, register, unsupported
+from strata.reconstruct.redo import (
+    RM_SPGIST_ID,
+    block_error,
+    index_tuples,
+    page_ops,
+    register,
+    run_handler,
+)
 from strata.reconstruct.redo import spgist_page as sp
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import spgist as x
@@ -48,9 +54,7 @@ _INFO_MASK = 0xF0
 
 
 def _fail(record: DecodedRecord, block: BlockRef, what: str) -> RedoError:
-    name = x.spg_identify(record.xl_info) or f"0x{record.info:02X}"
-    return RedoError(f"SPGist/{name} at {record.lsn}, block {block.block_id} "
-                     f"({block.rlocator} blk {block.blkno}): {what}")
+    return block_error("SPGist", x.spg_identify, record, block, what)
 
 
 def _blkno(record: DecodedRecord, block: BlockRef, block_id: int) -> int:
@@ -216,7 +220,7 @@ def _redo_vacuum_root(record: DecodedRecord, block: BlockRef, page: bytearray) -
     if block.block_id != 0:
         raise _fail(record, block, "unexpected block reference")
     r = x.SpgxlogVacuumRoot.parse(record.main_data)
-    page_ops.page_index_multi_delete(page, r.offsets)  # the offsets are in order
+    index_tuples.page_index_multi_delete(page, r.offsets)  # the offsets are in order
 
 
 def _redo_vacuum_redirect(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
@@ -233,7 +237,7 @@ def _redo_vacuum_redirect(record: DecodedRecord, block: BlockRef, page: bytearra
         nmax = page_ops.page_get_max_offset(page)
         todelete = list(range(r.first_placeholder, nmax + 1))
         sp.add_placeholders(page, -len(todelete))
-        page_ops.page_index_multi_delete(page, todelete)
+        index_tuples.page_index_multi_delete(page, todelete)
 
 
 _HANDLERS: dict[int, Callable[[DecodedRecord, BlockRef, bytearray], None]] = {
@@ -259,17 +263,12 @@ def spg_redo_block(record: DecodedRecord, block: BlockRef, page: bytearray) -> N
     the page cannot take the change (PostgreSQL would ERROR/PANIC) or the
     record has no such block.
     """
-    fn = _HANDLERS.get(record.info & _INFO_MASK)
-    if fn is None:
-        raise unsupported(record)
     try:
-        fn(record, block, page)
+        run_handler(_HANDLERS, record.info & _INFO_MASK, record, block, page, _fail)
     except RedoError as e:
         if str(e).startswith("SPGist/"):
             raise
         raise _fail(record, block, str(e)) from e
-    except (IndexError, ValueError, struct.error) as e:  # malformed pages or record data
-        raise _fail(record, block, f"malformed page or record data: {e}") from e
 
 
 def spg_mask(page: bytearray, blkno: int = 0) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from strata.errors import RedoError
 from strata.pg.structs import U16, U32
-from strata.reconstruct.redo import page_ops
+from strata.reconstruct.redo import index_tuples, page_ops
 
 # SpGistPageOpaqueData flags
 SPGIST_META = 1 << 0
@@ -147,7 +147,7 @@ def add_item_at(page: bytearray, item: bytes, offnum: int) -> None:
 
 def replace_item(page: bytearray, item: bytes, offnum: int) -> None:
     """PageIndexTupleDelete + PageAddItem at the same offset."""
-    page_ops.page_index_tuple_delete(page, offnum)
+    index_tuples.page_index_tuple_delete(page, offnum)
     add_item_at(page, item, offnum)
 
 
@@ -158,7 +158,7 @@ def add_or_replace_tuple(page: bytearray, item: bytes, offnum: int) -> None:
         if tupstate(page, offnum) != SPGIST_PLACEHOLDER:
             raise RedoError("SPGiST tuple to be replaced is not a placeholder")
         add_placeholders(page, -1)
-        page_ops.page_index_tuple_delete(page, offnum)
+        index_tuples.page_index_tuple_delete(page, offnum)
     add_item_at(page, item, offnum)
 
 
@@ -170,7 +170,7 @@ def multi_delete(page: bytearray, itemnos: Sequence[int], firststate: int, rests
     if not itemnos:
         return
     sortednos = sorted(itemnos)
-    page_ops.page_index_multi_delete(page, sortednos)
+    index_tuples.page_index_multi_delete(page, sortednos)
     first = itemnos[0]
     for itemno in sortednos:
         state = firststate if itemno == first else reststate

@@ -12,6 +12,7 @@ owned by their own authors; this module owns only the table.
 
 from __future__ import annotations
 
+from strata.errors import WalDecodeError
 from strata.pg.rmgrids import (  # noqa: F401  (re-exported: the one table)
     RM_BRIN_ID,
     RM_BTREE_ID,
@@ -321,3 +322,10 @@ def stats_type_name(rmid: int, recid: int) -> str:
     Transaction's HAS_INFO bit already dropped): ``rm_identify(recid << 4)``."""
     name = identify(rmid, recid << 4)
     return name if name is not None else f"UNKNOWN ({recid << 4:x})"
+
+
+def need(data: bytes, size: int, what: str) -> None:
+    """Raises WalDecodeError unless `data` (a record's main or block data) holds
+    at least `size` bytes for the struct `what`."""
+    if len(data) < size:
+        raise WalDecodeError(f"{what}: {len(data)} bytes, need at least {size}")

@@ -43,6 +43,7 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_BRIN_REVMAP_EXTEND,
     XLOG_BRIN_SAMEPAGE_UPDATE,
     XLOG_BRIN_UPDATE,
+    need,
 )
 
 BRIN_RECORD_NAMES: dict[int, str] = {
@@ -64,11 +65,6 @@ _REVMAP_EXTEND = struct.Struct("<I")
 _DESUMMARIZE = struct.Struct("<IIH")  # SizeOfBrinDesummarize = 10
 
 
-def _need(data: bytes, size: int, what: str) -> None:
-    if len(data) < size:
-        raise WalDecodeError(f"{what}: {len(data)} bytes, need at least {size}")
-
-
 @dataclass(frozen=True, slots=True)
 class XlBrinCreateIdx:
     pages_per_range: int
@@ -76,7 +72,7 @@ class XlBrinCreateIdx:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBrinCreateIdx:
-        _need(data, _CREATE.size, "xl_brin_createidx")
+        need(data, _CREATE.size, "xl_brin_createidx")
         return cls(*_CREATE.unpack_from(data))
 
 
@@ -88,7 +84,7 @@ class XlBrinInsert:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBrinInsert:
-        _need(data, _INSERT.size, "xl_brin_insert")
+        need(data, _INSERT.size, "xl_brin_insert")
         return cls(*_INSERT.unpack_from(data))
 
 
@@ -99,7 +95,7 @@ class XlBrinUpdate:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBrinUpdate:
-        _need(data, _UPDATE.size, "xl_brin_update")
+        need(data, _UPDATE.size, "xl_brin_update")
         old, heap_blk, ppr, offnum = _UPDATE.unpack_from(data)
         return cls(old, XlBrinInsert(heap_blk, ppr, offnum))
 
@@ -110,7 +106,7 @@ class XlBrinSamepageUpdate:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBrinSamepageUpdate:
-        _need(data, _SAMEPAGE.size, "xl_brin_samepage_update")
+        need(data, _SAMEPAGE.size, "xl_brin_samepage_update")
         return cls(*_SAMEPAGE.unpack_from(data))
 
 
@@ -120,7 +116,7 @@ class XlBrinRevmapExtend:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBrinRevmapExtend:
-        _need(data, _REVMAP_EXTEND.size, "xl_brin_revmap_extend")
+        need(data, _REVMAP_EXTEND.size, "xl_brin_revmap_extend")
         return cls(*_REVMAP_EXTEND.unpack_from(data))
 
 
@@ -132,7 +128,7 @@ class XlBrinDesummarize:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBrinDesummarize:
-        _need(data, _DESUMMARIZE.size, "xl_brin_desummarize")
+        need(data, _DESUMMARIZE.size, "xl_brin_desummarize")
         return cls(*_DESUMMARIZE.unpack_from(data))
 
 

@@ -60,6 +60,7 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_BTREE_UNLINK_PAGE,
     XLOG_BTREE_UNLINK_PAGE_META,
     XLOG_BTREE_VACUUM,
+    need,
 )
 
 BTREE_RECORD_NAMES: dict[int, str] = {
@@ -106,11 +107,6 @@ SIZE_OF_BTREE_UNLINK_PAGE = _UNLINK.size
 SIZE_OF_BTREE_NEWROOT = _NEWROOT.size
 
 
-def _need(data: bytes, size: int, what: str) -> None:
-    if len(data) < size:
-        raise WalDecodeError(f"{what}: {len(data)} bytes, need at least {size}")
-
-
 @dataclass(frozen=True, slots=True)
 class XlBtreeMetadata:
     """xl_btree_metadata: the metapage contents a record re-creates."""
@@ -125,7 +121,7 @@ class XlBtreeMetadata:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeMetadata:
-        _need(data, _METADATA.size, "xl_btree_metadata")
+        need(data, _METADATA.size, "xl_btree_metadata")
         return cls(*_METADATA.unpack_from(data))
 
 
@@ -137,7 +133,7 @@ class XlBtreeInsert:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeInsert:
-        _need(data, _INSERT.size, "xl_btree_insert")
+        need(data, _INSERT.size, "xl_btree_insert")
         return cls(*_INSERT.unpack_from(data))
 
 
@@ -152,7 +148,7 @@ class XlBtreeSplit:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeSplit:
-        _need(data, _SPLIT.size, "xl_btree_split")
+        need(data, _SPLIT.size, "xl_btree_split")
         return cls(*_SPLIT.unpack_from(data))
 
 
@@ -172,13 +168,13 @@ class XlBtreeDedup:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeDedup:
-        _need(data, _DEDUP.size, "xl_btree_dedup")
+        need(data, _DEDUP.size, "xl_btree_dedup")
         return cls(*_DEDUP.unpack_from(data))
 
 
 def parse_dedup_intervals(data: bytes, nintervals: int) -> tuple[BTDedupInterval, ...]:
     """The BTDedupInterval array of a DEDUP record's block 0 data."""
-    _need(data, nintervals * _DEDUP_INTERVAL.size, "DEDUP intervals")
+    need(data, nintervals * _DEDUP_INTERVAL.size, "DEDUP intervals")
     return tuple(BTDedupInterval(*_DEDUP_INTERVAL.unpack_from(data, i * _DEDUP_INTERVAL.size))
                  for i in range(nintervals))
 
@@ -194,7 +190,7 @@ class XlBtreeReusePage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeReusePage:
-        _need(data, _REUSE_PAGE.size, "xl_btree_reuse_page")
+        need(data, _REUSE_PAGE.size, "xl_btree_reuse_page")
         spc, db, rel, block, horizon, catalog = _REUSE_PAGE.unpack_from(data)
         return cls(RelFileLocator(spc, db, rel), block, horizon, catalog)
 
@@ -208,7 +204,7 @@ class XlBtreeVacuum:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeVacuum:
-        _need(data, _VACUUM.size, "xl_btree_vacuum")
+        need(data, _VACUUM.size, "xl_btree_vacuum")
         return cls(*_VACUUM.unpack_from(data))
 
 
@@ -223,7 +219,7 @@ class XlBtreeDelete:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeDelete:
-        _need(data, _DELETE.size, "xl_btree_delete")
+        need(data, _DELETE.size, "xl_btree_delete")
         return cls(*_DELETE.unpack_from(data))
 
 
@@ -250,16 +246,16 @@ class DelVacuumPayload:
 
 def parse_delvacuum_payload(data: bytes, ndeleted: int, nupdated: int) -> DelVacuumPayload:
     """Parse block 0 data of a DELETE or VACUUM record."""
-    _need(data, 2 * (ndeleted + nupdated), "delete/vacuum offsets")
+    need(data, 2 * (ndeleted + nupdated), "delete/vacuum offsets")
     deleted = struct.unpack_from(f"<{ndeleted}H", data, 0)
     updated = struct.unpack_from(f"<{nupdated}H", data, 2 * ndeleted)
     pos = 2 * (ndeleted + nupdated)
     updates: list[XlBtreeUpdate] = []
     for _ in range(nupdated):
-        _need(data, pos + 2, "xl_btree_update")
+        need(data, pos + 2, "xl_btree_update")
         (n,) = U16.unpack_from(data, pos)
         pos += 2
-        _need(data, pos + 2 * n, "xl_btree_update offsets")
+        need(data, pos + 2 * n, "xl_btree_update offsets")
         updates.append(XlBtreeUpdate(struct.unpack_from(f"<{n}H", data, pos)))
         pos += 2 * n
     return DelVacuumPayload(tuple(deleted), tuple(updated), tuple(updates))
@@ -277,7 +273,7 @@ class XlBtreeMarkPageHalfdead:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeMarkPageHalfdead:
-        _need(data, _HALFDEAD.size, "xl_btree_mark_page_halfdead")
+        need(data, _HALFDEAD.size, "xl_btree_mark_page_halfdead")
         return cls(*_HALFDEAD.unpack_from(data))
 
 
@@ -296,7 +292,7 @@ class XlBtreeUnlinkPage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeUnlinkPage:
-        _need(data, _UNLINK.size, "xl_btree_unlink_page")
+        need(data, _UNLINK.size, "xl_btree_unlink_page")
         return cls(*_UNLINK.unpack_from(data))
 
 
@@ -309,7 +305,7 @@ class XlBtreeNewroot:
 
     @classmethod
     def parse(cls, data: bytes) -> XlBtreeNewroot:
-        _need(data, _NEWROOT.size, "xl_btree_newroot")
+        need(data, _NEWROOT.size, "xl_btree_newroot")
         return cls(*_NEWROOT.unpack_from(data))
 
 

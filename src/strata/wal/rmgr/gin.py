@@ -54,6 +54,7 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_GIN_UPDATE_META_PAGE,
     XLOG_GIN_VACUUM_DATA_LEAF_PAGE,
     XLOG_GIN_VACUUM_PAGE,
+    need,
 )
 
 GIN_RECORD_NAMES: dict[int, str] = {
@@ -114,11 +115,6 @@ SIZE_OF_GIN_POSTING_LIST_HEADER = 8  # offsetof(GinPostingList, bytes)
 ItemPointer = tuple[int, int]  # (block, offset)
 
 
-def _need(data: bytes, size: int, what: str) -> None:
-    if len(data) < size:
-        raise WalDecodeError(f"{what}: {len(data)} bytes, need at least {size}")
-
-
 def read_item_pointer(data: bytes | bytearray | memoryview, pos: int) -> ItemPointer:
     hi, lo, off = _ITEMPTR.unpack_from(data, pos)
     return (hi << 16) | lo, off
@@ -140,11 +136,11 @@ def split_index_tuples(data: bytes, ntuples: int, what: str) -> tuple[bytes, ...
     out: list[bytes] = []
     pos = 0
     for _ in range(ntuples):
-        _need(data, pos + 8, what)
+        need(data, pos + 8, what)
         size = index_tuple_size(data, pos)
         if size < 8:
             raise WalDecodeError(f"{what}: index tuple of size {size}")
-        _need(data, pos + size, what)
+        need(data, pos + size, what)
         out.append(data[pos:pos + size])
         pos += size
     if pos != len(data):
@@ -171,7 +167,7 @@ class GinMetaPageData:
 
     @classmethod
     def parse(cls, data: bytes, pos: int = 0) -> GinMetaPageData:
-        _need(data, pos + _META.size, "GinMetaPageData")
+        need(data, pos + _META.size, "GinMetaPageData")
         (head, tail, free, npages, ntuples, total, entry, datap, nentries,
          version) = _META.unpack_from(data, pos)
         return cls(head, tail, free, npages, ntuples, total, entry, datap, nentries, version,
@@ -187,9 +183,9 @@ class XlGinCreatePostingTree:
 
     @classmethod
     def parse(cls, data: bytes) -> XlGinCreatePostingTree:
-        _need(data, _CREATE_PTREE.size, "ginxlogCreatePostingTree")
+        need(data, _CREATE_PTREE.size, "ginxlogCreatePostingTree")
         (size,) = _CREATE_PTREE.unpack_from(data)
-        _need(data, _CREATE_PTREE.size + size, "CREATE_PTREE posting list")
+        need(data, _CREATE_PTREE.size + size, "CREATE_PTREE posting list")
         return cls(size, bytes(data[_CREATE_PTREE.size:_CREATE_PTREE.size + size]))
 
 
@@ -211,11 +207,11 @@ class XlGinInsert:
 
     @classmethod
     def parse(cls, data: bytes) -> XlGinInsert:
-        _need(data, SIZE_OF_GINXLOG_INSERT, "ginxlogInsert")
+        need(data, SIZE_OF_GINXLOG_INSERT, "ginxlogInsert")
         (flags,) = U16.unpack_from(data)
         if flags & GIN_INSERT_ISLEAF:
             return cls(flags, None, None)
-        _need(data, SIZE_OF_GINXLOG_INSERT + 8, "ginxlogInsert children")
+        need(data, SIZE_OF_GINXLOG_INSERT + 8, "ginxlogInsert children")
         lh, ll = _BLOCKID.unpack_from(data, 2)
         rh, rl = _BLOCKID.unpack_from(data, 6)
         return cls(flags, (lh << 16) | ll, (rh << 16) | rl)
@@ -231,11 +227,11 @@ class GinInsertEntry:
 
     @classmethod
     def parse(cls, data: bytes) -> GinInsertEntry:
-        _need(data, _INSERT_ENTRY_HDR.size + 8, "ginxlogInsertEntry")
+        need(data, _INSERT_ENTRY_HDR.size + 8, "ginxlogInsertEntry")
         offset, is_delete = _INSERT_ENTRY_HDR.unpack_from(data)
         pos = _INSERT_ENTRY_HDR.size
         size = index_tuple_size(data, pos)
-        _need(data, pos + size, "ginxlogInsertEntry tuple")
+        need(data, pos + size, "ginxlogInsertEntry tuple")
         return cls(offset, is_delete, bytes(data[pos:pos + size]))
 
 
@@ -262,25 +258,25 @@ class GinRecompressDataLeaf:
 
     @classmethod
     def parse(cls, data: bytes) -> GinRecompressDataLeaf:
-        _need(data, 2, "ginxlogRecompressDataLeaf")
+        need(data, 2, "ginxlogRecompressDataLeaf")
         (nactions,) = U16.unpack_from(data)
         pos = 2
         actions: list[GinSegmentAction] = []
         for _ in range(nactions):
-            _need(data, pos + 2, "GIN segment action")
+            need(data, pos + 2, "GIN segment action")
             segno, action = data[pos], data[pos + 1]
             pos += 2
             if action in (GIN_SEGMENT_INSERT, GIN_SEGMENT_REPLACE):
-                _need(data, pos + SIZE_OF_GIN_POSTING_LIST_HEADER, "GIN segment")
+                need(data, pos + SIZE_OF_GIN_POSTING_LIST_HEADER, "GIN segment")
                 size = posting_list_size(data, pos)
-                _need(data, pos + size, "GIN segment")
+                need(data, pos + size, "GIN segment")
                 actions.append(GinSegmentAction(segno, action, segment=bytes(data[pos:pos + size])))
                 pos += (size + 1) & ~1
             elif action == GIN_SEGMENT_ADDITEMS:
-                _need(data, pos + 2, "GIN ADDITEMS count")
+                need(data, pos + 2, "GIN ADDITEMS count")
                 (nitems,) = U16.unpack_from(data, pos)
                 pos += 2
-                _need(data, pos + 6 * nitems, "GIN ADDITEMS items")
+                need(data, pos + 6 * nitems, "GIN ADDITEMS items")
                 items = tuple(read_item_pointer(data, pos + 6 * i) for i in range(nitems))
                 pos += 6 * nitems
                 actions.append(GinSegmentAction(segno, action, items=items))
@@ -303,7 +299,7 @@ class GinInsertDataInternal:
 
     @classmethod
     def parse(cls, data: bytes) -> GinInsertDataInternal:
-        _need(data, _INSERT_INTERNAL.size, "ginxlogInsertDataInternal")
+        need(data, _INSERT_INTERNAL.size, "ginxlogInsertDataInternal")
         offset, ch, cl, kh, kl, ko = _INSERT_INTERNAL.unpack_from(data)
         return cls(offset, (ch << 16) | cl, ((kh << 16) | kl, ko), bytes(data[2:12]))
 
@@ -320,7 +316,7 @@ class XlGinSplit:
 
     @classmethod
     def parse(cls, data: bytes) -> XlGinSplit:
-        _need(data, _SPLIT.size, "ginxlogSplit")
+        need(data, _SPLIT.size, "ginxlogSplit")
         spc, db, rel, rrlink, lc, rc, flags = _SPLIT.unpack_from(data)
         return cls(RelFileLocator(spc, db, rel), rrlink, lc, rc, flags)
 
@@ -335,7 +331,7 @@ class XlGinDeletePage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlGinDeletePage:
-        _need(data, _DELETE_PAGE.size, "ginxlogDeletePage")
+        need(data, _DELETE_PAGE.size, "ginxlogDeletePage")
         return cls(*_DELETE_PAGE.unpack_from(data))
 
 
@@ -351,7 +347,7 @@ class XlGinUpdateMeta:
 
     @classmethod
     def parse(cls, data: bytes) -> XlGinUpdateMeta:
-        _need(data, SIZE_OF_GINXLOG_UPDATE_META - 4, "ginxlogUpdateMeta")
+        need(data, SIZE_OF_GINXLOG_UPDATE_META - 4, "ginxlogUpdateMeta")
         spc, db, rel = struct.unpack_from("<III", data)
         meta = GinMetaPageData.parse(data, _UPDATE_META_METADATA_OFF)
         prev_tail, new_rightlink, ntuples = struct.unpack_from(
@@ -368,7 +364,7 @@ class XlGinInsertListPage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlGinInsertListPage:
-        _need(data, _INSERT_LISTPAGE.size, "ginxlogInsertListPage")
+        need(data, _INSERT_LISTPAGE.size, "ginxlogInsertListPage")
         return cls(*_INSERT_LISTPAGE.unpack_from(data))
 
 
@@ -381,7 +377,7 @@ class XlGinDeleteListPages:
 
     @classmethod
     def parse(cls, data: bytes) -> XlGinDeleteListPages:
-        _need(data, _META.size + 4, "ginxlogDeleteListPages")
+        need(data, _META.size + 4, "ginxlogDeleteListPages")
         return cls(GinMetaPageData.parse(data), struct.unpack_from("<i", data, _META.size)[0])
 
 

@@ -43,6 +43,7 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_GIST_PAGE_REUSE,
     XLOG_GIST_PAGE_SPLIT,
     XLOG_GIST_PAGE_UPDATE,
+    need,
 )
 
 GIST_RECORD_NAMES: dict[int, str] = {
@@ -64,14 +65,9 @@ INDEX_SIZE_MASK = 0x1FFF
 _T_INFO = 6  # IndexTupleData.t_info, after the 6-byte t_tid
 
 
-def _need(data: bytes, size: int, what: str) -> None:
-    if len(data) < size:
-        raise WalDecodeError(f"{what}: {len(data)} bytes, need at least {size}")
-
-
 def index_tuple_size(data: bytes | memoryview, pos: int) -> int:
     """IndexTupleSize of the tuple at `pos` (t_info & INDEX_SIZE_MASK)."""
-    _need(bytes(data[pos:pos + _T_INFO + 2]), _T_INFO + 2, "index tuple header")
+    need(bytes(data[pos:pos + _T_INFO + 2]), _T_INFO + 2, "index tuple header")
     return int(U16.unpack_from(data, pos + _T_INFO)[0]) & INDEX_SIZE_MASK
 
 
@@ -94,7 +90,7 @@ class GistxlogPageUpdate:
 
     @classmethod
     def parse(cls, data: bytes) -> GistxlogPageUpdate:
-        _need(data, _UPDATE.size, "gistxlogPageUpdate")
+        need(data, _UPDATE.size, "gistxlogPageUpdate")
         return cls(*_UPDATE.unpack_from(data))
 
 
@@ -107,7 +103,7 @@ class PageUpdateData:
 
 
 def parse_page_update_data(data: bytes, xlrec: GistxlogPageUpdate) -> PageUpdateData:
-    _need(data, 2 * xlrec.ntodelete, "PAGE_UPDATE offsets")
+    need(data, 2 * xlrec.ntodelete, "PAGE_UPDATE offsets")
     todelete = struct.unpack_from(f"<{xlrec.ntodelete}H", data, 0)
     tuples = split_tuples(data, 2 * xlrec.ntodelete, len(data), "PAGE_UPDATE tuples")
     if len(tuples) != xlrec.ntoinsert:
@@ -125,9 +121,9 @@ class GistxlogDelete:
 
     @classmethod
     def parse(cls, data: bytes) -> GistxlogDelete:
-        _need(data, SIZE_OF_GISTXLOG_DELETE, "gistxlogDelete")
+        need(data, SIZE_OF_GISTXLOG_DELETE, "gistxlogDelete")
         horizon, n, catalog = _DELETE.unpack_from(data)
-        _need(data, SIZE_OF_GISTXLOG_DELETE + 2 * n, "gistxlogDelete offsets")
+        need(data, SIZE_OF_GISTXLOG_DELETE + 2 * n, "gistxlogDelete offsets")
         offsets = struct.unpack_from(f"<{n}H", data, SIZE_OF_GISTXLOG_DELETE)
         return cls(horizon, n, catalog, tuple(offsets))
 
@@ -142,13 +138,13 @@ class GistxlogPageSplit:
 
     @classmethod
     def parse(cls, data: bytes) -> GistxlogPageSplit:
-        _need(data, _SPLIT.size, "gistxlogPageSplit")
+        need(data, _SPLIT.size, "gistxlogPageSplit")
         return cls(*_SPLIT.unpack_from(data))
 
 
 def parse_split_page_data(data: bytes) -> list[bytes]:
     """A PAGE_SPLIT page's block data: int32 count, then that many tuples."""
-    _need(data, 4, "PAGE_SPLIT page data")
+    need(data, 4, "PAGE_SPLIT page data")
     (n,) = I32.unpack_from(data)
     tuples = split_tuples(data, 4, len(data), "PAGE_SPLIT tuples")
     if len(tuples) != n:
@@ -163,7 +159,7 @@ class GistxlogPageDelete:
 
     @classmethod
     def parse(cls, data: bytes) -> GistxlogPageDelete:
-        _need(data, _PAGE_DELETE.size, "gistxlogPageDelete")
+        need(data, _PAGE_DELETE.size, "gistxlogPageDelete")
         return cls(*_PAGE_DELETE.unpack_from(data))
 
 
@@ -176,7 +172,7 @@ class GistxlogPageReuse:
 
     @classmethod
     def parse(cls, data: bytes) -> GistxlogPageReuse:
-        _need(data, _REUSE.size, "gistxlogPageReuse")
+        need(data, _REUSE.size, "gistxlogPageReuse")
         spc, db, rel, block, horizon, catalog = _REUSE.unpack_from(data)
         return cls(RelFileLocator(spc, db, rel), block, horizon, catalog)
 

@@ -68,6 +68,7 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_HASH_SQUEEZE_PAGE,
     XLOG_HASH_UPDATE_META_PAGE,
     XLOG_HASH_VACUUM_ONE_PAGE,
+    need,
 )
 
 HASH_RECORD_NAMES: dict[int, str] = {
@@ -102,19 +103,14 @@ _VACUUM_ONE = struct.Struct("<IH?")  # offsets follow at SizeOfHashVacuumOnePage
 SIZE_OF_HASH_VACUUM_ONE_PAGE = 8
 
 
-def _need(data: bytes, size: int, what: str) -> None:
-    if len(data) < size:
-        raise WalDecodeError(f"{what}: {len(data)} bytes, need at least {size}")
-
-
 def parse_offsets(data: bytes, count: int, pos: int = 0, what: str = "offsets") -> tuple[int, ...]:
     """`count` OffsetNumbers (u16) at `pos`."""
-    _need(data, pos + 2 * count, what)
+    need(data, pos + 2 * count, what)
     return struct.unpack_from(f"<{count}H", data, pos)
 
 
 def parse_u32(data: bytes, what: str, pos: int = 0) -> int:
-    _need(data, pos + 4, what)
+    need(data, pos + 4, what)
     return int(U32.unpack_from(data, pos)[0])
 
 
@@ -126,7 +122,7 @@ class XlHashInitMetaPage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashInitMetaPage:
-        _need(data, _INIT_META.size, "xl_hash_init_meta_page")
+        need(data, _INIT_META.size, "xl_hash_init_meta_page")
         return cls(*_INIT_META.unpack_from(data))
 
 
@@ -136,7 +132,7 @@ class XlHashInitBitmapPage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashInitBitmapPage:
-        _need(data, 2, "xl_hash_init_bitmap_page")
+        need(data, 2, "xl_hash_init_bitmap_page")
         return cls(*U16.unpack_from(data))
 
 
@@ -146,7 +142,7 @@ class XlHashInsert:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashInsert:
-        _need(data, 2, "xl_hash_insert")
+        need(data, 2, "xl_hash_insert")
         return cls(*U16.unpack_from(data))
 
 
@@ -157,7 +153,7 @@ class XlHashAddOvflPage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashAddOvflPage:
-        _need(data, _ADD_OVFL.size, "xl_hash_add_ovfl_page")
+        need(data, _ADD_OVFL.size, "xl_hash_add_ovfl_page")
         return cls(*_ADD_OVFL.unpack_from(data))
 
 
@@ -170,7 +166,7 @@ class XlHashSplitAllocatePage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashSplitAllocatePage:
-        _need(data, _SPLIT_ALLOC.size, "xl_hash_split_allocate_page")
+        need(data, _SPLIT_ALLOC.size, "xl_hash_split_allocate_page")
         return cls(*_SPLIT_ALLOC.unpack_from(data))
 
 
@@ -181,7 +177,7 @@ class XlHashSplitComplete:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashSplitComplete:
-        _need(data, _SPLIT_COMPLETE.size, "xl_hash_split_complete")
+        need(data, _SPLIT_COMPLETE.size, "xl_hash_split_complete")
         return cls(*_SPLIT_COMPLETE.unpack_from(data))
 
 
@@ -192,7 +188,7 @@ class XlHashMovePageContents:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashMovePageContents:
-        _need(data, _MOVE.size, "xl_hash_move_page_contents")
+        need(data, _MOVE.size, "xl_hash_move_page_contents")
         return cls(*_MOVE.unpack_from(data))
 
 
@@ -206,7 +202,7 @@ class XlHashSqueezePage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashSqueezePage:
-        _need(data, _SQUEEZE.size, "xl_hash_squeeze_page")
+        need(data, _SQUEEZE.size, "xl_hash_squeeze_page")
         return cls(*_SQUEEZE.unpack_from(data))
 
 
@@ -217,7 +213,7 @@ class XlHashDelete:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashDelete:
-        _need(data, _DELETE.size, "xl_hash_delete")
+        need(data, _DELETE.size, "xl_hash_delete")
         return cls(*_DELETE.unpack_from(data))
 
 
@@ -227,7 +223,7 @@ class XlHashUpdateMetaPage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashUpdateMetaPage:
-        _need(data, _UPDATE_META.size, "xl_hash_update_meta_page")
+        need(data, _UPDATE_META.size, "xl_hash_update_meta_page")
         return cls(*_UPDATE_META.unpack_from(data))
 
 
@@ -240,7 +236,7 @@ class XlHashVacuumOnePage:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHashVacuumOnePage:
-        _need(data, SIZE_OF_HASH_VACUUM_ONE_PAGE, "xl_hash_vacuum_one_page")
+        need(data, SIZE_OF_HASH_VACUUM_ONE_PAGE, "xl_hash_vacuum_one_page")
         horizon, ntuples, catalog = _VACUUM_ONE.unpack_from(data)
         offsets = parse_offsets(data, ntuples, SIZE_OF_HASH_VACUUM_ONE_PAGE,
                                 "xl_hash_vacuum_one_page offsets")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from strata.errors import WalDecodeError
 from strata.pg.structs import U16
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_HEAP_CONFIRM,
@@ -28,6 +27,7 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_HEAP_OPMASK,
     XLOG_HEAP_TRUNCATE,
     XLOG_HEAP_UPDATE,
+    need,
 )
 
 XLH_INSERT_ALL_VISIBLE_CLEARED = 1 << 0
@@ -83,11 +83,6 @@ _INPLACE = struct.Struct("<HxxIIBxxxi")
 _TRUNCATE = struct.Struct("<IIB")
 
 
-def _need(data: bytes, size: int, what: str) -> None:
-    if len(data) < size:
-        raise WalDecodeError(f"{what}: {len(data)} bytes, need {size}")
-
-
 @dataclass(frozen=True, slots=True)
 class XlHeapHeader:
     t_infomask2: int
@@ -96,7 +91,7 @@ class XlHeapHeader:
 
     @classmethod
     def parse(cls, data: bytes, offset: int = 0) -> XlHeapHeader:
-        _need(data, offset + SIZE_OF_HEAP_HEADER, "xl_heap_header")
+        need(data, offset + SIZE_OF_HEAP_HEADER, "xl_heap_header")
         return cls(*_HEADER.unpack_from(data, offset))
 
 
@@ -107,7 +102,7 @@ class XlHeapInsert:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapInsert:
-        _need(data, _INSERT.size, "xl_heap_insert")
+        need(data, _INSERT.size, "xl_heap_insert")
         return cls(*_INSERT.unpack_from(data))
 
 
@@ -120,7 +115,7 @@ class XlHeapDelete:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapDelete:
-        _need(data, _DELETE.size, "xl_heap_delete")
+        need(data, _DELETE.size, "xl_heap_delete")
         return cls(*_DELETE.unpack_from(data))
 
 
@@ -135,7 +130,7 @@ class XlHeapUpdate:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapUpdate:
-        _need(data, _UPDATE.size, "xl_heap_update")
+        need(data, _UPDATE.size, "xl_heap_update")
         return cls(*_UPDATE.unpack_from(data))
 
 
@@ -156,11 +151,11 @@ class HeapUpdateBlockData:
         pos = 0
         prefixlen = suffixlen = 0
         if flags & XLH_UPDATE_PREFIX_FROM_OLD:
-            _need(data, pos + 2, "update prefix length")
+            need(data, pos + 2, "update prefix length")
             prefixlen = U16.unpack_from(data, pos)[0]
             pos += 2
         if flags & XLH_UPDATE_SUFFIX_FROM_OLD:
-            _need(data, pos + 2, "update suffix length")
+            need(data, pos + 2, "update suffix length")
             suffixlen = U16.unpack_from(data, pos)[0]
             pos += 2
         header = XlHeapHeader.parse(data, pos)
@@ -179,7 +174,7 @@ class XlHeapLock:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapLock:
-        _need(data, _LOCK.size, "xl_heap_lock")
+        need(data, _LOCK.size, "xl_heap_lock")
         return cls(*_LOCK.unpack_from(data))
 
 
@@ -189,7 +184,7 @@ class XlHeapConfirm:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapConfirm:
-        _need(data, _CONFIRM.size, "xl_heap_confirm")
+        need(data, _CONFIRM.size, "xl_heap_confirm")
         return cls(_CONFIRM.unpack_from(data)[0])
 
 
@@ -203,7 +198,7 @@ class XlHeapInplace:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapInplace:
-        _need(data, _INPLACE.size, "xl_heap_inplace")
+        need(data, _INPLACE.size, "xl_heap_inplace")
         off, db, ts, inval, nmsgs = _INPLACE.unpack_from(data)
         return cls(off, db, ts, bool(inval), nmsgs)
 
@@ -217,7 +212,7 @@ class XlHeapTruncate:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapTruncate:
-        _need(data, 12, "xl_heap_truncate")
+        need(data, 12, "xl_heap_truncate")
         db, n, flags = _TRUNCATE.unpack_from(data)
-        _need(data, 12 + 4 * n, "xl_heap_truncate relids")
+        need(data, 12 + 4 * n, "xl_heap_truncate relids")
         return cls(db, n, flags, struct.unpack_from(f"<{n}I", data, 12))

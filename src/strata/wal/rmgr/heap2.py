@@ -26,6 +26,7 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_HEAP2_VISIBLE,
     XLOG_HEAP_INIT_PAGE,
     XLOG_HEAP_OPMASK,
+    need,
 )
 from strata.wal.rmgr.heap import XlHeapLock
 
@@ -58,11 +59,6 @@ _MULTI_INSERT = struct.Struct("<BxH")
 _MULTI_TUPLE = struct.Struct("<HHHB")
 
 
-def _need(data: bytes, size: int, what: str) -> None:
-    if len(data) < size:
-        raise WalDecodeError(f"{what}: {len(data)} bytes, need {size}")
-
-
 @dataclass(frozen=True, slots=True)
 class XlHeapPrune:
     """Main data of the three PRUNE_* records."""
@@ -73,11 +69,11 @@ class XlHeapPrune:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapPrune:
-        _need(data, SIZE_OF_HEAP_PRUNE, "xl_heap_prune")
+        need(data, SIZE_OF_HEAP_PRUNE, "xl_heap_prune")
         reason, flags = _PRUNE.unpack_from(data)
         horizon = None
         if flags & XLHP_HAS_CONFLICT_HORIZON:
-            _need(data, SIZE_OF_HEAP_PRUNE + 4, "xl_heap_prune horizon")
+            need(data, SIZE_OF_HEAP_PRUNE + 4, "xl_heap_prune horizon")
             horizon = U32.unpack_from(data, SIZE_OF_HEAP_PRUNE)[0]  # stored unaligned
         return cls(reason, flags, horizon)
 
@@ -107,20 +103,20 @@ class PruneBlockData:
         pos = 0
         raw_plans: list[tuple[int, int, int, int, int]] = []
         if flags & XLHP_HAS_FREEZE_PLANS:
-            _need(data, 4, "xlhp_freeze_plans")
+            need(data, 4, "xlhp_freeze_plans")
             nplans = U16.unpack_from(data, 0)[0]
             pos = 4  # uint16 nplans + 2 bytes of padding
-            _need(data, pos + nplans * _FREEZE_PLAN.size, "freeze plans")
+            need(data, pos + nplans * _FREEZE_PLAN.size, "freeze plans")
             for _ in range(nplans):
                 raw_plans.append(_FREEZE_PLAN.unpack_from(data, pos))
                 pos += _FREEZE_PLAN.size
 
         def items(count_mul: int, what: str) -> tuple[int, ...]:
             nonlocal pos
-            _need(data, pos + 2, what)
+            need(data, pos + 2, what)
             n = U16.unpack_from(data, pos)[0]
             pos += 2
-            _need(data, pos + 2 * n * count_mul, what)
+            need(data, pos + 2 * n * count_mul, what)
             out = struct.unpack_from(f"<{n * count_mul}H", data, pos)
             pos += 2 * n * count_mul
             return out
@@ -133,7 +129,7 @@ class PruneBlockData:
         nowunused = items(1, "unused items") if flags & XLHP_HAS_NOW_UNUSED_ITEMS else ()
         plans: list[FreezePlan] = []
         for xmax, im2, im, frz, ntuples in raw_plans:
-            _need(data, pos + 2 * ntuples, "freeze offsets")
+            need(data, pos + 2 * ntuples, "freeze offsets")
             offs = struct.unpack_from(f"<{ntuples}H", data, pos)
             pos += 2 * ntuples
             plans.append(FreezePlan(xmax, im2, im, frz, offs))
@@ -149,7 +145,7 @@ class XlHeapVisible:
 
     @classmethod
     def parse(cls, data: bytes) -> XlHeapVisible:
-        _need(data, _VISIBLE.size, "xl_heap_visible")
+        need(data, _VISIBLE.size, "xl_heap_visible")
         return cls(*_VISIBLE.unpack_from(data))
 
 
@@ -161,11 +157,11 @@ class XlHeapMultiInsert:
 
     @classmethod
     def parse(cls, data: bytes, is_init: bool) -> XlHeapMultiInsert:
-        _need(data, _MULTI_INSERT.size, "xl_heap_multi_insert")
+        need(data, _MULTI_INSERT.size, "xl_heap_multi_insert")
         flags, ntuples = _MULTI_INSERT.unpack_from(data)
         offsets: tuple[int, ...] = ()
         if not is_init:
-            _need(data, 4 + 2 * ntuples, "xl_heap_multi_insert offsets")
+            need(data, 4 + 2 * ntuples, "xl_heap_multi_insert offsets")
             offsets = struct.unpack_from(f"<{ntuples}H", data, 4)
         return cls(flags, ntuples, offsets)
 

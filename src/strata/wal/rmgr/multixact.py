@@ -47,10 +47,6 @@ class MultiXactMember:
     xid: int
     status: int  # MultiXactStatus value
 
-    @property
-    def is_update(self) -> bool:
-        return self.status > MultiXactStatus.FOR_UPDATE
-
 
 @dataclass(frozen=True, slots=True)
 class MultiXactZeroPage:

@@ -46,6 +46,7 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_SPGIST_VACUUM_LEAF,
     XLOG_SPGIST_VACUUM_REDIRECT,
     XLOG_SPGIST_VACUUM_ROOT,
+    need,
 )
 
 SPGIST_RECORD_NAMES: dict[int, str] = {
@@ -83,13 +84,8 @@ SIZE_OF_SPGXLOG_VACUUM_REDIRECT = _VACUUM_REDIRECT.size  # 10
 INVALID_OFFSET_NUMBER = 0
 
 
-def _need(data: bytes, size: int, what: str) -> None:
-    if len(data) < size:
-        raise WalDecodeError(f"{what}: {len(data)} bytes, need at least {size}")
-
-
 def _offsets(data: bytes, pos: int, n: int, what: str) -> tuple[tuple[int, ...], int]:
-    _need(data, pos + 2 * n, what)
+    need(data, pos + 2 * n, what)
     return struct.unpack_from(f"<{n}H", data, pos), pos + 2 * n
 
 
@@ -104,21 +100,21 @@ def inner_tuple_size(data: bytes | bytearray | memoryview, pos: int) -> int:
 
 
 def _tuple(data: bytes, pos: int, size_of: int, what: str) -> tuple[bytes, int]:
-    _need(data, pos + 8, what)
+    need(data, pos + 8, what)
     size = size_of
     if size < 8:
         raise WalDecodeError(f"{what}: tuple of size {size}")
-    _need(data, pos + size, what)
+    need(data, pos + size, what)
     return bytes(data[pos:pos + size]), pos + size
 
 
 def _leaf(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
-    _need(data, pos + 8, what)
+    need(data, pos + 8, what)
     return _tuple(data, pos, leaf_tuple_size(data, pos), what)
 
 
 def _inner(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
-    _need(data, pos + 8, what)
+    need(data, pos + 8, what)
     return _tuple(data, pos, inner_tuple_size(data, pos), what)
 
 
@@ -131,7 +127,7 @@ class SpgxlogState:
 
     @classmethod
     def parse(cls, data: bytes, pos: int) -> SpgxlogState:
-        _need(data, pos + _STATE.size, "spgxlogState")
+        need(data, pos + _STATE.size, "spgxlogState")
         return cls(*_STATE.unpack_from(data, pos))
 
 
@@ -147,7 +143,7 @@ class SpgxlogAddLeaf:
 
     @classmethod
     def parse(cls, data: bytes) -> SpgxlogAddLeaf:
-        _need(data, _ADD_LEAF.size, "spgxlogAddLeaf")
+        need(data, _ADD_LEAF.size, "spgxlogAddLeaf")
         new_page, nulls, leaf, head, parent, node_i = _ADD_LEAF.unpack_from(data)
         tup, _ = _leaf(data, _ADD_LEAF.size, "ADD_LEAF leaf tuple")
         return cls(new_page, nulls, leaf, head, parent, node_i, tup)
@@ -168,7 +164,7 @@ class SpgxlogMoveLeafs:
 
     @classmethod
     def parse(cls, data: bytes) -> SpgxlogMoveLeafs:
-        _need(data, SIZE_OF_SPGXLOG_MOVE_LEAFS, "spgxlogMoveLeafs")
+        need(data, SIZE_OF_SPGXLOG_MOVE_LEAFS, "spgxlogMoveLeafs")
         n_moves, new_page, replace_dead, nulls, parent, node_i = _MOVE_LEAFS.unpack_from(data)
         state = SpgxlogState.parse(data, _MOVE_LEAFS.size)
         n_insert = 1 if replace_dead else n_moves + 1
@@ -195,7 +191,7 @@ class SpgxlogAddNode:
 
     @classmethod
     def parse(cls, data: bytes) -> SpgxlogAddNode:
-        _need(data, SIZE_OF_SPGXLOG_ADD_NODE, "spgxlogAddNode")
+        need(data, SIZE_OF_SPGXLOG_ADD_NODE, "spgxlogAddNode")
         offnum, offnum_new, new_page, parent_blk, parent, node_i = _ADD_NODE.unpack_from(data)
         state = SpgxlogState.parse(data, _ADD_NODE.size)
         tup, _ = _inner(data, SIZE_OF_SPGXLOG_ADD_NODE, "ADD_NODE inner tuple")
@@ -213,7 +209,7 @@ class SpgxlogSplitTuple:
 
     @classmethod
     def parse(cls, data: bytes) -> SpgxlogSplitTuple:
-        _need(data, _SPLIT_TUPLE.size, "spgxlogSplitTuple")
+        need(data, _SPLIT_TUPLE.size, "spgxlogSplitTuple")
         off_prefix, off_postfix, new_page, same = _SPLIT_TUPLE.unpack_from(data)
         prefix, pos = _inner(data, _SPLIT_TUPLE.size, "SPLIT_TUPLE prefix tuple")
         postfix, _ = _inner(data, pos, "SPLIT_TUPLE postfix tuple")
@@ -242,13 +238,13 @@ class SpgxlogPickSplit:
 
     @classmethod
     def parse(cls, data: bytes) -> SpgxlogPickSplit:
-        _need(data, SIZE_OF_SPGXLOG_PICKSPLIT, "spgxlogPickSplit")
+        need(data, SIZE_OF_SPGXLOG_PICKSPLIT, "spgxlogPickSplit")
         (root, n_delete, n_insert, init_src, init_dest, off_inner, init_inner, nulls,
          inner_is_parent, off_parent, node_i) = _PICKSPLIT.unpack_from(data)
         state = SpgxlogState.parse(data, _PICKSPLIT.size)
         to_delete, pos = _offsets(data, SIZE_OF_SPGXLOG_PICKSPLIT, n_delete, "PICKSPLIT offsets")
         to_insert, pos = _offsets(data, pos, n_insert, "PICKSPLIT offsets")
-        _need(data, pos + n_insert, "PICKSPLIT page selectors")
+        need(data, pos + n_insert, "PICKSPLIT page selectors")
         select = bytes(data[pos:pos + n_insert])
         inner, pos = _inner(data, pos + n_insert, "PICKSPLIT inner tuple")
         tuples = []
@@ -276,7 +272,7 @@ class SpgxlogVacuumLeaf:
 
     @classmethod
     def parse(cls, data: bytes) -> SpgxlogVacuumLeaf:
-        _need(data, SIZE_OF_SPGXLOG_VACUUM_LEAF, "spgxlogVacuumLeaf")
+        need(data, SIZE_OF_SPGXLOG_VACUUM_LEAF, "spgxlogVacuumLeaf")
         n_dead, n_ph, n_move, n_chain = _VACUUM_LEAF.unpack_from(data)
         state = SpgxlogState.parse(data, _VACUUM_LEAF.size)
         pos = SIZE_OF_SPGXLOG_VACUUM_LEAF
@@ -295,7 +291,7 @@ class SpgxlogVacuumRoot:
 
     @classmethod
     def parse(cls, data: bytes) -> SpgxlogVacuumRoot:
-        _need(data, SIZE_OF_SPGXLOG_VACUUM_ROOT, "spgxlogVacuumRoot")
+        need(data, SIZE_OF_SPGXLOG_VACUUM_ROOT, "spgxlogVacuumRoot")
         (n,) = _VACUUM_ROOT.unpack_from(data)
         state = SpgxlogState.parse(data, _VACUUM_ROOT.size)
         offsets, _ = _offsets(data, SIZE_OF_SPGXLOG_VACUUM_ROOT, n, "VACUUM_ROOT offsets")
@@ -312,7 +308,7 @@ class SpgxlogVacuumRedirect:
 
     @classmethod
     def parse(cls, data: bytes) -> SpgxlogVacuumRedirect:
-        _need(data, _VACUUM_REDIRECT.size, "spgxlogVacuumRedirect")
+        need(data, _VACUUM_REDIRECT.size, "spgxlogVacuumRedirect")
         n, first, horizon, catalog = _VACUUM_REDIRECT.unpack_from(data)
         offsets, _ = _offsets(data, _VACUUM_REDIRECT.size, n, "VACUUM_REDIRECT offsets")
         return cls(n, first, horizon, catalog, offsets)

@@ -11,19 +11,18 @@ Fed by: `DecodedRecord` from the WAL decoder. Feeds: `ingest.transam` (pg_xact
 status bits, dropped relations), `ingest.cluster_state` (next XID) and the
 time map (commit timestamps). Owns: nothing but parsing; no I/O.
 
-Also here: `timestamptz_to_datetime`, the one conversion of PostgreSQL's
-``TimestampTz`` (microseconds since 2000-01-01 00:00 UTC) used by every rmgr
-parser.
+Times (``TimestampTz``) are converted by `strata.pg.timestamp`.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from strata.errors import UnsupportedRecordError, WalDecodeError
 from strata.pg.structs import U32
+from strata.pg.timestamp import timestamptz_to_datetime
 from strata.wal.record import DecodedRecord, RelFileLocator
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_XACT_ID,
@@ -62,11 +61,6 @@ XACT_TYPE_NAMES = {
     XLOG_XACT_INVALIDATIONS: "INVALIDATION",
 }
 
-# TimestampTz: int64 microseconds since the PostgreSQL epoch.
-POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-DT_NOBEGIN = -(1 << 63)
-DT_NOEND = (1 << 63) - 1
-
 _I64 = struct.Struct("<q")
 _I32 = struct.Struct("<i")
 _XINFO = U32
@@ -81,26 +75,6 @@ SIZE_OF_INVAL_MSG = 16  # sizeof(SharedInvalidationMessage)
 # (pad), gidlen, origin_lsn, origin_timestamp -> 72 bytes
 _PREPARE = struct.Struct("<IIIIqIiiiiii?xHQq")
 TWOPHASE_MAGIC = 0x57F94534
-
-
-def timestamptz_to_datetime(ts: int) -> datetime:
-    """PostgreSQL ``TimestampTz`` (µs since 2000-01-01 UTC) -> aware datetime.
-
-    ``-infinity``/``infinity`` map to `datetime.min`/`datetime.max` (UTC).
-    """
-    if ts == DT_NOBEGIN:
-        return datetime.min.replace(tzinfo=UTC)
-    if ts == DT_NOEND:
-        return datetime.max.replace(tzinfo=UTC)
-    return POSTGRES_EPOCH + timedelta(microseconds=ts)
-
-
-def datetime_to_timestamptz(dt: datetime) -> int:
-    """Inverse of `timestamptz_to_datetime` (naive datetimes are taken as UTC)."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    delta = dt - POSTGRES_EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _align8(n: int) -> int:

@@ -27,6 +27,7 @@ from strata.pg.constants import (  # noqa: F401  (re-exported for parsers' users
     WAL_LEVEL_REPLICA,
 )
 from strata.pg.structs import U32, U64
+from strata.pg.timestamp import timestamptz_to_datetime
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     RM_XLOG_ID,
@@ -45,7 +46,6 @@ from strata.wal.rmgr import (  # noqa: F401  (one table of ids and record types)
     XLOG_RESTORE_POINT,
     XLOG_SWITCH,
 )
-from strata.wal.rmgr.xact import timestamptz_to_datetime
 
 # wal_level values (xlog.h WalLevel)
 

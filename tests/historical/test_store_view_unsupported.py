@@ -1,4 +1,4 @@
-"""StoreSource when a page cannot be rebuilt: a record no redo knows is a true
+"""StoreView when a page cannot be rebuilt: a record no redo knows is a true
 error (never empty pages of an index the planner trusts); only the rmgrs of
 index AMs without redo (none left in 18.6) are served as empty pages."""
 
@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from strata.errors import UnsupportedRecordError
-from strata.historical import store_source
-from strata.historical.store_source import StoreSource
+from strata.historical import store_view
+from strata.historical.store_view import StoreView
 from strata.key import Key, KeyRange
 from strata.keyspace.relation import encode_rel_size
 from strata.lsn import Lsn
@@ -32,7 +32,7 @@ class BrokenStore:
 
 
 def test_a_record_no_redo_knows_fails_the_read() -> None:
-    src = StoreSource(BrokenStore("Gist"), Lsn(0x2000))  # type: ignore[arg-type]
+    src = StoreView(BrokenStore("Gist"), Lsn(0x2000))  # type: ignore[arg-type]
     with pytest.raises(UnsupportedRecordError, match="no redo for Gist/UNKNOWN"):
         list(src.pages(1663, 5, 16400, 0))
     assert src.unsupported == []
@@ -40,8 +40,8 @@ def test_a_record_no_redo_knows_fails_the_read() -> None:
 
 def test_an_index_am_without_redo_is_served_as_empty_pages(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_source, "NO_REDO_YET_RMGRS", frozenset({"Gist"}))
-    src = StoreSource(BrokenStore("Gist"), Lsn(0x2000))  # type: ignore[arg-type]
+    monkeypatch.setattr(store_view, "NO_REDO_YET_RMGRS", frozenset({"Gist"}))
+    src = StoreView(BrokenStore("Gist"), Lsn(0x2000))  # type: ignore[arg-type]
     pages = list(src.pages(1663, 5, 16400, 0))
     assert [blk for blk, _ in pages] == [0, 1, 2]
     assert pages[0][1] == b"\x01" * BLCKSZ and pages[1][1] == pages[2][1] == bytes(BLCKSZ)

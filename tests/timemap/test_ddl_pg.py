@@ -26,9 +26,9 @@ import pytest
 from strata.cli.main import main
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from tests.conftest import _scratch, make_cluster
-from tests.timeline.history import HistoryHome, commit_lsns
+from tests.timemap.history import HistoryHome, commit_lsns
 
 pytestmark = pytest.mark.pg
 

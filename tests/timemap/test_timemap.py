@@ -1,20 +1,12 @@
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import pytest
 
 from strata.errors import CorruptionError, LsnOutOfRangeError
 from strata.lsn import Lsn
-from strata.timeline.timemap import (
-    ENTRY_SIZE,
-    EndKind,
-    TimeMap,
-    TxEnd,
-    datetime_to_timestamptz,
-    timestamptz_to_datetime,
-)
+from strata.timemap.timemap import ENTRY_SIZE, EndKind, TimeMap, TxEnd
 
 
 def _e(start: int, ts: int, xid: int = 1, kind: EndKind = EndKind.COMMIT) -> TxEnd:
@@ -23,12 +15,6 @@ def _e(start: int, ts: int, xid: int = 1, kind: EndKind = EndKind.COMMIT) -> TxE
 
 def _resolve(tm: TimeMap, ts: int) -> Lsn:
     return tm.resolve_time(ts, history_start=Lsn(0), history_start_time=None).lsn
-
-
-def test_timestamp_round_trip() -> None:
-    when = dt.datetime(2026, 11, 24, 15, 57, 24, 591446, tzinfo=dt.UTC)
-    assert timestamptz_to_datetime(datetime_to_timestamptz(when)) == when
-    assert datetime_to_timestamptz(dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == 0
 
 
 def test_resolve_lands_at_the_end_of_the_last_commit_before_the_first_later_one() -> None:

@@ -1,4 +1,4 @@
-"""The DDL log file (timeline/FORMAT.md, ``ddl.dat``): round trip, the
+"""The DDL log file (timemap/FORMAT.md, ``ddl.dat``): round trip, the
 time map's durability rules, torn tails, old homes, the committed sample."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 
 from strata.errors import CorruptionError
 from strata.lsn import MAX_LSN_VALUE, Lsn
-from strata.timeline.ddl import DdlChange, DdlEntry, DdlLog
-from strata.timeline.timemap import EndKind, TimeMap, TxEnd
-from tests.timeline.make_samples import sample_entries, sample_path
+from strata.timemap.ddl import DdlChange, DdlEntry, DdlLog
+from strata.timemap.timemap import EndKind, TimeMap, TxEnd
+from tests.timemap.make_samples import sample_entries, sample_path
 
 
 def _entry(start: int, *statements: str, note: str = "") -> DdlEntry:

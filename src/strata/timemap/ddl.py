@@ -29,7 +29,6 @@ Invariants (FORMAT.md):
 from __future__ import annotations
 
 import json
-import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -38,8 +37,9 @@ from pathlib import Path
 
 import google_crc32c
 
+from strata import durable
 from strata.errors import CorruptionError
-from strata.lsn import MAX_LSN_VALUE, Lsn
+from strata.lsn import MAX_LSN, Lsn
 
 MAGIC = b"STRTDDL\x00"
 VERSION = 1
@@ -136,8 +136,7 @@ class DdlLog:
         self.start_lsn = Lsn(start_lsn)
         self._lock = threading.Lock()
         self._entries: list[DdlEntry] = []
-        self._file = None
-        self._unsynced = 0
+        self._file: durable.AppendFile | None = None
 
     @classmethod
     def open(cls, path: Path, *, durable_lsn: Lsn | None = None, readonly: bool = False
@@ -162,23 +161,14 @@ class DdlLog:
         elif readonly:
             # no log (a home from before DDL decoding, or its header is being
             # written): nothing is decoded
-            log.start_lsn = Lsn(MAX_LSN_VALUE)
+            log.start_lsn = MAX_LSN
             return log
         else:
             log.start_lsn = Lsn(durable_lsn or 0)
         if readonly:
             return log
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        f = os.fdopen(fd, "r+b")
-        if good == 0:
-            f.seek(0)
-            f.write(_HEADER.pack(MAGIC, VERSION, 0, log.start_lsn))
-            good = _HEADER.size
-        f.truncate(good)
-        f.seek(good)
-        f.flush()
-        os.fsync(fd)
-        log._file = f  # type: ignore[assignment]
+        log._file = durable.AppendFile.open(path, _HEADER.pack(MAGIC, VERSION, 0, log.start_lsn),
+                                            good)
         return log
 
     def _load(self, data: bytes, durable_lsn: Lsn | None) -> int:
@@ -210,21 +200,16 @@ class DdlLog:
                 return
             self._add(e)
             if self._file is not None:
-                self._file.write(e.encode())
-                self._unsynced += 1
+                self._file.append(e.encode())
 
     def sync(self) -> None:
         with self._lock:
-            if self._file is not None and self._unsynced:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._unsynced = 0
+            if self._file is not None:
+                self._file.sync()
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
                 self._file.close()
                 self._file = None
 

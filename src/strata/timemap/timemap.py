@@ -21,15 +21,15 @@ order, so this is a scan in LSN order, never a bisection on time alone; an
 index of running maxima makes it logarithmic (`_prefix_max`).
 
 File format: see FORMAT.md beside this module (``timemap.dat``). The time
-map also owns the DDL log (``ddl.dat``, `strata.timeline.ddl`): `open`,
+map also owns the DDL log (``ddl.dat``, `strata.timemap.ddl`): `open`,
 `sync` and `close` act on both, so one durable LSN covers both files.
 
 Invariants:
   1. Entries are appended in strictly increasing start-LSN order (`append`).
-  2. An entry is durable once `sync()` returned; the store's manifest is
-     committed after it (the daemon calls `sync()` before publishing
-     `durable_lsn`), so every transaction end at or below durable_lsn is in
-     the file.
+  2. An entry is durable once `sync()` returned; `WalIngest.advance` calls
+     it before the store's watermark moves, so every transaction end at or
+     below durable_lsn is in the file. Writes go through `strata.durable`
+     (a power cut keeps exactly what was synced: tests/timemap/test_timemap_faults.py).
   3. On open, a torn or corrupt tail is cut at the last valid entry, and
      entries whose end LSN is above the given durable LSN are dropped (ingest
      re-reads that WAL from the slot and appends them again).
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -49,11 +48,11 @@ from pathlib import Path
 
 import google_crc32c
 
+from strata import durable
 from strata.errors import CorruptionError, LsnOutOfRangeError
 from strata.lsn import Lsn
-from strata.timeline.ddl import DdlLog
-
-PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+from strata.pg.timestamp import datetime_to_timestamptz, timestamptz_to_datetime
+from strata.timemap.ddl import DdlLog
 
 MAGIC = b"STRTMAP\x00"
 VERSION = 1
@@ -73,17 +72,6 @@ class EndKind(IntEnum):
 
 
 FLAG_CATALOG_CHANGE = 0x01
-
-
-def timestamptz_to_datetime(ts: int) -> dt.datetime:
-    return PG_EPOCH + dt.timedelta(microseconds=ts)
-
-
-def datetime_to_timestamptz(when: dt.datetime) -> int:
-    if when.tzinfo is None:
-        raise ValueError("a timestamp without time zone cannot be placed in history")
-    delta = when - PG_EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +123,7 @@ class TimeMap:
         self._entries: list[TxEnd] = []
         self._starts: list[int] = []
         self._prefix_max: list[int] = []  # running max of timestamps, for time search
-        self._file = None
-        self._unsynced = 0
+        self._file: durable.AppendFile | None = None
         self._read_off = 0  # file offset after the last entry loaded
         # what the catalog-changing transactions did (ddl.dat): opened, synced
         # and closed with this file, so one durable LSN covers both
@@ -158,15 +145,9 @@ class TimeMap:
         good_len = tm._load(durable_lsn)
         if readonly:
             return tm
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        f = os.fdopen(fd, "r+b")
-        if good_len == _HEADER.size and os.fstat(fd).st_size < _HEADER.size:
-            f.write(_HEADER.pack(MAGIC, VERSION, 0))
-        f.truncate(good_len)
-        f.seek(good_len)
-        f.flush()
-        os.fsync(fd)
-        tm._file = f  # type: ignore[assignment]
+        has_header = path.exists() and path.stat().st_size >= _HEADER.size
+        tm._file = durable.AppendFile.open(path, _HEADER.pack(MAGIC, VERSION, 0),
+                                           good_len if has_header else 0)
         return tm
 
     def _load(self, durable_lsn: Lsn | None = None) -> int:
@@ -228,8 +209,6 @@ class TimeMap:
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
                 self._file.close()
                 self._file = None
         self.ddl.close()
@@ -238,10 +217,8 @@ class TimeMap:
         """Make every appended entry durable (Invariant 2), DDL log included."""
         self.ddl.sync()
         with self._lock:
-            if self._file is not None and self._unsynced:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._unsynced = 0
+            if self._file is not None:
+                self._file.sync()
 
     # -- writing ---------------------------------------------------------------------
     def _add(self, e: TxEnd) -> None:
@@ -260,8 +237,7 @@ class TimeMap:
                 return
             self._add(e)
             if self._file is not None:
-                self._file.write(e.encode())
-                self._unsynced += 1
+                self._file.append(e.encode())
 
     # -- reading ---------------------------------------------------------------------
     def __len__(self) -> int:

@@ -30,7 +30,7 @@ from strata.pagestore import PageStore
 from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import run_as_server
-from strata.timeline.timemap import TimeMap
+from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 
 _COMMIT = re.compile(r"rmgr: Transaction .*tx:\s+(\d+), lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: COMMIT ")

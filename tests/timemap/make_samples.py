@@ -1,7 +1,7 @@
 """Writes the sample DDL log of the current format version,
-tests/data/timeline/ddl-v<VERSION>.dat (the entries below, a fixed history).
+tests/data/timemap/ddl-v<VERSION>.dat (the entries below, a fixed history).
 
-Run once per format version: `python -m tests.timeline.make_samples`. The
+Run once per format version: `python -m tests.timemap.make_samples`. The
 files are committed; test_ddl_log.py reads every version's, so a reader
 change that breaks old files fails. Never regenerate an older version's file.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from strata.lsn import Lsn
-from strata.timeline.ddl import VERSION, DdlChange, DdlEntry, DdlLog
+from strata.timemap.ddl import VERSION, DdlChange, DdlEntry, DdlLog
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "timeline"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "timemap"
 
 
 def sample_path(version: int) -> Path:

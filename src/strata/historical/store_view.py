@@ -1,4 +1,4 @@
-"""`StoreSource`: the `SnapshotSource` over the page store at LSN X.
+"""`StoreView`: the `ClusterView` over the page store at LSN X.
 
 Maps the key space directly (see `historical.source`): databases from DB_DIR
 keys, relation forks and their lengths from REL_SIZE keys, pages from one
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from strata.errors import LsnOutOfRangeError, UnsupportedRecordError
 from strata.historical.reader import PageReader
-from strata.historical.source import ControlValues, RelFile, slru_segments_from_pages
+from strata.historical.source import RelFile, slru_segments_from_pages
 from strata.key import Key, KeyKind, KeyRange, SlruKind
 from strata.keyspace.cluster import ClusterState, control_template_key
 from strata.keyspace.relation import decode_rel_size
@@ -34,7 +34,7 @@ _ZERO = bytes(BLCKSZ)
 NO_REDO_YET_RMGRS: frozenset[str] = frozenset()
 
 
-class StoreSource:
+class StoreView:
     """A consistent view of the cluster at `lsn` (every record ending at or before it)."""
 
     def __init__(self, store: PageReader, lsn: Lsn) -> None:
@@ -105,8 +105,8 @@ class StoreSource:
             self._cluster = ClusterState.from_bytes(data)
         return self._cluster
 
-    def control(self) -> ControlValues:
-        return ControlValues.from_state(self.cluster_state())
+    def control(self) -> ClusterState:
+        return self.cluster_state()
 
     def control_template(self) -> bytes:
         data = self.store.get_page(control_template_key(), self._lsn)

@@ -12,14 +12,9 @@ import pytest
 
 from strata.cli.main import main
 from strata.lsn import Lsn
-from strata.timeline.ddl import DdlChange, DdlEntry, DdlLog
-from strata.timeline.timemap import (
-    FLAG_CATALOG_CHANGE,
-    EndKind,
-    TimeMap,
-    TxEnd,
-    timestamptz_to_datetime,
-)
+from strata.pg.timestamp import timestamptz_to_datetime
+from strata.timemap.ddl import DdlChange, DdlEntry, DdlLog
+from strata.timemap.timemap import FLAG_CATALOG_CHANGE, EndKind, TimeMap, TxEnd
 
 T0 = 850_000_000_000_000  # a TimestampTz in 2026
 

@@ -13,7 +13,7 @@ from strata.ingest.catalog import CatalogTracker
 from strata.key import Key, KeyRange
 from strata.lsn import Lsn
 from strata.pg import catalog as pgc
-from strata.timeline.ddl import DdlLog
+from strata.timemap.ddl import DdlLog
 from strata.wal.record import BlockRef, DecodedRecord, RelFileLocator
 from strata.wal.rmgr import RM_HEAP_ID
 from strata.wal.rmgr import xact as xact_rmgr
