@@ -17,8 +17,16 @@ transaction. `--loop` picks the proxy's event loop (auto: uvloop when
 installed). With --profile the proxy's event-loop thread runs under cProfile
 (Python callbacks only: uvloop's own work is C).
 
+With ``--strata`` the proxy is the real one: ``strata up --source`` attached
+to the same primary (ingest, maintenance and proxy services in their own
+processes), and the proxy's CPU is its service process's. ``--busy`` (implies
+``--strata``) runs a bulk ``UPDATE`` of ``--bulk-rows`` rows on a separate
+table right before every run, direct and proxied alike, so both run while
+strata ingests the backlog and compacts it; the CPU strata's processes used
+during each run is reported beside it.
+
 Goals (DESIGN.md, issue 10): select-only >= 0.80 and tpcb-like >= 0.90 of
-direct TPS.
+direct TPS, idle and busy.
 """
 
 from __future__ import annotations
@@ -29,14 +37,18 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from bench_ingest import proc_cpu, strata_processes
 from strata.errors import LsnOutOfRangeError
 from strata.lsn import Lsn
 from strata.proxy.history import Progress, ResolvedPoint
@@ -93,21 +105,79 @@ class Row:
     proxy_ms: float
     cpu_us: float  # proxy CPU per proxied transaction
     user_share: float
+    busy_cpu: tuple[float, float] = (0.0, 0.0)  # strata CPU-s during (direct, proxied) runs
 
 
-def measure(cluster: Cluster, proxy: ProxyThread, workload: str, mode: str, clients: int,
-            a: argparse.Namespace) -> Row:
+class StrataUp:
+    """`strata up --source` on the benchmark's primary: the proxy under test is its
+    proxy service, in its own process."""
+
+    def __init__(self, base: Path, cluster: Cluster) -> None:
+        self.base = base
+        self.home = base / "home"
+        self._err = (base / "strata.err").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "strata.cli.main", "up", "--home", str(self.home),
+             "--port", "0", "--source", cluster.dsn()],
+            stdout=subprocess.DEVNULL, stderr=self._err)
+        from strata.home import HomeLayout
+        from strata.home.files import load_proxy_state
+
+        deadline = time.monotonic() + 900
+        while (state := load_proxy_state(HomeLayout(self.home).proxy_file)) is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("strata up did not start its proxy:\n"
+                                   + (base / "strata.err").read_text()[-3000:])
+            time.sleep(0.1)
+        self.port, self.proxy_pid = state.port, state.pid
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by strata's processes (not PostgreSQL's)."""
+        return sum(info[1] for p in strata_processes(self.proc.pid)
+                   if (info := proc_cpu(p)) is not None)
+
+    def proxy_cpu(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the proxy service process."""
+        fields = Path(f"/proc/{self.proxy_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._err.close()
+
+
+def self_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process (the in-process proxy's)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+def measure(cluster: Cluster, proxy_port: int, workload: str, mode: str, clients: int,
+            a: argparse.Namespace, proxy_cpu: Callable[[], tuple[float, float]],
+            before_run: Callable[[], None], strata_cpu: Callable[[], float]) -> Row:
     run = ["-b", workload, "-c", str(clients), "-j", str(min(a.threads, clients)),
            "-T", str(a.seconds), "-M", mode]
-    d_tps, d_lat, p_tps, p_lat, p_cpu, p_user = [], [], [], [], [], []
+    d_tps, d_lat, p_tps, p_lat, p_cpu, p_user, d_busy, p_busy = [], [], [], [], [], [], [], []
     for _ in range(a.rounds):
+        before_run()
+        s0 = strata_cpu()
         dt, dl = tps_and_latency(pgbench(cluster.port, run))
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        pt, pl = tps_and_latency(pgbench(proxy.port, run))
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        # this process only waits on pgbench: its CPU time is the proxy's
-        user = after.ru_utime - before.ru_utime
-        cpu = user + (after.ru_stime - before.ru_stime)
+        d_busy.append(strata_cpu() - s0)
+        before_run()
+        s0 = strata_cpu()
+        before = proxy_cpu()
+        pt, pl = tps_and_latency(pgbench(proxy_port, run))
+        after = proxy_cpu()
+        p_busy.append(strata_cpu() - s0)
+        user = after[0] - before[0]
+        cpu = user + (after[1] - before[1])
         d_tps.append(dt)
         d_lat.append(dl)
         p_tps.append(pt)
@@ -118,7 +188,7 @@ def measure(cluster: Cluster, proxy: ProxyThread, workload: str, mode: str, clie
               file=sys.stderr)
     med = statistics.median
     return Row(workload, mode, clients, med(d_tps), med(p_tps), med(d_lat), med(p_lat),
-               med(p_cpu), med(p_user))
+               med(p_cpu), med(p_user), (med(d_busy), med(p_busy)))
 
 
 def main() -> int:
@@ -132,45 +202,78 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"))
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--strata", action="store_true", help="the proxy of a real `strata up`")
+    ap.add_argument("--busy", action="store_true",
+                    help="a bulk UPDATE before every run (strata ingests and compacts meanwhile)")
+    ap.add_argument("--bulk-rows", type=int, default=300_000)
     a = ap.parse_args()
+    a.strata = a.strata or a.busy
 
     root = Path(os.environ.get("STRATA_TEST_ROOT", "/tmp/strata-tests"))
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="bench-proxy-", dir=root))
     base.chmod(0o755)
     cluster = Cluster(datadir=base / "data")
-    prof = cProfile.Profile() if a.profile else None
+    prof = cProfile.Profile() if a.profile and not a.strata else None
     rows: list[Row] = []
+    strata: StrataUp | None = None
     try:
-        cluster.initdb(settings={"shared_buffers": "256MB", "max_connections": 200})
+        cluster.initdb(settings={"shared_buffers": "256MB", "max_connections": 200,
+                                 "max_wal_size": "4GB"})
         cluster.start()
         pgbench(cluster.port, ["-i", "-q", "-s", str(a.scale)])
-        config = ProxyConfig("127.0.0.1", cluster.port, event_loop=a.loop)
-        with ProxyThread(config, NoHistory()) as proxy:
-            assert proxy.loop is not None
-            if prof is not None:
-                proxy.loop.call_soon_threadsafe(prof.enable)
+
+        def bulk() -> None:
+            cluster.sql("UPDATE bench_bulk SET v = v + 1")
+
+        before_run: Callable[[], None] = lambda: None  # noqa: E731
+        if a.busy:
+            cluster.sql("CREATE TABLE bench_bulk (id int PRIMARY KEY, v int, pad text)")
+            cluster.sql(f"INSERT INTO bench_bulk SELECT g, 0, repeat('x', 60) "
+                        f"FROM generate_series(1, {a.bulk_rows}) g")
+            before_run = bulk
+        if a.strata:
+            strata = StrataUp(base, cluster)
+            loop = "strata up's proxy service"
             for workload in a.workloads.split(","):
                 for mode in a.modes.split(","):
                     for clients in (int(c) for c in a.clients.split(",")):
-                        rows.append(measure(cluster, proxy, workload, mode, clients, a))
-            if prof is not None:
-                proxy.loop.call_soon_threadsafe(prof.disable)
-        loop = type(proxy.loop).__module__.split(".")[0]
+                        rows.append(measure(cluster, strata.port, workload, mode, clients, a,
+                                            strata.proxy_cpu, before_run, strata.cpu))
+        else:
+            config = ProxyConfig("127.0.0.1", cluster.port, event_loop=a.loop)
+            with ProxyThread(config, NoHistory()) as proxy:
+                assert proxy.loop is not None
+                if prof is not None:
+                    proxy.loop.call_soon_threadsafe(prof.enable)
+                for workload in a.workloads.split(","):
+                    for mode in a.modes.split(","):
+                        for clients in (int(c) for c in a.clients.split(",")):
+                            rows.append(measure(cluster, proxy.port, workload, mode, clients,
+                                                a, self_cpu, before_run, lambda: 0.0))
+                if prof is not None:
+                    proxy.loop.call_soon_threadsafe(prof.disable)
+            loop = type(proxy.loop).__module__.split(".")[0]
+        busy = f", a bulk UPDATE of {a.bulk_rows} rows before every run" if a.busy else ""
         print(f"pgbench -b <workload> -M <mode> -c <clients> -j <=min({a.threads}, clients) "
-              f"-T {a.seconds} (scale {a.scale}), {os.cpu_count()} CPUs, proxy event loop "
-              f"{loop}, median of {a.rounds} alternating rounds\n")
+              f"-T {a.seconds} (scale {a.scale}), {os.cpu_count()} CPUs, proxy: {loop}{busy}, "
+              f"median of {a.rounds} alternating rounds, load average "
+              f"{os.getloadavg()[0]:.2f}\n")
         print("| workload | mode | clients | direct tps | proxy tps | proxy/direct "
-              "| direct latency ms | proxy latency ms | proxy CPU us/txn | of which user |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| direct latency ms | proxy latency ms | proxy CPU us/txn | of which user "
+              "| strata CPU-s direct / proxied |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r.workload} | {r.mode} | {r.clients} | {r.direct_tps:.0f} "
                   f"| {r.proxy_tps:.0f} | {r.proxy_tps / r.direct_tps:.2f} | {r.direct_ms:.3f} "
-                  f"| {r.proxy_ms:.3f} | {r.cpu_us:.0f} | {r.user_share:.0%} |")
+                  f"| {r.proxy_ms:.3f} | {r.cpu_us:.0f} | {r.user_share:.0%} "
+                  f"| {r.busy_cpu[0]:.1f} / {r.busy_cpu[1]:.1f} |")
         if prof is not None:
             prof.dump_stats(str(a.profile))
             print(f"\nprofile of the proxy thread written to {a.profile}")
     finally:
+        if strata is not None:
+            strata.close()
         cluster.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)
     return 0
