@@ -188,6 +188,11 @@ def proc_cpu(pid: int) -> tuple[str, float] | None:
     except OSError:
         return None
     comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    with contextlib.suppress(OSError):  # a service names itself by its module
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        for a in argv:
+            if a.startswith(b"strata.services.") or a.startswith(b"strata.historical."):
+                comm = a.decode().rsplit(".", 1)[1]
     fields = stat[stat.rindex(")") + 2:].split()
     return comm, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

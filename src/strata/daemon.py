@@ -225,7 +225,7 @@ class Daemon:
 
     def _ingest_answers(self) -> bool:
         try:
-            ControlClient(self.layout.run / "ingest.sock").request("status", timeout=2)
+            ControlClient(self.layout.ingest_socket).request("status", timeout=2)
             return True
         except ControlError:
             return False

@@ -7,10 +7,12 @@ and the tools always look in the same place.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from strata.errors import ConfigError
 from strata.home import HomeLayout, resolve_home
+from strata.lsn import Lsn
 
 HOME_HELP = ("strata home (default: $STRATA_HOME, else /var/lib/strata as root, "
              "else ~/.strata)")
@@ -32,3 +34,11 @@ def store_dir(args: argparse.Namespace) -> Path:
         raise ConfigError(f"no store here: {lay.layers} holds no layer store (has `strata up` "
                           f"run with --home {lay.root}?)")
     return lay.layers
+
+
+def flush_through(lay: HomeLayout) -> Callable[[Lsn], Lsn]:
+    """A reader's way to make the home's store durable through an LSN: ask the
+    running ingest service (`strata up`) to flush it."""
+    from strata.services.control import ask_flush
+
+    return lambda lsn: ask_flush(lay.ingest_socket, lsn)

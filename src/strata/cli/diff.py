@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from strata.cli._common import flush_through
     from strata.home import HomeLayout, resolve_home
     from strata.restore.changes import open_changes
     from strata.restore.diff import diff
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     home = resolve_home(args.home)
     ep = Endpoint.of_home(home, args.user, "strata diff")
-    changes = open_changes(HomeLayout(home).layers)
+    changes = open_changes(HomeLayout(home).layers, flush_through(HomeLayout(home)))
     try:
         res = diff(ep, args.first, args.second, args.db, args.table, changes)
     finally:

@@ -70,6 +70,7 @@ def render_text(res: HistoryResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from strata.cli._common import flush_through
     from strata.home import HomeLayout, resolve_home
     from strata.home.files import load_history_info
     from strata.restore.changes import open_changes
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if first is None:
         info = load_history_info(layout.history_file)
         first = str(info.start_lsn) if info is not None else "0/0"
-    pages = open_changes(layout.layers)
+    pages = open_changes(layout.layers, flush_through(layout))
     try:
         res = history(ep, args.table, args.where, first, args.second, args.db, pages)
     finally:

@@ -122,6 +122,11 @@ class HomeLayout:
         return self.run / "proxy.json"
 
     @property
+    def ingest_socket(self) -> Path:
+        """The ingest service's control socket (services/ingest.py)."""
+        return self.run / "ingest.sock"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "lock"
 

@@ -3,19 +3,22 @@
 What it is: `StoreChanges`, the `restore.diff.ChangeSource` (and the page
 reader of row history) over a read-only open of the home's layer store, and
 `open_changes`, which makes one when the store can be read from another
-process. A reader sees what the daemon has made durable; a point above that
-is waited for (the daemon flushes every ``--flush-interval`` seconds).
+process. A reader sees what the daemon has made durable; before it reads at a
+point above that, it asks the writer to flush through the point (`flush`, the
+ingest service's control request, given by the command) and waits for it.
 Fed by: the home's layers (written by the daemon). Feeds: diff, history.
 Owns: the translation of a relation to its key range (main fork).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from strata.errors import RestoreError
+from strata.errors import RestoreError, StrataError
 from strata.key import Key, KeyRange
 from strata.lsn import Lsn
 from strata.pg.constants import ForkNumber
@@ -23,13 +26,28 @@ from strata.pg.constants import ForkNumber
 DURABLE_WAIT = 120.0  # seconds: a few of the daemon's flush intervals
 
 
+Flush = Callable[[Lsn], object]  # ask the writer to make the store durable through an LSN
+
+
 class StoreChanges:
-    def __init__(self, reader: Any, timeout: float = DURABLE_WAIT) -> None:
+    def __init__(self, reader: Any, flush: Flush | None = None,
+                 timeout: float = DURABLE_WAIT) -> None:
         self.reader = reader
+        self.flush = flush
         self.timeout = timeout
 
     def wait_durable(self, lsn: Lsn) -> None:
-        """Raises: RestoreError when `lsn` is not durable within the timeout."""
+        """Make the reader's snapshot cover `lsn`: refresh, else ask the writer to
+        flush through it, else wait for its periodic flush.
+
+        Raises: RestoreError when `lsn` is not durable within the timeout."""
+        if self.reader.durable_lsn >= lsn:
+            return
+        self.reader.refresh()
+        if self.reader.durable_lsn < lsn and self.flush is not None:
+            with contextlib.suppress(StrataError):  # no writer answers: wait, it may come
+                self.flush(lsn)
+            self.reader.refresh()
         deadline = time.monotonic() + self.timeout
         while self.reader.durable_lsn < lsn:
             if time.monotonic() > deadline:
@@ -51,6 +69,7 @@ class StoreChanges:
         return sorted(self.changed_pages(spc, db, filenode, after, upto))
 
     def page(self, spc: int, db: int, filenode: int, blk: int, lsn: Lsn) -> bytes | None:
+        self.wait_durable(lsn)
         return self.reader.get_page(Key.rel_block(spc, db, filenode, ForkNumber.MAIN, blk), lsn)
 
     def slru_changes(self, slru: int, pageno: int, upto: Lsn) -> list[int]:
@@ -61,12 +80,14 @@ class StoreChanges:
                 for lsn in lsns]
 
     def slru_page(self, slru: int, pageno: int, lsn: Lsn) -> bytes | None:
+        self.wait_durable(lsn)
         return self.reader.get_page(Key.slru_page(slru, pageno), lsn)
 
     def next_full_xid(self, lsn: Lsn) -> int | None:
         """The cluster's next transaction id (with epoch) at `lsn`."""
         from strata.keyspace.cluster import ClusterState
 
+        self.wait_durable(lsn)
         v = self.reader.get_page(Key.cluster(0), lsn)
         return None if v is None else ClusterState.from_bytes(v).next_full_xid
 
@@ -96,17 +117,13 @@ class StoreChanges:
         self.reader.close()
 
 
-def open_changes(layers: Path) -> StoreChanges | None:
-    """A reader of the store in `layers`, or None when this build cannot read a
-    store that another process writes (then diffs compare tables in full)."""
+def open_changes(layers: Path, flush: Flush | None = None) -> StoreChanges | None:
+    """A read-only reader of the store in `layers` (`flush` asks its writer for
+    durability), or None when there is no store there (then diffs compare
+    tables in full)."""
     from strata.pagestore import PageStore
     from strata.reconstruct.reconstruct import reconstruct_value
 
-    opener = getattr(PageStore, "open_readonly", None)
-    if opener is None or not (layers / "MANIFEST").exists():
+    if not (layers / "MANIFEST").exists():
         return None
-    reader = opener(layers, reconstruct_value)
-    if not hasattr(reader, "changed_keys"):
-        reader.close()
-        return None
-    return StoreChanges(reader)
+    return StoreChanges(PageStore.open_readonly(layers, reconstruct_value), flush)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from strata.errors import StrataError
+from strata.lsn import Lsn
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +123,13 @@ class ControlClient:
         if not reply.get("ok"):
             raise ControlError(f"{op} failed: {reply.get('error')}")
         return reply
+
+
+def ask_flush(path: Path, lsn: Lsn, wait: float = 30.0) -> Lsn:
+    """Ask the ingest service listening on `path` to make everything through `lsn`
+    durable, waiting up to `wait` s for ingest to get there; returns its durable
+    LSN (below `lsn` when ingest did not get there).
+
+    Raises: ControlError when the service does not answer (not running)."""
+    reply = ControlClient(path).request("flush", timeout=wait + 30, lsn=str(lsn), wait=wait)
+    return Lsn.parse(str(reply["durable_lsn"]))

@@ -56,7 +56,6 @@ from strata.wal.rmgr import record_type_name, rmgr_name
 log = logging.getLogger(__name__)
 
 SLOT_NAME = "strata"
-SOCKET = "ingest.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +150,7 @@ class IngestService:
         self.store = PageStore.open(self.layout.layers, reconstruct_value, maintenance=False)
         self.timemap = TimeMap.open(self.layout.timemap, durable_lsn=self.store.durable_lsn)
         try:
-            self._control = ControlServer(self.layout.run / SOCKET,
+            self._control = ControlServer(self.layout.ingest_socket,
                                           {"status": self._status, "flush": self._flush})
             self._stream()
         finally:

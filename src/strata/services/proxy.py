@@ -41,8 +41,7 @@ from strata.restore.leases import LeaseKeeper
 from strata.restore.sqlcall import SqlRestorer
 from strata.runtime.cluster import SUPERUSER
 from strata.runtime.primary import PrimaryClient
-from strata.services.control import ControlClient, ControlError
-from strata.services.ingest import SOCKET as INGEST_SOCKET
+from strata.services.control import ControlClient, ControlError, ask_flush
 from strata.services.process import ServiceOutput, die_with_parent, run_service
 from strata.timemap.timemap import TimeMap
 
@@ -90,14 +89,14 @@ class IngestView:
             self.reader.refresh()
         if self.reader.durable_lsn < lsn:
             try:
-                reply = self.client.request("flush", timeout=wait + 30, lsn=str(lsn), wait=wait)
+                durable = ask_flush(self.client.path, lsn, wait)
             except ControlError as e:
                 raise IngestBehindError(f"history at LSN {lsn} is not readable yet: {e}",
                                         nearest=self.reader.durable_lsn) from e
-            if not reply.get("reached"):
+            if durable < lsn:
                 raise IngestBehindError(
-                    f"ingest has not reached LSN {lsn} yet (durable at {reply.get('durable_lsn')})"
-                    "; try again", nearest=self.reader.durable_lsn)
+                    f"ingest has not reached LSN {lsn} yet (durable at {durable}); try again",
+                    nearest=self.reader.durable_lsn)
             self.reader.refresh()
 
 
@@ -129,7 +128,7 @@ class ProxyService:
         reader = PageStore.open_readonly(self.layout.layers, reconstruct_value)
         timemap = TimeMap.open(self.layout.timemap, readonly=True)
         primary = PrimaryClient(self.dsn)
-        view = IngestView(ControlClient(self.layout.run / INGEST_SOCKET), reader)
+        view = IngestView(ControlClient(self.layout.ingest_socket), reader)
         params = conninfo_to_dict(self.dsn)
         leases: LeaseKeeper | None = None
         try:
