@@ -15,7 +15,10 @@ from typing import Any
 
 import pglast
 
-WORKLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "workloads"
+# a copy of the project's shared workloads (../shared/workloads), so a clean clone
+# runs every test by itself; tests/data/README.md says how to refresh it
+WORKLOADS = Path(__file__).resolve().parents[1] / "data" / "workloads"
+HISTORY_SQL = WORKLOADS / "history.sql"
 
 _STEP = re.compile(r"^--\s*@step\s+(\S+)\s*$", re.M)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import pytest
 
@@ -20,12 +19,12 @@ from strata.reconstruct.redo import RM_HEAP2_ID
 from strata.runtime.cluster import Cluster
 from strata.wal.rmgr import heap2 as h2
 from strata.wal.segments import iter_records
+from tests.e2e.workload import HISTORY_SQL
 
 from .conftest import WalCapture, Workload, run_pgbench, run_sql
 
 pytestmark = pytest.mark.pg
 
-HISTORY_SQL = Path(__file__).resolve().parents[2].parent / "shared" / "workloads" / "history.sql"
 
 _db_counter = itertools.count()
 

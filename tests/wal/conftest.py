@@ -21,8 +21,7 @@ from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import run_as_server
 from strata.wal.segments import iter_raw_records
 from tests.conftest import _scratch, make_cluster
-
-HISTORY_SQL = Path(__file__).resolve().parents[2].parent / "shared" / "workloads" / "history.sql"
+from tests.e2e.workload import HISTORY_SQL
 
 
 @dataclass
@@ -82,7 +81,7 @@ def history_statements() -> list[str]:
 
 @pytest.fixture(scope="session")
 def history_wal(wal_scratch: Path) -> Iterator[WalRun]:
-    """/work/shared/workloads/history.sql, statement by statement, autocommit."""
+    """tests/data/workloads/history.sql, statement by statement, autocommit."""
     c = make_cluster(wal_scratch / "history")
     try:
         start = _insert_lsn(c)
