@@ -72,11 +72,11 @@ def _chunks(wal: bytes, size: int) -> list[WalChunk]:
     return [WalChunk(Lsn(START + i), wal[i:i + size]) for i in range(0, len(wal), size)]
 
 
-def _pipeline(stream: FakeStream, ingest: FakeIngest, tmp: Path, batch_bytes: int
-              ) -> IngestPipeline:
+def _pipeline(stream: FakeStream, ingest: FakeIngest, tmp: Path, batch_bytes: int,
+              gather: float = 0.0) -> IngestPipeline:
     return IngestPipeline(stream, ingest, start=Lsn(START), segment_size=SEG,  # type: ignore[arg-type]
                           slot="s", receiver_file=tmp / "receiver.json",
-                          config=PublishConfig(batch_bytes=batch_bytes))
+                          config=PublishConfig(batch_bytes=batch_bytes, gather=gather))
 
 
 def test_take_gathers_waiting_chunks_up_to_batch_bytes(tmp_path: Path) -> None:
@@ -87,6 +87,28 @@ def test_take_gathers_waiting_chunks_up_to_batch_bytes(tmp_path: Path) -> None:
     taken = pipe.take(0)
     assert [len(c.data) for c in taken] == [10_000] * 4  # stops once 35,000 are reached
     assert taken[0].start == START and taken[-1].end == START + 40_000
+
+
+def test_take_gathers_a_trickle_that_arrives_within_the_window(tmp_path: Path) -> None:
+    _, wal = _wal()
+    waits: list[float | None] = []
+
+    class Trickle(FakeStream):
+        """Nothing is ever waiting; a chunk comes to whoever waits for it, until
+        the fourth wait (the window is then over: the caller stops asking)."""
+
+        def poll(self, timeout: float | None = None) -> WalChunk | None:
+            waits.append(timeout)
+            if timeout == 0 or len(waits) > 7:
+                return None
+            return super().poll(timeout)
+
+    pipe = _pipeline(Trickle(_chunks(wal[:50_000], 1_000)), FakeIngest(), tmp_path,
+                     batch_bytes=1 << 20, gather=3600.0)
+    taken = pipe.take(0.5)
+    assert [len(c.data) for c in taken] == [1_000] * 4  # one batch, not one per message
+    assert waits[0] == 0.5 and waits[1::2][:3] == [0, 0, 0]
+    assert all(w is not None and 0 < w <= 3600.0 for w in waits[2::2])
 
 
 def test_a_backlog_is_ingested_in_big_batches_with_the_same_records(tmp_path: Path) -> None:

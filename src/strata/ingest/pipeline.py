@@ -75,6 +75,8 @@ class PublishConfig:
     save_interval: float = 1.0  # s between saves of receiver.json + slot confirmations
     periodic_interval: float = 1.0  # s between calls of the caller's hooks
     batch_bytes: int = 4 << 20  # WAL taken at once from a stream with more waiting (one batch)
+    gather: float = 0.02  # s a trickle is gathered into one batch (a commit flushes WAL, and
+    #                       the primary sends each flush: one tiny batch per commit otherwise)
     idle_after: float = 0.05  # s without WAL after which unpublished work is published (idle)
 
 
@@ -233,13 +235,24 @@ class IngestPipeline:
         return done
 
     def take(self, timeout: float) -> list[WalChunk]:
-        """The next chunk, and the ones already waiting behind it up to
-        `batch_bytes` (a backlog is ingested in big batches)."""
+        """The next chunk, and the ones behind it up to `batch_bytes`: those
+        already waiting (a backlog is ingested in big batches) and those that
+        arrive within `gather` s of the first (a trickle of small messages is
+        ingested a batch at a time, not a message at a time)."""
         chunk = self.stream.poll(timeout)
         if chunk is None:
             return []
         chunks, size = [chunk], len(chunk.data)
-        while size < self.config.batch_bytes and (more := self.stream.poll(0)) is not None:
+        until = time.monotonic() + self.config.gather
+        while size < self.config.batch_bytes:
+            more = self.stream.poll(0)
+            if more is None:
+                left = until - time.monotonic()
+                if left <= 0 or self.stream.finished:
+                    break
+                more = self.stream.poll(left)
+                if more is None:
+                    break
             chunks.append(more)
             size += len(more.data)
         return chunks
