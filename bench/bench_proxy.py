@@ -25,6 +25,10 @@ table right before every run, direct and proxied alike, so both run while
 strata ingests the backlog and compacts it; the CPU strata's processes used
 during each run is reported beside it.
 
+``--socat`` adds a third run per round through ``socat`` (a C relay, a process
+per connection: what any user-space relay costs on this machine's kernel, the
+ceiling of a proxy that must see the bytes).
+
 Goals (DESIGN.md, issue 10): select-only >= 0.80 and tpcb-like >= 0.90 of
 direct TPS, idle and busy.
 """
@@ -106,6 +110,7 @@ class Row:
     cpu_us: float  # proxy CPU per proxied transaction
     user_share: float
     busy_cpu: tuple[float, float] = (0.0, 0.0)  # strata CPU-s during (direct, proxied) runs
+    socat_tps: float = 0.0  # through socat (a C relay), when measured
 
 
 class StrataUp:
@@ -161,10 +166,12 @@ def self_cpu() -> tuple[float, float]:
 
 def measure(cluster: Cluster, proxy_port: int, workload: str, mode: str, clients: int,
             a: argparse.Namespace, proxy_cpu: Callable[[], tuple[float, float]],
-            before_run: Callable[[], None], strata_cpu: Callable[[], float]) -> Row:
+            before_run: Callable[[], None], strata_cpu: Callable[[], float],
+            socat_port: int | None = None) -> Row:
     run = ["-b", workload, "-c", str(clients), "-j", str(min(a.threads, clients)),
            "-T", str(a.seconds), "-M", mode]
     d_tps, d_lat, p_tps, p_lat, p_cpu, p_user, d_busy, p_busy = [], [], [], [], [], [], [], []
+    s_tps: list[float] = []
     for _ in range(a.rounds):
         before_run()
         s0 = strata_cpu()
@@ -184,11 +191,40 @@ def measure(cluster: Cluster, proxy_port: int, workload: str, mode: str, clients
         p_lat.append(pl)
         p_cpu.append(cpu * 1e6 / (pt * a.seconds))
         p_user.append(user / cpu if cpu else 0.0)
-        print(f"  {workload} {mode} -c {clients}: direct {dt:.0f} tps, proxy {pt:.0f} tps",
-              file=sys.stderr)
+        if socat_port is not None:
+            before_run()
+            s_tps.append(tps_and_latency(pgbench(socat_port, run))[0])
+        print(f"  {workload} {mode} -c {clients}: direct {dt:.0f} tps, proxy {pt:.0f} tps"
+              + (f", socat {s_tps[-1]:.0f} tps" if s_tps else ""), file=sys.stderr)
     med = statistics.median
     return Row(workload, mode, clients, med(d_tps), med(p_tps), med(d_lat), med(p_lat),
-               med(p_cpu), med(p_user), (med(d_busy), med(p_busy)))
+               med(p_cpu), med(p_user), (med(d_busy), med(p_busy)),
+               med(s_tps) if s_tps else 0.0)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_socat(server_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    """socat relaying 127.0.0.1:<new port> to the server, once it listens."""
+    import socket
+
+    port = free_port()
+    proc = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay",
+                             f"TCP:127.0.0.1:{server_port},nodelay"])
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.01)
+    proc.kill()
+    raise RuntimeError("socat did not listen")
 
 
 def main() -> int:
@@ -206,6 +242,7 @@ def main() -> int:
     ap.add_argument("--busy", action="store_true",
                     help="a bulk UPDATE before every run (strata ingests and compacts meanwhile)")
     ap.add_argument("--bulk-rows", type=int, default=300_000)
+    ap.add_argument("--socat", action="store_true", help="also relay through socat (C) per round")
     a = ap.parse_args()
     a.strata = a.strata or a.busy
 
@@ -217,6 +254,7 @@ def main() -> int:
     prof = cProfile.Profile() if a.profile and not a.strata else None
     rows: list[Row] = []
     strata: StrataUp | None = None
+    socat: subprocess.Popen[bytes] | None = None
     try:
         cluster.initdb(settings={"shared_buffers": "256MB", "max_connections": 200,
                                  "max_wal_size": "4GB"})
@@ -232,6 +270,9 @@ def main() -> int:
             cluster.sql(f"INSERT INTO bench_bulk SELECT g, 0, repeat('x', 60) "
                         f"FROM generate_series(1, {a.bulk_rows}) g")
             before_run = bulk
+        socat_port = None
+        if a.socat:
+            socat, socat_port = start_socat(cluster.port)
         if a.strata:
             strata = StrataUp(base, cluster)
             loop = "strata up's proxy service"
@@ -239,7 +280,8 @@ def main() -> int:
                 for mode in a.modes.split(","):
                     for clients in (int(c) for c in a.clients.split(",")):
                         rows.append(measure(cluster, strata.port, workload, mode, clients, a,
-                                            strata.proxy_cpu, before_run, strata.cpu))
+                                            strata.proxy_cpu, before_run, strata.cpu,
+                                            socat_port))
         else:
             config = ProxyConfig("127.0.0.1", cluster.port, event_loop=a.loop)
             with ProxyThread(config, NoHistory()) as proxy:
@@ -250,7 +292,8 @@ def main() -> int:
                     for mode in a.modes.split(","):
                         for clients in (int(c) for c in a.clients.split(",")):
                             rows.append(measure(cluster, proxy.port, workload, mode, clients,
-                                                a, self_cpu, before_run, lambda: 0.0))
+                                                a, self_cpu, before_run, lambda: 0.0,
+                                                socat_port))
                 if prof is not None:
                     proxy.loop.call_soon_threadsafe(prof.disable)
             loop = type(proxy.loop).__module__.split(".")[0]
@@ -261,19 +304,23 @@ def main() -> int:
               f"{os.getloadavg()[0]:.2f}\n")
         print("| workload | mode | clients | direct tps | proxy tps | proxy/direct "
               "| direct latency ms | proxy latency ms | proxy CPU us/txn | of which user "
-              "| strata CPU-s direct / proxied |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+              "| strata CPU-s direct / proxied | socat/direct |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r.workload} | {r.mode} | {r.clients} | {r.direct_tps:.0f} "
                   f"| {r.proxy_tps:.0f} | {r.proxy_tps / r.direct_tps:.2f} | {r.direct_ms:.3f} "
                   f"| {r.proxy_ms:.3f} | {r.cpu_us:.0f} | {r.user_share:.0%} "
-                  f"| {r.busy_cpu[0]:.1f} / {r.busy_cpu[1]:.1f} |")
+                  f"| {r.busy_cpu[0]:.1f} / {r.busy_cpu[1]:.1f} "
+                  f"| {r.socat_tps / r.direct_tps:.2f} |")
         if prof is not None:
             prof.dump_stats(str(a.profile))
             print(f"\nprofile of the proxy thread written to {a.profile}")
     finally:
         if strata is not None:
             strata.close()
+        if socat is not None:
+            socat.terminate()
+            socat.wait(10)
         cluster.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -1,4 +1,4 @@
-"""Redo throughput per index access method (hash, GiST, BRIN), next to
+"""Redo throughput per index access method (hash, GIN, GiST, SP-GiST, BRIN), next to
 PostgreSQL's own replay of the same WAL.
 
 What it measures, for each access method in turn (a PostgreSQL 18 primary of
@@ -21,7 +21,7 @@ covers heap and index records together); the AM row says what share of our
 time that AM's redo takes. Numbers are not recorded here: BENCHMARKS.md is
 written by the lead on a quiet machine.
 
-    python bench/bench_redo_am.py [--rows 100000] [--ams hash,gist,brin]
+    python bench/bench_redo_am.py [--rows 100000] [--ams hash,gin,gist,spgist,brin]
 """
 
 from __future__ import annotations
@@ -67,6 +67,34 @@ INSERT INTO gp SELECT i, point(i % 300 + 0.5, i / 300), box(point(i % 300, i / 3
        point(i % 300 + 1, i / 300 + 1)), int4range(i, i + 3), md5(i::text)
   FROM generate_series(1, {n} / 4) i;
 """),
+    "gin": ("Gin", """
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE TABLE gn (id int, tsv tsvector, j jsonb, a int[], t text);
+CREATE INDEX gn_tsv ON gn USING gin (tsv) WITH (fastupdate = off);
+CREATE INDEX gn_j ON gn USING gin (j jsonb_path_ops);
+CREATE INDEX gn_a ON gn USING gin (a) WITH (fastupdate = on);
+CREATE INDEX gn_t ON gn USING gin (t gin_trgm_ops);
+INSERT INTO gn SELECT i, to_tsvector('simple', 'w' || i % 997 || ' w' || i % 101 || ' w' || i % 13),
+       jsonb_build_object('k', i % 100, 'v', i % 7), ARRAY[i % 50, i % 77], md5(i::text)
+  FROM generate_series(1, {n}) i;
+DELETE FROM gn WHERE id % 3 = 0;
+VACUUM gn;
+INSERT INTO gn SELECT i, to_tsvector('simple', 'x' || i % 89), jsonb_build_object('k', i % 9),
+       ARRAY[i % 5], md5((i * 7)::text) FROM generate_series(1, {n} / 4) i;
+"""),
+    "spgist": ("SPGist", """
+CREATE TABLE sp (id int, p point, t text, a inet);
+CREATE INDEX sp_p ON sp USING spgist (p);
+CREATE INDEX sp_t ON sp USING spgist (t);
+CREATE INDEX sp_a ON sp USING spgist (a inet_ops);
+INSERT INTO sp SELECT i, point(i % 300, i / 300), md5(i::text),
+       ('10.' || i % 256 || '.' || i / 256 % 256 || '.' || i % 7)::inet
+  FROM generate_series(1, {n}) i;
+DELETE FROM sp WHERE id % 3 = 0;
+VACUUM sp;
+INSERT INTO sp SELECT i, point(i % 300 + 0.5, i / 300), md5((i * 3)::text),
+       ('10.9.' || i % 256 || '.1')::inet FROM generate_series(1, {n} / 4) i;
+"""),
     "brin": ("BRIN", """
 CREATE TABLE br (id int, v int, t text);
 CREATE INDEX br_id ON br USING brin (id) WITH (pages_per_range = 4);
@@ -110,7 +138,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--ams", default="hash,gist,brin")
+    ap.add_argument("--ams", default="hash,gin,gist,spgist,brin")
     args = ap.parse_args()
     ams = [a.strip() for a in args.ams.split(",") if a.strip()]
     unknown = set(ams) - set(WORKLOADS)

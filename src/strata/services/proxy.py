@@ -40,6 +40,7 @@ from strata.reconstruct.reconstruct import reconstruct_value
 from strata.restore.leases import LeaseKeeper
 from strata.restore.sqlcall import SqlRestorer
 from strata.runtime.cluster import SUPERUSER
+from strata.runtime.pgbin import find_pg_binaries
 from strata.runtime.primary import PrimaryClient
 from strata.services.control import ControlClient, ControlError, ask_flush
 from strata.services.process import ServiceOutput, die_with_parent, run_service
@@ -125,6 +126,7 @@ class ProxyService:
         if info is None:
             raise ConfigError(f"{self.layout.root} has no history yet (history.json missing)")
         cleanup_instances(self.layout.instances)  # what a killed proxy left
+        find_pg_binaries()  # located now (it imports the wheel): not on the first SET
         reader = PageStore.open_readonly(self.layout.layers, reconstruct_value)
         timemap = TimeMap.open(self.layout.timemap, readonly=True)
         primary = PrimaryClient(self.dsn)
