@@ -10,8 +10,7 @@ starts (the first trial also makes the primary and imports it), a bulk
 flight, more of them the later the signal) `strata up` gets SIGTERM. Measured
 from the signal: until the `strata up` process has exited, and until no process
 of the home is left (services, lazy file systems, historical servers and the
-embedded primary, which a stop also stops). The busy services at the signal come
-from `<home>/status.json` and the maintenance log lines. Printed as a Markdown
+embedded primary, which a stop also stops). Printed as a Markdown
 table, with the load average. Whether anything was lost is the tests' job
 (tests/e2e/test_supervision.py); here each next start must come up and ingest on.
 """
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -96,7 +94,6 @@ def trial(home: Path, log: Path, rows: int, delay: float) -> dict[str, float | s
         writer = threading.Thread(target=bulk, args=(up.conninfo, rows, errors), daemon=True)
         writer.start()
         time.sleep(delay)
-        status = (home / "status.json").read_text() if (home / "status.json").exists() else ""
         t0 = time.monotonic()
         up.proc.send_signal(signal.SIGTERM)
         rc = up.proc.wait(120)
@@ -105,11 +102,8 @@ def trial(home: Path, log: Path, rows: int, delay: float) -> dict[str, float | s
             time.sleep(0.01)
         t_all = time.monotonic() - t0
         writer.join(60)
-        lag = ""
-        if '"lag_bytes"' in status:
-            lag = f"{json.loads(status).get('lag_bytes', 0) / 2**20:.0f} MiB"
         return {"delay": delay, "exit_s": t_exit, "all_gone_s": t_all, "rc": str(rc),
-                "ingest_lag": lag, "left": str(len(processes_of(home)))}
+                "left": str(len(processes_of(home)))}
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
@@ -143,11 +137,11 @@ def main() -> int:
         print(f"`strata up` (embedded primary), SIGTERM at a random moment of an UPDATE of "
               f"{a.rows} rows, {a.trials} trials, {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.2f}\n")
-        print("| trial | signal after s | ingest lag at the signal | strata up exited s "
+        print("| trial | signal after s | strata up exited s "
               "| every process of the home gone s | exit code | left |")
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
         for i, r in enumerate(rows, 1):
-            print(f"| {i} | {r['delay']:.1f} | {r['ingest_lag']} | {r['exit_s']:.2f} "
+            print(f"| {i} | {r['delay']:.1f} | {r['exit_s']:.2f} "
                   f"| {r['all_gone_s']:.2f} | {r['rc']} | {r['left']} |")
         ex = [float(r["exit_s"]) for r in rows]
         al = [float(r["all_gone_s"]) for r in rows]
