@@ -205,10 +205,16 @@ class LazyMount:
             unmount(self.mountpoint)
 
 
-def spawn_fs(owner: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn_fs(owner: Path | None = None, store_dir: Path | None = None
+             ) -> subprocess.Popen[bytes]:
     """A file system process that imports what it needs and waits for its arguments
-    (`owner`, e.g. the instances root, is in its command line: ps tells whose it is)."""
+    (`owner`, e.g. the instances root, is in its command line: ps tells whose it is).
+    With `store_dir`, it opens that store read-only while it waits (once it has
+    waited `lazyfs.PREOPEN_AFTER` s: not while a query that just took the previous
+    spare needs the cores), and refreshes that open when its turn comes."""
     tag = ["--for", str(owner)] if owner is not None else []
+    if store_dir is not None:
+        tag += ["--open", str(store_dir)]
     return subprocess.Popen([sys.executable, "-m", "strata.historical.lazyfs", "--wait-args",
                              *tag],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -219,18 +225,22 @@ class FsSpares:
     """`size` file system processes started ahead (Python start and imports are most
     of a mount's cost). A spare that gets no arguments exits when stdin closes."""
 
-    def __init__(self, size: int = 1, owner: Path | None = None) -> None:
+    def __init__(self, size: int = 1, owner: Path | None = None,
+                 store_dir: Path | None = None) -> None:
         self.size = size
         self.owner = owner
+        self.store_dir = store_dir
         self._lock = threading.Lock()
-        self._spares: list[subprocess.Popen[bytes]] = [spawn_fs(owner) for _ in range(size)]
+        self._spares: list[subprocess.Popen[bytes]] = [self._spawn() for _ in range(size)]
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return spawn_fs(self.owner, self.store_dir)
 
     def take(self) -> subprocess.Popen[bytes]:
         with self._lock:
             alive = [p for p in self._spares if p.poll() is None]
-            proc = alive.pop(0) if alive else spawn_fs(self.owner)
-            self._spares = [*alive, *(spawn_fs(self.owner)
-                                      for _ in range(self.size - len(alive)))]
+            proc = alive.pop(0) if alive else self._spawn()
+            self._spares = [*alive, *(self._spawn() for _ in range(self.size - len(alive)))]
         return proc
 
     def close(self) -> None:

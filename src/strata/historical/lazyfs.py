@@ -2,8 +2,10 @@
 
     python -m strata.historical.lazyfs --store DIR --lsn X --overlay DIR --mount DIR
         [--invalid-index-ams hash,gin,...] [--log FILE]
-    python -m strata.historical.lazyfs --wait-args   (a spare: the arguments above
-        arrive later as one JSON list on stdin, its imports already done)
+    python -m strata.historical.lazyfs --wait-args [--for DIR] [--open STORE]
+        (a spare: the arguments above arrive later as one JSON list on stdin, its
+        imports already done; with --open, STORE already opened read-only once it
+        has waited PREOPEN_AFTER s, and refreshed when its turn comes)
 
 "ok" (or "error: ...") on stdout once the mount is there (or failed).
 
@@ -42,13 +44,16 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
 from strata.historical.lazyview import LazyView
 from strata.historical.source import BLCKSZ
+
+if TYPE_CHECKING:
+    from strata.pagestore import StoreReader
 
 log = logging.getLogger("strata.lazyfs")
 
@@ -398,19 +403,32 @@ def _prefetch(view: LazyView) -> None:
     log.info("prefetched %d catalog pages in %.2f s", n, time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from strata.historical.controlfile import parse_control
+PREOPEN_AFTER = 2.0  # s a spare waits for its arguments before it opens the store
+
+
+def _preopen(argv: list[str]) -> tuple[Path, StoreReader] | None:
+    """A spare's early open of the store named by ``--open`` (None without one, when
+    the arguments came first, or when the open fails: the open after the arguments
+    then reports the error)."""
+    import select
+
     from strata.historical.reader import open_reader
-    from strata.historical.store_view import StoreView
+
+    if "--open" not in argv:
+        return None
+    store_dir = Path(argv[argv.index("--open") + 1])
+    ready, _, _ = select.select([sys.stdin], [], [], PREOPEN_AFTER)
+    if ready:
+        return None
+    try:
+        return store_dir, open_reader(store_dir)
+    except Exception:  # the open after the arguments reports it
+        return None
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
     from strata.lsn import Lsn
 
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--wait-args"]:
-        # (a `--for DIR` after it only names, in the command line, whose spare it is)
-        line = sys.stdin.readline()
-        if not line:
-            return  # the parent went away before using this spare
-        argv = json.loads(line)
     ap = argparse.ArgumentParser(prog="python -m strata.historical.lazyfs",
                                  description="serve a lazy data directory at an LSN over FUSE")
     ap.add_argument("--store", required=True, type=Path)
@@ -419,7 +437,38 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mount", required=True, type=Path)
     ap.add_argument("--invalid-index-ams", default="")
     ap.add_argument("--log", type=Path, default=None)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _open_store(store_dir: Path, pre: tuple[Path, StoreReader] | None) -> StoreReader:
+    """The spare's early open when it is of this store (refreshed to the newest
+    manifest: X is durable there, the caller saw to it), else a new open."""
+    from strata.historical.reader import open_reader
+
+    if pre is not None and pre[0] == store_dir:
+        pre[1].refresh()
+        return pre[1]
+    if pre is not None:
+        pre[1].close()
+    return open_reader(store_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from strata.historical.controlfile import parse_control
+    from strata.historical.store_view import StoreView
+
+    argv = sys.argv[1:] if argv is None else argv
+    pre: tuple[Path, StoreReader] | None = None
+    if argv[:1] == ["--wait-args"]:
+        # (a `--for DIR` after it only names, in the command line, whose spare it is)
+        pre = _preopen(argv)
+        line = sys.stdin.readline()
+        if not line:
+            if pre is not None:
+                pre[1].close()
+            return  # the parent went away before using this spare
+        argv = json.loads(line)
+    args = _parse(argv)
     if args.log is not None:  # tracebacks of the process itself go there too
         fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 2)
@@ -437,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.close()
 
     try:
-        store = open_reader(args.store)
+        store = _open_store(args.store, pre)
         source = StoreView(store, args.lsn)
         cf = parse_control(source.control_template())
         view = LazyView(source, cf.catalog_version_dir, cf.relseg_size,

@@ -281,7 +281,7 @@ def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | s
     pool = None
     spares = None
     if resolved is HistoricalMode.LAZY:
-        spares = FsSpares(1, owner=instances_root)
+        spares = FsSpares(1, owner=instances_root, store_dir=Path(store_dir))
         if instances_root is not None and skeletons > 0:
             pool = SkeletonPool(instances_root, size=skeletons, settings=settings)
     return HistoricalFactory(
