@@ -52,7 +52,7 @@ from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 
 WORDS = 5000
-DOC = ("SELECT i, string_agg('w' || ((i * 7919 + k * 104729) % {words})::text, ' ') "
+DOC = ("SELECT i, string_agg('w' || ((i::bigint * 7919 + k * 104729) % {words})::text, ' ') "
        "FROM generate_series({lo}, {hi}) i, generate_series(1, 12) k GROUP BY i")
 BUILD = """
 CREATE TABLE docs (id int PRIMARY KEY, body text, tsv tsvector) WITH (autovacuum_enabled = off);

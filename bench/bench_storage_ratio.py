@@ -27,6 +27,7 @@ from pathlib import Path
 import zstandard
 
 from strata.bootstrap import import_datadir
+from strata.errors import WalDecodeError
 from strata.historical.source import DataDirSource
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
@@ -91,6 +92,7 @@ def what_is_stored(d: Path) -> None:
     pending: dict[int, list[bytes]] = {k: [] for k in big}
     total_comp = 0
     fpi_in_records = 0  # full-page images of other blocks inside stored records
+    trimmed = 0  # record values not stored as whole WAL records
     as_rows = 0  # the same blocks in the v2 row layout
     for le in m.layers:
         f = LayerFile(d / le.name.filename())
@@ -121,7 +123,10 @@ def what_is_stored(d: Path) -> None:
                         record_bytes[h] = n
                         if e.key[0] == KeyKind.REL_BLOCK:
                             lsn, end, raw = decode_delta(data)
-                            fpi_in_records += decode_record(raw, lsn, end).fpi_len
+                            try:
+                                fpi_in_records += decode_record(raw, lsn, end).fpi_len
+                            except WalDecodeError:  # stored without what redo never reads
+                                trimmed += 1
         finally:
             f.close()
     for size, parts in pending.items():
@@ -141,7 +146,8 @@ def what_is_stored(d: Path) -> None:
     print(f"record values stored more than once: {dup / 1e6:.1f} MB of {recs / 1e6:.1f} MB "
           f"of record bytes ({100 * dup / max(recs, 1):.0f} %)")
     print(f"full-page images inside stored record values (of the record's blocks, each "
-          f"also stored as a PageImage where it applies): {fpi_in_records / 1e6:.1f} MB")
+          f"also stored as a PageImage where it applies): {fpi_in_records / 1e6:.1f} MB; "
+          f"record values stored trimmed (not a whole WAL record): {trimmed}")
     print(f"blocks as written (v3 columns, level 1, 64 KiB): {total_comp / 1e6:.1f} MB; "
           f"the same blocks as v2 rows: {as_rows / 1e6:.1f} MB")
     for lvl, n in levels.items():
