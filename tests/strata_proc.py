@@ -22,6 +22,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from strata.lsn import Lsn
 from strata.services.control import ControlClient, ControlError
@@ -100,6 +103,10 @@ class StrataUp:
     def proxy_dsn(self, timeout: float = 180) -> str:
         return self.wait_for(r"time travel proxy: (.*)$", timeout).group(1).strip()
 
+    def primary_dsn(self, timeout: float = 120) -> str:
+        """The embedded primary's conninfo, as `strata up` announces it."""
+        return self.wait_for(r"PostgreSQL 18 primary: (.*)$", timeout).group(1)
+
     def status(self) -> dict[str, object] | None:
         try:
             d: dict[str, object] = json.loads((self.home / "status.json").read_text())
@@ -170,3 +177,10 @@ def processes_under(path: Path) -> list[str]:
         if str(path) in cmd:
             found.append(f"{d.name}: {cmd.strip()}")
     return found
+
+
+def flush_lsn(conn: psycopg.Connection[Any]) -> Lsn:
+    """The primary's WAL flush position (everything written so far)."""
+    row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+    assert row is not None
+    return Lsn.parse(row[0])

@@ -28,7 +28,7 @@ from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
 from strata.wal.replication import read_slot
 from tests.conftest import make_cluster
-from tests.strata_proc import StrataUp, processes_under
+from tests.strata_proc import StrataUp, flush_lsn, processes_under
 
 
 @pytest.fixture
@@ -41,23 +41,18 @@ def up_home(scratch_dir: Path) -> Iterator[Path]:
         Cluster(datadir=home / "primary" / "data").stop("immediate")
 
 
-def _flush_lsn(conn: psycopg.Connection) -> Lsn:  # type: ignore[type-arg]
-    row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-    assert row is not None
-    return Lsn.parse(row[0])
-
 
 @pytest.mark.e2e
 def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
     # -- first run: initdb, start, stream ----------------------------------------------
     up = StrataUp(up_home)
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         start = Lsn.parse(up.wait_for(r"streaming WAL from slot strata at (\S+)$").group(1))
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE demo (id serial PRIMARY KEY, name text)")
             conn.execute("INSERT INTO demo (name) SELECT 'n' || g FROM generate_series(1, 500) g")
-            target = _flush_lsn(conn)
+            target = flush_lsn(conn)
         assert target > start
         up.wait_ingested(target)
         # strata psql reaches the same server through <home>/state.json
@@ -81,11 +76,11 @@ def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
     try:
         resumed = up2.wait_for(r"streaming WAL from slot strata at (\S+) \(resumed\)$")
         assert Lsn.parse(resumed.group(1)) == saved.flushed_lsn
-        dsn = up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up2.primary_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM demo").fetchone() == (500,)
             conn.execute("INSERT INTO demo (name) VALUES ('after restart')")
-            target2 = _flush_lsn(conn)
+            target2 = flush_lsn(conn)
         up2.wait_ingested(target2)
         # the first record of this run is the previous run's shutdown checkpoint
         first = up2.wait_for(r"^rmgr: \S+ .* lsn: (\S+),")
@@ -109,12 +104,12 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
     point answers as before."""
     up = StrataUp(up_home, "--flush-interval", "0.5")
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         proxy = up.wait_for(r"time travel proxy: (.*)$").group(1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (x int)")
             conn.execute("INSERT INTO t SELECT generate_series(1, 200)")
-            target = _flush_lsn(conn)
+            target = flush_lsn(conn)
         up.wait_ingested(target)
         with psycopg.connect(proxy, autocommit=True) as conn:
             conn.execute(f"SET strata.travel_lsn = '{target}'")
@@ -122,7 +117,7 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
         assert before == (200, 20100)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO t SELECT generate_series(1001, 1100)")
-            mid = _flush_lsn(conn)
+            mid = flush_lsn(conn)
         up.wait_ingested(mid)  # ingested, not necessarily durable
         up.crash()  # strata dies mid-stream; its primary (a separate session) keeps running
     finally:
@@ -142,11 +137,11 @@ def test_up_after_a_crash_of_strata_restarts_the_primary_and_loses_nothing(
         resumed = up2.wait_for(r"streaming WAL from slot strata at (\S+) \(resumed\)$")
         assert Lsn.parse(resumed.group(1)) <= saved.flushed_lsn or \
             Lsn.parse(resumed.group(1)) >= saved.flushed_lsn  # the store's durable_lsn
-        dsn2 = up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn2 = up2.primary_dsn()
         proxy2 = up2.wait_for(r"time travel proxy: (.*)$").group(1)
         with psycopg.connect(dsn2, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM t").fetchone() == (400,)
-            target2 = _flush_lsn(conn)
+            target2 = flush_lsn(conn)
         up2.wait_ingested(target2)
         with psycopg.connect(proxy2, autocommit=True) as conn:
             conn.execute(f"SET strata.travel_lsn = '{target}'")
@@ -173,12 +168,12 @@ def test_up_restarts_an_embedded_primary_that_died(up_home: Path) -> None:
         while not (c.is_running() and c.postmaster_pid() != old_pid):
             assert time.monotonic() < deadline, up.output()
             time.sleep(0.1)
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         while True:  # the restarted server may still be in crash recovery
             try:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute("CREATE TABLE after_crash (x int)")
-                    target = _flush_lsn(conn)
+                    target = flush_lsn(conn)
                 break
             except psycopg.OperationalError:
                 assert time.monotonic() < deadline, up.output()
@@ -202,9 +197,9 @@ def test_attach_mode_creates_the_slot_and_streams(scratch_dir: Path) -> None:
     try:
         proxy = up.proxy_dsn()
         c.sql("INSERT INTO a SELECT generate_series(101, 150)")
-        target = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
+        target = Lsn.parse(c.sql("SELECT pg_current_walflush_lsn()::text")[0][0])
         c.sql("DELETE FROM a")
-        end = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
+        end = Lsn.parse(c.sql("SELECT pg_current_walflush_lsn()::text")[0][0])
         up.wait_ingested(end)
         with psycopg.connect(proxy, autocommit=True) as conn:
             conn.execute(f"SET strata.travel_lsn = '{target}'")

@@ -74,7 +74,7 @@ def start_strata(scratch: Path, *args: str) -> Iterator[Strata]:
     home = scratch / "home"
     up = StrataUp(home, *args)
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         up.proxy_dsn()
         yield Strata(up, home, dsn)
         assert up.terminate() == 0

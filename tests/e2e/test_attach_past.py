@@ -28,7 +28,7 @@ def strata() -> Iterator[Strata]:
     home = _scratch("attach-") / "home"
     up = StrataUp(home, "--instance-idle-timeout", "1")
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         up.proxy_dsn()
         yield Strata(up, home, dsn)
         assert up.terminate() == 0

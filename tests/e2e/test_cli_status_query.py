@@ -29,7 +29,7 @@ def test_status_query_and_timeline(scratch_dir: Path) -> None:
     home = scratch_dir / "home"
     up = StrataUp(home)
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE q (x int)")
             conn.execute("INSERT INTO q VALUES (1), (2)")

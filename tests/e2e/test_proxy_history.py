@@ -42,14 +42,14 @@ def run() -> Iterator[Run]:
     up = StrataUp(home, "--flush-interval", "1")
     up2: StrataUp | None = None
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             points = run_steps(conn, steps[:half])
         up.wait_ingested(Lsn.parse(points[-1].lsn))
         assert up.terminate() == 0  # stop strata (and its primary) mid-workload
         up2 = StrataUp(home, "--flush-interval", "1")
         up2.wait_for(r"\(resumed\)$")
-        dsn = up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up2.primary_dsn()
         proxy = up2.wait_for(r"time travel proxy: (.*)$").group(1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             points += run_steps(conn, steps[half:])

@@ -18,13 +18,7 @@ import pytest
 
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
-from tests.strata_proc import StrataUp, processes_under
-
-
-def _flush_lsn(conn: psycopg.Connection[Any]) -> Lsn:
-    row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-    assert row is not None
-    return Lsn.parse(row[0])
+from tests.strata_proc import StrataUp, flush_lsn, processes_under
 
 
 def _status(home: Path, *extra: str) -> dict[str, Any]:
@@ -40,16 +34,16 @@ def test_history_older_than_the_window_is_collected(scratch_dir: Path) -> None:
     home = scratch_dir / "home"
     up = StrataUp(home, "--retention", "4MB", "--flush-interval", "0.5")
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         proxy = up.proxy_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE keep (x int)")
             conn.execute("INSERT INTO keep SELECT generate_series(1, 10)")
-            old = _flush_lsn(conn)
+            old = flush_lsn(conn)
             for i in range(12):  # ~24 MB of WAL: the window moves far past `old`
                 conn.execute(f"INSERT INTO keep SELECT g FROM generate_series(1, 40000) g "
                              f"WHERE {i} >= 0")
-            recent = _flush_lsn(conn)
+            recent = flush_lsn(conn)
         up.wait_ingested(recent)
         deadline = time.monotonic() + 300
         while True:  # the maintenance service collects in the background

@@ -26,7 +26,7 @@ import pytest
 
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
-from tests.strata_proc import StrataUp, processes_under
+from tests.strata_proc import StrataUp, flush_lsn, processes_under
 
 
 def _service_pid(home: Path, name: str) -> int:
@@ -34,11 +34,6 @@ def _service_pid(home: Path, name: str) -> int:
     assert len(lines) == 1, lines
     return int(lines[0].split(":")[0])
 
-
-def _flush_lsn(conn: psycopg.Connection[Any]) -> Lsn:
-    row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-    assert row is not None
-    return Lsn.parse(row[0])
 
 
 def _count_at(dsn: str, lsn: Lsn) -> Any:
@@ -63,12 +58,12 @@ def test_killed_services_are_started_again_and_history_answers_the_same(
     home = scratch_dir / "home"
     up = StrataUp(home, "--flush-interval", "0.5")
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         proxy = up.proxy_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (x int)")
             conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
-            first = _flush_lsn(conn)
+            first = flush_lsn(conn)
         up.wait_ingested(first)
         assert _count_at(proxy, first) == (100, 5050)
 
@@ -76,7 +71,7 @@ def test_killed_services_are_started_again_and_history_answers_the_same(
         os.kill(_service_pid(home, "ingest"), signal.SIGKILL)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO t SELECT generate_series(101, 200)")
-            second = _flush_lsn(conn)
+            second = flush_lsn(conn)
         up.wait_for(r"the ingest service ended .*starting it again")
         up.wait_ingested(second)
         assert _count_at(proxy, first) == (100, 5050)
@@ -118,12 +113,12 @@ def test_a_killed_lazy_file_system_fails_the_query_and_the_next_set_works(
     home = scratch_dir / "home"
     up = StrataUp(home, "--historical", "lazy")
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         proxy = up.proxy_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (x int)")
             conn.execute("INSERT INTO t SELECT generate_series(1, 100000)")
-            at = _flush_lsn(conn)
+            at = flush_lsn(conn)
         up.wait_ingested(at)
         with psycopg.connect(proxy, autocommit=True) as conn:
             conn.execute(f"SET strata.travel_lsn = '{at}'")
@@ -181,13 +176,13 @@ def test_stopping_strata_during_a_bulk_write_loses_no_earlier_point(scratch_dir:
     up = StrataUp(home, "--flush-interval", "1")
     points: list[tuple[Lsn, Any]] = []
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (x int)")
             for i in range(3):
                 conn.execute(f"INSERT INTO t SELECT generate_series({i * 1000 + 1}, "
                              f"{(i + 1) * 1000})")
-                at = _flush_lsn(conn)
+                at = flush_lsn(conn)
                 points.append((at, ((i + 1) * 1000, sum(range(1, (i + 1) * 1000 + 1)))))
         up.wait_ingested(points[-1][0])
         # a bulk write, and strata stopped at a random moment while it is ingested
@@ -205,9 +200,9 @@ def test_stopping_strata_during_a_bulk_write_loses_no_earlier_point(scratch_dir:
     up2 = StrataUp(home)
     try:
         proxy = up2.proxy_dsn()
-        with psycopg.connect(up2.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1),
+        with psycopg.connect(up2.primary_dsn(),
                              autocommit=True) as conn:
-            end = _flush_lsn(conn)
+            end = flush_lsn(conn)
         up2.wait_ingested(end)
         for lsn, want in points:
             assert _count_at(proxy, lsn) == want, f"at {lsn}"

@@ -21,7 +21,7 @@ import pytest
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
 from tests.e2e.workload import SEQ_LOG_VALS
-from tests.strata_proc import StrataUp, processes_under
+from tests.strata_proc import StrataUp, flush_lsn, processes_under
 
 
 def _now(conn: psycopg.Connection[Any]) -> datetime:
@@ -29,11 +29,6 @@ def _now(conn: psycopg.Connection[Any]) -> datetime:
     assert row is not None
     return row[0]  # type: ignore[no-any-return]
 
-
-def _flush_lsn(conn: psycopg.Connection[Any]) -> Lsn:
-    row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-    assert row is not None
-    return Lsn.parse(row[0])
 
 
 def _travel(conn: psycopg.Connection[Any], when: datetime) -> Lsn:
@@ -64,7 +59,7 @@ def test_time_travel_leaves_out_wal_after_the_last_commit(scratch_dir: Path) -> 
             t_before_drop = _now(conn)
             conn.execute("DROP DATABASE olddb")
             conn.execute("CREATE TABLE later (x int)")  # a commit after the drop
-            up.wait_ingested(_flush_lsn(conn))
+            up.wait_ingested(flush_lsn(conn))
 
             # a sequence by time: its value at T, not the next transaction's batch
             _travel(conn, t_seq)
@@ -79,7 +74,7 @@ def test_time_travel_leaves_out_wal_after_the_last_commit(scratch_dir: Path) -> 
             # the same T again, after more commits: the same LSN (one server)
             conn.execute("RESET strata.travel_time")
             conn.execute("INSERT INTO later VALUES (1)")
-            up.wait_ingested(_flush_lsn(conn))
+            up.wait_ingested(flush_lsn(conn))
             assert _travel(conn, t_before_drop) == at_drop
             conn.execute("RESET strata.travel_time")
         # into the dropped database, by time, from the start of the session

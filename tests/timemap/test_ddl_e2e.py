@@ -46,7 +46,7 @@ def test_ddl_while_the_daemon_runs_and_after_a_restart(scratch_dir: Path) -> Non
     home = scratch_dir / "home"
     up = StrataUp(home)
     try:
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int)")
             conn.execute("INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 1000) g")
@@ -65,7 +65,7 @@ def test_ddl_while_the_daemon_runs_and_after_a_restart(scratch_dir: Path) -> Non
         assert drop["xid"] == int(xid[0]) and drop["database"] == "postgres"
         assert up.terminate() == 0
         up = StrataUp(home)  # resume from durable_lsn
-        dsn = up.wait_for(r"PostgreSQL 18 primary: (.*)$").group(1)
+        dsn = up.primary_dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE SCHEMA after_restart")
         assert "CREATE SCHEMA after_restart" in _statements(
