@@ -197,9 +197,9 @@ def test_attach_mode_creates_the_slot_and_streams(scratch_dir: Path) -> None:
     try:
         proxy = up.proxy_dsn()
         c.sql("INSERT INTO a SELECT generate_series(101, 150)")
-        target = Lsn.parse(c.sql("SELECT pg_current_walflush_lsn()::text")[0][0])
+        target = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
         c.sql("DELETE FROM a")
-        end = Lsn.parse(c.sql("SELECT pg_current_walflush_lsn()::text")[0][0])
+        end = Lsn.parse(c.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
         up.wait_ingested(end)
         with psycopg.connect(proxy, autocommit=True) as conn:
             conn.execute(f"SET strata.travel_lsn = '{target}'")
