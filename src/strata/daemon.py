@@ -41,6 +41,7 @@ from strata.errors import ConfigError, StrataError
 from strata.historical.source import DataDirSource
 from strata.home import HomeLayout, lock_home
 from strata.home.files import DaemonState, load_history_info, load_proxy_state, safe_dsn, write_json
+from strata.ingest.pipeline import FLUSH_INTERVAL
 from strata.runtime.cluster import SUPERUSER, Cluster
 from strata.runtime.primary import PrimarySupervisor, ensure_travel_role, prepare_embedded
 from strata.services.control import ControlClient, ControlError
@@ -64,7 +65,7 @@ class UpOptions:
     verbose: int = 0
     progress_interval: float = 10.0
     status_interval: float = 10.0
-    flush_interval: float = 30.0
+    flush_interval: float = FLUSH_INTERVAL
     max_instances: int = 4
     instance_idle_timeout: float = 300.0
     primary_port: int | None = None

@@ -281,6 +281,17 @@ class PageStore(_Facade):
                 if deadline_left <= 0:
                     return False
 
+    def flush_soon(self) -> None:
+        """Seal the active memtable and have the background worker write it out now,
+        without waiting (without a worker: flush it here)."""
+        self._check_worker()
+        if self.durable_lsn < self.ingested_lsn:
+            self._store.freeze()
+            if self._thread is None:
+                flush.flush_frozen(self._store)
+            else:
+                self._kick()
+
     def freeze(self) -> None:
         """Seal the active memtable now; the background worker (or the next `flush`)
         writes it out. The ingest pipeline's stop seals before it waits, bounded,

@@ -67,3 +67,41 @@ def test_save_and_hooks_run_every_second() -> None:
     assert Action.SAVE not in act and Action.PERIODIC not in act
     act = p.decide(102.1, received=0, idle=True, processed=0, published=0, durable=0)
     assert Action.SAVE in act and Action.PERIODIC in act
+
+
+def test_the_end_of_a_burst_is_flushed_once_after_a_quiet_second() -> None:
+    p = policy()
+    p.decide(100.1, received=500, idle=False, processed=5, published=0, durable=0)
+    # busy, or idle for less than idle_flush_after: no flush
+    assert Action.FLUSH not in p.decide(100.5, received=0, idle=True, processed=5, published=5,
+                                        durable=0)
+    assert Action.FLUSH in p.decide(101.2, received=0, idle=True, processed=5, published=5,
+                                    durable=0)
+    # the flush is under way: the same quiet spell does not ask again
+    assert Action.FLUSH not in p.decide(101.5, received=0, idle=True, processed=5, published=5,
+                                        durable=0)
+    # new WAL, then quiet again: flushed again
+    p.decide(102.0, received=100, idle=False, processed=7, published=5, durable=5)
+    assert Action.FLUSH not in p.decide(102.5, received=0, idle=True, processed=7, published=7,
+                                        durable=5)
+    assert Action.FLUSH in p.decide(103.1, received=0, idle=True, processed=7, published=7,
+                                    durable=5)
+
+
+def test_a_quiet_stream_with_everything_durable_asks_no_flush() -> None:
+    p = policy()
+    p.decide(100.1, received=500, idle=False, processed=5, published=0, durable=5)
+    assert Action.FLUSH not in p.decide(101.5, received=0, idle=True, processed=5, published=5,
+                                        durable=5)
+
+
+def test_a_stream_that_never_pauses_is_flushed_by_the_interval_only() -> None:
+    p = policy()
+    t, lsn = 100.0, 0
+    flushes = []
+    while t < 131.0:
+        t, lsn = t + 0.1, lsn + 10
+        if Action.FLUSH in p.decide(t, received=10, idle=False, processed=lsn, published=lsn,
+                                    durable=0):
+            flushes.append(round(t))
+    assert flushes == [130]

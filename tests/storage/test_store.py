@@ -57,6 +57,24 @@ def test_flush_makes_ingested_durable_and_survives_reopen(store_dir: Path) -> No
         ps.close()
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_flush_soon_makes_everything_ingested_durable_without_waiting_for_it(
+        store_dir: Path, background: bool) -> None:
+    m = Model()
+    ps = PageStore.open(store_dir, append_redo, TINY, background=background)
+    try:
+        last = fill(ps, m, 0, 20)
+        assert ps.durable_lsn < last
+        ps.flush_soon()  # the ingest pipeline's idle / periodic flush
+        assert ps.wait_durable(last, timeout=10)
+        flushes = ps.metrics().flushes
+        ps.flush_soon()  # nothing left to flush: no new layer
+        assert ps.durable_lsn == last and ps.metrics().flushes == flushes
+        assert_matches(ps, m, [8, 80, last])
+    finally:
+        ps.close()
+
+
 def test_unflushed_puts_are_gone_after_reopen_and_ingest_restarts_from_durable(store_dir: Path) -> None:
     cfg = StorageConfig(memtable_bytes=1 << 20, background_maintenance=False)
     ps = PageStore.open(store_dir, append_redo, cfg, background=False)

@@ -20,6 +20,7 @@ from strata.cli._common import HOME_HELP
 from strata.daemon import Daemon, UpOptions
 from strata.errors import ConfigError
 from strata.home import check_server_can_reach, resolve_home
+from strata.ingest.pipeline import FLUSH_INTERVAL
 from strata.services.maintenance import Retention
 
 DEFAULT_PROXY_PORT = 55432
@@ -34,8 +35,9 @@ def register(subparsers: Any) -> None:
                    help=f"the proxy's port on 127.0.0.1 (default {DEFAULT_PROXY_PORT}; 0: any free port)")
     p.add_argument("--primary-port", type=int,
                    help="port of the embedded primary on 127.0.0.1 (default: a free port)")
-    p.add_argument("--flush-interval", type=float, default=30.0, metavar="SECONDS",
-                   help="seconds between forced flushes of ingested WAL to layers (default 30)")
+    p.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL, metavar="SECONDS",
+                   help="seconds between forced flushes of ingested WAL to layers; the end of a "
+                        f"burst is flushed after 1 s without WAL (default {FLUSH_INTERVAL:g})")
     p.add_argument("--max-instances", type=int, default=4,
                    help="historical servers kept running at once (default 4)")
     p.add_argument("--instance-idle-timeout", type=float, default=300.0, metavar="SECONDS",

@@ -41,6 +41,8 @@ from strata.wal.source import WalChunk
 
 log = logging.getLogger(__name__)
 
+FLUSH_INTERVAL = 10.0  # s: the default of PublishConfig and of `strata up --flush-interval`
+
 
 class Stream(Protocol):
     """What the pipeline needs of a WAL stream (`WalReceiver` has it)."""
@@ -71,7 +73,8 @@ class Action(Flag):
 class PublishConfig:
     advance_interval: float = 0.2  # s between publications (each fsyncs the time map)
     advance_bytes: int = 8 << 20  # ... or after this much WAL
-    flush_interval: float = 30.0  # s between forced flushes of the memtable
+    flush_interval: float = FLUSH_INTERVAL  # s between forced flushes of the memtable
+    idle_flush_after: float = 1.0  # s without WAL after which everything processed is flushed
     save_interval: float = 1.0  # s between saves of receiver.json + slot confirmations
     periodic_interval: float = 1.0  # s between calls of the caller's hooks
     batch_bytes: int = 4 << 20  # WAL taken at once from a stream with more waiting (one batch)
@@ -90,7 +93,10 @@ class PublishPolicy:
       for `idle_after` s, the run loop's wait while work is unpublished), so
       an fsync of the time map never lands on every replication message of a
       busy stream, and the end of a burst is published at once;
-    - flush every `flush_interval` s when something is not durable yet;
+    - flush every `flush_interval` s when something is not durable yet, and
+      once the stream has brought nothing for `idle_flush_after` s (the end of
+      a burst is durable within a second or so: a historical server at any
+      point older than that starts without waiting for a flush);
     - save every `save_interval` s; hooks every `periodic_interval` s.
     """
 
@@ -100,10 +106,12 @@ class PublishPolicy:
     last_save: float = 0.0
     last_periodic: float = 0.0
     pending_bytes: int = 0
+    last_data: float = 0.0  # when WAL last arrived
+    idle_flushed: bool = True  # the flush for the current idle spell was asked for
 
     @classmethod
     def start(cls, config: PublishConfig, now: float) -> PublishPolicy:
-        return cls(config, last_advance=now, last_flush=now, last_periodic=now)
+        return cls(config, last_advance=now, last_flush=now, last_periodic=now, last_data=now)
 
     def decide(self, now: float, *, received: int, idle: bool, processed: int, published: int,
                durable: int) -> Action:
@@ -111,14 +119,19 @@ class PublishPolicy:
         the last poll returned nothing."""
         c = self.config
         self.pending_bytes += received
+        if received:
+            self.last_data, self.idle_flushed = now, False
         act = Action.NONE
         if processed > published and (idle or now - self.last_advance >= c.advance_interval
                                       or self.pending_bytes >= c.advance_bytes):
             act |= Action.ADVANCE
             self.last_advance, self.pending_bytes = now, 0
-        if now - self.last_flush >= c.flush_interval and durable < processed:
+        quiet = idle and not self.idle_flushed and now - self.last_data >= c.idle_flush_after
+        if durable < processed and (quiet or now - self.last_flush >= c.flush_interval):
             act |= Action.FLUSH
             self.last_flush = now
+        if quiet or (act & Action.FLUSH and idle):
+            self.idle_flushed = True
         if now - self.last_save >= c.save_interval:
             act |= Action.SAVE
             self.last_save = now
@@ -223,7 +236,7 @@ class IngestPipeline:
                 if Action.ADVANCE in act:
                     self.advance(now)
                 if Action.FLUSH in act:
-                    self.ingest.store.flush()
+                    self.ingest.store.flush_soon()  # the flush worker writes it
                 if Action.SAVE in act:
                     self.save_and_confirm()
                 if Action.PERIODIC in act and self.periodic is not None:

@@ -29,7 +29,7 @@ from typing import IO, Any
 from strata.errors import ConfigError, WalSourceError
 from strata.home import HomeLayout
 from strata.home.files import HistoryInfo, load_history_info, load_receiver_state
-from strata.ingest.pipeline import IngestPipeline, PublishConfig
+from strata.ingest.pipeline import FLUSH_INTERVAL, IngestPipeline, PublishConfig
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import Key
@@ -60,7 +60,7 @@ SLOT_NAME = "strata"
 
 @dataclass(frozen=True, slots=True)
 class IngestOptions:
-    flush_interval: float = 30.0
+    flush_interval: float = FLUSH_INTERVAL
     progress_interval: float = 10.0
     status_interval: float = 10.0  # standby status updates to the primary
     verbose: int = 0
@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="strata-ingest")
     p.add_argument("--home", required=True)
     p.add_argument("--dsn", required=True)
-    p.add_argument("--flush-interval", type=float, default=30.0)
+    p.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL)
     p.add_argument("--progress-interval", type=float, default=10.0)
     p.add_argument("--status-interval", type=float, default=10.0)
     p.add_argument("--verbose", type=int, default=0)
