@@ -471,7 +471,9 @@ def historical_modes(home: Path, targets: list[tuple[int, Lsn]], modes: list[str
         for mode in modes:
             factory = make_factory(store, home / "layers", mode=mode,
                                    instances_root=work / "instances")
-            time.sleep(3)  # as in a running daemon: the spare file system process is ready
+            # as in a running daemon: the spare file system process is ready and has
+            # opened the store (lazyfs.PREOPEN_AFTER, then the open itself)
+            time.sleep(6)
             try:
                 for offset, lsn in targets:
                     r: dict[str, Any] = {"mode": factory.mode.value, "offset_s": offset,

@@ -1,0 +1,153 @@
+"""What attaching a WAL consumer costs the primary: pgbench TPS alone, with
+pg_receivewal streaming, and with `strata up --source` attached.
+
+Usage: python bench/bench_primary_tps.py [--scale 10] [--seconds 20] [--rounds 3]
+       [--json out.json]
+
+One scratch primary (the settings `strata up --source` asks of a primary:
+wal_level replica, a replication slot per consumer), pgbench -i at `--scale`,
+then `--rounds` rounds of three `pgbench -c4 -j2 -T seconds` TPC-B runs,
+alternated so the machine's noise spreads over all three:
+
+* alone: nothing attached;
+* pg_receivewal: PostgreSQL's own WAL receiver streaming from a slot into a
+  directory (no fsync per message): the least any consumer of the stream
+  costs the primary on this machine (its walsender, the client's reads);
+* strata: `strata up --source` (ingest, maintenance and proxy services)
+  attached from the start (its attach and import are not timed); stopped
+  between its runs and resumed from its slot, as a restart would.
+
+Reported: median TPS of each, the ratio to "alone", and the CPU-s per
+transaction of the consumer's own processes. Issue 10's goal: strata >= 0.90.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_ingest import proc_cpu, strata_processes
+from bench_timetravel import (
+    Strata,
+    pgbench,
+    pgbench_env,
+    scratch,
+    tps_of,
+    wal_lsn,
+)
+from strata.runtime.cluster import SUPERUSER, Cluster
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(c[1] for p in pids if (c := proc_cpu(p)) is not None)
+
+
+def run_tpcb(c: Cluster, seconds: int) -> tuple[float, int]:
+    out = pgbench(c, c.port, "-c", "4", "-j", "2", "-T", str(seconds))
+    return tps_of(out), int(c.sql("SELECT count(*) FROM pgbench_history")[0][0])
+
+
+def with_receivewal(c: Cluster, base: Path, seconds: int) -> tuple[float, float]:
+    """TPS and the receiver's CPU-s per transaction."""
+    d = base / "receivewal"
+    d.mkdir(exist_ok=True)
+    argv = [str(c.bins.path("pg_receivewal")), "-D", str(d), "-h", "127.0.0.1", "-p",
+            str(c.port), "-U", SUPERUSER, "--slot", "bench_rx", "-n", "--no-sync"]
+    proc = subprocess.Popen(argv, env=pgbench_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)  # connected and caught up
+        if proc.poll() is not None:
+            raise RuntimeError(f"pg_receivewal exited: {proc.stderr.read() if proc.stderr else ''}")
+        cpu0 = cpu_of([proc.pid])
+        before = int(c.sql("SELECT count(*) FROM pgbench_history")[0][0])
+        tps, after = run_tpcb(c, seconds)
+        cpu = cpu_of([proc.pid]) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(d, ignore_errors=True)
+    return tps, cpu / max(1, after - before)
+
+
+def with_strata(c: Cluster, base: Path, seconds: int) -> tuple[float, float]:
+    s = Strata(base, c.dsn())
+    try:
+        s.wait_ready()
+        s.wait_ingested(wal_lsn(c))
+        pids = strata_processes(s.proc.pid)
+        cpu0 = cpu_of(pids)
+        before = int(c.sql("SELECT count(*) FROM pgbench_history")[0][0])
+        tps, after = run_tpcb(c, seconds)
+        s.wait_ingested(wal_lsn(c))
+        cpu = cpu_of(pids) - cpu0
+    finally:
+        s.stop()
+    return tps, cpu / max(1, after - before)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    base = scratch()
+    c = Cluster(datadir=base / "primary" / "data")
+    c.initdb(settings={"wal_level": "replica", "max_wal_senders": 10,
+                       "max_replication_slots": 10})
+    c.start()
+    res: dict[str, Any] = {"load_start": os.getloadavg(), "scale": args.scale,
+                           "seconds": args.seconds, "rounds": []}
+    try:
+        pgbench(c, c.port, "-i", "-q", "-s", str(args.scale))
+        c.sql("SELECT pg_create_physical_replication_slot('bench_rx')")
+        first = Strata(base, c.dsn())  # attach + import once, untimed
+        first.wait_ready()
+        first.wait_ingested(wal_lsn(c))
+        first.stop()
+        for i in range(args.rounds):
+            alone, _ = run_tpcb(c, args.seconds)
+            rx, rx_cpu = with_receivewal(c, base, args.seconds)
+            st, st_cpu = with_strata(c, base, args.seconds)
+            res["rounds"].append({"alone": alone, "receivewal": rx, "receivewal_cpu_per_txn": rx_cpu,
+                                  "strata": st, "strata_cpu_per_txn": st_cpu,
+                                  "load": os.getloadavg()})
+            print(f"round {i + 1}: alone {alone:.0f} tps, pg_receivewal {rx:.0f} "
+                  f"({rx / alone:.2f}), strata {st:.0f} ({st / alone:.2f}); consumer CPU per "
+                  f"txn: pg_receivewal {rx_cpu * 1e6:.0f} us, strata {st_cpu * 1e6:.0f} us",
+                  flush=True)
+    finally:
+        c.stop("immediate")
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(base, ignore_errors=True)
+    res["load_end"] = os.getloadavg()
+    rounds = res["rounds"]
+
+    def med(k: str) -> float:
+        return statistics.median(r[k] for r in rounds)
+
+    print(f"\n| consumer | TPS (median of {len(rounds)}) | / alone | consumer CPU us per txn |")
+    print("|---|---:|---:|---:|")
+    print(f"| none | {med('alone'):.0f} | 1.00 | - |")
+    print(f"| pg_receivewal | {med('receivewal'):.0f} | {med('receivewal') / med('alone'):.2f} | "
+          f"{med('receivewal_cpu_per_txn') * 1e6:.0f} |")
+    print(f"| strata up | {med('strata'):.0f} | {med('strata') / med('alone'):.2f} | "
+          f"{med('strata_cpu_per_txn') * 1e6:.0f} |")
+    print(f"\nload average start {res['load_start']}, end {res['load_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
