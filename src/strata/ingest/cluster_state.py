@@ -140,7 +140,7 @@ class ClusterStateTracker:
         """`apply` for a record of an rmgr without control values (heap, btree, ...)
         that carries `xid` and ends at `end_lsn`; returns whether a value changed."""
         before = self._s
-        s = _advance_past_xid(before, xid)
+        s = _advance_past_xid(before, xid, end_lsn)  # one new state, its lsn set too
         self._lsn = end_lsn
         if s is before:
             return False
@@ -238,8 +238,9 @@ class ClusterStateTracker:
         return s
 
 
-def _advance_past_xid(s: ClusterState, xid: int) -> ClusterState:
-    """AdvanceNextFullTransactionIdPastXid (varsup.c)."""
+def _advance_past_xid(s: ClusterState, xid: int, lsn: Lsn | None = None) -> ClusterState:
+    """AdvanceNextFullTransactionIdPastXid (varsup.c); `s` itself when nothing moves
+    (else a new state, at `lsn` when given)."""
     next_xid = s.next_xid
     if not xid_follows_or_equals(xid, next_xid):
         return s
@@ -247,7 +248,9 @@ def _advance_past_xid(s: ClusterState, xid: int) -> ClusterState:
     epoch = s.next_xid_epoch
     if new < next_xid:
         epoch += 1
-    return replace(s, next_full_xid=(epoch << 32) | new)
+    if lsn is None:
+        return replace(s, next_full_xid=(epoch << 32) | new)
+    return replace(s, next_full_xid=(epoch << 32) | new, lsn=lsn)
 
 
 def _advance_next_multi(s: ClusterState, next_multi: int, next_offset: int) -> ClusterState:
