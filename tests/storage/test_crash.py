@@ -130,7 +130,11 @@ def writer(directory: Path, seed: int, kill: Kill) -> None:
             ps.advance(lsn)
             if rnd.random() < 0.02:
                 ps.flush()
-                if rnd.random() < 0.3:  # gc on this thread too, not only in the worker
+                # compaction and gc on this thread too, not only in the worker (whose
+                # timing is the scheduler's): every commit point is reached for sure
+                if rnd.random() < 0.3:
+                    ps.compact()
+                if rnd.random() < 0.3:
                     ps.gc()
         _die(log, "puts")
 
