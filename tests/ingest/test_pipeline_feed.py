@@ -146,3 +146,31 @@ def test_the_end_of_a_burst_is_published_after_a_short_wait(tmp_path: Path) -> N
     # (idle: published at once); then, nothing unpublished, the long wait again
     assert waits[:4] == [0.5, 0, PublishConfig().idle_after, 0.5]
     assert ingest.advanced[0] == b.ends[-2]
+
+
+def test_the_slot_is_told_durable_only_after_receiver_json_says_so(tmp_path: Path) -> None:
+    """A flush the worker finished is confirmed to the slot by the next save, never by an
+    advance before it (home/FORMAT.md: receiver.json first, then the slot)."""
+    from strata.home.files import load_receiver_state
+
+    b, wal = _wal(300)
+    data = wal[:b.ends[-2] - START]
+    half = (len(data) // 2) // 4096 * 4096
+    stream = FakeStream(_chunks(data[:half], 4096))
+    ingest = FakeIngest()
+    p = _pipeline(stream, ingest, tmp_path, batch_bytes=1 << 20)
+    p.feed(*p.take(0))
+    p.advance(0.0)  # FakeIngest's advance makes everything durable at once
+    assert ingest.store.durable_lsn == p.processed > START
+    assert all(flush == 0 for _write, flush in stream.reports)
+    assert load_receiver_state(tmp_path / "receiver.json") is None
+    saved = p.save_and_confirm()
+    state = load_receiver_state(tmp_path / "receiver.json")
+    assert state is not None and state.flushed_lsn == saved == p.processed
+    assert stream.reports[-1] == (p.processed, saved)
+    stream.chunks = [WalChunk(Lsn(START + half + i), data[half + i:half + i + 4096])
+                     for i in range(0, len(data) - half, 4096)]
+    p.feed(*p.take(0))
+    p.advance(1.0)  # durable moved on again: not confirmed before the next save
+    assert ingest.store.durable_lsn == p.processed > saved
+    assert max(flush for _write, flush in stream.reports) == saved

@@ -168,6 +168,7 @@ class IngestPipeline:
         self.processed = start
         self.published = start
         self.last_record: Lsn | None = None
+        self.saved = Lsn(0)  # the durable LSN receiver.json holds: the slot may release to here
         self.stats = PipelineStats()
 
     @property
@@ -199,7 +200,9 @@ class IngestPipeline:
     def advance(self, now: float) -> None:
         self.ingest.advance(self.processed)
         self.published = self.processed
-        self.stream.report(self.processed, self.store_durable)
+        # flush = what receiver.json holds, never more (a flush the worker finished
+        # since the last save is confirmed by the next save)
+        self.stream.report(self.processed, self.saved)
         if self.stream.server_wal_end <= self.processed:
             self.stats.caught_up_at = now
 
@@ -212,6 +215,7 @@ class IngestPipeline:
         write_json(self.receiver_file, ReceiverState(
             self.slot, self.stream.system_id, self.stream.timeline, self.stream.received_lsn,
             durable, self.last_record).to_json())
+        self.saved = durable
         self.stream.report(self.processed, durable)
         return durable
 
