@@ -11,7 +11,7 @@ from strata.key import MAX_KEY, MIN_KEY
 from strata.storage.layerfile import FOOTER, HEADER, LayerFile, write_layer
 from strata.storage.manifest import LayerEntry, Level, Manifest, commit_manifest, load_manifest
 from strata.storage.naming import LayerName
-from strata.storage.values import TOMBSTONE, Entry, PageImage, Value, WalRecord
+from strata.storage.values import TOMBSTONE, Entry, PageImage, Value, WalRecord, ends_chain
 
 from .conftest import rk
 
@@ -172,3 +172,43 @@ def test_open_layer_returns_delta_or_image_layer_by_header(tmp_path: Path) -> No
                 block_bytes=100, zstd_level=1)
     img = open_layer(tmp_path / name.filename())
     assert isinstance(img, ImageLayer) and img.get(rk(1).to_bytes(), 7, 8)[0].value == PageImage(b"x")
+
+
+def _newest_chain(entries: list[Entry]) -> tuple[list[Entry], bool]:
+    """The reference for get_chain: every entry from the newest chain end on."""
+    ends = [i for i, e in enumerate(entries) if ends_chain(e.value)]
+    return (entries[ends[-1]:], True) if ends else (entries, False)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_get_chain_is_the_newest_part_of_get_and_decodes_no_older_rows(
+        tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from strata.storage import blocks
+
+    rnd = random.Random(seed)
+    es: list[Entry] = []
+    lsn = 100
+    for k in range(8):  # keys with long runs that span blocks, of every kind mixed
+        for _ in range(rnd.choice([1, 3, 40, 200])):
+            lsn += 1
+            v = rnd.choices([PageImage(b"i%d" % lsn), WalRecord(b"r%d" % lsn),
+                             WalRecord(b"w%d" % lsn, True), TOMBSTONE], [2, 12, 1, 1])[0]
+            es.append(Entry(rk(k).to_bytes(), lsn, v))
+    es.sort(key=lambda e: (e.key, e.lsn))
+    name = LayerName.delta(MIN_KEY.to_bytes(), MAX_KEY.to_bytes(), 100, lsn + 1)
+    write_layer(tmp_path, name, es, block_bytes=300, zstd_level=1)
+    f = LayerFile(tmp_path / name.filename())
+    assert len(f.blocks) > 10
+    made = []
+    real = blocks.make_value
+    monkeypatch.setattr(blocks, "make_value", lambda kind, data: made.append(1) or real(kind, data))
+    for k in range(9):
+        kb = rk(k).to_bytes()
+        for lo, hi in [(0, 1 << 64), (150, 400), (lsn - 20, lsn + 1), (lsn + 5, lsn + 9)]:
+            want = _newest_chain(f.get(kb, lo, hi))
+            made.clear()
+            got = f.get_chain(kb, lo, hi)
+            assert got == want, (k, lo, hi)
+            assert len(made) == len(got[0])  # rows below the chain end: never decoded

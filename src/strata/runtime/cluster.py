@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from strata.errors import InstanceError
-from strata.runtime.osuser import give_to_server_user, make_private_dir, run_as_server
+from strata.runtime.osuser import (
+    as_user_kwargs,
+    give_to_server_user,
+    make_private_dir,
+    run_as_server,
+    server_env,
+)
 from strata.runtime.pgbin import PgBinaries, find_pg_binaries
 
 SUPERUSER = "postgres"
@@ -129,17 +138,41 @@ class Cluster:
         if not self.logfile.exists():
             self.logfile.touch()
         give_to_server_user(self.logfile, recursive=False, mode=0o644)
-        opts = f"-p {self.port} -k {self.socket_dir} {options}".strip()
-        cp = run_as_server(
-            [self.bins.path("pg_ctl"), "-D", self.datadir, "-l", self.logfile, "-w",
-             "-t", str(int(timeout)), "-o", opts, "start"],
-            check=False, timeout=timeout + 30,
-        )
-        if cp.returncode != 0:
-            raise InstanceError(
-                f"PostgreSQL in {self.datadir} failed to start (pg_ctl exit {cp.returncode}).\n"
-                f"Last lines of {self.logfile}:\n{self.log_tail()}"
-            )
+        argv = [str(self.bins.path("postgres")), "-D", str(self.datadir), "-p", str(self.port),
+                "-k", str(self.socket_dir), *shlex.split(options)]
+        # What `pg_ctl start -w` does, without its 100 ms polling: the postmaster in a
+        # session of its own, output appended to the log; ready once postmaster.pid
+        # says so. A thread reaps it when it exits (no zombie looks alive to kill(0)).
+        with self.logfile.open("ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=server_env(), cwd="/", start_new_session=True,
+                                    **as_user_kwargs())
+        reaper = threading.Thread(target=proc.wait, name=f"reap-postmaster-{proc.pid}",
+                                  daemon=True)
+        reaper.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready(proc.pid):
+            if not reaper.is_alive():
+                raise InstanceError(
+                    f"PostgreSQL in {self.datadir} failed to start (exit {proc.returncode}).\n"
+                    f"Last lines of {self.logfile}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGQUIT)
+                raise InstanceError(
+                    f"PostgreSQL in {self.datadir} did not accept connections within "
+                    f"{timeout:g} s.\nLast lines of {self.logfile}:\n{self.log_tail()}")
+            time.sleep(0.005)
+
+    def _ready(self, pid: int) -> bool:
+        """postmaster.pid names `pid` and says it accepts connections (pg_ctl's test:
+        status "ready", or "standby" for a standby that takes none)."""
+        try:
+            lines = (self.datadir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return (len(lines) > 7 and lines[0].strip() == str(pid)
+                and lines[7].strip() in ("ready", "standby"))
 
     def stop(self, mode: str = "fast", *, timeout: float = 60) -> None:
         """Stop the server if it runs (no error if it does not)."""

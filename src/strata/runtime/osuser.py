@@ -98,7 +98,8 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _as_user_kwargs() -> dict[str, Any]:
+def as_user_kwargs() -> dict[str, Any]:
+    """Popen arguments that run the child as the server user (none when not root)."""
     user = server_user()
     if user is None:
         return {}
@@ -116,7 +117,7 @@ def run_as_server(
     try:
         cp = subprocess.run(
             [str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
-            env=server_env(env), cwd=cwd, **_as_user_kwargs(),
+            env=server_env(env), cwd=cwd, **as_user_kwargs(),
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RuntimeSetupError(f"running {Path(str(argv[0])).name} failed: {e}") from e

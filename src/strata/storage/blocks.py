@@ -27,6 +27,8 @@ from strata.storage.values import ENTRY_HEADER, Entry, ValueKind, make_value
 N_FIELD = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 _TOMBSTONE = int(ValueKind.TOMBSTONE)  # (an IntEnum attribute costs a lookup per use)
+_RECORD = int(ValueKind.WAL_RECORD)  # the one kind that does not end a chain
+_LSN_MAX = (1 << 63) - 1
 
 
 def encode_columns(b: EntryBatch) -> bytes:
@@ -101,6 +103,41 @@ def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> list[Entry]:
             out.append(Entry(key, lsn, make_value(raw[ko + j], raw[start:end])))
         start = end
     return out
+
+
+def chain_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> tuple[list[Entry], bool]:
+    """The newest part of `key`'s chain in a v3 block: its entries with lo <= lsn < hi
+    from the newest chain end (image, will_init record, tombstone) on, oldest first,
+    and whether a chain end is among them (False: every such entry, and older blocks
+    or layers hold the rest). Only those rows are decoded: a key with thousands of
+    images (the control values, one per transaction) costs one, not thousands.
+    Raises: ValueError if malformed."""
+    (n,) = N_FIELD.unpack_from(raw, 0)
+    lsn_off, ko, eo, vo = _column_offsets(n)
+    if vo > len(raw):
+        raise ValueError(f"block of {len(raw)} bytes cannot hold {n} entries")
+    keys = np.frombuffer(raw, dtype=KEY_ORDER, count=n, offset=4)
+    a = int(keys.searchsorted(key))
+    if a == n or raw[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] != key:
+        return [], False
+    b = int(keys.searchsorted(key, side="right"))
+    lsns = np.frombuffer(raw, dtype=">u8", count=b - a, offset=lsn_off + 8 * a).astype(np.int64)
+    sel = np.flatnonzero((lsns >= max(lo, 0)) & (lsns < min(hi, _LSN_MAX)))
+    if not len(sel):
+        return [], False
+    kinds = np.frombuffer(raw, dtype=np.uint8, count=b - a, offset=ko + a)
+    ends = sel[kinds[sel] != _RECORD]
+    first = int(ends[-1]) if len(ends) else int(sel[0])
+    take = sel[sel >= first]
+    lens = np.frombuffer(raw, dtype=">u4", count=b, offset=eo).astype(np.int64)
+    stops = vo + np.cumsum(lens)
+    if int(stops[-1]) > len(raw):
+        raise ValueError("a value runs outside the block")
+    out = []
+    for j in (take + a).tolist():
+        end = int(stops[j])
+        out.append(Entry(key, int(lsns[j - a]), make_value(raw[ko + j], raw[end - int(lens[j]):end])))
+    return out, len(ends) > 0
 
 
 def decode_rows(raw: bytes) -> EntryBatch:

@@ -42,6 +42,7 @@ from strata import durable
 from strata.errors import CorruptionError
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
 from strata.storage.blocks import (
+    chain_in_columns,
     decode_columns,
     decode_rows,
     encode_columns,
@@ -49,7 +50,7 @@ from strata.storage.blocks import (
     find_in_rows,
 )
 from strata.storage.naming import TMP_SUFFIX, LayerKind, LayerName
-from strata.storage.values import Entry, PageImage, ValueKind
+from strata.storage.values import Entry, PageImage, ValueKind, ends_chain
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
@@ -481,6 +482,31 @@ class LayerFile:
             out.extend(self._find(i, key, lo, hi))
             i += 1
         return out
+
+    def get_chain(self, key: bytes, lo: int, hi: int) -> tuple[list[Entry], bool]:
+        """The newest part of `key`'s chain here (lo <= lsn < hi), oldest first: every
+        entry from the newest chain end on, and whether there was one (see
+        `blocks.chain_in_columns`: the rows below it are not decoded)."""
+        i = bisect.bisect_left(self._last_keys, key)
+        j = i
+        while j < len(self.blocks) and self.blocks[j].first_key <= key:
+            j += 1
+        out: list[Entry] = []
+        for k in range(j - 1, i - 1, -1):  # newest block first
+            raw = self._raw_block(k)
+            try:
+                if self.version >= COLUMN_VERSION:
+                    part, ended = chain_in_columns(raw, key, lo, hi)
+                else:
+                    part = find_in_rows(raw, key, lo, hi)
+                    cut = [x for x, e in enumerate(part) if ends_chain(e.value)]
+                    part, ended = (part[cut[-1]:], True) if cut else (part, False)
+            except (struct.error, ValueError) as e:
+                raise self._fail(self.blocks[k].offset, f"block {k} undecodable: {e}") from e
+            out[:0] = part
+            if ended:
+                return out, True
+        return out, False
 
     def _find(self, i: int, key: bytes, lo: int, hi: int) -> list[Entry]:
         """Entries of `key` in block i, decoding only those (GetPage's hot path)."""

@@ -215,7 +215,7 @@ def read_key(view: ReadView, key: Key, lsn: int, redo: Redo, stats: ReadStats) -
         if done:
             break
         stats.layers_visited += 1
-        done = _cut(reversed(d.file.get(kb, lo, hi)), chain)
+        done = _cut(reversed(d.file.get_chain(kb, lo, hi)[0]), chain)
     if not done and img is not None:
         stats.layers_visited += 1
         chain.extend(img.file.get(kb, floor, floor + 1))
