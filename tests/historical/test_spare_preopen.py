@@ -66,3 +66,27 @@ def test_a_spare_opens_early_only_after_waiting(tmp_path: Path,
     _stdin(monkeypatch, b'["--store", "x"]\n')  # the arguments came first: no early open
     assert lazyfs._preopen(["--wait-args", "--open", str(tmp_path)]) is None
     assert lazyfs._preopen(["--wait-args"]) is None  # no store named
+
+
+_PROBE = """
+import io, os, sys
+from strata.historical import lazyfs
+lazyfs.PREOPEN_AFTER = 0.01
+r, w = os.pipe()
+if sys.argv[1] == "args-first":
+    os.write(w, b'["--store", "x"]\\n')
+sys.stdin = io.TextIOWrapper(io.FileIO(r))
+lazyfs._preopen(["--wait-args"])
+print("strata.reconstruct.redo.heap" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("when", "imported"), [("waited", "True"), ("args-first", "False")])
+def test_a_waiting_spare_imports_the_redo_modules(when: str, imported: str) -> None:
+    """A first page rebuilt would import every rmgr's redo (~0.3 s of a first query):
+    a spare that waited does it before its turn, one whose arguments came first not."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _PROBE, when], capture_output=True,
+                         text=True, check=True, env={**os.environ})
+    assert out.stdout.strip() == imported, out.stderr

