@@ -1,0 +1,74 @@
+"""`FsSpares`: a spare taken is replaced later, not while the server on it starts;
+a closed pool starts no more processes."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from strata.historical import lazy
+
+pytestmark = pytest.mark.unit
+
+
+class FakeProc:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.stdin = self.stdout = None
+        self.done = False
+
+    def poll(self) -> int | None:
+        return 0 if self.done else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.done = True
+        return 0
+
+
+def _spawned(monkeypatch: pytest.MonkeyPatch) -> tuple[list[FakeProc], threading.Event]:
+    made: list[FakeProc] = []
+    event = threading.Event()
+
+    def spawn(owner: Any = None, store_dir: Any = None) -> FakeProc:
+        made.append(FakeProc(len(made)))
+        event.set()
+        return made[-1]
+
+    monkeypatch.setattr(lazy, "spawn_fs", spawn)
+    return made, event
+
+
+def test_a_taken_spare_is_replaced_after_a_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    made, event = _spawned(monkeypatch)
+    spares = lazy.FsSpares(1, replenish_after=0.05)
+    try:
+        assert len(made) == 1
+        event.clear()
+        got = spares.take()
+        assert got is made[0] and len(made) == 1  # no new process while it starts
+        assert event.wait(10) and len(made) == 2  # then its replacement
+        assert spares.take() is made[1]
+    finally:
+        spares.close()
+
+
+def test_take_with_no_spare_left_starts_one_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    made, _ = _spawned(monkeypatch)
+    spares = lazy.FsSpares(1, replenish_after=60)
+    try:
+        first, second = spares.take(), spares.take()
+        assert (first, second) == (made[0], made[1])
+    finally:
+        spares.close()
+
+
+def test_close_cancels_the_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
+    made, event = _spawned(monkeypatch)
+    spares = lazy.FsSpares(1, replenish_after=0.05)
+    spares.take()
+    spares.close()
+    event.clear()
+    assert not event.wait(0.3)
+    assert len(made) == 1
