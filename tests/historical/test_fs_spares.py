@@ -14,8 +14,7 @@ pytestmark = pytest.mark.unit
 
 
 class FakeProc:
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self) -> None:
         self.stdin = self.stdout = None
         self.done = False
 
@@ -32,7 +31,7 @@ def _spawned(monkeypatch: pytest.MonkeyPatch) -> tuple[list[FakeProc], threading
     event = threading.Event()
 
     def spawn(owner: Any = None, store_dir: Any = None) -> FakeProc:
-        made.append(FakeProc(len(made)))
+        made.append(FakeProc())
         event.set()
         return made[-1]
 
@@ -65,10 +64,13 @@ def test_take_with_no_spare_left_starts_one_at_once(monkeypatch: pytest.MonkeyPa
 
 
 def test_close_cancels_the_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
-    made, event = _spawned(monkeypatch)
-    spares = lazy.FsSpares(1, replenish_after=0.05)
+    made, _ = _spawned(monkeypatch)
+    spares = lazy.FsSpares(1, replenish_after=60)
     spares.take()
+    timer = spares._timer
+    assert timer is not None and timer.is_alive()
     spares.close()
-    event.clear()
-    assert not event.wait(0.3)
+    timer.join(10)  # cancelled: it ends without running
+    assert not timer.is_alive() and spares._timer is None
+    spares._replenish()  # a timer that fired anyway, racing the close
     assert len(made) == 1
