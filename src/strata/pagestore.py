@@ -283,7 +283,9 @@ class PageStore(_Facade):
 
     def flush_soon(self) -> None:
         """Seal the active memtable and have the background worker write it out now,
-        without waiting (without a worker: flush it here)."""
+        without waiting (without a worker: flush it here). The ingest pipeline's idle
+        flush and its stop (which then waits, bounded: `IngestPipeline.finish`) use it;
+        the worker is woken, never left to notice on its 1 s poll."""
         self._check_worker()
         if self.durable_lsn < self.ingested_lsn:
             self._store.freeze()
@@ -291,12 +293,6 @@ class PageStore(_Facade):
                 flush.flush_frozen(self._store)
             else:
                 self._kick()
-
-    def freeze(self) -> None:
-        """Seal the active memtable now; the background worker (or the next `flush`)
-        writes it out. The ingest pipeline's stop seals before it waits, bounded,
-        for durability (`IngestPipeline.finish`)."""
-        self._store.freeze()
 
     # -- maintenance (run on the caller's thread, serialised with the worker) -------
     def _maintainer(self) -> LayerStore:

@@ -69,7 +69,7 @@ def test_up_streams_stops_cleanly_and_resumes(up_home: Path) -> None:
     assert processes_under(up_home) == []
     assert not (up_home / "state.json").exists()
     saved = load_receiver_state(HomeLayout(up_home).receiver_file)
-    assert saved is not None and saved.flushed_lsn >= target
+    assert saved is not None and saved.flushed_lsn >= target, up.output()
 
     # -- second run: resumes at the saved position, -v prints records -------------------
     up2 = StrataUp(up_home, "-v")

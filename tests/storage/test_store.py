@@ -415,3 +415,33 @@ def test_image_layers_leave_out_keys_whose_redo_fails(store_dir: Path) -> None:
             ps.get_page(bad, last)
     finally:
         ps.close()
+
+
+def test_a_bounded_stop_flush_wakes_the_worker_instead_of_waiting_for_its_poll(
+        store_dir: Path, tmp_path: Path) -> None:
+    """`IngestPipeline.finish(flush_seconds)` (the 1 s stop of the ingest service) seals
+    the memtable and must wake the flush worker: the worker otherwise notices frozen
+    work only on its 1 s poll, and a stop gave up before its flush (CI, 2026-12-03).
+    Five rounds at 0.4 s each: a poll-only wake-up passes all five ~1 % of the time."""
+    from types import SimpleNamespace
+
+    from strata.ingest.pipeline import IngestPipeline
+    from strata.lsn import Lsn
+
+    class Idle:  # a stream that never connected: the save writes nothing
+        system_id = None
+        finished = True
+
+    ps = PageStore.open(store_dir, append_redo, TINY, background=True)
+    try:
+        m, lsn = Model(), 0
+        for _ in range(5):
+            lsn = fill(ps, m, lsn, 12)
+            p = IngestPipeline(Idle(), SimpleNamespace(store=ps, advance=ps.advance),  # type: ignore[arg-type]
+                               start=Lsn(lsn), segment_size=1 << 24, slot="s",
+                               receiver_file=tmp_path / "receiver.json")
+            assert p.finish(flush_seconds=0.4)
+            assert ps.durable_lsn == lsn
+        assert_matches(ps, m, [8, lsn])
+    finally:
+        ps.close()

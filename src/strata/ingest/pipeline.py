@@ -292,7 +292,7 @@ class IngestPipeline:
             if flush_seconds is None:
                 store.flush()
             else:
-                store.freeze()
+                store.flush_soon()  # seals and wakes the flush worker
                 store.wait_durable(self.processed, timeout=flush_seconds)
         self.save_and_confirm()
         return self.store_durable >= self.processed
