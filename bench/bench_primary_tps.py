@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_ingest import proc_cpu, strata_processes
+from bench_ingest import cpu_snapshot, proc_cpu
 from bench_timetravel import (
     Strata,
     pgbench,
@@ -82,19 +82,34 @@ def with_receivewal(c: Cluster, base: Path, seconds: int) -> tuple[float, float]
     return tps, cpu / max(1, txns)
 
 
-def with_strata(c: Cluster, base: Path, seconds: int) -> tuple[float, float]:
+def with_strata(c: Cluster, base: Path, seconds: int, profile: Path | None = None
+                ) -> tuple[float, float, dict[str, float]]:
+    """TPS, strata's CPU-s per transaction, and that split per service (ingest,
+    maintenance, proxy, daemon...). With `profile`, py-spy records each service
+    (speedscope files `<profile>-<service>.json`) over the run."""
     s = Strata(base, c.dsn())
+    spies: list[subprocess.Popen[bytes]] = []
     try:
         s.wait_ready()
         s.wait_ingested(wal_lsn(c))
-        pids = strata_processes(s.proc.pid)
-        cpu0 = cpu_of(pids)
+        before = cpu_snapshot(s.proc.pid)
+        if profile is not None:
+            for pid, (name, _cpu) in before.items():
+                spies.append(subprocess.Popen(
+                    ["py-spy", "record", "-p", str(pid), "-r", "200", "-d", str(seconds),
+                     "-f", "speedscope", "-o", f"{profile}-{name}-{pid}.json"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         tps, txns = run_tpcb(c, seconds)
         s.wait_ingested(wal_lsn(c))
-        cpu = cpu_of(pids) - cpu0
+        after = cpu_snapshot(s.proc.pid)
+        for spy in spies:
+            spy.wait(60)
     finally:
         s.stop()
-    return tps, cpu / max(1, txns)
+    per: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        per[name] = per.get(name, 0.0) + (cpu - before.get(pid, (name, 0.0))[1]) / max(1, txns)
+    return tps, sum(per.values()), per
 
 
 def main() -> int:
@@ -103,6 +118,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", type=Path,
+                    help="py-spy each strata service in the last round (files PROFILE-<service>-<pid>.json)")
     args = ap.parse_args()
     base = scratch()
     c = Cluster(datadir=base / "primary" / "data")
@@ -121,13 +138,16 @@ def main() -> int:
         for i in range(args.rounds):
             alone, _ = run_tpcb(c, args.seconds)
             rx, rx_cpu = with_receivewal(c, base, args.seconds)
-            st, st_cpu = with_strata(c, base, args.seconds)
+            st, st_cpu, per = with_strata(
+                c, base, args.seconds, args.profile if i == args.rounds - 1 else None)
             res["rounds"].append({"alone": alone, "receivewal": rx, "receivewal_cpu_per_txn": rx_cpu,
                                   "strata": st, "strata_cpu_per_txn": st_cpu,
+                                  "strata_cpu_per_txn_by_service": per,
                                   "load": os.getloadavg()})
             print(f"round {i + 1}: alone {alone:.0f} tps, pg_receivewal {rx:.0f} "
                   f"({rx / alone:.2f}), strata {st:.0f} ({st / alone:.2f}); consumer CPU per "
-                  f"txn: pg_receivewal {rx_cpu * 1e6:.0f} us, strata {st_cpu * 1e6:.0f} us",
+                  f"txn: pg_receivewal {rx_cpu * 1e6:.0f} us, strata {st_cpu * 1e6:.0f} us ("
+                  + ", ".join(f"{k} {v * 1e6:.0f}" for k, v in sorted(per.items())) + ")",
                   flush=True)
     finally:
         c.stop("immediate")

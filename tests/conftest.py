@@ -43,6 +43,9 @@ def scratch_dir() -> Iterator[Path]:
     """A fresh directory (mode 0755) that the server user can traverse."""
     d = _scratch("t-")
     yield d
+    from tests.strata_proc import reap_under
+
+    reap_under(d)  # nothing a failed test started may outlive it (mounts, FS processes)
     shutil.rmtree(d, ignore_errors=True)
 
 

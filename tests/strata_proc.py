@@ -179,6 +179,22 @@ def processes_under(path: Path) -> list[str]:
     return found
 
 
+def reap_under(path: Path) -> list[str]:
+    """A test's last resort: unmount every lazy file system under `path` and SIGKILL
+    every process whose command line still mentions it (a failed crash test leaves
+    the FS processes of its historical servers: by design they outlive a kill -9 of
+    strata, and the next `strata up` is what cleans them). Returns what was killed."""
+    from strata.historical.lazy import cleanup_mounts
+
+    with contextlib.suppress(OSError):
+        cleanup_mounts(path)
+    left = [p for p in processes_under(path) if int(p.split(":", 1)[0]) != os.getpid()]
+    for p in left:
+        with contextlib.suppress(OSError):
+            os.kill(int(p.split(":", 1)[0]), signal.SIGKILL)
+    return left
+
+
 def flush_lsn(conn: psycopg.Connection[Any]) -> Lsn:
     """The primary's WAL flush position (everything written so far)."""
     row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,3 +346,44 @@ def test_cleanup_after_a_crash_stops_servers_and_unmounts_dead_or_alive_mounts(
     assert not any(p is not None and process_alive(p) for p in pids)
     alive.mount.proc.wait(timeout=30)  # unmounted: the process ended by itself
     assert fuse_mounts(world.root) == [] and list(root.iterdir()) == []
+
+
+def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
+        world: LazyWorld) -> None:
+    """`LazyView.start_helpers`: a file read sequentially (128 kB reads, as the
+    kernel's) gives the same bytes with helpers as without, the helpers really
+    rebuilt part of it, a helper killed -9 is dropped and its part rebuilt here,
+    and `close_helpers` reaps every helper."""
+    from strata.historical.controlfile import parse_control
+    from strata.historical.lazyview import SPLIT_MIN, LazyView
+    from strata.historical.store_view import StoreView
+
+    lsn = Lsn.parse(world.point("update_big").lsn)
+
+    def view() -> LazyView:
+        src = StoreView(world.store, lsn)
+        cf = parse_control(src.control_template())
+        return LazyView(src, cf.catalog_version_dir, cf.relseg_size)
+
+    plain, helped = view(), view()
+    path = max(plain.files, key=lambda p: plain.files[p].size)
+    size = plain.files[path].size
+    assert size >= 4 * SPLIT_MIN * 8192, "the biggest file is too small to share windows"
+
+    def read_all(v: LazyView) -> bytes:
+        return b"".join(v.read(path, off, 131072) for off in range(0, size, 131072))
+
+    want = read_all(plain)
+    assert helped.start_helpers(2) == 2
+    pids = [h.pid for h in helped._helpers]
+    try:
+        assert read_all(helped) == want
+        assert helped.helped_pages > size // 8192 // 3
+        os.kill(pids[0], signal.SIGKILL)
+        assert read_all(helped) == want  # read again: new windows, one helper gone
+        assert [h.pid for h in helped._helpers] == pids[1:]
+    finally:
+        helped.close_helpers()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)

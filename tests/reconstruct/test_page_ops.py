@@ -225,3 +225,88 @@ def test_checksum_of_known_page_pure_python_equals_numpy() -> None:
     c1 = po.pg_checksum_page(page, 7)
     assert c1 == checksum_page_py(bytes(page), 7)
     assert po.pg_checksum_page(page, 8) != c1
+
+
+def _reference_repair_fragmentation(page: bytearray) -> None:
+    """PageRepairFragmentation pointer by pointer, as bufpage.c reads: the
+    reference the array version in page_ops must equal byte for byte."""
+    lower, upper, special = po.check_pointers(page)
+    nline = po.page_get_max_offset(page)
+    words = po.line_pointers(page, nline)
+    items: list[tuple[int, int, int]] = []
+    nunused = totallen = 0
+    finalusedlp = 0
+    for i, w in enumerate(words):
+        if (w >> 15) & 0x3 != po.LP_UNUSED:
+            ln = w >> 17
+            if ln != 0:
+                off = w & 0x7FFF
+                if off < upper or off >= special:
+                    raise RedoError(f"corrupted line pointer: {off}")
+                alen = (ln + 7) & ~7
+                totallen += alen
+                items.append((i, off, alen))
+            finalusedlp = i + 1
+        else:
+            words[i] = 0
+            nunused += 1
+    if not items:
+        po.set_upper(page, special)
+    else:
+        if totallen > special - lower:
+            raise RedoError("corrupted item lengths")
+        src = bytes(page)
+        top = special
+        for idx, itemoff, alen in items:  # packed from pd_special down, lp order
+            top -= alen
+            page[top:top + alen] = src[itemoff:itemoff + alen]
+            words[idx] = (words[idx] & ~0x7FFF) | top
+        po.set_upper(page, top)
+    if nline:
+        po.store_line_pointers(page, words)
+    if finalusedlp != nline:
+        nunused -= nline - finalusedlp
+        po.set_lower(page, po.get_lower(page) - po.ITEM_ID_SIZE * (nline - finalusedlp))
+    if nunused > 0:
+        po.page_set_has_free_line_pointers(page)
+    else:
+        po.page_clear_has_free_line_pointers(page)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_repair_fragmentation_equals_the_pointer_by_pointer_reference(seed: int) -> None:
+    """Random heap pages after random prunes (dead, unused, redirected, shortened
+    items; line pointers swapped so items are not in offset order): the array
+    version leaves exactly the bytes the reference leaves."""
+    import random
+
+    rnd = random.Random(seed)
+    page = po.new_page()
+    n = rnd.randrange(1, 120)
+    for i in range(n):
+        if po.page_add_item(page, bytes([i % 251 + 1]) * rnd.randrange(1, 90)) == 0:
+            break
+    nline = po.page_get_max_offset(page)
+    if seed % 5 == 0 and nline > 2:  # items out of offset order
+        a, b = rnd.sample(range(1, nline + 1), 2)
+        (oa, _fa, la), (ob, _fb, lb) = po.item_id(page, a), po.item_id(page, b)
+        po.item_id_set_normal(page, a, ob, lb)
+        po.item_id_set_normal(page, b, oa, la)
+    for i in range(1, nline + 1):
+        r = rnd.random()
+        if r < 0.1:
+            po.item_id_set_unused(page, i)
+        elif r < 0.2:  # unused, its old offset and length still in the word
+            off, _flags, ln = po.item_id(page, i)
+            po.set_item_id(page, i, off, po.LP_UNUSED, ln)
+        elif r < 0.3:
+            po.item_id_set_dead(page, i)
+        elif r < 0.35:
+            po.item_id_set_redirect(page, i, rnd.randrange(1, nline + 1))
+    if seed % 3 == 0:  # everything after the first unused: a trimmed tail
+        for i in range(max(1, nline - rnd.randrange(0, 4)), nline + 1):
+            po.item_id_set_unused(page, i)
+    want = bytearray(page)
+    _reference_repair_fragmentation(want)
+    po.page_repair_fragmentation(page)
+    assert page == want

@@ -1,7 +1,7 @@
 """The lazy data directory at LSN X: a FUSE file system in a process of its own.
 
     python -m strata.historical.lazyfs --store DIR --lsn X --overlay DIR --mount DIR
-        [--invalid-index-ams hash,gin,...] [--log FILE]
+        [--invalid-index-ams hash,gin,...] [--log FILE] [--helpers N]
     python -m strata.historical.lazyfs --wait-args [--for DIR] [--open STORE]
         (a spare: the arguments above arrive later as one JSON list on stdin, its
         imports already done, the redo modules too once it has waited
@@ -26,7 +26,10 @@ The tree is the overlay directory plus the relation segment files of
     are there); a deleted one is hidden; every other file lives in the
     overlay, created with the owner of the calling process (the server user);
   * a store error while rebuilding a page answers EIO (PostgreSQL: "could
-    not read blocks ..."), never a wrong page.
+    not read blocks ..."), never a wrong page;
+  * long sequential windows are rebuilt by this process and `--helpers`
+    forked helper processes together (`lazyview.LazyView.start_helpers`):
+    they die with this process.
 Binding: pyfuse3 (see `strata.historical.lazy` for why).
 """
 
@@ -50,7 +53,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from strata.historical.lazyview import LazyView
+from strata.historical.lazyview import LazyView, default_helpers
 from strata.historical.source import BLCKSZ
 
 if TYPE_CHECKING:
@@ -442,6 +445,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--mount", required=True, type=Path)
     ap.add_argument("--invalid-index-ams", default="")
     ap.add_argument("--log", type=Path, default=None)
+    ap.add_argument("--helpers", type=int, default=None,
+                    help="readahead helper processes (default: one per core beyond the "
+                         "first, at most 3; 0: none)")
     return ap.parse_args(argv)
 
 
@@ -490,17 +496,22 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.flush()
             sys.stdout.close()
 
+    view: LazyView | None = None
     try:
         store = _open_store(args.store, pre)
         source = StoreView(store, args.lsn)
         cf = parse_control(source.control_template())
         view = LazyView(source, cf.catalog_version_dir, cf.relseg_size,
                         tuple(a for a in args.invalid_index_ams.split(",") if a))
+        # forked before the FUSE session and any thread: they inherit neither
+        view.start_helpers(default_helpers() if args.helpers is None else args.helpers)
         fs = LazyFS(view, args.overlay)
         options = set(pyfuse3.default_options) | {
             f"fsname={FSNAME}", f"subtype={SUBTYPE}", "allow_other", "default_permissions"}
         pyfuse3.init(fs, str(args.mount), options)
     except BaseException as e:
+        if view is not None:
+            view.close_helpers()
         log.exception("lazy file system at %s did not start", args.lsn)
         ready(f"error: {e}")
         sys.exit(1)
@@ -511,6 +522,7 @@ def main(argv: list[str] | None = None) -> None:
         trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=False)
+        view.close_helpers()
         store.close()
 
 

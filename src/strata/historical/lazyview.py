@@ -12,11 +12,24 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
   [a, a + window): the window doubles while a file is read sequentially (up to
   `max_window` blocks) and is b - a otherwise, so a full scan is a few range
   scans, not one GetPage per page. Pages beyond the request wait in the cache.
+  "Sequentially" means: the first block not in the cache lies within
+  `SEQ_SLACK` blocks of the frontier of one of the fork's last `MAX_STREAMS`
+  streams. A parallel sequential scan's processes take chunks of one file in
+  turn and their reads arrive out of order: one stream, not a random reader.
 * `prefetch_catalogs` rebuilds the system catalogs' pages in a thread while
   the server starts (its first connection reads many of them); it pauses
   while the server's own reads come in.
 * Every non-new page gets its checksum (pg_control says checksums are on);
   pg_class / pg_index pages are patched first (`catalog_patch`).
+* Readahead uses the other cores: `start_helpers(n)` forks n helper processes
+  (before the file system starts: no thread, no FUSE descriptor is inherited)
+  that share the view as it was at the fork (the store's open layer files, the
+  LSN). A window of at least `SPLIT_MIN` blocks is cut into n + 1 parts: the
+  helpers rebuild theirs (pages, patches, checksums) while this process
+  rebuilds the first, and the pages come back over a pipe. A helper that fails
+  or dies is dropped and its part rebuilt here (so a store error is reported
+  by this process, as without helpers); a helper exits when the pipe closes
+  (this process gone, even by kill -9) and at `close_helpers`.
 * A block the store has no value for is a zero page (a hole), as in
   materialize. A relation with WAL of an index AM without redo
   (`store_view.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
@@ -26,11 +39,18 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import itertools
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from strata.errors import UnsupportedRecordError
@@ -49,6 +69,25 @@ _ZERO = bytes(BLCKSZ)
 FIRST_NORMAL_OBJECT_ID = 16384  # relfilenumbers below: system catalogs of initdb
 _TEMPLATE_DBS = (1, 4)  # template1, template0
 _YIELD_SECONDS = 0.02  # prefetching pauses while the server read this recently
+SPLIT_MIN = 64  # blocks: a window at least this long is shared with the helpers
+_PR_SET_PDEATHSIG = 1
+
+
+def default_helpers() -> int:
+    """Helper processes per lazy file system: $STRATA_LAZY_HELPERS if set, else one
+    per core beyond the first, at most 3."""
+    env = os.environ.get("STRATA_LAZY_HELPERS", "").strip()
+    if env.isdigit():
+        return int(env)
+    return max(0, min(3, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class _Helper:
+    """One forked readahead helper: its pid and this process's end of its pipe."""
+
+    pid: int
+    conn: Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +104,16 @@ class SegmentFile:
         return self.nblocks * BLCKSZ
 
 
+SEQ_SLACK = 64  # blocks: a miss this close to a stream's frontier continues the stream
+MAX_STREAMS = 8  # streams followed per fork
+
+
 @dataclass
 class _Stream:
-    """Sequential-read detection for one fork."""
+    """One sequential reader of a fork: the end of the last window it had rebuilt
+    (its frontier) and that window's length."""
 
-    next_blk: int = -1
+    ahead: int = 0
     window: int = 0
 
 
@@ -86,11 +130,13 @@ class LazyView:
     cache_pages: int = 8192  # at most 64 MB of pages rebuilt ahead and not read yet
     files: dict[str, SegmentFile] = field(default_factory=dict)
     _cache: OrderedDict[tuple[int, int, int, int, int], bytes] = field(default_factory=OrderedDict)
-    _streams: dict[tuple[int, int, int, int], _Stream] = field(default_factory=dict)
+    _streams: dict[tuple[int, int, int, int], list[_Stream]] = field(default_factory=dict)
     _facts: dict[tuple[int, int], CatalogFacts | None] = field(default_factory=dict)
     _unsupported: set[tuple[int, int, int, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self._helpers: list[_Helper] = []
+        self.helped_pages = 0  # pages the helpers rebuilt
         self._am_oids = am_oids(self.invalid_index_ams)
         self._lock = threading.Lock()
         self._last_read = 0.0
@@ -161,28 +207,119 @@ class LazyView:
                 self._fetch(f, blk, first + count)
                 page = self._cache.pop((*fid, blk))
             out.append(page)
-        st = self._streams.setdefault(fid, _Stream())
-        st.next_blk = first + count
         return out
 
     def _fetch(self, f: ServedFork, blk: int, want_end: int) -> None:
-        fid = (f.spc, f.db, f.rel, f.fork)
-        st = self._streams.setdefault(fid, _Stream())
-        if st.next_blk == blk:  # sequential: read further ahead each time
+        streams = self._streams.setdefault((f.spc, f.db, f.rel, f.fork), [])
+        st = next((s for s in streams if abs(blk - s.ahead) <= SEQ_SLACK), None)
+        if st is not None:  # sequential: read further ahead each time
             st.window = min(self.max_window, max(2 * st.window, want_end - blk, 16))
         else:
-            st.window = want_end - blk
-        self._fill(f, blk, min(f.nblocks, max(want_end, blk + st.window)))
+            st = _Stream(window=want_end - blk)
+            streams.append(st)
+            del streams[:-MAX_STREAMS]
+        # a miss just past the frontier: the blocks between are the stream's too
+        start = st.ahead if 0 < st.ahead <= blk else blk
+        end = min(f.nblocks, max(want_end, blk + st.window))
+        st.ahead = max(st.ahead, end)
+        self._fill(f, start, end)
 
     def _fill(self, f: ServedFork, blk: int, end: int) -> None:
         fid = (f.spc, f.db, f.rel, f.fork)
-        got = self._rebuild(f, blk, end)
-        buf = bytearray(b"".join(got))
-        set_checksums(buf, list(range(blk, end)))
+        buf = self._built_shared(f, blk, end) if self._helpers else self._built(f, blk, end)
         for i in range(end - blk):
             self._cache[(*fid, blk + i)] = bytes(buf[i * BLCKSZ:(i + 1) * BLCKSZ])
         while len(self._cache) > self.cache_pages:
             self._cache.popitem(last=False)
+
+    def _built(self, f: ServedFork, blk: int, end: int) -> bytearray:
+        """Blocks [blk, end) of `f` as served: rebuilt, patched, checksummed."""
+        buf = bytearray(b"".join(self._rebuild(f, blk, end)))
+        set_checksums(buf, list(range(blk, end)))
+        return buf
+
+    def _built_shared(self, f: ServedFork, blk: int, end: int) -> bytearray:
+        """`_built`, the work cut in parts between this process and the helpers."""
+        n = end - blk
+        if n < SPLIT_MIN:
+            return self._built(f, blk, end)
+        helpers = list(self._helpers)
+        parts = len(helpers) + 1
+        cuts = [blk + n * i // parts for i in range(parts + 1)]
+        ranges = list(itertools.pairwise(cuts))
+        asked: list[tuple[_Helper | None, int, int]] = []  # None: rebuilt here
+        for h, (a, b) in zip(helpers, ranges[1:], strict=True):
+            try:
+                h.conn.send((f, a, b))
+                asked.append((h, a, b))
+            except OSError:
+                self._drop_helper(h, "its pipe is closed")
+                asked.append((None, a, b))
+        out = self._built(f, *ranges[0])
+        for helper, a, b in asked:
+            part: bytes | None = None
+            if helper is not None:
+                try:
+                    reply = helper.conn.recv_bytes()
+                    if reply[:1] == b"+" and len(reply) == 1 + (b - a) * BLCKSZ:
+                        part = reply[1:]
+                        self.helped_pages += b - a
+                    else:
+                        self._drop_helper(helper, reply[1:].decode(errors="replace"))
+                except (OSError, EOFError) as e:
+                    self._drop_helper(helper, f"it is gone ({e!r})")
+            out += part if part is not None else self._built(f, a, b)
+        return out
+
+    def start_helpers(self, n: int) -> int:
+        """Fork `n` readahead helpers (module docstring). Call before any thread or
+        the FUSE session starts. Returns: helpers running."""
+        for _ in range(n):
+            mine, theirs = multiprocessing.Pipe()
+            pid = os.fork()
+            if pid == 0:  # the helper
+                code = 1
+                try:
+                    mine.close()
+                    for h in self._helpers:  # the pipes of helpers forked before
+                        h.conn.close()
+                    self._helpers = []
+                    _detach_helper()
+                    self._serve_helper(theirs)
+                    code = 0
+                finally:
+                    os._exit(code)
+            theirs.close()
+            self._helpers.append(_Helper(pid, mine))
+        return len(self._helpers)
+
+    def _serve_helper(self, conn: Connection) -> None:
+        """A helper's loop: (fork, first, end) in, b"+" and the pages (or b"-" and
+        the error) out, until the pipe closes."""
+        while True:
+            try:
+                f, a, b = conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                reply = b"+" + bytes(self._built(f, a, b))
+            except Exception as e:  # this process's caller rebuilds it and reports
+                reply = b"-" + f"{type(e).__name__}: {e}".encode()
+            try:
+                conn.send_bytes(reply)
+            except OSError:
+                return
+
+    def _drop_helper(self, h: _Helper, why: str) -> None:
+        log.warning("readahead helper %d dropped (its part is rebuilt here): %s", h.pid, why)
+        self._helpers.remove(h)
+        _end_helper(h)
+
+    def close_helpers(self) -> None:
+        """Stop every helper (its pipe closes; it exits) and reap it."""
+        helpers, self._helpers = self._helpers, []
+        for h in helpers:
+            _end_helper(h)
 
     def _rebuild(self, f: ServedFork, start: int, end: int) -> list[bytes]:
         pages = [_ZERO] * (end - start)
@@ -208,3 +345,32 @@ class LazyView:
         if (spc, db) not in self._facts:
             self._facts[(spc, db)] = facts_of(self.source, spc, db, self._am_oids)
         return self._facts[(spc, db)]
+
+
+def _detach_helper() -> None:
+    """In a helper: stdin and stdout to /dev/null (stdout is the file system's
+    "ready" pipe to its starter: it must see that pipe close with the file
+    system), and SIGKILL when the file system process dies (Linux), on top of the
+    pipe's EOF."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _end_helper(h: _Helper) -> None:
+    with contextlib.suppress(OSError):
+        h.conn.close()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(h.pid, os.WNOHANG)[0] != 0:
+                return
+        time.sleep(0.01)
+    with contextlib.suppress(OSError):
+        os.kill(h.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(h.pid, 0)
