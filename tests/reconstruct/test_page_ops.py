@@ -91,6 +91,16 @@ def _fragmented_page() -> bytearray:
     return page
 
 
+@pytest.fixture(params=["compiled", "python"])
+def repair(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a test with the compiled PageRepairFragmentation and with the reference."""
+    if request.param == "python":
+        monkeypatch.setattr(po, "_compiled_repair", None)
+    elif po._compiled_repair is None:
+        pytest.fail("the compiled page operations are not built (python setup.py build_ext --inplace)")
+
+
+@pytest.mark.usefixtures("repair")
 def test_repair_fragmentation_compacts_in_offset_order_and_trims_unused_tail() -> None:
     page = _fragmented_page()
     po.item_id_set_dead(page, 2)          # no storage
@@ -110,6 +120,7 @@ def test_repair_fragmentation_compacts_in_offset_order_and_trims_unused_tail() -
     assert po.item_id(page, 5) == (3, po.LP_REDIRECT, 0)
 
 
+@pytest.mark.usefixtures("repair")
 def test_repair_fragmentation_unsorted_items_are_packed_in_line_pointer_order() -> None:
     page = po.new_page()
     po.page_add_item(page, b"A" * 16)
@@ -126,11 +137,20 @@ def test_repair_fragmentation_unsorted_items_are_packed_in_line_pointer_order() 
     assert po.item_offset(page, 3) == 8192 - 32 and po.get_item(page, 3) == b"A" * 16
 
 
-def test_repair_fragmentation_rejects_corrupt_pointers() -> None:
+@pytest.mark.usefixtures("repair")
+def test_repair_fragmentation_rejects_corrupt_pointers_and_leaves_the_page() -> None:
     page = po.new_page()
     po.set_lower(page, 9000)
-    with pytest.raises(RedoError):
+    with pytest.raises(RedoError, match="corrupted page pointers"):
         po.page_repair_fragmentation(page)
+    page = po.new_page()
+    po.page_add_item(page, b"A" * 16)
+    po.page_add_item(page, b"B" * 16)
+    po.item_id_set_normal(page, 2, 100, 16)  # below pd_upper
+    before = bytes(page)
+    with pytest.raises(RedoError, match="corrupted line pointer: 100"):
+        po.page_repair_fragmentation(page)
+    assert bytes(page) == before
 
 
 def test_truncate_line_pointer_array_keeps_first_and_sets_hint() -> None:
@@ -227,57 +247,11 @@ def test_checksum_of_known_page_pure_python_equals_numpy() -> None:
     assert po.pg_checksum_page(page, 8) != c1
 
 
-def _reference_repair_fragmentation(page: bytearray) -> None:
-    """PageRepairFragmentation pointer by pointer, as bufpage.c reads: the
-    reference the array version in page_ops must equal byte for byte."""
-    lower, upper, special = po.check_pointers(page)
-    nline = po.page_get_max_offset(page)
-    words = po.line_pointers(page, nline)
-    items: list[tuple[int, int, int]] = []
-    nunused = totallen = 0
-    finalusedlp = 0
-    for i, w in enumerate(words):
-        if (w >> 15) & 0x3 != po.LP_UNUSED:
-            ln = w >> 17
-            if ln != 0:
-                off = w & 0x7FFF
-                if off < upper or off >= special:
-                    raise RedoError(f"corrupted line pointer: {off}")
-                alen = (ln + 7) & ~7
-                totallen += alen
-                items.append((i, off, alen))
-            finalusedlp = i + 1
-        else:
-            words[i] = 0
-            nunused += 1
-    if not items:
-        po.set_upper(page, special)
-    else:
-        if totallen > special - lower:
-            raise RedoError("corrupted item lengths")
-        src = bytes(page)
-        top = special
-        for idx, itemoff, alen in items:  # packed from pd_special down, lp order
-            top -= alen
-            page[top:top + alen] = src[itemoff:itemoff + alen]
-            words[idx] = (words[idx] & ~0x7FFF) | top
-        po.set_upper(page, top)
-    if nline:
-        po.store_line_pointers(page, words)
-    if finalusedlp != nline:
-        nunused -= nline - finalusedlp
-        po.set_lower(page, po.get_lower(page) - po.ITEM_ID_SIZE * (nline - finalusedlp))
-    if nunused > 0:
-        po.page_set_has_free_line_pointers(page)
-    else:
-        po.page_clear_has_free_line_pointers(page)
-
-
 @pytest.mark.parametrize("seed", range(40))
-def test_repair_fragmentation_equals_the_pointer_by_pointer_reference(seed: int) -> None:
-    """Random heap pages after random prunes (dead, unused, redirected, shortened
-    items; line pointers swapped so items are not in offset order): the array
-    version leaves exactly the bytes the reference leaves."""
+def test_compiled_repair_fragmentation_equals_the_python_reference(seed: int) -> None:
+    """Random heap pages after random prunes (dead, unused, redirected items,
+    unused ones with stale offsets; line pointers swapped so items are not in
+    offset order): `_pagec` leaves exactly the bytes the reference leaves."""
     import random
 
     rnd = random.Random(seed)
@@ -306,7 +280,9 @@ def test_repair_fragmentation_equals_the_pointer_by_pointer_reference(seed: int)
     if seed % 3 == 0:  # everything after the first unused: a trimmed tail
         for i in range(max(1, nline - rnd.randrange(0, 4)), nline + 1):
             po.item_id_set_unused(page, i)
+    if po._compiled_repair is None:
+        pytest.fail("the compiled page operations are not built (python setup.py build_ext --inplace)")
     want = bytearray(page)
-    _reference_repair_fragmentation(want)
-    po.page_repair_fragmentation(page)
+    po.repair_fragmentation_python(want)
+    assert po._compiled_repair(page) is None
     assert page == want

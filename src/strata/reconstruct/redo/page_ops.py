@@ -43,14 +43,17 @@ PostgreSQL would ERROR/PANIC.
 
 from __future__ import annotations
 
+import logging
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from strata.errors import RedoError
 from strata.pg.checksum import checksum_page
 from strata.pg.constants import BLCKSZ
 from strata.pg.structs import U16, U32
+
+log = logging.getLogger(__name__)
 
 MAXIMUM_ALIGNOF = 8
 SIZE_OF_PAGE_HEADER = 24
@@ -412,9 +415,36 @@ def store_line_pointers(page: bytearray, words: Sequence[int]) -> None:
     struct.pack_into(f"<{len(words)}I", page, SIZE_OF_PAGE_HEADER, *words)
 
 
+def _load_compiled() -> Callable[[bytearray], str | None] | None:
+    try:
+        from strata.reconstruct.redo import _pagec  # type: ignore[attr-defined]
+    except ImportError:
+        log.warning("the compiled page operations (strata.reconstruct.redo._pagec) are not "
+                    "built: pages are rebuilt with the pure-Python ones, slower")
+        return None
+    return _pagec.repair_fragmentation  # type: ignore[no-any-return]
+
+
+_compiled_repair = _load_compiled()
+
+
 def page_repair_fragmentation(page: bytearray) -> None:
     """PageRepairFragmentation: compact tuple storage, zero unused line
-    pointers, drop trailing unused ones, and set/clear PD_HAS_FREE_LINES."""
+    pointers, drop trailing unused ones, and set/clear PD_HAS_FREE_LINES.
+    Compiled (`_pagec.c`) when built; `repair_fragmentation_python` is the
+    reference it equals byte for byte.
+
+    Raises: RedoError on corrupt pointers or lengths (the page unchanged)."""
+    if _compiled_repair is not None and len(page) == BLCKSZ:
+        err = _compiled_repair(page)
+        if err is not None:
+            raise RedoError(err)
+        return
+    repair_fragmentation_python(page)
+
+
+def repair_fragmentation_python(page: bytearray) -> None:
+    """`page_repair_fragmentation` in Python: the reference."""
     lower, upper, special = check_pointers(page)
     nline = page_get_max_offset(page)
     words = line_pointers(page, nline)
