@@ -93,10 +93,11 @@ def _fragmented_page() -> bytearray:
 
 @pytest.fixture(params=["compiled", "python"])
 def repair(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run a test with the compiled PageRepairFragmentation and with the reference."""
+    """Run a test with the compiled page operations (_pagec) and with the references."""
     if request.param == "python":
         monkeypatch.setattr(po, "_compiled_repair", None)
-    elif po._compiled_repair is None:
+        monkeypatch.setattr(it, "_compiled_multi_delete", None)
+    elif po.pagec is None:
         pytest.fail("the compiled page operations are not built (python setup.py build_ext --inplace)")
 
 
@@ -187,6 +188,7 @@ def test_index_tuple_delete_closes_both_gaps() -> None:
     assert po.item_offset(page, 1) == 8192 - 16
 
 
+@pytest.mark.usefixtures("repair")
 def test_index_multi_delete_renumbers_and_compacts() -> None:
     page = _fragmented_page()
     items = {i: po.get_item(page, i) for i in range(1, 7)}
@@ -194,8 +196,33 @@ def test_index_multi_delete_renumbers_and_compacts() -> None:
     assert [po.get_item(page, i) for i in range(1, 4)] == [items[2], items[4], items[6]]
     assert po.item_offset(page, 1) == 8192 - po.maxalign(19)
     assert po.get_upper(page) == 8192 - sum(po.maxalign(8 * i + 3) for i in (2, 4, 6))
-    with pytest.raises(RedoError):
+    before = bytes(page)
+    with pytest.raises(RedoError, match="incorrect index offsets supplied"):
         it.page_index_multi_delete(page, [1, 2, 9])
+    assert bytes(page) == before
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_compiled_index_multi_delete_equals_the_python_reference(seed: int) -> None:
+    """Random index pages (items in insertion order, some moved by earlier deletes),
+    random ascending sets of more than two items: `_pagec` leaves exactly the
+    bytes `page_index_multi_delete_python` leaves."""
+    import random
+
+    if it._compiled_multi_delete is None:
+        pytest.fail("the compiled page operations are not built (python setup.py build_ext --inplace)")
+    rnd = random.Random(seed)
+    page = po.new_page()
+    for i in range(rnd.randrange(4, 200)):
+        if po.page_add_item(page, bytes([i % 251 + 1]) * (8 * rnd.randrange(1, 6))) == 0:
+            break
+    it.page_index_tuple_delete(page, rnd.randrange(1, po.page_get_max_offset(page) + 1))
+    nline = po.page_get_max_offset(page)
+    itemnos = sorted(rnd.sample(range(1, nline + 1), rnd.randrange(3, nline + 1)))
+    want = bytearray(page)
+    it.page_index_multi_delete_python(want, itemnos)
+    assert it._compiled_multi_delete(page, itemnos) is None
+    assert page == want
 
 
 def test_index_multi_delete_two_items_uses_single_deletes() -> None:

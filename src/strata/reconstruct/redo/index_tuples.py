@@ -11,10 +11,12 @@ Raises: RedoError where PostgreSQL would ERROR on a corrupted page.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from strata.errors import RedoError
+from strata.pg.constants import BLCKSZ
 from strata.pg.structs import U32
+from strata.reconstruct.redo import page_ops
 from strata.reconstruct.redo.page_ops import (
     ITEM_ID_SIZE,
     SIZE_OF_PAGE_HEADER,
@@ -76,14 +78,32 @@ def page_index_tuple_delete(page: bytearray, offnum: int) -> None:
         _shift_lp_offsets(page, page_get_max_offset(page), off, size, only_storage=False)
 
 
+_compiled_multi_delete: Callable[[bytearray, Sequence[int]], str | None] | None = (
+    None if page_ops.pagec is None else page_ops.pagec.index_multi_delete)
+
+
 def page_index_multi_delete(page: bytearray, itemnos: Sequence[int]) -> None:
     """PageIndexMultiDelete: `itemnos` sorted ascending; remaining line
-    pointers are renumbered and storage compacted (compactify_tuples)."""
-    nitems = len(itemnos)
-    if nitems <= 2:
+    pointers are renumbered and storage compacted (compactify_tuples).
+    Compiled (`_pagec.c`) when built; `page_index_multi_delete_python` is the
+    reference it equals byte for byte.
+
+    Raises: RedoError on corrupt pointers or offsets (the page unchanged)."""
+    if len(itemnos) <= 2:
         for o in reversed(itemnos):
             page_index_tuple_delete(page, o)
         return
+    if _compiled_multi_delete is not None and len(page) == BLCKSZ:
+        err = _compiled_multi_delete(page, itemnos)
+        if err is not None:
+            raise RedoError(err)
+        return
+    page_index_multi_delete_python(page, itemnos)
+
+
+def page_index_multi_delete_python(page: bytearray, itemnos: Sequence[int]) -> None:
+    """`page_index_multi_delete` of more than two items in Python: the reference."""
+    nitems = len(itemnos)
     lower, upper, special = check_pointers(page)
     nline = page_get_max_offset(page)
     words = line_pointers(page, nline)

@@ -47,6 +47,7 @@ import logging
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from strata.errors import RedoError
 from strata.pg.checksum import checksum_page
@@ -415,17 +416,20 @@ def store_line_pointers(page: bytearray, words: Sequence[int]) -> None:
     struct.pack_into(f"<{len(words)}I", page, SIZE_OF_PAGE_HEADER, *words)
 
 
-def _load_compiled() -> Callable[[bytearray], str | None] | None:
+def _load_compiled() -> Any:
+    """`_pagec` (see _pagec.c), or None when it is not built (said once)."""
     try:
         from strata.reconstruct.redo import _pagec  # type: ignore[attr-defined]
     except ImportError:
         log.warning("the compiled page operations (strata.reconstruct.redo._pagec) are not "
                     "built: pages are rebuilt with the pure-Python ones, slower")
         return None
-    return _pagec.repair_fragmentation  # type: ignore[no-any-return]
+    return _pagec
 
 
-_compiled_repair = _load_compiled()
+pagec = _load_compiled()
+_compiled_repair: Callable[[bytearray], str | None] | None = (
+    None if pagec is None else pagec.repair_fragmentation)
 
 
 def page_repair_fragmentation(page: bytearray) -> None:
