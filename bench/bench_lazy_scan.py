@@ -1,0 +1,134 @@
+"""A cold full scan in the past through a lazy server: readahead helpers on and off.
+
+Usage: python bench/bench_lazy_scan.py [--scale 10] [--history 60] [--rounds 2]
+       [--helpers 0 1] [--keep DIR] [--json out.json]
+
+Builds (or, with --keep DIR holding one, reuses) a store: a primary at pgbench
+scale `--scale`, `strata up --source` attached, `pgbench -c4 -j2 -T history`,
+strata stopped after it caught up; the target is the primary's WAL position at
+the end of the history. Then, for each round and each helper count in turn
+(`STRATA_LAZY_HELPERS`, alternated so the machine's noise spreads over all):
+a lazy server at the target from the stopped store (a spare file system that
+opened the store, as in a running daemon), and the time from asking for it to
+the first row of `SELECT count(*) FROM pgbench_accounts` (a cold full scan:
+every page rebuilt on first read), then the same scan twice more (warm: the
+kernel's page cache). The live scan is on the primary itself before it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_proxy import StrataUp, pgbench
+from bench_timetravel import COUNT_SQL, scan_seconds, timed_first_row
+from strata.historical.modes import make_factory
+from strata.lsn import Lsn
+from strata.pagestore import PageStore
+from strata.reconstruct.reconstruct import reconstruct_value
+from strata.runtime.cluster import Cluster
+
+ROOT = Path("/tmp/strata-bench")
+
+
+def build(keep: Path, scale: int, history: int) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="lazyscan-", dir=ROOT))
+    base.chmod(0o755)
+    c = Cluster(datadir=base / "data")
+    c.initdb(settings={"shared_buffers": "256MB", "max_connections": 200})
+    c.start()
+    try:
+        pgbench(c.port, ["-i", "-q", "-s", str(scale)])
+        s = StrataUp(base, c)
+        pgbench(c.port, ["-c", "4", "-j", "2", "-T", str(history)])
+        lsn = c.sql("SELECT pg_current_wal_lsn()")[0][0]
+        live = scan_seconds(c.dsn())
+        time.sleep(5)  # strata catches up and flushes (idle flush)
+        s.close()
+    finally:
+        c.stop("immediate")
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(base / "home"), str(keep / "home"))
+    info = {"lsn": str(lsn), "scale": scale, "history_s": history, "live_scan_s": live}
+    (keep / "info.json").write_text(json.dumps(info))
+    shutil.rmtree(base, ignore_errors=True)
+    return info
+
+
+def one(home: Path, lsn: Lsn, helpers: int) -> dict[str, Any]:
+    os.environ["STRATA_LAZY_HELPERS"] = str(helpers)  # the spare file system inherits it
+    store = PageStore.open(home / "layers", reconstruct_value, background=False)
+    work = Path(tempfile.mkdtemp(prefix="lazyrun-", dir=ROOT))
+    work.chmod(0o755)
+    factory = make_factory(store, home / "layers", mode="lazy", instances_root=work / "instances")
+    try:
+        time.sleep(4)  # the spare has opened the store (lazyfs.PREOPEN_AFTER, then the open)
+        inst, t, val, started = timed_first_row(factory, lsn, work / "c", COUNT_SQL)
+        warm = scan_seconds(inst.dsn())
+        inst.remove()
+    finally:
+        factory.close()
+        store.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"helpers": helpers, "count_first_row_s": t, "start_s": started, "count": val,
+            "warm_scan_s": warm}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--history", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--helpers", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--keep", type=Path, help="reuse / keep the built store here")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    ROOT.mkdir(parents=True, exist_ok=True)
+    keep = args.keep or Path(tempfile.mkdtemp(prefix="lazyscan-keep-", dir=ROOT))
+    res: dict[str, Any] = {"load_start": os.getloadavg(), "runs": []}
+    try:
+        if (keep / "info.json").exists():
+            info = json.loads((keep / "info.json").read_text())
+        else:
+            info = build(keep, args.scale, args.history)
+        res["store"] = info
+        lsn = Lsn.parse(info["lsn"])
+        for _ in range(args.rounds):
+            for h in args.helpers:
+                r = one(keep / "home", lsn, h)
+                r["load"] = os.getloadavg()
+                res["runs"].append(r)
+                print(f"helpers {h}: count(*) first row {r['count_first_row_s']:.2f} s "
+                      f"(server start {r['start_s']:.2f} s), warm {r['warm_scan_s'][-1]:.2f} s, "
+                      f"load {r['load'][0]:.2f}", flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(keep, ignore_errors=True)
+    res["load_end"] = os.getloadavg()
+    live = min(info["live_scan_s"])
+    print(f"\nscale {info['scale']}, {info['history_s']} s of pgbench history; live scan "
+          f"(warm, primary) {live:.2f} s")
+    print("| helpers | count(*) first row, cold (median) | / live scan | warm scan |")
+    print("|---:|---:|---:|---:|")
+    for h in args.helpers:
+        rs = [r for r in res["runs"] if r["helpers"] == h]
+        cold = statistics.median(r["count_first_row_s"] for r in rs)
+        warm = statistics.median(r["warm_scan_s"][-1] for r in rs)
+        each = ", ".join(f"{r['count_first_row_s']:.2f}" for r in rs)
+        print(f"| {h} | {cold:.2f} s ({each}) | {cold / live:.0f}x | {warm:.2f} s |")
+    print(f"\nload average start {res['load_start']}, end {res['load_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
