@@ -74,7 +74,35 @@ def in_new_db(body: Callable[[Cluster, str], None]) -> Workload:
     return run
 
 
-def test_heap_dml_records_match_server_pages(wcc_capture: Callable[[Workload], WalCapture]) -> None:
+@pytest.mark.parametrize("impl", ["compiled", "python"])
+def test_heap_dml_records_match_server_pages(wcc_capture: Callable[[Workload], WalCapture],
+                                             impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both heap UPDATE redos (the compiled `_pagec.heap_update` and its Python
+    reference) equal the server's pages; the compiled one took every UPDATE block
+    itself (no fallback to the reference)."""
+    from strata.reconstruct.redo import heap as heap_redo
+
+    calls = {"compiled": 0, "python": 0}
+    compiled, python = heap_redo._compiled_update, heap_redo._update_python
+    if impl == "compiled":
+        if compiled is None:
+            pytest.fail("the compiled page operations are not built (python setup.py build_ext --inplace)")
+
+        def counted(*args: object) -> bool:
+            done = bool(compiled(*args))
+            calls["compiled"] += done
+            return done
+
+        monkeypatch.setattr(heap_redo, "_compiled_update", counted)
+    else:
+        monkeypatch.setattr(heap_redo, "_compiled_update", None)
+
+    def counted_python(*args: object) -> None:
+        calls["python"] += 1
+        python(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(heap_redo, "_update_python", counted_python)
+
     def body(c: Cluster, db: str) -> None:
         run_sql(c, """
             CREATE TABLE t (a int PRIMARY KEY, b text, c int);
@@ -94,6 +122,10 @@ def test_heap_dml_records_match_server_pages(wcc_capture: Callable[[Workload], W
     assert_clean(rep, must_check=[
         "Heap/INSERT", "Heap/INSERT+INIT", "Heap/HOT_UPDATE", "Heap/UPDATE", "Heap/DELETE",
         "Heap/HEAP_CONFIRM", "Heap/INPLACE", "Heap2/PRUNE_ON_ACCESS"])
+    if impl == "compiled":
+        assert calls["compiled"] > 1000 and calls["python"] == 0, calls
+    else:
+        assert calls["python"] > 1000 and calls["compiled"] == 0, calls
 
 
 def test_vacuum_freeze_full_and_cluster_match(wcc_capture: Callable[[Workload], WalCapture]) -> None:

@@ -323,7 +323,28 @@ def _update_old(record: DecodedRecord, page: bytearray, xlrec: h.XlHeapUpdate, h
     return tup
 
 
+_compiled_update = None if page_ops.pagec is None else page_ops.pagec.heap_update
+
+
 def _update(record: DecodedRecord, block: BlockRef, page: bytearray, hot: bool) -> None:
+    """One block of heap_xlog_update: compiled (`_pagec.heap_update`) when built
+    and the page is one it can take, else `_update_python`, its reference (which
+    also raises every error, with the record's LSN)."""
+    if _compiled_update is not None and len(page) == page_ops.BLCKSZ:
+        new = record.block(h.HEAP_UPDATE_BLKREF_HEAP_NEW)
+        if new is not None and block.block_id in (h.HEAP_UPDATE_BLKREF_HEAP_NEW,
+                                                  h.HEAP_UPDATE_BLKREF_HEAP_OLD):
+            same = record.block(h.HEAP_UPDATE_BLKREF_HEAP_OLD) is None
+            init = bool(record.info & h.XLOG_HEAP_INIT_PAGE) and not same
+            data = block.data if block.block_id == h.HEAP_UPDATE_BLKREF_HEAP_NEW else b""
+            if _compiled_update(page, record.main_data, data or b"", block.block_id, same,
+                                init, record.xl_xid, new.blkno, hot):
+                return
+    _update_python(record, block, page, hot)
+
+
+def _update_python(record: DecodedRecord, block: BlockRef, page: bytearray, hot: bool) -> None:
+    """One block of heap_xlog_update in Python: the reference."""
     xlrec = h.XlHeapUpdate.parse(record.main_data)
     old_ref = record.block(h.HEAP_UPDATE_BLKREF_HEAP_OLD)
     newblk = heap_block(record, h.HEAP_UPDATE_BLKREF_HEAP_NEW).blkno
