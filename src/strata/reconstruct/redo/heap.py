@@ -18,6 +18,11 @@ whose bits live on that VM page, the bits PostgreSQL clears (clearing is
 idempotent, so the 18.6 VM_NEW/VM_OLD sharing rules need no special case).
 WAL of older 18.x minors has no VM block reference: their implicit VM clear
 has no block to land on here (the page store keeps no VM; census 5.2).
+
+UPDATE / HOT_UPDATE run compiled (`_pagec.heap_update`) when the extension is
+built: the hot pages of a TPC-B history are rebuilt from thousands of them
+(flush-time chain cuts, lazy reads). `_update_python` is the reference; the
+compiled one leaves every page it doubts to it, so errors are raised here.
 """
 
 from __future__ import annotations
