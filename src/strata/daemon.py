@@ -324,6 +324,14 @@ class Daemon:
             svc = self.services.get(name)
             if svc is not None and not svc.wait(max(0.1, deadline - time.monotonic())):
                 log.warning("the %s service did not stop in time: killed", name)
+                if name == "proxy":
+                    from strata.historical.modes import cleanup_instances
+
+                    # its historical servers and lazy file systems (each with its
+                    # readahead helpers) would outlive it until the next start
+                    left = cleanup_instances(self.layout.instances)
+                    if left:
+                        log.warning("stopped %d historical server(s) the proxy left", len(left))
 
     def _stop_primary(self) -> None:
         assert self.cluster is not None

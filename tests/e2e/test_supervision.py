@@ -146,6 +146,36 @@ def test_a_killed_lazy_file_system_fails_the_query_and_the_next_set_works(
 
 
 @pytest.mark.e2e
+def test_a_proxy_that_cannot_stop_in_time_leaves_no_server_mount_or_helper(
+        scratch_dir: Path) -> None:
+    """SIGTERM while the proxy service is frozen (SIGSTOP: as a proxy too busy to
+    stop within the grace): the daemon kills it, then stops the historical servers
+    and unmounts the lazy file systems it left (their readahead helpers go with
+    them), so nothing outlives `strata up` (CI 2026-12-03 saw a loaded proxy leave
+    one)."""
+    home = scratch_dir / "home"
+    up = StrataUp(home, "--historical", "lazy")
+    try:
+        dsn = up.primary_dsn()
+        proxy = up.proxy_dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 1000)")
+            at = flush_lsn(conn)
+        up.wait_ingested(at)
+        assert _count_at(proxy, at) == (1000, 500500)
+        assert _mounts_under(home), "no lazy file system is mounted"
+        assert [ln for ln in processes_under(home / "instances") if "postgres" in ln]
+        os.kill(_service_pid(home, "proxy"), signal.SIGSTOP)
+        assert up.terminate() == 0
+    finally:
+        up.kill()
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+    assert processes_under(home) == []
+    assert _mounts_under(home) == []
+
+
+@pytest.mark.e2e
 def test_a_service_that_keeps_dying_stops_everything_naming_it(scratch_dir: Path) -> None:
     home = scratch_dir / "home"
     up = StrataUp(home)
