@@ -141,6 +141,10 @@ class StoreReader(_Facade):
 class PageStore(_Facade):
     """See module docstring. Create with `PageStore.open`."""
 
+    # s a background worker sleeps before it looks for work nobody woke it for;
+    # every producer wakes it (`_kick`): this is a safety net, not the schedule
+    WORKER_POLL = 1.0
+
     def __init__(self, store: LayerStore, background: bool) -> None:
         self._store = store
         self._cv = threading.Condition()
@@ -339,7 +343,7 @@ class PageStore(_Facade):
         try:
             while True:
                 with self._cv:
-                    self._cv.wait_for(lambda: self._work_pending or self._stop, timeout=1.0)
+                    self._cv.wait_for(lambda: self._work_pending or self._stop, timeout=self.WORKER_POLL)
                     if self._stop and s.frozen_count() == 0:
                         return
                     self._work_pending = False
@@ -361,7 +365,7 @@ class PageStore(_Facade):
         try:
             while True:
                 with self._cv:
-                    self._cv.wait_for(lambda: self._maint_pending or self._stop, timeout=1.0)
+                    self._cv.wait_for(lambda: self._maint_pending or self._stop, timeout=self.WORKER_POLL)
                     if self._stop:
                         return
                     if not self._maint_pending:

@@ -54,6 +54,16 @@ def _sql_until_stopped(dsn: str, query: str) -> None:
         _sql(dsn, query)
 
 
+def _table_of(up: StrataUp, rows: int) -> Lsn:
+    """CREATE TABLE t (x int) with x = 1..rows on the primary, ingested; its LSN."""
+    with psycopg.connect(up.primary_dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+        conn.execute(f"INSERT INTO t SELECT generate_series(1, {rows})")
+        at = flush_lsn(conn)
+    up.wait_ingested(at)
+    return at
+
+
 def _mounts_under(path: Path) -> list[str]:
     with open("/proc/self/mounts") as f:
         return [line for line in f if str(path) in line]
@@ -67,11 +77,7 @@ def test_killed_services_are_started_again_and_history_answers_the_same(
     try:
         dsn = up.primary_dsn()
         proxy = up.proxy_dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE TABLE t (x int)")
-            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
-            first = flush_lsn(conn)
-        up.wait_ingested(first)
+        first = _table_of(up, 100)
         assert _count_at(proxy, first) == (100, 5050)
 
         # the ingest service: WAL written while it is down is ingested after its restart
@@ -120,13 +126,8 @@ def test_a_killed_lazy_file_system_fails_the_query_and_the_next_set_works(
     home = scratch_dir / "home"
     up = StrataUp(home, "--historical", "lazy")
     try:
-        dsn = up.primary_dsn()
         proxy = up.proxy_dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE TABLE t (x int)")
-            conn.execute("INSERT INTO t SELECT generate_series(1, 100000)")
-            at = flush_lsn(conn)
-        up.wait_ingested(at)
+        at = _table_of(up, 100000)
         with psycopg.connect(proxy, autocommit=True) as conn:
             conn.execute(f"SET strata.travel_lsn = '{at}'")
             fs = [ln for ln in processes_under(home) if "strata.historical.lazyfs" in ln]
@@ -156,13 +157,8 @@ def test_a_proxy_that_cannot_stop_in_time_leaves_no_server_mount_or_helper(
     home = scratch_dir / "home"
     up = StrataUp(home, "--historical", "lazy")
     try:
-        dsn = up.primary_dsn()
         proxy = up.proxy_dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE TABLE t (x int)")
-            conn.execute("INSERT INTO t SELECT generate_series(1, 1000)")
-            at = flush_lsn(conn)
-        up.wait_ingested(at)
+        at = _table_of(up, 1000)
         assert _count_at(proxy, at) == (1000, 500500)
         assert _mounts_under(home), "no lazy file system is mounted"
         assert [ln for ln in processes_under(home / "instances") if "postgres" in ln]

@@ -418,11 +418,11 @@ def test_image_layers_leave_out_keys_whose_redo_fails(store_dir: Path) -> None:
 
 
 def test_a_bounded_stop_flush_wakes_the_worker_instead_of_waiting_for_its_poll(
-        store_dir: Path, tmp_path: Path) -> None:
+        store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`IngestPipeline.finish(flush_seconds)` (the 1 s stop of the ingest service) seals
-    the memtable and must wake the flush worker: the worker otherwise notices frozen
-    work only on its 1 s poll, and a stop gave up before its flush (CI, 2026-12-03).
-    Five rounds at 0.4 s each: a poll-only wake-up passes all five ~1 % of the time."""
+    the memtable and must wake the flush worker: a worker left to notice the work on
+    its own poll made a stop give up before its flush (CI, 2026-12-03). With the poll
+    an hour long, only the wake-up can make the flush happen within the budget."""
     from types import SimpleNamespace
 
     from strata.ingest.pipeline import IngestPipeline
@@ -432,15 +432,16 @@ def test_a_bounded_stop_flush_wakes_the_worker_instead_of_waiting_for_its_poll(
         system_id = None
         finished = True
 
+    monkeypatch.setattr(PageStore, "WORKER_POLL", 3600.0)
     ps = PageStore.open(store_dir, append_redo, TINY, background=True)
     try:
         m, lsn = Model(), 0
-        for _ in range(5):
+        for _ in range(3):
             lsn = fill(ps, m, lsn, 12)
             p = IngestPipeline(Idle(), SimpleNamespace(store=ps, advance=ps.advance),  # type: ignore[arg-type]
                                start=Lsn(lsn), segment_size=1 << 24, slot="s",
                                receiver_file=tmp_path / "receiver.json")
-            assert p.finish(flush_seconds=0.4)
+            assert p.finish(flush_seconds=30)
             assert ps.durable_lsn == lsn
         assert_matches(ps, m, [8, lsn])
     finally:
