@@ -283,3 +283,22 @@ def test_keys_ending_in_zero_bytes_survive_every_path(tmp_path: Path) -> None:
         assert got == {k: v.data for k, _, v in rows}  # type: ignore[union-attr]
         assert all(ps.get_page(k, 20) == v.data for k, _, v in rows)  # type: ignore[union-attr]
     assert KEY_DTYPE.itemsize == 18
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=30), st.data())
+def test_values_in_equals_value_at_per_row_with_one_buffer_or_several(
+        values: list[bytes], data: st.DataObject) -> None:
+    """`values_in` (the read and flush paths' per-chain values) is `value_at` row by
+    row, also after `with_values` has put some rows in a buffer of their own."""
+    rows = [(rk(1, i), 10 + i, WalRecord(v)) for i, v in enumerate(values)]
+    b = batch_of(rows)
+    n = len(b)
+    cut = sorted(data.draw(st.sets(st.integers(0, n - 1))))
+    if cut:
+        b = b.with_values(np.array(cut, dtype=np.int64), 0,
+                          [bytes([i % 256]) * (i % 9 + 1) for i in cut])
+    a = data.draw(st.integers(0, n))
+    z = data.draw(st.integers(a, n))
+    assert b.values_in(a, z) == [b.value_at(i) for i in range(a, z)]
+    assert b.values_in(0, n) == [b.value_at(i) for i in range(n)]

@@ -160,6 +160,16 @@ class TransamIngest:
             return None
         return self._tracker.state.to_bytes()
 
+    def commit_puts(self, xid: int, end_lsn: Lsn) -> list[Put]:
+        """`puts` of a plain commit of `xid` (no subtransactions, relations,
+        invalidations or two-phase: `walingest.plain_commits`) ending at `end_lsn`,
+        without its record: its CLOG status, and the control values if the commit
+        moves the next XID (as `ClusterStateTracker.apply` does for it)."""
+        out = self._status_puts((xid,), XidStatus.COMMITTED)
+        if self._tracker is not None and self._tracker.advance_xid(xid, end_lsn):
+            out.append((Key.cluster(0), self._tracker.state.to_bytes()))
+        return out
+
     def note_lsn(self, end_lsn: Lsn) -> None:
         """Records up to `end_lsn` have been seen (`advance_xid` skips repeated xids)."""
         if self._tracker is not None:

@@ -18,7 +18,9 @@ numpy over columns (`ingest.batched`): block references, sizes and database
 directories of a run of records at once, the records that need interpreting
 (Transaction, Storage, Database, CLOG, MultiXact, RelMap, XLOG other than
 full-page images, Standby, Tablespace) one by one through the reference code,
-in WAL order. Records whose effect depends on the store's contents or shrinks
+in WAL order; except plain commits (`plain_commits`: no subtransactions,
+relations, invalidations, two-phase; most of a TPC-B stream), which are read
+from the columns without building a record object (`_plain_commit`). Records whose effect depends on the store's contents or shrinks
 relations (Storage, Database, a commit or abort that drops relations) split
 the batch: everything before them is handed to the store first. The entries
 of both paths are the same (tests/ingest/test_batched.py). Entries collect in
@@ -119,6 +121,7 @@ _XACT_ENDS = (XLOG_XACT_COMMIT, XLOG_XACT_ABORT, XLOG_XACT_COMMIT_PREPARED,
               XLOG_XACT_ABORT_PREPARED)
 _XINFO_HAS_RELFILELOCATORS = 1 << 2  # xact.h XACT_XINFO_HAS_RELFILELOCATORS
 _XINFO_HAS_INVALS = 1 << 3  # xact.h XACT_XINFO_HAS_INVALS
+_XINFO_PARTS = (1 << 9) - 1  # xact.h XACT_XINFO_HAS_DBINFO .. HAS_DROPPED_STATS
 _KIND_IMAGE = int(ValueKind.PAGE_IMAGE)
 _KIND_TOMBSTONE = int(ValueKind.TOMBSTONE)
 _KIND_RECORD = int(ValueKind.WAL_RECORD)
@@ -154,6 +157,8 @@ class WalIngest:
         self._walk_row = 0
         # catalog record rows of the batch being ingested, for a set of catalogs
         self._hits: tuple[RecordBatch, frozenset[int], np.ndarray] | None = None
+        # rows of the batch being ingested that are plain commits (`plain_commits`)
+        self._plain: set[int] = set()
 
     # -- state from the store (restart) ------------------------------------------------
     def load_state(self, lsn: Lsn) -> None:
@@ -270,11 +275,25 @@ class WalIngest:
                 record.blocks[0].rlocator.rel in self.catalog.relfilenumbers:
             self._read_store()  # the tracker reads catalog pages from the store
             self.catalog.observe(record)  # rare: a system catalog page (DDL)
-        for key, value in self.transam.puts(record):
+        self._transam_puts(self.transam.puts(record), lsn)
+
+    def _transam_puts(self, puts: list[tuple[Key, bytes]], lsn: Lsn) -> None:
+        for key, value in puts:
             if key.kind == KeyKind.SLRU_PAGE:
                 self._put(key, lsn, *_kind_and_data(slru_store_value(value)))
             else:
                 self._put(key, lsn, _KIND_IMAGE if value else _KIND_TOMBSTONE, value)
+
+    def _plain_commit(self, batch: RecordBatch, row: int, end: Lsn) -> None:
+        """`_interpret` of a plain commit (`plain_commits`) while the DDL tracker
+        waits for no transaction, from the batch's columns (no record object): its
+        time map entry, its CLOG status and the next XID. The same entries and time
+        map as `_interpret` (tests/ingest/test_batched.py)."""
+        r = batch.recs[row]
+        xid, off = int(r["xid"]), int(r["main_off"])
+        xact_time = int.from_bytes(batch.buf[off:off + 8], "little", signed=True)
+        self.timemap.append(TxEnd(Lsn(int(r["lsn"])), end, xact_time, xid, EndKind.COMMIT, 0))
+        self._transam_puts(self.transam.commit_puts(xid, end), end)
 
     # -- a batch at a time -----------------------------------------------------------------
     def ingest_batch(self, batch: RecordBatch) -> None:
@@ -289,7 +308,8 @@ class WalIngest:
         rmid = recs["rmid"]
         interp = _INTERPRETED[rmid] & ~((rmid == RM_XLOG_ID) & _XLOG_IMAGE[recs["info"]])
         rows = (np.flatnonzero(interp[first:]) + first).tolist()
-        decoded = {i: batch.record(i) for i in rows}
+        self._plain = plain_commits(batch, rows)
+        decoded = {i: batch.record(i) for i in rows if i not in self._plain}
         lo = first
         while lo < n:
             at = self._next_split(batch, lo, rows, decoded)
@@ -315,10 +335,15 @@ class WalIngest:
         cand = int(hits[j]) if j < len(hits) else len(batch)
         if cand < len(batch):
             decoded.setdefault(cand, batch.record(cand))
+        plain = self._plain
         for i in rows[bisect.bisect_left(rows, lo):]:
             if i >= cand:
                 break
-            if self._splits(decoded[i]):
+            if i in plain:  # a transaction end: it splits only while the tracker waits
+                if self.catalog.waiting:
+                    decoded.setdefault(i, batch.record(i))
+                    return i
+            elif self._splits(decoded[i]):
                 return i
         return cand
 
@@ -366,12 +391,17 @@ class WalIngest:
         out: list[tuple[int, bytes, int, bytes]] = []
         self._walk = out
         ends = recs["end_lsn"]
+        commits = self._plain
         try:
             for row, interpreted in events:
                 self._walk_row = row
                 end = Lsn(int(ends[row]))
                 if interpreted:
-                    self._interpret(decoded[row], end)
+                    rec = decoded.get(row)
+                    if rec is None and row in commits and not self.catalog.waiting:
+                        self._plain_commit(batch, row, end)
+                    else:
+                        self._interpret(rec if rec is not None else batch.record(row), end)
                 else:
                     state = self.transam.advance_xid(int(xids[row - lo]), end)
                     if state is not None:
@@ -505,6 +535,31 @@ class WalIngest:
             if self._xact_end_reads_store(record):
                 self._read_store()
             self.catalog.transaction_end(record, rec)
+
+
+def plain_commits(batch: RecordBatch, rows: list[int]) -> set[int]:
+    """The rows among `rows` that are plain commits: a COMMIT record without block
+    references, origin or top-level xid whose main data is the commit time and at
+    most an xinfo word with none of the parts (subtransactions, relations,
+    invalidations, two-phase, ...). Such a commit only ends its one transaction:
+    a time map entry, a CLOG status, perhaps the next XID (`_plain_commit`)."""
+    if not rows:
+        return set()
+    idx = np.array(rows, dtype=np.int64)
+    sub = batch.recs[idx]
+    info, main_len = sub["info"], sub["main_len"]
+    cand = ((sub["rmid"] == RM_XACT_ID) & ((info & XLOG_XACT_OPMASK) == XLOG_XACT_COMMIT)
+            & (sub["nblocks"] == 0) & (sub["flags"] == 0))
+    has_info = (info & XLOG_XACT_HAS_INFO) != 0
+    ok = cand & ~has_info & (main_len == 8)
+    with_info = np.flatnonzero(cand & has_info & (main_len == 12))
+    if len(with_info):
+        raw = np.frombuffer(batch.buf, dtype=np.uint8)
+        at = sub["main_off"][with_info] + 8
+        xinfo = (raw[at].astype(np.uint32) | (raw[at + 1].astype(np.uint32) << 8)
+                 | (raw[at + 2].astype(np.uint32) << 16) | (raw[at + 3].astype(np.uint32) << 24))
+        ok[with_info[(xinfo & _XINFO_PARTS) == 0]] = True
+    return set(idx[ok].tolist())
 
 
 def _kind_and_data(value: Value) -> tuple[int, bytes]:

@@ -180,6 +180,15 @@ class EntryBatch:
         data = self.bufs[0] if self.buf is None else self.bufs[int(self.buf[i])]
         return data[int(self.starts[i]):int(self.ends[i])]
 
+    def values_in(self, a: int, z: int) -> list[bytes]:
+        """The values of rows [a, z), in row order (one slice each, no per-row numpy)."""
+        starts, ends = self.starts[a:z].tolist(), self.ends[a:z].tolist()
+        if self.buf is None:
+            data = self.bufs[0]
+            return [data[s:e] for s, e in zip(starts, ends, strict=True)]
+        bufs = self.bufs
+        return [bufs[k][s:e] for k, s, e in zip(self.buf[a:z].tolist(), starts, ends, strict=True)]
+
     def entry_at(self, i: int) -> Entry:
         return Entry(self.key_at(i), int(self.lsns[i]),
                      make_value(int(self.kinds[i]), self.value_at(i)))

@@ -69,7 +69,9 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
             base, first = None, r
         else:  # nothing of this key below here: its value before the first delta
             base, first = None, h
-        recs = [WalRecord(b.value_at(i), bool(kinds[i] == _INIT)) for i in range(first, p + 1)]
+        recs = [WalRecord(v, k == _INIT)
+                for v, k in zip(b.values_in(first, p + 1), kinds[first:p + 1].tolist(),
+                                strict=True)]
         try:
             if r < h and prev_cut < h:
                 base = read_key(view, key, int(b.lsns[h]) - 1, store.redo, stats)

@@ -87,7 +87,8 @@ class Chains:
             a += 1
         if a == z:
             return base
-        recs = [WalRecord(b.value_at(i), int(b.kinds[i]) == _INIT) for i in range(a, z)]
+        recs = [WalRecord(v, k == _INIT)
+                for v, k in zip(b.values_in(a, z), b.kinds[a:z].tolist(), strict=True)]
         stats.deltas_applied += len(recs)
         stats.redo_calls += 1
         return redo(key, base, recs)
