@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from strata.reconstruct.check import CheckReport, check_wal_dir
+from strata.reconstruct import reconstruct
+from strata.reconstruct.check import CheckReport, ConsistencyChecker, check_wal_dir
 from strata.reconstruct.redo import RM_HEAP2_ID
 from strata.runtime.cluster import Cluster
 from strata.wal.rmgr import heap2 as h2
@@ -37,10 +38,12 @@ def oracle(cap: WalCapture, allowed_unsupported: Iterable[str] = ()) -> CheckRep
     compared too. The first pass bases each record on the server's previous
     verification image (pinpoints the record at fault); the second chains our
     own redo results from each apply-image on, as GetPage@LSN does, so an error
-    that only shows records later would be caught there.
+    that only shows records later would be caught there; it redoes each block
+    as the page store does (`stored`: through `reconstruct_value`, so heap and
+    heap2 records go through the compiled chain where it is built).
     """
     args = (str(cap.wal_dir), cap.start, cap.end)
-    chained = check_wal_dir(*args, strict_vm=True, strict_heap=True, chain=True)
+    chained = check_wal_dir(*args, strict_vm=True, strict_heap=True, chain=True, stored=True)
     assert_clean(chained, allowed_unsupported=allowed_unsupported)
     assert chained.total("blocks_checked") == chained.total("matches") + chained.total("upstream")
     return check_wal_dir(*args, strict_vm=True, strict_heap=True)
@@ -61,6 +64,39 @@ def assert_clean(rep: CheckReport, *, allowed_unsupported: Iterable[str] = (),
     checked = {f"{rm}/{rt}" for (rm, rt), s in rep.stats.items() if s.matches > 0}
     missing = set(must_check) - checked
     assert not missing, f"never checked: {sorted(missing)}" + detail
+
+
+def chain_equals_reference(cap: WalCapture, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Replay the capture as the page store does, once through the compiled chain
+    (`_pagec.redo_chain`) and once through the Python redo (its reference): every
+    block's every state must be the same bytes. Returns: how many records the
+    compiled chain applied itself (the rest fell back to Python)."""
+    if reconstruct.compiled_chain is None:
+        pytest.fail("the compiled page operations are not built (python setup.py build_ext --inplace)")
+    compiled = reconstruct.compiled_chain
+    applied = 0
+
+    def counted(page: bytearray, deltas: list[bytes], start: int, *key: int) -> int:
+        nonlocal applied
+        i = int(compiled(page, deltas, start, *key))
+        applied += i - start
+        return i
+
+    def states(chain: object) -> list[tuple[object, bytes]]:
+        monkeypatch.setattr(reconstruct, "compiled_chain", chain)
+        checker = ConsistencyChecker(chain=True, stored=True)
+        out: list[tuple[object, bytes]] = []
+        for rec in iter_records(str(cap.wal_dir), cap.start, cap.end):
+            checker.feed(rec)
+            out.extend((k, checker.state[k]) for b in rec.blocks
+                       if (k := (b.rlocator, b.fork, b.blkno)) in checker.state)
+        return out
+
+    ours, reference = states(counted), states(None)
+    assert len(ours) == len(reference) > 0
+    bad = next((i for i, (a, b) in enumerate(zip(ours, reference, strict=True)) if a != b), None)
+    assert bad is None, f"state {bad} of {len(ours)} differs: block {ours[bad][0]}"
+    return applied
 
 
 def in_new_db(body: Callable[[Cluster, str], None]) -> Workload:
@@ -118,17 +154,22 @@ def test_heap_dml_records_match_server_pages(wcc_capture: Callable[[Workload], W
             ANALYZE t;                                             -- inplace update of pg_class
         """, dbname=db)
 
-    rep = oracle(wcc_capture(in_new_db(body)))
+    if impl == "python":  # the stored pass below would take the compiled chain
+        monkeypatch.setattr(reconstruct, "compiled_chain", None)
+    cap = wcc_capture(in_new_db(body))
+    rep = oracle(cap)
     assert_clean(rep, must_check=[
         "Heap/INSERT", "Heap/INSERT+INIT", "Heap/HOT_UPDATE", "Heap/UPDATE", "Heap/DELETE",
         "Heap/HEAP_CONFIRM", "Heap/INPLACE", "Heap2/PRUNE_ON_ACCESS"])
     if impl == "compiled":
         assert calls["compiled"] > 1000 and calls["python"] == 0, calls
+        assert chain_equals_reference(cap, monkeypatch) > 5000
     else:
         assert calls["python"] > 1000 and calls["compiled"] == 0, calls
 
 
-def test_vacuum_freeze_full_and_cluster_match(wcc_capture: Callable[[Workload], WalCapture]) -> None:
+def test_vacuum_freeze_full_and_cluster_match(wcc_capture: Callable[[Workload], WalCapture],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     def body(c: Cluster, db: str) -> None:
         run_sql(c, """
             CREATE TABLE v (a int PRIMARY KEY, b text);
@@ -157,6 +198,7 @@ def test_vacuum_freeze_full_and_cluster_match(wcc_capture: Callable[[Workload], 
     assert any(f & h2.XLHP_HAS_FREEZE_PLANS for f in flags)
     assert any(f & h2.XLHP_HAS_REDIRECTIONS for f in flags)
     assert any(not f & h2.XLHP_CLEANUP_LOCK and f & h2.XLHP_HAS_NOW_UNUSED_ITEMS for f in flags)
+    assert chain_equals_reference(cap, monkeypatch) > 1000
 
 
 def test_copy_and_copy_freeze_multi_insert_match(wcc_capture: Callable[[Workload], WalCapture]) -> None:
@@ -281,12 +323,15 @@ def test_history_workload_matches_with_every_index_am(
         "BRIN/CREATE_INDEX", "Gin/UPDATE_META_PAGE"])
 
 
-def test_pgbench_init_and_run_match(wcc_capture: Callable[[Workload], WalCapture]) -> None:
+def test_pgbench_init_and_run_match(wcc_capture: Callable[[Workload], WalCapture],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     def body(c: Cluster, db: str) -> None:
         run_pgbench(c, "-i", "-s", "1", "-q", dbname=db)
         run_pgbench(c, "-c", "2", "-t", "300", "-n", dbname=db)
 
-    rep = oracle(wcc_capture(in_new_db(body)))
+    cap = wcc_capture(in_new_db(body))
+    rep = oracle(cap)
     assert_clean(rep, must_check=[
         "Heap/HOT_UPDATE", "Heap/INSERT", "Heap2/MULTI_INSERT+INIT", "Heap2/VISIBLE",
         "Btree/INSERT_LEAF"])
+    assert chain_equals_reference(cap, monkeypatch) > 1000

@@ -50,8 +50,8 @@ from strata.historical.source import FORK_SUFFIX, SLRU_DIRS, ClusterView, RelFil
 from strata.key import SlruKind
 from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
-from strata.pg.checksum import set_checksums
 from strata.pg.constants import BLCKSZ, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, ForkNumber
+from strata.reconstruct.redo.page_ops import set_checksums
 from strata.runtime.osuser import give_to_server_user
 
 PG_VERSION_TEXT = "18\n"
@@ -77,7 +77,14 @@ _ZERO_PAGE = bytes(BLCKSZ)
 #    recovered, so durability buys nothing and fsync only slows the normal
 #    start/stop and the shutdown checkpoint;
 #  * modest max_connections / shared_buffers: many instances share one machine;
-#  * io_method sync: no I/O worker processes per instance; jit off: faster first query.
+#  * io_method sync: no I/O worker processes per instance; jit off: faster first query;
+#  * transaction_buffers at its maximum (1024 pages, 8 MB: the commit status of 32M
+#    transactions): a standby with data checksums sets hint bits only in its buffers,
+#    never dirtying the page (no WAL in recovery), so every scan checks every tuple's
+#    transaction in pg_xact again; with the default (16 pages at 32MB shared_buffers)
+#    a history of more than 0.5M transactions thrashed pg_xact's buffers and a warm
+#    count(*) of pgbench_accounts after 5 minutes of TPC-B took 7-14 s instead of 0.1 s
+#    (each miss a read through the lazy file system).
 SERVER_SETTINGS: dict[str, str] = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_permissions": "0700",
@@ -94,6 +101,7 @@ SERVER_SETTINGS: dict[str, str] = {
     "synchronous_commit": "off",
     "full_page_writes": "on",
     "io_method": "sync",
+    "transaction_buffers": "1024",
     "jit": "off",
     "logging_collector": "off",
     "log_line_prefix": "'%m [%p] '",

@@ -1,8 +1,10 @@
 """pd_checksum of 8 KB pages: PostgreSQL's pg_checksum_page, vectorised with numpy.
 
-The one implementation in pgStrata: `materialize` checksums batches of pages
-about to be written (`set_checksums`); redo's page_ops uses `checksum_page`.
-Owns nothing.
+The one implementation in pgStrata: `materialize` and the lazy file systems
+checksum batches of pages they write or serve (`set_checksums`, through
+`reconstruct.redo.page_ops.set_checksums`, which runs the compiled `_pagec` one,
+~1 us a page, when it is built and this one, the reference, otherwise); redo's
+page_ops uses `checksum_page`. Owns nothing.
 
 The algorithm is src/include/storage/checksum_impl.h: 32 parallel FNV-1a-style
 lanes over the page seen as uint32[64][32] (with pd_checksum read as zero), two

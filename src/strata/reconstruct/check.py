@@ -21,6 +21,9 @@ verifyBackupPageConsistency (xlogrecovery.c) does:
   and is counted as `no_base`. With `chain=True` our own redo result stays
   the base even when a verification image was there (only apply-images
   reset it), as GetPage@LSN chains deltas: errors would then accumulate.
+  With `stored=True` each block is redone as the page store redoes it: the
+  record as a stored REL_BLOCK delta through `reconstruct_value`, i.e. through
+  the compiled heap/heap2 chain (`_pagec.redo_chain`) where it is built.
 
 A record whose rmgr or record type has no redo is counted as unsupported,
 loudly; callers decide which rmgrs must be supported.
@@ -35,8 +38,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from strata.errors import RedoError, StrataError, UnsupportedRecordError
+from strata.key import Key
+from strata.keyspace.relation import encode_delta
 from strata.lsn import Lsn
 from strata.reconstruct.mask import heap_mask_strict, known_difference, masked
+from strata.reconstruct.reconstruct import reconstruct_value
 from strata.reconstruct.redo import (
     RM_HEAP2_ID,
     RM_HEAP_ID,
@@ -48,6 +54,7 @@ from strata.reconstruct.redo import (
     rmgr_name,
 )
 from strata.reconstruct.redo.heap import VM_CONTENTS, vm_location
+from strata.storage.values import WalRecord
 from strata.wal.record import BlockRef, DecodedRecord, RelFileLocator
 
 BlockKey = tuple[RelFileLocator, int, int]
@@ -174,7 +181,7 @@ class ConsistencyChecker:
     """Feed records in WAL order with `feed`; read `report` at any time."""
 
     def __init__(self, *, strict_vm: bool = False, strict_heap: bool = False,
-                 chain: bool = False) -> None:
+                 chain: bool = False, stored: bool = False) -> None:
         """`strict_vm`: on visibility-map pages, compare the bits of the heap
         blocks each record references. PostgreSQL's heap_mask masks a VM
         page's whole map as "unused space", so its own check cannot see VM
@@ -188,6 +195,8 @@ class ConsistencyChecker:
         # chain: keep our own redo result as the block's next base (what GetPage@LSN does)
         # instead of the server's verification image, so errors would accumulate
         self.chain = chain
+        # stored: redo as the page store does (reconstruct_value on the stored delta)
+        self.stored = stored
 
     def run(self, records: Iterable[DecodedRecord]) -> CheckReport:
         for rec in records:
@@ -226,7 +235,7 @@ class ConsistencyChecker:
         result: bytes | None = None
         supported = True
         try:
-            result = redo_block(record, block.block_id, prev)
+            result = self._redo(record, block, prev)
         except UnsupportedRecordError:
             supported = False
         except RedoError as e:
@@ -254,6 +263,14 @@ class ConsistencyChecker:
         else:
             self.state.pop(key, None)
         return supported
+
+    def _redo(self, record: DecodedRecord, block: BlockRef, prev: bytes | None) -> bytes:
+        if not self.stored:
+            return redo_block(record, block.block_id, prev)
+        loc = block.rlocator
+        key = Key.rel_block(loc.spc, loc.db, loc.rel, block.fork, block.blkno)
+        delta = WalRecord(encode_delta(record.lsn, record.end_lsn, record.raw), block.will_init)
+        return reconstruct_value(key, prev, [delta])
 
     def _compare(self, record: DecodedRecord, block: BlockRef, ours: bytes, server: bytes,
                  rm: str, rt: str, st: TypeStats) -> None:
@@ -325,17 +342,18 @@ class ConsistencyChecker:
 
 
 def check_records(records: Iterable[DecodedRecord], *, strict_vm: bool = False,
-                  strict_heap: bool = False, chain: bool = False) -> CheckReport:
+                  strict_heap: bool = False, chain: bool = False,
+                  stored: bool = False) -> CheckReport:
     """Run the oracle over `records` (in WAL order)."""
-    return ConsistencyChecker(strict_vm=strict_vm, strict_heap=strict_heap,
-                              chain=chain).run(records)
+    return ConsistencyChecker(strict_vm=strict_vm, strict_heap=strict_heap, chain=chain,
+                              stored=stored).run(records)
 
 
 def check_wal_dir(wal_dir: str, start: Lsn | None = None, end: Lsn | None = None, *,
                   strict_vm: bool = False, strict_heap: bool = False,
-                  chain: bool = False) -> CheckReport:
+                  chain: bool = False, stored: bool = False) -> CheckReport:
     """Run the oracle over the WAL segment files of `wal_dir`, records in [start, end)."""
     from strata.wal.segments import iter_records
 
     return check_records(iter_records(wal_dir, start, end), strict_vm=strict_vm,
-                         strict_heap=strict_heap, chain=chain)
+                         strict_heap=strict_heap, chain=chain, stored=stored)

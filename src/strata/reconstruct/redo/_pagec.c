@@ -1,5 +1,10 @@
 /* The redo engine's compiled page operations: PageRepairFragmentation,
- * PageIndexMultiDelete and the heap UPDATE redo of one block.
+ * PageIndexMultiDelete, the heap UPDATE redo of one block, and the replay of a
+ * chain of heap/heap2 records on one page.
+ *
+ * Files: this one holds the module, the page compaction and the checksums;
+ * _pagec_heap.c the heap/heap2 redo and the chain; _pagec_record.c the WAL
+ * record layout; _pagec.h what they share.
  *
  * What it is: the same function as `page_ops.repair_fragmentation_python`
  * (the reference, tested byte for byte against this one in
@@ -17,6 +22,23 @@
  *   reference): True with the page changed, or False with the page untouched
  *   wherever the Python redo must decide (a corrupt page, a bad offset, a tuple
  *   that does not fit: it raises the error with the record's LSN).
+ * redo_chain(page, deltas: list of REL_BLOCK delta bytes, start, spc, db, rel, fork,
+ *            blk) -> int
+ *   `reconstruct._redo_rel_block`'s fast path: decodes each record delta (the
+ *   layout of DecodeXLogRecord) and replays, on that block's page in place, the
+ *   heap INSERT(+INIT), DELETE, UPDATE, HOT_UPDATE, heap2 PRUNE_* (redirects,
+ *   dead, unused, repair or truncation, freeze plans) and VISIBLE (heap page)
+ *   records, with redo's BLK_DONE rule and PageSetLSN; returns the index of the
+ *   first delta it did not apply (an image delta, another record type, an
+ *   apply-image, or anything doubtful: each record runs on a copy, so the page
+ *   is as before that record). Python redoes that one (and raises its errors)
+ *   and calls again. References: `redo.heap`, `redo.heap2`, `wal.decoder`;
+ *   tested state for state against them and against wal_consistency_checking
+ *   images (tests/reconstruct/test_redo_oracle.py).
+ * set_checksums(buf, blknos: uint32 little-endian buffer) -> None
+ *   pd_checksum (checksum_impl.h) of every non-new page of `buf`, in place:
+ *   lazy file systems checksum every page they serve. `pg.checksum` is the
+ *   reference (numpy), tested against this one on random pages.
  * index_multi_delete(page, itemnos: ascending ints, more than two) -> str | None
  *   PageIndexMultiDelete, the same way (`index_tuples.page_index_multi_delete_python`
  *   is its reference); btree/hash/gist vacuum and delete records call it.
@@ -26,31 +48,7 @@
  * 4-byte line pointers: lp_off = w & 0x7FFF, lp_flags = (w >> 15) & 3,
  * lp_len = w >> 17.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
-
-#define BLCKSZ 8192
-#define HEADER 24
-#define OFF_FLAGS 10
-#define OFF_LOWER 12
-#define OFF_UPPER 14
-#define OFF_SPECIAL 16
-#define PD_HAS_FREE_LINES 0x0001
-#define LP_UNUSED 0
-#define MAX_ITEMS ((BLCKSZ - HEADER) / 4)
-
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-static void wr32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-
-typedef struct { int idx; int off; int alen; } item_t;
+#include "_pagec.h"
 
 /* check_pointers: 0, or the message in err and -1. */
 static int check_pointers(const uint8_t *page, int *lower, int *upper, int *special,
@@ -84,7 +82,7 @@ static void compactify(uint8_t *page, uint32_t *words, const item_t *items, int 
 }
 
 /* PageRepairFragmentation: 0, or the message in err and -1 (page unchanged). */
-static int repair(uint8_t *page, char *err, size_t errlen) {
+int pagec_repair(uint8_t *page, char *err, size_t errlen) {
     int lower, upper, special;
     if (check_pointers(page, &lower, &upper, &special, err, errlen) != 0)
         return -1;
@@ -194,7 +192,7 @@ static int multi_delete(uint8_t *page, const long *itemnos, Py_ssize_t nitems, c
     return 0;
 }
 
-static int get_page(PyObject *arg, Py_buffer *view) {
+int pagec_get_page(PyObject *arg, Py_buffer *view) {
     if (PyObject_GetBuffer(arg, view, PyBUF_WRITABLE) < 0)
         return -1;
     if (view->len != BLCKSZ) {
@@ -228,7 +226,7 @@ static PyObject *index_multi_delete(PyObject *self, PyObject *args) {
     }
     Py_DECREF(fast);
     Py_buffer view;
-    if (get_page(pageobj, &view) < 0)
+    if (pagec_get_page(pageobj, &view) < 0)
         return NULL;
     char err[160];
     int rc = multi_delete((uint8_t *)view.buf, nos, n, err, sizeof err);
@@ -238,239 +236,70 @@ static PyObject *index_multi_delete(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* -- heap UPDATE / HOT_UPDATE redo of one block (heap_xlog_update) ------------- */
+/* -- pd_checksum (checksum_impl.h; `pg.checksum` is the reference) -------------- */
 
-#define T_XMAX 4
-#define T_CID 8
-#define T_CTID 12
-#define T_INFOMASK2 18
-#define T_INFOMASK 20
-#define T_HOFF 22
-#define SIZEOF_HEAP_TUPLE_HEADER 23
-#define LP_NORMAL 1
-#define PD_ALL_VISIBLE 0x0004
-#define OFF_PRUNE_XID 20
-#define MAX_HEAP_TUPLES_PER_PAGE ((BLCKSZ - HEADER) / (24 + 4))
-#define HEAP_XMAX_KEYSHR_LOCK 0x0010
-#define HEAP_COMBOCID 0x0020
-#define HEAP_XMAX_EXCL_LOCK 0x0040
-#define HEAP_XMAX_LOCK_ONLY 0x0080
-#define HEAP_XMAX_IS_MULTI 0x1000
-#define HEAP_XMAX_BITS 0x1CD0 /* COMMITTED | INVALID | IS_MULTI | LOCK_MASK | LOCK_ONLY */
-#define HEAP_MOVED 0xC000
-#define HEAP_KEYS_UPDATED 0x2000
-#define HEAP_HOT_UPDATED 0x4000
-#define XLHL_XMAX_IS_MULTI 0x01
-#define XLHL_XMAX_LOCK_ONLY 0x02
-#define XLHL_XMAX_EXCL_LOCK 0x04
-#define XLHL_XMAX_KEYSHR_LOCK 0x08
-#define XLHL_KEYS_UPDATED 0x10
-#define XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED 0x01
-#define XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED 0x02
-#define XLH_UPDATE_PREFIX_FROM_OLD 0x20
-#define XLH_UPDATE_SUFFIX_FROM_OLD 0x40
-#define FIRST_NORMAL_XID 3
+static const uint32_t CHECKSUM_BASE[32] = {
+    0x5B1F36E9, 0xB8525960, 0x02AB50AA, 0x1DE66D2A, 0x79FF467A, 0x9BB9F8A3, 0x217E7CD2,
+    0x83E13D2C, 0xF8D4474F, 0xE39EB970, 0x42C6AE16, 0x993216FA, 0x7B093B5D, 0x98DAFF3C,
+    0xF718902A, 0x0B1C9CDB, 0xE58F764B, 0x187636BC, 0x5D7B3BB1, 0xE73DE7DE, 0x92BEC979,
+    0xCCA6C0B2, 0x304A0979, 0x85AA43D4, 0x783125BB, 0x6CA8EAA2, 0xE407EAC6, 0x4B5CFC3E,
+    0x9FBF8C76, 0x15CA20BE, 0xF2CA9FD3, 0x959BD756,
+};
 
-static int xid_precedes(uint32_t a, uint32_t b) {
-    if (a < FIRST_NORMAL_XID || b < FIRST_NORMAL_XID)
-        return a < b;
-    return (int32_t)(a - b) < 0;
+static uint16_t page_checksum(const uint8_t *page, uint32_t blkno) {
+    uint32_t sums[32], row[32];
+    memcpy(sums, CHECKSUM_BASE, sizeof sums);
+    for (int i = 0; i < BLCKSZ / 128; i++) {
+        memcpy(row, page + 128 * i, 128);           /* little-endian words */
+        if (i == 0)
+            row[2] &= 0xFFFF0000u;                    /* pd_checksum reads as zero */
+        for (int j = 0; j < 32; j++) {
+            uint32_t tmp = sums[j] ^ row[j];
+            sums[j] = (tmp * 16777619u) ^ (tmp >> 17);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 32; j++) {
+            uint32_t tmp = sums[j];
+            sums[j] = (tmp * 16777619u) ^ (tmp >> 17);
+        }
+    uint32_t result = 0;
+    for (int j = 0; j < 32; j++)
+        result ^= sums[j];
+    result ^= blkno;
+    return (uint16_t)((result % 65535) + 1);
 }
 
-/* The old tuple's changes; its position, or -1 where the Python path must decide
- * (it raises, or does what it does on such a page). */
-static int update_old(uint8_t *b, uint32_t xid, uint32_t old_xmax, int old_offnum,
-                      int infobits, int flags, int hot, uint32_t newblk, int new_offnum) {
-    int lower = rd16(b + OFF_LOWER);
-    int maxoff = lower <= HEADER ? 0 : (lower - HEADER) / 4;
-    if (old_offnum < 1 || old_offnum > maxoff)
-        return -1;
-    uint32_t w = rd32(b + HEADER + 4 * (old_offnum - 1));
-    int t = (int)(w & 0x7FFF);
-    if (((w >> 15) & 0x3) != LP_NORMAL || t < HEADER || t + 24 > BLCKSZ)
-        return -1;
-    uint16_t im = rd16(b + t + T_INFOMASK), im2 = rd16(b + t + T_INFOMASK2);
-    im &= (uint16_t)~(HEAP_XMAX_BITS | HEAP_MOVED);                  /* clear_xmax_bits */
-    im2 &= (uint16_t)~HEAP_KEYS_UPDATED;
-    im2 = hot ? (uint16_t)(im2 | HEAP_HOT_UPDATED) : (uint16_t)(im2 & ~HEAP_HOT_UPDATED);
-    im &= (uint16_t)~(HEAP_XMAX_IS_MULTI | HEAP_XMAX_LOCK_ONLY | HEAP_XMAX_KEYSHR_LOCK
-                      | HEAP_XMAX_EXCL_LOCK);                          /* fix_infomask_... */
-    if (infobits & XLHL_XMAX_IS_MULTI) im |= HEAP_XMAX_IS_MULTI;
-    if (infobits & XLHL_XMAX_LOCK_ONLY) im |= HEAP_XMAX_LOCK_ONLY;
-    if (infobits & XLHL_XMAX_EXCL_LOCK) im |= HEAP_XMAX_EXCL_LOCK;
-    if (infobits & XLHL_XMAX_KEYSHR_LOCK) im |= HEAP_XMAX_KEYSHR_LOCK;
-    if (infobits & XLHL_KEYS_UPDATED) im2 |= HEAP_KEYS_UPDATED;
-    wr32(b + t + T_XMAX, old_xmax);
-    wr32(b + t + T_CID, 0);                                             /* set_cmax_plain */
-    im &= (uint16_t)~HEAP_COMBOCID;
-    wr16(b + t + T_INFOMASK, im);
-    wr16(b + t + T_INFOMASK2, im2);
-    wr16(b + t + T_CTID, (uint16_t)(newblk >> 16));                     /* set_ctid */
-    wr16(b + t + T_CTID + 2, (uint16_t)(newblk & 0xFFFF));
-    wr16(b + t + T_CTID + 4, (uint16_t)new_offnum);
-    uint32_t cur = rd32(b + OFF_PRUNE_XID);                             /* page_set_prunable */
-    if (cur == 0 || xid_precedes(xid, cur))
-        wr32(b + OFF_PRUNE_XID, xid);
-    if (flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED)
-        wr16(b + OFF_FLAGS, (uint16_t)(rd16(b + OFF_FLAGS) & ~PD_ALL_VISIBLE));
-    return t;
-}
-
-/* PageAddItemExtended(page, item, offnum, PAI_OVERWRITE | PAI_IS_HEAP); 0 where it
- * returns InvalidOffsetNumber, -1 on corrupt pointers (the Python path raises). */
-static int add_heap_item_overwrite(uint8_t *b, const uint8_t *item, int size, int offnum) {
-    int lower0 = rd16(b + OFF_LOWER), upper0 = rd16(b + OFF_UPPER);
-    int special = rd16(b + OFF_SPECIAL);
-    if (lower0 < HEADER || lower0 > upper0 || upper0 > special || special > BLCKSZ)
-        return -1;
-    int limit = (lower0 - HEADER) / 4 + 1;
-    if (offnum < limit) {
-        uint32_t w = rd32(b + HEADER + 4 * (offnum - 1));
-        if (((w >> 15) & 0x3) != LP_UNUSED || (w >> 17) != 0)
-            return 0;
-    }
-    if (offnum > limit || offnum > MAX_HEAP_TUPLES_PER_PAGE)
-        return 0;
-    int lower = offnum == limit ? lower0 + 4 : lower0;
-    int upper = upper0 - ((size + 7) & ~7);
-    if (lower > upper)
-        return 0;
-    wr32(b + HEADER + 4 * (offnum - 1),
-         (uint32_t)upper | ((uint32_t)LP_NORMAL << 15) | ((uint32_t)size << 17));
-    memcpy(b + upper, item, (size_t)size);
-    wr16(b + OFF_LOWER, (uint16_t)lower);
-    wr16(b + OFF_UPPER, (uint16_t)upper);
-    return offnum;
-}
-
-/* One block of an UPDATE into a copy of the page; 1 and the page replaced, or 0
- * with the page untouched (the Python path then runs: it raises or decides). */
-static int heap_update(uint8_t *page, const uint8_t *md, Py_ssize_t mdlen,
-                       const uint8_t *data, Py_ssize_t dlen, int block_id, int same_page,
-                       int init, uint32_t xid, uint32_t newblk, int hot) {
-    if (mdlen < 14)
-        return 0;
-    uint32_t old_xmax = rd32(md);
-    int old_offnum = rd16(md + 4), infobits = md[6], flags = md[7];
-    uint32_t new_xmax = rd32(md + 8);
-    int new_offnum = rd16(md + 12);
-    uint8_t b[BLCKSZ];
-    memcpy(b, page, BLCKSZ);
-    if (block_id == 1) {
-        if (update_old(b, xid, old_xmax, old_offnum, infobits, flags, hot, newblk,
-                       new_offnum) < 0)
-            return 0;
-        memcpy(page, b, BLCKSZ);
-        return 1;
-    }
-    if (block_id != 0 || new_offnum == 0)
-        return 0;
-    const uint8_t *old = NULL;
-    int oldlen = 0;
-    if (same_page) {
-        int t = update_old(b, xid, old_xmax, old_offnum, infobits, flags, hot, newblk,
-                           new_offnum);
-        if (t < 0)
-            return 0;
-        oldlen = (int)(rd32(b + HEADER + 4 * (old_offnum - 1)) >> 17);
-        if (t + oldlen > BLCKSZ || oldlen <= T_HOFF)
-            return 0;
-        old = b + t;
-    } else if (init) {
-        memset(b, 0, BLCKSZ);
-        wr16(b + OFF_LOWER, HEADER);
-        wr16(b + OFF_UPPER, BLCKSZ);
-        wr16(b + OFF_SPECIAL, BLCKSZ);
-        wr16(b + 18, BLCKSZ | 4); /* pd_pagesize_version */
-    }
-    Py_ssize_t pos = 0;
-    int prefixlen = 0, suffixlen = 0;
-    if (flags & XLH_UPDATE_PREFIX_FROM_OLD) {
-        if (dlen < pos + 2) return 0;
-        prefixlen = rd16(data + pos);
-        pos += 2;
-    }
-    if (flags & XLH_UPDATE_SUFFIX_FROM_OLD) {
-        if (dlen < pos + 2) return 0;
-        suffixlen = rd16(data + pos);
-        pos += 2;
-    }
-    if (dlen < pos + 5)
-        return 0;
-    uint16_t im2 = rd16(data + pos), im = rd16(data + pos + 2);
-    int hoff = data[pos + 4];
-    pos += 5;
-    const uint8_t *rec = data + pos;
-    int reclen = (int)(dlen - pos);
-    if ((prefixlen || suffixlen) && !same_page)
-        return 0;
-    int nb = hoff - SIZEOF_HEAP_TUPLE_HEADER;
-    int old_hoff = old != NULL ? old[T_HOFF] : 0;
-    if (prefixlen > 0 && (nb < 0 || nb > reclen || old_hoff + prefixlen > oldlen))
-        return 0; /* Python slices would clamp: let it decide */
-    if (suffixlen > oldlen)
-        return 0;
-    int size = SIZEOF_HEAP_TUPLE_HEADER + reclen + prefixlen + suffixlen;
-    if (size > BLCKSZ)
-        return 0;
-    uint8_t tup[BLCKSZ];
-    wr32(tup, xid);                          /* build_new_tuple: xmin */
-    wr32(tup + T_XMAX, new_xmax);
-    wr32(tup + T_CID, 0);                    /* cmin = FirstCommandId */
-    wr16(tup + T_CTID, (uint16_t)(newblk >> 16));
-    wr16(tup + T_CTID + 2, (uint16_t)(newblk & 0xFFFF));
-    wr16(tup + T_CTID + 4, (uint16_t)new_offnum);
-    wr16(tup + T_INFOMASK2, im2);
-    wr16(tup + T_INFOMASK, (uint16_t)(im & ~HEAP_COMBOCID));
-    tup[T_HOFF] = (uint8_t)hoff;
-    uint8_t *body = tup + SIZEOF_HEAP_TUPLE_HEADER;
-    if (prefixlen > 0) { /* bitmap/padding from WAL, the old data's prefix, the rest */
-        memcpy(body, rec, (size_t)nb);
-        memcpy(body + nb, old + old_hoff, (size_t)prefixlen);
-        memcpy(body + nb + prefixlen, rec + nb, (size_t)(reclen - nb));
-    } else {
-        memcpy(body, rec, (size_t)reclen);
-    }
-    if (suffixlen > 0)
-        memcpy(body + reclen + prefixlen, old + oldlen - suffixlen, (size_t)suffixlen);
-    if (add_heap_item_overwrite(b, tup, size, new_offnum) <= 0)
-        return 0;
-    if (flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED)
-        wr16(b + OFF_FLAGS, (uint16_t)(rd16(b + OFF_FLAGS) & ~PD_ALL_VISIBLE));
-    memcpy(page, b, BLCKSZ);
-    return 1;
-}
-
-static PyObject *heap_update_redo(PyObject *self, PyObject *args) {
+/* set_checksums(buf, blknos: uint32 buffer) -> None */
+static PyObject *set_checksums(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *pageobj;
-    Py_buffer md, data;
-    int block_id, same_page, init, hot;
-    unsigned long xid, newblk;
-    if (!PyArg_ParseTuple(args, "Oy*y*iipkkp", &pageobj, &md, &data, &block_id, &same_page,
-                          &init, &xid, &newblk, &hot))
+    Py_buffer buf, blk;
+    if (!PyArg_ParseTuple(args, "w*y*", &buf, &blk))
         return NULL;
-    Py_buffer view;
-    if (get_page(pageobj, &view) < 0) {
-        PyBuffer_Release(&md);
-        PyBuffer_Release(&data);
+    Py_ssize_t n = blk.len / 4;
+    if (buf.len != n * BLCKSZ || blk.len % 4 != 0) {
+        PyBuffer_Release(&buf);
+        PyBuffer_Release(&blk);
+        PyErr_SetString(PyExc_ValueError, "set_checksums: one block number per 8 KB page");
         return NULL;
     }
-    int done = heap_update((uint8_t *)view.buf, md.buf, md.len, data.buf, data.len, block_id,
-                           same_page, init, (uint32_t)xid, (uint32_t)newblk, hot);
-    PyBuffer_Release(&view);
-    PyBuffer_Release(&md);
-    PyBuffer_Release(&data);
-    return PyBool_FromLong(done);
+    uint8_t *p = (uint8_t *)buf.buf;
+    const uint8_t *b = (const uint8_t *)blk.buf;
+    for (Py_ssize_t k = 0; k < n; k++, p += BLCKSZ)
+        if (rd16(p + OFF_UPPER) != 0)                 /* new pages carry no checksum */
+            wr16(p + 8, page_checksum(p, rd32(b + 4 * k)));
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&blk);
+    Py_RETURN_NONE;
 }
 
 static PyObject *repair_fragmentation(PyObject *self, PyObject *arg) {
     (void)self;
     Py_buffer view;
-    if (get_page(arg, &view) < 0)
+    if (pagec_get_page(arg, &view) < 0)
         return NULL;
     char err[160];
-    int rc = repair((uint8_t *)view.buf, err, sizeof err);
+    int rc = pagec_repair((uint8_t *)view.buf, err, sizeof err);
     PyBuffer_Release(&view);
     if (rc != 0)
         return PyUnicode_FromString(err);
@@ -480,10 +309,17 @@ static PyObject *repair_fragmentation(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"repair_fragmentation", repair_fragmentation, METH_O,
      "PageRepairFragmentation in place; the corruption's message, or None."},
-    {"heap_update", heap_update_redo, METH_VARARGS,
+    {"heap_update", pagec_heap_update_redo, METH_VARARGS,
      "heap_update(page, main_data, block_data, block_id, same_page, init, xid, newblk, hot):"
      " one block of a heap UPDATE/HOT_UPDATE in place; False (page untouched) where the"
      " Python redo must decide."},
+    {"redo_chain", pagec_redo_chain, METH_VARARGS,
+     "redo_chain(page, deltas, start, spc, db, rel, fork, blk) -> int: apply the REL_BLOCK"
+     " record deltas[start:] to the page of that block in place while they are heap/heap2"
+     " records this module replays; the index of the first one left to Python."},
+    {"set_checksums", set_checksums, METH_VARARGS,
+     "set_checksums(buf, blknos: uint32 LE buffer): pd_checksum of every page of buf that"
+     " is not new, in place (pg.checksum.set_checksums is the reference)."},
     {"index_multi_delete", index_multi_delete, METH_VARARGS,
      "PageIndexMultiDelete(page, itemnos ascending) in place; the corruption's message, or None."},
     {NULL, NULL, 0, NULL},

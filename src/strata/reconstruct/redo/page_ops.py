@@ -49,7 +49,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from strata.errors import RedoError
+from strata.pg import checksum
 from strata.pg.checksum import checksum_page
 from strata.pg.constants import BLCKSZ
 from strata.pg.structs import U16, U32
@@ -428,6 +431,17 @@ def _load_compiled() -> Any:
 
 
 pagec = _load_compiled()
+
+
+def set_checksums(buf: bytearray | memoryview, blknos: Sequence[int]) -> None:
+    """pd_checksum of each page of `buf` (len(blknos) pages, in place; new pages left
+    alone): compiled (`_pagec.set_checksums`) when built, else `checksum.set_checksums`,
+    the reference it is tested against."""
+    if pagec is None:
+        checksum.set_checksums(buf, blknos)
+    else:
+        pagec.set_checksums(buf, np.asarray(blknos, dtype="<u4").tobytes())
+
 _compiled_repair: Callable[[bytearray], str | None] | None = (
     None if pagec is None else pagec.repair_fragmentation)
 
