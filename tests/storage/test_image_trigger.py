@@ -10,6 +10,8 @@ that the writer records the per-key maximum in the layer header (format v2).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from strata.errors import CorruptionError
 from strata.key import Key, KeyRange
 from strata.pagestore import PageStore
+from strata.storage import images as images_mod
 from strata.storage.config import StorageConfig
 from strata.storage.layerfile import FORMAT_VERSION, HEADER, LayerFile, crc32c, write_layer
 from strata.storage.manifest import Level, load_manifest
@@ -289,3 +292,245 @@ def test_record_runs_restart_at_will_init_and_end_at_images_and_tombstones(
         assert f.verify() == len(vals) and f._count_max_key_entries() == 4
     finally:
         f.close()
+
+
+# ---- the byte rule and the cap (FORMAT.md section 7a, rules 2 and 3) ----
+
+BYTES = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=False,
+                      flush_image_interval=0, image_delta_threshold=3,
+                      image_record_threshold=512, image_bytes_ratio=1.0, image_layer_cap=12)
+
+
+def _imaged_base(ps: PageStore, m: Model, keys: int, page: int) -> int:
+    """`keys` keys with an incompressible `page`-byte image each, flushed and imaged
+    (the floor); returns the LSN."""
+    lsn = 0
+    for i in range(keys):
+        lsn += 8
+        v = PageImage(os.urandom(page))
+        ps.put(rk(i), lsn, v)
+        m.put(rk(i), lsn, v)
+    ps.advance(lsn)
+    ps.flush()
+    assert ps.create_image_layers(threshold=0)
+    return lsn
+
+
+def _delta_layer(ps: PageStore, m: Model, lsn: int, keys: range, size: int) -> int:
+    """One flushed delta layer: a `size`-byte incompressible record on each key."""
+    for i in keys:
+        lsn += 8
+        rec = WalRecord(os.urandom(size))
+        ps.put(rk(i), lsn, rec)
+        m.put(rk(i), lsn, rec)
+    ps.advance(lsn)
+    ps.flush()
+    return lsn
+
+
+def test_deltas_smaller_than_the_image_make_no_image_until_they_outweigh_it(
+        store_dir: Path) -> None:
+    m = Model()
+    with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
+        lsn = _imaged_base(ps, m, keys=64, page=2000)  # ~128 KB of image blocks
+        floor_images = images(ps)
+        for _ in range(5):  # five layers (> 3) of ~3 KB each: far below the image
+            lsn = _delta_layer(ps, m, lsn, range(0, 64, 8), 400)
+        assert ps.create_image_layers() == [] and images(ps) == floor_images
+        # the count rule alone would have made them (what --threshold asks for)
+        lm = ps.store.view().layer_map
+        assert len([d for d in lm.deltas if d.name.lsn_end - 1 > floor_images[0].image_lsn]) == 5
+        while True:  # heavier layers until the deltas hold the image's bytes
+            lsn = _delta_layer(ps, m, lsn, range(64), 1500)
+            lm = ps.store.view().layer_map
+            a, z = rk(0).to_bytes(), rk(64).to_bytes()  # the block bytes of the keys
+            img = sum(images_mod.block_bytes(la, a, z) for la in lm.images)
+            dlt = sum(images_mod.block_bytes(la, a, z) for la in lm.deltas
+                      if la.name.lsn_end - 1 > floor_images[0].image_lsn)
+            made = ps.create_image_layers()
+            if dlt >= img:
+                break
+            assert made == [], (dlt, img)
+        assert made and all(n.image_lsn == lsn for n in made)
+        for at in (8, lsn - 8, lsn):
+            for i in range(64):
+                assert ps.get_page(rk(i), at) == m.get(rk(i), at), (i, at)
+
+
+def test_more_layers_than_the_cap_make_images_however_small(store_dir: Path) -> None:
+    m = Model()
+    with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
+        lsn = _imaged_base(ps, m, keys=64, page=2000)
+        for _ in range(12):  # 12 tiny layers: not past the cap
+            lsn = _delta_layer(ps, m, lsn, range(0, 64, 16), 50)
+        assert ps.create_image_layers() == []
+        lsn = _delta_layer(ps, m, lsn, range(0, 64, 16), 50)  # the 13th
+        made = ps.create_image_layers()
+        assert made and all(n.image_lsn == lsn for n in made)
+        for i in range(64):
+            v, applied = deltas_applied_by_get(ps, rk(i), lsn)
+            assert v == m.get(rk(i), lsn) and applied == 0
+
+
+def test_an_explicit_threshold_is_the_count_rule_alone(store_dir: Path) -> None:
+    m = Model()
+    with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
+        lsn = _imaged_base(ps, m, keys=64, page=2000)
+        for _ in range(4):
+            lsn = _delta_layer(ps, m, lsn, range(0, 64, 8), 100)
+        assert ps.create_image_layers() == []  # the policy: the bytes are not there
+        assert ps.create_image_layers(threshold=3)  # strata compact --threshold 3
+
+
+def test_ratio_zero_is_the_layer_count_rule(store_dir: Path) -> None:
+    cfg = dataclasses.replace(BYTES, image_bytes_ratio=0.0)
+    m = Model()
+    with PageStore.open(store_dir, append_redo, cfg, background=False) as ps:
+        lsn = _imaged_base(ps, m, keys=64, page=2000)
+        for _ in range(3):
+            lsn = _delta_layer(ps, m, lsn, range(0, 64, 8), 100)
+        assert ps.create_image_layers() == []
+        lsn = _delta_layer(ps, m, lsn, range(0, 64, 8), 100)
+        assert ps.create_image_layers()
+
+
+def test_block_bytes_sums_the_blocks_that_may_hold_the_range(tmp_path: Path) -> None:
+    from strata.storage.layermap import Layer
+    from strata.storage.manifest import LayerEntry
+
+    entries = [Entry(rk(i).to_bytes(), 10 + i, WalRecord(os.urandom(300))) for i in range(40)]
+    name = LayerName.delta(rk(0).to_bytes(), rk(40).to_bytes(), 10, 60)
+    write_layer(tmp_path, name, entries, block_bytes=1000, zstd_level=1)
+    f = LayerFile(tmp_path / name.filename())
+    la = Layer(LayerEntry(name, Level.L0, f.size), f)
+    try:
+        assert len(f.blocks) > 5
+        everything = sum(b.comp_len for b in f.blocks)
+        assert images_mod.block_bytes(la, rk(0).to_bytes(), rk(40).to_bytes()) == everything
+        assert images_mod.block_bytes(la, rk(40).to_bytes(), rk(50).to_bytes()) == 0
+        for lo, hi in [(0, 1), (3, 17), (20, 40), (39, 40)]:
+            a, z = rk(lo).to_bytes(), rk(hi).to_bytes()
+            want = sum(b.comp_len for b in f.blocks if b.first_key < z and a <= b.last_key)
+            assert images_mod.block_bytes(la, a, z) == want > 0, (lo, hi)
+    finally:
+        f.close()
+
+
+# ---- rule 1 counted exactly once the header bound says "maybe" ----
+
+def test_maxima_of_different_keys_do_not_add_up_to_an_image(store_dir: Path) -> None:
+    """300 records on one key in one layer, 300 on another key in the next: the header
+    bound says 600 (> 512), no key has more than 300, so no image."""
+    m = Model()
+    with PageStore.open(store_dir, append_redo, BIG, background=False) as ps:
+        lsn = 0
+        for k in (rk(1), rk(2)):
+            for i in range(301):
+                lsn += 8
+                v: PageImage | WalRecord = PageImage(b"base") if i == 0 else WalRecord(b"+")
+                ps.put(k, lsn, v)
+                m.put(k, lsn, v)
+            ps.advance(lsn)
+            ps.flush()
+        lm = ps.store.view().layer_map
+        assert sum(d.file.max_key_entries() for d in lm.deltas) > 512
+        assert images_mod.longest_chain(lm.deltas, b"", b"\xff" * 18, -1, lsn) == 300
+        assert ps.create_image_layers() == []
+        # one more layer with 300 records on key 2: its chain is 600 now
+        for _ in range(300):
+            lsn += 8
+            ps.put(rk(2), lsn, WalRecord(b"+"))
+            m.put(rk(2), lsn, WalRecord(b"+"))
+        ps.advance(lsn)
+        ps.flush()
+        assert ps.create_image_layers()
+        assert ps.get_page(rk(2), lsn) == m.get(rk(2), lsn)
+
+
+def test_a_chain_an_image_ends_in_a_newer_layer_does_not_count(store_dir: Path) -> None:
+    m = Model()
+    with PageStore.open(store_dir, append_redo, BIG, background=False) as ps:
+        lsn = put_hot_and_cold(ps, m, 0, hot=400, cold=1)
+        ps.flush()
+        for v in [WalRecord(b"+")] * 300 + [PageImage(b"cut")] + [WalRecord(b"+")] * 10:
+            lsn += 8
+            ps.put(HOT, lsn, v)
+            m.put(HOT, lsn, v)
+        ps.advance(lsn)
+        ps.flush()
+        lm = ps.store.view().layer_map
+        assert sum(d.file.max_key_entries() for d in lm.deltas) > 512  # 400 + 300
+        assert images_mod.longest_chain(lm.deltas, b"", b"\xff" * 18, -1, lsn) == 10
+        assert ps.create_image_layers() == []
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) -> None:
+    """Random layers (kinds, keys, LSN windows); the count equals, per key, the
+    entries in (floor, at] from its newest image/tombstone (excluded) or will_init
+    record (included) on, maximised over keys."""
+    import random
+
+    from strata.storage.layermap import Layer
+    from strata.storage.manifest import LayerEntry
+    from strata.storage.values import TOMBSTONE
+
+    rnd = random.Random(seed)
+    keys = [rk(i) for i in range(rnd.randint(1, 6))]
+    per_layer = rnd.randint(1, 5)
+    layers, every = [], []
+    lsn = 0
+    for _ in range(per_layer):
+        entries = []
+        lo = lsn + 1
+        for _ in range(rnd.randint(1, 80)):
+            lsn += 1
+            k = rnd.choice(keys)
+            v = rnd.choices([WalRecord(b"r"), WalRecord(b"i", True), PageImage(b"p"), TOMBSTONE],
+                            weights=[20, 2, 2, 1])[0]
+            entries.append(Entry(k.to_bytes(), lsn, v))
+        entries.sort(key=lambda e: (e.key, e.lsn))
+        name = LayerName.delta(rk(0).to_bytes(), rk(7).to_bytes(), lo, lsn + 1)
+        write_layer(tmp_path, name, entries, block_bytes=rnd.choice([40, 200, 4096]),
+                    zstd_level=1)
+        f = LayerFile(tmp_path / name.filename())
+        layers.append(Layer(LayerEntry(name, Level.L0, f.size), f))
+        every += entries
+    floor = rnd.randint(-1, lsn // 2)
+    at = rnd.randint(max(floor, 0), lsn)
+    want = 0
+    for k in keys:
+        chain = 0
+        for e in sorted((e for e in every if e.key == k.to_bytes() and floor < e.lsn <= at),
+                        key=lambda e: e.lsn, reverse=True):
+            if isinstance(e.value, PageImage) or e.value is TOMBSTONE:
+                break
+            chain += 1
+            if isinstance(e.value, WalRecord) and e.value.will_init:
+                break
+        want = max(want, chain)
+    try:
+        rnd.shuffle(layers)
+        got = images_mod.longest_chain(layers, rk(0).to_bytes(), rk(7).to_bytes(), floor, at)
+        assert got == want
+    finally:
+        for la in layers:
+            la.file.close()
+
+
+def test_image_partitions_are_disjoint_pieces_of_the_l1_ranges(tmp_path: Path) -> None:
+    """Two compactions cut their L1s at different keys: the partitions are the pieces
+    between every cut that some L1 covers, disjoint (a gap no L1 covers is none)."""
+    from strata.storage.layermap import Layer, LayerMap
+    from strata.storage.manifest import LayerEntry
+
+    def l1(a: int, z: int, lo: int, hi: int) -> Layer:
+        name = LayerName.delta(rk(a).to_bytes(), rk(z).to_bytes(), lo, hi)
+        return Layer(LayerEntry(name, Level.L1, 0), None)  # type: ignore[arg-type]
+
+    lm = LayerMap((l1(0, 10, 1, 100), l1(10, 30, 1, 100),  # first compaction
+                   l1(0, 5, 100, 200), l1(5, 20, 100, 200),  # second
+                   l1(40, 50, 200, 300)))
+    got = images_mod.image_partitions(lm)
+    assert got == [(rk(a).to_bytes(), rk(z).to_bytes())
+                   for a, z in [(0, 5), (5, 10), (10, 20), (20, 30), (40, 50)]]

@@ -40,6 +40,14 @@ class StorageConfig:
     # FORMAT.md section 3): a hot page whose deltas sit in a few big layers would
     # otherwise replay its whole chain on every cold read.
     image_record_threshold: int = 512
+    # ... but past image_delta_threshold layers, images are made only once the
+    # deltas above the floor (their blocks in the range) hold this many times the
+    # bytes of the floor's images there: image layers then add at most 1/ratio of
+    # the delta bytes (FORMAT.md section 7a). 0: the layer count alone.
+    image_bytes_ratio: float = 1.0
+    # ... or once more than this many delta layers are above the floor, whatever
+    # their bytes (a read's fan-in stays bounded). 0: no cap.
+    image_layer_cap: int = 12
     # While flushing, a key's delta chain is cut every this many deltas: the
     # delta at that point is replaced by the page it produces (a PageImage at
     # the same LSN: the same value for every read at or above it), so no read
@@ -71,6 +79,8 @@ class StorageConfig:
             "target_file_bytes": self.target_file_bytes >= 1,
             "image_delta_threshold": self.image_delta_threshold >= 0,
             "image_record_threshold": self.image_record_threshold >= 0,
+            "image_bytes_ratio": self.image_bytes_ratio >= 0,
+            "image_layer_cap": self.image_layer_cap >= 0,
             "flush_image_interval": self.flush_image_interval >= 0,
             "maintenance_cpu_fraction": 0 < self.maintenance_cpu_fraction <= 1,
             "maintenance_poll_seconds": self.maintenance_poll_seconds > 0,

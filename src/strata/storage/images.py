@@ -9,8 +9,10 @@ and when.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,11 +48,20 @@ def floor_lsn(lm: LayerMap, start: bytes, end: bytes, upto: int) -> int:
 
 
 def image_partitions(lm: LayerMap) -> list[tuple[bytes, bytes]]:
-    """Key ranges image creation considers: those of L1 layers, else the L0 span."""
-    l1 = sorted({(d.name.key_start, d.name.key_end) for d in lm.deltas
-                 if d.entry.level == Level.L1})
+    """Key ranges image creation considers, disjoint and in key order: the L1
+    layers' ranges cut at every L1 boundary (compactions cut their L1s at different
+    keys; overlapping partitions would each count the deltas they share and image
+    the overlap twice), else the L0 span."""
+    l1 = {(d.name.key_start, d.name.key_end) for d in lm.deltas if d.entry.level == Level.L1}
     if l1:
-        return l1
+        delta: dict[bytes, int] = {}  # +1 where an L1 range starts, -1 where one ends
+        for a, z in l1:
+            delta[a] = delta.get(a, 0) + 1
+            delta[z] = delta.get(z, 0) - 1
+        cuts = sorted(delta)
+        inside = itertools.accumulate(delta[k] for k in cuts)  # ranges open after k
+        return [(a, z) for (a, z), n in zip(itertools.pairwise(cuts), inside, strict=False)
+                if n > 0]
     l0 = lm.l0()
     if l0:
         return [(min(d.name.key_start for d in l0), max(d.name.key_end for d in l0))]
@@ -62,15 +73,14 @@ def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: in
                         record_threshold: int | None = None,
                         progress: Callable[[int, int], None] | None = None) -> list[LayerName]:
     """Write image layers at `lsn` (default durable_lsn) over every key range (an
-    image partition) that, above its newest image, has either more than `threshold`
-    (default config.image_delta_threshold) delta layers, or a key that may have more
-    than `record_threshold` (default config.image_record_threshold) delta entries.
+    image partition) that is due for them (`images_due`, FORMAT.md section 7a).
 
-    The per-key count is an upper bound, read from layer headers only: the sum of
-    `max_key_entries` over those delta layers (a key's entries there cannot exceed
-    it). It may over-count (a layer straddling the floor, different keys' maxima),
-    never under-count. `progress(done, total)`: key ranges looked at so far, of
-    all. Returns: names of the new image layers.
+    `threshold`: the layer-count rule alone, with this many layers (what `strata
+    compact --images --threshold N` asks for; no byte or cap rule). Default: the
+    store's policy (config.image_delta_threshold, image_bytes_ratio,
+    image_layer_cap). `record_threshold` (default config.image_record_threshold):
+    the per-key rule's limit. `progress(done, total)`: key ranges looked at so far,
+    of all. Returns: names of the new image layers.
 
     Raises: LsnOutOfRangeError if lsn is above durable_lsn or below retention_lsn.
     """
@@ -83,8 +93,11 @@ def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: in
                 f"and durable_lsn {Lsn(m.durable_lsn)}, not at {Lsn(at)}",
                 nearest=Lsn(m.durable_lsn))
         cfg = store.config
-        thr = cfg.image_delta_threshold if threshold is None else threshold
-        rthr = cfg.image_record_threshold if record_threshold is None else record_threshold
+        rule = ImageRule(
+            layers=cfg.image_delta_threshold if threshold is None else threshold,
+            records=cfg.image_record_threshold if record_threshold is None else record_threshold,
+            bytes_ratio=cfg.image_bytes_ratio if threshold is None else 0.0,
+            cap=cfg.image_layer_cap if threshold is None else 0)
         made: list[LayerName] = []
         parts = image_partitions(store.view().layer_map) if ranges is None else ranges
         for i, (start, end) in enumerate(parts):
@@ -94,14 +107,60 @@ def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: in
             floor = floor_lsn(lm, start, end, at)
             if floor == at:
                 continue
-            above = [d for d in lm.deltas
-                     if d.name.key_start < end and start < d.name.key_end
-                     and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
-            if len(above) > thr or chain_bound(above, rthr) > rthr:
+            if images_due(lm, start, end, floor, at, rule):
                 made += make_images(store, start, end, at)
         if progress is not None:
             progress(len(parts), len(parts))
         return made
+
+
+@dataclass(frozen=True)
+class ImageRule:
+    """The limits of `images_due` (FORMAT.md section 7a). `bytes_ratio` 0: no byte
+    rule; `cap` 0: no cap."""
+
+    layers: int
+    records: int
+    bytes_ratio: float
+    cap: int
+
+
+def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
+               rule: ImageRule) -> bool:
+    """Whether the partition [start, end), whose newest full image is at `floor`
+    (-1: none), gets images at `at`. The delta layers above the floor are those that
+    overlap it and hold LSNs in (floor, at]. Images are due when
+
+    1. some key has more than `rule.records` deltas there to replay (`chain_bound`
+       from the layer headers; only when it says so, `longest_chain` counts
+       exactly, reading the keys and kinds of those layers' blocks), or
+    2. more than `rule.layers` delta layers are there and their blocks in the
+       partition (a layer straddling the floor: its share above it) hold at
+       least `rule.bytes_ratio` times the bytes of its newest
+       images (`newest_image_bytes`; so image layers add about 1 / bytes_ratio of
+       the delta bytes at most: the storage bound), or
+    3. more than `rule.cap` delta layers are there (a read's fan-in stays bounded
+       however small the deltas are).
+
+    Rules 2 and 3 read the layers' block indexes only (`block_bytes`)."""
+    above = [d for d in lm.deltas
+             if d.name.key_start < end and start < d.name.key_end
+             and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
+    if (chain_bound(above, rule.records) > rule.records
+            and longest_chain(above, start, end, floor, at) > rule.records):
+        log.debug("images due: a chain of more than %d deltas", rule.records)
+        return True
+    if len(above) <= rule.layers:
+        return False
+    if rule.bytes_ratio <= 0 or 0 < rule.cap < len(above):
+        log.debug("images due: %d layers above the floor %d", len(above), floor)
+        return True
+    image_bytes = newest_image_bytes(lm, start, end, at)
+    delta_bytes = sum(block_bytes(d, start, end) * _share_above(d, floor) for d in above)
+    if delta_bytes >= rule.bytes_ratio * image_bytes:
+        log.debug("images due: %d delta bytes, %d image bytes", delta_bytes, image_bytes)
+        return True
+    return False
 
 
 def chain_bound(deltas: list[Layer], limit: int) -> int:
@@ -115,6 +174,97 @@ def chain_bound(deltas: list[Layer], limit: int) -> int:
         if total > limit:
             break
     return total
+
+
+def block_bytes(layer: Layer, start: bytes, end: bytes) -> int:
+    """Compressed bytes of the layer's blocks that may hold keys in [start, end), from
+    its block index alone (no block is read)."""
+    f = layer.file
+    return sum(f.blocks[i].comp_len for i in f.blocks_in(start, end))
+
+
+def _share_above(d: Layer, floor: int) -> float:
+    """The share of a delta layer's LSN range above `floor` (a compaction's L1 often
+    straddles the image it is above: its bytes below the floor are not counted, on
+    the estimate that bytes spread evenly over LSNs)."""
+    lo, hi = d.name.lsn_start, d.name.lsn_end
+    return 1.0 if floor < lo else max(0.0, (hi - 1 - floor) / max(hi - lo, 1))
+
+
+def newest_image_bytes(lm: LayerMap, start: bytes, end: bytes, at: int) -> int:
+    """What an image of [start, end) costs, estimated from the newest image layers at
+    or below `at` over each part of it (block bytes from the indexes; a part no image
+    covers, e.g. pages added since, counts 0)."""
+    seen: list[tuple[bytes, bytes]] = []
+    total = 0
+    for im in lm.images:  # newest first
+        a, z = max(start, im.name.key_start), min(end, im.name.key_end)
+        if im.name.image_lsn > at or a >= z or covers(a, z, seen):
+            continue
+        total += block_bytes(im, a, z)
+        seen.append((a, z))
+        if covers(start, end, seen):
+            break
+    return total
+
+
+_CHAIN_START = np.zeros(256, dtype=bool)  # kinds that end a key's chain below them
+_CHAIN_START[[int(ValueKind.PAGE_IMAGE), int(ValueKind.TOMBSTONE),
+              int(ValueKind.WAL_RECORD_INIT)]] = True
+_COUNTED = np.ones(256, dtype=np.int64)  # kinds a read replays (a start it replays too)
+_COUNTED[[int(ValueKind.PAGE_IMAGE), int(ValueKind.TOMBSTONE)]] = 0
+
+
+def _chain_tails(keys: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per key of (key, lsn)-sorted rows: the key, the deltas a read at the end
+    replays from these rows (those from its newest chain start on), and whether the
+    rows hold a chain start (then older rows do not matter)."""
+    n = len(keys)
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    idx = np.arange(n, dtype=np.int64)
+    starts = _CHAIN_START[kinds]
+    # a start's own row counts when a read replays it (will_init), not when it is the
+    # base (image) or the end (tombstone) of the chain
+    from_row = np.where(starts, idx + 1 - _COUNTED[kinds], -1)
+    tail_from = np.maximum(np.maximum.reduceat(from_row, first), first)
+    ends = np.r_[first[1:], n]
+    return keys[first], ends - tail_from, np.logical_or.reduceat(starts, first)
+
+
+def longest_chain(above: list[Layer], start: bytes, end: bytes, floor: int, at: int) -> int:
+    """Exactly: the most deltas a read at `at` of one key of [start, end) replays from
+    the layers `above` (entries in (floor, at]; a key's chain goes down to its newest
+    image, tombstone or will_init record). Reads the keys and kinds of those layers'
+    blocks in the range, one layer at a time (what `chain_bound` over-counts: maxima of
+    different keys, runs a newer image already ends)."""
+    seg_keys, seg_tails, seg_starts, seg_age = [], [], [], []
+    for age, d in enumerate(sorted(above, key=lambda d: d.name.lsn_end)):  # oldest first
+        ks, kinds = [], []
+        for i in d.file.blocks_in(start, end):
+            b = d.file.block_batch(i).select(start, end, floor + 1, at + 1)
+            ks.append(np.array(b.order_keys))
+            kinds.append(np.array(b.kinds))
+        if not ks or not sum(map(len, ks)):
+            continue
+        k, t, st = _chain_tails(np.concatenate(ks), np.concatenate(kinds))
+        seg_keys.append(k)
+        seg_tails.append(t)
+        seg_starts.append(st)
+        seg_age.append(np.full(len(k), age, dtype=np.int64))
+    if not seg_keys:
+        return 0
+    keys = np.concatenate(seg_keys)
+    order = np.lexsort((np.concatenate(seg_age), keys))  # by key, then oldest first
+    keys, tails = keys[order], np.concatenate(seg_tails)[order]
+    starts = np.concatenate(seg_starts)[order].astype(np.int64)
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    group = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(keys)]))
+    # a segment counts unless a newer segment of its key holds a chain start
+    later = np.cumsum(starts[::-1])[::-1] - starts  # starts after each row, any key
+    group_end = np.r_[first[1:], len(keys)]
+    after_group = np.r_[np.cumsum(starts[::-1])[::-1], 0][group_end]
+    counted = np.where(later - after_group[group] == 0, tails, 0)
+    return int(np.add.reduceat(counted, first).max())
 
 
 def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[LayerName]:

@@ -14,10 +14,13 @@ Policy (FORMAT.md section 7b), checked once per new manifest generation:
    `maintenance_poll_seconds` while idle).
 2. **Compaction** when at least `l0_compaction_trigger` L0 layers exist: all of
    them are merged into L1s in one job. Every L0 byte is merged once.
-3. **Images** where a partition (an L1 key range, or the L0 span) has more than
-   `image_delta_threshold` delta layers above its newest image, or a key that
-   may have more than `image_record_threshold` deltas there (layer headers
-   only; section 7a). A partition is imaged at most once per such excess.
+3. **Images** where a partition (an L1 key range, or the L0 span) has a key that
+   may have more than `image_record_threshold` deltas above its newest image;
+   or more than `image_delta_threshold` delta layers there whose bytes in the
+   partition reach `image_bytes_ratio` times its newest image's (so images add
+   at most 1/ratio of the delta bytes); or more than `image_layer_cap` delta
+   layers there (layer headers and indexes only; section 7a). A partition is
+   imaged at most once per such excess.
 4. **gc** once the horizon (durable_lsn - `retention_lsn_distance`) has moved
    a quarter of the window past retention_lsn.
 5. **CPU budget**: over every second of wall time, the maintenance thread uses
