@@ -172,6 +172,34 @@ def test_a_proxy_that_cannot_stop_in_time_leaves_no_server_mount_or_helper(
 
 
 @pytest.mark.e2e
+def test_a_spare_file_system_that_cannot_exit_in_time_does_not_outlive_strata(
+        scratch_dir: Path) -> None:
+    """SIGTERM while the lazy file-system spares are frozen (SIGSTOP: as a spare
+    busy opening the store, which does not see its stdin close): the proxy service
+    kills them after `lazy.SPARE_EXIT_WAIT` instead of waiting past the daemon's
+    grace, so none outlives `strata up` (CI 2026-12-03 saw one left)."""
+    home = scratch_dir / "home"
+    up = StrataUp(home, "--historical", "lazy")
+    try:
+        up.proxy_dsn()
+        spares: list[int] = []
+        for _ in range(600):
+            spares = [int(ln.split(":")[0]) for ln in processes_under(home)
+                      if "strata.historical.lazyfs" in ln]
+            if spares:
+                break
+            threading.Event().wait(0.05)
+        assert spares, "no spare file system started"
+        for pid in spares:
+            os.kill(pid, signal.SIGSTOP)
+        assert up.terminate() == 0
+    finally:
+        up.kill()
+        Cluster(datadir=home / "primary" / "data").stop("immediate")
+    assert processes_under(home) == []
+
+
+@pytest.mark.e2e
 def test_a_service_that_keeps_dying_stops_everything_naming_it(scratch_dir: Path) -> None:
     home = scratch_dir / "home"
     up = StrataUp(home)

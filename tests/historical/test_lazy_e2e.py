@@ -176,6 +176,29 @@ def test_server_writes_go_to_the_overlay_and_the_store_is_unchanged(
         data = path.read_bytes()
         assert data[:8192] == page0 and data[8192 * 3 + 100:8192 * 3 + 108] == b"overlay!"
         assert (inst.root / "overlay" / rel).exists()
+        # a copied-up file keeps the kernel's page cache across opens (a parallel
+        # worker's open would otherwise drop it: every scan rebuilt from the store)
+        # and across a write followed by a size check (the server writes hint bits,
+        # then asks the size with lseek: with the kernel's own mtime after a write
+        # differing from ours, that getattr dropped the whole file's cache);
+        # `fincore` opens the file itself, then counts its cached pages
+        with open(path, "r+b") as f:
+            f.seek(8192 * 5)
+            f.write(b"\x01" * 8192)
+            f.flush()
+            os.fsync(f.fileno())
+        for _ in range(2):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                assert os.lseek(fd, 0, os.SEEK_END) == st.st_size
+            finally:
+                os.close(fd)
+            assert path.stat().st_size == st.st_size
+        cached = subprocess.run(["fincore", "--noheadings", "--raw", "--output", "PAGES",
+                                 str(path)], check=True, capture_output=True, text=True)
+        assert int(cached.stdout) >= st.st_size // 4096 // 2, cached.stdout
+        data = data[:8192 * 5] + b"\x01" * 8192 + data[8192 * 6:]
+        assert path.read_bytes() == data  # and what it holds is what we wrote
     finally:
         inst.remove()
     assert _tree_md5(world.store_dir) == before
@@ -349,14 +372,18 @@ def test_cleanup_after_a_crash_stops_servers_and_unmounts_dead_or_alive_mounts(
 
 
 def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
-        world: LazyWorld) -> None:
+        world: LazyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     """`LazyView.start_helpers`: a file read sequentially (128 kB reads, as the
     kernel's) gives the same bytes with helpers as without, the helpers really
-    rebuilt part of it, a helper killed -9 is dropped and its part rebuilt here,
-    and `close_helpers` reaps every helper."""
+    rebuilt part of it (every window shared: `SPLIT_MIN_US` 0), a helper killed -9
+    is dropped and its part rebuilt here, and `close_helpers` reaps every helper;
+    with pages cheaper than `SPLIT_MIN_US`, no window is shared."""
+    from strata.historical import lazyview
     from strata.historical.controlfile import parse_control
     from strata.historical.lazyview import SPLIT_MIN, LazyView
     from strata.historical.store_view import StoreView
+
+    monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 0.0)
 
     lsn = Lsn.parse(world.point("update_big").lsn)
 
@@ -384,6 +411,13 @@ def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
         assert [h.pid for h in helped._helpers] == pids[1:]
     finally:
         helped.close_helpers()
+    cheap = view()
+    assert cheap.start_helpers(1) == 1
+    try:
+        monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 1e9)  # every page counts as cheap
+        assert read_all(cheap) == want and cheap.helped_pages == 0
+    finally:
+        cheap.close_helpers()
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)

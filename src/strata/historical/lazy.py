@@ -222,6 +222,7 @@ def spawn_fs(owner: Path | None = None, store_dir: Path | None = None
 
 
 REPLENISH_AFTER = 2.0  # s after a take before its replacement spare starts
+SPARE_EXIT_WAIT = 0.5  # s a closed spare gets to exit by itself before it is killed
 
 
 class FsSpares:
@@ -276,8 +277,12 @@ class FsSpares:
             if p.stdin is not None:
                 with contextlib.suppress(OSError):
                     p.stdin.close()
+        for p in spares:
+            # a spare sees stdin close only between steps (not while it opens the
+            # store); it has no mount, so one still busy is simply killed: the
+            # service's stop must fit in the daemon's grace period
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=SPARE_EXIT_WAIT)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

@@ -20,7 +20,8 @@ the process then exits).
 The tree is the overlay directory plus the relation segment files of
 `lazyview.LazyView`, which exist only here:
   * reads of a relation file are pages rebuilt at X on first read (readahead
-    through range scans; the kernel keeps what it read in its page cache);
+    through range scans; the kernel keeps what it read in its page cache,
+    across opens, also after the file was written: writes pass through it);
   * writes never reach the store: a written relation file is copied up block
     by block into the overlay (a sparse file plus the set of its blocks that
     are there); a deleted one is hidden; every other file lives in the
@@ -308,7 +309,11 @@ class LazyFS(pyfuse3.Operations):  # type: ignore[misc]
             self._vfh[fh] = path
             if flags & os.O_TRUNC:
                 self._truncate_virtual(path, 0)
-            return pyfuse3.FileInfo(fh=fh, keep_cache=path not in self._cow)
+            # keep_cache even once copied up: every write reaches us through this mount,
+            # so the kernel's cached pages are what we would serve; without it every
+            # open (a parallel worker's) would drop the cache of the whole file, and a
+            # relation the server wrote hint bits to would be rebuilt on every scan
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         return pyfuse3.FileInfo(fh=os.open(self._real(path), flags & ~os.O_CREAT))
 
     @_errors

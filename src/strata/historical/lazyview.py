@@ -29,7 +29,14 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
   rebuilds the first, and the pages come back over a pipe. A helper that fails
   or dies is dropped and its part rebuilt here (so a store error is reported
   by this process, as without helpers); a helper exits when the pipe closes
-  (this process gone, even by kill -9) and at `close_helpers`.
+  (this process gone, even by kill -9) and at `close_helpers`. Sharing pays
+  only when pages are dear: a page sent over the pipe costs this process a few
+  microseconds, which is most of what a page read from an image costs. So a
+  window is shared only while the pages this process rebuilt itself lately
+  cost at least `SPLIT_MIN_US` each (a moving average). Measured
+  (BENCHMARKS.md, bench_lazy_scan): always sharing, a helper took a cold
+  count(*) from 1.95 to 1.38 s at scale 10 (delta chains) but from 6.9 to
+  9.3 s at scale 100 (mostly images); with this rule it is neutral at both.
 * A block the store has no value for is a zero page (a hole), as in
   materialize. A relation with WAL of an index AM without redo
   (`store_view.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
@@ -60,8 +67,8 @@ from strata.historical.served import ServedFork, facts_of, served_forks
 from strata.historical.source import BLCKSZ, FORK_SUFFIX
 from strata.historical.store_view import NO_REDO_YET_RMGRS, StoreView
 from strata.key import Key, KeyRange
-from strata.pg.checksum import set_checksums
 from strata.pg.constants import ForkNumber
+from strata.reconstruct.redo.page_ops import set_checksums
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,8 @@ FIRST_NORMAL_OBJECT_ID = 16384  # relfilenumbers below: system catalogs of initd
 _TEMPLATE_DBS = (1, 4)  # template1, template0
 _YIELD_SECONDS = 0.02  # prefetching pauses while the server read this recently
 SPLIT_MIN = 64  # blocks: a window at least this long is shared with the helpers
+SPLIT_MIN_US = 40.0  # us: ... while a page rebuilt here costs at least this (average)
+_COST_WEIGHT = 0.3  # weight of the newest window in that average
 _PR_SET_PDEATHSIG = 1
 
 
@@ -137,6 +146,7 @@ class LazyView:
     def __post_init__(self) -> None:
         self._helpers: list[_Helper] = []
         self.helped_pages = 0  # pages the helpers rebuilt
+        self.page_cost_us = SPLIT_MIN_US  # moving average of a page rebuilt here
         self._am_oids = am_oids(self.invalid_index_ams)
         self._lock = threading.Lock()
         self._last_read = 0.0
@@ -227,21 +237,26 @@ class LazyView:
     def _fill(self, f: ServedFork, blk: int, end: int) -> None:
         fid = (f.spc, f.db, f.rel, f.fork)
         buf = self._built_shared(f, blk, end) if self._helpers else self._built(f, blk, end)
+        view = memoryview(buf)  # one copy per page, not two
         for i in range(end - blk):
-            self._cache[(*fid, blk + i)] = bytes(buf[i * BLCKSZ:(i + 1) * BLCKSZ])
+            self._cache[(*fid, blk + i)] = bytes(view[i * BLCKSZ:(i + 1) * BLCKSZ])
         while len(self._cache) > self.cache_pages:
             self._cache.popitem(last=False)
 
     def _built(self, f: ServedFork, blk: int, end: int) -> bytearray:
         """Blocks [blk, end) of `f` as served: rebuilt, patched, checksummed."""
-        buf = bytearray(b"".join(self._rebuild(f, blk, end)))
-        set_checksums(buf, list(range(blk, end)))
+        t0 = time.perf_counter()
+        buf = bytearray().join(self._rebuild(f, blk, end))
+        set_checksums(buf, range(blk, end))
+        if end > blk:
+            us = (time.perf_counter() - t0) * 1e6 / (end - blk)
+            self.page_cost_us += _COST_WEIGHT * (us - self.page_cost_us)
         return buf
 
     def _built_shared(self, f: ServedFork, blk: int, end: int) -> bytearray:
         """`_built`, the work cut in parts between this process and the helpers."""
         n = end - blk
-        if n < SPLIT_MIN:
+        if n < SPLIT_MIN or self.page_cost_us < SPLIT_MIN_US:
             return self._built(f, blk, end)
         helpers = list(self._helpers)
         parts = len(helpers) + 1
