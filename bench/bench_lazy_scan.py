@@ -21,7 +21,9 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +65,21 @@ def build(keep: Path, scale: int, history: int) -> dict[str, Any]:
     return info
 
 
-def one(home: Path, lsn: Lsn, helpers: int) -> dict[str, Any]:
+def _fs_pids(work: Path) -> list[int]:
+    """The lazy file-system processes (spares included) started under `work`."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "lazyfs" in cmd and str(work) in cmd:
+                out.append(int(p.name))
+    return out
+
+
+def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None) -> dict[str, Any]:
     os.environ["STRATA_LAZY_HELPERS"] = str(helpers)  # the spare file system inherits it
     store = PageStore.open(home / "layers", reconstruct_value, background=False)
     work = Path(tempfile.mkdtemp(prefix="lazyrun-", dir=ROOT))
@@ -71,7 +87,18 @@ def one(home: Path, lsn: Lsn, helpers: int) -> dict[str, Any]:
     factory = make_factory(store, home / "layers", mode="lazy", instances_root=work / "instances")
     try:
         time.sleep(4)  # the spare has opened the store (lazyfs.PREOPEN_AFTER, then the open)
+        spies = []
+        if profile is not None:  # py-spy every file-system process and its helpers
+            profile.mkdir(parents=True, exist_ok=True)
+            spies = [subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate", "250",
+                 "--format", "speedscope", "-o", str(profile / f"lazyfs-h{helpers}-{pid}.json")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in _fs_pids(work)]
+            time.sleep(1)
         inst, t, val, started = timed_first_row(factory, lsn, work / "c", COUNT_SQL)
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         warm = scan_seconds(inst.dsn())
         inst.remove()
     finally:
@@ -90,6 +117,7 @@ def main() -> int:
     ap.add_argument("--helpers", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--keep", type=Path, help="reuse / keep the built store here")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", type=Path, help="py-spy the file systems into this directory")
     args = ap.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     keep = args.keep or Path(tempfile.mkdtemp(prefix="lazyscan-keep-", dir=ROOT))
@@ -103,7 +131,7 @@ def main() -> int:
         lsn = Lsn.parse(info["lsn"])
         for _ in range(args.rounds):
             for h in args.helpers:
-                r = one(keep / "home", lsn, h)
+                r = one(keep / "home", lsn, h, args.profile)
                 r["load"] = os.getloadavg()
                 res["runs"].append(r)
                 print(f"helpers {h}: count(*) first row {r['count_first_row_s']:.2f} s "

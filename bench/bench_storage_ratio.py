@@ -10,7 +10,12 @@ bytes per value kind and key kind, record values stored more than once (a WAL
 record with several block references is stored once per block), and the size
 the same blocks would take at other zstd levels and block sizes.
 
-Run: python bench/bench_storage_ratio.py [--scale 5] [--tx 20000]
+The WAL is ingested `--flush-mb` MB at a time, each followed by a flush and the
+maintenance it triggers (compaction, image layers), as a running `strata up`
+flushes every so often; so image layers are made as the policy makes them live,
+and the table splits each phase's bytes into delta and image layers.
+
+Run: python bench/bench_storage_ratio.py [--scale 5] [--tx 20000] [--flush-mb 8]
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from strata.runtime.cluster import SUPERUSER, Cluster
 from strata.storage.blocks import encode_columns
 from strata.storage.config import StorageConfig
 from strata.storage.layerfile import LayerFile
-from strata.storage.manifest import load_manifest
+from strata.storage.manifest import Level, load_manifest
 from strata.storage.values import ENTRY_HEADER
 from strata.timemap.timemap import TimeMap
 from strata.wal.decoder import decode_record
@@ -55,9 +60,13 @@ def pgbench(c: Cluster, *args: str) -> None:
                     "-U", SUPERUSER, "postgres"], check=True, env=env, capture_output=True)
 
 
-def live_bytes(d: Path) -> int:
+def live_bytes(d: Path) -> tuple[int, int]:
+    """Bytes of the live delta layers and of the live image layers."""
     m = load_manifest(d)
-    return sum(le.size for le in m.layers) if m is not None else 0
+    if m is None:
+        return 0, 0
+    images = sum(le.size for le in m.layers if le.level == Level.IMAGE)
+    return sum(le.size for le in m.layers) - images, images
 
 
 def run_workload(c: Cluster, scale: int, tx: int) -> list[tuple[str, Lsn]]:
@@ -133,7 +142,7 @@ def what_is_stored(d: Path) -> None:
         if parts:
             big[size] += len(zstandard.ZstdCompressor(level=1).compress(b"".join(parts)))
     raw_total = sum(by_kind.values())
-    print(f"\nfinal store: {len(m.layers)} layers, {live_bytes(d) / 1e6:.1f} MB in files, "
+    print(f"\nfinal store: {len(m.layers)} layers, {sum(live_bytes(d)) / 1e6:.1f} MB in files, "
           f"{raw_total / 1e6:.1f} MB of entries uncompressed")
     print("bytes by level and value kind (uncompressed, 31 B header each):")
     for k, v in by_kind.most_common():
@@ -160,6 +169,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=int, default=5)
     ap.add_argument("--tx", type=int, default=20000)
+    ap.add_argument("--flush-mb", type=float, default=8.0,
+                    help="WAL MB ingested between flushes (each followed by maintenance)")
     args = ap.parse_args()
     SCRATCH.mkdir(parents=True, exist_ok=True)
     os.chmod(SCRATCH, 0o755)
@@ -172,7 +183,7 @@ def main() -> None:
         c.start()
         c.stop()
         source = DataDirSource(c.datadir)
-        cfg = StorageConfig(retention_lsn_distance=None)
+        cfg = StorageConfig(retention_lsn_distance=None, maintenance_cpu_fraction=1.0)
         store = PageStore.open(root / "layers", reconstruct_value, cfg)
         timemap = TimeMap.open(root / "timemap")
         ingest = WalIngest(store, timemap, TransamIngest(source.control()),
@@ -182,23 +193,31 @@ def main() -> None:
         c.start()
         phases = run_workload(c, args.scale, args.tx)
         c.stop()
-        print("| phase | WAL MB | layer MB added | layer bytes per WAL byte |")
-        print("|-------|--------|----------------|--------------------------|")
+        print("| phase | WAL MB | layer MB added (deltas + images) | layer bytes per WAL byte |")
+        print("|-------|--------|----------------------------------|--------------------------|")
         records = iter_records(c.wal_dir(), start)
-        prev_lsn, prev_bytes = start, live_bytes(root / "layers")
+        prev_lsn, prev = start, live_bytes(root / "layers")
         rec = next(records, None)
+        every = int(args.flush_mb * 1e6)
         for name, end in phases:
+            mark = prev_lsn + every
             while rec is not None and rec.end_lsn <= end:
                 ingest.ingest(rec)
+                if rec.end_lsn >= mark:
+                    ingest.advance()
+                    store.flush()
+                    store.wait_maintenance()
+                    mark = rec.end_lsn + every
                 rec = next(records, None)
             ingest.advance()
             store.flush()
             store.wait_maintenance()
             now = live_bytes(root / "layers")
             wal = end - prev_lsn
-            print(f"| {name} | {wal / 1e6:.1f} | {(now - prev_bytes) / 1e6:.1f} | "
-                  f"{(now - prev_bytes) / wal:.3f} |")
-            prev_lsn, prev_bytes = end, now
+            d, i = now[0] - prev[0], now[1] - prev[1]
+            print(f"| {name} | {wal / 1e6:.1f} | {(d + i) / 1e6:.1f} ({d / 1e6:.1f} + "
+                  f"{i / 1e6:.1f}) | {(d + i) / wal:.3f} |")
+            prev_lsn, prev = end, now
         store.close()
         timemap.close()
         what_is_stored(root / "layers")
