@@ -32,7 +32,6 @@ from typing import Any
 
 import pytest
 
-from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.modes import UNSUPPORTED_INDEX_AMS
@@ -43,17 +42,12 @@ from strata.historical.pitr import (
     base_backup,
     recover_to,
 )
-from strata.historical.source import DataDirSource
 from strata.historical.store_view import StoreView
-from strata.ingest.transam import TransamIngest
-from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
-from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
-from strata.timemap.timemap import TimeMap
-from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
+from tests.store_import import import_stopped, ingest_through
 
 pytestmark = [pytest.mark.e2e]
 
@@ -171,14 +165,8 @@ def index_history() -> Iterator[IndexHistory]:
         primary.sql(f"CREATE DATABASE {DB}")
         primary.psql("-q", dbname=DB, input=SETUP)
         backup = base_backup(primary, root / "backup")
-        primary.stop()
-        source = DataDirSource(primary.datadir)
-        store = PageStore.open(root / "layers", reconstruct_value)
-        timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(store, timemap, TransamIngest(source.control()),
-                           start_lsn=source.lsn)
-        start = import_datadir(source, ingest)
-        primary.start()
+        imp = import_stopped(primary, root)
+        store, start = imp.store, imp.start
         points: list[tuple[str, Lsn]] = []
         for name, sql in STEPS:
             primary.psql("-q", dbname=DB, input=sql)
@@ -188,11 +176,7 @@ def index_history() -> Iterator[IndexHistory]:
         archive_now(primary)
         primary.stop()
         end = points[-1][1]
-        for rec in iter_records(primary.wal_dir(), start):
-            ingest.ingest(rec)
-            if rec.lsn > end:
-                break
-        ingest.advance()
+        ingest_through(imp.ingest, primary.wal_dir(), start, end)
         yield IndexHistory(store, points, live_plans, root, archive, backup)
     finally:
         if store is not None:

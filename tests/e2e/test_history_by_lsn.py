@@ -15,20 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.modes import UNSUPPORTED_INDEX_AMS
-from strata.historical.source import DataDirSource
 from strata.historical.store_view import StoreView
-from strata.ingest.transam import TransamIngest
-from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.pg.timestamp import datetime_to_timestamptz
-from strata.reconstruct.reconstruct import reconstruct_value
 from strata.timemap.timemap import TimeMap
-from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
 from tests.e2e.workload import (
     WORKLOADS,
@@ -38,6 +32,7 @@ from tests.e2e.workload import (
     load_steps,
     run_steps,
 )
+from tests.store_import import import_stopped, ingest_through
 
 
 @dataclass
@@ -56,23 +51,13 @@ def history() -> Iterator[History]:
     primary = make_cluster(root / "primary", autovacuum="off")
     store: PageStore | None = None
     try:
-        primary.stop()
-        source = DataDirSource(primary.datadir)
-        store = PageStore.open(root / "layers", reconstruct_value)
-        timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(store, timemap, TransamIngest(source.control()),
-                           start_lsn=source.lsn)
-        start = import_datadir(source, ingest)
-        primary.start()
+        imp = import_stopped(primary, root)
+        store, timemap, ingest, start = imp.store, imp.timemap, imp.ingest, imp.start
         with primary.connect() as conn:
             points = run_steps(conn, load_steps(WORKLOADS / "history.sql"))
         primary.stop()  # every record is on disk
         end = max(Lsn.parse(p.lsn) for p in points)
-        for rec in iter_records(primary.wal_dir(), start):
-            ingest.ingest(rec)
-            if rec.lsn > end:
-                break
-        ingest.advance()
+        ingest_through(ingest, primary.wal_dir(), start, end)
         yield History(store, timemap, start, points, root)
     finally:
         if store is not None:

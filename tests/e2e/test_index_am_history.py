@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 
-from strata.bootstrap import import_datadir
 from strata.historical.instance import start_instance
 from strata.historical.materialize import materialize
 from strata.historical.modes import UNSUPPORTED_INDEX_AMS
@@ -35,19 +34,16 @@ from strata.historical.pitr import (
     base_backup,
     recover_to,
 )
-from strata.historical.source import DataDirSource
 from strata.historical.store_view import StoreView
-from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import KeyKind, KeyRange
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
-from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
 from strata.storage.manifest import Level
-from strata.timemap.timemap import TimeMap
 from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
+from tests.store_import import import_stopped
 
 pytestmark = [pytest.mark.e2e]
 
@@ -176,13 +172,8 @@ def world() -> Iterator[World]:
     store: PageStore | None = None
     try:
         primary.psql("-q", input=SETUP)
-        primary.stop()
-        source = DataDirSource(primary.datadir)
-        store = PageStore.open(root / "layers", reconstruct_value)
-        ingest = WalIngest(store, TimeMap.open(root / "timemap"),
-                           TransamIngest(source.control()), start_lsn=source.lsn)
-        start = import_datadir(source, ingest)
-        primary.start()
+        imp = import_stopped(primary, root)
+        store, ingest, start = imp.store, imp.ingest, imp.start
         backup = base_backup(primary, root / "backup")
         points = [_step(primary, "build", STEP_BUILD)]
         # every index page of the first step from WAL, then image layers over them

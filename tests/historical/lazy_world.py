@@ -15,21 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from strata.bootstrap import import_datadir
 from strata.historical.pitr import archive_now, archive_settings, base_backup
 from strata.historical.reader import open_reader
-from strata.historical.source import DataDirSource
-from strata.ingest.transam import TransamIngest
-from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
-from strata.reconstruct.reconstruct import reconstruct_value
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import make_private_dir
-from strata.timemap.timemap import TimeMap
-from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
 from tests.e2e.workload import WORKLOADS, StepPoint, load_steps, run_steps
+from tests.store_import import import_stopped, ingest_through
 
 EXTRA_STEPS: list[tuple[str, list[str]]] = [
     ("big", [
@@ -75,14 +69,8 @@ def build_world() -> Iterator[LazyWorld]:
     writer: PageStore | None = None
     reader: PageStore | None = None
     try:
-        primary.stop()
-        source = DataDirSource(primary.datadir)
-        writer = PageStore.open(root / "layers", reconstruct_value)
-        timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(writer, timemap, TransamIngest(source.control()),
-                           start_lsn=source.lsn)
-        start = import_datadir(source, ingest)
-        primary.start()
+        imp = import_stopped(primary, root)
+        writer, timemap, start = imp.store, imp.timemap, imp.start
         backup = base_backup(primary, make_private_dir(root / "backup"))
         # in place (pg_tblspc/<oid> is a directory): the PITR oracles recovered from
         # the base backup then never write into the primary's tablespace
@@ -99,11 +87,7 @@ def build_world() -> Iterator[LazyWorld]:
         archive_now(primary)
         primary.stop()
         end = max(Lsn.parse(p.lsn) for p in points)
-        for rec in iter_records(primary.wal_dir(), start):
-            ingest.ingest(rec)
-            if rec.lsn > end:
-                break
-        ingest.advance()
+        ingest_through(imp.ingest, primary.wal_dir(), start, end)
         writer.close(flush=True)
         writer = None
         timemap.close()

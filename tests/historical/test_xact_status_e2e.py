@@ -19,18 +19,11 @@ import shutil
 
 import pytest
 
-from strata.bootstrap import import_datadir
 from strata.historical.modes import make_factory
 from strata.historical.reader import open_reader
-from strata.historical.source import DataDirSource
-from strata.ingest.transam import TransamIngest
-from strata.ingest.walingest import WalIngest
 from strata.lsn import Lsn
-from strata.pagestore import PageStore
-from strata.reconstruct.reconstruct import reconstruct_value
-from strata.timemap.timemap import TimeMap
-from strata.wal.segments import iter_records
 from tests.conftest import _scratch, make_cluster
+from tests.store_import import import_stopped, ingest_through
 
 ROWS = 600_000  # > 16 pg_xact pages of 32,768 transactions each
 
@@ -40,14 +33,7 @@ def test_a_second_scan_reads_no_pg_xact_page() -> None:
     root = _scratch("xact-")
     primary = make_cluster(root / "primary", autovacuum="off")
     try:
-        primary.stop()
-        source = DataDirSource(primary.datadir)
-        writer = PageStore.open(root / "layers", reconstruct_value)
-        timemap = TimeMap.open(root / "timemap")
-        ingest = WalIngest(writer, timemap, TransamIngest(source.control()),
-                           start_lsn=source.lsn)
-        start = import_datadir(source, ingest)
-        primary.start()
+        imp = import_stopped(primary, root)
         with primary.connect() as conn:
             conn.autocommit = True
             conn.execute("CREATE TABLE spread (id int PRIMARY KEY, v int) WITH (fillfactor = 50)")
@@ -65,13 +51,9 @@ def test_a_second_scan_reads_no_pg_xact_page() -> None:
             assert row is not None
             end = Lsn.parse(row[0])
         primary.stop()
-        for rec in iter_records(primary.wal_dir(), start):
-            ingest.ingest(rec)
-            if rec.lsn >= end:
-                break
-        ingest.advance()
-        writer.close(flush=True)
-        timemap.close()
+        ingest_through(imp.ingest, primary.wal_dir(), imp.start, end)
+        imp.store.close(flush=True)
+        imp.timemap.close()
         reader = open_reader(root / "layers")
         mode = os.environ.get("STRATA_TEST_HISTORICAL", "auto")
         factory = make_factory(reader, root / "layers", mode=mode,
