@@ -377,7 +377,9 @@ def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
     kernel's) gives the same bytes with helpers as without, the helpers really
     rebuilt part of it (every window shared: `SPLIT_MIN_US` 0), a helper killed -9
     is dropped and its part rebuilt here, and `close_helpers` reaps every helper;
-    with pages cheaper than `SPLIT_MIN_US`, no window is shared."""
+    with pages cheaper than `SPLIT_MIN_US`, no window is shared; a helper running
+    ahead of the reader (`RUN_AHEAD_MIN`) serves the same bytes, and dead, is
+    replaced by rebuilds here."""
     from strata.historical import lazyview
     from strata.historical.controlfile import parse_control
     from strata.historical.lazyview import SPLIT_MIN, LazyView
@@ -415,9 +417,26 @@ def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
     assert cheap.start_helpers(1) == 1
     try:
         monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 1e9)  # every page counts as cheap
+        monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 10**9)  # and no stream runs ahead
         assert read_all(cheap) == want and cheap.helped_pages == 0
     finally:
         cheap.close_helpers()
+    # running ahead: whole windows rebuilt by the helper before the reader gets there
+    # (no window shared), the same bytes; a helper killed -9 while it runs ahead is
+    # dropped and its windows rebuilt here
+    monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 32)
+    ahead = view()
+    assert ahead.start_helpers(1) == 1
+    pids.append(ahead._helpers[0].pid)
+    try:
+        assert read_all(ahead) == want
+        assert ahead.helped_pages > size // 8192 // 2
+        os.kill(pids[-1], signal.SIGKILL)
+        helped_before = ahead.helped_pages
+        assert read_all(ahead) == want
+        assert ahead._helpers == [] and ahead.helped_pages == helped_before
+    finally:
+        ahead.close_helpers()
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)

@@ -26,7 +26,9 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
   that share the view as it was at the fork (the store's open layer files, the
   LSN). A window of at least `SPLIT_MIN` blocks is cut into n + 1 parts: the
   helpers rebuild theirs (pages, patches, checksums) while this process
-  rebuilds the first, and the pages come back over a pipe. A helper that fails
+  rebuilds the first; a helper leaves its pages in memory shared with this
+  process (`max_window` pages each) and says so over its pipe (one copy of a
+  page, where sending it over the pipe cost ~10 us a page). A helper that fails
   or dies is dropped and its part rebuilt here (so a store error is reported
   by this process, as without helpers); a helper exits when the pipe closes
   (this process gone, even by kill -9) and at `close_helpers`. Sharing pays
@@ -37,6 +39,15 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
   (BENCHMARKS.md, bench_lazy_scan): always sharing, a helper took a cold
   count(*) from 1.95 to 1.38 s at scale 10 (delta chains) but from 6.9 to
   9.3 s at scale 100 (mostly images); with this rule it is neutral at both.
+* Helpers also run ahead of a sequential reader: once a stream's window has
+  grown to `RUN_AHEAD_MIN` blocks, each window it reaches is handed whole to
+  an idle helper as soon as the window before it is served (`_run_ahead`), so
+  the helper rebuilds the next window while this process serves the current
+  one and the server scans it; the reader's first miss in that window takes
+  the helper's pages (`_collect`, waiting for them if they are not there
+  yet). A window no reader reached is collected into the cache when its
+  helper is wanted for another. If the helper fails, the window is rebuilt
+  here (a store error is then reported by this process).
 * A block the store has no value for is a zero page (a hole), as in
   materialize. A relation with WAL of an index AM without redo
   (`store_view.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
@@ -50,6 +61,7 @@ import contextlib
 import ctypes
 import itertools
 import logging
+import mmap
 import multiprocessing
 import os
 import signal
@@ -78,6 +90,7 @@ _TEMPLATE_DBS = (1, 4)  # template1, template0
 _YIELD_SECONDS = 0.02  # prefetching pauses while the server read this recently
 SPLIT_MIN = 64  # blocks: a window at least this long is shared with the helpers
 SPLIT_MIN_US = 40.0  # us: ... while a page rebuilt here costs at least this (average)
+RUN_AHEAD_MIN = 256  # blocks: a stream's window this long runs ahead on a helper
 _COST_WEIGHT = 0.3  # weight of the newest window in that average
 _PR_SET_PDEATHSIG = 1
 
@@ -91,12 +104,25 @@ def default_helpers() -> int:
     return max(0, min(3, (os.cpu_count() or 1) - 1))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Helper:
-    """One forked readahead helper: its pid and this process's end of its pipe."""
+    """One forked readahead helper: its pid, this process's end of its pipe, and the
+    shared memory it leaves the pages it rebuilt in (`max_window` pages)."""
 
     pid: int
     conn: Connection
+    shm: mmap.mmap
+
+
+@dataclass
+class _Ahead:
+    """A window [first, end) of `fork` a helper is rebuilding ahead of `stream`."""
+
+    helper: _Helper
+    fork: ServedFork
+    first: int
+    end: int
+    stream: _Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +171,7 @@ class LazyView:
 
     def __post_init__(self) -> None:
         self._helpers: list[_Helper] = []
+        self._ahead: list[_Ahead] = []  # windows helpers rebuild ahead of streams
         self.helped_pages = 0  # pages the helpers rebuilt
         self.page_cost_us = SPLIT_MIN_US  # moving average of a page rebuilt here
         self._am_oids = am_oids(self.invalid_index_ams)
@@ -220,28 +247,89 @@ class LazyView:
         return out
 
     def _fetch(self, f: ServedFork, blk: int, want_end: int) -> None:
-        streams = self._streams.setdefault((f.spc, f.db, f.rel, f.fork), [])
-        st = next((s for s in streams if abs(blk - s.ahead) <= SEQ_SLACK), None)
-        if st is not None:  # sequential: read further ahead each time
-            st.window = min(self.max_window, max(2 * st.window, want_end - blk, 16))
+        st = self._collect(f, blk)
+        if st is not None:  # a helper rebuilt it ahead: the stream goes on
+            st.window = min(self.max_window, 2 * st.window)
         else:
-            st = _Stream(window=want_end - blk)
-            streams.append(st)
-            del streams[:-MAX_STREAMS]
-        # a miss just past the frontier: the blocks between are the stream's too
-        start = st.ahead if 0 < st.ahead <= blk else blk
-        end = min(f.nblocks, max(want_end, blk + st.window))
-        st.ahead = max(st.ahead, end)
-        self._fill(f, start, end)
+            streams = self._streams.setdefault((f.spc, f.db, f.rel, f.fork), [])
+            st = next((s for s in streams if abs(blk - s.ahead) <= SEQ_SLACK), None)
+            if st is not None:  # sequential: read further ahead each time
+                st.window = min(self.max_window, max(2 * st.window, want_end - blk, 16))
+            else:
+                st = _Stream(window=want_end - blk)
+                streams.append(st)
+                del streams[:-MAX_STREAMS]
+            # a miss just past the frontier: the blocks between are the stream's too
+            start = st.ahead if 0 < st.ahead <= blk else blk
+            end = min(f.nblocks, max(want_end, blk + st.window))
+            st.ahead = max(st.ahead, end)
+            self._fill(f, start, end)
+        self._run_ahead(f, st)
 
     def _fill(self, f: ServedFork, blk: int, end: int) -> None:
-        fid = (f.spc, f.db, f.rel, f.fork)
         buf = self._built_shared(f, blk, end) if self._helpers else self._built(f, blk, end)
+        self._keep(f, blk, buf)
+
+    def _keep(self, f: ServedFork, blk: int, buf: bytes | bytearray | memoryview) -> None:
+        """Pages `buf` (blocks from `blk` of `f`) into the cache, oldest out first."""
+        fid = (f.spc, f.db, f.rel, f.fork)
         view = memoryview(buf)  # one copy per page, not two
-        for i in range(end - blk):
+        for i in range(len(view) // BLCKSZ):
             self._cache[(*fid, blk + i)] = bytes(view[i * BLCKSZ:(i + 1) * BLCKSZ])
         while len(self._cache) > self.cache_pages:
             self._cache.popitem(last=False)
+
+    # -- helpers running ahead of a stream (module docstring) --------------------------------
+    def _run_ahead(self, f: ServedFork, st: _Stream) -> None:
+        """Hand the window after `st`'s frontier to an idle helper (one collects
+        the window its helper built that no reader reached, if none is idle)."""
+        if not self._helpers or st.window < RUN_AHEAD_MIN or st.ahead >= f.nblocks:
+            return
+        busy = [a.helper for a in self._ahead]
+        idle = [h for h in self._helpers if h not in busy]
+        if not idle:
+            stale = self._ahead[0]
+            if stale.stream is st:
+                return  # this stream's next window is being built already
+            self._collect(stale.fork, stale.first)
+            if stale.helper not in self._helpers:
+                return
+            idle = [stale.helper]
+        h, a, b = idle[0], st.ahead, min(f.nblocks, st.ahead + st.window)
+        try:
+            h.conn.send((f, a, b))
+        except OSError:
+            self._drop_helper(h, "its pipe is closed")
+            return
+        self._ahead.append(_Ahead(h, f, a, b, st))
+        st.ahead = b
+
+    def _collect(self, f: ServedFork, blk: int) -> _Stream | None:
+        """The window a helper is rebuilding that holds block `blk` of `f`, into
+        the cache (rebuilt here if the helper fails): its stream, or None."""
+        ahead = next((a for a in self._ahead if a.fork == f and a.first <= blk < a.end), None)
+        if ahead is None:
+            return None
+        self._ahead.remove(ahead)
+        part = self._receive(ahead.helper, ahead.end - ahead.first)
+        if part is None:
+            self._keep(f, ahead.first, self._built(f, ahead.first, ahead.end))
+        else:
+            self._keep(f, ahead.first, part)
+        return ahead.stream
+
+    def _receive(self, h: _Helper, pages: int) -> memoryview | None:
+        """The `pages` pages `h` was asked for, or None (`h` is dropped: it failed)."""
+        try:
+            reply = h.conn.recv_bytes()
+        except (OSError, EOFError) as e:
+            self._drop_helper(h, f"it is gone ({e!r})")
+            return None
+        if reply == b"+":
+            self.helped_pages += pages
+            return memoryview(h.shm)[:pages * BLCKSZ]
+        self._drop_helper(h, reply[1:].decode(errors="replace"))
+        return None
 
     def _built(self, f: ServedFork, blk: int, end: int) -> bytearray:
         """Blocks [blk, end) of `f` as served: rebuilt, patched, checksummed."""
@@ -258,7 +346,8 @@ class LazyView:
         n = end - blk
         if n < SPLIT_MIN or self.page_cost_us < SPLIT_MIN_US:
             return self._built(f, blk, end)
-        helpers = list(self._helpers)
+        busy = [a.helper for a in self._ahead]
+        helpers = [h for h in self._helpers if h not in busy]
         parts = len(helpers) + 1
         cuts = [blk + n * i // parts for i in range(parts + 1)]
         ranges = list(itertools.pairwise(cuts))
@@ -272,17 +361,7 @@ class LazyView:
                 asked.append((None, a, b))
         out = self._built(f, *ranges[0])
         for helper, a, b in asked:
-            part: bytes | None = None
-            if helper is not None:
-                try:
-                    reply = helper.conn.recv_bytes()
-                    if reply[:1] == b"+" and len(reply) == 1 + (b - a) * BLCKSZ:
-                        part = reply[1:]
-                        self.helped_pages += b - a
-                    else:
-                        self._drop_helper(helper, reply[1:].decode(errors="replace"))
-                except (OSError, EOFError) as e:
-                    self._drop_helper(helper, f"it is gone ({e!r})")
+            part = self._receive(helper, b - a) if helper is not None else None
             out += part if part is not None else self._built(f, a, b)
         return out
 
@@ -291,6 +370,7 @@ class LazyView:
         the FUSE session starts. Returns: helpers running."""
         for _ in range(n):
             mine, theirs = multiprocessing.Pipe()
+            shm = mmap.mmap(-1, self.max_window * BLCKSZ)  # shared with the fork
             pid = os.fork()
             if pid == 0:  # the helper
                 code = 1
@@ -298,26 +378,32 @@ class LazyView:
                     mine.close()
                     for h in self._helpers:  # the pipes of helpers forked before
                         h.conn.close()
+                        h.shm.close()
                     self._helpers = []
                     _detach_helper()
-                    self._serve_helper(theirs)
+                    self._serve_helper(theirs, shm)
                     code = 0
                 finally:
                     os._exit(code)
             theirs.close()
-            self._helpers.append(_Helper(pid, mine))
+            self._helpers.append(_Helper(pid, mine, shm))
         return len(self._helpers)
 
-    def _serve_helper(self, conn: Connection) -> None:
-        """A helper's loop: (fork, first, end) in, b"+" and the pages (or b"-" and
-        the error) out, until the pipe closes."""
+    def _serve_helper(self, conn: Connection, shm: mmap.mmap) -> None:
+        """A helper's loop, until the pipe closes: (fork, first, end) in; the pages
+        into `shm` and b"+" out, or b"-" and the error (the asker then rebuilds
+        them). `shm` is read by the asker only between a b"+" and its next
+        request, so this process writes it only while nobody reads it."""
         while True:
             try:
                 f, a, b = conn.recv()
             except (EOFError, OSError):
                 return
             try:
-                reply = b"+" + bytes(self._built(f, a, b))
+                if (b - a) * BLCKSZ > len(shm):
+                    raise ValueError(f"{b - a} pages do not fit the shared memory")
+                shm[:(b - a) * BLCKSZ] = self._built(f, a, b)
+                reply = b"+"
             except Exception as e:  # this process's caller rebuilds it and reports
                 reply = b"-" + f"{type(e).__name__}: {e}".encode()
             try:
@@ -328,11 +414,13 @@ class LazyView:
     def _drop_helper(self, h: _Helper, why: str) -> None:
         log.warning("readahead helper %d dropped (its part is rebuilt here): %s", h.pid, why)
         self._helpers.remove(h)
+        self._ahead = [a for a in self._ahead if a.helper is not h]
         _end_helper(h)
 
     def close_helpers(self) -> None:
         """Stop every helper (its pipe closes; it exits) and reap it."""
         helpers, self._helpers = self._helpers, []
+        self._ahead = []
         for h in helpers:
             _end_helper(h)
 
@@ -379,6 +467,8 @@ def _detach_helper() -> None:
 def _end_helper(h: _Helper) -> None:
     with contextlib.suppress(OSError):
         h.conn.close()
+    with contextlib.suppress(BufferError):  # a page view still alive: freed with it
+        h.shm.close()
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
