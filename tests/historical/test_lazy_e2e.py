@@ -437,6 +437,17 @@ def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
         assert ahead._helpers == [] and ahead.helped_pages == helped_before
     finally:
         ahead.close_helpers()
+    # dear pages: the helper rebuilds the second half of each window ahead, this
+    # process the first half when the reader gets there
+    monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 0.0)
+    halves = view()
+    assert halves.start_helpers(1) == 1
+    pids.append(halves._helpers[0].pid)
+    try:
+        assert read_all(halves) == want
+        assert size // 8192 // 8 < halves.helped_pages < size // 8192 * 3 // 4
+    finally:
+        halves.close_helpers()
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)

@@ -47,7 +47,10 @@ page read leaves it: the kernel's page cache keeps what was served); no file.
   the helper's pages (`_collect`, waiting for them if they are not there
   yet). A window no reader reached is collected into the cache when its
   helper is wanted for another. If the helper fails, the window is rebuilt
-  here (a store error is then reported by this process).
+  here (a store error is then reported by this process). While pages are dear
+  (`SPLIT_MIN_US`, as above) the helper is given the second half of each
+  window only, and this process rebuilds the first half when the reader
+  reaches it: both cores rebuild, and the helper's head start hides its half.
 * A block the store has no value for is a zero page (a hole), as in
   materialize. A relation with WAL of an index AM without redo
   (`store_view.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
@@ -116,11 +119,13 @@ class _Helper:
 
 @dataclass
 class _Ahead:
-    """A window [first, end) of `fork` a helper is rebuilding ahead of `stream`."""
+    """A window [first, end) of `fork` ahead of `stream`: a helper is rebuilding
+    [mid, end); [first, mid) is rebuilt here when the reader gets there."""
 
     helper: _Helper
     fork: ServedFork
     first: int
+    mid: int
     end: int
     stream: _Stream
 
@@ -296,12 +301,15 @@ class LazyView:
                 return
             idle = [stale.helper]
         h, a, b = idle[0], st.ahead, min(f.nblocks, st.ahead + st.window)
+        # dear pages: this process rebuilds the first half itself when the reader
+        # gets there, while the helper (which started earlier) finishes the rest
+        m = a + (b - a) // 2 if self.page_cost_us >= SPLIT_MIN_US else a
         try:
-            h.conn.send((f, a, b))
+            h.conn.send((f, m, b))
         except OSError:
             self._drop_helper(h, "its pipe is closed")
             return
-        self._ahead.append(_Ahead(h, f, a, b, st))
+        self._ahead.append(_Ahead(h, f, a, m, b, st))
         st.ahead = b
 
     def _collect(self, f: ServedFork, blk: int) -> _Stream | None:
@@ -311,11 +319,13 @@ class LazyView:
         if ahead is None:
             return None
         self._ahead.remove(ahead)
-        part = self._receive(ahead.helper, ahead.end - ahead.first)
+        if ahead.first < ahead.mid:
+            self._keep(f, ahead.first, self._built(f, ahead.first, ahead.mid))
+        part = self._receive(ahead.helper, ahead.end - ahead.mid)
         if part is None:
-            self._keep(f, ahead.first, self._built(f, ahead.first, ahead.end))
+            self._keep(f, ahead.mid, self._built(f, ahead.mid, ahead.end))
         else:
-            self._keep(f, ahead.first, part)
+            self._keep(f, ahead.mid, part)
         return ahead.stream
 
     def _receive(self, h: _Helper, pages: int) -> memoryview | None:
