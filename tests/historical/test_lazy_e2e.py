@@ -371,83 +371,96 @@ def test_cleanup_after_a_crash_stops_servers_and_unmounts_dead_or_alive_mounts(
     assert fuse_mounts(world.root) == [] and list(root.iterdir()) == []
 
 
+class _SequentialReads:
+    """Views of the biggest relation file at world's "update_big" point, and that
+    file read through a view in 128 kB steps, as the kernel reads it."""
+
+    def __init__(self, world: LazyWorld) -> None:
+        from strata.historical.controlfile import parse_control
+        from strata.historical.store_view import StoreView
+
+        self.src = StoreView(world.store, Lsn.parse(world.point("update_big").lsn))
+        self.cf = parse_control(self.src.control_template())
+        plain = self.view()
+        self.path = max(plain.files, key=lambda p: plain.files[p].size)
+        self.size = plain.files[self.path].size
+        self.pages = self.size // 8192
+        self.want = self.read_all(plain)
+
+    def view(self) -> Any:
+        from strata.historical.lazyview import LazyView
+
+        return LazyView(self.src, self.cf.catalog_version_dir, self.cf.relseg_size)
+
+    def read_all(self, v: Any) -> bytes:
+        return b"".join(v.read(self.path, off, 131072) for off in range(0, self.size, 131072))
+
+
 def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
         world: LazyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`LazyView.start_helpers`: a file read sequentially (128 kB reads, as the
-    kernel's) gives the same bytes with helpers as without, the helpers really
-    rebuilt part of it (every window shared: `SPLIT_MIN_US` 0), a helper killed -9
-    is dropped and its part rebuilt here, and `close_helpers` reaps every helper;
-    with pages cheaper than `SPLIT_MIN_US`, no window is shared; a helper running
-    ahead of the reader (`RUN_AHEAD_MIN`) serves the same bytes, and dead, is
-    replaced by rebuilds here."""
+    """`LazyView.start_helpers`: a file read sequentially gives the same bytes with
+    helpers as without, the helpers really rebuilt part of it (every window
+    shared: `SPLIT_MIN_US` 0), a helper killed -9 is dropped and its part rebuilt
+    here, and `close_helpers` reaps every helper; with pages cheaper than
+    `SPLIT_MIN_US` (and no stream running ahead), no window is shared."""
     from strata.historical import lazyview
-    from strata.historical.controlfile import parse_control
-    from strata.historical.lazyview import SPLIT_MIN, LazyView
-    from strata.historical.store_view import StoreView
+    from strata.historical.lazyview import SPLIT_MIN
 
     monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 0.0)
-
-    lsn = Lsn.parse(world.point("update_big").lsn)
-
-    def view() -> LazyView:
-        src = StoreView(world.store, lsn)
-        cf = parse_control(src.control_template())
-        return LazyView(src, cf.catalog_version_dir, cf.relseg_size)
-
-    plain, helped = view(), view()
-    path = max(plain.files, key=lambda p: plain.files[p].size)
-    size = plain.files[path].size
-    assert size >= 4 * SPLIT_MIN * 8192, "the biggest file is too small to share windows"
-
-    def read_all(v: LazyView) -> bytes:
-        return b"".join(v.read(path, off, 131072) for off in range(0, size, 131072))
-
-    want = read_all(plain)
+    r = _SequentialReads(world)
+    assert r.pages >= 4 * SPLIT_MIN, "the biggest file is too small to share windows"
+    helped = r.view()
     assert helped.start_helpers(2) == 2
     pids = [h.pid for h in helped._helpers]
     try:
-        assert read_all(helped) == want
-        assert helped.helped_pages > size // 8192 // 3
+        assert r.read_all(helped) == r.want
+        assert helped.helped_pages > r.pages // 3
         os.kill(pids[0], signal.SIGKILL)
-        assert read_all(helped) == want  # read again: new windows, one helper gone
+        assert r.read_all(helped) == r.want  # read again: new windows, one helper gone
         assert [h.pid for h in helped._helpers] == pids[1:]
     finally:
         helped.close_helpers()
-    cheap = view()
+    cheap = r.view()
     assert cheap.start_helpers(1) == 1
+    pids.append(cheap._helpers[0].pid)
     try:
         monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 1e9)  # every page counts as cheap
         monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 10**9)  # and no stream runs ahead
-        assert read_all(cheap) == want and cheap.helped_pages == 0
+        assert r.read_all(cheap) == r.want and cheap.helped_pages == 0
     finally:
         cheap.close_helpers()
-    # running ahead: whole windows rebuilt by the helper before the reader gets there
-    # (no window shared), the same bytes; a helper killed -9 while it runs ahead is
-    # dropped and its windows rebuilt here
-    monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 32)
-    ahead = view()
-    assert ahead.start_helpers(1) == 1
-    pids.append(ahead._helpers[0].pid)
-    try:
-        assert read_all(ahead) == want
-        assert ahead.helped_pages > size // 8192 // 2
-        os.kill(pids[-1], signal.SIGKILL)
-        helped_before = ahead.helped_pages
-        assert read_all(ahead) == want
-        assert ahead._helpers == [] and ahead.helped_pages == helped_before
-    finally:
-        ahead.close_helpers()
-    # dear pages: the helper rebuilds the second half of each window ahead, this
-    # process the first half when the reader gets there
-    monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 0.0)
-    halves = view()
-    assert halves.start_helpers(1) == 1
-    pids.append(halves._helpers[0].pid)
-    try:
-        assert read_all(halves) == want
-        assert size // 8192 // 8 < halves.helped_pages < size // 8192 * 3 // 4
-    finally:
-        halves.close_helpers()
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+@pytest.mark.parametrize("dear", [False, True], ids=["cheap-pages", "dear-pages"])
+def test_a_helper_running_ahead_serves_the_same_bytes_and_a_dead_one_is_replaced(
+        world: LazyWorld, monkeypatch: pytest.MonkeyPatch, dear: bool) -> None:
+    """A stream whose window reached `RUN_AHEAD_MIN` blocks runs ahead on a helper:
+    the same bytes as without helpers. Cheap pages: the helper rebuilds whole
+    windows (more than half the file); dear pages (`SPLIT_MIN_US`): the second
+    half of each window, this process the first. A helper killed -9 while it runs
+    ahead is dropped, its windows rebuilt here, and it is reaped."""
+    from strata.historical import lazyview
+
+    monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 0.0 if dear else 1e9)
+    monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 32)
+    r = _SequentialReads(world)
+    v = r.view()
+    assert v.start_helpers(1) == 1
+    pid = v._helpers[0].pid
+    try:
+        assert r.read_all(v) == r.want
+        if dear:
+            assert r.pages // 8 < v.helped_pages < r.pages * 3 // 4
+        else:
+            assert v.helped_pages > r.pages // 2
+        os.kill(pid, signal.SIGKILL)
+        before = v.helped_pages
+        assert r.read_all(v) == r.want
+        assert v._helpers == [] and v.helped_pages == before
+    finally:
+        v.close_helpers()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
