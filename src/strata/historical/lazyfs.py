@@ -29,8 +29,9 @@ The tree is the overlay directory plus the relation segment files of
   * a store error while rebuilding a page answers EIO (PostgreSQL: "could
     not read blocks ..."), never a wrong page;
   * long sequential windows are rebuilt by this process and `--helpers`
-    forked helper processes together (`lazyview.LazyView.start_helpers`):
-    they die with this process.
+    forked helper processes together (`lazyview.LazyView.start_helpers`),
+    which also run ahead of a sequential reader and leave their pages in
+    memory shared with this process: they die with this process.
 Binding: pyfuse3 (see `strata.historical.lazy` for why).
 """
 
