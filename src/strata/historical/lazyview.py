@@ -290,8 +290,7 @@ class LazyView:
         the window its helper built that no reader reached, if none is idle)."""
         if not self._helpers or st.window < RUN_AHEAD_MIN or st.ahead >= f.nblocks:
             return
-        busy = [a.helper for a in self._ahead]
-        idle = [h for h in self._helpers if h not in busy]
+        idle = self._idle_helpers()
         if not idle:
             stale = self._ahead[0]
             if stale.stream is st:
@@ -311,6 +310,11 @@ class LazyView:
             return
         self._ahead.append(_Ahead(h, f, a, m, b, st))
         st.ahead = b
+
+    def _idle_helpers(self) -> list[_Helper]:
+        """The helpers not rebuilding a window ahead of a stream."""
+        busy = [a.helper for a in self._ahead]
+        return [h for h in self._helpers if h not in busy]
 
     def _collect(self, f: ServedFork, blk: int) -> _Stream | None:
         """The window a helper is rebuilding that holds block `blk` of `f`, into
@@ -356,8 +360,7 @@ class LazyView:
         n = end - blk
         if n < SPLIT_MIN or self.page_cost_us < SPLIT_MIN_US:
             return self._built(f, blk, end)
-        busy = [a.helper for a in self._ahead]
-        helpers = [h for h in self._helpers if h not in busy]
+        helpers = self._idle_helpers()
         parts = len(helpers) + 1
         cuts = [blk + n * i // parts for i in range(parts + 1)]
         ranges = list(itertools.pairwise(cuts))
