@@ -86,7 +86,7 @@ def test_materialize_writes_true_lengths_holes_segments_and_valid_checksums(tmp_
     src = FakeSource({
         (1663, 5, 16384, 0): (10, [0, 1, 2, 5, 6]),  # 3 segments, pages 3,4,7..9 missing
         (1663, 5, 16384, 1): (3, [0, 1, 2]),          # fsm: left out
-        (1663, 5, 16384, 2): (1, [0]),                # vm: left out
+        (1663, 5, 16384, 2): (1, [0]),                # vm: written
         (1663, 5, 16390, 3): (1, [0]),                # init fork of an unlogged table
         (1663, 5, 16391, 0): (0, []),                 # empty relation: empty file
         (1664, 0, 1262, 0): (1, [0]),
@@ -98,7 +98,8 @@ def test_materialize_writes_true_lengths_holes_segments_and_valid_checksums(tmp_
     base = d / "base" / "5"
     sizes = [os.path.getsize(base / n) for n in ("16384", "16384.1", "16384.2")]
     assert sizes == [4 * BLCKSZ, 4 * BLCKSZ, 2 * BLCKSZ]
-    assert not (base / "16384_fsm").exists() and not (base / "16384_vm").exists()
+    assert not (base / "16384_fsm").exists()
+    assert os.path.getsize(base / "16384_vm") == BLCKSZ
     assert os.path.getsize(base / "16390_init") == BLCKSZ
     assert os.path.getsize(base / "16391") == 0
     # block 5 lives in segment 1 at offset 1; its checksum uses the relation block number
@@ -119,7 +120,7 @@ def test_materialize_writes_true_lengths_holes_segments_and_valid_checksums(tmp_
     assert all((d / s).is_dir() for s in SKELETON)
     assert parse_control((d / "global" / "pg_control").read_bytes()).data_checksum_version == 1
     assert "hot_standby = on" in (d / "postgresql.conf").read_text()
-    assert m.pages == 10 + 1 + 0 + 1 + 2 and seen[-1] == (m.pages, m.pages)
+    assert m.pages == 10 + 1 + 1 + 0 + 1 + 2 and seen[-1] == (m.pages, m.pages)
 
 
 def test_materialize_with_checksums_disabled_keeps_pages_as_given(tmp_path: Path) -> None:

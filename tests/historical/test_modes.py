@@ -42,12 +42,14 @@ def test_server_limits_follow_the_instance_settings() -> None:
     assert lim.max_locks_per_xact == 64 and lim.max_worker_processes == 8
 
 
-def test_unlogged_relations_show_their_init_fork_as_main_and_no_init_fork() -> None:
+def test_served_forks_are_main_and_vm_and_an_unlogged_relation_shows_its_init_fork_as_main(
+        ) -> None:
     rels = [RelFile(1663, 5, 100, 0, 10), RelFile(1663, 5, 100, 1, 3),
-            RelFile(1663, 5, 100, 2, 1), RelFile(1663, 5, 200, 3, 1),
-            RelFile(1663, 5, 201, 3, 0), RelFile(1664, 0, 1262, 0, 1)]
+            RelFile(1663, 5, 100, 2, 1), RelFile(1663, 5, 200, 0, 4), RelFile(1663, 5, 200, 2, 1),
+            RelFile(1663, 5, 200, 3, 1), RelFile(1663, 5, 201, 3, 0), RelFile(1664, 0, 1262, 0, 1)]
     assert served_forks(rels) == [
-        ServedFork(1663, 5, 100, 0, 10, 0), ServedFork(1663, 5, 200, 0, 1, 3),
+        ServedFork(1663, 5, 100, 0, 10, 0), ServedFork(1663, 5, 100, 2, 1, 2),  # FSM left out
+        ServedFork(1663, 5, 200, 0, 1, 3),  # unlogged: its init fork, and no VM
         ServedFork(1663, 5, 201, 0, 0, 3), ServedFork(1664, 0, 1262, 0, 1, 0)]
 
 

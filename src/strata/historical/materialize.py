@@ -7,8 +7,8 @@ directory). Owns the directory it writes, until `instance` takes it over.
 What is written (wal-census.md section 5 says why each piece is needed):
   * PG_VERSION at the top and in every database directory; our own
     postgresql.conf / pg_hba.conf / pg_ident.conf (see `server_settings`);
-  * global/ and base/<db>/ relation files: main and init forks only (VM and
-    FSM left out), each at least its true length: pages the source does not
+  * global/ and base/<db>/ relation files: the forks `served` shows (main
+    and visibility map; FSM left out), each at least its true length: pages the source does not
     yield and the tail up to `nblocks` are holes, which read as zero pages
     (a too-short file gives silently wrong seq scans, extra zero pages are
     harmless);
@@ -62,7 +62,7 @@ SKELETON: tuple[str, ...] = (
     "pg_subtrans", "pg_commit_ts", "pg_stat", "pg_stat_tmp", "pg_replslot", "pg_serial",
     "pg_snapshots", "pg_notify", "pg_twophase", "pg_dynshmem",
 )
-WRITTEN_FORKS = frozenset({ForkNumber.MAIN, ForkNumber.INIT})
+WRITTEN_FORKS = frozenset({ForkNumber.MAIN, ForkNumber.VM, ForkNumber.INIT})
 BATCH_PAGES = 128  # checksum and write this many pages at once (numpy batch; cache-friendly)
 _ZERO_PAGE = bytes(BLCKSZ)
 

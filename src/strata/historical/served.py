@@ -5,7 +5,10 @@ Fed by a `ClusterView` (its `relations()` and `pages()`). Feeds
 file system (`served_forks`, `facts_of`). Owns no file.
 
 What is served, per relation fork the source lists:
-  * main forks (visibility-map and free-space-map forks are left out);
+  * main and visibility-map forks (free-space-map forks are left out: only
+    inserts read them). The VM at X is the primary's, or less visible where
+    ingest could not know better (ingest/visibility_map.py): an index-only
+    scan in the past skips the heap where the primary's would;
   * an unlogged relation (it has an init fork; its contents are never in WAL)
     gets a main fork that is a copy of its init fork, as PostgreSQL makes one
     at the end of recovery: an empty table, a fresh unlogged index or
@@ -49,17 +52,21 @@ class ServedFork(NamedTuple):
 
 
 def served_forks(relations: Iterable[RelFile]) -> list[ServedFork]:
-    """Main forks; for an unlogged relation (one with an init fork) the main fork
-    is its init fork's copy and the init fork is left out. Sorted by key."""
-    out: dict[tuple[int, int, int], ServedFork] = {}
+    """Main and visibility-map forks; for an unlogged relation (one with an init
+    fork) the main fork is its init fork's copy, and neither its init fork nor
+    its VM is shown (its VM describes contents the past does not have).
+    Sorted by key."""
+    out: dict[tuple[int, int, int, int], ServedFork] = {}
+    unlogged: set[tuple[int, int, int]] = set()
     for r in relations:
+        rel = (r.spc, r.db, r.rel)
         if r.fork == ForkNumber.INIT:
-            out[(r.spc, r.db, r.rel)] = ServedFork(r.spc, r.db, r.rel, ForkNumber.MAIN,
-                                                   r.nblocks, ForkNumber.INIT)
-        elif r.fork == ForkNumber.MAIN and (r.spc, r.db, r.rel) not in out:
-            out[(r.spc, r.db, r.rel)] = ServedFork(r.spc, r.db, r.rel, ForkNumber.MAIN,
-                                                   r.nblocks, ForkNumber.MAIN)
-    return [out[k] for k in sorted(out)]
+            unlogged.add(rel)
+            out[(*rel, ForkNumber.MAIN)] = ServedFork(*rel, ForkNumber.MAIN, r.nblocks,
+                                                      ForkNumber.INIT)
+        elif r.fork in (ForkNumber.MAIN, ForkNumber.VM) and rel not in unlogged:
+            out[(*rel, r.fork)] = ServedFork(*rel, r.fork, r.nblocks, r.fork)
+    return [out[k] for k in sorted(out) if k[:3] not in unlogged or k[3] == ForkNumber.MAIN]
 
 
 def facts_of(source: ClusterView, spc: int, db: int, invalid_am_oids: Sequence[int]

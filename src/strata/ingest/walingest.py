@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from strata.errors import RedoError
-from strata.ingest import batched
+from strata.ingest import batched, visibility_map
 from strata.ingest.catalog import CatalogTracker
 from strata.ingest.entries import EntryColumns, PendingEntries
 from strata.ingest.transam import TransamIngest
@@ -105,6 +105,7 @@ from strata.wal.rmgr import (
 from strata.wal.rmgr import dbase as dbase_rmgr
 from strata.wal.rmgr import storage as smgr_rmgr
 from strata.wal.rmgr import xact as xact_rmgr
+from strata.wal.rmgr.visibility import names_vm_page
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,9 @@ class WalIngest:
                 self.note_database(loc.spc, loc.db, lsn)
         for (spc, db, rel, fork), nblocks in grown.items():
             self.note_relation(spc, db, rel, fork, nblocks, lsn)
+        if record.xl_rmid in (RM_HEAP_ID, RM_HEAP2_ID) and not names_vm_page(record):
+            for key in visibility_map.forgotten_vm_pages(record):
+                self._put(key, lsn, _KIND_TOMBSTONE, b"")
 
     def _interpret(self, record: DecodedRecord, lsn: Lsn) -> None:
         """What `record` means beyond its block references."""
@@ -362,7 +366,10 @@ class WalIngest:
         for row, (spc, db, rel, fork), nblocks in batched.size_growth(k, self._sizes):
             extra.append((row, Key.rel_size(spc, db, rel, fork).to_bytes(), _KIND_IMAGE,
                           encode_rel_size(nblocks)))
-        extra.sort(key=lambda e: e[0])  # stable: per record, databases before sizes
+        for row in visibility_map.implicit_clear_rows(batch, lo, hi):
+            extra += [(row, key.to_bytes(), _KIND_TOMBSTONE, b"")
+                      for key in visibility_map.forgotten_vm_pages(batch.record(row))]
+        extra.sort(key=lambda e: e[0])  # stable: per record, databases, sizes, VM pages
         self.stats.puts += len(cols) + len(extra)
         extra += self._walk_run(batch, lo, hi, rows, decoded)
         if extra:
@@ -479,6 +486,22 @@ class WalIngest:
             loc = rec.rlocator
             if rec.flags & smgr_rmgr.SMGR_TRUNCATE_HEAP:
                 self._truncate(loc.spc, loc.db, loc.rel, ForkNumber.MAIN, rec.blkno, lsn)
+            if rec.flags & smgr_rmgr.SMGR_TRUNCATE_VM:
+                self._truncate_vm(loc.spc, loc.db, loc.rel, rec.blkno, lsn)
+
+    def _truncate_vm(self, spc: int, db: int, rel: int, heap_nblocks: int, lsn: Lsn) -> None:
+        """The VM of a heap cut to `heap_nblocks` (ingest/visibility_map.py)."""
+        old = self._sizes.get((spc, db, rel, ForkNumber.VM))
+        if old is None:
+            return
+        new_len, cut = visibility_map.truncated_vm(heap_nblocks, old)
+        if cut is not None:
+            key = Key.rel_block(spc, db, rel, ForkNumber.VM, cut)
+            page = self._read_store().get_page(key, Lsn(lsn - 1))
+            if page is not None:
+                self._put(key, lsn, _KIND_IMAGE, visibility_map.cut_vm_page(page, heap_nblocks))
+        if new_len < old:
+            self._truncate(spc, db, rel, ForkNumber.VM, new_len, lsn)
 
     def _dbase_before(self, record: DecodedRecord, lsn: Lsn) -> None:
         rec = dbase_rmgr.parse(record)

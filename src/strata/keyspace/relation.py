@@ -37,9 +37,10 @@ _REL_SIZE = struct.Struct("<I")
 # DB_DIR value: format byte (1) then PG_VERSION contents.
 DB_DIR_PRESENT = b"\x0118\n"
 
-# Forks whose pages are stored (visibility map and free space map are not:
-# a read-only historical server does not need them, wal-census 5.2).
-STORED_FORKS = (ForkNumber.MAIN, ForkNumber.INIT)
+# Forks whose pages are stored. The visibility map is (a historical server
+# without it answers an index-only scan by fetching every heap tuple); the free
+# space map is not (only inserts read it, wal-census 5.2).
+STORED_FORKS = (ForkNumber.MAIN, ForkNumber.VM, ForkNumber.INIT)
 
 
 def encode_delta(lsn: int, end_lsn: int, raw: bytes) -> bytes:

@@ -16,8 +16,9 @@ heap_xlog_update does. VM blocks (fork 2) clear, for every heap block of the
 record whose *_ALL_VISIBLE_CLEARED / ALL_FROZEN_CLEARED flag is set and
 whose bits live on that VM page, the bits PostgreSQL clears (clearing is
 idempotent, so the 18.6 VM_NEW/VM_OLD sharing rules need no special case).
-WAL of older 18.x minors has no VM block reference: their implicit VM clear
-has no block to land on here (the page store keeps no VM; census 5.2).
+WAL of older 18.x minors has no VM block reference: ingest stores a tombstone
+for the VM page such a record changes (`wal.rmgr.visibility.implicit_clears`),
+so that page reads as zeros from there on (nothing known all-visible).
 
 UPDATE / HOT_UPDATE run compiled (`_pagec.heap_update`) when the extension is
 built: the hot pages of a TPC-B history are rebuilt from thousands of them
@@ -41,6 +42,15 @@ from strata.reconstruct.redo import (
 )
 from strata.wal.record import BlockRef, DecodedRecord
 from strata.wal.rmgr import heap as h
+from strata.wal.rmgr.visibility import (  # noqa: F401  (re-exported for heap2 redo, the checker)
+    HEAPBLOCKS_PER_PAGE,
+    VISIBILITYMAP_ALL_FROZEN,
+    VISIBILITYMAP_ALL_VISIBLE,
+    VISIBILITYMAP_VALID_BITS,
+    VM_CONTENTS,
+    visibility_clears,
+    vm_location,
+)
 
 # HeapTupleHeaderData field offsets
 T_XMIN = 0
@@ -81,14 +91,7 @@ SPEC_TOKEN_OFFSET_NUMBER = 0xFFFE
 MOVED_PARTITIONS_OFFSET_NUMBER = 0xFFFD
 MOVED_PARTITIONS_BLOCK_NUMBER = 0xFFFFFFFF
 
-VISIBILITYMAP_ALL_VISIBLE = 0x01
-VISIBILITYMAP_ALL_FROZEN = 0x02
-VISIBILITYMAP_VALID_BITS = 0x03
-BITS_PER_HEAPBLOCK = 2
-HEAPBLOCKS_PER_BYTE = 8 // BITS_PER_HEAPBLOCK
-VM_MAPSIZE = page_ops.BLCKSZ - page_ops.maxalign(page_ops.SIZE_OF_PAGE_HEADER)
-HEAPBLOCKS_PER_PAGE = VM_MAPSIZE * HEAPBLOCKS_PER_BYTE
-VM_CONTENTS = page_ops.maxalign(page_ops.SIZE_OF_PAGE_HEADER)
+assert page_ops.maxalign(page_ops.SIZE_OF_PAGE_HEADER) == VM_CONTENTS
 
 _CTID = struct.Struct("<HHH")
 
@@ -193,13 +196,6 @@ def add_tuple(page: bytearray, tup: bytes | bytearray, offnum: int, record: Deco
 
 # -- visibility map ---------------------------------------------------------------
 
-def vm_location(heap_blk: int) -> tuple[int, int, int]:
-    """(VM block, byte in the map, bit offset) of a heap block."""
-    return (heap_blk // HEAPBLOCKS_PER_PAGE,
-            (heap_blk % HEAPBLOCKS_PER_PAGE) // HEAPBLOCKS_PER_BYTE,
-            (heap_blk % HEAPBLOCKS_PER_BYTE) * BITS_PER_HEAPBLOCK)
-
-
 def vm_clear(vmpage: bytearray, vm_blkno: int, heap_blk: int, flags: int) -> None:
     """visibilitymap_clear for `heap_blk` if its bits live on this VM page."""
     mapblock, mapbyte, mapoff = vm_location(heap_blk)
@@ -229,45 +225,8 @@ def heap_block(record: DecodedRecord, block_id: int) -> BlockRef:
     return b
 
 
-def vm_clears(record: DecodedRecord) -> list[tuple[int, int]]:
-    """(heap block, VM bits) that this heap/heap2 record clears."""
-    op = record.info & h.XLOG_HEAP_OPMASK
-    out: list[tuple[int, int]] = []
-    data = record.main_data
-    if record.xl_rmid == RM_HEAP_ID:
-        if op == h.XLOG_HEAP_INSERT:
-            if h.XlHeapInsert.parse(data).flags & h.XLH_INSERT_ALL_VISIBLE_CLEARED:
-                out.append((heap_block(record, 0).blkno, VISIBILITYMAP_VALID_BITS))
-        elif op == h.XLOG_HEAP_DELETE:
-            if h.XlHeapDelete.parse(data).flags & h.XLH_DELETE_ALL_VISIBLE_CLEARED:
-                out.append((heap_block(record, 0).blkno, VISIBILITYMAP_VALID_BITS))
-        elif op in (h.XLOG_HEAP_UPDATE, h.XLOG_HEAP_HOT_UPDATE):
-            up = h.XlHeapUpdate.parse(data)
-            newblk = heap_block(record, 0).blkno
-            old = record.block(h.HEAP_UPDATE_BLKREF_HEAP_OLD)
-            oldblk = old.blkno if old is not None else newblk
-            if up.flags & h.XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED:
-                out.append((oldblk, VISIBILITYMAP_VALID_BITS))
-            if up.flags & h.XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED:
-                out.append((newblk, VISIBILITYMAP_VALID_BITS))
-        elif op == h.XLOG_HEAP_LOCK and (
-                h.XlHeapLock.parse(data).flags & h.XLH_LOCK_ALL_FROZEN_CLEARED):
-            out.append((heap_block(record, 0).blkno, VISIBILITYMAP_ALL_FROZEN))
-    else:  # Heap2
-        from strata.wal.rmgr import heap2 as h2
-
-        if op == h2.XLOG_HEAP2_MULTI_INSERT:
-            mi = h2.XlHeapMultiInsert.parse(data, bool(record.info & h2.XLOG_HEAP_INIT_PAGE))
-            if mi.flags & h.XLH_INSERT_ALL_VISIBLE_CLEARED:
-                out.append((heap_block(record, 0).blkno, VISIBILITYMAP_VALID_BITS))
-        elif op == h2.XLOG_HEAP2_LOCK_UPDATED and (
-                h2.XlHeapLockUpdated.parse(data).flags & h.XLH_LOCK_ALL_FROZEN_CLEARED):
-            out.append((heap_block(record, 0).blkno, VISIBILITYMAP_ALL_FROZEN))
-    return out
-
-
 def redo_vm_clear(record: DecodedRecord, block: BlockRef, page: bytearray) -> None:
-    clears = vm_clears(record)
+    clears = visibility_clears(record)
     if not clears:
         raise RedoError(f"VM block reference {block.block_id} at {record.lsn} but no "
                         "visibility bits cleared by the record")
