@@ -8,6 +8,7 @@ historical instances; `slow` is soak and crash loops. CI runs them all.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -96,3 +97,22 @@ def fresh_primary(scratch_dir: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop("immediate")
+
+
+@pytest.fixture
+def fds_above_setsize() -> Iterator[None]:
+    """Descriptors up to 1100 held open, so every socket or pipe opened meanwhile
+    has a number above FD_SETSIZE (1024), as in a process that opened a store of
+    ~1,000 layer files (select.select refuses such numbers)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -106,6 +106,25 @@ def test_lazy_server_reproduces_every_step_like_materialize(
     assert fuse_mounts(world.root) == []
 
 
+@pytest.mark.usefixtures("fds_above_setsize")
+def test_a_lazy_server_starts_from_a_process_with_descriptors_above_1024(
+        world: LazyWorld) -> None:
+    """The daemon holds one descriptor per layer file: the pipes to its file system
+    processes are then numbered above FD_SETSIZE (select.select refused them)."""
+    factory = make_factory(world.store, world.store_dir, mode="lazy",
+                           instances_root=world.root / "instances-high-fds")
+    try:
+        p = world.point("fill")
+        inst = _start(factory, world, Lsn.parse(p.lsn), "high-fds")
+        try:
+            assert first_difference(p.fingerprint, _fingerprint(inst)) is None
+        finally:
+            inst.remove()
+    finally:
+        factory.close()
+    assert fuse_mounts(world.root) == []
+
+
 def test_lazy_and_materialize_answer_as_native_pitr(
         world: LazyWorld, lazy: HistoricalFactory, materialized: HistoricalFactory) -> None:
     for name in ("unlogged", "update_big"):

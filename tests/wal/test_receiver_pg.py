@@ -194,6 +194,28 @@ def test_a_slot_can_be_dropped_right_after_its_receiver_closes(pg_primary: Clust
     assert not drop_physical_slot(pg_primary.dsn(), name)
 
 
+@pytest.mark.usefixtures("fds_above_setsize")
+def test_slot_and_stream_work_with_descriptors_above_1024(pg_primary: Cluster) -> None:
+    """Found at pgbench scale 300: ingest could not reconnect after a restart
+    ("filedescriptor out of range in select()") once its store had more layer
+    files open than FD_SETSIZE."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    ensure_physical_slot(pg_primary.dsn(), name)  # a replication connection
+    try:
+        start = _slot_restart(pg_primary, name)
+        _workload(pg_primary, "t_" + name, rows=300)
+        end = _flush_lsn(pg_primary)
+        rx = WalReceiver(pg_primary.dsn(), name, start, give_up_after=10)
+        try:
+            chunks = _read_until(rx, end)  # the receiver waits on its socket
+            assert rx.connected
+        finally:
+            rx.close()
+        assert chunks[-1].end >= end
+    finally:
+        drop_physical_slot(pg_primary.dsn(), name)
+
+
 def test_server_setting_reads_over_a_replication_connection(pg_primary: Cluster) -> None:
     assert server_setting(pg_primary.dsn(), "wal_segment_size") == "16MB"
     assert server_setting(pg_primary.dsn(), "wal_level") == "replica"

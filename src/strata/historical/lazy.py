@@ -44,7 +44,6 @@ import functools
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -58,6 +57,7 @@ from pathlib import Path
 
 from strata.errors import InstanceError
 from strata.lsn import Lsn
+from strata.runtime.fdwait import wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def _read_line(fd: int, timeout: float) -> str:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        ready, _, _ = select.select([fd], [], [], left)
+        ready, _ = wait_ready([fd], timeout=left)
         if not ready:
             break
         chunk = os.read(fd, 4096)

@@ -57,6 +57,7 @@ import trio
 
 from strata.historical.lazyview import LazyView, default_helpers
 from strata.historical.source import BLCKSZ
+from strata.runtime.fdwait import wait_ready
 
 if TYPE_CHECKING:
     from strata.pagestore import StoreReader
@@ -422,12 +423,10 @@ def _preopen(argv: list[str]) -> tuple[Path, StoreReader] | None:
     first query) and the store named by ``--open`` opened. Returns that open (None
     without one, when the arguments came first, or when the open fails: the open
     after the arguments then reports the error)."""
-    import select
-
     from strata.historical.reader import open_reader
     from strata.reconstruct.redo import registered_rmgrs
 
-    ready, _, _ = select.select([sys.stdin], [], [], PREOPEN_AFTER)
+    ready, _ = wait_ready([sys.stdin], timeout=PREOPEN_AFTER)
     if ready:
         return None
     registered_rmgrs()  # imports every rmgr's redo

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from psycopg import OperationalError, pq
 from strata.errors import ProtocolError, WalSourceError
 from strata.lsn import Lsn
 from strata.pg.timestamp import timestamptz_now
+from strata.runtime.fdwait import wait_ready
 from strata.wal.replication import (
     Retry,
     check_slot_name,
@@ -300,7 +300,7 @@ class WalReceiver:
         until = when if deadline is None else min(when, deadline)
         remaining = until - self._clock()
         if remaining > 0:
-            select.select([self._wake_r], [], [], remaining)
+            wait_ready([self._wake_r], timeout=remaining)
             self._drain_wake()
         return self._clock() >= when
 
@@ -427,8 +427,8 @@ class WalReceiver:
             wait = min(self._next_status_due(), self._check_silence(conn)) - self._clock()
             if deadline is not None:
                 wait = min(wait, deadline - self._clock())
-            readable, _, _ = select.select([conn.socket, self._wake_r], [], [],
-                                           0.0 if expired else max(0.0, wait))
+            readable, _ = wait_ready([conn.socket, self._wake_r],
+                                     timeout=0.0 if expired else max(0.0, wait))
             if self._wake_r in readable:
                 self._drain_wake()
             if conn.socket in readable:

@@ -12,7 +12,6 @@ Fed by: a DSN. Feeds: `wal.receiver` (the stream), the daemon (its slot),
 from __future__ import annotations
 
 import re
-import select
 import threading
 import time
 
@@ -20,6 +19,7 @@ from psycopg import OperationalError, pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from strata.errors import ProtocolError, WalSourceError
+from strata.runtime.fdwait import wait_ready
 from strata.wal.replication_messages import (
     SlotInfo,
     SystemIdentity,
@@ -107,7 +107,7 @@ def connect_replication(conninfo: str, where: str, *, timeout: float = 10.0, wak
         wlist = [sock] if status == pq.PollingStatus.WRITING else []
         if wake_fd >= 0:
             rlist.append(wake_fd)
-        select.select(rlist, wlist, [], min(remaining, 1.0))
+        wait_ready(rlist, wlist, min(remaining, 1.0))
         status = pq.PollingStatus(conn.connect_poll())
     if conn.status != pq.ConnStatus.OK:
         msg = conn.get_error_message().strip()
