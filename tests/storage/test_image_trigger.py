@@ -534,3 +534,33 @@ def test_image_partitions_are_disjoint_pieces_of_the_l1_ranges(tmp_path: Path) -
     got = images_mod.image_partitions(lm)
     assert got == [(rk(a).to_bytes(), rk(z).to_bytes())
                    for a, z in [(0, 5), (5, 10), (10, 20), (20, 30), (40, 50)]]
+
+
+def test_neighbouring_due_partitions_make_one_image_layer_and_reads_stay_the_same(
+        store_dir: Path) -> None:
+    """Partitions that are due and touch are imaged into one layer (cut at the file
+    target), not one file each; a partition apart from them gets its own, and one
+    that is not due none."""
+    m = Model()
+    with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
+        lsn = _imaged_base(ps, m, keys=64, page=200)
+        floor = images(ps)
+        for _ in range(4):  # > 3 layers, far heavier than the images: every part is due
+            lsn = _delta_layer(ps, m, lsn, range(0, 48), 1500)
+        lsn = _delta_layer(ps, m, lsn, range(56, 64), 1500)
+        parts = [(rk(a).to_bytes(), rk(z).to_bytes())
+                 for a, z in [(0, 8), (8, 16), (16, 32), (32, 48), (48, 56), (56, 64)]]
+        made = images_mod.create_image_layers(ps.store, threshold=3, ranges=parts)
+        assert sorted((n.key_start, n.key_end) for n in made) == [
+            (rk(0).to_bytes(), rk(48).to_bytes())]  # [48, 56) and [56, 64): 1 layer above
+        assert all(n.image_lsn == lsn for n in made)
+        for _ in range(4):  # now [0, 8) and [56, 64) are due, with nothing due between
+            lsn = _delta_layer(ps, m, lsn, range(0, 8), 1500)
+            lsn = _delta_layer(ps, m, lsn, range(56, 64), 1500)
+        made = images_mod.create_image_layers(ps.store, threshold=3, ranges=parts)
+        assert sorted((n.key_start, n.key_end) for n in made) == [
+            (rk(0).to_bytes(), rk(8).to_bytes()), (rk(56).to_bytes(), rk(64).to_bytes())]
+        assert len(images(ps)) == len(floor) + 3
+        for at in (8, lsn - 8 * 24, lsn):
+            for i in range(64):
+                assert ps.get_page(rk(i), at) == m.get(rk(i), at), (i, at)

@@ -75,11 +75,18 @@ def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: in
     """Write image layers at `lsn` (default durable_lsn) over every key range (an
     image partition) that is due for them (`images_due`, FORMAT.md section 7a).
 
+    Neighbouring partitions that are due are imaged together, into image layers
+    cut at target_file_bytes: partitions get finer with every compaction (a hot
+    page with large records, such as a visibility map page, can end up alone in
+    one), and one image layer per partition made hundreds of one-page files
+    (1,000+ open files after 30 minutes of pgbench at scale 300). Partitions are
+    disjoint, so an image over one never changes another's floor or rule.
+
     `threshold`: the layer-count rule alone, with this many layers (what `strata
     compact --images --threshold N` asks for; no byte or cap rule). Default: the
     store's policy (config.image_delta_threshold, image_bytes_ratio,
     image_layer_cap). `record_threshold` (default config.image_record_threshold):
-    the per-key rule's limit. `progress(done, total)`: key ranges looked at so far,
+    the per-key rule's limit. `progress(done, total)`: partitions imaged so far,
     of all. Returns: names of the new image layers.
 
     Raises: LsnOutOfRangeError if lsn is above durable_lsn or below retention_lsn.
@@ -100,15 +107,22 @@ def create_image_layers(store: LayerStore, lsn: int | None = None, threshold: in
             cap=cfg.image_layer_cap if threshold is None else 0)
         made: list[LayerName] = []
         parts = image_partitions(store.view().layer_map) if ranges is None else ranges
-        for i, (start, end) in enumerate(parts):
-            if progress is not None:
-                progress(i, len(parts))
-            lm = store.view().layer_map
+        lm = store.view().layer_map
+        runs: list[tuple[bytes, bytes, int]] = []  # due ranges, neighbours joined; parts
+        for start, end in parts:
             floor = floor_lsn(lm, start, end, at)
-            if floor == at:
+            if floor == at or not images_due(lm, start, end, floor, at, rule):
                 continue
-            if images_due(lm, start, end, floor, at, rule):
-                made += make_images(store, start, end, at)
+            if runs and runs[-1][1] == start:  # one image layer over both (see above)
+                runs[-1] = (runs[-1][0], end, runs[-1][2] + 1)
+            else:
+                runs.append((start, end, 1))
+        done = 0
+        for start, end, n in runs:
+            if progress is not None:
+                progress(done, len(parts))
+            made += make_images(store, start, end, at)
+            done += n
         if progress is not None:
             progress(len(parts), len(parts))
         return made
