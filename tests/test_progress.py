@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import re
+from typing import Any
 
 from strata.progress import BarProgress, LineProgress, Progress, make_progress
+from strata.services.process import ServiceOutput
 
 
 class _Tty(io.StringIO):
@@ -76,3 +78,27 @@ def test_the_silent_progress_keeps_the_count_as_a_callback() -> None:
     p.update(3, 10)
     p.advance(2)
     assert (p.done, p.total, p.unit) == (5, 10, "pages")
+
+
+class _Writes(io.RawIOBase):
+    """A raw stream that keeps each write call apart (what a pipe sees)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.chunks.append(bytes(b))
+        return len(b)
+
+
+def test_a_line_reaches_an_unbuffered_stdout_in_one_write() -> None:
+    # PYTHONUNBUFFERED: the text layer writes through to the raw pipe; two writes
+    # per line let another process's line land in between (a glued DSN in CI)
+    raw = _Writes()
+    out = io.TextIOWrapper(raw, write_through=True)  # type: ignore[arg-type]
+    ServiceOutput(out).say("strata: time travel proxy: host=x")
+    LineProgress(out, "ingest").stage("1 rec/s")
+    assert raw.chunks == [b"strata: time travel proxy: host=x\n", b"ingest: 1 rec/s\n"]

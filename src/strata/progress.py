@@ -72,13 +72,22 @@ class Progress:
         self.close()
 
 
+def write_line(out: IO[str], text: str) -> None:
+    """`text` and its newline in one write, then a flush. Several processes share one
+    stdout (the daemon and its services): `print` writes the text and the newline
+    separately, and an unbuffered stream (PYTHONUNBUFFERED) sends those as two
+    writes, between which another process's line can land, gluing two lines."""
+    out.write(text + "\n")
+    out.flush()
+
+
 class LineProgress(Progress):
     def __init__(self, out: IO[str], prefix: str, interval: float = 2.0) -> None:
         self.out, self.prefix, self.interval = out, prefix, interval
         self._last = time.monotonic()
 
     def _say(self, text: str) -> None:
-        print(f"{self.prefix}: {text}", file=self.out, flush=True)
+        write_line(self.out, f"{self.prefix}: {text}")
 
     def stage(self, text: str) -> None:
         self._say(text)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from strata.errors import StrataError
+from strata.progress import write_line
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ServiceOutput:
         if self.out is None:
             return
         try:
-            print(text, file=self.out, flush=True)
+            write_line(self.out, text)
         except (BrokenPipeError, OSError, ValueError):
             self.out = None
             silence_stdout()
