@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -55,6 +56,21 @@ def first_row(dsn: str, travel: str | None) -> tuple[float, float]:
         t1 = time.perf_counter()
         conn.execute(SQL).fetchone()
         return t1 - t0, time.perf_counter() - t1
+
+
+def phases_in(log: Path, pattern: str) -> dict[str, list[float]]:
+    """Seconds per phase from the log lines `pattern` matches (its last group the
+    laps text "durable 0.31s, skeleton 0.05s, ...")."""
+    out: dict[str, list[float]] = {}
+    for m in re.finditer(pattern, log.read_text(), re.M):
+        for part in m.group(m.lastindex or 0).split(", "):
+            name, _, sec = part.rpartition(" ")
+            out.setdefault(name, []).append(float(sec.rstrip("s")))
+    return out
+
+
+PHASE_LINES = {"SET (proxy)": r"travelled to .*: (.*)$",
+               "server start (factory)": r"ready in [0-9.]+s \((.*)\)$"}
 
 
 def measure(c: Cluster, proxy_port: int, agos: list[float], rounds: int) -> dict[str, Any]:
@@ -92,6 +108,7 @@ def main() -> int:
     strata: StrataUp | None = None
     try:
         pgbench(c.port, ["-i", "-q", "-s", str(args.scale)])
+        os.environ["STRATA_LOG_LEVEL"] = "INFO"  # the factory's phase line per server
         strata = StrataUp(base, c)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         load = subprocess.Popen(
@@ -107,6 +124,7 @@ def main() -> int:
         if strata is not None:
             strata.close()
         c.stop("immediate")
+        res["phases"] = {k: phases_in(base / "strata.err", rx) for k, rx in PHASE_LINES.items()}
         shutil.rmtree(base, ignore_errors=True)
     res["load_end"] = os.getloadavg()
     print(f"\nscale {args.scale}, pgbench -c4 -j2 running; median (max) of {args.rounds}")
@@ -121,6 +139,11 @@ def main() -> int:
         v = res[name]
         print(f"| now, {name.replace('_', ' ')} | - | {statistics.median(v):.3f} "
               f"({max(v):.3f}) |")
+    for what, phases in res["phases"].items():
+        if phases:
+            n = len(next(iter(phases.values())))
+            print(f"\n{what}, median (max) s of {n}: " + ", ".join(
+                f"{k} {statistics.median(v):.2f} ({max(v):.2f})" for k, v in phases.items()))
     print(f"\nload average start {res['load_start']}, end {res['load_end']}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))

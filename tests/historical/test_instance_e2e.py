@@ -256,6 +256,7 @@ def test_pool_limit_and_idle_timeout_stop_servers_and_remove_directories(
         assert a.sql("SELECT count(*) FROM t_mx") == [(200,)]
         b = pool.get(Lsn(200))  # over the limit: a is evicted
         b_pid = b.cluster.postmaster_pid()
+        pool.wait_disposed()  # a stops in the background
         assert a_pid is not None and b_pid is not None
         assert not _pid_alive(a_pid) and not a.root.exists()
         [row] = pool.stats()

@@ -291,6 +291,7 @@ def test_kill9_of_the_file_system_fails_the_session_and_leaves_no_mount(
         again = pool.acquire(lsn)  # the next session at that point gets a new server
         assert again is not inst and again.healthy()
         assert again.sql("SELECT count(*) FROM big") == [(60000,)]
+        pool.wait_disposed()  # the dead one is removed in the background
         assert not inst.root.exists()
         assert fuse_mounts(world.root) == [again.datadir]
         pool.release(lsn)

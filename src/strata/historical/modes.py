@@ -47,6 +47,7 @@ from strata.historical.skeleton import SKELETONS_DIR, SkeletonPool, build_skelet
 from strata.historical.store_view import StoreView
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
+from strata.progress import Laps
 from strata.runtime.osuser import give_to_server_user
 
 log = logging.getLogger(__name__)
@@ -122,22 +123,24 @@ class HistoricalFactory:
 
     def __call__(self, lsn: Lsn, root: Path) -> HistoricalInstance:
         t0 = time.perf_counter()
+        laps = Laps()
         lsn = Lsn(lsn)
         if self.ensure_durable is not None:
             self.ensure_durable(lsn)
+            laps("durable")
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
         try:
             if self.mode is HistoricalMode.LAZY:
-                inst = self._lazy(lsn, root)
+                inst = self._lazy(lsn, root, laps)
             else:
-                inst = self._materialize(lsn, root)
+                inst = self._materialize(lsn, root, laps)
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
         inst.startup_seconds = time.perf_counter() - t0
-        log.info("historical server at %s (%s) ready in %.2fs", lsn, inst.mode,
-                 inst.startup_seconds)
+        log.info("historical server at %s (%s) ready in %.2fs (%s)", lsn, inst.mode,
+                 inst.startup_seconds, laps)
         return inst
 
     @property
@@ -155,7 +158,7 @@ class HistoricalFactory:
             indexes_marked_invalid=marked, mode=str(self.mode), mount=mount,
             socket_only=self.socket_only)
 
-    def _lazy(self, lsn: Lsn, root: Path) -> HistoricalInstance:
+    def _lazy(self, lsn: Lsn, root: Path, laps: Laps) -> HistoricalInstance:
         source = StoreView(self.store, lsn)
         template = source.control_template()
         cf = parse_control(template)
@@ -167,6 +170,7 @@ class HistoricalFactory:
         write_layout(source, overlay, cf.catalog_version_dir)
         give_to_server_user(overlay, recursive=True, mode=0o700)
         write_startup_files(overlay, template, source.control(), lsn, limits=self.limits)
+        laps("skeleton")
         mountpoint = root / "data"
         mountpoint.mkdir(mode=0o700)
         give_to_server_user(mountpoint, recursive=False, mode=0o700)
@@ -174,13 +178,16 @@ class HistoricalFactory:
                                 logfile=root / "lazyfs.log",
                                 invalid_index_ams=self.invalid_index_ams, timeout=self.timeout,
                                 spares=self.spares)
+        laps("mount")
         try:
-            return self._launch(lsn, root, mount, 0)
+            inst = self._launch(lsn, root, mount, 0)
         except BaseException:
             mount.unmount()
             raise
+        laps("server")
+        return inst
 
-    def _materialize(self, lsn: Lsn, root: Path) -> HistoricalInstance:
+    def _materialize(self, lsn: Lsn, root: Path, laps: Laps) -> HistoricalInstance:
         source = StoreView(self.store, lsn)
         datadir = root / "data"
         if self.workers > 1:
@@ -193,7 +200,10 @@ class HistoricalFactory:
             marked = served.indexes_marked_invalid
         write_startup_files(datadir, source.control_template(), source.control(), lsn,
                             checksums=mat.checksums, limits=self.limits)
-        return self._launch(lsn, root, None, marked)
+        laps("pages")
+        inst = self._launch(lsn, root, None, marked)
+        laps("server")
+        return inst
 
     def close(self) -> None:
         """Remove the prepared skeletons and end the spare file system processes."""

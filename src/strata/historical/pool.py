@@ -8,12 +8,17 @@ directory: an instance that leaves the pool is stopped and its directory removed
 Invariants:
   1. at most one instance per LSN, also when threads ask for the same LSN at
      once (the first creates it, the others wait for it);
-  2. at most `max_running` instances: creating one more first evicts the least
-     recently used instance that no lease holds; if every instance is leased,
-     InstanceError (the caller may retry);
+  2. at most `max_running` instances in the pool: creating one more first
+     evicts the least recently used instance that no lease holds; if every
+     instance is leased, InstanceError (the caller may retry). An evicted
+     instance leaves the pool at once and is stopped by one background thread
+     (a server stop and an unmount take 0.3-0.5 s under load, which a SET to a
+     new point used to wait for): for that moment, max_running + 1 servers run,
+     and `wait_disposed` waits for the stops;
   3. an instance unused for `idle_timeout` seconds and not leased is stopped and
      removed by `reap_idle` (called by the reaper thread, or by hand);
-  4. `stop_all` leaves no server process and no instance directory;
+  4. `stop_all` leaves no server process and no instance directory (it waits
+     for the background stops too);
   5. an instance whose server or lazy file system died is replaced by a new
      one on the next `acquire` of its LSN (the dead one is removed).
 """
@@ -27,6 +32,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +86,8 @@ class InstancePool:
         self._seq = itertools.count()
         self._reaper: threading.Thread | None = None
         self._stop_reaper = threading.Event()
+        self._disposer: ThreadPoolExecutor | None = None
+        self._disposals: list[Future[None]] = []
 
     # -- getting instances ---------------------------------------------------------
     def get(self, lsn: Lsn | int) -> HistoricalInstance:
@@ -120,8 +128,7 @@ class InstancePool:
                 self._entries[lsn] = entry
             entry.leases += 1
             entry.last_used = self.clock()
-        for v in victims:
-            self._dispose(v)
+        self._dispose_later(victims)
         if creator:
             try:
                 entry.instance = self.factory(lsn, entry.root)
@@ -161,6 +168,23 @@ class InstancePool:
             victims.append(victim)
             del self._entries[victim.lsn]
         return victims
+
+    def _dispose_later(self, victims: list[_Entry]) -> None:
+        """Stop `victims` on the disposal thread (they are out of the pool already)."""
+        if not victims:
+            return
+        with self._lock:
+            if self._disposer is None:
+                self._disposer = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="strata-instance-dispose")
+            self._disposals += [self._disposer.submit(self._dispose, v) for v in victims]
+
+    def wait_disposed(self) -> None:
+        """Wait until every instance that left the pool is stopped and removed."""
+        with self._lock:
+            pending, self._disposals = self._disposals, []
+        for f in pending:
+            f.result()
 
     def _dispose(self, entry: _Entry) -> None:
         """Stop and remove; never raises (a failure is logged: callers are holding
@@ -216,6 +240,7 @@ class InstancePool:
         for e in entries:
             e.ready.wait(timeout=300)
             self._dispose(e)
+        self.wait_disposed()
 
     # -- reporting -----------------------------------------------------------------
     def stats(self) -> list[InstanceStats]:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from strata.errors import StrataError
 from strata.lsn import Lsn
+from strata.progress import Laps
 from strata.proxy import messages as m
 from strata.proxy import sqlstate as ss
 from strata.proxy.backend import Backend, InternalResult, StartupRefused, open_trusted
@@ -247,8 +248,10 @@ class Travel:
         s = self.s
         cur = s.current_backend
         assert st.value is not None
+        laps = Laps()
         self.check_no_block(cur, st)
         await self._check_privilege(st, in_batch)
+        laps("privilege")
         provider = s.ctx.provider
         lsn: Lsn | None = None
         if st.kind is Kind.SET_TIME:
@@ -261,20 +264,17 @@ class Travel:
                               f'invalid input syntax for type pg_lsn: "{st.value}"') from None
             display = str(lsn)
         settings = await self._read_settings(cur, in_batch=in_batch)
+        laps("settings")
         wait = self._wait(settings)
-        progress = self._progress()
-        point: ResolvedPoint
         if lsn is None:
-            point = await self._provider(
-                f'cannot travel to "{display}"', provider.resolve_time, when, literal=st.value,
-                timezone=tz, wait=wait, progress=progress, fmt=(cur, in_batch))
-            state = TravelState(TRAVEL_TIME, display, point)
+            state = await self._resolve_time(when, st.value, tz, display, wait, (cur, in_batch))
         else:
-            point = await self._provider(f"cannot travel to LSN {lsn}", provider.resolve_lsn, lsn,
-                                         wait=wait, progress=progress, fmt=(cur, in_batch))
-            state = TravelState(TRAVEL_LSN, display, point)
+            state = await self._resolve_lsn(lsn, wait, (cur, in_batch))
+        point = state.point
+        laps("resolve")
         host, port = await self._provider(f"no historical server at LSN {point.lsn}",
                                           provider.server_for, point, s.dbname)
+        laps("server")
         # server_for leased that server to this session: released when the
         # session leaves it (switch, RESET, disconnect), so the pool never stops
         # a server a session is using
@@ -297,6 +297,20 @@ class Travel:
         self.hist, self.state = new, state
         s.route(new)
         self.notice(self._arrived(state, committed))
+        laps("connect")
+        log.info("travelled to %s (LSN %s): %s", display, point.lsn, laps)
+
+    async def _resolve_time(self, when: datetime, literal: str, tz: str, display: str,
+                            wait: float, fmt: tuple[Backend, bool]) -> TravelState:
+        point = await self._provider(
+            f'cannot travel to "{display}"', self.s.ctx.provider.resolve_time, when,
+            literal=literal, timezone=tz, wait=wait, progress=self._progress(), fmt=fmt)
+        return TravelState(TRAVEL_TIME, display, point)
+
+    async def _resolve_lsn(self, lsn: Lsn, wait: float, fmt: tuple[Backend, bool]) -> TravelState:
+        point = await self._provider(f"cannot travel to LSN {lsn}", self.s.ctx.provider.resolve_lsn,
+                                     lsn, wait=wait, progress=self._progress(), fmt=fmt)
+        return TravelState(TRAVEL_LSN, display=str(lsn), point=point)
 
     async def _check_privilege(self, st: Statement, in_batch: bool, *,
                                what: str | None = None) -> None:
