@@ -186,10 +186,10 @@ def test_a_spare_file_system_that_cannot_exit_in_time_does_not_outlive_strata(
         for _ in range(600):
             spares = [int(ln.split(":")[0]) for ln in processes_under(home)
                       if "strata.historical.lazyfs" in ln]
-            if spares:
+            if len(spares) >= 2:  # make_factory's two spares, frozen together
                 break
             threading.Event().wait(0.05)
-        assert spares, "no spare file system started"
+        assert len(spares) >= 2, f"spare file systems started: {spares}"
         for pid in spares:
             os.kill(pid, signal.SIGSTOP)
         assert up.terminate() == 0

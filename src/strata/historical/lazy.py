@@ -277,12 +277,13 @@ class FsSpares:
             if p.stdin is not None:
                 with contextlib.suppress(OSError):
                     p.stdin.close()
+        deadline = time.monotonic() + SPARE_EXIT_WAIT  # for all of them together
         for p in spares:
             # a spare sees stdin close only between steps (not while it opens the
             # store); it has no mount, so one still busy is simply killed: the
             # service's stop must fit in the daemon's grace period
             try:
-                p.wait(timeout=SPARE_EXIT_WAIT)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

@@ -274,28 +274,30 @@ def cleanup_instances(root: Path) -> list[Path]:
 
 
 def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | str = "auto",
-                 instances_root: Path | None = None, skeletons: int = 2,
+                 instances_root: Path | None = None, skeletons: int = 2, spares: int = 2,
                  invalid_index_ams: Sequence[str] = UNSUPPORTED_INDEX_AMS,
                  socket_only: bool = False, workers: int | None = None,
                  ensure_durable: Callable[[Lsn], None] | None = None,
                  settings: Mapping[str, str] | None = None) -> HistoricalFactory:
     """The factory for `InstancePool`, with the mode resolved (see `resolve_mode`).
 
-    Lazy mode keeps a file system process started ahead and, with
-    `instances_root`, `skeletons` data-directory skeletons ready under it (the
-    caller ends both with `close()`). `workers` (default: the number of cores) materialize
+    Lazy mode keeps `spares` file system processes started ahead (two: a spare
+    takes 3-5 s to be ready under load, its replacement starting 2 s after a take,
+    so with one, every other SET of a burst waited ~1 s for a Python start; each
+    costs ~45 MB) and, with `instances_root`, `skeletons` data-directory
+    skeletons ready under it (the caller ends both with `close()`). `workers` (default: the number of cores) materialize
     in parallel processes.
     Raises: ConfigError (see `resolve_mode`).
     """
     resolved, reason = resolve_mode(mode)
     pool = None
-    spares = None
+    fs_spares = None
     if resolved is HistoricalMode.LAZY:
-        spares = FsSpares(1, owner=instances_root, store_dir=Path(store_dir))
+        fs_spares = FsSpares(spares, owner=instances_root, store_dir=Path(store_dir))
         if instances_root is not None and skeletons > 0:
             pool = SkeletonPool(instances_root, size=skeletons, settings=settings)
     return HistoricalFactory(
         store=store, store_dir=Path(store_dir), mode=resolved, reason=reason,
         invalid_index_ams=tuple(invalid_index_ams), socket_only=socket_only,
         ensure_durable=ensure_durable, workers=workers or os.cpu_count() or 1,
-        settings=dict(settings or {}), skeletons=pool, spares=spares)
+        settings=dict(settings or {}), skeletons=pool, spares=fs_spares)
