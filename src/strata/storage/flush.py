@@ -69,9 +69,8 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
             base, first = None, r
         else:  # nothing of this key below here: its value before the first delta
             base, first = None, h
-        recs = [WalRecord(v, k == _INIT)
-                for v, k in zip(b.values_in(first, p + 1), kinds[first:p + 1].tolist(),
-                                strict=True)]
+        recs = list(map(WalRecord, b.values_in(first, p + 1),
+                        (kinds[first:p + 1] == _INIT).tolist()))
         try:
             if r < h and prev_cut < h:
                 base = read_key(view, key, int(b.lsns[h]) - 1, store.redo, stats)

@@ -87,8 +87,7 @@ class Chains:
             a += 1
         if a == z:
             return base
-        recs = [WalRecord(v, k == _INIT)
-                for v, k in zip(b.values_in(a, z), b.kinds[a:z].tolist(), strict=True)]
+        recs = list(map(WalRecord, b.values_in(a, z), (b.kinds[a:z] == _INIT).tolist()))
         stats.deltas_applied += len(recs)
         stats.redo_calls += 1
         return redo(key, base, recs)

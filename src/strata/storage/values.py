@@ -35,12 +35,13 @@ class PageImage:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class WalRecord:
+class WalRecord(NamedTuple):
     """A delta: applied on top of the older value by the redo callback.
 
     `will_init`: the record builds the page from nothing, so older values are
-    not needed (the chain stops here)."""
+    not needed (the chain stops here). A NamedTuple, not a frozen dataclass:
+    reads build one per delta they replay, and a tuple is built 2.5x faster
+    (a frozen dataclass's __init__ was 9 % of a lazy scan's file system)."""
 
     data: bytes
     will_init: bool = False
