@@ -194,7 +194,7 @@ def block_bytes(layer: Layer, start: bytes, end: bytes) -> int:
     """Compressed bytes of the layer's blocks that may hold keys in [start, end), from
     its block index alone (no block is read)."""
     f = layer.file
-    return sum(f.blocks[i].comp_len for i in f.blocks_in(start, end))
+    return f.blocks.comp_bytes(f.blocks_in(start, end))
 
 
 def _share_above(d: Layer, floor: int) -> float:

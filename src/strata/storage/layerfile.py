@@ -7,9 +7,9 @@ the write half of the commit protocol (.tmp, fsync, then the commit renames).
 
 Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
 zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
-in v3); the index holds one 76-byte record per block with its CRC-32C. A reader
-checks header, footer and index when it opens a file and a block's CRC before
-every decompression.
+in v3); the index holds one 76-byte record per block with its CRC-32C (kept in
+memory as read: blockindex.py). A reader checks header, footer and index when it
+opens a file and a block's CRC before every decompression.
 
 Version 2 adds one header field (the v1 reserved u32 at offset 12): the largest
 number of entries any single key has in the layer (`max_key_entries`), so image
@@ -23,7 +23,6 @@ can replay from the file), not all of its entries.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import itertools
 import os
@@ -32,7 +31,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 import google_crc32c
 import numpy as np
@@ -41,6 +40,7 @@ import zstandard
 from strata import durable
 from strata.errors import CorruptionError
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
+from strata.storage.blockindex import INDEX_ENTRY, BlockIndex
 from strata.storage.blocks import (
     chain_in_columns,
     decode_columns,
@@ -67,9 +67,6 @@ COMPRESSION_ZSTD = 1
 #   v1: reserved, 0) |
 # key_start 18s | key_end 18s | lsn_start u64 | lsn_end u64 | header crc32c u32
 HEADER = struct.Struct(">8sHBBI18s18sQQI")
-# offset u64 | compressed len u32 | raw len u32 | entries u32 | crc32c u32 |
-# first key 18s | first lsn u64 | last key 18s | last lsn u64
-INDEX_ENTRY = struct.Struct(">QIIII18sQ18sQ")
 # index offset u64 | index len u64 | blocks u32 | entries u64 | index crc u32 |
 # footer crc u32 | magic 8s
 FOOTER = struct.Struct(">QQIQII8s")
@@ -78,21 +75,6 @@ assert (HEADER.size, INDEX_ENTRY.size, FOOTER.size) == (72, 76, 44)
 
 def crc32c(data: bytes) -> int:
     return int(google_crc32c.value(data))
-
-
-class BlockInfo(NamedTuple):
-    """One index entry (a NamedTuple: an open builds one per block, and a frozen
-    dataclass made opening a large store cost ~5 us a block)."""
-
-    offset: int
-    comp_len: int
-    raw_len: int
-    entries: int
-    crc: int
-    first_key: bytes
-    first_lsn: int
-    last_key: bytes
-    last_lsn: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,15 +380,12 @@ class LayerFile:
         index = os.pread(fd, index_len, index_off)
         if crc32c(index) != icrc:
             raise self._fail(index_off, "index checksum mismatch")
-        blocks = list(map(BlockInfo._make, INDEX_ENTRY.iter_unpack(index)))
-        expect_off = HEADER.size
-        total = 0
-        for i, b in enumerate(blocks):
-            if b.offset != expect_off or b.offset + b.comp_len > index_off:
-                raise self._fail(index_off + i * INDEX_ENTRY.size, f"block {i} out of place")
-            expect_off += b.comp_len
-            total += b.entries
-        if expect_off != index_off or total != nentries:
+        blocks = BlockIndex(index)
+        bad = blocks.misplaced(HEADER.size, index_off)
+        if bad is not None:
+            raise self._fail(index_off + bad * INDEX_ENTRY.size, f"block {bad} out of place")
+        if (HEADER.size + blocks.comp_bytes(range(len(blocks))) != index_off
+                or blocks.total_entries() != nentries):
             raise self._fail(index_off, "index does not account for every block byte/entry")
         self.version = version
         # v1 has no such field (reserved, 0): unknown until counted on demand
@@ -414,7 +393,6 @@ class LayerFile:
         self.blocks = blocks
         self.entry_count = nentries
         self.index_offset = index_off
-        self._last_keys = [b.last_key for b in blocks]
         self._cached: tuple[int, EntryBatch] | None = None
 
     def close(self) -> None:
@@ -477,22 +455,16 @@ class LayerFile:
     def get(self, key: bytes, lo: int, hi: int) -> list[Entry]:
         """Entries of `key` with lo <= lsn < hi, oldest first."""
         out: list[Entry] = []
-        i = bisect.bisect_left(self._last_keys, key)
-        while i < len(self.blocks) and self.blocks[i].first_key <= key:
+        for i in self.blocks.holding(key):
             out.extend(self._find(i, key, lo, hi))
-            i += 1
         return out
 
     def get_chain(self, key: bytes, lo: int, hi: int) -> tuple[list[Entry], bool]:
         """The newest part of `key`'s chain here (lo <= lsn < hi), oldest first: every
         entry from the newest chain end on, and whether there was one (see
         `blocks.chain_in_columns`: the rows below it are not decoded)."""
-        i = bisect.bisect_left(self._last_keys, key)
-        j = i
-        while j < len(self.blocks) and self.blocks[j].first_key <= key:
-            j += 1
         out: list[Entry] = []
-        for k in range(j - 1, i - 1, -1):  # newest block first
+        for k in reversed(self.blocks.holding(key)):  # newest block first
             raw = self._raw_block(k)
             try:
                 if self.version >= COLUMN_VERSION:
@@ -520,11 +492,7 @@ class LayerFile:
 
     def blocks_in(self, start: bytes, end: bytes) -> range:
         """Indexes of the blocks that may hold keys in [start, end)."""
-        i = bisect.bisect_left(self._last_keys, start)
-        j = i
-        while j < len(self.blocks) and self.blocks[j].first_key < end:
-            j += 1
-        return range(i, j)
+        return self.blocks.overlapping(start, end)
 
     def batch_range(self, start: bytes, end: bytes, lo: int = 0,
                     hi: int = 1 << 63) -> EntryBatch:

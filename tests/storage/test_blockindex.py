@@ -1,0 +1,86 @@
+"""The block index (storage/blockindex.py) against the reference it replaced:
+Python objects per block, `bisect` over the last keys and a walk over the first
+keys. Keys with zero bytes at the end and bytes above 0x7f, bounds shorter and
+longer than a key, and blocks whose key ranges touch (a key's entries straddle
+blocks)."""
+
+from __future__ import annotations
+
+import bisect
+import random
+
+import pytest
+
+from strata.key import KEY_SIZE
+from strata.storage.blockindex import INDEX_ENTRY, BlockIndex, BlockInfo
+
+_BYTES = [0x00, 0x01, 0x7F, 0x80, 0xFF]
+
+
+def _key(rnd: random.Random) -> bytes:
+    return bytes(rnd.choice(_BYTES) for _ in range(KEY_SIZE))
+
+
+def _index(rnd: random.Random, n: int) -> tuple[bytes, list[BlockInfo]]:
+    keys = sorted(_key(rnd) for _ in range(2 * n))
+    infos, off = [], 72
+    for i in range(n):
+        first, last = keys[2 * i], keys[2 * i + 1]
+        if i and rnd.random() < 0.3:
+            first = infos[-1].last_key  # the previous block's last key goes on here
+        comp = rnd.randrange(1, 5000)
+        infos.append(BlockInfo(off, comp, comp * 3, rnd.randrange(1, 100), rnd.getrandbits(32),
+                               first, rnd.getrandbits(40), max(first, last), rnd.getrandbits(40)))
+        off += comp
+    return b"".join(INDEX_ENTRY.pack(*b) for b in infos), infos
+
+
+def _reference(infos: list[BlockInfo], start: bytes, end: bytes, *, inclusive: bool) -> range:
+    last = [b.last_key for b in infos]
+    i = j = bisect.bisect_left(last, start)
+    while j < len(infos) and (infos[j].first_key <= end if inclusive
+                              else infos[j].first_key < end):
+        j += 1
+    return range(i, j)
+
+
+def test_searches_equal_bisect_over_python_bytes() -> None:
+    rnd = random.Random(7)
+    for _ in range(200):
+        raw, infos = _index(rnd, rnd.randrange(0, 40))
+        idx = BlockIndex(raw)
+        assert len(idx) == len(infos) and list(idx) == infos
+        assert [idx[i] for i in range(len(infos))] == infos
+        for _ in range(30):
+            a, b = sorted((_key(rnd), _key(rnd)))
+            if rnd.random() < 0.2:  # bounds of other lengths
+                a = a[:rnd.randrange(0, KEY_SIZE)]
+                b = b + bytes([rnd.choice(_BYTES)]) * rnd.randrange(1, 3)
+            assert idx.overlapping(a, b) == _reference(infos, a, b, inclusive=False), (a, b)
+            k = rnd.choice(infos).first_key if infos and rnd.random() < 0.5 else _key(rnd)
+            assert idx.holding(k) == _reference(infos, k, k, inclusive=True), k
+        r = idx.overlapping(b"", b"\xff" * (KEY_SIZE + 1))
+        assert r == range(len(infos))
+        assert idx.comp_bytes(r) == sum(b.comp_len for b in infos)
+        assert idx.total_entries() == sum(b.entries for b in infos)
+        assert idx.misplaced(72, 72 + idx.comp_bytes(r)) is None
+
+
+def test_misplaced_names_the_first_block_out_of_place() -> None:
+    raw, infos = _index(random.Random(3), 6)
+    end = infos[-1].offset + infos[-1].comp_len
+    moved = [b._replace(offset=b.offset + 1) if i == 3 else b for i, b in enumerate(infos)]
+    idx = BlockIndex(b"".join(INDEX_ENTRY.pack(*b) for b in moved))
+    assert idx.misplaced(72, end) == 3
+    assert BlockIndex(raw).misplaced(72, end - 1) == 5  # the last one runs past the end
+    assert BlockIndex(raw).misplaced(73, end) == 0
+
+
+def test_out_of_range_and_torn_indexes_are_refused() -> None:
+    raw, _ = _index(random.Random(5), 3)
+    idx = BlockIndex(raw)
+    assert idx[-1] == idx[2]
+    with pytest.raises(IndexError):
+        idx[3]
+    with pytest.raises(ValueError, match="whole records"):
+        BlockIndex(raw[:-1])
