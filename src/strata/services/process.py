@@ -93,6 +93,17 @@ def run_service(name: str, run: Callable[[], None], stop: Callable[[], None]) ->
     return 0
 
 
+def service_env() -> dict[str, str]:
+    """The environment of a service child: this process's, with its log level
+    (`strata -v up`: INFO) as STRATA_LOG_LEVEL unless the user set one, so the
+    services' info lines (a SET's phases, a server's start) show with -v too."""
+    env = dict(os.environ)
+    level = logging.getLogger().getEffectiveLevel()
+    if "STRATA_LOG_LEVEL" not in env and level < logging.WARNING:
+        env["STRATA_LOG_LEVEL"] = logging.getLevelName(level)
+    return env
+
+
 class ServiceProcess:
     """The supervisor's handle on one service child process."""
 
@@ -110,7 +121,7 @@ class ServiceProcess:
         # with the supervisor (die_with_parent).
         self.proc = subprocess.Popen([sys.executable, "-m", f"strata.services.{self.name}",
                                       *self.argv], stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, env=service_env())
 
     @property
     def pid(self) -> int | None:
