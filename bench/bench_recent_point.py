@@ -70,7 +70,8 @@ def phases_in(log: Path, pattern: str) -> dict[str, list[float]]:
 
 
 PHASE_LINES = {"SET (proxy)": r"travelled to .*: (.*)$",
-               "server start (factory)": r"ready in [0-9.]+s \((.*)\)$"}
+               "server start (factory)": r"ready in [0-9.]+s \((.*)\)$",
+               "memtable flush (ingest)": r"flushed \d+ entries .* through \S+: (.*)$"}
 
 
 def measure(c: Cluster, proxy_port: int, agos: list[float], rounds: int) -> dict[str, Any]:

@@ -37,7 +37,7 @@ LAYERS: dict[str, int] = {
     "cli": 10,
 }
 # storage knows nothing of PostgreSQL: it imports only these
-STORAGE_MAY_IMPORT = {"errors", "lsn", "key", "durable", "config", "storage"}
+STORAGE_MAY_IMPORT = {"errors", "lsn", "key", "durable", "config", "progress", "storage"}
 
 
 def _modules(src: Path, package: str) -> Iterator[tuple[str, Path]]:

@@ -10,10 +10,14 @@ page it produces.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from strata.errors import RedoError, UnsupportedRecordError
 from strata.key import Key
+from strata.lsn import Lsn
+from strata.progress import Laps
 from strata.storage import commit
 from strata.storage.batch import EntryBatch
 from strata.storage.layerfile import LayerWriter
@@ -22,6 +26,8 @@ from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
 from strata.storage.store import LayerStore
 from strata.storage.values import ValueKind, WalRecord
+
+log = logging.getLogger(__name__)
 
 _IMAGE = int(ValueKind.PAGE_IMAGE)
 _RECORD = int(ValueKind.WAL_RECORD)
@@ -106,6 +112,7 @@ def flush_one(store: LayerStore) -> bool:
         fm = store.oldest_frozen()
         if fm is None:
             return False
+        laps = Laps()
         add: tuple[commit.NewLayer, ...] = ()
         span = fm.key_span
         if span is not None:
@@ -115,15 +122,21 @@ def flush_one(store: LayerStore) -> bool:
             w = LayerWriter(store.directory, block_bytes=cfg.block_bytes,
                             zstd_level=cfg.zstd_level, owner=store.role.value)
             try:
-                w.add_batch(cut_long_chains(store, fm.batch))
+                batch = cut_long_chains(store, fm.batch)
+                laps("cut")
+                w.add_batch(batch)
             except BaseException:
                 w.abort()
                 raise
             sealed = w.seal(name)
+            laps("write")
             add = (commit.NewLayer(LayerEntry(name, Level.L0, sealed.size), sealed),)
             store.count(flushes=1, bytes_flushed=sealed.size)
         commit.commit(store, commit.Edit("flush", add=add, durable_lsn=fm.lsn_end - 1),
                       drop_frozen=fm)
+        laps("commit")
+        log.info("flushed %d entries (%.1f MiB) through %s: %s", len(fm.batch),
+                 fm.batch.nbytes() / 2**20, Lsn(fm.lsn_end - 1), laps)
         return True
 
 
