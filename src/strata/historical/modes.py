@@ -285,8 +285,8 @@ def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | s
     takes 3-5 s to be ready under load, its replacement starting 2 s after a take,
     so with one, every other SET of a burst waited ~1 s for a Python start; each
     costs ~45 MB) and, with `instances_root`, `skeletons` data-directory
-    skeletons ready under it (the caller ends both with `close()`). `workers` (default: the number of cores) materialize
-    in parallel processes.
+    skeletons ready under it (the caller ends both with `close()`). `workers`
+    (default: the number of cores) materialize in parallel processes.
     Raises: ConfigError (see `resolve_mode`).
     """
     resolved, reason = resolve_mode(mode)

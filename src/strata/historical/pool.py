@@ -13,8 +13,9 @@ Invariants:
      instance is leased, InstanceError (the caller may retry). An evicted
      instance leaves the pool at once and is stopped by one background thread
      (a server stop and an unmount take 0.3-0.5 s under load, which a SET to a
-     new point used to wait for): for that moment, max_running + 1 servers run,
-     and `wait_disposed` waits for the stops;
+     new point used to wait for): until that thread has caught up, the evicted
+     servers still run beside the pool's (one per eviction still pending), and
+     `wait_disposed` waits for the stops;
   3. an instance unused for `idle_timeout` seconds and not leased is stopped and
      removed by `reap_idle` (called by the reaper thread, or by hand);
   4. `stop_all` leaves no server process and no instance directory (it waits
