@@ -2,7 +2,7 @@
 
 Fed by: `layerfile.LayerFile` (the index bytes, their CRC already checked).
 Feeds: the layer file's reads (which blocks may hold a key or a key range),
-image rules (`image.block_bytes`), `windows` in scan.py, dump-layer.
+image rules (`images.block_bytes`), `windows` in scan.py, dump-layer.
 Owns: no file; the layout is the index record of FORMAT.md (76 bytes a block,
 `INDEX_ENTRY`), and this module is its only reader.
 
@@ -16,8 +16,9 @@ them) plus its two keys copied into contiguous arrays for binary search, and
 Keys are compared as numpy fixed-width byte strings (`S18`): for equal-length
 keys numpy's order is the order of Python's bytes (unsigned, byte by byte,
 trailing zero bytes included), which `tests/storage/test_blockindex.py` checks
-against `bisect`, bounds of other lengths too. Keys are never read back through numpy (a numpy bytes scalar
-drops trailing zero bytes): `BlockInfo` is unpacked from the raw bytes.
+against `bisect`, bounds of other lengths too. Keys are never read back through
+numpy (a numpy bytes scalar drops trailing zero bytes): `BlockInfo` is unpacked
+from the raw bytes.
 """
 
 from __future__ import annotations
