@@ -16,7 +16,7 @@ import pytest
 
 from strata.reconstruct import reconstruct
 from strata.reconstruct.check import CheckReport, ConsistencyChecker, check_wal_dir
-from strata.reconstruct.redo import RM_HEAP2_ID
+from strata.reconstruct.redo import RM_HEAP2_ID, VISIBILITYMAP_FORKNUM
 from strata.runtime.cluster import Cluster
 from strata.wal.rmgr import heap2 as h2
 from strata.wal.segments import iter_records
@@ -66,11 +66,13 @@ def assert_clean(rep: CheckReport, *, allowed_unsupported: Iterable[str] = (),
     assert not missing, f"never checked: {sorted(missing)}" + detail
 
 
-def chain_equals_reference(cap: WalCapture, monkeypatch: pytest.MonkeyPatch) -> int:
+def chain_equals_reference(cap: WalCapture, monkeypatch: pytest.MonkeyPatch,
+                           fork: int | None = None) -> int:
     """Replay the capture as the page store does, once through the compiled chain
     (`_pagec.redo_chain`) and once through the Python redo (its reference): every
     block's every state must be the same bytes. Returns: how many records the
-    compiled chain applied itself (the rest fell back to Python)."""
+    compiled chain applied itself (the rest fell back to Python), on pages of
+    `fork` only when it is given."""
     if reconstruct.compiled_chain is None:
         pytest.fail("the compiled page operations are not built (python setup.py build_ext --inplace)")
     compiled = reconstruct.compiled_chain
@@ -79,7 +81,8 @@ def chain_equals_reference(cap: WalCapture, monkeypatch: pytest.MonkeyPatch) -> 
     def counted(page: bytearray, deltas: list[bytes], start: int, *key: int) -> int:
         nonlocal applied
         i = int(compiled(page, deltas, start, *key))
-        applied += i - start
+        if fork is None or key[3] == fork:
+            applied += i - start
         return i
 
     def states(chain: object) -> list[tuple[object, bytes]]:
@@ -93,6 +96,7 @@ def chain_equals_reference(cap: WalCapture, monkeypatch: pytest.MonkeyPatch) -> 
         return out
 
     ours, reference = states(counted), states(None)
+    monkeypatch.setattr(reconstruct, "compiled_chain", compiled)
     assert len(ours) == len(reference) > 0
     bad = next((i for i, (a, b) in enumerate(zip(ours, reference, strict=True)) if a != b), None)
     assert bad is None, f"state {bad} of {len(ours)} differs: block {ours[bad][0]}"
@@ -199,6 +203,8 @@ def test_vacuum_freeze_full_and_cluster_match(wcc_capture: Callable[[Workload], 
     assert any(f & h2.XLHP_HAS_REDIRECTIONS for f in flags)
     assert any(not f & h2.XLHP_CLEANUP_LOCK and f & h2.XLHP_HAS_NOW_UNUSED_ITEMS for f in flags)
     assert chain_equals_reference(cap, monkeypatch) > 1000
+    # visibility-map pages too: VISIBLE's sets and the UPDATE/DELETE clears after them
+    assert chain_equals_reference(cap, monkeypatch, fork=VISIBILITYMAP_FORKNUM) > 20
 
 
 def test_copy_and_copy_freeze_multi_insert_match(wcc_capture: Callable[[Workload], WalCapture]) -> None:
@@ -221,7 +227,8 @@ def test_copy_and_copy_freeze_multi_insert_match(wcc_capture: Callable[[Workload
     assert_clean(rep, must_check=["Heap2/MULTI_INSERT", "Heap2/MULTI_INSERT+INIT"])
 
 
-def test_row_locks_from_several_sessions_match(wcc_capture: Callable[[Workload], WalCapture]) -> None:
+def test_row_locks_from_several_sessions_match(wcc_capture: Callable[[Workload], WalCapture],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     def body(c: Cluster, db: str) -> None:
         run_sql(c, """
             CREATE TABLE lk (a int PRIMARY KEY, b text);
@@ -242,8 +249,11 @@ def test_row_locks_from_several_sessions_match(wcc_capture: Callable[[Workload],
             s1.execute("SELECT * FROM lk WHERE a BETWEEN 221 AND 230 FOR NO KEY UPDATE")
             s1.rollback()
 
-    rep = oracle(wcc_capture(in_new_db(body)))
+    cap = wcc_capture(in_new_db(body))
+    rep = oracle(cap)
     assert_clean(rep, must_check=["Heap/LOCK", "Heap2/LOCK_UPDATED"])
+    # the all-frozen bits LOCK clears on the VM page, through the compiled chain
+    assert chain_equals_reference(cap, monkeypatch, fork=VISIBILITYMAP_FORKNUM) > 0
 
 
 def test_subtransactions_and_prepared_transactions_match(
@@ -335,3 +345,4 @@ def test_pgbench_init_and_run_match(wcc_capture: Callable[[Workload], WalCapture
         "Heap/HOT_UPDATE", "Heap/INSERT", "Heap2/MULTI_INSERT+INIT", "Heap2/VISIBLE",
         "Btree/INSERT_LEAF"])
     assert chain_equals_reference(cap, monkeypatch) > 1000
+    assert chain_equals_reference(cap, monkeypatch, fork=VISIBILITYMAP_FORKNUM) > 0

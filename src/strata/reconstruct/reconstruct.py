@@ -9,7 +9,8 @@ WAL record, format in `keyspace/FORMAT.md`), SLRU pages through
 
 Relation pages replay runs of heap/heap2 records in C (`_pagec.redo_chain`,
 7-8x faster on a TPC-B history's pages: decoding and dispatch per record
-were most of the Python cost) and everything else, and anything the C code
+were most of the Python cost), visibility-map pages included (the bits heap
+records clear, VISIBLE's set), and everything else, and anything the C code
 doubts, through the Python redo, its reference.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 from strata.errors import RedoError
 from strata.key import Key, KeyKind
 from strata.keyspace.relation import decode_delta, decode_image_delta, is_image_delta
-from strata.reconstruct.redo import VISIBILITYMAP_FORKNUM, redo_block_inplace
+from strata.reconstruct.redo import redo_block_inplace
 from strata.reconstruct.redo.page_ops import BLCKSZ, page_is_new, page_set_lsn, pagec
 from strata.reconstruct.slru import apply_value
 from strata.storage.values import WalRecord
@@ -55,7 +56,7 @@ def _redo_rel_block(key: Key, base: bytes | None, records: list[WalRecord]) -> b
     compiled chain, which stops (page untouched) at the first record it does not take;
     that one goes through the Python redo (the reference, which raises every error
     with the record's LSN), and the chain resumes after it."""
-    chain = compiled_chain if key.fork != VISIBILITYMAP_FORKNUM else None
+    chain = compiled_chain
     datas = [r.data for r in records]
     n = len(datas)
     page: bytearray | None = None if base is None else bytearray(base)

@@ -3,7 +3,8 @@
  * chain of heap/heap2 records on one page.
  *
  * Files: this one holds the module, the page compaction and the checksums;
- * _pagec_heap.c the heap/heap2 redo and the chain; _pagec_record.c the WAL
+ * _pagec_heap.c the heap/heap2 redo and the chain; _pagec_vm.c the chain's
+ * visibility-map redo; _pagec_record.c the WAL
  * record layout; _pagec.h what they share.
  *
  * What it is: the same function as `page_ops.repair_fragmentation_python`
@@ -28,7 +29,9 @@
  *   layout of DecodeXLogRecord) and replays, on that block's page in place, the
  *   heap INSERT(+INIT), DELETE, UPDATE, HOT_UPDATE, heap2 PRUNE_* (redirects,
  *   dead, unused, repair or truncation, freeze plans) and VISIBLE (heap page)
- *   records, with redo's BLK_DONE rule and PageSetLSN; returns the index of the
+ *   records, and on a visibility-map page (fork 2) the bits those records clear
+ *   and VISIBLE's set (_pagec_vm.c), with redo's BLK_DONE rule and PageSetLSN
+ *   (VISIBLE that changes no bit leaves the LSN, as PostgreSQL does); returns the index of the
  *   first delta it did not apply (an image delta, another record type, an
  *   apply-image, or anything doubtful: each record runs on a copy, so the page
  *   is as before that record). Python redoes that one (and raises its errors)

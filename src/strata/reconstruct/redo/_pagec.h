@@ -81,6 +81,7 @@
 #define DELTA_HEADER 16
 #define XLR_MAX_BLOCK_ID 32
 #define BKPBLOCK_FORK_MASK 0x0F
+#define VISIBILITYMAP_FORK 2
 #define BKPBLOCK_HAS_IMAGE 0x10
 #define BKPBLOCK_HAS_DATA 0x20
 #define BKPBLOCK_WILL_INIT 0x40
@@ -114,6 +115,7 @@ typedef struct {
     int dlen;
     int has_block0, has_block1;
     uint32_t blkno0;            /* block 0's block number */
+    uint32_t blkno1;            /* block 1's block number */
     const uint8_t *md;          /* main data */
     uint32_t mdlen;
 } rec_t;
@@ -128,5 +130,7 @@ int pagec_parse_record(const uint8_t *raw, Py_ssize_t n, const target_t *t, rec_
 /* _pagec_heap.c */
 PyObject *pagec_heap_update_redo(PyObject *self, PyObject *args);
 PyObject *pagec_redo_chain(PyObject *self, PyObject *args);
+/* _pagec_vm.c: 1 (done, stamp the LSN), 2 (done, LSN unchanged), 0 (Python) */
+int pagec_vm_redo(uint8_t *w, const rec_t *r, const target_t *t);
 
 #endif

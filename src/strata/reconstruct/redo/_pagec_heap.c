@@ -434,8 +434,6 @@ PyObject *pagec_redo_chain(PyObject *self, PyObject *args) {
                           &t.fork, &blk))
         return NULL;
     t.spc = (uint32_t)spc; t.db = (uint32_t)db; t.rel = (uint32_t)rel; t.blk = (uint32_t)blk;
-    if (t.fork == 2)                     /* the visibility map's redo stays in Python */
-        return PyLong_FromSsize_t(start);
     if (!PyList_Check(deltas)) {
         PyErr_SetString(PyExc_TypeError, "deltas must be a list of bytes");
         return NULL;
@@ -467,10 +465,13 @@ PyObject *pagec_redo_chain(PyObject *self, PyObject *args) {
                 continue;                                       /* BLK_DONE */
             memcpy(w, page, BLCKSZ);
         }
-        if (!redo_one(w, &r, &t))
+        int done = t.fork == VISIBILITYMAP_FORK ? pagec_vm_redo(w, &r, &t) : redo_one(w, &r, &t);
+        if (!done)
             break;
-        wr32(w, (uint32_t)(end >> 32));                         /* PageSetLSN */
-        wr32(w + 4, (uint32_t)end);
+        if (done == 1) {
+            wr32(w, (uint32_t)(end >> 32));                     /* PageSetLSN */
+            wr32(w + 4, (uint32_t)end);
+        }
         memcpy(page, w, BLCKSZ);
     }
     PyBuffer_Release(&view);

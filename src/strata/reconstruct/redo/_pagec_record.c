@@ -16,7 +16,7 @@ int pagec_parse_record(const uint8_t *raw, Py_ssize_t n, const target_t *t, rec_
     r->target_flags = r->target_apply_image = r->dlen = 0;
     r->data = raw;
     r->has_block0 = r->has_block1 = 0;
-    r->blkno0 = 0;
+    r->blkno0 = r->blkno1 = 0;
     r->md = NULL;
     r->mdlen = 0;
     struct { int id, flags, dlen, imglen, apply; int match; uint32_t blkno; } blocks[XLR_MAX_BLOCK_ID + 1];
@@ -100,7 +100,7 @@ int pagec_parse_record(const uint8_t *raw, Py_ssize_t n, const target_t *t, rec_
     for (int k = 0; k < nblocks; k++) {                         /* the payloads */
         pos += blocks[k].imglen;
         if (blocks[k].id == 0) { r->has_block0 = 1; r->blkno0 = blocks[k].blkno; }
-        if (blocks[k].id == 1) r->has_block1 = 1;
+        if (blocks[k].id == 1) { r->has_block1 = 1; r->blkno1 = blocks[k].blkno; }
         if (blocks[k].match && r->target < 0) {
             r->target = blocks[k].id;
             r->target_flags = blocks[k].flags;
