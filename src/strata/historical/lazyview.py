@@ -3,8 +3,9 @@
 Fed by a `StoreView` over a `PageReader` (the store opened read-only in the
 file system process) and the catalog version / segment size of the cluster.
 Feeds `lazyfs` (names, sizes and bytes of every relation segment file). Owns
-an in-memory cache of pages rebuilt ahead of the reader and not read yet (a
-page read leaves it: the kernel's page cache keeps what was served); no file.
+an in-memory cache of pages rebuilt ahead of the reader and not read yet
+(`pagecache.WindowCache`: the windows as rebuilt; a window leaves once every
+page of it was read, the kernel's page cache keeping what was served); no file.
 
 * The file list is `served.served_forks` of the REL_SIZE keys at X, cut into
   1 GB segments (`relseg_size` blocks) at the paths materialize would write.
@@ -70,7 +71,6 @@ import os
 import signal
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -78,6 +78,7 @@ from pathlib import Path
 from strata.errors import UnsupportedRecordError
 from strata.historical.catalog_patch import CatalogFacts, am_oids, patch_page
 from strata.historical.materialize import database_dir
+from strata.historical.pagecache import WindowCache
 from strata.historical.served import ServedFork, facts_of, served_forks
 from strata.historical.source import BLCKSZ, FORK_SUFFIX
 from strata.historical.store_view import NO_REDO_YET_RMGRS, StoreView
@@ -167,14 +168,14 @@ class LazyView:
     segblocks: int
     invalid_index_ams: tuple[str, ...] = ()
     max_window: int = 1024  # blocks (8 MB) fetched by one scan at most
-    cache_pages: int = 8192  # at most 64 MB of pages rebuilt ahead and not read yet
+    cache_pages: int = 8192  # at most 64 MB of windows of pages rebuilt ahead
     files: dict[str, SegmentFile] = field(default_factory=dict)
-    _cache: OrderedDict[tuple[int, int, int, int, int], bytes] = field(default_factory=OrderedDict)
     _streams: dict[tuple[int, int, int, int], list[_Stream]] = field(default_factory=dict)
     _facts: dict[tuple[int, int], CatalogFacts | None] = field(default_factory=dict)
     _unsupported: set[tuple[int, int, int, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self._cache = WindowCache(self.cache_pages)
         self._helpers: list[_Helper] = []
         self._ahead: list[_Ahead] = []  # windows helpers rebuild ahead of streams
         self.helped_pages = 0  # pages the helpers rebuilt
@@ -217,7 +218,7 @@ class LazyView:
                 while time.monotonic() - self._last_read < _YIELD_SECONDS:
                     time.sleep(_YIELD_SECONDS / 2)  # the server is reading: it goes first
                 with self._lock:
-                    if (f.spc, f.db, f.rel, f.fork, blk) not in self._cache:
+                    if not self._cache.holds((f.spc, f.db, f.rel, f.fork), blk):
                         try:
                             self._fill(f, blk, blk + n)
                         except Exception:  # the server's own read will report it
@@ -232,23 +233,26 @@ class LazyView:
         if offset >= end:
             return b""
         a, b = offset // BLCKSZ, -(-end // BLCKSZ)
-        pages = self.pages(sf.fork, sf.first + a, b - a)
-        data = b"".join(pages)
+        parts = self.pages(sf.fork, sf.first + a, sf.first + b)
+        data = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
         lo = offset - a * BLCKSZ
-        return data[lo:lo + end - offset]
+        return bytes(data[lo:lo + end - offset])
 
-    def pages(self, f: ServedFork, first: int, count: int) -> list[bytes]:
-        """Blocks [first, first + count) of fork `f` (relation block numbers)."""
+    def pages(self, f: ServedFork, first: int, end: int) -> list[memoryview]:
+        """Blocks [first, end) of fork `f` (relation block numbers), as spans of
+        the cache's windows (rebuilt first where missing)."""
         fid = (f.spc, f.db, f.rel, f.fork)
-        out: list[bytes] = []
-        for blk in range(first, first + count):
-            # a page served is in the kernel's page cache from now on (keep_cache):
-            # ours only holds what was rebuilt ahead and not read yet
-            page = self._cache.pop((*fid, blk), None)
-            if page is None:
-                self._fetch(f, blk, first + count)
-                page = self._cache.pop((*fid, blk))
-            out.append(page)
+        out: list[memoryview] = []
+        blk = first
+        while blk < end:
+            span = self._cache.take(fid, blk, end)
+            if span is None:
+                self._fetch(f, blk, end)
+                span = self._cache.take(fid, blk, end)
+                if span is None:
+                    raise RuntimeError(f"block {blk} of {fid} is not in the cache after its rebuild")
+            out.append(span)
+            blk += len(span) // BLCKSZ
         return out
 
     def _fetch(self, f: ServedFork, blk: int, want_end: int) -> None:
@@ -276,13 +280,9 @@ class LazyView:
         self._keep(f, blk, buf)
 
     def _keep(self, f: ServedFork, blk: int, buf: bytes | bytearray | memoryview) -> None:
-        """Pages `buf` (blocks from `blk` of `f`) into the cache, oldest out first."""
-        fid = (f.spc, f.db, f.rel, f.fork)
-        view = memoryview(buf)  # one copy per page, not two
-        for i in range(len(view) // BLCKSZ):
-            self._cache[(*fid, blk + i)] = bytes(view[i * BLCKSZ:(i + 1) * BLCKSZ])
-        while len(self._cache) > self.cache_pages:
-            self._cache.popitem(last=False)
+        """Pages `buf` (blocks from `blk` of `f`) into the cache, oldest out first
+        (a bytearray is the cache's from now on; a memoryview is copied)."""
+        self._cache.put((f.spc, f.db, f.rel, f.fork), blk, buf)
 
     # -- helpers running ahead of a stream (module docstring) --------------------------------
     def _run_ahead(self, f: ServedFork, st: _Stream) -> None:
