@@ -10,7 +10,9 @@ WAL record, format in `keyspace/FORMAT.md`), SLRU pages through
 Relation pages replay runs of heap/heap2 records in C (`_pagec.redo_chain`,
 7-8x faster on a TPC-B history's pages: decoding and dispatch per record
 were most of the Python cost), visibility-map pages included (the bits heap
-records clear, VISIBLE's set), and everything else, and anything the C code
+records clear, VISIBLE's set), and so are full-page images stored as image
+deltas (a lazy scan restores one for every page touched since the image
+layer below it); everything else, and anything the C code
 doubts, through the Python redo, its reference.
 """
 
@@ -52,14 +54,17 @@ compiled_chain = None if pagec is None else pagec.redo_chain
 
 
 def _redo_rel_block(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
-    """A relation page after `records`: runs of heap/heap2 records go through the
-    compiled chain, which stops (page untouched) at the first record it does not take;
+    """A relation page after `records`: runs of heap/heap2 records and uncompressed
+    image deltas go through the compiled chain, which stops (page untouched) at the
+    first record it does not take;
     that one goes through the Python redo (the reference, which raises every error
     with the record's LSN), and the chain resumes after it."""
     chain = compiled_chain
     datas = [r.data for r in records]
     n = len(datas)
     page: bytearray | None = None if base is None else bytearray(base)
+    if page is None and chain is not None and n and is_image_delta(datas[0]):
+        page = bytearray(BLCKSZ)  # the chain restores the image over it, or Python does
     i = 0
     while i < n:
         if chain is not None and page is not None and len(page) == BLCKSZ:

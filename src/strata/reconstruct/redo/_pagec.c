@@ -29,10 +29,11 @@
  *   layout of DecodeXLogRecord) and replays, on that block's page in place, the
  *   heap INSERT(+INIT), DELETE, UPDATE, HOT_UPDATE, heap2 PRUNE_* (redirects,
  *   dead, unused, repair or truncation, freeze plans) and VISIBLE (heap page)
- *   records, and on a visibility-map page (fork 2) the bits those records clear
+ *   records, uncompressed image deltas (restored, hole zeroed, LSN stamped), and on a
+ *   visibility-map page (fork 2) the bits those records clear
  *   and VISIBLE's set (_pagec_vm.c), with redo's BLK_DONE rule and PageSetLSN
  *   (VISIBLE that changes no bit leaves the LSN, as PostgreSQL does); returns the index of the
- *   first delta it did not apply (an image delta, another record type, an
+ *   first delta it did not apply (a compressed image delta, another record type, an
  *   apply-image, or anything doubtful: each record runs on a copy, so the page
  *   is as before that record). Python redoes that one (and raises its errors)
  *   and calls again. References: `redo.heap`, `redo.heap2`, `wal.decoder`;

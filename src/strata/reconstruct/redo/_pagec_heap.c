@@ -423,6 +423,32 @@ static int redo_one(uint8_t *w, const rec_t *r, const target_t *t) {
     return 0;
 }
 
+/* An image delta (keyspace/FORMAT.md: lsn, end, a zero marker, bimg_info, a pad
+ * byte, hole offset and length, then the image as WAL stores it) restored over
+ * `page`, stamped with its end LSN unless the page is new: 1; or 0 with `page`
+ * untouched for a compressed image or one whose sizes do not fit (Python restores
+ * or raises). `reconstruct._restore_image` is the reference. */
+static int restore_image_delta(uint8_t *page, const uint8_t *data, Py_ssize_t len) {
+    int info = data[20], hole_off = rd16(data + 22), hole_len = rd16(data + 24);
+    const uint8_t *img = data + IMAGE_DELTA_HEADER;
+    Py_ssize_t n = len - IMAGE_DELTA_HEADER;
+    if (info & BKPIMAGE_COMPRESSED)
+        return 0;
+    if (hole_len == 0 ? n != BLCKSZ : (hole_off + hole_len > BLCKSZ || n != BLCKSZ - hole_len))
+        return 0;
+    memcpy(page, img, (size_t)(hole_len ? hole_off : BLCKSZ));
+    if (hole_len) {
+        memset(page + hole_off, 0, (size_t)hole_len);
+        memcpy(page + hole_off + hole_len, img + hole_off, (size_t)(n - hole_off));
+    }
+    if (rd16(page + OFF_UPPER) != 0) {                           /* PageSetLSN */
+        uint64_t end = rd64(data + 8);
+        wr32(page, (uint32_t)(end >> 32));
+        wr32(page + 4, (uint32_t)end);
+    }
+    return 1;
+}
+
 /* redo_chain(page, deltas, start, spc, db, rel, fork, blk) -> int */
 PyObject *pagec_redo_chain(PyObject *self, PyObject *args) {
     (void)self;
@@ -450,8 +476,13 @@ PyObject *pagec_redo_chain(PyObject *self, PyObject *args) {
             break;
         const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(item);
         Py_ssize_t len = PyBytes_GET_SIZE(item);
+        if (len >= IMAGE_DELTA_HEADER && rd32(data + DELTA_HEADER) == 0) {
+            if (!restore_image_delta(page, data, len))
+                break;                           /* compressed or doubtful: Python */
+            continue;
+        }
         if (len < DELTA_HEADER + SIZEOF_XLOG_RECORD || rd32(data + DELTA_HEADER) == 0)
-            break;                                              /* an image delta */
+            break;
         uint64_t end = rd64(data + 8);
         rec_t r;
         if (!pagec_parse_record(data + DELTA_HEADER, len - DELTA_HEADER, &t, &r) || r.target < 0
