@@ -40,7 +40,7 @@ import zstandard
 from strata import durable
 from strata.errors import CorruptionError
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
-from strata.storage.blockindex import INDEX_ENTRY, BlockIndex
+from strata.storage.blockindex import INDEX_ENTRY, BlockIndex, BlockInfo
 from strata.storage.blocks import (
     chain_in_columns,
     decode_columns,
@@ -416,8 +416,9 @@ class LayerFile:
         return runs.best
 
     # -- reads -------------------------------------------------------------------
-    def _raw_block(self, i: int) -> bytes:
-        b = self.blocks[i]
+    def _raw_block(self, i: int, b: BlockInfo | None = None) -> bytes:
+        if b is None:
+            b = self.blocks[i]
         comp = os.pread(self._f.fileno(), b.comp_len, b.offset)
         if len(comp) != b.comp_len:
             raise self._fail(b.offset, f"block {i} truncated")
@@ -432,13 +433,15 @@ class LayerFile:
                                        f"index says {b.raw_len}")
         return raw
 
-    def block_batch(self, i: int) -> EntryBatch:
-        """Block i as a batch, sorted by (key, lsn). Raises: CorruptionError."""
+    def block_batch(self, i: int, b: BlockInfo | None = None) -> EntryBatch:
+        """Block i (whose index entry is `b`, when the caller has it) as a batch,
+        sorted by (key, lsn). Raises: CorruptionError."""
         cached = self._cached
         if cached is not None and cached[0] == i:
             return cached[1]
-        b = self.blocks[i]
-        raw = self._raw_block(i)
+        if b is None:
+            b = self.blocks[i]
+        raw = self._raw_block(i, b)
         try:
             batch = decode_columns(raw) if self.version >= COLUMN_VERSION else decode_rows(raw)
         except ValueError as e:
@@ -501,7 +504,7 @@ class LayerFile:
         parts = []
         for i in self.blocks_in(start, end):
             b = self.blocks[i]
-            batch = self.block_batch(i)
+            batch = self.block_batch(i, b)
             if all_lsns and start <= b.first_key and b.last_key < end:
                 parts.append(batch)  # the whole block: nothing to search or filter
             else:
