@@ -23,7 +23,8 @@ verifyBackupPageConsistency (xlogrecovery.c) does:
   reset it), as GetPage@LSN chains deltas: errors would then accumulate.
   With `stored=True` each block is redone as the page store redoes it: the
   record as a stored REL_BLOCK delta through `reconstruct_value`, i.e. through
-  the compiled heap/heap2 chain (`_pagec.redo_chain`) where it is built.
+  the compiled heap/heap2 chain (`_pagec.redo_chain`: heap pages, their
+  visibility-map pages, uncompressed image deltas) where it is built.
 
 A record whose rmgr or record type has no redo is counted as unsupported,
 loudly; callers decide which rmgrs must be supported.
