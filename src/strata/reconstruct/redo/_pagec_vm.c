@@ -15,9 +15,6 @@
 #define HEAPBLOCKS_PER_PAGE ((BLCKSZ - VM_CONTENTS) * 4)
 #define VM_ALL_FROZEN 0x02
 #define VM_VALID_BITS 0x03
-#define XLOG_HEAP_LOCK 0x60
-#define XLOG_HEAP2_MULTI_INSERT 0x50
-#define XLOG_HEAP2_LOCK_UPDATED 0x60
 
 /* Clear `bits` of `heap_blk` if they live on VM block `vm_blk`. */
 static void vm_clear(uint8_t *w, uint32_t vm_blk, uint32_t heap_blk, int bits) {
@@ -40,12 +37,12 @@ static int clear_flags(const rec_t *r, int *off, int *mask, int *frozen_only) {
             *mask = XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED | XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED;
             return 1;
         }
-        if (op == XLOG_HEAP_LOCK) { *off = 7; *mask = 0x01; *frozen_only = 1; return 1; }
+        if (op == XLOG_HEAP_LOCK) { *off = 7; *mask = XLH_LOCK_ALL_FROZEN_CLEARED; *frozen_only = 1; return 1; }
         return 0;
     }
     if (r->rmid == RM_HEAP2_ID) {
         if (op == XLOG_HEAP2_MULTI_INSERT) { *off = 0; *mask = XLH_INSERT_ALL_VISIBLE_CLEARED; return 1; }
-        if (op == XLOG_HEAP2_LOCK_UPDATED) { *off = 7; *mask = 0x01; *frozen_only = 1; return 1; }
+        if (op == XLOG_HEAP2_LOCK_UPDATED) { *off = 7; *mask = XLH_LOCK_ALL_FROZEN_CLEARED; *frozen_only = 1; return 1; }
     }
     return 0;
 }
