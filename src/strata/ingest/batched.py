@@ -7,8 +7,10 @@ What it is: pure functions over the block-reference rows of records
 `WalIngest.ingest` (walingest.py), which stays the reference:
 
 - `block_entries`: one REL_BLOCK entry per block reference of a stored fork:
-  an image delta for an applied full-page image, else the record itself as a
-  delta (WAL_RECORD_INIT when the block is initialised);
+  an image delta for an applied full-page image (unless redo changes the
+  page after restoring it, `keyspace.relation.image_needs_record`), else the
+  record itself as a delta (WAL_RECORD_INIT when the block is initialised or
+  restored);
 - `size_growth`: the REL_SIZE puts of forks that grow (a block past the known
   end), given the sizes before the run, which it updates;
 - `new_databases`: the first block of a database history does not know yet.
@@ -25,10 +27,15 @@ import numpy as np
 
 from strata.ingest.entries import KEY_DTYPE, KEY_FIELDS, EntryColumns
 from strata.key import KeyKind
-from strata.keyspace.relation import IMAGE_DELTA_HEADER_SIZE, STORED_FORKS
+from strata.keyspace.relation import AFTER_IMAGE_BLOCKS, IMAGE_DELTA_HEADER_SIZE, STORED_FORKS
 from strata.storage.values import ValueKind
 from strata.wal.batch import LSN_HEADER, RecordBatch, gather
-from strata.wal.record import BKPBLOCK_HAS_IMAGE, BKPBLOCK_WILL_INIT, BKPIMAGE_APPLY
+from strata.wal.record import (
+    BKPBLOCK_HAS_IMAGE,
+    BKPBLOCK_WILL_INIT,
+    BKPIMAGE_APPLY,
+    XLR_RMGR_INFO_MASK,
+)
 
 RelFork = tuple[int, int, int, int]
 _I64 = np.dtype(np.int64)
@@ -41,6 +48,15 @@ _TAIL = np.dtype([("marker", "<u4"), ("bimg_info", "u1"), ("reserved", "u1"),
                   ("hole_offset", "<u2"), ("hole_length", "<u2")])
 assert _TAIL.itemsize == _IMAGE_HDR - _HDR
 _GROUP_STRIDE = 1 << 33  # above any block count + 1: keeps groups apart in one cummax
+
+
+def _needs_record(rmid: np.ndarray, info: np.ndarray, block_id: np.ndarray) -> np.ndarray:
+    """Per block row: is its applied image stored as the record
+    (`keyspace.relation.image_needs_record`)?"""
+    out = np.zeros(len(rmid), dtype=bool)
+    for r, i, b in AFTER_IMAGE_BLOCKS:
+        out |= (rmid == r) & ((info & XLR_RMGR_INFO_MASK) == i) & (block_id == b)
+    return out
 
 
 def stored_blocks(batch: RecordBatch, lo: int, hi: int) -> np.ndarray:
@@ -69,8 +85,9 @@ def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
     keys["fork"] = k["fork"]
     keys["blk"] = k["blkno"]
     flags = k["fork_flags"]
-    image = ((flags & BKPBLOCK_HAS_IMAGE) != 0) & ((k["bimg_info"] & BKPIMAGE_APPLY) != 0)
-    kinds = np.where(image | ((flags & BKPBLOCK_WILL_INIT) != 0),
+    applied = ((flags & BKPBLOCK_HAS_IMAGE) != 0) & ((k["bimg_info"] & BKPIMAGE_APPLY) != 0)
+    image = applied & ~_needs_record(recs["rmid"][rec], recs["info"][rec], k["block_id"])
+    kinds = np.where(applied | ((flags & BKPBLOCK_WILL_INIT) != 0),
                      np.uint8(ValueKind.WAL_RECORD_INIT), np.uint8(ValueKind.WAL_RECORD))
     # a record delta is one piece of buf: the LSN header and the record behind it;
     # an image delta three: the LSN header, its 10-byte tail, the image as stored

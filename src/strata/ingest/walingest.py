@@ -29,12 +29,14 @@ read and at `advance`.
 
 Per record:
 
-- block references of the main and init forks: an image with BKPIMAGE_APPLY
-  becomes an image delta (the image as WAL stores it, a chain start restored
-  when the page is read: keyspace/FORMAT.md); any other reference stores the
-  record itself as a `WalRecord` delta (`will_init` when the block is
-  initialised). Visibility-map and FSM forks are not stored: a read-only
-  historical server does not need them (wal-census 5.2).
+- block references of the stored forks (main, visibility map, init): an
+  image with BKPIMAGE_APPLY becomes an image delta (the image as WAL stores
+  it, a chain start restored when the page is read: keyspace/FORMAT.md),
+  unless redo changes the page after restoring it
+  (`keyspace.relation.image_needs_record`: GiST's split completion); any
+  other reference stores the record itself as a `WalRecord` delta (a chain
+  start when the block is initialised or restored). The FSM fork is not
+  stored: only inserts read it (wal-census 5.2).
 - relation sizes: raised by every block reference past the known end
   (relation extension is not WAL-logged, so a block's first appearance is
   the size evidence), set by Storage CREATE / TRUNCATE, removed (tombstone)
@@ -72,6 +74,7 @@ from strata.keyspace.relation import (
     encode_delta,
     encode_image_delta,
     encode_rel_size,
+    image_needs_record,
 )
 from strata.keyspace.slru import slru_store_value
 from strata.lsn import Lsn
@@ -246,7 +249,8 @@ class WalIngest:
                 continue
             loc = blk.rlocator
             key = Key.rel_block(loc.spc, loc.db, loc.rel, blk.fork, blk.blkno)
-            if blk.apply_image:
+            if blk.apply_image and not image_needs_record(record.xl_rmid, record.xl_info,
+                                                          blk.block_id):
                 assert blk.image is not None
                 # the image as WAL has it: restored when the page is read
                 self._put(key, lsn, _KIND_INIT,
@@ -254,7 +258,8 @@ class WalIngest:
             else:
                 if delta is None:
                     delta = encode_delta(record.lsn, record.end_lsn, record.raw)
-                self._put(key, lsn, _KIND_INIT if blk.will_init else _KIND_RECORD, delta)
+                self._put(key, lsn, _KIND_INIT if blk.will_init or blk.apply_image else _KIND_RECORD,
+                          delta)
             rf = (loc.spc, loc.db, loc.rel, blk.fork)
             if max(self._sizes.get(rf, -1), grown.get(rf, -1)) < blk.blkno + 1:
                 grown[rf] = blk.blkno + 1

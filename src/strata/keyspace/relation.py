@@ -5,7 +5,10 @@ REL_BLOCK deltas come in two forms (keyspace/FORMAT.md, version 2): a whole
 WAL record (`encode_delta`), or one block's full-page image exactly as WAL
 stores it (`encode_image_delta`: maybe compressed, without its hole), which
 reconstruct restores when the page is read; the u32 at offset 16 tells them
-apart (a record's ``xl_tot_len`` is never 0).
+apart (a record's ``xl_tot_len`` is never 0). An applied image is stored as
+an image delta unless redo changes the page after restoring it
+(`image_needs_record`): then the record is stored, and redo restores and
+finishes the page.
 
 What it is: the codecs of the values ingest stores under these key kinds
 (keyspace/FORMAT.md has the byte tables). Fed by: ingest (which builds them
@@ -20,7 +23,8 @@ import struct
 
 from strata.lsn import Lsn
 from strata.pg.constants import ForkNumber
-from strata.wal.record import BlockImage
+from strata.wal.record import XLR_RMGR_INFO_MASK, BlockImage
+from strata.wal.rmgr import RM_GIST_ID, XLOG_GIST_PAGE_SPLIT, XLOG_GIST_PAGE_UPDATE
 
 # REL_BLOCK delta value: start LSN, end LSN, then the whole record.
 _DELTA_HEADER = struct.Struct("<QQ")
@@ -41,6 +45,26 @@ DB_DIR_PRESENT = b"\x0118\n"
 # without it answers an index-only scan by fetching every heap tuple); the free
 # space map is not (only inserts read it, wal-census 5.2).
 STORED_FORKS = (ForkNumber.MAIN, ForkNumber.VM, ForkNumber.INIT)
+
+
+# (rmid, rmgr info, block id) of the block references whose redo changes a page it
+# restored from an image, where the image cannot already hold the change:
+# gistRedoClearFollowRight sets the left child's NSN to the record's own LSN (not
+# known when the image was taken) and clears F_FOLLOW_RIGHT, which the primary
+# clears only after the record is written (gistplacetopage). Hash's after-image
+# steps (SPLIT_ALLOCATE_PAGE, SPLIT_COMPLETE) set flags the primary set before
+# taking the image, so its images are stored as images.
+AFTER_IMAGE_BLOCKS = frozenset({
+    (RM_GIST_ID, XLOG_GIST_PAGE_UPDATE, 1),
+    (RM_GIST_ID, XLOG_GIST_PAGE_SPLIT, 0),
+})
+
+
+def image_needs_record(rmid: int, xl_info: int, block_id: int) -> bool:
+    """Is an applied image of block reference `block_id` of a record (`rmid`,
+    `xl_info`) stored as the record delta (redo restores and then changes the
+    page) rather than as an image delta?"""
+    return (rmid, xl_info & XLR_RMGR_INFO_MASK, block_id) in AFTER_IMAGE_BLOCKS
 
 
 def encode_delta(lsn: int, end_lsn: int, raw: bytes) -> bytes:

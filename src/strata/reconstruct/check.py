@@ -22,7 +22,8 @@ verifyBackupPageConsistency (xlogrecovery.c) does:
   the base even when a verification image was there (only apply-images
   reset it), as GetPage@LSN chains deltas: errors would then accumulate.
   With `stored=True` each block is redone as the page store redoes it: the
-  record as a stored REL_BLOCK delta through `reconstruct_value`, i.e. through
+  REL_BLOCK delta ingest stores (an applied image as an image delta unless
+  `image_needs_record`, else the record) through `reconstruct_value`, i.e. through
   the compiled heap/heap2 chain (`_pagec.redo_chain`: heap pages, their
   visibility-map pages, uncompressed image deltas) where it is built.
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 
 from strata.errors import RedoError, StrataError, UnsupportedRecordError
 from strata.key import Key
-from strata.keyspace.relation import encode_delta
+from strata.keyspace.relation import encode_delta, encode_image_delta, image_needs_record
 from strata.lsn import Lsn
 from strata.reconstruct.mask import heap_mask_strict, known_difference, masked
 from strata.reconstruct.reconstruct import reconstruct_value
@@ -228,7 +229,7 @@ class ConsistencyChecker:
         """Process one block; False if its record type has no redo."""
         key: BlockKey = (block.rlocator, block.fork, block.blkno)
         if block.apply_image:
-            self.state[key] = redo_block(record, block.block_id, None)
+            self.state[key] = self._redo(record, block, None)
             st.images += 1
             return True
         prev = self.state.get(key)
@@ -270,8 +271,14 @@ class ConsistencyChecker:
             return redo_block(record, block.block_id, prev)
         loc = block.rlocator
         key = Key.rel_block(loc.spc, loc.db, loc.rel, block.fork, block.blkno)
-        delta = WalRecord(encode_delta(record.lsn, record.end_lsn, record.raw), block.will_init)
-        return reconstruct_value(key, prev, [delta])
+        if block.apply_image and not image_needs_record(record.xl_rmid, record.xl_info,
+                                                        block.block_id):
+            assert block.image is not None
+            data = encode_image_delta(record.lsn, record.end_lsn, block.image)
+        else:
+            data = encode_delta(record.lsn, record.end_lsn, record.raw)
+        return reconstruct_value(key, prev, [WalRecord(data, block.will_init
+                                                       or block.apply_image)])
 
     def _compare(self, record: DecodedRecord, block: BlockRef, ours: bytes, server: bytes,
                  rm: str, rt: str, st: TypeStats) -> None:
