@@ -484,3 +484,24 @@ def test_a_helper_running_ahead_serves_the_same_bytes_and_a_dead_one_is_replaced
         v.close_helpers()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_lazy_server_prices_random_reads_above_reads_in_order(
+        world: LazyWorld, lazy: HistoricalFactory, materialized: HistoricalFactory) -> None:
+    """`modes.LAZY_SETTINGS`: a lazy server's random_page_cost is 6 (a cold random
+    read is a FUSE round trip for one page), a materialized one keeps
+    PostgreSQL's 4, and a caller's own settings win over both."""
+    lsn = Lsn.parse(world.point("fill").lsn)
+    own = make_factory(world.store, world.store_dir, mode="lazy",
+                       settings={"random_page_cost": "3"})
+    started: list[HistoricalInstance] = []
+    try:
+        for factory, name, want in ((lazy, "rpc", "6"), (materialized, "rpc", "4"),
+                                    (own, "rpc-own", "3")):
+            inst = _start(factory, world, lsn, name)
+            started.append(inst)
+            assert inst.sql("SHOW random_page_cost") == [(want,)], factory.mode
+    finally:
+        for inst in started:
+            inst.remove()
+        own.close()

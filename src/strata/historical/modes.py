@@ -61,6 +61,20 @@ SERVER_PID_FILE = "server.pid"  # <root>/server.pid: the postmaster, for `cleanu
 UNSUPPORTED_INDEX_AMS: tuple[str, ...] = ()
 
 
+# Settings a lazy server adds to `materialize.SERVER_SETTINGS` (a caller's own
+# `settings` still win, and a session's SET is carried over by the proxy).
+# random_page_cost: on a lazy data directory a cold random read is a FUSE round
+# trip for one page, while a sequential one comes with the kernel's readahead
+# and pages rebuilt ahead in windows; at pgbench scale 100 a page read at random
+# cost ~8x one read in order (BENCHMARKS.md, tenth session). With the default 4,
+# count(*) of pgbench_accounts in the past picks a parallel index-only scan,
+# because pg_class.relallvisible (from the last VACUUM) says every page is
+# all-visible while the visibility map at X says few are: it then fetches the
+# heap one page at a time, cold 9-10 s, where the seq scan 6 picks takes 5-6 s
+# (and 0.4-0.8 s warm against 0.8-1.2 s). Selective index scans keep their plans.
+LAZY_SETTINGS: dict[str, str] = {"random_page_cost": "6"}
+
+
 class HistoricalMode(StrEnum):
     LAZY = "lazy"
     MATERIALIZE = "materialize"
@@ -285,7 +299,8 @@ def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | s
     takes 3-5 s to be ready under load, its replacement starting 2 s after a take,
     so with one, every other SET of a burst waited ~1 s for a Python start; each
     costs ~45 MB) and, with `instances_root`, `skeletons` data-directory
-    skeletons ready under it (the caller ends both with `close()`). `workers`
+    skeletons ready under it (the caller ends both with `close()`); its servers
+    take `LAZY_SETTINGS` under `settings`. `workers`
     (default: the number of cores) materialize in parallel processes.
     Raises: ConfigError (see `resolve_mode`).
     """
@@ -293,6 +308,7 @@ def make_factory(store: PageReader, store_dir: Path, *, mode: HistoricalMode | s
     pool = None
     fs_spares = None
     if resolved is HistoricalMode.LAZY:
+        settings = {**LAZY_SETTINGS, **(settings or {})}
         fs_spares = FsSpares(spares, owner=instances_root, store_dir=Path(store_dir))
         if instances_root is not None and skeletons > 0:
             pool = SkeletonPool(instances_root, size=skeletons, settings=settings)
