@@ -106,22 +106,23 @@ def test_redo_finishes_the_left_child_after_restoring_it() -> None:
         assert page_ops.page_get_lsn(page) == rec.end_lsn
 
 
+def _one_by_one(ing: WalIngest) -> None:
+    for rec in _decoded():
+        ing.ingest(rec)
+
+
+def _batched(ing: WalIngest) -> None:
+    b = BatchBuilder()
+    for raw, (lsn, end) in zip((UPDATE, SPLIT), LSNS, strict=True):
+        b.add(raw, lsn, end)
+    ing.ingest_batch(b.build())
+
+
 @pytest.mark.parametrize("path", ["record", "batch"])
 def test_ingest_stores_the_record_for_the_left_child_and_images_for_the_rest(
         tmp_path: Path, path: str) -> None:
     recs = _decoded()
-
-    def one_by_one(ing: WalIngest) -> None:
-        for rec in recs:
-            ing.ingest(rec)
-
-    def batched(ing: WalIngest) -> None:
-        b = BatchBuilder()
-        for raw, (lsn, end) in zip((UPDATE, SPLIT), LSNS, strict=True):
-            b.add(raw, lsn, end)
-        ing.ingest_batch(b.build())
-
-    got = ingest_with(tmp_path / path, Lsn(0), one_by_one if path == "record" else batched)
+    got = ingest_with(tmp_path / path, Lsn(0), _one_by_one if path == "record" else _batched)
     blocks = {(k.blk, lsn): v for k, lsn, v in got.puts if k.kind == KeyKind.REL_BLOCK}
     (u_end, s_end) = (LSNS[0][1], LSNS[1][1])
     assert set(blocks) == {(1, u_end), (3, u_end), (4, s_end), (1, s_end)}
@@ -136,20 +137,8 @@ def test_ingest_stores_the_record_for_the_left_child_and_images_for_the_rest(
 
 
 def test_both_ingest_paths_store_the_same(tmp_path: Path) -> None:
-    recs = _decoded()
-
-    def one_by_one(ing: WalIngest) -> None:
-        for rec in recs:
-            ing.ingest(rec)
-
-    def batched(ing: WalIngest) -> None:
-        b = BatchBuilder()
-        for raw, (lsn, end) in zip((UPDATE, SPLIT), LSNS, strict=True):
-            b.add(raw, lsn, end)
-        ing.ingest_batch(b.build())
-
-    assert_same(ingest_with(tmp_path / "a", Lsn(0), one_by_one),
-                ingest_with(tmp_path / "b", Lsn(0), batched))
+    assert_same(ingest_with(tmp_path / "a", Lsn(0), _one_by_one),
+                ingest_with(tmp_path / "b", Lsn(0), _batched))
 
 
 def test_the_checkers_stored_mode_restores_as_ingest_stores() -> None:
