@@ -80,6 +80,12 @@ class Key(NamedTuple):
             raise ValueError(f"a key is {KEY_SIZE} bytes, got {len(data)}")
         return cls._make(_KEY.unpack(data))
 
+    @classmethod
+    def unpack_from(cls, buf: bytes | memoryview, offset: int = 0) -> Key:
+        """The key in bytes [offset, offset + 18) of `buf` (a scan's per-page form:
+        no slice). Raises: struct.error when `buf` is too short."""
+        return cls._make(_KEY.unpack_from(buf, offset))
+
     def next(self) -> Key:
         """The smallest key greater than this one (for half-open range ends)."""
         return Key.from_bytes((int.from_bytes(self.to_bytes(), "big") + 1).to_bytes(KEY_SIZE, "big"))

@@ -19,7 +19,6 @@ newest chain end) is found with array operations. Only the per-key result
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,16 +55,21 @@ def _sorted_by_key_lsn(b: EntryBatch, tags: np.ndarray) -> tuple[EntryBatch, np.
     return b.take(order), tags[order]
 
 
-@dataclass(frozen=True, slots=True)
 class Chains:
     """The chain at one LSN of every key of a window that has entries there, in key
     order: key g's chain is rows [first[g], stop[g]) of `batch`, oldest first; its
     oldest row is a chain end (image, will_init record, tombstone) or the oldest
-    entry the key has above its floor."""
+    entry the key has above its floor. Immutable by convention; the batch's
+    columns are turned into Python lists once, on the first `value` (a per-key
+    loop then indexes lists, not numpy arrays: ~3 us less per page)."""
 
-    batch: EntryBatch
-    first: np.ndarray
-    stop: np.ndarray
+    __slots__ = ("_rows", "batch", "first", "stop")
+
+    def __init__(self, batch: EntryBatch, first: np.ndarray, stop: np.ndarray) -> None:
+        self.batch = batch
+        self.first = first
+        self.stop = stop
+        self._rows: tuple[list[int], list[int], list[int], list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.first)
@@ -76,18 +80,28 @@ class Chains:
 
     def value(self, g: int, key: Key, redo: Redo, stats: ReadStats) -> bytes | None:
         """Key g's value (None: absent), running redo when the chain has records."""
-        b = self.batch
-        a, z = int(self.first[g]), int(self.stop[g])
-        kind = int(b.kinds[a])
+        return self.rows_value(int(self.first[g]), int(self.stop[g]), key, redo, stats)
+
+    def rows_value(self, a: int, z: int, key: Key, redo: Redo,
+                   stats: ReadStats) -> bytes | None:
+        """The value of the chain in rows [a, z) (a key's [first, stop))."""
+        if self._rows is None:
+            b = self.batch
+            self._rows = (b.kinds.tolist(), b.starts.tolist(), b.ends.tolist(),
+                          [0] * len(b) if b.buf is None else b.buf.tolist())
+        kinds, starts, ends, which = self._rows
+        bufs = self.batch.bufs
+        kind = kinds[a]
         base: bytes | None = None
         if kind == _IMAGE:
-            base = b.value_at(a)
+            base = bufs[which[a]][starts[a]:ends[a]]
             a += 1
         elif kind == _TOMBSTONE:
             a += 1
         if a == z:
             return base
-        recs = list(map(WalRecord, b.values_in(a, z), (b.kinds[a:z] == _INIT).tolist()))
+        recs = [WalRecord(bufs[which[i]][starts[i]:ends[i]], kinds[i] == _INIT)
+                for i in range(a, z)]
         stats.deltas_applied += len(recs)
         stats.redo_calls += 1
         return redo(key, base, recs)
@@ -143,21 +157,14 @@ def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,
                 stats: ReadStats) -> Iterator[tuple[Key, bytes]]:
     """(key, value at lsn) for every key present at `lsn` in [start, end), sorted."""
     for ch in scan_chains(view, start, end, lsn, stats):
-        b = ch.batch
-        keys = b.keys.tobytes()
+        keys = ch.batch.keys.tobytes()
         # Python lists, not numpy scalars, in the per-key loop
-        bufs = b.bufs
-        which = [0] * len(b) if b.buf is None else b.buf.tolist()
-        starts, ends, kinds = b.starts.tolist(), b.ends.tolist(), b.kinds.tolist()
-        present = ch.present()
+        present = ch.present().tolist()
         for g, (a, z) in enumerate(zip(ch.first.tolist(), ch.stop.tolist(), strict=True)):
             if not present[g]:
                 continue
-            key = Key.from_bytes(keys[KEY_SIZE * a:KEY_SIZE * (a + 1)])
-            if z - a == 1 and kinds[a] == _IMAGE:  # a page as it is: no redo
-                yield key, bufs[which[a]][starts[a]:ends[a]]
-                continue
-            v = ch.value(g, key, redo, stats)
+            key = Key.unpack_from(keys, KEY_SIZE * a)
+            v = ch.rows_value(a, z, key, redo, stats)
             if v is not None:
                 yield key, v
 
