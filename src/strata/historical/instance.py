@@ -287,10 +287,13 @@ def prepare(mat: MaterializedDir, *, invalid_index_ams: Sequence[str] = (),
 
 
 def launch(datadir: Path, *, port: int | None = None, bins: PgBinaries | None = None,
-           timeout: float = 60, socket_only: bool = False) -> Cluster:
+           timeout: float = 60, socket_only: bool = False,
+           pid_file: Path | None = None) -> Cluster:
     """Step 3: start the prepared directory as a hot standby on 127.0.0.1:`port`
     and a private socket directory (0700, owned by the server user); with
     `socket_only`, on the socket directory alone (no TCP listener).
+
+    `pid_file`: where readiness is polled (`Cluster.start`).
 
     Raises: InstanceError with the log tail (the server is not left running).
     """
@@ -301,7 +304,7 @@ def launch(datadir: Path, *, port: int | None = None, bins: PgBinaries | None = 
     for attempt in range(1 if port else 3):
         cluster = Cluster(datadir=datadir, port=port or free_port(), bins=bins)
         try:
-            cluster.start(timeout=timeout, options=options)
+            cluster.start(timeout=timeout, options=options, pid_file=pid_file)
             break
         except InstanceError as e:
             cluster.stop("immediate")

@@ -163,7 +163,8 @@ class HistoricalFactory:
 
     def _launch(self, lsn: Lsn, root: Path, mount: LazyMount | None,
                 marked: int) -> HistoricalInstance:
-        cluster = launch(root / "data", socket_only=self.socket_only, timeout=self.timeout)
+        cluster = launch(root / "data", socket_only=self.socket_only, timeout=self.timeout,
+                         pid_file=None if mount is None else mount.overlay / "postmaster.pid")
         pid = cluster.postmaster_pid()
         # outside the data directory: readable after a crash even if a mount died
         (root / SERVER_PID_FILE).write_text(f"{pid}\n")

@@ -126,8 +126,11 @@ class Cluster:
         path.write_text("".join(f"{k} = {v}\n" for k, v in current.items()))
         give_to_server_user(path, recursive=False, mode=0o600)
 
-    def start(self, *, timeout: float = 60, options: str = "") -> None:
-        """Start the server and wait until it accepts connections.
+    def start(self, *, timeout: float = 60, options: str = "",
+              pid_file: Path | None = None) -> None:
+        """Start the server and wait until it accepts connections, polling
+        `pid_file` (default: the data directory's postmaster.pid; a lazy server
+        passes its overlay's copy, the same file without a FUSE round trip per poll).
 
         Raises: InstanceError with the tail of the server log.
         """
@@ -151,7 +154,8 @@ class Cluster:
                                   daemon=True)
         reaper.start()
         deadline = time.monotonic() + timeout
-        while not self._ready(proc.pid):
+        pid_file = pid_file or self.datadir / "postmaster.pid"
+        while not self._ready(proc.pid, pid_file):
             if not reaper.is_alive():
                 raise InstanceError(
                     f"PostgreSQL in {self.datadir} failed to start (exit {proc.returncode}).\n"
@@ -164,11 +168,12 @@ class Cluster:
                     f"{timeout:g} s.\nLast lines of {self.logfile}:\n{self.log_tail()}")
             time.sleep(0.005)
 
-    def _ready(self, pid: int) -> bool:
+    @staticmethod
+    def _ready(pid: int, pid_file: Path) -> bool:
         """postmaster.pid names `pid` and says it accepts connections (pg_ctl's test:
         status "ready", or "standby" for a standby that takes none)."""
         try:
-            lines = (self.datadir / "postmaster.pid").read_text().splitlines()
+            lines = pid_file.read_text().splitlines()
         except OSError:
             return False
         return (len(lines) > 7 and lines[0].strip() == str(pid)
