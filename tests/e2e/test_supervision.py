@@ -36,6 +36,11 @@ def _service_pid(home: Path, name: str) -> int:
     return int(lines[0].split(":")[0])
 
 
+def _nice(pid: int) -> int:
+    """The nice value of process `pid` (/proc/PID/stat, field 19)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
 
 def _count_at(dsn: str, lsn: Lsn) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -79,6 +84,10 @@ def test_killed_services_are_started_again_and_history_answers_the_same(
         proxy = up.proxy_dsn()
         first = _table_of(up, 100)
         assert _count_at(proxy, first) == (100, 5050)
+        # background work yields the CPU (storage/FORMAT.md 7b, policy 6)
+        base = _nice(_service_pid(home, "ingest"))
+        assert _nice(_service_pid(home, "proxy")) == base
+        assert _nice(_service_pid(home, "maintenance")) == min(19, base + 10)
 
         # the ingest service: WAL written while it is down is ingested after its restart
         os.kill(_service_pid(home, "ingest"), signal.SIGKILL)
@@ -93,6 +102,11 @@ def test_killed_services_are_started_again_and_history_answers_the_same(
         # the maintenance service
         os.kill(_service_pid(home, "maintenance"), signal.SIGKILL)
         up.wait_for(r"the maintenance service ended .*starting it again")
+        for _ in range(100):  # the new one lowers its priority as it starts
+            if _nice(_service_pid(home, "maintenance")) == min(19, base + 10):
+                break
+            threading.Event().wait(0.1)
+        assert _nice(_service_pid(home, "maintenance")) == min(19, base + 10)
 
         # the proxy service, while a session reads the past: the session ends with
         # an error; a new one, on the same port, answers as before

@@ -62,6 +62,10 @@ class StorageConfig:
     # process) may use, per second of wall time; it sleeps off any excess
     # (maintenance.py, policy 5). 1.0: unpaced.
     maintenance_cpu_fraction: float = 0.5
+    # The maintenance process's scheduling priority (its nice value, added to the
+    # one it inherits): background work yields the CPU to ingest, the proxy,
+    # historical servers and the primary whenever they want it (policy 6). 0: none.
+    maintenance_nice: int = 10
     # How often an idle maintenance process looks for a new manifest.
     maintenance_poll_seconds: float = 0.2
     # Check every block's CRC when the store opens (reads a whole store; header, footer
@@ -84,6 +88,7 @@ class StorageConfig:
             "flush_image_interval": self.flush_image_interval >= 0,
             "maintenance_cpu_fraction": 0 < self.maintenance_cpu_fraction <= 1,
             "maintenance_poll_seconds": self.maintenance_poll_seconds > 0,
+            "maintenance_nice": 0 <= self.maintenance_nice <= 19,
             "retention_lsn_distance": self.retention_lsn_distance is None
             or self.retention_lsn_distance >= 0,
         }
