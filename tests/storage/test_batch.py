@@ -198,8 +198,7 @@ def test_damaged_v3_columns_are_corruption_naming_the_block(tmp_path: Path) -> N
     raw[4 + 26] = 7  # kind 7
     comp = zstandard.ZstdCompressor().compress(bytes(raw))
     index_off = blk.offset + len(comp)
-    index = INDEX_ENTRY.pack(blk.offset, len(comp), blk.raw_len, 1, crc32c(comp),
-                             blk.first_key, blk.first_lsn, blk.last_key, blk.last_lsn)
+    index = INDEX_ENTRY.pack(*blk._replace(comp_len=len(comp), entries=1, crc=crc32c(comp)))
     head = FOOTER.pack(index_off, len(index), 1, 1, crc32c(index), 0, b"STRATAFT")
     foot = FOOTER.pack(index_off, len(index), 1, 1, crc32c(index), crc32c(head[:28]),
                        b"STRATAFT")

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from strata.key import KEY_SIZE
-from strata.storage.blockindex import INDEX_ENTRY, BlockIndex, BlockInfo
+from strata.storage.blockindex import INDEX_ENTRY, INDEX_ENTRY_V3, NO_MAX_LSN, BlockIndex, BlockInfo
 
 _BYTES = [0x00, 0x01, 0x7F, 0x80, 0xFF]
 
@@ -29,8 +29,10 @@ def _index(rnd: random.Random, n: int) -> tuple[bytes, list[BlockInfo]]:
         if i and rnd.random() < 0.3:
             first = infos[-1].last_key  # the previous block's last key goes on here
         comp = rnd.randrange(1, 5000)
+        lo, hi = sorted((rnd.getrandbits(12), rnd.getrandbits(12)))
         infos.append(BlockInfo(off, comp, comp * 3, rnd.randrange(1, 100), rnd.getrandbits(32),
-                               first, rnd.getrandbits(40), max(first, last), rnd.getrandbits(40)))
+                               first, rnd.getrandbits(40), max(first, last), rnd.getrandbits(40),
+                               lo, hi))
         off += comp
     return b"".join(INDEX_ENTRY.pack(*b) for b in infos), infos
 
@@ -64,6 +66,27 @@ def test_searches_equal_bisect_over_python_bytes() -> None:
         assert idx.comp_bytes(r) == sum(b.comp_len for b in infos)
         assert idx.total_entries() == sum(b.entries for b in infos)
         assert idx.misplaced(72, 72 + idx.comp_bytes(r)) is None
+
+
+def test_lsn_bounds_keep_exactly_the_blocks_that_may_hold_wanted_lsns() -> None:
+    """v4: `within_lsns` keeps a block iff some LSN in [min_lsn, max_lsn] lies in
+    [lo, hi); a v3 index (no bounds) keeps every block, and reads back as v3 did."""
+    rnd = random.Random(11)
+    for _ in range(100):
+        raw, infos = _index(rnd, rnd.randrange(0, 40))
+        idx = BlockIndex(raw)
+        for _ in range(20):
+            a = rnd.randrange(0, len(infos) + 1)
+            blocks = range(a, rnd.randrange(a, len(infos) + 1))
+            lo, hi = sorted((rnd.getrandbits(12), rnd.getrandbits(12)))
+            if rnd.random() < 0.1:
+                lo, hi = 0, 1 << 64  # the bounds a read with no LSN limits passes
+            want = [i for i in blocks if infos[i].max_lsn >= lo and infos[i].min_lsn < hi]
+            assert list(idx.within_lsns(blocks, lo, hi)) == want
+    old = [b._replace(min_lsn=0, max_lsn=NO_MAX_LSN) for b in infos]
+    v3 = BlockIndex(b"".join(INDEX_ENTRY_V3.pack(*b[:9]) for b in old), 3)
+    assert list(v3) == old and len(v3) == len(infos)
+    assert v3.within_lsns(range(len(infos)), 5, 6) == range(len(infos))
 
 
 def test_misplaced_names_the_first_block_out_of_place() -> None:

@@ -212,3 +212,35 @@ def test_get_chain_is_the_newest_part_of_get_and_decodes_no_older_rows(
             got = f.get_chain(kb, lo, hi)
             assert got == want, (k, lo, hi)
             assert len(made) == len(got[0])  # rows below the chain end: never decoded
+
+
+def test_reads_skip_blocks_wholly_outside_the_lsns_they_want(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """v4 index LSN bounds: key k's one entry is at LSN 100 + k, so a read below LSN 120
+    needs only the blocks of keys 0..19, and returns what reading every block returns."""
+    es = [Entry(rk(k).to_bytes(), 100 + k, WalRecord(b"r" * 40)) for k in range(40)]
+    name = LayerName.delta(MIN_KEY.to_bytes(), MAX_KEY.to_bytes(), 100, 140)
+    write_layer(tmp_path, name, es, block_bytes=150, zstd_level=1)
+    f = LayerFile(tmp_path / name.filename())
+    read: list[int] = []
+    raw_block = LayerFile._raw_block
+    monkeypatch.setattr(LayerFile, "_raw_block",
+                        lambda self, i, b=None: read.append(i) or raw_block(self, i, b))
+    try:
+        assert f.version == 4 and len(f.blocks) >= 10
+        start, end = MIN_KEY.to_bytes(), MAX_KEY.to_bytes()
+        got = list(f.batch_range(start, end, 0, 120).entries())
+        assert got == [e for e in es if e.lsn < 120]
+        assert 0 < len(set(read)) < len(f.blocks)
+        assert all(f.blocks[i].min_lsn < 120 for i in read)
+        read.clear()
+        assert list(f.batch_range(start, end, 125, 1 << 63).entries()) == es[25:]
+        assert all(f.blocks[i].max_lsn >= 125 for i in read)
+        read.clear()
+        late = rk(30).to_bytes()
+        assert f.get(late, 0, 120) == [] and f.get_chain(late, 0, 120) == ([], False)
+        assert read == []  # its block holds nothing below 120: never read
+        assert f.get(late, 0, 131) == [es[30]]
+        assert list(f.scan(start, end, 0, 110)) == es[:10]
+    finally:
+        f.close()

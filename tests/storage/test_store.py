@@ -446,3 +446,51 @@ def test_a_bounded_stop_flush_wakes_the_worker_instead_of_waiting_for_its_poll(
         assert_matches(ps, m, [8, lsn])
     finally:
         ps.close()
+
+
+def test_a_scan_above_an_image_floor_skips_delta_blocks_wholly_below_it(
+        store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys 0..19 change only before the image LSN, keys 20..39 only after; compaction
+    puts both into L1s that straddle the image. A scan above it reads none of the L1
+    blocks of keys 0..19 (their max LSN is at or below the floor), and answers as the
+    model does."""
+    from strata.storage.layerfile import LayerFile
+
+    cfg = StorageConfig(memtable_bytes=1 << 20, block_bytes=150, target_file_bytes=1 << 20,
+                        l0_compaction_trigger=1, image_delta_threshold=0, cache_pages=0,
+                        background_maintenance=False)
+    ps = PageStore.open(store_dir, append_redo, cfg, background=False)
+    m = Model()
+    try:
+        def put(k: int, lsn: int, v: PageImage | WalRecord) -> None:
+            ps.put(rk(k), lsn, v)
+            m.put(rk(k), lsn, v)
+            ps.advance(lsn)
+
+        for k in range(40):
+            put(k, 1 + k, PageImage(b"i" * 40))
+        ps.flush()
+        for k in range(20):
+            put(k, 100 + k, WalRecord(b"a" * 40))
+        floor = ps.flush()
+        assert ps.create_image_layers(threshold=0)
+        for k in range(20, 40):
+            put(k, 200 + k, WalRecord(b"b" * 40))
+        last = ps.flush()
+        ps.compact()
+        view = ps.store.view()
+        l1 = [la for la in view.layer_map.layers if la.entry.level == Level.L1]
+        assert l1 and all(la.name.lsn_start < floor < la.name.lsn_end for la in l1)
+        read: list[tuple[str, int]] = []
+        raw_block = LayerFile._raw_block
+        monkeypatch.setattr(LayerFile, "_raw_block", lambda self, i, b=None: (
+            read.append((self.name.filename(), i)) or raw_block(self, i, b)))
+        for lsn in (floor, 230, last):
+            read.clear()
+            assert list(ps.scan(KeyRange.everything(), lsn)) == m.scan(lsn)
+            for la in l1:
+                low = {i for i, b in enumerate(la.file.blocks)
+                       if b.last_key < rk(20).to_bytes()}
+                assert low and not low & {i for f, i in read if f == la.name.filename()}
+    finally:
+        ps.close()

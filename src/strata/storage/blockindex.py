@@ -3,8 +3,15 @@
 Fed by: `layerfile.LayerFile` (the index bytes, their CRC already checked).
 Feeds: the layer file's reads (which blocks may hold a key or a key range),
 image rules (`images.block_bytes`), `windows` in scan.py, dump-layer.
-Owns: no file; the layout is the index record of FORMAT.md (76 bytes a block,
-`INDEX_ENTRY`), and this module is its only reader.
+Owns: no file; the layout is the index record of FORMAT.md (92 bytes a block
+from version 4, `INDEX_ENTRY`; 76 before, `INDEX_ENTRY_V3`), and this module is
+its only reader.
+
+Version 4 adds each block's smallest and largest LSN: a read at LSN X, or above
+an image floor F, skips the blocks whose entries all lie above X or at or below
+F without reading them (a layer whose LSN range straddles X or F holds such
+blocks: at a point in the past, the full-page images written after it). Older
+files report bounds that never exclude a block (0 and 2^64 - 1).
 
 Why not a list of objects: every process that reads the store (each service,
 each lazy file system, each spare) opens every layer file. One Python object
@@ -24,7 +31,7 @@ from the raw bytes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -32,12 +39,24 @@ import numpy as np
 from strata.key import KEY_SIZE
 
 # offset u64 | compressed len u32 | raw len u32 | entries u32 | crc32c u32 |
-# first key 18s | first lsn u64 | last key 18s | last lsn u64
-INDEX_ENTRY = struct.Struct(">QIIII18sQ18sQ")
-_DTYPE = np.dtype([("offset", ">u8"), ("comp_len", ">u4"), ("raw_len", ">u4"),
-                   ("entries", ">u4"), ("crc", ">u4"), ("first_key", f"S{KEY_SIZE}"),
-                   ("first_lsn", ">u8"), ("last_key", f"S{KEY_SIZE}"), ("last_lsn", ">u8")])
-assert _DTYPE.itemsize == INDEX_ENTRY.size == 76
+# first key 18s | first lsn u64 | last key 18s | last lsn u64 (versions 1-3) |
+# min lsn u64 | max lsn u64 (version 4)
+INDEX_ENTRY = struct.Struct(">QIIII18sQ18sQQQ")
+INDEX_ENTRY_V3 = struct.Struct(">QIIII18sQ18sQ")
+BOUNDS_VERSION = 4  # the first layer format version whose index has LSN bounds
+_FIELDS = [("offset", ">u8"), ("comp_len", ">u4"), ("raw_len", ">u4"), ("entries", ">u4"),
+           ("crc", ">u4"), ("first_key", f"S{KEY_SIZE}"), ("first_lsn", ">u8"),
+           ("last_key", f"S{KEY_SIZE}"), ("last_lsn", ">u8")]
+_DTYPE_V3 = np.dtype(_FIELDS)
+_DTYPE = np.dtype([*_FIELDS, ("min_lsn", ">u8"), ("max_lsn", ">u8")])
+assert _DTYPE_V3.itemsize == INDEX_ENTRY_V3.size == 76
+assert _DTYPE.itemsize == INDEX_ENTRY.size == 92
+NO_MAX_LSN = (1 << 64) - 1  # the max LSN a block of a version < 4 file reports
+
+
+def index_entry(version: int) -> struct.Struct:
+    """The index record of layer format `version`."""
+    return INDEX_ENTRY if version >= BOUNDS_VERSION else INDEX_ENTRY_V3
 
 
 class BlockInfo(NamedTuple):
@@ -52,18 +71,22 @@ class BlockInfo(NamedTuple):
     first_lsn: int
     last_key: bytes
     last_lsn: int
+    min_lsn: int = 0
+    max_lsn: int = NO_MAX_LSN
 
 
 class BlockIndex:
     """The index records of one layer file, in block (= key, lsn) order."""
 
-    def __init__(self, raw: bytes) -> None:
-        if len(raw) % INDEX_ENTRY.size:
+    def __init__(self, raw: bytes, version: int = BOUNDS_VERSION) -> None:
+        self._entry = index_entry(version)
+        if len(raw) % self._entry.size:
             raise ValueError(f"index of {len(raw)} bytes is not whole records")
         self._raw = raw
-        self._rec = np.frombuffer(raw, dtype=_DTYPE)
+        self._rec = np.frombuffer(raw, dtype=_DTYPE if version >= BOUNDS_VERSION else _DTYPE_V3)
         self._first = np.ascontiguousarray(self._rec["first_key"])
         self._last = np.ascontiguousarray(self._rec["last_key"])
+        self._bounds = version >= BOUNDS_VERSION
 
     def __len__(self) -> int:
         return len(self._rec)
@@ -74,10 +97,28 @@ class BlockIndex:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"block {i} of {n}")
-        return BlockInfo._make(INDEX_ENTRY.unpack_from(self._raw, i * INDEX_ENTRY.size))
+        fields = self._entry.unpack_from(self._raw, i * self._entry.size)
+        # (before v4 the bounds are absent: BlockInfo's defaults, which exclude nothing)
+        return BlockInfo._make(fields) if self._bounds else BlockInfo(*fields)
 
     def __iter__(self) -> Iterator[BlockInfo]:
-        return map(BlockInfo._make, INDEX_ENTRY.iter_unpack(self._raw))
+        rows = self._entry.iter_unpack(self._raw)
+        return map(BlockInfo._make, rows) if self._bounds else (BlockInfo(*r) for r in rows)
+
+    def within_lsns(self, blocks: range, lo: int, hi: int) -> Sequence[int]:
+        """The blocks of `blocks` that may hold an entry with lo <= lsn < hi (all of
+        them in a file without LSN bounds)."""
+        if not self._bounds or not blocks:
+            return blocks
+        rec = self._rec[blocks.start:blocks.stop]
+        ok = np.ones(len(rec), dtype=bool)
+        if lo > 0:
+            ok &= rec["max_lsn"] >= min(lo, NO_MAX_LSN)
+        if hi <= NO_MAX_LSN:
+            ok &= rec["min_lsn"] < hi
+        if ok.all():
+            return blocks
+        return (np.flatnonzero(ok) + blocks.start).tolist()  # type: ignore[no-any-return]
 
     def misplaced(self, data_start: int, data_end: int) -> int | None:
         """The first block that does not start where the previous one ended (the

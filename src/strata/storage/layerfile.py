@@ -1,4 +1,4 @@
-"""Layer files: writer and reader of the on-disk layer format (v3; reads v1, v2).
+"""Layer files: writer and reader of the on-disk layer format (v4; reads v1-v3).
 
 Fed by: flush (frozen memtable -> L0 delta), compaction (L0 -> L1 deltas),
 image creation (scan -> image layer). Feeds: the layer map's reads, verify,
@@ -7,8 +7,8 @@ the write half of the commit protocol (.tmp, fsync, then the commit renames).
 
 Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
 zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
-in v3); the index holds one 76-byte record per block with its CRC-32C (kept in
-memory as read: blockindex.py). A reader checks header, footer and index when it
+from v3); the index holds one 92-byte record (76 before v4) per block with its
+CRC-32C (kept in memory as read: blockindex.py). A reader checks header, footer and index when it
 opens a file and a block's CRC before every decompression.
 
 Version 2 adds one header field (the v1 reserved u32 at offset 12): the largest
@@ -18,7 +18,9 @@ it by walking its blocks once (`LayerFile.max_key_entries`). Version 3 stores
 each block column-wise (keys, LSNs, kinds, value ends, values), so blocks are
 written and read as whole numpy columns, and compress better; its
 `max_key_entries` counts the longest run of one key's records (the deltas a read
-can replay from the file), not all of its entries.
+can replay from the file), not all of its entries. Version 4 adds each block's
+smallest and largest LSN to its index record (92 bytes): reads skip the blocks
+wholly outside the LSNs they want (blockindex.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import itertools
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -40,7 +42,13 @@ import zstandard
 from strata import durable
 from strata.errors import CorruptionError
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
-from strata.storage.blockindex import INDEX_ENTRY, BlockIndex, BlockInfo
+from strata.storage.blockindex import (
+    BOUNDS_VERSION,
+    INDEX_ENTRY,
+    BlockIndex,
+    BlockInfo,
+    index_entry,
+)
 from strata.storage.blocks import (
     chain_in_columns,
     decode_columns,
@@ -54,8 +62,8 @@ from strata.storage.values import Entry, PageImage, ValueKind, ends_chain
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
-FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 COLUMN_VERSION = 3  # first version whose blocks are column-wise
 # max_key_entries is a u32; a longer run is recorded as this (still an upper bound
 # for the image trigger's purpose: it only has to exceed a threshold).
@@ -70,7 +78,7 @@ HEADER = struct.Struct(">8sHBBI18s18sQQI")
 # index offset u64 | index len u64 | blocks u32 | entries u64 | index crc u32 |
 # footer crc u32 | magic 8s
 FOOTER = struct.Struct(">QQIQII8s")
-assert (HEADER.size, INDEX_ENTRY.size, FOOTER.size) == (72, 76, 44)
+assert (HEADER.size, INDEX_ENTRY.size, FOOTER.size) == (72, 92, 44)
 
 
 def crc32c(data: bytes) -> int:
@@ -226,6 +234,7 @@ class LayerWriter:
         self._index.append(INDEX_ENTRY.pack(
             self._pos, len(comp), len(raw), n, crc32c(comp),
             block.key_at(0), int(block.lsns[0]), block.key_at(n - 1), int(block.lsns[-1]),
+            int(block.lsns.min()), int(block.lsns.max()),
         ))
         self._f.write(comp)
         self._pos += len(comp)
@@ -374,16 +383,17 @@ class LayerFile:
             raise self._fail(foot_off + 36, "bad footer magic (file truncated or overwritten)")
         if crc32c(foot[:28]) != fcrc:
             raise self._fail(foot_off + 32, "footer checksum mismatch")
+        entry = index_entry(version)
         if (index_off < HEADER.size or index_off + index_len != foot_off
-                or index_len != nblocks * INDEX_ENTRY.size):
+                or index_len != nblocks * entry.size):
             raise self._fail(foot_off, "footer points outside the file")
         index = os.pread(fd, index_len, index_off)
         if crc32c(index) != icrc:
             raise self._fail(index_off, "index checksum mismatch")
-        blocks = BlockIndex(index)
+        blocks = BlockIndex(index, version)
         bad = blocks.misplaced(HEADER.size, index_off)
         if bad is not None:
-            raise self._fail(index_off + bad * INDEX_ENTRY.size, f"block {bad} out of place")
+            raise self._fail(index_off + bad * entry.size, f"block {bad} out of place")
         if (HEADER.size + blocks.comp_bytes(range(len(blocks))) != index_off
                 or blocks.total_entries() != nentries):
             raise self._fail(index_off, "index does not account for every block byte/entry")
@@ -458,7 +468,7 @@ class LayerFile:
     def get(self, key: bytes, lo: int, hi: int) -> list[Entry]:
         """Entries of `key` with lo <= lsn < hi, oldest first."""
         out: list[Entry] = []
-        for i in self.blocks.holding(key):
+        for i in self.blocks.within_lsns(self.blocks.holding(key), lo, hi):
             out.extend(self._find(i, key, lo, hi))
         return out
 
@@ -467,7 +477,8 @@ class LayerFile:
         entry from the newest chain end on, and whether there was one (see
         `blocks.chain_in_columns`: the rows below it are not decoded)."""
         out: list[Entry] = []
-        for k in reversed(self.blocks.holding(key)):  # newest block first
+        # newest block first; blocks wholly outside [lo, hi) are not read
+        for k in reversed(self.blocks.within_lsns(self.blocks.holding(key), lo, hi)):
             raw = self._raw_block(k)
             try:
                 if self.version >= COLUMN_VERSION:
@@ -497,13 +508,19 @@ class LayerFile:
         """Indexes of the blocks that may hold keys in [start, end)."""
         return self.blocks.overlapping(start, end)
 
-    def batch_range(self, start: bytes, end: bytes, lo: int = 0,
-                    hi: int = 1 << 63) -> EntryBatch:
-        """Entries with start <= key < end and lo <= lsn < hi, sorted by (key, lsn)."""
+    def batch_range(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 63,
+                    floors: Sequence[tuple[bytes, bytes, int]] = ()) -> EntryBatch:
+        """Entries with start <= key < end and lo <= lsn < hi, sorted by (key, lsn).
+        `floors` ((key_start, key_end, image_lsn) of image layers): a block whose
+        entries all lie at or below the image LSN of a range holding all its keys is
+        left out unread (a reader above that floor never applies them)."""
         all_lsns = lo <= self.name.lsn_start and self.name.lsn_end <= hi
         parts = []
-        for i in self.blocks_in(start, end):
+        for i in self.blocks.within_lsns(self.blocks_in(start, end), lo, hi):
             b = self.blocks[i]
+            if floors and any(ks <= b.first_key and b.last_key < ke and b.max_lsn <= il
+                              for ks, ke, il in floors):
+                continue
             batch = self.block_batch(i, b)
             if all_lsns and start <= b.first_key and b.last_key < end:
                 parts.append(batch)  # the whole block: nothing to search or filter
@@ -513,7 +530,7 @@ class LayerFile:
 
     def scan(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 64) -> Iterator[Entry]:
         """Entries with start <= key < end and lo <= lsn < hi, in (key, lsn) order."""
-        for i in self.blocks_in(start, end):
+        for i in self.blocks.within_lsns(self.blocks_in(start, end), lo, hi):
             yield from self.block_batch(i).select(start, end, lo, hi).entries()
 
     def verify(self) -> int:
@@ -541,6 +558,9 @@ class LayerFile:
             if (first != (b.first_key, b.first_lsn)
                     or (batch.key_at(m - 1), int(lsn[-1])) != (b.last_key, b.last_lsn)):
                 raise self._fail(b.offset, f"block {i}: index first/last disagree with it")
+            if self.version >= BOUNDS_VERSION and (b.min_lsn, b.max_lsn) != (int(lsn.min()),
+                                                                          int(lsn.max())):
+                raise self._fail(b.offset, f"block {i}: index LSN bounds disagree with it")
             runs.add(batch)
             prev = (batch.key_at(m - 1), int(lsn[-1]))
             n += m

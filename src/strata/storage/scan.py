@@ -143,7 +143,10 @@ def scan_chains(view: ReadView, start: bytes, end: bytes, lsn: int,
     img_ranges = [(im.name.key_start, im.name.key_end, im.name.image_lsn) for im in images]
     layers: list[Layer] = [*images, *deltas]
     for ws, we in windows([la.file for la in layers], start, end):
-        parts = [la.file.batch_range(ws, we, 0, hi) for la in layers]
+        # delta blocks at or below the image floor of all their keys are never read
+        floors = [r for r in img_ranges if r[0] < we and ws < r[1]]
+        parts = [la.file.batch_range(ws, we, 0, hi, floors if i >= len(images) else ())
+                 for i, la in enumerate(layers)]
         parts += [fm.batch_range(ws, we, 0, hi) for fm in view.frozen]
         parts.append(view.active.batch_range(ws, we, 0, hi))
         tags = np.concatenate([np.full(len(p), 0 if i < len(images) else 1, np.uint8)

@@ -14,7 +14,8 @@ from pathlib import Path
 from strata.errors import CorruptionError
 from strata.key import KEY_SIZE, Key
 from strata.lsn import Lsn
-from strata.storage.layerfile import COLUMN_VERSION, FOOTER, HEADER, INDEX_ENTRY, LayerFile
+from strata.storage.blockindex import BOUNDS_VERSION, index_entry
+from strata.storage.layerfile import COLUMN_VERSION, FOOTER, HEADER, LayerFile
 from strata.storage.manifest import Level, Manifest, load_manifest
 from strata.storage.naming import TMP_SUFFIX, is_layer_filename
 from strata.storage.values import PageImage, Tombstone, WalRecord
@@ -129,7 +130,9 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
         shown = 0
         for i, b in enumerate(f.blocks):
             yield (f"block {i:<4}    offset {b.offset}, {b.comp_len} bytes zstd -> {b.raw_len} raw, "
-                   f"{b.entries} entries, crc32c {b.crc:08x}")
+                   f"{b.entries} entries, crc32c {b.crc:08x}"
+                   + (f", LSNs {Lsn(b.min_lsn)}..{Lsn(b.max_lsn)}"
+                      if f.version >= BOUNDS_VERSION else ""))
             if f.version >= COLUMN_VERSION:
                 yield "  columns     " + column_layout(b.entries, b.raw_len)
             for e in f.read_block(i):
@@ -137,8 +140,9 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
                     continue
                 shown += 1
                 yield f"  {Key.from_bytes(e.key)!s}  {Lsn(e.lsn)!s:<12} {_value_str(e.value)}"
-        yield (f"index         offset {f.index_offset}, {len(f.blocks) * INDEX_ENTRY.size} bytes "
-               f"({INDEX_ENTRY.size} per block)")
+        entry = index_entry(f.version)
+        yield (f"index         offset {f.index_offset}, {len(f.blocks) * entry.size} bytes "
+               f"({entry.size} per block)")
         yield f"footer        offset {f.size - FOOTER.size}, {FOOTER.size} bytes"
         if max_entries is not None and shown < f.entry_count:
             yield f"({f.entry_count - shown} more entries not shown)"
