@@ -53,6 +53,8 @@ class PageReader(Protocol):
 
     def scan(self, key_range: KeyRange, lsn: int) -> Iterator[tuple[Key, bytes]]: ...
 
+    def scan_pages(self, start: Key, count: int, lsn: int, width: int) -> bytearray: ...
+
     def keys(self, key_range: KeyRange, lsn: int) -> Iterator[Key]: ...
 
 
@@ -97,6 +99,13 @@ class _Facade:
     def scan(self, key_range: KeyRange, lsn: int) -> Iterator[tuple[Key, bytes]]:
         """Every (key, value) present at `lsn` in `key_range`, in key order, streamed."""
         return reads.scan(self._store, key_range, lsn)
+
+    def scan_pages(self, start: Key, count: int, lsn: int, width: int) -> bytearray:
+        """The values at `lsn` of `start` and the `count - 1` keys after it that differ
+        only in `blk` (a fork's blocks [start.blk, start.blk + count)), `width` bytes
+        each, laid out by block, zeros for a block with no value (`scan.scan_dense`).
+        Raises: ValueError if a value is not `width` bytes."""
+        return reads.scan_dense(self._store, start, count, lsn, width)
 
     def changed_keys(self, key_range: KeyRange, after: int, upto: int
                      ) -> Iterator[tuple[bytes, list[int]]]:

@@ -17,7 +17,7 @@ from strata.storage.layermap import LayerMap
 from strata.storage.manifest import Level, load_manifest
 from strata.storage.naming import LayerName
 from strata.storage.tools import verify_store
-from strata.storage.values import PageImage, WalRecord
+from strata.storage.values import TOMBSTONE, PageImage, WalRecord
 
 from .conftest import TINY, Model, append_redo, rk
 
@@ -492,5 +492,52 @@ def test_a_scan_above_an_image_floor_skips_delta_blocks_wholly_below_it(
                 low = {i for i, b in enumerate(la.file.blocks)
                        if b.last_key < rk(20).to_bytes()}
                 assert low and not low & {i for f, i in read if f == la.name.filename()}
+    finally:
+        ps.close()
+
+
+def _fixed_redo(key: object, base: bytes | None, records: list[WalRecord]) -> bytes:
+    """A redo whose values are always 16 bytes: each record shifts its bytes in."""
+    page = base if base is not None else bytes(16)
+    for r in records:
+        page = (page + r.data)[-16:]
+    return page
+
+
+def test_scan_pages_lays_out_what_scan_returns_by_block(store_dir: Path) -> None:
+    """`scan_pages` (the lazy file system's reads): for every block range and LSN, the
+    values `scan` gives, 16 bytes apart by block number, zeros for blocks without
+    one (never written, or deleted); chains that are one image and chains with
+    records, from memtables, L0s, L1s and image layers."""
+    import random
+
+    rnd = random.Random(5)
+    ps = PageStore.open(store_dir, _fixed_redo, TINY, background=False)
+    try:
+        lsn, marks = 0, []
+        for step in range(400):
+            lsn += 8
+            blk = rnd.randrange(0, 30)
+            r = rnd.random()
+            v = (PageImage(rnd.randbytes(16)) if r < 0.3 else TOMBSTONE if r < 0.35
+                 else WalRecord(rnd.randbytes(4), r < 0.45))
+            ps.put(rk(blk), lsn, v)
+            ps.advance(lsn)
+            if step % 50 == 49:
+                ps.flush()
+                marks.append(lsn)
+                if step % 100 == 99:
+                    ps.compact()
+                    ps.create_image_layers(threshold=0)
+        marks.append(lsn)  # the last writes are still in the memtable
+        for at in marks + [rnd.randrange(8, lsn) for _ in range(10)]:
+            for a, n in ((0, 30), (0, 40), (5, 1), (7, 13), (29, 4), (31, 2)):
+                got = ps.scan_pages(rk(a), n, at, 16)
+                want = bytearray(16 * n)
+                for key, v in ps.scan(KeyRange(rk(a), rk(a + n)), at):
+                    want[16 * (key.blk - a):16 * (key.blk - a + 1)] = v
+                assert got == want, (a, n, at)
+        with pytest.raises(ValueError, match="where 8 are laid out"):
+            ps.scan_pages(rk(0), 30, lsn, 8)
     finally:
         ps.close()

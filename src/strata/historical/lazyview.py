@@ -9,8 +9,9 @@ page of it was read, the kernel's page cache keeping what was served); no file.
 
 * The file list is `served.served_forks` of the REL_SIZE keys at X, cut into
   1 GB segments (`relseg_size` blocks) at the paths materialize would write.
-* A read of blocks [a, b) of a fork is one `scan(KeyRange, X)` over
-  [a, a + window): the window doubles while a file is read sequentially (up to
+* A read of blocks [a, b) of a fork is one range scan at X over
+  [a, a + window) (`scan_pages`: the pages back to back, a Python object only
+  for a page whose chain has records): the window doubles while a file is read sequentially (up to
   `max_window` blocks) and is b - a otherwise, so a full scan is a few range
   scans, not one GetPage per page. Pages beyond the request wait in the cache.
   "Sequentially" means: the first block not in the cache lies within
@@ -82,13 +83,12 @@ from strata.historical.pagecache import WindowCache
 from strata.historical.served import ServedFork, facts_of, served_forks
 from strata.historical.source import BLCKSZ, FORK_SUFFIX
 from strata.historical.store_view import NO_REDO_YET_RMGRS, StoreView
-from strata.key import Key, KeyRange
+from strata.key import Key
 from strata.pg.constants import ForkNumber
 from strata.reconstruct.redo.page_ops import set_checksums
 
 log = logging.getLogger(__name__)
 
-_ZERO = bytes(BLCKSZ)
 FIRST_NORMAL_OBJECT_ID = 16384  # relfilenumbers below: system catalogs of initdb
 _TEMPLATE_DBS = (1, 4)  # template1, template0
 _YIELD_SECONDS = 0.02  # prefetching pauses while the server read this recently
@@ -348,7 +348,7 @@ class LazyView:
     def _built(self, f: ServedFork, blk: int, end: int) -> bytearray:
         """Blocks [blk, end) of `f` as served: rebuilt, patched, checksummed."""
         t0 = time.perf_counter()
-        buf = bytearray().join(self._rebuild(f, blk, end))
+        buf = self._rebuild(f, blk, end)
         set_checksums(buf, range(blk, end))
         if end > blk:
             us = (time.perf_counter() - t0) * 1e6 / (end - blk)
@@ -437,24 +437,25 @@ class LazyView:
         for h in helpers:
             _end_helper(h)
 
-    def _rebuild(self, f: ServedFork, start: int, end: int) -> list[bytes]:
-        pages = [_ZERO] * (end - start)
+    def _rebuild(self, f: ServedFork, start: int, end: int) -> bytearray:
+        """Blocks [start, end) of `f` rebuilt at X, back to back (not checksummed)."""
         fid = (f.spc, f.db, f.rel, f.from_fork)
+        pages = bytearray((end - start) * BLCKSZ)
         if fid not in self._unsupported:
-            rng = KeyRange(Key.rel_block(*fid, start), Key.rel_block(*fid, end))
             try:
-                for key, page in self.source.store.scan(rng, self.source.lsn):
-                    pages[key.blk - start] = page
+                pages = self.source.store.scan_pages(Key.rel_block(*fid, start), end - start,
+                                                     self.source.lsn, BLCKSZ)
             except UnsupportedRecordError as e:
                 if e.rmgr not in NO_REDO_YET_RMGRS:
                     raise  # a record no redo knows: EIO, never wrong data
                 log.warning("relation %d/%d/%d fork %d at %s: %s; served as empty pages",
                             *fid, self.source.lsn, e)
                 self._unsupported.add(fid)
-                pages = [_ZERO] * (end - start)
         facts = self._facts_of(f.spc, f.db) if f.fork == ForkNumber.MAIN else None
         if facts is not None and facts.patches(f.rel):
-            pages = [patch_page(facts, f.rel, p) for p in pages]
+            for i in range(end - start):
+                at = slice(i * BLCKSZ, (i + 1) * BLCKSZ)
+                pages[at] = patch_page(facts, f.rel, bytes(pages[at]))
         return pages
 
     def _facts_of(self, spc: int, db: int) -> CatalogFacts | None:

@@ -17,6 +17,7 @@ from strata.lsn import Lsn
 from strata.storage.changes import changed_keys
 from strata.storage.layermap import ReadStats, ReadView, read_key
 from strata.storage.manifest import Manifest
+from strata.storage.scan import scan_dense as dense
 from strata.storage.scan import scan_keys, scan_values
 from strata.storage.store import LayerStore, Role
 
@@ -66,6 +67,17 @@ def scan(store: LayerStore, key_range: KeyRange, lsn: int) -> Iterator[tuple[Key
     try:
         yield from scan_values(view, key_range.start.to_bytes(), key_range.end.to_bytes(),
                                lsn, store.redo, stats)
+    finally:
+        store.count(layers_visited=stats.layers_visited, deltas_applied=stats.deltas_applied,
+                    redo_calls=stats.redo_calls)
+
+
+def scan_dense(store: LayerStore, start: Key, count: int, lsn: int, width: int) -> bytearray:
+    """`scan.scan_dense` of `count` keys from `start` at `lsn`."""
+    view, _ = _view_at(store, lsn)
+    stats = ReadStats()
+    try:
+        return dense(view, start.to_bytes(), count, lsn, store.redo, stats, width)
     finally:
         store.count(layers_visited=stats.layers_visited, deltas_applied=stats.deltas_applied,
                     redo_calls=stats.redo_calls)

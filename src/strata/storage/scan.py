@@ -172,6 +172,54 @@ def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,
                 yield key, v
 
 
+def scan_dense(view: ReadView, start: bytes, count: int, lsn: int, redo: Redo,
+               stats: ReadStats, width: int) -> bytearray:
+    """The values at `lsn` of the `count` keys from `start` on that differ from it only
+    in their last 4 bytes (a big-endian index), laid out `width` bytes apart: bytes
+    [i * width, (i + 1) * width) hold the value of the key whose index is start's + i,
+    zeros where that key has none. What `scan_values` yields for those keys, without a
+    Python object per key whose chain is one image (a scan of an image layer's pages).
+
+    Raises: ValueError if a value is not `width` bytes long, or the keys would run
+    past index 2^32 - 1."""
+    base = int.from_bytes(start[-4:], "big")
+    if base + count > 0xFFFFFFFF:
+        raise ValueError(f"{count} keys from index {base} run past 2^32 - 1")
+    end = start[:-4] + (base + count).to_bytes(4, "big")
+    out = bytearray(count * width)
+    dst = memoryview(out)
+    for ch in scan_chains(view, start, end, lsn, stats):
+        b = ch.batch
+        first = ch.first
+        keys = b.keys.view(np.uint8).reshape(-1, KEY_SIZE)
+        slots = (keys[first, -4:].copy().view(">u4").ravel().astype(np.int64) - base).tolist()
+        kinds = b.kinds[first]
+        lone = (ch.stop - first == 1) & (kinds == _IMAGE)  # the chain is one image
+        present = ch.present()
+        srcs = [memoryview(x) for x in b.bufs]
+        starts, ends = b.starts[first].tolist(), b.ends[first].tolist()
+        which = [0] * len(first) if b.buf is None else b.buf[first].tolist()
+        for g in np.flatnonzero(lone).tolist():
+            s, e = starts[g], ends[g]
+            if e - s != width:
+                raise ValueError(f"a value of {e - s} bytes where {width} are laid out")
+            o = slots[g] * width
+            dst[o:o + width] = srcs[which[g]][s:e]
+        rest = np.flatnonzero(~lone & present)
+        if len(rest):
+            raw = b.keys.tobytes()
+            for g in rest.tolist():
+                a, z = int(first[g]), int(ch.stop[g])
+                v = ch.rows_value(a, z, Key.unpack_from(raw, KEY_SIZE * a), redo, stats)
+                if v is None:
+                    continue
+                if len(v) != width:
+                    raise ValueError(f"a value of {len(v)} bytes where {width} are laid out")
+                o = slots[g] * width
+                dst[o:o + width] = v
+    return out
+
+
 def scan_keys(view: ReadView, start: bytes, end: bytes, lsn: int,
               stats: ReadStats) -> Iterator[Key]:
     """Keys present at `lsn` (no reconstruction): newest chain entry not a tombstone."""
