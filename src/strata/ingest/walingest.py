@@ -71,10 +71,10 @@ from strata.keyspace.relation import (
     DB_DIR_PRESENT,
     STORED_FORKS,
     decode_rel_size,
+    delta_form,
     encode_delta,
     encode_image_delta,
     encode_rel_size,
-    image_needs_record,
 )
 from strata.keyspace.slru import slru_store_value
 from strata.lsn import Lsn
@@ -249,8 +249,8 @@ class WalIngest:
                 continue
             loc = blk.rlocator
             key = Key.rel_block(loc.spc, loc.db, loc.rel, blk.fork, blk.blkno)
-            if blk.apply_image and not image_needs_record(record.xl_rmid, record.xl_info,
-                                                          blk.block_id):
+            as_image, init = delta_form(record, blk)
+            if as_image:
                 assert blk.image is not None
                 # the image as WAL has it: restored when the page is read
                 self._put(key, lsn, _KIND_INIT,
@@ -258,8 +258,7 @@ class WalIngest:
             else:
                 if delta is None:
                     delta = encode_delta(record.lsn, record.end_lsn, record.raw)
-                self._put(key, lsn, _KIND_INIT if blk.will_init or blk.apply_image else _KIND_RECORD,
-                          delta)
+                self._put(key, lsn, _KIND_INIT if init else _KIND_RECORD, delta)
             rf = (loc.spc, loc.db, loc.rel, blk.fork)
             if max(self._sizes.get(rf, -1), grown.get(rf, -1)) < blk.blkno + 1:
                 grown[rf] = blk.blkno + 1

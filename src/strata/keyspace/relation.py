@@ -23,7 +23,7 @@ import struct
 
 from strata.lsn import Lsn
 from strata.pg.constants import ForkNumber
-from strata.wal.record import XLR_RMGR_INFO_MASK, BlockImage
+from strata.wal.record import XLR_RMGR_INFO_MASK, BlockImage, BlockRef, DecodedRecord
 from strata.wal.rmgr import RM_GIST_ID, XLOG_GIST_PAGE_SPLIT, XLOG_GIST_PAGE_UPDATE
 
 # REL_BLOCK delta value: start LSN, end LSN, then the whole record.
@@ -65,6 +65,18 @@ def image_needs_record(rmid: int, xl_info: int, block_id: int) -> bool:
     `xl_info`) stored as the record delta (redo restores and then changes the
     page) rather than as an image delta?"""
     return (rmid, xl_info & XLR_RMGR_INFO_MASK, block_id) in AFTER_IMAGE_BLOCKS
+
+
+def delta_form(record: DecodedRecord, blk: BlockRef) -> tuple[bool, bool]:
+    """How ingest stores block reference `blk` of `record`: (as an image delta, not
+    the record; the delta starts a chain). An applied image is stored as an image
+    delta unless `image_needs_record`; a record delta starts a chain when its
+    block is initialized or restored from an image (the vectorized form of this
+    rule is `ingest.batched.block_entries`)."""
+    if blk.apply_image and not image_needs_record(record.xl_rmid, record.xl_info,
+                                                  blk.block_id):
+        return True, True
+    return False, blk.will_init or blk.apply_image
 
 
 def encode_delta(lsn: int, end_lsn: int, raw: bytes) -> bytes:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from strata.errors import RedoError, StrataError, UnsupportedRecordError
 from strata.key import Key
-from strata.keyspace.relation import encode_delta, encode_image_delta, image_needs_record
+from strata.keyspace.relation import delta_form, encode_delta, encode_image_delta
 from strata.lsn import Lsn
 from strata.reconstruct.mask import heap_mask_strict, known_difference, masked
 from strata.reconstruct.reconstruct import reconstruct_value
@@ -271,14 +271,13 @@ class ConsistencyChecker:
             return redo_block(record, block.block_id, prev)
         loc = block.rlocator
         key = Key.rel_block(loc.spc, loc.db, loc.rel, block.fork, block.blkno)
-        if block.apply_image and not image_needs_record(record.xl_rmid, record.xl_info,
-                                                        block.block_id):
+        as_image, init = delta_form(record, block)
+        if as_image:
             assert block.image is not None
             data = encode_image_delta(record.lsn, record.end_lsn, block.image)
         else:
             data = encode_delta(record.lsn, record.end_lsn, record.raw)
-        return reconstruct_value(key, prev, [WalRecord(data, block.will_init
-                                                       or block.apply_image)])
+        return reconstruct_value(key, prev, [WalRecord(data, init)])
 
     def _compare(self, record: DecodedRecord, block: BlockRef, ours: bytes, server: bytes,
                  rm: str, rt: str, st: TypeStats) -> None:
