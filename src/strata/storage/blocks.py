@@ -17,6 +17,7 @@ caller names file, block and offset).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -74,6 +75,59 @@ def decode_columns(raw: bytes) -> EntryBatch:
     return EntryBatch(np.frombuffer(raw, dtype=KEY_DTYPE, count=n, offset=4),
                       np.frombuffer(raw, dtype=">u8", count=n, offset=lo).astype(np.int64),
                       kinds, ends - lens, ends, (raw,))
+
+
+def decode_many_columns(raws: Sequence[bytes]) -> EntryBatch:
+    """The entries of several v3 blocks, in order, as one batch: what concatenating
+    `decode_columns` of each gives, with a fixed number of numpy calls whatever
+    the number of blocks (a scan reads ~8 pages per image block). The small
+    columns (31 bytes an entry) are joined; the values stay in their blocks.
+
+    Raises: ValueError if a block is malformed (`decode_columns` of that block
+    names what is wrong)."""
+    if len(raws) == 1:
+        return decode_columns(raws[0])
+    ns = [N_FIELD.unpack_from(r, 0)[0] if len(r) >= 4 else -1 for r in raws]
+    cols: list[list[bytes]] = [[], [], [], []]
+    for r, n in zip(raws, ns, strict=True):
+        lo, ko, eo, vo = _column_offsets(n)
+        if n < 0 or vo > len(r):
+            decode_columns(r)  # raises, naming what is wrong
+            raise ValueError("malformed block")
+        cols[0].append(r[4:lo])
+        cols[1].append(r[lo:ko])
+        cols[2].append(r[ko:eo])
+        cols[3].append(r[eo:vo])
+    count = np.array(ns, dtype=np.int64)
+    if not count.any():
+        for r in raws:
+            decode_columns(r)  # empty blocks: bytes after one raise
+        return EntryBatch.empty()
+    lens = np.frombuffer(b"".join(cols[3]), dtype=">u4").astype(np.int64)
+    kinds = np.frombuffer(b"".join(cols[2]), dtype=np.uint8)
+    which = np.repeat(np.arange(len(raws), dtype=np.uint32), count)
+    csum = np.cumsum(lens)
+    firsts = np.cumsum(count) - count  # each block's first row
+    before = csum - lens  # value bytes of the rows before, all blocks
+    base = np.zeros(len(raws), dtype=np.int64)
+    some = count > 0
+    base[some] = before[firsts[some]]
+    values_at = 4 + (KEY_SIZE + 13) * count  # where each block's values begin
+    starts = before - base[which] + values_at[which]
+    ends = starts + lens
+    sizes = np.array([len(r) for r in raws], dtype=np.int64)
+    used = np.zeros(len(raws), dtype=np.int64)
+    used[some] = ends[firsts[some] + count[some] - 1]
+    used[~some] = values_at[~some]
+    bad_kind = int(kinds.max()) >= _TOMBSTONE and bool(
+        np.any((kinds > _TOMBSTONE) | ((kinds == _TOMBSTONE) & (lens != 0))))
+    if bad_kind or np.any(used != sizes):
+        for r in raws:
+            decode_columns(r)  # raises for the first bad block
+        raise ValueError("malformed block")
+    return EntryBatch(np.frombuffer(b"".join(cols[0]), dtype=KEY_DTYPE),
+                      np.frombuffer(b"".join(cols[1]), dtype=">u8").astype(np.int64),
+                      kinds, starts, ends, tuple(raws), which)
 
 
 def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> list[Entry]:

@@ -52,6 +52,7 @@ from strata.storage.blockindex import (
 from strata.storage.blocks import (
     chain_in_columns,
     decode_columns,
+    decode_many_columns,
     decode_rows,
     encode_columns,
     find_in_columns,
@@ -513,20 +514,40 @@ class LayerFile:
         """Entries with start <= key < end and lo <= lsn < hi, sorted by (key, lsn).
         `floors` ((key_start, key_end, image_lsn) of image layers): a block whose
         entries all lie at or below the image LSN of a range holding all its keys is
-        left out unread (a reader above that floor never applies them)."""
+        left out unread (a reader above that floor never applies them). Blocks wholly
+        inside [start, end) are decoded together (`blocks.decode_many_columns`)."""
         all_lsns = lo <= self.name.lsn_start and self.name.lsn_end <= hi
-        parts = []
+        parts: list[EntryBatch] = []
+        run: list[tuple[int, BlockInfo]] = []  # whole blocks not decoded yet
         for i in self.blocks.within_lsns(self.blocks_in(start, end), lo, hi):
             b = self.blocks[i]
             if floors and any(ks <= b.first_key and b.last_key < ke and b.max_lsn <= il
                               for ks, ke, il in floors):
                 continue
-            batch = self.block_batch(i, b)
-            if all_lsns and start <= b.first_key and b.last_key < end:
-                parts.append(batch)  # the whole block: nothing to search or filter
-            else:
-                parts.append(batch.select(start, end, lo, hi))
-        return EntryBatch.concat(parts)
+            if start <= b.first_key and b.last_key < end and self.version >= COLUMN_VERSION:
+                run.append((i, b))
+                continue
+            if run:
+                parts.append(self._run_batch(run))
+                run = []
+            parts.append(self.block_batch(i, b).select(start, end, lo, hi))
+        if run:
+            parts.append(self._run_batch(run))
+        batch = EntryBatch.concat(parts)
+        return batch if all_lsns else batch.select(start, end, lo, hi)
+
+    def _run_batch(self, run: Sequence[tuple[int, BlockInfo]]) -> EntryBatch:
+        """Consecutive v3+ blocks (index, info) as one batch. Raises: CorruptionError."""
+        raws = [self._raw_block(i, b) for i, b in run]
+        try:
+            batch = decode_many_columns(raws)
+            if len(batch) == sum(b.entries for _, b in run):
+                return batch
+        except ValueError:
+            pass
+        for i, b in run:  # a damaged block: decoded alone, it is named
+            self.block_batch(i, b)
+        raise self._fail(run[0][1].offset, f"blocks {run[0][0]}..{run[-1][0]} undecodable")
 
     def scan(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 64) -> Iterator[Entry]:
         """Entries with start <= key < end and lo <= lsn < hi, in (key, lsn) order."""

@@ -197,25 +197,35 @@ def scan_dense(view: ReadView, start: bytes, count: int, lsn: int, redo: Redo,
         lone = (ch.stop - first == 1) & (kinds == _IMAGE)  # the chain is one image
         present = ch.present()
         srcs = [memoryview(x) for x in b.bufs]
-        starts, ends = b.starts[first].tolist(), b.ends[first].tolist()
-        which = [0] * len(first) if b.buf is None else b.buf[first].tolist()
-        for g in np.flatnonzero(lone).tolist():
-            s, e = starts[g], ends[g]
-            if e - s != width:
-                raise ValueError(f"a value of {e - s} bytes where {width} are laid out")
-            o = slots[g] * width
-            dst[o:o + width] = srcs[which[g]][s:e]
+        g = np.flatnonzero(lone)
+        if len(g):
+            starts, ends = b.starts[first[g]], b.ends[first[g]]
+            if np.any(ends - starts != width):
+                raise ValueError(f"a value of {int((ends - starts).max())} bytes where "
+                                 f"{width} are laid out")
+            which = np.zeros(len(g), np.uint32) if b.buf is None else b.buf[first[g]]
+            at = np.asarray(slots)[g]
+            # runs of values next to each other in one buffer and in `out`: one copy each
+            new = np.ones(len(g), dtype=bool)
+            new[1:] = ((at[1:] != at[:-1] + 1) | (which[1:] != which[:-1])
+                       | (starts[1:] != ends[:-1]))
+            heads = np.flatnonzero(new)
+            tails = np.append(heads[1:], len(g)) - 1
+            for h, t in zip(heads.tolist(), tails.tolist(), strict=True):
+                o, s0 = int(at[h]) * width, int(starts[h])
+                n = (t - h + 1) * width
+                dst[o:o + n] = srcs[int(which[h])][s0:s0 + n]
         rest = np.flatnonzero(~lone & present)
         if len(rest):
             raw = b.keys.tobytes()
-            for g in rest.tolist():
-                a, z = int(first[g]), int(ch.stop[g])
+            for r in rest.tolist():
+                a, z = int(first[r]), int(ch.stop[r])
                 v = ch.rows_value(a, z, Key.unpack_from(raw, KEY_SIZE * a), redo, stats)
                 if v is None:
                     continue
                 if len(v) != width:
                     raise ValueError(f"a value of {len(v)} bytes where {width} are laid out")
-                o = slots[g] * width
+                o = slots[r] * width
                 dst[o:o + width] = v
     return out
 
