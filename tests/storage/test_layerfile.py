@@ -113,6 +113,9 @@ def test_bad_block_checksum_is_caught_on_read_with_block_offset(tmp_path: Path) 
         list(f.scan(MIN_KEY.to_bytes(), MAX_KEY.to_bytes()))
     with pytest.raises(CorruptionError, match=f"offset {b.offset}"):
         f.get(b.first_key, 0, 1 << 64)  # the point-read path checks it too
+    # a range read decodes whole blocks together, from one read: the block is named
+    with pytest.raises(CorruptionError, match=f"block 2 checksum mismatch at offset {b.offset}"):
+        f.batch_range(MIN_KEY.to_bytes(), MAX_KEY.to_bytes())
     # blocks before it still read
     assert list(f.read_block(0)) == es[: f.blocks[0].entries]
 
