@@ -7,20 +7,9 @@ the write half of the commit protocol (.tmp, fsync, then the commit renames).
 
 Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
 zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
-from v3); the index holds one 92-byte record (76 before v4) per block with its
-CRC-32C (kept in memory as read: blockindex.py). A reader checks header, footer and index when it
-opens a file and a block's CRC before every decompression.
-
-Version 2 adds one header field (the v1 reserved u32 at offset 12): the largest
-number of entries any single key has in the layer (`max_key_entries`), so image
-creation can bound a key's delta chain without reading blocks. A v1 file reports
-it by walking its blocks once (`LayerFile.max_key_entries`). Version 3 stores
-each block column-wise (keys, LSNs, kinds, value ends, values), so blocks are
-written and read as whole numpy columns, and compress better; its
-`max_key_entries` counts the longest run of one key's records (the deltas a read
-can replay from the file), not all of its entries. Version 4 adds each block's
-smallest and largest LSN to its index record (92 bytes): reads skip the blocks
-wholly outside the LSNs they want (blockindex.py).
+from v3); the index holds a record per block with its CRC-32C and, from v4, its
+LSN bounds (blockindex.py). A reader checks header, footer and index at open and
+a block's CRC before every decompression. Versions: FORMAT.md section 9.
 """
 
 from __future__ import annotations
