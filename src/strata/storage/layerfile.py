@@ -501,10 +501,9 @@ class LayerFile:
     def batch_range(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 63,
                     floors: Sequence[tuple[bytes, bytes, int]] = ()) -> EntryBatch:
         """Entries with start <= key < end and lo <= lsn < hi, sorted by (key, lsn).
-        `floors` ((key_start, key_end, image_lsn) of image layers): a block whose
-        entries all lie at or below the image LSN of a range holding all its keys is
-        left out unread (a reader above that floor never applies them). Blocks wholly
-        inside [start, end) are decoded together (`blocks.decode_many_columns`)."""
+        `floors` ((key_start, key_end, image_lsn) of image layers): a block whose entries
+        all lie at or below the image LSN of a range holding all its keys is not read (a
+        reader above that floor never applies them). Whole blocks are decoded together."""
         all_lsns = lo <= self.name.lsn_start and self.name.lsn_end <= hi
         parts: list[EntryBatch] = []
         run: list[tuple[int, BlockInfo]] = []  # whole blocks not decoded yet
@@ -519,7 +518,8 @@ class LayerFile:
             if run:
                 parts.append(self._run_batch(run))
                 run = []
-            parts.append(self.block_batch(i, b).select(start, end, lo, hi))
+            parts.append(self.block_batch(i, b))  # at an edge: the select below cuts it
+            all_lsns = False
         if run:
             parts.append(self._run_batch(run))
         batch = EntryBatch.concat(parts)
