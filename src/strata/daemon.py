@@ -46,6 +46,7 @@ from strata.runtime.cluster import SUPERUSER, Cluster
 from strata.runtime.primary import PrimarySupervisor, ensure_travel_role, prepare_embedded
 from strata.services.control import ControlClient, ControlError
 from strata.services.process import ServiceOutput, ServiceProcess
+from strata.storage.config import StorageConfig
 from strata.wal.replication import describe_dsn, ensure_physical_slot, identify_system
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,10 @@ class Daemon:
         self._check_same_cluster()
         self.layout.run.mkdir(parents=True, exist_ok=True)
         args = self._service_args()
+        # background work yields the CPU to everything else (storage/FORMAT.md 7b, 6)
+        nice = {"maintenance": StorageConfig().maintenance_nice}
         for name in ("ingest", "maintenance", "proxy"):
-            self.services[name] = ServiceProcess(name, args[name])
+            self.services[name] = ServiceProcess(name, args[name], nice.get(name, 0))
         self._start("ingest")
         self._wait_ready("ingest", lambda: self._ingest_answers())
         if self._stop.is_set():
@@ -256,9 +259,9 @@ class Daemon:
                                     "stopping everything (its log lines are above)")
                     self._stop.set()
                     break
+                self._start(name)
                 self.say(f"strata: the {name} service ended (exit status {code}); "
                          "starting it again")
-                self._start(name)
             if self.primary_supervisor is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + PRIMARY_CHECK_INTERVAL
                 self.primary_supervisor.check()

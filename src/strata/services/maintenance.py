@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import re
 import sys
 import threading
@@ -81,12 +80,6 @@ def time_horizon(timemap: TimeMap, start: Lsn, seconds: float,
     return horizon
 
 
-def lower_priority(nice: int) -> int:
-    """Lower this process's scheduling priority by `nice` (FORMAT.md 7b, policy 6);
-    returns the nice value it now runs at."""
-    return os.nice(nice)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="strata-maintenance")
     p.add_argument("--home", required=True)
@@ -96,7 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = HomeLayout(Path(args.home))
     retention = Retention.parse(args.retention) if args.retention else None
     config = StorageConfig(retention_lsn_distance=retention.wal_bytes if retention else None)
-    lower_priority(config.maintenance_nice)
     horizon = None
     timemap: TimeMap | None = None
     if retention is not None and retention.seconds is not None:

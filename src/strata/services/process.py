@@ -107,9 +107,10 @@ def service_env() -> dict[str, str]:
 class ServiceProcess:
     """The supervisor's handle on one service child process."""
 
-    def __init__(self, name: str, argv: Sequence[str]) -> None:
+    def __init__(self, name: str, argv: Sequence[str], nice: int = 0) -> None:
         self.name = name
         self.argv = list(argv)
+        self.nice = nice  # added to the supervisor's own nice value at each start
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts: list[float] = []
 
@@ -122,6 +123,10 @@ class ServiceProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", f"strata.services.{self.name}",
                                       *self.argv], stdin=subprocess.DEVNULL,
                                      start_new_session=True, env=service_env())
+        if self.nice:
+            # before `start` returns: whoever sees the child sees its priority
+            prio = min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, prio)
 
     @property
     def pid(self) -> int | None:

@@ -62,9 +62,9 @@ class StorageConfig:
     # process) may use, per second of wall time; it sleeps off any excess
     # (maintenance.py, policy 5). 1.0: unpaced.
     maintenance_cpu_fraction: float = 0.5
-    # The maintenance process's scheduling priority (its nice value, added to the
-    # one it inherits): background work yields the CPU to ingest, the proxy,
-    # historical servers and the primary whenever they want it (policy 6). 0: none.
+    # The maintenance process's scheduling priority (a nice value the supervisor adds
+    # to its own when it starts the process): background work yields the CPU to
+    # ingest, the proxy, historical servers and the primary (policy 6). 0: none.
     maintenance_nice: int = 10
     # How often an idle maintenance process looks for a new manifest.
     maintenance_poll_seconds: float = 0.2
