@@ -53,7 +53,8 @@ class PageReader(Protocol):
 
     def scan(self, key_range: KeyRange, lsn: int) -> Iterator[tuple[Key, bytes]]: ...
 
-    def scan_pages(self, start: Key, count: int, lsn: int, width: int) -> bytearray: ...
+    def scan_pages(self, start: Key, count: int, lsn: int, width: int,
+                   out: bytearray | memoryview | None = None) -> bytearray | memoryview: ...
 
     def keys(self, key_range: KeyRange, lsn: int) -> Iterator[Key]: ...
 
@@ -100,12 +101,15 @@ class _Facade:
         """Every (key, value) present at `lsn` in `key_range`, in key order, streamed."""
         return reads.scan(self._store, key_range, lsn)
 
-    def scan_pages(self, start: Key, count: int, lsn: int, width: int) -> bytearray:
+    def scan_pages(self, start: Key, count: int, lsn: int, width: int,
+                   out: bytearray | memoryview | None = None) -> bytearray | memoryview:
         """The values at `lsn` of `start` and the `count - 1` keys after it that differ
         only in `blk` (a fork's blocks [start.blk, start.blk + count)), `width` bytes
-        each, laid out by block, zeros for a block with no value (`scan.scan_dense`).
-        Raises: ValueError if a value is not `width` bytes."""
-        return reads.scan_dense(self._store, start, count, lsn, width)
+        each, laid out by block, zeros for a block with no value (`scan.scan_dense`);
+        into `out` (`count * width` bytes, overwritten) when given, else a new buffer.
+        Raises: ValueError if a value is not `width` bytes, or `out` is not
+        `count * width` bytes."""
+        return reads.scan_dense(self._store, start, count, lsn, width, out)
 
     def changed_keys(self, key_range: KeyRange, after: int, upto: int
                      ) -> Iterator[tuple[bytes, list[int]]]:

@@ -537,7 +537,15 @@ def test_scan_pages_lays_out_what_scan_returns_by_block(store_dir: Path) -> None
                 for key, v in ps.scan(KeyRange(rk(a), rk(a + n)), at):
                     want[16 * (key.blk - a):16 * (key.blk - a + 1)] = v
                 assert got == want, (a, n, at)
+                # into a caller's buffer holding stale bytes: every byte overwritten
+                into = bytearray(b"\xaa" * (16 * n + 32))
+                view = memoryview(into)[16:16 + 16 * n]
+                assert ps.scan_pages(rk(a), n, at, 16, view) is view
+                assert into[16:16 + 16 * n] == want, (a, n, at)
+                assert into[:16] == into[-16:] == b"\xaa" * 16
         with pytest.raises(ValueError, match="where 8 are laid out"):
             ps.scan_pages(rk(0), 30, lsn, 8)
+        with pytest.raises(ValueError, match="480 bytes given for 31 values"):
+            ps.scan_pages(rk(0), 31, lsn, 16, bytearray(480))
     finally:
         ps.close()

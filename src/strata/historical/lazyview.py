@@ -345,17 +345,19 @@ class LazyView:
         self._drop_helper(h, reply[1:].decode(errors="replace"))
         return None
 
-    def _built(self, f: ServedFork, blk: int, end: int) -> bytearray:
-        """Blocks [blk, end) of `f` as served: rebuilt, patched, checksummed."""
+    def _built(self, f: ServedFork, blk: int, end: int, out: memoryview | None = None
+               ) -> bytearray | memoryview:
+        """Blocks [blk, end) of `f` as served: rebuilt, patched, checksummed (into
+        `out`, (end - blk) pages, when given)."""
         t0 = time.perf_counter()
-        buf = self._rebuild(f, blk, end)
+        buf = self._rebuild(f, blk, end, out)
         set_checksums(buf, range(blk, end))
         if end > blk:
             us = (time.perf_counter() - t0) * 1e6 / (end - blk)
             self.page_cost_us += _COST_WEIGHT * (us - self.page_cost_us)
         return buf
 
-    def _built_shared(self, f: ServedFork, blk: int, end: int) -> bytearray:
+    def _built_shared(self, f: ServedFork, blk: int, end: int) -> bytearray | memoryview:
         """`_built`, the work cut in parts between this process and the helpers."""
         n = end - blk
         if n < SPLIT_MIN or self.page_cost_us < SPLIT_MIN_US:
@@ -372,10 +374,16 @@ class LazyView:
             except OSError:
                 self._drop_helper(h, "its pipe is closed")
                 asked.append((None, a, b))
-        out = self._built(f, *ranges[0])
+        out = bytearray(n * BLCKSZ)
+        dst = memoryview(out)
+        self._built(f, *ranges[0], dst[:(ranges[0][1] - blk) * BLCKSZ])
         for helper, a, b in asked:
+            at = dst[(a - blk) * BLCKSZ:(b - blk) * BLCKSZ]
             part = self._receive(helper, b - a) if helper is not None else None
-            out += part if part is not None else self._built(f, a, b)
+            if part is None:
+                self._built(f, a, b, at)
+            else:
+                at[:] = part
         return out
 
     def start_helpers(self, n: int) -> int:
@@ -415,7 +423,7 @@ class LazyView:
             try:
                 if (b - a) * BLCKSZ > len(shm):
                     raise ValueError(f"{b - a} pages do not fit the shared memory")
-                shm[:(b - a) * BLCKSZ] = self._built(f, a, b)
+                self._built(f, a, b, memoryview(shm)[:(b - a) * BLCKSZ])
                 reply = b"+"
             except Exception as e:  # this process's caller rebuilds it and reports
                 reply = b"-" + f"{type(e).__name__}: {e}".encode()
@@ -437,20 +445,28 @@ class LazyView:
         for h in helpers:
             _end_helper(h)
 
-    def _rebuild(self, f: ServedFork, start: int, end: int) -> bytearray:
-        """Blocks [start, end) of `f` rebuilt at X, back to back (not checksummed)."""
+    def _rebuild(self, f: ServedFork, start: int, end: int, out: memoryview | None = None
+                 ) -> bytearray | memoryview:
+        """Blocks [start, end) of `f` rebuilt at X, back to back (not checksummed), into
+        `out` ((end - start) pages) when given."""
         fid = (f.spc, f.db, f.rel, f.from_fork)
-        pages = bytearray((end - start) * BLCKSZ)
+        pages: bytearray | memoryview = bytearray(0)
         if fid not in self._unsupported:
             try:
                 pages = self.source.store.scan_pages(Key.rel_block(*fid, start), end - start,
-                                                     self.source.lsn, BLCKSZ)
+                                                     self.source.lsn, BLCKSZ, out)
             except UnsupportedRecordError as e:
                 if e.rmgr not in NO_REDO_YET_RMGRS:
                     raise  # a record no redo knows: EIO, never wrong data
                 log.warning("relation %d/%d/%d fork %d at %s: %s; served as empty pages",
                             *fid, self.source.lsn, e)
                 self._unsupported.add(fid)
+        if fid in self._unsupported:  # zero pages
+            if out is None:
+                pages = bytearray((end - start) * BLCKSZ)
+            else:
+                out[:] = bytes(len(out))
+                pages = out
         facts = self._facts_of(f.spc, f.db) if f.fork == ForkNumber.MAIN else None
         if facts is not None and facts.patches(f.rel):
             for i in range(end - start):

@@ -72,12 +72,13 @@ def scan(store: LayerStore, key_range: KeyRange, lsn: int) -> Iterator[tuple[Key
                     redo_calls=stats.redo_calls)
 
 
-def scan_dense(store: LayerStore, start: Key, count: int, lsn: int, width: int) -> bytearray:
-    """`scan.scan_dense` of `count` keys from `start` at `lsn`."""
+def scan_dense(store: LayerStore, start: Key, count: int, lsn: int, width: int,
+               out: bytearray | memoryview | None = None) -> bytearray | memoryview:
+    """`scan.scan_dense` of `count` keys from `start` at `lsn` (into `out` if given)."""
     view, _ = _view_at(store, lsn)
     stats = ReadStats()
     try:
-        return dense(view, start.to_bytes(), count, lsn, store.redo, stats, width)
+        return dense(view, start.to_bytes(), count, lsn, store.redo, stats, width, out)
     finally:
         store.count(layers_visited=stats.layers_visited, deltas_applied=stats.deltas_applied,
                     redo_calls=stats.redo_calls)

@@ -173,21 +173,30 @@ def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,
 
 
 def scan_dense(view: ReadView, start: bytes, count: int, lsn: int, redo: Redo,
-               stats: ReadStats, width: int) -> bytearray:
+               stats: ReadStats, width: int, out: bytearray | memoryview | None = None
+               ) -> bytearray | memoryview:
     """The values at `lsn` of the `count` keys from `start` on that differ from it only
     in their last 4 bytes (a big-endian index), laid out `width` bytes apart: bytes
     [i * width, (i + 1) * width) hold the value of the key whose index is start's + i,
     zeros where that key has none. What `scan_values` yields for those keys, without a
     Python object per key whose chain is one image (a scan of an image layer's pages).
+    Written into `out` (`count * width` writable bytes, whatever they held) when given,
+    which is returned; else into a new bytearray.
 
-    Raises: ValueError if a value is not `width` bytes long, or the keys would run
-    past index 2^32 - 1."""
+    Raises: ValueError if a value is not `width` bytes long, `out` is not
+    `count * width` bytes, or the keys would run past index 2^32 - 1."""
     base = int.from_bytes(start[-4:], "big")
     if base + count > 0xFFFFFFFF:
         raise ValueError(f"{count} keys from index {base} run past 2^32 - 1")
     end = start[:-4] + (base + count).to_bytes(4, "big")
-    out = bytearray(count * width)
+    if out is None:
+        out, dirty = bytearray(count * width), False
+    elif len(out) != count * width:
+        raise ValueError(f"{len(out)} bytes given for {count} values of {width}")
+    else:
+        dirty = True  # what no value overwrites is zeroed at the end
     dst = memoryview(out)
+    filled = np.zeros(count, dtype=bool)
     for ch in scan_chains(view, start, end, lsn, stats):
         b = ch.batch
         first = ch.first
@@ -205,6 +214,7 @@ def scan_dense(view: ReadView, start: bytes, count: int, lsn: int, redo: Redo,
                                  f"{width} are laid out")
             which = np.zeros(len(g), np.uint32) if b.buf is None else b.buf[first[g]]
             at = np.asarray(slots)[g]
+            filled[at] = True
             # runs of values next to each other in one buffer and in `out`: one copy each
             new = np.ones(len(g), dtype=bool)
             new[1:] = ((at[1:] != at[:-1] + 1) | (which[1:] != which[:-1])
@@ -227,7 +237,21 @@ def scan_dense(view: ReadView, start: bytes, count: int, lsn: int, redo: Redo,
                     raise ValueError(f"a value of {len(v)} bytes where {width} are laid out")
                 o = slots[r] * width
                 dst[o:o + width] = v
+                filled[slots[r]] = True
+    if dirty:
+        for h, t in _runs(np.flatnonzero(~filled)):
+            dst[h * width:(t + 1) * width] = bytes((t + 1 - h) * width)
     return out
+
+
+def _runs(ix: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(first, last) of each run of consecutive integers in the sorted `ix`."""
+    if len(ix) == 0:
+        return
+    cut = np.flatnonzero(np.diff(ix) != 1)
+    heads = np.concatenate([ix[:1], ix[cut + 1]]).tolist()
+    tails = np.concatenate([ix[cut], ix[-1:]]).tolist()
+    yield from zip(heads, tails, strict=True)
 
 
 def scan_keys(view: ReadView, start: bytes, end: bytes, lsn: int,
