@@ -427,6 +427,7 @@ def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
     from strata.historical.lazyview import SPLIT_MIN
 
     monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 0.0)
+    monkeypatch.setattr(lazyview, "SHARE_STEP", 0.0)  # windows ahead: half each, fixed
     r = _SequentialReads(world)
     assert r.pages >= 4 * SPLIT_MIN, "the biggest file is too small to share windows"
     helped = r.view()
@@ -460,12 +461,14 @@ def test_a_helper_running_ahead_serves_the_same_bytes_and_a_dead_one_is_replaced
     """A stream whose window reached `RUN_AHEAD_MIN` blocks runs ahead on a helper:
     the same bytes as without helpers. Cheap pages: the helper rebuilds whole
     windows (more than half the file); dear pages (`SPLIT_MIN_US`): the second
-    half of each window, this process the first. A helper killed -9 while it runs
-    ahead is dropped, its windows rebuilt here, and it is reaped."""
+    half of each window, this process the first (the share held fixed). A helper
+    killed -9 while it runs ahead is dropped, its windows rebuilt here, and it is
+    reaped."""
     from strata.historical import lazyview
 
     monkeypatch.setattr(lazyview, "SPLIT_MIN_US", 0.0 if dear else 1e9)
     monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 32)
+    monkeypatch.setattr(lazyview, "SHARE_STEP", 0.0)
     r = _SequentialReads(world)
     v = r.view()
     assert v.start_helpers(1) == 1
@@ -484,6 +487,48 @@ def test_a_helper_running_ahead_serves_the_same_bytes_and_a_dead_one_is_replaced
         v.close_helpers()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_the_share_of_a_window_ahead_follows_the_helper(
+        world: LazyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ahead_share` moves once per window ahead a reader collects (never for a
+    window no reader reached), with whether the helper's part was ready; the
+    bytes stay those read without helpers, whatever the share."""
+    from strata.historical import lazyview
+
+    monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 32)
+    calls: list[tuple[float, bool]] = []
+    real = lazyview.next_share
+
+    def spy(share: float, ready: bool) -> float:
+        calls.append((share, ready))
+        return real(share, ready)
+
+    monkeypatch.setattr(lazyview, "next_share", spy)
+    r = _SequentialReads(world)
+    v = r.view()
+    v.max_window = 64
+    assert v.start_helpers(1) == 1
+    try:
+        assert r.read_all(v) == r.want
+        collected = r.pages // 64 - 2  # windows ahead: all but the first few
+        assert collected <= len(calls) <= -(-r.pages // 64)
+        shares = [c[0] for c in calls] + [v.ahead_share]
+        for (share, ready), after in zip(calls, shares[1:], strict=True):
+            assert after == real(share, ready)
+        assert v.ahead_share is not None and 0.0 <= v.ahead_share <= lazyview.MAX_SHARE
+    finally:
+        v.close_helpers()
+
+
+@pytest.mark.unit
+def test_next_share_gives_the_helper_more_when_it_waits_and_less_when_it_lags() -> None:
+    from strata.historical.lazyview import MAX_SHARE, SHARE_STEP, next_share
+
+    assert next_share(0.5, helper_ready=True) == 0.5 - SHARE_STEP
+    assert next_share(0.5, helper_ready=False) == 0.5 + SHARE_STEP
+    assert next_share(0.0, helper_ready=True) == 0.0
+    assert next_share(MAX_SHARE, helper_ready=False) == MAX_SHARE
 
 
 def test_a_lazy_server_prices_random_reads_above_reads_in_order(

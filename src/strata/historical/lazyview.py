@@ -49,10 +49,16 @@ page of it was read, the kernel's page cache keeping what was served); no file.
   the helper's pages (`_collect`, waiting for them if they are not there
   yet). A window no reader reached is collected into the cache when its
   helper is wanted for another. If the helper fails, the window is rebuilt
-  here (a store error is then reported by this process). While pages are dear
-  (`SPLIT_MIN_US`, as above) the helper is given the second half of each
-  window only, and this process rebuilds the first half when the reader
-  reaches it: both cores rebuild, and the helper's head start hides its half.
+  here (a store error is then reported by this process). The helper is given
+  the window but its first `ahead_share`, which this process rebuilds when the
+  reader reaches it: both cores rebuild, and the helper's head start hides its
+  part. The share starts at half while pages are dear (`SPLIT_MIN_US`, as
+  above), else at none, and follows the helper (`next_share`): it grows by
+  `SHARE_STEP` (up to `MAX_SHARE`) each time the reader, its own part done,
+  finds the helper's part not ready, and shrinks by as much each time it is
+  ready. Both cores then stay busy: at scale 100 (BENCHMARKS.md) with whole
+  windows to the helper, this process waited for it 1.3 s of a 3.3 s scan,
+  and the helper for its next window 0.6 s.
 * A block the store has no value for is a zero page (a hole), as in
   materialize. A relation with WAL of an index AM without redo
   (`store_view.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
@@ -95,6 +101,8 @@ _YIELD_SECONDS = 0.02  # prefetching pauses while the server read this recently
 SPLIT_MIN = 64  # blocks: a window at least this long is shared with the helpers
 SPLIT_MIN_US = 40.0  # us: ... while a page rebuilt here costs at least this (average)
 RUN_AHEAD_MIN = 256  # blocks: a stream's window this long runs ahead on a helper
+SHARE_STEP = 0.0625  # how far `ahead_share` moves after each window collected
+MAX_SHARE = 0.75  # ... and the largest part of a window ahead this process keeps
 _COST_WEIGHT = 0.3  # weight of the newest window in that average
 _PR_SET_PDEATHSIG = 1
 
@@ -180,6 +188,7 @@ class LazyView:
         self._ahead: list[_Ahead] = []  # windows helpers rebuild ahead of streams
         self.helped_pages = 0  # pages the helpers rebuilt
         self.page_cost_us = SPLIT_MIN_US  # moving average of a page rebuilt here
+        self.ahead_share: float | None = None  # of a window ahead rebuilt here (None: unset)
         self._am_oids = am_oids(self.invalid_index_ams)
         self._lock = threading.Lock()
         self._last_read = 0.0
@@ -295,14 +304,16 @@ class LazyView:
             stale = self._ahead[0]
             if stale.stream is st:
                 return  # this stream's next window is being built already
-            self._collect(stale.fork, stale.first)
+            self._collect(stale.fork, stale.first, reader=False)
             if stale.helper not in self._helpers:
                 return
             idle = [stale.helper]
         h, a, b = idle[0], st.ahead, min(f.nblocks, st.ahead + st.window)
-        # dear pages: this process rebuilds the first half itself when the reader
-        # gets there, while the helper (which started earlier) finishes the rest
-        m = a + (b - a) // 2 if self.page_cost_us >= SPLIT_MIN_US else a
+        # this process rebuilds the first part itself when the reader gets there,
+        # while the helper (which started earlier) rebuilds the rest
+        if self.ahead_share is None:
+            self.ahead_share = 0.5 if self.page_cost_us >= SPLIT_MIN_US else 0.0
+        m = a + int((b - a) * self.ahead_share)
         try:
             h.conn.send((f, m, b))
         except OSError:
@@ -316,15 +327,19 @@ class LazyView:
         busy = [a.helper for a in self._ahead]
         return [h for h in self._helpers if h not in busy]
 
-    def _collect(self, f: ServedFork, blk: int) -> _Stream | None:
+    def _collect(self, f: ServedFork, blk: int, reader: bool = True) -> _Stream | None:
         """The window a helper is rebuilding that holds block `blk` of `f`, into
-        the cache (rebuilt here if the helper fails): its stream, or None."""
+        the cache (rebuilt here if the helper fails): its stream, or None. A
+        `reader` waits for it: whether the helper kept up moves `ahead_share`."""
         ahead = next((a for a in self._ahead if a.fork == f and a.first <= blk < a.end), None)
         if ahead is None:
             return None
         self._ahead.remove(ahead)
         if ahead.first < ahead.mid:
             self._keep(f, ahead.first, self._built(f, ahead.first, ahead.mid))
+        if reader and self.ahead_share is not None:
+            with contextlib.suppress(OSError):
+                self.ahead_share = next_share(self.ahead_share, ahead.helper.conn.poll())
         part = self._receive(ahead.helper, ahead.end - ahead.mid)
         if part is None:
             self._keep(f, ahead.mid, self._built(f, ahead.mid, ahead.end))
@@ -478,6 +493,14 @@ class LazyView:
         if (spc, db) not in self._facts:
             self._facts[(spc, db)] = facts_of(self.source, spc, db, self._am_oids)
         return self._facts[(spc, db)]
+
+
+def next_share(share: float, helper_ready: bool) -> float:
+    """The part of the next window ahead this process rebuilds, after a reader
+    found the helper's part of the last one ready (the helper waits: it gets
+    more) or not (the reader waits: this process takes more)."""
+    step = -SHARE_STEP if helper_ready else SHARE_STEP
+    return min(MAX_SHARE, max(0.0, share + step))
 
 
 def _detach_helper() -> None:
