@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from strata.historical.instance import HistoricalInstance
-from strata.historical.lazy import fuse_mounts
+from strata.historical.lazy import READAHEAD_KB, fuse_mounts
 from strata.historical.modes import HistoricalFactory, HistoricalMode, make_factory
 from strata.historical.pitr import RecoveryTarget, recover_to
 from strata.lsn import Lsn
@@ -86,6 +86,10 @@ def test_lazy_server_reproduces_every_step_like_materialize(
         try:
             assert inst.mode == "lazy" and inst.mount is not None
             assert inst.datadir in fuse_mounts()
+            if os.geteuid() == 0:  # the mount reads ahead READAHEAD_KB (set by root)
+                dev = inst.datadir.stat().st_dev
+                knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+                assert int(knob.read_text()) == READAHEAD_KB
             got = _fingerprint(inst)
             if name == "tablespace":
                 path = inst.sql("SELECT pg_relation_filepath('in_ts')")[0][0]
