@@ -329,7 +329,8 @@ class LazyFS(pyfuse3.Operations):  # type: ignore[misc]
         return pyfuse3.FileInfo(fh=fd), self._attr(path)
 
     @_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        # (pyfuse3 replies with any contiguous buffer: a view of the cache, no copy)
         path = self._vfh.get(fh)
         if path is None:
             return os.pread(fh, size, off)
@@ -401,7 +402,7 @@ class LazyFS(pyfuse3.Operations):  # type: ignore[misc]
                     f.seek(pos)
                     out += f.read(stop - pos)
                 elif pos < self.view.files[path].size:
-                    out += self.view.read(path, pos, stop - pos).ljust(stop - pos, b"\0")
+                    out += bytes(self.view.read(path, pos, stop - pos)).ljust(stop - pos, b"\0")
                 else:
                     out += bytes(stop - pos)
                 pos = stop

@@ -202,8 +202,10 @@ class LazyView:
                 self.files[f"{d}/{name}"] = SegmentFile(f, seg, first, n)
 
     # -- reading ---------------------------------------------------------------------
-    def read(self, path: str, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset + size) of the segment file at `path` (short at EOF)."""
+    def read(self, path: str, offset: int, size: int) -> bytes | memoryview:
+        """Bytes [offset, offset + size) of the segment file at `path` (short at EOF):
+        a read within one cached window is a view of it, not a copy (valid after
+        the window leaves the cache: `pagecache`)."""
         with self._lock:
             self._last_read = time.monotonic()
             return self._read(path, offset, size)
@@ -236,7 +238,7 @@ class LazyView:
                         done += n
         return done
 
-    def _read(self, path: str, offset: int, size: int) -> bytes:
+    def _read(self, path: str, offset: int, size: int) -> bytes | memoryview:
         sf = self.files[path]
         end = min(offset + size, sf.size)
         if offset >= end:
@@ -245,7 +247,7 @@ class LazyView:
         parts = self.pages(sf.fork, sf.first + a, sf.first + b)
         data = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
         lo = offset - a * BLCKSZ
-        return bytes(data[lo:lo + end - offset])
+        return data[lo:lo + end - offset]
 
     def pages(self, f: ServedFork, first: int, end: int) -> list[memoryview]:
         """Blocks [first, end) of fork `f` (relation block numbers), as spans of
