@@ -13,6 +13,9 @@ opened the store, as in a running daemon), and the time from asking for it to
 the first row of `SELECT count(*) FROM pgbench_accounts` (a cold full scan:
 every page rebuilt on first read), then the same scan twice more (warm: the
 kernel's page cache). The live scan is on the primary itself before it stops.
+Each run also prints the CPU seconds spent from the request to the first row by
+the point's file system, its helpers, the spare started meanwhile, and the rest
+of the machine's busy time (the server, the kernel, this script: `cpu_split`).
 """
 
 from __future__ import annotations
@@ -79,6 +82,46 @@ def _fs_pids(work: Path) -> list[int]:
     return out
 
 
+_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu() -> dict[int, tuple[str, int, float]]:
+    """Every process: (command line, parent pid, CPU seconds so far)."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            out[int(p.name)] = (cmd, int(stat[1]), (int(stat[11]) + int(stat[12])) / _TCK)
+    return out
+
+
+def _system_cpu() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def cpu_split(before: dict[int, tuple[str, int, float]], after: dict[int, tuple[str, int, float]],
+              sys_before: list[int], sys_after: list[int], fs_pid: int | None) -> dict[str, float]:
+    """CPU seconds spent between the two snapshots, by kind: the point's file system
+    (`fs`), its readahead helpers (children of it), other lazy file systems (the
+    spare started meanwhile), the rest of the machine's busy time (`rest`: the
+    server, whose backend and parallel workers are gone by the end, the kernel,
+    this script), and the machine's iowait (FUSE waits count as iowait)."""
+    out = {"fs": 0.0, "helpers": 0.0, "spare": 0.0}
+    for pid, (cmd, ppid, cpu) in after.items():
+        if "strata.historical.lazyfs" in cmd:
+            kind = "fs" if pid == fs_pid else "helpers" if ppid == fs_pid else "spare"
+            out[kind] += cpu - (before[pid][2] if pid in before else 0.0)
+    dd = [y - x for x, y in zip(sys_before, sys_after, strict=True)]
+    out["rest"] = (sum(dd) - dd[3] - dd[4]) / _TCK - sum(out.values())
+    out["iowait"] = dd[4] / _TCK
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None) -> dict[str, Any]:
     os.environ["STRATA_LAZY_HELPERS"] = str(helpers)  # the spare file system inherits it
     store = PageStore.open(home / "layers", reconstruct_value, background=False)
@@ -95,7 +138,10 @@ def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None) -> dict
                  "--format", "speedscope", "-o", str(profile / f"lazyfs-h{helpers}-{pid}.json")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in _fs_pids(work)]
             time.sleep(1)
+        cpu0, sys0 = _proc_cpu(), _system_cpu()
         inst, t, val, started = timed_first_row(factory, lsn, work / "c", COUNT_SQL)
+        cpu = cpu_split(cpu0, _proc_cpu(), sys0, _system_cpu(),
+                        inst.mount.pid if inst.mount is not None else None)
         for spy in spies:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
@@ -106,7 +152,7 @@ def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None) -> dict
         store.close()
         shutil.rmtree(work, ignore_errors=True)
     return {"helpers": helpers, "count_first_row_s": t, "start_s": started, "count": val,
-            "warm_scan_s": warm}
+            "warm_scan_s": warm, "cpu_s": cpu}
 
 
 def main() -> int:
@@ -137,6 +183,8 @@ def main() -> int:
                 print(f"helpers {h}: count(*) first row {r['count_first_row_s']:.2f} s "
                       f"(server start {r['start_s']:.2f} s), warm {r['warm_scan_s'][-1]:.2f} s, "
                       f"load {r['load'][0]:.2f}", flush=True)
+                print("   CPU-s from the request to the first row: "
+                      + ", ".join(f"{k} {v}" for k, v in r["cpu_s"].items()), flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(keep, ignore_errors=True)
