@@ -198,50 +198,64 @@ def scan_dense(view: ReadView, start: bytes, count: int, lsn: int, redo: Redo,
     dst = memoryview(out)
     filled = np.zeros(count, dtype=bool)
     for ch in scan_chains(view, start, end, lsn, stats):
-        b = ch.batch
         first = ch.first
-        keys = b.keys.view(np.uint8).reshape(-1, KEY_SIZE)
-        slots = (keys[first, -4:].copy().view(">u4").ravel().astype(np.int64) - base).tolist()
-        kinds = b.kinds[first]
-        lone = (ch.stop - first == 1) & (kinds == _IMAGE)  # the chain is one image
-        present = ch.present()
-        srcs = [memoryview(x) for x in b.bufs]
+        keys = ch.batch.keys.view(np.uint8).reshape(-1, KEY_SIZE)
+        slots = keys[first, -4:].copy().view(">u4").ravel().astype(np.int64) - base
+        lone = (ch.stop - first == 1) & (ch.batch.kinds[first] == _IMAGE)  # one image
         g = np.flatnonzero(lone)
         if len(g):
-            starts, ends = b.starts[first[g]], b.ends[first[g]]
-            if np.any(ends - starts != width):
-                raise ValueError(f"a value of {int((ends - starts).max())} bytes where "
-                                 f"{width} are laid out")
-            which = np.zeros(len(g), np.uint32) if b.buf is None else b.buf[first[g]]
-            at = np.asarray(slots)[g]
-            filled[at] = True
-            # runs of values next to each other in one buffer and in `out`: one copy each
-            new = np.ones(len(g), dtype=bool)
-            new[1:] = ((at[1:] != at[:-1] + 1) | (which[1:] != which[:-1])
-                       | (starts[1:] != ends[:-1]))
-            heads = np.flatnonzero(new)
-            tails = np.append(heads[1:], len(g)) - 1
-            for h, t in zip(heads.tolist(), tails.tolist(), strict=True):
-                o, s0 = int(at[h]) * width, int(starts[h])
-                n = (t - h + 1) * width
-                dst[o:o + n] = srcs[int(which[h])][s0:s0 + n]
-        rest = np.flatnonzero(~lone & present)
+            _copy_images(ch.batch, first[g], slots[g], dst, width)
+            filled[slots[g]] = True
+        rest = np.flatnonzero(~lone & ch.present())
         if len(rest):
-            raw = b.keys.tobytes()
-            for r in rest.tolist():
-                a, z = int(first[r]), int(ch.stop[r])
-                v = ch.rows_value(a, z, Key.unpack_from(raw, KEY_SIZE * a), redo, stats)
-                if v is None:
-                    continue
-                if len(v) != width:
-                    raise ValueError(f"a value of {len(v)} bytes where {width} are laid out")
-                o = slots[r] * width
-                dst[o:o + width] = v
-                filled[slots[r]] = True
+            filled[_redo_into(ch, rest, slots, dst, width, redo, stats)] = True
     if dirty:
         for h, t in _runs(np.flatnonzero(~filled)):
             dst[h * width:(t + 1) * width] = bytes((t + 1 - h) * width)
     return out
+
+
+def _copy_images(b: EntryBatch, rows: np.ndarray, at: np.ndarray, dst: memoryview,
+                 width: int) -> None:
+    """The image values of rows `rows` of `b` into slots `at` of `dst` (`width` bytes
+    each): one copy per run of values next to each other in one buffer and in `dst`.
+    Raises: ValueError if a value is not `width` bytes long."""
+    starts, ends = b.starts[rows], b.ends[rows]
+    if np.any(ends - starts != width):
+        raise ValueError(f"a value of {int((ends - starts).max())} bytes where "
+                         f"{width} are laid out")
+    which = np.zeros(len(rows), np.uint32) if b.buf is None else b.buf[rows]
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = ((at[1:] != at[:-1] + 1) | (which[1:] != which[:-1])
+               | (starts[1:] != ends[:-1]))
+    heads = np.flatnonzero(new)
+    tails = np.append(heads[1:], len(rows)) - 1
+    srcs = [memoryview(x) for x in b.bufs]
+    for h, t in zip(heads.tolist(), tails.tolist(), strict=True):
+        o, s0 = int(at[h]) * width, int(starts[h])
+        n = (t - h + 1) * width
+        dst[o:o + n] = srcs[int(which[h])][s0:s0 + n]
+
+
+def _redo_into(ch: Chains, keys: np.ndarray, slots: np.ndarray, dst: memoryview, width: int,
+               redo: Redo, stats: ReadStats) -> list[int]:
+    """The values of the chains `keys` of `ch` (through redo) into their `slots` of
+    `dst`; returns the slots written (a chain may have no value).
+    Raises: ValueError if a value is not `width` bytes long."""
+    raw = ch.batch.keys.tobytes()
+    at = slots.tolist()
+    written = []
+    for r in keys.tolist():
+        a, z = int(ch.first[r]), int(ch.stop[r])
+        v = ch.rows_value(a, z, Key.unpack_from(raw, KEY_SIZE * a), redo, stats)
+        if v is None:
+            continue
+        if len(v) != width:
+            raise ValueError(f"a value of {len(v)} bytes where {width} are laid out")
+        o = at[r] * width
+        dst[o:o + width] = v
+        written.append(at[r])
+    return written
 
 
 def _runs(ix: np.ndarray) -> Iterator[tuple[int, int]]:
