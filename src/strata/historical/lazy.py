@@ -215,7 +215,7 @@ def set_readahead(mountpoint: Path, kb: int) -> int | None:
 
     A sequential scan of a lazy file is served in reads of the readahead's size:
     at the kernel's 128 KiB, the file system's loop answers ~10,700 reads for a
-    1.3 GB table; at 1 MiB ~3,600, and a cold count(*) at scale 100 took 22 %
+    1.3 GB table; at 1 MiB ~3,600, and a cold count(*) at scale 100 took 10-22 %
     less time (BENCHMARKS.md, twelfth session). The mount's own answer to FUSE_INIT
     caps readahead at what the kernel proposed (128 KiB), so this is set after
     it: a stat of the mount point returns only once the file system has answered
