@@ -56,9 +56,10 @@ page of it was read, the kernel's page cache keeping what was served); no file.
   above), else at none, and follows the helper (`next_share`): it grows by
   `SHARE_STEP` (up to `MAX_SHARE`) each time the reader, its own part done,
   finds the helper's part not ready, and shrinks by as much each time it is
-  ready. Both cores then stay busy: at scale 100 (BENCHMARKS.md) with whole
-  windows to the helper, this process waited for it 1.3 s of a 3.3 s scan,
-  and the helper for its next window 0.6 s.
+  ready. Both cores then stay busy: at scale 100 (BENCHMARKS.md, twelfth
+  session) with whole windows to the helper, this process waited for it
+  1.3 s during a cold scan and the helper for its next window 0.6 s; with the
+  share, the scan's iowait fell from 1.4-1.6 s to 0.4-0.6 s.
 * A block the store has no value for is a zero page (a hole), as in
   materialize. A relation with WAL of an index AM without redo
   (`store_view.NO_REDO_YET_RMGRS`, none left) yields zero pages from there
