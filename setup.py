@@ -10,7 +10,7 @@ setup(ext_modules=[
               extra_compile_args=["-O2"], optional=True),
     Extension("strata.reconstruct.redo._pagec",
               [f"src/strata/reconstruct/redo/{f}.c" for f in ("_pagec", "_pagec_heap", "_pagec_vm",
-                                                              "_pagec_record")],
+                                                              "_pagec_record", "_pagec_window")],
               depends=["src/strata/reconstruct/redo/_pagec.h"],
               extra_compile_args=["-O2"], optional=True),
 ])

@@ -14,9 +14,20 @@ records clear, VISIBLE's set), and so are full-page images stored as image
 deltas (a lazy scan restores one for every page touched since the image
 layer below it); everything else, and anything the C code
 doubts, through the Python redo, its reference.
+
+`reconstruct_value` is one `Reconstructor`: a storage `Redo` (one key's chain per
+call) and a `scan.WindowRedo`, whose `into` builds every relation-page chain of a
+scan window in one C call (`_pagec.redo_window`, straight into the caller's page
+buffer: the lazy file system's reads and its helpers). In a cold full scan at
+scale 100, 36 % of the pages have a chain (an image delta and the records after
+it); the Python path spent ~10 us per such page around the C redo itself.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from strata.errors import RedoError
 from strata.key import Key, KeyKind
@@ -27,6 +38,9 @@ from strata.reconstruct.slru import apply_value
 from strata.storage.values import WalRecord
 from strata.wal.decoder import decode_record
 from strata.wal.image import restore_page
+
+if TYPE_CHECKING:
+    from strata.storage.batch import EntryBatch
 
 
 def _block_id(record_blocks: object, key: Key) -> int:
@@ -84,11 +98,7 @@ def _redo_rel_block(key: Key, base: bytes | None, records: list[WalRecord]) -> b
     return bytes(page)
 
 
-def reconstruct_value(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
-    """Apply `records` (oldest first) on top of `base` for `key`.
-
-    Raises: RedoError / UnsupportedRecordError from the redo engines.
-    """
+def _reconstruct(key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
     if key.kind == KeyKind.REL_BLOCK:
         return _redo_rel_block(key, base, records)
     if key.kind == KeyKind.SLRU_PAGE:
@@ -103,3 +113,39 @@ def reconstruct_value(key: Key, base: bytes | None, records: list[WalRecord]) ->
     if base is None:
         raise RedoError(f"no value for {key}")
     return base
+
+
+class Reconstructor:
+    """The store's redo (`reconstruct_value`, its one instance): a storage `Redo`, and a
+    `scan.WindowRedo` whose `into` builds the relation-page chains of a scan window
+    in C (`_pagec.redo_window`: the compiled chain's steps, with no Python object per
+    page), leaving to `__call__` (the reference) every chain it does not finish."""
+
+    __slots__ = ()
+
+    def __call__(self, key: Key, base: bytes | None, records: list[WalRecord]) -> bytes:
+        """Apply `records` (oldest first) on top of `base` for `key`.
+
+        Raises: RedoError / UnsupportedRecordError from the redo engines.
+        """
+        return _reconstruct(key, base, records)
+
+    def into(self, dst: memoryview, width: int, batch: EntryBatch, first: np.ndarray,
+             stop: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """`scan.WindowRedo.into`: True for each chain laid into `dst` in C; none when the
+        compiled chain is not built (or a test switched it off to run the reference)."""
+        done = np.zeros(len(first), dtype=np.uint8)
+        if compiled_chain is None or pagec is None or not len(first):
+            return done.view(bool)
+        i64 = np.int64
+        pagec.redo_window(
+            dst, width, tuple(batch.bufs),
+            None if batch.buf is None else np.ascontiguousarray(batch.buf, np.uint32),
+            np.ascontiguousarray(batch.starts, i64), np.ascontiguousarray(batch.ends, i64),
+            np.ascontiguousarray(batch.kinds, np.uint8), np.ascontiguousarray(batch.keys),
+            np.ascontiguousarray(first, i64), np.ascontiguousarray(stop, i64),
+            np.ascontiguousarray(slots, i64), done)
+        return done.view(bool)
+
+
+reconstruct_value = Reconstructor()

@@ -19,6 +19,7 @@ newest chain end) is found with array operations. Only the per-key result
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +34,25 @@ _IMAGE = int(ValueKind.PAGE_IMAGE)
 _RECORD = int(ValueKind.WAL_RECORD)
 _INIT = int(ValueKind.WAL_RECORD_INIT)
 _TOMBSTONE = int(ValueKind.TOMBSTONE)
+
+
+@runtime_checkable
+class WindowRedo(Protocol):
+    """A Redo that can also build many chains of a window into a page buffer in one
+    call (`scan_dense` uses it when the store's redo is one; storage knows nothing of
+    what the values mean, the redo does: `reconstruct.Reconstructor`).
+
+    `into(dst, width, batch, first, stop, slots)`: chain c is rows [first[c], stop[c])
+    of `batch`, oldest first, one key's, neither a lone image nor ending in a
+    tombstone; its value is laid at dst[slots[c] * width:][:width]. Returns a bool
+    per chain: True where it laid the value, False where it did not (the slot may hold
+    part of the work: `scan_dense` builds that chain through `__call__` and overwrites
+    it). Must equal `__call__` byte for byte where it says True."""
+
+    def __call__(self, key: Key, base: bytes | None, records: list[WalRecord]) -> bytes: ...
+
+    def into(self, dst: memoryview, width: int, batch: EntryBatch, first: np.ndarray,
+             stop: np.ndarray, slots: np.ndarray) -> np.ndarray: ...
 
 
 def windows(files: Sequence[LayerFile], start: bytes, end: bytes,
@@ -239,20 +259,34 @@ def _copy_images(b: EntryBatch, rows: np.ndarray, at: np.ndarray, dst: memoryvie
 
 def _redo_into(ch: Chains, keys: np.ndarray, slots: np.ndarray, dst: memoryview, width: int,
                redo: Redo, stats: ReadStats) -> list[int]:
-    """The values of the chains `keys` of `ch` (through redo) into their `slots` of
+    """The values of the chains `keys` of `ch` (through redo: the whole window at once
+    where `redo` is a WindowRedo, one key at a time for the rest) into their `slots` of
     `dst`; returns the slots written (a chain may have no value).
     Raises: ValueError if a value is not `width` bytes long."""
+    written: list[int] = []
+    if isinstance(redo, WindowRedo):
+        first, stop, at = ch.first[keys], ch.stop[keys], slots[keys]
+        done = redo.into(dst, width, ch.batch, first, stop, at)
+        if done.any():
+            heads = first[done]
+            ends_first = np.isin(ch.batch.kinds[heads], (_IMAGE, _TOMBSTONE))
+            stats.deltas_applied += int((stop[done] - heads).sum() - ends_first.sum())
+            stats.redo_calls += len(heads)
+            written = at[done].tolist()
+            keys = keys[~done]
+            if not len(keys):
+                return written
     raw = ch.batch.keys.tobytes()
     at = slots.tolist()
-    written = []
     for r in keys.tolist():
         a, z = int(ch.first[r]), int(ch.stop[r])
         v = ch.rows_value(a, z, Key.unpack_from(raw, KEY_SIZE * a), redo, stats)
+        o = at[r] * width
         if v is None:
+            dst[o:o + width] = bytes(width)  # whatever `into` left there
             continue
         if len(v) != width:
             raise ValueError(f"a value of {len(v)} bytes where {width} are laid out")
-        o = at[r] * width
         dst[o:o + width] = v
         written.append(at[r])
     return written

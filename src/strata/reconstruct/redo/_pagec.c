@@ -4,8 +4,9 @@
  *
  * Files: this one holds the module, the page compaction and the checksums;
  * _pagec_heap.c the heap/heap2 redo and the chain; _pagec_vm.c the chain's
- * visibility-map redo; _pagec_record.c the WAL
- * record layout; _pagec.h what they share.
+ * visibility-map redo; _pagec_record.c the WAL record layout; _pagec_window.c
+ * the chains of a window built in one call (redo_window, documented there);
+ * _pagec.h what they share.
  *
  * What it is: the same function as `page_ops.repair_fragmentation_python`
  * (the reference, tested byte for byte against this one in
@@ -321,6 +322,9 @@ static PyMethodDef methods[] = {
      "redo_chain(page, deltas, start, spc, db, rel, fork, blk) -> int: apply the REL_BLOCK"
      " record deltas[start:] to the page of that block in place while they are heap/heap2"
      " records this module replays; the index of the first one left to Python."},
+    {"redo_window", pagec_redo_window, METH_VARARGS,
+     "redo_window(dst, width, bufs, which, starts, ends, kinds, keys, first, stop, slots,"
+     " done) -> int: the chains of a window built into their slots of dst (_pagec_window.c)."},
     {"set_checksums", set_checksums, METH_VARARGS,
      "set_checksums(buf, blknos: uint32 LE buffer): pd_checksum of every page of buf that"
      " is not new, in place (pg.checksum.set_checksums is the reference)."},

@@ -1,5 +1,5 @@
 /* Shared by the compiled page operations (_pagec.c, _pagec_heap.c,
- * _pagec_record.c): PostgreSQL's page and record layouts as constants,
+ * _pagec_record.c, _pagec_vm.c, _pagec_window.c): PostgreSQL's page and record layouts as constants,
  * little-endian accessors, and the functions one unit calls in another.
  * See _pagec.c for what the module does. */
 #ifndef STRATA_PAGEC_H
@@ -135,6 +135,10 @@ int pagec_parse_record(const uint8_t *raw, Py_ssize_t n, const target_t *t, rec_
 /* _pagec_heap.c */
 PyObject *pagec_heap_update_redo(PyObject *self, PyObject *args);
 PyObject *pagec_redo_chain(PyObject *self, PyObject *args);
+int pagec_chain_step(uint8_t *page, uint8_t *w, const uint8_t *data, Py_ssize_t len,
+                     const target_t *t);
+/* _pagec_window.c */
+PyObject *pagec_redo_window(PyObject *self, PyObject *args);
 /* _pagec_vm.c: 1 (done, stamp the LSN), 2 (done, LSN unchanged), 0 (Python) */
 int pagec_vm_redo(uint8_t *w, const rec_t *r, const target_t *t);
 

@@ -449,6 +449,39 @@ static int restore_image_delta(uint8_t *page, const uint8_t *data, Py_ssize_t le
     return 1;
 }
 
+/* One REL_BLOCK delta (an image delta or a stored record) applied to `page`, with
+ * `w` as scratch: 1; or 0, `page` untouched, for a delta the chain does not take
+ * (Python applies it, or raises). */
+int pagec_chain_step(uint8_t *page, uint8_t *w, const uint8_t *data, Py_ssize_t len,
+                     const target_t *t) {
+    if (len >= IMAGE_DELTA_HEADER && rd32(data + DELTA_HEADER) == 0)
+        return restore_image_delta(page, data, len);   /* 0: compressed or doubtful */
+    if (len < DELTA_HEADER + SIZEOF_XLOG_RECORD || rd32(data + DELTA_HEADER) == 0)
+        return 0;
+    uint64_t end = rd64(data + 8);
+    rec_t r;
+    if (!pagec_parse_record(data + DELTA_HEADER, len - DELTA_HEADER, t, &r) || r.target < 0
+            || r.target_apply_image)
+        return 0;
+    if (r.target_flags & BKPBLOCK_WILL_INIT) {
+        memset(w, 0, BLCKSZ);
+    } else {
+        uint64_t lsn = ((uint64_t)rd32(page) << 32) | rd32(page + 4);
+        if (rd16(page + OFF_UPPER) != 0 && lsn >= end)
+            return 1;                                           /* BLK_DONE */
+        memcpy(w, page, BLCKSZ);
+    }
+    int done = t->fork == VISIBILITYMAP_FORK ? pagec_vm_redo(w, &r, t) : redo_one(w, &r, t);
+    if (!done)
+        return 0;
+    if (done == 1) {
+        wr32(w, (uint32_t)(end >> 32));                         /* PageSetLSN */
+        wr32(w + 4, (uint32_t)end);
+    }
+    memcpy(page, w, BLCKSZ);
+    return 1;
+}
+
 /* redo_chain(page, deltas, start, spc, db, rel, fork, blk) -> int */
 PyObject *pagec_redo_chain(PyObject *self, PyObject *args) {
     (void)self;
@@ -472,38 +505,10 @@ PyObject *pagec_redo_chain(PyObject *self, PyObject *args) {
     uint8_t w[BLCKSZ];
     for (; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(deltas, i);
-        if (!PyBytes_Check(item))
+        if (!PyBytes_Check(item)
+                || !pagec_chain_step(page, w, (const uint8_t *)PyBytes_AS_STRING(item),
+                                     PyBytes_GET_SIZE(item), &t))
             break;
-        const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(item);
-        Py_ssize_t len = PyBytes_GET_SIZE(item);
-        if (len >= IMAGE_DELTA_HEADER && rd32(data + DELTA_HEADER) == 0) {
-            if (!restore_image_delta(page, data, len))
-                break;                           /* compressed or doubtful: Python */
-            continue;
-        }
-        if (len < DELTA_HEADER + SIZEOF_XLOG_RECORD || rd32(data + DELTA_HEADER) == 0)
-            break;
-        uint64_t end = rd64(data + 8);
-        rec_t r;
-        if (!pagec_parse_record(data + DELTA_HEADER, len - DELTA_HEADER, &t, &r) || r.target < 0
-                || r.target_apply_image)
-            break;
-        if (r.target_flags & BKPBLOCK_WILL_INIT) {
-            memset(w, 0, BLCKSZ);
-        } else {
-            uint64_t lsn = ((uint64_t)rd32(page) << 32) | rd32(page + 4);
-            if (rd16(page + OFF_UPPER) != 0 && lsn >= end)
-                continue;                                       /* BLK_DONE */
-            memcpy(w, page, BLCKSZ);
-        }
-        int done = t.fork == VISIBILITYMAP_FORK ? pagec_vm_redo(w, &r, &t) : redo_one(w, &r, &t);
-        if (!done)
-            break;
-        if (done == 1) {
-            wr32(w, (uint32_t)(end >> 32));                     /* PageSetLSN */
-            wr32(w + 4, (uint32_t)end);
-        }
-        memcpy(page, w, BLCKSZ);
     }
     PyBuffer_Release(&view);
     return PyLong_FromSsize_t(i);
