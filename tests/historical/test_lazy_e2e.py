@@ -418,7 +418,9 @@ class _SequentialReads:
         return LazyView(self.src, self.cf.catalog_version_dir, self.cf.relseg_size)
 
     def read_all(self, v: Any) -> bytes:
-        return b"".join(v.read(self.path, off, 131072) for off in range(0, self.size, 131072))
+        # a view's read is valid until its next read (`LazyView.read`): copied at once
+        return b"".join(bytes(v.read(self.path, off, 131072))
+                        for off in range(0, self.size, 131072))
 
 
 def test_readahead_helpers_serve_the_same_bytes_and_outlive_a_dead_helper(
@@ -492,6 +494,46 @@ def test_a_helper_running_ahead_serves_the_same_bytes_and_a_dead_one_is_replaced
         v.close_helpers()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_windows_ahead_are_borrowed_and_copied_only_when_their_slot_is_reused(
+        world: LazyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache borrows a helper's window ahead (no copy) and `_run_ahead` releases
+    a slot before handing it out again: a reader that leaves every other 128 kB of
+    each window for later still reads the bytes read without helpers, once the
+    helper has rewritten every slot many times over. Not vacuous: windows were
+    borrowed, and some were copied on release (`lazyview.AHEAD_SLOTS`)."""
+    from strata.historical import lazyview
+    from strata.historical.pagecache import WindowCache
+
+    monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 32)
+    monkeypatch.setattr(lazyview, "SHARE_STEP", 0.0)
+    borrowed, copied = [0], [0]
+    put, release = WindowCache.put, WindowCache.release
+
+    def spy_put(self: WindowCache, *args: Any) -> None:
+        borrowed[0] += len(args) > 3 and args[3] is not None
+        put(self, *args)
+
+    def spy_release(self: WindowCache, owner: Any) -> int:
+        n = release(self, owner)
+        copied[0] += n
+        return n
+
+    monkeypatch.setattr(WindowCache, "put", spy_put)
+    monkeypatch.setattr(WindowCache, "release", spy_release)
+    r = _SequentialReads(world)
+    v = r.view()
+    v.max_window = 64
+    step = 131072
+    assert v.start_helpers(1) == 1
+    try:
+        got = {off: bytes(v.read(r.path, off, step)) for off in range(0, r.size, 2 * step)}
+        got |= {off: bytes(v.read(r.path, off, step)) for off in range(step, r.size, 2 * step)}
+        assert b"".join(got[off] for off in sorted(got)) == r.want
+        assert borrowed[0] > 2 * lazyview.AHEAD_SLOTS and copied[0] > 0, (borrowed, copied)
+    finally:
+        v.close_helpers()
 
 
 def test_the_share_of_a_window_ahead_follows_the_helper(

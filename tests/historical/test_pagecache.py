@@ -56,6 +56,28 @@ def test_a_memoryview_is_copied_and_a_window_that_is_not_whole_pages_is_refused(
         c.put(FID, 0, b"x" * (BLCKSZ + 1))
 
 
+def test_a_borrowed_window_is_not_copied_until_its_owner_is_released() -> None:
+    """A memoryview put with an owner is the window itself (a write to it shows);
+    `release` copies every window still borrowing it (later writes do not show),
+    and a window that left the cache is no longer the owner's to copy."""
+    c = WindowCache(max_pages=4)
+    shared = bytearray(_window(FID, 0, 4))
+    c.put(FID, 0, memoryview(shared)[:2 * BLCKSZ], owner="slot1")
+    c.put(FID, 2, memoryview(shared)[2 * BLCKSZ:], owner="slot1")
+    shared[:8] = b"borrowed"
+    first = c.take(FID, 0, 1)
+    assert first is not None and bytes(first[:8]) == b"borrowed"  # no copy was made
+    c.take(FID, 1, 2)  # window [0, 2) fully read: it leaves
+    assert c.release("slot1") == 1  # only window [2, 4) was still borrowing
+    assert c.release("slot1") == 0
+    shared[2 * BLCKSZ:] = bytes(2 * BLCKSZ)  # the owner writes its memory again
+    span = c.take(FID, 2, 4)
+    assert span is not None and bytes(span) == _window(FID, 2, 2)
+    c.put(FID, 0, memoryview(shared)[:BLCKSZ], owner="slot2")
+    c.put(FID, 10, _window(FID, 10, 4))  # over budget: the borrowed one leaves
+    assert not c.holds(FID, 0) and c.release("slot2") == 0
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_random_windows_and_spans_match_a_model(seed: int) -> None:
     rnd = random.Random(seed)

@@ -29,8 +29,13 @@ page of it was read, the kernel's page cache keeping what was served); no file.
   LSN). A window of at least `SPLIT_MIN` blocks is cut into n + 1 parts: the
   helpers rebuild theirs (pages, patches, checksums) while this process
   rebuilds the first; a helper leaves its pages in memory shared with this
-  process (`max_window` pages each) and says so over its pipe (one copy of a
-  page, where sending it over the pipe cost ~10 us a page). A helper that fails
+  process and says so over its pipe (where sending a page over the pipe cost
+  ~10 us). Its memory has 1 + `AHEAD_SLOTS` slots of `max_window` pages: the
+  part of a shared window goes to slot 0 and is copied at once; windows ahead
+  (below) take the other slots in turn, and the cache borrows them without a
+  copy (`pagecache`: at scale 300 the copy was 7 % of this process's CPU, the
+  bound of a cold scan there) until the slot is handed out again, when what is
+  left of its window is copied. So a `read` is valid until the view's next read. A helper that fails
   or dies is dropped and its part rebuilt here (so a store error is reported
   by this process, as without helpers); a helper exits when the pipe closes
   (this process gone, even by kill -9) and at `close_helpers`. Sharing pays
@@ -104,6 +109,7 @@ SPLIT_MIN_US = 40.0  # us: ... while a page rebuilt here costs at least this (av
 RUN_AHEAD_MIN = 256  # blocks: a stream's window this long runs ahead on a helper
 SHARE_STEP = 0.0625  # how far `ahead_share` moves after each window collected
 MAX_SHARE = 0.75  # ... and the largest part of a window ahead this process keeps
+AHEAD_SLOTS = 3  # windows ahead a helper's memory holds, borrowed by the cache
 _COST_WEIGHT = 0.3  # weight of the newest window in that average
 _PR_SET_PDEATHSIG = 1
 
@@ -120,11 +126,14 @@ def default_helpers() -> int:
 @dataclass(eq=False)
 class _Helper:
     """One forked readahead helper: its pid, this process's end of its pipe, and the
-    shared memory it leaves the pages it rebuilt in (`max_window` pages)."""
+    shared memory it leaves the pages it rebuilt in: 1 + `AHEAD_SLOTS` slots of
+    `max_window` pages (slot 0 for the parts of a shared window, copied at once;
+    the others in turn for windows ahead, which the cache borrows)."""
 
     pid: int
     conn: Connection
     shm: mmap.mmap
+    next_slot: int = 0  # of the slots ahead, the one the next window ahead goes to
 
 
 @dataclass
@@ -138,6 +147,7 @@ class _Ahead:
     mid: int
     end: int
     stream: _Stream
+    slot: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +215,10 @@ class LazyView:
     # -- reading ---------------------------------------------------------------------
     def read(self, path: str, offset: int, size: int) -> bytes | memoryview:
         """Bytes [offset, offset + size) of the segment file at `path` (short at EOF):
-        a read within one cached window is a view of it, not a copy (valid after
-        the window leaves the cache: `pagecache`)."""
+        a read within one cached window is a view of it, not a copy. Valid until
+        this view's next read or fill (a view of a helper's memory is written
+        again once its slot is handed out: `AHEAD_SLOTS`): use it at once (the
+        file system replies with it) or copy it."""
         with self._lock:
             self._last_read = time.monotonic()
             return self._read(path, offset, size)
@@ -259,6 +271,8 @@ class LazyView:
         while blk < end:
             span = self._cache.take(fid, blk, end)
             if span is None:
+                # a fetch may hand a helper the memory a span taken so far lies in
+                out = [memoryview(bytes(s)) if isinstance(s.obj, mmap.mmap) else s for s in out]
                 self._fetch(f, blk, end)
                 span = self._cache.take(fid, blk, end)
                 if span is None:
@@ -291,10 +305,13 @@ class LazyView:
         buf = self._built_shared(f, blk, end) if self._helpers else self._built(f, blk, end)
         self._keep(f, blk, buf)
 
-    def _keep(self, f: ServedFork, blk: int, buf: bytes | bytearray | memoryview) -> None:
+    def _keep(self, f: ServedFork, blk: int, buf: bytes | bytearray | memoryview,
+              owner: tuple[int, int] | None = None) -> None:
         """Pages `buf` (blocks from `blk` of `f`) into the cache, oldest out first
-        (a bytearray is the cache's from now on; a memoryview is copied)."""
-        self._cache.put((f.spc, f.db, f.rel, f.fork), blk, buf)
+        (a bytearray is the cache's from now on; a memoryview is copied, but for one
+        of a helper's slots ahead, `owner` (pid, slot): borrowed until the slot is
+        handed out again)."""
+        self._cache.put((f.spc, f.db, f.rel, f.fork), blk, buf, owner)
 
     # -- helpers running ahead of a stream (module docstring) --------------------------------
     def _run_ahead(self, f: ServedFork, st: _Stream) -> None:
@@ -317,12 +334,15 @@ class LazyView:
         if self.ahead_share is None:
             self.ahead_share = 0.5 if self.page_cost_us >= SPLIT_MIN_US else 0.0
         m = a + int((b - a) * self.ahead_share)
+        slot = 1 + h.next_slot
+        h.next_slot = (h.next_slot + 1) % AHEAD_SLOTS
+        self._cache.release((h.pid, slot))  # what is left of its last window: copied
         try:
-            h.conn.send((f, m, b))
+            h.conn.send((f, m, b, slot))
         except OSError:
             self._drop_helper(h, "its pipe is closed")
             return
-        self._ahead.append(_Ahead(h, f, a, m, b, st))
+        self._ahead.append(_Ahead(h, f, a, m, b, st, slot))
         st.ahead = b
 
     def _idle_helpers(self) -> list[_Helper]:
@@ -343,15 +363,16 @@ class LazyView:
         if reader and self.ahead_share is not None:
             with contextlib.suppress(OSError):
                 self.ahead_share = next_share(self.ahead_share, ahead.helper.conn.poll())
-        part = self._receive(ahead.helper, ahead.end - ahead.mid)
+        part = self._receive(ahead.helper, ahead.end - ahead.mid, ahead.slot)
         if part is None:
             self._keep(f, ahead.mid, self._built(f, ahead.mid, ahead.end))
         else:
-            self._keep(f, ahead.mid, part)
+            self._keep(f, ahead.mid, part, (ahead.helper.pid, ahead.slot))
         return ahead.stream
 
-    def _receive(self, h: _Helper, pages: int) -> memoryview | None:
-        """The `pages` pages `h` was asked for, or None (`h` is dropped: it failed)."""
+    def _receive(self, h: _Helper, pages: int, slot: int) -> memoryview | None:
+        """The `pages` pages `h` was asked for (in `slot`), or None (`h` is dropped: it
+        failed)."""
         try:
             reply = h.conn.recv_bytes()
         except (OSError, EOFError) as e:
@@ -359,7 +380,8 @@ class LazyView:
             return None
         if reply == b"+":
             self.helped_pages += pages
-            return memoryview(h.shm)[:pages * BLCKSZ]
+            at = slot * self.max_window * BLCKSZ
+            return memoryview(h.shm)[at:at + pages * BLCKSZ]
         self._drop_helper(h, reply[1:].decode(errors="replace"))
         return None
 
@@ -387,7 +409,7 @@ class LazyView:
         asked: list[tuple[_Helper | None, int, int]] = []  # None: rebuilt here
         for h, (a, b) in zip(helpers, ranges[1:], strict=True):
             try:
-                h.conn.send((f, a, b))
+                h.conn.send((f, a, b, 0))
                 asked.append((h, a, b))
             except OSError:
                 self._drop_helper(h, "its pipe is closed")
@@ -397,7 +419,7 @@ class LazyView:
         self._built(f, *ranges[0], dst[:(ranges[0][1] - blk) * BLCKSZ])
         for helper, a, b in asked:
             at = dst[(a - blk) * BLCKSZ:(b - blk) * BLCKSZ]
-            part = self._receive(helper, b - a) if helper is not None else None
+            part = self._receive(helper, b - a, 0) if helper is not None else None
             if part is None:
                 self._built(f, a, b, at)
             else:
@@ -409,7 +431,7 @@ class LazyView:
         the FUSE session starts. Returns: helpers running."""
         for _ in range(n):
             mine, theirs = multiprocessing.Pipe()
-            shm = mmap.mmap(-1, self.max_window * BLCKSZ)  # shared with the fork
+            shm = mmap.mmap(-1, (1 + AHEAD_SLOTS) * self.max_window * BLCKSZ)  # shared
             pid = os.fork()
             if pid == 0:  # the helper
                 code = 1
@@ -429,19 +451,22 @@ class LazyView:
         return len(self._helpers)
 
     def _serve_helper(self, conn: Connection, shm: mmap.mmap) -> None:
-        """A helper's loop, until the pipe closes: (fork, first, end) in; the pages
-        into `shm` and b"+" out, or b"-" and the error (the asker then rebuilds
-        them). `shm` is read by the asker only between a b"+" and its next
-        request, so this process writes it only while nobody reads it."""
+        """A helper's loop, until the pipe closes: (fork, first, end, slot) in; the
+        pages into that slot of `shm` and b"+" out, or b"-" and the error (the asker
+        then rebuilds them). The asker reads a slot only between a b"+" and the
+        request that hands it out again (`WindowCache.release` first), so this
+        process writes it only while nobody reads it."""
+        slot_bytes = self.max_window * BLCKSZ
         while True:
             try:
-                f, a, b = conn.recv()
+                f, a, b, slot = conn.recv()
             except (EOFError, OSError):
                 return
             try:
-                if (b - a) * BLCKSZ > len(shm):
-                    raise ValueError(f"{b - a} pages do not fit the shared memory")
-                self._built(f, a, b, memoryview(shm)[:(b - a) * BLCKSZ])
+                if (b - a) * BLCKSZ > slot_bytes or not 0 <= slot <= AHEAD_SLOTS:
+                    raise ValueError(f"{b - a} pages do not fit slot {slot}")
+                at = slot * slot_bytes
+                self._built(f, a, b, memoryview(shm)[at:at + (b - a) * BLCKSZ])
                 reply = b"+"
             except Exception as e:  # this process's caller rebuilds it and reports
                 reply = b"-" + f"{type(e).__name__}: {e}".encode()

@@ -11,10 +11,15 @@ were a tenth of the file system's CPU (py-spy, BENCHMARKS.md). A read that
 lies inside one window is now one slice of its buffer.
 
 Invariants:
-- A window's buffer is never written after `put` (a memoryview given to `put`,
-  such as a helper's shared memory, is copied; bytes and bytearray are kept as
-  they are and belong to the cache from then on). A span handed out by `take`
-  stays valid after its window leaves the cache.
+- A window's buffer is never written while the cache holds it. bytes and
+  bytearray given to `put` are kept as they are and belong to the cache from then
+  on; a memoryview is copied, unless it is put with an `owner` (a helper's shared
+  memory: no copy of 8 MB per window). Such a window borrows the owner's memory
+  until `release(owner)`, which copies every window still borrowing it: the
+  caller releases an owner before the memory is written again.
+- A span handed out by `take` stays valid after its window leaves the cache; a
+  span of borrowed memory, until its owner is released and written again (the
+  caller uses such a span before that: `lazyview` replies with it at once).
 - Pages are immutable at the view's LSN, so windows may overlap: any window
   holding a block holds the same bytes for it.
 - A window leaves when every one of its pages was taken once (the kernel's page
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
+from collections.abc import Hashable
 
 BLCKSZ = 8192
 
@@ -33,10 +39,12 @@ ForkId = tuple[int, int, int, int]  # (spc, db, rel, fork)
 
 
 class _Window:
-    __slots__ = ("buf", "end", "fid", "first", "seen", "unread")
+    __slots__ = ("buf", "end", "fid", "first", "owner", "seen", "unread")
 
-    def __init__(self, fid: ForkId, first: int, buf: bytes | bytearray) -> None:
+    def __init__(self, fid: ForkId, first: int, buf: bytes | bytearray | memoryview,
+                 owner: Hashable | None) -> None:
         self.fid = fid
+        self.owner = owner
         self.first = first
         self.end = first + len(buf) // BLCKSZ
         self.buf = memoryview(buf)
@@ -53,15 +61,22 @@ class WindowCache:
         self._lru: OrderedDict[int, _Window] = OrderedDict()
         self._firsts: dict[ForkId, list[int]] = {}
         self._windows: dict[ForkId, list[_Window]] = {}
+        self._borrowing: dict[Hashable, list[_Window]] = {}
         self._longest = 0
 
-    def put(self, fid: ForkId, first: int, buf: bytes | bytearray | memoryview) -> None:
-        """Blocks [first, first + len(buf) / BLCKSZ) of fork `fid`."""
+    def put(self, fid: ForkId, first: int, buf: bytes | bytearray | memoryview,
+            owner: Hashable | None = None) -> None:
+        """Blocks [first, first + len(buf) / BLCKSZ) of fork `fid`; a memoryview with an
+        `owner` is borrowed, not copied (module docstring)."""
         if len(buf) % BLCKSZ:
             raise ValueError(f"a window of {len(buf)} bytes is not whole pages")
         if not len(buf):
             return
-        w = _Window(fid, first, bytes(buf) if isinstance(buf, memoryview) else buf)
+        if owner is None and isinstance(buf, memoryview):
+            buf = bytes(buf)
+        w = _Window(fid, first, buf, owner)
+        if owner is not None:
+            self._borrowing.setdefault(owner, []).append(w)
         firsts = self._firsts.setdefault(fid, [])
         i = bisect.bisect_right(firsts, first)
         firsts.insert(i, first)
@@ -71,6 +86,14 @@ class WindowCache:
         self._longest = max(self._longest, w.end - w.first)
         while self.pages > self.max_pages and len(self._lru) > 1:
             self._drop(next(iter(self._lru.values())))
+
+    def release(self, owner: Hashable) -> int:
+        """Copy every window still borrowing `owner`'s memory; returns how many."""
+        windows = self._borrowing.pop(owner, [])
+        for w in windows:
+            w.buf = memoryview(bytes(w.buf))
+            w.owner = None
+        return len(windows)
 
     def holds(self, fid: ForkId, blk: int) -> bool:
         return self._find(fid, blk) is not None
@@ -103,6 +126,11 @@ class WindowCache:
 
     def _drop(self, w: _Window) -> None:
         del self._lru[id(w)]
+        if w.owner is not None:
+            borrowing = self._borrowing[w.owner]
+            borrowing.remove(w)
+            if not borrowing:
+                del self._borrowing[w.owner]
         windows = self._windows[w.fid]
         i = windows.index(w)
         del windows[i]
