@@ -3,6 +3,7 @@ the control values, and pg_resetwal switches."""
 
 from __future__ import annotations
 
+import random
 import re
 import struct
 from pathlib import Path
@@ -169,6 +170,33 @@ def test_parameter_change_and_end_of_recovery_update_settings_and_timeline() -> 
     assert (t.state.max_connections, t.state.max_prepared_xacts, t.state.wal_log_hints) == (90, 10, True)
     t.apply(rec(0, 0x90, struct.pack("<qIIi4x", 0, 2, 1, 1)))
     assert (t.state.timeline, t.state.prev_timeline) == (2, 1)
+
+
+def test_the_next_xid_fast_path_encodes_what_apply_does() -> None:
+    """`advance_xid` + `value` (ingest's hot path: no ClusterState per transaction)
+    against `apply` of the same records + `state.to_bytes()`, through random xids
+    (older ones, an epoch wrap) and records that move other fields in between."""
+    rnd = random.Random(7)
+    start = base_state(next_full_xid=0xFFFFFE00)
+    fast, slow = ClusterStateTracker(start), ClusterStateTracker(start)
+    others = [lambda: rec(0, 0x30, struct.pack("<I", rnd.randrange(16384, 1 << 31))),
+              lambda: rec(6, 0x20, struct.pack("<IIi", rnd.randrange(5, 900),
+                                               rnd.randrange(9, 900), 1)
+                          + struct.pack("<Ii", 3, 1))]
+    moved = 0
+    for i in range(600):
+        if i % 37 == 36:
+            r = rnd.choice(others)()
+            assert fast.apply(r) == slow.apply(r)
+        else:
+            nxt = fast.state.next_xid if i % 50 == 0 else slow.state.next_xid
+            xid = (nxt + rnd.randrange(-20, 40)) & 0xFFFFFFFF
+            r = rec(10, 0x00, xid=max(xid, 3))
+            changed = fast.advance_xid(r.xl_xid, r.end_lsn)
+            assert changed == slow.apply(r)
+            moved += changed
+        assert fast.value() == slow.state.to_bytes()
+    assert fast.state == slow.state and fast.state.next_xid_epoch == 1 and moved > 200
 
 
 def test_wal_file_names_split_segment_numbers_like_postgresql() -> None:

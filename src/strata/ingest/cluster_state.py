@@ -16,6 +16,7 @@ format: the value's encoding is `keyspace.cluster`'s.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import replace
 
 from strata.keyspace.cluster import ClusterState
@@ -91,22 +92,46 @@ def parse_pg_controldata(text: str) -> dict[str, str]:
     return out
 
 
+# where `ClusterState.to_bytes` puts lsn and next_full_xid (keyspace/cluster.py)
+_LSN_AND_NEXT_XID = struct.Struct("<QQ")
+_LSN_AT = 8
+
+
 class ClusterStateTracker:
     """Moves a `ClusterState` through WAL with PostgreSQL 18's redo rules.
 
     Requires: records are applied in WAL order, each exactly once, starting
     right after the point the initial state describes.
+
+    The hot path (a record of a new transaction id moves only the next XID, once
+    per transaction of the stream) builds no ClusterState: `advance_xid` moves
+    `_next_full_xid` and `value` encodes the state by patching those 16 bytes of
+    the encoding of `_s` (every other field), which `state` and `apply` bring up
+    to date first. `value()` == `state.to_bytes()` (tests/ingest).
     """
 
     def __init__(self, initial: ClusterState) -> None:
-        self._s = initial
+        self._s = initial  # current but for lsn and next_full_xid
         self._lsn = initial.lsn
+        self._next_full_xid = initial.next_full_xid
+        self._encoded: bytes | None = None  # _s.to_bytes(), once asked for
 
     @property
     def state(self) -> ClusterState:
-        if self._s.lsn != self._lsn:
-            self._s = replace(self._s, lsn=self._lsn)
+        s = self._s
+        if s.lsn != self._lsn or s.next_full_xid != self._next_full_xid:
+            self._s = replace(s, lsn=self._lsn, next_full_xid=self._next_full_xid)
+            self._encoded = None
         return self._s
+
+    def value(self) -> bytes:
+        """`state.to_bytes()`, without building the state when only the LSN and
+        the next XID moved."""
+        if self._encoded is None:
+            self._encoded = self._s.to_bytes()
+        out = bytearray(self._encoded)
+        _LSN_AND_NEXT_XID.pack_into(out, _LSN_AT, int(self._lsn), self._next_full_xid)
+        return bytes(out)
 
     def apply(self, record: DecodedRecord, parsed: object | None = None) -> bool:
         """Apply one record; returns whether any value other than `lsn` changed.
@@ -116,7 +141,7 @@ class ClusterStateTracker:
         """
         # Hot path (every record of the stream): helpers return the very same
         # object when nothing changes, so most records cost an int comparison.
-        before = self._s
+        before = self.state
         s = _advance_past_xid(before, record.xl_xid)
         rmid = record.xl_rmid
         if rmid == RM_XLOG_ID:
@@ -133,18 +158,18 @@ class ClusterStateTracker:
         self._lsn = record.end_lsn
         if s is before:
             return False
-        self._s = s
+        self._s, self._encoded = s, None
+        self._next_full_xid = s.next_full_xid
         return s != replace(before, lsn=s.lsn)
 
     def advance_xid(self, xid: int, end_lsn: Lsn) -> bool:
         """`apply` for a record of an rmgr without control values (heap, btree, ...)
         that carries `xid` and ends at `end_lsn`; returns whether a value changed."""
-        before = self._s
-        s = _advance_past_xid(before, xid, end_lsn)  # one new state, its lsn set too
         self._lsn = end_lsn
-        if s is before:
+        nfx = _next_full_xid_past(self._next_full_xid, xid)
+        if nfx == self._next_full_xid:
             return False
-        self._s = s
+        self._next_full_xid = nfx
         return True
 
     def note_lsn(self, end_lsn: Lsn) -> None:
@@ -238,19 +263,23 @@ class ClusterStateTracker:
         return s
 
 
-def _advance_past_xid(s: ClusterState, xid: int, lsn: Lsn | None = None) -> ClusterState:
-    """AdvanceNextFullTransactionIdPastXid (varsup.c); `s` itself when nothing moves
-    (else a new state, at `lsn` when given)."""
-    next_xid = s.next_xid
+def _next_full_xid_past(next_full_xid: int, xid: int) -> int:
+    """AdvanceNextFullTransactionIdPastXid (varsup.c): the next full XID after `xid`
+    was seen (`next_full_xid` itself when it does not move)."""
+    next_xid = next_full_xid & 0xFFFFFFFF
     if not xid_follows_or_equals(xid, next_xid):
-        return s
+        return next_full_xid
     new = xid_advance(xid)
-    epoch = s.next_xid_epoch
+    epoch = next_full_xid >> 32
     if new < next_xid:
         epoch += 1
-    if lsn is None:
-        return replace(s, next_full_xid=(epoch << 32) | new)
-    return replace(s, next_full_xid=(epoch << 32) | new, lsn=lsn)
+    return (epoch << 32) | new
+
+
+def _advance_past_xid(s: ClusterState, xid: int) -> ClusterState:
+    """`_next_full_xid_past` on a state: `s` itself when nothing moves."""
+    nfx = _next_full_xid_past(s.next_full_xid, xid)
+    return s if nfx == s.next_full_xid else replace(s, next_full_xid=nfx)
 
 
 def _advance_next_multi(s: ClusterState, next_multi: int, next_offset: int) -> ClusterState:

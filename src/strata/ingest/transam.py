@@ -150,7 +150,7 @@ class TransamIngest:
         else:
             out = []
         if self._tracker is not None and self._tracker.apply(record, parsed):
-            out.append((Key.cluster(0), self._tracker.state.to_bytes()))
+            out.append((Key.cluster(0), self._tracker.value()))
         return out
 
     def advance_xid(self, xid: int, end_lsn: Lsn) -> bytes | None:
@@ -158,7 +158,7 @@ class TransamIngest:
         interprets): the control values if they change (their new bytes), else None."""
         if self._tracker is None or not self._tracker.advance_xid(xid, end_lsn):
             return None
-        return self._tracker.state.to_bytes()
+        return self._tracker.value()
 
     def commit_puts(self, xid: int, end_lsn: Lsn) -> list[Put]:
         """`puts` of a plain commit of `xid` (no subtransactions, relations,
@@ -167,7 +167,7 @@ class TransamIngest:
         moves the next XID (as `ClusterStateTracker.apply` does for it)."""
         out = self._status_puts((xid,), XidStatus.COMMITTED)
         if self._tracker is not None and self._tracker.advance_xid(xid, end_lsn):
-            out.append((Key.cluster(0), self._tracker.state.to_bytes()))
+            out.append((Key.cluster(0), self._tracker.value()))
         return out
 
     def note_lsn(self, end_lsn: Lsn) -> None:
