@@ -35,7 +35,8 @@ page of it was read, the kernel's page cache keeping what was served); no file.
   (below) take the other slots in turn, and the cache borrows them without a
   copy (`pagecache`: at scale 300 the copy was 7 % of this process's CPU, the
   bound of a cold scan there) until the slot is handed out again, when what is
-  left of its window is copied. So a `read` is valid until the view's next read. A helper that fails
+  left of its window is copied. So a `read` is valid until the view's next
+  read. A helper that fails
   or dies is dropped and its part rebuilt here (so a store error is reported
   by this process, as without helpers); a helper exits when the pipe closes
   (this process gone, even by kill -9) and at `close_helpers`. Sharing pays

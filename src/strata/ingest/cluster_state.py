@@ -107,7 +107,7 @@ class ClusterStateTracker:
     per transaction of the stream) builds no ClusterState: `advance_xid` moves
     `_next_full_xid` and `value` encodes the state by patching those 16 bytes of
     the encoding of `_s` (every other field), which `state` and `apply` bring up
-    to date first. `value()` == `state.to_bytes()` (tests/ingest).
+    to date first. `value()` == `state.to_bytes()` (tests/transam/test_cluster_state.py).
     """
 
     def __init__(self, initial: ClusterState) -> None:
@@ -141,7 +141,10 @@ class ClusterStateTracker:
         """
         # Hot path (every record of the stream): helpers return the very same
         # object when nothing changes, so most records cost an int comparison.
-        before = self.state
+        before = self._s  # its lsn may lag (`state` sets it); its next XID may not
+        if before.next_full_xid != self._next_full_xid:
+            before = self._s = replace(before, next_full_xid=self._next_full_xid)
+            self._encoded = None
         s = _advance_past_xid(before, record.xl_xid)
         rmid = record.xl_rmid
         if rmid == RM_XLOG_ID:
