@@ -536,6 +536,36 @@ def test_windows_ahead_are_borrowed_and_copied_only_when_their_slot_is_reused(
         v.close_helpers()
 
 
+@pytest.mark.parametrize("slots", [1, 2])
+def test_two_streams_sharing_the_helpers_slots_read_the_right_bytes(
+        world: LazyWorld, monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
+    """Two sequential readers of one file, far apart and taking turns, so that the
+    helper's slots go to their windows alternately and a read that crosses from one
+    window into the next may hold a span of a slot the fetch hands out again
+    (`LazyView.pages` copies such spans first): every read is the bytes read
+    without helpers. Few slots make the reuse as close as it gets."""
+    from strata.historical import lazyview
+
+    monkeypatch.setattr(lazyview, "RUN_AHEAD_MIN", 16)
+    monkeypatch.setattr(lazyview, "SHARE_STEP", 0.0)
+    monkeypatch.setattr(lazyview, "AHEAD_SLOTS", slots)
+    r = _SequentialReads(world)
+    v = r.view()
+    v.max_window = 32
+    step, half = 3 * 8192 + 4096, (r.size // 2) // 8192 * 8192  # reads cross windows
+    assert v.start_helpers(1) == 1
+    try:
+        for k in range(half // step + 1):
+            for base in (0, half):
+                off = base + k * step
+                if off < min(base + half, r.size):
+                    got = v.read(r.path, off, step)
+                    assert bytes(got) == r.want[off:off + step], (base, off)
+        assert v.helped_pages > 0
+    finally:
+        v.close_helpers()
+
+
 def test_the_share_of_a_window_ahead_follows_the_helper(
         world: LazyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     """`ahead_share` moves once per window ahead a reader collects (never for a
