@@ -181,8 +181,9 @@ class Row:
 # -- live mode ------------------------------------------------------------------------------
 
 
-def proc_cpu(pid: int) -> tuple[str, float] | None:
-    """(command name, utime + stime seconds) of `pid`, None when it is gone."""
+def proc_stat(pid: int) -> tuple[str, int, float] | None:
+    """(command name, parent pid, utime + stime seconds) of `pid`, None when it is gone.
+    A strata service or file system is named by its module's last part."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -194,22 +195,31 @@ def proc_cpu(pid: int) -> tuple[str, float] | None:
             if a.startswith(b"strata.services.") or a.startswith(b"strata.historical."):
                 comm = a.decode().rsplit(".", 1)[1]
     fields = stat[stat.rindex(")") + 2:].split()
-    return comm, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> tuple[str, float] | None:
+    """(command name, utime + stime seconds) of `pid`, None when it is gone."""
+    st = proc_stat(pid)
+    return None if st is None else (st[0], st[2])
+
+
+def all_processes() -> dict[int, tuple[str, int, float]]:
+    """`proc_stat` of every process."""
+    return {int(p.name): st for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (st := proc_stat(int(p.name))) is not None}
 
 
 def strata_processes(root: int) -> list[int]:
     """`root` and its descendants that are not PostgreSQL servers."""
+    procs = all_processes()
     children: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                st = (p / "stat").read_text()
-                ppid = int(st[st.rindex(")") + 2:].split()[1])
-                children.setdefault(ppid, []).append(int(p.name))
+    for pid, (_, ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
-        info = proc_cpu(pid)
+        info = procs.get(pid)
         if info is None or info[0] in ("postgres", "postmaster"):
             continue
         out.append(pid)

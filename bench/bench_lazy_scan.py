@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_ingest import all_processes
 from bench_proxy import StrataUp, pgbench
 from bench_timetravel import COUNT_SQL, scan_seconds, timed_first_row
 from strata.historical.modes import make_factory
@@ -85,20 +86,6 @@ def _fs_pids(work: Path) -> list[int]:
 _TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu() -> dict[int, tuple[str, int, float]]:
-    """Every process: (command line, parent pid, CPU seconds so far)."""
-    out = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            out[int(p.name)] = (cmd, int(stat[1]), (int(stat[11]) + int(stat[12])) / _TCK)
-    return out
-
-
 def _system_cpu() -> list[int]:
     with open("/proc/stat") as f:
         return [int(x) for x in f.readline().split()[1:]]
@@ -112,8 +99,8 @@ def cpu_split(before: dict[int, tuple[str, int, float]], after: dict[int, tuple[
     server, whose backend and parallel workers are gone by the end, the kernel,
     this script), and the machine's iowait (FUSE waits count as iowait)."""
     out = {"fs": 0.0, "helpers": 0.0, "spare": 0.0}
-    for pid, (cmd, ppid, cpu) in after.items():
-        if "strata.historical.lazyfs" in cmd:
+    for pid, (name, ppid, cpu) in after.items():
+        if name == "lazyfs":
             kind = "fs" if pid == fs_pid else "helpers" if ppid == fs_pid else "spare"
             out[kind] += cpu - (before[pid][2] if pid in before else 0.0)
     dd = [y - x for x, y in zip(sys_before, sys_after, strict=True)]
@@ -138,9 +125,9 @@ def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None) -> dict
                  "--format", "speedscope", "-o", str(profile / f"lazyfs-h{helpers}-{pid}.json")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in _fs_pids(work)]
             time.sleep(1)
-        cpu0, sys0 = _proc_cpu(), _system_cpu()
+        cpu0, sys0 = all_processes(), _system_cpu()
         inst, t, val, started = timed_first_row(factory, lsn, work / "c", COUNT_SQL)
-        cpu = cpu_split(cpu0, _proc_cpu(), sys0, _system_cpu(),
+        cpu = cpu_split(cpu0, all_processes(), sys0, _system_cpu(),
                         inst.mount.pid if inst.mount is not None else None)
         for spy in spies:
             spy.send_signal(signal.SIGINT)
