@@ -43,7 +43,7 @@ from strata.historical.pool import InstanceFactory, InstancePool
 from strata.lsn import Lsn
 from strata.pg.timestamp import datetime_to_timestamptz
 from strata.proxy.history import PROGRESS_INTERVAL, IngestProgress, Progress, ResolvedPoint
-from strata.timemap.timemap import EndKind, TimeMap, TimeResolution
+from strata.timemap.timemap import TimeMap, TimeResolution
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +187,8 @@ class HistoryService:
     def commit_of_xid(self, xid: int) -> ResolvedPoint | None:
         """The point just after the last commit of `xid` in history (xids wrap:
         the newest one is the transaction that exists now), or None."""
-        found = None
         self.timemap.refresh()
-        for e in self.timemap.entries():
-            if e.xid == xid and e.kind in (EndKind.COMMIT, EndKind.COMMIT_PREPARED):
-                found = e
+        found = self.timemap.last_commit_of_xid(xid)
         return None if found is None else ResolvedPoint(found.end_lsn, found.xid, found.time)
 
     def server_for(self, point: ResolvedPoint, dbname: str) -> tuple[str, int]:

@@ -143,3 +143,63 @@ def test_a_read_only_map_follows_the_writer_with_refresh(tmp_path: Path) -> None
     reader.refresh()
     assert [e.start_lsn for e in reader.entries()] == [Lsn(100), Lsn(200), Lsn(300), Lsn(400)]
     writer.close()
+
+
+def test_append_many_writes_what_appending_one_by_one_writes(tmp_path: Path) -> None:
+    """Same file bytes, entries and searches; duplicates at or below the last start
+    are dropped by both; entries out of order are refused."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(7)
+    entries = []
+    start = 100
+    for _ in range(3000):
+        start += rng.randint(1, 500)
+        entries.append(TxEnd(Lsn(start), Lsn(start + rng.randint(30, 90)),
+                             rng.randint(0, 10**6), rng.randint(3, 2**32 - 1),
+                             rng.choice(list(EndKind)), rng.choice([0, 1])))
+    one = TimeMap.open(tmp_path / "one")
+    many = TimeMap.open(tmp_path / "many")
+    for e in entries:
+        one.append(e)
+    for lo, hi in [(0, 1), (1, 700), (500, 2000), (2000, 2001), (1990, 3000)]:  # overlaps
+        part = entries[lo:hi]
+        many.append_many(np.array([e.start_lsn for e in part], dtype=np.uint64),
+                         np.array([e.end_lsn for e in part], dtype=np.uint64),
+                         np.array([e.timestamp for e in part], dtype=np.int64),
+                         np.array([e.xid for e in part], dtype=np.uint32),
+                         np.array([e.kind for e in part], dtype=np.uint8),
+                         np.array([e.flags for e in part], dtype=np.uint8))
+    one.sync()
+    many.sync()
+    assert (tmp_path / "one" / "timemap.dat").read_bytes() == \
+        (tmp_path / "many" / "timemap.dat").read_bytes()
+    assert list(many.entries()) == entries and len(many) == len(entries)
+    for ts in [rng.randint(-10, 10**6 + 10) for _ in range(200)]:
+        assert many.resolve_time(ts, history_start=Lsn(0), history_start_time=None) == \
+            one.resolve_time(ts, history_start=Lsn(0), history_start_time=None)
+    reopened = TimeMap.open(tmp_path / "many", readonly=True)
+    assert list(reopened.entries()) == entries
+    with pytest.raises(ValueError, match="ascend"):
+        many.append_many(np.array([10**9, 10**9 - 1], dtype=np.uint64),
+                         np.array([10**9, 10**9], dtype=np.uint64),
+                         np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.uint32), 0)
+    one.close()
+    many.close()
+
+
+def test_the_last_commit_of_an_xid_and_the_last_end_before_an_lsn() -> None:
+    tm = TimeMap(None)
+    tm.append(_e(100, 10, xid=7))
+    tm.append(_e(200, 20, xid=8, kind=EndKind.ABORT))
+    tm.append(_e(300, 30, xid=7))  # xids wrap: the newest commit of 7 is the one
+    tm.append(_e(400, 40, xid=9, kind=EndKind.COMMIT_PREPARED))
+    assert tm.last_commit_of_xid(7) == _e(300, 30, xid=7)
+    assert tm.last_commit_of_xid(8) is None  # aborted
+    assert tm.last_commit_of_xid(9) == _e(400, 40, xid=9, kind=EndKind.COMMIT_PREPARED)
+    assert tm.last_at_or_before(Lsn(329)) == _e(200, 20, xid=8, kind=EndKind.ABORT)
+    assert tm.last_at_or_before(Lsn(330)) == _e(300, 30, xid=7)
+    assert tm.last_at_or_before(Lsn(129)) is None
+    assert tm.first() == _e(100, 10, xid=7) and len(tm) == 4

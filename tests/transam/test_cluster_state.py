@@ -203,3 +203,39 @@ def test_wal_file_names_split_segment_numbers_like_postgresql() -> None:
     assert segment_file_name(1, 2, 16 << 20) == "000000010000000000000002"
     assert segment_file_name(3, 257, 16 << 20) == "000000030000000100000001"
     assert segment_file_name(1, 5, 1 << 30) == "000000010000000100000001"
+
+
+@pytest.mark.parametrize("next_xid", [0xFFFFFF00, 1000, 0x7FFFFFF0])
+def test_advancing_many_xids_at_once_equals_advancing_them_one_by_one(next_xid: int) -> None:
+    """`advance_xids` + `values_at` (ingest's runs of plain commits) against
+    `advance_xid` + `value` per xid: the same moves, next XIDs and encodings, through
+    older xids, repeats, runs that wrap the counter (the loop) and runs that do not
+    (numpy), whatever the batch sizes."""
+    import numpy as np
+
+    rnd = random.Random(next_xid)
+    start = base_state(next_full_xid=(5 << 32) | next_xid)
+    one, many = ClusterStateTracker(start), ClusterStateTracker(start)
+    lsn, nxt, numpy_runs = 1000, next_xid, 0
+    for _ in range(60):
+        size = rnd.choice([1, 2, 7, 40, 300])
+        xids, ends = [], []
+        for _ in range(size):
+            nxt = (nxt + rnd.randrange(-3, 5)) & 0xFFFFFFFF
+            xids.append(max(nxt, 3))  # callers pass normal xids only
+            lsn += rnd.randrange(1, 200)
+            ends.append(lsn)
+        expect_moved, expect_values = [], []
+        for i, (x, e) in enumerate(zip(xids, ends, strict=True)):
+            if one.advance_xid(x, Lsn(e)):
+                expect_moved.append(i)
+                expect_values.append(one.value())
+        moved, nexts = many.advance_xids(xids, ends)
+        numpy_runs += min(xids) >= 3 and not any(x < 0x100 for x in xids)
+        assert moved == expect_moved
+        rows = many.values_at(np.array(ends)[moved], np.array(nexts, dtype=np.uint64))
+        assert [r.tobytes() for r in rows] == expect_values
+        assert many.value() == one.value() and many.state == one.state
+    assert numpy_runs > 10
+    if next_xid == 0xFFFFFF00:
+        assert one.state.next_xid_epoch == 6  # the counter wrapped on the way

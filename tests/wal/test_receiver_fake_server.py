@@ -433,3 +433,43 @@ def test_status_updates_are_periodic_at_the_configured_interval(
         rx.close()
     assert gone.wait(30), "the fake server did not see the client go"
     assert len(srv.statuses) == 1 + 4 + 1  # connect, four intervals, close
+
+
+def test_messages_already_buffered_come_as_one_chunk(fake: Callable[..., FakeWalSender]) -> None:
+    """A busy primary sends a message per WAL flush: what libpq holds at once is
+    handed over as one chunk (the bytes unchanged and contiguous), and a keepalive
+    that asks for a reply ends the chunk and is answered."""
+    payload = bytes(range(256)) * 100
+    sent = threading.Event()
+    answered: list[StandbyStatusUpdate | None] = []
+
+    def script(s: Session, start: Lsn, n: int) -> None:
+        msgs = [_msg(b"d", encode_xlogdata(XLogData(Lsn(start + i), Lsn(start + i + 100), 0,
+                                                    payload[i:i + 100])))
+                for i in range(0, 15000, 100)]
+        msgs.append(_msg(b"d", encode_keepalive(PrimaryKeepalive(Lsn(start + 15000), 0, True))))
+        msgs += [_msg(b"d", encode_xlogdata(XLogData(Lsn(start + i), Lsn(start + i + 100), 0,
+                                                     payload[i:i + 100])))
+                 for i in range(15000, 25600, 100)]
+        s.send(b"".join(msgs))
+        sent.set()
+        while (upd := s.next_status(30)) is not None and upd.write < start + 15000:
+            pass
+        answered.append(upd)
+        s.next_status(5)
+
+    srv = fake(script)
+    rx = WalReceiver(srv.dsn, "strata", START, status_interval=60, give_up_after=10)
+    chunks: list[WalChunk] = []
+    try:
+        poll_until(rx, sent.is_set, chunks)  # connects; the script sends at once
+        time.sleep(0.2)  # every message is in the socket buffer
+        poll_until(rx, lambda: sum(len(c.data) for c in chunks) >= len(payload), chunks)
+        poll_until(rx, lambda: bool(answered))
+    finally:
+        rx.close()
+    assert b"".join(c.data for c in chunks) == payload
+    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:], strict=False))
+    assert 2 <= len(chunks) <= 12, [len(c.data) for c in chunks]  # 256 messages
+    assert any(c.end == START + 15000 for c in chunks)  # the keepalive ended one
+    assert answered[0] is not None and answered[0].write >= START + 15000

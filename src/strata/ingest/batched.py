@@ -13,7 +13,9 @@ What it is: pure functions over the block-reference rows of records
   restored);
 - `size_growth`: the REL_SIZE puts of forks that grow (a block past the known
   end), given the sizes before the run, which it updates;
-- `new_databases`: the first block of a database history does not know yet.
+- `new_databases`: the first block of a database history does not know yet;
+- `plain_commits`, `commit_times`: which commits only end their transaction,
+  and when (`WalIngest._plain_events` takes runs of them together).
 
 Requires (the caller's split keeps it): no record in the run shrinks or
 drops a relation or a database, and nothing reads the store in between, so
@@ -36,6 +38,12 @@ from strata.wal.record import (
     BKPIMAGE_APPLY,
     XLR_RMGR_INFO_MASK,
 )
+from strata.wal.rmgr import (
+    RM_XACT_ID,
+    XLOG_XACT_COMMIT,
+    XLOG_XACT_HAS_INFO,
+    XLOG_XACT_OPMASK,
+)
 
 RelFork = tuple[int, int, int, int]
 _I64 = np.dtype(np.int64)
@@ -47,6 +55,7 @@ _STORED[[int(f) for f in STORED_FORKS]] = True
 _TAIL = np.dtype([("marker", "<u4"), ("bimg_info", "u1"), ("reserved", "u1"),
                   ("hole_offset", "<u2"), ("hole_length", "<u2")])
 assert _TAIL.itemsize == _IMAGE_HDR - _HDR
+_XINFO_PARTS = (1 << 9) - 1  # xact.h XACT_XINFO_HAS_DBINFO .. HAS_DROPPED_STATS
 _GROUP_STRIDE = 1 << 33  # above any block count + 1: keeps groups apart in one cummax
 
 
@@ -169,3 +178,36 @@ def new_databases(k: np.ndarray, known: set[tuple[int, int]]) -> list[tuple[int,
            if (p >> 32, p & 0xFFFFFFFF) not in known]
     out.sort()
     return out
+
+
+def plain_commits(batch: RecordBatch, rows: list[int]) -> set[int]:
+    """The rows among `rows` that are plain commits: a COMMIT record without block
+    references, origin or top-level xid whose main data is the commit time and at
+    most an xinfo word with none of the parts (subtransactions, relations,
+    invalidations, two-phase, ...). Such a commit only ends its one transaction:
+    a time map entry, a CLOG status, perhaps the next XID (`_plain_events`)."""
+    if not rows:
+        return set()
+    idx = np.array(rows, dtype=np.int64)
+    sub = batch.recs[idx]
+    info, main_len = sub["info"], sub["main_len"]
+    cand = ((sub["rmid"] == RM_XACT_ID) & ((info & XLOG_XACT_OPMASK) == XLOG_XACT_COMMIT)
+            & (sub["nblocks"] == 0) & (sub["flags"] == 0))
+    has_info = (info & XLOG_XACT_HAS_INFO) != 0
+    ok = cand & ~has_info & (main_len == 8)
+    with_info = np.flatnonzero(cand & has_info & (main_len == 12))
+    if len(with_info):
+        raw = np.frombuffer(batch.buf, dtype=np.uint8)
+        at = sub["main_off"][with_info] + 8
+        xinfo = (raw[at].astype(np.uint32) | (raw[at + 1].astype(np.uint32) << 8)
+                 | (raw[at + 2].astype(np.uint32) << 16) | (raw[at + 3].astype(np.uint32) << 24))
+        ok[with_info[(xinfo & _XINFO_PARTS) == 0]] = True
+    return set(idx[ok].tolist())
+
+
+def commit_times(batch: RecordBatch, rows: np.ndarray) -> np.ndarray:
+    """The xact_time (the first 8 bytes of xl_xact_commit) of the commit records
+    `rows`, as int64."""
+    raw = np.frombuffer(batch.buf, dtype=np.uint8)
+    at = batch.recs["main_off"][rows].astype(_I64)[:, None] + np.arange(8)
+    return raw[at].copy().view("<i8").reshape(-1)

@@ -19,8 +19,11 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 
+import numpy as np
+
 from strata.keyspace.cluster import ClusterState
 from strata.lsn import Lsn
+from strata.pg.constants import FIRST_NORMAL_XID
 from strata.pg.rmgrids import RM_MULTIXACT_ID, RM_STANDBY_ID, RM_XACT_ID, RM_XLOG_ID
 from strata.pg.transam import (
     multi_precedes,
@@ -174,6 +177,49 @@ class ClusterStateTracker:
             return False
         self._next_full_xid = nfx
         return True
+
+    def advance_xids(self, xids: list[int], ends: list[int]) -> tuple[list[int], list[int]]:
+        """`advance_xid(xids[i], ends[i])` for each i in order. Returns the indexes
+        whose call changed the next XID, and the next full XID after each of them."""
+        if ends:
+            self._lsn = Lsn(ends[-1])
+        nfx = self._next_full_xid
+        nx = nfx & 0xFFFFFFFF
+        x = np.asarray(xids, dtype=np.int64)
+        if len(x) and nx >= FIRST_NORMAL_XID and int(x.min()) >= FIRST_NORMAL_XID:
+            # the distance of each xid past the next XID as the batch starts; the next
+            # XID then reaches max(distance + 1) so far (no wrap of the counter: else
+            # the loop below, which skips the special xids as PostgreSQL does)
+            d = (x - nx) & 0xFFFFFFFF
+            d = np.where(d >= 1 << 31, d - (1 << 32), d)
+            reach = np.maximum.accumulate(np.maximum(d + 1, 0))
+            top = int(reach[-1])
+            if int(np.abs(d).max()) < 1 << 30 and nx + top < 1 << 32:
+                moved_at = np.flatnonzero(reach > np.concatenate([[0], reach[:-1]]))
+                self._next_full_xid = (nfx & ~0xFFFFFFFF) | (nx + top)
+                return moved_at.tolist(), ((nfx & ~0xFFFFFFFF) + nx + reach[moved_at]).tolist()
+        moved: list[int] = []
+        nexts: list[int] = []
+        for i, xid in enumerate(xids):
+            new = _next_full_xid_past(nfx, xid)
+            if new != nfx:
+                nfx = new
+                moved.append(i)
+                nexts.append(new)
+        self._next_full_xid = nfx
+        return moved, nexts
+
+    def values_at(self, lsns: np.ndarray, next_full_xids: np.ndarray) -> np.ndarray:
+        """`value()` as it would be with each (lsn, next full XID) in turn and every
+        other field as now: one row of bytes each, (n, len(value())) uint8."""
+        if self._encoded is None:
+            self._encoded = self._s.to_bytes()
+        base = np.frombuffer(self._encoded, dtype=np.uint8)
+        out = np.tile(base, (len(lsns), 1))
+        at = _LSN_AT
+        out[:, at:at + 8] = np.asarray(lsns, dtype="<u8").view(np.uint8).reshape(-1, 8)
+        out[:, at + 8:at + 16] = np.asarray(next_full_xids, dtype="<u8").view(np.uint8).reshape(-1, 8)
+        return out
 
     def note_lsn(self, end_lsn: Lsn) -> None:
         """Records up to `end_lsn` were applied (some skipped: they changed nothing)."""

@@ -26,6 +26,7 @@ import numpy as np
 from strata.key import KEY_SIZE, Key
 from strata.pagestore import PageStore
 from strata.storage.values import ValueKind, make_value
+from strata.wal.batch import gather
 
 KEY_DTYPE = np.dtype(f"V{KEY_SIZE}")
 # Key.to_bytes as a packed numpy record (big-endian: byte order is key order)
@@ -68,6 +69,16 @@ class EntryColumns:
                 for i, (lsn, kind) in enumerate(zip(self.lsns.tolist(), self.kinds.tolist(),
                                                     strict=True))]
 
+    def take(self, idx: np.ndarray) -> EntryColumns:
+        """Entries `idx` of these, in that order."""
+        idx = np.asarray(idx, dtype=_I64)
+        starts = self.offsets[idx]
+        lens = self.offsets[idx + 1] - starts
+        off = np.zeros(len(idx) + 1, dtype=_I64)
+        np.cumsum(lens, out=off[1:])
+        data = gather((self.data,), np.zeros(len(idx), dtype=np.uint8), starts, lens)
+        return EntryColumns(self.keys[idx], self.lsns[idx], self.kinds[idx], off, data)
+
     def insert(self, at: np.ndarray, other: EntryColumns) -> EntryColumns:
         """These entries with `other`'s entry k placed before entry ``at[k]`` of
         these (``at`` non-decreasing; equal positions keep `other`'s order)."""
@@ -75,34 +86,27 @@ class EntryColumns:
             return self
         if not len(self):
             return other
-        n = len(self)
-        pos = at + np.arange(len(at))  # final positions of other's entries
-        keep = np.ones(n + len(other), dtype=bool)
-        keep[pos] = False
-        keys = np.empty(n + len(other), dtype=KEY_DTYPE)
-        lsns = np.empty(n + len(other), dtype=_I64)
-        kinds = np.empty(n + len(other), dtype=np.uint8)
+        n, m = len(self), len(other)
+        pos = at + np.arange(m)  # final positions of other's entries
+        src = np.zeros(n + m, dtype=np.uint8)
+        src[pos] = 1
+        mine = np.flatnonzero(src == 0)
+        keys = np.empty(n + m, dtype=KEY_DTYPE)
+        lsns = np.empty(n + m, dtype=_I64)
+        kinds = np.empty(n + m, dtype=np.uint8)
+        starts = np.empty(n + m, dtype=_I64)
         for out, a, b in ((keys, self.keys, other.keys), (lsns, self.lsns, other.lsns),
-                          (kinds, self.kinds, other.kinds)):
-            out[keep] = a
+                          (kinds, self.kinds, other.kinds), (starts, self.offsets[:-1],
+                                                             other.offsets[:-1])):
+            out[mine] = a
             out[pos] = b
-        # values: this data cut at the insertion points, other's values in between
-        cuts = self.offsets[at].tolist()
-        ooff = other.offsets.tolist()
-        mv, omv = memoryview(self.data), memoryview(other.data)
-        parts: list[memoryview] = []
-        prev = 0
-        for k, c in enumerate(cuts):
-            parts.append(mv[prev:c])
-            parts.append(omv[ooff[k]:ooff[k + 1]])
-            prev = c
-        parts.append(mv[prev:])
-        lens = np.empty(n + len(other), dtype=_I64)
-        lens[keep] = np.diff(self.offsets)
+        lens = np.empty(n + m, dtype=_I64)
+        lens[mine] = np.diff(self.offsets)
         lens[pos] = np.diff(other.offsets)
-        off = np.zeros(n + len(other) + 1, dtype=_I64)
+        off = np.zeros(n + m + 1, dtype=_I64)
         np.cumsum(lens, out=off[1:])
-        return EntryColumns(keys, lsns, kinds, off, b"".join(parts))
+        return EntryColumns(keys, lsns, kinds, off, gather((self.data, other.data), src, starts,
+                                                           lens))
 
 
 def concat(cols: Sequence[EntryColumns]) -> EntryColumns:

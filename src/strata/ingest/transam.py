@@ -55,7 +55,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from strata.ingest.cluster_state import ClusterStateTracker, cluster_state_from_pg_controldata
+from strata.ingest.entries import KEY_DTYPE, EntryColumns
 from strata.key import Key, SlruKind
 from strata.keyspace.cluster import ClusterState
 from strata.keyspace.slru import TRUNCATED_VALUE, delta_value, image_value, patch_op, xid_status_op
@@ -63,6 +66,7 @@ from strata.lsn import Lsn
 from strata.pg.constants import DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID
 from strata.pg.rmgrids import RM_CLOG_ID, RM_DBASE_ID, RM_MULTIXACT_ID, RM_RELMAP_ID, RM_XACT_ID
 from strata.pg.slru import (
+    CLOG_XACTS_PER_PAGE,
     SLRU_DIRS,
     SLRU_PAGES_PER_SEGMENT,
     ZERO_PAGE,
@@ -78,6 +82,7 @@ from strata.pg.slru import (
     segment_pages,
     truncate_segments,
 )
+from strata.storage.values import ValueKind
 from strata.wal.record import DecodedRecord
 from strata.wal.rmgr import clog as clog_rmgr
 from strata.wal.rmgr import dbase as dbase_rmgr
@@ -89,6 +94,10 @@ Put = tuple[Key, bytes]
 
 ZERO_PAGE_VALUE = image_value(ZERO_PAGE)
 REMOVED_RELMAP = b""
+# a plain commit's CLOG value (`plain_events`): the delta of one slot, its u16 at the end
+_COMMIT_PROTO = delta_value([xid_status_op(XidStatus.COMMITTED, [0])])
+_COMMIT_SLOT_AT = len(_COMMIT_PROTO) - 2
+_CONTROL_KEY = Key.cluster(0).to_bytes()
 
 
 class TransamIngest:
@@ -162,13 +171,51 @@ class TransamIngest:
 
     def commit_puts(self, xid: int, end_lsn: Lsn) -> list[Put]:
         """`puts` of a plain commit of `xid` (no subtransactions, relations,
-        invalidations or two-phase: `walingest.plain_commits`) ending at `end_lsn`,
+        invalidations or two-phase: `batched.plain_commits`) ending at `end_lsn`,
         without its record: its CLOG status, and the control values if the commit
         moves the next XID (as `ClusterStateTracker.apply` does for it)."""
         out = self._status_puts((xid,), XidStatus.COMMITTED)
         if self._tracker is not None and self._tracker.advance_xid(xid, end_lsn):
             out.append((Key.cluster(0), self._tracker.value()))
         return out
+
+    def plain_events(self, xids: list[int], ends: list[int], commit: np.ndarray
+                     ) -> tuple[np.ndarray, EntryColumns]:
+        """For each event i in order: `commit_puts(xids[i], ends[i])` where
+        `commit[i]`, else `advance_xid(xids[i], ends[i])`; their puts as columns (in
+        event order, and within one as those calls order them: the CLOG status,
+        then the control values; each at its event's end LSN, SLRU values in their
+        stored form) and the event of each. Same puts and state as the calls one by
+        one (tests/ingest/test_batched.py)."""
+        ends_a = np.asarray(ends, dtype=np.int64)
+        ci = np.flatnonzero(commit)
+        cx = np.asarray(xids, dtype=np.int64)[ci]
+        pages, inverse = np.unique(cx // CLOG_XACTS_PER_PAGE, return_inverse=True)
+        self._pages[SlruKind.XACT].update(pages.tolist())
+        page_keys = np.frombuffer(b"".join(Key.slru_page(SlruKind.XACT, p).to_bytes()
+                                           for p in pages.tolist()), dtype=KEY_DTYPE)
+        clog = np.tile(np.frombuffer(_COMMIT_PROTO, dtype=np.uint8), (len(ci), 1))
+        clog[:, _COMMIT_SLOT_AT:] = (cx % CLOG_XACTS_PER_PAGE).astype("<u2").view(
+            np.uint8).reshape(-1, 2)
+        if self._tracker is not None:
+            moved_l, nexts = self._tracker.advance_xids(xids, ends)
+            moved = np.asarray(moved_l, dtype=np.int64)
+            control = self._tracker.values_at(ends_a[moved], np.asarray(nexts, dtype=np.uint64))
+        else:
+            moved, control = np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.uint8)
+        nc, nm = len(ci), len(moved)
+        event = np.concatenate([ci, moved])
+        lens = np.concatenate([np.full(nc, clog.shape[1], dtype=np.int64),
+                               np.full(nm, control.shape[1], dtype=np.int64)])
+        off = np.zeros(nc + nm + 1, dtype=np.int64)
+        np.cumsum(lens, out=off[1:])
+        keys = np.concatenate([page_keys[inverse] if nc else np.empty(0, dtype=KEY_DTYPE),
+                               np.repeat(np.frombuffer(_CONTROL_KEY, dtype=KEY_DTYPE), nm)])
+        kinds = np.concatenate([np.full(nc, int(ValueKind.WAL_RECORD), dtype=np.uint8),
+                                np.full(nm, int(ValueKind.PAGE_IMAGE), dtype=np.uint8)])
+        cols = EntryColumns(keys, ends_a[event], kinds, off, clog.tobytes() + control.tobytes())
+        order = np.lexsort((np.repeat([0, 1], [nc, nm]), event))  # by event: CLOG first
+        return event[order], cols.take(order)
 
     def note_lsn(self, end_lsn: Lsn) -> None:
         """Records up to `end_lsn` have been seen (`advance_xid` skips repeated xids)."""

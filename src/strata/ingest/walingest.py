@@ -20,7 +20,7 @@ directories of a run of records at once, the records that need interpreting
 full-page images, Standby, Tablespace) one by one through the reference code,
 in WAL order; except plain commits (`plain_commits`: no subtransactions,
 relations, invalidations, two-phase; most of a TPC-B stream), which are read
-from the columns without building a record object (`_plain_commit`). Records whose effect depends on the store's contents or shrinks
+from the columns without building a record object (`_plain_events`). Records whose effect depends on the store's contents or shrinks
 relations (Storage, Database, a commit or abort that drops relations) split
 the batch: everything before them is handed to the store first. The entries
 of both paths are the same (tests/ingest/test_batched.py). Entries collect in
@@ -64,7 +64,7 @@ import numpy as np
 from strata.errors import RedoError
 from strata.ingest import batched, visibility_map
 from strata.ingest.catalog import CatalogTracker
-from strata.ingest.entries import EntryColumns, PendingEntries
+from strata.ingest.entries import EntryColumns, PendingEntries, concat
 from strata.ingest.transam import TransamIngest
 from strata.key import Key, KeyKind, KeyRange, SlruKind
 from strata.keyspace.relation import (
@@ -125,7 +125,6 @@ _XACT_ENDS = (XLOG_XACT_COMMIT, XLOG_XACT_ABORT, XLOG_XACT_COMMIT_PREPARED,
               XLOG_XACT_ABORT_PREPARED)
 _XINFO_HAS_RELFILELOCATORS = 1 << 2  # xact.h XACT_XINFO_HAS_RELFILELOCATORS
 _XINFO_HAS_INVALS = 1 << 3  # xact.h XACT_XINFO_HAS_INVALS
-_XINFO_PARTS = (1 << 9) - 1  # xact.h XACT_XINFO_HAS_DBINFO .. HAS_DROPPED_STATS
 _KIND_IMAGE = int(ValueKind.PAGE_IMAGE)
 _KIND_TOMBSTONE = int(ValueKind.TOMBSTONE)
 _KIND_RECORD = int(ValueKind.WAL_RECORD)
@@ -292,17 +291,6 @@ class WalIngest:
             else:
                 self._put(key, lsn, _KIND_IMAGE if value else _KIND_TOMBSTONE, value)
 
-    def _plain_commit(self, batch: RecordBatch, row: int, end: Lsn) -> None:
-        """`_interpret` of a plain commit (`plain_commits`) while the DDL tracker
-        waits for no transaction, from the batch's columns (no record object): its
-        time map entry, its CLOG status and the next XID. The same entries and time
-        map as `_interpret` (tests/ingest/test_batched.py)."""
-        r = batch.recs[row]
-        xid, off = int(r["xid"]), int(r["main_off"])
-        xact_time = int.from_bytes(batch.buf[off:off + 8], "little", signed=True)
-        self.timemap.append(TxEnd(Lsn(int(r["lsn"])), end, xact_time, xid, EndKind.COMMIT, 0))
-        self._transam_puts(self.transam.commit_puts(xid, end), end)
-
     # -- a batch at a time -----------------------------------------------------------------
     def ingest_batch(self, batch: RecordBatch) -> None:
         """`ingest` every record of `batch`, in order, with the same entries."""
@@ -316,7 +304,7 @@ class WalIngest:
         rmid = recs["rmid"]
         interp = _INTERPRETED[rmid] & ~((rmid == RM_XLOG_ID) & _XLOG_IMAGE[recs["info"]])
         rows = (np.flatnonzero(interp[first:]) + first).tolist()
-        self._plain = plain_commits(batch, rows)
+        self._plain = batched.plain_commits(batch, rows)
         decoded = {i: batch.record(i) for i in rows if i not in self._plain}
         lo = first
         while lo < n:
@@ -375,21 +363,27 @@ class WalIngest:
                       for key in visibility_map.forgotten_vm_pages(batch.record(row))]
         extra.sort(key=lambda e: e[0])  # stable: per record, databases, sizes, VM pages
         self.stats.puts += len(cols) + len(extra)
-        extra += self._walk_run(batch, lo, hi, rows, decoded)
-        if extra:
-            extra.sort(key=lambda e: e[0])
+        walk_rows, walk = self._walk_run(batch, lo, hi, rows, decoded)
+        if extra or len(walk):
             ends = recs["end_lsn"]
-            add = EntryColumns.of([e[1] for e in extra], [int(ends[e[0]]) for e in extra],
-                                  [e[2] for e in extra], [e[3] for e in extra])
-            at = np.searchsorted(k["rec"], np.array([e[0] for e in extra]), side="right")
-            cols = cols.insert(at, add)
+            add_rows = np.concatenate([np.array([e[0] for e in extra], dtype=np.int64), walk_rows])
+            add = concat([EntryColumns.of([e[1] for e in extra], [int(ends[e[0]]) for e in extra],
+                                          [e[2] for e in extra], [e[3] for e in extra]), walk])
+            order = np.argsort(add_rows, kind="stable")  # per record: the above, then the walk's
+            at = np.searchsorted(k["rec"], add_rows[order], side="right")
+            cols = cols.insert(at, add.take(order))
         self._pending.add(cols)
 
     def _walk_run(self, batch: RecordBatch, lo: int, hi: int, rows: list[int],
-                  decoded: dict[int, DecodedRecord]) -> list[tuple[int, bytes, int, bytes]]:
+                  decoded: dict[int, DecodedRecord]) -> tuple[np.ndarray, EntryColumns]:
         """In WAL order: the records of [lo, hi) ingest interprets, and the first
         record of each transaction id among the others (the only thing such a
-        record can change beyond its blocks: the next XID). Returns their puts."""
+        record can change beyond its blocks: the next XID). Returns their puts (in
+        that order) and the record row of each.
+
+        Runs of plain commits (`plain_commits`, no record decoded, while the DDL
+        tracker waits for no transaction) and first records of an xid are taken
+        together (`_plain_events`); other records one at a time (`_interpret`)."""
         recs = batch.recs
         xids = recs["xid"][lo:hi]
         plain = np.ones(hi - lo, dtype=bool)
@@ -397,30 +391,63 @@ class WalIngest:
         plain[[i - lo for i in inside]] = False
         cand = np.flatnonzero(plain & (xids >= 3))  # 0-2: never a next XID
         _, first = np.unique(xids[cand], return_index=True)
-        events = sorted([(i, True) for i in inside]
-                        + [(int(i) + lo, False) for i in cand[first]])
-        out: list[tuple[int, bytes, int, bytes]] = []
-        self._walk = out
+        events = np.sort(np.concatenate([np.asarray(inside, dtype=np.int64),
+                                         cand[first].astype(np.int64) + lo]))
+        interpreted = ~plain[events - lo]
         ends = recs["end_lsn"]
         commits = self._plain
+        pieces: list[tuple[np.ndarray, EntryColumns]] = []
+        one_by_one: list[tuple[int, bytes, int, bytes]] = []
+        together: list[int] = []
+        self._walk = one_by_one
+
+        def take_in_order() -> None:
+            if one_by_one:
+                r, keys, kinds, data = zip(*one_by_one, strict=True)
+                pieces.append((np.array(r, dtype=np.int64), EntryColumns.of(
+                    keys, [int(ends[i]) for i in r], kinds, data)))
+                one_by_one.clear()
+            if together:
+                pieces.append(self._plain_events(batch, np.array(together, dtype=np.int64)))
+                together.clear()
+
         try:
-            for row, interpreted in events:
+            for row, interp in zip(events.tolist(), interpreted.tolist(), strict=True):
+                if not interp or (row in commits and row not in decoded
+                                  and not self.catalog.waiting):
+                    if one_by_one:
+                        take_in_order()
+                    together.append(row)
+                    continue
+                if together:
+                    take_in_order()
                 self._walk_row = row
-                end = Lsn(int(ends[row]))
-                if interpreted:
-                    rec = decoded.get(row)
-                    if rec is None and row in commits and not self.catalog.waiting:
-                        self._plain_commit(batch, row, end)
-                    else:
-                        self._interpret(rec if rec is not None else batch.record(row), end)
-                else:
-                    state = self.transam.advance_xid(int(xids[row - lo]), end)
-                    if state is not None:
-                        self._put(Key.cluster(0), end, _KIND_IMAGE, state)
+                rec = decoded.get(row)
+                self._interpret(rec if rec is not None else batch.record(row), Lsn(int(ends[row])))
+            take_in_order()
         finally:
             self._walk = None
         self.transam.note_lsn(Lsn(int(ends[hi - 1])))
-        return out
+        return (np.concatenate([np.empty(0, dtype=np.int64)] + [p[0] for p in pieces]),
+                concat([p[1] for p in pieces]))
+
+    def _plain_events(self, batch: RecordBatch, rows: np.ndarray
+                      ) -> tuple[np.ndarray, EntryColumns]:
+        """`_interpret` of the plain commits among `rows` (those of XACT records)
+        and `advance_xid` of the others (first records of an xid), in order: the
+        commits' time map entries, CLOG statuses and the next XIDs, from the
+        batch's columns. Returns the puts and the row of each."""
+        recs = batch.recs
+        commit = recs["rmid"][rows] == RM_XACT_ID
+        ends = recs["end_lsn"][rows]
+        xids = recs["xid"][rows]
+        c = rows[commit]
+        if len(c):
+            self.timemap.append_many(recs["lsn"][c], ends[commit], batched.commit_times(batch, c),
+                                     xids[commit], EndKind.COMMIT)
+        event, cols = self.transam.plain_events(xids.tolist(), ends.tolist(), commit)
+        self.stats.puts += len(cols)
+        return rows[event], cols
 
     def _catalog_hits(self, batch: RecordBatch) -> np.ndarray:
         """Rows of Heap/Heap2 records of `batch` whose first block is in a
@@ -562,31 +589,6 @@ class WalIngest:
             if self._xact_end_reads_store(record):
                 self._read_store()
             self.catalog.transaction_end(record, rec)
-
-
-def plain_commits(batch: RecordBatch, rows: list[int]) -> set[int]:
-    """The rows among `rows` that are plain commits: a COMMIT record without block
-    references, origin or top-level xid whose main data is the commit time and at
-    most an xinfo word with none of the parts (subtransactions, relations,
-    invalidations, two-phase, ...). Such a commit only ends its one transaction:
-    a time map entry, a CLOG status, perhaps the next XID (`_plain_commit`)."""
-    if not rows:
-        return set()
-    idx = np.array(rows, dtype=np.int64)
-    sub = batch.recs[idx]
-    info, main_len = sub["info"], sub["main_len"]
-    cand = ((sub["rmid"] == RM_XACT_ID) & ((info & XLOG_XACT_OPMASK) == XLOG_XACT_COMMIT)
-            & (sub["nblocks"] == 0) & (sub["flags"] == 0))
-    has_info = (info & XLOG_XACT_HAS_INFO) != 0
-    ok = cand & ~has_info & (main_len == 8)
-    with_info = np.flatnonzero(cand & has_info & (main_len == 12))
-    if len(with_info):
-        raw = np.frombuffer(batch.buf, dtype=np.uint8)
-        at = sub["main_off"][with_info] + 8
-        xinfo = (raw[at].astype(np.uint32) | (raw[at + 1].astype(np.uint32) << 8)
-                 | (raw[at + 2].astype(np.uint32) << 16) | (raw[at + 3].astype(np.uint32) << 24))
-        ok[with_info[(xinfo & _XINFO_PARTS) == 0]] = True
-    return set(idx[ok].tolist())
 
 
 def _kind_and_data(value: Value) -> tuple[int, bytes]:

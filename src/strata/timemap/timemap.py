@@ -37,7 +37,6 @@ Invariants:
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import struct
 import threading
@@ -47,6 +46,7 @@ from enum import IntEnum
 from pathlib import Path
 
 import google_crc32c
+import numpy as np
 
 from strata import durable
 from strata.errors import CorruptionError, LsnOutOfRangeError
@@ -114,15 +114,37 @@ class TimeResolution:
     next_commit: TxEnd | None
 
 
+# one time map entry as stored (the file's 36 bytes: body, then its CRC)
+ENTRY_DTYPE = np.dtype([("start", "<u8"), ("end", "<u8"), ("ts", "<i8"), ("xid", "<u4"),
+                        ("kind", "u1"), ("flags", "u1"), ("reserved", "<u2"), ("crc", "<u4")])
+assert ENTRY_DTYPE.itemsize == ENTRY_SIZE
+
+
+def _tx_end(rows: np.ndarray, i: int) -> TxEnd:
+    """Row `i` of an ENTRY_DTYPE array as a TxEnd."""
+    s, e, ts, xid, kind, flags, _ = _ENTRY.unpack_from(rows.data, i * ENTRY_SIZE)
+    return TxEnd(Lsn(s), Lsn(e), ts, xid, EndKind(kind), flags)
+
+
 class TimeMap:
-    """In-memory index over the durable append-only file. Thread-safe."""
+    """In-memory index over the durable append-only file. Thread-safe.
+
+    Held as the file holds it: the entries' 36 bytes back to back in a numpy
+    array of `ENTRY_DTYPE` (`_arr`, of which the first `_n` rows are entries;
+    it is replaced by a bigger copy when full, so a view of the entries taken
+    under the lock stays valid without it: rows never change once added), and
+    the running maximum of their timestamps (`_pmax`, extended when a search
+    needs it). No Python object per entry: a long history costs 44-88 bytes per
+    transaction end in each process that opens the map."""
 
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._entries: list[TxEnd] = []
-        self._starts: list[int] = []
-        self._prefix_max: list[int] = []  # running max of timestamps, for time search
+        self._arr = np.zeros(0, dtype=ENTRY_DTYPE)  # the entries, as in the file, ...
+        self._n = 0  # ... in its first _n rows
+        self._last_start = -1  # start LSN of the last entry (-1: none)
+        self._pmax = np.empty(0, dtype=np.int64)  # running max of timestamps, ...
+        self._pmax_n = 0  # ... valid for the first _pmax_n entries
         self._file: durable.AppendFile | None = None
         self._read_off = 0  # file offset after the last entry loaded
         # what the catalog-changing transactions did (ddl.dat): opened, synced
@@ -171,19 +193,40 @@ class TimeMap:
             if version != VERSION:
                 raise CorruptionError(f"{path}: unsupported time map version {version}")
             off = _HEADER.size
-        while off + ENTRY_SIZE <= len(data):
-            body = data[off:off + _ENTRY.size]
-            (crc,) = _CRC.unpack_from(data, off + _ENTRY.size)
-            if google_crc32c.value(body) != crc:
-                break  # torn tail: everything after the last good entry is dropped
-            s, e, ts, xid, kind, flags, _ = _ENTRY.unpack(body)
-            if durable_lsn is not None and e > durable_lsn:
+        n = (len(data) - off) // ENTRY_SIZE
+        rows = np.frombuffer(data, dtype=ENTRY_DTYPE, count=n, offset=off)
+        good = 0
+        for i, crc in enumerate(rows["crc"].tolist()):
+            at = off + i * ENTRY_SIZE  # a torn tail: everything after the last good entry
+            if google_crc32c.value(data[at:at + _ENTRY.size]) != crc:  # is dropped
                 break
-            if not self._starts or s > self._starts[-1]:
-                self._add(TxEnd(Lsn(s), Lsn(e), ts, xid, EndKind(kind), flags))
-            off += ENTRY_SIZE
-        self._read_off += off
+            good += 1
+        rows = rows[:good]
+        if durable_lsn is not None:
+            rows = rows[:int(np.argmax(rows["end"] > durable_lsn)) if
+                        (rows["end"] > durable_lsn).any() else good]
+        self._read_off += off + len(rows) * ENTRY_SIZE
+        self._extend(rows)
         return self._read_off
+
+    def _extend(self, rows: np.ndarray) -> None:
+        """Add `rows` (ENTRY_DTYPE, ascending start LSNs), skipping those at or
+        below the last start LSN (re-ingested duplicates)."""
+        if len(rows) and int(rows["start"][0]) <= self._last_start:
+            rows = rows[rows["start"] > self._last_start]
+        k = len(rows)
+        if k > 1 and not (rows["start"][1:] > rows["start"][:-1]).all():
+            raise ValueError("time map entries must ascend by start LSN")
+        if not k:
+            return
+        n = self._n
+        if n + k > len(self._arr):
+            grown = np.zeros(max(n + k, 2 * len(self._arr), 1024), dtype=ENTRY_DTYPE)
+            grown[:n] = self._arr[:n]
+            self._arr = grown
+        self._arr[n:n + k] = rows
+        self._n = n + k
+        self._last_start = int(rows["start"][-1])
 
     def refresh(self) -> int:
         """For a read-only map beside the running writer: load the entries appended
@@ -195,16 +238,16 @@ class TimeMap:
         if self._path is None or self._file is not None:
             return 0
         with self._lock:
-            before = len(self._entries)
+            before = self._count()
             try:
                 size = self._path.stat().st_size
             except FileNotFoundError:
                 return 0
             if size < self._read_off:
-                self._entries, self._starts, self._prefix_max = [], [], []
+                self._arr, self._n, self._last_start, self._pmax_n = self._arr[:0], 0, -1, 0
                 self._read_off = 0
             self._load()
-            return max(0, len(self._entries) - before)
+            return max(0, self._count() - before)
 
     def close(self) -> None:
         with self._lock:
@@ -221,53 +264,107 @@ class TimeMap:
                 self._file.sync()
 
     # -- writing ---------------------------------------------------------------------
-    def _add(self, e: TxEnd) -> None:
-        if self._starts and e.start_lsn <= self._starts[-1]:
-            raise ValueError(f"time map entries must ascend: {e.start_lsn} after {Lsn(self._starts[-1])}")
-        self._entries.append(e)
-        self._starts.append(int(e.start_lsn))
-        prev = self._prefix_max[-1] if self._prefix_max else -(1 << 63)
-        self._prefix_max.append(max(prev, e.timestamp))
-
     def append(self, e: TxEnd) -> None:
         """Add an entry (Invariant 1); an entry at or below the last start LSN
         is a re-ingested duplicate and is ignored."""
         with self._lock:
-            if self._starts and e.start_lsn <= self._starts[-1]:
+            if e.start_lsn <= self._last_start:
                 return
-            self._add(e)
+            raw = e.encode()
+            self._extend(np.frombuffer(raw, dtype=ENTRY_DTYPE))
             if self._file is not None:
-                self._file.append(e.encode())
+                self._file.append(raw)
+
+    def append_many(self, start: np.ndarray, end: np.ndarray, ts: np.ndarray,
+                    xid: np.ndarray, kind: int | np.ndarray, flags: int | np.ndarray = 0
+                    ) -> None:
+        """`append` of one entry per element (columns of equal length, start LSNs
+        strictly ascending): the same bytes and the same duplicate rule."""
+        n = len(start)
+        if not n:
+            return
+        rows = np.zeros(n, dtype=ENTRY_DTYPE)
+        rows["start"], rows["end"], rows["ts"] = start, end, ts
+        rows["xid"], rows["kind"], rows["flags"] = xid, kind, flags
+        raw = rows.tobytes()
+        rows["crc"] = [google_crc32c.value(raw[at:at + _ENTRY.size])
+                       for at in range(0, n * ENTRY_SIZE, ENTRY_SIZE)]
+        with self._lock:
+            before = self._n
+            self._extend(rows)
+            if self._file is not None and self._n > before:
+                self._file.append(self._arr[before:self._n].tobytes())
 
     # -- reading ---------------------------------------------------------------------
+    def _count(self) -> int:
+        return self._n
+
+    def _rows(self) -> np.ndarray:
+        """The entries (a view that stays valid: see the class docstring); callers
+        hold the lock while they take it."""
+        return self._arr[:self._n]
+
+    def _row(self, i: int) -> TxEnd:
+        """Entry `i` (holding the lock)."""
+        return _tx_end(self._arr, i)
+
+    def _prefix_max(self) -> np.ndarray:
+        """The running maximum of the timestamps of every entry (callers hold the
+        lock); extended over the entries appended since the last search."""
+        n = self._count()
+        if self._pmax_n < n:
+            if len(self._pmax) < n:
+                grown = np.empty(max(n, 2 * len(self._pmax), 1024), dtype=np.int64)
+                grown[:self._pmax_n] = self._pmax[:self._pmax_n]
+                self._pmax = grown
+            m = self._pmax_n
+            ts = self._arr["ts"][m:n].astype(np.int64)
+            if m:
+                ts[0] = max(int(ts[0]), int(self._pmax[m - 1]))
+            np.maximum.accumulate(ts, out=self._pmax[m:n])
+            self._pmax_n = n
+        return self._pmax[:n]
+
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return self._count()
 
     def entries(self, start: dt.datetime | None = None, end: dt.datetime | None = None
                 ) -> Iterator[TxEnd]:
-        lo = datetime_to_timestamptz(start) if start else None
-        hi = datetime_to_timestamptz(end) if end else None
         with self._lock:
-            snapshot = list(self._entries)
-        for e in snapshot:
-            if (lo is None or e.timestamp >= lo) and (hi is None or e.timestamp <= hi):
-                yield e
+            rows = self._rows()
+        keep = np.ones(len(rows), dtype=bool)
+        if start is not None:
+            keep &= rows["ts"] >= datetime_to_timestamptz(start)
+        if end is not None:
+            keep &= rows["ts"] <= datetime_to_timestamptz(end)
+        for i in np.flatnonzero(keep).tolist():
+            yield _tx_end(rows, i)
 
     def last(self) -> TxEnd | None:
         with self._lock:
-            return self._entries[-1] if self._entries else None
+            n = self._count()
+            return self._row(n - 1) if n else None
 
     def first(self) -> TxEnd | None:
         with self._lock:
-            return self._entries[0] if self._entries else None
+            return self._row(0) if self._count() else None
 
     def last_at_or_before(self, lsn: Lsn) -> TxEnd | None:
         """The last transaction end whose record ends at or before `lsn`."""
         with self._lock:
-            i = bisect.bisect_right(self._starts, int(lsn)) - 1
-            while i >= 0 and self._entries[i].end_lsn > lsn:
+            i = int(np.searchsorted(self._rows()["start"], int(lsn), side="right")) - 1
+            while i >= 0 and self._row(i).end_lsn > lsn:
                 i -= 1
-            return self._entries[i] if i >= 0 else None
+            return self._row(i) if i >= 0 else None
+
+    def last_commit_of_xid(self, xid: int) -> TxEnd | None:
+        """The last COMMIT or COMMIT_PREPARED entry of `xid`, or None."""
+        with self._lock:
+            rows = self._rows()
+        hit = np.flatnonzero((rows["xid"] == xid)
+                             & np.isin(rows["kind"], (EndKind.COMMIT, EndKind.COMMIT_PREPARED)))
+        return _tx_end(rows, int(hit[-1])) if len(hit) else None
 
     def resolve_time(self, ts: int, *, history_start: Lsn,
                      history_start_time: int | None) -> TimeResolution:
@@ -286,8 +383,8 @@ class TimeMap:
         with self._lock:
             # first entry (in LSN order) whose timestamp > ts: the first index where the
             # running maximum exceeds ts
-            i = bisect.bisect_right(self._prefix_max, ts)
-            included = self._entries[i - 1] if i > 0 else None
-            following = self._entries[i] if i < len(self._entries) else None
+            i = int(np.searchsorted(self._prefix_max(), ts, side="right"))
+            included = self._row(i - 1) if i > 0 else None
+            following = self._row(i) if i < self._count() else None
         lsn = included.end_lsn if included is not None else history_start
         return TimeResolution(Lsn(max(lsn, history_start)), included, following)

@@ -70,6 +70,7 @@ from strata.wal.replication_messages import (
 from strata.wal.source import WalChunk
 
 log = logging.getLogger(__name__)
+COALESCE_BYTES = 1 << 20  # WAL of the messages already buffered returned as one chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,7 @@ class WalReceiver:
         self._server_wal_end = Lsn(0)
         self._bytes = 0
         self._messages = 0
+        self._copy_ended = False  # the server ended COPY after the chunk last returned
         self._reconnects = 0
         self._conn_count = 0
         self._conn: pq.abc.PGconn | None = None
@@ -387,6 +389,7 @@ class WalReceiver:
             with contextlib.suppress(Exception):
                 self._send_status(conn, reply_requested=False)
         self._conn = None
+        self._copy_ended = False
         with contextlib.suppress(Exception):
             conn.finish()
 
@@ -396,30 +399,13 @@ class WalReceiver:
         assert conn is not None
         while True:
             self._maybe_send_status(conn)
-            try:
-                n, buf = conn.get_copy_data(1)
-            except OperationalError as e:
-                raise Retry(f"receiving from {self.where}: {e}") from e
-            if n > 0:
-                msg = parse_server_message(buf)
-                self._messages += 1
-                self._attempts = 0
-                self._failing_since = None
-                self._last_recv_at = self._clock()
-                self._pinged = False
-                if isinstance(msg, XLogData):
-                    chunk = self._accept(msg)
-                    if chunk is not None:
-                        return chunk
-                elif isinstance(msg, PrimaryKeepalive):
-                    self._server_wal_end = max(self._server_wal_end, msg.wal_end)
-                    if msg.reply_requested:
-                        self._reply_pending = True
-                continue
-            if n == -1:
+            chunk, ended = self._drain(conn)
+            if chunk is not None:
+                return chunk
+            if ended:
                 self._end_of_copy(conn)
                 return None
-            # n == 0: nothing buffered; wait for the socket, a wake-up, or feedback time
+            # nothing buffered; wait for the socket, a wake-up, or feedback time
             # (past the deadline: only take in what has already arrived).
             if self._stopping.is_set():
                 return None
@@ -438,6 +424,49 @@ class WalReceiver:
                     raise Retry(f"receiving from {self.where}: {e}") from e
             elif expired:
                 return None
+
+    def _drain(self, conn: pq.abc.PGconn) -> tuple[WalChunk | None, bool]:
+        """The messages libpq holds already, their WAL as one chunk up to `COALESCE_BYTES`
+        (a busy primary sends a message per WAL flush). Returns (the chunk or None,
+        whether the server ended COPY: after the chunk, at the next `_receive`)."""
+        if self._copy_ended:
+            self._copy_ended = False
+            return None, True
+        parts: list[bytes] = []
+        start: Lsn | None = None
+        size = 0
+        while size < COALESCE_BYTES:
+            try:
+                n, buf = conn.get_copy_data(1)
+            except OperationalError as e:
+                raise Retry(f"receiving from {self.where}: {e}") from e
+            if n == 0:
+                break
+            if n == -1:
+                if parts:
+                    self._copy_ended = True
+                    break
+                return None, True
+            msg = parse_server_message(buf)
+            self._messages += 1
+            self._attempts = 0
+            self._failing_since = None
+            self._last_recv_at = self._clock()
+            self._pinged = False
+            if isinstance(msg, XLogData):
+                chunk = self._accept(msg)
+                if chunk is not None:
+                    start = chunk.start if start is None else start
+                    parts.append(chunk.data)
+                    size += len(chunk.data)
+            elif isinstance(msg, PrimaryKeepalive):
+                self._server_wal_end = max(self._server_wal_end, msg.wal_end)
+                if msg.reply_requested:
+                    self._reply_pending = True
+                    break  # answered by the next `_receive` at once
+        if start is None:
+            return None, False
+        return WalChunk(start, parts[0] if len(parts) == 1 else b"".join(parts)), False
 
     def _check_silence(self, conn: pq.abc.PGconn) -> float:
         """Ping a silent server, drop a dead one; returns when to look again."""
