@@ -5,6 +5,7 @@ are those the reader finds chunk by chunk."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,25 +91,34 @@ def test_take_gathers_waiting_chunks_up_to_batch_bytes(tmp_path: Path) -> None:
 
 
 def test_take_gathers_a_trickle_that_arrives_within_the_window(tmp_path: Path) -> None:
+    """Chunks that arrive one by one within `gather` s of the first come as one
+    batch, read without waking for each: the only wait on the stream is the first."""
     _, wal = _wal()
     waits: list[float | None] = []
 
     class Trickle(FakeStream):
-        """Nothing is ever waiting; a chunk comes to whoever waits for it, until
-        the fourth wait (the window is then over: the caller stops asking)."""
+        """A chunk arrives every 10 ms from the first poll on; poll(0) hands over
+        those that have arrived, one per call."""
+
+        given = 0
+        t0: float | None = None
 
         def poll(self, timeout: float | None = None) -> WalChunk | None:
             waits.append(timeout)
-            if timeout == 0 or len(waits) > 7:
+            if self.t0 is None:
+                self.t0 = time.monotonic()
+            arrived = int((time.monotonic() - self.t0) / 0.01) + 1
+            if self.given >= min(arrived, 10):
                 return None
+            self.given += 1
             return super().poll(timeout)
 
-    pipe = _pipeline(Trickle(_chunks(wal[:50_000], 1_000)), FakeIngest(), tmp_path,
-                     batch_bytes=1 << 20, gather=3600.0)
+    stream = Trickle(_chunks(wal[:50_000], 1_000))
+    pipe = _pipeline(stream, FakeIngest(), tmp_path, batch_bytes=1 << 20, gather=0.3)
     taken = pipe.take(0.5)
-    assert [len(c.data) for c in taken] == [1_000] * 4  # one batch, not one per message
-    assert waits[0] == 0.5 and waits[1::2][:3] == [0, 0, 0]
-    assert all(w is not None and 0 < w <= 3600.0 for w in waits[2::2])
+    assert [len(c.data) for c in taken] == [1_000] * 10  # one batch, not one per message
+    assert waits[0] == 0.5 and all(w == 0 for w in waits[1:])
+    assert len(waits) < 30  # each poll after a sleep takes what came meanwhile
 
 
 def test_a_backlog_is_ingested_in_big_batches_with_the_same_records(tmp_path: Path) -> None:

@@ -258,7 +258,8 @@ class IngestPipeline:
         """The next chunk, and the ones behind it up to `batch_bytes`: those
         already waiting (a backlog is ingested in big batches) and those that
         arrive within `gather` s of the first (a trickle of small messages is
-        ingested a batch at a time, not a message at a time)."""
+        ingested a batch at a time, not a message at a time: the trickle waits
+        in the socket meanwhile, and is read in one go, not woken for one by one)."""
         chunk = self.stream.poll(timeout)
         if chunk is None:
             return []
@@ -270,9 +271,8 @@ class IngestPipeline:
                 left = until - time.monotonic()
                 if left <= 0 or self.stream.finished:
                     break
-                more = self.stream.poll(left)
-                if more is None:
-                    break
+                time.sleep(left)
+                continue
             chunks.append(more)
             size += len(more.data)
         return chunks

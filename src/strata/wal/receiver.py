@@ -434,7 +434,8 @@ class WalReceiver:
             return None, True
         parts: list[bytes] = []
         start: Lsn | None = None
-        size = 0
+        size = got = 0
+        ended = False
         while size < COALESCE_BYTES:
             try:
                 n, buf = conn.get_copy_data(1)
@@ -443,16 +444,10 @@ class WalReceiver:
             if n == 0:
                 break
             if n == -1:
-                if parts:
-                    self._copy_ended = True
-                    break
-                return None, True
+                ended = True
+                break
             msg = parse_server_message(buf)
-            self._messages += 1
-            self._attempts = 0
-            self._failing_since = None
-            self._last_recv_at = self._clock()
-            self._pinged = False
+            got += 1
             if isinstance(msg, XLogData):
                 chunk = self._accept(msg)
                 if chunk is not None:
@@ -464,8 +459,13 @@ class WalReceiver:
                 if msg.reply_requested:
                     self._reply_pending = True
                     break  # answered by the next `_receive` at once
+        if got:
+            self._messages += got
+            self._attempts, self._failing_since, self._pinged = 0, None, False
+            self._last_recv_at = self._clock()
         if start is None:
-            return None, False
+            return None, ended
+        self._copy_ended = ended
         return WalChunk(start, parts[0] if len(parts) == 1 else b"".join(parts)), False
 
     def _check_silence(self, conn: pq.abc.PGconn) -> float:
