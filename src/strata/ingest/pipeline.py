@@ -83,6 +83,8 @@ class PublishConfig:
     batch_bytes: int = 4 << 20  # WAL taken at once from a stream with more waiting (one batch)
     gather: float = 0.02  # s a trickle is gathered into one batch (a commit flushes WAL, and
     #                       the primary sends each flush: one tiny batch per commit otherwise)
+    gather_step: float = 0.002  # s between reads of a trickle within `gather` (a busy primary
+    #                             sends a message per commit: one wake-up per message otherwise)
     idle_after: float = 0.05  # s without WAL after which unpublished work is published (idle)
 
 
@@ -258,8 +260,9 @@ class IngestPipeline:
         """The next chunk, and the ones behind it up to `batch_bytes`: those
         already waiting (a backlog is ingested in big batches) and those that
         arrive within `gather` s of the first (a trickle of small messages is
-        ingested a batch at a time, not a message at a time: the trickle waits
-        in the socket meanwhile, and is read in one go, not woken for one by one)."""
+        ingested a batch at a time, not a message at a time: it waits in the
+        socket for `gather_step` s at a time and is read in one go then, with no
+        wake-up per message; a fast stream still cannot fill the socket's buffer)."""
         chunk = self.stream.poll(timeout)
         if chunk is None:
             return []
@@ -271,7 +274,7 @@ class IngestPipeline:
                 left = until - time.monotonic()
                 if left <= 0 or self.stream.finished:
                     break
-                time.sleep(left)
+                time.sleep(min(left, self.config.gather_step))
                 continue
             chunks.append(more)
             size += len(more.data)
