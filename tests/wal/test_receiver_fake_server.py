@@ -9,6 +9,7 @@ overlapping range after a reconnect, demand a reply, go silent.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import struct
 import threading
@@ -469,7 +470,7 @@ def test_messages_already_buffered_come_as_one_chunk(fake: Callable[..., FakeWal
     finally:
         rx.close()
     assert b"".join(c.data for c in chunks) == payload
-    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(chunks))
     assert 2 <= len(chunks) <= 12, [len(c.data) for c in chunks]  # 256 messages
     assert any(c.end == START + 15000 for c in chunks)  # the keepalive ended one
     assert answered[0] is not None and answered[0].write >= START + 15000
