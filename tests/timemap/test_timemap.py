@@ -203,3 +203,70 @@ def test_the_last_commit_of_an_xid_and_the_last_end_before_an_lsn() -> None:
     assert tm.last_at_or_before(Lsn(330)) == _e(300, 30, xid=7)
     assert tm.last_at_or_before(Lsn(129)) is None
     assert tm.first() == _e(100, 10, xid=7) and len(tm) == 4
+
+
+@pytest.mark.parametrize("block", [5, 64])
+def test_searches_across_blocks_equal_a_scan_of_every_entry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """With small blocks (most sealed, some kept until a sync, others read back
+    from the file), the writer, a reader following it and a reopened map answer
+    every search as a scan of the whole list does."""
+    import random
+
+    import numpy as np
+
+    from strata.timemap import timemap as tm_mod
+
+    monkeypatch.setattr(tm_mod, "BLOCK_ENTRIES", block)
+    monkeypatch.setattr(tm_mod, "_CACHED_BLOCKS", 2)
+    rng = random.Random(block)
+    ref: list[TxEnd] = []
+    writer = TimeMap.open(tmp_path)
+    reader = TimeMap.open(tmp_path, readonly=True)
+    start = 100
+
+    def check(m: TimeMap, upto: int) -> None:
+        got = ref[:upto]
+        assert len(m) == len(got) and list(m.entries()) == got
+        assert m.first() == (got[0] if got else None) and m.last() == (got[-1] if got else None)
+        for _ in range(30):
+            ts = rng.randint(-5, 10**6 + 5)
+            running, i = -(1 << 63), 0
+            while i < len(got) and max(running, got[i].timestamp) <= ts:
+                running = max(running, got[i].timestamp)
+                i += 1
+            r = m.resolve_time(ts, history_start=Lsn(0), history_start_time=None)
+            assert r.last_commit == (got[i - 1] if i else None)
+            assert r.next_commit == (got[i] if i < len(got) else None)
+            lsn = rng.randint(0, start + 100)
+            before = [e for e in got if e.end_lsn <= lsn]
+            assert m.last_at_or_before(Lsn(lsn)) == (before[-1] if before else None)
+            xid = rng.randint(1, 40)
+            commits = [e for e in got if e.xid == xid
+                       and e.kind in (EndKind.COMMIT, EndKind.COMMIT_PREPARED)]
+            assert m.last_commit_of_xid(xid) == (commits[-1] if commits else None)
+
+    for _ in range(40):
+        part = []
+        for _ in range(rng.choice([1, 3, block, 2 * block + 1])):
+            start += rng.randint(1, 90)
+            part.append(TxEnd(Lsn(start), Lsn(start + rng.randint(20, 200)),
+                              rng.randint(0, 10**6), rng.randint(1, 40),
+                              rng.choice(list(EndKind)), 0))
+        if rng.random() < 0.5:
+            for e in part:
+                writer.append(e)
+        else:
+            writer.append_many(*(np.array(c) for c in zip(*[(e.start_lsn, e.end_lsn, e.timestamp,
+                                                                e.xid, e.kind, e.flags)
+                                                               for e in part], strict=True)))
+        ref += part
+        if rng.random() < 0.4:
+            writer.sync()
+            reader.refresh()
+            check(reader, len(ref))
+        check(writer, len(ref))
+    assert len(ref) > 10 * block
+    writer.close()
+    reopened = TimeMap.open(tmp_path, readonly=True)
+    check(reopened, len(ref))

@@ -118,6 +118,8 @@ class TimeResolution:
 ENTRY_DTYPE = np.dtype([("start", "<u8"), ("end", "<u8"), ("ts", "<i8"), ("xid", "<u4"),
                         ("kind", "u1"), ("flags", "u1"), ("reserved", "<u2"), ("crc", "<u4")])
 assert ENTRY_DTYPE.itemsize == ENTRY_SIZE
+BLOCK_ENTRIES = 4096  # entries per block of the in-memory index (147 KiB of the file)
+_CACHED_BLOCKS = 8  # sealed blocks kept after a search read them
 
 
 def _tx_end(rows: np.ndarray, i: int) -> TxEnd:
@@ -127,29 +129,36 @@ def _tx_end(rows: np.ndarray, i: int) -> TxEnd:
 
 
 class TimeMap:
-    """In-memory index over the durable append-only file. Thread-safe.
+    """Index over the durable append-only file. Thread-safe.
 
-    Held as the file holds it: the entries' 36 bytes back to back in a numpy
-    array of `ENTRY_DTYPE` (`_arr`, of which the first `_n` rows are entries;
-    it is replaced by a bigger copy when full, so a view of the entries taken
-    under the lock stays valid without it: rows never change once added), and
-    the running maximum of their timestamps (`_pmax`, extended when a search
-    needs it). No Python object per entry: a long history costs 44-88 bytes per
-    transaction end in each process that opens the map."""
+    Memory stays small however long the history: entries are held as the file
+    holds them (`ENTRY_DTYPE` rows) in blocks of `BLOCK_ENTRIES`. Only the newest,
+    unsealed block (`_tail`) and the sealed blocks not yet synced (`_unsynced`;
+    a map without a file keeps all) stay in memory, with two numbers per sealed
+    block: its first start LSN and the running maximum of timestamps at its end.
+    A search finds its block from those and reads that one block from the file
+    (`_block`, a small cache of them)."""
 
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._arr = np.zeros(0, dtype=ENTRY_DTYPE)  # the entries, as in the file, ...
-        self._n = 0  # ... in its first _n rows
-        self._last_start = -1  # start LSN of the last entry (-1: none)
-        self._pmax = np.empty(0, dtype=np.int64)  # running max of timestamps, ...
-        self._pmax_n = 0  # ... valid for the first _pmax_n entries
+        self._reset()
         self._file: durable.AppendFile | None = None
-        self._read_off = 0  # file offset after the last entry loaded
         # what the catalog-changing transactions did (ddl.dat): opened, synced
         # and closed with this file, so one durable LSN covers both
         self.ddl = DdlLog(None)
+
+    def _reset(self) -> None:
+        """No entry loaded (callers hold the lock, or own the map)."""
+        self._tail = np.zeros(BLOCK_ENTRIES, dtype=ENTRY_DTYPE)  # the unsealed block, ...
+        self._n_tail = 0  # ... in its first _n_tail rows
+        self._sealed = 0  # blocks before the tail
+        self._firsts = np.zeros(0, dtype=np.uint64)  # per sealed block: its first start LSN
+        self._maxima = np.zeros(0, dtype=np.int64)  # ... the running max of timestamps at its end
+        self._kept: dict[int, np.ndarray] = {}  # sealed blocks held in memory (not in the file yet)
+        self._cache: dict[int, np.ndarray] = {}  # sealed blocks read back from the file
+        self._last_start = -1  # start LSN of the last entry (-1: none)
+        self._read_off = 0  # file offset after the last entry loaded
 
     # -- persistence -----------------------------------------------------------------
     @classmethod
@@ -173,45 +182,48 @@ class TimeMap:
         return tm
 
     def _load(self, durable_lsn: Lsn | None = None) -> int:
-        """Append the valid entries of the file from `_read_off` on (stopping at a
-        torn tail, or above `durable_lsn`); returns the offset after the last one."""
+        """Add the valid entries of the file from `_read_off` on (stopping at a
+        torn tail, or above `durable_lsn`), a block's worth at a time; returns
+        the offset after the last one."""
         path = self._path
         assert path is not None
         try:
-            with path.open("rb") as f:
-                f.seek(self._read_off)
-                data = f.read()
+            f = path.open("rb")
         except FileNotFoundError:
             return _HEADER.size
-        off = 0
-        if self._read_off == 0:
-            if len(data) < _HEADER.size:
-                return _HEADER.size
-            magic, version, _ = _HEADER.unpack_from(data, 0)
-            if magic != MAGIC:
-                raise CorruptionError(f"{path}: bad magic at offset 0 (not a time map)")
-            if version != VERSION:
-                raise CorruptionError(f"{path}: unsupported time map version {version}")
-            off = _HEADER.size
-        n = (len(data) - off) // ENTRY_SIZE
-        rows = np.frombuffer(data, dtype=ENTRY_DTYPE, count=n, offset=off)
-        good = 0
-        for i, crc in enumerate(rows["crc"].tolist()):
-            at = off + i * ENTRY_SIZE  # a torn tail: everything after the last good entry
-            if google_crc32c.value(data[at:at + _ENTRY.size]) != crc:  # is dropped
-                break
-            good += 1
-        rows = rows[:good]
-        if durable_lsn is not None:
-            rows = rows[:int(np.argmax(rows["end"] > durable_lsn)) if
-                        (rows["end"] > durable_lsn).any() else good]
-        self._read_off += off + len(rows) * ENTRY_SIZE
-        self._extend(rows)
+        with f:
+            if self._read_off == 0:
+                head = f.read(_HEADER.size)
+                if len(head) < _HEADER.size:
+                    return _HEADER.size
+                magic, version, _ = _HEADER.unpack_from(head, 0)
+                if magic != MAGIC:
+                    raise CorruptionError(f"{path}: bad magic at offset 0 (not a time map)")
+                if version != VERSION:
+                    raise CorruptionError(f"{path}: unsupported time map version {version}")
+                self._read_off = _HEADER.size
+            f.seek(self._read_off)
+            while data := f.read(BLOCK_ENTRIES * ENTRY_SIZE):
+                rows = np.frombuffer(data, dtype=ENTRY_DTYPE, count=len(data) // ENTRY_SIZE)
+                good = 0
+                for at, crc in enumerate(rows["crc"].tolist()):  # a torn tail: everything
+                    off = at * ENTRY_SIZE  # after the last good entry is dropped
+                    if google_crc32c.value(data[off:off + _ENTRY.size]) != crc:
+                        break
+                    good += 1
+                if durable_lsn is not None:
+                    above = np.flatnonzero(rows["end"][:good] > durable_lsn)
+                    good = int(above[0]) if len(above) else good
+                self._extend(rows[:good])
+                self._read_off += good * ENTRY_SIZE
+                if good < len(rows) or len(data) % ENTRY_SIZE:
+                    break
         return self._read_off
 
     def _extend(self, rows: np.ndarray) -> None:
         """Add `rows` (ENTRY_DTYPE, ascending start LSNs), skipping those at or
-        below the last start LSN (re-ingested duplicates)."""
+        below the last start LSN (re-ingested duplicates); seals each block that
+        fills."""
         if len(rows) and int(rows["start"][0]) <= self._last_start:
             rows = rows[rows["start"] > self._last_start]
         k = len(rows)
@@ -219,14 +231,25 @@ class TimeMap:
             raise ValueError("time map entries must ascend by start LSN")
         if not k:
             return
-        n = self._n
-        if n + k > len(self._arr):
-            grown = np.zeros(max(n + k, 2 * len(self._arr), 1024), dtype=ENTRY_DTYPE)
-            grown[:n] = self._arr[:n]
-            self._arr = grown
-        self._arr[n:n + k] = rows
-        self._n = n + k
         self._last_start = int(rows["start"][-1])
+        while len(rows):
+            take = min(len(rows), BLOCK_ENTRIES - self._n_tail)
+            self._tail[self._n_tail:self._n_tail + take] = rows[:take]
+            self._n_tail += take
+            rows = rows[take:]
+            if self._n_tail == BLOCK_ENTRIES:
+                block = self._tail.copy()
+                top = int(block["ts"].max())
+                if len(self._maxima):
+                    top = max(top, int(self._maxima[-1]))
+                self._firsts = np.append(self._firsts, block["start"][0])
+                self._maxima = np.append(self._maxima, top)
+                # a writer's sealed block is in memory until a sync put it in the file
+                # (a reader's came from the file; a map without one keeps everything)
+                if self._path is None or self._file is not None:
+                    self._kept[self._sealed] = block
+                self._sealed += 1
+                self._n_tail = 0
 
     def refresh(self) -> int:
         """For a read-only map beside the running writer: load the entries appended
@@ -244,8 +267,7 @@ class TimeMap:
             except FileNotFoundError:
                 return 0
             if size < self._read_off:
-                self._arr, self._n, self._last_start, self._pmax_n = self._arr[:0], 0, -1, 0
-                self._read_off = 0
+                self._reset()  # all of it again
             self._load()
             return max(0, self._count() - before)
 
@@ -262,6 +284,7 @@ class TimeMap:
         with self._lock:
             if self._file is not None:
                 self._file.sync()
+                self._kept.clear()  # in the file now: read back when needed
 
     # -- writing ---------------------------------------------------------------------
     def append(self, e: TxEnd) -> None:
@@ -290,56 +313,69 @@ class TimeMap:
         rows["crc"] = [google_crc32c.value(raw[at:at + _ENTRY.size])
                        for at in range(0, n * ENTRY_SIZE, ENTRY_SIZE)]
         with self._lock:
-            before = self._n
+            last = self._last_start
+            if int(rows["start"][0]) <= last:
+                rows = rows[rows["start"] > last]
             self._extend(rows)
-            if self._file is not None and self._n > before:
-                self._file.append(self._arr[before:self._n].tobytes())
+            if self._file is not None and len(rows):
+                self._file.append(rows.tobytes())
 
     # -- reading ---------------------------------------------------------------------
     def _count(self) -> int:
-        return self._n
+        return self._sealed * BLOCK_ENTRIES + self._n_tail
 
-    def _rows(self) -> np.ndarray:
-        """The entries (a view that stays valid: see the class docstring); callers
-        hold the lock while they take it."""
-        return self._arr[:self._n]
+    def _block(self, b: int) -> np.ndarray:
+        """The rows of block `b` (the tail when b == the sealed count); callers hold
+        the lock."""
+        if b == self._sealed:
+            return self._tail[:self._n_tail]
+        kept = self._kept.get(b)
+        if kept is not None:
+            return kept
+        cached = self._cache.get(b)
+        if cached is None:
+            assert self._path is not None
+            with self._path.open("rb") as f:
+                f.seek(_HEADER.size + b * BLOCK_ENTRIES * ENTRY_SIZE)
+                data = f.read(BLOCK_ENTRIES * ENTRY_SIZE)
+            if len(data) != BLOCK_ENTRIES * ENTRY_SIZE:
+                raise CorruptionError(f"{self._path}: block {b} of the time map is short")
+            cached = np.frombuffer(data, dtype=ENTRY_DTYPE)
+            if len(self._cache) >= _CACHED_BLOCKS:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[b] = cached
+        return cached
 
     def _row(self, i: int) -> TxEnd:
         """Entry `i` (holding the lock)."""
-        return _tx_end(self._arr, i)
-
-    def _prefix_max(self) -> np.ndarray:
-        """The running maximum of the timestamps of every entry (callers hold the
-        lock); extended over the entries appended since the last search."""
-        n = self._count()
-        if self._pmax_n < n:
-            if len(self._pmax) < n:
-                grown = np.empty(max(n, 2 * len(self._pmax), 1024), dtype=np.int64)
-                grown[:self._pmax_n] = self._pmax[:self._pmax_n]
-                self._pmax = grown
-            m = self._pmax_n
-            ts = self._arr["ts"][m:n].astype(np.int64)
-            if m:
-                ts[0] = max(int(ts[0]), int(self._pmax[m - 1]))
-            np.maximum.accumulate(ts, out=self._pmax[m:n])
-            self._pmax_n = n
-        return self._pmax[:n]
+        return _tx_end(self._block(i // BLOCK_ENTRIES), i % BLOCK_ENTRIES)
 
     def __len__(self) -> int:
         with self._lock:
             return self._count()
 
+    def _blocks(self) -> Iterator[np.ndarray]:
+        """Every block in order, the tail as it is now last (a snapshot of it)."""
+        with self._lock:
+            sealed, tail = self._sealed, self._tail[:self._n_tail].copy()
+        for b in range(sealed):
+            with self._lock:
+                rows = self._block(b)
+            yield rows
+        yield tail
+
     def entries(self, start: dt.datetime | None = None, end: dt.datetime | None = None
                 ) -> Iterator[TxEnd]:
-        with self._lock:
-            rows = self._rows()
-        keep = np.ones(len(rows), dtype=bool)
-        if start is not None:
-            keep &= rows["ts"] >= datetime_to_timestamptz(start)
-        if end is not None:
-            keep &= rows["ts"] <= datetime_to_timestamptz(end)
-        for i in np.flatnonzero(keep).tolist():
-            yield _tx_end(rows, i)
+        lo = datetime_to_timestamptz(start) if start is not None else None
+        hi = datetime_to_timestamptz(end) if end is not None else None
+        for rows in self._blocks():
+            keep = np.ones(len(rows), dtype=bool)
+            if lo is not None:
+                keep &= rows["ts"] >= lo
+            if hi is not None:
+                keep &= rows["ts"] <= hi
+            for i in np.flatnonzero(keep).tolist():
+                yield _tx_end(rows, i)
 
     def last(self) -> TxEnd | None:
         with self._lock:
@@ -353,18 +389,26 @@ class TimeMap:
     def last_at_or_before(self, lsn: Lsn) -> TxEnd | None:
         """The last transaction end whose record ends at or before `lsn`."""
         with self._lock:
-            i = int(np.searchsorted(self._rows()["start"], int(lsn), side="right")) - 1
+            b = self._sealed
+            if not self._n_tail or int(self._tail["start"][0]) > lsn:
+                b = int(np.searchsorted(self._firsts, int(lsn), side="right")) - 1
+            if b < 0:
+                return None
+            rows = self._block(b)
+            i = b * BLOCK_ENTRIES + int(np.searchsorted(rows["start"], int(lsn), side="right")) - 1
             while i >= 0 and self._row(i).end_lsn > lsn:
                 i -= 1
             return self._row(i) if i >= 0 else None
 
     def last_commit_of_xid(self, xid: int) -> TxEnd | None:
         """The last COMMIT or COMMIT_PREPARED entry of `xid`, or None."""
-        with self._lock:
-            rows = self._rows()
-        hit = np.flatnonzero((rows["xid"] == xid)
-                             & np.isin(rows["kind"], (EndKind.COMMIT, EndKind.COMMIT_PREPARED)))
-        return _tx_end(rows, int(hit[-1])) if len(hit) else None
+        found = None
+        for rows in self._blocks():
+            hit = np.flatnonzero((rows["xid"] == xid) & np.isin(
+                rows["kind"], (EndKind.COMMIT, EndKind.COMMIT_PREPARED)))
+            if len(hit):
+                found = _tx_end(rows, int(hit[-1]))
+        return found
 
     def resolve_time(self, ts: int, *, history_start: Lsn,
                      history_start_time: int | None) -> TimeResolution:
@@ -382,8 +426,12 @@ class TimeMap:
             )
         with self._lock:
             # first entry (in LSN order) whose timestamp > ts: the first index where the
-            # running maximum exceeds ts
-            i = int(np.searchsorted(self._prefix_max(), ts, side="right"))
+            # running maximum exceeds ts; its block from the blocks' maxima, then in it
+            b = int(np.searchsorted(self._maxima, ts, side="right"))
+            rows = self._block(b)
+            before = int(self._maxima[b - 1]) if b else -(1 << 63)
+            running = np.maximum.accumulate(np.maximum(rows["ts"].astype(np.int64), before))
+            i = b * BLOCK_ENTRIES + int(np.searchsorted(running, ts, side="right"))
             included = self._row(i - 1) if i > 0 else None
             following = self._row(i) if i < self._count() else None
         lsn = included.end_lsn if included is not None else history_start
