@@ -107,11 +107,16 @@ def test_killed_services_are_started_again_and_history_answers_the_same(
 
         # the proxy service, while a session reads the past: the session ends with
         # an error; a new one, on the same port, answers as before
-        with psycopg.connect(proxy, autocommit=True) as conn:
+        # (closed, not left by `with`: psycopg's exit would send COMMIT on the dead
+        # connection, which fails when the kill came while the query was in flight)
+        conn = psycopg.connect(proxy, autocommit=True)
+        try:
             conn.execute(f"SET strata.travel_lsn = '{second}'")
             os.kill(_service_pid(home, "proxy"), signal.SIGKILL)
             with pytest.raises(psycopg.OperationalError):
                 conn.execute("SELECT count(*) FROM t").fetchone()
+        finally:
+            conn.close()
         up.wait_for(r"the proxy service ended .*starting it again")
         deadline_reached = False
         for _ in range(600):  # until the restarted proxy listens (on the same port)
