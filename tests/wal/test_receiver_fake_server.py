@@ -463,8 +463,9 @@ def test_messages_already_buffered_come_as_one_chunk(fake: Callable[..., FakeWal
     rx = WalReceiver(srv.dsn, "strata", START, status_interval=60, give_up_after=10)
     chunks: list[WalChunk] = []
     try:
-        poll_until(rx, sent.is_set, chunks)  # connects; the script sends at once
-        time.sleep(0.2)  # every message is in the socket buffer
+        # connects; the script's one sendall returns once loopback has queued every
+        # message at our socket
+        poll_until(rx, sent.is_set, chunks)
         poll_until(rx, lambda: sum(len(c.data) for c in chunks) >= len(payload), chunks)
         poll_until(rx, lambda: bool(answered))
     finally:
