@@ -106,9 +106,10 @@ class AppendFile:
 
     Not thread-safe: its owner serialises calls."""
 
-    def __init__(self, f: WritableFile) -> None:
+    def __init__(self, f: WritableFile, end: int) -> None:
         self._f = f
         self._unsynced = 0
+        self._end = end  # where the next append goes
 
     @classmethod
     def open(cls, path: Path, header: bytes, good: int) -> AppendFile:
@@ -124,11 +125,22 @@ class AppendFile:
         f.fsync()
         if created:
             fs().fsync_dir(path.parent)
-        return cls(f)
+        return cls(f, good)
 
     def append(self, data: bytes) -> None:
         self._f.write(data)
         self._unsynced += 1
+        self._end += len(data)
+
+    def rewrite_header(self, header: bytes) -> None:
+        """Replace the header (its first len(header) bytes) in place and make it,
+        with every append so far, durable. A power cut before it returns leaves
+        the old header or the new one (one sector: written whole)."""
+        self._f.seek(0)
+        self._f.write(header)
+        self._f.seek(self._end)
+        self._f.fsync()
+        self._unsynced = 0
 
     def sync(self) -> None:
         """Every append so far is durable once this returns."""

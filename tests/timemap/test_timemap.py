@@ -270,3 +270,101 @@ def test_searches_across_blocks_equal_a_scan_of_every_entry(
     writer.close()
     reopened = TimeMap.open(tmp_path, readonly=True)
     check(reopened, len(ref))
+
+
+@pytest.mark.parametrize("block", [4, 32])
+def test_trimming_keeps_every_search_at_or_after_the_lsn_trimmed_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Retention trims whole blocks (FORMAT.md, "Trimming"): afterwards the writer,
+    a reader that refreshes, a reader opened before and a reopened map answer every
+    search at or after the LSN (and its entry's time) exactly as the untrimmed map,
+    older searches raise or find nothing, and the file gives the space back."""
+    import os
+    import random
+
+    from strata.timemap import timemap as tm_mod
+
+    monkeypatch.setattr(tm_mod, "BLOCK_ENTRIES", block)
+    rng = random.Random(block)
+    ref_dir, dir_ = tmp_path / "ref", tmp_path / "trimmed"
+    full, writer = TimeMap.open(ref_dir), TimeMap.open(dir_)
+    early = TimeMap.open(dir_, readonly=True)  # opened before any trim, refreshed after
+    got: list[TxEnd] = []
+    start, ts = 100, 0
+    for _ in range(max(20 * block, 600)):  # trims of more than a few file-system pages
+        start += rng.randint(1, 90)
+        ts += rng.randint(-30, 100)  # not monotonic in WAL order
+        e = TxEnd(Lsn(start), Lsn(start + rng.randint(20, 200)), ts, rng.randint(1, 40),
+                  rng.choice(list(EndKind)), 0)
+        got.append(e)
+        full.append(e)
+        writer.append(e)
+    full.sync()
+    writer.sync()
+    early.refresh()
+    allocated = os.stat(dir_ / "timemap.dat").st_blocks
+    heads = []
+    for cut in sorted(rng.sample(range(len(got) // 4, len(got) * 3 // 4), 3)):
+        lsn = got[cut].end_lsn
+        heads.append(writer.trim_before(lsn))
+        anchor = full.last_at_or_before(lsn)
+        assert anchor is not None
+        later = TimeMap.open(dir_, readonly=True)
+        early.refresh()
+        for m in (writer, later, early):
+            assert m.last_at_or_before(lsn) == anchor
+            held = list(m.entries())
+            assert held == got[len(got) - len(held):] and len(m) == len(held)
+            assert held[0] == m.first() and got.index(held[0]) == heads[-1] * block
+            assert got.index(anchor) >= heads[-1] * block
+            for probe in rng.sample(range(len(got)), 40):
+                at = got[probe].end_lsn + rng.randint(-3, 3)
+                if at >= lsn:
+                    assert m.last_at_or_before(Lsn(at)) == full.last_at_or_before(Lsn(at))
+                t = got[probe].timestamp + rng.randint(-3, 3)
+                if t >= anchor.timestamp:
+                    assert m.resolve_time(t, history_start=Lsn(0), history_start_time=None) \
+                        == full.resolve_time(t, history_start=Lsn(0), history_start_time=None)
+                xid = got[probe].xid
+                commit = m.last_commit_of_xid(xid)
+                assert commit == full.last_commit_of_xid(xid) or commit is None or \
+                    commit.start_lsn >= held[0].start_lsn
+        if heads[-1]:
+            with pytest.raises(LsnOutOfRangeError, match="removed by retention"):
+                writer.resolve_time(-(1 << 40), history_start=Lsn(0), history_start_time=None)
+            assert writer.last_at_or_before(Lsn(got[0].end_lsn)) is None
+        later.close()
+    assert heads[-1] > 0 and heads == sorted(heads)
+    assert os.stat(dir_ / "timemap.dat").st_blocks < allocated  # the holes were punched
+    with (dir_ / "timemap.dat").open("rb") as f:
+        assert f.read(16)[8:] == (2).to_bytes(4, "little") + heads[-1].to_bytes(4, "little")
+    writer.close()
+    reopened = TimeMap.open(dir_)  # the writer's open: starts at the head
+    assert list(reopened.entries()) == got[heads[-1] * block:]
+    reopened.append(TxEnd(Lsn(start + 1000), Lsn(start + 1100), ts, 1, EndKind.COMMIT, 0))
+    reopened.sync()
+    assert len(TimeMap.open(dir_, readonly=True)) == len(got) - heads[-1] * block + 1
+    reopened.close()
+    full.close()
+    early.close()
+
+
+def test_a_version_1_file_is_read_and_trimming_makes_it_version_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from strata.timemap import timemap as tm_mod
+
+    monkeypatch.setattr(tm_mod, "BLOCK_ENTRIES", 4)
+    entries = [_e(100 * n, 10 * n, xid=n) for n in range(1, 30)]
+    (tmp_path / "timemap.dat").write_bytes(
+        b"STRTMAP\x00" + (1).to_bytes(4, "little") + bytes(4)
+        + b"".join(e.encode() for e in entries))
+    tm = TimeMap.open(tmp_path)
+    assert list(tm.entries()) == entries
+    assert tm.trim_before(entries[13].end_lsn) == 3  # entry 13 is in block 3 (of 4 entries)
+    tm.close()
+    data = (tmp_path / "timemap.dat").read_bytes()
+    assert data[8:16] == (2).to_bytes(4, "little") + (3).to_bytes(4, "little")
+    assert list(TimeMap.open(tmp_path, readonly=True).entries()) == entries[12:]
+    (tmp_path / "timemap.dat").write_bytes(data[:8] + (1).to_bytes(4, "little") + data[12:])
+    with pytest.raises(CorruptionError, match="version 1"):  # version 1 has no head
+        TimeMap.open(tmp_path, readonly=True)

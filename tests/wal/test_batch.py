@@ -10,13 +10,20 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import google_crc32c
 import numpy as np
 import pytest
 
 from strata.errors import EndOfWal, WalDecodeError
 from strata.lsn import Lsn
 from strata.wal import batch as batch_mod
-from strata.wal.batch import RecordBatch, gather, gather_python
+from strata.wal.batch import (
+    RecordBatch,
+    crc32c_rows,
+    crc32c_rows_python,
+    gather,
+    gather_python,
+)
 from strata.wal.decoder import decode_record
 from strata.wal.reader import WalReader
 from strata.wal.record import DecodedRecord
@@ -194,6 +201,20 @@ def test_gather_compiled_and_python_agree() -> None:
 
         with pytest.raises(ValueError, match="out of its source"):
             _walbatch.gather(srcs, src, starts, lens + 100)
+
+
+def test_crc32c_rows_compiled_and_python_agree_with_google_crc32c() -> None:
+    rnd = random.Random(4)
+    data = bytes(rnd.randrange(256) for _ in range(36 * 500 + 7))  # 7 bytes of no row
+    want = [google_crc32c.value(data[at:at + 32]) for at in range(0, 36 * 500, 36)]
+    assert crc32c_rows_python(data, 36, 32).tolist() == want
+    assert crc32c_rows(data, 36, 32).tolist() == want
+    assert crc32c_rows(data[:35], 36, 32).tolist() == []
+    if batch_mod.compiled_frame() is not None:
+        from strata.wal import _walbatch  # type: ignore[attr-defined]
+
+        with pytest.raises(ValueError, match="length <= stride"):
+            _walbatch.crc32c_rows(data, 36, 37)
 
 
 # -- real WAL -----------------------------------------------------------------------------

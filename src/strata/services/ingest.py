@@ -263,6 +263,8 @@ class IngestService:
         tm = self.timemap
         assert tm is not None
         oldest = Lsn(max(info.start_lsn, store.retention_lsn))
+        if oldest > info.start_lsn:
+            tm.trim_before(oldest)  # retention: the time map's blocks before it go too
         at = tm.last_at_or_before(oldest) if oldest > info.start_lsn else None
         last = tm.last()
         write_status(

@@ -33,17 +33,25 @@ Invariants:
   3. On open, a torn or corrupt tail is cut at the last valid entry, and
      entries whose end LSN is above the given durable LSN are dropped (ingest
      re-reads that WAL from the slot and appends them again).
+  4. Retention trims whole blocks from the front (`trim_before`): the header's
+     head block is made durable first, then the blocks before it are punched
+     out of the file. A trimmed block is never read again; every search at or
+     after the LSN trimmed to answers as before (FORMAT.md, "Trimming").
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import logging
+import os
 import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import BinaryIO
 
 import google_crc32c
 import numpy as np
@@ -53,13 +61,15 @@ from strata.errors import CorruptionError, LsnOutOfRangeError
 from strata.lsn import Lsn
 from strata.pg.timestamp import datetime_to_timestamptz, timestamptz_to_datetime
 from strata.timemap.ddl import DdlLog
+from strata.wal.batch import crc32c_rows
 
 MAGIC = b"STRTMAP\x00"
-VERSION = 1
-_HEADER = struct.Struct("<8sII")  # magic, version, reserved
+VERSION = 2  # 1 is read too: its reserved field (0) is version 2's head block
+_HEADER = struct.Struct("<8sII")  # magic, version, head block (version 1: reserved, 0)
 _ENTRY = struct.Struct("<QQqIBBH")  # start, end, ts, xid, kind, flags, reserved
 _CRC = struct.Struct("<I")
 ENTRY_SIZE = _ENTRY.size + _CRC.size  # 36
+log = logging.getLogger(__name__)
 
 
 class EndKind(IntEnum):
@@ -120,6 +130,48 @@ ENTRY_DTYPE = np.dtype([("start", "<u8"), ("end", "<u8"), ("ts", "<i8"), ("xid",
 assert ENTRY_DTYPE.itemsize == ENTRY_SIZE
 BLOCK_ENTRIES = 4096  # entries per block of the in-memory index (147 KiB of the file)
 _CACHED_BLOCKS = 8  # sealed blocks kept after a search read them
+_NO_TIME = -(1 << 63)  # the running maximum of a trimmed block never loaded
+
+
+def _read_head(f: BinaryIO, path: Path) -> int | None:
+    """The head block of the file open as `f` (None: no whole header yet).
+
+    Raises: CorruptionError for another file or an unknown version."""
+    f.seek(0)
+    data = f.read(_HEADER.size)
+    if len(data) < _HEADER.size:
+        return None
+    magic, version, head = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise CorruptionError(f"{path}: bad magic at offset 0 (not a time map)")
+    if version not in (1, VERSION) or (version == 1 and head):
+        raise CorruptionError(f"{path}: unsupported time map version {version}")
+    return int(head)
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc: ctypes.CDLL | None = None
+
+
+def _punch_hole(path: Path | None, offset: int, length: int) -> None:
+    """Give the file's bytes [offset, offset + length) back to the file system
+    (they read as zeros; the size stays). Where the file system cannot, the
+    bytes stay: only space, never content, depends on it."""
+    global _libc
+    if path is None or length <= 0:
+        return
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                           ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+            log.debug("time map: no hole punched in %s (errno %d)", path, ctypes.get_errno())
+    finally:
+        os.close(fd)
 
 
 def _tx_end(rows: np.ndarray, i: int) -> TxEnd:
@@ -159,6 +211,7 @@ class TimeMap:
         self._cache: dict[int, np.ndarray] = {}  # sealed blocks read back from the file
         self._last_start = -1  # start LSN of the last entry (-1: none)
         self._read_off = 0  # file offset after the last entry loaded
+        self._head = 0  # blocks before it are trimmed (header field, FORMAT.md)
 
     # -- persistence -----------------------------------------------------------------
     @classmethod
@@ -192,25 +245,18 @@ class TimeMap:
         except FileNotFoundError:
             return _HEADER.size
         with f:
+            head = _read_head(f, path)
+            if head is None:
+                return _HEADER.size
             if self._read_off == 0:
-                head = f.read(_HEADER.size)
-                if len(head) < _HEADER.size:
-                    return _HEADER.size
-                magic, version, _ = _HEADER.unpack_from(head, 0)
-                if magic != MAGIC:
-                    raise CorruptionError(f"{path}: bad magic at offset 0 (not a time map)")
-                if version != VERSION:
-                    raise CorruptionError(f"{path}: unsupported time map version {version}")
                 self._read_off = _HEADER.size
+            self._trimmed(head)
             f.seek(self._read_off)
             while data := f.read(BLOCK_ENTRIES * ENTRY_SIZE):
                 rows = np.frombuffer(data, dtype=ENTRY_DTYPE, count=len(data) // ENTRY_SIZE)
-                good = 0
-                for at, crc in enumerate(rows["crc"].tolist()):  # a torn tail: everything
-                    off = at * ENTRY_SIZE  # after the last good entry is dropped
-                    if google_crc32c.value(data[off:off + _ENTRY.size]) != crc:
-                        break
-                    good += 1
+                # a torn tail: everything after the last good entry is dropped
+                bad = np.flatnonzero(crc32c_rows(data, ENTRY_SIZE, _ENTRY.size) != rows["crc"])
+                good = int(bad[0]) if len(bad) else len(rows)
                 if durable_lsn is not None:
                     above = np.flatnonzero(rows["end"][:good] > durable_lsn)
                     good = int(above[0]) if len(above) else good
@@ -219,6 +265,47 @@ class TimeMap:
                 if good < len(rows) or len(data) % ENTRY_SIZE:
                     break
         return self._read_off
+
+    def _trimmed(self, head: int) -> None:
+        """Blocks before `head` are trimmed (callers hold the lock, or own the map):
+        a map that has not loaded them skips them; one that has keeps their first
+        LSN and maximum, and forgets their rows."""
+        if head <= self._head:
+            return
+        if self._sealed < head:  # not all loaded (a reader far behind): start at the head
+            self._reset()
+            self._firsts = np.zeros(head, dtype=np.uint64)
+            self._maxima = np.full(head, _NO_TIME, dtype=np.int64)
+            self._sealed = head
+            self._read_off = _HEADER.size + head * BLOCK_ENTRIES * ENTRY_SIZE
+        self._head = head
+        for b in [b for b in self._cache if b < head]:
+            del self._cache[b]
+
+    def trim_before(self, lsn: Lsn) -> int:
+        """Retention (Invariant 4): drop the blocks that only hold entries no search
+        at or after `lsn` (and its time) can need: every block before the one
+        holding the last entry ending at or before `lsn`, as far as their
+        timestamps are all at or before that entry's. Writer only; the blocks must
+        be in the file (`sync` first: an unsynced one stays). Returns the head
+        block now."""
+        with self._lock:
+            if self._file is None:
+                raise ValueError("trim_before needs the writer's time map")
+            at = self._last_index_at_or_before(lsn)
+            if at is None:
+                return self._head
+            block, e = at // BLOCK_ENTRIES, self._row(at)
+            head = min(block, int(np.searchsorted(self._maxima, e.timestamp, side="right")),
+                       min(self._kept, default=self._sealed))
+            if head <= self._head:
+                return self._head
+            self._file.rewrite_header(_HEADER.pack(MAGIC, VERSION, head))
+            # from the header on, not from the old head: a trim smaller than a
+            # file-system block frees nothing alone
+            _punch_hole(self._path, _HEADER.size, head * BLOCK_ENTRIES * ENTRY_SIZE)
+            self._trimmed(head)
+            return head
 
     def _extend(self, rows: np.ndarray) -> None:
         """Add `rows` (ENTRY_DTYPE, ascending start LSNs), skipping those at or
@@ -268,7 +355,7 @@ class TimeMap:
                 return 0
             if size < self._read_off:
                 self._reset()  # all of it again
-            self._load()
+            self._load()  # the header again, too: the writer may have trimmed
             return max(0, self._count() - before)
 
     def close(self) -> None:
@@ -309,9 +396,7 @@ class TimeMap:
         rows = np.zeros(n, dtype=ENTRY_DTYPE)
         rows["start"], rows["end"], rows["ts"] = start, end, ts
         rows["xid"], rows["kind"], rows["flags"] = xid, kind, flags
-        raw = rows.tobytes()
-        rows["crc"] = [google_crc32c.value(raw[at:at + _ENTRY.size])
-                       for at in range(0, n * ENTRY_SIZE, ENTRY_SIZE)]
+        rows["crc"] = crc32c_rows(rows.tobytes(), ENTRY_SIZE, _ENTRY.size)
         with self._lock:
             last = self._last_start
             if int(rows["start"][0]) <= last:
@@ -326,7 +411,14 @@ class TimeMap:
 
     def _block(self, b: int) -> np.ndarray:
         """The rows of block `b` (the tail when b == the sealed count); callers hold
-        the lock."""
+        the lock.
+
+        Raises: LsnOutOfRangeError for a block retention trimmed."""
+        if b < self._head:
+            raise LsnOutOfRangeError(
+                f"time map entries before LSN {Lsn(int(self._firsts[self._head]))} were "
+                "removed by retention" if self._head < self._sealed else
+                "time map entries were removed by retention")
         if b == self._sealed:
             return self._tail[:self._n_tail]
         kept = self._kept.get(b)
@@ -351,15 +443,18 @@ class TimeMap:
         return _tx_end(self._block(i // BLOCK_ENTRIES), i % BLOCK_ENTRIES)
 
     def __len__(self) -> int:
+        """Entries held (retention's trimmed ones not counted)."""
         with self._lock:
-            return self._count()
+            return self._count() - self._head * BLOCK_ENTRIES
 
     def _blocks(self) -> Iterator[np.ndarray]:
         """Every block in order, the tail as it is now last (a snapshot of it)."""
         with self._lock:
             sealed, tail = self._sealed, self._tail[:self._n_tail].copy()
-        for b in range(sealed):
+        for b in range(self._head, sealed):
             with self._lock:
+                if b < self._head:  # trimmed meanwhile
+                    continue
                 rows = self._block(b)
             yield rows
         yield tail
@@ -383,22 +478,31 @@ class TimeMap:
             return self._row(n - 1) if n else None
 
     def first(self) -> TxEnd | None:
+        """The oldest entry held (retention may have trimmed older ones)."""
         with self._lock:
-            return self._row(0) if self._count() else None
+            i = self._head * BLOCK_ENTRIES
+            return self._row(i) if self._count() > i else None
 
     def last_at_or_before(self, lsn: Lsn) -> TxEnd | None:
-        """The last transaction end whose record ends at or before `lsn`."""
+        """The last transaction end whose record ends at or before `lsn` (None
+        also when retention trimmed it)."""
         with self._lock:
-            b = self._sealed
-            if not self._n_tail or int(self._tail["start"][0]) > lsn:
-                b = int(np.searchsorted(self._firsts, int(lsn), side="right")) - 1
-            if b < 0:
-                return None
-            rows = self._block(b)
-            i = b * BLOCK_ENTRIES + int(np.searchsorted(rows["start"], int(lsn), side="right")) - 1
-            while i >= 0 and self._row(i).end_lsn > lsn:
-                i -= 1
-            return self._row(i) if i >= 0 else None
+            i = self._last_index_at_or_before(lsn)
+            return self._row(i) if i is not None else None
+
+    def _last_index_at_or_before(self, lsn: Lsn) -> int | None:
+        """Index of `last_at_or_before`'s entry (holding the lock)."""
+        b = self._sealed
+        if not self._n_tail or int(self._tail["start"][0]) > lsn:
+            b = int(np.searchsorted(self._firsts, int(lsn), side="right")) - 1
+        if b < self._head:
+            return None
+        rows = self._block(b)
+        i = b * BLOCK_ENTRIES + int(np.searchsorted(rows["start"], int(lsn), side="right")) - 1
+        floor = self._head * BLOCK_ENTRIES
+        while i >= floor and self._row(i).end_lsn > lsn:
+            i -= 1
+        return i if i >= floor else None
 
     def last_commit_of_xid(self, xid: int) -> TxEnd | None:
         """The last COMMIT or COMMIT_PREPARED entry of `xid`, or None."""

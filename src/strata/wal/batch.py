@@ -37,6 +37,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import google_crc32c
 import numpy as np
 
 from strata.lsn import Lsn
@@ -250,6 +251,23 @@ def gather_python(sources: tuple[bytes, ...], src: np.ndarray, starts: np.ndarra
     views = [memoryview(s) for s in sources]
     return b"".join([views[i][a:a + n] for i, a, n in zip(src.tolist(), starts.tolist(),
                                                           lens.tolist(), strict=True)])
+
+
+def crc32c_rows(data: bytes, stride: int, length: int) -> np.ndarray:
+    """Per row of `stride` bytes of `data` (whole rows only), the CRC-32C of its
+    first `length` bytes, as uint32. Compiled when the extension is built; the
+    same values either way."""
+    if compiled_frame() is not None:
+        from strata.wal import _walbatch  # type: ignore[attr-defined]
+
+        return np.frombuffer(_walbatch.crc32c_rows(data, stride, length), dtype="<u4")
+    return crc32c_rows_python(data, stride, length)
+
+
+def crc32c_rows_python(data: bytes, stride: int, length: int) -> np.ndarray:
+    """`crc32c_rows` in pure Python (the reference)."""
+    return np.array([google_crc32c.value(bytes(data[at:at + length]))
+                     for at in range(0, len(data) - stride + 1, stride)], dtype="<u4")
 
 
 def _layout(dtype: np.dtype) -> tuple[int, ...]:
