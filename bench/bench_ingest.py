@@ -12,6 +12,9 @@ Workloads (sizes at --scale 1; each size option multiplies by --scale):
     delete        DELETE FROM bulk WHERE id % 3 = 0, then VACUUM bulk
     index         CREATE INDEX ON bulk (v)
     pgbench_init  pgbench -i -s --pgbench-scale                                         (20)
+    btree         INSERT of --rows / 4 random uuids into a table with a primary key (500k)
+                  right after a checkpoint: index page splits that carry full-page images
+    tpcb          pgbench -c4 -j2 -t --tpcb-tx (TPC-B on pgbench_init's tables; -t per client) (10000)
 
 Each statement follows a CHECKPOINT (part of the untimed setup), so every run
 starts from the same full-page-write state.
@@ -103,6 +106,13 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
         Workload("delete", ("CHECKPOINT",), ("DELETE FROM bulk WHERE id % 3 = 0", "VACUUM bulk")),
         Workload("index", ("CHECKPOINT",), ("CREATE INDEX bulk_v ON bulk (v)",)),
         Workload("pgbench_init", ("CHECKPOINT",), pgbench=("-i", "-q", "-s", str(pgscale))),
+        Workload("btree", ("DROP TABLE IF EXISTS ids",
+                           "CREATE TABLE ids (id uuid PRIMARY KEY, v int)", "CHECKPOINT"),
+                 (f"INSERT INTO ids SELECT gen_random_uuid(), g "
+                  f"FROM generate_series(1, {max(1000, rows // 4)}) g",)),
+        Workload("tpcb", ("CHECKPOINT",),
+                 pgbench=("-c", "4", "-j", "2", "-n", "-t",
+                          str(max(100, int(args.tpcb_tx * args.scale))))),
     ]
     only = set(args.only.split(",")) if args.only else None
     if only is not None and (bad := only - {w.name for w in every}):
@@ -110,6 +120,8 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     # delete and index need the bulk table: keep ctas when they are asked for
     if only is not None and only & {"delete", "index"}:
         only.add("ctas")
+    if only is not None and "tpcb" in only:  # and TPC-B pgbench's tables
+        only.add("pgbench_init")
     return [w for w in every if only is None or w.name in only]
 
 
@@ -593,8 +605,10 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=2_000_000, help="CREATE TABLE AS rows")
     ap.add_argument("--update-rows", type=int, default=1_000_000, help="rows of the UPDATE")
     ap.add_argument("--pgbench-scale", type=int, default=20, help="pgbench -i -s")
+    ap.add_argument("--tpcb-tx", type=int, default=10000,
+                    help="transactions per pgbench client in the tpcb workload")
     ap.add_argument("--only", help="comma-separated workloads (ctas,update,delete,index,"
-                                   "pgbench_init)")
+                                   "pgbench_init,btree,tpcb)")
     ap.add_argument("--offline", action="store_true",
                     help="record the WAL once, then ingest it from files in this process")
     ap.add_argument("--wal-cache", help="offline: keep/reuse the recorded WAL here")

@@ -1,7 +1,8 @@
 """Layer bytes per WAL byte on real WAL, and what the layers hold.
 
 A primary runs three phases: `pgbench -i -s SCALE` (bulk load), `pgbench -c2
--t TX` (TPC-B), and one bulk `UPDATE pgbench_accounts SET abalance = abalance + 1`;
+-t TX` (TPC-B), one bulk `UPDATE pgbench_accounts SET abalance = abalance + 1`,
+and the same UPDATE again right after a CHECKPOINT (full-page images);
 its WAL is then ingested phase by phase into a store (import at a clean stop,
 WalIngest, flush, compaction and images as the in-process worker makes them).
 Per phase it reports WAL bytes, layer bytes added (live files after the phase
@@ -86,6 +87,11 @@ def run_workload(c: Cluster, scale: int, tx: int) -> list[tuple[str, Lsn]]:
         ends.append(("pgbench TPC-B", lsn()))
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1")
         ends.append(("bulk UPDATE", lsn()))
+        # as on a live server, where a checkpoint comes every few minutes: the
+        # first change of each page after it carries the page's full image
+        conn.execute("CHECKPOINT")
+        conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1")
+        ends.append(("bulk UPDATE after a checkpoint", lsn()))
     return ends
 
 
