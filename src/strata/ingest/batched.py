@@ -15,7 +15,9 @@ What it is: pure functions over the block-reference rows of records
   end), given the sizes before the run, which it updates;
 - `new_databases`: the first block of a database history does not know yet;
 - `plain_commits`, `commit_times`: which commits only end their transaction,
-  and when (`WalIngest._plain_events` takes runs of them together).
+  and when (`WalIngest._plain_events` takes runs of them together);
+- `walk_events`, `heap_rows_in`: which records `WalIngest` walks in order,
+  and which may touch a catalog.
 
 Requires (the caller's split keeps it): no record in the run shrinks or
 drops a relation or a database, and nothing reads the store in between, so
@@ -39,6 +41,8 @@ from strata.wal.record import (
     XLR_RMGR_INFO_MASK,
 )
 from strata.wal.rmgr import (
+    RM_HEAP2_ID,
+    RM_HEAP_ID,
     RM_XACT_ID,
     XLOG_XACT_COMMIT,
     XLOG_XACT_HAS_INFO,
@@ -211,3 +215,29 @@ def commit_times(batch: RecordBatch, rows: np.ndarray) -> np.ndarray:
     raw = np.frombuffer(batch.buf, dtype=np.uint8)
     at = batch.recs["main_off"][rows].astype(_I64)[:, None] + np.arange(8)
     return raw[at].copy().view("<i8").reshape(-1)
+
+
+def walk_events(batch: RecordBatch, lo: int, hi: int, inside: list[int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of records [lo, hi) that `WalIngest._walk_run` walks, in WAL order:
+    the interpreted ones (`inside`, ascending) and the first record of each
+    transaction id among the others (xid >= 3: what may move the next XID); and
+    per row, whether it is an interpreted one."""
+    xids = batch.recs["xid"][lo:hi]
+    plain = np.ones(hi - lo, dtype=bool)
+    plain[np.asarray(inside, dtype=np.int64) - lo] = False
+    cand = np.flatnonzero(plain & (xids >= 3))  # 0-2: never a next XID
+    _, first = np.unique(xids[cand], return_index=True)
+    events = np.sort(np.concatenate([np.asarray(inside, dtype=np.int64),
+                                     cand[first].astype(np.int64) + lo]))
+    return events, ~plain[events - lo]
+
+
+def heap_rows_in(batch: RecordBatch, rels: set[int] | frozenset[int]) -> np.ndarray:
+    """Rows of the Heap/Heap2 records of `batch` whose first block is in one of
+    relfilenumbers `rels` (ascending)."""
+    recs = batch.recs
+    rmid = recs["rmid"]
+    heap = np.flatnonzero(((rmid == RM_HEAP_ID) | (rmid == RM_HEAP2_ID)) & (recs["nblocks"] > 0))
+    first_rel = batch.blks["rel"][recs["blk_first"][heap]]
+    return heap[np.isin(first_rel, np.fromiter(rels, dtype=np.uint32, count=len(rels)))]

@@ -12,20 +12,17 @@ Every value is stored at the record's end LSN (`DecodedRecord.end_lsn`), as
 PostgreSQL stamps pages.
 
 Two paths, one meaning: `ingest(record)` takes one `DecodedRecord` (the
-reference, and the path of every record that needs interpreting), and
-`ingest_batch(batch)` takes a `wal.batch.RecordBatch` and does the same with
-numpy over columns (`ingest.batched`): block references, sizes and database
-directories of a run of records at once, the records that need interpreting
-(Transaction, Storage, Database, CLOG, MultiXact, RelMap, XLOG other than
-full-page images, Standby, Tablespace) one by one through the reference code,
-in WAL order; except plain commits (`plain_commits`: no subtransactions,
-relations, invalidations, two-phase; most of a TPC-B stream), which are read
-from the columns without building a record object (`_plain_events`). Records whose effect depends on the store's contents or shrinks
-relations (Storage, Database, a commit or abort that drops relations) split
-the batch: everything before them is handed to the store first. The entries
-of both paths are the same (tests/ingest/test_batched.py). Entries collect in
-`PendingEntries` and reach the store in one columnar call: before the store is
-read and at `advance`.
+reference), and `ingest_batch(batch)` does the same with numpy over the
+columns of a `wal.batch.RecordBatch` (`ingest.batched`): block references,
+sizes and database directories of a run at once; the records that need
+interpreting (Transaction, Storage, Database, CLOG, MultiXact, RelMap, XLOG
+but full-page images, Standby, Tablespace) one by one through the reference,
+in WAL order, but for plain commits (`plain_commits`: most of a TPC-B
+stream), read from the columns together (`_plain_events`). Records whose
+effect depends on the store or shrinks relations split the batch: what comes
+before them reaches the store first. Both paths store the same entries
+(tests/ingest/test_batched.py), collected in `PendingEntries` and handed
+over in one columnar call (before the store is read, and at `advance`).
 
 Per record:
 
@@ -80,7 +77,8 @@ from strata.keyspace.slru import slru_store_value
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
 from strata.pg.constants import ForkNumber
-from strata.storage.values import PageImage, Tombstone, Value, ValueKind, WalRecord
+from strata.storage.batch import kind_and_data
+from strata.storage.values import ValueKind
 from strata.timemap.timemap import FLAG_CATALOG_CHANGE, EndKind, TimeMap, TxEnd
 from strata.wal.batch import RecordBatch
 from strata.wal.record import DecodedRecord
@@ -160,8 +158,10 @@ class WalIngest:
         self._walk_row = 0
         # catalog record rows of the batch being ingested, for a set of catalogs
         self._hits: tuple[RecordBatch, frozenset[int], np.ndarray] | None = None
-        # rows of the batch being ingested that are plain commits (`plain_commits`)
-        self._plain: set[int] = set()
+        # rows of the batch being ingested: plain commits (`plain_commits`, sorted), and
+        # the other interpreted records (in order)
+        self._plain_rows = np.empty(0, dtype=np.int64)
+        self._other_rows: list[int] = []
 
     # -- state from the store (restart) ------------------------------------------------
     def load_state(self, lsn: Lsn) -> None:
@@ -287,7 +287,7 @@ class WalIngest:
     def _transam_puts(self, puts: list[tuple[Key, bytes]], lsn: Lsn) -> None:
         for key, value in puts:
             if key.kind == KeyKind.SLRU_PAGE:
-                self._put(key, lsn, *_kind_and_data(slru_store_value(value)))
+                self._put(key, lsn, *kind_and_data(slru_store_value(value)))
             else:
                 self._put(key, lsn, _KIND_IMAGE if value else _KIND_TOMBSTONE, value)
 
@@ -304,8 +304,10 @@ class WalIngest:
         rmid = recs["rmid"]
         interp = _INTERPRETED[rmid] & ~((rmid == RM_XLOG_ID) & _XLOG_IMAGE[recs["info"]])
         rows = (np.flatnonzero(interp[first:]) + first).tolist()
-        self._plain = batched.plain_commits(batch, rows)
-        decoded = {i: batch.record(i) for i in rows if i not in self._plain}
+        plain = batched.plain_commits(batch, rows)
+        self._plain_rows = np.array(sorted(plain), dtype=np.int64)
+        self._other_rows = [i for i in rows if i not in plain]
+        decoded = {i: batch.record(i) for i in self._other_rows}
         lo = first
         while lo < n:
             at = self._next_split(batch, lo, rows, decoded)
@@ -331,15 +333,17 @@ class WalIngest:
         cand = int(hits[j]) if j < len(hits) else len(batch)
         if cand < len(batch):
             decoded.setdefault(cand, batch.record(cand))
-        plain = self._plain
-        for i in rows[bisect.bisect_left(rows, lo):]:
-            if i >= cand:
-                break
-            if i in plain:  # a transaction end: it splits only while the tracker waits
-                if self.catalog.waiting:
-                    decoded.setdefault(i, batch.record(i))
-                    return i
-            elif self._splits(decoded[i]):
+        # a plain transaction end splits only while the tracker waits: then the
+        # first one does; the other interpreted records ask `_splits`
+        if self.catalog.waiting:
+            ends = self._plain_rows
+            j = int(np.searchsorted(ends, lo))
+            if j < len(ends) and ends[j] < cand:
+                cand = int(ends[j])
+                decoded.setdefault(cand, batch.record(cand))
+        others = self._other_rows
+        for i in others[bisect.bisect_left(others, lo):bisect.bisect_left(others, cand)]:
+            if self._splits(decoded[i]):
                 return i
         return cand
 
@@ -376,29 +380,21 @@ class WalIngest:
 
     def _walk_run(self, batch: RecordBatch, lo: int, hi: int, rows: list[int],
                   decoded: dict[int, DecodedRecord]) -> tuple[np.ndarray, EntryColumns]:
-        """In WAL order: the records of [lo, hi) ingest interprets, and the first
-        record of each transaction id among the others (the only thing such a
-        record can change beyond its blocks: the next XID). Returns their puts (in
-        that order) and the record row of each.
-
-        Runs of plain commits (`plain_commits`, no record decoded, while the DDL
-        tracker waits for no transaction) and first records of an xid are taken
-        together (`_plain_events`); other records one at a time (`_interpret`)."""
-        recs = batch.recs
-        xids = recs["xid"][lo:hi]
-        plain = np.ones(hi - lo, dtype=bool)
+        """The puts, in WAL order, and the row of each, of the records of [lo, hi)
+        ingest interprets and of the first record of each xid among the others
+        (`batched.walk_events`: it may move the next XID). Plain commits (while
+        the DDL tracker waits for no transaction) and first records are taken
+        together (`_plain_events`); the others one at a time (`_interpret`)."""
         inside = rows[bisect.bisect_left(rows, lo):bisect.bisect_left(rows, hi)]
-        plain[[i - lo for i in inside]] = False
-        cand = np.flatnonzero(plain & (xids >= 3))  # 0-2: never a next XID
-        _, first = np.unique(xids[cand], return_index=True)
-        events = np.sort(np.concatenate([np.asarray(inside, dtype=np.int64),
-                                         cand[first].astype(np.int64) + lo]))
-        interpreted = ~plain[events - lo]
-        ends = recs["end_lsn"]
-        commits = self._plain
+        events, interpreted = batched.walk_events(batch, lo, hi, inside)
+        # interpreted rows that are plain commits go together unless the DDL tracker
+        # waits (which only an interpreted record changes); the others never do
+        commit = np.isin(events, self._plain_rows) & ~np.isin(
+            events, np.fromiter(decoded, dtype=np.int64, count=len(decoded)))
+        ends = batch.recs["end_lsn"]
         pieces: list[tuple[np.ndarray, EntryColumns]] = []
         one_by_one: list[tuple[int, bytes, int, bytes]] = []
-        together: list[int] = []
+        together: list[np.ndarray] = []
         self._walk = one_by_one
 
         def take_in_order() -> None:
@@ -408,22 +404,34 @@ class WalIngest:
                     keys, [int(ends[i]) for i in r], kinds, data)))
                 one_by_one.clear()
             if together:
-                pieces.append(self._plain_events(batch, np.array(together, dtype=np.int64)))
+                pieces.append(self._plain_events(batch, np.concatenate(together)))
                 together.clear()
 
+        def interpret(row: int) -> None:
+            if together:
+                take_in_order()
+            self._walk_row = row
+            rec = decoded.get(row)
+            self._interpret(rec if rec is not None else batch.record(row), Lsn(int(ends[row])))
+
         try:
-            for row, interp in zip(events.tolist(), interpreted.tolist(), strict=True):
-                if not interp or (row in commits and row not in decoded
-                                  and not self.catalog.waiting):
-                    if one_by_one:
-                        take_in_order()
-                    together.append(row)
-                    continue
-                if together:
-                    take_in_order()
-                self._walk_row = row
-                rec = decoded.get(row)
-                self._interpret(rec if rec is not None else batch.record(row), Lsn(int(ends[row])))
+            at = 0
+            for m in [*np.flatnonzero(interpreted & ~commit).tolist(), len(events)]:
+                seg, interp = events[at:m], interpreted[at:m]
+                while len(seg):  # commits one at a time only while the tracker waits
+                    k = int(np.argmax(interp)) if self.catalog.waiting and interp.any() \
+                        else len(seg)
+                    if k:
+                        if one_by_one:
+                            take_in_order()
+                        together.append(seg[:k])
+                    if k < len(seg):
+                        interpret(int(seg[k]))
+                        k += 1
+                    seg, interp = seg[k:], interp[k:]
+                if m < len(events):
+                    interpret(int(events[m]))
+                at = m + 1
             take_in_order()
         finally:
             self._walk = None
@@ -457,12 +465,7 @@ class WalIngest:
         cached = self._hits
         if cached is not None and cached[0] is batch and cached[1] == rels:
             return cached[2]
-        recs = batch.recs
-        rmid = recs["rmid"]
-        heap = np.flatnonzero(((rmid == RM_HEAP_ID) | (rmid == RM_HEAP2_ID))
-                              & (recs["nblocks"] > 0))
-        first_rel = batch.blks["rel"][recs["blk_first"][heap]]
-        hits = heap[np.isin(first_rel, np.fromiter(rels, dtype=np.uint32, count=len(rels)))]
+        hits = batched.heap_rows_in(batch, rels)
         self._hits = (batch, frozenset(rels), hits)
         return hits
 
@@ -590,11 +593,3 @@ class WalIngest:
                 self._read_store()
             self.catalog.transaction_end(record, rec)
 
-
-def _kind_and_data(value: Value) -> tuple[int, bytes]:
-    if isinstance(value, PageImage):
-        return _KIND_IMAGE, value.data
-    if isinstance(value, WalRecord):
-        return (_KIND_INIT if value.will_init else _KIND_RECORD), value.data
-    assert isinstance(value, Tombstone)
-    return _KIND_TOMBSTONE, b""
