@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from strata.ingest.entries import KEY_DTYPE, EntryColumns
-from strata.wal import batch as batch_mod
+from strata.storage import gather as gather_mod
 
 
 def _columns(rnd: random.Random, n: int) -> EntryColumns:
@@ -25,9 +25,9 @@ def _columns(rnd: random.Random, n: int) -> EntryColumns:
 def test_insert_and_take_place_every_entry_where_the_lists_would(
         compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if not compiled:
-        monkeypatch.setattr(batch_mod, "_COMPILED", None)
+        monkeypatch.setattr(gather_mod, "_gather", None)
     else:
-        assert batch_mod.compiled_frame() is not None, "the compiled WAL reader is not built"
+        assert gather_mod.COMPILED, "the compiled gather is not built"
     rnd = random.Random(3)
     for n, m in [(0, 0), (0, 4), (5, 0), (1, 1), (30, 12), (400, 130)]:
         a, b = _columns(rnd, n), _columns(rnd, m)

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import google_crc32c
-import numpy as np
 import pytest
 
 from strata.errors import EndOfWal, WalDecodeError
@@ -21,8 +20,6 @@ from strata.wal.batch import (
     RecordBatch,
     crc32c_rows,
     crc32c_rows_python,
-    gather,
-    gather_python,
 )
 from strata.wal.decoder import decode_record
 from strata.wal.reader import WalReader
@@ -186,21 +183,6 @@ def test_the_compiled_reader_writes_what_the_python_one_writes(monkeypatch: pyte
     monkeypatch.setattr(batch_mod, "_COMPILED", None)  # pure Python
     python = read_batches(WalReader(SEG * 3, SEG), chunks)
     same_batches(compiled.batches, python.batches)
-
-
-def test_gather_compiled_and_python_agree() -> None:
-    rnd = random.Random(3)
-    srcs = (bytes(rnd.randrange(256) for _ in range(5000)), b"abcdefghij")
-    n = 300
-    src = np.array([rnd.randrange(2) for _ in range(n)], dtype=np.uint8)
-    starts = np.array([rnd.randrange(len(srcs[s]) - 5) for s in src], dtype=np.int64)
-    lens = np.array([rnd.randrange(5) for _ in range(n)], dtype=np.int64)
-    assert gather(srcs, src, starts, lens) == gather_python(srcs, src, starts, lens)
-    if batch_mod.compiled_frame() is not None:
-        from strata.wal import _walbatch  # type: ignore[attr-defined]
-
-        with pytest.raises(ValueError, match="out of its source"):
-            _walbatch.gather(srcs, src, starts, lens + 100)
 
 
 def test_crc32c_rows_compiled_and_python_agree_with_google_crc32c() -> None:

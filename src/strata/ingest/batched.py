@@ -32,8 +32,9 @@ import numpy as np
 from strata.ingest.entries import KEY_DTYPE, KEY_FIELDS, EntryColumns
 from strata.key import KeyKind
 from strata.keyspace.relation import AFTER_IMAGE_BLOCKS, IMAGE_DELTA_HEADER_SIZE, STORED_FORKS
+from strata.storage.gather import gather
 from strata.storage.values import ValueKind
-from strata.wal.batch import LSN_HEADER, RecordBatch, gather
+from strata.wal.batch import LSN_HEADER, RecordBatch
 from strata.wal.record import (
     BKPBLOCK_HAS_IMAGE,
     BKPBLOCK_WILL_INIT,

@@ -25,8 +25,8 @@ import numpy as np
 
 from strata.key import KEY_SIZE, Key
 from strata.pagestore import PageStore
+from strata.storage.gather import gather
 from strata.storage.values import ValueKind, make_value
-from strata.wal.batch import gather
 
 KEY_DTYPE = np.dtype(f"V{KEY_SIZE}")
 # Key.to_bytes as a packed numpy record (big-endian: byte order is key order)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from strata.key import KEY_SIZE
+from strata.storage.gather import gather
 from strata.storage.values import (
     ENTRY_HEADER,
     Entry,
@@ -215,7 +216,8 @@ class EntryBatch:
             if e - s == int(ends[-1]) and np.all(self.starts[1:] == self.ends[:-1]):
                 data = self.bufs[0 if self.buf is None else int(self.buf[0])]
                 return data[s:e], ends  # already contiguous and in order
-        return b"".join(self._values()), ends
+        which = np.zeros(len(self), dtype=np.uint32) if self.buf is None else self.buf
+        return gather(self.bufs, which, self.starts, self.lengths), ends
 
     # -- row selection ---------------------------------------------------------------
     def take(self, idx: np.ndarray) -> EntryBatch:

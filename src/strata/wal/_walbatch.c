@@ -499,60 +499,7 @@ done:
     return result;
 }
 
-/* gather((src0, src1, ...), src, starts, lens) -> bytes: piece k is
- * srcs[src[k]][starts[k]:starts[k] + lens[k]]; the pieces back to back. */
-static PyObject *gather(PyObject *self, PyObject *args)
-{
-    PyObject *srcs;
-    Py_buffer src, starts, lens;
-    if (!PyArg_ParseTuple(args, "O!y*y*y*", &PyTuple_Type, &srcs, &src, &starts, &lens))
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t nsrc = PyTuple_GET_SIZE(srcs);
-    Py_buffer views[8];
-    Py_ssize_t nviews = 0;
-    Py_ssize_t n = src.len;
-    const uint8_t *si = src.buf;
-    const int64_t *st = starts.buf, *ln = lens.buf;
-    if (nsrc > 8 || starts.len != n * 8 || lens.len != n * 8) {
-        PyErr_SetString(PyExc_ValueError, "gather: up to 8 sources, one u8 src, i64 start "
-                        "and i64 length per piece");
-        goto done;
-    }
-    for (; nviews < nsrc; nviews++)
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(srcs, nviews), &views[nviews], PyBUF_SIMPLE) < 0)
-            goto done;
-    int64_t total = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        if (si[k] >= nsrc || st[k] < 0 || ln[k] < 0 || st[k] + ln[k] > views[si[k]].len) {
-            PyErr_Format(PyExc_ValueError, "gather: piece %zd out of its source", k);
-            goto done;
-        }
-        total += ln[k];
-    }
-    result = PyBytes_FromStringAndSize(NULL, total);
-    if (result == NULL)
-        goto done;
-    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(result);
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < n; k++) {
-        memcpy(o, (const uint8_t *)views[si[k]].buf + st[k], (size_t)ln[k]);
-        o += ln[k];
-    }
-    Py_END_ALLOW_THREADS
-done:
-    for (Py_ssize_t v = 0; v < nviews; v++)
-        PyBuffer_Release(&views[v]);
-    PyBuffer_Release(&src);
-    PyBuffer_Release(&starts);
-    PyBuffer_Release(&lens);
-    return result;
-}
-
 static PyMethodDef methods[] = {
-    {"gather", gather, METH_VARARGS,
-     "gather(srcs, src, starts, lens) -> bytes: the pieces srcs[src[k]][starts[k]:+lens[k]]"
-     " back to back (src: u8, starts and lens: i64 buffers)."},
     {"frame", frame, METH_VARARGS,
      "frame(buf, base, next, prev, segment_size, timeline, recs, nrec, blks, nblk, out, opos)"
      " -> (nrec, nblk, opos, next, prev, status, need): frame and decode records from `next`"

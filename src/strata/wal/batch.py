@@ -231,28 +231,6 @@ def _load_compiled() -> Callable[..., tuple[int, ...]] | None:
     return _walbatch.frame  # type: ignore[no-any-return]
 
 
-def gather(sources: tuple[bytes, ...], src: np.ndarray, starts: np.ndarray,
-           lens: np.ndarray) -> bytes:
-    """Piece k is ``sources[src[k]][starts[k]:starts[k] + lens[k]]``: the pieces
-    back to back (src: uint8, starts and lens: int64). Compiled when the
-    extension is built; the same bytes either way."""
-    if compiled_frame() is not None:
-        from strata.wal import _walbatch  # type: ignore[attr-defined]
-
-        return _walbatch.gather(sources, np.ascontiguousarray(src, dtype=np.uint8),  # type: ignore[no-any-return]
-                                np.ascontiguousarray(starts, dtype=np.int64),
-                                np.ascontiguousarray(lens, dtype=np.int64))
-    return gather_python(sources, src, starts, lens)
-
-
-def gather_python(sources: tuple[bytes, ...], src: np.ndarray, starts: np.ndarray,
-                  lens: np.ndarray) -> bytes:
-    """`gather` in pure Python (the reference)."""
-    views = [memoryview(s) for s in sources]
-    return b"".join([views[i][a:a + n] for i, a, n in zip(src.tolist(), starts.tolist(),
-                                                          lens.tolist(), strict=True)])
-
-
 def crc32c_rows(data: bytes, stride: int, length: int) -> np.ndarray:
     """Per row of `stride` bytes of `data` (whole rows only), the CRC-32C of its
     first `length` bytes, as uint32. Compiled when the extension is built; the
