@@ -9,12 +9,17 @@ there); `gather_python` is the reference, and both give the same bytes
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 try:
     from strata.storage import _gather  # type: ignore[attr-defined]
 except ImportError:  # no compiler at install time: the reference runs
     _gather = None
+    logging.getLogger(__name__).warning(
+        "the compiled gather (strata.storage._gather) is not built: gathering values "
+        "in pure Python (slower)")
 
 COMPILED = _gather is not None
 
