@@ -496,23 +496,32 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) 
         f = LayerFile(tmp_path / name.filename())
         layers.append(Layer(LayerEntry(name, Level.L0, f.size), f))
         every += entries
-    floor = rnd.randint(-1, lsn // 2)
-    at = rnd.randint(max(floor, 0), lsn)
-    want = 0
-    for k in keys:
-        chain = 0
-        for e in sorted((e for e in every if e.key == k.to_bytes() and floor < e.lsn <= at),
-                        key=lambda e: e.lsn, reverse=True):
-            if isinstance(e.value, PageImage) or e.value is TOMBSTONE:
-                break
-            chain += 1
-            if isinstance(e.value, WalRecord) and e.value.will_init:
-                break
-        want = max(want, chain)
+
+    def replay_count(floor: int, at: int) -> int:
+        want = 0
+        for k in keys:
+            chain = 0
+            for e in sorted((e for e in every if e.key == k.to_bytes() and floor < e.lsn <= at),
+                            key=lambda e: e.lsn, reverse=True):
+                if isinstance(e.value, PageImage) or e.value is TOMBSTONE:
+                    break
+                chain += 1
+                if isinstance(e.value, WalRecord) and e.value.will_init:
+                    break
+            want = max(want, chain)
+        return want
+
     try:
         rnd.shuffle(layers)
-        got = images_mod.longest_chain(layers, rk(0).to_bytes(), rk(7).to_bytes(), floor, at)
-        assert got == want
+        # several counts over the same layers: later ones take the layers they hold
+        # whole from the cache of earlier counts (`images._TAILS`), and still agree
+        cached = len(images_mod._TAILS._held)
+        for _ in range(6):
+            floor = rnd.randint(-1, lsn // 2)
+            at = rnd.choice([lsn, rnd.randint(max(floor, 0), lsn)])
+            got = images_mod.longest_chain(layers, rk(0).to_bytes(), rk(7).to_bytes(), floor, at)
+            assert got == replay_count(floor, at)
+        assert len(images_mod._TAILS._held) > cached
     finally:
         for la in layers:
             la.file.close()

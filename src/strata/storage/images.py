@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +22,7 @@ from strata.errors import LsnOutOfRangeError, RedoError, UnsupportedRecordError
 from strata.key import Key
 from strata.lsn import Lsn
 from strata.storage import commit
-from strata.storage.batch import BatchBuilder, EntryBatch
+from strata.storage.batch import KEY_ORDER, BatchBuilder, EntryBatch
 from strata.storage.layerfile import LayerWriter
 from strata.storage.layermap import Layer, LayerMap, ReadStats, covers
 from strata.storage.manifest import LayerEntry, Level
@@ -245,22 +247,76 @@ def _chain_tails(keys: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, ...]:
     return keys[first], ends - tail_from, np.logical_or.reduceat(starts, first)
 
 
+class _TailCache:
+    """`_chain_tails` of a delta layer's entries in a key range, for the layers a
+    count takes whole (every entry above the floor and at or below the LSN): a
+    layer file is immutable (`LayerFile.identity` names the file), so maintenance
+    reads each one once per partition instead of on every cycle. Bounded: at most
+    `ROWS` keys held, least recently used dropped first."""
+
+    ROWS = 1 << 20  # ~27 MB (18-byte key, 8-byte tail, 1-byte flag per row)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: OrderedDict[tuple[object, ...], tuple[np.ndarray, ...]] = OrderedDict()
+        self._rows = 0
+
+    def get(self, key: tuple[object, ...]) -> tuple[np.ndarray, ...] | None:
+        with self._lock:
+            hit = self._held.get(key)
+            if hit is not None:
+                self._held.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[object, ...], tails: tuple[np.ndarray, ...]) -> None:
+        with self._lock:
+            if key in self._held or len(tails[0]) > self.ROWS:
+                return
+            self._held[key] = tails
+            self._rows += len(tails[0])
+            while self._rows > self.ROWS:
+                _, old = self._held.popitem(last=False)
+                self._rows -= len(old[0])
+
+
+_TAILS = _TailCache()
+
+
+def _layer_tails(d: Layer, start: bytes, end: bytes, floor: int, at: int
+                 ) -> tuple[np.ndarray, ...]:
+    """`_chain_tails` of delta layer `d`'s entries in [start, end) and (floor, at]
+    (from `_TAILS` when the layer lies wholly in that LSN range)."""
+    whole = d.name.lsn_start > floor and d.name.lsn_end <= at + 1
+    key = (d.file.identity, start, end)
+    if whole and (hit := _TAILS.get(key)) is not None:
+        return hit
+    ks, kinds = [], []
+    for i in d.file.blocks_in(start, end):
+        b = d.file.block_batch(i).select(start, end, floor + 1, at + 1)
+        ks.append(np.array(b.order_keys))
+        kinds.append(np.array(b.kinds))
+    if ks and sum(map(len, ks)):
+        tails = _chain_tails(np.concatenate(ks), np.concatenate(kinds))
+    else:
+        tails = (np.empty(0, dtype=KEY_ORDER), np.empty(0, dtype=np.int64),
+                 np.empty(0, dtype=bool))
+    if whole:
+        _TAILS.put(key, tails)
+    return tails
+
+
 def longest_chain(above: list[Layer], start: bytes, end: bytes, floor: int, at: int) -> int:
     """Exactly: the most deltas a read at `at` of one key of [start, end) replays from
     the layers `above` (entries in (floor, at]; a key's chain goes down to its newest
     image, tombstone or will_init record). Reads the keys and kinds of those layers'
-    blocks in the range, one layer at a time (what `chain_bound` over-counts: maxima of
-    different keys, runs a newer image already ends)."""
+    blocks in the range, one layer at a time, each layer it takes whole only once
+    (`_TAILS`) (what `chain_bound` over-counts: maxima of different keys, runs a
+    newer image already ends)."""
     seg_keys, seg_tails, seg_starts, seg_age = [], [], [], []
     for age, d in enumerate(sorted(above, key=lambda d: d.name.lsn_end)):  # oldest first
-        ks, kinds = [], []
-        for i in d.file.blocks_in(start, end):
-            b = d.file.block_batch(i).select(start, end, floor + 1, at + 1)
-            ks.append(np.array(b.order_keys))
-            kinds.append(np.array(b.kinds))
-        if not ks or not sum(map(len, ks)):
+        k, t, st = _layer_tails(d, start, end, floor, at)
+        if not len(k):
             continue
-        k, t, st = _chain_tails(np.concatenate(ks), np.concatenate(kinds))
         seg_keys.append(k)
         seg_tails.append(t)
         seg_starts.append(st)

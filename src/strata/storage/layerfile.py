@@ -344,7 +344,11 @@ class LayerFile:
 
     def _load(self) -> None:
         fd = self._f.fileno()
-        self.size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        self.size = st.st_size
+        # which file this is, however it is named (a file renamed over this name is
+        # another): for caches of what was read from it
+        self.identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         if self.size < HEADER.size:
             raise self._fail(0, f"file is {self.size} bytes, shorter than its {HEADER.size}-byte header")
         head = os.pread(fd, HEADER.size, 0)
