@@ -10,8 +10,9 @@ find a cut point that loses a synced entry: that shows the sweep can see it."""
 
 from __future__ import annotations
 
+import contextlib
 import gc as pygc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,33 +39,39 @@ def _ddl(n: int) -> DdlEntry:
                     (change,))
 
 
-def run_until_cut(d: Path, ffs: FaultFS) -> list[int]:
-    """Appends and syncs until the power cut (or the end); returns the entry
-    numbers each completed sync made durable."""
-    synced: list[int] = []
+@contextlib.contextmanager
+def _until_cut(d: Path, ffs: FaultFS) -> Iterator[None]:
+    """Writes to `d` through `ffs` until its power cut (the block ends there), then
+    the files as the cut left them."""
     d.mkdir(parents=True, exist_ok=True)
     ffs.track(d)
-    with durable.using(ffs):
-        try:
-            tm = TimeMap.open(d)
-        except PowerCut:
-            tm = None
-        if tm is not None:
-            try:
-                n = 0
-                for _ in range(ROUNDS):
-                    for _ in range(PER_ROUND):
-                        n += 1
-                        tm.append(_tx(n))
-                        if n % 2 == 0:  # every other transaction did DDL
-                            tm.ddl.append(_ddl(n))
-                    tm.sync()
-                    synced.append(n)
-                tm.close()
-            except PowerCut:
-                pass
+    with durable.using(ffs), contextlib.suppress(PowerCut):
+        yield
     pygc.collect()  # no file object of the dead run may write after the restore
     ffs.restore()
+
+
+def run_until_cut(d: Path, ffs: FaultFS, anchors: list[int] | None = None) -> list[int]:
+    """Appends and syncs until the power cut (or the end); returns the entry
+    numbers each completed sync made durable. With `anchors`, retention trims
+    after every sync but the first, keeping from three entries back (each trim
+    notes its kept entry there first)."""
+    synced: list[int] = []
+    with _until_cut(d, ffs):
+        tm = TimeMap.open(d)
+        n = 0
+        for r in range(ROUNDS):
+            for _ in range(PER_ROUND):
+                n += 1
+                tm.append(_tx(n))
+                if n % 2 == 0:  # every other transaction did DDL
+                    tm.ddl.append(_ddl(n))
+            tm.sync()
+            synced.append(n)
+            if anchors is not None and r:
+                anchors.append(n - 3)
+                tm.trim_before(_tx(n - 3).end_lsn)
+        tm.close()
     return synced
 
 
@@ -120,31 +127,9 @@ def test_a_missing_directory_fsync_at_creation_is_caught(tmp_path: Path,
 
 
 def _trim_history(d: Path, ffs: FaultFS) -> tuple[list[int], list[int]]:
-    """Appends, syncs and retention trims until the power cut; returns (entry
-    numbers each completed sync made durable, the entry each trim started kept)."""
-    synced: list[int] = []
+    """`run_until_cut` with trims: (synced entry numbers, the entry each trim kept)."""
     anchors: list[int] = []
-    d.mkdir(parents=True, exist_ok=True)
-    ffs.track(d)
-    with durable.using(ffs):
-        try:
-            tm = TimeMap.open(d)
-            n = 0
-            for r in range(ROUNDS):
-                for _ in range(PER_ROUND):
-                    n += 1
-                    tm.append(_tx(n))
-                tm.sync()
-                synced.append(n)
-                if r:
-                    anchors.append(n - 3)
-                    tm.trim_before(_tx(n - 3).end_lsn)
-            tm.close()
-        except PowerCut:
-            pass
-    pygc.collect()
-    ffs.restore()
-    return synced, anchors
+    return run_until_cut(d, ffs, anchors), anchors
 
 
 def test_a_power_cut_during_trimming_keeps_every_entry_from_the_trim_on(

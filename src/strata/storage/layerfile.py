@@ -1,9 +1,8 @@
 """Layer files: writer and reader of the on-disk layer format (v4; reads v1-v3).
 
-Fed by: flush (frozen memtable -> L0 delta), compaction (L0 -> L1 deltas),
-image creation (scan -> image layer). Feeds: the layer map's reads, verify,
-dump-layer. Owns: the byte layout documented in FORMAT.md, its checksums and
-the write half of the commit protocol (.tmp, fsync, then the commit renames).
+Fed by: flush (memtable -> L0), compaction (L0 -> L1), image creation. Feeds:
+the layer map's reads, verify, dump-layer. Owns: the byte layout (FORMAT.md),
+its checksums and the write half of the commit protocol (.tmp, fsync, rename).
 
 Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
 zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
@@ -344,11 +343,8 @@ class LayerFile:
 
     def _load(self) -> None:
         fd = self._f.fileno()
-        st = os.fstat(fd)
-        self.size = st.st_size
-        # which file this is, however it is named (a file renamed over this name is
-        # another): for caches of what was read from it
-        self.identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        st = os.fstat(fd)  # identity: this file, not its name (caches of what it holds)
+        self.size, self.identity = st.st_size, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         if self.size < HEADER.size:
             raise self._fail(0, f"file is {self.size} bytes, shorter than its {HEADER.size}-byte header")
         head = os.pread(fd, HEADER.size, 0)
