@@ -10,7 +10,8 @@ What it is: pure functions over the block-reference rows of records
   an image delta for an applied full-page image (unless redo changes the
   page after restoring it, `keyspace.relation.image_needs_record`), else the
   record itself as a delta (WAL_RECORD_INIT when the block is initialised or
-  restored);
+  restored; a heap UPDATE's old page without the new tuple,
+  `keyspace.relation.stores_without_new_page_data`);
 - `size_growth`: the REL_SIZE puts of forks that grow (a block past the known
   end), given the sizes before the run, which it updates;
 - `new_databases`: the first block of a database history does not know yet;
@@ -36,6 +37,7 @@ from strata.storage.gather import gather
 from strata.storage.values import ValueKind
 from strata.wal.batch import LSN_HEADER, RecordBatch
 from strata.wal.record import (
+    BKPBLOCK_HAS_DATA,
     BKPBLOCK_HAS_IMAGE,
     BKPBLOCK_WILL_INIT,
     BKPIMAGE_APPLY,
@@ -45,6 +47,8 @@ from strata.wal.rmgr import (
     RM_HEAP2_ID,
     RM_HEAP_ID,
     RM_XACT_ID,
+    XLOG_HEAP_OPMASK,
+    XLOG_HEAP_UPDATE,
     XLOG_XACT_COMMIT,
     XLOG_XACT_HAS_INFO,
     XLOG_XACT_OPMASK,
@@ -61,6 +65,9 @@ _TAIL = np.dtype([("marker", "<u4"), ("bimg_info", "u1"), ("reserved", "u1"),
                   ("hole_offset", "<u2"), ("hole_length", "<u2")])
 assert _TAIL.itemsize == _IMAGE_HDR - _HDR
 _XINFO_PARTS = (1 << 9) - 1  # xact.h XACT_XINFO_HAS_DBINFO .. HAS_DROPPED_STATS
+# what an old page's record delta changes in the record: xl_tot_len, block 0's
+# fork_flags and data_length (`_record_pieces`)
+_SIDE = np.dtype([("tot_len", "<u4"), ("flags", "u1"), ("dlen", "<u2")])
 _GROUP_STRIDE = 1 << 33  # above any block count + 1: keeps groups apart in one cummax
 
 
@@ -85,6 +92,56 @@ def stored_blocks(batch: RecordBatch, lo: int, hi: int) -> np.ndarray:
     return k if keep.all() else k[keep]
 
 
+def _old_pages(batch: RecordBatch, k: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Per row of `k`: the old page of a two-page heap UPDATE whose new page has
+    data, stored as a record (`keyspace.relation.stores_without_new_page_data`)."""
+    recs = batch.recs
+    rec = k["rec"]
+    old = ((recs["rmid"][rec] == RM_HEAP_ID) & (k["block_id"] == 1) & ~image
+           & ((recs["info"][rec] & XLOG_HEAP_OPMASK) == XLOG_HEAP_UPDATE))
+    if old.any():
+        b0 = batch.blks[recs["blk_first"][rec[old]]]  # headers come in block id order
+        old[old] = (b0["block_id"] == 0) & (b0["data_len"] > 0)
+    return old
+
+
+def _record_pieces(batch: RecordBatch, rec: np.ndarray, old: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+    """(source, start, length) of the pieces of record deltas `rec` (one row each,
+    in order; source 0 is buf, 1 the returned bytes): one piece (the LSN header and
+    the record), or six for an `old` row, the record without block 0's data: LSN
+    header; xl_tot_len lowered; the header's other 20 bytes and block 0's id;
+    its fork_flags without HAS_DATA and data_length 0; the other headers and
+    block 0's image; what follows block 0's data."""
+    recs = batch.recs
+    off = recs["off"][rec]
+    tot = recs["tot_len"][rec].astype(_I64)
+    pieces = np.where(old, 6, 1)
+    first = np.zeros(len(rec), dtype=_I64)
+    np.cumsum(pieces[:-1], out=first[1:])
+    total = int(pieces.sum())
+    src = np.zeros(total, dtype=np.uint8)
+    starts = np.empty(total, dtype=_I64)
+    lens = np.empty(total, dtype=_I64)
+    starts[first] = off - _HDR
+    lens[first] = _HDR + tot
+    if not old.any():
+        return src, starts, lens, b""
+    at, o = first[old], off[old]
+    b0 = batch.blks[recs["blk_first"][rec[old]]]
+    d0, n0 = b0["data_off"], b0["data_len"].astype(_I64)
+    side = np.zeros(int(old.sum()), dtype=_SIDE)
+    side["tot_len"] = tot[old] - n0
+    side["flags"] = b0["fork_flags"] & ~np.uint8(BKPBLOCK_HAS_DATA)
+    lens[at] = _HDR
+    src[at + 1], starts[at + 1], lens[at + 1] = 1, np.arange(len(side)) * _SIDE.itemsize, 4
+    starts[at + 2], lens[at + 2] = o + 4, 21
+    src[at + 3], starts[at + 3], lens[at + 3] = 1, starts[at + 1] + 4, 3
+    starts[at + 4], lens[at + 4] = o + 28, d0 - (o + 28)
+    starts[at + 5], lens[at + 5] = d0 + n0, o + tot[old] - (d0 + n0)
+    return src, starts, lens, side.tobytes()
+
+
 def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
     """The REL_BLOCK entries of block rows `k` (in row order, at their record's
     end LSN)."""
@@ -103,36 +160,47 @@ def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
     image = applied & ~_needs_record(recs["rmid"][rec], recs["info"][rec], k["block_id"])
     kinds = np.where(applied | ((flags & BKPBLOCK_WILL_INIT) != 0),
                      np.uint8(ValueKind.WAL_RECORD_INIT), np.uint8(ValueKind.WAL_RECORD))
-    # a record delta is one piece of buf: the LSN header and the record behind it;
-    # an image delta three: the LSN header, its 10-byte tail, the image as stored
-    start = recs["off"][rec] - _HDR
-    lens = np.where(image, _IMAGE_HDR + k["img_len"].astype(_I64),
-                    _HDR + recs["tot_len"][rec].astype(_I64))
-    offsets = np.zeros(n + 1, dtype=_I64)
-    np.cumsum(lens, out=offsets[1:])
-    nimg = int(np.count_nonzero(image))
-    if not nimg:
-        data = gather((batch.buf,), np.zeros(n, dtype=np.uint8), start, lens)
+    old = _old_pages(batch, k, image) if n else np.zeros(0, dtype=bool)
+    # a record delta is the pieces of `_record_pieces`; an image delta three: the LSN
+    # header, its 10-byte tail, the image as stored
+    rsrc, rstarts, rlens, side = _record_pieces(batch, rec[~image], old[~image])
+    if not image.any():
+        src, starts, plens = rsrc, rstarts, rlens
     else:
-        first = np.arange(n, dtype=_I64) + 2 * (np.cumsum(image) - image)  # first piece
-        src = np.zeros(n + 2 * nimg, dtype=np.uint8)
-        starts = np.empty(n + 2 * nimg, dtype=_I64)
-        plens = np.empty(n + 2 * nimg, dtype=_I64)
-        starts[first] = start
-        plens[first] = lens
+        pieces = np.where(image, 3, np.where(old, 6, 1))
+        first = np.zeros(n, dtype=_I64)
+        np.cumsum(pieces[:-1], out=first[1:])
+        total = int(pieces.sum())
+        src = np.zeros(total, dtype=np.uint8)
+        starts = np.empty(total, dtype=_I64)
+        plens = np.empty(total, dtype=_I64)
+        rec_at = np.ones(total, dtype=bool)  # the pieces that are record deltas'
         at = first[image]
-        plens[at] = _HDR
-        tails = np.zeros(nimg, dtype=_TAIL)
+        rec_at[np.concatenate([at, at + 1, at + 2])] = False
+        src[rec_at], starts[rec_at], plens[rec_at] = rsrc, rstarts, rlens
+        tails = np.zeros(len(at), dtype=_TAIL)
         tails["bimg_info"] = k["bimg_info"][image]
         tails["hole_offset"] = k["hole_offset"][image]
         tails["hole_length"] = k["hole_length"][image]
-        src[at + 1] = 1
-        starts[at + 1] = np.arange(nimg, dtype=_I64) * _TAIL.itemsize
-        plens[at + 1] = _TAIL.itemsize
-        starts[at + 2] = k["img_off"][image]
-        plens[at + 2] = k["img_len"][image]
-        data = gather((batch.buf, tails.tobytes()), src, starts, plens)
-    return EntryColumns(keys.view(KEY_DTYPE), recs["end_lsn"][rec], kinds, offsets, data)
+        starts[at], plens[at] = recs["off"][rec[image]] - _HDR, _HDR
+        src[at + 1] = 2
+        starts[at + 1], plens[at + 1] = np.arange(len(at), dtype=_I64) * _TAIL.itemsize, \
+            _TAIL.itemsize
+        starts[at + 2], plens[at + 2] = k["img_off"][image], k["img_len"][image]
+        return _columns(keys, recs["end_lsn"][rec], kinds, pieces, plens,
+                        gather((batch.buf, side, tails.tobytes()), src, starts, plens))
+    return _columns(keys, recs["end_lsn"][rec], kinds, np.where(old, 6, 1), plens,
+                    gather((batch.buf, side), src, starts, plens))
+
+
+def _columns(keys: np.ndarray, lsns: np.ndarray, kinds: np.ndarray, pieces: np.ndarray,
+             plens: np.ndarray, data: bytes) -> EntryColumns:
+    """Entry columns whose row i is `pieces[i]` consecutive pieces of `data`."""
+    ends = np.cumsum(plens)
+    last = np.cumsum(pieces) - 1  # each row's last piece
+    offsets = np.zeros(len(keys) + 1, dtype=_I64)
+    offsets[1:] = ends[last] if len(last) else ends[:0]
+    return EntryColumns(keys.view(KEY_DTYPE), lsns, kinds, offsets, data)
 
 
 def size_growth(k: np.ndarray, sizes: dict[RelFork, int]) -> list[tuple[int, RelFork, int]]:

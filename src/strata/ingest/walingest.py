@@ -32,7 +32,8 @@ Per record:
   unless redo changes the page after restoring it
   (`keyspace.relation.image_needs_record`: GiST's split completion); any
   other reference stores the record itself as a `WalRecord` delta (a chain
-  start when the block is initialised or restored). The FSM fork is not
+  start when the block is initialised or restored; a heap UPDATE's old page
+  without the new tuple: `keyspace.relation.encode_record_delta`). The FSM fork is not
   stored: only inserts read it (wal-census 5.2).
 - relation sizes: raised by every block reference past the known end
   (relation extension is not WAL-logged, so a block's first appearance is
@@ -69,8 +70,8 @@ from strata.keyspace.relation import (
     STORED_FORKS,
     decode_rel_size,
     delta_form,
-    encode_delta,
     encode_image_delta,
+    encode_record_delta,
     encode_rel_size,
 )
 from strata.keyspace.slru import slru_store_value
@@ -241,7 +242,6 @@ class WalIngest:
 
     def _blocks(self, record: DecodedRecord, lsn: Lsn) -> None:
         """Block entries, fork sizes and database directories of `record`."""
-        delta: bytes | None = None
         grown: dict[RelFork, int] = {}  # one REL_SIZE put per fork and record
         for blk in record.blocks:
             if blk.fork not in STORED_FORKS:
@@ -255,9 +255,8 @@ class WalIngest:
                 self._put(key, lsn, _KIND_INIT,
                           encode_image_delta(record.lsn, record.end_lsn, blk.image))
             else:
-                if delta is None:
-                    delta = encode_delta(record.lsn, record.end_lsn, record.raw)
-                self._put(key, lsn, _KIND_INIT if init else _KIND_RECORD, delta)
+                self._put(key, lsn, _KIND_INIT if init else _KIND_RECORD,
+                          encode_record_delta(record, blk))
             rf = (loc.spc, loc.db, loc.rel, blk.fork)
             if max(self._sizes.get(rf, -1), grown.get(rf, -1)) < blk.blkno + 1:
                 grown[rf] = blk.blkno + 1

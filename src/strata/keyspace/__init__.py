@@ -8,7 +8,7 @@ this package gives them meaning, per key kind:
 ================  =========================================================
 key kind          codec
 ================  =========================================================
-REL_BLOCK         `relation.encode_delta` / `decode_delta` (a WAL record);
+REL_BLOCK         `relation.encode_record_delta` / `decode_delta` (a WAL record);
                   images are bare 8 KB pages
 REL_SIZE          `relation.encode_rel_size` / `decode_rel_size`
 DB_DIR            `relation.DB_DIR_PRESENT`

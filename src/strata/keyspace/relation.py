@@ -1,8 +1,9 @@
 """REL_BLOCK, REL_SIZE and DB_DIR values: relation pages, fork lengths and
 database directories.
 
-REL_BLOCK deltas come in two forms (keyspace/FORMAT.md, version 2): a whole
-WAL record (`encode_delta`), or one block's full-page image exactly as WAL
+REL_BLOCK deltas come in two forms (keyspace/FORMAT.md, version 2): a WAL
+record (`encode_record_delta`: as written, but a heap UPDATE's old page
+leaves out the new tuple), or one block's full-page image exactly as WAL
 stores it (`encode_image_delta`: maybe compressed, without its hole), which
 reconstruct restores when the page is read; the u32 at offset 16 tells them
 apart (a record's ``xl_tot_len`` is never 0). An applied image is stored as
@@ -23,8 +24,16 @@ import struct
 
 from strata.lsn import Lsn
 from strata.pg.constants import ForkNumber
+from strata.wal.decoder import without_block_data
 from strata.wal.record import XLR_RMGR_INFO_MASK, BlockImage, BlockRef, DecodedRecord
-from strata.wal.rmgr import RM_GIST_ID, XLOG_GIST_PAGE_SPLIT, XLOG_GIST_PAGE_UPDATE
+from strata.wal.rmgr import (
+    RM_GIST_ID,
+    RM_HEAP_ID,
+    XLOG_GIST_PAGE_SPLIT,
+    XLOG_GIST_PAGE_UPDATE,
+    XLOG_HEAP_OPMASK,
+    XLOG_HEAP_UPDATE,
+)
 
 # REL_BLOCK delta value: start LSN, end LSN, then the whole record.
 _DELTA_HEADER = struct.Struct("<QQ")
@@ -82,6 +91,26 @@ def delta_form(record: DecodedRecord, blk: BlockRef) -> tuple[bool, bool]:
 def encode_delta(lsn: int, end_lsn: int, raw: bytes) -> bytes:
     """A REL_BLOCK delta: the whole WAL record `raw` that starts at `lsn`."""
     return _DELTA_HEADER.pack(lsn, end_lsn) + raw
+
+
+def stores_without_new_page_data(rmid: int, xl_info: int, block_id: int) -> bool:
+    """Is block reference `block_id` of a record (`rmid`, `xl_info`) the old page
+    of a heap UPDATE on two pages, whose record delta leaves out block 0's data
+    (the new tuple: heap_xlog_update reads it only for the new page; the old page
+    takes the main data and block 0's block number)?"""
+    return (rmid == RM_HEAP_ID and xl_info & XLOG_HEAP_OPMASK == XLOG_HEAP_UPDATE
+            and block_id == 1)
+
+
+def encode_record_delta(record: DecodedRecord, blk: BlockRef) -> bytes:
+    """The REL_BLOCK record delta of block reference `blk` of `record`: the record
+    as written, but for the old page of a heap UPDATE, which leaves out the new
+    page's data (`stores_without_new_page_data`; keyspace/FORMAT.md, "REL_BLOCK
+    record deltas"). The vectorized form is `ingest.batched.block_entries`."""
+    raw = record.raw
+    if stores_without_new_page_data(record.xl_rmid, record.xl_info, blk.block_id):
+        raw = without_block_data(raw, 0)
+    return encode_delta(record.lsn, record.end_lsn, raw)
 
 
 def decode_delta(data: bytes) -> tuple[Lsn, Lsn, bytes]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from strata.errors import RedoError, StrataError, UnsupportedRecordError
 from strata.key import Key
-from strata.keyspace.relation import delta_form, encode_delta, encode_image_delta
+from strata.keyspace.relation import delta_form, encode_image_delta, encode_record_delta
 from strata.lsn import Lsn
 from strata.reconstruct.mask import heap_mask_strict, known_difference, masked
 from strata.reconstruct.reconstruct import reconstruct_value
@@ -276,7 +276,7 @@ class ConsistencyChecker:
             assert block.image is not None
             data = encode_image_delta(record.lsn, record.end_lsn, block.image)
         else:
-            data = encode_delta(record.lsn, record.end_lsn, record.raw)
+            data = encode_record_delta(record, block)
         return reconstruct_value(key, prev, [WalRecord(data, init)])
 
     def _compare(self, record: DecodedRecord, block: BlockRef, ours: bytes, server: bytes,

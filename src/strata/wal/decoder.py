@@ -267,3 +267,43 @@ def decode_record(raw: bytes, lsn: Lsn | int, end_lsn: Lsn | int) -> DecodedReco
     return _new_decoded(  # type: ignore[no-any-return]
         _lsn(lsn), _lsn(end_lsn), tot_len, xid, _int_new(Lsn, prev), info, rmid, crc,
         tuple(blocks), main_data, origin, toplevel_xid, raw)
+
+
+def without_block_data(raw: bytes, block_id: int) -> bytes:
+    """Record `raw` without block reference `block_id`'s registered data: the data
+    bytes removed, BKPBLOCK_HAS_DATA cleared and data_length 0 in its header,
+    xl_tot_len lowered to match. Everything else stays (xl_crc is the original
+    record's: it no longer covers these bytes). `raw` itself when that block has
+    no data.
+
+    Requires: `raw` decodes (`decode_headers`)."""
+    n = len(raw)
+    pos = SIZE_OF_XLOG_RECORD
+    datatotal = 0
+    hdr_at = data_at = -1
+    dlen = 0
+    while n - pos > datatotal:
+        bid = raw[pos]
+        if bid > XLR_MAX_BLOCK_ID:
+            if bid in (XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_DATA_LONG):
+                pos += 2 if bid == XLR_BLOCK_ID_DATA_SHORT else 5
+                break
+            pos += 3 if bid == XLR_BLOCK_ID_ORIGIN else 5  # origin, top-level xid
+            continue
+        fork_flags, data_len = _blk_hdr_unpack_from(raw, pos + 1)
+        img_len = hdr = 0
+        if fork_flags & BKPBLOCK_HAS_IMAGE:
+            img_len, _, bimg_info = _img_hdr_unpack_from(raw, pos + 4)
+            hdr = 7 if bimg_info & BKPIMAGE_COMPRESSED and bimg_info & BKPIMAGE_HAS_HOLE else 5
+        if bid == block_id:
+            hdr_at, data_at, dlen = pos, datatotal + img_len, data_len
+        datatotal += img_len + data_len
+        pos += 4 + hdr + (0 if fork_flags & BKPBLOCK_SAME_REL else 12) + 4
+    if hdr_at < 0 or not dlen:
+        return raw
+    start = pos + data_at  # headers end at pos; payloads follow in header order
+    out = bytearray(raw[:start]) + raw[start + dlen:]
+    out[hdr_at + 1] &= ~BKPBLOCK_HAS_DATA & 0xFF
+    out[hdr_at + 2:hdr_at + 4] = b"\0\0"
+    out[0:4] = U32.pack(len(out))
+    return bytes(out)
