@@ -368,3 +368,33 @@ def test_a_version_1_file_is_read_and_trimming_makes_it_version_2(
     (tmp_path / "timemap.dat").write_bytes(data[:8] + (1).to_bytes(4, "little") + data[12:])
     with pytest.raises(CorruptionError, match="version 1"):  # version 1 has no head
         TimeMap.open(tmp_path, readonly=True)
+
+
+def test_a_reader_that_missed_a_trim_gets_an_error_not_the_punched_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only map opened before the writer trimmed (and punched) blocks it
+    has not cached: reading one raises "removed by retention" and the map takes
+    the new head; a block damaged in the file raises CorruptionError."""
+    from strata.timemap import timemap as tm_mod
+
+    monkeypatch.setattr(tm_mod, "BLOCK_ENTRIES", 4)
+    monkeypatch.setattr(tm_mod, "_CACHED_BLOCKS", 1)
+    entries = [_e(100 * n, 10 * n, xid=n) for n in range(1, 601)]
+    writer = TimeMap.open(tmp_path)
+    for e in entries:
+        writer.append(e)
+    writer.sync()
+    reader = TimeMap.open(tmp_path, readonly=True)
+    assert reader.last_at_or_before(entries[10].end_lsn) == entries[10]
+    assert writer.trim_before(entries[300].end_lsn) == 75  # blocks of 4 entries
+    with pytest.raises(LsnOutOfRangeError, match="removed by retention"):
+        reader.last_at_or_before(entries[20].end_lsn)  # block 5: a hole now
+    assert reader.first() == entries[300] and len(reader) == 300
+    assert reader.last_at_or_before(entries[400].end_lsn) == entries[400]
+    raw = bytearray((tmp_path / "timemap.dat").read_bytes())
+    raw[16 + 120 * 4 * ENTRY_SIZE + 3] ^= 0xFF  # block 120: held, not read yet
+    (tmp_path / "timemap.dat").write_bytes(bytes(raw))
+    with pytest.raises(CorruptionError, match="fails its CRCs"):
+        reader.last_at_or_before(entries[481].end_lsn)
+    writer.close()
+    reader.close()

@@ -413,12 +413,11 @@ class TimeMap:
         """The rows of block `b` (the tail when b == the sealed count); callers hold
         the lock.
 
-        Raises: LsnOutOfRangeError for a block retention trimmed."""
+        Raises: LsnOutOfRangeError for a block retention trimmed (also when a
+        reader finds it so in the file before its next `refresh`);
+        CorruptionError for a block read back that fails its CRCs."""
         if b < self._head:
-            raise LsnOutOfRangeError(
-                f"time map entries before LSN {Lsn(int(self._firsts[self._head]))} were "
-                "removed by retention" if self._head < self._sealed else
-                "time map entries were removed by retention")
+            raise self._trimmed_error()
         if b == self._sealed:
             return self._tail[:self._n_tail]
         kept = self._kept.get(b)
@@ -430,6 +429,17 @@ class TimeMap:
             with self._path.open("rb") as f:
                 f.seek(_HEADER.size + b * BLOCK_ENTRIES * ENTRY_SIZE)
                 data = f.read(BLOCK_ENTRIES * ENTRY_SIZE)
+                if len(data) == BLOCK_ENTRIES * ENTRY_SIZE and (crc32c_rows(
+                        data, ENTRY_SIZE, _ENTRY.size) != np.frombuffer(
+                        data, dtype=ENTRY_DTYPE)["crc"]).any():
+                    # the writer trimmed it since this map last read the header (its
+                    # bytes are a hole now), or it is damaged
+                    head = _read_head(f, self._path)
+                    if head is not None and head > b:
+                        self._trimmed(head)
+                        raise self._trimmed_error()
+                    raise CorruptionError(f"{self._path}: block {b} of the time map fails "
+                                          "its CRCs")
             if len(data) != BLOCK_ENTRIES * ENTRY_SIZE:
                 raise CorruptionError(f"{self._path}: block {b} of the time map is short")
             cached = np.frombuffer(data, dtype=ENTRY_DTYPE)
@@ -437,6 +447,11 @@ class TimeMap:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[b] = cached
         return cached
+
+    def _trimmed_error(self) -> LsnOutOfRangeError:
+        held = f" before LSN {Lsn(int(self._firsts[self._head]))}" \
+            if self._head < self._sealed else ""
+        return LsnOutOfRangeError(f"time map entries{held} were removed by retention")
 
     def _row(self, i: int) -> TxEnd:
         """Entry `i` (holding the lock)."""
