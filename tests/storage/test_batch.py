@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from strata.errors import CorruptionError, RedoError
 from strata.key import Key, KeyRange
 from strata.pagestore import PageStore
-from strata.storage.batch import KEY_DTYPE, EntryBatch, key_array
+from strata.storage.batch import KEY_DTYPE, KEY_ORDER, EntryBatch, key_array, key_order
 from strata.storage.blocks import decode_columns, encode_columns
 from strata.storage.config import StorageConfig
 from strata.storage.layerfile import LayerFile
@@ -157,6 +157,52 @@ def test_memtable_runs_keep_last_put_and_any_put_order() -> None:
     fm, rest = mt.freeze(1, 30)
     assert [(e.key, e.lsn) for e in fm.batch.entries()] == sorted(x for x in model if x[1] < 30)
     assert len(rest) == sum(1 for x in model if x[1] >= 30)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_key_order_equals_sorting_the_key_bytes(seed: int) -> None:
+    """The three-integer-column sort against numpy's sort of the S18 view: keys that
+    differ in any byte (or share whole columns, which it skips), with and without LSNs
+    among equal keys, ties in row order."""
+    rnd = np.random.default_rng(seed)
+    n = int(rnd.integers(1, 4000))
+    raw = np.zeros((n, 18), dtype=np.uint8)
+    for col in rnd.choice(18, size=int(rnd.integers(1, 5)), replace=False):
+        raw[:, col] = rnd.integers(0, int(rnd.choice([2, 3, 256])), n)  # few values: ties
+    keys = raw.view(KEY_DTYPE).ravel()
+    lsns = rnd.integers(0, 4, n)
+    want = np.argsort(keys.view(KEY_ORDER), kind="stable")
+    assert np.array_equal(key_order(keys), want)
+    assert np.array_equal(key_order(keys.view(KEY_ORDER)), want)  # S18 keys too
+    assert np.array_equal(key_order(keys, lsns),
+                          np.lexsort((np.arange(n), lsns, keys.view(KEY_ORDER))))
+    assert np.array_equal(key_order(keys[:0]), np.arange(0))
+
+
+@pytest.mark.parametrize("lsn_ordered", [True, False])
+def test_merged_runs_equal_sorting_them_together_and_the_last_put_wins(
+        lsn_ordered: bool) -> None:
+    """`EntryBatch.merged` of sorted runs (in LSN order, repeating the boundary LSN;
+    or in any order) equals `concat(...).sorted()` and a model where the later put of
+    a (key, lsn) wins."""
+    rnd = np.random.default_rng(7 if lsn_ordered else 8)
+    runs, model, lsn = [], {}, 1
+    for r in range(6):
+        rows = []
+        for i in range(int(rnd.integers(1, 300))):
+            if lsn_ordered:
+                lsn += int(rnd.integers(0, 2))  # repeats, across runs too
+            else:
+                lsn = int(rnd.integers(1, 50))
+            key = rk(int(rnd.integers(0, 7)))
+            rows.append((key, lsn, PageImage(b"%d.%d" % (r, i))))
+            model[(key.to_bytes(), lsn)] = rows[-1][2]
+        runs.append(batch_of(rows).sorted())
+    got = EntryBatch.merged(runs)
+    assert [(e.key, e.lsn, e.value) for e in got.entries()] == \
+        [(k, lsn, model[(k, lsn)]) for k, lsn in sorted(model)]
+    again = EntryBatch.concat(runs).sorted()
+    assert [(e.key, e.lsn) for e in again.entries()] == [(e.key, e.lsn) for e in got.entries()]
 
 
 def test_v3_block_round_trips_and_rejects_malformed_columns() -> None:

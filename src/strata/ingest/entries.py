@@ -124,19 +124,22 @@ def concat(cols: Sequence[EntryColumns]) -> EntryColumns:
                         b"".join(c.data for c in cols))
 
 
-def put_columns(store: PageStore, cols: EntryColumns) -> None:
-    """Hand `cols` to the store in one call (the store's batch type where it has
-    one, else one put per entry)."""
-    if not len(cols):
+def put_columns(store: PageStore, runs: Sequence[EntryColumns]) -> None:
+    """Hand `runs` (in order) to the store in one call: the store's batch type where it
+    has one (each run's values stay in their own buffer, not copied into one), else
+    one put per entry."""
+    runs = [c for c in runs if len(c)]
+    if not runs:
         return
     if _HAS_ENTRY_BATCH:
         from strata.storage.batch import EntryBatch  # type: ignore[import-not-found,unused-ignore]
 
-        store.put_batch(EntryBatch.from_offsets(cols.keys, cols.lsns, cols.kinds, cols.offsets,
-                                                cols.data))
+        store.put_batch(EntryBatch.concat([
+            EntryBatch.from_offsets(c.keys, c.lsns, c.kinds, c.offsets, c.data) for c in runs]))
         return
-    for key, lsn, kind, value in cols.entries():
-        store.put(Key.from_bytes(key), lsn, make_value(kind, value))
+    for cols in runs:
+        for key, lsn, kind, value in cols.entries():
+            store.put(Key.from_bytes(key), lsn, make_value(kind, value))
 
 
 class PendingEntries:
@@ -179,4 +182,4 @@ class PendingEntries:
         self._close_singles()
         if self._runs:
             runs, self._runs = self._runs, []
-            put_columns(self.store, concat(runs))
+            put_columns(self.store, runs)

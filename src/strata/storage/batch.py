@@ -32,6 +32,7 @@ encoded.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,36 @@ def key_array(keys: Sequence[bytes]) -> np.ndarray:
     """18-byte keys -> a `KEY_DTYPE` array."""
     return np.frombuffer(b"".join(keys), dtype=KEY_DTYPE) if keys else \
         np.empty(0, dtype=KEY_DTYPE)
+
+
+# A key's 18 bytes as three big-endian integers: sorting them, least significant
+# first, orders keys bytewise (as their `S18` view does), several times faster.
+_KEY_PARTS = np.dtype([("hi", ">u8"), ("mid", ">u8"), ("lo", ">u2")])
+
+
+def key_order(keys: np.ndarray, lsns: np.ndarray | None = None) -> np.ndarray:
+    """The stable sort order of 18-byte keys (`KEY_DTYPE` or `KEY_ORDER`) by their
+    bytes, and among equal keys by `lsns` when given; ties keep row order.
+
+    Equal to ``np.argsort(keys.view(KEY_ORDER), kind="stable")`` (with `lsns`:
+    ``np.lexsort((np.arange(n), lsns, keys.view(KEY_ORDER)))``; tests/storage/
+    test_batch.py checks both): the key as three integer columns, each sorted stably
+    (numpy's radix and tim sorts), least significant first. A column that is the same
+    in every row (the key kind, tablespace and database, mostly) is skipped."""
+    n = len(keys)
+    parts = np.ascontiguousarray(keys).view(KEY_DTYPE).view(_KEY_PARTS)
+    cols = [] if lsns is None else [lsns]
+    for name, native in (("lo", np.uint16), ("mid", np.uint64), ("hi", np.uint64)):
+        c = parts[name].astype(native)
+        if n and c[0] == c[-1] and bool((c == c[0]).all()):
+            continue
+        cols.append(c)
+    if not cols:
+        return np.arange(n)
+    order = np.argsort(cols[0], kind="stable")
+    for c in cols[1:]:
+        order = order[np.argsort(c[order], kind="stable")]
+    return order
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +253,13 @@ class EntryBatch:
     # -- row selection ---------------------------------------------------------------
     def take(self, idx: np.ndarray) -> EntryBatch:
         """Rows `idx` (indices or a boolean mask), sharing this batch's buffers."""
-        return EntryBatch(self.keys[idx], self.lsns[idx], self.kinds[idx], self.starts[idx],
-                          self.ends[idx], self.bufs, None if self.buf is None else self.buf[idx])
+        if idx.dtype == np.bool_:
+            idx = np.flatnonzero(idx)
+        # np.take: ~3x faster than indexing for the V18 keys
+        return EntryBatch(np.take(self.keys, idx), np.take(self.lsns, idx),
+                          np.take(self.kinds, idx), np.take(self.starts, idx),
+                          np.take(self.ends, idx), self.bufs,
+                          None if self.buf is None else np.take(self.buf, idx))
 
     def slice(self, a: int, b: int) -> EntryBatch:
         return EntryBatch(self.keys[a:b], self.lsns[a:b], self.kinds[a:b], self.starts[a:b],
@@ -232,19 +268,36 @@ class EntryBatch:
     def sorted(self) -> EntryBatch:
         """Sorted by (key, lsn), one row per (key, lsn): the last one in row order wins."""
         n = len(self)
-        if n == 0:
+        if n < 2:
             return self
-        ok = self.order_keys
-        if n < 2 or np.all(self.lsns[1:] >= self.lsns[:-1]):
-            order = np.argsort(ok, kind="stable")  # rows in LSN order: ties stay in order
-        else:
-            order = np.lexsort((np.arange(n), self.lsns, ok))
-        b = self.take(order)
-        k, lsn = b.order_keys, b.lsns
-        dup = (k[1:] == k[:-1]) & (lsn[1:] == lsn[:-1])  # row i repeats row i + 1
-        if dup.any():
-            b = b.take(np.concatenate([~dup, [True]]))
-        return b
+        lsn_ordered = bool(np.all(self.lsns[1:] >= self.lsns[:-1]))
+        # rows in LSN order: a stable sort by key leaves each key's rows in LSN order
+        return self.take(key_order(self.keys, None if lsn_ordered else self.lsns))._deduped()
+
+    @classmethod
+    def merged(cls, runs: Sequence[EntryBatch]) -> EntryBatch:
+        """`concat(runs).sorted()` for runs each sorted by (key, lsn), given in put
+        order. When every run's LSNs are at or above the previous run's, a stable
+        sort by key alone is enough (timsort and radix sorts both gain from it)."""
+        runs = [r for r in runs if len(r)]
+        if len(runs) <= 1:
+            return runs[0] if runs else cls.empty()
+        lsn_ordered = all(int(a.lsns.max()) <= int(b.lsns.min()) for a, b in itertools.pairwise(runs))
+        every = cls.concat(runs)
+        return every.take(key_order(every.keys, None if lsn_ordered else every.lsns))._deduped()
+
+    def _deduped(self) -> EntryBatch:
+        """A (key, lsn)-sorted batch without the earlier row of each repeated (key, lsn)."""
+        lsn = self.lsns
+        same = np.flatnonzero(lsn[1:] == lsn[:-1])
+        if len(same):
+            k = self.order_keys
+            same = same[k[same] == k[same + 1]]  # row i repeats row i + 1
+        if not len(same):
+            return self
+        keep = np.ones(len(self), dtype=bool)
+        keep[same] = False
+        return self.take(keep)
 
     def key_slice(self, start: bytes, end: bytes) -> tuple[int, int]:
         """Rows [a, b) of a key-sorted batch with start <= key < end."""
@@ -288,7 +341,7 @@ class EntryBatch:
             raise fail(bad, "unknown value kind")
         if (bad := (self.kinds == _KIND_OF_TOMBSTONE) & (self.lengths != 0)).any():
             raise fail(bad, "tombstone with a value")
-        first = np.frombuffer(self.keys.tobytes(), dtype=np.uint8)[::KEY_SIZE]
+        first = np.ascontiguousarray(self.keys).view(np.uint8)[::KEY_SIZE]
         if (bad := first == 0xFF).any():
             raise fail(bad, "key kind 0xFF is reserved")
 

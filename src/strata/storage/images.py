@@ -22,7 +22,7 @@ from strata.errors import LsnOutOfRangeError, RedoError, UnsupportedRecordError
 from strata.key import Key
 from strata.lsn import Lsn
 from strata.storage import commit
-from strata.storage.batch import KEY_ORDER, BatchBuilder, EntryBatch
+from strata.storage.batch import KEY_ORDER, BatchBuilder, EntryBatch, key_order
 from strata.storage.layerfile import LayerWriter
 from strata.storage.layermap import Layer, LayerMap, ReadStats, covers
 from strata.storage.manifest import LayerEntry, Level
@@ -324,7 +324,7 @@ def longest_chain(above: list[Layer], start: bytes, end: bytes, floor: int, at: 
     if not seg_keys:
         return 0
     keys = np.concatenate(seg_keys)
-    order = np.lexsort((np.concatenate(seg_age), keys))  # by key, then oldest first
+    order = key_order(keys, np.concatenate(seg_age))  # by key, then oldest first
     keys, tails = keys[order], np.concatenate(seg_tails)[order]
     starts = np.concatenate(seg_starts)[order].astype(np.int64)
     first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
@@ -399,7 +399,7 @@ def _window_images(store: LayerStore, ch: Chains, at: int,
         if page is not None:
             built.add(kb, at, PageImage(page))
     both = EntryBatch.concat([copied, built.build()])
-    return both.take(np.argsort(both.order_keys, kind="stable")), skipped
+    return both.take(key_order(both.keys)), skipped
 
 
 class _ImageOutput:

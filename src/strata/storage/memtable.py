@@ -6,7 +6,7 @@ its own; after a crash ingest re-puts everything above durable_lsn from WAL.
 
 Puts are appended as they come (a batch as is, single puts gathered by a
 BatchBuilder) and sorted only when something reads or freezes the memtable:
-then the unsorted part becomes a sorted run (numpy argsort by key; rows come in
+then the unsorted part becomes a sorted run (`batch.key_order`; rows come in
 LSN order), and runs are merged so that each is at least twice the size of the
 next newer one (a handful of runs, each entry re-sorted O(log n) times).
 """
@@ -76,7 +76,7 @@ class Memtable:
                 self._pending = []
                 while len(runs) >= 2 and 2 * len(runs[-1]) >= len(runs[-2]):
                     newer = runs.pop()
-                    runs.append(EntryBatch.concat([runs.pop(), newer]).sorted())
+                    runs.append(EntryBatch.merged([runs.pop(), newer]))
             return list(self._runs)
 
     def get(self, key: bytes, lo: int, hi: int) -> list[Entry]:
@@ -97,7 +97,7 @@ class Memtable:
         parts = [p for p in parts if len(p)]
         if len(parts) <= 1:
             return parts[0] if parts else EntryBatch.empty()
-        return EntryBatch.concat(parts).sorted()
+        return EntryBatch.merged(parts)
 
     def scan(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 63) -> Iterator[Entry]:
         """Entries in [start, end) x [lo, hi), in (key, lsn) order (a snapshot)."""
@@ -110,7 +110,7 @@ class Memtable:
         Returns: the frozen part and a new memtable with the entries at or above lsn_end.
         """
         runs = self._runs_now()
-        every = runs[0] if len(runs) == 1 else EntryBatch.concat(runs).sorted()
+        every = EntryBatch.merged(runs)
         if len(every) and int(every.lsns.min()) < lsn_start:
             raise ValueError(f"entry at {int(every.lsns.min()):X} below frozen range start "
                              f"{lsn_start:X}")

@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from strata.key import KEY_SIZE, Key
-from strata.storage.batch import EntryBatch
+from strata.storage.batch import EntryBatch, key_order
 from strata.storage.layerfile import LayerFile
 from strata.storage.layermap import Layer, ReadStats, ReadView, Redo
 from strata.storage.values import ValueKind, WalRecord
@@ -71,7 +71,7 @@ def windows(files: Sequence[LayerFile], start: bytes, end: bytes,
 
 
 def _sorted_by_key_lsn(b: EntryBatch, tags: np.ndarray) -> tuple[EntryBatch, np.ndarray]:
-    order = np.lexsort((b.lsns, b.order_keys))
+    order = key_order(b.keys, b.lsns)
     return b.take(order), tags[order]
 
 
@@ -320,4 +320,4 @@ def merged_windows(files: Sequence[LayerFile], start: bytes,
         if len(b):
             # rows are in (source, key, lsn) order and sources in LSN order: a stable
             # sort by key alone leaves each key's rows in LSN order
-            yield b.take(np.argsort(b.order_keys, kind="stable"))
+            yield b.take(key_order(b.keys))
