@@ -203,6 +203,29 @@ def _columns(keys: np.ndarray, lsns: np.ndarray, kinds: np.ndarray, pieces: np.n
     return EntryColumns(keys.view(KEY_DTYPE), lsns, kinds, offsets, data)
 
 
+def changes(*cols: np.ndarray) -> np.ndarray:
+    """Per row of equal-length columns: whether it differs from the row before in
+    any of them (row 0: True). (np.r_ costs ~10 us a call; this a few.)"""
+    n = len(cols[0])
+    out = np.empty(n, dtype=bool)
+    if n:
+        out[0] = True
+        np.not_equal(cols[0][1:], cols[0][:-1], out=out[1:])
+        for c in cols[1:]:
+            out[1:] |= c[1:] != c[:-1]
+    return out
+
+
+def member(x: np.ndarray, ascending: np.ndarray) -> np.ndarray:
+    """``np.isin(x, ascending)`` for a sorted `ascending`, by binary search (np.isin
+    has a fixed cost of ~30 us a call, and ingest calls it per batch)."""
+    if not len(ascending):
+        return np.zeros(len(x), dtype=bool)
+    i = np.searchsorted(ascending, x)
+    np.minimum(i, len(ascending) - 1, out=i)
+    return ascending[i] == x  # type: ignore[no-any-return]
+
+
 def size_growth(k: np.ndarray, sizes: dict[RelFork, int]) -> list[tuple[int, RelFork, int]]:
     """(record row, fork, new length) for each record that lengthens a fork: a
     block past the fork's known end (the longest of the record's blocks counts).
@@ -215,8 +238,8 @@ def size_growth(k: np.ndarray, sizes: dict[RelFork, int]) -> list[tuple[int, Rel
     order = np.lexsort((rec, b, a))
     a, b, rec = a[order], b[order], rec[order]
     val = k["blkno"][order].astype(_I64) + 1
-    new_fork = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])]
-    first = np.flatnonzero(new_fork | np.r_[True, rec[1:] != rec[:-1]])
+    new_fork = changes(a, b)
+    first = np.flatnonzero(new_fork | changes(rec))
     m = np.maximum.reduceat(val, first)  # per (fork, record): its longest block + 1
     gg = (np.cumsum(new_fork) - 1)[first]  # fork number of each (fork, record)
     rr = rec[first]
@@ -225,8 +248,9 @@ def size_growth(k: np.ndarray, sizes: dict[RelFork, int]) -> list[tuple[int, Rel
                             for x, y in zip(a[heads].tolist(), b[heads].tolist(), strict=True)]
     before = np.array([sizes.get(f, -1) for f in forks], dtype=_I64)
     run = np.maximum.accumulate(m + gg * _GROUP_STRIDE) - gg * _GROUP_STRIDE
-    prev = np.r_[-1, run[:-1]]
-    prev[np.r_[True, gg[1:] != gg[:-1]]] = -1  # a fork's first record: nothing before
+    prev = np.empty_like(run)
+    prev[1:] = run[:-1]
+    prev[changes(gg)] = -1  # a fork's first record: nothing before
     grow = m > np.maximum(prev, before[gg])
     out: list[tuple[int, RelFork, int]] = []
     for r, gi, nb in zip(rr[grow].tolist(), gg[grow].tolist(), m[grow].tolist(), strict=True):
@@ -309,4 +333,4 @@ def heap_rows_in(batch: RecordBatch, rels: set[int] | frozenset[int]) -> np.ndar
     rmid = recs["rmid"]
     heap = np.flatnonzero(((rmid == RM_HEAP_ID) | (rmid == RM_HEAP2_ID)) & (recs["nblocks"] > 0))
     first_rel = batch.blks["rel"][recs["blk_first"][heap]]
-    return heap[np.isin(first_rel, np.fromiter(rels, dtype=np.uint32, count=len(rels)))]
+    return heap[member(first_rel, np.sort(np.fromiter(rels, dtype=np.uint32, count=len(rels))))]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from strata.ingest.batched import member
 from strata.key import Key
 from strata.pg.constants import ForkNumber
 from strata.wal.batch import RecordBatch
@@ -65,7 +66,7 @@ def implicit_clear_rows(batch: RecordBatch, lo: int, hi: int) -> list[int]:
     b = int(recs["blk_first"][hi - 1]) + int(recs["nblocks"][hi - 1])
     blks = batch.blks[a:b]
     named = blks["rec"][blks["fork"] == ForkNumber.VM]
-    return cand[~np.isin(cand, named)].tolist()  # type: ignore[no-any-return]
+    return cand[~member(cand, named)].tolist()  # type: ignore[no-any-return]  # (named: ascending)
 
 
 def forgotten_vm_pages(record: DecodedRecord) -> list[Key]:

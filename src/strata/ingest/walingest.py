@@ -388,8 +388,10 @@ class WalIngest:
         events, interpreted = batched.walk_events(batch, lo, hi, inside)
         # interpreted rows that are plain commits go together unless the DDL tracker
         # waits (which only an interpreted record changes); the others never do
-        commit = np.isin(events, self._plain_rows) & ~np.isin(
-            events, np.fromiter(decoded, dtype=np.int64, count=len(decoded)))
+        commit = batched.member(events, self._plain_rows)
+        if decoded:
+            commit &= ~batched.member(events, np.sort(np.fromiter(decoded, dtype=np.int64,
+                                                                  count=len(decoded))))
         ends = batch.recs["end_lsn"]
         pieces: list[tuple[np.ndarray, EntryColumns]] = []
         one_by_one: list[tuple[int, bytes, int, bytes]] = []
