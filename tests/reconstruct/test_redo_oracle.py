@@ -16,8 +16,9 @@ import pytest
 
 from strata.reconstruct import reconstruct
 from strata.reconstruct.check import CheckReport, ConsistencyChecker, check_wal_dir
-from strata.reconstruct.redo import RM_HEAP2_ID, VISIBILITYMAP_FORKNUM
+from strata.reconstruct.redo import RM_HEAP2_ID, RM_HEAP_ID, VISIBILITYMAP_FORKNUM
 from strata.runtime.cluster import Cluster
+from strata.wal.rmgr import XLOG_HEAP_LOCK
 from strata.wal.rmgr import heap2 as h2
 from strata.wal.segments import iter_records
 from tests.e2e.workload import HISTORY_SQL
@@ -67,12 +68,13 @@ def assert_clean(rep: CheckReport, *, allowed_unsupported: Iterable[str] = (),
 
 
 def chain_equals_reference(cap: WalCapture, monkeypatch: pytest.MonkeyPatch,
-                           fork: int | None = None) -> int:
+                           fork: int | None = None, op: tuple[int, int] | None = None) -> int:
     """Replay the capture as the page store does, once through the compiled chain
     (`_pagec.redo_chain`) and once through the Python redo (its reference): every
     block's every state must be the same bytes. Returns: how many records the
     compiled chain applied itself (the rest fell back to Python), on pages of
-    `fork` only when it is given."""
+    `fork` only when it is given, and of records of `op` (rmid, info & 0x70) only
+    when that is given."""
     if reconstruct.compiled_chain is None:
         pytest.fail("the compiled page operations are not built (python setup.py build_ext --inplace)")
     compiled = reconstruct.compiled_chain
@@ -82,7 +84,10 @@ def chain_equals_reference(cap: WalCapture, monkeypatch: pytest.MonkeyPatch,
         nonlocal applied
         i = int(compiled(page, deltas, start, *key))
         if fork is None or key[3] == fork:
-            applied += i - start
+            # a stored record delta: 16 bytes of LSNs, then the record (xl_info at
+            # 16, xl_rmid at 17 of it)
+            applied += sum(1 for d in deltas[start:i]
+                           if op is None or (d[33], d[32] & 0x70) == op)
         return i
 
     def states(chain: object) -> list[tuple[object, bytes]]:
@@ -254,6 +259,9 @@ def test_row_locks_from_several_sessions_match(wcc_capture: Callable[[Workload],
     assert_clean(rep, must_check=["Heap/LOCK", "Heap2/LOCK_UPDATED"])
     # the all-frozen bits LOCK clears on the VM page, through the compiled chain
     assert chain_equals_reference(cap, monkeypatch, fork=VISIBILITYMAP_FORKNUM) > 0
+    # and the locked tuples on the heap pages (`_pagec_heap.c` heap_lock)
+    assert chain_equals_reference(cap, monkeypatch, fork=0,  # main
+                                  op=(RM_HEAP_ID, XLOG_HEAP_LOCK)) > 0
 
 
 def test_subtransactions_and_prepared_transactions_match(

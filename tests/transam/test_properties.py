@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,3 +80,28 @@ def test_cluster_state_encoding_round_trips(lsn, nfx, noid, nmulti, noff, oxid, 
                      full_page_writes=fpw, char_signed=signed, wal_segment_size=segsz,
                      checkpoint_redo=Lsn(redo_lo))
     assert ClusterState.from_bytes(s.to_bytes()) == s
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 40)), max_size=60),
+       st.integers(0, 2**32 - 1), st.booleans())
+def test_a_run_of_commit_values_equals_applying_them_one_by_one(ops, seed, mixed) -> None:  # type: ignore[no-untyped-def]
+    """Runs of one-xid status values (a chain of commits: applied in one numpy step
+    from 8 on) against the page edited one value at a time; slots repeat (the later
+    status wins), and a run with one other value in it takes the general path."""
+    base = random.Random(seed).randbytes(BLCKSZ)
+    model = bytearray(base)
+    values = []
+    for status, slot in ops:
+        byteno, shift = slot // 4, (slot % 4) * 2
+        model[byteno] = (model[byteno] & ~(3 << shift)) | (status << shift)
+        values.append(delta_value([xid_status_op(status, [slot])]))
+    if mixed and values:
+        model[7:9] = b"ab"
+        values.insert(len(values) // 2, delta_value([patch_op(7, b"ab")]))
+        ops_after = ops[len(ops) // 2:]
+        for status, slot in ops_after:  # the values after the patch apply over it
+            byteno, shift = slot // 4, (slot % 4) * 2
+            if byteno in (7, 8):
+                model[byteno] = (model[byteno] & ~(3 << shift)) | (status << shift)
+    assert reconstruct(values, base) == bytes(model)

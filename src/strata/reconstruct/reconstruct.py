@@ -34,7 +34,7 @@ from strata.key import Key, KeyKind
 from strata.keyspace.relation import decode_delta, decode_image_delta, is_image_delta
 from strata.reconstruct.redo import redo_block_inplace
 from strata.reconstruct.redo.page_ops import BLCKSZ, page_is_new, page_set_lsn, pagec
-from strata.reconstruct.slru import apply_value
+from strata.reconstruct.slru import apply_values
 from strata.storage.values import WalRecord
 from strata.wal.decoder import decode_record
 from strata.wal.image import restore_page
@@ -102,9 +102,7 @@ def _reconstruct(key: Key, base: bytes | None, records: list[WalRecord]) -> byte
     if key.kind == KeyKind.REL_BLOCK:
         return _redo_rel_block(key, base, records)
     if key.kind == KeyKind.SLRU_PAGE:
-        cur: bytes | None = base  # images are stored as the bare page
-        for r in records:
-            cur = apply_value(cur, r.data)
+        cur = apply_values(base, [r.data for r in records])  # images: the bare page
         if cur is None:
             raise RedoError(f"no SLRU page for {key}")
         return cur

@@ -16,6 +16,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import numpy as np
+
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, kind_and_data
 from strata.storage.values import Entry, Value
 
@@ -83,11 +85,8 @@ class Memtable:
         """Versions of `key` with lo <= lsn < hi, oldest first."""
         found: dict[int, Entry] = {}
         for run in self._runs_now():  # oldest first: a newer run's entry wins
-            a, b = run.key_rows(key)
-            for i in range(a, b):
-                lsn = int(run.lsns[i])
-                if lo <= lsn < hi:
-                    found[lsn] = run.entry_at(i)
+            for i in _rows_between(run, key, lo, hi):
+                found[int(run.lsns[i])] = run.entry_at(i)
         return [found[lsn] for lsn in sorted(found)]
 
     def batch_range(self, start: bytes, end: bytes, lo: int = 0,
@@ -135,9 +134,7 @@ class FrozenMemtable:
         return len(self.batch)
 
     def get(self, key: bytes, lo: int, hi: int) -> list[Entry]:
-        b = self.batch
-        a, z = b.key_rows(key)
-        return [b.entry_at(i) for i in range(a, z) if lo <= int(b.lsns[i]) < hi]
+        return [self.batch.entry_at(i) for i in _rows_between(self.batch, key, lo, hi)]
 
     def batch_range(self, start: bytes, end: bytes, lo: int = 0,
                     hi: int = 1 << 63) -> EntryBatch:
@@ -152,3 +149,11 @@ class FrozenMemtable:
         if not len(self.batch):
             return None
         return self.batch.key_at(0), self.batch.key_at(len(self.batch) - 1)
+
+
+def _rows_between(b: EntryBatch, key: bytes, lo: int, hi: int) -> list[int]:
+    """Rows of a (key, lsn)-sorted batch holding `key` with lo <= lsn < hi (a hot
+    key has thousands of rows: no Python step for those outside)."""
+    a, z = b.key_rows(key)
+    lsns = b.lsns[a:z]
+    return (np.flatnonzero((lsns >= lo) & (lsns < hi)) + a).tolist()  # type: ignore[no-any-return]

@@ -281,6 +281,30 @@ static int heap_delete(uint8_t *b, const rec_t *r, uint32_t blkno) {
     return 1;
 }
 
+/* heap_xlog_lock (`redo.heap._lock`): the locked tuple's xmax and infomask; its HOT
+ * flag and t_ctid only when the new infomask says locked only. The VM bits it
+ * clears are the VM page's own record (_pagec_vm.c). */
+static int heap_lock(uint8_t *b, const rec_t *r, uint32_t blkno) {
+    if (r->mdlen < 8)
+        return 0;
+    uint32_t xmax = rd32(r->md);
+    int offnum = rd16(r->md + 4), infobits = r->md[6];
+    int t = normal_tuple_at(b, offnum);
+    if (t < 0)
+        return 0;
+    set_xmax_infomask(b, t, infobits, (rd16(b + t + T_INFOMASK2) & HEAP_HOT_UPDATED) != 0);
+    uint16_t im = rd16(b + t + T_INFOMASK);
+    if ((im & HEAP_XMAX_LOCK_ONLY)                                     /* IS_LOCKED_ONLY */
+        || (im & (HEAP_XMAX_IS_MULTI | HEAP_LOCK_MASK)) == HEAP_XMAX_EXCL_LOCK) {
+        wr16(b + t + T_INFOMASK2, (uint16_t)(rd16(b + t + T_INFOMASK2) & ~HEAP_HOT_UPDATED));
+        wr16(b + t + T_CTID, (uint16_t)(blkno >> 16));
+        wr16(b + t + T_CTID + 2, (uint16_t)(blkno & 0xFFFF));
+        wr16(b + t + T_CTID + 4, (uint16_t)offnum);
+    }
+    wr32(b + t + T_XMAX, xmax);
+    return 1;
+}
+
 /* PageTruncateLinePointerArray (`page_ops.page_truncate_line_pointer_array`). */
 static void truncate_line_pointers(uint8_t *b) {
     int lower = rd16(b + OFF_LOWER);
@@ -399,6 +423,8 @@ static int redo_one(uint8_t *w, const rec_t *r, const target_t *t) {
             return r->target == 0 && heap_insert(w, r, t->blk);
         if (op == XLOG_HEAP_DELETE)
             return r->target == 0 && heap_delete(w, r, t->blk);
+        if (op == XLOG_HEAP_LOCK)
+            return r->target == 0 && heap_lock(w, r, t->blk);
         if (op == XLOG_HEAP_UPDATE || op == XLOG_HEAP_HOT_UPDATE) {
             if (!r->has_block0 || (r->target != 0 && r->target != 1))
                 return 0;
