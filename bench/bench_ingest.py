@@ -15,9 +15,11 @@ Workloads (sizes at --scale 1; each size option multiplies by --scale):
     btree         INSERT of --rows / 4 random uuids into a table with a primary key (500k)
                   right after a checkpoint: index page splits that carry full-page images
     tpcb          pgbench -c4 -j2 -t --tpcb-tx (TPC-B on pgbench_init's tables; -t per client) (10000)
+    tpcb_steady   the same again after an untimed run of the same size, with no checkpoint
+                  since tpcb's: TPC-B's steady WAL, few full-page images
 
-Each statement follows a CHECKPOINT (part of the untimed setup), so every run
-starts from the same full-page-write state.
+Each statement but tpcb_steady follows a CHECKPOINT (part of the untimed setup), so
+every run starts from the same full-page-write state.
 
 Live mode (default): one PostgreSQL 18 primary, a streaming standby made with
 ``pg_basebackup -R`` and ``strata up --source`` attached to the primary. Per
@@ -43,7 +45,9 @@ pipeline in this process (128 kB chunks as the walsender sends them, taken
 and fed as `IngestPipeline.run` does, advancing every 8 MiB) into a fresh store imported from
 the base. Per workload: WAL MiB, records, CPU s of this process (ingest; then
 including the flush and the background compaction it causes), records/s and
-MB/s per CPU second, layer bytes per WAL byte. ``--profile DIR`` writes a
+MB/s per CPU second, layer bytes per WAL byte (``--no-maintenance``: the store
+runs no compaction or image creation, so the CPU "incl. flush + maintenance" is
+ingest and flush alone, what the ingest service spends). ``--profile DIR`` writes a
 cProfile file per workload (ingest only) and prints its top entries.
 
 Numbers go to stdout as a markdown table (and --json). Everything started here
@@ -77,7 +81,7 @@ from strata.runtime.osuser import give_to_server_user, make_private_dir, run_as_
 MIB = 1 << 20
 SCRATCH_ROOT = Path(tempfile.gettempdir()) / "strata-bench"
 SETTINGS = {"wal_keep_size": "16GB", "max_wal_size": "16GB", "shared_buffers": "256MB",
-            "hot_standby": "on"}
+            "hot_standby": "on", "checkpoint_timeout": "1h"}  # checkpoints: the setups' own
 
 
 # -- workloads ------------------------------------------------------------------------------
@@ -89,12 +93,14 @@ class Workload:
     setup: tuple[str, ...]  # SQL, untimed
     sql: tuple[str, ...] = ()  # the timed statements
     pgbench: tuple[str, ...] = ()  # or a timed pgbench run
+    warmup: tuple[str, ...] = ()  # an untimed pgbench run after the setup SQL
 
 
 def workloads(args: argparse.Namespace) -> list[Workload]:
     rows = max(1000, int(args.rows * args.scale))
     upd = max(1000, int(args.update_rows * args.scale))
     pgscale = max(1, round(args.pgbench_scale * args.scale))
+    tpcb = ("-c", "4", "-j", "2", "-n", "-t", str(max(100, int(args.tpcb_tx * args.scale))))
     every = [
         Workload("ctas", ("DROP TABLE IF EXISTS bulk", "CHECKPOINT"),
                  (f"CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS v, g % 1000 AS k "
@@ -110,9 +116,10 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
                            "CREATE TABLE ids (id uuid PRIMARY KEY, v int)", "CHECKPOINT"),
                  (f"INSERT INTO ids SELECT gen_random_uuid(), g "
                   f"FROM generate_series(1, {max(1000, rows // 4)}) g",)),
-        Workload("tpcb", ("CHECKPOINT",),
-                 pgbench=("-c", "4", "-j", "2", "-n", "-t",
-                          str(max(100, int(args.tpcb_tx * args.scale))))),
+        Workload("tpcb", ("CHECKPOINT",), pgbench=tpcb),
+        # no checkpoint: after tpcb and as many transactions again, most pages touched
+        # already carry their full-page image (TPC-B's steady WAL, ~0.5 KB/transaction)
+        Workload("tpcb_steady", (), pgbench=tpcb, warmup=tpcb),
     ]
     only = set(args.only.split(",")) if args.only else None
     if only is not None and (bad := only - {w.name for w in every}):
@@ -120,6 +127,8 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     # delete and index need the bulk table: keep ctas when they are asked for
     if only is not None and only & {"delete", "index"}:
         only.add("ctas")
+    if only is not None and "tpcb_steady" in only:  # it follows tpcb
+        only.add("tpcb")
     if only is not None and "tpcb" in only:  # and TPC-B pgbench's tables
         only.add("pgbench_init")
     return [w for w in every if only is None or w.name in only]
@@ -148,10 +157,7 @@ def run_statements(c: Cluster, w: Workload) -> float:
     """Run the timed part of `w`; returns its wall seconds."""
     t = time.perf_counter()
     if w.pgbench:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        subprocess.run([str(c.bins.path("pgbench")), *w.pgbench, "-h", "127.0.0.1", "-p",
-                        str(c.port), "-U", SUPERUSER, "postgres"], check=True, env=env,
-                       capture_output=True)
+        pgbench(c, w.pgbench)
     else:
         with c.connect() as conn:
             for s in w.sql:
@@ -159,10 +165,19 @@ def run_statements(c: Cluster, w: Workload) -> float:
     return time.perf_counter() - t
 
 
+def pgbench(c: Cluster, args: tuple[str, ...]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    subprocess.run([str(c.bins.path("pgbench")), *args, "-h", "127.0.0.1", "-p",
+                    str(c.port), "-U", SUPERUSER, "postgres"], check=True, env=env,
+                   capture_output=True)
+
+
 def setup(c: Cluster, w: Workload) -> None:
     with c.connect() as conn:
         for s in w.setup:
             conn.execute(s)
+    if w.warmup:
+        pgbench(c, w.warmup)
 
 
 def du(path: Path) -> int:
@@ -486,7 +501,8 @@ def offline(args: argparse.Namespace) -> list[Row]:
     try:
         source = DataDirSource(cache / "base")
 
-        store = PageStore.open(work / "layers", reconstruct_value)
+        store = PageStore.open(work / "layers", reconstruct_value,
+                               maintenance=not args.no_maintenance)
         timemap = TimeMap.open(work / "timemap")
         try:
             at = source.lsn
@@ -608,10 +624,13 @@ def main() -> int:
     ap.add_argument("--tpcb-tx", type=int, default=10000,
                     help="transactions per pgbench client in the tpcb workload")
     ap.add_argument("--only", help="comma-separated workloads (ctas,update,delete,index,"
-                                   "pgbench_init,btree,tpcb)")
+                                   "pgbench_init,btree,tpcb,tpcb_steady)")
     ap.add_argument("--offline", action="store_true",
                     help="record the WAL once, then ingest it from files in this process")
     ap.add_argument("--wal-cache", help="offline: keep/reuse the recorded WAL here")
+    ap.add_argument("--no-maintenance", action="store_true",
+                    help="offline: no compaction or images (the last CPU column is then "
+                         "ingest + flush alone: the ingest service's share)")
     ap.add_argument("--profile", metavar="DIR", help="offline: cProfile files per workload")
     ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--json", metavar="OUT")
