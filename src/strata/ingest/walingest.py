@@ -388,10 +388,8 @@ class WalIngest:
         events, interpreted = batched.walk_events(batch, lo, hi, inside)
         # interpreted rows that are plain commits go together unless the DDL tracker
         # waits (which only an interpreted record changes); the others never do
-        commit = batched.member(events, self._plain_rows)
-        if decoded:
-            commit &= ~batched.member(events, np.sort(np.fromiter(decoded, dtype=np.int64,
-                                                                  count=len(decoded))))
+        done = np.sort(np.fromiter(decoded, dtype=np.int64, count=len(decoded)))
+        commit = batched.member(events, self._plain_rows) & ~batched.member(events, done)
         ends = batch.recs["end_lsn"]
         pieces: list[tuple[np.ndarray, EntryColumns]] = []
         one_by_one: list[tuple[int, bytes, int, bytes]] = []

@@ -28,7 +28,7 @@
  *            blk) -> int
  *   `reconstruct._redo_rel_block`'s fast path: decodes each record delta (the
  *   layout of DecodeXLogRecord) and replays, on that block's page in place, the
- *   heap INSERT(+INIT), DELETE, UPDATE, HOT_UPDATE, heap2 PRUNE_* (redirects,
+ *   heap INSERT(+INIT), DELETE, UPDATE, HOT_UPDATE, LOCK, heap2 PRUNE_* (redirects,
  *   dead, unused, repair or truncation, freeze plans) and VISIBLE (heap page)
  *   records, uncompressed image deltas (restored, hole zeroed, LSN stamped), and on a
  *   visibility-map page (fork 2) the bits those records clear
