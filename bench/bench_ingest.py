@@ -45,7 +45,8 @@ pipeline in this process (128 kB chunks as the walsender sends them, taken
 and fed as `IngestPipeline.run` does, advancing every 8 MiB) into a fresh store imported from
 the base. Per workload: WAL MiB, records, CPU s of this process (ingest; then
 including the flush and the background compaction it causes), records/s and
-MB/s per CPU second, layer bytes per WAL byte (``--no-maintenance``: the store
+MB/s per CPU second, layer bytes per WAL byte, and a row for all of them together
+(which phase an earlier phase's maintenance lands in is timing) (``--no-maintenance``: the store
 runs no compaction or image creation, so the CPU "incl. flush + maintenance" is
 ingest and flush alone, what the ingest service spends). ``--profile DIR`` writes a
 cProfile file per workload (ingest only) and prints its top entries.
@@ -589,8 +590,19 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def total_row(rows: list[Row]) -> Row:
+    """Every workload together: which phase the maintenance of an earlier one lands in
+    (its image layers, above all) is timing, the sum is not."""
+    return Row("all", wal_bytes=sum(r.wal_bytes for r in rows),
+               records=sum(r.records for r in rows), primary_s=sum(r.primary_s for r in rows),
+               strata_catchup_s=sum(r.strata_catchup_s for r in rows),
+               cpu_s={k: sum(r.cpu_s[k] for r in rows) for k in ("ingest", "total")},
+               layer_bytes=sum(r.layer_bytes for r in rows))
+
+
 def report(rows: list[Row], offline_mode: bool) -> str:
     if offline_mode:
+        rows = [*rows, total_row(rows)] if len(rows) > 1 else rows
         head = ("| workload | WAL MiB | records | primary s | ingest wall s | ingest CPU s "
                 "| CPU-s/MiB | incl. flush + maintenance CPU-s/MiB | k records/CPU-s | MB/CPU-s "
                 "| layer B / WAL B |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
