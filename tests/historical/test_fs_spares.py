@@ -3,6 +3,8 @@ a closed pool starts no more processes."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from typing import Any
 
@@ -74,3 +76,29 @@ def test_close_cancels_the_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not timer.is_alive() and spares._timer is None
     spares._replenish()  # a timer that fired anyway, racing the close
     assert len(made) == 1
+
+
+def test_cleanup_kills_spares_a_killed_proxy_left_even_stopped(tmp_path: Any) -> None:
+    """A spare of a proxy service the daemon had to kill never sees its stdin close
+    when it is busy or stopped (CI 2026-12-05: SIGSTOPped spares outlived strata):
+    `cleanup_instances` (run at start and after such a kill) ends them; a spare of
+    another instances root is left alone."""
+    from strata.historical.instance import process_alive
+    from strata.historical.modes import cleanup_instances
+
+    root, other = tmp_path / "instances", tmp_path / "other"
+    root.mkdir()
+    other.mkdir()
+    mine, theirs = lazy.spawn_fs(owner=root), lazy.spawn_fs(owner=other)
+    try:
+        os.kill(mine.pid, signal.SIGSTOP)
+        cleanup_instances(root)
+        assert mine.wait(10) == -signal.SIGKILL
+        assert process_alive(theirs.pid)
+    finally:
+        for p in (mine, theirs):
+            p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                if f is not None:
+                    f.close()

@@ -138,6 +138,29 @@ def cleanup_mounts(root: Path) -> list[Path]:
     return gone
 
 
+def kill_spares(root: Path) -> list[int]:
+    """SIGKILL the file system processes started for `root` (`spawn_fs(owner=root)`)
+    that still run once its mounts are gone: spares, which hold no mount. A spare
+    left by a killed proxy service may never see its stdin close (busy opening the
+    store, or stopped), so it would outlive strata. Returns their pids."""
+    tags = {f"--for\0{p}\0".encode() for p in (Path(root), Path(root).resolve())}
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"strata.historical.lazyfs\0--wait-args\0" in cmd and any(t in cmd for t in tags):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(d.name), signal.SIGKILL)
+                found.append(int(d.name))
+    if found:
+        log.warning("killed %d spare lazy file system(s) left for %s", len(found), root)
+    return found
+
+
 @dataclass
 class LazyMount:
     """One lazy file system process and its mount point."""

@@ -38,7 +38,13 @@ from strata.errors import ConfigError, IngestBehindError
 from strata.historical.checkpoint import ServerLimits, write_startup_files
 from strata.historical.controlfile import parse_control
 from strata.historical.instance import HistoricalInstance, launch, wait_process_exit
-from strata.historical.lazy import FsSpares, LazyMount, cleanup_mounts, lazy_available
+from strata.historical.lazy import (
+    FsSpares,
+    LazyMount,
+    cleanup_mounts,
+    kill_spares,
+    lazy_available,
+)
 from strata.historical.materialize import materialize, server_settings, write_layout
 from strata.historical.parallel import materialize_parallel
 from strata.historical.reader import PageReader
@@ -265,7 +271,8 @@ def cleanup_instances(root: Path) -> list[Path]:
     """Remove what a killed strata left under an instances root: stop every
     historical server (by the pid kept beside its data directory, so also one
     whose lazy file system died), unmount every lazy file system (their
-    processes then exit), delete the instance directories. The daemon calls
+    processes then exit), kill the spare file systems (`lazy.kill_spares`),
+    delete the instance directories. The daemon calls
     it at start. Returns the instance directories removed."""
     root = Path(root)
     if not root.exists():
@@ -282,6 +289,8 @@ def cleanup_instances(root: Path) -> list[Path]:
                     break
         gone.append(inst)
     cleanup_mounts(root)
+    for pid in kill_spares(root):  # no mount: what is left are spares
+        wait_process_exit(pid, 5)
     for inst in gone:
         shutil.rmtree(inst, ignore_errors=True)
     shutil.rmtree(root / SKELETONS_DIR, ignore_errors=True)
