@@ -6,8 +6,7 @@ form of the store's batch contract, storage/batch.py) and `PendingEntries`,
 which collects them in WAL order and hands them to the store in one call.
 Fed by: `ingest.walingest` (column runs from record batches, single puts from
 the records it interprets one by one). Feeds: the page store
-(`PageStore.put_batch` with an `EntryBatch` where the store has the columnar
-batch type; until then one `PageStore.put` per entry, the adapter below).
+(`PageStore.put_batch` with one `EntryBatch`).
 Owns: nothing durable (the WAL held by the slot is the log of what is pending).
 
 Invariant: entries leave in the order they were added, which is WAL order, so
@@ -17,7 +16,6 @@ same (key, LSN) comes later and wins.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,8 +23,9 @@ import numpy as np
 
 from strata.key import KEY_SIZE, Key
 from strata.pagestore import PageStore
+from strata.storage.batch import EntryBatch
 from strata.storage.gather import gather
-from strata.storage.values import ValueKind, make_value
+from strata.storage.values import ValueKind
 
 KEY_DTYPE = np.dtype(f"V{KEY_SIZE}")
 # Key.to_bytes as a packed numpy record (big-endian: byte order is key order)
@@ -34,8 +33,6 @@ KEY_FIELDS = np.dtype([("kind", "u1"), ("spc", ">u4"), ("db", ">u4"), ("rel", ">
                        ("fork", "u1"), ("blk", ">u4")])
 assert KEY_FIELDS.itemsize == KEY_SIZE
 _I64 = np.dtype(np.int64)
-# the store's columnar batch (storage/batch.py), when this storage has it
-_HAS_ENTRY_BATCH = importlib.util.find_spec("strata.storage.batch") is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,21 +122,12 @@ def concat(cols: Sequence[EntryColumns]) -> EntryColumns:
 
 
 def put_columns(store: PageStore, runs: Sequence[EntryColumns]) -> None:
-    """Hand `runs` (in order) to the store in one call: the store's batch type where it
-    has one (each run's values stay in their own buffer, not copied into one), else
-    one put per entry."""
+    """Hand `runs` (in order) to the store as one `EntryBatch`; each run's values stay
+    in their own buffer (not copied into one)."""
     runs = [c for c in runs if len(c)]
-    if not runs:
-        return
-    if _HAS_ENTRY_BATCH:
-        from strata.storage.batch import EntryBatch  # type: ignore[import-not-found,unused-ignore]
-
+    if runs:
         store.put_batch(EntryBatch.concat([
             EntryBatch.from_offsets(c.keys, c.lsns, c.kinds, c.offsets, c.data) for c in runs]))
-        return
-    for cols in runs:
-        for key, lsn, kind, value in cols.entries():
-            store.put(Key.from_bytes(key), lsn, make_value(kind, value))
 
 
 class PendingEntries:

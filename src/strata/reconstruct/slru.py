@@ -8,7 +8,6 @@ Feeds: SLRU pages at any LSN. Pure.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 
 import numpy as np
@@ -84,12 +83,6 @@ def _one_slot_run(buf: bytearray, values: list[bytes]) -> bool:
 
 
 def _apply_delta(buf: bytearray, value: bytes) -> None:
-    if len(value) > 5 and value[1] == OP_XID_STATUS and len(value) == 5 + 2 * (
-            value[3] | value[4] << 8):  # one status op alone: a commit's or an abort's
-        status = value[2]
-        for slot in struct.unpack_from(f"<{len(value) // 2 - 2}H", value, 5):
-            clog_set_slot(buf, slot, status)
-        return
     for op, arg, body in iter_ops(value):
         if op == OP_XID_STATUS:
             for slot in body:  # type: ignore[union-attr]
