@@ -139,3 +139,36 @@ def test_a_window_of_chains_lays_out_what_the_reference_does() -> None:
     assert sorted(w1) == sorted(w2) == list(range(len(ok)))
     assert got == want
     assert (s1.redo_calls, s1.deltas_applied) == (s2.redo_calls, s2.deltas_applied)
+
+
+def test_chains_on_a_base_page_build_what_the_reference_builds() -> None:
+    """`base` (the flush's chain cuts): a chain on the page its own slot already holds,
+    one on the page an earlier chain built, and each chain C must leave: one based on
+    a chain it left (a compressed image delta), one whose rows hold an image, and a
+    base that is not an earlier chain (ValueError)."""
+    rows: list[tuple[Key, list[tuple[int, bytes]], bool]] = [
+        (KEY, [(RECORD, INSERT)], True),           # base: its slot holds PAGE
+        (KEY, [(INIT, INIT_REC)], True),           # no base: from no page
+        (KEY, [(RECORD, INSERT)], True),           # base: chain 1's page
+        (KEY, [(RECORD, _image_delta(PAGE, 0x10D2000, lz4_compressed=True))], False),
+        (KEY, [(RECORD, INSERT)], False),          # base: chain 3, which C left
+        (KEY, [(IMAGE, PAGE), (RECORD, INSERT)], False),  # an image on a base
+    ]
+    b, first, stop = _batch(rows)
+    base = np.array([0, -1, 1, -1, 3, 5], dtype=np.int64)
+    slots = np.array([5, 4, 3, 2, 1, 0], dtype=np.int64)
+    dst = bytearray(b"\xaa" * (len(rows) * BLCKSZ))
+    for c in (0, 5):
+        dst[int(slots[c]) * BLCKSZ:(int(slots[c]) + 1) * BLCKSZ] = PAGE
+    done = reconstruct.reconstruct_value.into(memoryview(dst), BLCKSZ, b, first, stop, slots,
+                                              base)
+    assert done.tolist() == [want for _, _, want in rows]
+    want = _reference(KEY, [(IMAGE, PAGE), (RECORD, INSERT)])
+    assert want != PAGE
+    assert dst[int(slots[0]) * BLCKSZ:][:BLCKSZ] == want
+    assert dst[int(slots[1]) * BLCKSZ:][:BLCKSZ] == PAGE
+    assert dst[int(slots[2]) * BLCKSZ:][:BLCKSZ] == want
+    for bad in ([1, -1, 1, -1, 3, 5], [0, -2, 1, -1, 3, 5]):
+        with pytest.raises(ValueError, match="base"):
+            reconstruct.reconstruct_value.into(memoryview(dst), BLCKSZ, b, first, stop, slots,
+                                               np.array(bad, dtype=np.int64))

@@ -128,8 +128,9 @@ class Reconstructor:
         """
         return _reconstruct(key, base, records)
 
-    def into(self, dst: memoryview, width: int, batch: EntryBatch, first: np.ndarray,
-             stop: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    def into(self, dst: memoryview | bytearray, width: int, batch: EntryBatch,
+             first: np.ndarray, stop: np.ndarray, slots: np.ndarray,
+             base: np.ndarray | None = None) -> np.ndarray:
         """`scan.WindowRedo.into`: True for each chain laid into `dst` in C; none when the
         compiled chain is not built (or a test switched it off to run the reference)."""
         done = np.zeros(len(first), dtype=np.uint8)
@@ -142,7 +143,8 @@ class Reconstructor:
             np.ascontiguousarray(batch.starts, i64), np.ascontiguousarray(batch.ends, i64),
             np.ascontiguousarray(batch.kinds, np.uint8), np.ascontiguousarray(batch.keys),
             np.ascontiguousarray(first, i64), np.ascontiguousarray(stop, i64),
-            np.ascontiguousarray(slots, i64), done)
+            np.ascontiguousarray(slots, i64), done,
+            None if base is None else np.ascontiguousarray(base, i64))
         return done.view(bool)
 
 

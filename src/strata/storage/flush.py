@@ -24,6 +24,7 @@ from strata.storage.layerfile import LayerWriter
 from strata.storage.layermap import ReadStats, read_key
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
+from strata.storage.scan import WindowRedo
 from strata.storage.store import LayerStore
 from strata.storage.values import ValueKind, WalRecord
 
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 _IMAGE = int(ValueKind.PAGE_IMAGE)
 _RECORD = int(ValueKind.WAL_RECORD)
 _INIT = int(ValueKind.WAL_RECORD_INIT)
+_TOMBSTONE = int(ValueKind.TOMBSTONE)
+
+
+# Chains are built in one `WindowRedo.into` call into slots of this many bytes: a
+# value of this size (a relation page) can be built there; any other goes through the
+# redo's `__call__`.
+CUT_WIDTH = 8192
 
 
 def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
@@ -41,11 +49,16 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
 
     The cut rows are found column-wise: a key's pending-record count restarts at 0
     after an image or tombstone and at 1 with a will_init record, and a plain delta
-    whose count reaches a multiple of the interval is cut. Only the cut rows cost
-    Python work: the page is computed incrementally (the key's value just before
-    its first delta here, read through the current view, which still holds this
-    frozen memtable, plus the deltas since), so each delta is redone about once. A
-    key redo cannot rebuild keeps its deltas.
+    whose count reaches a multiple of the interval is cut. Each cut's page is
+    computed incrementally: from the key's previous cut in the same stretch (the
+    rows from one restart of the key's chain to the next), else from the stretch's
+    image, tombstone or will_init record, else from the key's value just before its
+    first delta here (read through the current view, which still holds this frozen
+    memtable), so each delta is redone about once. When the store's redo is a
+    `scan.WindowRedo`, every cut is built in one `into` call (chains on a base page:
+    `base`), and `__call__` builds only those it leaves. A stretch redo fails for
+    keeps its deltas from there on. Memory: one `CUT_WIDTH` slot per cut (a 64 MiB
+    memtable has at most a few thousand).
     """
     k = store.config.flush_image_interval
     if k <= 0 or len(b) == 0:
@@ -53,41 +66,123 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
     cuts, head, last = _cut_rows(b, k)
     if len(cuts) == 0:
         return b
-    kinds = b.kinds
+    first, base, stretch = _cut_chains(cuts, head, last)
+    dst = bytearray(len(cuts) * CUT_WIDTH)
+    pages, given_up = _read_bases(store, b, cuts, head, base, dst)
+    done = _cuts_in_one_call(store, b, cuts, first, base, stretch, pages, dst,
+                             np.isin(stretch, list(given_up)))
+    for c in [c for c in pages if done[c]]:
+        del pages[c]  # built in its slot: pages holds only what Python builds
+    ok = _cuts_one_by_one(store, b, cuts, first, base, stretch, done, pages, dst, given_up)
+    keep = np.flatnonzero(ok)
+    return b.with_values(cuts[keep], _IMAGE, [
+        pages[c] if c in pages else bytes(dst[c * CUT_WIDTH:(c + 1) * CUT_WIDTH])
+        for c in keep.tolist()])
+
+
+def _read_bases(store: LayerStore, b: EntryBatch, cuts: np.ndarray, head: np.ndarray,
+                base: np.ndarray, dst: bytearray) -> tuple[dict[int, bytes], set[int]]:
+    """The value below the batch of each chain based on its own slot, read through the
+    current view (into its slot too when it fits one): ({chain: value}, the chains it
+    could not be read for, each the start of its stretch). A chain with nothing below
+    starts at its first row instead (base -1)."""
     view = store.view()
     stats = ReadStats()
-    rows: list[int] = []
-    pages: list[bytes] = []
-    prev_cut = -1  # last cut row of the current stretch, or -1
-    prev_page: bytes | None = None
-    give_up_key = -1  # key start of a key redo failed for
-    for p in cuts.tolist():
-        h, r = int(head[p]), int(last[p])
-        if h == give_up_key:
-            continue
-        key = Key.from_bytes(b.key_at(p))
-        if prev_cut > r and prev_cut >= h:  # the stretch already had a cut: go on from it
-            base, first = prev_page, prev_cut + 1
-        elif r >= h and kinds[r] != _INIT:  # after an image (its value) or a tombstone
-            base = b.value_at(r) if kinds[r] == _IMAGE else None
-            first = r + 1
-        elif r >= h:  # a will_init record starts the chain
-            base, first = None, r
-        else:  # nothing of this key below here: its value before the first delta
-            base, first = None, h
-        recs = list(map(WalRecord, b.values_in(first, p + 1),
-                        (kinds[first:p + 1] == _INIT).tolist()))
+    pages: dict[int, bytes] = {}
+    given_up: set[int] = set()
+    for c in np.flatnonzero(base == np.arange(len(cuts))).tolist():
+        key, h = Key.from_bytes(b.key_at(int(cuts[c]))), int(head[cuts[c]])
         try:
-            if r < h and prev_cut < h:
-                base = read_key(view, key, int(b.lsns[h]) - 1, store.redo, stats)
-            page = store.redo(key, base, recs)
+            got = read_key(view, key, int(b.lsns[h]) - 1, store.redo, stats)
         except (UnsupportedRecordError, RedoError):
-            give_up_key = h  # keep this key's deltas as they are
+            given_up.add(c)  # keep this stretch's deltas as they are
             continue
-        rows.append(p)
-        pages.append(page)
-        prev_cut, prev_page = p, page
-    return b.with_values(np.array(rows, dtype=np.int64), _IMAGE, pages)
+        if got is None:
+            base[c] = -1
+        else:
+            pages[c] = got
+            if len(got) == CUT_WIDTH:
+                dst[c * CUT_WIDTH:(c + 1) * CUT_WIDTH] = got
+    return pages, given_up
+
+
+def _cuts_one_by_one(store: LayerStore, b: EntryBatch, cuts: np.ndarray, first: np.ndarray,
+                     base: np.ndarray, stretch: np.ndarray, done: np.ndarray,
+                     pages: dict[int, bytes], dst: bytearray, given_up: set[int]
+                     ) -> np.ndarray:
+    """Which cuts have a page: those built in one call, and those the redo's `__call__`
+    builds now (into `pages`), oldest first, each from its base. A stretch redo fails
+    for (here or reading its base) keeps its deltas from there on."""
+    kinds = b.kinds
+    ok = np.zeros(len(cuts), dtype=bool)
+    for c in range(len(cuts)):
+        s = int(stretch[c])
+        if s in given_up:
+            continue
+        if done[c]:
+            ok[c] = True
+            continue
+        p, bc, f = int(cuts[c]), int(base[c]), int(first[c])
+        if bc >= 0:  # this chain's slot, or the stretch's chain before (built)
+            page_base: bytes | None = pages[bc] if bc in pages else bytes(
+                dst[bc * CUT_WIDTH:(bc + 1) * CUT_WIDTH])
+        elif kinds[f] == _IMAGE:
+            page_base, f = b.value_at(f), f + 1
+        else:
+            page_base, f = None, f + (kinds[f] == _TOMBSTONE)
+        recs = list(map(WalRecord, b.values_in(f, p + 1),
+                        (kinds[f:p + 1] == _INIT).tolist()))
+        try:
+            pages[c] = store.redo(Key.from_bytes(b.key_at(p)), page_base, recs)
+        except (UnsupportedRecordError, RedoError):
+            given_up.add(s)
+            continue
+        ok[c] = True
+    return ok
+
+
+def _cut_chains(cuts: np.ndarray, head: np.ndarray, last: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first row, base, stretch) of each cut's chain, `base` as `WindowRedo.into`
+    takes it: after an earlier cut of the same stretch, rows from that cut's on its
+    page (base: that chain); after a restart in the key (image, tombstone, will_init
+    record), rows from the restart (base -1); with nothing of the key below, rows
+    from the key's first, on the value read below the batch (base: the chain itself).
+    `stretch`: the first chain of each chain's stretch."""
+    m = len(cuts)
+    h, r = head[cuts], last[cuts]
+    prev = np.concatenate([[-1], cuts[:-1]])
+    after_cut = (prev >= h) & (prev > r)
+    idx = np.arange(m, dtype=np.int64)
+    first = np.where(after_cut, prev + 1, np.where(r >= h, r, h)).astype(np.int64)
+    base = np.where(after_cut, idx - 1, np.where(r >= h, -1, idx)).astype(np.int64)
+    stretch = np.maximum.accumulate(np.where(after_cut, 0, idx))
+    return first, base, stretch
+
+
+def _cuts_in_one_call(store: LayerStore, b: EntryBatch, cuts: np.ndarray, first: np.ndarray,
+                      base: np.ndarray, stretch: np.ndarray, pages: dict[int, bytes],
+                      dst: bytearray, skip: np.ndarray) -> np.ndarray:
+    """True for each cut chain the store's `WindowRedo` built into its slot of `dst`
+    (none when the redo is not one). The stretches of chains `skip`s, or whose base
+    read below is not a slot's size, are left out of the call."""
+    m = len(cuts)
+    if not isinstance(store.redo, WindowRedo):
+        return np.zeros(m, dtype=bool)
+    own = np.flatnonzero(base == np.arange(m))
+    fit = ~skip
+    fit[own] &= np.array([len(pages[c]) == CUT_WIDTH if c in pages else True
+                          for c in own.tolist()], dtype=bool)
+    sent = fit[stretch]
+    sub = np.flatnonzero(sent)
+    done = np.zeros(m, dtype=bool)
+    if len(sub) == 0:
+        return done
+    pos = np.cumsum(sent) - 1  # each chain's place among those sent
+    sub_base = np.where(base[sub] >= 0, pos[np.maximum(base[sub], 0)], -1)
+    done[sub] = store.redo.into(memoryview(dst), CUT_WIDTH, b, first[sub], cuts[sub] + 1,
+                                sub, sub_base)
+    return done
 
 
 def _cut_rows(b: EntryBatch, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

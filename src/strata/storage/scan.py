@@ -42,17 +42,22 @@ class WindowRedo(Protocol):
     call (`scan_dense` uses it when the store's redo is one; storage knows nothing of
     what the values mean, the redo does: `reconstruct.Reconstructor`).
 
-    `into(dst, width, batch, first, stop, slots)`: chain c is rows [first[c], stop[c])
-    of `batch`, oldest first, one key's, neither a lone image nor ending in a
-    tombstone; its value is laid at dst[slots[c] * width:][:width]. Returns a bool
-    per chain: True where it laid the value, False where it did not (the slot may hold
-    part of the work: `scan_dense` builds that chain through `__call__` and overwrites
-    it). Must equal `__call__` byte for byte where it says True."""
+    `into(dst, width, batch, first, stop, slots, base=None)`: chain c is rows
+    [first[c], stop[c]) of `batch`, oldest first, one key's, neither a lone image nor
+    ending in a tombstone; its value is laid at dst[slots[c] * width:][:width]. Returns
+    a bool per chain: True where it laid the value, False where it did not (the slot
+    may hold part of the work: `scan_dense` builds that chain through `__call__` and
+    overwrites it). Must equal `__call__` byte for byte where it says True.
+
+    `base` (the flush's chain cuts) lets a chain go on from a page: base[c] == c, its
+    slot already holds the value its rows (deltas only) apply to; base[c] < c, chain
+    base[c]'s value is that base (False when that chain is False); -1, as without."""
 
     def __call__(self, key: Key, base: bytes | None, records: list[WalRecord]) -> bytes: ...
 
-    def into(self, dst: memoryview, width: int, batch: EntryBatch, first: np.ndarray,
-             stop: np.ndarray, slots: np.ndarray) -> np.ndarray: ...
+    def into(self, dst: memoryview | bytearray, width: int, batch: EntryBatch,
+             first: np.ndarray, stop: np.ndarray, slots: np.ndarray,
+             base: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def windows(files: Sequence[LayerFile], start: bytes, end: bytes,

@@ -324,7 +324,8 @@ static PyMethodDef methods[] = {
      " records this module replays; the index of the first one left to Python."},
     {"redo_window", pagec_redo_window, METH_VARARGS,
      "redo_window(dst, width, bufs, which, starts, ends, kinds, keys, first, stop, slots,"
-     " done) -> int: the chains of a window built into their slots of dst (_pagec_window.c)."},
+     " done[, base]) -> int: the chains of a window built into their slots of dst, each from"
+     " its rows or on a base page (_pagec_window.c)."},
     {"set_checksums", set_checksums, METH_VARARGS,
      "set_checksums(buf, blknos: uint32 LE buffer): pd_checksum of every page of buf that"
      " is not new, in place (pg.checksum.set_checksums is the reference)."},

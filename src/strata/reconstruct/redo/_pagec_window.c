@@ -19,12 +19,23 @@
  *   chains were built. Raises ValueError for columns whose sizes or rows do not
  *   fit each other (a caller's bug, never data).
  *
- * Dtypes (the caller converts): starts, ends, first, stop, slots int64; which
+ * redo_window(..., done, base) -> int
+ *   The same, with chains that go on from a page (the flush's chain cuts,
+ *   `storage.flush.cut_long_chains`): base[c] -1 starts chain c as above; base[c] == c
+ *   means its slot already holds the page its rows [first[c], stop[c]) apply to; base[c]
+ *   < c means chain base[c]'s page (its slot, as built) is that page, and chain c is
+ *   left (done 0) when chain base[c] was. Rows on a base must all be deltas (WAL_RECORD
+ *   or WAL_RECORD_INIT), else the chain is left to Python. base[c] > c, or below -1,
+ *   raises ValueError.
+ *
+ * Dtypes (the caller converts): starts, ends, first, stop, slots, base int64; which
  * uint32; kinds and done uint8; every buffer C-contiguous.
  */
 #include "_pagec.h"
 
 #define KIND_IMAGE 0 /* storage.values.ValueKind, written to disk */
+#define KIND_RECORD 1
+#define KIND_RECORD_INIT 2
 #define KIND_TOMBSTONE 3
 #define KEY_BYTES 18
 
@@ -33,15 +44,15 @@ static uint32_t be32(const uint8_t *p) {
 }
 
 typedef struct {
-    Py_buffer dst, which, starts, ends, kinds, keys, first, stop, slots, done;
+    Py_buffer dst, which, starts, ends, kinds, keys, first, stop, slots, done, base;
     Py_buffer *bufs;
     Py_ssize_t nbufs, got_bufs;
-    int has_which;
+    int has_which, has_base;
 } window_t;
 
 static void window_release(window_t *w) {
     Py_buffer *all[] = {&w->dst, &w->which, &w->starts, &w->ends, &w->kinds, &w->keys,
-                        &w->first, &w->stop, &w->slots, &w->done};
+                        &w->first, &w->stop, &w->slots, &w->done, &w->base};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]->obj != NULL)
             PyBuffer_Release(all[i]);
@@ -75,6 +86,9 @@ static int window_open(window_t *w, PyObject *const *o, PyObject *bufs) {
     if (get(o[8], &w->stop, PyBUF_SIMPLE, m * 8, "stop") < 0
             || get(o[9], &w->slots, PyBUF_SIMPLE, m * 8, "slots") < 0
             || get(o[10], &w->done, PyBUF_WRITABLE, m, "done") < 0)
+        return -1;
+    w->has_base = o[11] != Py_None;
+    if (w->has_base && get(o[11], &w->base, PyBUF_SIMPLE, m * 8, "base") < 0)
         return -1;
     w->has_which = o[2] != Py_None;
     if (w->has_which && get(o[2], &w->which, PyBUF_SIMPLE, n * 4, "which") < 0)
@@ -154,12 +168,54 @@ static int build_chain(const window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *p
     return 1;
 }
 
+/* Rows [a, z) applied on `page` (a page already): 1 done, 0 left to Python, -1 error
+ * set. */
+static int apply_rows(const window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
+    const uint8_t *key = (const uint8_t *)w->keys.buf + a * KEY_BYTES;
+    const uint8_t *kinds = w->kinds.buf;
+    uint8_t scratch[BLCKSZ];
+    if (key[0] != 0)                                     /* not a REL_BLOCK key */
+        return 0;
+    target_t t = {be32(key + 1), be32(key + 5), be32(key + 9), key[13], be32(key + 14)};
+    for (Py_ssize_t i = a; i < z; i++) {
+        Py_ssize_t len;
+        const uint8_t *v;
+        if (kinds[i] != KIND_RECORD && kinds[i] != KIND_RECORD_INIT)
+            return 0;
+        if ((v = row_value(w, i, &len)) == NULL)
+            return -1;
+        if (!pagec_chain_step(page, scratch, v, len, &t))
+            return 0;
+    }
+    return 1;
+}
+
+/* Chain c into its slot, from its base (see the header): 1, 0 or -1 as build_chain. */
+static int chain_into(const window_t *w, Py_ssize_t c, Py_ssize_t width) {
+    const int64_t *first = w->first.buf, *stop = w->stop.buf, *slots = w->slots.buf;
+    uint8_t *dst = w->dst.buf, *page = dst + slots[c] * width;
+    int64_t b = w->has_base ? ((const int64_t *)w->base.buf)[c] : -1;
+    if (b < -1 || b > c) {
+        PyErr_Format(PyExc_ValueError, "chain %zd: base %lld", c, (long long)b);
+        return -1;
+    }
+    if (b == -1)
+        return build_chain(w, first[c], stop[c], page);
+    if (b < c) {
+        if (!((const uint8_t *)w->done.buf)[b])
+            return 0;
+        memmove(page, dst + slots[b] * width, BLCKSZ);
+    }
+    return apply_rows(w, first[c], stop[c], page);
+}
+
 PyObject *pagec_redo_window(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *o[11], *bufs;
+    PyObject *o[12], *bufs;
     Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "OnO!OOOOOOOOO", &o[0], &width, &PyTuple_Type, &bufs, &o[2],
-                          &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10]))
+    o[11] = Py_None;
+    if (!PyArg_ParseTuple(args, "OnO!OOOOOOOOO|O", &o[0], &width, &PyTuple_Type, &bufs, &o[2],
+                          &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11]))
         return NULL;
     window_t w;
     memset(&w, 0, sizeof w);
@@ -179,7 +235,7 @@ PyObject *pagec_redo_window(PyObject *self, PyObject *args) {
         }
         if (width != BLCKSZ)
             continue;
-        int rc = build_chain(&w, first[c], stop[c], (uint8_t *)w.dst.buf + slots[c] * width);
+        int rc = chain_into(&w, c, width);
         if (rc < 0)
             goto fail;
         done[c] = (uint8_t)rc;
