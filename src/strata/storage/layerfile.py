@@ -58,6 +58,9 @@ COLUMN_VERSION = 3  # first version whose blocks are column-wise
 # for the image trigger's purpose: it only has to exceed a threshold).
 MAX_KEY_ENTRIES_CAP = 0xFFFFFFFF
 COMPRESSION_ZSTD = 1
+# Encoded blocks compressed together, in one call without the GIL (the frames are the
+# ones compressing each alone makes).
+COMPRESS_GROUP_BYTES = 2 << 20
 
 # magic 8s | version u16 | layer kind u8 | compression u8 |
 # max_key_entries u32 (v3: longest record run of one key; v2: most entries of one key;
@@ -134,6 +137,10 @@ class LayerWriter:
         self._first: tuple[bytes, int] | None = None
         self._last: tuple[bytes, int] | None = None
         self._index: list[bytes] = []
+        # encoded blocks not yet compressed: (raw, (entries, first key, first lsn, last
+        # key, last lsn, min lsn, max lsn))
+        self._pending: list[tuple[bytes, tuple[int, bytes, int, bytes, int, int, int]]] = []
+        self._pending_bytes = 0
         self.entries = 0
         self.raw_bytes = 0
         self._runs = KeyRuns(chains=True)  # the header's max_key_entries (v3)
@@ -219,14 +226,27 @@ class LayerWriter:
         if n == 0:
             return
         raw = encode_columns(block)
-        comp = self._cctx.compress(raw)
-        self._index.append(INDEX_ENTRY.pack(
-            self._pos, len(comp), len(raw), n, crc32c(comp),
-            block.key_at(0), int(block.lsns[0]), block.key_at(n - 1), int(block.lsns[-1]),
-            int(block.lsns.min()), int(block.lsns.max()),
-        ))
-        self._f.write(comp)
-        self._pos += len(comp)
+        self._pending.append((raw, (n, block.key_at(0), int(block.lsns[0]), block.key_at(n - 1),
+                                    int(block.lsns[-1]), int(block.lsns.min()),
+                                    int(block.lsns.max()))))
+        self._pending_bytes += len(raw)
+        if self._pending_bytes >= COMPRESS_GROUP_BYTES:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Compress the encoded blocks waiting (one zstd frame each, in one call that
+        releases the GIL: a flush thread compresses while the ingest thread runs) and
+        write them with their index entries."""
+        if not self._pending:
+            return
+        comps = self._cctx.multi_compress_to_buffer([raw for raw, _ in self._pending])
+        for i, (raw, (n, k0, l0, k1, l1, lmin, lmax)) in enumerate(self._pending):
+            comp = comps[i].tobytes()
+            self._index.append(INDEX_ENTRY.pack(self._pos, len(comp), len(raw), n, crc32c(comp),
+                                                k0, l0, k1, l1, lmin, lmax))
+            self._f.write(comp)
+            self._pos += len(comp)
+        self._pending, self._pending_bytes = [], 0
 
     def finish(self, name: LayerName) -> WrittenLayer:
         """`seal`, then rename to `name` and fsync the directory: the file is in place
@@ -255,6 +275,7 @@ class LayerWriter:
                 if not (name.key_start <= self._first[0] and self._last[0] < name.key_end):
                     raise ValueError(f"entries outside the key range of {name}")
             self._flush_block()
+            self._write_pending()
             index = b"".join(self._index)
             index_off = self._pos
             self._f.write(index)

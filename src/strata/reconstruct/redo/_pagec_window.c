@@ -30,6 +30,11 @@
  *
  * Dtypes (the caller converts): starts, ends, first, stop, slots, base int64; which
  * uint32; kinds and done uint8; every buffer C-contiguous.
+ *
+ * The GIL is released while the chains are built (pure C, on the buffers the call
+ * holds: a bytearray cannot be resized meanwhile), so the writer's flush thread
+ * builds its chain cuts while the ingest thread runs; an error is kept in the
+ * window's `err` and raised once the GIL is back.
  */
 #include "_pagec.h"
 
@@ -48,6 +53,7 @@ typedef struct {
     Py_buffer *bufs;
     Py_ssize_t nbufs, got_bufs;
     int has_which, has_base;
+    char err[160]; /* the ValueError raised once the GIL is back, when err[0] */
 } window_t;
 
 static void window_release(window_t *w) {
@@ -106,13 +112,13 @@ static int window_open(window_t *w, PyObject *const *o, PyObject *bufs) {
     return 0;
 }
 
-/* Row i's value, or NULL (with the error set) when its bounds do not fit its buffer. */
-static const uint8_t *row_value(const window_t *w, Py_ssize_t i, Py_ssize_t *len) {
+/* Row i's value, or NULL (with w->err set) when its bounds do not fit its buffer. */
+static const uint8_t *row_value(window_t *w, Py_ssize_t i, Py_ssize_t *len) {
     const int64_t *s = w->starts.buf, *e = w->ends.buf;
     uint32_t b = w->has_which ? ((const uint32_t *)w->which.buf)[i] : 0;
     if ((Py_ssize_t)b >= w->nbufs || s[i] < 0 || e[i] < s[i] || e[i] > w->bufs[b].len) {
-        PyErr_Format(PyExc_ValueError, "row %zd: value [%lld, %lld) outside its buffer", i,
-                     (long long)s[i], (long long)e[i]);
+        snprintf(w->err, sizeof w->err, "row %zd: value [%lld, %lld) outside its buffer",
+                 i, (long long)s[i], (long long)e[i]);
         return NULL;
     }
     *len = (Py_ssize_t)(e[i] - s[i]);
@@ -134,7 +140,7 @@ static int starts_a_page(const uint8_t *v, Py_ssize_t len, const target_t *t) {
 }
 
 /* Chain [a, z) into `page`: 1 built, 0 left to Python, -1 error set. */
-static int build_chain(const window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
+static int build_chain(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
     const uint8_t *key = (const uint8_t *)w->keys.buf + a * KEY_BYTES;
     const uint8_t *kinds = w->kinds.buf;
     uint8_t scratch[BLCKSZ];
@@ -170,7 +176,7 @@ static int build_chain(const window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *p
 
 /* Rows [a, z) applied on `page` (a page already): 1 done, 0 left to Python, -1 error
  * set. */
-static int apply_rows(const window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
+static int apply_rows(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
     const uint8_t *key = (const uint8_t *)w->keys.buf + a * KEY_BYTES;
     const uint8_t *kinds = w->kinds.buf;
     uint8_t scratch[BLCKSZ];
@@ -191,12 +197,12 @@ static int apply_rows(const window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *pa
 }
 
 /* Chain c into its slot, from its base (see the header): 1, 0 or -1 as build_chain. */
-static int chain_into(const window_t *w, Py_ssize_t c, Py_ssize_t width) {
+static int chain_into(window_t *w, Py_ssize_t c, Py_ssize_t width) {
     const int64_t *first = w->first.buf, *stop = w->stop.buf, *slots = w->slots.buf;
     uint8_t *dst = w->dst.buf, *page = dst + slots[c] * width;
     int64_t b = w->has_base ? ((const int64_t *)w->base.buf)[c] : -1;
     if (b < -1 || b > c) {
-        PyErr_Format(PyExc_ValueError, "chain %zd: base %lld", c, (long long)b);
+        snprintf(w->err, sizeof w->err, "chain %zd: base %lld", c, (long long)b);
         return -1;
     }
     if (b == -1)
@@ -225,21 +231,27 @@ PyObject *pagec_redo_window(PyObject *self, PyObject *args) {
     Py_ssize_t n = w.starts.len / 8, m = w.first.len / 8;
     const int64_t *first = w.first.buf, *stop = w.stop.buf, *slots = w.slots.buf;
     uint8_t *done = w.done.buf;
+    Py_BEGIN_ALLOW_THREADS  /* pure C from here: the flush's thread lets ingest run */
     for (Py_ssize_t c = 0; c < m; c++) {
         done[c] = 0;
         if (first[c] < 0 || stop[c] <= first[c] || stop[c] > n || slots[c] < 0
                 || (slots[c] + 1) * width > w.dst.len) {
-            PyErr_Format(PyExc_ValueError, "chain %zd: rows [%lld, %lld) of %zd, slot %lld",
-                         c, (long long)first[c], (long long)stop[c], n, (long long)slots[c]);
-            goto fail;
+            snprintf(w.err, sizeof w.err, "chain %zd: rows [%lld, %lld) of %zd, slot %lld", c,
+                     (long long)first[c], (long long)stop[c], n, (long long)slots[c]);
+            break;
         }
         if (width != BLCKSZ)
             continue;
         int rc = chain_into(&w, c, width);
         if (rc < 0)
-            goto fail;
+            break;
         done[c] = (uint8_t)rc;
         built += rc;
+    }
+    Py_END_ALLOW_THREADS
+    if (w.err[0]) {
+        PyErr_SetString(PyExc_ValueError, w.err);
+        goto fail;
     }
     window_release(&w);
     return PyLong_FromSsize_t(built);
