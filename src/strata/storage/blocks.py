@@ -34,9 +34,27 @@ _LSN_MAX = (1 << 63) - 1
 
 def encode_columns(b: EntryBatch) -> bytes:
     """A v3 block holding the rows of `b` (in order)."""
-    values, _ = b.values_joined()
-    return b"".join((N_FIELD.pack(len(b)), b.keys.tobytes(), b.lsns.astype(">u8").tobytes(),
-                     b.kinds.tobytes(), b.lengths.astype(">u4").tobytes(), values))
+    return encode_many_columns(b, [len(b)])[0]
+
+
+def encode_many_columns(b: EntryBatch, ends: Sequence[int]) -> list[bytes]:
+    """The v3 blocks of rows [ends[i - 1], ends[i]) of `b` (the first from row 0),
+    each column converted once for them all (a flush writes ~1,500 blocks)."""
+    values, vends = b.values_joined()
+    voff = [0, *vends.tolist()]
+    keys = memoryview(b.keys.tobytes())
+    lsns = memoryview(b.lsns.astype(">u8").tobytes())
+    kinds = memoryview(b.kinds.tobytes())
+    lens = memoryview(b.lengths.astype(">u4").tobytes())
+    vals = memoryview(values)
+    out = []
+    s = 0
+    for e in ends:
+        out.append(b"".join((N_FIELD.pack(e - s), keys[KEY_SIZE * s:KEY_SIZE * e],
+                             lsns[8 * s:8 * e], kinds[s:e], lens[4 * s:4 * e],
+                             vals[voff[s]:voff[e]])))
+        s = e
+    return out
 
 
 def _column_offsets(n: int) -> tuple[int, int, int, int]:

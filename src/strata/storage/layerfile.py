@@ -29,6 +29,7 @@ import zstandard
 
 from strata import durable
 from strata.errors import CorruptionError
+from strata.key import KEY_SIZE
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
 from strata.storage.blockindex import (
     BOUNDS_VERSION,
@@ -42,7 +43,7 @@ from strata.storage.blocks import (
     decode_columns,
     decode_many_columns,
     decode_rows,
-    encode_columns,
+    encode_many_columns,
     find_in_columns,
     find_in_rows,
 )
@@ -198,18 +199,49 @@ class LayerWriter:
         self.entries += n
         self.raw_bytes += int(cum[-1])
         done = 0
+        whole: list[int] = []  # row ends of the blocks made of this batch's rows alone
+        whole_from = 0  # where the first of them starts
         while done < n:
             # the block closes with the row that brings it to block_bytes or more
             need = self._block_bytes - self._part_bytes + (int(cum[done - 1]) if done else 0)
             cut = int(np.searchsorted(cum, need, "left"))
             if cut >= n:
-                self._parts.append(b.slice(done, n) if done else b)
-                self._part_bytes += int(cum[-1]) - (int(cum[done - 1]) if done else 0)
-                return
-            self._parts.append(b.slice(done, cut + 1))
-            self._part_bytes = 0
-            self._flush_block()
+                break
+            if self._parts:  # the block begun before this batch
+                self._parts.append(b.slice(done, cut + 1))
+                self._part_bytes = 0
+                self._flush_block()
+            else:
+                if not whole:
+                    whole_from = done
+                whole.append(cut + 1)
             done = cut + 1
+        # in groups of blocks (bounded memory: a group's raw bytes, then its frames)
+        group = max(1, COMPRESS_GROUP_BYTES // self._block_bytes)
+        for g in range(0, len(whole), group):
+            a = whole[g - 1] if g else whole_from
+            self._encode_blocks(b.slice(a, whole[min(g + group, len(whole)) - 1]),
+                                [e - a for e in whole[g:g + group]])
+        if done < n:
+            self._parts.append(b.slice(done, n) if done else b)
+            self._part_bytes += int(cum[-1]) - (int(cum[done - 1]) if done else 0)
+
+    def _encode_blocks(self, b: EntryBatch, ends: list[int]) -> None:
+        """The blocks of rows [ends[i - 1], ends[i]) of `b` (the first from row 0; the
+        last ends at len(b)), encoded together (`blocks.encode_many_columns`)."""
+        starts = [0, *ends[:-1]]
+        keys = b.keys.tobytes()
+        lsns = b.lsns.tolist()
+        lmin = np.minimum.reduceat(b.lsns, starts).tolist()
+        lmax = np.maximum.reduceat(b.lsns, starts).tolist()
+        for i, raw in enumerate(encode_many_columns(b, ends)):
+            s, e = starts[i], ends[i]
+            self._pending.append((raw, (e - s, keys[KEY_SIZE * s:KEY_SIZE * (s + 1)], lsns[s],
+                                        keys[KEY_SIZE * (e - 1):KEY_SIZE * e], lsns[e - 1],
+                                        lmin[i], lmax[i])))
+            self._pending_bytes += len(raw)
+            if self._pending_bytes >= COMPRESS_GROUP_BYTES:
+                self._write_pending()
 
     def _take_rows(self) -> None:
         if len(self._rows):
@@ -225,13 +257,7 @@ class LayerWriter:
         n = len(block)
         if n == 0:
             return
-        raw = encode_columns(block)
-        self._pending.append((raw, (n, block.key_at(0), int(block.lsns[0]), block.key_at(n - 1),
-                                    int(block.lsns[-1]), int(block.lsns.min()),
-                                    int(block.lsns.max()))))
-        self._pending_bytes += len(raw)
-        if self._pending_bytes >= COMPRESS_GROUP_BYTES:
-            self._write_pending()
+        self._encode_blocks(block, [n])
 
     def _write_pending(self) -> None:
         """Compress the encoded blocks waiting (one zstd frame each, in one call that
