@@ -45,7 +45,9 @@ pipeline in this process (128 kB chunks as the walsender sends them, taken
 and fed as `IngestPipeline.run` does, advancing every 8 MiB) into a fresh store imported from
 the base. Per workload: WAL MiB, records, CPU s of this process (ingest; then
 including the flush and the background compaction it causes), records/s and
-MB/s per CPU second, layer bytes per WAL byte, and a row for all of them together
+MB/s per CPU second, the wall time until the store has it all durable (the flush
+runs in its background thread meanwhile, as in the ingest service) and the WAL MB/s
+that makes, layer bytes per WAL byte, and a row for all of them together
 (which phase an earlier phase's maintenance lands in is timing) (``--no-maintenance``: the store
 runs no compaction or image creation, so the CPU "incl. flush + maintenance" is
 ingest and flush alone, what the ingest service spends). ``--profile DIR`` writes a
@@ -197,6 +199,7 @@ class Row:
     records: int = 0
     primary_s: float = 0.0
     strata_catchup_s: float = 0.0  # after the statement's end
+    durable_s: float = 0.0  # offline: from the first chunk until the flush has it all
     standby_replay_s: float = 0.0
     cpu_s: dict[str, float] = field(default_factory=dict)  # per strata process (or phase)
     layer_bytes: int = 0
@@ -546,10 +549,11 @@ def offline_phase(args: argparse.Namespace, pipe: Any, ph: dict[str, Any], work:
     feed_until(pipe, end, prof)
     c1, t1 = cpu_now(), time.perf_counter()
     pipe.ingest.store.flush()
+    t2 = time.perf_counter()
     pipe.ingest.store.wait_maintenance()
     c2 = cpu_now()
     row = Row(ph["name"], wal_bytes=end - start, records=pipe.stats.records - records0,
-              primary_s=ph["primary_s"], strata_catchup_s=t1 - t0,
+              primary_s=ph["primary_s"], strata_catchup_s=t1 - t0, durable_s=t2 - t0,
               cpu_s={"ingest": c1 - c0, "total": c2 - c0},
               layer_bytes=du(work / "layers") - layers0)
     if prof is not None:
@@ -596,6 +600,7 @@ def total_row(rows: list[Row]) -> Row:
     return Row("all", wal_bytes=sum(r.wal_bytes for r in rows),
                records=sum(r.records for r in rows), primary_s=sum(r.primary_s for r in rows),
                strata_catchup_s=sum(r.strata_catchup_s for r in rows),
+               durable_s=sum(r.durable_s for r in rows),
                cpu_s={k: sum(r.cpu_s[k] for r in rows) for k in ("ingest", "total")},
                layer_bytes=sum(r.layer_bytes for r in rows))
 
@@ -603,12 +608,15 @@ def total_row(rows: list[Row]) -> Row:
 def report(rows: list[Row], offline_mode: bool) -> str:
     if offline_mode:
         rows = [*rows, total_row(rows)] if len(rows) > 1 else rows
-        head = ("| workload | WAL MiB | records | primary s | ingest wall s | ingest CPU s "
+        head = ("| workload | WAL MiB | records | primary s | ingest wall s | durable wall s "
+                "| MB/s to durable | ingest CPU s "
                 "| CPU-s/MiB | incl. flush + maintenance CPU-s/MiB | k records/CPU-s | MB/CPU-s "
-                "| layer B / WAL B |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+                "| layer B / WAL B |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
         body = "".join(
             f"| {r.name} | {r.wal_mib:.1f} | {r.records} | {r.primary_s:.2f} | "
-            f"{r.strata_catchup_s:.2f} | {r.cpu_s['ingest']:.2f} | "
+            f"{r.strata_catchup_s:.2f} | {r.durable_s:.2f} | "
+            f"{r.wal_bytes / 1e6 / max(r.durable_s, 1e-9):.0f} | {r.cpu_s['ingest']:.2f} | "
             f"{r.cpu_s['ingest'] / max(r.wal_mib, 1e-9):.3f} | "
             f"{r.cpu_s['total'] / max(r.wal_mib, 1e-9):.3f} | "
             f"{r.records / max(r.cpu_s['ingest'], 1e-9) / 1000:.0f} | "
