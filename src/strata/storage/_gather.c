@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define RELEASE_GIL_BYTES (1 << 20)
+
 /* gather((src0, src1, ...), src, starts, lens) -> bytes: piece k is
  * srcs[src[k]][starts[k]:starts[k] + lens[k]] (src: u32, starts and lens: i64
  * buffers of one element per piece); the pieces back to back. */
@@ -45,12 +47,16 @@ static PyObject *gather(PyObject *self, PyObject *args)
     if (result == NULL)
         goto done;
     uint8_t *o = (uint8_t *)PyBytes_AS_STRING(result);
-    Py_BEGIN_ALLOW_THREADS
+    /* Only a large copy lets other threads run: giving up the GIL for a few KB (the
+     * ingest thread's entries of one batch) costs its thread up to a switch interval
+     * (5 ms) to get it back while the flush thread runs. */
+    PyThreadState *ts = total >= RELEASE_GIL_BYTES ? PyEval_SaveThread() : NULL;
     for (Py_ssize_t k = 0; k < n; k++) {
         memcpy(o, (const uint8_t *)views[si[k]].buf + st[k], (size_t)ln[k]);
         o += ln[k];
     }
-    Py_END_ALLOW_THREADS
+    if (ts != NULL)
+        PyEval_RestoreThread(ts);
 done:
     for (Py_ssize_t v = 0; v < nviews; v++)
         PyBuffer_Release(&views[v]);

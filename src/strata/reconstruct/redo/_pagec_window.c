@@ -31,10 +31,11 @@
  * Dtypes (the caller converts): starts, ends, first, stop, slots, base int64; which
  * uint32; kinds and done uint8; every buffer C-contiguous.
  *
- * The GIL is released while the chains are built (pure C, on the buffers the call
- * holds: a bytearray cannot be resized meanwhile), so the writer's flush thread
- * builds its chain cuts while the ingest thread runs; an error is kept in the
- * window's `err` and raised once the GIL is back.
+ * With RELEASE_GIL_ROWS rows or more, the GIL is released while the chains are
+ * built (pure C, on the buffers the call holds: a bytearray cannot be resized
+ * meanwhile), so the writer's flush thread builds its chain cuts while the ingest
+ * thread runs; an error is kept in the window's `err` and raised once the GIL is
+ * back.
  */
 #include "_pagec.h"
 
@@ -43,6 +44,7 @@
 #define KIND_RECORD_INIT 2
 #define KIND_TOMBSTONE 3
 #define KEY_BYTES 18
+#define RELEASE_GIL_ROWS 65536 /* rows of a call that lets other threads run */
 
 static uint32_t be32(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
@@ -231,7 +233,9 @@ PyObject *pagec_redo_window(PyObject *self, PyObject *args) {
     Py_ssize_t n = w.starts.len / 8, m = w.first.len / 8;
     const int64_t *first = w.first.buf, *stop = w.stop.buf, *slots = w.slots.buf;
     uint8_t *done = w.done.buf;
-    Py_BEGIN_ALLOW_THREADS  /* pure C from here: the flush's thread lets ingest run */
+    /* pure C from here: with many rows (the flush's cuts) other threads run meanwhile;
+     * a small window keeps the GIL (getting it back can cost a switch interval) */
+    PyThreadState *ts = n >= RELEASE_GIL_ROWS ? PyEval_SaveThread() : NULL;
     for (Py_ssize_t c = 0; c < m; c++) {
         done[c] = 0;
         if (first[c] < 0 || stop[c] <= first[c] || stop[c] > n || slots[c] < 0
@@ -248,7 +252,8 @@ PyObject *pagec_redo_window(PyObject *self, PyObject *args) {
         done[c] = (uint8_t)rc;
         built += rc;
     }
-    Py_END_ALLOW_THREADS
+    if (ts != NULL)
+        PyEval_RestoreThread(ts);
     if (w.err[0]) {
         PyErr_SetString(PyExc_ValueError, w.err);
         goto fail;
