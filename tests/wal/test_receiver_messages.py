@@ -21,6 +21,7 @@ from strata.wal.replication_messages import (
     encode_xlogdata,
     parse_server_message,
     parse_timeline_history,
+    split_xlogdata,
     switchpoint_of,
     timeline_of_lsn,
 )
@@ -102,13 +103,12 @@ def _receiver(start: str) -> WalReceiver:
 def test_receiver_trims_overlap_so_the_stream_stays_contiguous() -> None:
     rx = _receiver("0/1000")
     try:
-        a = rx._accept(XLogData(Lsn(0x1000), Lsn(0), 0, b"A" * 16))
-        assert a is not None and (a.start, a.data) == (Lsn(0x1000), b"A" * 16)
+        assert rx._accept(0x1000, 0x2000, b"A" * 16) == b"A" * 16
+        assert rx.server_wal_end == Lsn(0x2000)
         # A resent range after a reconnect: wholly old, then partly old.
-        assert rx._accept(XLogData(Lsn(0x1000), Lsn(0), 0, b"A" * 16)) is None
-        b = rx._accept(XLogData(Lsn(0x1008), Lsn(0), 0, b"A" * 8 + b"B" * 8))
-        assert b is not None and (b.start, b.data) == (Lsn(0x1010), b"B" * 8)
-        assert rx.received_lsn == Lsn(0x1018)
+        assert rx._accept(0x1000, 0, b"A" * 16) is None
+        assert rx._accept(0x1008, 0, b"A" * 8 + b"B" * 8) == b"B" * 8
+        assert rx.received_lsn == Lsn(0x1018) and rx.server_wal_end == Lsn(0x2000)
     finally:
         rx.close()
 
@@ -117,9 +117,22 @@ def test_receiver_refuses_a_gap_in_the_stream() -> None:
     rx = _receiver("0/1000")
     try:
         with pytest.raises(WalSourceError, match="gap"):
-            rx._accept(XLogData(Lsn(0x1010), Lsn(0), 0, b"x"))
+            rx._accept(0x1010, 0, b"x")
     finally:
         rx.close()
+
+
+def test_split_xlogdata_is_what_the_parser_reads_and_nothing_else() -> None:
+    msg = XLogData(Lsn(0x1000), Lsn(0x2000), 42, b"wal bytes")
+    wire = encode_xlogdata(msg)
+    start, end, data = split_xlogdata(wire)  # type: ignore[misc]
+    parsed = parse_server_message(wire)
+    assert isinstance(parsed, XLogData)
+    assert (start, end, bytes(data)) == (parsed.data_start, parsed.wal_end, parsed.data)
+    assert split_xlogdata(encode_keepalive(PrimaryKeepalive(Lsn(1), 0, False))) is None
+    assert split_xlogdata(wire[:20]) is None  # too short: the parser raises for it
+    with pytest.raises(ProtocolError):
+        parse_server_message(wire[:20])
 
 
 def test_report_never_moves_backwards_and_checks_order() -> None:

@@ -61,9 +61,9 @@ from strata.wal.replication_messages import (
     PrimaryKeepalive,
     StandbyStatusUpdate,
     SystemIdentity,
-    XLogData,
     parse_server_message,
     parse_timeline_history,
+    split_xlogdata,
     switchpoint_of,
     timeline_of_lsn,
 )
@@ -432,8 +432,8 @@ class WalReceiver:
         if self._copy_ended:
             self._copy_ended = False
             return None, True
-        parts: list[bytes] = []
-        start: Lsn | None = None
+        parts: list[bytes | memoryview] = []
+        start: int | None = None
         size = got = 0
         ended = False
         while size < COALESCE_BYTES:
@@ -446,15 +446,18 @@ class WalReceiver:
             if n == -1:
                 ended = True
                 break
-            msg = parse_server_message(buf)
             got += 1
-            if isinstance(msg, XLogData):
-                chunk = self._accept(msg)
-                if chunk is not None:
-                    start = chunk.start if start is None else start
-                    parts.append(chunk.data)
-                    size += len(chunk.data)
-            elif isinstance(msg, PrimaryKeepalive):
+            w = split_xlogdata(buf)  # the usual message, taken without an object
+            if w is not None:
+                at = self._received
+                data = self._accept(*w)
+                if data is not None:
+                    start = at if start is None else start
+                    parts.append(data)
+                    size += len(data)
+                continue
+            msg = parse_server_message(buf)
+            if isinstance(msg, PrimaryKeepalive):
                 self._server_wal_end = max(self._server_wal_end, msg.wal_end)
                 if msg.reply_requested:
                     self._reply_pending = True
@@ -466,7 +469,7 @@ class WalReceiver:
         if start is None:
             return None, ended
         self._copy_ended = ended
-        return WalChunk(start, parts[0] if len(parts) == 1 else b"".join(parts)), False
+        return WalChunk(Lsn(start), b"".join(parts)), False
 
     def _check_silence(self, conn: pq.abc.PGconn) -> float:
         """Ping a silent server, drop a dead one; returns when to look again."""
@@ -481,10 +484,14 @@ class WalReceiver:
         half = self._last_recv_at + self.receive_timeout / 2
         return half if not self._pinged else self._last_recv_at + self.receive_timeout
 
-    def _accept(self, msg: XLogData) -> WalChunk | None:
-        """Trim what we already have, refuse gaps: keeps the stream contiguous."""
-        self._server_wal_end = max(self._server_wal_end, msg.wal_end)
-        start, data = msg.data_start, msg.data
+    def _accept(self, start: int, wal_end: int, data: bytes | memoryview
+                ) -> bytes | memoryview | None:
+        """The WAL of an XLogData message (`data` from `start`; the server's end of WAL
+        `wal_end`) that follows what we have: what we already have trimmed (None if
+        nothing is left), a gap refused. It starts at the received position before
+        the call, which moves past it: the stream stays contiguous."""
+        if wal_end > self._server_wal_end:
+            self._server_wal_end = Lsn(wal_end)
         if start > self._received:
             raise WalSourceError(
                 f"gap in the WAL stream from {self.where}: expected {self._received}, "
@@ -497,9 +504,9 @@ class WalReceiver:
             data, start = data[cut:], self._received
         if not data:
             return None
-        self._received = start + len(data)
+        self._received = Lsn(start + len(data))
         self._bytes += len(data)
-        return WalChunk(Lsn(start), data)
+        return data
 
     def _end_of_copy(self, conn: pq.abc.PGconn) -> None:
         """The server ended COPY: either its timeline ended (it tells us the next

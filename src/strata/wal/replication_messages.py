@@ -53,6 +53,17 @@ class PrimaryKeepalive:
 
 
 ServerMessage = XLogData | PrimaryKeepalive
+_XLOGDATA_DATA = 1 + _XLOGDATA_HEADER.size  # where an XLogData message's WAL starts
+
+
+def split_xlogdata(buf: bytes | memoryview) -> tuple[int, int, bytes | memoryview] | None:
+    """(data_start, wal_end, WAL bytes: a slice of `buf`) of an XLogData message,
+    without an object (the receiver's path: a busy primary sends one per commit);
+    None for any other message (`parse_server_message` says what it is)."""
+    if len(buf) < _XLOGDATA_DATA or buf[0] != 0x77:  # 'w'
+        return None
+    start, end, _ts = _XLOGDATA_HEADER.unpack_from(buf, 1)
+    return start, end, buf[_XLOGDATA_DATA:]
 
 
 def parse_server_message(buf: bytes | memoryview) -> ServerMessage:
@@ -65,10 +76,10 @@ def parse_server_message(buf: bytes | memoryview) -> ServerMessage:
         raise ProtocolError("empty CopyData message from the walsender")
     kind = buf[0]
     if kind == 0x77:  # 'w'
-        if len(buf) < 1 + _XLOGDATA_HEADER.size:
+        if len(buf) < _XLOGDATA_DATA:
             raise ProtocolError(f"XLogData message too short: {len(buf)} bytes")
         start, end, ts = _XLOGDATA_HEADER.unpack_from(buf, 1)
-        return XLogData(Lsn(start), Lsn(end), ts, bytes(buf[1 + _XLOGDATA_HEADER.size:]))
+        return XLogData(Lsn(start), Lsn(end), ts, bytes(buf[_XLOGDATA_DATA:]))
     if kind == 0x6B:  # 'k'
         if len(buf) != 1 + _KEEPALIVE.size:
             raise ProtocolError(f"keepalive message has {len(buf)} bytes, expected 18")
