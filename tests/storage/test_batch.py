@@ -256,7 +256,8 @@ def test_damaged_v3_columns_are_corruption_naming_the_block(tmp_path: Path) -> N
     """A block whose CRC is right but whose columns are not (a writer bug, not bit rot)."""
     import zstandard
 
-    from strata.storage.layerfile import FOOTER, HEADER, INDEX_ENTRY, crc32c, write_layer
+    from strata.storage.layerfile import FOOTER, HEADER, INDEX_ENTRY, crc32c
+    from strata.storage.layerwriter import write_layer
     from strata.storage.naming import LayerName
 
     name = LayerName.delta(rk(0).to_bytes(), rk(5).to_bytes(), 1, 100)

@@ -21,7 +21,8 @@ from strata.key import Key, KeyRange
 from strata.pagestore import PageStore
 from strata.storage import images as images_mod
 from strata.storage.config import StorageConfig
-from strata.storage.layerfile import FORMAT_VERSION, HEADER, LayerFile, crc32c, write_layer
+from strata.storage.layerfile import FORMAT_VERSION, HEADER, LayerFile, crc32c
+from strata.storage.layerwriter import write_layer
 from strata.storage.manifest import Level, load_manifest
 from strata.storage.naming import LayerName
 from strata.storage.values import Entry, PageImage, WalRecord

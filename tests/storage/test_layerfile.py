@@ -8,7 +8,8 @@ import pytest
 
 from strata.errors import CorruptionError
 from strata.key import MAX_KEY, MIN_KEY
-from strata.storage.layerfile import FOOTER, HEADER, LayerFile, write_layer
+from strata.storage.layerfile import FOOTER, HEADER, LayerFile
+from strata.storage.layerwriter import write_layer
 from strata.storage.manifest import LayerEntry, Level, Manifest, commit_manifest, load_manifest
 from strata.storage.naming import LayerName
 from strata.storage.values import TOMBSTONE, Entry, PageImage, Value, WalRecord, ends_chain

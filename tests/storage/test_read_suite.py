@@ -12,8 +12,9 @@ import pytest
 from strata.key import MAX_KEY, MIN_KEY, Key, KeyRange
 from strata.pagestore import PageStore
 from strata.storage.batch import EntryBatch
-from strata.storage.layerfile import LayerFile, write_layer
+from strata.storage.layerfile import LayerFile
 from strata.storage.layermap import Layer, LayerMap, ReadStats, ReadView, read_key
+from strata.storage.layerwriter import write_layer
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.memtable import Memtable
 from strata.storage.naming import LayerName

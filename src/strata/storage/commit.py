@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from strata import durable
 from strata.errors import StrataError
 from strata.lsn import Lsn
-from strata.storage.layerfile import SealedLayer
+from strata.storage.layerwriter import SealedLayer
 from strata.storage.manifest import LayerEntry, Manifest, commit_manifest, load_manifest
 from strata.storage.memtable import FrozenMemtable
 from strata.storage.naming import LayerName

@@ -15,7 +15,7 @@ import numpy as np
 
 from strata.storage import commit
 from strata.storage.batch import ENTRY_OVERHEAD, EntryBatch
-from strata.storage.layerfile import LayerWriter
+from strata.storage.layerwriter import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
 from strata.storage.scan import merged_windows

@@ -20,8 +20,8 @@ from strata.lsn import Lsn
 from strata.progress import Laps
 from strata.storage import commit
 from strata.storage.batch import EntryBatch
-from strata.storage.layerfile import LayerWriter
 from strata.storage.layermap import ReadStats, read_key
+from strata.storage.layerwriter import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
 from strata.storage.scan import WindowRedo

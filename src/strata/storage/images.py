@@ -23,8 +23,8 @@ from strata.key import Key
 from strata.lsn import Lsn
 from strata.storage import commit
 from strata.storage.batch import KEY_ORDER, BatchBuilder, EntryBatch, key_order
-from strata.storage.layerfile import LayerWriter
 from strata.storage.layermap import Layer, LayerMap, ReadStats, covers
+from strata.storage.layerwriter import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
 from strata.storage.scan import Chains, scan_chains

@@ -1,8 +1,8 @@
-"""Layer files: writer and reader of the on-disk layer format (v4; reads v1-v3).
+"""Layer files: the on-disk layer format (v4; reads v1-v3) and its reader.
 
-Fed by: flush (memtable -> L0), compaction (L0 -> L1), image creation. Feeds:
-the layer map's reads, verify, dump-layer. Owns: the byte layout (FORMAT.md),
-its checksums and the write half of the commit protocol (.tmp, fsync, rename).
+Fed by: layer files `layerwriter` wrote. Feeds: the layer map's reads, verify,
+dump-layer. Owns: the byte layout's constants (FORMAT.md) and its checks; the
+write half (and the .tmp names of the commit protocol) is `layerwriter`'s.
 
 Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
 zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
@@ -13,13 +13,10 @@ a block's CRC before every decompression. Versions: FORMAT.md section 9.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,10 +24,8 @@ import google_crc32c
 import numpy as np
 import zstandard
 
-from strata import durable
 from strata.errors import CorruptionError
-from strata.key import KEY_SIZE
-from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
+from strata.storage.batch import EntryBatch, KeyRuns
 from strata.storage.blockindex import (
     BOUNDS_VERSION,
     INDEX_ENTRY,
@@ -43,12 +38,11 @@ from strata.storage.blocks import (
     decode_columns,
     decode_many_columns,
     decode_rows,
-    encode_many_columns,
     find_in_columns,
     find_in_rows,
 )
-from strata.storage.naming import TMP_SUFFIX, LayerKind, LayerName
-from strata.storage.values import Entry, PageImage, ValueKind, ends_chain
+from strata.storage.naming import LayerKind, LayerName
+from strata.storage.values import Entry, ValueKind, ends_chain
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
@@ -59,9 +53,6 @@ COLUMN_VERSION = 3  # first version whose blocks are column-wise
 # for the image trigger's purpose: it only has to exceed a threshold).
 MAX_KEY_ENTRIES_CAP = 0xFFFFFFFF
 COMPRESSION_ZSTD = 1
-# Encoded blocks compressed together, in one call without the GIL (the frames are the
-# ones compressing each alone makes).
-COMPRESS_GROUP_BYTES = 2 << 20
 
 # magic 8s | version u16 | layer kind u8 | compression u8 |
 # max_key_entries u32 (v3: longest record run of one key; v2: most entries of one key;
@@ -78,283 +69,9 @@ def crc32c(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
-@dataclass(frozen=True, slots=True)
-class WrittenLayer:
-    name: LayerName
-    size: int
-    entries: int
-    max_key_entries: int
-
-
-@dataclass(frozen=True, slots=True)
-class SealedLayer:
-    """A complete, fsynced layer file still under its temporary name: the commit
-    protocol renames it to `name.filename()` (commit.py) or deletes it."""
-
-    name: LayerName
-    tmp: Path
-    size: int
-    entries: int
-    max_key_entries: int
-
-
 class MissingLayerError(CorruptionError):
     """A layer file is not there. For a reader that took its manifest before a
     commit retired the file this is not damage: it re-reads the manifest."""
-
-
-_tmp_seq = itertools.count()
-
-
-def tmp_layer_name(owner: str) -> str:
-    """`layer-<owner>-<pid>-<n>.tmp`: `owner` says which role wrote it ("w" the
-    writer, "m" the maintenance process), so recovery deletes only its own role's
-    leftovers while the other role may still be writing (FORMAT.md section 6)."""
-    return f"layer-{owner}-{os.getpid()}-{next(_tmp_seq)}{TMP_SUFFIX}"
-
-
-class LayerWriter:
-    """Streams sorted entries into `<dir>/<name>.tmp`; `seal` (or `finish`) ends it.
-
-    Requires: entries added (one by one with `add`, or as sorted batches with
-    `add_batch`) in strictly increasing (key, lsn) order, each inside the key range
-    / LSN range given to `seal`. Blocks are written in the column layout (v3).
-    The file gets its final name only through the commit protocol (or `finish`);
-    it is not live until the manifest references it.
-    """
-
-    def __init__(self, directory: Path, *, block_bytes: int, zstd_level: int,
-                 owner: str = "w") -> None:
-        self._dir = directory
-        self._tmp = directory / tmp_layer_name(owner)
-        self._f = durable.fs().create(self._tmp)
-        self._f.write(b"\0" * HEADER.size)
-        self._pos = HEADER.size
-        self._block_bytes = block_bytes
-        self._cctx = zstandard.ZstdCompressor(level=zstd_level)
-        self._parts: list[EntryBatch] = []  # rows of the block being filled
-        self._part_bytes = 0
-        self._rows = BatchBuilder()  # rows given one by one, not yet in _parts
-        self._first: tuple[bytes, int] | None = None
-        self._last: tuple[bytes, int] | None = None
-        self._index: list[bytes] = []
-        # encoded blocks not yet compressed: (raw, (entries, first key, first lsn, last
-        # key, last lsn, min lsn, max lsn))
-        self._pending: list[tuple[bytes, tuple[int, bytes, int, bytes, int, int, int]]] = []
-        self._pending_bytes = 0
-        self.entries = 0
-        self.raw_bytes = 0
-        self._runs = KeyRuns(chains=True)  # the header's max_key_entries (v3)
-
-    @property
-    def max_key_entries(self) -> int:
-        """The longest run of one key's records so far (see KeyRuns); final after seal."""
-        return self._runs.best
-
-    @property
-    def first_key(self) -> bytes | None:
-        return None if self._first is None else self._first[0]
-
-    @property
-    def last_key(self) -> bytes | None:
-        return None if self._last is None else self._last[0]
-
-    def add(self, e: Entry) -> None:
-        pos = (e.key, e.lsn)
-        if self._last is not None and pos <= self._last:
-            raise ValueError(f"entries out of order: {pos!r} after {self._last!r}")
-        if self._first is None:
-            self._first = pos
-        self._last = pos
-        before = self._rows.nbytes
-        self._rows.add(e.key, e.lsn, e.value)
-        n = self._rows.nbytes - before
-        self.entries += 1
-        self.raw_bytes += n
-        self._part_bytes += n
-        if self._part_bytes >= self._block_bytes:
-            self._flush_block()
-
-    def add_batch(self, b: EntryBatch) -> None:
-        """Add the rows of `b`. Requires: `b` sorted by (key, lsn), one row per (key, lsn),
-        every row after the last one added. Raises: ValueError otherwise (nothing added)."""
-        n = len(b)
-        if n == 0:
-            return
-        ok = b.order_keys
-        first = (b.key_at(0), int(b.lsns[0]))
-        if n > 1:
-            same = ok[1:] == ok[:-1]
-            if np.any(ok[1:] < ok[:-1]) or np.any(same & (b.lsns[1:] <= b.lsns[:-1])):
-                raise ValueError("batch not strictly increasing in (key, lsn)")
-        if self._last is not None and first <= self._last:
-            raise ValueError(f"entries out of order: {first!r} after {self._last!r}")
-        self._take_rows()
-        self._runs.add(b)
-        if self._first is None:
-            self._first = first
-        self._last = (b.key_at(n - 1), int(b.lsns[-1]))
-        sizes = b.lengths + ENTRY_OVERHEAD
-        cum = np.cumsum(sizes)
-        self.entries += n
-        self.raw_bytes += int(cum[-1])
-        done = 0
-        whole: list[int] = []  # row ends of the blocks made of this batch's rows alone
-        whole_from = 0  # where the first of them starts
-        while done < n:
-            # the block closes with the row that brings it to block_bytes or more
-            need = self._block_bytes - self._part_bytes + (int(cum[done - 1]) if done else 0)
-            cut = int(np.searchsorted(cum, need, "left"))
-            if cut >= n:
-                break
-            if self._parts:  # the block begun before this batch
-                self._parts.append(b.slice(done, cut + 1))
-                self._part_bytes = 0
-                self._flush_block()
-            else:
-                if not whole:
-                    whole_from = done
-                whole.append(cut + 1)
-            done = cut + 1
-        # in groups of blocks (bounded memory: a group's raw bytes, then its frames)
-        group = max(1, COMPRESS_GROUP_BYTES // self._block_bytes)
-        for g in range(0, len(whole), group):
-            a = whole[g - 1] if g else whole_from
-            self._encode_blocks(b.slice(a, whole[min(g + group, len(whole)) - 1]),
-                                [e - a for e in whole[g:g + group]])
-        if done < n:
-            self._parts.append(b.slice(done, n) if done else b)
-            self._part_bytes += int(cum[-1]) - (int(cum[done - 1]) if done else 0)
-
-    def _encode_blocks(self, b: EntryBatch, ends: list[int]) -> None:
-        """The blocks of rows [ends[i - 1], ends[i]) of `b` (the first from row 0; the
-        last ends at len(b)), encoded together (`blocks.encode_many_columns`)."""
-        starts = [0, *ends[:-1]]
-        keys = b.keys.tobytes()
-        lsns = b.lsns.tolist()
-        lmin = np.minimum.reduceat(b.lsns, starts).tolist()
-        lmax = np.maximum.reduceat(b.lsns, starts).tolist()
-        for i, raw in enumerate(encode_many_columns(b, ends)):
-            s, e = starts[i], ends[i]
-            self._pending.append((raw, (e - s, keys[KEY_SIZE * s:KEY_SIZE * (s + 1)], lsns[s],
-                                        keys[KEY_SIZE * (e - 1):KEY_SIZE * e], lsns[e - 1],
-                                        lmin[i], lmax[i])))
-            self._pending_bytes += len(raw)
-            if self._pending_bytes >= COMPRESS_GROUP_BYTES:
-                self._write_pending()
-
-    def _take_rows(self) -> None:
-        if len(self._rows):
-            rows = self._rows.build()
-            self._runs.add(rows)
-            self._parts.append(rows)
-            self._rows = BatchBuilder()
-
-    def _flush_block(self) -> None:
-        self._take_rows()
-        block = EntryBatch.concat(self._parts)
-        self._parts, self._part_bytes = [], 0
-        n = len(block)
-        if n == 0:
-            return
-        self._encode_blocks(block, [n])
-
-    def _write_pending(self) -> None:
-        """Compress the encoded blocks waiting (one zstd frame each, in one call that
-        releases the GIL: a flush thread compresses while the ingest thread runs) and
-        write them with their index entries."""
-        if not self._pending:
-            return
-        comps = self._cctx.multi_compress_to_buffer([raw for raw, _ in self._pending])
-        for i, (raw, (n, k0, l0, k1, l1, lmin, lmax)) in enumerate(self._pending):
-            comp = comps[i].tobytes()
-            self._index.append(INDEX_ENTRY.pack(self._pos, len(comp), len(raw), n, crc32c(comp),
-                                                k0, l0, k1, l1, lmin, lmax))
-            self._f.write(comp)
-            self._pos += len(comp)
-        self._pending, self._pending_bytes = [], 0
-
-    def finish(self, name: LayerName) -> WrittenLayer:
-        """`seal`, then rename to `name` and fsync the directory: the file is in place
-        (not live until a manifest names it). For tools and tests; the store's verbs
-        seal and let the commit protocol rename.
-
-        Raises: ValueError if an entry lies outside `name`'s ranges (nothing published).
-        """
-        s = self.seal(name)
-        try:
-            durable.fs().rename(s.tmp, self._dir / name.filename())
-        except BaseException:
-            self.abort()
-            raise
-        durable.fs().fsync_dir(self._dir)
-        return WrittenLayer(name, s.size, s.entries, s.max_key_entries)
-
-    def seal(self, name: LayerName) -> SealedLayer:
-        """Write index, footer and header, then fsync; the file keeps its temporary name.
-
-        Raises: ValueError if an entry lies outside `name`'s ranges (nothing kept).
-        """
-        try:
-            if self._first is not None:
-                assert self._last is not None
-                if not (name.key_start <= self._first[0] and self._last[0] < name.key_end):
-                    raise ValueError(f"entries outside the key range of {name}")
-            self._flush_block()
-            self._write_pending()
-            index = b"".join(self._index)
-            index_off = self._pos
-            self._f.write(index)
-            footer_head = FOOTER.pack(index_off, len(index), len(self._index), self.entries,
-                                      crc32c(index), 0, FOOTER_MAGIC)
-            # footer crc covers the 28 bytes before it (offsets, counts, index crc)
-            fcrc = crc32c(footer_head[:28])
-            self._f.write(FOOTER.pack(index_off, len(index), len(self._index), self.entries,
-                                      crc32c(index), fcrc, FOOTER_MAGIC))
-            size = index_off + len(index) + FOOTER.size
-            mke = min(self.max_key_entries, MAX_KEY_ENTRIES_CAP)
-            head = HEADER.pack(MAGIC, FORMAT_VERSION, name.kind, COMPRESSION_ZSTD, mke,
-                               name.key_start, name.key_end, name.lsn_start, name.lsn_end, 0)
-            self._f.seek(0)
-            self._f.write(HEADER.pack(MAGIC, FORMAT_VERSION, name.kind, COMPRESSION_ZSTD, mke,
-                                      name.key_start, name.key_end, name.lsn_start, name.lsn_end,
-                                      crc32c(head[:-4])))
-            self._f.fsync()
-            self._f.close()
-            return SealedLayer(name, self._tmp, size, self.entries, self.max_key_entries)
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-        with contextlib.suppress(FileNotFoundError):
-            durable.fs().unlink(self._tmp)
-
-
-def add_all(w: LayerWriter, name: LayerName, entries: Iterable[Entry]) -> LayerWriter:
-    """Add `entries` to `w`, checking them against `name`'s LSN range and kind.
-
-    Raises: ValueError (and aborts `w`: its temporary file is gone)."""
-    try:
-        for e in entries:
-            if not name.lsn_start <= e.lsn < name.lsn_end:
-                raise ValueError(f"entry at LSN {e.lsn:X} outside the LSN range of {name}")
-            if name.is_image and not isinstance(e.value, PageImage):
-                raise ValueError(f"image layer {name} given a non-image value")
-            w.add(e)
-    except BaseException:
-        w.abort()
-        raise
-    return w
-
-
-def write_layer(directory: Path, name: LayerName, entries: Iterable[Entry], *,
-                block_bytes: int, zstd_level: int) -> WrittenLayer:
-    """Write a whole layer file under its final name (tools, tests, samples)."""
-    w = LayerWriter(directory, block_bytes=block_bytes, zstd_level=zstd_level)
-    return add_all(w, name, entries).finish(name)
 
 
 _local = threading.local()

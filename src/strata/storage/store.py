@@ -475,6 +475,6 @@ def remove_leftovers(directory: Path, manifest: Manifest, owner: str, maint_held
     return removed
 
 
-# layer-<owner>-<pid>-<n>.tmp (layerfile.tmp_layer_name); older writers used
+# layer-<owner>-<pid>-<n>.tmp (layerwriter.tmp_layer_name); older writers used
 # layer-<pid>-<thread>-<id>.tmp, which counts as the writer's.
 _TMP_OWNER = re.compile(r"^layer-(?P<owner>[a-z])-\d+-\d+\.tmp$")

@@ -434,23 +434,19 @@ class WalReceiver:
             return None, True
         parts: list[bytes | memoryview] = []
         start: int | None = None
-        size = got = 0
-        ended = False
+        size, got, ended = 0, 0, False
         while size < COALESCE_BYTES:
             try:
                 n, buf = conn.get_copy_data(1)
             except OperationalError as e:
                 raise Retry(f"receiving from {self.where}: {e}") from e
-            if n == 0:
-                break
-            if n == -1:
-                ended = True
+            if n <= 0:  # 0: nothing buffered; -1: the server ended COPY
+                ended = n == -1
                 break
             got += 1
             w = split_xlogdata(buf)  # the usual message, taken without an object
             if w is not None:
-                at = self._received
-                data = self._accept(*w)
+                at, data = self._received, self._accept(*w)
                 if data is not None:
                     start = at if start is None else start
                     parts.append(data)
@@ -486,10 +482,8 @@ class WalReceiver:
 
     def _accept(self, start: int, wal_end: int, data: bytes | memoryview
                 ) -> bytes | memoryview | None:
-        """The WAL of an XLogData message (`data` from `start`; the server's end of WAL
-        `wal_end`) that follows what we have: what we already have trimmed (None if
-        nothing is left), a gap refused. It starts at the received position before
-        the call, which moves past it: the stream stays contiguous."""
+        """An XLogData message's WAL from the received position on (which moves past it):
+        what we have trimmed (None if nothing is left), a gap refused."""
         if wal_end > self._server_wal_end:
             self._server_wal_end = Lsn(wal_end)
         if start > self._received:
