@@ -141,8 +141,10 @@ static int starts_a_page(const uint8_t *v, Py_ssize_t len, const target_t *t) {
     return (r.target_flags & BKPBLOCK_WILL_INIT) || t->fork == VISIBILITYMAP_FORK;
 }
 
-/* Chain [a, z) into `page`: 1 built, 0 left to Python, -1 error set. */
-static int build_chain(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
+/* Chain [a, z) into `page`: from its first row (an image, a tombstone, a delta that
+ * starts a page), or with `on_page`, every row a delta applied on the page `page`
+ * holds. 1 built, 0 left to Python, -1 error (w->err set). */
+static int build_chain(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page, int on_page) {
     const uint8_t *key = (const uint8_t *)w->keys.buf + a * KEY_BYTES;
     const uint8_t *kinds = w->kinds.buf;
     uint8_t scratch[BLCKSZ];
@@ -151,7 +153,8 @@ static int build_chain(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
     target_t t = {be32(key + 1), be32(key + 5), be32(key + 9), key[13], be32(key + 14)};
     Py_ssize_t len, i = a;
     const uint8_t *v;
-    if (kinds[a] == KIND_IMAGE) {
+    if (on_page) {                                  /* the page is there already */
+    } else if (kinds[a] == KIND_IMAGE) {
         if ((v = row_value(w, a, &len)) == NULL)
             return -1;
         if (len != BLCKSZ)
@@ -168,26 +171,6 @@ static int build_chain(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
         memset(page, 0, BLCKSZ);
     }
     for (; i < z; i++) {
-        if ((v = row_value(w, i, &len)) == NULL)
-            return -1;
-        if (!pagec_chain_step(page, scratch, v, len, &t))
-            return 0;
-    }
-    return 1;
-}
-
-/* Rows [a, z) applied on `page` (a page already): 1 done, 0 left to Python, -1 error
- * set. */
-static int apply_rows(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page) {
-    const uint8_t *key = (const uint8_t *)w->keys.buf + a * KEY_BYTES;
-    const uint8_t *kinds = w->kinds.buf;
-    uint8_t scratch[BLCKSZ];
-    if (key[0] != 0)                                     /* not a REL_BLOCK key */
-        return 0;
-    target_t t = {be32(key + 1), be32(key + 5), be32(key + 9), key[13], be32(key + 14)};
-    for (Py_ssize_t i = a; i < z; i++) {
-        Py_ssize_t len;
-        const uint8_t *v;
         if (kinds[i] != KIND_RECORD && kinds[i] != KIND_RECORD_INIT)
             return 0;
         if ((v = row_value(w, i, &len)) == NULL)
@@ -208,13 +191,13 @@ static int chain_into(window_t *w, Py_ssize_t c, Py_ssize_t width) {
         return -1;
     }
     if (b == -1)
-        return build_chain(w, first[c], stop[c], page);
+        return build_chain(w, first[c], stop[c], page, 0);
     if (b < c) {
         if (!((const uint8_t *)w->done.buf)[b])
             return 0;
         memmove(page, dst + slots[b] * width, BLCKSZ);
     }
-    return apply_rows(w, first[c], stop[c], page);
+    return build_chain(w, first[c], stop[c], page, 1);
 }
 
 PyObject *pagec_redo_window(PyObject *self, PyObject *args) {
