@@ -5,7 +5,8 @@ tombstone, from no page at all (a WILL_INIT record, an image delta); and each
 chain C must leave to Python is left (False): a record with no page to start from
 (Python raises), a compressed image delta, a key that is not a relation block, a
 width that is not a page. A scan over the same rows (`scan.scan_dense`) lays out
-what the reference does, slot for slot, stats included."""
+what the reference does, slot for slot, stats included. Chains on a base page (the
+flush's cuts), and runs of commit statuses on CLOG pages (numpy, not C)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from strata.errors import StrataError
 from strata.key import Key
 from strata.keyspace.relation import encode_delta, encode_image_delta
-from strata.keyspace.slru import TAG_IMAGE
+from strata.keyspace.slru import TAG_IMAGE, delta_value, xid_status_op
 from strata.reconstruct import reconstruct
 from strata.reconstruct.redo.page_ops import BLCKSZ
 from strata.storage.batch import EntryBatch, key_array
@@ -172,3 +173,54 @@ def test_chains_on_a_base_page_build_what_the_reference_builds() -> None:
         with pytest.raises(ValueError, match="base"):
             reconstruct.reconstruct_value.into(memoryview(dst), BLCKSZ, b, first, stop, slots,
                                                np.array(bad, dtype=np.int64))
+
+
+CLOG = Key.slru_page(0, 0)
+
+
+def _commits(slots: list[int], status: int = 1) -> list[tuple[int, bytes]]:
+    return [(RECORD, delta_value([xid_status_op(status, [s])])) for s in slots]
+
+
+def test_runs_of_commit_statuses_on_clog_pages_equal_the_reference() -> None:
+    """SLRU chains of one-xid status values (the flush's cuts of CLOG pages): on an
+    image, on a base in the slot, on an earlier chain's page, with a later status of
+    the same xid winning; a chain with another op or no page to start from is left;
+    with the compiled chain off nothing is built."""
+    rng = np.random.default_rng(7)
+    page0 = bytes(rng.integers(0, 256, BLCKSZ, dtype=np.uint8))
+    runs = [_commits([int(x) for x in rng.integers(0, 32768, 40)]),
+            _commits([5, 9, 5], 1) + _commits([5], 2),
+            _commits([int(x) for x in rng.integers(0, 32768, 12)])]
+    other = [(RECORD, delta_value([xid_status_op(1, [3, 4])]))]
+    rows: list[tuple[Key, list[tuple[int, bytes]], bool]] = [
+        (CLOG, [(IMAGE, page0), *runs[0]], True),  # on its image
+        (CLOG, runs[1], True),                      # base: its slot holds page0
+        (CLOG, runs[2], True),                      # base: chain 0's page
+        (CLOG, other + runs[2], False),             # a two-slot op
+        (CLOG, runs[2], False),                     # no page: the reference decides
+    ]
+    b, first, stop = _batch(rows)
+    base = np.array([-1, 1, 0, 3, -1], dtype=np.int64)
+    slots = np.array([4, 3, 2, 1, 0], dtype=np.int64)
+    dst = bytearray(b"\xaa" * (len(rows) * BLCKSZ))
+    for c in (1, 3):
+        dst[int(slots[c]) * BLCKSZ:(int(slots[c]) + 1) * BLCKSZ] = page0
+    done = reconstruct.reconstruct_value.into(memoryview(dst), BLCKSZ, b, first, stop, slots,
+                                              base)
+    assert done.tolist() == [want for _, _, want in rows]
+
+    def ref(base_page: bytes, vals: list[tuple[int, bytes]]) -> bytes:
+        return reconstruct.reconstruct_value(CLOG, base_page, [WalRecord(v) for _, v in vals])
+
+    chain0 = ref(page0, runs[0])
+    assert dst[int(slots[0]) * BLCKSZ:][:BLCKSZ] == chain0 != page0
+    assert dst[int(slots[1]) * BLCKSZ:][:BLCKSZ] == ref(page0, runs[1])
+    assert dst[int(slots[2]) * BLCKSZ:][:BLCKSZ] == ref(chain0, runs[2])
+    saved = reconstruct.compiled_chain
+    reconstruct.compiled_chain = None
+    try:
+        assert not reconstruct.reconstruct_value.into(memoryview(dst), BLCKSZ, b, first, stop,
+                                                      slots, base).any()
+    finally:
+        reconstruct.compiled_chain = saved

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from strata.errors import RedoError
-from strata.key import Key, KeyKind
+from strata.key import KEY_SIZE, Key, KeyKind
 from strata.keyspace.relation import decode_delta, decode_image_delta, is_image_delta
 from strata.reconstruct.redo import redo_block_inplace
 from strata.reconstruct.redo.page_ops import BLCKSZ, page_is_new, page_set_lsn, pagec
-from strata.reconstruct.slru import apply_values
-from strata.storage.values import WalRecord
+from strata.reconstruct.slru import ONE_SLOT, apply_one_slot_rows, apply_values
+from strata.storage.values import ValueKind, WalRecord
 from strata.wal.decoder import decode_record
 from strata.wal.image import restore_page
 
@@ -145,7 +145,42 @@ class Reconstructor:
             np.ascontiguousarray(first, i64), np.ascontiguousarray(stop, i64),
             np.ascontiguousarray(slots, i64), done,
             None if base is None else np.ascontiguousarray(base, i64))
+        if width == BLCKSZ:
+            _commit_runs_into(memoryview(dst), batch, first, stop, slots, base, done)
         return done.view(bool)
+
+
+_SLRU = int(KeyKind.SLRU_PAGE)
+_PAGE_IMAGE, _RECORD = int(ValueKind.PAGE_IMAGE), int(ValueKind.WAL_RECORD)
+
+
+def _commit_runs_into(dst: memoryview, batch: EntryBatch, first: np.ndarray, stop: np.ndarray,
+                      slots: np.ndarray, base: np.ndarray | None, done: np.ndarray) -> None:
+    """The SLRU chains C left whose deltas are all one-xid status values (a CLOG
+    page's run of commits: the flush cuts one every `flush_image_interval` commits),
+    each in a few numpy steps (`slru.apply_one_slot_rows`, what `apply_values`
+    does for such a run) on its image or base page in its slot; done[c] = 1 for
+    each. Any other chain is left as it is."""
+    key_kind = batch.keys.view(np.uint8).reshape(-1, KEY_SIZE)[:, 0]
+    kinds, lengths = batch.kinds, batch.lengths
+    for c in np.flatnonzero((done == 0) & (key_kind[first] == _SLRU)).tolist():
+        a, z, s = int(first[c]), int(stop[c]), int(slots[c])
+        bc = -1 if base is None else int(base[c])
+        if bc == -1 and (kinds[a] != _PAGE_IMAGE or lengths[a] != BLCKSZ):
+            continue  # no page to start from here: the reference decides
+        if (bc >= 0 and bc != c and not done[bc]) or not (
+                (kinds[a + (bc == -1):z] == _RECORD).all()
+                and (lengths[a + (bc == -1):z] == ONE_SLOT).all()):
+            continue
+        page = np.frombuffer(dst[s * BLCKSZ:(s + 1) * BLCKSZ], dtype=np.uint8)
+        rows = batch.slice(a + (bc == -1), z).values_joined()[0]
+        run = np.frombuffer(rows, dtype=np.uint8).reshape(-1, ONE_SLOT)
+        if bc == -1:
+            page[:] = np.frombuffer(batch.value_at(a), dtype=np.uint8)
+        elif bc != c:
+            t = int(slots[bc])
+            page[:] = np.frombuffer(dst[t * BLCKSZ:(t + 1) * BLCKSZ], dtype=np.uint8)
+        done[c] = apply_one_slot_rows(page, run)  # False: another op, the slot is scratch
 
 
 reconstruct_value = Reconstructor()

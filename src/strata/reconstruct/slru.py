@@ -57,16 +57,24 @@ def apply_values(page: bytes | None, values: Iterable[bytes]) -> bytes | None:
 
 _RUN_MIN = 8  # values in a run worth one numpy step
 # a plain commit's (or abort's) value: TAG_DELTA, OP_XID_STATUS, status, count 1, slot
-_ONE_SLOT = 7
+ONE_SLOT = 7
 
 
 def _one_slot_run(buf: bytearray, values: list[bytes]) -> bool:
     """Apply `values` to `buf` in one numpy step when every one is a single status
-    op of one xid (a chain of commits); else False with `buf` untouched. A later
-    status of the same xid wins, as applying them in order does."""
-    if any(len(v) != _ONE_SLOT for v in values):
+    op of one xid (a chain of commits); else False with `buf` untouched."""
+    if any(len(v) != ONE_SLOT for v in values):
         return False
-    a = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, _ONE_SLOT)
+    rows = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, ONE_SLOT)
+    return apply_one_slot_rows(np.frombuffer(buf, dtype=np.uint8), rows)
+
+
+def apply_one_slot_rows(page: np.ndarray, rows: np.ndarray) -> bool:
+    """Apply the values `rows` (n x `ONE_SLOT` bytes, oldest first) to the writable
+    page array `page` when every one is a single status op of one xid; else False
+    with `page` untouched. A later status of the same xid wins, as applying them in
+    order does."""
+    a = rows
     if not ((a[:, 0] == TAG_DELTA) & (a[:, 1] == OP_XID_STATUS) & (a[:, 3] == 1)
             & (a[:, 4] == 0)).all():
         return False
@@ -76,7 +84,6 @@ def _one_slot_run(buf: bytearray, values: list[bytes]) -> bool:
     slots, status = slots[keep], a[keep, 2] & 3
     shift = ((slots % CLOG_XACTS_PER_BYTE) * CLOG_BITS_PER_XACT).astype(np.uint8)
     byteno = slots // CLOG_XACTS_PER_BYTE
-    page = np.frombuffer(buf, dtype=np.uint8)  # a view: writes go to buf
     np.bitwise_and.at(page, byteno, ~(np.uint8(3) << shift))
     np.bitwise_or.at(page, byteno, status << shift)
     return True
