@@ -462,7 +462,12 @@ class FileStream:
 
     @property
     def finished(self) -> bool:
-        return self.src.finished and self._held is None
+        """Nothing more to hand out until the caller moves `limit` (or the WAL ended):
+        the pipeline's `take` stops gathering here, as at the end of a stream, instead
+        of waiting `PublishConfig.gather` for WAL a phase's end never brings."""
+        if self._held is not None:
+            return bool(self._held.start >= self.limit)
+        return bool(self.src.finished or self.src.received_lsn >= self.limit)
 
     def poll(self, timeout: float | None = None) -> Any:
         from strata.wal.source import WalChunk
