@@ -19,9 +19,10 @@ doubts, through the Python redo, its reference.
 call) and a `scan.WindowRedo`, whose `into` builds every relation-page chain of a
 scan window in one C call (`_pagec.redo_window`, straight into the caller's page
 buffer: the lazy file system's reads and its helpers; the flush's chain cuts, on
-base pages), and a CLOG page's run of commit statuses in a few numpy steps. In a cold full scan at
-scale 100, 36 % of the pages have a chain (an image delta and the records after
-it); the Python path spent ~10 us per such page around the C redo itself.
+base pages), and a CLOG page's run of commit statuses in a few numpy steps. In a
+cold full scan at scale 100, 36 % of the pages have a chain (an image delta and
+the records after it); the Python path spent ~10 us per such page around the C
+redo itself.
 """
 
 from __future__ import annotations
