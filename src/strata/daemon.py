@@ -335,6 +335,15 @@ class Daemon:
                     left = cleanup_instances(self.layout.instances)
                     if left:
                         log.warning("stopped %d historical server(s) the proxy left", len(left))
+        if "proxy" in self.services:
+            from strata.historical.instance import wait_process_exit
+            from strata.historical.lazy import kill_spares
+
+            # the proxy is gone either way: a spare file system of its still running
+            # (CI 2026-12-05 saw one after a proxy that stopped in time) would
+            # outlive strata, as nothing else ends it
+            for pid in kill_spares(self.layout.instances):
+                wait_process_exit(pid, 5)
 
     def _stop_primary(self) -> None:
         assert self.cluster is not None
