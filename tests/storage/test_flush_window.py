@@ -10,6 +10,7 @@ tests/reconstruct/test_window_redo.py."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
@@ -152,5 +153,45 @@ def test_cuts_built_in_one_call_keep_every_read_and_bound_every_chain(
                 if want[(k, at)] != "error":
                     ps.get_page(rk(k), at)
                     assert ps.metrics().deltas_applied - m0 <= interval + (1 if before else 0)
+    finally:
+        ps.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(spec=chain_strategy, interval=st.integers(1, 6), part_bytes=st.integers(1, 400))
+def test_cut_in_parts_is_the_whole_cut_split_between_keys(
+        tmp_path_factory: pytest.TempPathFactory, spec: list[tuple[int, str]], interval: int,
+        part_bytes: int) -> None:
+    """`flush.cut_in_parts` (a helper thread cuts the next part while the flush writes
+    this one): its parts, joined, are `cut_long_chains` of the whole batch, and every
+    part but the first begins with a key's first row."""
+    cfg = StorageConfig(memtable_bytes=4 << 20, block_bytes=1 << 16, cache_pages=0,
+                        background_maintenance=False, flush_image_interval=interval)
+    ps = PageStore.open(tmp_path_factory.mktemp("cutp"), FixedRedo(set()), cfg,
+                        background=False)
+    try:
+        lsn = 10
+        for k, kind in spec:
+            lsn += 1
+            v: Value = {"rec": WalRecord(b"%d," % lsn), "image": PageImage(_page(b"I%d" % lsn)),
+                        "init": WalRecord(b"W%d|" % lsn, True), "tomb": TOMBSTONE}[kind]
+            ps.put(rk(k + 1), lsn, v)  # (not BROKEN: its cuts fail either way)
+        ps.advance(lsn)
+        fm = ps.store.freeze()
+        assert fm is not None
+        whole = flush.cut_long_chains(ps.store, fm.batch)
+        parts = list(flush.cut_in_parts(ps.store, fm.batch, part_bytes))
+        keys = {k for k, _ in spec}
+        assert 1 <= len(parts) <= len(keys)
+        for before, after in itertools.pairwise(parts):
+            assert before.key_at(len(before) - 1) != after.key_at(0)
+        # parts of a byte each: one per key
+        assert len(list(flush.cut_in_parts(ps.store, fm.batch, 1))) == len(keys)
+        joined = EntryBatch.concat(parts)
+        assert joined.keys.tobytes() == whole.keys.tobytes()
+        assert joined.lsns.tolist() == whole.lsns.tolist()
+        assert joined.kinds.tolist() == whole.kinds.tolist()
+        assert joined.values_in(0, len(joined)) == whole.values_in(0, len(whole))
+        assert (whole.kinds == IMAGE).sum() >= (fm.batch.kinds == IMAGE).sum()
     finally:
         ps.close()

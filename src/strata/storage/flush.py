@@ -10,7 +10,10 @@ page it produces.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Generator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -19,7 +22,7 @@ from strata.key import Key
 from strata.lsn import Lsn
 from strata.progress import Laps
 from strata.storage import commit
-from strata.storage.batch import EntryBatch
+from strata.storage.batch import ENTRY_OVERHEAD, EntryBatch
 from strata.storage.layermap import ReadStats, read_key
 from strata.storage.layerwriter import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
@@ -35,6 +38,11 @@ _RECORD = int(ValueKind.WAL_RECORD)
 _INIT = int(ValueKind.WAL_RECORD_INIT)
 _TOMBSTONE = int(ValueKind.TOMBSTONE)
 
+
+# A frozen memtable of more raw bytes than this is cut and written in parts of about
+# this size, split between keys: a helper thread cuts the next part while the writer
+# encodes and compresses this one (both mostly without the GIL).
+CUT_PART_BYTES = 16 << 20
 
 # Chains are built in one `WindowRedo.into` call into slots of this many bytes: a
 # value of this size (a relation page) can be built there; any other goes through the
@@ -201,6 +209,46 @@ def _cut_rows(b: EntryBatch, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.flatnonzero((kinds == _RECORD) & (count % k == 0)), head, last
 
 
+def cut_in_parts(store: LayerStore, b: EntryBatch,
+                 part_bytes: int = CUT_PART_BYTES) -> Generator[EntryBatch, None, None]:
+    """`cut_long_chains(store, b)` as consecutive parts, in row order: `b` split between
+    keys into parts of about `part_bytes` raw bytes, each cut in a helper thread while
+    the caller consumes the part before. Chains never cross keys, so the parts'
+    concatenation is what cutting `b` whole gives. A part the caller does not reach
+    is still cut (and dropped) before the generator closes."""
+    bounds = _part_bounds(b, part_bytes)
+    if len(bounds) <= 2:
+        yield cut_long_chains(store, b)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="strata-cut") as helper:
+        def cut(i: int) -> Future[EntryBatch]:
+            return helper.submit(cut_long_chains, store, b.slice(bounds[i], bounds[i + 1]))
+        nxt = cut(0)
+        for i in range(len(bounds) - 1):
+            cur = nxt
+            if i + 2 < len(bounds):
+                nxt = cut(i + 1)
+            yield cur.result()
+
+
+def _part_bounds(b: EntryBatch, part_bytes: int) -> list[int]:
+    """Row bounds [0, ..., len(b)) of parts of about `part_bytes` raw bytes, each bound
+    the first row of a key."""
+    n = len(b)
+    if n == 0:
+        return [0]
+    cum = np.cumsum(b.lengths + ENTRY_OVERHEAD)
+    parts = int(cum[-1]) // part_bytes
+    if parts < 2:
+        return [0, n]
+    ok = b.order_keys
+    heads = np.flatnonzero(np.concatenate([[True], ok[1:] != ok[:-1]]))
+    # the row holding each part's end, then the first key to start after it
+    want = np.searchsorted(cum, np.arange(1, parts) * (int(cum[-1]) / parts))
+    at = np.searchsorted(heads, want, "right")
+    return sorted({0, n, *(int(heads[i]) for i in at if i < len(heads))})
+
+
 def flush_one(store: LayerStore) -> bool:
     """Flush the oldest frozen memtable to an L0 layer and commit. Returns: False if none."""
     with store.flush_lock:
@@ -217,14 +265,14 @@ def flush_one(store: LayerStore) -> bool:
             w = LayerWriter(store.directory, block_bytes=cfg.block_bytes,
                             zstd_level=cfg.zstd_level, owner=store.role.value)
             try:
-                batch = cut_long_chains(store, fm.batch)
-                laps("cut")
-                w.add_batch(batch)
+                with contextlib.closing(cut_in_parts(store, fm.batch)) as parts:
+                    for part in parts:
+                        w.add_batch(part)
             except BaseException:
                 w.abort()
                 raise
             sealed = w.seal(name)
-            laps("write")
+            laps("cut+write")
             add = (commit.NewLayer(LayerEntry(name, Level.L0, sealed.size), sealed),)
             store.count(flushes=1, bytes_flushed=sealed.size)
         commit.commit(store, commit.Edit("flush", add=add, durable_lsn=fm.lsn_end - 1),

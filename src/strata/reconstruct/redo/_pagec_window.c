@@ -31,8 +31,8 @@
  * Dtypes (the caller converts): starts, ends, first, stop, slots, base int64; which
  * uint32; kinds and done uint8; every buffer C-contiguous.
  *
- * With RELEASE_GIL_ROWS rows or more, the GIL is released while the chains are
- * built (pure C, on the buffers the call holds: a bytearray cannot be resized
+ * With chains of RELEASE_GIL_ROWS rows or more in all, the GIL is released while they
+ * are built (pure C, on the buffers the call holds: a bytearray cannot be resized
  * meanwhile), so the writer's flush thread builds its chain cuts while the ingest
  * thread runs; an error is kept in the window's `err` and raised once the GIL is
  * back.
@@ -44,7 +44,7 @@
 #define KIND_RECORD_INIT 2
 #define KIND_TOMBSTONE 3
 #define KEY_BYTES 18
-#define RELEASE_GIL_ROWS 65536 /* rows of a call that lets other threads run */
+#define RELEASE_GIL_ROWS 16384 /* rows of chains in a call that lets other threads run */
 
 static uint32_t be32(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
@@ -216,9 +216,13 @@ PyObject *pagec_redo_window(PyObject *self, PyObject *args) {
     Py_ssize_t n = w.starts.len / 8, m = w.first.len / 8;
     const int64_t *first = w.first.buf, *stop = w.stop.buf, *slots = w.slots.buf;
     uint8_t *done = w.done.buf;
-    /* pure C from here: with many rows (the flush's cuts) other threads run meanwhile;
-     * a small window keeps the GIL (getting it back can cost a switch interval) */
-    PyThreadState *ts = n >= RELEASE_GIL_ROWS ? PyEval_SaveThread() : NULL;
+    /* pure C from here: with many rows to replay (the flush's cuts) other threads run
+     * meanwhile; a small window keeps the GIL (getting it back can cost a switch
+     * interval) */
+    Py_ssize_t rows = 0;
+    for (Py_ssize_t c = 0; c < m && rows < RELEASE_GIL_ROWS; c++)
+        rows += stop[c] > first[c] ? stop[c] - first[c] : 0;
+    PyThreadState *ts = rows >= RELEASE_GIL_ROWS ? PyEval_SaveThread() : NULL;
     for (Py_ssize_t c = 0; c < m; c++) {
         done[c] = 0;
         if (first[c] < 0 || stop[c] <= first[c] || stop[c] > n || slots[c] < 0
