@@ -158,13 +158,14 @@ def test_cuts_built_in_one_call_keep_every_read_and_bound_every_chain(
 
 
 @settings(max_examples=40, deadline=None)
-@given(spec=chain_strategy, interval=st.integers(1, 6), part_bytes=st.integers(1, 400))
+@given(spec=chain_strategy, interval=st.integers(1, 6), part_bytes=st.integers(1, 400),
+       ahead=st.lists(st.booleans(), min_size=1))
 def test_cut_in_parts_is_the_whole_cut_split_between_keys(
         tmp_path_factory: pytest.TempPathFactory, spec: list[tuple[int, str]], interval: int,
-        part_bytes: int) -> None:
+        part_bytes: int, ahead: list[bool]) -> None:
     """`flush.cut_in_parts` (a helper thread cuts the next part while the flush writes
-    this one): its parts, joined, are `cut_long_chains` of the whole batch, and every
-    part but the first begins with a key's first row."""
+    this one, when `ahead()` says so): its parts, joined, are `cut_long_chains` of the
+    whole batch, and every part but the first begins with a key's first row."""
     cfg = StorageConfig(memtable_bytes=4 << 20, block_bytes=1 << 16, cache_pages=0,
                         background_maintenance=False, flush_image_interval=interval)
     ps = PageStore.open(tmp_path_factory.mktemp("cutp"), FixedRedo(set()), cfg,
@@ -180,7 +181,8 @@ def test_cut_in_parts_is_the_whole_cut_split_between_keys(
         fm = ps.store.freeze()
         assert fm is not None
         whole = flush.cut_long_chains(ps.store, fm.batch)
-        parts = list(flush.cut_in_parts(ps.store, fm.batch, part_bytes))
+        answers = itertools.cycle(ahead)
+        parts = list(flush.cut_in_parts(ps.store, fm.batch, part_bytes, lambda: next(answers)))
         keys = {k for k, _ in spec}
         assert 1 <= len(parts) <= len(keys)
         for before, after in itertools.pairwise(parts):

@@ -549,3 +549,25 @@ def test_scan_pages_lays_out_what_scan_returns_by_block(store_dir: Path) -> None
             ps.scan_pages(rk(0), 31, lsn, 16, bytearray(480))
     finally:
         ps.close()
+
+
+def test_a_memtable_advance_seals_full_is_not_awaited_one_sealed_on_demand_is(
+        store_dir: Path) -> None:
+    """FrozenMemtable.awaited: only a flush someone waits for may take a second core
+    (flush.cut_in_parts); one that filled up while ingest goes on may not."""
+    ps = PageStore.open(store_dir, append_redo, TINY, background=False)
+    try:
+        store, lsn, full = ps.store, 0, None
+        while full is None:
+            lsn += 8
+            store.put(rk(lsn % 5).to_bytes(), lsn, WalRecord(b"+%d" % lsn))
+            full = store.advance(lsn)
+        assert not full.awaited
+        lsn += 8
+        store.put(rk(1).to_bytes(), lsn, WalRecord(b"+"))
+        store.advance(lsn)
+        asked = store.freeze()
+        assert asked is not None and asked.awaited
+        assert [fm.awaited for fm in store.view().frozen] == [False, True]
+    finally:
+        ps.close()

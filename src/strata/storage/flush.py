@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Generator
+import time
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -40,9 +41,14 @@ _TOMBSTONE = int(ValueKind.TOMBSTONE)
 
 
 # A frozen memtable of more raw bytes than this is cut and written in parts of about
-# this size, split between keys: a helper thread cuts the next part while the writer
-# encodes and compresses this one (both mostly without the GIL).
+# this size, split between keys: while ingest is idle, a helper thread cuts the next
+# part while the writer encodes and compresses this one (both mostly without the GIL).
 CUT_PART_BYTES = 16 << 20
+# ... for a memtable someone waits for (sealed on demand: the idle flush at the end of a
+# burst, a flush through a point), or once ingest has put nothing for this long (s); a
+# memtable that filled up while ingest goes on is cut whole in the flush thread, where
+# a second thread would only take CPU from ingest
+INGEST_IDLE = 0.05
 
 # Chains are built in one `WindowRedo.into` call into slots of this many bytes: a
 # value of this size (a relation page) can be built there; any other goes through the
@@ -209,26 +215,26 @@ def _cut_rows(b: EntryBatch, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.flatnonzero((kinds == _RECORD) & (count % k == 0)), head, last
 
 
-def cut_in_parts(store: LayerStore, b: EntryBatch,
-                 part_bytes: int = CUT_PART_BYTES) -> Generator[EntryBatch, None, None]:
+def cut_in_parts(store: LayerStore, b: EntryBatch, part_bytes: int = CUT_PART_BYTES,
+                 ahead: Callable[[], bool] = lambda: True
+                 ) -> Generator[EntryBatch, None, None]:
     """`cut_long_chains(store, b)` as consecutive parts, in row order: `b` split between
-    keys into parts of about `part_bytes` raw bytes, each cut in a helper thread while
-    the caller consumes the part before. Chains never cross keys, so the parts'
-    concatenation is what cutting `b` whole gives. A part the caller does not reach
-    is still cut (and dropped) before the generator closes."""
+    keys into parts of about `part_bytes` raw bytes. While the caller consumes a part,
+    a helper thread cuts the next one if `ahead()` says so then (else the next part is
+    cut when it is asked for). Chains never cross keys, so the parts' concatenation
+    is what cutting `b` whole gives. A part cut ahead that the caller does not reach
+    is finished (and dropped) before the generator closes."""
     bounds = _part_bounds(b, part_bytes)
-    if len(bounds) <= 2:
-        yield cut_long_chains(store, b)
-        return
+
+    def cut(i: int) -> EntryBatch:
+        return cut_long_chains(store, b.slice(bounds[i], bounds[i + 1]))
+
     with ThreadPoolExecutor(1, thread_name_prefix="strata-cut") as helper:
-        def cut(i: int) -> Future[EntryBatch]:
-            return helper.submit(cut_long_chains, store, b.slice(bounds[i], bounds[i + 1]))
-        nxt = cut(0)
+        nxt: Future[EntryBatch] | None = None
         for i in range(len(bounds) - 1):
-            cur = nxt
-            if i + 2 < len(bounds):
-                nxt = cut(i + 1)
-            yield cur.result()
+            part = cut(i) if nxt is None else nxt.result()
+            nxt = helper.submit(cut, i + 1) if i + 2 < len(bounds) and ahead() else None
+            yield part
 
 
 def _part_bounds(b: EntryBatch, part_bytes: int) -> list[int]:
@@ -265,7 +271,10 @@ def flush_one(store: LayerStore) -> bool:
             w = LayerWriter(store.directory, block_bytes=cfg.block_bytes,
                             zstd_level=cfg.zstd_level, owner=store.role.value)
             try:
-                with contextlib.closing(cut_in_parts(store, fm.batch)) as parts:
+                # the next part is cut beside this one's write while ingest is idle
+                with contextlib.closing(cut_in_parts(store, fm.batch, ahead=lambda: (
+                        fm.awaited or time.monotonic() - store.last_put >= INGEST_IDLE))
+                        ) as parts:
                     for part in parts:
                         w.add_batch(part)
             except BaseException:

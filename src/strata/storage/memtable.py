@@ -102,8 +102,10 @@ class Memtable:
         """Entries in [start, end) x [lo, hi), in (key, lsn) order (a snapshot)."""
         return self.batch_range(start, end, lo, hi).entries()
 
-    def freeze(self, lsn_start: int, lsn_end: int) -> tuple[FrozenMemtable, Memtable]:
-        """Seal the entries below `lsn_end` as the LSN range [lsn_start, lsn_end).
+    def freeze(self, lsn_start: int, lsn_end: int, *, awaited: bool = False
+               ) -> tuple[FrozenMemtable, Memtable]:
+        """Seal the entries below `lsn_end` as the LSN range [lsn_start, lsn_end)
+        (`awaited`: see FrozenMemtable).
 
         Requires: no entry below `lsn_start`; the caller stops putting into this object.
         Returns: the frozen part and a new memtable with the entries at or above lsn_end.
@@ -116,7 +118,7 @@ class Memtable:
         below = every.lsns < lsn_end
         frozen = every.take(below) if not below.all() else every
         rest = every.take(~below)
-        return (FrozenMemtable(frozen, lsn_start, lsn_end),
+        return (FrozenMemtable(frozen, lsn_start, lsn_end, awaited=awaited),
                 Memtable([rest] if len(rest) else None))
 
 
@@ -124,11 +126,15 @@ class FrozenMemtable:
     """An immutable memtable awaiting flush: one batch sorted by (key, lsn). Safe for
     many readers."""
 
-    def __init__(self, batch: EntryBatch, lsn_start: int, lsn_end: int) -> None:
+    def __init__(self, batch: EntryBatch, lsn_start: int, lsn_end: int, *,
+                 awaited: bool = False) -> None:
         self.batch = batch
         self.lsn_start = lsn_start
         self.lsn_end = lsn_end
         self.size_bytes = batch.nbytes()
+        # sealed on demand (a flush someone waits for), not because it filled up while
+        # ingest went on: its flush may take a second core (flush.cut_in_parts)
+        self.awaited = awaited
 
     def __len__(self) -> int:
         return len(self.batch)

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -161,6 +162,7 @@ class LayerStore:
         self._frozen_end = manifest.durable_lsn  # inclusive end of the newest frozen range
         self.cache = PageCache(config.cache_pages)
         self.metrics = StoreMetrics()
+        self.last_put = time.monotonic()  # of the latest put (the writer's thread sets it)
         self._mlock = threading.Lock()
         self._closed = False
         self._held: list[BinaryIO] = []  # role locks, released by close
@@ -320,6 +322,7 @@ class LayerStore:
             self._require_writer()
         with self._lock:  # freeze() may swap the memtable from another thread
             self._view.active.put_raw(key, lsn, kind, data)
+        self.last_put = time.monotonic()
         m = self.metrics  # only the writer's thread changes these two: no lock
         m.entries_put += 1
         m.bytes_put += ENTRY_OVERHEAD + len(data)
@@ -331,6 +334,7 @@ class LayerStore:
         batch.check(self._ingested)
         with self._lock:
             self._view.active.put_batch(batch)
+        self.last_put = time.monotonic()
         m = self.metrics
         m.entries_put += len(batch)
         m.bytes_put += batch.nbytes()
@@ -368,18 +372,19 @@ class LayerStore:
             raise ValueError(f"advance to {Lsn(lsn)} below a put at {Lsn(active.max_lsn)}")
         self._ingested = lsn
         if active.size_bytes >= self.config.memtable_bytes:
-            return self.freeze()
+            return self.freeze(awaited=False)
         return None
 
-    def freeze(self) -> FrozenMemtable | None:
-        """Seal the active memtable as (last frozen end, ingested_lsn]; None if nothing new."""
+    def freeze(self, *, awaited: bool = True) -> FrozenMemtable | None:
+        """Seal the active memtable as (last frozen end, ingested_lsn]; None if nothing new.
+        `awaited` (FrozenMemtable): false when `advance` seals a full one."""
         self._require_writer()
         with self._lock:
             old = self._view.active
             if self._ingested <= self._frozen_end and len(old) == 0:
                 return None
             # puts above ingested_lsn (a record not yet advanced past) stay active
-            fm, rest = old.freeze(self._frozen_end + 1, self._ingested + 1)
+            fm, rest = old.freeze(self._frozen_end + 1, self._ingested + 1, awaited=awaited)
             self._frozen_end = self._ingested
             self._view = ReadView(rest, (*self._view.frozen, fm), self._view.layer_map)
             return fm
