@@ -248,11 +248,11 @@ def _part_bounds(b: EntryBatch, part_bytes: int) -> list[int]:
     if parts < 2:
         return [0, n]
     ok = b.order_keys
-    heads = np.flatnonzero(np.concatenate([[True], ok[1:] != ok[:-1]]))
-    # the row holding each part's end, then the first key to start after it
+    # the row holding each part's end, then the first row of the next key (the rows
+    # are sorted by key: one binary search each, not a pass over every key)
     want = np.searchsorted(cum, np.arange(1, parts) * (int(cum[-1]) / parts))
-    at = np.searchsorted(heads, want, "right")
-    return sorted({0, n, *(int(heads[i]) for i in at if i < len(heads))})
+    at = np.searchsorted(ok, ok[np.minimum(want, n - 1)], "right")
+    return sorted({0, n, *(int(x) for x in at)})
 
 
 def flush_one(store: LayerStore) -> bool:
