@@ -3,6 +3,7 @@
 Usage: python bench/bench_proxy.py [--seconds 10] [--clients 1,4,8] [--threads 2]
        [--scale 10] [--workloads select-only,tpcb-like] [--modes simple]
        [--rounds 3] [--loop auto|uvloop|asyncio] [--profile out.prof]
+       [--strata [--busy]] [--socat] [--tcp]
 
 Starts a scratch PostgreSQL 18 cluster, initialises pgbench at the given
 scale, then for each built-in workload (``select-only`` is ``pgbench -S``,
@@ -28,6 +29,11 @@ during each run is reported beside it.
 ``--socat`` adds a third run per round through ``socat`` (a C relay, a process
 per connection: what any user-space relay costs on this machine's kernel, the
 ceiling of a proxy that must see the bytes).
+
+Clients always reach the primary, the proxy and socat over loopback TCP; the
+proxy and socat reach the primary over its unix socket, as `strata up` does for
+its embedded primary (``--strata`` attaches with a socket DSN), or with ``--tcp``
+over loopback TCP too.
 
 Goals (DESIGN.md, issue 10): select-only >= 0.80 and tpcb-like >= 0.90 of
 direct TPS, idle and busy.
@@ -117,13 +123,13 @@ class StrataUp:
     """`strata up --source` on the benchmark's primary: the proxy under test is its
     proxy service, in its own process."""
 
-    def __init__(self, base: Path, cluster: Cluster) -> None:
+    def __init__(self, base: Path, cluster: Cluster, *, socket: bool = False) -> None:
         self.base = base
         self.home = base / "home"
         self._err = (base / "strata.err").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "strata.cli.main", "up", "--home", str(self.home),
-             "--port", "0", "--source", cluster.dsn()],
+             "--port", "0", "--source", cluster.dsn(socket=socket)],
             stdout=subprocess.DEVNULL, stderr=self._err)
         from strata.home import HomeLayout
         from strata.home.files import load_proxy_state
@@ -210,13 +216,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_socat(server_port: int) -> tuple[subprocess.Popen[bytes], int]:
-    """socat relaying 127.0.0.1:<new port> to the server, once it listens."""
+def start_socat(server_port: int, socket_dir: Path | None = None
+                ) -> tuple[subprocess.Popen[bytes], int]:
+    """socat relaying 127.0.0.1:<new port> to the server (over TCP, or its unix socket
+    in `socket_dir`), once it listens."""
     import socket
 
     port = free_port()
+    server = (f"TCP:127.0.0.1:{server_port},nodelay" if socket_dir is None
+              else f"UNIX-CONNECT:{socket_dir}/.s.PGSQL.{server_port}")
     proc = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay",
-                             f"TCP:127.0.0.1:{server_port},nodelay"])
+                             server])
     for _ in range(500):
         try:
             socket.create_connection(("127.0.0.1", port), 0.1).close()
@@ -243,6 +253,9 @@ def main() -> int:
                     help="a bulk UPDATE before every run (strata ingests and compacts meanwhile)")
     ap.add_argument("--bulk-rows", type=int, default=300_000)
     ap.add_argument("--socat", action="store_true", help="also relay through socat (C) per round")
+    ap.add_argument("--tcp", action="store_true",
+                    help="the proxy (and socat) reach the primary over loopback TCP, not its unix "
+                         "socket (what `strata up` does for its embedded primary)")
     a = ap.parse_args()
     a.strata = a.strata or a.busy
 
@@ -272,9 +285,9 @@ def main() -> int:
             before_run = bulk
         socat_port = None
         if a.socat:
-            socat, socat_port = start_socat(cluster.port)
+            socat, socat_port = start_socat(cluster.port, None if a.tcp else cluster.socket_dir)
         if a.strata:
-            strata = StrataUp(base, cluster)
+            strata = StrataUp(base, cluster, socket=not a.tcp)
             loop = "strata up's proxy service"
             for workload in a.workloads.split(","):
                 for mode in a.modes.split(","):
@@ -283,7 +296,8 @@ def main() -> int:
                                             strata.proxy_cpu, before_run, strata.cpu,
                                             socat_port))
         else:
-            config = ProxyConfig("127.0.0.1", cluster.port, event_loop=a.loop)
+            host = "127.0.0.1" if a.tcp else str(cluster.socket_dir)
+            config = ProxyConfig(host, cluster.port, event_loop=a.loop)
             with ProxyThread(config, NoHistory()) as proxy:
                 assert proxy.loop is not None
                 if prof is not None:

@@ -86,6 +86,9 @@ class Daemon:
         self.cluster: Cluster | None = None
         self.primary_supervisor: PrimarySupervisor | None = None
         self.dsn = ""
+        # what the proxy relays to: the embedded primary's unix socket (a relay over it
+        # costs less per round trip than over loopback TCP), else the DSN given
+        self.relay_dsn = ""
         self.services: dict[str, ServiceProcess] = {}
         self.failure: str | None = None
         self._lockfile: IO[bytes] | None = None
@@ -140,7 +143,7 @@ class Daemon:
         self.cluster = c
         self.primary_supervisor = PrimarySupervisor(c, self.say)
         c.start()
-        self.dsn = c.dsn()
+        self.dsn, self.relay_dsn = c.dsn(), c.dsn(socket=True)
         if load_history_info(self.layout.history_file) is None:
             # The slot exists first, so every record after the checkpoint we
             # import at stays on the primary until it is durable here.
@@ -178,7 +181,7 @@ class Daemon:
                        str(o.flush_interval), "--progress-interval", str(o.progress_interval),
                        "--status-interval", str(o.status_interval), "--verbose", str(o.verbose)],
             "maintenance": ["--home", home, *(["--retention", o.retention] if o.retention else [])],
-            "proxy": ["--home", home, "--dsn", self.dsn, "--port", str(o.port or 0),
+            "proxy": ["--home", home, "--dsn", self.relay_dsn or self.dsn, "--port", str(o.port or 0),
                       "--max-instances", str(o.max_instances), "--idle-timeout",
                       str(o.instance_idle_timeout), "--historical", o.historical],
         }

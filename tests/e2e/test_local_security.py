@@ -18,7 +18,7 @@ from strata.runtime.pgbin import find_pg_binaries
 from tests.strata_proc import StrataUp, processes_under
 
 
-def _psql_as_nobody(port: int, *, password: str | None = None
+def _psql_as_nobody(port: int, *, password: str | None = None, sql: str = "SELECT 1"
                     ) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGCONNECT_TIMEOUT": "10"}
     if password is not None:
@@ -26,7 +26,7 @@ def _psql_as_nobody(port: int, *, password: str | None = None
     return subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
          str(find_pg_binaries().path("psql")), "-X", "-w", "-h", "127.0.0.1", "-p", str(port),
-         "-U", "postgres", "-d", "postgres", "-Atc", "SELECT 1"],
+         "-U", "postgres", "-d", "postgres", "-Atc", sql],
         capture_output=True, text=True, timeout=60, env=env, cwd="/", check=False)
 
 
@@ -49,6 +49,12 @@ def test_the_embedded_primary_needs_the_password_from_the_home(scratch_dir: Path
             assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
             ok = _psql_as_nobody(port, password=password)
             assert ok.returncode == 0 and ok.stdout.strip() == "1", ok.stderr
+        # the proxy relays to the embedded primary over its unix socket (cheaper per
+        # round trip than loopback TCP): the primary sees no client address from it
+        sql = "SELECT inet_client_addr() IS NULL"
+        seen = {port: _psql_as_nobody(port, password=password, sql=sql).stdout.strip()
+                for port in (primary_port, proxy_port)}
+        assert seen == {primary_port: "f", proxy_port: "t"}, seen
         # strata's own commands find the password by themselves
         out = subprocess.run([sys.executable, "-m", "strata.cli.main", "psql", "--home", str(home),
                               "-Atc", "SELECT 2"], capture_output=True, text=True, timeout=60)

@@ -231,8 +231,13 @@ class Cluster:
             return "(no log)"
 
     # -- connecting --------------------------------------------------------------
-    def dsn(self, dbname: str = "postgres", *, user: str = SUPERUSER, **extra: str) -> str:
-        parts = [f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"]
+    def dsn(self, dbname: str = "postgres", *, user: str = SUPERUSER, socket: bool = False,
+            **extra: str) -> str:
+        """A libpq connection string: over loopback TCP, or with `socket` over the
+        server's unix socket (cheaper per round trip: the proxy's relay to an
+        embedded primary uses it)."""
+        host = str(self.socket_dir) if socket else "127.0.0.1"
+        parts = [f"host={host} port={self.port} dbname={dbname} user={user}"]
         if self.passfile is not None:
             parts.append(f"passfile={self.passfile}")
         parts += [f"{k}={v}" for k, v in extra.items()]
