@@ -175,6 +175,24 @@ def test_chains_on_a_base_page_build_what_the_reference_builds() -> None:
                                                np.array(bad, dtype=np.int64))
 
 
+def test_a_call_that_gives_up_the_gil_builds_and_refuses_alike() -> None:
+    """Chains replaying 16,384 rows or more are built without the GIL (the flush's
+    cuts beside ingest): the same pages as the reference, and a bad slot found
+    meanwhile still raises once the GIL is back."""
+    many = [CHAINS[0]] * 8200  # 16,400 rows
+    b, first, stop = _batch(many)
+    assert int((stop - first).sum()) >= 16384
+    slots = np.arange(len(many), dtype=np.int64)
+    dst = bytearray(len(many) * BLCKSZ)
+    done = reconstruct.reconstruct_value.into(memoryview(dst), BLCKSZ, b, first, stop, slots)
+    assert done.all()
+    want = _reference(*CHAINS[0][:2])
+    assert all(dst[c * BLCKSZ:(c + 1) * BLCKSZ] == want for c in range(len(many)))
+    slots[-1] = len(many)  # past the buffer: found with the GIL given up
+    with pytest.raises(ValueError, match="slot"):
+        reconstruct.reconstruct_value.into(memoryview(dst), BLCKSZ, b, first, stop, slots)
+
+
 CLOG = Key.slru_page(0, 0)
 
 

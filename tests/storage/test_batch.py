@@ -4,6 +4,7 @@ the column-wise chain cut at flush against the dict model."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ from strata.storage.batch import KEY_DTYPE, KEY_ORDER, EntryBatch, key_array, ke
 from strata.storage.blocks import decode_columns, encode_columns
 from strata.storage.config import StorageConfig
 from strata.storage.layerfile import LayerFile
+from strata.storage.layerwriter import LayerWriter
 from strata.storage.memtable import Memtable
+from strata.storage.naming import LayerName
 from strata.storage.values import TOMBSTONE, Entry, PageImage, Value, WalRecord
 
 from .conftest import Model, append_redo, rk
@@ -137,6 +140,31 @@ def test_put_batch_equals_put_per_entry_in_reads_and_layer_bytes(
     finally:
         a.close()
         b.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=rows_strategy, cuts=st.lists(st.integers(0, 120), max_size=6))
+def test_a_batch_written_in_slices_is_the_file_written_whole(
+        tmp_path_factory: pytest.TempPathFactory, spec: list[tuple[int, int, str, bytes]],
+        cuts: list[int]) -> None:
+    """`LayerWriter.add_batch` of consecutive slices of a sorted batch (the flush's
+    parts, `flush.cut_in_parts`) writes the file `add_batch` of the whole batch
+    writes, byte for byte: blocks continue across the slices."""
+    b = batch_of(_rows(spec)).sorted()
+    n = len(b)
+    bounds = sorted({0, n, *(c for c in cuts if c < n)})
+    name = LayerName.delta(b.key_at(0), Key.from_bytes(b.key_at(n - 1)).next().to_bytes(),
+                           int(b.lsns.min()), int(b.lsns.max()) + 1)
+    root = tmp_path_factory.mktemp("slices")
+    files = []
+    for sub, parts in (("whole", [b]), ("sliced", [b.slice(x, y) for x, y in
+                                                   itertools.pairwise(bounds)])):
+        (root / sub).mkdir()
+        w = LayerWriter(root / sub, block_bytes=CFG.block_bytes, zstd_level=CFG.zstd_level)
+        for part in parts:
+            w.add_batch(part)
+        files.append((root / sub / w.finish(name).name.filename()).read_bytes())
+    assert files[0] == files[1]
 
 
 def test_memtable_runs_keep_last_put_and_any_put_order() -> None:
