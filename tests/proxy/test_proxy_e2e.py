@@ -527,3 +527,36 @@ def test_large_copy_from_client_is_relayed_whole(env: ProxyEnv) -> None:
                 copy.write_row((i, payload))
         assert conn.execute("SELECT count(*), sum(a), min(length(b)) FROM big").fetchone() == (
             50000, 1249975000, 200)
+
+
+@pytest.mark.parametrize("where", ["tcp", "socket"])
+def test_a_primary_that_is_gone_is_named_with_sqlstate_57p03(
+        env: ProxyEnv, scratch_dir: Path, where: str) -> None:
+    """The proxy relays to a primary over TCP or its unix socket (as `strata up` does
+    for its embedded one); when nothing answers there, the client is told where
+    (a socket by its port, not its directory) and why, with 57P03."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    host = "127.0.0.1" if where == "tcp" else str(scratch_dir)
+    with ProxyThread(ProxyConfig(primary_host=host, primary_port=port), env.history) as proxy:
+        c = RawClient(proxy.port)
+        try:
+            c.sock.sendall(m.StartupMessage(m.PROTOCOL_3_0, (("user", "postgres"),
+                                                             ("database", "postgres"))).encode())
+            while not c.pending:
+                chunk = c.sock.recv(65536)
+                assert chunk, "proxy closed the connection without a word"
+                c.pending.extend(c.framer.feed(chunk))
+        finally:
+            c.sock.close()
+    assert c.pending[0].tag == "E"
+    fields = m.parse_error_fields(c.pending[0].body)
+    assert (fields["S"], fields["C"]) == ("FATAL", "57P03")
+    text = fields["M"]
+    assert text.startswith("the primary server is not reachable at ")
+    if where == "tcp":
+        assert text.endswith(f"127.0.0.1:{port}: Connection refused")
+    else:
+        assert text.endswith(f"its unix socket (port {port}): No such file or directory")
+        assert str(scratch_dir) not in text

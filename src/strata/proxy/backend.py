@@ -94,6 +94,15 @@ class RelayProtocol(asyncio.StreamReaderProtocol):
             cb()
 
 
+def unreachable(host: str, port: int, e: BaseException) -> str:
+    """What a client is told when `connect_server` failed with `e` (a unix socket is
+    named by its port, not its directory)."""
+    where = f"its unix socket (port {port})" if socket_path(host, port) else f"{host}:{port}"
+    why = ("no answer within the connect timeout" if isinstance(e, TimeoutError)
+           else getattr(e, "strerror", None) or str(e) or type(e).__name__)
+    return f"the primary server is not reachable at {where}: {why}"
+
+
 async def connect_server(host: str, port: int, timeout: float
                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, RelayProtocol]:
     """Open a connection to a server (TCP, or its unix socket when `host` is a

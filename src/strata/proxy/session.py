@@ -93,6 +93,7 @@ from strata.proxy.backend import (
     connect_server,
     leftover,
     read_message,
+    unreachable,
 )
 from strata.proxy.cancel import CancelTarget, send_cancel
 from strata.proxy.context import ProxyContext
@@ -282,7 +283,8 @@ class Session(CancelTarget):
             reader, writer, server_protocol = await connect_server(
                 self.ctx.primary_host, self.ctx.primary_port, self.ctx.connect_timeout)
         except (TimeoutError, OSError) as e:
-            return self._fatal(ss.CANNOT_CONNECT_NOW, f"the primary server is not reachable: {e}")
+            return self._fatal(ss.CANNOT_CONNECT_NOW, unreachable(
+                self.ctx.primary_host, self.ctx.primary_port, e))
         live = Backend("live", self.ctx.primary_host, self.ctx.primary_port, reader, writer,
                        self.live_dbname, protocol=server_protocol)
         self.live = live
