@@ -1,11 +1,14 @@
-"""`FsSpares`: a spare taken is replaced later, not while the server on it starts;
-a closed pool starts no more processes."""
+"""`FsSpares`: a spare taken is replaced later, not while the server on it starts
+nor while its point's first reads run; a closed pool starts no more processes."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ pytestmark = pytest.mark.unit
 
 class FakeProc:
     def __init__(self) -> None:
+        self.pid = -1
         self.stdin = self.stdout = None
         self.done = False
 
@@ -38,7 +42,70 @@ def _spawned(monkeypatch: pytest.MonkeyPatch) -> tuple[list[FakeProc], threading
         return made[-1]
 
     monkeypatch.setattr(lazy, "spawn_fs", spawn)
+    monkeypatch.setattr(lazy, "cpu_seconds", lambda pid: 0.0)  # a quiet file system
     return made, event
+
+
+class BusyFs:
+    """The taken file system's CPU clock: busy (a core's worth) until `quiet()`."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.quiet_at: float | None = None
+
+    def __call__(self, pid: int) -> float:
+        now = time.monotonic()
+        return (now if self.quiet_at is None else self.quiet_at) - self.t0
+
+    def quiet(self) -> None:
+        self.quiet_at = time.monotonic()
+
+
+def test_the_replacement_waits_until_the_taken_point_is_quiet(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made, event = _spawned(monkeypatch)
+    busy = BusyFs()
+    monkeypatch.setattr(lazy, "cpu_seconds", busy)
+    spares = lazy.FsSpares(1, replenish_after=0.05, max_wait=60)
+    try:
+        event.clear()
+        spares.take()
+        assert not event.wait(1.0) and len(made) == 1  # its reads go on: no spare yet
+        busy.quiet()
+        assert event.wait(10) and len(made) == 2
+    finally:
+        spares.close()
+
+
+def test_a_point_busy_past_the_longest_wait_is_replaced_anyway(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made, event = _spawned(monkeypatch)
+    monkeypatch.setattr(lazy, "cpu_seconds", BusyFs())
+    spares = lazy.FsSpares(1, replenish_after=0.05, max_wait=0.6)
+    try:
+        event.clear()
+        t = time.monotonic()
+        spares.take()
+        assert event.wait(10) and len(made) == 2
+        assert time.monotonic() - t >= 0.5
+    finally:
+        spares.close()
+
+
+def test_cpu_seconds_counts_a_process_while_it_runs_and_none_once_gone() -> None:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        p.wait(30)
+        assert lazy.cpu_seconds(p.pid) is None  # reaped: gone
+        me = lazy.cpu_seconds(os.getpid())
+        t = time.process_time()
+        while time.process_time() - t < 0.2:
+            pass
+        after = lazy.cpu_seconds(os.getpid())
+        assert me is not None and after is not None and after - me >= 0.15
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_a_taken_spare_is_replaced_after_a_delay(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,11 +136,11 @@ def test_close_cancels_the_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
     made, _ = _spawned(monkeypatch)
     spares = lazy.FsSpares(1, replenish_after=60)
     spares.take()
-    timer = spares._timer
+    timer = spares._replacer
     assert timer is not None and timer.is_alive()
     spares.close()
     timer.join(10)  # cancelled: it ends without running
-    assert not timer.is_alive() and spares._timer is None
+    assert not timer.is_alive() and spares._replacer is None
     spares._replenish()  # a timer that fired anyway, racing the close
     assert len(made) == 1
 

@@ -274,27 +274,56 @@ def spawn_fs(owner: Path | None = None, store_dir: Path | None = None
                             stderr=subprocess.DEVNULL)
 
 
-REPLENISH_AFTER = 2.0  # s after a take before its replacement spare starts
+REPLENISH_AFTER = 2.0  # s after a take before its replacement spare may start
+REPLENISH_QUIET = 0.1  # cores: the taken file system's CPU under which its point is quiet
+REPLENISH_CHECK = 0.25  # s between looks at that CPU
+REPLENISH_MAX_WAIT = 20.0  # s after a take: the replacement starts then, quiet or not
 SPARE_EXIT_WAIT = 0.5  # s a closed spare gets to exit by itself before it is killed
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds `pid` has used (its own, not its children's), or
+    None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class FsSpares:
     """`size` file system processes started ahead (Python start and imports are most
     of a mount's cost). A spare that gets no arguments exits when stdin closes.
-    The replacement of a spare taken starts `replenish_after` s later, not at once:
-    its interpreter start and imports would take a core from the server starting
-    on the spare just taken (py-spy of a first SET at scale 100: ~0.3 s)."""
+
+    The replacement of a spare taken starts once the point it serves is quiet, not
+    at once: its interpreter start, imports and store open (~0.3 CPU-s) would take
+    a core from the server starting on the spare just taken (py-spy of a first SET
+    at scale 100), and from the first query's reads (a cold full scan at scale 100
+    lost 0.24-0.39 CPU-s to it). So it waits `replenish_after` s, then until the
+    taken file system uses less than `REPLENISH_QUIET` of a core over
+    `REPLENISH_CHECK` s (its query's reads are done; the file system's own CPU,
+    which it spends on every read, says so whatever else the machine runs), or
+    gone, and never longer than `max_wait` s after the take. (It then lands on the
+    point's next query if that comes at once: a warm scan right after the cold one
+    at scale 100 took 0.45 s instead of 0.37. Running spares at niceness 10 until
+    taken did not help either way.)"""
 
     def __init__(self, size: int = 1, owner: Path | None = None,
-                 store_dir: Path | None = None, replenish_after: float = REPLENISH_AFTER
-                 ) -> None:
+                 store_dir: Path | None = None, replenish_after: float = REPLENISH_AFTER,
+                 max_wait: float = REPLENISH_MAX_WAIT) -> None:
         self.size = size
         self.owner = owner
         self.store_dir = store_dir
         self.replenish_after = replenish_after
+        self.max_wait = max_wait
         self._lock = threading.Lock()
         self._closed = False
-        self._timer: threading.Timer | None = None
+        self._closing = threading.Event()
+        self._replacer: threading.Thread | None = None
         self._spares: list[subprocess.Popen[bytes]] = [self._spawn() for _ in range(size)]
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -305,15 +334,30 @@ class FsSpares:
             alive = [p for p in self._spares if p.poll() is None]
             proc = alive.pop(0) if alive else self._spawn()
             self._spares = alive
-            if self._timer is None and not self._closed:
-                self._timer = threading.Timer(self.replenish_after, self._replenish)
-                self._timer.daemon = True
-                self._timer.start()
+            if self._replacer is None and not self._closed:
+                self._replacer = threading.Thread(target=self._replace_when_quiet,
+                                               args=(proc.pid,), name="fs-spares",
+                                               daemon=True)
+                self._replacer.start()
         return proc
+
+    def _replace_when_quiet(self, pid: int) -> None:
+        deadline = time.monotonic() + self.max_wait
+        if self._closing.wait(min(self.replenish_after, self.max_wait)):
+            return
+        used, at = cpu_seconds(pid), time.monotonic()
+        while used is not None and at < deadline:
+            if self._closing.wait(min(REPLENISH_CHECK, max(0.0, deadline - at))):
+                return
+            now, t = cpu_seconds(pid), time.monotonic()
+            if now is None or (now - used) < REPLENISH_QUIET * (t - at):
+                break
+            used, at = now, t
+        self._replenish()
 
     def _replenish(self) -> None:
         with self._lock:
-            self._timer = None
+            self._replacer = None
             if self._closed:
                 return
             alive = [p for p in self._spares if p.poll() is None]
@@ -322,9 +366,8 @@ class FsSpares:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._closing.set()  # the replacement's wait ends without starting one
+            self._replacer = None
             spares, self._spares = self._spares, []
         for p in spares:
             if p.stdin is not None:
