@@ -3,12 +3,10 @@ nor while its point's first reads run; a closed pool starts no more processes.""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -42,70 +40,72 @@ def _spawned(monkeypatch: pytest.MonkeyPatch) -> tuple[list[FakeProc], threading
         return made[-1]
 
     monkeypatch.setattr(lazy, "spawn_fs", spawn)
-    monkeypatch.setattr(lazy, "cpu_seconds", lambda pid: 0.0)  # a quiet file system
+    monkeypatch.setattr(lazy.procfs, "cpu_seconds", lambda pid: 0.0)  # a quiet file system
     return made, event
 
 
-class BusyFs:
-    """The taken file system's CPU clock: busy (a core's worth) until `quiet()`."""
+class SimSpares(lazy.FsSpares):
+    """`FsSpares` on a simulated clock: a pause moves the clock on at once, so the
+    replacement's waits take no wall time and the moment it starts is exact."""
 
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-        self.quiet_at: float | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.clock = 0.0
+        super().__init__(*args, **kwargs)
 
-    def __call__(self, pid: int) -> float:
-        now = time.monotonic()
-        return (now if self.quiet_at is None else self.quiet_at) - self.t0
+    def _now(self) -> float:
+        return self.clock
 
-    def quiet(self) -> None:
-        self.quiet_at = time.monotonic()
+    def _pause(self, seconds: float) -> bool:
+        self.clock += seconds
+        return self._closing.is_set()
+
+
+def _replaced_at(monkeypatch: pytest.MonkeyPatch, quiet_at: float, gone_at: float = math.inf,
+                 **kw: float) -> float:
+    """The simulated moment a taken spare's replacement starts, when the taken file
+    system uses a whole core until `quiet_at` and nothing after, and exits at
+    `gone_at`."""
+    made, event = _spawned(monkeypatch)
+    spares: SimSpares | None = None
+
+    def cpu(pid: int) -> float | None:
+        assert spares is not None
+        return None if spares.clock >= gone_at else min(spares.clock, quiet_at)
+
+    monkeypatch.setattr(lazy.procfs, "cpu_seconds", cpu)
+    spares = SimSpares(1, **kw)
+    try:
+        event.clear()
+        spares.take()
+        assert event.wait(10) and len(made) == 2
+        return spares.clock
+    finally:
+        spares.close()
 
 
 def test_the_replacement_waits_until_the_taken_point_is_quiet(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    made, event = _spawned(monkeypatch)
-    busy = BusyFs()
-    monkeypatch.setattr(lazy, "cpu_seconds", busy)
-    spares = lazy.FsSpares(1, replenish_after=0.05, max_wait=60)
-    try:
-        event.clear()
-        spares.take()
-        assert not event.wait(1.0) and len(made) == 1  # its reads go on: no spare yet
-        busy.quiet()
-        assert event.wait(10) and len(made) == 2
-    finally:
-        spares.close()
+    at = _replaced_at(monkeypatch, quiet_at=5.0, replenish_after=2.0, max_wait=20.0)
+    assert 5.0 < at <= 5.0 + 2 * lazy.REPLENISH_CHECK  # not at 2 s, while its reads go on
+
+
+def test_a_point_quiet_at_once_is_replaced_after_the_first_delay(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _replaced_at(monkeypatch, quiet_at=0.5, replenish_after=2.0, max_wait=20.0)
+    assert at == pytest.approx(2.0 + lazy.REPLENISH_CHECK)  # what a point seconds ago sees
 
 
 def test_a_point_busy_past_the_longest_wait_is_replaced_anyway(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    made, event = _spawned(monkeypatch)
-    monkeypatch.setattr(lazy, "cpu_seconds", BusyFs())
-    spares = lazy.FsSpares(1, replenish_after=0.05, max_wait=0.6)
-    try:
-        event.clear()
-        t = time.monotonic()
-        spares.take()
-        assert event.wait(10) and len(made) == 2
-        assert time.monotonic() - t >= 0.5
-    finally:
-        spares.close()
+    at = _replaced_at(monkeypatch, quiet_at=math.inf, replenish_after=2.0, max_wait=6.0)
+    assert at == pytest.approx(6.0)
 
 
-def test_cpu_seconds_counts_a_process_while_it_runs_and_none_once_gone() -> None:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    try:
-        p.wait(30)
-        assert lazy.cpu_seconds(p.pid) is None  # reaped: gone
-        me = lazy.cpu_seconds(os.getpid())
-        t = time.process_time()
-        while time.process_time() - t < 0.2:
-            pass
-        after = lazy.cpu_seconds(os.getpid())
-        assert me is not None and after is not None and after - me >= 0.15
-    finally:
-        p.kill()
-        p.wait()
+def test_a_taken_file_system_that_exits_is_replaced_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _replaced_at(monkeypatch, quiet_at=math.inf, gone_at=3.0, replenish_after=2.0,
+                      max_wait=20.0)
+    assert at == pytest.approx(3.0)
 
 
 def test_a_taken_spare_is_replaced_after_a_delay(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,8 +150,8 @@ def test_cleanup_kills_spares_a_killed_proxy_left_even_stopped(tmp_path: Any) ->
     when it is busy or stopped (CI 2026-12-05: SIGSTOPped spares outlived strata):
     `cleanup_instances` (run at start and after such a kill) ends them; a spare of
     another instances root is left alone."""
-    from strata.historical.instance import process_alive
     from strata.historical.modes import cleanup_instances
+    from strata.runtime.procfs import process_alive
 
     root, other = tmp_path / "instances", tmp_path / "other"
     root.mkdir()

@@ -27,7 +27,6 @@ from strata.historical.instance import (
     launch,
     materialize_and_start,
     prepare,
-    process_alive,
     start_instance,
 )
 from strata.historical.materialize import materialize
@@ -36,6 +35,7 @@ from strata.historical.source import DataDirSource
 from strata.lsn import Lsn
 from strata.runtime.cluster import Cluster
 from strata.runtime.osuser import make_private_dir
+from strata.runtime.procfs import process_alive
 from tests.conftest import make_cluster
 
 pytestmark = [pytest.mark.pg, pytest.mark.e2e]

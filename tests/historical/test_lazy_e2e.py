@@ -378,8 +378,8 @@ def test_cleanup_unmounts_what_a_crashed_file_system_left(world: LazyWorld) -> N
 
 def test_cleanup_after_a_crash_stops_servers_and_unmounts_dead_or_alive_mounts(
         world: LazyWorld, lazy: HistoricalFactory) -> None:
-    from strata.historical.instance import process_alive
     from strata.historical.modes import cleanup_instances
+    from strata.runtime.procfs import process_alive
 
     root = world.root / "crash-instances"
     lsn = Lsn.parse(world.point("fill").lsn)

@@ -47,6 +47,7 @@ from strata.pg.xlogfile import segment_file_name
 from strata.runtime.cluster import SUPERUSER, Cluster, free_port
 from strata.runtime.osuser import give_to_server_user, run_as_server
 from strata.runtime.pgbin import PgBinaries, find_pg_binaries
+from strata.runtime.procfs import process_alive
 
 if TYPE_CHECKING:
     from strata.historical.lazy import LazyMount
@@ -56,21 +57,6 @@ log = logging.getLogger(__name__)
 # Databases tried (in order) to read the list of databases from: one of them
 # exists in any cluster unless a user dropped both.
 _BOOTSTRAP_DBS = ("postgres", "template1")
-
-
-def process_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie awaiting its reaper counts as exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def wait_process_exit(pid: int, timeout: float) -> bool:

@@ -57,6 +57,7 @@ from pathlib import Path
 
 from strata.errors import InstanceError
 from strata.lsn import Lsn
+from strata.runtime import procfs
 from strata.runtime.fdwait import wait_ready
 
 log = logging.getLogger(__name__)
@@ -281,20 +282,6 @@ REPLENISH_MAX_WAIT = 20.0  # s after a take: the replacement starts then, quiet 
 SPARE_EXIT_WAIT = 0.5  # s a closed spare gets to exit by itself before it is killed
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds `pid` has used (its own, not its children's), or
-    None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 class FsSpares:
     """`size` file system processes started ahead (Python start and imports are most
     of a mount's cost). A spare that gets no arguments exits when stdin closes.
@@ -342,18 +329,25 @@ class FsSpares:
         return proc
 
     def _replace_when_quiet(self, pid: int) -> None:
-        deadline = time.monotonic() + self.max_wait
-        if self._closing.wait(min(self.replenish_after, self.max_wait)):
+        deadline = self._now() + self.max_wait
+        if self._pause(min(self.replenish_after, self.max_wait)):
             return
-        used, at = cpu_seconds(pid), time.monotonic()
+        used, at = procfs.cpu_seconds(pid), self._now()
         while used is not None and at < deadline:
-            if self._closing.wait(min(REPLENISH_CHECK, max(0.0, deadline - at))):
+            if self._pause(min(REPLENISH_CHECK, max(0.0, deadline - at))):
                 return
-            now, t = cpu_seconds(pid), time.monotonic()
+            now, t = procfs.cpu_seconds(pid), self._now()
             if now is None or (now - used) < REPLENISH_QUIET * (t - at):
                 break
             used, at = now, t
         self._replenish()
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait `seconds`; True when the pool was closed meanwhile."""
+        return self._closing.wait(seconds)
 
     def _replenish(self) -> None:
         with self._lock:
