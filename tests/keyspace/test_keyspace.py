@@ -94,8 +94,13 @@ def ingest(tmp_path: Path) -> Iterator[WalIngest]:
 
 def test_codecs_round_trip() -> None:
     raw = bytes(range(200))
-    assert decode_delta(encode_delta(0x1000028, 0x10000A0, raw)) == (
-        Lsn(0x1000028), Lsn(0x10000A0), raw)
+    value = encode_delta(0x1000028, 0x10000A0, raw)
+    # version 4: start_lsn 0, end - start in xl_prev's place, padding and xl_crc 0
+    assert len(value) == 16 + len(raw) and value[:8] == bytes(8)
+    assert value[24:32] == (0x10000A0 - 0x1000028).to_bytes(8, "little")
+    assert value[34:40] == bytes(6) and value[40:] == raw[24:]
+    kept = raw[:8] + bytes(8) + raw[16:18] + bytes(6) + raw[24:]
+    assert decode_delta(value) == (Lsn(0x1000028), Lsn(0x10000A0), kept)
     for n in (0, 1, 131071, 0xFFFFFFFF):
         assert decode_rel_size(encode_rel_size(n)) == n
     state = ClusterState.from_bytes((TRANSAM / "cluster_state_v1.bin").read_bytes())
@@ -210,12 +215,30 @@ def test_an_image_delta_restores_to_the_page_redo_builds(name: str) -> None:
         assert page_get_lsn(page) == rec.end_lsn or page_is_new(page)
 
 
+def test_a_record_delta_keeps_every_field_of_the_record_but_xl_prev_and_xl_crc() -> None:
+    meta = json.loads((WAL / "records.json").read_text())
+    assert len(meta) > 10
+    for name in meta:
+        rec = _sample(name)
+        lsn, end, raw = decode_delta(encode_delta(rec.lsn, rec.end_lsn, rec.raw))
+        back = decode_record(raw, lsn, end)
+        assert (back.lsn, back.end_lsn, back.xl_prev, back.xl_crc) == (
+            rec.lsn, rec.end_lsn, Lsn(0), 0)
+        assert (back.xl_tot_len, back.xl_xid, back.xl_info, back.xl_rmid, back.blocks,
+                back.main_data) == (rec.xl_tot_len, rec.xl_xid, rec.xl_info, rec.xl_rmid,
+                                    rec.blocks, rec.main_data), name
+
+
 def test_stored_samples_of_every_version_still_read() -> None:
     data = WAL.parent / "keyspace"
     init = _sample("heap_insert_init")
     v1 = WalRecord((data / "rel_block_delta_v1.bin").read_bytes(), will_init=True)
     key = Key.rel_block(1663, 1, 2606, 0, 0)
     assert reconstruct_value(key, None, [v1]) == redo_block(init, 0, None)
+    # version 4: the same record with xl_prev and xl_crc not kept
+    v4 = WalRecord((data / "rel_block_delta_v4.bin").read_bytes(), will_init=True)
+    assert v4.data == encode_delta(init.lsn, init.end_lsn, init.raw) != v1.data
+    assert reconstruct_value(key, None, [v4]) == redo_block(init, 0, None)
     fpi = _sample("xlog_fpi_pglz")
     v2 = WalRecord((data / "rel_block_image_delta_v2.bin").read_bytes(), will_init=True)
     key = Key.rel_block(1663, 5, 16389, 0, 0)

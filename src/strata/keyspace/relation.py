@@ -1,9 +1,11 @@
 """REL_BLOCK, REL_SIZE and DB_DIR values: relation pages, fork lengths and
 database directories.
 
-REL_BLOCK deltas come in two forms (keyspace/FORMAT.md, version 2): a WAL
-record (`encode_record_delta`: as written, but a heap UPDATE's old page
-leaves out the new tuple), or one block's full-page image exactly as WAL
+REL_BLOCK deltas come in two forms (keyspace/FORMAT.md, version 4): a WAL
+record (`encode_record_delta`: as written but for the record header's xl_prev
+and xl_crc, which redo never reads and which cost a quarter of a delta layer's
+bytes, and a heap UPDATE's old page leaves out the new tuple), or one block's
+full-page image exactly as WAL
 stores it (`encode_image_delta`: maybe compressed, without its hole), which
 reconstruct restores when the page is read; the u32 at offset 16 tells them
 apart (a record's ``xl_tot_len`` is never 0). An applied image is stored as
@@ -35,9 +37,17 @@ from strata.wal.rmgr import (
     XLOG_HEAP_UPDATE,
 )
 
-# REL_BLOCK delta value: start LSN, end LSN, then the whole record.
+# REL_BLOCK record delta: start LSN, end LSN, then the record. Version 4 writes
+# start LSN 0 (no record starts there) and, in the XLogRecord header, end - start
+# where xl_prev was and 0 for the padding and xl_crc (`COMPACT_RECORD_HEADER`);
+# versions 1-3 wrote the start LSN and the header as written.
 _DELTA_HEADER = struct.Struct("<QQ")
 DELTA_HEADER_SIZE = _DELTA_HEADER.size
+_SPAN = struct.Struct("<Q")  # at 24: where a version 4 delta keeps end - start
+_TOT_XID = struct.Struct("<II")  # xl_tot_len, xl_xid
+# the 40 bytes a version 4 record delta begins with: 0, end_lsn, xl_tot_len,
+# xl_xid, end - start (in xl_prev's place), xl_info, xl_rmid, padding 0, xl_crc 0
+COMPACT_RECORD_HEADER = struct.Struct("<QQIIQBBHI")
 # REL_BLOCK image delta (version 2): start LSN, end LSN, marker 0 (u32: where a
 # record delta has xl_tot_len >= 24), bimg_info u8, reserved u8, hole_offset
 # u16, hole_length u16, then the image bytes as stored in WAL.
@@ -89,8 +99,15 @@ def delta_form(record: DecodedRecord, blk: BlockRef) -> tuple[bool, bool]:
 
 
 def encode_delta(lsn: int, end_lsn: int, raw: bytes) -> bytes:
-    """A REL_BLOCK delta: the whole WAL record `raw` that starts at `lsn`."""
-    return _DELTA_HEADER.pack(lsn, end_lsn) + raw
+    """A REL_BLOCK record delta (version 4) of the WAL record `raw` that starts at
+    `lsn` and ends at `end_lsn`: its header keeps xl_tot_len, xl_xid, xl_info and
+    xl_rmid; xl_prev's place holds ``end_lsn - lsn``, the padding and xl_crc are 0
+    (`ingest.batched._record_pieces` is the vector form).
+
+    Requires: `raw` holds at least an XLogRecord header (24 bytes)."""
+    tot_len, xid = _TOT_XID.unpack_from(raw, 0)
+    return COMPACT_RECORD_HEADER.pack(0, end_lsn, tot_len, xid, end_lsn - lsn, raw[16],
+                                      raw[17], 0, 0) + raw[24:]
 
 
 def stores_without_new_page_data(rmid: int, xl_info: int, block_id: int) -> bool:
@@ -114,11 +131,15 @@ def encode_record_delta(record: DecodedRecord, blk: BlockRef) -> bytes:
 
 
 def decode_delta(data: bytes) -> tuple[Lsn, Lsn, bytes]:
-    """(start LSN, end LSN, record bytes) of a REL_BLOCK record delta.
+    """(start LSN, end LSN, record bytes) of a REL_BLOCK record delta of any
+    version; a version 4 delta's record has xl_prev and xl_crc 0 (not kept).
 
     Requires: not an image delta (`is_image_delta`)."""
     lsn, end = _DELTA_HEADER.unpack_from(data, 0)
-    return Lsn(lsn), Lsn(end), data[_DELTA_HEADER.size:]
+    if lsn:  # versions 1-3: the header as written
+        return Lsn(lsn), Lsn(end), data[_DELTA_HEADER.size:]
+    (span,) = _SPAN.unpack_from(data, 24)
+    return Lsn(end - span), Lsn(end), data[16:24] + bytes(8) + data[32:]
 
 
 def encode_image_delta(lsn: int, end_lsn: int, image: BlockImage) -> bytes:

@@ -18,8 +18,9 @@ Layout (`REC_DTYPE` / `BLK_DTYPE` are C structs, align=True, mirrored by
 
 - `buf`: per record, in order: its start LSN (u64 LE), its end LSN (u64 LE),
   then the whole record as written (XLogRecord header included, page headers
-  removed). So ``buf[off - 16:off + tot_len]`` is exactly the record's REL_BLOCK
-  delta value (keyspace `encode_delta`; a heap UPDATE's old page stores less:
+  removed). So ``buf[off - 16:off + tot_len]`` is the record's REL_BLOCK
+  delta value as versions 1-3 stored it (version 4 keeps less of the header:
+  keyspace `encode_delta`; a heap UPDATE's old page less of the record:
   `encode_record_delta`).
 - `recs[i]`: lsn, end_lsn, off (of the record in buf), main_off, tot_len, xid,
   main_len, toplevel_xid, blk_first (its first row in blks), origin, info,
