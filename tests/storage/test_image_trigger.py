@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -359,55 +358,6 @@ def test_deltas_smaller_than_the_image_make_no_image_until_they_outweigh_it(
                 assert ps.get_page(rk(i), at) == m.get(rk(i), at), (i, at)
 
 
-def test_a_relation_written_fresh_makes_no_image_until_records_pile_on_it(
-        store_dir: Path) -> None:
-    """Pages that each start anew in the deltas (a CREATE INDEX's full-page images,
-    a CREATE TABLE AS's init records) have no image to outweigh, but an image would
-    only copy them: rule 2 counts what a read replays on top of such a start."""
-    m = Model()
-    with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
-        lsn = 0
-        for layer in range(5):  # five layers (> 3) of fresh pages, 64 KB each
-            for i in range(32):
-                lsn += 8
-                v = WalRecord(os.urandom(2000), will_init=True)
-                ps.put(rk(32 * layer + i), lsn, v)
-                m.put(rk(32 * layer + i), lsn, v)
-            ps.advance(lsn)
-            ps.flush()
-        assert ps.create_image_layers() == [] and images(ps) == []
-        # the count rule alone would have imaged them (no image yet: 0 bytes to beat)
-        assert ps.create_image_layers(threshold=3)
-    shutil.rmtree(store_dir)
-    m = Model()
-    with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
-        lsn = _delta_layer_init(ps, m, 0, range(64), 2000)
-        while True:  # records on top of those pages, until they outweigh the starts
-            lsn = _delta_layer(ps, m, lsn, range(64), 600)
-            made = ps.create_image_layers()
-            lm = ps.store.view().layer_map
-            if made:
-                break
-            assert len(lm.deltas) < 8
-        ratio = images_mod.replay_shares(lm.deltas, b"", b"\xff" * 18, -1, lsn)
-        assert ratio[0] >= ratio[1] > 0  # what was saved outweighed what an image replaces
-        for i in range(64):
-            v, applied = deltas_applied_by_get(ps, rk(i), lsn)
-            assert v == m.get(rk(i), lsn) and applied == 0
-
-
-def _delta_layer_init(ps: PageStore, m: Model, lsn: int, keys: range, size: int) -> int:
-    """One flushed delta layer: a `size`-byte incompressible will_init record on each key."""
-    for i in keys:
-        lsn += 8
-        rec = WalRecord(os.urandom(size), will_init=True)
-        ps.put(rk(i), lsn, rec)
-        m.put(rk(i), lsn, rec)
-    ps.advance(lsn)
-    ps.flush()
-    return lsn
-
-
 def test_more_layers_than_the_cap_make_images_however_small(store_dir: Path) -> None:
     m = Model()
     with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
@@ -519,8 +469,7 @@ def test_a_chain_an_image_ends_in_a_newer_layer_does_not_count(store_dir: Path) 
 def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) -> None:
     """Random layers (kinds, keys, LSN windows); the count equals, per key, the
     entries in (floor, at] from its newest image/tombstone (excluded) or will_init
-    record (included) on, maximised over keys; and the replayed and chain-start
-    shares of their bytes (`replay_shares`) are what a replay of each key finds."""
+    record (included) on, maximised over keys."""
     import random
 
     from strata.storage.layermap import Layer
@@ -528,7 +477,6 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) 
     from strata.storage.values import TOMBSTONE
 
     rnd = random.Random(seed)
-    sizes = random.Random(-seed)  # its own stream: `rnd` draws what it drew before
     keys = [rk(i) for i in range(rnd.randint(1, 6))]
     per_layer = rnd.randint(1, 5)
     layers, every = [], []
@@ -539,8 +487,8 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) 
         for _ in range(rnd.randint(1, 80)):
             lsn += 1
             k = rnd.choice(keys)
-            v = rnd.choices([WalRecord(b"r" * sizes.randint(1, 9)), WalRecord(b"i" * 5, True),
-                             PageImage(b"p" * 7), TOMBSTONE], weights=[20, 2, 2, 1])[0]
+            v = rnd.choices([WalRecord(b"r"), WalRecord(b"i", True), PageImage(b"p"), TOMBSTONE],
+                            weights=[20, 2, 2, 1])[0]
             entries.append(Entry(k.to_bytes(), lsn, v))
         entries.sort(key=lambda e: (e.key, e.lsn))
         name = LayerName.delta(rk(0).to_bytes(), rk(7).to_bytes(), lo, lsn + 1)
@@ -564,23 +512,6 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) 
             want = max(want, chain)
         return want
 
-    def size(e: Entry) -> int:
-        return 0 if e.value is TOMBSTONE else len(e.value.data)  # type: ignore[union-attr]
-
-    def replay_bytes(floor: int, at: int) -> tuple[float, float]:
-        """(bytes after each key's newest chain start, else all its bytes; bytes of
-        those starts) over all bytes in (floor, at], as shares."""
-        top = base = total = 0
-        for k in keys:
-            rows = sorted((e for e in every if e.key == k.to_bytes() and floor < e.lsn <= at),
-                          key=lambda e: e.lsn)
-            total += sum(map(size, rows))
-            new = [i for i, e in enumerate(rows) if isinstance(e.value, PageImage)
-                   or e.value is TOMBSTONE or e.value.will_init]  # type: ignore[union-attr]
-            top += sum(map(size, rows[new[-1] + 1:] if new else rows))
-            base += size(rows[new[-1]]) if new else 0
-        return (top / total, base / total) if total else (0.0, 0.0)
-
     try:
         rnd.shuffle(layers)
         # several counts over the same layers: later ones take the layers they hold
@@ -591,8 +522,6 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) 
             at = rnd.choice([lsn, rnd.randint(max(floor, 0), lsn)])
             got = images_mod.longest_chain(layers, rk(0).to_bytes(), rk(7).to_bytes(), floor, at)
             assert got == replay_count(floor, at)
-            shares = images_mod.replay_shares(layers, rk(0).to_bytes(), rk(7).to_bytes(), floor, at)
-            assert shares == pytest.approx(replay_bytes(floor, at))
         assert len(images_mod._TAILS._held) > cached
     finally:
         for la in layers:

@@ -154,16 +154,11 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
        partition (a layer straddling the floor: its share above it) hold at
        least `rule.bytes_ratio` times the bytes of its newest
        images (`newest_image_bytes`; so image layers add about 1 / bytes_ratio of
-       the delta bytes at most: the storage bound), counting only the share a
-       read replays on top of a base (`replay_shares`), and against at least the
-       share of the keys' newest chain starts (a relation written fresh, every page
-       an image or an init record, has nothing to save), or
+       the delta bytes at most: the storage bound), or
     3. more than `rule.cap` delta layers are there (a read's fan-in stays bounded
        however small the deltas are).
 
-    Rule 3 and rule 2's first test read the layers' block indexes only
-    (`block_bytes`); rule 2's exact share reads keys, kinds and value lengths,
-    as rule 1's exact count does (and shares its cache)."""
+    Rules 2 and 3 read the layers' block indexes only (`block_bytes`)."""
     above = [d for d in lm.deltas
              if d.name.key_start < end and start < d.name.key_end
              and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
@@ -178,18 +173,9 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
         return True
     image_bytes = newest_image_bytes(lm, start, end, at)
     delta_bytes = sum(block_bytes(d, start, end) * _share_above(d, floor) for d in above)
-    if delta_bytes < rule.bytes_ratio * image_bytes:
-        return False
-    # exactly: only what a read replays on top of a base counts, and a newest chain
-    # start (a full-page image, a will_init record) is what the image would replace
-    replayed, bases = replay_shares(above, start, end, floor, at)
-    saved, cost = delta_bytes * replayed, max(image_bytes, delta_bytes * bases)
-    if saved >= rule.bytes_ratio * cost:
-        log.debug("images due: %d delta bytes (%.0f replayed on top of a base), %d image "
-                  "bytes (%.0f)", delta_bytes, saved, image_bytes, cost)
+    if delta_bytes >= rule.bytes_ratio * image_bytes:
+        log.debug("images due: %d delta bytes, %d image bytes", delta_bytes, image_bytes)
         return True
-    log.debug("images not due: of %d delta bytes, %.0f replayed on top of a base, "
-              "against %.0f", delta_bytes, saved, cost)
     return False
 
 
@@ -245,13 +231,10 @@ _COUNTED = np.ones(256, dtype=np.int64)  # kinds a read replays (a start it repl
 _COUNTED[[int(ValueKind.PAGE_IMAGE), int(ValueKind.TOMBSTONE)]] = 0
 
 
-def _chain_tails(keys: np.ndarray, kinds: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per key of (key, lsn)-sorted rows: the key; the deltas a read at the end
-    replays from these rows (those from its newest chain start on); whether the rows
-    hold a chain start (then older rows do not matter); the value bytes a read
-    replays on top of its base (the rows after the newest start, or all of them
-    when none is a start); the bytes of that newest start; and the bytes of all
-    the key's rows."""
+def _chain_tails(keys: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per key of (key, lsn)-sorted rows: the key, the deltas a read at the end
+    replays from these rows (those from its newest chain start on), and whether the
+    rows hold a chain start (then older rows do not matter)."""
     n = len(keys)
     first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     idx = np.arange(n, dtype=np.int64)
@@ -261,14 +244,7 @@ def _chain_tails(keys: np.ndarray, kinds: np.ndarray, lens: np.ndarray) -> tuple
     from_row = np.where(starts, idx + 1 - _COUNTED[kinds], -1)
     tail_from = np.maximum(np.maximum.reduceat(from_row, first), first)
     ends = np.r_[first[1:], n]
-    newest = np.maximum.reduceat(np.where(starts, idx, -1), first)  # -1: no start
-    has_start = newest >= 0
-    lens = lens.astype(np.int64)
-    cum = np.r_[0, np.cumsum(lens)]
-    top_from = np.where(has_start, newest + 1, first)
-    start_bytes = np.where(has_start, lens[np.maximum(newest, 0)], 0)
-    return (keys[first], ends - tail_from, has_start, cum[ends] - cum[top_from], start_bytes,
-            cum[ends] - cum[first])
+    return keys[first], ends - tail_from, np.logical_or.reduceat(starts, first)
 
 
 class _TailCache:
@@ -278,7 +254,7 @@ class _TailCache:
     reads each one once per partition instead of on every cycle. Bounded: at most
     `ROWS` keys held, least recently used dropped first."""
 
-    ROWS = 1 << 20  # ~51 MB (18-byte key, 8-byte tail, 1-byte flag, 3 8-byte sizes)
+    ROWS = 1 << 20  # ~27 MB (18-byte key, 8-byte tail, 1-byte flag per row)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -314,51 +290,19 @@ def _layer_tails(d: Layer, start: bytes, end: bytes, floor: int, at: int
     key = (d.file.identity, start, end)
     if whole and (hit := _TAILS.get(key)) is not None:
         return hit
-    ks, kinds, lens = [], [], []
+    ks, kinds = [], []
     for i in d.file.blocks_in(start, end):
         b = d.file.block_batch(i).select(start, end, floor + 1, at + 1)
         ks.append(np.array(b.order_keys))
         kinds.append(np.array(b.kinds))
-        lens.append(b.lengths)
     if ks and sum(map(len, ks)):
-        tails = _chain_tails(np.concatenate(ks), np.concatenate(kinds), np.concatenate(lens))
+        tails = _chain_tails(np.concatenate(ks), np.concatenate(kinds))
     else:
-        none = np.empty(0, dtype=np.int64)
-        tails = (np.empty(0, dtype=KEY_ORDER), none, np.empty(0, dtype=bool), none, none, none)
+        tails = (np.empty(0, dtype=KEY_ORDER), np.empty(0, dtype=np.int64),
+                 np.empty(0, dtype=bool))
     if whole:
         _TAILS.put(key, tails)
     return tails
-
-
-def _chains_above(above: list[Layer], start: bytes, end: bytes, floor: int, at: int
-                  ) -> tuple[np.ndarray, list[np.ndarray]] | None:
-    """The `_layer_tails` of every layer `above`, as segments ordered by key, then
-    oldest layer first: (the first segment of each key, the columns after the key,
-    of which the counts and sizes are zeroed where a newer segment of the same key
-    holds a chain start, since a read at `at` stops there); None when no layer holds
-    a key of [start, end)."""
-    segs: list[tuple[np.ndarray, ...]] = []
-    ages: list[np.ndarray] = []
-    for age, d in enumerate(sorted(above, key=lambda d: d.name.lsn_end)):  # oldest first
-        tails = _layer_tails(d, start, end, floor, at)
-        if len(tails[0]):
-            segs.append(tails)
-            ages.append(np.full(len(tails[0]), age, dtype=np.int64))
-    if not segs:
-        return None
-    keys = np.concatenate([t[0] for t in segs])
-    order = key_order(keys, np.concatenate(ages))  # by key, then oldest first
-    keys = keys[order]
-    cols = [np.concatenate([t[c] for t in segs])[order] for c in range(1, 6)]
-    starts = cols[1].astype(np.int64)
-    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    group = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(keys)]))
-    # a segment counts unless a newer segment of its key holds a chain start
-    later = np.cumsum(starts[::-1])[::-1] - starts  # starts after each row, any key
-    group_end = np.r_[first[1:], len(keys)]
-    after_group = np.r_[np.cumsum(starts[::-1])[::-1], 0][group_end]
-    counted = later - after_group[group] == 0
-    return first, [np.where(counted, c, 0) for c in (cols[0], cols[2], cols[3])] + [cols[4]]
 
 
 def longest_chain(above: list[Layer], start: bytes, end: bytes, floor: int, at: int) -> int:
@@ -368,28 +312,29 @@ def longest_chain(above: list[Layer], start: bytes, end: bytes, floor: int, at: 
     blocks in the range, one layer at a time, each layer it takes whole only once
     (`_TAILS`) (what `chain_bound` over-counts: maxima of different keys, runs a
     newer image already ends)."""
-    got = _chains_above(above, start, end, floor, at)
-    if got is None:
+    seg_keys, seg_tails, seg_starts, seg_age = [], [], [], []
+    for age, d in enumerate(sorted(above, key=lambda d: d.name.lsn_end)):  # oldest first
+        k, t, st = _layer_tails(d, start, end, floor, at)
+        if not len(k):
+            continue
+        seg_keys.append(k)
+        seg_tails.append(t)
+        seg_starts.append(st)
+        seg_age.append(np.full(len(k), age, dtype=np.int64))
+    if not seg_keys:
         return 0
-    first, (tails, _, _, _) = got
-    return int(np.add.reduceat(tails, first).max())
-
-
-def replay_shares(above: list[Layer], start: bytes, end: bytes, floor: int, at: int
-                  ) -> tuple[float, float]:
-    """Of the value bytes the layers `above` hold for [start, end) in (floor, at]:
-    the share a read at `at` replays on top of a base (its key's newest chain start
-    above the floor, else the floor's image), and the share those newest chain
-    starts make up (what an image at `at` would replace, not save). Exact, from the
-    same per-layer columns as `longest_chain` (and its cache)."""
-    got = _chains_above(above, start, end, floor, at)
-    if got is None:
-        return 0.0, 0.0
-    _, (_, top, start_bytes, every) = got
-    total = int(every.sum())
-    if total <= 0:
-        return 0.0, 0.0
-    return int(top.sum()) / total, int(start_bytes.sum()) / total
+    keys = np.concatenate(seg_keys)
+    order = key_order(keys, np.concatenate(seg_age))  # by key, then oldest first
+    keys, tails = keys[order], np.concatenate(seg_tails)[order]
+    starts = np.concatenate(seg_starts)[order].astype(np.int64)
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    group = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(keys)]))
+    # a segment counts unless a newer segment of its key holds a chain start
+    later = np.cumsum(starts[::-1])[::-1] - starts  # starts after each row, any key
+    group_end = np.r_[first[1:], len(keys)]
+    after_group = np.r_[np.cumsum(starts[::-1])[::-1], 0][group_end]
+    counted = np.where(later - after_group[group] == 0, tails, 0)
+    return int(np.add.reduceat(counted, first).max())
 
 
 def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[LayerName]:
