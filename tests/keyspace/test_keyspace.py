@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from strata.errors import RedoError
+from strata.errors import RedoError, WalDecodeError
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import Key, KeyKind, KeyRange
@@ -101,6 +101,8 @@ def test_codecs_round_trip() -> None:
     assert value[34:40] == bytes(6) and value[40:] == raw[24:]
     kept = raw[:8] + bytes(8) + raw[16:18] + bytes(6) + raw[24:]
     assert decode_delta(value) == (Lsn(0x1000028), Lsn(0x10000A0), kept)
+    with pytest.raises(WalDecodeError, match="ending at 0/10000A0: 30 bytes"):
+        decode_delta(value[:30])  # a truncated version 4 delta names its record
     for n in (0, 1, 131071, 0xFFFFFFFF):
         assert decode_rel_size(encode_rel_size(n)) == n
     state = ClusterState.from_bytes((TRANSAM / "cluster_state_v1.bin").read_bytes())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 
+from strata.errors import WalDecodeError
 from strata.lsn import Lsn
 from strata.pg.constants import ForkNumber
 from strata.wal.decoder import without_block_data
@@ -134,10 +135,15 @@ def decode_delta(data: bytes) -> tuple[Lsn, Lsn, bytes]:
     """(start LSN, end LSN, record bytes) of a REL_BLOCK record delta of any
     version; a version 4 delta's record has xl_prev and xl_crc 0 (not kept).
 
-    Requires: not an image delta (`is_image_delta`)."""
+    Requires: not an image delta (`is_image_delta`).
+    Raises: WalDecodeError for a version 4 delta too short to hold its header
+    (a shorter record of any version raises it when decoded)."""
     lsn, end = _DELTA_HEADER.unpack_from(data, 0)
     if lsn:  # versions 1-3: the header as written
         return Lsn(lsn), Lsn(end), data[_DELTA_HEADER.size:]
+    if len(data) < COMPACT_RECORD_HEADER.size:
+        raise WalDecodeError(f"stored record ending at {Lsn(end)}: {len(data)} bytes, "
+                             f"shorter than its {COMPACT_RECORD_HEADER.size}-byte header")
     (span,) = _SPAN.unpack_from(data, 24)
     return Lsn(end - span), Lsn(end), data[16:24] + bytes(8) + data[32:]
 
