@@ -653,7 +653,7 @@ def test_the_compiled_window_path_lays_every_page_as_the_python_reference(
 
         def redo_window(self, *args: Any) -> int:
             n = int(compiled.redo_window(*args))
-            kinds, first, done = args[6], args[8], args[11].view(bool)
+            kinds, first, done = args[6], args[9], args[12].view(bool)
             built["on_image"] += int(((kinds[first] == 0) & done).sum())
             built["from_nothing"] += int(((kinds[first] != 0) & done).sum())
             return n

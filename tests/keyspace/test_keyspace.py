@@ -95,14 +95,20 @@ def ingest(tmp_path: Path) -> Iterator[WalIngest]:
 def test_codecs_round_trip() -> None:
     raw = bytes(range(200))
     value = encode_delta(0x1000028, 0x10000A0, raw)
-    # version 4: start_lsn 0, end - start in xl_prev's place, padding and xl_crc 0
-    assert len(value) == 16 + len(raw) and value[:8] == bytes(8)
+    # version 5: start_lsn and end_lsn 0 (the entry's LSN is the end), end - start in
+    # xl_prev's place, padding and xl_crc 0
+    assert len(value) == 16 + len(raw) and value[:16] == bytes(16)
     assert value[24:32] == (0x10000A0 - 0x1000028).to_bytes(8, "little")
     assert value[34:40] == bytes(6) and value[40:] == raw[24:]
     kept = raw[:8] + bytes(8) + raw[16:18] + bytes(6) + raw[24:]
-    assert decode_delta(value) == (Lsn(0x1000028), Lsn(0x10000A0), kept)
+    assert decode_delta(value, 0x10000A0) == (Lsn(0x1000028), Lsn(0x10000A0), kept)
     with pytest.raises(WalDecodeError, match="ending at 0/10000A0: 30 bytes"):
-        decode_delta(value[:30])  # a truncated version 4 delta names its record
+        decode_delta(value[:30], 0x10000A0)  # a truncated delta names its record
+    with pytest.raises(WalDecodeError, match="without its entry's LSN"):
+        decode_delta(value, 0)  # a version 5 delta needs the LSN it is stored at
+    # version 4 kept the end LSN in the value: the entry's LSN is not needed
+    v4 = value[:8] + (0x10000A0).to_bytes(8, "little") + value[16:]
+    assert decode_delta(v4, 0) == (Lsn(0x1000028), Lsn(0x10000A0), kept)
     for n in (0, 1, 131071, 0xFFFFFFFF):
         assert decode_rel_size(encode_rel_size(n)) == n
     state = ClusterState.from_bytes((TRANSAM / "cluster_state_v1.bin").read_bytes())
@@ -173,15 +179,15 @@ def test_a_delta_for_a_block_its_record_does_not_touch_is_refused(ingest: WalIng
     for rec in recs:
         ingest.ingest(rec)
     ingest.advance()
-    deltas = [(k, v) for k, _, v in ingest.store.puts  # type: ignore[attr-defined]
+    deltas = [(k, lsn, v) for k, lsn, v in ingest.store.puts  # type: ignore[attr-defined]
               if k.kind == KeyKind.REL_BLOCK and isinstance(v, WalRecord) and not v.will_init]
     assert deltas
-    key, value = deltas[0]
-    _, _, raw = decode_delta(value.data)
+    key, lsn, value = deltas[0]
+    _, _, raw = decode_delta(value.data, lsn)
     assert any(b.blkno == key.blk for b in decode_record(raw, Lsn(0), Lsn(0)).blocks)
     elsewhere = Key.rel_block(key.spc, key.db, key.rel, key.fork, key.blk + 1000)
     with pytest.raises(RedoError, match="does not reference"):
-        reconstruct_value(elsewhere, bytes(BLCKSZ), [value])
+        reconstruct_value(elsewhere, bytes(BLCKSZ), [value._replace(lsn=lsn)])
     assert list(ingest.store.keys(KeyRange.kind(KeyKind.REL_SIZE), ingest.last_lsn or 0))
 
 
@@ -222,7 +228,7 @@ def test_a_record_delta_keeps_every_field_of_the_record_but_xl_prev_and_xl_crc()
     assert len(meta) > 10
     for name in meta:
         rec = _sample(name)
-        lsn, end, raw = decode_delta(encode_delta(rec.lsn, rec.end_lsn, rec.raw))
+        lsn, end, raw = decode_delta(encode_delta(rec.lsn, rec.end_lsn, rec.raw), rec.end_lsn)
         back = decode_record(raw, lsn, end)
         assert (back.lsn, back.end_lsn, back.xl_prev, back.xl_crc) == (
             rec.lsn, rec.end_lsn, Lsn(0), 0)
@@ -239,8 +245,13 @@ def test_stored_samples_of_every_version_still_read() -> None:
     assert reconstruct_value(key, None, [v1]) == redo_block(init, 0, None)
     # version 4: the same record with xl_prev and xl_crc not kept
     v4 = WalRecord((data / "rel_block_delta_v4.bin").read_bytes(), will_init=True)
-    assert v4.data == encode_delta(init.lsn, init.end_lsn, init.raw) != v1.data
+    assert v4.data != v1.data
     assert reconstruct_value(key, None, [v4]) == redo_block(init, 0, None)
+    # version 5: nor the end LSN, which the entry's LSN gives
+    v5 = WalRecord((data / "rel_block_delta_v5.bin").read_bytes(), True, init.end_lsn)
+    assert v5.data == encode_delta(init.lsn, init.end_lsn, init.raw) != v4.data
+    assert v5.data[8:16] == bytes(8) and v5.data[16:] == v4.data[16:]
+    assert reconstruct_value(key, None, [v5]) == redo_block(init, 0, None)
     fpi = _sample("xlog_fpi_pglz")
     v2 = WalRecord((data / "rel_block_image_delta_v2.bin").read_bytes(), will_init=True)
     key = Key.rel_block(1663, 5, 16389, 0, 0)

@@ -69,8 +69,8 @@ def test_an_uncompressed_image_delta_restores_like_the_reference(
     second = _image_delta(_page(rnd, 64, 4096), (64, 4032), lsn=0x1_0000_0000 * seed + 0x200)
     applied: list[int] = []
 
-    def counted(pg: bytearray, ds: list[bytes], start: int, *key: int) -> int:
-        i = int(chain(pg, ds, start, *key))  # type: ignore[operator]
+    def counted(pg: bytearray, ds: list[bytes], lsns: list[int], start: int, *key: int) -> int:
+        i = int(chain(pg, ds, lsns, start, *key))  # type: ignore[operator]
         applied.append(i - start)
         return i
 
@@ -97,8 +97,8 @@ def test_compressed_and_misfit_images_are_left_to_python(chain: object) -> None:
     for bad in (compressed, misfit):
         before = bytearray(rnd.randbytes(BLCKSZ))
         work = bytearray(before)
-        assert chain(work, [bad], 0, KEY.spc, KEY.db, KEY.rel, KEY.fork,  # type: ignore[operator]
-                     KEY.blk) == 0
+        assert chain(work, [bad], [0x740], 0, KEY.spc, KEY.db,  # type: ignore[operator]
+                     KEY.rel, KEY.fork, KEY.blk) == 0
         assert work == before
     with pytest.raises(StrataError):  # and Python says what is wrong with them
         reconstruct.reconstruct_value(KEY, None, [WalRecord(misfit, will_init=True)])

@@ -80,9 +80,10 @@ def chain_equals_reference(cap: WalCapture, monkeypatch: pytest.MonkeyPatch,
     compiled = reconstruct.compiled_chain
     applied = 0
 
-    def counted(page: bytearray, deltas: list[bytes], start: int, *key: int) -> int:
+    def counted(page: bytearray, deltas: list[bytes], lsns: list[int], start: int,
+                *key: int) -> int:
         nonlocal applied
-        i = int(compiled(page, deltas, start, *key))
+        i = int(compiled(page, deltas, lsns, start, *key))
         if fork is None or key[3] == fork:
             # a stored record delta: 16 bytes of LSNs, then the record (xl_info at
             # 16, xl_rmid at 17 of it)

@@ -33,13 +33,20 @@ KEY = Key.rel_block(1663, 1, 2606, 0, 0)  # the block the heap samples write
 IMAGE, RECORD, INIT, TOMBSTONE = (int(k) for k in ValueKind)
 
 
+# the LSN each record delta is stored at: its end, which a version 5 delta leaves to
+# its entry (`_batch` stores it there, `_reference` hands it to the redo)
+ENDS: dict[bytes, int] = {}
+
+
 def _delta(name: str, lsn: int) -> bytes:
-    return encode_delta(lsn, lsn + 0x100, (DATA / f"{name}.bin").read_bytes())
+    d = encode_delta(lsn, lsn + 0x100, (DATA / f"{name}.bin").read_bytes())
+    ENDS[d] = lsn + 0x100
+    return d
 
 
 INIT_REC = _delta("heap_insert_init", 0x10D27D0)
 INSERT = _delta("heap_insert", 0x10D2BE8)
-PAGE = reconstruct.reconstruct_value(KEY, None, [WalRecord(INIT_REC, True)])
+PAGE = reconstruct.reconstruct_value(KEY, None, [WalRecord(INIT_REC, True, ENDS[INIT_REC])])
 
 
 def _image_delta(page: bytes, lsn: int, lz4_compressed: bool = False) -> bytes:
@@ -79,8 +86,9 @@ def _batch(chains: list[tuple[Key, list[tuple[int, bytes]], bool]]
             kinds.append(kind)
             values.append(value)
     offsets = np.cumsum([0] + [len(v) for v in values])
-    b = EntryBatch.from_offsets(key_array(keys), np.arange(1, len(keys) + 1, dtype=np.int64),
-                                np.array(kinds, np.uint8), offsets, b"".join(values))
+    lsns = np.array([ENDS.get(v, i + 1) for i, v in enumerate(values)], dtype=np.int64)
+    b = EntryBatch.from_offsets(key_array(keys), lsns, np.array(kinds, np.uint8), offsets,
+                                b"".join(values))
     starts = np.array(first, np.int64)
     return b, starts, np.append(starts[1:], len(keys))
 
@@ -88,7 +96,8 @@ def _batch(chains: list[tuple[Key, list[tuple[int, bytes]], bool]]
 def _reference(key: Key, rows: list[tuple[int, bytes]]) -> bytes:
     base = rows[0][1] if rows[0][0] == IMAGE else None
     rest = rows[1:] if rows[0][0] in (IMAGE, TOMBSTONE) else rows
-    return reconstruct.reconstruct_value(key, base, [WalRecord(v, k == INIT) for k, v in rest])
+    return reconstruct.reconstruct_value(key, base, [WalRecord(v, k == INIT, ENDS.get(v, 0))
+                                                     for k, v in rest])
 
 
 def test_into_builds_what_the_reference_builds_and_leaves_the_rest() -> None:

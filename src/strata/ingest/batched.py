@@ -70,9 +70,9 @@ _TAIL = np.dtype([("marker", "<u4"), ("bimg_info", "u1"), ("reserved", "u1"),
                   ("hole_offset", "<u2"), ("hole_length", "<u2")])
 assert _TAIL.itemsize == _IMAGE_HDR - _HDR
 _XINFO_PARTS = (1 << 9) - 1  # xact.h XACT_XINFO_HAS_DBINFO .. HAS_DROPPED_STATS
-# a record delta's first 40 bytes (keyspace COMPACT_RECORD_HEADER: start_lsn 0,
-# the XLogRecord header with end - start for xl_prev, padding and xl_crc 0), built
-# as five u64 words
+# a record delta's first 40 bytes (keyspace COMPACT_RECORD_HEADER: start_lsn and
+# end_lsn 0, the XLogRecord header with end - start for xl_prev, padding and xl_crc
+# 0), built as five u64 words
 _WORD = np.dtype("<u8")
 _W8, _W32 = np.uint64(8), np.uint64(32)
 _HEAD_SIZE = COMPACT_RECORD_HEADER.size
@@ -133,10 +133,9 @@ def _record_pieces(batch: RecordBatch, rec: np.ndarray, old: np.ndarray
     tot = tot_len.astype(_I64)
     end = recs["end_lsn"][rec]
     # the headers as five little-endian u64 words (ten times faster than filling a
-    # packed structured array): 0, end_lsn, xl_tot_len | xl_xid << 32, end - start,
-    # xl_info | xl_rmid << 8 (padding and xl_crc 0)
+    # packed structured array): 0, 0 (the end LSN is the entry's), xl_tot_len |
+    # xl_xid << 32, end - start, xl_info | xl_rmid << 8 (padding and xl_crc 0)
     heads = np.zeros((len(rec), 5), dtype=_WORD)
-    heads[:, 1] = end
     heads[:, 2] = tot_len.astype(_WORD) | (recs["xid"][rec].astype(_WORD) << _W32)
     heads[:, 3] = end - recs["lsn"][rec]
     heads[:, 4] = recs["info"][rec].astype(_WORD) | (recs["rmid"][rec].astype(_WORD) << _W8)

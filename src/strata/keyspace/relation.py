@@ -38,16 +38,19 @@ from strata.wal.rmgr import (
     XLOG_HEAP_UPDATE,
 )
 
-# REL_BLOCK record delta: start LSN, end LSN, then the record. Version 4 writes
-# start LSN 0 (no record starts there) and, in the XLogRecord header, end - start
-# where xl_prev was and 0 for the padding and xl_crc (`COMPACT_RECORD_HEADER`);
-# versions 1-3 wrote the start LSN and the header as written.
+# REL_BLOCK record delta: start LSN, end LSN, then the record. Version 5 writes
+# start LSN 0 (no record starts there), end LSN 0 (the entry's LSN is the record's
+# end: reads hand it to redo, `WalRecord.lsn`) and, in the XLogRecord header,
+# end - start where xl_prev was and 0 for the padding and xl_crc
+# (`COMPACT_RECORD_HEADER`); version 4 wrote the end LSN; versions 1-3 wrote both
+# LSNs and the header as written.
 _DELTA_HEADER = struct.Struct("<QQ")
 DELTA_HEADER_SIZE = _DELTA_HEADER.size
 _SPAN = struct.Struct("<Q")  # at 24: where a version 4 delta keeps end - start
 _TOT_XID = struct.Struct("<II")  # xl_tot_len, xl_xid
-# the 40 bytes a version 4 record delta begins with: 0, end_lsn, xl_tot_len,
-# xl_xid, end - start (in xl_prev's place), xl_info, xl_rmid, padding 0, xl_crc 0
+# the 40 bytes a record delta of version 4 or 5 begins with: 0, end_lsn (version 5:
+# 0), xl_tot_len, xl_xid, end - start (in xl_prev's place), xl_info, xl_rmid,
+# padding 0, xl_crc 0
 COMPACT_RECORD_HEADER = struct.Struct("<QQIIQBBHI")
 # REL_BLOCK image delta (version 2): start LSN, end LSN, marker 0 (u32: where a
 # record delta has xl_tot_len >= 24), bimg_info u8, reserved u8, hole_offset
@@ -100,14 +103,15 @@ def delta_form(record: DecodedRecord, blk: BlockRef) -> tuple[bool, bool]:
 
 
 def encode_delta(lsn: int, end_lsn: int, raw: bytes) -> bytes:
-    """A REL_BLOCK record delta (version 4) of the WAL record `raw` that starts at
-    `lsn` and ends at `end_lsn`: its header keeps xl_tot_len, xl_xid, xl_info and
-    xl_rmid; xl_prev's place holds ``end_lsn - lsn``, the padding and xl_crc are 0
+    """A REL_BLOCK record delta (version 5) of the WAL record `raw` that starts at
+    `lsn` and ends at `end_lsn`, to be stored at `end_lsn` (the LSN `decode_delta`
+    needs back): its header keeps xl_tot_len, xl_xid, xl_info and xl_rmid; xl_prev's
+    place holds ``end_lsn - lsn``; both LSN fields, the padding and xl_crc are 0
     (`ingest.batched._record_pieces` is the vector form).
 
     Requires: `raw` holds at least an XLogRecord header (24 bytes)."""
     tot_len, xid = _TOT_XID.unpack_from(raw, 0)
-    return COMPACT_RECORD_HEADER.pack(0, end_lsn, tot_len, xid, end_lsn - lsn, raw[16],
+    return COMPACT_RECORD_HEADER.pack(0, 0, tot_len, xid, end_lsn - lsn, raw[16],
                                       raw[17], 0, 0) + raw[24:]
 
 
@@ -131,16 +135,22 @@ def encode_record_delta(record: DecodedRecord, blk: BlockRef) -> bytes:
     return encode_delta(record.lsn, record.end_lsn, raw)
 
 
-def decode_delta(data: bytes) -> tuple[Lsn, Lsn, bytes]:
+def decode_delta(data: bytes, lsn: int) -> tuple[Lsn, Lsn, bytes]:
     """(start LSN, end LSN, record bytes) of a REL_BLOCK record delta of any
-    version; a version 4 delta's record has xl_prev and xl_crc 0 (not kept).
+    version, stored at `lsn` (a version 5 delta's end LSN); a delta of version 4
+    or 5 gives its record with xl_prev and xl_crc 0 (not kept).
 
     Requires: not an image delta (`is_image_delta`).
-    Raises: WalDecodeError for a version 4 delta too short to hold its header
-    (a shorter record of any version raises it when decoded)."""
-    lsn, end = _DELTA_HEADER.unpack_from(data, 0)
-    if lsn:  # versions 1-3: the header as written
-        return Lsn(lsn), Lsn(end), data[_DELTA_HEADER.size:]
+    Raises: WalDecodeError for a delta of version 4 or 5 too short to hold its
+    header (a shorter record of any version raises it when decoded), and for a
+    version 5 delta given no LSN (0)."""
+    start, end = _DELTA_HEADER.unpack_from(data, 0)
+    if start:  # versions 1-3: the header as written
+        return Lsn(start), Lsn(end), data[_DELTA_HEADER.size:]
+    if not end:  # version 5: stored at its end
+        if not lsn:
+            raise WalDecodeError("a stored record delta read without its entry's LSN")
+        end = lsn
     if len(data) < COMPACT_RECORD_HEADER.size:
         raise WalDecodeError(f"stored record ending at {Lsn(end)}: {len(data)} bytes, "
                              f"shorter than its {COMPACT_RECORD_HEADER.size}-byte header")

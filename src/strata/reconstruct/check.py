@@ -277,7 +277,7 @@ class ConsistencyChecker:
             data = encode_image_delta(record.lsn, record.end_lsn, block.image)
         else:
             data = encode_record_delta(record, block)
-        return reconstruct_value(key, prev, [WalRecord(data, init)])
+        return reconstruct_value(key, prev, [WalRecord(data, init, record.end_lsn)])
 
     def _compare(self, record: DecodedRecord, block: BlockRef, ours: bytes, server: bytes,
                  rm: str, rt: str, st: TypeStats) -> None:

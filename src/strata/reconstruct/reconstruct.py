@@ -77,6 +77,7 @@ def _redo_rel_block(key: Key, base: bytes | None, records: list[WalRecord]) -> b
     with the record's LSN), and the chain resumes after it."""
     chain = compiled_chain
     datas = [r.data for r in records]
+    lsns = [r.lsn for r in records]
     n = len(datas)
     page: bytearray | None = None if base is None else bytearray(base)
     if page is None and chain is not None and n and is_image_delta(datas[0]):
@@ -84,14 +85,14 @@ def _redo_rel_block(key: Key, base: bytes | None, records: list[WalRecord]) -> b
     i = 0
     while i < n:
         if chain is not None and page is not None and len(page) == BLCKSZ:
-            i = chain(page, datas, i, key.spc, key.db, key.rel, key.fork, key.blk)
+            i = chain(page, datas, lsns, i, key.spc, key.db, key.rel, key.fork, key.blk)
             if i == n:
                 break
         d = datas[i]
         if is_image_delta(d):
             page = bytearray(_restore_image(d))
         else:
-            lsn, end, raw = decode_delta(d)
+            lsn, end, raw = decode_delta(d, lsns[i])
             rec = decode_record(raw, lsn, end)
             page = redo_block_inplace(rec, _block_id(rec.blocks, key), page)
         i += 1
@@ -144,7 +145,7 @@ class Reconstructor:
             None if batch.buf is None else np.ascontiguousarray(batch.buf, np.uint32),
             np.ascontiguousarray(batch.starts, i64), np.ascontiguousarray(batch.ends, i64),
             np.ascontiguousarray(batch.kinds, np.uint8), np.ascontiguousarray(batch.keys),
-            np.ascontiguousarray(first, i64), np.ascontiguousarray(stop, i64),
+            np.ascontiguousarray(batch.lsns, i64), np.ascontiguousarray(first, i64), np.ascontiguousarray(stop, i64),
             np.ascontiguousarray(slots, i64), done,
             None if base is None else np.ascontiguousarray(base, i64))
         if width == BLCKSZ:

@@ -145,7 +145,7 @@ def _cuts_one_by_one(store: LayerStore, b: EntryBatch, cuts: np.ndarray, first: 
         else:
             page_base, f = None, f + (kinds[f] == _TOMBSTONE)
         recs = list(map(WalRecord, b.values_in(f, p + 1),
-                        (kinds[f:p + 1] == _INIT).tolist()))
+                        (kinds[f:p + 1] == _INIT).tolist(), b.lsns[f:p + 1].tolist()))
         try:
             pages[c] = store.redo(Key.from_bytes(b.key_at(p)), page_base, recs)
         except (UnsupportedRecordError, RedoError):

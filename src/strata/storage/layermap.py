@@ -27,7 +27,8 @@ from strata.storage.memtable import FrozenMemtable, Memtable
 from strata.storage.naming import LayerName
 from strata.storage.values import Entry, PageImage, Tombstone, WalRecord, ends_chain
 
-# redo(key, base, records) -> page; base None = start from nothing.
+# redo(key, base, records) -> page; base None = start from nothing; each record
+# carries the LSN it is stored at (`WalRecord.lsn`).
 Redo = Callable[[Key, bytes | None, list[WalRecord]], bytes]
 
 
@@ -180,9 +181,10 @@ def finish_chain(key: Key, chain: list[Entry], redo: Redo, stats: ReadStats) -> 
         tail = chain[::-1]
     recs = []
     for e in tail:
-        if not isinstance(e.value, WalRecord):  # pragma: no cover - chain cut guarantees it
-            raise AssertionError(f"chain for {key} not cut at {e.value!r}")
-        recs.append(e.value)
+        v = e.value
+        if not isinstance(v, WalRecord):  # pragma: no cover - chain cut guarantees it
+            raise AssertionError(f"chain for {key} not cut at {v!r}")
+        recs.append(WalRecord(v.data, v.will_init, e.lsn))
     if not recs:
         return base
     stats.deltas_applied += len(recs)

@@ -94,7 +94,7 @@ class Chains:
         self.batch = batch
         self.first = first
         self.stop = stop
-        self._rows: tuple[list[int], list[int], list[int], list[int]] | None = None
+        self._rows: tuple[list[int], list[int], list[int], list[int], list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.first)
@@ -113,8 +113,8 @@ class Chains:
         if self._rows is None:
             b = self.batch
             self._rows = (b.kinds.tolist(), b.starts.tolist(), b.ends.tolist(),
-                          [0] * len(b) if b.buf is None else b.buf.tolist())
-        kinds, starts, ends, which = self._rows
+                          [0] * len(b) if b.buf is None else b.buf.tolist(), b.lsns.tolist())
+        kinds, starts, ends, which, lsns = self._rows
         bufs = self.batch.bufs
         kind = kinds[a]
         base: bytes | None = None
@@ -125,7 +125,7 @@ class Chains:
             a += 1
         if a == z:
             return base
-        recs = [WalRecord(bufs[which[i]][starts[i]:ends[i]], kinds[i] == _INIT)
+        recs = [WalRecord(bufs[which[i]][starts[i]:ends[i]], kinds[i] == _INIT, lsns[i])
                 for i in range(a, z)]
         stats.deltas_applied += len(recs)
         stats.redo_calls += 1

@@ -41,10 +41,15 @@ class WalRecord(NamedTuple):
     `will_init`: the record builds the page from nothing, so older values are
     not needed (the chain stops here). A NamedTuple, not a frozen dataclass:
     reads build one per delta they replay, and a tuple is built 2.5x faster
-    (a frozen dataclass's __init__ was 9 % of a lazy scan's file system)."""
+    (a frozen dataclass's __init__ was 9 % of a lazy scan's file system).
+
+    `lsn`: the LSN the delta is stored at, as a read hands it to the redo
+    callback (a record delta leaves its end LSN to it: keyspace value format
+    5); 0 in a put and in the values reads return (the entry carries the LSN)."""
 
     data: bytes
     will_init: bool = False
+    lsn: int = 0
 
 
 @dataclass(frozen=True, slots=True)

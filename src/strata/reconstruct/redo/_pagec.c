@@ -24,8 +24,8 @@
  *   reference): True with the page changed, or False with the page untouched
  *   wherever the Python redo must decide (a corrupt page, a bad offset, a tuple
  *   that does not fit: it raises the error with the record's LSN).
- * redo_chain(page, deltas: list of REL_BLOCK delta bytes, start, spc, db, rel, fork,
- *            blk) -> int
+ * redo_chain(page, deltas: list of REL_BLOCK delta bytes, lsns: list of their entry
+ *            LSNs, start, spc, db, rel, fork, blk) -> int
  *   `reconstruct._redo_rel_block`'s fast path: decodes each record delta (the
  *   layout of DecodeXLogRecord) and replays, on that block's page in place, the
  *   heap INSERT(+INIT), DELETE, UPDATE, HOT_UPDATE, LOCK, heap2 PRUNE_* (redirects,
@@ -319,12 +319,12 @@ static PyMethodDef methods[] = {
      " one block of a heap UPDATE/HOT_UPDATE in place; False (page untouched) where the"
      " Python redo must decide."},
     {"redo_chain", pagec_redo_chain, METH_VARARGS,
-     "redo_chain(page, deltas, start, spc, db, rel, fork, blk) -> int: apply the REL_BLOCK"
-     " record deltas[start:] to the page of that block in place while they are heap/heap2"
-     " records this module replays; the index of the first one left to Python."},
+     "redo_chain(page, deltas, lsns, start, spc, db, rel, fork, blk) -> int: apply the"
+     " REL_BLOCK record deltas[start:] (stored at lsns[start:]) to the page of that block"
+     " in place while they are heap/heap2 records this module replays; the index of the first one left to Python."},
     {"redo_window", pagec_redo_window, METH_VARARGS,
-     "redo_window(dst, width, bufs, which, starts, ends, kinds, keys, first, stop, slots,"
-     " done[, base]) -> int: the chains of a window built into their slots of dst, each from"
+     "redo_window(dst, width, bufs, which, starts, ends, kinds, keys, lsns, first, stop,"
+     " slots, done[, base]) -> int: the chains of a window built into their slots of dst, each from"
      " its rows or on a base page (_pagec_window.c)."},
     {"set_checksums", set_checksums, METH_VARARGS,
      "set_checksums(buf, blknos: uint32 LE buffer): pd_checksum of every page of buf that"

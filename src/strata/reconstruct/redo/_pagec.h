@@ -137,7 +137,7 @@ int pagec_parse_record(const uint8_t *raw, Py_ssize_t n, const target_t *t, rec_
 PyObject *pagec_heap_update_redo(PyObject *self, PyObject *args);
 PyObject *pagec_redo_chain(PyObject *self, PyObject *args);
 int pagec_chain_step(uint8_t *page, uint8_t *w, const uint8_t *data, Py_ssize_t len,
-                     const target_t *t);
+                     uint64_t lsn, const target_t *t);
 /* _pagec_window.c */
 PyObject *pagec_redo_window(PyObject *self, PyObject *args);
 /* _pagec_vm.c: 1 (done, stamp the LSN), 2 (done, LSN unchanged), 0 (Python) */

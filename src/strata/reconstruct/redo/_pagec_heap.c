@@ -475,16 +475,22 @@ static int restore_image_delta(uint8_t *page, const uint8_t *data, Py_ssize_t le
     return 1;
 }
 
-/* One REL_BLOCK delta (an image delta or a stored record) applied to `page`, with
- * `w` as scratch: 1; or 0, `page` untouched, for a delta the chain does not take
- * (Python applies it, or raises). */
+/* One REL_BLOCK delta (an image delta or a stored record), stored at entry LSN `lsn`,
+ * applied to `page`, with `w` as scratch: 1; or 0, `page` untouched, for a delta the
+ * chain does not take (Python applies it, or raises). A record delta of keyspace
+ * version 5 keeps 0 for its end LSN, which is the entry's LSN (a record is stored at
+ * its end); versions 1-4 keep it in the value. */
 int pagec_chain_step(uint8_t *page, uint8_t *w, const uint8_t *data, Py_ssize_t len,
-                     const target_t *t) {
+                     uint64_t lsn, const target_t *t) {
     if (len >= IMAGE_DELTA_HEADER && rd32(data + DELTA_HEADER) == 0)
         return restore_image_delta(page, data, len);   /* 0: compressed or doubtful */
     if (len < DELTA_HEADER + SIZEOF_XLOG_RECORD || rd32(data + DELTA_HEADER) == 0)
         return 0;
     uint64_t end = rd64(data + 8);
+    if (end == 0)
+        end = lsn;
+    if (end == 0)
+        return 0;                               /* no LSN to stamp: Python raises */
     rec_t r;
     if (!pagec_parse_record(data + DELTA_HEADER, len - DELTA_HEADER, t, &r) || r.target < 0
             || r.target_apply_image)
@@ -508,19 +514,21 @@ int pagec_chain_step(uint8_t *page, uint8_t *w, const uint8_t *data, Py_ssize_t 
     return 1;
 }
 
-/* redo_chain(page, deltas, start, spc, db, rel, fork, blk) -> int */
+/* redo_chain(page, deltas, lsns, start, spc, db, rel, fork, blk) -> int */
 PyObject *pagec_redo_chain(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *pageobj, *deltas;
+    PyObject *pageobj, *deltas, *lsns;
     Py_ssize_t start;
     target_t t;
     unsigned long spc, db, rel, blk;
-    if (!PyArg_ParseTuple(args, "OOnkkkik", &pageobj, &deltas, &start, &spc, &db, &rel,
-                          &t.fork, &blk))
+    if (!PyArg_ParseTuple(args, "OOOnkkkik", &pageobj, &deltas, &lsns, &start, &spc, &db,
+                          &rel, &t.fork, &blk))
         return NULL;
     t.spc = (uint32_t)spc; t.db = (uint32_t)db; t.rel = (uint32_t)rel; t.blk = (uint32_t)blk;
-    if (!PyList_Check(deltas)) {
-        PyErr_SetString(PyExc_TypeError, "deltas must be a list of bytes");
+    if (!PyList_Check(deltas) || !PyList_Check(lsns)
+            || PyList_GET_SIZE(lsns) != PyList_GET_SIZE(deltas)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "deltas and lsns must be lists of bytes and ints of one length");
         return NULL;
     }
     Py_buffer view;
@@ -531,9 +539,14 @@ PyObject *pagec_redo_chain(PyObject *self, PyObject *args) {
     uint8_t w[BLCKSZ];
     for (; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(deltas, i);
+        unsigned long long lsn = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(lsns, i));
+        if (lsn == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
         if (!PyBytes_Check(item)
                 || !pagec_chain_step(page, w, (const uint8_t *)PyBytes_AS_STRING(item),
-                                     PyBytes_GET_SIZE(item), &t))
+                                     PyBytes_GET_SIZE(item), (uint64_t)lsn, &t))
             break;
     }
     PyBuffer_Release(&view);

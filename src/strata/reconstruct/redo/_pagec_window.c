@@ -3,11 +3,12 @@
  * lazy file system's reads and its readahead helpers run, hands it every chain of a
  * window that is not one image).
  *
- * redo_window(dst, width, bufs, which, starts, ends, kinds, keys, first, stop, slots,
- *             done) -> int
+ * redo_window(dst, width, bufs, which, starts, ends, kinds, keys, lsns, first, stop,
+ *             slots, done) -> int
  *   The rows of a window's entries (storage.batch.EntryBatch's columns: row i's value
  *   is bufs[which[i]][starts[i]:ends[i]] (`which` None: bufs[0]), kinds[i] a
- *   ValueKind, keys the rows' 18-byte keys back to back) and the chains to build:
+ *   ValueKind, keys the rows' 18-byte keys back to back, lsns[i] its entry LSN: the
+ *   end LSN of a record delta that does not keep it) and the chains to build:
  *   chain c is rows [first[c], stop[c]), oldest first, of one key, laid at
  *   dst[slots[c] * width:][:width]. A chain starts at an image (copied), a tombstone
  *   or a record (no page: it starts from zeros where Python's redo does, at an image
@@ -28,7 +29,7 @@
  *   or WAL_RECORD_INIT), else the chain is left to Python. base[c] > c, or below -1,
  *   raises ValueError.
  *
- * Dtypes (the caller converts): starts, ends, first, stop, slots, base int64; which
+ * Dtypes (the caller converts): starts, ends, lsns, first, stop, slots, base int64; which
  * uint32; kinds and done uint8; every buffer C-contiguous.
  *
  * With chains of RELEASE_GIL_ROWS rows or more in all, the GIL is released while they
@@ -51,7 +52,7 @@ static uint32_t be32(const uint8_t *p) {
 }
 
 typedef struct {
-    Py_buffer dst, which, starts, ends, kinds, keys, first, stop, slots, done, base;
+    Py_buffer dst, which, starts, ends, kinds, keys, lsns, first, stop, slots, done, base;
     Py_buffer *bufs;
     Py_ssize_t nbufs, got_bufs;
     int has_which, has_base;
@@ -60,7 +61,7 @@ typedef struct {
 
 static void window_release(window_t *w) {
     Py_buffer *all[] = {&w->dst, &w->which, &w->starts, &w->ends, &w->kinds, &w->keys,
-                        &w->first, &w->stop, &w->slots, &w->done, &w->base};
+                        &w->lsns, &w->first, &w->stop, &w->slots, &w->done, &w->base};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]->obj != NULL)
             PyBuffer_Release(all[i]);
@@ -88,15 +89,16 @@ static int window_open(window_t *w, PyObject *const *o, PyObject *bufs) {
     if (get(o[4], &w->ends, PyBUF_SIMPLE, n * 8, "ends") < 0
             || get(o[5], &w->kinds, PyBUF_SIMPLE, n, "kinds") < 0
             || get(o[6], &w->keys, PyBUF_SIMPLE, n * KEY_BYTES, "keys") < 0
-            || get(o[7], &w->first, PyBUF_SIMPLE, -1, "first") < 0)
+            || get(o[7], &w->lsns, PyBUF_SIMPLE, n * 8, "lsns") < 0
+            || get(o[8], &w->first, PyBUF_SIMPLE, -1, "first") < 0)
         return -1;
     Py_ssize_t m = w->first.len / 8;
-    if (get(o[8], &w->stop, PyBUF_SIMPLE, m * 8, "stop") < 0
-            || get(o[9], &w->slots, PyBUF_SIMPLE, m * 8, "slots") < 0
-            || get(o[10], &w->done, PyBUF_WRITABLE, m, "done") < 0)
+    if (get(o[9], &w->stop, PyBUF_SIMPLE, m * 8, "stop") < 0
+            || get(o[10], &w->slots, PyBUF_SIMPLE, m * 8, "slots") < 0
+            || get(o[11], &w->done, PyBUF_WRITABLE, m, "done") < 0)
         return -1;
-    w->has_base = o[11] != Py_None;
-    if (w->has_base && get(o[11], &w->base, PyBUF_SIMPLE, m * 8, "base") < 0)
+    w->has_base = o[12] != Py_None;
+    if (w->has_base && get(o[12], &w->base, PyBUF_SIMPLE, m * 8, "base") < 0)
         return -1;
     w->has_which = o[2] != Py_None;
     if (w->has_which && get(o[2], &w->which, PyBUF_SIMPLE, n * 4, "which") < 0)
@@ -147,6 +149,7 @@ static int starts_a_page(const uint8_t *v, Py_ssize_t len, const target_t *t) {
 static int build_chain(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page, int on_page) {
     const uint8_t *key = (const uint8_t *)w->keys.buf + a * KEY_BYTES;
     const uint8_t *kinds = w->kinds.buf;
+    const int64_t *lsns = w->lsns.buf;
     uint8_t scratch[BLCKSZ];
     if (key[0] != 0)                                     /* not a REL_BLOCK key */
         return 0;
@@ -175,7 +178,7 @@ static int build_chain(window_t *w, Py_ssize_t a, Py_ssize_t z, uint8_t *page, i
             return 0;
         if ((v = row_value(w, i, &len)) == NULL)
             return -1;
-        if (!pagec_chain_step(page, scratch, v, len, &t))
+        if (!pagec_chain_step(page, scratch, v, len, (uint64_t)lsns[i], &t))
             return 0;
     }
     return 1;
@@ -202,11 +205,12 @@ static int chain_into(window_t *w, Py_ssize_t c, Py_ssize_t width) {
 
 PyObject *pagec_redo_window(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *o[12], *bufs;
+    PyObject *o[13], *bufs;
     Py_ssize_t width;
-    o[11] = Py_None;
-    if (!PyArg_ParseTuple(args, "OnO!OOOOOOOOO|O", &o[0], &width, &PyTuple_Type, &bufs, &o[2],
-                          &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11]))
+    o[12] = Py_None;
+    if (!PyArg_ParseTuple(args, "OnO!OOOOOOOOOO|O", &o[0], &width, &PyTuple_Type, &bufs,
+                          &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10],
+                          &o[11], &o[12]))
         return NULL;
     window_t w;
     memset(&w, 0, sizeof w);
