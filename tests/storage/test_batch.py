@@ -233,51 +233,61 @@ def test_merged_runs_equal_sorting_them_together_and_the_last_put_wins(
     assert [(e.key, e.lsn) for e in again.entries()] == [(e.key, e.lsn) for e in got.entries()]
 
 
-def test_v3_block_round_trips_and_rejects_malformed_columns() -> None:
+@pytest.mark.parametrize("lsn_deltas", [True, False], ids=["v5", "v3"])
+def test_column_block_round_trips_and_rejects_malformed_columns(lsn_deltas: bool) -> None:
     b = batch_of([(ZERO_TAIL[0], 5, PageImage(b"abc")), (ZERO_TAIL[0], 6, WalRecord(b"d")),
                   (ZERO_TAIL[1], 5, TOMBSTONE)])
-    raw = encode_columns(b)
-    assert list(decode_columns(raw).entries()) == list(b.entries())
+    raw = encode_columns(b, lsn_deltas)
+    assert list(decode_columns(raw, lsn_deltas).entries()) == list(b.entries())
+    # the lsns column: 5, 6, 5 as written (v3), or 5, then +1 and -1 (v5)
+    assert np.frombuffer(raw, ">i8", 3, 4 + 18 * 3).tolist() == (
+        [5, 1, -1] if lsn_deltas else [5, 6, 5])
     n = 3
     kinds_at, ends_at = 4 + 26 * n, 4 + 27 * n
     bad_kind = bytearray(raw)
     bad_kind[kinds_at] = 9
     with pytest.raises(ValueError, match="unknown value kind"):
-        decode_columns(bytes(bad_kind))
+        decode_columns(bytes(bad_kind), lsn_deltas)
     bad_len = bytearray(raw)
     bad_len[ends_at + 3] = 7  # the first value is 7 bytes long: too long for the block
     with pytest.raises(ValueError, match="tile"):
-        decode_columns(bytes(bad_len))
+        decode_columns(bytes(bad_len), lsn_deltas)
     with pytest.raises(ValueError):
-        decode_columns(raw[:-1])
+        decode_columns(raw[:-1], lsn_deltas)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 3),
                                    st.sampled_from(["image", "rec", "init", "tomb"]),
-                                   st.binary(max_size=20)), max_size=12), min_size=2, max_size=8))
+                                   st.binary(max_size=20)), max_size=12), min_size=2, max_size=8),
+       st.booleans(), st.integers(0, 1 << 40))
 def test_decoding_many_blocks_equals_decoding_each(
-        blocks: list[list[tuple[int, int, str, bytes]]]) -> None:
+        blocks: list[list[tuple[int, int, str, bytes]]], lsn_deltas: bool, shift: int) -> None:
     """`decode_many_columns` gives the rows of every block, in order, with the values
-    each block holds (empty blocks too); a bad block in the run is refused as
+    and LSNs each block holds (empty blocks too; with LSN deltas, each block's
+    sums start again at its first row); a bad block in the run is refused as
     `decode_columns` refuses it."""
     from strata.storage.blocks import decode_many_columns
 
     raws = []
+    want = []
     for spec in blocks:
-        rows = sorted({(k, lsn): v for k, lsn, v in _rows(spec)}.items())
-        raws.append(encode_columns(batch_of([(k, lsn, v) for (k, lsn), v in rows])))
-    many = decode_many_columns(raws)
-    assert list(many.entries()) == [e for r in raws for e in decode_columns(r).entries()]
-    nonempty = [i for i, r in enumerate(raws) if len(decode_columns(r))]
+        rows = sorted({(k, lsn + shift): v for k, lsn, v in _rows(spec)}.items())
+        want += [(k.to_bytes(), lsn) for (k, lsn), _ in rows]
+        raws.append(encode_columns(batch_of([(k, lsn, v) for (k, lsn), v in rows]), lsn_deltas))
+    many = decode_many_columns(raws, lsn_deltas)
+    assert [(e.key, e.lsn) for e in many.entries()] == want
+    assert list(many.entries()) == [e for r in raws
+                                    for e in decode_columns(r, lsn_deltas).entries()]
+    nonempty = [i for i, r in enumerate(raws) if len(decode_columns(r, lsn_deltas))]
     if nonempty:
         i = nonempty[-1]
         bad = bytearray(raws[i])
-        bad[4 + 26 * len(decode_columns(raws[i]))] = 9  # the block's first kind
+        bad[4 + 26 * len(decode_columns(raws[i], lsn_deltas))] = 9  # the block's first kind
         with pytest.raises(ValueError, match="unknown value kind"):
-            decode_many_columns([*raws[:i], bytes(bad), *raws[i + 1:]])
+            decode_many_columns([*raws[:i], bytes(bad), *raws[i + 1:]], lsn_deltas)
     with pytest.raises(ValueError):
-        decode_many_columns([*raws[:-1], raws[-1] + b"x"])
+        decode_many_columns([*raws[:-1], raws[-1] + b"x"], lsn_deltas)
 
 
 def test_damaged_v3_columns_are_corruption_naming_the_block(tmp_path: Path) -> None:

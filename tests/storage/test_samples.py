@@ -17,7 +17,7 @@ from .make_samples import SAMPLE_VERSIONS, sample_dir, sample_history, sample_re
 
 
 def test_current_format_version_has_a_committed_sample() -> None:
-    assert (FORMAT_VERSION, MANIFEST_VERSION) == (4, 1), "new version: add its sample dir"
+    assert (FORMAT_VERSION, MANIFEST_VERSION) == (5, 1), "new version: add its sample dir"
     assert FORMAT_VERSION in SAMPLE_VERSIONS
     assert (sample_dir(FORMAT_VERSION) / "MANIFEST").is_file()
 

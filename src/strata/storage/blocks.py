@@ -1,14 +1,17 @@
 """Block encodings of layer files: the decompressed bytes of one block.
 
-Fed by: LayerWriter (encode, v3 only) and LayerFile (decode, every version).
-Feeds: reads (point lookups inside a block, whole blocks as EntryBatch).
-Owns: the two block layouts (FORMAT.md section 3):
+Fed by: LayerWriter (encode, the newest layout only) and LayerFile (decode,
+every version). Feeds: reads (point lookups inside a block, whole blocks as
+EntryBatch). Owns: the block layouts (FORMAT.md section 3):
 
 - rows (layer versions 1 and 2): entries back to back, each
   `key 18 | lsn u64 | kind u8 | data_len u32 | data`;
-- columns (version 3): `n u32 | keys 18n | lsns 8n (u64) | kinds n |
+- columns (versions 3 and 4): `n u32 | keys 18n | lsns 8n (u64) | kinds n |
   value_lens 4n (u32, each value's length) | values` (lengths, not offsets:
-  they repeat, so they compress).
+  they repeat, so they compress);
+- columns with LSN deltas (version 5): the same, but lsns holds the first
+  entry's LSN and then each entry's LSN minus the one before (i64): a key's
+  versions are close together, so the deltas compress (`lsn_deltas=True`).
 
 All integers big-endian. Decoders raise ValueError on malformed bytes (the
 caller names file, block and offset).
@@ -32,18 +35,29 @@ _RECORD = int(ValueKind.WAL_RECORD)  # the one kind that does not end a chain
 _LSN_MAX = (1 << 63) - 1
 
 
-def encode_columns(b: EntryBatch) -> bytes:
-    """A v3 block holding the rows of `b` (in order)."""
-    return encode_many_columns(b, [len(b)])[0]
+def encode_columns(b: EntryBatch, lsn_deltas: bool = True) -> bytes:
+    """A column block (version 5 with `lsn_deltas`, else 3) holding the rows of `b`
+    (in order)."""
+    return encode_many_columns(b, [len(b)], lsn_deltas)[0]
 
 
-def encode_many_columns(b: EntryBatch, ends: Sequence[int]) -> list[bytes]:
-    """The v3 blocks of rows [ends[i - 1], ends[i]) of `b` (the first from row 0),
-    each column converted once for them all (a flush writes ~1,500 blocks)."""
+def encode_many_columns(b: EntryBatch, ends: Sequence[int],
+                        lsn_deltas: bool = True) -> list[bytes]:
+    """The column blocks of rows [ends[i - 1], ends[i]) of `b` (the first from row 0),
+    each column converted once for them all (a flush writes ~1,500 blocks); with
+    `lsn_deltas` (version 5) each block's LSNs are its first and then differences."""
     values, vends = b.values_joined()
     voff = [0, *vends.tolist()]
     keys = memoryview(b.keys.tobytes())
-    lsns = memoryview(b.lsns.astype(">u8").tobytes())
+    col = b.lsns.astype(np.int64)
+    if lsn_deltas and len(col):
+        d = col.copy()
+        d[1:] -= col[:-1]
+        firsts = np.array([0, *ends[:-1]], dtype=np.int64)
+        firsts = firsts[firsts < len(col)]
+        d[firsts] = col[firsts]
+        col = d
+    lsns = memoryview(col.astype(">i8").tobytes())
     kinds = memoryview(b.kinds.tobytes())
     lens = memoryview(b.lengths.astype(">u4").tobytes())
     vals = memoryview(values)
@@ -58,15 +72,25 @@ def encode_many_columns(b: EntryBatch, ends: Sequence[int]) -> list[bytes]:
 
 
 def _column_offsets(n: int) -> tuple[int, int, int, int]:
-    """Offsets of lsns, kinds, value_lens and values in a v3 block of n entries."""
+    """Offsets of lsns, kinds, value_lens and values in a column block of n entries."""
     lo = 4 + KEY_SIZE * n
     ko = lo + 8 * n
     eo = ko + n
     return lo, ko, eo, eo + 4 * n
 
 
-def decode_columns(raw: bytes) -> EntryBatch:
-    """Raises: ValueError if `raw` is not a well-formed v3 block."""
+def _lsn_column(raw: bytes, offset: int, n: int, lsn_deltas: bool) -> np.ndarray:
+    """The first `n` LSNs of a column block's lsns column (at `offset`), as int64."""
+    col = np.frombuffer(raw, dtype=">i8" if lsn_deltas else ">u8", count=n,
+                        offset=offset).astype(np.int64)
+    if lsn_deltas:
+        np.cumsum(col, out=col)
+    return col
+
+
+def decode_columns(raw: bytes, lsn_deltas: bool) -> EntryBatch:
+    """A column block (version 5 with `lsn_deltas`, else 3 or 4) as a batch.
+    Raises: ValueError if `raw` is not a well-formed column block."""
     if len(raw) < 4:
         raise ValueError("block shorter than its entry count")
     (n,) = N_FIELD.unpack_from(raw, 0)
@@ -91,11 +115,10 @@ def decode_columns(raw: bytes) -> EntryBatch:
             raise ValueError(f"unknown value kind {int(kinds[i])}" if kinds[i] > _TOMBSTONE
                              else "tombstone with a payload")
     return EntryBatch(np.frombuffer(raw, dtype=KEY_DTYPE, count=n, offset=4),
-                      np.frombuffer(raw, dtype=">u8", count=n, offset=lo).astype(np.int64),
-                      kinds, ends - lens, ends, (raw,))
+                      _lsn_column(raw, lo, n, lsn_deltas), kinds, ends - lens, ends, (raw,))
 
 
-def decode_many_columns(raws: Sequence[bytes]) -> EntryBatch:
+def decode_many_columns(raws: Sequence[bytes], lsn_deltas: bool) -> EntryBatch:
     """The entries of several v3 blocks, in order, as one batch: what concatenating
     `decode_columns` of each gives, with a fixed number of numpy calls whatever
     the number of blocks (a scan reads ~8 pages per image block). The small
@@ -104,13 +127,13 @@ def decode_many_columns(raws: Sequence[bytes]) -> EntryBatch:
     Raises: ValueError if a block is malformed (`decode_columns` of that block
     names what is wrong)."""
     if len(raws) == 1:
-        return decode_columns(raws[0])
+        return decode_columns(raws[0], lsn_deltas)
     ns = [N_FIELD.unpack_from(r, 0)[0] if len(r) >= 4 else -1 for r in raws]
     cols: list[list[bytes]] = [[], [], [], []]
     for r, n in zip(raws, ns, strict=True):
         lo, ko, eo, vo = _column_offsets(n)
         if n < 0 or vo > len(r):
-            decode_columns(r)  # raises, naming what is wrong
+            decode_columns(r, lsn_deltas)  # raises, naming what is wrong
             raise ValueError("malformed block")
         cols[0].append(r[4:lo])
         cols[1].append(r[lo:ko])
@@ -119,7 +142,7 @@ def decode_many_columns(raws: Sequence[bytes]) -> EntryBatch:
     count = np.array(ns, dtype=np.int64)
     if not count.any():
         for r in raws:
-            decode_columns(r)  # empty blocks: bytes after one raise
+            decode_columns(r, lsn_deltas)  # empty blocks: bytes after one raise
         return EntryBatch.empty()
     lens = np.frombuffer(b"".join(cols[3]), dtype=">u4").astype(np.int64)
     kinds = np.frombuffer(b"".join(cols[2]), dtype=np.uint8)
@@ -141,17 +164,25 @@ def decode_many_columns(raws: Sequence[bytes]) -> EntryBatch:
         np.any((kinds > _TOMBSTONE) | ((kinds == _TOMBSTONE) & (lens != 0))))
     if bad_kind or np.any(used != sizes):
         for r in raws:
-            decode_columns(r)  # raises for the first bad block
+            decode_columns(r, lsn_deltas)  # raises for the first bad block
         raise ValueError("malformed block")
-    return EntryBatch(np.frombuffer(b"".join(cols[0]), dtype=KEY_DTYPE),
-                      np.frombuffer(b"".join(cols[1]), dtype=">u8").astype(np.int64),
+    lsns = np.frombuffer(b"".join(cols[1]), dtype=">i8" if lsn_deltas else ">u8").astype(
+        np.int64)
+    if lsn_deltas:  # running sums that start again at each block's first row
+        np.cumsum(lsns, out=lsns)
+        at = firsts[some]
+        restart = np.zeros(len(raws), dtype=np.int64)
+        restart[some] = np.where(at > 0, lsns[np.maximum(at - 1, 0)], 0)
+        lsns -= restart[which]
+    return EntryBatch(np.frombuffer(b"".join(cols[0]), dtype=KEY_DTYPE), lsns,
                       kinds, starts, ends, tuple(raws), which)
 
 
-def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> list[Entry]:
-    """Entries of `key` with lo <= lsn < hi in a v3 block, oldest first, decoding only
-    those rows (GetPage's hot path: one binary search, then plain bytes and struct).
-    Raises: ValueError if malformed."""
+def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
+                    lsn_deltas: bool) -> list[Entry]:
+    """Entries of `key` with lo <= lsn < hi in a column block, oldest first, decoding
+    only those rows (GetPage's hot path: one binary search, then plain bytes and
+    struct). Raises: ValueError if malformed."""
     (n,) = N_FIELD.unpack_from(raw, 0)
     lsn_off, ko, eo, vo = _column_offsets(n)
     if vo > len(raw):
@@ -165,10 +196,11 @@ def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> list[Entry]:
         b += 1
     start = vo + (int(np.frombuffer(raw, dtype=">u4", count=a, offset=eo).sum(dtype=np.int64))
                   if a else 0)
+    lsns = _lsn_column(raw, lsn_off, b, True).tolist() if lsn_deltas else None
     for j in range(a, b):
         (n_j,) = N_FIELD.unpack_from(raw, eo + 4 * j)
         end = start + n_j
-        (lsn,) = U64.unpack_from(raw, lsn_off + 8 * j)
+        lsn = lsns[j] if lsns is not None else U64.unpack_from(raw, lsn_off + 8 * j)[0]
         if end > len(raw):
             raise ValueError(f"value {j} runs outside the block")
         if lo <= lsn < hi:
@@ -177,8 +209,9 @@ def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> list[Entry]:
     return out
 
 
-def chain_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> tuple[list[Entry], bool]:
-    """The newest part of `key`'s chain in a v3 block: its entries with lo <= lsn < hi
+def chain_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
+                     lsn_deltas: bool) -> tuple[list[Entry], bool]:
+    """The newest part of `key`'s chain in a column block: its entries with lo <= lsn < hi
     from the newest chain end (image, will_init record, tombstone) on, oldest first,
     and whether a chain end is among them (False: every such entry, and older blocks
     or layers hold the rest). Only those rows are decoded: a key with thousands of
@@ -193,7 +226,8 @@ def chain_in_columns(raw: bytes, key: bytes, lo: int, hi: int) -> tuple[list[Ent
     if a == n or raw[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] != key:
         return [], False
     b = int(keys.searchsorted(key, side="right"))
-    lsns = np.frombuffer(raw, dtype=">u8", count=b - a, offset=lsn_off + 8 * a).astype(np.int64)
+    lsns = (_lsn_column(raw, lsn_off, b, True)[a:] if lsn_deltas else
+            np.frombuffer(raw, dtype=">u8", count=b - a, offset=lsn_off + 8 * a).astype(np.int64))
     sel = np.flatnonzero((lsns >= max(lo, 0)) & (lsns < min(hi, _LSN_MAX)))
     if not len(sel):
         return [], False

@@ -46,9 +46,10 @@ from strata.storage.values import Entry, ValueKind, ends_chain
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
-FORMAT_VERSION = 4
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 COLUMN_VERSION = 3  # first version whose blocks are column-wise
+LSN_DELTA_VERSION = 5  # first version whose blocks keep LSNs as differences
 # max_key_entries is a u32; a longer run is recorded as this (still an upper bound
 # for the image trigger's purpose: it only has to exceed a threshold).
 MAX_KEY_ENTRIES_CAP = 0xFFFFFFFF
@@ -152,6 +153,7 @@ class LayerFile:
                 or blocks.total_entries() != nentries):
             raise self._fail(index_off, "index does not account for every block byte/entry")
         self.version = version
+        self._lsn_deltas = version >= LSN_DELTA_VERSION
         # v1 has no such field (reserved, 0): unknown until counted on demand
         self._max_key_entries: int | None = mke if version >= 2 else None
         self.blocks = blocks
@@ -207,7 +209,8 @@ class LayerFile:
             b = self.blocks[i]
         raw = self._raw_block(i, b)
         try:
-            batch = decode_columns(raw) if self.version >= COLUMN_VERSION else decode_rows(raw)
+            batch = (decode_columns(raw, self._lsn_deltas) if self.version >= COLUMN_VERSION
+                     else decode_rows(raw))
         except ValueError as e:
             raise self._fail(b.offset, f"block {i} undecodable: {e}") from e
         if len(batch) != b.entries:
@@ -236,7 +239,7 @@ class LayerFile:
             raw = self._raw_block(k)
             try:
                 if self.version >= COLUMN_VERSION:
-                    part, ended = chain_in_columns(raw, key, lo, hi)
+                    part, ended = chain_in_columns(raw, key, lo, hi, self._lsn_deltas)
                 else:
                     part = find_in_rows(raw, key, lo, hi)
                     cut = [x for x, e in enumerate(part) if ends_chain(e.value)]
@@ -253,7 +256,7 @@ class LayerFile:
         raw = self._raw_block(i)
         try:
             if self.version >= COLUMN_VERSION:
-                return find_in_columns(raw, key, lo, hi)
+                return find_in_columns(raw, key, lo, hi, self._lsn_deltas)
             return find_in_rows(raw, key, lo, hi)
         except (struct.error, ValueError) as e:
             raise self._fail(self.blocks[i].offset, f"block {i} undecodable: {e}") from e
@@ -293,7 +296,7 @@ class LayerFile:
         """Consecutive v3+ blocks (index, info) as one batch. Raises: CorruptionError."""
         raws = [self._raw_block(i, b) for i, b in run]
         try:
-            batch = decode_many_columns(raws)
+            batch = decode_many_columns(raws, self._lsn_deltas)
             if len(batch) == sum(b.entries for _, b in run):
                 return batch
         except ValueError:

@@ -15,7 +15,7 @@ from strata.errors import CorruptionError
 from strata.key import KEY_SIZE, Key
 from strata.lsn import Lsn
 from strata.storage.blockindex import BOUNDS_VERSION, index_entry
-from strata.storage.layerfile import COLUMN_VERSION, FOOTER, HEADER, LayerFile
+from strata.storage.layerfile import COLUMN_VERSION, FOOTER, HEADER, LSN_DELTA_VERSION, LayerFile
 from strata.storage.manifest import Level, Manifest, load_manifest
 from strata.storage.naming import TMP_SUFFIX, is_layer_filename
 from strata.storage.values import PageImage, Tombstone, WalRecord
@@ -134,7 +134,8 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
                    + (f", LSNs {Lsn(b.min_lsn)}..{Lsn(b.max_lsn)}"
                       if f.version >= BOUNDS_VERSION else ""))
             if f.version >= COLUMN_VERSION:
-                yield "  columns     " + column_layout(b.entries, b.raw_len)
+                yield "  columns     " + column_layout(b.entries, b.raw_len,
+                                                       f.version >= LSN_DELTA_VERSION)
             for e in f.read_block(i):
                 if max_entries is not None and shown >= max_entries:
                     continue
@@ -150,9 +151,11 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
         f.close()
 
 
-def column_layout(n: int, raw_len: int) -> str:
-    """Where each column of a v3 block of `n` entries starts (and its length)."""
-    parts = [("n", 0, 4), ("keys", 4, KEY_SIZE * n), ("lsns", 4 + KEY_SIZE * n, 8 * n)]
+def column_layout(n: int, raw_len: int, lsn_deltas: bool = False) -> str:
+    """Where each column of a column block of `n` entries starts (and its length);
+    `lsn_deltas`: version 5, whose lsns column holds differences."""
+    parts = [("n", 0, 4), ("keys", 4, KEY_SIZE * n),
+             ("lsn_deltas" if lsn_deltas else "lsns", 4 + KEY_SIZE * n, 8 * n)]
     parts += [("kinds", parts[-1][1] + 8 * n, n)]
     parts += [("value_lens", parts[-1][1] + n, 4 * n)]
     vo = parts[-1][1] + 4 * n
