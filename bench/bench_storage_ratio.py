@@ -137,7 +137,7 @@ def what_is_stored(d: Path) -> None:
                         record_copies[h] += 1
                         record_bytes[h] = n
                         if e.key[0] == KeyKind.REL_BLOCK:
-                            lsn, end, raw = decode_delta(data)
+                            lsn, end, raw = decode_delta(data, e.lsn)
                             try:
                                 fpi_in_records += decode_record(raw, lsn, end).fpi_len
                             except WalDecodeError:  # stored without what redo never reads

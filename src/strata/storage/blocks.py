@@ -196,11 +196,12 @@ def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
         b += 1
     start = vo + (int(np.frombuffer(raw, dtype=">u4", count=a, offset=eo).sum(dtype=np.int64))
                   if a else 0)
-    lsns = _lsn_column(raw, lsn_off, b, True).tolist() if lsn_deltas else None
+    # the key's rows' LSNs (differences: summed over the rows before them too)
+    lsns = _lsn_column(raw, lsn_off, b, True)[a:].tolist() if lsn_deltas else None
     for j in range(a, b):
         (n_j,) = N_FIELD.unpack_from(raw, eo + 4 * j)
         end = start + n_j
-        lsn = lsns[j] if lsns is not None else U64.unpack_from(raw, lsn_off + 8 * j)[0]
+        lsn = lsns[j - a] if lsns is not None else U64.unpack_from(raw, lsn_off + 8 * j)[0]
         if end > len(raw):
             raise ValueError(f"value {j} runs outside the block")
         if lo <= lsn < hi:
