@@ -145,7 +145,8 @@ class Reconstructor:
             None if batch.buf is None else np.ascontiguousarray(batch.buf, np.uint32),
             np.ascontiguousarray(batch.starts, i64), np.ascontiguousarray(batch.ends, i64),
             np.ascontiguousarray(batch.kinds, np.uint8), np.ascontiguousarray(batch.keys),
-            np.ascontiguousarray(batch.lsns, i64), np.ascontiguousarray(first, i64), np.ascontiguousarray(stop, i64),
+            np.ascontiguousarray(batch.lsns, i64),
+            np.ascontiguousarray(first, i64), np.ascontiguousarray(stop, i64),
             np.ascontiguousarray(slots, i64), done,
             None if base is None else np.ascontiguousarray(base, i64))
         if width == BLCKSZ:
