@@ -29,7 +29,6 @@ from strata.storage.batch import KEY_DTYPE, KEY_ORDER, BatchBuilder, EntryBatch
 from strata.storage.values import ENTRY_HEADER, Entry, ValueKind, make_value
 
 N_FIELD = struct.Struct(">I")
-U64 = struct.Struct(">Q")
 _TOMBSTONE = int(ValueKind.TOMBSTONE)  # (an IntEnum attribute costs a lookup per use)
 _RECORD = int(ValueKind.WAL_RECORD)  # the one kind that does not end a chain
 _LSN_MAX = (1 << 63) - 1
@@ -79,13 +78,15 @@ def _column_offsets(n: int) -> tuple[int, int, int, int]:
     return lo, ko, eo, eo + 4 * n
 
 
-def _lsn_column(raw: bytes, offset: int, n: int, lsn_deltas: bool) -> np.ndarray:
-    """The first `n` LSNs of a column block's lsns column (at `offset`), as int64."""
-    col = np.frombuffer(raw, dtype=">i8" if lsn_deltas else ">u8", count=n,
-                        offset=offset).astype(np.int64)
-    if lsn_deltas:
-        np.cumsum(col, out=col)
-    return col
+def _row_lsns(raw: bytes, offset: int, a: int, b: int, lsn_deltas: bool) -> np.ndarray:
+    """The LSNs of rows [a, b) of a column block whose lsns column is at `offset`, as
+    int64 (differences, version 5: summed over every row from the first)."""
+    if not lsn_deltas:
+        return np.frombuffer(raw, dtype=">u8", count=b - a, offset=offset + 8 * a).astype(
+            np.int64)
+    col = np.frombuffer(raw, dtype=">i8", count=b, offset=offset).astype(np.int64)
+    np.cumsum(col, out=col)
+    return col[a:]
 
 
 def decode_columns(raw: bytes, lsn_deltas: bool) -> EntryBatch:
@@ -115,11 +116,11 @@ def decode_columns(raw: bytes, lsn_deltas: bool) -> EntryBatch:
             raise ValueError(f"unknown value kind {int(kinds[i])}" if kinds[i] > _TOMBSTONE
                              else "tombstone with a payload")
     return EntryBatch(np.frombuffer(raw, dtype=KEY_DTYPE, count=n, offset=4),
-                      _lsn_column(raw, lo, n, lsn_deltas), kinds, ends - lens, ends, (raw,))
+                      _row_lsns(raw, lo, 0, n, lsn_deltas), kinds, ends - lens, ends, (raw,))
 
 
 def decode_many_columns(raws: Sequence[bytes], lsn_deltas: bool) -> EntryBatch:
-    """The entries of several v3 blocks, in order, as one batch: what concatenating
+    """The entries of several column blocks, in order, as one batch: what concatenating
     `decode_columns` of each gives, with a fixed number of numpy calls whatever
     the number of blocks (a scan reads ~8 pages per image block). The small
     columns (31 bytes an entry) are joined; the values stay in their blocks.
@@ -196,12 +197,11 @@ def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
         b += 1
     start = vo + (int(np.frombuffer(raw, dtype=">u4", count=a, offset=eo).sum(dtype=np.int64))
                   if a else 0)
-    # the key's rows' LSNs (differences: summed over the rows before them too)
-    lsns = _lsn_column(raw, lsn_off, b, True)[a:].tolist() if lsn_deltas else None
+    lsns = _row_lsns(raw, lsn_off, a, b, lsn_deltas).tolist()
     for j in range(a, b):
         (n_j,) = N_FIELD.unpack_from(raw, eo + 4 * j)
         end = start + n_j
-        lsn = lsns[j - a] if lsns is not None else U64.unpack_from(raw, lsn_off + 8 * j)[0]
+        lsn = lsns[j - a]
         if end > len(raw):
             raise ValueError(f"value {j} runs outside the block")
         if lo <= lsn < hi:
@@ -227,8 +227,7 @@ def chain_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
     if a == n or raw[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] != key:
         return [], False
     b = int(keys.searchsorted(key, side="right"))
-    lsns = (_lsn_column(raw, lsn_off, b, True)[a:] if lsn_deltas else
-            np.frombuffer(raw, dtype=">u8", count=b - a, offset=lsn_off + 8 * a).astype(np.int64))
+    lsns = _row_lsns(raw, lsn_off, a, b, lsn_deltas)
     sel = np.flatnonzero((lsns >= max(lo, 0)) & (lsns < min(hi, _LSN_MAX)))
     if not len(sel):
         return [], False
