@@ -2,7 +2,7 @@
 pg_receivewal streaming, and with `strata up --source` attached.
 
 Usage: python bench/bench_primary_tps.py [--scale 10] [--seconds 20] [--rounds 3]
-       [--json out.json]
+       [--settle 600] [--json out.json]
 
 One scratch primary (the settings `strata up --source` asks of a primary:
 wal_level replica, a replication slot per consumer), pgbench -i at `--scale`,
@@ -16,6 +16,17 @@ alternated so the machine's noise spreads over all three:
 * strata: `strata up --source` (ingest, maintenance and proxy services)
   attached from the start (its attach and import are not timed); stopped
   between its runs and resumed from its slot, as a restart would.
+
+Settling: while strata is stopped (the other two runs of a round), its slot
+keeps their WAL, so each strata run starts with two runs' worth of WAL to
+ingest and, behind it, to compact and image: three runs' background work in
+one run's window, which a consumer attached all along never has. So before
+its timed run strata catches up (ingest, then maintenance idle: its process
+under 0.02 CPU-s a second for two seconds, at most `--settle` seconds), and
+after it, the same again: the CPU per transaction counts everything strata
+spends on the window's WAL, the window's own background work and the work it
+left behind (`--settle 0`: no settling, the run as before the twenty-second
+session).
 
 Reported: median TPS of each, the ratio to "alone", and the CPU-s per
 transaction of the consumer's own processes. Issue 10's goal: strata >= 0.90.
@@ -82,16 +93,35 @@ def with_receivewal(c: Cluster, base: Path, seconds: int) -> tuple[float, float]
     return tps, cpu / max(1, txns)
 
 
-def with_strata(c: Cluster, base: Path, seconds: int, profile: Path | None = None
-                ) -> tuple[float, float, dict[str, float]]:
+def settle(s: Strata, timeout: float) -> float:
+    """Seconds until strata's maintenance process is idle (under 0.02 CPU-s in each
+    of two one-second looks), at most `timeout`."""
+    t0 = time.monotonic()
+    quiet = 0
+    last = cpu_snapshot(s.proc.pid)
+    while quiet < 2 and time.monotonic() - t0 < timeout:
+        time.sleep(1.0)
+        now = cpu_snapshot(s.proc.pid)
+        busy = sum(cpu - last.get(pid, (name, 0.0))[1]
+                   for pid, (name, cpu) in now.items() if name == "maintenance")
+        quiet = quiet + 1 if busy < 0.02 else 0
+        last = now
+    return time.monotonic() - t0
+
+
+def with_strata(c: Cluster, base: Path, seconds: int, profile: Path | None = None,
+                settle_s: float = 0.0) -> tuple[float, float, dict[str, float]]:
     """TPS, strata's CPU-s per transaction, and that split per service (ingest,
     maintenance, proxy, daemon...). With `profile`, py-spy records each service
-    (speedscope files `<profile>-<service>.json`) over the run."""
+    (speedscope files `<profile>-<service>.json`) over the run. `settle_s`: wait
+    (at most that long) for maintenance to be idle before the run and after it."""
     s = Strata(base, c.dsn())
     spies: list[subprocess.Popen[bytes]] = []
     try:
         s.wait_ready()
         s.wait_ingested(wal_lsn(c))
+        if settle_s:
+            print(f"  settled before in {settle(s, settle_s):.0f} s", flush=True)
         before = cpu_snapshot(s.proc.pid)
         if profile is not None:
             for pid, (name, _cpu) in before.items():
@@ -101,6 +131,8 @@ def with_strata(c: Cluster, base: Path, seconds: int, profile: Path | None = Non
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         tps, txns = run_tpcb(c, seconds)
         s.wait_ingested(wal_lsn(c))
+        if settle_s:
+            print(f"  settled after in {settle(s, settle_s):.0f} s", flush=True)
         after = cpu_snapshot(s.proc.pid)
         for spy in spies:
             spy.wait(60)
@@ -118,6 +150,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--settle", type=float, default=600,
+                    help="seconds to wait at most for strata's maintenance to be idle before "
+                         "and after its timed run (0: no settling)")
     ap.add_argument("--profile", type=Path,
                     help="py-spy each strata service in the last round (files PROFILE-<service>-<pid>.json)")
     args = ap.parse_args()
@@ -127,7 +162,7 @@ def main() -> int:
                        "max_replication_slots": 10})
     c.start()
     res: dict[str, Any] = {"load_start": os.getloadavg(), "scale": args.scale,
-                           "seconds": args.seconds, "rounds": []}
+                           "seconds": args.seconds, "settle": args.settle, "rounds": []}
     try:
         pgbench(c, c.port, "-i", "-q", "-s", str(args.scale))
         c.sql("SELECT pg_create_physical_replication_slot('bench_rx')")
@@ -139,7 +174,8 @@ def main() -> int:
             alone, _ = run_tpcb(c, args.seconds)
             rx, rx_cpu = with_receivewal(c, base, args.seconds)
             st, st_cpu, per = with_strata(
-                c, base, args.seconds, args.profile if i == args.rounds - 1 else None)
+                c, base, args.seconds, args.profile if i == args.rounds - 1 else None,
+                args.settle)
             res["rounds"].append({"alone": alone, "receivewal": rx, "receivewal_cpu_per_txn": rx_cpu,
                                   "strata": st, "strata_cpu_per_txn": st_cpu,
                                   "strata_cpu_per_txn_by_service": per,

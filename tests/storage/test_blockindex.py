@@ -107,3 +107,30 @@ def test_out_of_range_and_torn_indexes_are_refused() -> None:
         idx[3]
     with pytest.raises(ValueError, match="whole records"):
         BlockIndex(raw[:-1])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_key_run_bound_is_never_below_a_keys_entries_in_the_blocks(seed: int) -> None:
+    """Sorted keys with repeats cut into blocks of random sizes (a key's entries
+    straddle blocks, some blocks hold one key alone): over any range of blocks, the
+    bound is at least every key's entries there, and exactly the most entries of the
+    blocks any one key touches (what the index can know)."""
+    rnd = random.Random(seed)
+    pool = sorted({_key(rnd) for _ in range(rnd.randint(1, 8))})
+    rows = sorted(rnd.choices(pool, k=rnd.randint(1, 300)))
+    blocks: list[list[bytes]] = []
+    i = 0
+    while i < len(rows):
+        n = rnd.choice([1, 2, 5, 40])
+        blocks.append(rows[i:i + n])
+        i += n
+    raw = b"".join(INDEX_ENTRY.pack(0, 1, 1, len(b), 0, b[0], 0, b[-1], 0, 0, 0) for b in blocks)
+    index = BlockIndex(raw)
+    for _ in range(20):
+        a = rnd.randint(0, len(blocks))
+        z = rnd.randint(a, len(blocks))
+        got = index.key_run_bound(range(a, z))
+        here = [k for b in blocks[a:z] for k in b]
+        assert got >= max((here.count(k) for k in set(here)), default=0)
+        assert got == max((sum(len(b) for b in blocks[a:z] if k in b) for k in set(here)),
+                          default=0)

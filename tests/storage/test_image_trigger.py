@@ -448,6 +448,63 @@ def test_maxima_of_different_keys_do_not_add_up_to_an_image(store_dir: Path) -> 
         assert ps.get_page(rk(2), lsn) == m.get(rk(2), lsn)
 
 
+def test_a_partition_away_from_the_hot_key_is_bounded_by_the_block_index(
+        store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header's maximum is the hot key's 600 records, but the cold keys' blocks
+    hold a few entries each: over a range of cold keys the index bounds every chain
+    below the threshold, so that range is not due and no block is read to count it;
+    over the hot key's range the exact count still runs and images it."""
+    m = Model()
+    cfg = dataclasses.replace(BIG, block_bytes=512)
+    with PageStore.open(store_dir, append_redo, cfg, background=False) as ps:
+        lsn = put_hot_and_cold(ps, m, 0, hot=600, cold=2, cold_keys=60)
+        ps.flush()
+        lm = ps.store.view().layer_map
+        (d,) = lm.deltas
+        assert d.file.max_key_entries() == 600
+        cold = (rk(1).to_bytes(), rk(61).to_bytes())
+        assert images_mod.chain_bound(lm.deltas, 512, *cold) < 64
+        assert images_mod.chain_bound(lm.deltas, 512, HOT.to_bytes(), rk(1).to_bytes()) > 512
+        rule = images_mod.ImageRule(layers=3, records=512, bytes_ratio=1.0, cap=12)
+
+        def no_count(*args: object) -> int:
+            raise AssertionError("counted exactly")
+
+        with monkeypatch.context() as mp:
+            mp.setattr(images_mod, "longest_chain", no_count)
+            assert not images_mod.images_due(lm, *cold, -1, lsn, rule)
+        assert images_mod.images_due(lm, HOT.to_bytes(), rk(1).to_bytes(), -1, lsn, rule)
+        assert ps.create_image_layers()
+        assert ps.get_page(HOT, lsn) == m.get(HOT, lsn)
+
+
+def test_more_layers_than_the_cap_are_due_without_an_exact_count(
+        store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog of layers above the floor, each with a hot key's 200 records (the
+    bound says "maybe" to rule 1): rule 3 says "due" from the layers' number alone,
+    so no layer is read to count chains, and the images it makes read the same."""
+    m = Model()
+    cfg = dataclasses.replace(BIG, image_layer_cap=4)
+    with PageStore.open(store_dir, append_redo, cfg, background=False) as ps:
+        lsn = 0
+        for _ in range(5):
+            lsn = put_hot_and_cold(ps, m, lsn, hot=200, cold=1)
+            ps.flush()
+        lm = ps.store.view().layer_map
+        assert len(lm.deltas) == 5
+        whole = (b"", b"\xff" * 19)
+        assert images_mod.chain_bound(lm.deltas, 512, *whole) > 512
+
+        def no_count(*args: object) -> int:
+            raise AssertionError("counted exactly")
+
+        with monkeypatch.context() as mp:
+            mp.setattr(images_mod, "longest_chain", no_count)
+            assert ps.create_image_layers()
+        for k in [HOT, rk(1), rk(8)]:
+            assert ps.get_page(k, lsn) == m.get(k, lsn)
+
+
 def test_a_chain_an_image_ends_in_a_newer_layer_does_not_count(store_dir: Path) -> None:
     m = Model()
     with PageStore.open(store_dir, append_redo, BIG, background=False) as ps:
@@ -498,9 +555,9 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) 
         layers.append(Layer(LayerEntry(name, Level.L0, f.size), f))
         every += entries
 
-    def replay_count(floor: int, at: int) -> int:
+    def replay_count(floor: int, at: int, lo: int = 0, hi: int = 7) -> int:
         want = 0
-        for k in keys:
+        for k in keys[lo:hi]:
             chain = 0
             for e in sorted((e for e in every if e.key == k.to_bytes() and floor < e.lsn <= at),
                             key=lambda e: e.lsn, reverse=True):
@@ -517,11 +574,16 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) 
         # several counts over the same layers: later ones take the layers they hold
         # whole from the cache of earlier counts (`images._TAILS`), and still agree
         cached = len(images_mod._TAILS._held)
-        for _ in range(6):
-            floor = rnd.randint(-1, lsn // 2)
-            at = rnd.choice([lsn, rnd.randint(max(floor, 0), lsn)])
+        for i in range(6):  # the first over every LSN: every layer is taken whole
+            floor = -1 if i == 0 else rnd.randint(-1, lsn // 2)
+            at = lsn if i == 0 else rnd.choice([lsn, rnd.randint(max(floor, 0), lsn)])
             got = images_mod.longest_chain(layers, rk(0).to_bytes(), rk(7).to_bytes(), floor, at)
             assert got == replay_count(floor, at)
+            # a partition of the keys: the layers' tails held whole, sliced to it
+            lo = rnd.randint(0, len(keys) - 1)
+            hi = rnd.randint(lo + 1, len(keys))
+            got = images_mod.longest_chain(layers, rk(lo).to_bytes(), rk(hi).to_bytes(), floor, at)
+            assert got == replay_count(floor, at, lo, hi)
         assert len(images_mod._TAILS._held) > cached
     finally:
         for la in layers:

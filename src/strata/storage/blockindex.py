@@ -132,6 +132,32 @@ class BlockIndex:
     def total_entries(self) -> int:
         return int(self._rec["entries"].astype(np.int64).sum())
 
+    def key_run_bound(self, blocks: range) -> int:
+        """An upper bound of the entries any one key has in `blocks` (a range from
+        `overlapping`), from the index alone: a key's entries are consecutive, so
+        they lie in one block, or straddle blocks whose boundary keys are that key
+        (every block in between holds it alone: first key == last key). The bound
+        sums the entry counts of each such run of blocks (FORMAT.md section 7a)."""
+        if not blocks:
+            return 0
+        sl = slice(blocks.start, blocks.stop)
+        w = self._rec["entries"][sl].astype(np.int64)
+        first, last = self._first[sl], self._last[sl]
+        # link[i]: block i starts with the key block i - 1 ends with
+        link = np.zeros(len(w), dtype=bool)
+        link[1:] = first[1:] == last[:-1]
+        # back[j]: the entries of the key ending block j, in j and the blocks before it
+        # (j holds that key alone and it came from j - 1: the run goes on back; a
+        # cumulative sum restarted wherever it does not)
+        grows = link & (first == last)
+        total = np.cumsum(w)
+        restart = np.maximum.accumulate(np.where(grows, 0, np.arange(len(w))))
+        back = total - total[restart] + w[restart]
+        # the key starting block i: its entries in i, plus back[i - 1] if it came from there
+        through = w.copy()
+        through[1:] += np.where(link[1:], back[:-1], 0)
+        return int(through.max())
+
     def comp_bytes(self, blocks: range) -> int:
         """Compressed bytes of `blocks` (a range from `overlapping`)."""
         return int(self._rec["comp_len"][blocks.start:blocks.stop].astype(np.int64).sum())

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from strata.errors import LsnOutOfRangeError, RedoError, UnsupportedRecordError
-from strata.key import Key
+from strata.key import KEY_SIZE, Key
 from strata.lsn import Lsn
 from strata.storage import commit
-from strata.storage.batch import KEY_ORDER, BatchBuilder, EntryBatch, key_order
+from strata.storage.batch import KEY_ORDER, LSN_LIMIT, BatchBuilder, EntryBatch, key_order
 from strata.storage.layermap import Layer, LayerMap, ReadStats, covers
 from strata.storage.layerwriter import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
@@ -148,7 +148,7 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
     overlap it and hold LSNs in (floor, at]. Images are due when
 
     1. some key has more than `rule.records` deltas there to replay (`chain_bound`
-       from the layer headers; only when it says so, `longest_chain` counts
+       from the layer headers and block indexes; only when it says so, `longest_chain` counts
        exactly, reading the keys and kinds of those layers' blocks), or
     2. more than `rule.layers` delta layers are there and their blocks in the
        partition (a layer straddling the floor: its share above it) hold at
@@ -158,35 +158,44 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
     3. more than `rule.cap` delta layers are there (a read's fan-in stays bounded
        however small the deltas are).
 
-    Rules 2 and 3 read the layers' block indexes only (`block_bytes`)."""
+    Rules 2 and 3 read the layers' block indexes only (`block_bytes`), so they are
+    checked first: rule 1's exact count runs only when neither says so (with a
+    backlog of layers above the floor it read every one of them whole, in every
+    partition, to reach the answer rule 3 gives from their number)."""
     above = [d for d in lm.deltas
              if d.name.key_start < end and start < d.name.key_end
              and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
-    if (chain_bound(above, rule.records) > rule.records
+    if len(above) > rule.layers:
+        if rule.bytes_ratio <= 0 or 0 < rule.cap < len(above):
+            log.debug("images due: %d layers above the floor %d", len(above), floor)
+            return True
+        image_bytes = newest_image_bytes(lm, start, end, at)
+        delta_bytes = sum(block_bytes(d, start, end) * _share_above(d, floor) for d in above)
+        if delta_bytes >= rule.bytes_ratio * image_bytes:
+            log.debug("images due: %d delta bytes, %d image bytes", delta_bytes, image_bytes)
+            return True
+    if (chain_bound(above, rule.records, start, end) > rule.records
             and longest_chain(above, start, end, floor, at) > rule.records):
         log.debug("images due: a chain of more than %d deltas", rule.records)
-        return True
-    if len(above) <= rule.layers:
-        return False
-    if rule.bytes_ratio <= 0 or 0 < rule.cap < len(above):
-        log.debug("images due: %d layers above the floor %d", len(above), floor)
-        return True
-    image_bytes = newest_image_bytes(lm, start, end, at)
-    delta_bytes = sum(block_bytes(d, start, end) * _share_above(d, floor) for d in above)
-    if delta_bytes >= rule.bytes_ratio * image_bytes:
-        log.debug("images due: %d delta bytes, %d image bytes", delta_bytes, image_bytes)
         return True
     return False
 
 
-def chain_bound(deltas: list[Layer], limit: int) -> int:
-    """Upper bound of any key's delta entries in `deltas` (sum of each layer's
-    max_key_entries); stops once past `limit`, so old (v1) layers, which count on
-    first use, are only read when needed."""
+def chain_bound(deltas: list[Layer], limit: int, start: bytes, end: bytes) -> int:
+    """Upper bound of any key of [start, end)'s delta entries in `deltas`: the sum,
+    over the layers, of the smaller of its header's max_key_entries (the whole file's
+    longest run) and its block index's bound for the blocks in the range
+    (`BlockIndex.key_run_bound`: a partition of full-page images, far from the hot
+    pages that set the header's maximum, bounds low without a block read). Stops once
+    past `limit`, so old (v1) layers, whose header maximum is counted on first use by
+    reading every block, are only counted when their index bound is not enough."""
     total = 0
-    # header-only (v2) layers first: a v1 layer is counted by reading its blocks
     for d in sorted(deltas, key=lambda d: d.file.version < 2):
-        total += d.file.max_key_entries()
+        f = d.file
+        n = f.blocks.key_run_bound(f.blocks_in(start, end))
+        if f.version >= 2 or total + n > limit:
+            n = min(n, f.max_key_entries())
+        total += n
         if total > limit:
             break
     return total
@@ -248,11 +257,15 @@ def _chain_tails(keys: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 class _TailCache:
-    """`_chain_tails` of a delta layer's entries in a key range, for the layers a
-    count takes whole (every entry above the floor and at or below the LSN): a
-    layer file is immutable (`LayerFile.identity` names the file), so maintenance
-    reads each one once per partition instead of on every cycle. Bounded: at most
-    `ROWS` keys held, least recently used dropped first."""
+    """`_chain_tails` of all keys of a delta layer, of its entries in an LSN range
+    (all of them when a count takes the layer whole; those above the floor of a
+    layer straddling it): a layer file is immutable (`LayerFile.identity` names
+    the file), so maintenance reads each one once per range, whatever partitions
+    it is counted in (tails are per key: a partition's are a slice of them;
+    partitions change with every compaction's cuts, and a cache per partition,
+    which also left straddling layers out, read the older layers again and
+    again). Bounded: at most `ROWS` keys held, least recently used dropped
+    first."""
 
     ROWS = 1 << 20  # ~27 MB (18-byte key, 8-byte tail, 1-byte flag per row)
 
@@ -284,25 +297,36 @@ _TAILS = _TailCache()
 
 def _layer_tails(d: Layer, start: bytes, end: bytes, floor: int, at: int
                  ) -> tuple[np.ndarray, ...]:
-    """`_chain_tails` of delta layer `d`'s entries in [start, end) and (floor, at]
-    (from `_TAILS` when the layer lies wholly in that LSN range)."""
-    whole = d.name.lsn_start > floor and d.name.lsn_end <= at + 1
-    key = (d.file.identity, start, end)
-    if whole and (hit := _TAILS.get(key)) is not None:
-        return hit
+    """`_chain_tails` of delta layer `d`'s entries in [start, end) and (floor, at]:
+    a slice of those of all its keys in that LSN range, from `_TAILS` (a layer
+    straddling the floor, as a compaction's L1 over L0s from both sides of an
+    image does, is held per floor: partitions imaged together share one)."""
+    lo = floor + 1 if floor >= d.name.lsn_start else 0
+    hi = at + 1 if at + 1 < d.name.lsn_end else LSN_LIMIT
+    key = (d.file.identity, lo, hi)
+    tails = _TAILS.get(key)
+    if tails is None:
+        tails = _read_tails(d, b"", _PAST_EVERY_KEY, lo, hi)
+        _TAILS.put(key, tails)
+    keys = tails[0]
+    a, b = np.searchsorted(keys, start, "left"), np.searchsorted(keys, end, "left")
+    return tuple(t[a:b] for t in tails)
+
+
+_PAST_EVERY_KEY = b"\xff" * (KEY_SIZE + 1)
+
+
+def _read_tails(d: Layer, start: bytes, end: bytes, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+    """`_chain_tails` of delta layer `d`'s entries with start <= key < end and
+    lo <= lsn < hi, read from its blocks."""
     ks, kinds = [], []
     for i in d.file.blocks_in(start, end):
-        b = d.file.block_batch(i).select(start, end, floor + 1, at + 1)
+        b = d.file.block_batch(i).select(start, end, lo, hi)
         ks.append(np.array(b.order_keys))
         kinds.append(np.array(b.kinds))
     if ks and sum(map(len, ks)):
-        tails = _chain_tails(np.concatenate(ks), np.concatenate(kinds))
-    else:
-        tails = (np.empty(0, dtype=KEY_ORDER), np.empty(0, dtype=np.int64),
-                 np.empty(0, dtype=bool))
-    if whole:
-        _TAILS.put(key, tails)
-    return tails
+        return _chain_tails(np.concatenate(ks), np.concatenate(kinds))
+    return (np.empty(0, dtype=KEY_ORDER), np.empty(0, dtype=np.int64), np.empty(0, dtype=bool))
 
 
 def longest_chain(above: list[Layer], start: bytes, end: bytes, floor: int, at: int) -> int:
