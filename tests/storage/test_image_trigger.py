@@ -523,10 +523,12 @@ def test_a_chain_an_image_ends_in_a_newer_layer_does_not_count(store_dir: Path) 
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) -> None:
+def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Random layers (kinds, keys, LSN windows); the count equals, per key, the
     entries in (floor, at] from its newest image/tombstone (excluded) or will_init
-    record (included) on, maximised over keys."""
+    record (included) on, maximised over keys. Layers are read in windows of a few
+    blocks, so keys straddle windows."""
     import random
 
     from strata.storage.layermap import Layer
@@ -534,6 +536,7 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int) 
     from strata.storage.values import TOMBSTONE
 
     rnd = random.Random(seed)
+    monkeypatch.setattr(images_mod, "_TAIL_WINDOW_BLOCKS", rnd.choice([1, 2, 3, 64]))
     keys = [rk(i) for i in range(rnd.randint(1, 6))]
     per_layer = rnd.randint(1, 5)
     layers, every = [], []

@@ -316,12 +316,22 @@ def _layer_tails(d: Layer, start: bytes, end: bytes, floor: int, at: int
 _PAST_EVERY_KEY = b"\xff" * (KEY_SIZE + 1)
 
 
+_TAIL_WINDOW_BLOCKS = 64  # blocks decoded together (~4 MiB of entries at 64 KiB blocks)
+
+
 def _read_tails(d: Layer, start: bytes, end: bytes, lo: int, hi: int) -> tuple[np.ndarray, ...]:
     """`_chain_tails` of delta layer `d`'s entries with start <= key < end and
-    lo <= lsn < hi, read from its blocks."""
+    lo <= lsn < hi, read from its blocks in windows of `_TAIL_WINDOW_BLOCKS`
+    (`LayerFile.batch_range`: a window's blocks decoded together, blocks without
+    an LSN in [lo, hi) not read; a key straddling two windows is cut between
+    them by key, so no entry is taken twice)."""
+    f = d.file
+    blocks = f.blocks_in(start, end)
+    cuts = [start, *(f.blocks[i].first_key for i in blocks[_TAIL_WINDOW_BLOCKS::_TAIL_WINDOW_BLOCKS]),
+            end]
     ks, kinds = [], []
-    for i in d.file.blocks_in(start, end):
-        b = d.file.block_batch(i).select(start, end, lo, hi)
+    for a, z in itertools.pairwise(cuts):
+        b = f.batch_range(a, z, lo, hi)
         ks.append(np.array(b.order_keys))
         kinds.append(np.array(b.kinds))
     if ks and sum(map(len, ks)):
