@@ -56,6 +56,15 @@ def put_hot_and_cold(ps: PageStore, model: Model, lsn: int, hot: int, cold: int,
     return lsn
 
 
+def hot_layers(ps: PageStore, model: Model, layers: int, hot: int, cold: int) -> int:
+    """`layers` flushed layers of `put_hot_and_cold`; returns the last LSN."""
+    lsn = 0
+    for _ in range(layers):
+        lsn = put_hot_and_cold(ps, model, lsn, hot=hot, cold=cold)
+        ps.flush()
+    return lsn
+
+
 def deltas_applied_by_get(ps: PageStore, key: Key, lsn: int) -> tuple[bytes | None, int]:
     before = ps.metrics().deltas_applied
     v = ps.get_page(key, lsn)
@@ -119,10 +128,7 @@ def test_chain_spread_over_layers_is_summed_so_it_still_triggers(store_dir: Path
     layer count (3) does not pass 3, the sum does."""
     m = Model()
     with PageStore.open(store_dir, append_redo, BIG, background=False) as ps:
-        lsn = 0
-        for _ in range(3):
-            lsn = put_hot_and_cold(ps, m, lsn, hot=200, cold=2)
-            ps.flush()
+        lsn = hot_layers(ps, m, 3, hot=200, cold=2)
         lm = ps.store.view().layer_map
         assert len(lm.deltas) == 3 and max(d.file.max_key_entries() for d in lm.deltas) <= 201
         made = ps.create_image_layers()
@@ -486,10 +492,7 @@ def test_more_layers_than_the_cap_are_due_without_an_exact_count(
     m = Model()
     cfg = dataclasses.replace(BIG, image_layer_cap=4)
     with PageStore.open(store_dir, append_redo, cfg, background=False) as ps:
-        lsn = 0
-        for _ in range(5):
-            lsn = put_hot_and_cold(ps, m, lsn, hot=200, cold=1)
-            ps.flush()
+        lsn = hot_layers(ps, m, 5, hot=200, cold=1)
         lm = ps.store.view().layer_map
         assert len(lm.deltas) == 5
         whole = (b"", b"\xff" * 19)
