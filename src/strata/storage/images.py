@@ -306,7 +306,7 @@ def _layer_tails(d: Layer, start: bytes, end: bytes, floor: int, at: int
     key = (d.file.identity, lo, hi)
     tails = _TAILS.get(key)
     if tails is None:
-        tails = _read_tails(d, b"", _PAST_EVERY_KEY, lo, hi)
+        tails = _read_tails(d, lo, hi)
         _TAILS.put(key, tails)
     keys = tails[0]
     a, b = np.searchsorted(keys, start, "left"), np.searchsorted(keys, end, "left")
@@ -314,21 +314,19 @@ def _layer_tails(d: Layer, start: bytes, end: bytes, floor: int, at: int
 
 
 _PAST_EVERY_KEY = b"\xff" * (KEY_SIZE + 1)
-
-
 _TAIL_WINDOW_BLOCKS = 64  # blocks decoded together (~4 MiB of entries at 64 KiB blocks)
 
 
-def _read_tails(d: Layer, start: bytes, end: bytes, lo: int, hi: int) -> tuple[np.ndarray, ...]:
-    """`_chain_tails` of delta layer `d`'s entries with start <= key < end and
-    lo <= lsn < hi, read from its blocks in windows of `_TAIL_WINDOW_BLOCKS`
-    (`LayerFile.batch_range`: a window's blocks decoded together, blocks without
-    an LSN in [lo, hi) not read; a key straddling two windows is cut between
-    them by key, so no entry is taken twice)."""
+def _read_tails(d: Layer, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+    """`_chain_tails` of all of delta layer `d`'s entries with lo <= lsn < hi, read
+    from its blocks in windows of `_TAIL_WINDOW_BLOCKS` (`LayerFile.batch_range`: a
+    window's blocks decoded together, blocks without an LSN in [lo, hi) not read;
+    a key straddling two windows is cut between them by key, so no entry is taken
+    twice)."""
     f = d.file
-    blocks = f.blocks_in(start, end)
-    cuts = [start, *(f.blocks[i].first_key for i in blocks[_TAIL_WINDOW_BLOCKS::_TAIL_WINDOW_BLOCKS]),
-            end]
+    step = _TAIL_WINDOW_BLOCKS
+    cuts = [b"", *(f.blocks[i].first_key for i in range(step, len(f.blocks), step)),
+            _PAST_EVERY_KEY]
     ks, kinds = [], []
     for a, z in itertools.pairwise(cuts):
         b = f.batch_range(a, z, lo, hi)
