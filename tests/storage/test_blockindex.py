@@ -124,7 +124,7 @@ def test_key_run_bound_is_never_below_a_keys_entries_in_the_blocks(seed: int) ->
         n = rnd.choice([1, 2, 5, 40])
         blocks.append(rows[i:i + n])
         i += n
-    raw = b"".join(INDEX_ENTRY.pack(0, 1, 1, len(b), 0, b[0], 0, b[-1], 0, 0, 0) for b in blocks)
+    raw = b"".join(INDEX_ENTRY.pack(0, 1, 1, len(b), 0, b[0], 0, b[-1], 0, 0, 0, 0, 0) for b in blocks)
     index = BlockIndex(raw)
     for _ in range(20):
         a = rnd.randint(0, len(blocks))

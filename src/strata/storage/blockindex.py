@@ -3,15 +3,21 @@
 Fed by: `layerfile.LayerFile` (the index bytes, their CRC already checked).
 Feeds: the layer file's reads (which blocks may hold a key or a key range),
 image rules (`images.block_bytes`), `windows` in scan.py, dump-layer.
-Owns: no file; the layout is the index record of FORMAT.md (92 bytes a block
-from version 4, `INDEX_ENTRY`; 76 before, `INDEX_ENTRY_V3`), and this module is
-its only reader.
+Owns: no file; the layout is the index record of FORMAT.md (100 bytes a block
+from version 6, `INDEX_ENTRY`; 92 in versions 4 and 5, `INDEX_ENTRY_V4`; 76
+before, `INDEX_ENTRY_V3`), and this module is its only reader.
 
 Version 4 adds each block's smallest and largest LSN: a read at LSN X, or above
 an image floor F, skips the blocks whose entries all lie above X or at or below
 F without reading them (a layer whose LSN range straddles X or F holds such
 blocks: at a point in the past, the full-page images written after it). Older
 files report bounds that never exclude a block (0 and 2^64 - 1).
+
+Version 6 adds the length and CRC-32C of a block's head frame (its keys, LSNs,
+kinds and value lengths, compressed apart from its values): a reader that needs
+no value (the image trigger's chain count) reads and decompresses those bytes
+alone. Older files report 0 (no head frame: `LayerFile.block_heads` then reads
+whole blocks).
 
 Why not a list of objects: every process that reads the store (each service,
 each lazy file system, each spare) opens every layer file. One Python object
@@ -40,23 +46,36 @@ from strata.key import KEY_SIZE
 
 # offset u64 | compressed len u32 | raw len u32 | entries u32 | crc32c u32 |
 # first key 18s | first lsn u64 | last key 18s | last lsn u64 (versions 1-3) |
-# min lsn u64 | max lsn u64 (version 4)
-INDEX_ENTRY = struct.Struct(">QIIII18sQ18sQQQ")
+# min lsn u64 | max lsn u64 (version 4) | head len u32 | head crc32c u32 (version 6)
+INDEX_ENTRY = struct.Struct(">QIIII18sQ18sQQQII")
+INDEX_ENTRY_V4 = struct.Struct(">QIIII18sQ18sQQQ")
 INDEX_ENTRY_V3 = struct.Struct(">QIIII18sQ18sQ")
 BOUNDS_VERSION = 4  # the first layer format version whose index has LSN bounds
+HEAD_VERSION = 6  # the first whose blocks are two frames, head and values
 _FIELDS = [("offset", ">u8"), ("comp_len", ">u4"), ("raw_len", ">u4"), ("entries", ">u4"),
            ("crc", ">u4"), ("first_key", f"S{KEY_SIZE}"), ("first_lsn", ">u8"),
            ("last_key", f"S{KEY_SIZE}"), ("last_lsn", ">u8")]
 _DTYPE_V3 = np.dtype(_FIELDS)
-_DTYPE = np.dtype([*_FIELDS, ("min_lsn", ">u8"), ("max_lsn", ">u8")])
+_DTYPE_V4 = np.dtype([*_FIELDS, ("min_lsn", ">u8"), ("max_lsn", ">u8")])
+_DTYPE = np.dtype([*_FIELDS, ("min_lsn", ">u8"), ("max_lsn", ">u8"), ("head_len", ">u4"),
+                   ("head_crc", ">u4")])
 assert _DTYPE_V3.itemsize == INDEX_ENTRY_V3.size == 76
-assert _DTYPE.itemsize == INDEX_ENTRY.size == 92
+assert _DTYPE_V4.itemsize == INDEX_ENTRY_V4.size == 92
+assert _DTYPE.itemsize == INDEX_ENTRY.size == 100
 NO_MAX_LSN = (1 << 64) - 1  # the max LSN a block of a version < 4 file reports
 
 
 def index_entry(version: int) -> struct.Struct:
     """The index record of layer format `version`."""
-    return INDEX_ENTRY if version >= BOUNDS_VERSION else INDEX_ENTRY_V3
+    if version >= HEAD_VERSION:
+        return INDEX_ENTRY
+    return INDEX_ENTRY_V4 if version >= BOUNDS_VERSION else INDEX_ENTRY_V3
+
+
+def _dtype(version: int) -> np.dtype:
+    if version >= HEAD_VERSION:
+        return _DTYPE
+    return _DTYPE_V4 if version >= BOUNDS_VERSION else _DTYPE_V3
 
 
 class BlockInfo(NamedTuple):
@@ -73,20 +92,23 @@ class BlockInfo(NamedTuple):
     last_lsn: int
     min_lsn: int = 0
     max_lsn: int = NO_MAX_LSN
+    head_len: int = 0  # compressed bytes of the head frame (version 6; before: 0, none)
+    head_crc: int = 0
 
 
 class BlockIndex:
     """The index records of one layer file, in block (= key, lsn) order."""
 
-    def __init__(self, raw: bytes, version: int = BOUNDS_VERSION) -> None:
+    def __init__(self, raw: bytes, version: int = HEAD_VERSION) -> None:
         self._entry = index_entry(version)
         if len(raw) % self._entry.size:
             raise ValueError(f"index of {len(raw)} bytes is not whole records")
         self._raw = raw
-        self._rec = np.frombuffer(raw, dtype=_DTYPE if version >= BOUNDS_VERSION else _DTYPE_V3)
+        self._rec = np.frombuffer(raw, dtype=_dtype(version))
         self._first = np.ascontiguousarray(self._rec["first_key"])
         self._last = np.ascontiguousarray(self._rec["last_key"])
         self._bounds = version >= BOUNDS_VERSION
+        self._all_fields = version >= HEAD_VERSION
 
     def __len__(self) -> int:
         return len(self._rec)
@@ -98,12 +120,13 @@ class BlockIndex:
         if not 0 <= i < n:
             raise IndexError(f"block {i} of {n}")
         fields = self._entry.unpack_from(self._raw, i * self._entry.size)
-        # (before v4 the bounds are absent: BlockInfo's defaults, which exclude nothing)
-        return BlockInfo._make(fields) if self._bounds else BlockInfo(*fields)
+        # (before v4 the bounds are absent, before v6 the head frame: BlockInfo's
+        # defaults, which exclude nothing and name no head)
+        return BlockInfo._make(fields) if self._all_fields else BlockInfo(*fields)
 
     def __iter__(self) -> Iterator[BlockInfo]:
         rows = self._entry.iter_unpack(self._raw)
-        return map(BlockInfo._make, rows) if self._bounds else (BlockInfo(*r) for r in rows)
+        return map(BlockInfo._make, rows) if self._all_fields else (BlockInfo(*r) for r in rows)
 
     def within_lsns(self, blocks: range, lo: int, hi: int) -> Sequence[int]:
         """The blocks of `blocks` that may hold an entry with lo <= lsn < hi (all of

@@ -12,6 +12,9 @@ EntryBatch). Owns: the block layouts (FORMAT.md section 3):
 - columns with LSN deltas (version 5): the same, but lsns holds the first
   entry's LSN and then each entry's LSN minus the one before (i64): a key's
   versions are close together, so the deltas compress (`lsn_deltas=True`).
+  Version 6 decompresses to the same bytes: its head (`n` to `value_lens`,
+  `head_size(n)` bytes) and its values are two frames on disk (layerfile.py),
+  and `decode_many_heads` decodes heads alone.
 
 All integers big-endian. Decoders raise ValueError on malformed bytes (the
 caller names file, block and offset).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -76,6 +80,12 @@ def _column_offsets(n: int) -> tuple[int, int, int, int]:
     ko = lo + 8 * n
     eo = ko + n
     return lo, ko, eo, eo + 4 * n
+
+
+def head_size(n: int) -> int:
+    """Bytes of a column block of `n` entries before its values (n, keys, lsns, kinds,
+    value_lens): the head frame of a version 6 block."""
+    return 4 + (KEY_SIZE + 13) * n
 
 
 def _row_lsns(raw: bytes, offset: int, a: int, b: int, lsn_deltas: bool) -> np.ndarray:
@@ -154,7 +164,7 @@ def decode_many_columns(raws: Sequence[bytes], lsn_deltas: bool) -> EntryBatch:
     base = np.zeros(len(raws), dtype=np.int64)
     some = count > 0
     base[some] = before[firsts[some]]
-    values_at = 4 + (KEY_SIZE + 13) * count  # where each block's values begin
+    values_at = 4 + (KEY_SIZE + 13) * count  # where each block's values begin (head_size)
     starts = before - base[which] + values_at[which]
     ends = starts + lens
     sizes = np.array([len(r) for r in raws], dtype=np.int64)
@@ -167,16 +177,67 @@ def decode_many_columns(raws: Sequence[bytes], lsn_deltas: bool) -> EntryBatch:
         for r in raws:
             decode_columns(r, lsn_deltas)  # raises for the first bad block
         raise ValueError("malformed block")
-    lsns = np.frombuffer(b"".join(cols[1]), dtype=">i8" if lsn_deltas else ">u8").astype(
-        np.int64)
-    if lsn_deltas:  # running sums that start again at each block's first row
-        np.cumsum(lsns, out=lsns)
-        at = firsts[some]
-        restart = np.zeros(len(raws), dtype=np.int64)
-        restart[some] = np.where(at > 0, lsns[np.maximum(at - 1, 0)], 0)
-        lsns -= restart[which]
+    lsns = _joined_lsns(b"".join(cols[1]), count, which, lsn_deltas)
     return EntryBatch(np.frombuffer(b"".join(cols[0]), dtype=KEY_DTYPE), lsns,
                       kinds, starts, ends, tuple(raws), which)
+
+
+def _joined_lsns(col: bytes, count: np.ndarray, which: np.ndarray,
+                 lsn_deltas: bool) -> np.ndarray:
+    """The LSNs of the rows of several blocks from their lsns columns joined (`count`
+    rows each; `which`: each row's block), as int64."""
+    lsns = np.frombuffer(col, dtype=">i8" if lsn_deltas else ">u8").astype(np.int64)
+    if lsn_deltas:  # running sums that start again at each block's first row
+        np.cumsum(lsns, out=lsns)
+        firsts = np.cumsum(count) - count
+        some = count > 0
+        at = firsts[some]
+        restart = np.zeros(len(count), dtype=np.int64)
+        restart[some] = np.where(at > 0, lsns[np.maximum(at - 1, 0)], 0)
+        lsns -= restart[which]
+    return lsns
+
+
+class HeadColumns(NamedTuple):
+    """The key, LSN and kind of each row of one or more blocks, in order."""
+
+    keys: np.ndarray  # KEY_DTYPE
+    lsns: np.ndarray  # int64
+    kinds: np.ndarray  # uint8
+
+    def order_keys(self) -> np.ndarray:
+        return self.keys.view(KEY_ORDER)
+
+
+def decode_many_heads(heads: Sequence[bytes], lsn_deltas: bool) -> HeadColumns:
+    """The rows of several blocks from their heads alone (each exactly `head_size(n)`
+    bytes: a version 6 head frame decompressed), without their values. Raises:
+    ValueError if a head is malformed (its size, a kind, a tombstone's length)."""
+    ns: list[int] = []
+    cols: list[list[bytes]] = [[], [], [], []]
+    for h in heads:
+        n = N_FIELD.unpack_from(h, 0)[0] if len(h) >= 4 else -1
+        if n < 0 or len(h) != head_size(n):
+            raise ValueError(f"block head of {len(h)} bytes does not hold "
+                             f"{max(n, 0)} entries' columns")
+        lo, ko, eo, _ = _column_offsets(n)
+        ns.append(n)
+        cols[0].append(h[4:lo])
+        cols[1].append(h[lo:ko])
+        cols[2].append(h[ko:eo])
+        cols[3].append(h[eo:])
+    count = np.array(ns, dtype=np.int64)
+    kinds = np.frombuffer(b"".join(cols[2]), dtype=np.uint8)
+    if len(kinds) and int(kinds.max()) >= _TOMBSTONE:
+        lens = np.frombuffer(b"".join(cols[3]), dtype=">u4")
+        bad = (kinds > _TOMBSTONE) | ((kinds == _TOMBSTONE) & (lens != 0))
+        if bad.any():
+            i = int(bad.argmax())
+            raise ValueError(f"unknown value kind {int(kinds[i])}" if kinds[i] > _TOMBSTONE
+                             else "tombstone with a payload")
+    which = np.repeat(np.arange(len(ns), dtype=np.uint32), count)
+    return HeadColumns(np.frombuffer(b"".join(cols[0]), dtype=KEY_DTYPE),
+                       _joined_lsns(b"".join(cols[1]), count, which, lsn_deltas), kinds)
 
 
 def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int,

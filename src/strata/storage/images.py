@@ -319,19 +319,19 @@ _TAIL_WINDOW_BLOCKS = 64  # blocks decoded together (~4 MiB of entries at 64 KiB
 
 def _read_tails(d: Layer, lo: int, hi: int) -> tuple[np.ndarray, ...]:
     """`_chain_tails` of all of delta layer `d`'s entries with lo <= lsn < hi, read
-    from its blocks in windows of `_TAIL_WINDOW_BLOCKS` (`LayerFile.batch_range`: a
-    window's blocks decoded together, blocks without an LSN in [lo, hi) not read;
-    a key straddling two windows is cut between them by key, so no entry is taken
-    twice)."""
+    from its blocks in windows of `_TAIL_WINDOW_BLOCKS` (`LayerFile.block_heads`:
+    the head frames alone, no value; a window's heads decoded together, blocks
+    without an LSN in [lo, hi) not read; a key straddling two windows is cut
+    between them by key, so no entry is taken twice)."""
     f = d.file
     step = _TAIL_WINDOW_BLOCKS
     cuts = [b"", *(f.blocks[i].first_key for i in range(step, len(f.blocks), step)),
             _PAST_EVERY_KEY]
     ks, kinds = [], []
     for a, z in itertools.pairwise(cuts):
-        b = f.batch_range(a, z, lo, hi)
-        ks.append(np.array(b.order_keys))
-        kinds.append(np.array(b.kinds))
+        h = f.block_heads(a, z, lo, hi)
+        ks.append(h.order_keys())
+        kinds.append(h.kinds)
     if ks and sum(map(len, ks)):
         return _chain_tails(np.concatenate(ks), np.concatenate(kinds))
     return (np.empty(0, dtype=KEY_ORDER), np.empty(0, dtype=np.int64), np.empty(0, dtype=bool))

@@ -1,4 +1,4 @@
-"""Layer files: the on-disk layer format (v4; reads v1-v3) and its reader.
+"""Layer files: the on-disk layer format (v6; reads v1-v5) and its reader.
 
 Fed by: layer files `layerwriter` wrote. Feeds: the layer map's reads, verify,
 dump-layer. Owns: the byte layout's constants (FORMAT.md) and its checks; the
@@ -6,9 +6,11 @@ write half (and the .tmp names of the commit protocol) is `layerwriter`'s.
 
 Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
 zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
-from v3); the index holds a record per block with its CRC-32C and, from v4, its
-LSN bounds (blockindex.py). A reader checks header, footer and index at open and
-a block's CRC before every decompression. Versions: FORMAT.md section 9.
+from v3; from v6 two frames a block, the head of the columns and the values);
+the index holds a record per block with its CRC-32C, from v4 its LSN bounds and
+from v6 its head frame's length and CRC (blockindex.py). A reader checks header,
+footer and index at open and a block's CRC (or its head's, reading the head
+alone: `block_heads`) before every decompression. Versions: FORMAT.md section 9.
 """
 
 from __future__ import annotations
@@ -28,26 +30,30 @@ from strata.errors import CorruptionError
 from strata.storage.batch import EntryBatch, KeyRuns
 from strata.storage.blockindex import (
     BOUNDS_VERSION,
+    HEAD_VERSION,
     INDEX_ENTRY,
     BlockIndex,
     BlockInfo,
     index_entry,
 )
 from strata.storage.blocks import (
+    HeadColumns,
     chain_in_columns,
     decode_columns,
     decode_many_columns,
+    decode_many_heads,
     decode_rows,
     find_in_columns,
     find_in_rows,
+    head_size,
 )
 from strata.storage.naming import LayerKind, LayerName
 from strata.storage.values import Entry, ValueKind, ends_chain
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
-FORMAT_VERSION = 5
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
+FORMAT_VERSION = 6
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)
 COLUMN_VERSION = 3  # first version whose blocks are column-wise
 LSN_DELTA_VERSION = 5  # first version whose blocks keep LSNs as differences
 # max_key_entries is a u32; a longer run is recorded as this (still an upper bound
@@ -63,11 +69,16 @@ HEADER = struct.Struct(">8sHBBI18s18sQQI")
 # index offset u64 | index len u64 | blocks u32 | entries u64 | index crc u32 |
 # footer crc u32 | magic 8s
 FOOTER = struct.Struct(">QQIQII8s")
-assert (HEADER.size, INDEX_ENTRY.size, FOOTER.size) == (72, 92, 44)
+assert (HEADER.size, INDEX_ENTRY.size, FOOTER.size) == (72, 100, 44)
 
 
 def crc32c(data: bytes) -> int:
     return int(google_crc32c.value(data))
+
+
+def crc32c_extend(crc: int, data: bytes) -> int:
+    """The CRC-32C of the bytes whose CRC is `crc` followed by `data`."""
+    return int(google_crc32c.extend(crc, data))
 
 
 class MissingLayerError(CorruptionError):
@@ -191,7 +202,17 @@ class LayerFile:
         if crc32c(comp) != b.crc:
             raise self._fail(b.offset, f"block {i} checksum mismatch")
         try:
-            raw = _decompressor().decompress(comp, max_output_size=b.raw_len)
+            if self.version >= HEAD_VERSION:
+                cut = head_size(b.entries)
+                if not 0 < b.head_len <= b.comp_len or cut > b.raw_len:
+                    raise self._fail(b.offset, f"block {i}: head frame of {b.head_len} bytes "
+                                               f"({cut} raw) does not fit the block")
+                d = _decompressor()
+                raw = b"".join((d.decompress(comp[:b.head_len], max_output_size=cut),
+                                d.decompress(comp[b.head_len:],
+                                             max_output_size=b.raw_len - cut)))
+            else:
+                raw = _decompressor().decompress(comp, max_output_size=b.raw_len)
         except zstandard.ZstdError as e:
             raise self._fail(b.offset, f"block {i} undecodable: {e}") from e
         if len(raw) != b.raw_len:
@@ -218,6 +239,53 @@ class LayerFile:
                                        f"index says {b.entries}")
         self._cached = (i, batch)  # one block: a scan's neighbouring windows share it
         return batch
+
+    def _head(self, i: int, b: BlockInfo) -> bytes:
+        """Block i's head frame (v6), CRC-checked and decompressed."""
+        comp = os.pread(self._f.fileno(), b.head_len, b.offset)
+        if len(comp) != b.head_len or not 0 < b.head_len <= b.comp_len:
+            raise self._fail(b.offset, f"block {i} head truncated")
+        if crc32c(comp) != b.head_crc:
+            raise self._fail(b.offset, f"block {i} head checksum mismatch")
+        cut = head_size(b.entries)
+        try:
+            head = _decompressor().decompress(comp, max_output_size=cut)
+        except zstandard.ZstdError as e:
+            raise self._fail(b.offset, f"block {i} head undecodable: {e}") from e
+        if len(head) != cut:
+            raise self._fail(b.offset, f"block {i} head decompressed to {len(head)} bytes, "
+                                       f"{b.entries} entries need {cut}")
+        return head
+
+    def block_heads(self, start: bytes, end: bytes, lo: int = 0,
+                    hi: int = 1 << 63) -> HeadColumns:
+        """Key, LSN and kind of the entries with start <= key < end and lo <= lsn < hi,
+        in (key, lsn) order, without their values: from v6 the blocks' head frames
+        alone are read (a few per cent of a block of full-page images); before, whole
+        blocks (`batch_range`). Raises: CorruptionError."""
+        if self.version < HEAD_VERSION:
+            b = self.batch_range(start, end, lo, hi)
+            return HeadColumns(b.keys, b.lsns, b.kinds)
+        which = self.blocks.within_lsns(self.blocks_in(start, end), lo, hi)
+        heads = [self._head(i, self.blocks[i]) for i in which]
+        try:
+            cols = decode_many_heads(heads, self._lsn_deltas)
+        except ValueError as e:
+            for i, h in zip(which, heads, strict=True):  # name the damaged block
+                try:
+                    decode_many_heads([h], self._lsn_deltas)
+                except ValueError as e1:
+                    raise self._fail(self.blocks[i].offset, f"block {i} head undecodable: "
+                                                            f"{e1}") from e1
+            raise self._fail(self.blocks[which[0]].offset, f"block heads undecodable: {e}") from e
+        keys = cols.order_keys()
+        a, z = np.searchsorted(keys, start, "left"), np.searchsorted(keys, end, "left")
+        if a or z < len(keys):
+            cols = HeadColumns(*(c[a:z] for c in cols))
+        if len(cols.lsns) and (lo > int(cols.lsns.min()) or hi <= int(cols.lsns.max())):
+            ok = (cols.lsns >= lo) & (cols.lsns < hi)
+            cols = HeadColumns(*(c[ok] for c in cols))
+        return cols
 
     def read_block(self, i: int) -> list[Entry]:
         return list(self.block_batch(i).entries())

@@ -6,7 +6,9 @@ Fed by: flush (memtable -> L0), compaction (L0 -> L1), image creation. Feeds: th
 commit protocol. Owns: the write half of the byte layout (header, blocks, index,
 footer, their checksums; `layerfile` owns the constants and the reader) and the
 temporary names (`tmp_layer_name`). Blocks are encoded a group at a time and
-compressed together in one GIL-free zstd call (`COMPRESS_GROUP_BYTES`).
+compressed together in one GIL-free zstd call (`COMPRESS_GROUP_BYTES`), each as
+two frames, its head (keys, LSNs, kinds, value lengths) and its values (version
+6: the chain count reads heads alone).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from strata import durable
 from strata.key import KEY_SIZE
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
 from strata.storage.blockindex import INDEX_ENTRY
-from strata.storage.blocks import encode_many_columns
+from strata.storage.blocks import encode_many_columns, head_size
 from strata.storage.layerfile import (
     COMPRESSION_ZSTD,
     FOOTER,
@@ -35,6 +37,7 @@ from strata.storage.layerfile import (
     MAGIC,
     MAX_KEY_ENTRIES_CAP,
     crc32c,
+    crc32c_extend,
 )
 from strata.storage.naming import TMP_SUFFIX, LayerName
 from strata.storage.values import Entry, PageImage
@@ -221,18 +224,26 @@ class LayerWriter:
         self._encode_blocks(block, [n])
 
     def _write_pending(self) -> None:
-        """Compress the encoded blocks waiting (one zstd frame each, in one call that
-        releases the GIL: a flush thread compresses while the ingest thread runs) and
-        write them with their index entries."""
+        """Compress the encoded blocks waiting (two zstd frames each, head and values,
+        in one call that releases the GIL: a flush thread compresses while the ingest
+        thread runs) and write them with their index entries."""
         if not self._pending:
             return
-        comps = self._cctx.multi_compress_to_buffer([raw for raw, _ in self._pending])
+        pieces: list[bytes | bytearray | memoryview] = []
+        for raw, (n, *_) in self._pending:
+            view, cut = memoryview(raw), head_size(n)
+            pieces += (view[:cut], view[cut:])
+        comps = self._cctx.multi_compress_to_buffer(pieces)
         for i, (raw, (n, k0, l0, k1, l1, lmin, lmax)) in enumerate(self._pending):
-            comp = comps[i].tobytes()
-            self._index.append(INDEX_ENTRY.pack(self._pos, len(comp), len(raw), n, crc32c(comp),
-                                                k0, l0, k1, l1, lmin, lmax))
-            self._f.write(comp)
-            self._pos += len(comp)
+            head, values = comps[2 * i].tobytes(), comps[2 * i + 1].tobytes()
+            hcrc = crc32c(head)
+            size = len(head) + len(values)
+            self._index.append(INDEX_ENTRY.pack(self._pos, size, len(raw), n,
+                                                crc32c_extend(hcrc, values), k0, l0, k1, l1,
+                                                lmin, lmax, len(head), hcrc))
+            self._f.write(head)
+            self._f.write(values)
+            self._pos += size
         self._pending, self._pending_bytes = [], 0
 
     def finish(self, name: LayerName) -> WrittenLayer:

@@ -14,7 +14,8 @@ from pathlib import Path
 from strata.errors import CorruptionError
 from strata.key import KEY_SIZE, Key
 from strata.lsn import Lsn
-from strata.storage.blockindex import BOUNDS_VERSION, index_entry
+from strata.storage.blockindex import BOUNDS_VERSION, HEAD_VERSION, index_entry
+from strata.storage.blocks import head_size
 from strata.storage.layerfile import COLUMN_VERSION, FOOTER, HEADER, LSN_DELTA_VERSION, LayerFile
 from strata.storage.manifest import Level, Manifest, load_manifest
 from strata.storage.naming import TMP_SUFFIX, is_layer_filename
@@ -133,6 +134,11 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
                    f"{b.entries} entries, crc32c {b.crc:08x}"
                    + (f", LSNs {Lsn(b.min_lsn)}..{Lsn(b.max_lsn)}"
                       if f.version >= BOUNDS_VERSION else ""))
+            if f.version >= HEAD_VERSION:
+                cut = head_size(b.entries)
+                yield (f"  frames      head {b.head_len} bytes zstd -> {cut} raw, crc32c "
+                       f"{b.head_crc:08x}; values {b.comp_len - b.head_len} bytes zstd -> "
+                       f"{b.raw_len - cut} raw")
             if f.version >= COLUMN_VERSION:
                 yield "  columns     " + column_layout(b.entries, b.raw_len,
                                                        f.version >= LSN_DELTA_VERSION)

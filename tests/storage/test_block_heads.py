@@ -1,0 +1,139 @@
+"""Layer format 6's head frames: a block's keys, LSNs and kinds read without its
+values (`LayerFile.block_heads`, the image trigger's chain count) are exactly those
+of the whole block, over random layers, key ranges and LSN ranges; a damaged head
+or values frame is caught by its own checksum; files before v6 give the same
+answer from whole blocks."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strata.errors import CorruptionError
+from strata.storage.blocks import decode_many_heads, encode_columns, head_size
+from strata.storage.layerfile import LayerFile
+from strata.storage.layerwriter import write_layer
+from strata.storage.naming import LayerName
+from strata.storage.values import TOMBSTONE, Entry, PageImage, Value, WalRecord
+
+from .conftest import rk
+from .make_samples import sample_dir
+from .test_batch import batch_of
+
+PAST_EVERY_KEY = b"\xff" * 19
+
+
+def _entries(rnd: random.Random, n: int) -> list[Entry]:
+    out: list[Entry] = []
+    for k in sorted(rnd.sample(range(60), rnd.randint(1, 12))):
+        lsn = rnd.randint(1, 50)
+        for _ in range(rnd.randint(1, n)):
+            v: Value = rnd.choice([WalRecord(rnd.randbytes(rnd.randint(1, 90))),
+                                   PageImage(rnd.randbytes(rnd.randint(1, 300))), TOMBSTONE])
+            out.append(Entry(rk(k).to_bytes(), lsn, v))
+            lsn += rnd.randint(1, 9)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), block_bytes=st.sampled_from([40, 200, 1000, 1 << 16]))
+def test_heads_are_the_whole_blocks_keys_lsns_and_kinds(tmp_path_factory: pytest.TempPathFactory,
+                                                        seed: int, block_bytes: int) -> None:
+    rnd = random.Random(seed)
+    entries = _entries(rnd, 30)
+    d = tmp_path_factory.mktemp("heads")
+    name = LayerName.delta(rk(0).to_bytes(), rk(60).to_bytes(), 1, 1000)
+    write_layer(d, name, entries, block_bytes=block_bytes, zstd_level=1)
+    f = LayerFile(d / name.filename())
+    try:
+        assert f.version == 6 and all(b.head_len > 0 for b in f.blocks)
+        bounds = [b"", rk(0).to_bytes(), PAST_EVERY_KEY,
+                  *(rk(rnd.randint(0, 61)).to_bytes() for _ in range(4))]
+        for _ in range(12):
+            a, z = sorted(rnd.sample(bounds, 2))
+            lo, hi = sorted((rnd.randint(0, 400), rnd.randint(0, 400)))
+            want = f.batch_range(a, z, lo, hi)
+            got = f.block_heads(a, z, lo, hi)
+            assert got.keys.tobytes() == want.keys.tobytes()
+            assert got.lsns.tolist() == want.lsns.tolist()
+            assert got.kinds.tolist() == want.kinds.tolist()
+    finally:
+        f.close()
+
+
+def test_a_head_decodes_without_its_values() -> None:
+    rows = [(rk(1), 5, WalRecord(b"ab")), (rk(1), 9, PageImage(b"x" * 50)), (rk(2), 7, TOMBSTONE)]
+    raw = encode_columns(batch_of(rows))
+    cut = head_size(3)
+    h = decode_many_heads([raw[:cut], raw[:cut]], lsn_deltas=True)
+    assert [bytes(k) for k in h.keys] == [rk(1).to_bytes(), rk(1).to_bytes(), rk(2).to_bytes()] * 2
+    assert h.lsns.tolist() == [5, 9, 7] * 2  # running sums start again at each block
+    assert h.kinds.tolist() == [1, 0, 3] * 2
+    with pytest.raises(ValueError, match="does not hold"):
+        decode_many_heads([raw], lsn_deltas=True)  # values left on: not a head
+    with pytest.raises(ValueError, match="does not hold"):
+        decode_many_heads([raw[:cut - 1]], lsn_deltas=True)
+
+
+def _one_block_layer(d: Path) -> tuple[Path, int, int, int]:
+    name = LayerName.delta(rk(0).to_bytes(), rk(9).to_bytes(), 1, 100)
+    write_layer(d, name, [Entry(rk(k).to_bytes(), 10 + k, PageImage(bytes([k]) * 500))
+                          for k in range(1, 8)], block_bytes=1 << 16, zstd_level=1)
+    p = d / name.filename()
+    f = LayerFile(p)
+    b = f.blocks[0]
+    f.close()
+    return p, b.offset, b.head_len, b.comp_len
+
+
+def _flip(p: Path, at: int) -> None:
+    data = bytearray(p.read_bytes())
+    data[at] ^= 0x40
+    p.write_bytes(bytes(data))
+
+
+def test_a_damaged_head_frame_fails_both_reads(tmp_path: Path) -> None:
+    p, off, head_len, _ = _one_block_layer(tmp_path)
+    _flip(p, off + head_len // 2)
+    f = LayerFile(p)
+    try:
+        with pytest.raises(CorruptionError, match="block 0 head checksum mismatch"):
+            f.block_heads(b"", PAST_EVERY_KEY)
+        with pytest.raises(CorruptionError, match="block 0 checksum mismatch"):
+            f.verify()
+    finally:
+        f.close()
+
+
+def test_a_damaged_values_frame_fails_the_block_read_not_the_head_read(tmp_path: Path) -> None:
+    p, off, head_len, comp_len = _one_block_layer(tmp_path)
+    _flip(p, off + head_len + (comp_len - head_len) // 2)
+    f = LayerFile(p)
+    try:
+        h = f.block_heads(b"", PAST_EVERY_KEY)  # its own CRC holds: the keys are right
+        assert [bytes(k) for k in h.keys] == [rk(k).to_bytes() for k in range(1, 8)]
+        with pytest.raises(CorruptionError, match="block 0 checksum mismatch"):
+            f.verify()
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("old", [1, 3, 5])
+def test_older_files_give_the_same_heads_from_whole_blocks(old: int) -> None:
+    def heads(version: int) -> list[tuple[bytes, int, int]]:
+        out = []
+        for p in sorted(sample_dir(version).glob("*.delta")):
+            f = LayerFile(p)
+            try:
+                h = f.block_heads(b"", PAST_EVERY_KEY)
+                out += zip([bytes(k) for k in h.keys], h.lsns.tolist(), h.kinds.tolist(),
+                           strict=True)
+            finally:
+                f.close()
+        return out
+
+    assert heads(old) == heads(6) and len(heads(6)) > 3
