@@ -227,9 +227,9 @@ def test_reads_skip_blocks_wholly_outside_the_lsns_they_want(tmp_path: Path,
     write_layer(tmp_path, name, es, block_bytes=150, zstd_level=1)
     f = LayerFile(tmp_path / name.filename())
     read: list[int] = []
-    raw_block = LayerFile._raw_block
-    monkeypatch.setattr(LayerFile, "_raw_block",
-                        lambda self, i, b=None: read.append(i) or raw_block(self, i, b))
+    block_frames = LayerFile._block_frames
+    monkeypatch.setattr(LayerFile, "_block_frames",
+                        lambda self, i, b=None: read.append(i) or block_frames(self, i, b))
     try:
         assert f.version >= 4 and len(f.blocks) >= 10
         start, end = MIN_KEY.to_bytes(), MAX_KEY.to_bytes()

@@ -482,9 +482,9 @@ def test_a_scan_above_an_image_floor_skips_delta_blocks_wholly_below_it(
         l1 = [la for la in view.layer_map.layers if la.entry.level == Level.L1]
         assert l1 and all(la.name.lsn_start < floor < la.name.lsn_end for la in l1)
         read: list[tuple[str, int]] = []
-        raw_block = LayerFile._raw_block
-        monkeypatch.setattr(LayerFile, "_raw_block", lambda self, i, b=None: (
-            read.append((self.name.filename(), i)) or raw_block(self, i, b)))
+        block_frames = LayerFile._block_frames
+        monkeypatch.setattr(LayerFile, "_block_frames", lambda self, i, b=None: (
+            read.append((self.name.filename(), i)) or block_frames(self, i, b)))
         for lsn in (floor, 230, last):
             read.clear()
             assert list(ps.scan(KeyRange.everything(), lsn)) == m.scan(lsn)

@@ -99,24 +99,39 @@ def _row_lsns(raw: bytes, offset: int, a: int, b: int, lsn_deltas: bool) -> np.n
     return col[a:]
 
 
-def decode_columns(raw: bytes, lsn_deltas: bool) -> EntryBatch:
-    """A column block (version 5 with `lsn_deltas`, else 3 or 4) as a batch.
+def _values_of(raw: bytes, n: int, values: bytes | None) -> tuple[bytes, int]:
+    """Where a column block's values are: (`raw`, the offset after its head) for a
+    whole block, (`values`, 0) when `raw` is a head alone and `values` the rest (a
+    version 6 block's two frames, decoded without joining them).
+    Raises: ValueError if `raw` cannot be that."""
+    vo = head_size(n)
+    if values is None:
+        if vo > len(raw):
+            raise ValueError(f"block of {len(raw)} bytes cannot hold {n} entries")
+        return raw, vo
+    if vo != len(raw):
+        raise ValueError(f"block head of {len(raw)} bytes does not hold {n} entries' columns")
+    return values, 0
+
+
+def decode_columns(raw: bytes, lsn_deltas: bool, values: bytes | None = None) -> EntryBatch:
+    """A column block (version 5 with `lsn_deltas`, else 3 or 4) as a batch; with
+    `values`, `raw` is the block's head and `values` the rest (version 6's frames).
     Raises: ValueError if `raw` is not a well-formed column block."""
     if len(raw) < 4:
         raise ValueError("block shorter than its entry count")
     (n,) = N_FIELD.unpack_from(raw, 0)
-    lo, ko, eo, vo = _column_offsets(n)
-    if vo > len(raw):
-        raise ValueError(f"block of {len(raw)} bytes cannot hold {n} entries")
+    lo, ko, eo, _ = _column_offsets(n)
+    vals, vo = _values_of(raw, n, values)
     if n == 0:
-        if vo != len(raw):
+        if vo != len(vals):
             raise ValueError("bytes after an empty block")
         return EntryBatch.empty()
     # (few numpy calls: a scan decodes every block, and image blocks hold ~8 pages)
     lens = np.frombuffer(raw, dtype=">u4", count=n, offset=eo).astype(np.int64)
     ends = np.cumsum(lens)
     ends += vo
-    if int(ends[-1]) != len(raw):
+    if int(ends[-1]) != len(vals):
         raise ValueError("value lengths do not tile the values area")
     kinds = np.frombuffer(raw, dtype=np.uint8, count=n, offset=ko)
     if int(kinds.max()) >= _TOMBSTONE:  # (rare: one reduction decides the usual case)
@@ -126,25 +141,28 @@ def decode_columns(raw: bytes, lsn_deltas: bool) -> EntryBatch:
             raise ValueError(f"unknown value kind {int(kinds[i])}" if kinds[i] > _TOMBSTONE
                              else "tombstone with a payload")
     return EntryBatch(np.frombuffer(raw, dtype=KEY_DTYPE, count=n, offset=4),
-                      _row_lsns(raw, lo, 0, n, lsn_deltas), kinds, ends - lens, ends, (raw,))
+                      _row_lsns(raw, lo, 0, n, lsn_deltas), kinds, ends - lens, ends, (vals,))
 
 
-def decode_many_columns(raws: Sequence[bytes], lsn_deltas: bool) -> EntryBatch:
+def decode_many_columns(raws: Sequence[bytes], lsn_deltas: bool,
+                        values: Sequence[bytes] | None = None) -> EntryBatch:
     """The entries of several column blocks, in order, as one batch: what concatenating
     `decode_columns` of each gives, with a fixed number of numpy calls whatever
     the number of blocks (a scan reads ~8 pages per image block). The small
     columns (31 bytes an entry) are joined; the values stay in their blocks.
+    With `values`, each of `raws` is a block's head and `values[i]` the rest.
 
     Raises: ValueError if a block is malformed (`decode_columns` of that block
     names what is wrong)."""
+    vals = values if values is not None else [None] * len(raws)
     if len(raws) == 1:
-        return decode_columns(raws[0], lsn_deltas)
+        return decode_columns(raws[0], lsn_deltas, vals[0])
     ns = [N_FIELD.unpack_from(r, 0)[0] if len(r) >= 4 else -1 for r in raws]
     cols: list[list[bytes]] = [[], [], [], []]
-    for r, n in zip(raws, ns, strict=True):
+    for r, v, n in zip(raws, vals, ns, strict=True):
         lo, ko, eo, vo = _column_offsets(n)
-        if n < 0 or vo > len(r):
-            decode_columns(r, lsn_deltas)  # raises, naming what is wrong
+        if n < 0 or (vo > len(r) if v is None else vo != len(r)):
+            decode_columns(r, lsn_deltas, v)  # raises, naming what is wrong
             raise ValueError("malformed block")
         cols[0].append(r[4:lo])
         cols[1].append(r[lo:ko])
@@ -152,8 +170,8 @@ def decode_many_columns(raws: Sequence[bytes], lsn_deltas: bool) -> EntryBatch:
         cols[3].append(r[eo:vo])
     count = np.array(ns, dtype=np.int64)
     if not count.any():
-        for r in raws:
-            decode_columns(r, lsn_deltas)  # empty blocks: bytes after one raise
+        for r, v in zip(raws, vals, strict=True):
+            decode_columns(r, lsn_deltas, v)  # empty blocks: bytes after one raise
         return EntryBatch.empty()
     lens = np.frombuffer(b"".join(cols[3]), dtype=">u4").astype(np.int64)
     kinds = np.frombuffer(b"".join(cols[2]), dtype=np.uint8)
@@ -164,22 +182,24 @@ def decode_many_columns(raws: Sequence[bytes], lsn_deltas: bool) -> EntryBatch:
     base = np.zeros(len(raws), dtype=np.int64)
     some = count > 0
     base[some] = before[firsts[some]]
-    values_at = 4 + (KEY_SIZE + 13) * count  # where each block's values begin (head_size)
+    # where each block's values begin: after its head (head_size), or at 0 in values
+    values_at = 4 + (KEY_SIZE + 13) * count if values is None else np.zeros_like(count)
     starts = before - base[which] + values_at[which]
     ends = starts + lens
-    sizes = np.array([len(r) for r in raws], dtype=np.int64)
+    buffers = tuple(raws) if values is None else tuple(values)
+    sizes = np.array([len(r) for r in buffers], dtype=np.int64)
     used = np.zeros(len(raws), dtype=np.int64)
     used[some] = ends[firsts[some] + count[some] - 1]
     used[~some] = values_at[~some]
     bad_kind = int(kinds.max()) >= _TOMBSTONE and bool(
         np.any((kinds > _TOMBSTONE) | ((kinds == _TOMBSTONE) & (lens != 0))))
     if bad_kind or np.any(used != sizes):
-        for r in raws:
-            decode_columns(r, lsn_deltas)  # raises for the first bad block
+        for r, v in zip(raws, vals, strict=True):
+            decode_columns(r, lsn_deltas, v)  # raises for the first bad block
         raise ValueError("malformed block")
     lsns = _joined_lsns(b"".join(cols[1]), count, which, lsn_deltas)
     return EntryBatch(np.frombuffer(b"".join(cols[0]), dtype=KEY_DTYPE), lsns,
-                      kinds, starts, ends, tuple(raws), which)
+                      kinds, starts, ends, buffers, which)
 
 
 def _joined_lsns(col: bytes, count: np.ndarray, which: np.ndarray,
@@ -241,14 +261,14 @@ def decode_many_heads(heads: Sequence[bytes], lsn_deltas: bool) -> HeadColumns:
 
 
 def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
-                    lsn_deltas: bool) -> list[Entry]:
-    """Entries of `key` with lo <= lsn < hi in a column block, oldest first, decoding
-    only those rows (GetPage's hot path: one binary search, then plain bytes and
-    struct). Raises: ValueError if malformed."""
+                    lsn_deltas: bool, values: bytes | None = None) -> list[Entry]:
+    """Entries of `key` with lo <= lsn < hi in a column block (with `values`: its head,
+    and `values` the rest), oldest first, decoding only those rows (GetPage's hot
+    path: one binary search, then plain bytes and struct). Raises: ValueError if
+    malformed."""
     (n,) = N_FIELD.unpack_from(raw, 0)
-    lsn_off, ko, eo, vo = _column_offsets(n)
-    if vo > len(raw):
-        raise ValueError(f"block of {len(raw)} bytes cannot hold {n} entries")
+    lsn_off, ko, eo, _ = _column_offsets(n)
+    vals, vo = _values_of(raw, n, values)
     a = int(np.frombuffer(raw, dtype=KEY_ORDER, count=n, offset=4).searchsorted(key))
     out: list[Entry] = []
     if a == n or raw[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] != key:
@@ -263,26 +283,26 @@ def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
         (n_j,) = N_FIELD.unpack_from(raw, eo + 4 * j)
         end = start + n_j
         lsn = lsns[j - a]
-        if end > len(raw):
+        if end > len(vals):
             raise ValueError(f"value {j} runs outside the block")
         if lo <= lsn < hi:
-            out.append(Entry(key, lsn, make_value(raw[ko + j], raw[start:end])))
+            out.append(Entry(key, lsn, make_value(raw[ko + j], vals[start:end])))
         start = end
     return out
 
 
-def chain_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
-                     lsn_deltas: bool) -> tuple[list[Entry], bool]:
+def chain_in_columns(raw: bytes, key: bytes, lo: int, hi: int, lsn_deltas: bool,
+                     values: bytes | None = None) -> tuple[list[Entry], bool]:
     """The newest part of `key`'s chain in a column block: its entries with lo <= lsn < hi
     from the newest chain end (image, will_init record, tombstone) on, oldest first,
     and whether a chain end is among them (False: every such entry, and older blocks
     or layers hold the rest). Only those rows are decoded: a key with thousands of
     images (the control values, one per transaction) costs one, not thousands.
+    With `values`, `raw` is the block's head and `values` the rest.
     Raises: ValueError if malformed."""
     (n,) = N_FIELD.unpack_from(raw, 0)
-    lsn_off, ko, eo, vo = _column_offsets(n)
-    if vo > len(raw):
-        raise ValueError(f"block of {len(raw)} bytes cannot hold {n} entries")
+    lsn_off, ko, eo, _ = _column_offsets(n)
+    vals, vo = _values_of(raw, n, values)
     keys = np.frombuffer(raw, dtype=KEY_ORDER, count=n, offset=4)
     a = int(keys.searchsorted(key))
     if a == n or raw[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] != key:
@@ -298,12 +318,13 @@ def chain_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
     take = sel[sel >= first]
     lens = np.frombuffer(raw, dtype=">u4", count=b, offset=eo).astype(np.int64)
     stops = vo + np.cumsum(lens)
-    if int(stops[-1]) > len(raw):
+    if int(stops[-1]) > len(vals):
         raise ValueError("a value runs outside the block")
     out = []
     for j in (take + a).tolist():
         end = int(stops[j])
-        out.append(Entry(key, int(lsns[j - a]), make_value(raw[ko + j], raw[end - int(lens[j]):end])))
+        out.append(Entry(key, int(lsns[j - a]),
+                         make_value(raw[ko + j], vals[end - int(lens[j]):end])))
     return out, len(ends) > 0
 
 

@@ -446,7 +446,8 @@ class _ImageOutput:
     def _writer(self) -> LayerWriter:
         cfg = self.store.config
         return LayerWriter(self.store.directory, block_bytes=cfg.block_bytes,
-                           zstd_level=cfg.zstd_level, owner=self.store.role.value)
+                           zstd_level=cfg.zstd_level, owner=self.store.role.value,
+                           head_frames=False)
 
     def _finish(self, ke: bytes) -> None:
         name = LayerName.image(self.cur, ke, self.at)

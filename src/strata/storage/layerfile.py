@@ -194,6 +194,14 @@ class LayerFile:
 
     # -- reads -------------------------------------------------------------------
     def _raw_block(self, i: int, b: BlockInfo | None = None) -> bytes:
+        """Block i decompressed, as one buffer (the layout of blocks.py; a v6 block's
+        frames joined)."""
+        head, values = self._block_frames(i, b)
+        return head if values is None else head + values
+
+    def _block_frames(self, i: int, b: BlockInfo | None = None) -> tuple[bytes, bytes | None]:
+        """Block i decompressed: (its head, its values) for v6, (the whole block, None)
+        before (the decoders take either, so a v6 block is never joined)."""
         if b is None:
             b = self.blocks[i]
         comp = os.pread(self._f.fileno(), b.comp_len, b.offset)
@@ -202,23 +210,24 @@ class LayerFile:
         if crc32c(comp) != b.crc:
             raise self._fail(b.offset, f"block {i} checksum mismatch")
         try:
-            if self.version >= HEAD_VERSION:
-                cut = head_size(b.entries)
-                if not 0 < b.head_len <= b.comp_len or cut > b.raw_len:
+            cut = head_size(b.entries)
+            if self.version >= HEAD_VERSION and b.head_len:
+                if b.head_len > b.comp_len or cut > b.raw_len:
                     raise self._fail(b.offset, f"block {i}: head frame of {b.head_len} bytes "
                                                f"({cut} raw) does not fit the block")
-                d = _decompressor()
-                raw = b"".join((d.decompress(comp[:b.head_len], max_output_size=cut),
-                                d.decompress(comp[b.head_len:],
-                                             max_output_size=b.raw_len - cut)))
+                d, frames = _decompressor(), memoryview(comp)  # (slices without a copy)
+                head = d.decompress(frames[:b.head_len], max_output_size=cut)
+                values: bytes | None = d.decompress(frames[b.head_len:],
+                                                    max_output_size=b.raw_len - cut)
             else:
-                raw = _decompressor().decompress(comp, max_output_size=b.raw_len)
+                head, values = _decompressor().decompress(comp, max_output_size=b.raw_len), None
         except zstandard.ZstdError as e:
             raise self._fail(b.offset, f"block {i} undecodable: {e}") from e
-        if len(raw) != b.raw_len:
-            raise self._fail(b.offset, f"block {i} decompressed to {len(raw)} bytes, "
+        got = len(head) + (len(values) if values is not None else 0)
+        if got != b.raw_len or (values is not None and len(head) != cut):
+            raise self._fail(b.offset, f"block {i} decompressed to {got} bytes, "
                                        f"index says {b.raw_len}")
-        return raw
+        return head, values
 
     def block_batch(self, i: int, b: BlockInfo | None = None) -> EntryBatch:
         """Block i (whose index entry is `b`, when the caller has it) as a batch,
@@ -228,10 +237,10 @@ class LayerFile:
             return cached[1]
         if b is None:
             b = self.blocks[i]
-        raw = self._raw_block(i, b)
+        raw, values = self._block_frames(i, b)
         try:
-            batch = (decode_columns(raw, self._lsn_deltas) if self.version >= COLUMN_VERSION
-                     else decode_rows(raw))
+            batch = (decode_columns(raw, self._lsn_deltas, values)
+                     if self.version >= COLUMN_VERSION else decode_rows(raw))
         except ValueError as e:
             raise self._fail(b.offset, f"block {i} undecodable: {e}") from e
         if len(batch) != b.entries:
@@ -241,13 +250,20 @@ class LayerFile:
         return batch
 
     def _head(self, i: int, b: BlockInfo) -> bytes:
-        """Block i's head frame (v6), CRC-checked and decompressed."""
+        """Block i's head (v6): its head frame, CRC-checked and decompressed; of a
+        block written as one frame (head_len 0), the head of the whole block."""
+        cut = head_size(b.entries)
+        if not b.head_len:
+            whole, _ = self._block_frames(i, b)
+            if len(whole) < cut:
+                raise self._fail(b.offset, f"block {i} of {len(whole)} bytes cannot hold "
+                                           f"{b.entries} entries")
+            return whole[:cut]
         comp = os.pread(self._f.fileno(), b.head_len, b.offset)
-        if len(comp) != b.head_len or not 0 < b.head_len <= b.comp_len:
+        if len(comp) != b.head_len or b.head_len > b.comp_len:
             raise self._fail(b.offset, f"block {i} head truncated")
         if crc32c(comp) != b.head_crc:
             raise self._fail(b.offset, f"block {i} head checksum mismatch")
-        cut = head_size(b.entries)
         try:
             head = _decompressor().decompress(comp, max_output_size=cut)
         except zstandard.ZstdError as e:
@@ -304,10 +320,10 @@ class LayerFile:
         out: list[Entry] = []
         # newest block first; blocks wholly outside [lo, hi) are not read
         for k in reversed(self.blocks.within_lsns(self.blocks.holding(key), lo, hi)):
-            raw = self._raw_block(k)
+            raw, values = self._block_frames(k)
             try:
                 if self.version >= COLUMN_VERSION:
-                    part, ended = chain_in_columns(raw, key, lo, hi, self._lsn_deltas)
+                    part, ended = chain_in_columns(raw, key, lo, hi, self._lsn_deltas, values)
                 else:
                     part = find_in_rows(raw, key, lo, hi)
                     cut = [x for x, e in enumerate(part) if ends_chain(e.value)]
@@ -321,10 +337,10 @@ class LayerFile:
 
     def _find(self, i: int, key: bytes, lo: int, hi: int) -> list[Entry]:
         """Entries of `key` in block i, decoding only those (GetPage's hot path)."""
-        raw = self._raw_block(i)
+        raw, values = self._block_frames(i)
         try:
             if self.version >= COLUMN_VERSION:
-                return find_in_columns(raw, key, lo, hi, self._lsn_deltas)
+                return find_in_columns(raw, key, lo, hi, self._lsn_deltas, values)
             return find_in_rows(raw, key, lo, hi)
         except (struct.error, ValueError) as e:
             raise self._fail(self.blocks[i].offset, f"block {i} undecodable: {e}") from e
@@ -362,9 +378,14 @@ class LayerFile:
 
     def _run_batch(self, run: Sequence[tuple[int, BlockInfo]]) -> EntryBatch:
         """Consecutive v3+ blocks (index, info) as one batch. Raises: CorruptionError."""
-        raws = [self._raw_block(i, b) for i, b in run]
+        frames = [self._block_frames(i, b) for i, b in run]
         try:
-            batch = decode_many_columns(raws, self._lsn_deltas)
+            split = [v for _, v in frames if v is not None]
+            if len(split) == len(frames):  # two frames a block (v6 delta layers)
+                batch = decode_many_columns([h for h, _ in frames], self._lsn_deltas, split)
+            else:  # one frame a block (before v6, v6 image layers; both mixed: joined)
+                batch = decode_many_columns([h if v is None else h + v for h, v in frames],
+                                            self._lsn_deltas)
             if len(batch) == sum(b.entries for _, b in run):
                 return batch
         except ValueError:

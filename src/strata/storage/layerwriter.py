@@ -88,8 +88,13 @@ class LayerWriter:
     """
 
     def __init__(self, directory: Path, *, block_bytes: int, zstd_level: int,
-                 owner: str = "w") -> None:
+                 owner: str = "w", head_frames: bool = True) -> None:
+        """`head_frames`: each block as two frames, head and values (delta layers:
+        the image trigger's chain count reads heads alone); else one frame, head_len 0
+        (image layers: nothing reads their heads alone, and a whole block decodes
+        ~5-10 % faster from one frame)."""
         self._dir = directory
+        self._head_frames = head_frames
         self._tmp = directory / tmp_layer_name(owner)
         self._f = durable.fs().create(self._tmp)
         self._f.write(b"\0" * HEADER.size)
@@ -224,10 +229,21 @@ class LayerWriter:
         self._encode_blocks(block, [n])
 
     def _write_pending(self) -> None:
-        """Compress the encoded blocks waiting (two zstd frames each, head and values,
-        in one call that releases the GIL: a flush thread compresses while the ingest
-        thread runs) and write them with their index entries."""
+        """Compress the encoded blocks waiting (each as two zstd frames, head and values,
+        or one, in one call that releases the GIL: a flush thread compresses while
+        the ingest thread runs) and write them with their index entries."""
         if not self._pending:
+            return
+        if not self._head_frames:
+            comps = self._cctx.multi_compress_to_buffer([raw for raw, _ in self._pending])
+            for i, (raw, (n, k0, l0, k1, l1, lmin, lmax)) in enumerate(self._pending):
+                comp = comps[i].tobytes()
+                self._index.append(INDEX_ENTRY.pack(self._pos, len(comp), len(raw), n,
+                                                    crc32c(comp), k0, l0, k1, l1, lmin, lmax,
+                                                    0, 0))
+                self._f.write(comp)
+                self._pos += len(comp)
+            self._pending, self._pending_bytes = [], 0
             return
         pieces: list[bytes | bytearray | memoryview] = []
         for raw, (n, *_) in self._pending:
@@ -325,5 +341,6 @@ def add_all(w: LayerWriter, name: LayerName, entries: Iterable[Entry]) -> LayerW
 def write_layer(directory: Path, name: LayerName, entries: Iterable[Entry], *,
                 block_bytes: int, zstd_level: int) -> WrittenLayer:
     """Write a whole layer file under its final name (tools, tests, samples)."""
-    w = LayerWriter(directory, block_bytes=block_bytes, zstd_level=zstd_level)
+    w = LayerWriter(directory, block_bytes=block_bytes, zstd_level=zstd_level,
+                    head_frames=not name.is_image)
     return add_all(w, name, entries).finish(name)

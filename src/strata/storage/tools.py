@@ -134,7 +134,9 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
                    f"{b.entries} entries, crc32c {b.crc:08x}"
                    + (f", LSNs {Lsn(b.min_lsn)}..{Lsn(b.max_lsn)}"
                       if f.version >= BOUNDS_VERSION else ""))
-            if f.version >= HEAD_VERSION:
+            if f.version >= HEAD_VERSION and not b.head_len:
+                yield "  frames      one (head_len 0)"
+            elif f.version >= HEAD_VERSION:
                 cut = head_size(b.entries)
                 yield (f"  frames      head {b.head_len} bytes zstd -> {cut} raw, crc32c "
                        f"{b.head_crc:08x}; values {b.comp_len - b.head_len} bytes zstd -> "
