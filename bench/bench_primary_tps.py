@@ -2,7 +2,7 @@
 pg_receivewal streaming, and with `strata up --source` attached.
 
 Usage: python bench/bench_primary_tps.py [--scale 10] [--seconds 20] [--rounds 3]
-       [--settle 600] [--json out.json]
+       [--settle 600] [--strata-home-in /dev/shm] [--json out.json]
 
 One scratch primary (the settings `strata up --source` asks of a primary:
 wal_level replica, a replication slot per consumer), pgbench -i at `--scale`,
@@ -42,6 +42,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,10 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=600,
                     help="seconds to wait at most for strata's maintenance to be idle before "
                          "and after its timed run (0: no settling)")
+    ap.add_argument("--strata-home-in", type=Path,
+                    help="put strata's home (its layer store) in this directory, e.g. a tmpfs "
+                         "such as /dev/shm: strata's CPU without its disk writes, to tell the "
+                         "two costs to the primary apart (the primary stays in the scratch dir)")
     ap.add_argument("--profile", type=Path,
                     help="py-spy each strata service in the last round (files PROFILE-<service>-<pid>.json)")
     args = ap.parse_args()
@@ -162,7 +167,13 @@ def main() -> int:
                        "max_replication_slots": 10})
     c.start()
     res: dict[str, Any] = {"load_start": os.getloadavg(), "scale": args.scale,
-                           "seconds": args.seconds, "settle": args.settle, "rounds": []}
+                           "seconds": args.seconds, "settle": args.settle, "rounds": [],
+                           "strata_home_in": str(args.strata_home_in or base)}
+    home_elsewhere = None
+    if args.strata_home_in is not None:
+        home_elsewhere = Path(tempfile.mkdtemp(prefix="strata-home-", dir=args.strata_home_in))
+        os.chmod(home_elsewhere, 0o755)
+        (base / "home").symlink_to(home_elsewhere, target_is_directory=True)
     try:
         pgbench(c, c.port, "-i", "-q", "-s", str(args.scale))
         c.sql("SELECT pg_create_physical_replication_slot('bench_rx')")
@@ -189,6 +200,8 @@ def main() -> int:
         c.stop("immediate")
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(base, ignore_errors=True)
+            if home_elsewhere is not None:
+                shutil.rmtree(home_elsewhere, ignore_errors=True)
     res["load_end"] = os.getloadavg()
     rounds = res["rounds"]
 
