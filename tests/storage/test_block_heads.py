@@ -187,3 +187,28 @@ def test_image_layers_are_one_frame_a_block_and_their_heads_still_read(tmp_path:
         assert set(h.lsns.tolist()) == {77} and f.verify() == 50
     finally:
         f.close()
+
+
+def test_verify_checks_the_head_frames_own_crc(tmp_path: Path) -> None:
+    """An index whose head CRC is wrong (a writer bug: the index CRC still holds)
+    fails verify, which a whole-block read alone would not notice."""
+    from strata.storage.blockindex import INDEX_ENTRY
+    from strata.storage.layerfile import FOOTER, crc32c
+
+    p = _one_block_layer(tmp_path)[0]
+    f = LayerFile(p)
+    blk, index_off = f.blocks[0], f.index_offset
+    f.close()
+    data = p.read_bytes()
+    index = INDEX_ENTRY.pack(*blk._replace(head_crc=blk.head_crc ^ 1))
+    head = FOOTER.pack(index_off, len(index), 1, blk.entries, crc32c(index), 0, b"STRATAFT")
+    foot = FOOTER.pack(index_off, len(index), 1, blk.entries, crc32c(index), crc32c(head[:28]),
+                       b"STRATAFT")
+    p.write_bytes(data[:index_off] + index + foot)
+    f = LayerFile(p)
+    try:
+        assert len(f.batch_range(b"", PAST_EVERY_KEY)) == 7  # the block itself is sound
+        with pytest.raises(CorruptionError, match="block 0 head checksum mismatch"):
+            f.verify()
+    finally:
+        f.close()

@@ -400,13 +400,16 @@ class LayerFile:
             yield from self.block_batch(i).select(start, end, lo, hi).entries()
 
     def verify(self) -> int:
-        """Read every block; check CRCs, order and ranges. Returns: the entry count."""
+        """Read every block; check CRCs (a v6 head frame's too: it is read alone by
+        `block_heads`), order and ranges. Returns: the entry count."""
         prev: tuple[bytes, int] | None = None
         n = 0
         runs = KeyRuns(chains=self.version >= COLUMN_VERSION)
         name = self.name
         for i, b in enumerate(self.blocks):
             batch = self.block_batch(i)
+            if b.head_len:
+                self._head(i, b)
             m = len(batch)
             if m == 0:
                 continue
