@@ -307,7 +307,8 @@ def test_damaged_v3_columns_are_corruption_naming_the_block(tmp_path: Path) -> N
     data = bytearray(p.read_bytes())
     f = LayerFile(p)
     blk = f.blocks[0]
-    raw = bytearray(f._raw_block(0))
+    head_bytes, values = f._block_frames(0)
+    raw = bytearray(head_bytes + (values or b""))
     f.close()
     raw[4 + 26] = 7  # kind 7
     cut = head_size(1)

@@ -193,12 +193,6 @@ class LayerFile:
         return runs.best
 
     # -- reads -------------------------------------------------------------------
-    def _raw_block(self, i: int, b: BlockInfo | None = None) -> bytes:
-        """Block i decompressed, as one buffer (the layout of blocks.py; a v6 block's
-        frames joined)."""
-        head, values = self._block_frames(i, b)
-        return head if values is None else head + values
-
     def _block_frames(self, i: int, b: BlockInfo | None = None) -> tuple[bytes, bytes | None]:
         """Block i decompressed: (its head, its values) for v6, (the whole block, None)
         before (the decoders take either, so a v6 block is never joined)."""
