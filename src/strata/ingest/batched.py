@@ -10,7 +10,8 @@ What it is: pure functions over the block-reference rows of records
   an image delta for an applied full-page image (unless redo changes the
   page after restoring it, `keyspace.relation.image_needs_record`), else the
   record itself as a delta (WAL_RECORD_INIT when the block is initialised or
-  restored; a heap UPDATE's old page without the new tuple,
+  restored) without the other blocks' images (`wal.decoder.trimmed_for_block`;
+  a heap UPDATE's old page also without the new tuple,
   `keyspace.relation.stores_without_new_page_data`);
 - `size_growth`: the REL_SIZE puts of forks that grow (a block past the known
   end), given the sizes before the run, which it updates;
@@ -44,8 +45,11 @@ from strata.wal.batch import LSN_HEADER, RecordBatch
 from strata.wal.record import (
     BKPBLOCK_HAS_DATA,
     BKPBLOCK_HAS_IMAGE,
+    BKPBLOCK_SAME_REL,
     BKPBLOCK_WILL_INIT,
     BKPIMAGE_APPLY,
+    BKPIMAGE_COMPRESSED,
+    BKPIMAGE_HAS_HOLE,
     XLR_RMGR_INFO_MASK,
 )
 from strata.wal.rmgr import (
@@ -78,8 +82,8 @@ _W8, _W32 = np.uint64(8), np.uint64(32)
 _HEAD_SIZE = COMPACT_RECORD_HEADER.size
 assert _WORD.itemsize * 5 == _HEAD_SIZE
 _REC_HDR = _HEAD_SIZE - _HDR  # SizeOfXLogRecord (24)
-# what an old page's record delta changes in block 0's header: fork_flags and
-# data_length (`_record_pieces`)
+# what a record delta changes in the header of a block it cuts the image or data
+# of: fork_flags and data_length (`_record_pieces`)
 _SIDE = np.dtype([("flags", "u1"), ("dlen", "<u2")])
 _GROUP_STRIDE = 1 << 33  # above any block count + 1: keeps groups apart in one cummax
 
@@ -118,16 +122,22 @@ def _old_pages(batch: RecordBatch, k: np.ndarray, image: np.ndarray) -> np.ndarr
     return old
 
 
-def _record_pieces(batch: RecordBatch, rec: np.ndarray, old: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
-    """(source, start, length) of the pieces of record deltas `rec` (one row each,
-    in order; source 0 is buf, 1 the returned bytes), which begin with the 40
-    bytes of `keyspace.relation.COMPACT_RECORD_HEADER` (source 1): then two
-    pieces, the record after its header; or, for an `old` row, the record without
-    block 0's data (xl_tot_len lowered in the header), five: block 0's id; its
-    fork_flags without HAS_DATA and data_length 0 (source 1); the other headers
-    and block 0's image; what follows block 0's data."""
+def _record_pieces(batch: RecordBatch, d: np.ndarray, old: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes, np.ndarray]:
+    """(source, start, length, source 1, pieces per delta) of the pieces of the record deltas of block rows `d`
+    (one delta each, in order; source 0 is buf, 1 the returned bytes): the vector
+    form of `wal.decoder.trimmed_for_block`. Each begins with the 40 bytes of
+    `keyspace.relation.COMPACT_RECORD_HEADER` (source 1, xl_tot_len lowered by
+    what is cut). A delta whose record has no image on another block and that is
+    not an `old` row (a heap UPDATE's old page) is one more piece, the record
+    after its header. Otherwise the record is cut at events, in order: for each
+    block to edit (another block with an image; block 0 of an `old` row) one in
+    its header (its fork_flags and data_length replaced by 3 bytes of source 1,
+    the image header dropped) and one in the payloads (the image and/or the data
+    dropped); the pieces are the kept ranges between them and those 3 bytes."""
     recs = batch.recs
+    n = len(d)
+    rec = d["rec"]
     off = recs["off"][rec]
     tot_len = recs["tot_len"][rec]
     tot = tot_len.astype(_I64)
@@ -135,34 +145,105 @@ def _record_pieces(batch: RecordBatch, rec: np.ndarray, old: np.ndarray
     # the headers as five little-endian u64 words (ten times faster than filling a
     # packed structured array): 0, 0 (the end LSN is the entry's), xl_tot_len |
     # xl_xid << 32, end - start, xl_info | xl_rmid << 8 (padding and xl_crc 0)
-    heads = np.zeros((len(rec), 5), dtype=_WORD)
+    heads = np.zeros((n, 5), dtype=_WORD)
     heads[:, 2] = tot_len.astype(_WORD) | (recs["xid"][rec].astype(_WORD) << _W32)
     heads[:, 3] = end - recs["lsn"][rec]
     heads[:, 4] = recs["info"][rec].astype(_WORD) | (recs["rmid"][rec].astype(_WORD) << _W8)
-    pieces = np.where(old, 5, 2)
-    first = np.zeros(len(rec), dtype=_I64)
+    edit = old.copy()
+    if n:  # records with an image on a block other than the delta's
+        first_blk = recs["blk_first"][rec].astype(_I64)
+        nblk = recs["nblocks"][rec].astype(_I64)
+        lo = int(first_blk[0])
+        has = (batch.blks["fork_flags"][lo:int(first_blk[-1] + nblk[-1])]
+               & np.uint8(BKPBLOCK_HAS_IMAGE)) != 0
+        cs = np.zeros(len(has) + 1, dtype=_I64)
+        np.cumsum(has, out=cs[1:])
+        own = (d["fork_flags"] & np.uint8(BKPBLOCK_HAS_IMAGE)) != 0
+        edit |= cs[first_blk + nblk - lo] - cs[first_blk - lo] > own
+    if not edit.any():
+        src = np.zeros(2 * n, dtype=np.uint8)
+        src[0::2] = 1
+        starts = np.empty(2 * n, dtype=_I64)
+        lens = np.empty(2 * n, dtype=_I64)
+        starts[0::2], lens[0::2] = np.arange(n, dtype=_I64) * _HEAD_SIZE, _HEAD_SIZE
+        starts[1::2], lens[1::2] = off + _REC_HDR, tot - _REC_HDR
+        return src, starts, lens, heads.tobytes(), np.full(n, 2, dtype=_I64)
+    ev_row, ev_pos, ev_end, ev_patch, side = _cuts(batch, d, old, np.flatnonzero(edit))
+    removed = np.zeros(n, dtype=_I64)
+    np.add.at(removed, ev_row, ev_end - ev_pos - np.where(ev_patch, _SIDE.itemsize, 0))
+    heads[:, 2] -= removed.astype(_WORD)  # xl_tot_len, the low half
+    nev = np.bincount(ev_row, minlength=n)
+    npatch = np.bincount(ev_row, weights=ev_patch, minlength=n).astype(_I64)
+    pieces = 2 + nev + npatch
+    first = np.zeros(n, dtype=_I64)
     np.cumsum(pieces[:-1], out=first[1:])
     total = int(pieces.sum())
     src = np.zeros(total, dtype=np.uint8)
     starts = np.empty(total, dtype=_I64)
     lens = np.empty(total, dtype=_I64)
-    src[first], starts[first], lens[first] = 1, np.arange(len(rec), dtype=_I64) * _HEAD_SIZE, \
+    src[first], starts[first], lens[first] = 1, np.arange(n, dtype=_I64) * _HEAD_SIZE, \
         _HEAD_SIZE
-    starts[first + 1], lens[first + 1] = off + _REC_HDR, tot - _REC_HDR
-    if not old.any():
-        return src, starts, lens, heads.tobytes()
-    at, o = first[old], off[old]
-    b0 = batch.blks[recs["blk_first"][rec[old]]]
-    d0, n0 = b0["data_off"], b0["data_len"].astype(_I64)
-    heads[old, 2] -= n0.astype(_WORD)  # xl_tot_len, the low half
-    side = np.zeros(int(old.sum()), dtype=_SIDE)
-    side["flags"] = b0["fork_flags"] & ~np.uint8(BKPBLOCK_HAS_DATA)
-    lens[at + 1] = 1
-    src[at + 2], starts[at + 2], lens[at + 2] = \
-        1, len(rec) * _HEAD_SIZE + np.arange(len(side)) * _SIDE.itemsize, _SIDE.itemsize
-    starts[at + 3], lens[at + 3] = o + 28, d0 - (o + 28)
-    starts[at + 4], lens[at + 4] = d0 + n0, o + tot[old] - (d0 + n0)
-    return src, starts, lens, heads.tobytes() + side.tobytes()
+    # each event: the kept range before it (from the previous event's end, or the
+    # record's body), then its 3 bytes when it has them; after the last, the rest
+    per = 1 + ev_patch.astype(_I64)
+    cum = np.cumsum(per)
+    ev_first = np.zeros(n, dtype=_I64)  # each row's first event
+    np.cumsum(nev[:-1], out=ev_first[1:])
+    at = first[ev_row] + 1 + cum - per - (cum - per)[ev_first[ev_row]]
+    prev_end = np.where(np.arange(len(ev_row)) == ev_first[ev_row], off[ev_row] + _REC_HDR,
+                        np.roll(ev_end, 1))
+    starts[at], lens[at] = prev_end, ev_pos - prev_end
+    p = at[ev_patch] + 1
+    src[p] = 1
+    starts[p] = n * _HEAD_SIZE + np.arange(len(p), dtype=_I64) * _SIDE.itemsize
+    lens[p] = _SIDE.itemsize
+    last = first + pieces - 1
+    tail = np.where(nev > 0, 0, off + _REC_HDR)
+    has_ev = nev > 0
+    tail[has_ev] = ev_end[ev_first[has_ev] + nev[has_ev] - 1]
+    starts[last], lens[last] = tail, off + tot - tail
+    return src, starts, lens, heads.tobytes() + side.tobytes(), pieces
+
+
+def _cuts(batch: RecordBatch, d: np.ndarray, old: np.ndarray, rows: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cut events of delta rows `rows` of `d` (`_record_pieces`), sorted by
+    row then position: (row, start, end of what is dropped, has 3 bytes of
+    replacement, those bytes in event order)."""
+    recs = batch.recs
+    rec = d["rec"][rows]
+    nblk = recs["nblocks"][rec].astype(_I64)
+    group = np.zeros(len(rows), dtype=_I64)
+    np.cumsum(nblk[:-1], out=group[1:])
+    pair_row = np.repeat(rows, nblk)
+    idx = np.repeat(recs["blk_first"][rec].astype(_I64) - group, nblk) \
+        + np.arange(int(nblk.sum()), dtype=_I64)
+    b = batch.blks[idx]
+    flags = b["fork_flags"]
+    has = (flags & np.uint8(BKPBLOCK_HAS_IMAGE)) != 0
+    ihl = np.where(has, np.where(((b["bimg_info"] & np.uint8(BKPIMAGE_COMPRESSED)) != 0)
+                                 & ((b["bimg_info"] & np.uint8(BKPIMAGE_HAS_HOLE)) != 0), 7, 5),
+                   0)
+    hlen = 8 + ihl + np.where((flags & np.uint8(BKPBLOCK_SAME_REL)) != 0, 0, 12)
+    excl = np.cumsum(hlen) - hlen  # headers are back to back after the record header
+    hdr = recs["off"][d["rec"][pair_row]] + _REC_HDR + excl - np.repeat(excl[group], nblk)
+    cut = has & (b["block_id"] != d["block_id"][pair_row])
+    drop = old[pair_row] & (b["block_id"] == 0)
+    inc = cut | drop
+    m = int(inc.sum())
+    row = np.concatenate([pair_row[inc], pair_row[inc]])
+    pos = np.concatenate([hdr[inc] + 1, np.where(cut, b["img_off"], b["data_off"])[inc]])
+    img_end = b["img_off"] + b["img_len"]
+    stop = np.concatenate([hdr[inc] + 4 + np.where(cut, ihl, 0)[inc],
+                           np.where(drop, b["data_off"] + b["data_len"], img_end)[inc]])
+    patch = np.concatenate([np.ones(m, dtype=bool), np.zeros(m, dtype=bool)])
+    order = np.lexsort((np.arange(2 * m), ~patch, row))  # per row: headers, then payloads
+    side = np.zeros(m, dtype=_SIDE)
+    side["flags"] = (flags[inc] & ~np.where(cut[inc], np.uint8(BKPBLOCK_HAS_IMAGE), np.uint8(0))
+                     & ~np.where(drop[inc], np.uint8(BKPBLOCK_HAS_DATA), np.uint8(0)))
+    side["dlen"] = np.where(drop[inc], 0, b["data_len"][inc])
+    hdr_order = order[patch[order]]  # the header events in output order
+    return row[order], pos[order], stop[order], patch[order], side[hdr_order]
 
 
 def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
@@ -186,11 +267,12 @@ def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
     old = _old_pages(batch, k, image) if n else np.zeros(0, dtype=bool)
     # a record delta is the pieces of `_record_pieces`; an image delta three: the LSN
     # header, its 10-byte tail, the image as stored
-    rsrc, rstarts, rlens, side = _record_pieces(batch, rec[~image], old[~image])
+    rsrc, rstarts, rlens, side, rpieces = _record_pieces(batch, k[~image], old[~image])
     if not image.any():
         src, starts, plens = rsrc, rstarts, rlens
     else:
-        pieces = np.where(image, 3, np.where(old, 5, 2))
+        pieces = np.full(n, 3, dtype=_I64)
+        pieces[~image] = rpieces
         first = np.zeros(n, dtype=_I64)
         np.cumsum(pieces[:-1], out=first[1:])
         total = int(pieces.sum())
@@ -212,7 +294,7 @@ def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
         starts[at + 2], plens[at + 2] = k["img_off"][image], k["img_len"][image]
         return _columns(keys, recs["end_lsn"][rec], kinds, pieces, plens,
                         gather((batch.buf, side, tails.tobytes()), src, starts, plens))
-    return _columns(keys, recs["end_lsn"][rec], kinds, np.where(old, 5, 2), plens,
+    return _columns(keys, recs["end_lsn"][rec], kinds, rpieces, plens,
                     gather((batch.buf, side), src, starts, plens))
 
 

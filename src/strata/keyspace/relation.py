@@ -27,7 +27,7 @@ import struct
 from strata.errors import WalDecodeError
 from strata.lsn import Lsn
 from strata.pg.constants import ForkNumber
-from strata.wal.decoder import without_block_data
+from strata.wal.decoder import trimmed_for_block
 from strata.wal.record import XLR_RMGR_INFO_MASK, BlockImage, BlockRef, DecodedRecord
 from strata.wal.rmgr import (
     RM_GIST_ID,
@@ -126,12 +126,17 @@ def stores_without_new_page_data(rmid: int, xl_info: int, block_id: int) -> bool
 
 def encode_record_delta(record: DecodedRecord, blk: BlockRef) -> bytes:
     """The REL_BLOCK record delta of block reference `blk` of `record`: the record
-    as written, but for the old page of a heap UPDATE, which leaves out the new
-    page's data (`stores_without_new_page_data`; keyspace/FORMAT.md, "REL_BLOCK
-    record deltas"). The vectorized form is `ingest.batched.block_entries`."""
+    as written, without the full-page images of its other block references (redo
+    of a block reads only that block's image), and for the old page of a heap
+    UPDATE without the new page's data (`stores_without_new_page_data`;
+    keyspace/FORMAT.md, "REL_BLOCK record deltas"). The vectorized form is
+    `ingest.batched.block_entries`."""
     raw = record.raw
-    if stores_without_new_page_data(record.xl_rmid, record.xl_info, blk.block_id):
-        raw = without_block_data(raw, 0)
+    drop = 0 if stores_without_new_page_data(record.xl_rmid, record.xl_info,
+                                             blk.block_id) else None
+    if drop is not None or any(b.image is not None and b.block_id != blk.block_id
+                               for b in record.blocks):
+        raw = trimmed_for_block(raw, blk.block_id, drop)
     return encode_delta(record.lsn, record.end_lsn, raw)
 
 

@@ -269,19 +269,23 @@ def decode_record(raw: bytes, lsn: Lsn | int, end_lsn: Lsn | int) -> DecodedReco
         tuple(blocks), main_data, origin, toplevel_xid, raw)
 
 
-def without_block_data(raw: bytes, block_id: int) -> bytes:
-    """Record `raw` without block reference `block_id`'s registered data: the data
-    bytes removed, BKPBLOCK_HAS_DATA cleared and data_length 0 in its header,
+def trimmed_for_block(raw: bytes, block_id: int, drop_data_of: int | None = None) -> bytes:
+    """Record `raw` as ingest stores it for its block reference `block_id`
+    (keyspace/FORMAT.md, "REL_BLOCK record deltas"): every other block
+    reference's full-page image removed (its image header and bytes, and
+    BKPBLOCK_HAS_IMAGE), and, when `drop_data_of` names a block reference, that
+    block's registered data (its bytes, BKPBLOCK_HAS_DATA, data_length 0);
     xl_tot_len lowered to match. Everything else stays (xl_crc is the original
-    record's: it no longer covers these bytes). `raw` itself when that block has
-    no data.
+    record's: it no longer covers these bytes). `raw` itself when nothing is
+    removed. `ingest.batched._record_pieces` is the vector form.
 
     Requires: `raw` decodes (`decode_headers`)."""
     n = len(raw)
     pos = SIZE_OF_XLOG_RECORD
     datatotal = 0
-    hdr_at = data_at = -1
-    dlen = 0
+    # per block to edit: header offset, image header length (0: image kept), data
+    # kept?, where its payload starts after the headers, image and data lengths
+    edits: list[tuple[int, int, bool, int, int, int]] = []
     while n - pos > datatotal:
         bid = raw[pos]
         if bid > XLR_MAX_BLOCK_ID:
@@ -295,15 +299,27 @@ def without_block_data(raw: bytes, block_id: int) -> bytes:
         if fork_flags & BKPBLOCK_HAS_IMAGE:
             img_len, _, bimg_info = _img_hdr_unpack_from(raw, pos + 4)
             hdr = 7 if bimg_info & BKPIMAGE_COMPRESSED and bimg_info & BKPIMAGE_HAS_HOLE else 5
-        if bid == block_id:
-            hdr_at, data_at, dlen = pos, datatotal + img_len, data_len
+        cut_image = hdr if bid != block_id else 0
+        drop = bid == drop_data_of and data_len > 0
+        if cut_image or drop:
+            edits.append((pos, cut_image, not drop, datatotal, img_len, data_len))
         datatotal += img_len + data_len
         pos += 4 + hdr + (0 if fork_flags & BKPBLOCK_SAME_REL else 12) + 4
-    if hdr_at < 0 or not dlen:
+    if not edits:
         return raw
-    start = pos + data_at  # headers end at pos; payloads follow in header order
-    out = bytearray(raw[:start]) + raw[start + dlen:]
-    out[hdr_at + 1] &= ~BKPBLOCK_HAS_DATA & 0xFF
-    out[hdr_at + 2:hdr_at + 4] = b"\0\0"
+    out = bytearray()
+    cur = 0
+    for at, cut_image, keep_data, _, _, data_len in edits:  # headers, in order
+        flags = raw[at + 1] & ~((BKPBLOCK_HAS_IMAGE if cut_image else 0)
+                                | (0 if keep_data else BKPBLOCK_HAS_DATA))
+        out += raw[cur:at + 1]
+        out += _BLK_HDR.pack(flags, data_len if keep_data else 0)
+        cur = at + 4 + cut_image
+    for _, cut_image, keep_data, payload, img_len, data_len in edits:  # payloads
+        start = pos + payload + (0 if cut_image else img_len)
+        end = pos + payload + img_len + (0 if keep_data else data_len)
+        out += raw[cur:start]
+        cur = end
+    out += raw[cur:]
     out[0:4] = U32.pack(len(out))
     return bytes(out)
