@@ -2,7 +2,8 @@
 `WalReader.read_batch`) stores exactly the entries the record-at-a-time path
 (`WalIngest.ingest`) stores, and ends in the same state: on the sample records
 of every kind (tests/data/wal) and on real WAL (pgbench; history.sql with its
-DDL, drops and truncations), with the compiled reader and in pure Python."""
+DDL, drops and truncations; pgbench with an image on every block, compressed),
+with the compiled reader and in pure Python."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from strata.bootstrap import import_datadir
 from strata.errors import EndOfWal
 from strata.historical.source import DataDirSource
+from strata.ingest import batched
 from strata.ingest.transam import TransamIngest
 from strata.ingest.walingest import WalIngest
 from strata.key import Key, KeyKind, KeyRange
@@ -36,6 +38,8 @@ from strata.wal.source import FileSource
 from tests.conftest import _scratch, make_cluster
 from tests.wal.conftest import (  # noqa: F401  (fixtures)
     WalRun,
+    _insert_lsn,
+    _pgbench,
     history_statements,
     history_wal,
     pgbench_wal,
@@ -295,4 +299,45 @@ def test_imported_history_in_batches_stores_what_one_by_one_stores(
     b = ingest_with(tmp_path / "b", r.run.start, _batch_path(r.run, 128 << 10), base=r.base)
     assert a.ddl and any("after_rewrite" in str(e) for e in a.ddl)
     assert {KeyKind.DB_DIR, KeyKind.RELMAP} <= {k.kind for k, _, _ in a.puts}
+    assert_same(a, b)
+
+
+@pytest.fixture(scope="module")
+def imaged_wal(wal_scratch: Path) -> Iterator[WalRun]:  # noqa: F811
+    """pgbench WAL where every heap block reference carries an image
+    (wal_consistency_checking = heap), pglz-compressed (the 7-byte image header
+    of a compressed image with a hole), after a checkpoint (applied images too)."""
+    c = make_cluster(wal_scratch / "imaged", wal_consistency_checking="heap",
+                     wal_compression="pglz")
+    try:
+        _pgbench(c, "-i", "-s", "1", "-q")
+        c.sql("CHECKPOINT")
+        start = _insert_lsn(c)
+        _pgbench(c, "-c", "2", "-j", "2", "-t", "200", "-n")
+        end = _insert_lsn(c)
+    finally:
+        c.stop()
+    yield WalRun(c, start, end)
+
+
+@pytest.mark.pg
+def test_records_with_images_on_other_blocks_store_what_one_by_one_stores(
+        imaged_wal: WalRun, tmp_path: Path, reader_mode: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch path cuts other blocks' images (`batched._cuts`) as
+    `wal.decoder.trimmed_for_block` does, for a heap UPDATE's old page too (the
+    new page's image and tuple both cut), compressed images with holes
+    included."""
+    cuts = batched._cuts
+    seen = {"rows": 0, "old": 0}
+
+    def counted(batch: Any, rec: Any, block: Any, old: Any, rows: Any) -> Any:
+        seen["rows"] += len(rows)
+        seen["old"] += int(old[rows].sum())
+        return cuts(batch, rec, block, old, rows)
+
+    monkeypatch.setattr(batched, "_cuts", counted)
+    a = ingest_with(tmp_path / "a", imaged_wal.start, _record_path(imaged_wal))
+    b = ingest_with(tmp_path / "b", imaged_wal.start, _batch_path(imaged_wal, 128 << 10))
+    assert seen["rows"] > 200 and seen["old"] > 10, seen
     assert_same(a, b)

@@ -122,22 +122,32 @@ def _old_pages(batch: RecordBatch, k: np.ndarray, image: np.ndarray) -> np.ndarr
     return old
 
 
-def _record_pieces(batch: RecordBatch, d: np.ndarray, old: np.ndarray
+def _record_pieces(batch: RecordBatch, rec: np.ndarray, fork_flags: np.ndarray,
+                   block_id: np.ndarray, old: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes, np.ndarray]:
-    """(source, start, length, source 1, pieces per delta) of the pieces of the record deltas of block rows `d`
-    (one delta each, in order; source 0 is buf, 1 the returned bytes): the vector
-    form of `wal.decoder.trimmed_for_block`. Each begins with the 40 bytes of
-    `keyspace.relation.COMPACT_RECORD_HEADER` (source 1, xl_tot_len lowered by
-    what is cut). A delta whose record has no image on another block and that is
-    not an `old` row (a heap UPDATE's old page) is one more piece, the record
-    after its header. Otherwise the record is cut at events, in order: for each
-    block to edit (another block with an image; block 0 of an `old` row) one in
-    its header (its fork_flags and data_length replaced by 3 bytes of source 1,
-    the image header dropped) and one in the payloads (the image and/or the data
-    dropped); the pieces are the kept ranges between them and those 3 bytes."""
+    """(source, start, length, source 1, pieces per delta) of the pieces of the
+    record deltas of the block references (`rec`, `fork_flags`, `block_id`: the
+    columns of their block rows, in record order; one delta each; source 0 is
+    buf, 1 the returned bytes): the vector form of `wal.decoder.trimmed_for_block`.
+    Each delta begins with the 40 bytes of `keyspace.relation.COMPACT_RECORD_HEADER`
+    (source 1, xl_tot_len lowered by what is cut), then:
+
+    - a record with no image on another block, not an `old` row (a heap
+      UPDATE's old page): one piece, the record after its header;
+    - an `old` row with no image on another block: four, block 0's id; its
+      fork_flags without HAS_DATA and data_length 0 (source 1); the other
+      headers; what follows block 0's data;
+    - a record with an image on another block: cut at events, in order (`_cuts`):
+      for each block to edit (another block with an image; block 0 of an `old`
+      row) one in its header (fork_flags and data_length replaced by 3 bytes of
+      source 1, the image header dropped) and one in the payloads (the image
+      and/or the data dropped); the pieces are the kept ranges between them and
+      those 3 bytes.
+
+    The second form is the third's result for those rows, in fewer numpy steps:
+    a non-HOT UPDATE writes one such row per record."""
     recs = batch.recs
-    n = len(d)
-    rec = d["rec"]
+    n = len(rec)
     off = recs["off"][rec]
     tot_len = recs["tot_len"][rec]
     tot = tot_len.astype(_I64)
@@ -149,18 +159,8 @@ def _record_pieces(batch: RecordBatch, d: np.ndarray, old: np.ndarray
     heads[:, 2] = tot_len.astype(_WORD) | (recs["xid"][rec].astype(_WORD) << _W32)
     heads[:, 3] = end - recs["lsn"][rec]
     heads[:, 4] = recs["info"][rec].astype(_WORD) | (recs["rmid"][rec].astype(_WORD) << _W8)
-    edit = old.copy()
-    if n:  # records with an image on a block other than the delta's
-        first_blk = recs["blk_first"][rec].astype(_I64)
-        nblk = recs["nblocks"][rec].astype(_I64)
-        lo = int(first_blk[0])
-        has = (batch.blks["fork_flags"][lo:int(first_blk[-1] + nblk[-1])]
-               & np.uint8(BKPBLOCK_HAS_IMAGE)) != 0
-        cs = np.zeros(len(has) + 1, dtype=_I64)
-        np.cumsum(has, out=cs[1:])
-        own = (d["fork_flags"] & np.uint8(BKPBLOCK_HAS_IMAGE)) != 0
-        edit |= cs[first_blk + nblk - lo] - cs[first_blk - lo] > own
-    if not edit.any():
+    cutting = _with_other_images(batch, rec, fork_flags)
+    if not old.any() and cutting is None:
         src = np.zeros(2 * n, dtype=np.uint8)
         src[0::2] = 1
         starts = np.empty(2 * n, dtype=_I64)
@@ -168,13 +168,15 @@ def _record_pieces(batch: RecordBatch, d: np.ndarray, old: np.ndarray
         starts[0::2], lens[0::2] = np.arange(n, dtype=_I64) * _HEAD_SIZE, _HEAD_SIZE
         starts[1::2], lens[1::2] = off + _REC_HDR, tot - _REC_HDR
         return src, starts, lens, heads.tobytes(), np.full(n, 2, dtype=_I64)
-    ev_row, ev_pos, ev_end, ev_patch, side = _cuts(batch, d, old, np.flatnonzero(edit))
-    removed = np.zeros(n, dtype=_I64)
-    np.add.at(removed, ev_row, ev_end - ev_pos - np.where(ev_patch, _SIDE.itemsize, 0))
-    heads[:, 2] -= removed.astype(_WORD)  # xl_tot_len, the low half
-    nev = np.bincount(ev_row, minlength=n)
-    npatch = np.bincount(ev_row, weights=ev_patch, minlength=n).astype(_I64)
-    pieces = 2 + nev + npatch
+    plain_old = old if cutting is None else old & ~cutting
+    pieces = np.where(plain_old, 5, 2)
+    if cutting is not None:
+        ev_row, ev_pos, ev_end, ev_patch, side_cut = _cuts(batch, rec, block_id, old,
+                                                           np.flatnonzero(cutting))
+        nev = np.bincount(ev_row, minlength=n)
+        pieces += nev + np.bincount(ev_row, weights=ev_patch, minlength=n).astype(_I64)
+        heads[:, 2] -= np.bincount(ev_row, weights=ev_end - ev_pos
+                                   - ev_patch * _SIDE.itemsize, minlength=n).astype(_WORD)
     first = np.zeros(n, dtype=_I64)
     np.cumsum(pieces[:-1], out=first[1:])
     total = int(pieces.sum())
@@ -183,35 +185,71 @@ def _record_pieces(batch: RecordBatch, d: np.ndarray, old: np.ndarray
     lens = np.empty(total, dtype=_I64)
     src[first], starts[first], lens[first] = 1, np.arange(n, dtype=_I64) * _HEAD_SIZE, \
         _HEAD_SIZE
+    # the record after its header (what the rows cut below overwrite)
+    starts[first + 1], lens[first + 1] = off + _REC_HDR, tot - _REC_HDR
+    at, o = first[plain_old], off[plain_old]
+    b0 = batch.blks[recs["blk_first"][rec[plain_old]]]
+    d0, n0 = b0["data_off"], b0["data_len"].astype(_I64)
+    heads[plain_old, 2] -= n0.astype(_WORD)  # xl_tot_len, the low half
+    side = np.zeros(len(at), dtype=_SIDE)
+    side["flags"] = b0["fork_flags"] & ~np.uint8(BKPBLOCK_HAS_DATA)
+    starts[at + 1], lens[at + 1] = o + _REC_HDR, 1
+    src[at + 2], starts[at + 2], lens[at + 2] = \
+        1, n * _HEAD_SIZE + np.arange(len(at), dtype=_I64) * _SIDE.itemsize, _SIDE.itemsize
+    starts[at + 3], lens[at + 3] = o + 28, d0 - (o + 28)
+    starts[at + 4], lens[at + 4] = d0 + n0, o + tot[plain_old] - (d0 + n0)
+    if cutting is None:
+        return src, starts, lens, heads.tobytes() + side.tobytes(), pieces
     # each event: the kept range before it (from the previous event's end, or the
     # record's body), then its 3 bytes when it has them; after the last, the rest
     per = 1 + ev_patch.astype(_I64)
     cum = np.cumsum(per)
     ev_first = np.zeros(n, dtype=_I64)  # each row's first event
     np.cumsum(nev[:-1], out=ev_first[1:])
-    at = first[ev_row] + 1 + cum - per - (cum - per)[ev_first[ev_row]]
+    k = first[ev_row] + 1 + cum - per - (cum - per)[ev_first[ev_row]]
     prev_end = np.where(np.arange(len(ev_row)) == ev_first[ev_row], off[ev_row] + _REC_HDR,
                         np.roll(ev_end, 1))
-    starts[at], lens[at] = prev_end, ev_pos - prev_end
-    p = at[ev_patch] + 1
+    starts[k], lens[k] = prev_end, ev_pos - prev_end
+    p = k[ev_patch] + 1
     src[p] = 1
-    starts[p] = n * _HEAD_SIZE + np.arange(len(p), dtype=_I64) * _SIDE.itemsize
+    starts[p] = n * _HEAD_SIZE + (len(at) + np.arange(len(p), dtype=_I64)) * _SIDE.itemsize
     lens[p] = _SIDE.itemsize
-    last = first + pieces - 1
-    tail = np.where(nev > 0, 0, off + _REC_HDR)
-    has_ev = nev > 0
-    tail[has_ev] = ev_end[ev_first[has_ev] + nev[has_ev] - 1]
-    starts[last], lens[last] = tail, off + tot - tail
-    return src, starts, lens, heads.tobytes() + side.tobytes(), pieces
+    cut_rows = np.flatnonzero(cutting)
+    last = first[cut_rows] + pieces[cut_rows] - 1
+    tail = ev_end[ev_first[cut_rows] + nev[cut_rows] - 1]
+    starts[last], lens[last] = tail, off[cut_rows] + tot[cut_rows] - tail
+    return src, starts, lens, heads.tobytes() + side.tobytes() + side_cut.tobytes(), pieces
 
 
-def _cuts(batch: RecordBatch, d: np.ndarray, old: np.ndarray, rows: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The cut events of delta rows `rows` of `d` (`_record_pieces`), sorted by
-    row then position: (row, start, end of what is dropped, has 3 bytes of
-    replacement, those bytes in event order)."""
+def _with_other_images(batch: RecordBatch, rec: np.ndarray, fork_flags: np.ndarray
+                       ) -> np.ndarray | None:
+    """Per block reference (of record `rec`, with `fork_flags`; in record order):
+    does its record hold a full-page image of another block? None when no
+    reference's does."""
+    if not len(rec):
+        return None
     recs = batch.recs
-    rec = d["rec"][rows]
+    lo = int(recs["blk_first"][rec[0]])
+    hi = int(recs["blk_first"][rec[-1]]) + int(recs["nblocks"][rec[-1]])
+    with_image = np.flatnonzero(batch.blks["fork_flags"][lo:hi] & np.uint8(BKPBLOCK_HAS_IMAGE))
+    if not len(with_image):
+        return None
+    r0 = int(rec[0])
+    images = np.bincount(batch.blks["rec"][with_image + lo] - r0,
+                         minlength=int(rec[-1]) - r0 + 1)  # per record
+    out = images[rec - r0] > ((fork_flags & np.uint8(BKPBLOCK_HAS_IMAGE)) != 0)
+    return out if out.any() else None
+
+
+def _cuts(batch: RecordBatch, delta_rec: np.ndarray, delta_block: np.ndarray,
+          old: np.ndarray, rows: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cut events of deltas `rows` (of the block references of records
+    `delta_rec` with ids `delta_block`; `_record_pieces`), sorted by row then
+    position: (row, start, end of what is dropped, has 3 bytes of replacement,
+    those bytes in event order)."""
+    recs = batch.recs
+    rec = delta_rec[rows]
     nblk = recs["nblocks"][rec].astype(_I64)
     group = np.zeros(len(rows), dtype=_I64)
     np.cumsum(nblk[:-1], out=group[1:])
@@ -226,24 +264,32 @@ def _cuts(batch: RecordBatch, d: np.ndarray, old: np.ndarray, rows: np.ndarray
                    0)
     hlen = 8 + ihl + np.where((flags & np.uint8(BKPBLOCK_SAME_REL)) != 0, 0, 12)
     excl = np.cumsum(hlen) - hlen  # headers are back to back after the record header
-    hdr = recs["off"][d["rec"][pair_row]] + _REC_HDR + excl - np.repeat(excl[group], nblk)
-    cut = has & (b["block_id"] != d["block_id"][pair_row])
+    hdr = recs["off"][delta_rec[pair_row]] + _REC_HDR + excl - np.repeat(excl[group], nblk)
+    cut = has & (b["block_id"] != delta_block[pair_row])
     drop = old[pair_row] & (b["block_id"] == 0)
-    inc = cut | drop
-    m = int(inc.sum())
-    row = np.concatenate([pair_row[inc], pair_row[inc]])
-    pos = np.concatenate([hdr[inc] + 1, np.where(cut, b["img_off"], b["data_off"])[inc]])
-    img_end = b["img_off"] + b["img_len"]
-    stop = np.concatenate([hdr[inc] + 4 + np.where(cut, ihl, 0)[inc],
-                           np.where(drop, b["data_off"] + b["data_len"], img_end)[inc]])
-    patch = np.concatenate([np.ones(m, dtype=bool), np.zeros(m, dtype=bool)])
-    order = np.lexsort((np.arange(2 * m), ~patch, row))  # per row: headers, then payloads
-    side = np.zeros(m, dtype=_SIDE)
-    side["flags"] = (flags[inc] & ~np.where(cut[inc], np.uint8(BKPBLOCK_HAS_IMAGE), np.uint8(0))
-                     & ~np.where(drop[inc], np.uint8(BKPBLOCK_HAS_DATA), np.uint8(0)))
-    side["dlen"] = np.where(drop[inc], 0, b["data_len"][inc])
-    hdr_order = order[patch[order]]  # the header events in output order
-    return row[order], pos[order], stop[order], patch[order], side[hdr_order]
+    inc = np.flatnonzero(cut | drop)  # in row order, blocks in record order
+    cut, drop, b, ihl, hdr = cut[inc], drop[inc], b[inc], ihl[inc], hdr[inc]
+    row = pair_row[inc]
+    m = len(inc)
+    # per row, its c header events (one per edited block), then its c payload events
+    c = np.bincount(row, minlength=len(delta_rec))
+    first = np.zeros(len(delta_rec), dtype=_I64)
+    np.cumsum(c[:-1], out=first[1:])
+    h = first[row] + np.arange(m, dtype=_I64)  # 2 * first[row] + rank in the row
+    p = h + c[row]
+    out_row = np.empty(2 * m, dtype=_I64)
+    pos = np.empty(2 * m, dtype=_I64)
+    stop = np.empty(2 * m, dtype=_I64)
+    patch = np.zeros(2 * m, dtype=bool)
+    out_row[h] = out_row[p] = row
+    pos[h], stop[h], patch[h] = hdr + 1, hdr + 4 + np.where(cut, ihl, 0), True
+    pos[p] = np.where(cut, b["img_off"], b["data_off"])
+    stop[p] = np.where(drop, b["data_off"] + b["data_len"], b["img_off"] + b["img_len"])
+    side = np.zeros(m, dtype=_SIDE)  # in header event order
+    side["flags"] = (b["fork_flags"] & ~np.where(cut, np.uint8(BKPBLOCK_HAS_IMAGE), np.uint8(0))
+                     & ~np.where(drop, np.uint8(BKPBLOCK_HAS_DATA), np.uint8(0)))
+    side["dlen"] = np.where(drop, 0, b["data_len"])
+    return out_row, pos, stop, patch, side
 
 
 def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
@@ -267,8 +313,15 @@ def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
     old = _old_pages(batch, k, image) if n else np.zeros(0, dtype=bool)
     # a record delta is the pieces of `_record_pieces`; an image delta three: the LSN
     # header, its 10-byte tail, the image as stored
-    rsrc, rstarts, rlens, side, rpieces = _record_pieces(batch, k[~image], old[~image])
-    if not image.any():
+    any_image = bool(image.any())
+    if any_image:
+        rest = ~image
+        rsrc, rstarts, rlens, side, rpieces = _record_pieces(
+            batch, rec[rest], flags[rest], k["block_id"][rest], old[rest])
+    else:
+        rsrc, rstarts, rlens, side, rpieces = _record_pieces(batch, rec, flags,
+                                                             k["block_id"], old)
+    if not any_image:
         src, starts, plens = rsrc, rstarts, rlens
     else:
         pieces = np.full(n, 3, dtype=_I64)

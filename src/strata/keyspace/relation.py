@@ -1,10 +1,11 @@
 """REL_BLOCK, REL_SIZE and DB_DIR values: relation pages, fork lengths and
 database directories.
 
-REL_BLOCK deltas come in two forms (keyspace/FORMAT.md, version 4): a WAL
+REL_BLOCK deltas come in two forms (keyspace/FORMAT.md, version 6): a WAL
 record (`encode_record_delta`: as written but for the record header's xl_prev
 and xl_crc, which redo never reads and which cost a quarter of a delta layer's
-bytes, and a heap UPDATE's old page leaves out the new tuple), or one block's
+bytes, the other block references' full-page images, which no redo of this
+block reads, and, for a heap UPDATE's old page, the new tuple), or one block's
 full-page image exactly as WAL
 stores it (`encode_image_delta`: maybe compressed, without its hole), which
 reconstruct restores when the page is read; the u32 at offset 16 tells them
