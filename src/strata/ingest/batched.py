@@ -127,38 +127,19 @@ def _record_pieces(batch: RecordBatch, rec: np.ndarray, fork_flags: np.ndarray,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes, np.ndarray]:
     """(source, start, length, source 1, pieces per delta) of the pieces of the
     record deltas of the block references (`rec`, `fork_flags`, `block_id`: the
-    columns of their block rows, in record order; one delta each; source 0 is
-    buf, 1 the returned bytes): the vector form of `wal.decoder.trimmed_for_block`.
-    Each delta begins with the 40 bytes of `keyspace.relation.COMPACT_RECORD_HEADER`
-    (source 1, xl_tot_len lowered by what is cut), then:
-
-    - a record with no image on another block, not an `old` row (a heap
-      UPDATE's old page): one piece, the record after its header;
-    - an `old` row with no image on another block: four, block 0's id; its
-      fork_flags without HAS_DATA and data_length 0 (source 1); the other
-      headers; what follows block 0's data;
-    - a record with an image on another block: cut at events, in order (`_cuts`):
-      for each block to edit (another block with an image; block 0 of an `old`
-      row) one in its header (fork_flags and data_length replaced by 3 bytes of
-      source 1, the image header dropped) and one in the payloads (the image
-      and/or the data dropped); the pieces are the kept ranges between them and
-      those 3 bytes.
-
-    The second form is the third's result for those rows, in fewer numpy steps:
-    a non-HOT UPDATE writes one such row per record."""
+    columns of their block rows, in record order; source 0 is buf, 1 the
+    returned bytes): the vector form of `wal.decoder.trimmed_for_block`. Each
+    delta is its `_record_heads` header (xl_tot_len lowered by what is cut),
+    then: the record after its header, when nothing is cut; an `old` row (a
+    heap UPDATE's old page) whose record has no image on another block, the
+    four pieces of `_place_old_pages`; a record with an image on another block,
+    the pieces of `_place_cuts` (the second form is the third's result for those
+    rows in fewer numpy steps: a non-HOT UPDATE writes one per record)."""
     recs = batch.recs
     n = len(rec)
     off = recs["off"][rec]
-    tot_len = recs["tot_len"][rec]
-    tot = tot_len.astype(_I64)
-    end = recs["end_lsn"][rec]
-    # the headers as five little-endian u64 words (ten times faster than filling a
-    # packed structured array): 0, 0 (the end LSN is the entry's), xl_tot_len |
-    # xl_xid << 32, end - start, xl_info | xl_rmid << 8 (padding and xl_crc 0)
-    heads = np.zeros((n, 5), dtype=_WORD)
-    heads[:, 2] = tot_len.astype(_WORD) | (recs["xid"][rec].astype(_WORD) << _W32)
-    heads[:, 3] = end - recs["lsn"][rec]
-    heads[:, 4] = recs["info"][rec].astype(_WORD) | (recs["rmid"][rec].astype(_WORD) << _W8)
+    tot = recs["tot_len"][rec].astype(_I64)
+    heads = _record_heads(batch, rec)
     cutting = _with_other_images(batch, rec, fork_flags)
     if not old.any() and cutting is None:
         src = np.zeros(2 * n, dtype=np.uint8)
@@ -173,8 +154,7 @@ def _record_pieces(batch: RecordBatch, rec: np.ndarray, fork_flags: np.ndarray,
     if cutting is not None:
         ev_row, ev_pos, ev_end, ev_patch, side_cut = _cuts(batch, rec, block_id, old,
                                                            np.flatnonzero(cutting))
-        nev = np.bincount(ev_row, minlength=n)
-        pieces += nev + np.bincount(ev_row, weights=ev_patch, minlength=n).astype(_I64)
+        pieces += np.bincount(ev_row, weights=1 + ev_patch, minlength=n).astype(_I64)
         heads[:, 2] -= np.bincount(ev_row, weights=ev_end - ev_pos
                                    - ev_patch * _SIDE.itemsize, minlength=n).astype(_WORD)
     first = np.zeros(n, dtype=_I64)
@@ -187,38 +167,82 @@ def _record_pieces(batch: RecordBatch, rec: np.ndarray, fork_flags: np.ndarray,
         _HEAD_SIZE
     # the record after its header (what the rows cut below overwrite)
     starts[first + 1], lens[first + 1] = off + _REC_HDR, tot - _REC_HDR
-    at, o = first[plain_old], off[plain_old]
     b0 = batch.blks[recs["blk_first"][rec[plain_old]]]
-    d0, n0 = b0["data_off"], b0["data_len"].astype(_I64)
-    heads[plain_old, 2] -= n0.astype(_WORD)  # xl_tot_len, the low half
-    side = np.zeros(len(at), dtype=_SIDE)
-    side["flags"] = b0["fork_flags"] & ~np.uint8(BKPBLOCK_HAS_DATA)
-    starts[at + 1], lens[at + 1] = o + _REC_HDR, 1
-    src[at + 2], starts[at + 2], lens[at + 2] = \
-        1, n * _HEAD_SIZE + np.arange(len(at), dtype=_I64) * _SIDE.itemsize, _SIDE.itemsize
-    starts[at + 3], lens[at + 3] = o + 28, d0 - (o + 28)
-    starts[at + 4], lens[at + 4] = d0 + n0, o + tot[plain_old] - (d0 + n0)
+    heads[plain_old, 2] -= b0["data_len"].astype(_WORD)  # xl_tot_len, the low half
+    side = _place_old_pages((src, starts, lens), first[plain_old], off[plain_old],
+                            off[plain_old] + tot[plain_old], b0, n * _HEAD_SIZE)
     if cutting is None:
         return src, starts, lens, heads.tobytes() + side.tobytes(), pieces
-    # each event: the kept range before it (from the previous event's end, or the
-    # record's body), then its 3 bytes when it has them; after the last, the rest
+    rows = np.flatnonzero(cutting)
+    _place_cuts((src, starts, lens), first[rows] + 1, off[rows] + _REC_HDR, off[rows] + tot[rows],
+                (ev_row, ev_pos, ev_end, ev_patch), n * _HEAD_SIZE + side.nbytes)
+    return src, starts, lens, heads.tobytes() + side.tobytes() + side_cut.tobytes(), pieces
+
+
+def _place_old_pages(out: tuple[np.ndarray, np.ndarray, np.ndarray], first: np.ndarray,
+                     o: np.ndarray, end: np.ndarray, b0: np.ndarray, side_at: int
+                     ) -> np.ndarray:
+    """Fill the four pieces after the head of old pages' deltas (`out`: source,
+    start, length; their heads at `first`; records at [`o`, `end`) in buf; `b0`
+    their block 0 rows): block 0's id; its fork_flags without HAS_DATA and
+    data_length 0 (source 1 from `side_at` on, returned); the rest of block 0's
+    header and the other headers; what follows block 0's data."""
+    src, starts, lens = out
+    d0, n0 = b0["data_off"], b0["data_len"].astype(_I64)
+    side = np.zeros(len(first), dtype=_SIDE)
+    side["flags"] = b0["fork_flags"] & ~np.uint8(BKPBLOCK_HAS_DATA)
+    starts[first + 1], lens[first + 1] = o + _REC_HDR, 1
+    src[first + 2], starts[first + 2], lens[first + 2] = \
+        1, side_at + np.arange(len(first), dtype=_I64) * _SIDE.itemsize, _SIDE.itemsize
+    starts[first + 3], lens[first + 3] = o + 28, d0 - (o + 28)
+    starts[first + 4], lens[first + 4] = d0 + n0, end - (d0 + n0)
+    return side
+
+
+def _record_heads(batch: RecordBatch, rec: np.ndarray) -> np.ndarray:
+    """The 40-byte `COMPACT_RECORD_HEADER` of each record `rec`, as five
+    little-endian u64 words (ten times faster than filling a packed structured
+    array): 0, 0 (the end LSN is the entry's), xl_tot_len | xl_xid << 32,
+    end - start, xl_info | xl_rmid << 8 (padding and xl_crc 0)."""
+    recs = batch.recs
+    heads = np.zeros((len(rec), 5), dtype=_WORD)
+    heads[:, 2] = recs["tot_len"][rec].astype(_WORD) | (recs["xid"][rec].astype(_WORD) << _W32)
+    heads[:, 3] = recs["end_lsn"][rec] - recs["lsn"][rec]
+    heads[:, 4] = recs["info"][rec].astype(_WORD) | (recs["rmid"][rec].astype(_WORD) << _W8)
+    return heads
+
+
+def _place_cuts(out: tuple[np.ndarray, np.ndarray, np.ndarray], at: np.ndarray,
+                body: np.ndarray, end: np.ndarray,
+                events: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                patch_at: int) -> None:
+    """Fill the pieces (`out`: source, start, length) of the cut deltas, whose
+    pieces after the head start at `at`, whose records' bodies span [`body`,
+    `end`) in buf (one row each, in order), from their `events` (`_cuts`: row
+    in the delta numbering, start, end, has 3 bytes; sorted by row then
+    position; every such row has one at least): each event is the kept range
+    before it (from the previous event's end, or the body's start) and then its
+    3 bytes, source 1 from `patch_at` on, in event order; after the last, the
+    rest of the record."""
+    src, starts, lens = out
+    ev_row, ev_pos, ev_end, ev_patch = events
+    change = np.ones(len(ev_row), dtype=bool)  # a row's first event
+    change[1:] = ev_row[1:] != ev_row[:-1]
+    group = np.cumsum(change) - 1  # which cut delta each event belongs to
     per = 1 + ev_patch.astype(_I64)
-    cum = np.cumsum(per)
-    ev_first = np.zeros(n, dtype=_I64)  # each row's first event
-    np.cumsum(nev[:-1], out=ev_first[1:])
-    k = first[ev_row] + 1 + cum - per - (cum - per)[ev_first[ev_row]]
-    prev_end = np.where(np.arange(len(ev_row)) == ev_first[ev_row], off[ev_row] + _REC_HDR,
-                        np.roll(ev_end, 1))
+    before = np.cumsum(per) - per
+    first = np.flatnonzero(change)
+    k = at[group] + before - before[first][group]
+    prev_end = np.where(change, body[group], np.roll(ev_end, 1))
     starts[k], lens[k] = prev_end, ev_pos - prev_end
     p = k[ev_patch] + 1
     src[p] = 1
-    starts[p] = n * _HEAD_SIZE + (len(at) + np.arange(len(p), dtype=_I64)) * _SIDE.itemsize
+    starts[p] = patch_at + np.arange(len(p), dtype=_I64) * _SIDE.itemsize
     lens[p] = _SIDE.itemsize
-    cut_rows = np.flatnonzero(cutting)
-    last = first[cut_rows] + pieces[cut_rows] - 1
-    tail = ev_end[ev_first[cut_rows] + nev[cut_rows] - 1]
-    starts[last], lens[last] = tail, off[cut_rows] + tot[cut_rows] - tail
-    return src, starts, lens, heads.tobytes() + side.tobytes() + side_cut.tobytes(), pieces
+    last_ev = np.r_[first[1:], len(ev_row)] - 1
+    tail = ev_end[last_ev]
+    last = k[last_ev] + per[last_ev]
+    starts[last], lens[last] = tail, end - tail
 
 
 def _with_other_images(batch: RecordBatch, rec: np.ndarray, fork_flags: np.ndarray
