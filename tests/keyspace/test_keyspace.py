@@ -23,6 +23,7 @@ from strata.keyspace.relation import (
     decode_rel_size,
     encode_delta,
     encode_image_delta,
+    encode_record_delta,
     encode_rel_size,
     is_image_delta,
 )
@@ -252,6 +253,21 @@ def test_stored_samples_of_every_version_still_read() -> None:
     assert v5.data == encode_delta(init.lsn, init.end_lsn, init.raw) != v4.data
     assert v5.data[8:16] == bytes(8) and v5.data[16:] == v4.data[16:]
     assert reconstruct_value(key, None, [v5]) == redo_block(init, 0, None)
+    # version 6: without the other block references' images (a heap2 VISIBLE's heap
+    # page, block 1, without the VM page's image, block 0)
+    visible = _sample("heap2_visible_2blk")
+    heap = visible.block(1)
+    assert heap is not None and visible.block(0).image is not None  # type: ignore[union-attr]
+    v6 = WalRecord((data / "rel_block_delta_v6.bin").read_bytes(), False, visible.end_lsn)
+    whole = encode_delta(visible.lsn, visible.end_lsn, visible.raw)
+    assert v6.data == encode_record_delta(visible, heap) and len(v6.data) < len(whole) - 8000
+    lsn, end, raw = decode_delta(v6.data, visible.end_lsn)
+    back = decode_record(raw, lsn, end)
+    assert back.block(0).image is None and back.block(1) == heap  # type: ignore[union-attr]
+    base = redo_block(init, 0, None)  # a heap page: VISIBLE sets its PD_ALL_VISIBLE
+    heap_key = Key.rel_block(heap.rlocator.spc, heap.rlocator.db, heap.rlocator.rel,
+                             heap.fork, heap.blkno)
+    assert reconstruct_value(heap_key, base, [v6]) == redo_block(visible, 1, base) != base
     fpi = _sample("xlog_fpi_pglz")
     v2 = WalRecord((data / "rel_block_image_delta_v2.bin").read_bytes(), will_init=True)
     key = Key.rel_block(1663, 5, 16389, 0, 0)
