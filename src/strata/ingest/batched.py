@@ -338,41 +338,35 @@ def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
     # a record delta is the pieces of `_record_pieces`; an image delta three: the LSN
     # header, its 10-byte tail, the image as stored
     any_image = bool(image.any())
-    if any_image:
-        rest = ~image
-        rsrc, rstarts, rlens, side, rpieces = _record_pieces(
-            batch, rec[rest], flags[rest], k["block_id"][rest], old[rest])
-    else:
-        rsrc, rstarts, rlens, side, rpieces = _record_pieces(batch, rec, flags,
-                                                             k["block_id"], old)
+    rest = ~image if any_image else slice(None)  # a slice: views, not copies
+    rsrc, rstarts, rlens, side, rpieces = _record_pieces(
+        batch, rec[rest], flags[rest], k["block_id"][rest], old[rest])
     if not any_image:
-        src, starts, plens = rsrc, rstarts, rlens
-    else:
-        pieces = np.full(n, 3, dtype=_I64)
-        pieces[~image] = rpieces
-        first = np.zeros(n, dtype=_I64)
-        np.cumsum(pieces[:-1], out=first[1:])
-        total = int(pieces.sum())
-        src = np.zeros(total, dtype=np.uint8)
-        starts = np.empty(total, dtype=_I64)
-        plens = np.empty(total, dtype=_I64)
-        rec_at = np.ones(total, dtype=bool)  # the pieces that are record deltas'
-        at = first[image]
-        rec_at[np.concatenate([at, at + 1, at + 2])] = False
-        src[rec_at], starts[rec_at], plens[rec_at] = rsrc, rstarts, rlens
-        tails = np.zeros(len(at), dtype=_TAIL)
-        tails["bimg_info"] = k["bimg_info"][image]
-        tails["hole_offset"] = k["hole_offset"][image]
-        tails["hole_length"] = k["hole_length"][image]
-        starts[at], plens[at] = recs["off"][rec[image]] - _HDR, _HDR
-        src[at + 1] = 2
-        starts[at + 1], plens[at + 1] = np.arange(len(at), dtype=_I64) * _TAIL.itemsize, \
-            _TAIL.itemsize
-        starts[at + 2], plens[at + 2] = k["img_off"][image], k["img_len"][image]
-        return _columns(keys, recs["end_lsn"][rec], kinds, pieces, plens,
-                        gather((batch.buf, side, tails.tobytes()), src, starts, plens))
-    return _columns(keys, recs["end_lsn"][rec], kinds, rpieces, plens,
-                    gather((batch.buf, side), src, starts, plens))
+        return _columns(keys, recs["end_lsn"][rec], kinds, rpieces, rlens,
+                        gather((batch.buf, side), rsrc, rstarts, rlens))
+    pieces = np.full(n, 3, dtype=_I64)
+    pieces[~image] = rpieces
+    first = np.zeros(n, dtype=_I64)
+    np.cumsum(pieces[:-1], out=first[1:])
+    total = int(pieces.sum())
+    src = np.zeros(total, dtype=np.uint8)
+    starts = np.empty(total, dtype=_I64)
+    plens = np.empty(total, dtype=_I64)
+    rec_at = np.ones(total, dtype=bool)  # the pieces that are record deltas'
+    at = first[image]
+    rec_at[np.concatenate([at, at + 1, at + 2])] = False
+    src[rec_at], starts[rec_at], plens[rec_at] = rsrc, rstarts, rlens
+    tails = np.zeros(len(at), dtype=_TAIL)
+    tails["bimg_info"] = k["bimg_info"][image]
+    tails["hole_offset"] = k["hole_offset"][image]
+    tails["hole_length"] = k["hole_length"][image]
+    starts[at], plens[at] = recs["off"][rec[image]] - _HDR, _HDR
+    src[at + 1] = 2
+    starts[at + 1], plens[at + 1] = np.arange(len(at), dtype=_I64) * _TAIL.itemsize, \
+        _TAIL.itemsize
+    starts[at + 2], plens[at + 2] = k["img_off"][image], k["img_len"][image]
+    return _columns(keys, recs["end_lsn"][rec], kinds, pieces, plens,
+                    gather((batch.buf, side, tails.tobytes()), src, starts, plens))
 
 
 def _columns(keys: np.ndarray, lsns: np.ndarray, kinds: np.ndarray, pieces: np.ndarray,
