@@ -157,12 +157,7 @@ def _record_pieces(batch: RecordBatch, rec: np.ndarray, fork_flags: np.ndarray,
         pieces += np.bincount(ev_row, weights=1 + ev_patch, minlength=n).astype(_I64)
         heads[:, 2] -= np.bincount(ev_row, weights=ev_end - ev_pos
                                    - ev_patch * _SIDE.itemsize, minlength=n).astype(_WORD)
-    first = np.zeros(n, dtype=_I64)
-    np.cumsum(pieces[:-1], out=first[1:])
-    total = int(pieces.sum())
-    src = np.zeros(total, dtype=np.uint8)
-    starts = np.empty(total, dtype=_I64)
-    lens = np.empty(total, dtype=_I64)
+    first, src, starts, lens = _piece_arrays(pieces)
     src[first], starts[first], lens[first] = 1, np.arange(n, dtype=_I64) * _HEAD_SIZE, \
         _HEAD_SIZE
     # the record after its header (what the rows cut below overwrite)
@@ -177,6 +172,16 @@ def _record_pieces(batch: RecordBatch, rec: np.ndarray, fork_flags: np.ndarray,
     _place_cuts((src, starts, lens), first[rows] + 1, off[rows] + _REC_HDR, off[rows] + tot[rows],
                 (ev_row, ev_pos, ev_end, ev_patch), n * _HEAD_SIZE + side.nbytes)
     return src, starts, lens, heads.tobytes() + side.tobytes() + side_cut.tobytes(), pieces
+
+
+def _piece_arrays(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For rows of `pieces[i]` pieces each: (each row's first piece, then the
+    pieces' source (zeros), start and length arrays, to be filled)."""
+    first = np.zeros(len(pieces), dtype=_I64)
+    np.cumsum(pieces[:-1], out=first[1:])
+    total = int(pieces.sum())
+    return (first, np.zeros(total, dtype=np.uint8), np.empty(total, dtype=_I64),
+            np.empty(total, dtype=_I64))
 
 
 def _place_old_pages(out: tuple[np.ndarray, np.ndarray, np.ndarray], first: np.ndarray,
@@ -346,13 +351,8 @@ def block_entries(batch: RecordBatch, k: np.ndarray) -> EntryColumns:
                         gather((batch.buf, side), rsrc, rstarts, rlens))
     pieces = np.full(n, 3, dtype=_I64)
     pieces[~image] = rpieces
-    first = np.zeros(n, dtype=_I64)
-    np.cumsum(pieces[:-1], out=first[1:])
-    total = int(pieces.sum())
-    src = np.zeros(total, dtype=np.uint8)
-    starts = np.empty(total, dtype=_I64)
-    plens = np.empty(total, dtype=_I64)
-    rec_at = np.ones(total, dtype=bool)  # the pieces that are record deltas'
+    first, src, starts, plens = _piece_arrays(pieces)
+    rec_at = np.ones(len(src), dtype=bool)  # the pieces that are record deltas'
     at = first[image]
     rec_at[np.concatenate([at, at + 1, at + 2])] = False
     src[rec_at], starts[rec_at], plens[rec_at] = rsrc, rstarts, rlens
