@@ -282,6 +282,28 @@ def test_a_chain_cut_at_flush_does_not_look_long_to_the_image_trigger(tmp_path: 
             assert v == m.get(HOT, lsn) and applied <= 128
 
 
+def test_by_default_a_page_cut_at_flush_never_looks_long_to_the_image_trigger(
+        tmp_path: Path) -> None:
+    """The default interval and threshold together: the cut count restarts with each
+    flush, so a hot page's chain can be one layer's tail after its last cut and the
+    next layer's head before its first (2 x (interval - 1) deltas). Rule 1 must not
+    image a partition for that (each flush would rewrite the hot pages' images), and
+    a read still replays no more than the threshold."""
+    cfg = StorageConfig(memtable_bytes=64 << 20, cache_pages=0, background_maintenance=False)
+    k = cfg.flush_image_interval
+    m = Model()
+    with PageStore.open(tmp_path / "layers", append_redo, cfg, background=False) as ps:
+        lsn = put_hot_and_cold(ps, m, 0, hot=2 * k - 1, cold=3)
+        ps.flush()
+        lsn = put_hot_and_cold(ps, m, lsn, hot=k - 1, cold=3)
+        ps.flush()
+        lm = ps.store.view().layer_map
+        assert images_mod.longest_chain(lm.deltas, b"", b"\xff" * 18, -1, lsn) == 2 * (k - 1)
+        assert ps.create_image_layers() == []
+        v, applied = deltas_applied_by_get(ps, HOT, lsn)
+        assert v == m.get(HOT, lsn) and applied == 2 * (k - 1) <= cfg.image_record_threshold
+
+
 def test_record_runs_restart_at_will_init_and_end_at_images_and_tombstones(
         tmp_path: Path) -> None:
     from strata.storage.values import TOMBSTONE

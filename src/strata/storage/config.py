@@ -38,8 +38,10 @@ class StorageConfig:
     # above its newest image (bounded by summing each delta layer's max_key_entries,
     # its longest run of one key's records,
     # FORMAT.md section 3): a hot page whose deltas sit in a few big layers would
-    # otherwise replay its whole chain on every cold read.
-    image_record_threshold: int = 512
+    # otherwise replay its whole chain on every cold read. Twice
+    # flush_image_interval: a hot page's cut chain (at most the interval in each
+    # flush, so the tail of one layer and the head of the next) never triggers it.
+    image_record_threshold: int = 1024
     # ... but past image_delta_threshold layers, images are made only once the
     # deltas above the floor (their blocks in the range) hold this many times the
     # bytes of the floor's images there: image layers then add at most 1/ratio of
@@ -52,8 +54,12 @@ class StorageConfig:
     # delta at that point is replaced by the page it produces (a PageImage at
     # the same LSN: the same value for every read at or above it), so no read
     # ever replays more than this many records, even for a page updated
-    # thousands of times between two flushes. 0: off.
-    flush_image_interval: int = 256
+    # thousands of times between two flushes. 0: off. Each cut is a page image
+    # (~2.5 KiB compressed for pgbench's tellers page, where a record is ~14 B):
+    # 256 made them 8 % of a TPC-B history's layer bytes, and the compiled chain
+    # replays 512 heap records in about a millisecond (BENCHMARKS.md,
+    # twenty-fifth session).
+    flush_image_interval: int = 512
     # Keep this much LSN history behind durable_lsn (None: keep everything).
     retention_lsn_distance: int | None = None
     # The background worker runs compaction / image creation / gc by itself.
