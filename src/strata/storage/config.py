@@ -52,12 +52,12 @@ class StorageConfig:
     image_layer_cap: int = 12
     # While flushing, a key's delta chain is cut every this many deltas: the
     # delta at that point is replaced by the page it produces (a PageImage at
-    # the same LSN: the same value for every read at or above it), so no read
-    # ever replays more than this many records, even for a page updated
-    # thousands of times between two flushes. 0: off. Each cut is a page image
-    # (~2.5 KiB compressed for pgbench's tellers page, where a record is ~14 B):
-    # 256 made them 8 % of a TPC-B history's layer bytes, and the compiled chain
-    # replays 512 heap records in about a millisecond (BENCHMARKS.md,
+    # the same LSN: the same value for every read at or above it), so a read
+    # replays at most this many of one flush's records (plus an older layer's
+    # tail after its last cut), even for a page updated thousands of times
+    # between two flushes. 0: off. Each cut is a page image (~2.5 KiB compressed
+    # for pgbench's tellers page, where a record is ~14 B): 256 made them 8 % of
+    # a TPC-B history's layer bytes; 512 records replay in 1-2 ms (BENCHMARKS.md,
     # twenty-fifth session).
     flush_image_interval: int = 512
     # Keep this much LSN history behind durable_lsn (None: keep everything).
