@@ -36,7 +36,13 @@ from strata import durable
 from strata.errors import StrataError
 from strata.lsn import Lsn
 from strata.storage.layerwriter import SealedLayer
-from strata.storage.manifest import LayerEntry, Manifest, commit_manifest, load_manifest
+from strata.storage.manifest import (
+    LayerEntry,
+    Manifest,
+    commit_manifest,
+    committed_generation,
+    load_manifest,
+)
 from strata.storage.memtable import FrozenMemtable
 from strata.storage.naming import LayerName
 from strata.storage.store import LayerStore
@@ -128,7 +134,9 @@ def commit(store: LayerStore, edit: Edit,
     d = store.directory
     with lock.held():
         try:
-            m = load_manifest(d)
+            # the one we hold, unless another role or process committed since
+            held = store.manifest
+            m = held if committed_generation(d) == held.generation else load_manifest(d)
             if m is None:
                 raise StrataError(f"layer store {d}: the manifest is gone")
             validate(edit, m)

@@ -129,6 +129,27 @@ def load_manifest(directory: Path) -> Manifest | None:
     return Manifest.decode(data, path)
 
 
+def committed_generation(directory: Path) -> int | None:
+    """The generation in the committed manifest's header, from its first bytes alone;
+    None if there is no manifest or its header is not one (a full load then says why).
+
+    Cheap whatever the layer count: a follower compares it with the generation it
+    holds and decodes the whole file only when they differ. The file is only ever
+    replaced whole (rename), and a generation is committed once, so an equal number
+    means the same manifest."""
+    try:
+        with open(directory / MANIFEST_NAME, "rb") as f:
+            head = f.read(MANIFEST_HEADER.size)
+    except FileNotFoundError:
+        return None
+    if len(head) < MANIFEST_HEADER.size:
+        return None
+    magic, version, _res, gen, _durable, _retention, _n = MANIFEST_HEADER.unpack(head)
+    if magic != MANIFEST_MAGIC or version not in SUPPORTED_MANIFEST_VERSIONS:
+        return None
+    return int(gen)
+
+
 def commit_manifest(directory: Path, manifest: Manifest) -> None:
     """The single commit point: .tmp, fsync, rename, fsync dir."""
     durable.fs().write_durably(directory / MANIFEST_NAME, manifest.encode(),

@@ -43,7 +43,12 @@ from strata.storage.directory import (
 )
 from strata.storage.layerfile import open_layer
 from strata.storage.layermap import Layer, LayerMap, ReadStats, ReadView, Redo
-from strata.storage.manifest import Manifest, commit_manifest, load_manifest
+from strata.storage.manifest import (
+    Manifest,
+    commit_manifest,
+    committed_generation,
+    load_manifest,
+)
 from strata.storage.memtable import FrozenMemtable, Memtable
 from strata.storage.metrics import StoreMetrics
 from strata.storage.naming import MANIFEST_NAME, TMP_SUFFIX, LayerName, is_layer_filename
@@ -421,6 +426,8 @@ class LayerStore:
     def refresh(self) -> bool:
         """Follow the newest committed manifest (edits of the other role, or of the
         writer for a reader). Returns: True if it moved."""
+        if committed_generation(self.directory) == self._manifest.generation:
+            return False  # the header alone: an idle poll decodes no layer entry
         if self.commit_lock is None:  # a reader: no lock, retry on a retired file
             m = _load(self.directory)
             if m is None or m.generation == self._manifest.generation:
