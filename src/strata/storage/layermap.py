@@ -20,7 +20,9 @@ import bisect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from strata.key import Key
+import numpy as np
+
+from strata.key import KEY_SIZE, Key
 from strata.storage.layerfile import LayerFile
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.memtable import FrozenMemtable, Memtable
@@ -82,6 +84,12 @@ class LayerMap:
     # disjoint (invariant 6), so a point lookup bisects each band instead of
     # testing every layer: (lsn_start, lsn_end, key_starts, layers by key_start).
     bands: tuple[tuple[int, int, list[bytes], list[Layer]], ...] = field(default=(), init=False)
+    # `images` and `deltas` bounds as arrays, in their order: a read finds its candidate
+    # layers with a few numpy comparisons instead of a Python test of every layer (a
+    # 30-minute pgbench history at scale 100 leaves 2,000+ image layers, and a cold
+    # scan asks once per window)
+    image_bounds: _Bounds = field(init=False, repr=False, compare=False)
+    delta_bounds: _Bounds = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         d = sorted((la for la in self.layers if not la.name.is_image),
@@ -98,13 +106,16 @@ class LayerMap:
             members.sort(key=lambda la: la.name.key_start)
             bands.append((ls, le, [la.name.key_start for la in members], members))
         object.__setattr__(self, "bands", tuple(bands))
+        object.__setattr__(self, "image_bounds", _Bounds(i))
+        object.__setattr__(self, "delta_bounds", _Bounds(d))
 
     def l0(self) -> list[Layer]:
         return sorted((la for la in self.deltas if la.entry.level == Level.L0),
                       key=lambda la: la.name.lsn_start)
 
     def floor_image(self, key: bytes, lsn: int) -> Layer | None:
-        for im in self.images:
+        for j in self.image_bounds.candidates(key, key, lsn, point=True):
+            im = self.images[j]
             n = im.name
             if n.image_lsn <= lsn and n.key_start <= key < n.key_end:
                 return im
@@ -128,7 +139,8 @@ class LayerMap:
         """Image layers at or below `lsn` overlapping [start, end) and not hidden
         behind newer images that are themselves at or below `lsn`."""
         out: list[Layer] = []
-        for im in self.images:  # newest first
+        for j in self.image_bounds.candidates(start, end, lsn):  # newest first
+            im = self.images[j]
             n = im.name
             if n.image_lsn > lsn or not (n.key_start < end and start < n.key_end):
                 continue
@@ -142,7 +154,8 @@ class LayerMap:
     def deltas_for_scan(self, start: bytes, end: bytes, lsn: int,
                         images: Sequence[Layer]) -> list[Layer]:
         out = []
-        for d in self.deltas:
+        for j in self.delta_bounds.candidates(start, end, lsn):
+            d = self.deltas[j]
             n = d.name
             if n.lsn_start > lsn or not (n.key_start < end and start < n.key_end):
                 continue
@@ -153,6 +166,30 @@ class LayerMap:
             if not covers(s, e, newer):
                 out.append(d)
         return out
+
+
+class _Bounds:
+    """Key range and first LSN of each of a sequence of layers, as arrays."""
+
+    __slots__ = ("key_end", "key_start", "lsn_start")
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self.key_start = np.array([la.name.key_start for la in layers], dtype=f"S{KEY_SIZE}")
+        self.key_end = np.array([la.name.key_end for la in layers], dtype=f"S{KEY_SIZE}")
+        self.lsn_start = np.array([la.name.lsn_start for la in layers], dtype=np.uint64)
+
+    def candidates(self, start: bytes, end: bytes, lsn: int, point: bool = False) -> list[int]:
+        """Indexes, ascending, of the layers that may start at or below `lsn` and
+        overlap [start, end) (hold `start`, with `point`): a superset the caller
+        tests exactly (keys of another length than KEY_SIZE select every layer;
+        numpy orders equal-length bytes as Python does)."""
+        if lsn < 0 or not len(self.lsn_start):
+            return []
+        ok = self.lsn_start <= np.uint64(min(lsn, (1 << 64) - 1))
+        if len(start) == KEY_SIZE and len(end) == KEY_SIZE:
+            ok &= (self.key_start <= start) if point else (self.key_start < end)
+            ok &= self.key_end > start
+        return np.flatnonzero(ok).tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
