@@ -1,11 +1,13 @@
 """A cold full scan in the past through a lazy server: readahead helpers on and off.
 
-Usage: python bench/bench_lazy_scan.py [--scale 10] [--history 60] [--rounds 2]
-       [--helpers 0 1] [--keep DIR] [--json out.json]
+Usage: python bench/bench_lazy_scan.py [--scale 10] [--history 60] [--settle 0]
+       [--rounds 2] [--helpers 0 1] [--keep DIR] [--json out.json]
 
 Builds (or, with --keep DIR holding one, reuses) a store: a primary at pgbench
 scale `--scale`, `strata up --source` attached, `pgbench -c4 -j2 -T history`,
-strata stopped after it caught up; the target is the primary's WAL position at
+strata stopped after it caught up (with `--settle S`, also after its maintenance
+went idle, at most S seconds later: a long history leaves a backlog of
+compaction and images behind it); the target is the primary's WAL position at
 the end of the history. Then, for each round and each helper count in turn
 (`STRATA_LAZY_HELPERS`, alternated so the machine's noise spreads over all):
 a lazy server at the target from the stopped store (a spare file system that
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_ingest import all_processes
+from bench_primary_tps import settle
 from bench_proxy import StrataUp, pgbench
 from bench_timetravel import COUNT_SQL, scan_seconds, timed_first_row
 from strata.historical.modes import make_factory
@@ -45,7 +48,7 @@ from strata.runtime.cluster import Cluster
 ROOT = Path("/tmp/strata-bench")
 
 
-def build(keep: Path, scale: int, history: int) -> dict[str, Any]:
+def build(keep: Path, scale: int, history: int, settle_s: float = 0.0) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="lazyscan-", dir=ROOT))
     base.chmod(0o755)
     c = Cluster(datadir=base / "data")
@@ -58,12 +61,16 @@ def build(keep: Path, scale: int, history: int) -> dict[str, Any]:
         lsn = c.sql("SELECT pg_current_wal_lsn()")[0][0]
         live = scan_seconds(c.dsn())
         time.sleep(5)  # strata catches up and flushes (idle flush)
+        settled = settle(s, settle_s) if settle_s else 0.0
+        if settle_s:
+            print(f"maintenance idle {settled:.0f} s after the history", flush=True)
         s.close()
     finally:
         c.stop("immediate")
     keep.mkdir(parents=True, exist_ok=True)
     shutil.move(str(base / "home"), str(keep / "home"))
-    info = {"lsn": str(lsn), "scale": scale, "history_s": history, "live_scan_s": live}
+    info = {"lsn": str(lsn), "scale": scale, "history_s": history, "live_scan_s": live,
+            "settle_s": settled}
     (keep / "info.json").write_text(json.dumps(info))
     shutil.rmtree(base, ignore_errors=True)
     return info
@@ -146,6 +153,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--history", type=int, default=60)
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="after the history, wait at most this long for maintenance to be idle")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--helpers", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--keep", type=Path, help="reuse / keep the built store here")
@@ -159,7 +168,7 @@ def main() -> int:
         if (keep / "info.json").exists():
             info = json.loads((keep / "info.json").read_text())
         else:
-            info = build(keep, args.scale, args.history)
+            info = build(keep, args.scale, args.history, args.settle)
         res["store"] = info
         lsn = Lsn.parse(info["lsn"])
         for _ in range(args.rounds):
