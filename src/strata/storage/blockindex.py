@@ -63,6 +63,9 @@ assert _DTYPE_V3.itemsize == INDEX_ENTRY_V3.size == 76
 assert _DTYPE_V4.itemsize == INDEX_ENTRY_V4.size == 92
 assert _DTYPE.itemsize == INDEX_ENTRY.size == 100
 NO_MAX_LSN = (1 << 64) - 1  # the max LSN a block of a version < 4 file reports
+_BOUNDS_AT = struct.Struct(">QQ")  # min lsn, max lsn: in a v4+ record, after v3's fields
+_BOUNDS_OFFSET = INDEX_ENTRY_V3.size
+_FEW = 4  # ranges of at most this many blocks are tested without numpy
 
 
 def index_entry(version: int) -> struct.Struct:
@@ -76,6 +79,11 @@ def _dtype(version: int) -> np.dtype:
     if version >= HEAD_VERSION:
         return _DTYPE
     return _DTYPE_V4 if version >= BOUNDS_VERSION else _DTYPE_V3
+
+
+def _overlaps(min_lsn: int, max_lsn: int, lo: int, hi: int) -> bool:
+    """A block whose entries lie in [min_lsn, max_lsn] may hold one in [lo, hi)."""
+    return (lo <= 0 or max_lsn >= min(lo, NO_MAX_LSN)) and (hi > NO_MAX_LSN or min_lsn < hi)
 
 
 class BlockInfo(NamedTuple):
@@ -133,6 +141,14 @@ class BlockIndex:
         them in a file without LSN bounds)."""
         if not self._bounds or not blocks:
             return blocks
+        if len(blocks) <= _FEW:  # a point read's range: struct beats numpy's set-up
+            size, raw = self._entry.size, self._raw
+            keep = []
+            for i in blocks:
+                mn, mx = _BOUNDS_AT.unpack_from(raw, i * size + _BOUNDS_OFFSET)
+                if _overlaps(mn, mx, lo, hi):
+                    keep.append(i)
+            return blocks if len(keep) == len(blocks) else keep
         rec = self._rec[blocks.start:blocks.stop]
         ok = np.ones(len(rec), dtype=bool)
         if lo > 0:

@@ -260,6 +260,17 @@ def decode_many_heads(heads: Sequence[bytes], lsn_deltas: bool) -> HeadColumns:
                        _joined_lsns(b"".join(cols[1]), count, which, lsn_deltas), kinds)
 
 
+def holds_key(head: bytes, key: bytes) -> bool:
+    """Whether the column block whose head (or whole block) is `head` has an entry of
+    `key`: one binary search of its keys column. Raises: ValueError if `head` is
+    shorter than its keys."""
+    (n,) = N_FIELD.unpack_from(head, 0)
+    if 4 + KEY_SIZE * n > len(head):
+        raise ValueError(f"block of {len(head)} bytes cannot hold {n} keys")
+    a = int(np.frombuffer(head, dtype=KEY_ORDER, count=n, offset=4).searchsorted(key))
+    return a < n and head[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] == key
+
+
 def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int,
                     lsn_deltas: bool, values: bytes | None = None) -> list[Entry]:
     """Entries of `key` with lo <= lsn < hi in a column block (with `values`: its head,

@@ -46,6 +46,7 @@ from strata.storage.blocks import (
     find_in_columns,
     find_in_rows,
     head_size,
+    holds_key,
 )
 from strata.storage.naming import LayerKind, LayerName
 from strata.storage.values import Entry, ValueKind, ends_chain
@@ -314,7 +315,12 @@ class LayerFile:
         out: list[Entry] = []
         # newest block first; blocks wholly outside [lo, hi) are not read
         for k in reversed(self.blocks.within_lsns(self.blocks.holding(key), lo, hi)):
-            raw, values = self._block_frames(k)
+            b = self.blocks[k]
+            # v6: a block whose key range spans the key but whose head does not hold it
+            # (most probes of an L1 by a point read) decompresses its head alone
+            if b.head_len and not self._head_holds(k, b, key):
+                continue
+            raw, values = self._block_frames(k, b)
             try:
                 if self.version >= COLUMN_VERSION:
                     part, ended = chain_in_columns(raw, key, lo, hi, self._lsn_deltas, values)
@@ -328,6 +334,13 @@ class LayerFile:
             if ended:
                 return out, True
         return out, False
+
+    def _head_holds(self, i: int, b: BlockInfo, key: bytes) -> bool:
+        head = self._head(i, b)
+        try:
+            return holds_key(head, key)
+        except ValueError as e:
+            raise self._fail(b.offset, f"block {i} head undecodable: {e}") from e
 
     def _find(self, i: int, key: bytes, lo: int, hi: int) -> list[Entry]:
         """Entries of `key` in block i, decoding only those (GetPage's hot path)."""
