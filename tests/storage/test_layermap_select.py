@@ -11,6 +11,7 @@ lengths than a key take the fallback."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -57,31 +58,30 @@ def ref_floor_image(lm: LayerMap, k: bytes, lsn: int) -> Layer | None:
     return None
 
 
+def clipped(layers: tuple[Layer, ...], start: bytes, end: bytes, lsn: int
+            ) -> Iterator[tuple[Layer, bytes, bytes]]:
+    """Every layer starting at or below `lsn` that overlaps [start, end), tested one by
+    one, with its part of the range."""
+    for la in layers:
+        n = la.name
+        if n.lsn_start <= lsn and n.key_start < end and start < n.key_end:
+            yield la, max(start, n.key_start), min(end, n.key_end)
+
+
 def ref_images_for_scan(lm: LayerMap, start: bytes, end: bytes, lsn: int) -> list[Layer]:
     out: list[Layer] = []
-    for im in lm.images:
-        n = im.name
-        if n.image_lsn > lsn or not (n.key_start < end and start < n.key_end):
-            continue
-        s, e = max(start, n.key_start), min(end, n.key_end)
+    for im, s, e in clipped(lm.images, start, end, lsn):
         if not covers(s, e, [(o.name.key_start, o.name.key_end) for o in out
-                             if o.name.image_lsn > n.image_lsn]):
+                             if o.name.image_lsn > im.name.image_lsn]):
             out.append(im)
     return out
 
 
 def ref_deltas_for_scan(lm: LayerMap, start: bytes, end: bytes, lsn: int,
                         images: list[Layer]) -> list[Layer]:
-    out = []
-    for d in lm.deltas:
-        n = d.name
-        if n.lsn_start > lsn or not (n.key_start < end and start < n.key_end):
-            continue
-        s, e = max(start, n.key_start), min(end, n.key_end)
-        if not covers(s, e, [(im.name.key_start, im.name.key_end) for im in images
-                             if im.name.image_lsn >= n.lsn_end - 1]):
-            out.append(d)
-    return out
+    return [d for d, s, e in clipped(lm.deltas, start, end, lsn)
+            if not covers(s, e, [(im.name.key_start, im.name.key_end) for im in images
+                                 if im.name.image_lsn >= d.name.lsn_end - 1])]
 
 
 def bound(rnd: random.Random, k: bytes) -> bytes:
