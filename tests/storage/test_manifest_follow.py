@@ -3,7 +3,7 @@ builds on the manifest it holds unless another role committed since.
 
 A maintenance process polls the manifest every `maintenance_poll_seconds` (0.2 s).
 Before, each poll decoded the whole file: a 30-minute pgbench history at scale 100
-leaves ~2,500 layers, and the idle maintenance process spent ~7 % of a core doing
+leaves ~2,500 layers, and the idle maintenance process spent ~6 % of a core doing
 it (BENCHMARKS.md, twenty-sixth session)."""
 
 from __future__ import annotations
