@@ -236,9 +236,10 @@ def test_a_point_read_decompresses_the_values_of_blocks_holding_its_key_only(
     whole: list[int] = []
     real = f._block_frames
 
-    def counted(i: int, b: object = None) -> tuple[bytes, bytes | None]:
+    def counted(i: int, b: object = None, known_head: bytes | None = None
+                ) -> tuple[bytes, bytes | None]:
         whole.append(i)
-        return real(i, b)  # type: ignore[arg-type]
+        return real(i, b, known_head)  # type: ignore[arg-type]
 
     f._block_frames = counted  # type: ignore[method-assign]
     try:

@@ -194,9 +194,11 @@ class LayerFile:
         return runs.best
 
     # -- reads -------------------------------------------------------------------
-    def _block_frames(self, i: int, b: BlockInfo | None = None) -> tuple[bytes, bytes | None]:
+    def _block_frames(self, i: int, b: BlockInfo | None = None, known_head: bytes | None = None
+                      ) -> tuple[bytes, bytes | None]:
         """Block i decompressed: (its head, its values) for v6, (the whole block, None)
-        before (the decoders take either, so a v6 block is never joined)."""
+        before (the decoders take either, so a v6 block is never joined). `known_head`:
+        its head frame, already read by `_head` (not decompressed again)."""
         if b is None:
             b = self.blocks[i]
         comp = os.pread(self._f.fileno(), b.comp_len, b.offset)
@@ -211,7 +213,8 @@ class LayerFile:
                     raise self._fail(b.offset, f"block {i}: head frame of {b.head_len} bytes "
                                                f"({cut} raw) does not fit the block")
                 d, frames = _decompressor(), memoryview(comp)  # (slices without a copy)
-                head = d.decompress(frames[:b.head_len], max_output_size=cut)
+                head = (d.decompress(frames[:b.head_len], max_output_size=cut)
+                        if known_head is None else known_head)
                 values: bytes | None = d.decompress(frames[b.head_len:],
                                                     max_output_size=b.raw_len - cut)
             else:
@@ -318,9 +321,10 @@ class LayerFile:
             b = self.blocks[k]
             # v6: a block whose key range spans the key but whose head does not hold it
             # (most probes of an L1 by a point read) decompresses its head alone
-            if b.head_len and not self._head_holds(k, b, key):
+            head = self._head(k, b) if b.head_len else None
+            if head is not None and not self._holds(k, b, head, key):
                 continue
-            raw, values = self._block_frames(k, b)
+            raw, values = self._block_frames(k, b, head)
             try:
                 if self.version >= COLUMN_VERSION:
                     part, ended = chain_in_columns(raw, key, lo, hi, self._lsn_deltas, values)
@@ -335,8 +339,7 @@ class LayerFile:
                 return out, True
         return out, False
 
-    def _head_holds(self, i: int, b: BlockInfo, key: bytes) -> bool:
-        head = self._head(i, b)
+    def _holds(self, i: int, b: BlockInfo, head: bytes, key: bytes) -> bool:
         try:
             return holds_key(head, key)
         except ValueError as e:
