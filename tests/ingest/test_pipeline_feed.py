@@ -118,7 +118,8 @@ def test_take_gathers_a_trickle_that_arrives_within_the_window(tmp_path: Path) -
     taken = pipe.take(0.5)
     assert [len(c.data) for c in taken] == [1_000] * 10  # one batch, not one per message
     assert waits[0] == 0.5 and all(w == 0 for w in waits[1:])
-    assert len(waits) < 0.3 / 0.002 + 20  # a poll per gather_step, not a wait per chunk
+    step = PublishConfig().gather_step
+    assert len(waits) < 0.3 / step + 20  # a poll per gather_step, not a wait per chunk
 
 
 def test_a_backlog_is_ingested_in_big_batches_with_the_same_records(tmp_path: Path) -> None:

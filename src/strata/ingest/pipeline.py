@@ -86,8 +86,11 @@ class PublishConfig:
     #                       under pgbench -c4 -j2, 20 ms batches cost 57-71 us of ingest CPU
     #                       per transaction, 100 ms ones 42-46: below `advance_interval`,
     #                       so what is published, and when, hardly changes)
-    gather_step: float = 0.002  # s between reads of a trickle within `gather` (a busy primary
-    #                             sends a message per commit: one wake-up per message otherwise)
+    gather_step: float = 0.01  # s between reads of a trickle within `gather` (a busy primary
+    #                            sends a message per commit: one wake-up per message otherwise;
+    #                            each read costs a trip through the receiver: at 2 ms, 50 a
+    #                            batch, ingest used 58-69 us per pgbench transaction, at 10 ms
+    #                            48-49: BENCHMARKS.md, twenty-seventh session)
     idle_after: float = 0.05  # s without WAL after which unpublished work is published (idle)
 
 

@@ -45,7 +45,8 @@ class StorageConfig:
     # ... but past image_delta_threshold layers, images are made only once the
     # deltas above the floor (their blocks in the range) hold this many times the
     # bytes of the floor's images there: image layers then add at most 1/ratio of
-    # the delta bytes (FORMAT.md section 7a). 0: the layer count alone.
+    # the delta bytes (FORMAT.md section 7a; 0.5 and 2 measured there, not kept).
+    # 0: the layer count alone.
     image_bytes_ratio: float = 1.0
     # ... or once more than this many delta layers are above the floor, whatever
     # their bytes (a read's fan-in stays bounded). 0: no cap.
