@@ -268,7 +268,8 @@ class IngestPipeline:
         arrive within `gather` s of the first (a trickle of small messages is
         ingested a batch at a time, not a message at a time: it waits in the
         socket for `gather_step` s at a time and is read in one go then, with no
-        wake-up per message; a fast stream still cannot fill the socket's buffer)."""
+        wake-up per message; a fast stream leaves only a step's worth there, ~180
+        KB at 18 MB/s, well inside a TCP socket's autotuned buffer)."""
         chunk = self.stream.poll(timeout)
         if chunk is None:
             return []
