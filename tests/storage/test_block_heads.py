@@ -175,7 +175,9 @@ def test_decoders_give_the_same_from_two_frames_as_from_one(seed: int) -> None:
         decode_columns(heads[0], True, values[0] + b"x")
 
 
-def test_image_layers_are_one_frame_a_block_and_their_heads_still_read(tmp_path: Path) -> None:
+def test_one_frame_image_layers_still_read_their_heads(tmp_path: Path) -> None:
+    # write_layer writes image layers in one frame a block, as image creation did
+    # before it copied unchanged blocks (their files are still read)
     name = LayerName.image(rk(0).to_bytes(), rk(60).to_bytes(), 77)
     es = [Entry(rk(k).to_bytes(), 77, PageImage(bytes([k]) * 3000)) for k in range(50)]
     write_layer(tmp_path, name, es, block_bytes=1 << 14, zstd_level=1)

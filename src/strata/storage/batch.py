@@ -394,6 +394,11 @@ class KeyRuns:
         self._run = int(lens[ids[-1]]) if rec[-1] else 0
         self._last_key = b.key_at(n - 1)
 
+    def end(self, last_key: bytes) -> None:
+        """Rows that are no run's (images) were added, the last of key `last_key`."""
+        self._run = 0
+        self._last_key = last_key
+
 
 class BatchBuilder:
     """Collects entries one at a time (single puts, tools) into an EntryBatch."""

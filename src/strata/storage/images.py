@@ -23,11 +23,12 @@ from strata.key import KEY_SIZE, Key
 from strata.lsn import Lsn
 from strata.storage import commit
 from strata.storage.batch import KEY_ORDER, LSN_LIMIT, BatchBuilder, EntryBatch, key_order
+from strata.storage.layerfile import LayerFile
 from strata.storage.layermap import Layer, LayerMap, ReadStats, covers
 from strata.storage.layerwriter import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
-from strata.storage.scan import Chains, scan_chains
+from strata.storage.scan import Chains, window_chains
 from strata.storage.store import LayerStore
 from strata.storage.values import PageImage, ValueKind
 
@@ -372,7 +373,9 @@ def longest_chain(above: list[Layer], start: bytes, end: bytes, floor: int, at: 
 def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[LayerName]:
     """Write and commit image layers holding every key of [start, end) at `at`.
 
-    Column-wise per scan window: keys whose value at `at` is an image already (the
+    Column-wise per scan window: a block of a floor image layer whose keys have no
+    entry above it is copied whole, its values frame as it is on disk
+    (`scan.unchanged_blocks`); keys whose value at `at` is an image already (the
     floor image, or an image entry with nothing above it) are copied as a block of
     rows; only the others cost redo, one key at a time. A key redo cannot rebuild
     is left out and the image layers end before it and restart after it.
@@ -384,15 +387,11 @@ def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[La
     cfg = store.config
     out = _ImageOutput(store, start, at)
     try:
-        for ch in scan_chains(view, start, end, at, stats):
+        for w in window_chains(view, start, end, at, stats, copy_blocks=True):
             store.checkpoint()
-            rows, skipped = _window_images(store, ch, at, stats)
-            for kb in skipped:  # split around each key that cannot be imaged
-                a, z = rows.key_slice(kb, kb)
-                out.add(rows.slice(0, a), cfg.target_file_bytes)
-                out.skip(kb)
-                rows = rows.slice(z, len(rows))
-            out.add(rows, cfg.target_file_bytes)
+            rows, skipped = (_window_images(store, w.chains, at, stats)
+                             if w.chains is not None else (EntryBatch.empty(), []))
+            out.emit(rows, skipped, w.copies, cfg.target_file_bytes)
         outputs = out.close(end)
         store.checkpoint()
     except BaseException:
@@ -400,7 +399,8 @@ def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[La
         raise
     commit.commit(store, commit.Edit("image", add=tuple(outputs)))
     store.count(image_layers_created=len(outputs),
-                bytes_imaged=sum(o.entry.size for o in outputs))
+                bytes_imaged=sum(o.entry.size for o in outputs),
+                image_blocks_copied=out.copied)
     return [o.entry.name for o in outputs]
 
 
@@ -440,14 +440,16 @@ class _ImageOutput:
 
     def __init__(self, store: LayerStore, start: bytes, at: int) -> None:
         self.store, self.at, self.cur = store, at, start
+        self.copied = 0  # blocks copied whole
         self.outputs: list[commit.NewLayer] = []
         self.w = self._writer()
 
     def _writer(self) -> LayerWriter:
+        # two frames a block: the next image over these keys can copy a block whose
+        # keys did not change, values frame and all (LayerWriter.copy_image_block)
         cfg = self.store.config
         return LayerWriter(self.store.directory, block_bytes=cfg.block_bytes,
-                           zstd_level=cfg.zstd_level, owner=self.store.role.value,
-                           head_frames=False)
+                           zstd_level=cfg.zstd_level, owner=self.store.role.value)
 
     def _finish(self, ke: bytes) -> None:
         name = LayerName.image(self.cur, ke, self.at)
@@ -461,6 +463,32 @@ class _ImageOutput:
             self._finish(first)
             self.cur = first
         self.w.add_batch(rows)
+
+    def emit(self, rows: EntryBatch, skipped: list[bytes],
+             copies: list[tuple[LayerFile, int]], target: int) -> None:
+        """A window's image rows (key order), keys left out and blocks copied whole
+        (none of them a key of `rows`), written in key order."""
+        marks: list[tuple[bytes, tuple[LayerFile, int] | None]] = [
+            *((kb, None) for kb in skipped),
+            *((f.blocks[i].first_key, (f, i)) for f, i in copies)]
+        for kb, block in sorted(marks, key=lambda m: m[0]):
+            a = rows.key_slice(kb, kb)[0]
+            self.add(rows.slice(0, a), target)
+            if block is None:
+                self.skip(kb)
+            else:
+                self.copy(*block, target)
+            rows = rows.slice(a, len(rows))
+        self.add(rows, target)
+
+    def copy(self, f: LayerFile, i: int, target: int) -> None:
+        first = f.blocks[i].first_key
+        if self.w.raw_bytes >= target:
+            self._finish(first)
+            self.cur = first
+        head, values = f.image_block_parts(i)
+        self.w.copy_image_block(head, values, self.at)
+        self.copied += 1
 
     def skip(self, kb: bytes) -> None:
         if self.cur < kb:

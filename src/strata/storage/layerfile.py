@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -247,6 +247,22 @@ class LayerFile:
         self._cached = (i, batch)  # one block: a scan's neighbouring windows share it
         return batch
 
+    def image_block_parts(self, i: int) -> tuple[bytes, bytes]:
+        """Block i of a v6 image layer written in two frames, for a copy into a newer
+        image layer (`LayerWriter.copy_image_block`): (its head decompressed, its
+        values frame as stored), the whole block's CRC checked. Raises:
+        CorruptionError; ValueError if the block is not two frames of one image LSN."""
+        b = self.blocks[i]
+        if self.version < HEAD_VERSION or not b.head_len or not self.name.is_image:
+            raise ValueError(f"{self.path} block {i} is not an image block in two frames")
+        comp = os.pread(self._f.fileno(), b.comp_len, b.offset)
+        if len(comp) != b.comp_len:
+            raise self._fail(b.offset, f"block {i} truncated")
+        if crc32c(comp) != b.crc:
+            raise self._fail(b.offset, f"block {i} checksum mismatch")
+        head = self._head(i, b)
+        return head, comp[b.head_len:]
+
     def _head(self, i: int, b: BlockInfo) -> bytes:
         """Block i's head (v6): its head frame, CRC-checked and decompressed; of a
         block written as one frame (head_len 0), the head of the whole block."""
@@ -360,15 +376,20 @@ class LayerFile:
         return self.blocks.overlapping(start, end)
 
     def batch_range(self, start: bytes, end: bytes, lo: int = 0, hi: int = 1 << 63,
-                    floors: Sequence[tuple[bytes, bytes, int]] = ()) -> EntryBatch:
+                    floors: Sequence[tuple[bytes, bytes, int]] = (),
+                    skip: Container[int] = ()) -> EntryBatch:
         """Entries with start <= key < end and lo <= lsn < hi, sorted by (key, lsn).
         `floors` ((key_start, key_end, image_lsn) of image layers): a block whose entries
         all lie at or below the image LSN of a range holding all its keys is not read (a
-        reader above that floor never applies them). Whole blocks are decoded together."""
+        reader above that floor never applies them). Blocks whose index is in `skip` are
+        not read either (image creation copies them whole). Whole blocks are decoded
+        together."""
         all_lsns = lo <= self.name.lsn_start and self.name.lsn_end <= hi
         parts: list[EntryBatch] = []
         run: list[tuple[int, BlockInfo]] = []  # whole blocks not decoded yet
         for i in self.blocks.within_lsns(self.blocks_in(start, end), lo, hi):
+            if i in skip:
+                continue
             b = self.blocks[i]
             if floors and any(ks <= b.first_key and b.last_key < ke and b.max_lsn <= il
                               for ks, ke, il in floors):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from strata import durable
 from strata.key import KEY_SIZE
 from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
 from strata.storage.blockindex import INDEX_ENTRY
-from strata.storage.blocks import encode_many_columns, head_size
+from strata.storage.blocks import N_FIELD, encode_many_columns, head_size
 from strata.storage.layerfile import (
     COMPRESSION_ZSTD,
     FOOTER,
@@ -40,7 +41,10 @@ from strata.storage.layerfile import (
     crc32c_extend,
 )
 from strata.storage.naming import TMP_SUFFIX, LayerName
-from strata.storage.values import Entry, PageImage
+from strata.storage.values import Entry, PageImage, ValueKind
+
+_LSN = struct.Struct(">q")
+_IMAGE_KIND = bytes([int(ValueKind.PAGE_IMAGE)])
 
 # Encoded blocks compressed together, in one call without the GIL (the frames are the
 # ones compressing each alone makes).
@@ -90,9 +94,10 @@ class LayerWriter:
     def __init__(self, directory: Path, *, block_bytes: int, zstd_level: int,
                  owner: str = "w", head_frames: bool = True) -> None:
         """`head_frames`: each block as two frames, head and values (delta layers:
-        the image trigger's chain count reads heads alone); else one frame, head_len 0
-        (image layers: nothing reads their heads alone, and a whole block decodes
-        ~5-10 % faster from one frame)."""
+        the image trigger's chain count reads heads alone; image layers: the next
+        image copies a block whose keys did not change, `copy_image_block`); else one
+        frame, head_len 0 (`write_layer`'s image layers, as image creation wrote them
+        before the twenty-eighth session)."""
         self._dir = directory
         self._head_frames = head_frames
         self._tmp = directory / tmp_layer_name(owner)
@@ -211,6 +216,43 @@ class LayerWriter:
             self._pending_bytes += len(raw)
             if self._pending_bytes >= COMPRESS_GROUP_BYTES:
                 self._write_pending()
+
+    def copy_image_block(self, head: bytes, values_frame: bytes, lsn: int) -> None:
+        """Append a block of an older image layer (`LayerFile.image_block_parts`) with
+        every entry at `lsn`: its values frame as it is stored (neither decompressed
+        nor compressed again), its head again with the new LSN (an image block's LSN
+        column is its first LSN, then zeros). The block being filled is closed first.
+
+        Requires: a writer in two frames; the block's first key after every key added.
+        Raises: ValueError (nothing added) if `head` is not an image block's head of
+        one LSN, or out of order."""
+        (n,) = N_FIELD.unpack_from(head, 0) if len(head) >= 4 else (0,)
+        lo = 4 + KEY_SIZE * n
+        kinds = lo + 8 * n
+        if (not self._head_frames or n == 0 or len(head) != head_size(n)
+                or head.count(0, lo + 8, kinds) != 8 * (n - 1)
+                or head[kinds:kinds + n] != _IMAGE_KIND * n):
+            raise ValueError("not the head of an image block of one LSN")
+        k0, k1 = head[4:4 + KEY_SIZE], head[lo - KEY_SIZE:lo]
+        if self._last is not None and (k0, lsn) <= self._last:
+            raise ValueError(f"entries out of order: {(k0, lsn)!r} after {self._last!r}")
+        self._flush_block()
+        self._write_pending()
+        hc = self._cctx.compress(head[:lo] + _LSN.pack(lsn) + head[lo + 8:])
+        values = int(np.frombuffer(head, dtype=">u4", count=n, offset=kinds + n).sum())
+        hcrc, size = crc32c(hc), len(hc) + len(values_frame)
+        self._index.append(INDEX_ENTRY.pack(self._pos, size, len(head) + values, n,
+                                            crc32c_extend(hcrc, values_frame), k0, lsn, k1,
+                                            lsn, lsn, lsn, len(hc), hcrc))
+        self._f.write(hc)
+        self._f.write(values_frame)
+        self._pos += size
+        if self._first is None:
+            self._first = (k0, lsn)
+        self._last = (k1, lsn)
+        self._runs.end(k1)
+        self.entries += n
+        self.raw_bytes += values + ENTRY_OVERHEAD * n
 
     def _take_rows(self) -> None:
         if len(self._rows):

@@ -27,6 +27,7 @@ class StoreMetrics:
     bytes_compacted: int = 0
     image_layers_created: int = 0
     bytes_imaged: int = 0
+    image_blocks_copied: int = 0  # image blocks copied whole into a newer image layer
     layers_removed: int = 0
 
     def snapshot(self) -> StoreMetrics:

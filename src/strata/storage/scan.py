@@ -19,12 +19,12 @@ newest chain end) is found with array operations. Only the per-key result
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from strata.key import KEY_SIZE, Key
-from strata.storage.batch import EntryBatch, key_order
+from strata.storage.batch import KEY_ORDER, EntryBatch, key_order
 from strata.storage.layerfile import LayerFile
 from strata.storage.layermap import Layer, ReadStats, ReadView, Redo
 from strata.storage.values import ValueKind, WalRecord
@@ -160,25 +160,71 @@ def scan_chains(view: ReadView, start: bytes, end: bytes, lsn: int,
                 stats: ReadStats) -> Iterator[Chains]:
     """Per window of [start, end), in key order: the chains at `lsn` of its keys.
     Streaming: about one window of every source in memory at a time."""
+    for w in window_chains(view, start, end, lsn, stats):
+        if w.chains is not None:
+            yield w.chains
+
+
+class Window(NamedTuple):
+    """One window of a range read at an LSN: the chains of its keys (None: no key
+    left), and the image blocks set aside (`window_chains(copy_blocks=True)`): each
+    (file, block index), in key order, none of its keys in `chains`."""
+
+    chains: Chains | None
+    copies: list[tuple[LayerFile, int]]
+
+
+def window_chains(view: ReadView, start: bytes, end: bytes, lsn: int, stats: ReadStats,
+                  copy_blocks: bool = False) -> Iterator[Window]:
+    """`scan_chains`, a Window at a time. With `copy_blocks` (image creation at `lsn`),
+    an image block that already holds the values at `lsn` of every key of its range
+    (`unchanged_blocks`) is not read: it is handed out to be copied whole."""
     lm = view.layer_map
     images = lm.images_for_scan(start, end, lsn)
     deltas = lm.deltas_for_scan(start, end, lsn, images)
     stats.layers_visited += len(images) + len(deltas)
     hi = lsn + 1
     img_ranges = [(im.name.key_start, im.name.key_end, im.name.image_lsn) for im in images]
-    layers: list[Layer] = [*images, *deltas]
-    for ws, we in windows([la.file for la in layers], start, end):
+    for ws, we in windows([la.file for la in (*images, *deltas)], start, end):
         # delta blocks at or below the image floor of all their keys are never read
         floors = [r for r in img_ranges if r[0] < we and ws < r[1]]
-        parts = [la.file.batch_range(ws, we, 0, hi, floors if i >= len(images) else ())
-                 for i, la in enumerate(layers)]
+        parts = [la.file.batch_range(ws, we, 0, hi, floors) for la in deltas]
         parts += [fm.batch_range(ws, we, 0, hi) for fm in view.frozen]
         parts.append(view.active.batch_range(ws, we, 0, hi))
+        copies = unchanged_blocks(images, parts, ws, we) if copy_blocks else []
+        skips: dict[int, set[int]] = {}
+        for f, i in copies:
+            skips.setdefault(id(f), set()).add(i)
+        parts[:0] = [im.file.batch_range(ws, we, 0, hi, skip=skips.get(id(im.file), ()))
+                     for im in images]
         tags = np.concatenate([np.full(len(p), 0 if i < len(images) else 1, np.uint8)
                                for i, p in enumerate(parts)])
         b = EntryBatch.concat(parts)
-        if len(b):
-            yield chains_of(b, tags, img_ranges)
+        yield Window(chains_of(b, tags, img_ranges) if len(b) else None, copies)
+
+
+def unchanged_blocks(images: Sequence[Layer], others: Sequence[EntryBatch], start: bytes,
+                     end: bytes) -> list[tuple[LayerFile, int]]:
+    """The blocks of `images` (a read's image layers) inside [start, end) that hold
+    the value of every key of their key range at the read's LSN: no entry of
+    `others` (the read's delta and memtable rows there) and no other image layer
+    falls in their range. Only blocks in two frames (`LayerFile.image_block_parts`).
+    In key order."""
+    keys = [p.order_keys for p in others if len(p)]
+    touched = np.unique(np.concatenate(keys)) if keys else np.empty(0, KEY_ORDER)
+    out: list[tuple[LayerFile, int]] = []
+    for im in images:
+        f = im.file
+        over = [(o.name.key_start, o.name.key_end) for o in images if o is not im]
+        for i in f.blocks_in(start, end):
+            b = f.blocks[i]
+            if (b.head_len and start <= b.first_key and b.last_key < end
+                    and not any(s <= b.last_key and b.first_key < e for s, e in over)
+                    and touched.searchsorted(b.first_key, "left")
+                    == touched.searchsorted(b.last_key, "right")):
+                out.append((f, i))
+    out.sort(key=lambda c: c[0].blocks[c[1]].first_key)
+    return out
 
 
 def scan_values(view: ReadView, start: bytes, end: bytes, lsn: int, redo: Redo,

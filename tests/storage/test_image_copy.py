@@ -1,0 +1,173 @@
+"""Image creation copies whole the blocks of an older image layer whose keys did not
+change (`scan.unchanged_blocks`, `LayerWriter.copy_image_block`).
+
+A new image layer over a partition holds every key at its LSN. Where a block of the
+floor image holds keys none of which has an entry above it, its values are already
+those at the new LSN: the block's values frame is written again as it is on disk,
+and only its head (whose LSN column says the new LSN) is compressed again. These
+tests check that unchanged blocks are copied and changed ones are not, that every
+key reads the same through the new images as the model says, and that the files
+made so verify (CRCs, order, ranges, index bounds) like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import pytest
+
+from strata.key import Key, KeyRange
+from strata.pagestore import PageStore
+from strata.storage import images as images_mod
+from strata.storage.config import StorageConfig
+from strata.storage.layerfile import LayerFile
+from strata.storage.layerwriter import LayerWriter
+from strata.storage.values import PageImage, WalRecord
+
+from .conftest import Model, append_redo, rk
+
+CFG = StorageConfig(memtable_bytes=64 << 20, block_bytes=16 << 10, cache_pages=0,
+                    background_maintenance=False, flush_image_interval=0)
+PAGES = 400
+
+
+def page(blk: int, version: int) -> PageImage:
+    """A page-sized, compressible, distinct image."""
+    rnd = random.Random(blk * 1000 + version)
+    body = bytes(rnd.randrange(8) for _ in range(512)) * 16
+    return PageImage(b"%d/%d|" % (blk, version) + body[: 8192 - 16])
+
+
+def image_files(ps: PageStore, lsn: int) -> list[LayerFile]:
+    return [la.file for la in ps.store.view().layer_map.images if la.name.image_lsn == lsn]
+
+
+def test_unchanged_blocks_are_copied_and_read_back_at_the_new_lsn(store_dir: Path) -> None:
+    m = Model()
+    ps = PageStore.open(store_dir, append_redo, CFG, background=False)
+    try:
+        lsn = 0
+        for blk in range(PAGES):
+            lsn += 8
+            ps.put(rk(blk), lsn, page(blk, 0))
+            m.put(rk(blk), lsn, page(blk, 0))
+        ps.advance(lsn)
+        ps.flush()
+        first = ps.durable_lsn
+        ps.create_image_layers(threshold=0)
+        assert ps.metrics().image_blocks_copied == 0  # nothing to copy from yet
+        old = image_files(ps, first)
+        blocks = sum(len(f.blocks) for f in old)
+        assert blocks > 10 and all(b.head_len for f in old for b in f.blocks)
+        # change a few pages: a record on three, a new image on one
+        changed = {7, 150, 151, 333}
+        for blk in sorted(changed):
+            lsn += 8
+            v = WalRecord(b"+%d" % blk) if blk != 150 else page(blk, 1)
+            ps.put(rk(blk), lsn, v)
+            m.put(rk(blk), lsn, v)
+        ps.advance(lsn)
+        ps.flush()
+        second = ps.durable_lsn
+        ps.create_image_layers(threshold=0)
+        new = image_files(ps, second)
+        assert new
+        # a block is copied unless it holds a changed key
+        touched = {i for f in old for i, b in enumerate(f.blocks)
+                   if any(b.first_key <= rk(c).to_bytes() <= b.last_key for c in changed)}
+        assert 0 < len(touched) < blocks
+        assert ps.metrics().image_blocks_copied == blocks - len(touched)
+        for f in new:
+            assert f.verify() > 0
+            assert all(int(b.lsns.min()) == int(b.lsns.max()) == second
+                       for b in (f.block_batch(i) for i in range(len(f.blocks))))
+        keys = [Key.from_bytes(bytes(k)) for f in new for i in range(len(f.blocks))
+                for k in f.block_batch(i).keys]
+        assert keys == [rk(b) for b in range(PAGES)]
+        for blk in range(PAGES):
+            for at in (first, second):
+                assert ps.get_page(rk(blk), at) == m.get(rk(blk), at), (blk, at)
+    finally:
+        ps.close()
+    # and again from disk, through the image layers alone
+    ps = PageStore.open(store_dir, append_redo, CFG, background=False)
+    try:
+        assert list(ps.scan(KeyRange(rk(0), rk(PAGES)), second)) == m.scan(second)
+    finally:
+        ps.close()
+
+
+def test_a_block_under_a_newer_partial_image_is_not_copied(store_dir: Path) -> None:
+    """An image layer at a newer LSN over part of the range: blocks of the older
+    image under it are that newer image's keys, never copied from the older one."""
+    m = Model()
+    cfg = dataclasses.replace(CFG, block_bytes=8 << 10)
+    ps = PageStore.open(store_dir, append_redo, cfg, background=False)
+    try:
+        lsn = 0
+        for blk in range(64):
+            lsn += 8
+            ps.put(rk(blk), lsn, page(blk, 0))
+            m.put(rk(blk), lsn, page(blk, 0))
+        ps.advance(lsn)
+        ps.flush()
+        ps.create_image_layers(threshold=0)
+        lsn += 8
+        ps.put(rk(20), lsn, page(20, 1))
+        m.put(rk(20), lsn, page(20, 1))
+        ps.advance(lsn)
+        ps.flush()
+        images_mod.make_images(ps.store, rk(16).to_bytes(), rk(24).to_bytes(), ps.durable_lsn)
+        copied = ps.metrics().image_blocks_copied
+        assert copied > 0  # the eight pages around the change
+        lsn += 8
+        ps.put(rk(40), lsn, page(40, 1))
+        m.put(rk(40), lsn, page(40, 1))
+        ps.advance(lsn)
+        ps.flush()
+        top = ps.durable_lsn
+        ps.create_image_layers(threshold=0)
+        for blk in range(64):
+            assert ps.get_page(rk(blk), top) == m.get(rk(blk), top), blk
+        for f in image_files(ps, top):
+            f.verify()
+    finally:
+        ps.close()
+
+
+def test_copy_image_block_refuses_what_is_not_an_image_block(store_dir: Path) -> None:
+    store_dir.mkdir(parents=True)
+    ps = PageStore.open(store_dir, append_redo, CFG, background=False)
+    try:
+        for blk in range(20):
+            ps.put(rk(blk), 8 + blk, page(blk, 0))
+        ps.put(rk(3), 100, WalRecord(b"+"))
+        ps.advance(100)
+        ps.flush()
+        delta = next(la.file for la in ps.store.view().layer_map.deltas)
+        with pytest.raises(ValueError, match="not an image block"):
+            delta.image_block_parts(0)
+        ps.create_image_layers(threshold=0)
+        img = next(la.file for la in ps.store.view().layer_map.images)
+        head, values = img.image_block_parts(0)
+        w = LayerWriter(store_dir, block_bytes=CFG.block_bytes, zstd_level=1)
+        try:
+            w.copy_image_block(head, values, 500)
+            with pytest.raises(ValueError, match="out of order"):
+                w.copy_image_block(head, values, 500)
+            dhead = delta._head(0, delta.blocks[0])
+            with pytest.raises(ValueError, match="not the head of an image block"):
+                w.copy_image_block(dhead, b"", 600)
+        finally:
+            w.abort()
+        one = LayerWriter(store_dir, block_bytes=CFG.block_bytes, zstd_level=1,
+                          head_frames=False)
+        try:
+            with pytest.raises(ValueError, match="not the head of an image block"):
+                one.copy_image_block(head, values, 500)
+        finally:
+            one.abort()
+    finally:
+        ps.close()
