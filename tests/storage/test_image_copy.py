@@ -99,9 +99,11 @@ def test_unchanged_blocks_are_copied_and_read_back_at_the_new_lsn(store_dir: Pat
         ps.close()
 
 
-def test_a_block_under_a_newer_partial_image_is_not_copied(store_dir: Path) -> None:
-    """An image layer at a newer LSN over part of the range: blocks of the older
-    image under it are that newer image's keys, never copied from the older one."""
+def test_under_a_newer_partial_image_its_blocks_are_copied_not_the_older_ones(
+        store_dir: Path) -> None:
+    """An image layer at a newer LSN over part of the range: there the keys' floor
+    is the newer image, so its blocks are copied (and the older image's blocks under
+    it never are, nor its rows kept); elsewhere the older image's blocks are."""
     m = Model()
     cfg = dataclasses.replace(CFG, block_bytes=8 << 10)
     ps = PageStore.open(store_dir, append_redo, cfg, background=False)
@@ -113,22 +115,31 @@ def test_a_block_under_a_newer_partial_image_is_not_copied(store_dir: Path) -> N
             m.put(rk(blk), lsn, page(blk, 0))
         ps.advance(lsn)
         ps.flush()
+        first = ps.durable_lsn
         ps.create_image_layers(threshold=0)
         lsn += 8
         ps.put(rk(20), lsn, page(20, 1))
         m.put(rk(20), lsn, page(20, 1))
         ps.advance(lsn)
         ps.flush()
-        images_mod.make_images(ps.store, rk(16).to_bytes(), rk(24).to_bytes(), ps.durable_lsn)
+        mid = ps.durable_lsn
+        images_mod.make_images(ps.store, rk(16).to_bytes(), rk(24).to_bytes(), mid)
         copied = ps.metrics().image_blocks_copied
-        assert copied > 0  # the eight pages around the change
+        assert copied > 0  # the pages around the change
         lsn += 8
         ps.put(rk(40), lsn, page(40, 1))
         m.put(rk(40), lsn, page(40, 1))
         ps.advance(lsn)
         ps.flush()
         top = ps.durable_lsn
+        (older,), (newer,) = image_files(ps, first), image_files(ps, mid)
+        lo, hi, at40 = rk(16).to_bytes(), rk(24).to_bytes(), rk(40).to_bytes()
+        expect = len(newer.blocks) + sum(
+            1 for b in older.blocks
+            if (b.last_key < lo or b.first_key >= hi)
+            and not b.first_key <= at40 <= b.last_key)
         ps.create_image_layers(threshold=0)
+        assert ps.metrics().image_blocks_copied - copied == expect
         for blk in range(64):
             assert ps.get_page(rk(blk), top) == m.get(rk(blk), top), blk
         for f in image_files(ps, top):
@@ -169,5 +180,39 @@ def test_copy_image_block_refuses_what_is_not_an_image_block(store_dir: Path) ->
                 one.copy_image_block(head, values, 500)
         finally:
             one.abort()
+    finally:
+        ps.close()
+
+
+def test_entries_below_the_floor_in_a_layer_across_it_do_not_stop_a_copy(
+        store_dir: Path) -> None:
+    """One delta layer holds every page's first image and, later, a few changes; an
+    image made at an LSN between the two is the floor of the next: the layer's rows
+    at or below that floor change nothing, only the later ones do."""
+    m = Model()
+    ps = PageStore.open(store_dir, append_redo, CFG, background=False)
+    try:
+        lsn = 0
+        for blk in range(PAGES):
+            lsn += 8
+            ps.put(rk(blk), lsn, page(blk, 0))
+            m.put(rk(blk), lsn, page(blk, 0))
+        mid = lsn
+        for blk in (5, 300):
+            lsn += 8
+            ps.put(rk(blk), lsn, WalRecord(b"+%d" % blk))
+            m.put(rk(blk), lsn, WalRecord(b"+%d" % blk))
+        ps.advance(lsn)
+        ps.flush()
+        ps.create_image_layers(lsn=mid, threshold=0)
+        (old,) = image_files(ps, mid)
+        ps.create_image_layers(threshold=0)
+        changed = [rk(5).to_bytes(), rk(300).to_bytes()]
+        expect = sum(1 for b in old.blocks
+                     if not any(b.first_key <= k <= b.last_key for k in changed))
+        assert expect > 10
+        assert ps.metrics().image_blocks_copied == expect
+        for blk in range(PAGES):
+            assert ps.get_page(rk(blk), lsn) == m.get(rk(blk), lsn), blk
     finally:
         ps.close()

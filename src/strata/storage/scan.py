@@ -132,16 +132,23 @@ class Chains:
         return redo(key, base, recs)
 
 
+def floors_of(ok: np.ndarray, img_ranges: Sequence[tuple[bytes, bytes, int]]) -> np.ndarray:
+    """Each key's floor: the newest image LSN of `img_ranges` ((key_start, key_end,
+    image_lsn) of each image layer read) whose range holds it, -1 where none does.
+    `ok`: the keys as `order_keys`."""
+    floor = np.full(len(ok), -1, dtype=np.int64)
+    for ks, ke, il in img_ranges:
+        cover = (ok >= ks) & (ok < ke)
+        floor = np.where(cover & (il > floor), il, floor)
+    return floor
+
+
 def chains_of(b: EntryBatch, tags: np.ndarray,
               img_ranges: Sequence[tuple[bytes, bytes, int]]) -> Chains:
     """The chains in `b` (entries of every source at or below the read LSN; `tags`:
     0 for rows of image layers, 1 for the others) under the image floors
     `img_ranges` ((key_start, key_end, image_lsn) of each image layer read)."""
-    ok = b.order_keys
-    floor = np.full(len(b), -1, dtype=np.int64)
-    for ks, ke, il in img_ranges:
-        cover = (ok >= ks) & (ok < ke)
-        floor = np.where(cover & (il > floor), il, floor)
+    floor = floors_of(b.order_keys, img_ranges)
     # the floor image itself, and everything else above the floor
     keep = np.where(tags == 0, b.lsns == floor, b.lsns > floor)
     b, tags = _sorted_by_key_lsn(b.take(keep), tags[keep])
@@ -191,7 +198,7 @@ def window_chains(view: ReadView, start: bytes, end: bytes, lsn: int, stats: Rea
         parts = [la.file.batch_range(ws, we, 0, hi, floors) for la in deltas]
         parts += [fm.batch_range(ws, we, 0, hi) for fm in view.frozen]
         parts.append(view.active.batch_range(ws, we, 0, hi))
-        copies = unchanged_blocks(images, parts, ws, we) if copy_blocks else []
+        copies = unchanged_blocks(images, img_ranges, parts, ws, we) if copy_blocks else []
         skips: dict[int, set[int]] = {}
         for f, i in copies:
             skips.setdefault(id(f), set()).add(i)
@@ -203,19 +210,24 @@ def window_chains(view: ReadView, start: bytes, end: bytes, lsn: int, stats: Rea
         yield Window(chains_of(b, tags, img_ranges) if len(b) else None, copies)
 
 
-def unchanged_blocks(images: Sequence[Layer], others: Sequence[EntryBatch], start: bytes,
+def unchanged_blocks(images: Sequence[Layer], img_ranges: Sequence[tuple[bytes, bytes, int]],
+                     others: Sequence[EntryBatch], start: bytes,
                      end: bytes) -> list[tuple[LayerFile, int]]:
-    """The blocks of `images` (a read's image layers) inside [start, end) that hold
-    the value of every key of their key range at the read's LSN: no entry of
-    `others` (the read's delta and memtable rows there) and no other image layer
-    falls in their range. Only blocks in two frames (`LayerFile.image_block_parts`).
-    In key order."""
-    keys = [p.order_keys for p in others if len(p)]
-    touched = np.unique(np.concatenate(keys)) if keys else np.empty(0, KEY_ORDER)
+    """The blocks of `images` (a read's image layers; `img_ranges` their ranges and
+    LSNs) inside [start, end) that hold the value of every key of their key range at
+    the read's LSN: no entry of `others` (the read's delta and memtable rows there)
+    above its key's floor and no newer image layer falls in their range (an older
+    one's rows there are below their floor: the chains drop them). Only blocks in
+    two frames (`LayerFile.image_block_parts`). In key order."""
+    d = EntryBatch.concat([p for p in others if len(p)])
+    ok = d.order_keys
+    touched = np.unique(ok[d.lsns > floors_of(ok, img_ranges)]) if len(d) else np.empty(
+        0, KEY_ORDER)
     out: list[tuple[LayerFile, int]] = []
     for im in images:
         f = im.file
-        over = [(o.name.key_start, o.name.key_end) for o in images if o is not im]
+        over = [(o.name.key_start, o.name.key_end) for o in images
+                if o.name.image_lsn > im.name.image_lsn]
         for i in f.blocks_in(start, end):
             b = f.blocks[i]
             if (b.head_len and start <= b.first_key and b.last_key < end
