@@ -40,6 +40,18 @@ def page(blk: int, version: int) -> PageImage:
     return PageImage(b"%d/%d|" % (blk, version) + body[: 8192 - 16])
 
 
+def put(ps: PageStore, m: Model, lsn: int, values: list[tuple[int, PageImage | WalRecord]]
+        ) -> int:
+    """Each (block, value) at the next LSN (8 apart) in the store and the model;
+    returns the last LSN, advanced to."""
+    for blk, v in values:
+        lsn += 8
+        ps.put(rk(blk), lsn, v)
+        m.put(rk(blk), lsn, v)
+    ps.advance(lsn)
+    return lsn
+
+
 def image_files(ps: PageStore, lsn: int) -> list[LayerFile]:
     return [la.file for la in ps.store.view().layer_map.images if la.name.image_lsn == lsn]
 
@@ -48,12 +60,7 @@ def test_unchanged_blocks_are_copied_and_read_back_at_the_new_lsn(store_dir: Pat
     m = Model()
     ps = PageStore.open(store_dir, append_redo, CFG, background=False)
     try:
-        lsn = 0
-        for blk in range(PAGES):
-            lsn += 8
-            ps.put(rk(blk), lsn, page(blk, 0))
-            m.put(rk(blk), lsn, page(blk, 0))
-        ps.advance(lsn)
+        lsn = put(ps, m, 0, [(blk, page(blk, 0)) for blk in range(PAGES)])
         ps.flush()
         first = ps.durable_lsn
         ps.create_image_layers(threshold=0)
@@ -63,12 +70,8 @@ def test_unchanged_blocks_are_copied_and_read_back_at_the_new_lsn(store_dir: Pat
         assert blocks > 10 and all(b.head_len for f in old for b in f.blocks)
         # change a few pages: a record on three, a new image on one
         changed = {7, 150, 151, 333}
-        for blk in sorted(changed):
-            lsn += 8
-            v = WalRecord(b"+%d" % blk) if blk != 150 else page(blk, 1)
-            ps.put(rk(blk), lsn, v)
-            m.put(rk(blk), lsn, v)
-        ps.advance(lsn)
+        lsn = put(ps, m, lsn, [(blk, WalRecord(b"+%d" % blk) if blk != 150 else page(blk, 1))
+                               for blk in sorted(changed)])
         ps.flush()
         second = ps.durable_lsn
         ps.create_image_layers(threshold=0)
@@ -108,28 +111,17 @@ def test_under_a_newer_partial_image_its_blocks_are_copied_not_the_older_ones(
     cfg = dataclasses.replace(CFG, block_bytes=8 << 10)
     ps = PageStore.open(store_dir, append_redo, cfg, background=False)
     try:
-        lsn = 0
-        for blk in range(64):
-            lsn += 8
-            ps.put(rk(blk), lsn, page(blk, 0))
-            m.put(rk(blk), lsn, page(blk, 0))
-        ps.advance(lsn)
+        lsn = put(ps, m, 0, [(blk, page(blk, 0)) for blk in range(64)])
         ps.flush()
         first = ps.durable_lsn
         ps.create_image_layers(threshold=0)
-        lsn += 8
-        ps.put(rk(20), lsn, page(20, 1))
-        m.put(rk(20), lsn, page(20, 1))
-        ps.advance(lsn)
+        lsn = put(ps, m, lsn, [(20, page(20, 1))])
         ps.flush()
         mid = ps.durable_lsn
         images_mod.make_images(ps.store, rk(16).to_bytes(), rk(24).to_bytes(), mid)
         copied = ps.metrics().image_blocks_copied
         assert copied > 0  # the pages around the change
-        lsn += 8
-        ps.put(rk(40), lsn, page(40, 1))
-        m.put(rk(40), lsn, page(40, 1))
-        ps.advance(lsn)
+        lsn = put(ps, m, lsn, [(40, page(40, 1))])
         ps.flush()
         top = ps.durable_lsn
         (older,), (newer,) = image_files(ps, first), image_files(ps, mid)
@@ -192,17 +184,8 @@ def test_entries_below_the_floor_in_a_layer_across_it_do_not_stop_a_copy(
     m = Model()
     ps = PageStore.open(store_dir, append_redo, CFG, background=False)
     try:
-        lsn = 0
-        for blk in range(PAGES):
-            lsn += 8
-            ps.put(rk(blk), lsn, page(blk, 0))
-            m.put(rk(blk), lsn, page(blk, 0))
-        mid = lsn
-        for blk in (5, 300):
-            lsn += 8
-            ps.put(rk(blk), lsn, WalRecord(b"+%d" % blk))
-            m.put(rk(blk), lsn, WalRecord(b"+%d" % blk))
-        ps.advance(lsn)
+        mid = put(ps, m, 0, [(blk, page(blk, 0)) for blk in range(PAGES)])
+        lsn = put(ps, m, mid, [(blk, WalRecord(b"+%d" % blk)) for blk in (5, 300)])
         ps.flush()
         ps.create_image_layers(lsn=mid, threshold=0)
         (old,) = image_files(ps, mid)
