@@ -250,8 +250,8 @@ class LayerFile:
     def image_block_parts(self, i: int) -> tuple[bytes, bytes]:
         """Block i of a v6 image layer written in two frames, for a copy into a newer
         image layer (`LayerWriter.copy_image_block`): (its head decompressed, its
-        values frame as stored), the whole block's CRC checked. Raises:
-        CorruptionError; ValueError if the block is not two frames of one image LSN."""
+        values frame as stored), the whole block's CRC and the head's checked. Raises:
+        CorruptionError; ValueError if the block is not an image layer's in two frames."""
         b = self.blocks[i]
         if self.version < HEAD_VERSION or not b.head_len or not self.name.is_image:
             raise ValueError(f"{self.path} block {i} is not an image block in two frames")
