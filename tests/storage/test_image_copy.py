@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from strata.errors import CorruptionError
 from strata.key import Key, KeyRange
 from strata.pagestore import PageStore
 from strata.storage import images as images_mod
@@ -197,5 +198,32 @@ def test_entries_below_the_floor_in_a_layer_across_it_do_not_stop_a_copy(
         assert ps.metrics().image_blocks_copied == expect
         for blk in range(PAGES):
             assert ps.get_page(rk(blk), lsn) == m.get(rk(blk), lsn), blk
+    finally:
+        ps.close()
+
+
+def test_a_damaged_block_is_not_copied_silently(store_dir: Path) -> None:
+    """A copy checks the block's CRC first: a flipped byte in an unchanged block's
+    values frame fails the image with CorruptionError naming the file, and no image
+    layer at the new LSN is published."""
+    m = Model()
+    ps = PageStore.open(store_dir, append_redo, CFG, background=False)
+    try:
+        put(ps, m, 0, [(blk, page(blk, 0)) for blk in range(PAGES)])
+        ps.flush()
+        first = ps.durable_lsn
+        ps.create_image_layers(threshold=0)
+        (old,) = image_files(ps, first)
+        b = old.blocks[0]
+        with open(old.path, "r+b") as f:
+            f.seek(b.offset + b.head_len + 5)
+            byte = f.read(1)
+            f.seek(b.offset + b.head_len + 5)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        put(ps, m, 10_000, [(PAGES - 1, WalRecord(b"+"))])
+        ps.flush()
+        with pytest.raises(CorruptionError, match=old.path.name):
+            ps.create_image_layers(threshold=0)
+        assert image_files(ps, ps.durable_lsn) == []
     finally:
         ps.close()
