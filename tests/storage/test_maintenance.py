@@ -4,6 +4,7 @@ and the CPU budget sleeps off CPU above its share."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -147,3 +148,84 @@ def test_cpu_budget_sleeps_off_the_cpu_above_its_share(monkeypatch: pytest.Monke
     now["cpu"] += 10
     unpaced.pace(stop)  # type: ignore[arg-type]
     assert len(stop.waits) == 1
+
+
+class FakeLoad:
+    def __init__(self, share: float | None) -> None:
+        self.share = share
+
+    def others_busy(self) -> float | None:
+        return self.share
+
+
+def test_a_busy_machine_paces_maintenance_to_its_busy_share_unless_urgent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = {"wall": 100.0, "cpu": 5.0}
+    monkeypatch.setattr(maintenance.time, "monotonic", lambda: now["wall"])
+    monkeypatch.setattr(maintenance.time, "thread_time", lambda: now["cpu"])
+    load = FakeLoad(0.9)
+    b = CpuBudget(0.5, busy_fraction=0.1, busy_share=0.5, load=load)  # type: ignore[arg-type]
+    stop = FakeStop()
+
+    def owed_after(cpu: float) -> float:  # the sleep asked after `cpu` s of CPU at once
+        stop.waits.clear()
+        now["wall"] += 5.0  # a fresh window
+        b.pace(stop)  # type: ignore[arg-type]
+        now["cpu"] += cpu
+        b.pace(stop)  # type: ignore[arg-type]
+        now["wall"] += sum(stop.waits)
+        return sum(stop.waits)
+
+    assert owed_after(0.1) == pytest.approx(0.1 / 0.1)  # others use 90 %: a tenth of a core
+    b.urgent = True  # a backlog past its bound: the full share
+    assert owed_after(0.1) == pytest.approx(0.1 / 0.5)
+    b.urgent = False
+    load.share = 0.3  # others under the busy share
+    assert owed_after(0.1) == pytest.approx(0.1 / 0.5)
+    load.share = None  # no /proc/stat: never busy
+    assert owed_after(0.1) == pytest.approx(0.1 / 0.5)
+    assert CpuBudget(0.5, busy_fraction=0.9).busy_fraction == 0.5  # never above the share
+
+
+def test_host_load_is_the_others_share_of_every_cpu(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"wall": 10.0, "own": 1.0}
+    monkeypatch.setattr(maintenance.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(maintenance.time, "process_time", lambda: clock["own"])
+    stat = tmp_path / "stat"
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def ticks(user: int, system: int, idle: int, iowait: int, steal: int) -> None:
+        stat.write_text(f"cpu  {user} 0 {system} {idle} {iowait} 0 0 {steal} 0 0\n"
+                        "cpu0 1 2 3 4 5 6 7 8 9 10\n")
+
+    ticks(1000, 500, 4000, 100, 0)
+    h = maintenance.HostLoad(interval=2.0, stat=stat)
+    assert h.others_busy() is None  # nothing measured yet
+    # 4 s of two CPUs: 8 s of ticks; 3 s busy (steal counts), 1 s of it this process's
+    ticks(1000 + 2 * hz, 500 + hz // 2, 4000 + 4 * hz, 100 + hz, hz // 2)
+    clock["wall"] += 1.0
+    assert h.others_busy() is None  # sampled at most once per interval
+    clock["wall"] += 3.0
+    clock["own"] += 1.0
+    assert h.others_busy() == pytest.approx((3 * hz - hz) / (8 * hz))
+    stat.write_text("garbage\n")
+    clock["wall"] += 3.0
+    assert h.others_busy() == pytest.approx(0.25)  # an unreadable sample keeps the last
+    assert maintenance.HostLoad(stat=tmp_path / "missing").others_busy() is None
+
+
+def test_a_backlog_of_l0s_makes_maintenance_urgent(tmp_path: Path) -> None:
+    d = tmp_path / "layers"
+    store_with_work(d)
+    for backlog, urgent in ((1, True), (10_000, False)):
+        cfg = dataclasses.replace(CFG, l0_backlog=backlog, maintenance_busy_cpu_fraction=0.2)
+        m = open_maintainer(d, append_redo, cfg)
+        try:
+            assert m.budget.busy_fraction == 0.2
+            m.store.checkpoint_hook = m.stop  # look, then stop at the first unit of work
+            with pytest.raises(maintenance.MaintenanceStopped):
+                m.run_once()
+            assert m.budget.urgent is urgent
+        finally:
+            m.store.close()

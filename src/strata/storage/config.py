@@ -69,9 +69,16 @@ class StorageConfig:
     # process) may use, per second of wall time; it sleeps off any excess
     # (maintenance.py, policy 5). 1.0: unpaced.
     maintenance_cpu_fraction: float = 0.5
+    # ... and this share while other processes keep at least
+    # maintenance_busy_host_share of the machine's CPUs busy (a loaded primary: what
+    # maintenance takes then, it takes from the primary's transactions, nice value or
+    # not; FORMAT.md 7b policy 6), unless l0_backlog L0 layers wait for compaction.
+    maintenance_busy_cpu_fraction: float = 0.15
+    maintenance_busy_host_share: float = 0.5
+    l0_backlog: int = 12
     # The maintenance process's scheduling priority (a nice value the supervisor adds
     # to its own when it starts the process): background work yields the CPU to
-    # ingest, the proxy, historical servers and the primary (policy 6). 0: none.
+    # ingest, the proxy, historical servers and the primary (FORMAT.md 7b policy 7). 0: none.
     maintenance_nice: int = 10
     # How often an idle maintenance process looks for a new manifest.
     maintenance_poll_seconds: float = 0.2
@@ -94,6 +101,9 @@ class StorageConfig:
             "image_layer_cap": self.image_layer_cap >= 0,
             "flush_image_interval": self.flush_image_interval >= 0,
             "maintenance_cpu_fraction": 0 < self.maintenance_cpu_fraction <= 1,
+            "maintenance_busy_cpu_fraction": 0 < self.maintenance_busy_cpu_fraction <= 1,
+            "maintenance_busy_host_share": 0 <= self.maintenance_busy_host_share <= 1,
+            "l0_backlog": self.l0_backlog >= 1,
             "maintenance_poll_seconds": self.maintenance_poll_seconds > 0,
             "maintenance_nice": 0 <= self.maintenance_nice <= 19,
             "retention_lsn_distance": self.retention_lsn_distance is None
