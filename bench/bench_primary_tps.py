@@ -30,6 +30,9 @@ session).
 
 Reported: median TPS of each, the ratio to "alone", and the CPU-s per
 transaction of the consumer's own processes. Issue 10's goal: strata >= 0.90.
+Read it at scale 100 from `--seconds 300` rounds: maintenance images
+pgbench_accounts about every 75 s of load there, so most 30-s rounds hold none
+of that cost (BENCHMARKS.md, twenty-eighth session).
 """
 
 from __future__ import annotations
