@@ -1,6 +1,7 @@
 """The maintenance process: stop requests abandon the job in progress at its next
 checkpoint (nothing committed, no file left), SIGTERM stops the process mid-job,
-and the CPU budget sleeps off CPU above its share."""
+the CPU budget sleeps off CPU above its share, and a busy machine (this one's
+/proc/stat, or a fake) lowers that share unless L0s pile up."""
 
 from __future__ import annotations
 
@@ -213,6 +214,21 @@ def test_host_load_is_the_others_share_of_every_cpu(tmp_path: Path,
     clock["wall"] += 3.0
     assert h.others_busy() == pytest.approx(0.25)  # an unreadable sample keeps the last
     assert maintenance.HostLoad(stat=tmp_path / "missing").others_busy() is None
+
+
+def test_host_load_reads_this_machines_proc_stat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real /proc/stat parses: after ticks have passed (this test burns CPU until
+    the machine's tick total moves), the share is a number in [0, 1]."""
+    clock = {"wall": 0.0}
+    monkeypatch.setattr(maintenance.time, "monotonic", lambda: clock["wall"])
+    h = maintenance.HostLoad(interval=1.0)
+    first = h._sample()
+    assert first is not None and first[1] > 0
+    while (now := h._sample()) is not None and now[1] == first[1]:
+        sum(range(10_000))
+    clock["wall"] += 1.0
+    share = h.others_busy()
+    assert share is not None and 0.0 <= share <= 1.0
 
 
 def test_a_backlog_of_l0s_makes_maintenance_urgent(tmp_path: Path) -> None:
