@@ -74,20 +74,29 @@ def _redo_rel_block(key: Key, base: bytes | None, records: list[WalRecord]) -> b
     image deltas go through the compiled chain, which stops (page untouched) at the
     first record it does not take;
     that one goes through the Python redo (the reference, which raises every error
-    with the record's LSN), and the chain resumes after it."""
+    with the record's LSN), and the chain resumes after it. A chain with no base
+    that starts with a record initializing the page (a COPY's MULTI_INSERT+INIT)
+    starts in C from a page of zeros, as PostgreSQL's redo does; if C does not
+    take that record, Python starts from nothing as before."""
     chain = compiled_chain
     datas = [r.data for r in records]
     lsns = [r.lsn for r in records]
     n = len(datas)
     page: bytearray | None = None if base is None else bytearray(base)
+    fresh = False  # page is zeros only for the chain's first record
     if page is None and chain is not None and n and is_image_delta(datas[0]):
         page = bytearray(BLCKSZ)  # the chain restores the image over it, or Python does
+    elif page is None and chain is not None and n and records[0].will_init:
+        page, fresh = bytearray(BLCKSZ), True
     i = 0
     while i < n:
         if chain is not None and page is not None and len(page) == BLCKSZ:
             i = chain(page, datas, lsns, i, key.spc, key.db, key.rel, key.fork, key.blk)
             if i == n:
                 break
+            if fresh and i == 0:
+                page = None  # C left the first record: the reference starts it
+        fresh = False
         d = datas[i]
         if is_image_delta(d):
             page = bytearray(_restore_image(d))

@@ -29,7 +29,7 @@
  *   `reconstruct._redo_rel_block`'s fast path: decodes each record delta (the
  *   layout of DecodeXLogRecord) and replays, on that block's page in place, the
  *   heap INSERT(+INIT), DELETE, UPDATE, HOT_UPDATE, LOCK, heap2 PRUNE_* (redirects,
- *   dead, unused, repair or truncation, freeze plans) and VISIBLE (heap page)
+ *   dead, unused, repair or truncation, freeze plans), MULTI_INSERT(+INIT) and VISIBLE (heap page)
  *   records, uncompressed image deltas (restored, hole zeroed, LSN stamped), and on a
  *   visibility-map page (fork 2) the bits those records clear
  *   and VISIBLE's set (_pagec_vm.c), with redo's BLK_DONE rule and PageSetLSN

@@ -255,6 +255,57 @@ static int heap_insert(uint8_t *b, const rec_t *r, uint32_t blkno) {
     return 1;
 }
 
+/* heap_xlog_multi_insert on the page (`redo.heap2._multi_insert`): main data is
+ * xl_heap_multi_insert (flags u8, pad, ntuples u16, then without INIT_PAGE an
+ * offset u16 per tuple); block data is, per tuple, SHORTALIGNed from the block data's
+ * start, xl_multi_insert_tuple (datalen u16, t_infomask2 u16, t_infomask u16,
+ * t_hoff u8) and its datalen bytes. With INIT_PAGE the tuples go to offsets 1..n of
+ * a fresh page. 1, or 0 (the caller keeps the old page and lets Python decide). */
+static int heap_multi_insert(uint8_t *b, const rec_t *r, uint32_t blkno) {
+    int isinit = (r->info & XLOG_HEAP_INIT_PAGE) != 0;
+    if (r->mdlen < 4)
+        return 0;
+    int flags = r->md[0], ntuples = rd16(r->md + 2);
+    if (!isinit && r->mdlen < 4 + 2 * (uint32_t)ntuples)
+        return 0;
+    if (isinit)
+        page_init_heap(b);
+    int pos = 0, end = r->dlen;
+    uint8_t tup[BLCKSZ];
+    for (int i = 0; i < ntuples; i++) {
+        pos = (pos + 1) & ~1;
+        if (pos + 7 > end)
+            return 0;
+        const uint8_t *x = r->data + pos;
+        int datalen = rd16(x), size = SIZEOF_HEAP_TUPLE_HEADER + datalen;
+        pos += 7;
+        if (pos + datalen > end || size > BLCKSZ)
+            return 0;
+        int offnum = isinit ? i + 1 : rd16(r->md + 4 + 2 * i);
+        if (offnum < 1)
+            return 0;
+        memset(tup, 0, SIZEOF_HEAP_TUPLE_HEADER);
+        wr32(tup + T_XMIN, r->xid);
+        wr16(tup + T_CTID, (uint16_t)(blkno >> 16));
+        wr16(tup + T_CTID + 2, (uint16_t)(blkno & 0xFFFF));
+        wr16(tup + T_CTID + 4, (uint16_t)offnum);
+        wr16(tup + T_INFOMASK2, rd16(x + 2));
+        wr16(tup + T_INFOMASK, (uint16_t)(rd16(x + 4) & ~HEAP_COMBOCID));
+        tup[T_HOFF] = x[6];
+        memcpy(tup + SIZEOF_HEAP_TUPLE_HEADER, r->data + pos, (size_t)datalen);
+        pos += datalen;
+        if (add_heap_item_overwrite(b, tup, size, offnum) <= 0)
+            return 0;
+    }
+    if (pos != end)
+        return 0;
+    if (flags & XLH_INSERT_ALL_VISIBLE_CLEARED)
+        wr16(b + OFF_FLAGS, (uint16_t)(rd16(b + OFF_FLAGS) & ~PD_ALL_VISIBLE));
+    if (flags & XLH_INSERT_ALL_FROZEN_SET)
+        wr16(b + OFF_FLAGS, (uint16_t)(rd16(b + OFF_FLAGS) | PD_ALL_VISIBLE));
+    return 1;
+}
+
 /* heap_xlog_delete (`redo.heap._delete`). */
 static int heap_delete(uint8_t *b, const rec_t *r, uint32_t blkno) {
     if (r->mdlen < 8)
@@ -439,6 +490,8 @@ static int redo_one(uint8_t *w, const rec_t *r, const target_t *t) {
     if (r->rmid == RM_HEAP2_ID) {
         if (op >= XLOG_HEAP2_PRUNE_ON_ACCESS && op <= XLOG_HEAP2_PRUNE_VACUUM_CLEANUP)
             return r->target == 0 && heap_prune(w, r);
+        if (op == XLOG_HEAP2_MULTI_INSERT)
+            return r->target == 0 && heap_multi_insert(w, r, t->blk);
         /* the heap page of VISIBLE; its LSN is stamped as `redo.heap2` does with
          * HINT_BITS_LOGGED (data checksums, PostgreSQL 18's default) */
         if (op == XLOG_HEAP2_VISIBLE && r->target == 1 && r->mdlen >= 5) {
