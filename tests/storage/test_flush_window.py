@@ -23,12 +23,12 @@ from strata.pagestore import PageStore
 from strata.storage import flush
 from strata.storage.batch import EntryBatch
 from strata.storage.config import StorageConfig
-from strata.storage.scan import WindowRedo
+from strata.storage.scan import SLOT_BYTES, WindowRedo
 from strata.storage.values import TOMBSTONE, PageImage, Value, ValueKind, WalRecord
 
 from .conftest import rk
 
-W = flush.CUT_WIDTH
+W = SLOT_BYTES
 IMAGE, RECORD, INIT, TOMB = (int(k) for k in ValueKind)
 BROKEN = rk(0)  # sorts first: the chains after its skipped ones move up
 SHORT = rk(1)  # its base below is not a slot's size: left out of the call

@@ -28,7 +28,7 @@ from strata.storage.layermap import ReadStats, read_key
 from strata.storage.layerwriter import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
-from strata.storage.scan import WindowRedo
+from strata.storage.scan import SLOT_BYTES, WindowRedo
 from strata.storage.store import LayerStore
 from strata.storage.values import ValueKind, WalRecord
 
@@ -50,12 +50,6 @@ CUT_PART_BYTES = 16 << 20
 # a second thread would only take CPU from ingest
 INGEST_IDLE = 0.05
 
-# Chains are built in one `WindowRedo.into` call into slots of this many bytes: a
-# value of this size (a relation page) can be built there; any other goes through the
-# redo's `__call__`.
-CUT_WIDTH = 8192
-
-
 def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
     """The rows of a frozen memtable's batch (sorted by (key, lsn)) with every
     `flush_image_interval`-th delta of a key's unbroken chain replaced by the page it
@@ -71,7 +65,7 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
     memtable), so each delta is redone about once. When the store's redo is a
     `scan.WindowRedo`, every cut is built in one `into` call (chains on a base page:
     `base`), and `__call__` builds only those it leaves. A stretch redo fails for
-    keeps its deltas from there on. Memory: one `CUT_WIDTH` slot per cut (a 64 MiB
+    keeps its deltas from there on. Memory: one `SLOT_BYTES` slot per cut (a 64 MiB
     memtable has at most a few thousand).
     """
     k = store.config.flush_image_interval
@@ -81,7 +75,7 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
     if len(cuts) == 0:
         return b
     first, base, stretch = _cut_chains(cuts, head, last)
-    dst = bytearray(len(cuts) * CUT_WIDTH)
+    dst = bytearray(len(cuts) * SLOT_BYTES)
     pages, given_up = _read_bases(store, b, cuts, head, base, dst)
     done = _cuts_in_one_call(store, b, cuts, first, base, stretch, pages, dst,
                              np.isin(stretch, list(given_up)))
@@ -90,7 +84,7 @@ def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
     ok = _cuts_one_by_one(store, b, cuts, first, base, stretch, done, pages, dst, given_up)
     keep = np.flatnonzero(ok)
     return b.with_values(cuts[keep], _IMAGE, [
-        pages[c] if c in pages else bytes(dst[c * CUT_WIDTH:(c + 1) * CUT_WIDTH])
+        pages[c] if c in pages else bytes(dst[c * SLOT_BYTES:(c + 1) * SLOT_BYTES])
         for c in keep.tolist()])
 
 
@@ -115,8 +109,8 @@ def _read_bases(store: LayerStore, b: EntryBatch, cuts: np.ndarray, head: np.nda
             base[c] = -1
         else:
             pages[c] = got
-            if len(got) == CUT_WIDTH:
-                dst[c * CUT_WIDTH:(c + 1) * CUT_WIDTH] = got
+            if len(got) == SLOT_BYTES:
+                dst[c * SLOT_BYTES:(c + 1) * SLOT_BYTES] = got
     return pages, given_up
 
 
@@ -139,7 +133,7 @@ def _cuts_one_by_one(store: LayerStore, b: EntryBatch, cuts: np.ndarray, first: 
         p, bc, f = int(cuts[c]), int(base[c]), int(first[c])
         if bc >= 0:  # this chain's slot, or the stretch's chain before (built)
             page_base: bytes | None = pages[bc] if bc in pages else bytes(
-                dst[bc * CUT_WIDTH:(bc + 1) * CUT_WIDTH])
+                dst[bc * SLOT_BYTES:(bc + 1) * SLOT_BYTES])
         elif kinds[f] == _IMAGE:
             page_base, f = b.value_at(f), f + 1
         else:
@@ -185,7 +179,7 @@ def _cuts_in_one_call(store: LayerStore, b: EntryBatch, cuts: np.ndarray, first:
         return np.zeros(m, dtype=bool)
     own = np.flatnonzero(base == np.arange(m))
     fit = ~skip
-    fit[own] &= np.array([len(pages[c]) == CUT_WIDTH if c in pages else True
+    fit[own] &= np.array([len(pages[c]) == SLOT_BYTES if c in pages else True
                           for c in own.tolist()], dtype=bool)
     sent = fit[stretch]
     sub = np.flatnonzero(sent)
@@ -194,7 +188,7 @@ def _cuts_in_one_call(store: LayerStore, b: EntryBatch, cuts: np.ndarray, first:
         return done
     pos = np.cumsum(sent) - 1  # each chain's place among those sent
     sub_base = np.where(base[sub] >= 0, pos[np.maximum(base[sub], 0)], -1)
-    done[sub] = store.redo.into(memoryview(dst), CUT_WIDTH, b, first[sub], cuts[sub] + 1,
+    done[sub] = store.redo.into(memoryview(dst), SLOT_BYTES, b, first[sub], cuts[sub] + 1,
                                 sub, sub_base)
     return done
 

@@ -28,7 +28,7 @@ from strata.storage.layermap import Layer, LayerMap, ReadStats, covers
 from strata.storage.layerwriter import LayerWriter
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.naming import LayerName
-from strata.storage.scan import Chains, window_chains
+from strata.storage.scan import SLOT_BYTES, Chains, WindowRedo, window_chains
 from strata.storage.store import LayerStore
 from strata.storage.values import PageImage, ValueKind
 
@@ -407,14 +407,18 @@ def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[La
 def _window_images(store: LayerStore, ch: Chains, at: int,
                    stats: ReadStats) -> tuple[EntryBatch, list[bytes]]:
     """The image rows (at `at`) of every key present in a window, in key order, and
-    the keys left out because redo cannot rebuild them."""
+    the keys left out because redo cannot rebuild them. Chains with records are built
+    in one `WindowRedo.into` call where the store's redo is one; `__call__` builds
+    the chains it leaves, one key at a time."""
     b = ch.batch
     present = ch.present()
     single = present & (ch.stop - ch.first == 1) & (b.kinds[ch.first] == _IMAGE)
     copied = b.take(ch.first[single]).with_lsn(at)
+    rest = np.flatnonzero(present & ~single)
+    in_slots, rest = _built_in_slots(store, ch, rest, at)
     built = BatchBuilder()
     skipped: list[bytes] = []
-    for g in np.flatnonzero(present & ~single).tolist():
+    for g in rest.tolist():
         store.checkpoint()
         kb = b.key_at(int(ch.first[g]))
         key = Key.from_bytes(kb)
@@ -430,8 +434,27 @@ def _window_images(store: LayerStore, ch: Chains, at: int,
             continue
         if page is not None:
             built.add(kb, at, PageImage(page))
-    both = EntryBatch.concat([copied, built.build()])
+    both = EntryBatch.concat([copied, in_slots, built.build()])
     return both.take(key_order(both.keys)), skipped
+
+
+def _built_in_slots(store: LayerStore, ch: Chains, rest: np.ndarray,
+                    at: int) -> tuple[EntryBatch, np.ndarray]:
+    """The image rows at `at` of the chains `rest` of `ch` that the store's redo builds
+    in one `into` call (one SLOT_BYTES slot each), and the chains it left."""
+    redo = store.redo
+    if not len(rest) or not isinstance(redo, WindowRedo):
+        return EntryBatch.empty(), rest
+    store.checkpoint()
+    dst = bytearray(len(rest) * SLOT_BYTES)
+    done = redo.into(dst, SLOT_BYTES, ch.batch, ch.first[rest], ch.stop[rest],
+                     np.arange(len(rest), dtype=np.int64))
+    slots = np.flatnonzero(done).astype(np.int64)
+    n = len(slots)
+    rows = EntryBatch(ch.batch.keys[ch.first[rest[slots]]], np.full(n, at, np.int64),
+                      np.full(n, _IMAGE, np.uint8), slots * SLOT_BYTES,
+                      (slots + 1) * SLOT_BYTES, (bytes(dst),))
+    return rows, rest[~done]
 
 
 class _ImageOutput:

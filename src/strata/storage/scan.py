@@ -36,6 +36,12 @@ _INIT = int(ValueKind.WAL_RECORD_INIT)
 _TOMBSTONE = int(ValueKind.TOMBSTONE)
 
 
+# The slot `WindowRedo.into` builds a chain in when storage lays out values of its
+# own (the flush's chain cuts, image creation): a value of this size (a relation
+# page) can be built there; any other goes through the redo's `__call__`.
+SLOT_BYTES = 8192
+
+
 @runtime_checkable
 class WindowRedo(Protocol):
     """A Redo that can also build many chains of a window into a page buffer in one
