@@ -11,8 +11,9 @@ setup(ext_modules=[
     Extension("strata.wal._walbatch", ["src/strata/wal/_walbatch.c"],
               extra_compile_args=["-O2"], optional=True),
     Extension("strata.reconstruct.redo._pagec",
-              [f"src/strata/reconstruct/redo/{f}.c" for f in ("_pagec", "_pagec_heap", "_pagec_vm",
-                                                              "_pagec_record", "_pagec_window")],
+              [f"src/strata/reconstruct/redo/{f}.c" for f in ("_pagec", "_pagec_heap", "_pagec_btree",
+                                                              "_pagec_vm", "_pagec_record",
+                                                              "_pagec_window")],
               depends=["src/strata/reconstruct/redo/_pagec.h"],
               extra_compile_args=["-O2"], optional=True),
 ])

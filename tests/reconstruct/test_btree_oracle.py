@@ -33,6 +33,7 @@ from strata.wal.rmgr import btree as x
 from strata.wal.segments import iter_records
 
 from .conftest import WalCapture, capture, run_pgbench, run_sql
+from .test_redo_oracle import chain_equals_reference
 
 ALL_BTREE_TYPES = frozenset(x.BTREE_RECORD_NAMES.values())
 
@@ -265,3 +266,19 @@ def test_pgbench_btree_records_match_server_pages(wcc_primary: Cluster) -> None:
     cap = capture(wcc_primary, workload)
     rep = check_wal_dir(str(cap.wal_dir), cap.start, cap.end)
     assert_btree_clean(rep, frozenset({"INSERT_LEAF"}))
+
+
+@pytest.mark.pg
+def test_btree_inserts_in_the_compiled_chain_match_the_reference_and_server(
+        btree_wal: WalCapture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """INSERT_LEAF's and INSERT_UPPER's new tuple is added by the compiled chain (the
+    splits, deduplication and vacuum records between them by the Python redo): every
+    page state equals the Python reference's, and redone as the page store does
+    (`stored`), every server image of every btree record type still matches."""
+    rep = check_wal_dir(str(btree_wal.wal_dir), btree_wal.start, btree_wal.end,
+                        chain=True, stored=True)
+    assert_btree_clean(rep, ALL_BTREE_TYPES)
+    leaf = (RM_BTREE_ID, x.XLOG_BTREE_INSERT_LEAF)
+    upper = (RM_BTREE_ID, x.XLOG_BTREE_INSERT_UPPER)
+    assert chain_equals_reference(btree_wal, monkeypatch, op=leaf) > 1000
+    assert chain_equals_reference(btree_wal, monkeypatch, op=upper) > 10

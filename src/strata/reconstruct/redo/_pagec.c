@@ -3,7 +3,8 @@
  * chain of heap/heap2 records on one page.
  *
  * Files: this one holds the module, the page compaction and the checksums;
- * _pagec_heap.c the heap/heap2 redo and the chain; _pagec_vm.c the chain's
+ * _pagec_heap.c the heap/heap2 redo and the chain; _pagec_btree.c the chain's
+ * btree inserts; _pagec_vm.c the chain's
  * visibility-map redo; _pagec_record.c the WAL record layout; _pagec_window.c
  * the chains of a window built in one call (redo_window, documented there);
  * _pagec.h what they share.
@@ -29,7 +30,8 @@
  *   `reconstruct._redo_rel_block`'s fast path: decodes each record delta (the
  *   layout of DecodeXLogRecord) and replays, on that block's page in place, the
  *   heap INSERT(+INIT), DELETE, UPDATE, HOT_UPDATE, LOCK, heap2 PRUNE_* (redirects,
- *   dead, unused, repair or truncation, freeze plans), MULTI_INSERT(+INIT) and VISIBLE (heap page)
+ *   dead, unused, repair or truncation, freeze plans), MULTI_INSERT(+INIT) and VISIBLE (heap page),
+ *   btree INSERT_LEAF and INSERT_UPPER (the new tuple on block 0)
  *   records, uncompressed image deltas (restored, hole zeroed, LSN stamped), and on a
  *   visibility-map page (fork 2) the bits those records clear
  *   and VISIBLE's set (_pagec_vm.c), with redo's BLK_DONE rule and PageSetLSN

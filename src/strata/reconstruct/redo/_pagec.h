@@ -56,6 +56,10 @@
 
 #define RM_HEAP2_ID 9
 #define RM_HEAP_ID 10
+#define RM_BTREE_ID 11
+#define XLOG_BTREE_INFO_MASK 0xF0
+#define XLOG_BTREE_INSERT_LEAF 0x00
+#define XLOG_BTREE_INSERT_UPPER 0x10
 #define XLOG_HEAP_OPMASK 0x70
 #define XLOG_HEAP_INIT_PAGE 0x80
 #define XLOG_HEAP_INSERT 0x00
@@ -141,6 +145,8 @@ int pagec_chain_step(uint8_t *page, uint8_t *w, const uint8_t *data, Py_ssize_t 
                      uint64_t lsn, const target_t *t);
 /* _pagec_window.c */
 PyObject *pagec_redo_window(PyObject *self, PyObject *args);
+/* _pagec_btree.c: 1 (done), 0 (Python) */
+int pagec_btree_redo(uint8_t *w, const rec_t *r);
 /* _pagec_vm.c: 1 (done, stamp the LSN), 2 (done, LSN unchanged), 0 (Python) */
 int pagec_vm_redo(uint8_t *w, const rec_t *r, const target_t *t);
 

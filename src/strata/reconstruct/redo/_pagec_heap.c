@@ -487,6 +487,8 @@ static int redo_one(uint8_t *w, const rec_t *r, const target_t *t) {
         }
         return 0;
     }
+    if (r->rmid == RM_BTREE_ID)
+        return pagec_btree_redo(w, r);
     if (r->rmid == RM_HEAP2_ID) {
         if (op >= XLOG_HEAP2_PRUNE_ON_ACCESS && op <= XLOG_HEAP2_PRUNE_VACUUM_CLEANUP)
             return r->target == 0 && heap_prune(w, r);
