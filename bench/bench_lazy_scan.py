@@ -1,14 +1,17 @@
 """A cold full scan in the past through a lazy server: readahead helpers on and off.
 
 Usage: python bench/bench_lazy_scan.py [--scale 10] [--history 60] [--settle 0]
-       [--rounds 2] [--helpers 0 1] [--keep DIR] [--json out.json]
+       [--rounds 2] [--helpers 0 1] [--keep DIR] [--json out.json] [--bulk]
 
 Builds (or, with --keep DIR holding one, reuses) a store: a primary at pgbench
 scale `--scale`, `strata up --source` attached, `pgbench -c4 -j2 -T history`,
 strata stopped after it caught up (with `--settle S`, also after its maintenance
 went idle, at most S seconds later: a long history leaves a backlog of
 compaction and images behind it); the target is the primary's WAL position at
-the end of the history. Then, for each round and each helper count in turn
+the end of the history. With `--bulk`, strata is attached before `pgbench -i`,
+so the load itself reaches the store as WAL (COPY's MULTI_INSERT records: every
+page of pgbench_accounts a chain to replay until an image covers it) and, with
+`--history 0`, the target is the end of the load. Then, for each round and each helper count in turn
 (`STRATA_LAZY_HELPERS`, alternated so the machine's noise spreads over all):
 a lazy server at the target from the stopped store (a spare file system that
 opened the store, as in a running daemon), and the time from asking for it to
@@ -48,19 +51,22 @@ from strata.runtime.cluster import Cluster
 ROOT = Path("/tmp/strata-bench")
 
 
-def build(keep: Path, scale: int, history: int, settle_s: float = 0.0) -> dict[str, Any]:
+def build(keep: Path, scale: int, history: int, settle_s: float = 0.0,
+          bulk: bool = False) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="lazyscan-", dir=ROOT))
     base.chmod(0o755)
     c = Cluster(datadir=base / "data")
     c.initdb(settings={"shared_buffers": "256MB", "max_connections": 200})
     c.start()
     try:
+        s = StrataUp(base, c) if bulk else None
         pgbench(c.port, ["-i", "-q", "-s", str(scale)])
-        s = StrataUp(base, c)
-        pgbench(c.port, ["-c", "4", "-j", "2", "-T", str(history)])
+        s = s or StrataUp(base, c)
+        if history:
+            pgbench(c.port, ["-c", "4", "-j", "2", "-T", str(history)])
         lsn = c.sql("SELECT pg_current_wal_lsn()")[0][0]
         live = scan_seconds(c.dsn())
-        time.sleep(5)  # strata catches up and flushes (idle flush)
+        _wait_durable(base / "home", Lsn.parse(lsn))
         settled = settle(s, settle_s) if settle_s else 0.0
         if settle_s:
             print(f"maintenance idle {settled:.0f} s after the history", flush=True)
@@ -70,10 +76,24 @@ def build(keep: Path, scale: int, history: int, settle_s: float = 0.0) -> dict[s
     keep.mkdir(parents=True, exist_ok=True)
     shutil.move(str(base / "home"), str(keep / "home"))
     info = {"lsn": str(lsn), "scale": scale, "history_s": history, "live_scan_s": live,
-            "settle_s": settled}
+            "settle_s": settled, "bulk": bulk}
     (keep / "info.json").write_text(json.dumps(info))
     shutil.rmtree(base, ignore_errors=True)
     return info
+
+
+def _wait_durable(home: Path, lsn: Lsn, timeout: float = 1800) -> None:
+    """Until strata's status.json says `lsn` is durable (ingested and flushed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            st = json.loads((home / "status.json").read_text())
+            if Lsn.parse(st["durable_lsn"]) >= lsn:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"strata did not make {lsn} durable in {timeout} s")
 
 
 def _fs_pids(work: Path) -> list[int]:
@@ -159,6 +179,8 @@ def main() -> int:
     ap.add_argument("--helpers", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--keep", type=Path, help="reuse / keep the built store here")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--bulk", action="store_true",
+                    help="attach strata before pgbench -i: the load reaches the store as WAL")
     ap.add_argument("--profile", type=Path, help="py-spy the file systems into this directory")
     args = ap.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -168,7 +190,7 @@ def main() -> int:
         if (keep / "info.json").exists():
             info = json.loads((keep / "info.json").read_text())
         else:
-            info = build(keep, args.scale, args.history, args.settle)
+            info = build(keep, args.scale, args.history, args.settle, args.bulk)
         res["store"] = info
         lsn = Lsn.parse(info["lsn"])
         for _ in range(args.rounds):

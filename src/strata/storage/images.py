@@ -377,7 +377,8 @@ def make_images(store: LayerStore, start: bytes, end: bytes, at: int) -> list[La
     entry above it is copied whole, its values frame as it is on disk
     (`scan.unchanged_blocks`); keys whose value at `at` is an image already (the
     floor image, or an image entry with nothing above it) are copied as a block of
-    rows; only the others cost redo, one key at a time. A key redo cannot rebuild
+    rows; only the others cost redo (`_window_images`: one `WindowRedo.into` call a
+    window, one key at a time for the chains it leaves). A key redo cannot rebuild
     is left out and the image layers end before it and restart after it.
 
     Raises: MaintenanceStopped (nothing committed, no file left) once a stop is
