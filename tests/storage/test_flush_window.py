@@ -38,6 +38,12 @@ def _page(tag: bytes) -> bytes:
     return (tag + bytes(W))[:W]
 
 
+def value_of(kind: str, lsn: int) -> Value:
+    """The value a chain_strategy step puts at `lsn`."""
+    return {"rec": WalRecord(b"%d," % lsn), "image": PageImage(_page(b"I%d" % lsn)),
+            "init": WalRecord(b"W%d|" % lsn, True), "tomb": TOMBSTONE}[kind]
+
+
 class FixedRedo:
     """Pages of `W` bytes: a record replaces the first 32 bytes with a hash of them and
     the record (order matters), a will_init record starts from zeros; a chain with no
@@ -129,9 +135,7 @@ def test_cuts_built_in_one_call_keep_every_read_and_bound_every_chain(
             ps.flush()
         for k, kind in spec:
             lsn += 1
-            v: Value = {"rec": WalRecord(b"%d," % lsn), "image": PageImage(_page(b"I%d" % lsn)),
-                        "init": WalRecord(b"W%d|" % lsn, True), "tomb": TOMBSTONE}[kind]
-            ps.put(rk(k), lsn, v)
+            ps.put(rk(k), lsn, value_of(kind, lsn))
         ps.advance(lsn)
 
         def reads() -> dict[tuple[int, int], bytes | str | None]:
@@ -174,9 +178,7 @@ def test_cut_in_parts_is_the_whole_cut_split_between_keys(
         lsn = 10
         for k, kind in spec:
             lsn += 1
-            v: Value = {"rec": WalRecord(b"%d," % lsn), "image": PageImage(_page(b"I%d" % lsn)),
-                        "init": WalRecord(b"W%d|" % lsn, True), "tomb": TOMBSTONE}[kind]
-            ps.put(rk(k + 1), lsn, v)  # (not BROKEN: its cuts fail either way)
+            ps.put(rk(k + 1), lsn, value_of(kind, lsn))  # (not BROKEN: its cuts fail either way)
         ps.advance(lsn)
         fm = ps.store.freeze()
         assert fm is not None

@@ -19,10 +19,10 @@ from strata.key import Key
 from strata.pagestore import PageStore
 from strata.storage.config import StorageConfig
 from strata.storage.scan import WindowRedo
-from strata.storage.values import TOMBSTONE, PageImage, Value, WalRecord
+from strata.storage.values import PageImage, WalRecord
 
 from .conftest import rk
-from .test_flush_window import SHORT, FixedRedo, _page, chain_strategy
+from .test_flush_window import SHORT, FixedRedo, _page, chain_strategy, value_of
 
 CFG = StorageConfig(memtable_bytes=4 << 20, block_bytes=1 << 16, cache_pages=0,
                     background_maintenance=False, flush_image_interval=0)
@@ -50,9 +50,7 @@ def _fill(ps: PageStore, spec: list[tuple[int, str]]) -> int:
             ps.put(rk(k), lsn, v)
     for k, kind in spec:
         lsn += 1
-        val: Value = {"rec": WalRecord(b"%d," % lsn), "image": PageImage(_page(b"I%d" % lsn)),
-                      "init": WalRecord(b"W%d|" % lsn, True), "tomb": TOMBSTONE}[kind]
-        ps.put(rk(k), lsn, val)
+        ps.put(rk(k), lsn, value_of(kind, lsn))
     ps.advance(lsn)
     ps.flush()
     return lsn

@@ -199,6 +199,42 @@ static int multi_delete(uint8_t *page, const long *itemnos, Py_ssize_t nitems, c
     return 0;
 }
 
+/* PageAddItemExtended at a given offset, `flags` PAI_OVERWRITE (reuse the unused line
+ * pointer `offnum`) and PAI_IS_HEAP (at most MaxHeapTuplesPerPage items), else the
+ * line pointers from `offnum` on move up one: offnum, 0 where PostgreSQL returns
+ * InvalidOffsetNumber, -1 on corrupt pointers (the Python path raises). The
+ * reference: `page_ops.page_add_item`. */
+int pagec_add_item(uint8_t *b, const uint8_t *item, int size, int offnum, int flags) {
+    int lower0 = rd16(b + OFF_LOWER), upper0 = rd16(b + OFF_UPPER);
+    int special = rd16(b + OFF_SPECIAL);
+    if (lower0 < HEADER || lower0 > upper0 || upper0 > special || special > BLCKSZ)
+        return -1;
+    int limit = (lower0 - HEADER) / 4 + 1, shuffle = 0;
+    if (offnum < 1)
+        return 0;
+    if (offnum < limit) {
+        uint32_t w = rd32(b + HEADER + 4 * (offnum - 1));
+        if (!(flags & PAI_OVERWRITE))
+            shuffle = 1;
+        else if (((w >> 15) & 0x3) != LP_UNUSED || (w >> 17) != 0)
+            return 0;
+    }
+    if (offnum > limit || ((flags & PAI_IS_HEAP) && offnum > MAX_HEAP_TUPLES_PER_PAGE))
+        return 0;
+    int lower = offnum == limit || shuffle ? lower0 + 4 : lower0;
+    int upper = upper0 - ((size + 7) & ~7);
+    if (lower > upper)
+        return 0;
+    uint8_t *lp = b + HEADER + 4 * (offnum - 1);
+    if (shuffle)
+        memmove(lp + 4, lp, (size_t)(limit - offnum) * 4);
+    wr32(lp, (uint32_t)upper | ((uint32_t)LP_NORMAL << 15) | ((uint32_t)size << 17));
+    memcpy(b + upper, item, (size_t)size);
+    wr16(b + OFF_LOWER, (uint16_t)lower);
+    wr16(b + OFF_UPPER, (uint16_t)upper);
+    return offnum;
+}
+
 int pagec_get_page(PyObject *arg, Py_buffer *view) {
     if (PyObject_GetBuffer(arg, view, PyBUF_WRITABLE) < 0)
         return -1;

@@ -136,6 +136,9 @@ typedef struct { uint32_t spc, db, rel; int fork; uint32_t blk; } target_t;
 /* _pagec.c */
 int pagec_repair(uint8_t *page, char *err, size_t errlen);
 int pagec_get_page(PyObject *arg, Py_buffer *view);
+#define PAI_OVERWRITE 0x01
+#define PAI_IS_HEAP 0x02
+int pagec_add_item(uint8_t *b, const uint8_t *item, int size, int offnum, int flags);
 /* _pagec_record.c */
 int pagec_parse_record(const uint8_t *raw, Py_ssize_t n, const target_t *t, rec_t *r);
 /* _pagec_heap.c */

@@ -69,33 +69,6 @@ static int update_old(uint8_t *b, uint32_t xid, uint32_t old_xmax, int old_offnu
     return t;
 }
 
-/* PageAddItemExtended(page, item, offnum, PAI_OVERWRITE | PAI_IS_HEAP); 0 where it
- * returns InvalidOffsetNumber, -1 on corrupt pointers (the Python path raises). */
-static int add_heap_item_overwrite(uint8_t *b, const uint8_t *item, int size, int offnum) {
-    int lower0 = rd16(b + OFF_LOWER), upper0 = rd16(b + OFF_UPPER);
-    int special = rd16(b + OFF_SPECIAL);
-    if (lower0 < HEADER || lower0 > upper0 || upper0 > special || special > BLCKSZ)
-        return -1;
-    int limit = (lower0 - HEADER) / 4 + 1;
-    if (offnum < limit) {
-        uint32_t w = rd32(b + HEADER + 4 * (offnum - 1));
-        if (((w >> 15) & 0x3) != LP_UNUSED || (w >> 17) != 0)
-            return 0;
-    }
-    if (offnum > limit || offnum > MAX_HEAP_TUPLES_PER_PAGE)
-        return 0;
-    int lower = offnum == limit ? lower0 + 4 : lower0;
-    int upper = upper0 - ((size + 7) & ~7);
-    if (lower > upper)
-        return 0;
-    wr32(b + HEADER + 4 * (offnum - 1),
-         (uint32_t)upper | ((uint32_t)LP_NORMAL << 15) | ((uint32_t)size << 17));
-    memcpy(b + upper, item, (size_t)size);
-    wr16(b + OFF_LOWER, (uint16_t)lower);
-    wr16(b + OFF_UPPER, (uint16_t)upper);
-    return offnum;
-}
-
 /* One block of an UPDATE into a copy of the page; 1 and the page replaced, or 0
  * with the page untouched (the Python path then runs: it raises or decides). */
 static int heap_update(uint8_t *page, const uint8_t *md, Py_ssize_t mdlen,
@@ -186,7 +159,7 @@ static int heap_update(uint8_t *page, const uint8_t *md, Py_ssize_t mdlen,
     }
     if (suffixlen > 0)
         memcpy(body + reclen + prefixlen, old + oldlen - suffixlen, (size_t)suffixlen);
-    if (add_heap_item_overwrite(b, tup, size, new_offnum) <= 0)
+    if (pagec_add_item(b, tup, size, new_offnum, PAI_OVERWRITE | PAI_IS_HEAP) <= 0)
         return 0;
     if (flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED)
         wr16(b + OFF_FLAGS, (uint16_t)(rd16(b + OFF_FLAGS) & ~PD_ALL_VISIBLE));
@@ -248,7 +221,7 @@ static int heap_insert(uint8_t *b, const rec_t *r, uint32_t blkno) {
     wr16(tup + T_INFOMASK, (uint16_t)(rd16(r->data + 2) & ~HEAP_COMBOCID));
     tup[T_HOFF] = r->data[4];
     memcpy(tup + SIZEOF_HEAP_TUPLE_HEADER, r->data + 5, (size_t)(r->dlen - 5));
-    if (add_heap_item_overwrite(b, tup, size, offnum) <= 0)
+    if (pagec_add_item(b, tup, size, offnum, PAI_OVERWRITE | PAI_IS_HEAP) <= 0)
         return 0;
     if (flags & XLH_INSERT_ALL_VISIBLE_CLEARED)
         wr16(b + OFF_FLAGS, (uint16_t)(rd16(b + OFF_FLAGS) & ~PD_ALL_VISIBLE));
@@ -294,7 +267,7 @@ static int heap_multi_insert(uint8_t *b, const rec_t *r, uint32_t blkno) {
         tup[T_HOFF] = x[6];
         memcpy(tup + SIZEOF_HEAP_TUPLE_HEADER, r->data + pos, (size_t)datalen);
         pos += datalen;
-        if (add_heap_item_overwrite(b, tup, size, offnum) <= 0)
+        if (pagec_add_item(b, tup, size, offnum, PAI_OVERWRITE | PAI_IS_HEAP) <= 0)
             return 0;
     }
     if (pos != end)
