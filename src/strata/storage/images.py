@@ -442,7 +442,9 @@ def _window_images(store: LayerStore, ch: Chains, at: int,
 def _built_in_slots(store: LayerStore, ch: Chains, rest: np.ndarray,
                     at: int) -> tuple[EntryBatch, np.ndarray]:
     """The image rows at `at` of the chains `rest` of `ch` that the store's redo builds
-    in one `into` call (one SLOT_BYTES slot each), and the chains it left."""
+    in one `into` call (one SLOT_BYTES slot each), and the chains it left. Memory: a
+    slot per chain, about the window's own bytes (a window is ~WINDOW_BYTES of
+    blocks, and a chain `into` can build starts from a page among them)."""
     redo = store.redo
     if not len(rest) or not isinstance(redo, WindowRedo):
         return EntryBatch.empty(), rest
