@@ -50,6 +50,7 @@ CUT_PART_BYTES = 16 << 20
 # a second thread would only take CPU from ingest
 INGEST_IDLE = 0.05
 
+
 def cut_long_chains(store: LayerStore, b: EntryBatch) -> EntryBatch:
     """The rows of a frozen memtable's batch (sorted by (key, lsn)) with every
     `flush_image_interval`-th delta of a key's unbroken chain replaced by the page it
