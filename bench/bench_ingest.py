@@ -492,7 +492,11 @@ def cpu_now() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def offline(args: argparse.Namespace) -> list[Row]:
+def open_offline(cache: Path, work: Path, *, maintenance: bool,
+                 background: bool = True) -> tuple[Any, Any, Any]:
+    """A fresh store under `work` imported from the WAL cache's base (flushed, its
+    maintenance waited for), and the ingest pipeline over the cache's WAL from there:
+    (page store, time map, pipeline). The caller closes the store and the time map."""
     from strata.bootstrap import import_datadir
     from strata.historical.source import DataDirSource
     from strata.ingest.pipeline import IngestPipeline
@@ -502,29 +506,32 @@ def offline(args: argparse.Namespace) -> list[Row]:
     from strata.reconstruct.reconstruct import reconstruct_value
     from strata.timemap.timemap import TimeMap
 
+    source = DataDirSource(cache / "base")
+    store = PageStore.open(work / "layers", reconstruct_value, maintenance=maintenance,
+                           background=background)
+    timemap = TimeMap.open(work / "timemap")
+    at = source.lsn
+    ingest = WalIngest(store, timemap, TransamIngest(source.control()), start_lsn=at)
+    import_datadir(source, ingest)
+    store.flush()
+    store.wait_maintenance()
+    stream = FileStream(cache / "wal", at, at, source.controlfile.system_identifier,
+                        source.controlfile.timeline)
+    pipe = IngestPipeline(stream, ingest, start=at,  # type: ignore[arg-type]
+                          segment_size=source.controlfile.xlog_seg_size, slot="bench",
+                          receiver_file=work / "receiver.json")
+    return store, timemap, pipe
+
+
+def offline(args: argparse.Namespace) -> list[Row]:
     cache = Path(args.wal_cache) if args.wal_cache else scratch() / "wal-cache"
     cache.mkdir(parents=True, exist_ok=True)
     meta = record_wal(args, cache)
     work = scratch()
     rows: list[Row] = []
     try:
-        source = DataDirSource(cache / "base")
-
-        store = PageStore.open(work / "layers", reconstruct_value,
-                               maintenance=not args.no_maintenance)
-        timemap = TimeMap.open(work / "timemap")
+        store, timemap, pipe = open_offline(cache, work, maintenance=not args.no_maintenance)
         try:
-            at = source.lsn
-            ingest = WalIngest(store, timemap, TransamIngest(source.control()),
-                               start_lsn=at)
-            import_datadir(source, ingest)
-            store.flush()
-            store.wait_maintenance()
-            stream = FileStream(cache / "wal", at, at, source.controlfile.system_identifier,
-                                source.controlfile.timeline)
-            pipe = IngestPipeline(stream, ingest, start=at,  # type: ignore[arg-type]
-                                  segment_size=source.controlfile.xlog_seg_size, slot="bench",
-                                  receiver_file=work / "receiver.json")
             for ph in meta["phases"]:
                 rows.append(offline_phase(args, pipe, ph, work))
                 r = rows[-1]
