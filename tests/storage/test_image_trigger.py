@@ -664,3 +664,94 @@ def test_neighbouring_due_partitions_make_one_image_layer_and_reads_stay_the_sam
         for at in (8, lsn - 8 * 24, lsn):
             for i in range(64):
                 assert ps.get_page(rk(i), at) == m.get(rk(i), at), (i, at)
+
+
+def _image_layer(ps: PageStore, m: Model, lsn: int, keys: range, page: int) -> int:
+    """One flushed delta layer: an incompressible `page`-byte page image on each key
+    (what a CREATE INDEX writes: every page of the new index as a full-page image)."""
+    for i in keys:
+        lsn += 8
+        v = PageImage(os.urandom(page))
+        ps.put(rk(i), lsn, v)
+        m.put(rk(i), lsn, v)
+    ps.advance(lsn)
+    ps.flush()
+    return lsn
+
+
+def test_layers_of_page_images_alone_make_no_image_until_a_record_comes(
+        store_dir: Path) -> None:
+    """A new index: five layers (> 3) of full-page images and no image layer below
+    them (rule 2 would compare their bytes with 0). An image of them would repeat the
+    same pages and save a read nothing, so none is made; the first record on one of
+    the keys makes the range due; the layer cap (rule 3) still bounds the fan-in."""
+    m = Model()
+    with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
+        lsn = 0
+        for _ in range(5):
+            lsn = _image_layer(ps, m, lsn, range(64), 500)
+        lm = ps.store.view().layer_map
+        whole = (rk(0).to_bytes(), rk(64).to_bytes())
+        rule = images_mod.ImageRule(layers=3, records=1024, bytes_ratio=1.0, cap=12)
+        assert len(lm.deltas) == 5
+        assert images_mod.replays_nothing(list(lm.deltas), *whole, -1, lsn)
+        assert not images_mod.images_due(lm, *whole, -1, lsn, rule)
+        assert ps.create_image_layers() == [] and images(ps) == []
+        # the cap still holds: more than `cap` such layers are due
+        assert images_mod.images_due(lm, *whole, -1, lsn, dataclasses.replace(rule, cap=4))
+        lsn = _delta_layer(ps, m, lsn, range(7, 8), 50)  # one record, on key 7
+        lm = ps.store.view().layer_map
+        assert not images_mod.replays_nothing(list(lm.deltas), *whole, -1, lsn)
+        made = ps.create_image_layers()
+        assert made and all(n.image_lsn == lsn for n in made)
+        for at in (8, 64 * 8 + 8, lsn - 8, lsn):
+            for i in range(64):
+                assert ps.get_page(rk(i), at) == m.get(rk(i), at), (i, at)
+
+
+def test_layers_that_only_span_a_partition_are_not_its_bytes_but_count_for_the_cap(
+        store_dir: Path) -> None:
+    """An idle range (keys 100-109, a small image) between two busy ones: layers with
+    keys on both sides span it by name, and one block of each does, but none holds
+    its keys. With one small record on one of its keys, those blocks' bytes would
+    outweigh its image (the old count imaged it by rule 2), but only the record's
+    layer counts: it is not due. Past the cap it is (rule 3: a point read there
+    probes each of those layers' block index); four layers with its keys are
+    rule 2's count again."""
+    m = Model()
+    cfg = dataclasses.replace(BYTES, block_bytes=2048)
+    with PageStore.open(store_dir, append_redo, cfg, background=False) as ps:
+        lsn = _image_layer(ps, m, 0, range(100, 110), 40)
+        assert ps.create_image_layers(threshold=0)
+        floor = lsn
+        for _ in range(10):
+            for i in [*range(0, 10), *range(300, 310)]:
+                lsn += 8
+                rec = WalRecord(os.urandom(300))
+                ps.put(rk(i), lsn, rec)
+                m.put(rk(i), lsn, rec)
+            ps.advance(lsn)
+            ps.flush()
+        lm = ps.store.view().layer_map
+        idle = (rk(100).to_bytes(), rk(110).to_bytes())
+        spanning = [d for d in lm.deltas if d.name.key_start < idle[1]
+                    and idle[0] < d.name.key_end and d.name.lsn_end - 1 > floor]
+        assert len(spanning) == 10
+        assert all(len(d.file.blocks_in(*idle)) == 1 for d in spanning)
+        assert not any(images_mod.holds_keys(d, *idle) for d in spanning)
+        img = sum(images_mod.block_bytes(la, *idle) for la in lm.images)
+        assert sum(images_mod.block_bytes(d, *idle) for d in spanning) > 3 * img
+        lsn = _delta_layer(ps, m, lsn, range(105, 106), 20)  # the 11th layer: a record
+        lm = ps.store.view().layer_map
+        rule = images_mod.ImageRule(layers=3, records=1024, bytes_ratio=1.0, cap=12)
+        assert not images_mod.images_due(lm, *idle, floor, lsn, rule)
+        assert images_mod.images_due(lm, *idle, floor, lsn, dataclasses.replace(rule, cap=10))
+        for _ in range(3):  # four layers with records on one of its keys
+            lsn = _delta_layer(ps, m, lsn, range(105, 106), 300)
+        lm = ps.store.view().layer_map
+        assert [images_mod.holds_keys(d, *idle) for d in lm.deltas
+                if d.name.lsn_end - 1 > floor].count(True) == 4
+        no_cap = dataclasses.replace(rule, cap=0)
+        assert images_mod.images_due(lm, *idle, floor, lsn, no_cap)
+        for i in (0, 105, 305):
+            assert ps.get_page(rk(i), lsn) == m.get(rk(i), lsn)

@@ -146,7 +146,10 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
                rule: ImageRule) -> bool:
     """Whether the partition [start, end), whose newest full image is at `floor`
     (-1: none), gets images at `at`. The delta layers above the floor are those that
-    overlap it and hold LSNs in (floor, at]. Images are due when
+    overlap it and hold LSNs in (floor, at]; rules 1 and 2 count those of them that
+    hold keys of it (`holds_keys`: an L0 with entries on both sides of an idle
+    relation spans it by name, and its one block that does would count as bytes of
+    the partition). Images are due when
 
     1. some key has more than `rule.records` deltas there to replay (`chain_bound`
        from the layer headers and block indexes; only when it says so, `longest_chain` counts
@@ -155,24 +158,32 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
        partition (a layer straddling the floor: its share above it) hold at
        least `rule.bytes_ratio` times the bytes of its newest
        images (`newest_image_bytes`; so image layers add about 1 / bytes_ratio of
-       the delta bytes at most: the storage bound), or
-    3. more than `rule.cap` delta layers are there (a read's fan-in stays bounded
-       however small the deltas are).
+       the delta bytes at most: the storage bound), unless every entry there is a
+       page image (`replays_nothing`: a new index written as full-page images, whose
+       image layer would repeat its pages and save a read nothing), or
+    3. more than `rule.cap` delta layers are there, keys of the partition or not (a
+       point read probes the block index of each layer above its floor that spans
+       its key: the fan-in stays bounded however small or absent the deltas are).
 
     Rules 2 and 3 read the layers' block indexes only (`block_bytes`), so they are
     checked first: rule 1's exact count runs only when neither says so (with a
     backlog of layers above the floor it read every one of them whole, in every
     partition, to reach the answer rule 3 gives from their number)."""
-    above = [d for d in lm.deltas
-             if d.name.key_start < end and start < d.name.key_end
-             and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
+    spanning = [d for d in lm.deltas
+                if d.name.key_start < end and start < d.name.key_end
+                and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
+    if 0 < rule.cap < len(spanning):
+        log.debug("images due: %d layers above the floor %d", len(spanning), floor)
+        return True
+    above = [d for d in spanning if holds_keys(d, start, end)]
     if len(above) > rule.layers:
-        if rule.bytes_ratio <= 0 or 0 < rule.cap < len(above):
+        if rule.bytes_ratio <= 0:
             log.debug("images due: %d layers above the floor %d", len(above), floor)
             return True
         image_bytes = newest_image_bytes(lm, start, end, at)
         delta_bytes = sum(block_bytes(d, start, end) * _share_above(d, floor) for d in above)
-        if delta_bytes >= rule.bytes_ratio * image_bytes:
+        if (delta_bytes >= rule.bytes_ratio * image_bytes
+                and not replays_nothing(above, start, end, floor, at)):
             log.debug("images due: %d delta bytes, %d image bytes", delta_bytes, image_bytes)
             return True
     if (chain_bound(above, rule.records, start, end) > rule.records
@@ -200,6 +211,32 @@ def chain_bound(deltas: list[Layer], limit: int, start: bytes, end: bytes) -> in
         if total > limit:
             break
     return total
+
+
+def holds_keys(layer: Layer, start: bytes, end: bytes) -> bool:
+    """Whether the layer has an entry with a key in [start, end): from its block index
+    alone, but for one block that spans the whole range (its head is read then).
+    Raises: CorruptionError."""
+    f = layer.file
+    blocks = f.blocks_in(start, end)
+    if len(blocks) != 1:  # two: the second's first key is in the range
+        return len(blocks) > 1
+    b = f.blocks[blocks[0]]
+    if start <= b.first_key or b.last_key < end:  # that key is in the range
+        return True
+    return len(f.block_heads(start, end).kinds) > 0
+
+
+def replays_nothing(deltas: list[Layer], start: bytes, end: bytes, floor: int,
+                    at: int) -> bool:
+    """Whether every entry of [start, end) in `deltas` with an LSN in (floor, at] is a
+    page image or a tombstone: no read there replays a record (the blocks' heads are
+    read, newest layer first, until a record turns up). Raises: CorruptionError."""
+    for d in sorted(deltas, key=lambda d: -d.name.lsn_end):
+        kinds = d.file.block_heads(start, end, floor + 1, at + 1).kinds
+        if _COUNTED[kinds].any():
+            return False
+    return True
 
 
 def block_bytes(layer: Layer, start: bytes, end: bytes) -> int:
