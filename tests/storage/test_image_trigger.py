@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from strata.storage.layerfile import FORMAT_VERSION, HEADER, LayerFile, crc32c
 from strata.storage.layerwriter import write_layer
 from strata.storage.manifest import Level, load_manifest
 from strata.storage.naming import LayerName
-from strata.storage.values import Entry, PageImage, WalRecord
+from strata.storage.values import Entry, PageImage, Value, WalRecord
 
 from .conftest import Model, append_redo, rk
 
@@ -345,16 +346,22 @@ def _imaged_base(ps: PageStore, m: Model, keys: int, page: int) -> int:
     return lsn
 
 
-def _delta_layer(ps: PageStore, m: Model, lsn: int, keys: range, size: int) -> int:
-    """One flushed delta layer: a `size`-byte incompressible record on each key."""
+def _layer(ps: PageStore, m: Model, lsn: int, keys: Iterable[int],
+           value: Callable[[], Value]) -> int:
+    """One flushed delta layer: a `value()` on each key, 8 LSNs apart; the last LSN."""
     for i in keys:
         lsn += 8
-        rec = WalRecord(os.urandom(size))
-        ps.put(rk(i), lsn, rec)
-        m.put(rk(i), lsn, rec)
+        v = value()
+        ps.put(rk(i), lsn, v)
+        m.put(rk(i), lsn, v)
     ps.advance(lsn)
     ps.flush()
     return lsn
+
+
+def _delta_layer(ps: PageStore, m: Model, lsn: int, keys: Iterable[int], size: int) -> int:
+    """One flushed delta layer: a `size`-byte incompressible record on each key."""
+    return _layer(ps, m, lsn, keys, lambda: WalRecord(os.urandom(size)))
 
 
 def test_deltas_smaller_than_the_image_make_no_image_until_they_outweigh_it(
@@ -669,14 +676,7 @@ def test_neighbouring_due_partitions_make_one_image_layer_and_reads_stay_the_sam
 def _image_layer(ps: PageStore, m: Model, lsn: int, keys: range, page: int) -> int:
     """One flushed delta layer: an incompressible `page`-byte page image on each key
     (what a CREATE INDEX writes: every page of the new index as a full-page image)."""
-    for i in keys:
-        lsn += 8
-        v = PageImage(os.urandom(page))
-        ps.put(rk(i), lsn, v)
-        m.put(rk(i), lsn, v)
-    ps.advance(lsn)
-    ps.flush()
-    return lsn
+    return _layer(ps, m, lsn, keys, lambda: PageImage(os.urandom(page)))
 
 
 def test_layers_of_page_images_alone_make_no_image_until_a_record_comes(
@@ -725,13 +725,7 @@ def test_layers_that_only_span_a_partition_are_not_its_bytes_but_count_for_the_c
         assert ps.create_image_layers(threshold=0)
         floor = lsn
         for _ in range(10):
-            for i in [*range(0, 10), *range(300, 310)]:
-                lsn += 8
-                rec = WalRecord(os.urandom(300))
-                ps.put(rk(i), lsn, rec)
-                m.put(rk(i), lsn, rec)
-            ps.advance(lsn)
-            ps.flush()
+            lsn = _delta_layer(ps, m, lsn, [*range(0, 10), *range(300, 310)], 300)
         lm = ps.store.view().layer_map
         idle = (rk(100).to_bytes(), rk(110).to_bytes())
         spanning = [d for d in lm.deltas if d.name.key_start < idle[1]
