@@ -749,3 +749,27 @@ def test_layers_that_only_span_a_partition_are_not_its_bytes_but_count_for_the_c
         assert images_mod.images_due(lm, *idle, floor, lsn, no_cap)
         for i in (0, 105, 305):
             assert ps.get_page(rk(i), lsn) == m.get(rk(i), lsn)
+
+
+def test_page_images_above_an_image_still_count_for_rule_2(store_dir: Path) -> None:
+    """Waves of page images over an imaged table (hint bits after checkpoints write
+    them with no record) still make it due by bytes: only a range no image covers
+    yet (a new index) waits for a record."""
+    m = Model()
+    with PageStore.open(store_dir, append_redo, BYTES, background=False) as ps:
+        lsn = _imaged_base(ps, m, keys=64, page=2000)
+        floor = lsn
+        for _ in range(4):  # four layers (> 3), each as many bytes as the image
+            lsn = _image_layer(ps, m, lsn, range(64), 2000)
+        lm = ps.store.view().layer_map
+        whole = (rk(0).to_bytes(), rk(64).to_bytes())
+        above = [d for d in lm.deltas if d.name.lsn_end - 1 > floor]
+        assert len(above) == 4
+        assert images_mod.replays_nothing(above, *whole, floor, lsn)
+        rule = images_mod.ImageRule(layers=3, records=1024, bytes_ratio=1.0, cap=12)
+        assert images_mod.images_due(lm, *whole, floor, lsn, rule)
+        made = ps.create_image_layers()
+        assert made and all(n.image_lsn == lsn for n in made)
+        for at in (floor, lsn - 8, lsn):
+            for i in range(64):
+                assert ps.get_page(rk(i), at) == m.get(rk(i), at), (i, at)

@@ -158,9 +158,10 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
        partition (a layer straddling the floor: its share above it) hold at
        least `rule.bytes_ratio` times the bytes of its newest
        images (`newest_image_bytes`; so image layers add about 1 / bytes_ratio of
-       the delta bytes at most: the storage bound), unless every entry there is a
-       page image (`replays_nothing`: a new index written as full-page images, whose
-       image layer would repeat its pages and save a read nothing), or
+       the delta bytes at most: the storage bound), unless no image is there yet
+       and every entry there is a page image (`replays_nothing`: a new index written
+       as full-page images, whose image layer would repeat its pages and save a read
+       nothing; an imaged table's waves of hint-bit page images still count), or
     3. more than `rule.cap` delta layers are there, keys of the partition or not (a
        point read probes the block index of each layer above its floor that spans
        its key: the fan-in stays bounded however small or absent the deltas are).
@@ -182,8 +183,8 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
             return True
         image_bytes = newest_image_bytes(lm, start, end, at)
         delta_bytes = sum(block_bytes(d, start, end) * _share_above(d, floor) for d in above)
-        if (delta_bytes >= rule.bytes_ratio * image_bytes
-                and not replays_nothing(above, start, end, floor, at)):
+        if delta_bytes >= rule.bytes_ratio * image_bytes and (
+                image_bytes or not replays_nothing(above, start, end, floor, at)):
             log.debug("images due: %d delta bytes, %d image bytes", delta_bytes, image_bytes)
             return True
     if (chain_bound(above, rule.records, start, end) > rule.records
