@@ -158,8 +158,8 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
        partition (a layer straddling the floor: its share above it) hold at
        least `rule.bytes_ratio` times the bytes of its newest
        images (`newest_image_bytes`; so image layers add about 1 / bytes_ratio of
-       the delta bytes at most: the storage bound), unless no image is there yet
-       and every entry there is a page image (`replays_nothing`: a new index written
+       the delta bytes at most: the storage bound), unless those image bytes are 0
+       (no image holds its keys yet) and every entry there is a page image (`replays_nothing`: a new index written
        as full-page images, whose image layer would repeat its pages and save a read
        nothing; an imaged table's waves of hint-bit page images still count), or
     3. more than `rule.cap` delta layers are there, keys of the partition or not (a
