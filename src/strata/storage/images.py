@@ -159,17 +159,21 @@ def images_due(lm: LayerMap, start: bytes, end: bytes, floor: int, at: int,
        least `rule.bytes_ratio` times the bytes of its newest
        images (`newest_image_bytes`; so image layers add about 1 / bytes_ratio of
        the delta bytes at most: the storage bound), unless those image bytes are 0
-       (no image holds its keys yet) and every entry there is a page image (`replays_nothing`: a new index written
-       as full-page images, whose image layer would repeat its pages and save a read
-       nothing; an imaged table's waves of hint-bit page images still count), or
+       (no image holds its keys yet) and every entry there is a page image
+       (`replays_nothing`: a new index written as full-page images, whose image
+       layer would repeat its pages and save a read nothing; an imaged table's
+       waves of hint-bit page images still count), or
     3. more than `rule.cap` delta layers are there, keys of the partition or not (a
        point read probes the block index of each layer above its floor that spans
        its key: the fan-in stays bounded however small or absent the deltas are).
 
-    Rules 2 and 3 read the layers' block indexes only (`block_bytes`), so they are
-    checked first: rule 1's exact count runs only when neither says so (with a
-    backlog of layers above the floor it read every one of them whole, in every
-    partition, to reach the answer rule 3 gives from their number)."""
+    Rules 3 and 2 read the layers' block indexes (`block_bytes`; besides, one
+    block head a layer where a single block spans the partition, `holds_keys`, and
+    block heads only when rule 2's byte test says due over a range no image holds
+    yet, `replays_nothing`), so they are checked first: rule 1's exact count runs
+    only when neither says so (with a backlog of layers above the floor it read
+    every one of them whole, in every partition, to reach the answer rule 3 gives
+    from their number)."""
     spanning = [d for d in lm.deltas
                 if d.name.key_start < end and start < d.name.key_end
                 and d.name.lsn_end - 1 > floor and d.name.lsn_start <= at]
