@@ -238,10 +238,10 @@ def test_a_point_read_decompresses_the_values_of_blocks_holding_its_key_only(
     whole: list[int] = []
     real = f._block_frames
 
-    def counted(i: int, b: object = None, known_head: bytes | None = None
-                ) -> tuple[bytes, bytes | None]:
+    def counted(i: int, b: object = None, known_head: bytes | None = None,
+                values_upto: int | None = None) -> tuple[bytes, bytes | None]:
         whole.append(i)
-        return real(i, b, known_head)  # type: ignore[arg-type]
+        return real(i, b, known_head, values_upto)  # type: ignore[arg-type]
 
     f._block_frames = counted  # type: ignore[method-assign]
     try:
@@ -256,6 +256,43 @@ def test_a_point_read_decompresses_the_values_of_blocks_holding_its_key_only(
             want = (mine[ends[-1]:], True) if ends else (mine, False)
             assert f.get_chain(rk(k).to_bytes(), lo, hi) == want
         assert whole  # the blocks holding the keys were read whole
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_point_read_early_in_a_block_decompresses_its_values_up_to_its_key(
+        tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One block of incompressible page images over two zstd blocks: a key whose
+    entries end in the first half of the values is read from a prefix of them, any
+    other from the whole frame, and both give the chain the whole block gives."""
+    from strata.storage import layerfile
+
+    rnd = random.Random(seed)
+    entries = [Entry(rk(k).to_bytes(), lsn, rnd.choice([
+        PageImage(rnd.randbytes(4096)), WalRecord(rnd.randbytes(rnd.randint(1, 3000)))]))
+        for k in range(48) for lsn in sorted(rnd.sample(range(1, 50), rnd.randint(1, 3)))]
+    name = LayerName.delta(rk(0).to_bytes(), rk(48).to_bytes(), 1, 100)
+    write_layer(tmp_path, name, entries, block_bytes=1 << 22, zstd_level=1)
+    prefixes: list[int] = []
+    real = layerfile._prefix
+    monkeypatch.setattr(layerfile, "_prefix",
+                        lambda d, frame, size: prefixes.append(size) or real(d, frame, size))
+    f = LayerFile(tmp_path / name.filename())
+    try:
+        b = f.blocks[0]
+        values = b.raw_len - (4 + 31 * b.entries)  # (a head: n, then 31 bytes an entry)
+        assert len(f.blocks) == 1 and values > 128 * 1024
+        half = values // 2
+        through = 0
+        for k in range(48):
+            mine = [e for e in entries if e.key == rk(k).to_bytes()]
+            through += sum(len(e.value.data) for e in mine)  # type: ignore[union-attr]
+            ends = [i for i, e in enumerate(mine) if isinstance(e.value, PageImage)]
+            prefixes.clear()
+            assert f.get_chain(rk(k).to_bytes(), 0, 1 << 40) == (
+                (mine[ends[-1]:], True) if ends else (mine, False))
+            assert prefixes == ([through] if through <= half else [])
     finally:
         f.close()
 

@@ -104,6 +104,22 @@ def test_misplaced_names_the_first_block_out_of_place() -> None:
     assert BlockIndex(raw).misplaced(73, end) == 0
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_window_starts_cut_where_the_raw_bytes_before_a_block_pass_a_multiple(
+        seed: int) -> None:
+    rnd = random.Random(seed)
+    raw, infos = _index(rnd, rnd.randrange(1, 60))
+    window = rnd.choice([1, 3000, 20000, 1 << 30])
+    want, before, seen = [], 0, 0
+    for i, b in enumerate(infos):  # the reference: a loop over the blocks
+        if i and before // window != seen:
+            want.append(i)
+        seen = before // window
+        before += b.raw_len
+    got = BlockIndex(raw).window_starts(window)
+    assert got == want
+
+
 def test_out_of_range_and_torn_indexes_are_refused() -> None:
     raw, _ = _index(random.Random(5), 3)
     idx = BlockIndex(raw)

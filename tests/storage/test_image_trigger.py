@@ -568,7 +568,7 @@ def test_longest_chain_equals_a_replay_count_per_key(tmp_path: Path, seed: int,
     from strata.storage.values import TOMBSTONE
 
     rnd = random.Random(seed)
-    monkeypatch.setattr(images_mod, "_TAIL_WINDOW_BLOCKS", rnd.choice([1, 2, 3, 64]))
+    monkeypatch.setattr(images_mod, "_TAIL_WINDOW_BYTES", rnd.choice([1, 60, 250, 4 << 20]))
     keys = [rk(i) for i in range(rnd.randint(1, 6))]
     per_layer = rnd.randint(1, 5)
     layers, every = [], []

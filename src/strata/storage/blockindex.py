@@ -197,6 +197,15 @@ class BlockIndex:
         through[1:] += np.where(link[1:], back[:-1], 0)
         return int(through.max())
 
+    def window_starts(self, window: int) -> list[int]:
+        """The blocks, after the first, that start a new run of about `window` raw
+        bytes: block i starts one when the raw bytes before it pass a multiple of
+        `window` that those before block i - 1 did not (so a window holds at least
+        one block, whatever the block size the file was written with)."""
+        before = np.cumsum(self._rec["raw_len"].astype(np.int64)) - self._rec["raw_len"]
+        ids = before // max(1, window)
+        return (np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist()
+
     def comp_bytes(self, blocks: range) -> int:
         """Compressed bytes of `blocks` (a range from `overlapping`)."""
         return int(self._rec["comp_len"][blocks.start:blocks.stop].astype(np.int64).sum())

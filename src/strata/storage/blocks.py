@@ -260,15 +260,21 @@ def decode_many_heads(heads: Sequence[bytes], lsn_deltas: bool) -> HeadColumns:
                        _joined_lsns(b"".join(cols[1]), count, which, lsn_deltas), kinds)
 
 
-def holds_key(head: bytes, key: bytes) -> bool:
-    """Whether the column block whose head (or whole block) is `head` has an entry of
-    `key`: one binary search of its keys column. Raises: ValueError if `head` is
-    shorter than its keys."""
+def values_through(head: bytes, key: bytes) -> int | None:
+    """Of the column block whose head is `head`: None if it has no entry of `key` (one
+    binary search of its keys column), else how many bytes of its values run up to
+    the end of `key`'s last entry (a point read needs no value after them).
+    Raises: ValueError if `head` is shorter than its columns."""
     (n,) = N_FIELD.unpack_from(head, 0)
-    if 4 + KEY_SIZE * n > len(head):
-        raise ValueError(f"block of {len(head)} bytes cannot hold {n} keys")
-    a = int(np.frombuffer(head, dtype=KEY_ORDER, count=n, offset=4).searchsorted(key))
-    return a < n and head[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] == key
+    if head_size(n) > len(head):
+        raise ValueError(f"block head of {len(head)} bytes cannot hold {n} entries")
+    keys = np.frombuffer(head, dtype=KEY_ORDER, count=n, offset=4)
+    a = int(keys.searchsorted(key))
+    if a == n or head[4 + KEY_SIZE * a:4 + KEY_SIZE * (a + 1)] != key:
+        return None
+    b = int(keys.searchsorted(key, side="right"))
+    return int(np.frombuffer(head, dtype=">u4", count=b, offset=_column_offsets(n)[2])
+               .sum(dtype=np.int64))
 
 
 def find_in_columns(raw: bytes, key: bytes, lo: int, hi: int,

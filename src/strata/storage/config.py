@@ -21,8 +21,15 @@ class StorageConfig:
     memtable_bytes: int = 64 * 1024 * 1024
     # Frozen memtables waiting for flush before `advance` blocks (backpressure).
     max_frozen_memtables: int = 4
-    # Uncompressed bytes of entries per compressed block in a layer file.
-    block_bytes: int = 64 * 1024
+    # Uncompressed bytes of entries per compressed block in a layer file. 256 KiB
+    # (64 KiB before the thirty-second session): per block, zstd builds its tables
+    # and a reader decodes a block's columns, so bigger blocks cost less CPU per
+    # byte to write, compact, image and scan, and compress better; a point read
+    # decompresses a bigger block. Replaying pgbench -i -s 100 + 160k TPC-B at
+    # 64-MiB steps: compaction -17 %, image creation -15 %, flush -10 %, layer
+    # bytes -8 %, cold scans of pgbench_accounts -17 %; a cold GetPage's p50
+    # +20-40 % (BENCHMARKS.md, thirty-second session). Every reader takes any size.
+    block_bytes: int = 256 * 1024
     # zstd level for layer blocks (1 = fastest; the write path is CPU-bound in Python).
     zstd_level: int = 1
     # Reconstructed pages kept in the GetPage LRU cache.

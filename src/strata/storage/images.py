@@ -357,19 +357,18 @@ def _layer_tails(d: Layer, start: bytes, end: bytes, floor: int, at: int
 
 
 _PAST_EVERY_KEY = b"\xff" * (KEY_SIZE + 1)
-_TAIL_WINDOW_BLOCKS = 64  # blocks decoded together (~4 MiB of entries at 64 KiB blocks)
+_TAIL_WINDOW_BYTES = 4 << 20  # raw bytes of blocks whose heads are decoded together
 
 
 def _read_tails(d: Layer, lo: int, hi: int) -> tuple[np.ndarray, ...]:
     """`_chain_tails` of all of delta layer `d`'s entries with lo <= lsn < hi, read
-    from its blocks in windows of `_TAIL_WINDOW_BLOCKS` (`LayerFile.block_heads`:
+    from its blocks in windows of about `_TAIL_WINDOW_BYTES` (`LayerFile.block_heads`:
     the head frames alone, no value; a window's heads decoded together, blocks
     without an LSN in [lo, hi) not read; a key straddling two windows is cut
     between them by key, so no entry is taken twice)."""
     f = d.file
-    step = _TAIL_WINDOW_BLOCKS
-    cuts = [b"", *(f.blocks[i].first_key for i in range(step, len(f.blocks), step)),
-            _PAST_EVERY_KEY]
+    cuts = [b"", *(f.blocks[i].first_key
+                   for i in f.blocks.window_starts(_TAIL_WINDOW_BYTES)), _PAST_EVERY_KEY]
     ks, kinds = [], []
     for a, z in itertools.pairwise(cuts):
         h = f.block_heads(a, z, lo, hi)

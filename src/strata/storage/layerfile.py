@@ -46,7 +46,7 @@ from strata.storage.blocks import (
     find_in_columns,
     find_in_rows,
     head_size,
-    holds_key,
+    values_through,
 )
 from strata.storage.naming import LayerKind, LayerName
 from strata.storage.values import Entry, ValueKind, ends_chain
@@ -95,6 +95,16 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     if d is None:
         d = _local.dctx = zstandard.ZstdDecompressor()
     return d
+
+
+def _prefix(d: zstandard.ZstdDecompressor, frame: memoryview, size: int) -> bytes:
+    """The first `size` bytes `frame` decompresses to (fewer if it ends before)."""
+    reader = d.stream_reader(frame, read_size=len(frame))
+    parts, got = [], 0
+    while got < size and (part := reader.read(size - got)):
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 class LayerFile:
@@ -194,11 +204,16 @@ class LayerFile:
         return runs.best
 
     # -- reads -------------------------------------------------------------------
-    def _block_frames(self, i: int, b: BlockInfo | None = None, known_head: bytes | None = None
-                      ) -> tuple[bytes, bytes | None]:
+    def _block_frames(self, i: int, b: BlockInfo | None = None, known_head: bytes | None = None,
+                      values_upto: int | None = None) -> tuple[bytes, bytes | None]:
         """Block i decompressed: (its head, its values) for v6, (the whole block, None)
         before (the decoders take either, so a v6 block is never joined). `known_head`:
-        its head frame, already read by `_head` (not decompressed again)."""
+        its head frame, already read by `_head` (not decompressed again). `values_upto`
+        (a point read, with `known_head`): only the first that many bytes of the values
+        are needed; where they lie in the frame's first half, only they are
+        decompressed (zstd decodes a frame in blocks of up to 128 KiB, and a read that
+        stops early skips the later ones; the whole block's CRC is checked all the
+        same)."""
         if b is None:
             b = self.blocks[i]
         comp = os.pread(self._f.fileno(), b.comp_len, b.offset)
@@ -206,6 +221,7 @@ class LayerFile:
             raise self._fail(b.offset, f"block {i} truncated")
         if crc32c(comp) != b.crc:
             raise self._fail(b.offset, f"block {i} checksum mismatch")
+        want = b.raw_len  # bytes this read decompresses (head + values, or the block)
         try:
             cut = head_size(b.entries)
             if self.version >= HEAD_VERSION and b.head_len:
@@ -215,14 +231,18 @@ class LayerFile:
                 d, frames = _decompressor(), memoryview(comp)  # (slices without a copy)
                 head = (d.decompress(frames[:b.head_len], max_output_size=cut)
                         if known_head is None else known_head)
-                values: bytes | None = d.decompress(frames[b.head_len:],
-                                                    max_output_size=b.raw_len - cut)
+                values: bytes | None
+                if values_upto is not None and values_upto <= (b.raw_len - cut) // 2:
+                    values = _prefix(d, frames[b.head_len:], values_upto)
+                    want = cut + values_upto
+                else:
+                    values = d.decompress(frames[b.head_len:], max_output_size=b.raw_len - cut)
             else:
                 head, values = _decompressor().decompress(comp, max_output_size=b.raw_len), None
         except zstandard.ZstdError as e:
             raise self._fail(b.offset, f"block {i} undecodable: {e}") from e
         got = len(head) + (len(values) if values is not None else 0)
-        if got != b.raw_len or (values is not None and len(head) != cut):
+        if got != want or (values is not None and len(head) != cut):
             raise self._fail(b.offset, f"block {i} decompressed to {got} bytes, "
                                        f"index says {b.raw_len}")
         return head, values
@@ -338,9 +358,10 @@ class LayerFile:
             # v6: a block whose key range spans the key but whose head does not hold it
             # (most probes of an L1 by a point read) decompresses its head alone
             head = self._head(k, b) if b.head_len else None
-            if head is not None and not self._holds(k, b, head, key):
+            upto = None if head is None else self._values_through(k, b, head, key)
+            if head is not None and upto is None:
                 continue
-            raw, values = self._block_frames(k, b, head)
+            raw, values = self._block_frames(k, b, head, upto)
             try:
                 if self.version >= COLUMN_VERSION:
                     part, ended = chain_in_columns(raw, key, lo, hi, self._lsn_deltas, values)
@@ -355,9 +376,9 @@ class LayerFile:
                 return out, True
         return out, False
 
-    def _holds(self, i: int, b: BlockInfo, head: bytes, key: bytes) -> bool:
+    def _values_through(self, i: int, b: BlockInfo, head: bytes, key: bytes) -> int | None:
         try:
-            return holds_key(head, key)
+            return values_through(head, key)
         except ValueError as e:
             raise self._fail(b.offset, f"block {i} head undecodable: {e}") from e
 

@@ -179,7 +179,7 @@ def bytes_by_key_prefix(directory: Path, prefix_len: int) -> dict[bytes, int]:
     """Stored bytes of the live layers per key prefix (the first `prefix_len` key
     bytes), at block granularity: each compressed block counts for the prefix of
     its first key (a block holding several prefixes is not split; blocks are
-    `block_bytes`, 64 KiB by default, so the figures are exact to that grain).
+    `block_bytes`, 256 KiB by default, so the figures are exact to that grain).
     Reads only headers and block indexes. Returns {} when there is no store."""
     manifest = load_manifest(directory)
     if manifest is None:
