@@ -1,14 +1,20 @@
-"""A bounded LRU cache of reconstructed pages, keyed by (key, lsn).
+"""The store's bounded in-memory caches: reconstructed pages (`PageCache`) and
+decoded layer blocks at the edges of range reads (`BlockCache`).
 
-Fed by: GetPage@LSN misses. Feeds: GetPage@LSN hits. Owns: nothing durable.
-Only results at LSNs at or below ingested_lsn are cached: those can never change
-(layers are immutable and compaction/gc never change a read's result).
+Fed by: GetPage@LSN misses; `LayerFile.block_batch`. Feeds: GetPage@LSN hits;
+range reads of the same block again. Owns: nothing durable.
+Only page results at LSNs at or below ingested_lsn are cached: those can never
+change (layers are immutable and compaction/gc never change a read's result).
+A layer block never changes either: its key names the file by identity (device,
+inode, mtime, size), not by name.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
 
 from strata.key import Key
 
@@ -44,3 +50,62 @@ class PageCache:
 
     def __len__(self) -> int:
         return len(self._d)
+
+
+class BlockCache:
+    """Decoded blocks, least recently used out first once their raw bytes pass
+    `limit`. One per process (`BLOCKS`), shared by every open layer file: a range
+    read decodes the blocks inside its range together and keeps the ones at its
+    edges here, since the next window of a scan starts inside the same block of
+    each layer it reads. Bounded, so the memory does not grow with the number of
+    layers a long-lived process has read (before, each open file kept its last
+    edge block: thousands of layers times a 256 KiB block)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._d: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        """The block held under `key`, or None."""
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is None:
+                return None
+            self._d.move_to_end(key)
+            return hit[0]
+
+    def put(self, key: Hashable, block: Any, size: int) -> None:
+        """Hold `block` (`size` raw bytes) under `key`; a block above the limit is not
+        held."""
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if size > self.limit:
+                return
+            self._d[key] = (block, size)
+            self._bytes += size
+            while self._bytes > self.limit:
+                _, (_, gone) = self._d.popitem(last=False)
+                self._bytes -= gone
+
+    def resize(self, limit: int) -> None:
+        """A new bound; blocks beyond it go at once."""
+        with self._lock:
+            self.limit = limit
+            while self._bytes > self.limit and self._d:
+                _, (_, gone) = self._d.popitem(last=False)
+                self._bytes -= gone
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+# the process's block cache; `LayerStore` sets its bound (`StorageConfig.block_cache_bytes`)
+BLOCKS = BlockCache(32 << 20)

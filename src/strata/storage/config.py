@@ -27,13 +27,17 @@ class StorageConfig:
     # byte to write, compact, image and scan, and compress better; a point read
     # decompresses a bigger block. Replaying pgbench -i -s 100 + 160k TPC-B at
     # 64-MiB steps: compaction -17 %, image creation -15 %, flush -10 %, layer
-    # bytes -8 %, cold scans of pgbench_accounts -17 %; a cold GetPage's p50
-    # +20-40 % (BENCHMARKS.md, thirty-second session). Every reader takes any size.
+    # bytes -8 %, cold scans of pgbench_accounts -17 %; a cold GetPage ~+130 us
+    # (~+50 %; a lazy server's first row of a small table did not move; BENCHMARKS.md,
+    # thirty-second session). Every reader takes any size.
     block_bytes: int = 256 * 1024
     # zstd level for layer blocks (1 = fastest; the write path is CPU-bound in Python).
     zstd_level: int = 1
     # Reconstructed pages kept in the GetPage LRU cache.
     cache_pages: int = 4096
+    # Raw bytes of decoded layer blocks kept at the edges of range reads, for the
+    # process (cache.BLOCKS: one per process, the last store opened sets it).
+    block_cache_bytes: int = 32 * 1024 * 1024
     # compact_l0 runs once this many L0 layers exist.
     l0_compaction_trigger: int = 4
     # L1 delta / image layer files are cut at about this many (uncompressed) bytes.
@@ -100,6 +104,7 @@ class StorageConfig:
             "block_bytes": self.block_bytes >= 1,
             "zstd_level": 1 <= self.zstd_level <= 22,
             "cache_pages": self.cache_pages >= 0,
+            "block_cache_bytes": self.block_cache_bytes >= 0,
             "l0_compaction_trigger": self.l0_compaction_trigger >= 1,
             "target_file_bytes": self.target_file_bytes >= 1,
             "image_delta_threshold": self.image_delta_threshold >= 0,

@@ -48,6 +48,7 @@ from strata.storage.blocks import (
     head_size,
     values_through,
 )
+from strata.storage.cache import BLOCKS
 from strata.storage.naming import LayerKind, LayerName
 from strata.storage.values import Entry, ValueKind, ends_chain
 
@@ -181,7 +182,6 @@ class LayerFile:
         self.blocks = blocks
         self.entry_count = nentries
         self.index_offset = index_off
-        self._cached: tuple[int, EntryBatch] | None = None
 
     def close(self) -> None:
         self._f.close()
@@ -250,9 +250,9 @@ class LayerFile:
     def block_batch(self, i: int, b: BlockInfo | None = None) -> EntryBatch:
         """Block i (whose index entry is `b`, when the caller has it) as a batch,
         sorted by (key, lsn). Raises: CorruptionError."""
-        cached = self._cached
-        if cached is not None and cached[0] == i:
-            return cached[1]
+        cached: EntryBatch | None = BLOCKS.get((self.identity, i))
+        if cached is not None:
+            return cached
         if b is None:
             b = self.blocks[i]
         raw, values = self._block_frames(i, b)
@@ -264,7 +264,7 @@ class LayerFile:
         if len(batch) != b.entries:
             raise self._fail(b.offset, f"block {i} holds {len(batch)} entries, "
                                        f"index says {b.entries}")
-        self._cached = (i, batch)  # one block: a scan's neighbouring windows share it
+        BLOCKS.put((self.identity, i), batch, b.raw_len)  # a scan's next window reads it too
         return batch
 
     def image_block_parts(self, i: int) -> tuple[bytes, bytes]:

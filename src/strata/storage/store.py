@@ -32,7 +32,7 @@ from strata import durable
 from strata.errors import CorruptionError, StrataError
 from strata.lsn import Lsn
 from strata.storage.batch import ENTRY_OVERHEAD, EntryBatch, kind_and_data
-from strata.storage.cache import PageCache
+from strata.storage.cache import BLOCKS, PageCache
 from strata.storage.config import StorageConfig
 from strata.storage.directory import (
     CommitLock,
@@ -166,6 +166,7 @@ class LayerStore:
         self._ingested = manifest.durable_lsn
         self._frozen_end = manifest.durable_lsn  # inclusive end of the newest frozen range
         self.cache = PageCache(config.cache_pages)
+        BLOCKS.resize(config.block_cache_bytes)  # the process's decoded-block cache
         self.metrics = StoreMetrics()
         self.last_put = time.monotonic()  # of the latest put (the writer's thread sets it)
         self._mlock = threading.Lock()
