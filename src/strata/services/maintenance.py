@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     die_with_parent()
     layout = HomeLayout(Path(args.home))
     retention = Retention.parse(args.retention) if args.retention else None
-    config = StorageConfig(retention_lsn_distance=retention.wal_bytes if retention else None)
+    config = StorageConfig.from_env(
+        retention_lsn_distance=retention.wal_bytes if retention else None)
     horizon = None
     timemap: TimeMap | None = None
     if retention is not None and retention.seconds is not None:

@@ -1,16 +1,24 @@
 """Tunable limits of the layer store.
 
 Fed by: callers of `PageStore.open` (the services build one: the maintenance
-service from ``--retention``; tools and benchmarks their own). Feeds: every
+service from ``--retention``; tools and benchmarks their own), and the
+``STRATA_STORAGE`` environment variable (`StorageConfig.from_env`: what a store
+opened without a config uses, in every process `strata up` starts). Feeds: every
 storage module. Owns: the defaults.
 All sizes are bytes unless the name says otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from strata.errors import ConfigError
+
+ENV_VAR = "STRATA_STORAGE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +132,35 @@ class StorageConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid storage config values: {', '.join(bad)} ({self!r})")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> StorageConfig:
+        """The defaults, then `STRATA_STORAGE` ("name=value,...", any field, e.g.
+        ``memtable_bytes=33554432,block_cache_bytes=8388608``), then `given`.
+
+        Raises: ConfigError naming a field that is not one, or a value that is not
+        of its type or out of its range."""
+        text = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            name, eq, raw = (s.strip() for s in item.partition("="))
+            if not eq or name not in types:
+                raise ConfigError(f"{ENV_VAR}: {item!r} is not name=value with a storage "
+                                  f"setting ({', '.join(sorted(types))})")
+            values[name] = _parse(name, types[name], raw)
+        return cls(**(values | given))
+
+
+def _parse(name: str, kind: str, raw: str) -> Any:
+    """`raw` as field `name` of type `kind` (its annotation) wants it."""
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "on")
+        if kind.startswith("int") and kind.endswith("None") and raw.lower() == "none":
+            return None
+        return float(raw) if kind == "float" else int(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_VAR}: {name}={raw!r} is not of type {kind}") from None

@@ -196,7 +196,7 @@ class LayerStore:
         a layer it references is damaged or missing; nothing is deleted in that case.
         """
         directory = Path(directory)
-        config = config or StorageConfig()
+        config = config or StorageConfig.from_env()
         if role is Role.READER:
             manifest, layers = load_snapshot(directory, {}, config.verify_on_open)
             return cls(directory, redo, config, role, manifest, layers)
