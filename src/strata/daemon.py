@@ -202,7 +202,7 @@ class Daemon:
         self.layout.run.mkdir(parents=True, exist_ok=True)
         args = self._service_args()
         # background work yields the CPU to everything else (storage/FORMAT.md 7b, 6)
-        nice = {"maintenance": StorageConfig.from_env().maintenance_nice}  # (checks STRATA_STORAGE)
+        nice = {"maintenance": StorageConfig.from_env().maintenance_nice}
         for name in ("ingest", "maintenance", "proxy"):
             self.services[name] = ServiceProcess(name, args[name], nice.get(name, 0))
         self._start("ingest")

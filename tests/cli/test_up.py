@@ -282,3 +282,15 @@ def test_psql_arguments_split_home_from_psql_args() -> None:
     assert split_home(["--home", "/h", "-c", "x"]) == ("/h", ["-c", "x"])
     assert split_home(["--home=/h", "--", "-l"]) == ("/h", ["-l"])
     assert split_home(["-c", "select 1"]) == (None, ["-c", "select 1"])
+
+
+def test_up_refuses_a_bad_strata_storage_before_anything_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from strata.cli.main import main
+
+    monkeypatch.setenv("STRATA_STORAGE", "memtable_bytes=-1")
+    home = tmp_path / "home"
+    assert main(["up", "--home", str(home)]) != 0
+    err = capsys.readouterr().err
+    assert "STRATA_STORAGE='memtable_bytes=-1'" in err and "memtable_bytes" in err
+    assert not home.exists()  # no primary created, nothing imported

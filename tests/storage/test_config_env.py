@@ -31,7 +31,8 @@ def test_settings_of_every_type_are_read_and_given_values_win() -> None:
     ("memtable_bytes", "'memtable_bytes' is not name=value"),
     ("memtable_bytes=lots", "memtable_bytes='lots' is not of type int"),
     ("verify_on_open=maybe", "verify_on_open='maybe' is not of type bool"),
-    ("maintenance_nice=30", "invalid storage config values: maintenance_nice"),
+    ("maintenance_nice=30",
+     "STRATA_STORAGE='maintenance_nice=30': invalid storage config values: maintenance_nice"),
 ])
 def test_a_bad_setting_is_refused_by_name(text: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):

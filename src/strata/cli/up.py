@@ -22,6 +22,7 @@ from strata.errors import ConfigError
 from strata.home import check_server_can_reach, resolve_home
 from strata.ingest.pipeline import FLUSH_INTERVAL
 from strata.services.maintenance import Retention
+from strata.storage.config import StorageConfig
 
 DEFAULT_PROXY_PORT = 55432
 
@@ -64,6 +65,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.retention is not None:
         Retention.parse(args.retention)  # a bad value is refused before anything starts
+    StorageConfig.from_env()  # so is a bad STRATA_STORAGE
     if args.source is not None and args.primary_port is not None:
         raise ConfigError("--primary-port is for the embedded primary; with --source the "
                           "primary is the one the DSN names")

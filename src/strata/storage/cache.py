@@ -14,9 +14,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any
+from typing import Generic, TypeVar
 
 from strata.key import Key
+from strata.storage.batch import EntryBatch
+
+V = TypeVar("V")
 
 
 class PageCache:
@@ -52,7 +55,7 @@ class PageCache:
         return len(self._d)
 
 
-class BlockCache:
+class BlockCache(Generic[V]):
     """Decoded blocks, least recently used out first once their raw bytes pass
     `limit`. One per process (`BLOCKS`), shared by every open layer file: a range
     read decodes the blocks inside its range together and keeps the ones at its
@@ -63,11 +66,11 @@ class BlockCache:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._d: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._d: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Any:
+    def get(self, key: Hashable) -> V | None:
         """The block held under `key`, or None."""
         with self._lock:
             hit = self._d.get(key)
@@ -76,7 +79,7 @@ class BlockCache:
             self._d.move_to_end(key)
             return hit[0]
 
-    def put(self, key: Hashable, block: Any, size: int) -> None:
+    def put(self, key: Hashable, block: V, size: int) -> None:
         """Hold `block` (`size` raw bytes) under `key`; a block above the limit is not
         held."""
         with self._lock:
@@ -108,4 +111,4 @@ class BlockCache:
 
 
 # the process's block cache; `LayerStore` sets its bound (`StorageConfig.block_cache_bytes`)
-BLOCKS = BlockCache(32 << 20)
+BLOCKS: BlockCache[EntryBatch] = BlockCache(32 << 20)

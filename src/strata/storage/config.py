@@ -149,7 +149,12 @@ class StorageConfig:
                 raise ConfigError(f"{ENV_VAR}: {item!r} is not name=value with a storage "
                                   f"setting ({', '.join(sorted(types))})")
             values[name] = _parse(name, types[name], raw)
-        return cls(**(values | given))
+        try:
+            return cls(**(values | given))
+        except ConfigError as e:
+            if not values:
+                raise
+            raise ConfigError(f"{ENV_VAR}={text!r}: {e}") from None
 
 
 def _parse(name: str, kind: str, raw: str) -> Any:

@@ -250,7 +250,7 @@ class LayerFile:
     def block_batch(self, i: int, b: BlockInfo | None = None) -> EntryBatch:
         """Block i (whose index entry is `b`, when the caller has it) as a batch,
         sorted by (key, lsn). Raises: CorruptionError."""
-        cached: EntryBatch | None = BLOCKS.get((self.identity, i))
+        cached = BLOCKS.get((self.identity, i))
         if cached is not None:
             return cached
         if b is None:
