@@ -40,7 +40,7 @@ Policy (FORMAT.md section 7b), checked once per new manifest generation:
    compaction's cost per byte does not change.
 7. **Priority**: the supervisor starts the process at nice `maintenance_nice`.
 8. **Stop**: `stop()` (or the store's `request_stop`) is seen at the next
-   checkpoint: every merge window (~4 MiB of entries), every key redo
+   checkpoint: every merge window (~16 MiB of entries), every key redo
    rebuilds for an image, before every
    commit and during every pacing sleep. The verb running then is abandoned:
    its temporary files are deleted and nothing is committed (layers are

@@ -29,7 +29,12 @@ from strata.storage.layerfile import LayerFile
 from strata.storage.layermap import Layer, ReadStats, ReadView, Redo
 from strata.storage.values import ValueKind, WalRecord
 
-WINDOW_BYTES = 4 << 20
+# Raw bytes of blocks a window holds: 64 blocks of 256 KiB. A window cut through
+# every source's blocks costs per window (edge blocks decoded alone and cut, numpy
+# calls per source), so a window should hold many blocks of each source: at 4 MiB
+# (16 blocks over 5-8 sources) a cold scan of a long history cost ~25 % more
+# (BENCHMARKS.md, thirty-third session). Memory: about this much decoded per window.
+WINDOW_BYTES = 16 << 20
 _IMAGE = int(ValueKind.PAGE_IMAGE)
 _RECORD = int(ValueKind.WAL_RECORD)
 _INIT = int(ValueKind.WAL_RECORD_INIT)
