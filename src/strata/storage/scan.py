@@ -72,9 +72,12 @@ class WindowRedo(Protocol):
 
 
 def windows(files: Sequence[LayerFile], start: bytes, end: bytes,
-            target: int = WINDOW_BYTES) -> Iterator[tuple[bytes, bytes]]:
+            target: int | None = None) -> Iterator[tuple[bytes, bytes]]:
     """Consecutive key ranges covering [start, end), cut at block first keys so that
-    each holds about `target` raw bytes of the files' blocks."""
+    each holds about `target` (default `WINDOW_BYTES`, read at the call) raw bytes of
+    the files' blocks."""
+    if target is None:
+        target = WINDOW_BYTES
     blocks = sorted((b.first_key, b.raw_len) for f in files
                     for b in (f.blocks[i] for i in f.blocks_in(start, end)))
     cur, acc = start, 0
