@@ -11,6 +11,7 @@ import pytest
 
 from strata.key import MAX_KEY, MIN_KEY, Key, KeyRange
 from strata.pagestore import PageStore
+from strata.storage import scan as scan_mod
 from strata.storage.batch import EntryBatch
 from strata.storage.layerfile import LayerFile
 from strata.storage.layermap import Layer, LayerMap, ReadStats, ReadView, read_key
@@ -18,7 +19,6 @@ from strata.storage.layerwriter import write_layer
 from strata.storage.manifest import LayerEntry, Level
 from strata.storage.memtable import Memtable
 from strata.storage.naming import LayerName
-from strata.storage import scan as scan_mod
 from strata.storage.scan import scan_values
 from strata.storage.values import TOMBSTONE, Entry, PageImage, Value, WalRecord
 
