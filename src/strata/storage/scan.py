@@ -33,7 +33,8 @@ from strata.storage.values import ValueKind, WalRecord
 # every source's blocks costs per window (edge blocks decoded alone and cut, numpy
 # calls per source), so a window should hold many blocks of each source: at 4 MiB
 # (16 blocks over 5-8 sources) a cold scan of a long history cost ~25 % more
-# (BENCHMARKS.md, thirty-third session). Memory: about this much decoded per window.
+# (BENCHMARKS.md, thirty-third session). Memory: at most about this much decoded per
+# window, plus one edge block per source (blocks a read skips count here too).
 WINDOW_BYTES = 16 << 20
 _IMAGE = int(ValueKind.PAGE_IMAGE)
 _RECORD = int(ValueKind.WAL_RECORD)
