@@ -72,13 +72,12 @@ class WindowRedo(Protocol):
              base: np.ndarray | None = None) -> np.ndarray: ...
 
 
-def windows(files: Sequence[LayerFile], start: bytes, end: bytes,
-            target: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+def windows(files: Sequence[LayerFile], start: bytes, end: bytes
+            ) -> Iterator[tuple[bytes, bytes]]:
     """Consecutive key ranges covering [start, end), cut at block first keys so that
-    each holds about `target` (default `WINDOW_BYTES`, read at the call) raw bytes of
+    each holds about `WINDOW_BYTES` (read at the call: a test may set it) raw bytes of
     the files' blocks."""
-    if target is None:
-        target = WINDOW_BYTES
+    target = WINDOW_BYTES
     blocks = sorted((b.first_key, b.raw_len) for f in files
                     for b in (f.blocks[i] for i in f.blocks_in(start, end)))
     cur, acc = start, 0
