@@ -20,7 +20,7 @@ from strata.storage.values import TOMBSTONE, PageImage, Value, WalRecord
 
 SAMPLES_ROOT = Path(__file__).resolve().parents[1] / "data" / "storage"
 # Layer format versions with a committed sample store (v1 also backs FORMAT.md's worked example).
-SAMPLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+SAMPLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 SAMPLE_DIR = SAMPLES_ROOT / "v1" / "layers"
 
 

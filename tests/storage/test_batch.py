@@ -309,19 +309,21 @@ def test_damaged_v3_columns_are_corruption_naming_the_block(tmp_path: Path) -> N
     blk = f.blocks[0]
     head_bytes, values = f._block_frames(0)
     raw = bytearray(head_bytes + (values or b""))
+    fo, fl = f.filter_span
+    section = bytes(data[fo:fo + fl])  # the key filter (v7), kept as written
     f.close()
     raw[4 + 26] = 7  # kind 7
     cut = head_size(1)
     zc = zstandard.ZstdCompressor()
     hc, vc = zc.compress(bytes(raw[:cut])), zc.compress(bytes(raw[cut:]))
     comp = hc + vc
-    index_off = blk.offset + len(comp)
+    index_off = blk.offset + len(comp) + len(section)
     index = INDEX_ENTRY.pack(*blk._replace(comp_len=len(comp), entries=1, crc=crc32c(comp),
                                            head_len=len(hc), head_crc=crc32c(hc)))
     head = FOOTER.pack(index_off, len(index), 1, 1, crc32c(index), 0, b"STRATAFT")
     foot = FOOTER.pack(index_off, len(index), 1, 1, crc32c(index), crc32c(head[:28]),
                        b"STRATAFT")
-    p.write_bytes(bytes(data[:HEADER.size]) + comp + index + foot)
+    p.write_bytes(bytes(data[:HEADER.size]) + comp + section + index + foot)
     f = LayerFile(p)
     try:
         with pytest.raises(CorruptionError, match="block 0 undecodable: unknown value kind"):

@@ -17,7 +17,7 @@ from .make_samples import SAMPLE_VERSIONS, sample_dir, sample_history, sample_re
 
 
 def test_current_format_version_has_a_committed_sample() -> None:
-    assert (FORMAT_VERSION, MANIFEST_VERSION) == (6, 1), "new version: add its sample dir"
+    assert (FORMAT_VERSION, MANIFEST_VERSION) == (7, 1), "new version: add its sample dir"
     assert FORMAT_VERSION in SAMPLE_VERSIONS
     assert (sample_dir(FORMAT_VERSION) / "MANIFEST").is_file()
 
@@ -57,7 +57,7 @@ def test_samples_verify_and_hold_the_sample_history(version: int, tmp_path: Path
         ps.close()
 
 
-@pytest.mark.parametrize("version", [1, 3, 4, 6])
+@pytest.mark.parametrize("version", [1, 3, 4, 6, 7])
 def test_format_md_worked_example_is_what_dump_layer_prints(version: int) -> None:
     from strata.storage.tools import dump_layer
 

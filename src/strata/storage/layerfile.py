@@ -1,4 +1,4 @@
-"""Layer files: the on-disk layer format (v6; reads v1-v5) and its reader.
+"""Layer files: the on-disk layer format (v7; reads v1-v6) and its reader.
 
 Fed by: layer files `layerwriter` wrote. Feeds: the layer map's reads, verify,
 dump-layer. Owns: the byte layout's constants (FORMAT.md) and its checks; the
@@ -8,9 +8,13 @@ Anatomy: ``[header 72][block 0]...[block n-1][index][footer 44]``. Blocks are
 zstd frames of entries sorted by (key, lsn) (blocks.py: rows in v1/v2, columns
 from v3; from v6 two frames a block, the head of the columns and the values);
 the index holds a record per block with its CRC-32C, from v4 its LSN bounds and
-from v6 its head frame's length and CRC (blockindex.py). A reader checks header,
-footer and index at open and a block's CRC (or its head's, reading the head
-alone: `block_heads`) before every decompression. Versions: FORMAT.md section 9.
+from v6 its head frame's length and CRC (blockindex.py). From v7 a key filter
+(keyfilter.py) lies between the last block and the index: a point read asks it
+first (`may_hold`) and reads none of the layer's blocks for a key it rules out;
+it is loaded on that first question and checked by its own CRC. A reader checks
+header, footer and index at open and a block's CRC (or its head's, reading the
+head alone: `block_heads`) before every decompression. Versions: FORMAT.md
+section 9.
 """
 
 from __future__ import annotations
@@ -49,15 +53,17 @@ from strata.storage.blocks import (
     values_through,
 )
 from strata.storage.cache import BLOCKS
+from strata.storage.keyfilter import MIN_SECTION, KeyFilter, build_section, key_hashes
 from strata.storage.naming import LayerKind, LayerName
 from strata.storage.values import Entry, ValueKind, ends_chain
 
 MAGIC = b"STRATALY"
 FOOTER_MAGIC = b"STRATAFT"
-FORMAT_VERSION = 6
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)
+FORMAT_VERSION = 7
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 COLUMN_VERSION = 3  # first version whose blocks are column-wise
 LSN_DELTA_VERSION = 5  # first version whose blocks keep LSNs as differences
+FILTER_VERSION = 7  # first version with a key filter between the blocks and the index
 # max_key_entries is a u32; a longer run is recorded as this (still an upper bound
 # for the image trigger's purpose: it only has to exceed a threshold).
 MAX_KEY_ENTRIES_CAP = 0xFFFFFFFF
@@ -172,9 +178,13 @@ class LayerFile:
         bad = blocks.misplaced(HEADER.size, index_off)
         if bad is not None:
             raise self._fail(index_off + bad * entry.size, f"block {bad} out of place")
-        if (HEADER.size + blocks.comp_bytes(range(len(blocks))) != index_off
+        blocks_end = HEADER.size + blocks.comp_bytes(range(len(blocks)))
+        gap = index_off - blocks_end  # v7: the key filter's section; before: nothing
+        if ((gap < MIN_SECTION if version >= FILTER_VERSION else gap != 0)
                 or blocks.total_entries() != nentries):
             raise self._fail(index_off, "index does not account for every block byte/entry")
+        self.filter_span = (blocks_end, gap)  # (offset, bytes) of the key filter
+        self._filter: KeyFilter | None = None
         self.version = version
         self._lsn_deltas = version >= LSN_DELTA_VERSION
         # v1 has no such field (reserved, 0): unknown until counted on demand
@@ -204,6 +214,34 @@ class LayerFile:
         return runs.best
 
     # -- reads -------------------------------------------------------------------
+    def may_hold(self, key: bytes) -> bool:
+        """False if this layer surely has no entry of `key` (its v7 key filter says
+        so); True if it may (before v7: always). Raises: CorruptionError if the
+        filter, read on the first call, is damaged."""
+        if self.version < FILTER_VERSION:
+            return True
+        f = self._filter
+        if f is None:  # benign race: two threads may both load it
+            f = self._filter = self.key_filter()
+        return f.may_hold(key)
+
+    def _filter_bytes(self) -> bytes:
+        off, n = self.filter_span
+        data = os.pread(self._f.fileno(), n, off)
+        if len(data) != n:
+            raise self._fail(off, "key filter truncated")
+        return data
+
+    def key_filter(self) -> KeyFilter:
+        """The v7 key filter, read from the file and checked (its CRC, its shape).
+        Raises: CorruptionError; ValueError before v7 (no filter)."""
+        if self.version < FILTER_VERSION:
+            raise ValueError(f"{self.path}: a version {self.version} layer has no key filter")
+        try:
+            return KeyFilter.parse(self._filter_bytes())
+        except ValueError as e:
+            raise self._fail(self.filter_span[0], f"key filter unreadable: {e}") from e
+
     def _block_frames(self, i: int, b: BlockInfo | None = None, known_head: bytes | None = None,
                       values_upto: int | None = None) -> tuple[bytes, bytes | None]:
         """Block i decompressed: (its head, its values) for v6, (the whole block, None)
@@ -343,6 +381,8 @@ class LayerFile:
     def get(self, key: bytes, lo: int, hi: int) -> list[Entry]:
         """Entries of `key` with lo <= lsn < hi, oldest first."""
         out: list[Entry] = []
+        if not self.may_hold(key):
+            return out
         for i in self.blocks.within_lsns(self.blocks.holding(key), lo, hi):
             out.extend(self._find(i, key, lo, hi))
         return out
@@ -350,8 +390,11 @@ class LayerFile:
     def get_chain(self, key: bytes, lo: int, hi: int) -> tuple[list[Entry], bool]:
         """The newest part of `key`'s chain here (lo <= lsn < hi), oldest first: every
         entry from the newest chain end on, and whether there was one (see
-        `blocks.chain_in_columns`: the rows below it are not decoded)."""
+        `blocks.chain_in_columns`: the rows below it are not decoded). A key the v7
+        filter rules out reads no block."""
         out: list[Entry] = []
+        if not self.may_hold(key):
+            return out, False
         # newest block first; blocks wholly outside [lo, hi) are not read
         for k in reversed(self.blocks.within_lsns(self.blocks.holding(key), lo, hi)):
             b = self.blocks[k]
@@ -453,9 +496,11 @@ class LayerFile:
 
     def verify(self) -> int:
         """Read every block; check CRCs (a v6 head frame's too: it is read alone by
-        `block_heads`), order and ranges. Returns: the entry count."""
+        `block_heads`), order and ranges, and that a v7 key filter is the one the
+        layer's keys make, byte for byte. Returns: the entry count."""
         prev: tuple[bytes, int] | None = None
         n = 0
+        hashes: list[np.ndarray] = []
         runs = KeyRuns(chains=self.version >= COLUMN_VERSION)
         name = self.name
         for i, b in enumerate(self.blocks):
@@ -483,6 +528,10 @@ class LayerFile:
                                                                           int(lsn.max())):
                 raise self._fail(b.offset, f"block {i}: index LSN bounds disagree with it")
             runs.add(batch)
+            new = np.ones(m, dtype=bool)
+            new[1:] = ~same
+            new[0] = prev is None or prev[0] != first[0]
+            hashes.append(key_hashes(batch.keys[new]))
             prev = (batch.key_at(m - 1), int(lsn[-1]))
             n += m
         best = runs.best
@@ -490,6 +539,13 @@ class LayerFile:
             what = "records in a run" if self.version >= COLUMN_VERSION else "entries"
             raise self._fail(12, f"header max_key_entries {self._max_key_entries} but a key "
                                  f"has {best} {what}")
+        if self.version >= FILTER_VERSION:
+            self.key_filter()  # its CRC and shape first, then its content
+            want = build_section(np.concatenate(hashes) if hashes
+                                 else np.zeros(0, dtype=np.uint64))
+            if self._filter_bytes() != want:
+                raise self._fail(self.filter_span[0], "key filter is not the one the "
+                                                       "layer's keys make")
         return n
 
 

@@ -8,7 +8,9 @@ footer, their checksums; `layerfile` owns the constants and the reader) and the
 temporary names (`tmp_layer_name`). Blocks are encoded a group at a time and
 compressed together in one GIL-free zstd call (`COMPRESS_GROUP_BYTES`), each as
 two frames, its head (keys, LSNs, kinds, value lengths) and its values (version
-6: the chain count reads heads alone).
+6: the chain count reads heads alone). The distinct keys' hashes are kept as
+blocks are encoded and become the key filter written before the index at `seal`
+(version 7, `keyfilter`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ import zstandard
 
 from strata import durable
 from strata.key import KEY_SIZE
-from strata.storage.batch import ENTRY_OVERHEAD, BatchBuilder, EntryBatch, KeyRuns
+from strata.storage.batch import (
+    ENTRY_OVERHEAD,
+    KEY_DTYPE,
+    KEY_ORDER,
+    BatchBuilder,
+    EntryBatch,
+    KeyRuns,
+)
 from strata.storage.blockindex import INDEX_ENTRY
 from strata.storage.blocks import N_FIELD, encode_many_columns, head_size
+from strata.storage.keyfilter import build_section, key_hashes
 from strata.storage.layerfile import (
     COMPRESSION_ZSTD,
     FOOTER,
@@ -119,6 +129,8 @@ class LayerWriter:
         self.entries = 0
         self.raw_bytes = 0
         self._runs = KeyRuns(chains=True)  # the header's max_key_entries (v3)
+        self._hashes: list[np.ndarray] = []  # of the distinct keys encoded (the filter)
+        self._last_hashed: bytes | None = None
 
     @property
     def max_key_entries(self) -> int:
@@ -204,6 +216,7 @@ class LayerWriter:
         """The blocks of rows [ends[i - 1], ends[i]) of `b` (the first from row 0; the
         last ends at len(b)), encoded together (`blocks.encode_many_columns`)."""
         starts = [0, *ends[:-1]]
+        self._hash_keys(b.keys)
         keys = b.keys.tobytes()
         lsns = b.lsns.tolist()
         lmin = np.minimum.reduceat(b.lsns, starts).tolist()
@@ -238,6 +251,7 @@ class LayerWriter:
             raise ValueError(f"entries out of order: {(k0, lsn)!r} after {self._last!r}")
         self._flush_block()
         self._write_pending()
+        self._hash_keys(np.frombuffer(head, dtype=KEY_DTYPE, count=n, offset=4))
         hc = self._cctx.compress(head[:lo] + _LSN.pack(lsn) + head[lo + 8:])
         values = int(np.frombuffer(head, dtype=">u4", count=n, offset=kinds + n).sum())
         hcrc, size = crc32c(hc), len(hc) + len(values_frame)
@@ -253,6 +267,19 @@ class LayerWriter:
         self._runs.end(k1)
         self.entries += n
         self.raw_bytes += values + ENTRY_OVERHEAD * n
+
+    def _hash_keys(self, keys: np.ndarray) -> None:
+        """Keep the hashes of the distinct keys of `keys` (a sorted column, every key
+        at or after the last one hashed) for the key filter."""
+        if not len(keys):
+            return
+        ok = keys.view(KEY_ORDER)
+        new = np.ones(len(keys), dtype=bool)
+        new[1:] = ok[1:] != ok[:-1]
+        if self._last_hashed is not None and keys[0].tobytes() == self._last_hashed:
+            new[0] = False
+        self._hashes.append(key_hashes(keys[new]))
+        self._last_hashed = keys[-1].tobytes()
 
     def _take_rows(self) -> None:
         if len(self._rows):
@@ -332,8 +359,11 @@ class LayerWriter:
                     raise ValueError(f"entries outside the key range of {name}")
             self._flush_block()
             self._write_pending()
+            section = build_section(np.concatenate(self._hashes) if self._hashes
+                                    else np.zeros(0, dtype=np.uint64))
+            self._f.write(section)
             index = b"".join(self._index)
-            index_off = self._pos
+            index_off = self._pos + len(section)
             self._f.write(index)
             footer_head = FOOTER.pack(index_off, len(index), len(self._index), self.entries,
                                       crc32c(index), 0, FOOTER_MAGIC)

@@ -16,7 +16,14 @@ from strata.key import KEY_SIZE, Key
 from strata.lsn import Lsn
 from strata.storage.blockindex import BOUNDS_VERSION, HEAD_VERSION, index_entry
 from strata.storage.blocks import head_size
-from strata.storage.layerfile import COLUMN_VERSION, FOOTER, HEADER, LSN_DELTA_VERSION, LayerFile
+from strata.storage.layerfile import (
+    COLUMN_VERSION,
+    FILTER_VERSION,
+    FOOTER,
+    HEADER,
+    LSN_DELTA_VERSION,
+    LayerFile,
+)
 from strata.storage.manifest import Level, Manifest, load_manifest
 from strata.storage.naming import TMP_SUFFIX, is_layer_filename
 from strata.storage.values import PageImage, Tombstone, WalRecord
@@ -149,6 +156,10 @@ def dump_layer(path: Path, max_entries: int | None = None) -> Iterator[str]:
                     continue
                 shown += 1
                 yield f"  {Key.from_bytes(e.key)!s}  {Lsn(e.lsn)!s:<12} {_value_str(e.value)}"
+        if f.version >= FILTER_VERSION:
+            kf, (off, size) = f.key_filter(), f.filter_span
+            yield (f"key filter    offset {off}, {size} bytes, {kf.words} words for "
+                   f"{kf.keys} keys")
         entry = index_entry(f.version)
         yield (f"index         offset {f.index_offset}, {len(f.blocks) * entry.size} bytes "
                f"({entry.size} per block)")
