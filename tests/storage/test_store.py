@@ -508,7 +508,8 @@ def test_scan_pages_lays_out_what_scan_returns_by_block(store_dir: Path) -> None
     """`scan_pages` (the lazy file system's reads): for every block range and LSN, the
     values `scan` gives, 16 bytes apart by block number, zeros for blocks without
     one (never written, or deleted); chains that are one image and chains with
-    records, from memtables, L0s, L1s and image layers."""
+    records, from memtables, L0s, L1s and image layers; ranges of up to
+    `POINT_READS_MAX` blocks (read one key at a time) and longer ones."""
     import random
 
     rnd = random.Random(5)
@@ -531,7 +532,8 @@ def test_scan_pages_lays_out_what_scan_returns_by_block(store_dir: Path) -> None
                     ps.create_image_layers(threshold=0)
         marks.append(lsn)  # the last writes are still in the memtable
         for at in marks + [rnd.randrange(8, lsn) for _ in range(10)]:
-            for a, n in ((0, 30), (0, 40), (5, 1), (7, 13), (29, 4), (31, 2)):
+            for a, n in ((0, 30), (0, 40), (5, 1), (7, 13), (29, 4), (31, 2), (3, 2),
+                         (12, 3), (28, 3), (29, 1)):
                 got = ps.scan_pages(rk(a), n, at, 16)
                 want = bytearray(16 * n)
                 for key, v in ps.scan(KeyRange(rk(a), rk(a + n)), at):
@@ -545,6 +547,9 @@ def test_scan_pages_lays_out_what_scan_returns_by_block(store_dir: Path) -> None
                 assert into[:16] == into[-16:] == b"\xaa" * 16
         with pytest.raises(ValueError, match="where 8 are laid out"):
             ps.scan_pages(rk(0), 30, lsn, 8)
+        held = next(k.blk for k, _ in ps.scan(KeyRange(rk(0), rk(30)), lsn))
+        with pytest.raises(ValueError, match="where 8 are laid out"):
+            ps.scan_pages(rk(held), 1, lsn, 8)  # a point read checks it too
         with pytest.raises(ValueError, match="480 bytes given for 31 values"):
             ps.scan_pages(rk(0), 31, lsn, 16, bytearray(480))
     finally:

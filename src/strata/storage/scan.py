@@ -26,7 +26,7 @@ import numpy as np
 from strata.key import KEY_SIZE, Key
 from strata.storage.batch import KEY_ORDER, EntryBatch, key_order
 from strata.storage.layerfile import LayerFile
-from strata.storage.layermap import Layer, ReadStats, ReadView, Redo
+from strata.storage.layermap import Layer, ReadStats, ReadView, Redo, read_key
 from strata.storage.values import ValueKind, WalRecord
 
 # Raw bytes of blocks a window holds: 64 blocks of 256 KiB. A window cut through
@@ -36,6 +36,14 @@ from strata.storage.values import ValueKind, WalRecord
 # (BENCHMARKS.md, thirty-third session). Memory: at most about this much decoded per
 # window, plus one edge block per source (blocks a read skips count here too).
 WINDOW_BYTES = 16 << 20
+# A dense read of at most this many keys reads them one by one, as GetPage does: a
+# range read decodes the whole block of every source whose blocks span the range,
+# while a point read asks each layer's key filter, then a block's head, then its
+# values only up to the key's. Cold, in process, on a 5-minute scale-100 store: one
+# page 1.67 ms as a range read against 0.40 ms as a point read, two 1.68 against
+# 0.72, four 1.85 against 1.66, eight 2.17 against 3.47 (BENCHMARKS.md,
+# thirty-fourth session). A lazy file system's random reads are mostly one page.
+POINT_READS_MAX = 3
 _IMAGE = int(ValueKind.PAGE_IMAGE)
 _RECORD = int(ValueKind.WAL_RECORD)
 _INIT = int(ValueKind.WAL_RECORD_INIT)
@@ -276,7 +284,8 @@ def scan_dense(view: ReadView, start: bytes, count: int, lsn: int, redo: Redo,
     in their last 4 bytes (a big-endian index), laid out `width` bytes apart: bytes
     [i * width, (i + 1) * width) hold the value of the key whose index is start's + i,
     zeros where that key has none. What `scan_values` yields for those keys, without a
-    Python object per key whose chain is one image (a scan of an image layer's pages).
+    Python object per key whose chain is one image (a scan of an image layer's pages);
+    at most `POINT_READS_MAX` keys are read one by one (`layermap.read_key`).
     Written into `out` (`count * width` writable bytes, whatever they held) when given,
     which is returned; else into a new bytearray.
 
@@ -293,6 +302,14 @@ def scan_dense(view: ReadView, start: bytes, count: int, lsn: int, redo: Redo,
     else:
         dirty = True  # what no value overwrites is zeroed at the end
     dst = memoryview(out)
+    if count <= POINT_READS_MAX:
+        for i in range(count):
+            v = read_key(view, Key.from_bytes(start[:-4] + (base + i).to_bytes(4, "big")),
+                         lsn, redo, stats)
+            if v is not None and len(v) != width:
+                raise ValueError(f"a value of {len(v)} bytes where {width} are laid out")
+            dst[i * width:(i + 1) * width] = bytes(width) if v is None else v
+        return out
     filled = np.zeros(count, dtype=bool)
     for ch in scan_chains(view, start, end, lsn, stats):
         first = ch.first
