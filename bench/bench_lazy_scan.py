@@ -2,6 +2,7 @@
 
 Usage: python bench/bench_lazy_scan.py [--scale 10] [--history 60] [--settle 0]
        [--rounds 2] [--helpers 0 1] [--keep DIR] [--json out.json] [--bulk]
+       [--lookups N]
 
 Builds (or, with --keep DIR holding one, reuses) a store: a primary at pgbench
 scale `--scale`, `strata up --source` attached, `pgbench -c4 -j2 -T history`,
@@ -21,6 +22,11 @@ kernel's page cache). The live scan is on the primary itself before it stops.
 Each run also prints the CPU seconds spent from the request to the first row by
 the point's file system, its helpers, the spare started meanwhile, and the rest
 of the machine's busy time (the server, the kernel, this script: `cpu_split`).
+
+`--lookups N`: instead of the full scan, N accounts by primary key (`aid IN
+(...)`, N aids drawn with a fixed seed): an index scan whose every row is a few
+random page reads of a lazy file system (most of them one page each); its
+baseline is the same query on the same server warm.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -37,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from bench_ingest import all_processes
 from bench_primary_tps import settle
@@ -136,7 +145,26 @@ def cpu_split(before: dict[int, tuple[str, int, float]], after: dict[int, tuple[
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None) -> dict[str, Any]:
+def lookup_sql(n: int, scale: int) -> str:
+    """`n` accounts by primary key, drawn with a fixed seed (`--lookups`)."""
+    aids = random.Random(11).sample(range(1, 100_000 * scale + 1), n)
+    return f"SELECT sum(abalance) FROM pgbench_accounts WHERE aid IN ({','.join(map(str, aids))})"
+
+
+def warm_seconds(dsn: str, sql: str, runs: int = 2) -> list[float]:
+    if sql == COUNT_SQL:
+        return scan_seconds(dsn, runs)
+    out = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(runs):
+            t = time.perf_counter()
+            conn.execute(sql).fetchone()
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None,
+        sql: str = COUNT_SQL) -> dict[str, Any]:
     os.environ["STRATA_LAZY_HELPERS"] = str(helpers)  # the spare file system inherits it
     store = PageStore.open(home / "layers", reconstruct_value, background=False)
     work = Path(tempfile.mkdtemp(prefix="lazyrun-", dir=ROOT))
@@ -153,13 +181,13 @@ def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None) -> dict
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in _fs_pids(work)]
             time.sleep(1)
         cpu0, sys0 = all_processes(), _system_cpu()
-        inst, t, val, started = timed_first_row(factory, lsn, work / "c", COUNT_SQL)
+        inst, t, val, started = timed_first_row(factory, lsn, work / "c", sql)
         cpu = cpu_split(cpu0, all_processes(), sys0, _system_cpu(),
                         inst.mount.pid if inst.mount is not None else None)
         for spy in spies:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
-        warm = scan_seconds(inst.dsn())
+        warm = warm_seconds(inst.dsn(), sql)
         inst.remove()
     finally:
         factory.close()
@@ -182,6 +210,8 @@ def main() -> int:
     ap.add_argument("--bulk", action="store_true",
                     help="attach strata before pgbench -i: the load reaches the store as WAL")
     ap.add_argument("--profile", type=Path, help="py-spy the file systems into this directory")
+    ap.add_argument("--lookups", type=int, default=0,
+                    help="time N accounts by primary key instead of count(*)")
     args = ap.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     keep = args.keep or Path(tempfile.mkdtemp(prefix="lazyscan-keep-", dir=ROOT))
@@ -193,12 +223,15 @@ def main() -> int:
             info = build(keep, args.scale, args.history, args.settle, args.bulk)
         res["store"] = info
         lsn = Lsn.parse(info["lsn"])
+        sql = lookup_sql(args.lookups, info["scale"]) if args.lookups else COUNT_SQL
+        what = f"{args.lookups} lookups" if args.lookups else "count(*)"
+        res["query"] = what
         for _ in range(args.rounds):
             for h in args.helpers:
-                r = one(keep / "home", lsn, h, args.profile)
+                r = one(keep / "home", lsn, h, args.profile, sql)
                 r["load"] = os.getloadavg()
                 res["runs"].append(r)
-                print(f"helpers {h}: count(*) first row {r['count_first_row_s']:.2f} s "
+                print(f"helpers {h}: {what} first row {r['count_first_row_s']:.2f} s "
                       f"(server start {r['start_s']:.2f} s), warm {r['warm_scan_s'][-1]:.2f} s, "
                       f"load {r['load'][0]:.2f}", flush=True)
                 print("   CPU-s from the request to the first row: "
@@ -210,14 +243,16 @@ def main() -> int:
     live = min(info["live_scan_s"])
     print(f"\nscale {info['scale']}, {info['history_s']} s of pgbench history; live scan "
           f"(warm, primary) {live:.2f} s")
-    print("| helpers | count(*) first row, cold (median) | / live scan | warm scan |")
+    base = "live scan" if not args.lookups else "warm"
+    print(f"| helpers | {what} first row, cold (median) | / {base} | warm |")
     print("|---:|---:|---:|---:|")
     for h in args.helpers:
         rs = [r for r in res["runs"] if r["helpers"] == h]
         cold = statistics.median(r["count_first_row_s"] for r in rs)
         warm = statistics.median(r["warm_scan_s"][-1] for r in rs)
         each = ", ".join(f"{r['count_first_row_s']:.2f}" for r in rs)
-        print(f"| {h} | {cold:.2f} s ({each}) | {cold / live:.0f}x | {warm:.2f} s |")
+        ratio = cold / (warm if args.lookups else live)
+        print(f"| {h} | {cold:.2f} s ({each}) | {ratio:.0f}x | {warm:.2f} s |")
     print(f"\nload average start {res['load_start']}, end {res['load_end']}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
