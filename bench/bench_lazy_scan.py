@@ -45,12 +45,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from bench_ingest import all_processes
 from bench_primary_tps import settle
 from bench_proxy import StrataUp, pgbench
-from bench_timetravel import COUNT_SQL, scan_seconds, timed_first_row
+from bench_timetravel import COUNT_SQL, SCAN_SQL, scan_seconds, timed_first_row
 from strata.historical.modes import make_factory
 from strata.lsn import Lsn
 from strata.pagestore import PageStore
@@ -151,18 +149,6 @@ def lookup_sql(n: int, scale: int) -> str:
     return f"SELECT sum(abalance) FROM pgbench_accounts WHERE aid IN ({','.join(map(str, aids))})"
 
 
-def warm_seconds(dsn: str, sql: str, runs: int = 2) -> list[float]:
-    if sql == COUNT_SQL:
-        return scan_seconds(dsn, runs)
-    out = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(runs):
-            t = time.perf_counter()
-            conn.execute(sql).fetchone()
-            out.append(time.perf_counter() - t)
-    return out
-
-
 def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None,
         sql: str = COUNT_SQL) -> dict[str, Any]:
     os.environ["STRATA_LAZY_HELPERS"] = str(helpers)  # the spare file system inherits it
@@ -187,7 +173,7 @@ def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None,
         for spy in spies:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
-        warm = warm_seconds(inst.dsn(), sql)
+        warm = scan_seconds(inst.dsn(), sql=SCAN_SQL if sql == COUNT_SQL else sql)
         inst.remove()
     finally:
         factory.close()

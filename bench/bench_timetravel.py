@@ -452,12 +452,13 @@ def point_cost(inst: HistoricalInstance) -> dict[str, int]:
     return {"server_pss": mem, "fs_pss": fs, "disk": disk}
 
 
-def scan_seconds(dsn: str, runs: int = 2) -> list[float]:
+def scan_seconds(dsn: str, runs: int = 2, sql: str = SCAN_SQL) -> list[float]:
+    """Seconds of each of `runs` runs of `sql` (a warm full scan by default)."""
     out = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(runs):
             t = time.perf_counter()
-            conn.execute(SCAN_SQL).fetchone()
+            conn.execute(sql).fetchone()
             out.append(time.perf_counter() - t)
     return out
 

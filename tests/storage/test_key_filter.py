@@ -112,12 +112,8 @@ def test_copied_image_blocks_are_in_the_new_layers_filter(tmp_path: Path) -> Non
     assert f.verify() == 301
 
 
-def test_a_point_read_of_a_key_ruled_out_reads_no_block(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    es = _delta_entries(range(0, 6000, 3), 2)
-    name = LayerName.delta(MIN_KEY.to_bytes(), MAX_KEY.to_bytes(), 100, 200)
-    write_layer(tmp_path, name, es, block_bytes=2000, zstd_level=1)
-    f = LayerFile(tmp_path / name.filename())
+def _counted_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The offsets of every pread a layer file makes from now on."""
     reads: list[int] = []
     real = layerfile.os.pread
 
@@ -125,8 +121,16 @@ def test_a_point_read_of_a_key_ruled_out_reads_no_block(tmp_path: Path,
         reads.append(off)
         return real(fd, n, off)
 
-    f.may_hold(rk(0).to_bytes())  # the filter's own read, once
     monkeypatch.setattr(layerfile.os, "pread", counting)
+    return reads
+
+
+def test_a_point_read_of_a_key_ruled_out_reads_no_block(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    es = _delta_entries(range(0, 6000, 3), 2)
+    f = LayerFile(_written(tmp_path, es, 2000)[0])
+    f.may_hold(rk(0).to_bytes())  # the filter's own read, once
+    reads = _counted_reads(monkeypatch)
     probed = 0
     for b in range(6000):
         if b % 3 == 0:
@@ -145,28 +149,27 @@ def test_a_point_read_of_a_key_ruled_out_reads_no_block(tmp_path: Path,
 def test_without_the_filter_the_same_probes_read_blocks(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The test above can fail: with `may_hold` always yes, the probes read."""
-    es = _delta_entries(range(0, 600, 3), 2)
-    name = LayerName.delta(MIN_KEY.to_bytes(), MAX_KEY.to_bytes(), 100, 200)
-    write_layer(tmp_path, name, es, block_bytes=2000, zstd_level=1)
-    f = LayerFile(tmp_path / name.filename())
+    f = LayerFile(_written(tmp_path, _delta_entries(range(0, 600, 3), 2), 2000)[0])
     monkeypatch.setattr(LayerFile, "may_hold", lambda self, key: True)
-    reads: list[int] = []
-    real = layerfile.os.pread
-    monkeypatch.setattr(layerfile.os, "pread",
-                        lambda fd, n, off: reads.append(off) or real(fd, n, off))
+    reads = _counted_reads(monkeypatch)
     for b in range(1, 600, 3):
         assert f.get_chain(rk(b).to_bytes(), 0, 1 << 63) == ([], False)
     assert len(reads) >= 180  # of 200 probes: all but those between two blocks
 
 
-def _filter_damaged(tmp_path: Path, how: str) -> LayerFile:
-    es = _delta_entries(range(0, 300, 2), 3)
+def _written(tmp_path: Path, es: list[Entry], block_bytes: int = 500) -> tuple[Path, int, int]:
+    """A delta layer of `es`: its path and its key filter's offset and size."""
     name = LayerName.delta(MIN_KEY.to_bytes(), MAX_KEY.to_bytes(), 100, 200)
-    write_layer(tmp_path, name, es, block_bytes=500, zstd_level=1)
+    write_layer(tmp_path, name, es, block_bytes=block_bytes, zstd_level=1)
     p = tmp_path / name.filename()
     f = LayerFile(p)
     off, size = f.filter_span
     f.close()
+    return p, off, size
+
+
+def _filter_damaged(tmp_path: Path, how: str) -> LayerFile:
+    p, off, size = _written(tmp_path, _delta_entries(range(0, 300, 2), 3))
     data = bytearray(p.read_bytes())
     if how == "bit":
         data[off + 20] ^= 0x10
@@ -198,13 +201,7 @@ def test_verify_finds_a_filter_that_rules_out_present_keys(tmp_path: Path) -> No
 
 def test_a_v7_layer_without_room_for_its_filter_does_not_open(tmp_path: Path) -> None:
     """The blocks must end at least a filter's 20 bytes before the index."""
-    es = _delta_entries(range(0, 30, 2), 1)
-    name = LayerName.delta(MIN_KEY.to_bytes(), MAX_KEY.to_bytes(), 100, 200)
-    write_layer(tmp_path, name, es, block_bytes=500, zstd_level=1)
-    p = tmp_path / name.filename()
-    f = LayerFile(p)
-    off, size = f.filter_span
-    f.close()
+    p, off, size = _written(tmp_path, _delta_entries(range(0, 30, 2), 1))
     data = p.read_bytes()
     # the section cut out, the footer made to point at the index where it now is
     foot = list(FOOTER.unpack(data[-FOOTER.size:]))
