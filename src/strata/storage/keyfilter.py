@@ -36,6 +36,7 @@ import google_crc32c
 import numpy as np
 
 from strata.key import KEY_SIZE
+from strata.storage.batch import KEY_ORDER
 
 MAGIC = b"STRATAKF"
 BITS_PER_KEY = 10
@@ -82,6 +83,19 @@ def key_hashes(keys: np.ndarray) -> np.ndarray:
     h = _fmix_np(w[:, 0].copy())
     h = _fmix_np(h ^ w[:, 1])
     return _fmix_np(h ^ w[:, 2])
+
+
+def distinct_key_hashes(keys: np.ndarray, before: bytes | None) -> np.ndarray:
+    """`key_hashes` of the distinct keys of `keys`, a sorted column (dtype V18) whose
+    first key may equal `before` (the last key of the column before it, or None):
+    each key once, as a layer's filter counts them."""
+    if not len(keys):
+        return np.zeros(0, dtype=np.uint64)
+    ok = keys.view(KEY_ORDER)
+    new = np.ones(len(keys), dtype=bool)
+    new[1:] = ok[1:] != ok[:-1]
+    new[0] = before is None or keys[0].tobytes() != before
+    return key_hashes(keys[new])
 
 
 def _word_and_mask(h: np.ndarray, words: int) -> tuple[np.ndarray, np.ndarray]:

@@ -53,7 +53,7 @@ from strata.storage.blocks import (
     values_through,
 )
 from strata.storage.cache import BLOCKS
-from strata.storage.keyfilter import MIN_SECTION, KeyFilter, build_section, key_hashes
+from strata.storage.keyfilter import MIN_SECTION, KeyFilter, build_section, distinct_key_hashes
 from strata.storage.naming import LayerKind, LayerName
 from strata.storage.values import Entry, ValueKind, ends_chain
 
@@ -528,10 +528,7 @@ class LayerFile:
                                                                           int(lsn.max())):
                 raise self._fail(b.offset, f"block {i}: index LSN bounds disagree with it")
             runs.add(batch)
-            new = np.ones(m, dtype=bool)
-            new[1:] = ~same
-            new[0] = prev is None or prev[0] != first[0]
-            hashes.append(key_hashes(batch.keys[new]))
+            hashes.append(distinct_key_hashes(batch.keys, None if prev is None else prev[0]))
             prev = (batch.key_at(m - 1), int(lsn[-1]))
             n += m
         best = runs.best

@@ -31,14 +31,13 @@ from strata.key import KEY_SIZE
 from strata.storage.batch import (
     ENTRY_OVERHEAD,
     KEY_DTYPE,
-    KEY_ORDER,
     BatchBuilder,
     EntryBatch,
     KeyRuns,
 )
 from strata.storage.blockindex import INDEX_ENTRY
 from strata.storage.blocks import N_FIELD, encode_many_columns, head_size
-from strata.storage.keyfilter import build_section, key_hashes
+from strata.storage.keyfilter import build_section, distinct_key_hashes
 from strata.storage.layerfile import (
     COMPRESSION_ZSTD,
     FOOTER,
@@ -271,15 +270,9 @@ class LayerWriter:
     def _hash_keys(self, keys: np.ndarray) -> None:
         """Keep the hashes of the distinct keys of `keys` (a sorted column, every key
         at or after the last one hashed) for the key filter."""
-        if not len(keys):
-            return
-        ok = keys.view(KEY_ORDER)
-        new = np.ones(len(keys), dtype=bool)
-        new[1:] = ok[1:] != ok[:-1]
-        if self._last_hashed is not None and keys[0].tobytes() == self._last_hashed:
-            new[0] = False
-        self._hashes.append(key_hashes(keys[new]))
-        self._last_hashed = keys[-1].tobytes()
+        if len(keys):
+            self._hashes.append(distinct_key_hashes(keys, self._last_hashed))
+            self._last_hashed = keys[-1].tobytes()
 
     def _take_rows(self) -> None:
         if len(self._rows):
