@@ -536,6 +536,39 @@ def test_windows_ahead_are_borrowed_and_copied_only_when_their_slot_is_reused(
         v.close_helpers()
 
 
+def test_a_sparse_reader_gets_its_pages_alone_and_a_scan_still_gets_windows(
+        world: LazyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LazyView._fetch`: one-page misses in ascending order with gaps inside
+    `SEQ_SLACK` (an index scan's heap or leaf pages) rebuild those pages alone,
+    not the gaps between them nor windows ahead; a reader of one page at a time
+    without gaps, and the kernel's 128 kB readahead, still read in growing
+    windows. Every read gives the bytes of the whole-file read."""
+    from strata.historical import lazyview
+
+    rebuilt: list[int] = []
+    fill = lazyview.LazyView._fill
+
+    def spy_fill(self: Any, f: Any, blk: int, end: int) -> None:
+        rebuilt.append(end - blk)
+        fill(self, f, blk, end)
+
+    monkeypatch.setattr(lazyview.LazyView, "_fill", spy_fill)
+    r = _SequentialReads(world)
+    assert r.pages >= 200, "the biggest file is too small"
+    want = [r.want[i * 8192:(i + 1) * 8192] for i in range(r.pages)]
+    rebuilt.clear()
+    v = r.view()
+    sparse = list(range(3, r.pages, 7))  # gaps of 6 pages, well inside SEQ_SLACK
+    assert [bytes(v.read(r.path, p * 8192, 8192)) for p in sparse] == [want[p] for p in sparse]
+    assert rebuilt == [1] * len(sparse)
+    for step in (8192, 131072):  # one page at a time, then as the kernel reads ahead
+        rebuilt.clear()
+        v = r.view()
+        got = b"".join(bytes(v.read(r.path, off, step)) for off in range(0, r.size, step))
+        assert got == r.want
+        assert len(rebuilt) < r.pages // 8 and max(rebuilt) >= 32, (step, rebuilt)
+
+
 @pytest.mark.parametrize("slots", [1, 2])
 def test_two_streams_sharing_the_helpers_slots_read_the_right_bytes(
         world: LazyWorld, monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
