@@ -538,11 +538,13 @@ def test_windows_ahead_are_borrowed_and_copied_only_when_their_slot_is_reused(
 
 def test_a_sparse_reader_gets_its_pages_alone_and_a_scan_still_gets_windows(
         world: LazyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`LazyView._fetch`: one-page misses in ascending order with gaps inside
-    `SEQ_SLACK` (an index scan's heap or leaf pages) rebuild those pages alone,
-    not the gaps between them nor windows ahead; a reader of one page at a time
-    without gaps, and the kernel's 128 kB readahead, still read in growing
-    windows. Every read gives the bytes of the whole-file read."""
+    """`LazyView._fetch`: one-page misses in ascending order with gaps wider than
+    `SPARSE_GAP` but inside `SEQ_SLACK` (an index scan's heap or leaf pages)
+    rebuild those pages alone, not the gaps between them nor windows ahead; with
+    smaller gaps, windows from 2 blocks that cover several reads each; a reader
+    of one page at a time without gaps, and the kernel's 128 kB readahead, still
+    read in windows growing from 16 blocks. Every read gives the bytes of the
+    whole-file read."""
     from strata.historical import lazyview
 
     rebuilt: list[int] = []
@@ -558,9 +560,16 @@ def test_a_sparse_reader_gets_its_pages_alone_and_a_scan_still_gets_windows(
     want = [r.want[i * 8192:(i + 1) * 8192] for i in range(r.pages)]
     rebuilt.clear()
     v = r.view()
-    sparse = list(range(3, r.pages, 7))  # gaps of 6 pages, well inside SEQ_SLACK
+    gap = lazyview.SPARSE_GAP + 1
+    assert gap + 1 < lazyview.SEQ_SLACK
+    sparse = list(range(3, r.pages, gap + 1))
     assert [bytes(v.read(r.path, p * 8192, 8192)) for p in sparse] == [want[p] for p in sparse]
     assert rebuilt == [1] * len(sparse)
+    rebuilt.clear()
+    v = r.view()
+    near = list(range(3, 120, 3))  # gaps of 2 pages
+    assert [bytes(v.read(r.path, p * 8192, 8192)) for p in near] == [want[p] for p in near]
+    assert len(rebuilt) < len(near) // 2 and rebuilt[:3] == [1, 4, 5], rebuilt
     for step in (8192, 131072):  # one page at a time, then as the kernel reads ahead
         rebuilt.clear()
         v = r.view()
