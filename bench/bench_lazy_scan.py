@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_lazy_scan.py [--scale 10] [--history 60] [--settle 0]
        [--rounds 2] [--helpers 0 1] [--keep DIR] [--json out.json] [--bulk]
-       [--lookups N]
+       [--lookups N | --range N]
 
 Builds (or, with --keep DIR holding one, reuses) a store: a primary at pgbench
 scale `--scale`, `strata up --source` attached, `pgbench -c4 -j2 -T history`,
@@ -26,7 +26,9 @@ of the machine's busy time (the server, the kernel, this script: `cpu_split`).
 `--lookups N`: instead of the full scan, N accounts by primary key (`aid IN
 (...)`, N aids drawn with a fixed seed): an index scan whose every row is a few
 random page reads of a lazy file system (most of them one page each); its
-baseline is the same query on the same server warm.
+baseline is the same query on the same server warm. `--range N`: N accounts by
+an index range scan from the middle of the table (`aid BETWEEN`): index and heap
+pages in order, with the gaps of rows the history moved; the same baseline.
 """
 
 from __future__ import annotations
@@ -149,6 +151,12 @@ def lookup_sql(n: int, scale: int) -> str:
     return f"SELECT sum(abalance) FROM pgbench_accounts WHERE aid IN ({','.join(map(str, aids))})"
 
 
+def range_sql(n: int, scale: int) -> str:
+    """`n` accounts from the middle of the table by an index range scan (`--range`)."""
+    first = 100_000 * scale // 2
+    return f"SELECT sum(abalance) FROM pgbench_accounts WHERE aid BETWEEN {first} AND {first + n - 1}"
+
+
 def one(home: Path, lsn: Lsn, helpers: int, profile: Path | None = None,
         sql: str = COUNT_SQL) -> dict[str, Any]:
     os.environ["STRATA_LAZY_HELPERS"] = str(helpers)  # the spare file system inherits it
@@ -196,8 +204,11 @@ def main() -> int:
     ap.add_argument("--bulk", action="store_true",
                     help="attach strata before pgbench -i: the load reaches the store as WAL")
     ap.add_argument("--profile", type=Path, help="py-spy the file systems into this directory")
-    ap.add_argument("--lookups", type=int, default=0,
-                    help="time N accounts by primary key instead of count(*)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--lookups", type=int, default=0,
+                       help="time N accounts by primary key instead of count(*)")
+    which.add_argument("--range", type=int, default=0,
+                       help="time N accounts by an index range scan instead of count(*)")
     args = ap.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     keep = args.keep or Path(tempfile.mkdtemp(prefix="lazyscan-keep-", dir=ROOT))
@@ -209,8 +220,11 @@ def main() -> int:
             info = build(keep, args.scale, args.history, args.settle, args.bulk)
         res["store"] = info
         lsn = Lsn.parse(info["lsn"])
-        sql = lookup_sql(args.lookups, info["scale"]) if args.lookups else COUNT_SQL
-        what = f"{args.lookups} lookups" if args.lookups else "count(*)"
+        sql, what = COUNT_SQL, "count(*)"
+        if args.lookups:
+            sql, what = lookup_sql(args.lookups, info["scale"]), f"{args.lookups} lookups"
+        elif args.range:
+            sql, what = range_sql(args.range, info["scale"]), f"{args.range} rows by range"
         res["query"] = what
         for _ in range(args.rounds):
             for h in args.helpers:
@@ -229,7 +243,7 @@ def main() -> int:
     live = min(info["live_scan_s"])
     print(f"\nscale {info['scale']}, {info['history_s']} s of pgbench history; live scan "
           f"(warm, primary) {live:.2f} s")
-    base = "live scan" if not args.lookups else "warm"
+    base = "warm" if args.lookups or args.range else "live scan"
     print(f"| helpers | {what} first row, cold (median) | / {base} | warm |")
     print("|---:|---:|---:|---:|")
     for h in args.helpers:
@@ -237,7 +251,7 @@ def main() -> int:
         cold = statistics.median(r["count_first_row_s"] for r in rs)
         warm = statistics.median(r["warm_scan_s"][-1] for r in rs)
         each = ", ".join(f"{r['count_first_row_s']:.2f}" for r in rs)
-        ratio = cold / (warm if args.lookups else live)
+        ratio = cold / (warm if args.lookups or args.range else live)
         print(f"| {h} | {cold:.2f} s ({each}) | {ratio:.0f}x | {warm:.2f} s |")
     print(f"\nload average start {res['load_start']}, end {res['load_end']}")
     if args.json:
