@@ -3,6 +3,7 @@ pg_receivewal streaming, and with `strata up --source` attached.
 
 Usage: python bench/bench_primary_tps.py [--scale 10] [--seconds 20] [--rounds 3]
        [--settle 600] [--strata-home-in /dev/shm] [--json out.json]
+       [--against OTHER/src [--no-receivewal]]
 
 One scratch primary (the settings `strata up --source` asks of a primary:
 wal_level replica, a replication slot per consumer), pgbench -i at `--scale`,
@@ -33,11 +34,21 @@ transaction of the consumer's own processes. Issue 10's goal: strata >= 0.90.
 Read it at scale 100 from `--seconds 300` rounds: maintenance images
 pgbench_accounts about every 75 s of load there, so most 30-s rounds hold none
 of that cost (BENCHMARKS.md, twenty-eighth session).
+
+`--against OTHER/src`: the same measurement of a second code (the `src` of
+another checkout, e.g. a `git worktree` of an older commit with its extensions
+built: `python setup.py build_ext --inplace`), on a primary of its own at the
+same scale (a strata home cannot move between codes: a newer layer format, one
+slot name), the two codes taking turns round by round (this one first in odd
+rounds): rounds in different hours of this VM differ by as much as +-20 %, so
+only an alternated run tells two codes apart. The idle primary's processes
+sleep meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -47,6 +58,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +161,58 @@ def with_strata(c: Cluster, base: Path, seconds: int, profile: Path | None = Non
     return tps, sum(per.values()), per
 
 
+@dataclass
+class Side:
+    """One code measured: its primary, its scratch directory (strata's home in it)
+    and, for `--against`, the `src` directory its strata runs import."""
+
+    name: str
+    src: Path | None
+    base: Path
+    c: Cluster
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def code_of(side: Side) -> Iterator[None]:
+    """strata started inside imports `side`'s code (its children inherit PYTHONPATH)."""
+    old = os.environ.get("PYTHONPATH")
+    if side.src is not None:
+        os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (str(side.src), old) if x)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def new_side(name: str, src: Path | None, scale: int, home_in: Path | None,
+             elsewhere: list[Path]) -> Side:
+    """A primary at `scale` with the slot pg_receivewal uses, strata attached once
+    (attach and import untimed) and stopped."""
+    base = scratch()
+    c = Cluster(datadir=base / "primary" / "data")
+    side = Side(name, src, base, c)
+    c.initdb(settings={"wal_level": "replica", "max_wal_senders": 10,
+                       "max_replication_slots": 10})
+    c.start()
+    if home_in is not None:
+        home = Path(tempfile.mkdtemp(prefix="strata-home-", dir=home_in))
+        os.chmod(home, 0o755)
+        elsewhere.append(home)
+        (base / "home").symlink_to(home, target_is_directory=True)
+    pgbench(c, c.port, "-i", "-q", "-s", str(scale))
+    c.sql("SELECT pg_create_physical_replication_slot('bench_rx')")
+    with code_of(side):
+        first = Strata(base, c.dsn())
+    first.wait_ready()
+    first.wait_ingested(wal_lsn(c))
+    first.stop()
+    return side
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=10)
@@ -163,61 +228,71 @@ def main() -> int:
                          "two costs to the primary apart (the primary stays in the scratch dir)")
     ap.add_argument("--profile", type=Path,
                     help="py-spy each strata service in the last round (files PROFILE-<service>-<pid>.json)")
+    ap.add_argument("--against", type=Path,
+                    help="also measure the code whose package is in this src directory (a "
+                         "worktree with its extensions built), on a primary of its own, the "
+                         "two codes alternated round by round")
+    ap.add_argument("--no-receivewal", action="store_true",
+                    help="leave out the pg_receivewal runs (an A/B of two codes is shorter)")
     args = ap.parse_args()
-    base = scratch()
-    c = Cluster(datadir=base / "primary" / "data")
-    c.initdb(settings={"wal_level": "replica", "max_wal_senders": 10,
-                       "max_replication_slots": 10})
-    c.start()
     res: dict[str, Any] = {"load_start": os.getloadavg(), "scale": args.scale,
-                           "seconds": args.seconds, "settle": args.settle, "rounds": [],
-                           "strata_home_in": str(args.strata_home_in or base)}
-    home_elsewhere = None
-    if args.strata_home_in is not None:
-        home_elsewhere = Path(tempfile.mkdtemp(prefix="strata-home-", dir=args.strata_home_in))
-        os.chmod(home_elsewhere, 0o755)
-        (base / "home").symlink_to(home_elsewhere, target_is_directory=True)
+                           "seconds": args.seconds, "settle": args.settle,
+                           "strata_home_in": str(args.strata_home_in or "scratch")}
+    elsewhere: list[Path] = []
+    sides: list[Side] = []
     try:
-        pgbench(c, c.port, "-i", "-q", "-s", str(args.scale))
-        c.sql("SELECT pg_create_physical_replication_slot('bench_rx')")
-        first = Strata(base, c.dsn())  # attach + import once, untimed
-        first.wait_ready()
-        first.wait_ingested(wal_lsn(c))
-        first.stop()
+        sides.append(new_side("this", None, args.scale, args.strata_home_in, elsewhere))
+        if args.against is not None:
+            sides.append(new_side(f"against {args.against}", args.against.resolve(), args.scale,
+                                  args.strata_home_in, elsewhere))
         for i in range(args.rounds):
-            alone, _ = run_tpcb(c, args.seconds)
-            rx, rx_cpu = with_receivewal(c, base, args.seconds)
-            st, st_cpu, per = with_strata(
-                c, base, args.seconds, args.profile if i == args.rounds - 1 else None,
-                args.settle)
-            res["rounds"].append({"alone": alone, "receivewal": rx, "receivewal_cpu_per_txn": rx_cpu,
-                                  "strata": st, "strata_cpu_per_txn": st_cpu,
-                                  "strata_cpu_per_txn_by_service": per,
-                                  "load": os.getloadavg()})
-            print(f"round {i + 1}: alone {alone:.0f} tps, pg_receivewal {rx:.0f} "
-                  f"({rx / alone:.2f}), strata {st:.0f} ({st / alone:.2f}); consumer CPU per "
-                  f"txn: pg_receivewal {rx_cpu * 1e6:.0f} us, strata {st_cpu * 1e6:.0f} us ("
-                  + ", ".join(f"{k} {v * 1e6:.0f}" for k, v in sorted(per.items())) + ")",
-                  flush=True)
+            for side in sides if i % 2 == 0 else sides[::-1]:
+                c = side.c
+                alone, _ = run_tpcb(c, args.seconds)
+                rx, rx_cpu = ((0.0, 0.0) if args.no_receivewal
+                              else with_receivewal(c, side.base, args.seconds))
+                with code_of(side):
+                    st, st_cpu, per = with_strata(
+                        c, side.base, args.seconds,
+                        args.profile if i == args.rounds - 1 else None, args.settle)
+                side.rounds.append({"alone": alone, "receivewal": rx,
+                                    "receivewal_cpu_per_txn": rx_cpu, "strata": st,
+                                    "strata_cpu_per_txn": st_cpu,
+                                    "strata_cpu_per_txn_by_service": per,
+                                    "load": os.getloadavg()})
+                print(f"round {i + 1}, {side.name}: alone {alone:.0f} tps, pg_receivewal {rx:.0f} "
+                      f"({rx / alone:.2f}), strata {st:.0f} ({st / alone:.2f}); consumer CPU per "
+                      f"txn: pg_receivewal {rx_cpu * 1e6:.0f} us, strata {st_cpu * 1e6:.0f} us ("
+                      + ", ".join(f"{k} {v * 1e6:.0f}" for k, v in sorted(per.items())) + ")",
+                      flush=True)
     finally:
-        c.stop("immediate")
+        for side in sides:
+            side.c.stop("immediate")
+            if not os.environ.get("BENCH_KEEP"):
+                shutil.rmtree(side.base, ignore_errors=True)
         if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(base, ignore_errors=True)
-            if home_elsewhere is not None:
-                shutil.rmtree(home_elsewhere, ignore_errors=True)
+            for d in elsewhere:
+                shutil.rmtree(d, ignore_errors=True)
     res["load_end"] = os.getloadavg()
-    rounds = res["rounds"]
+    res["rounds"] = sides[0].rounds
+    if len(sides) > 1:
+        res["against"] = {"src": str(args.against), "rounds": sides[1].rounds}
+    for side in sides:
+        rounds = side.rounds
 
-    def med(k: str) -> float:
-        return statistics.median(r[k] for r in rounds)
+        def med(k: str, rounds: list[dict[str, Any]] = rounds) -> float:
+            return statistics.median(r[k] for r in rounds)
 
-    print(f"\n| consumer | TPS (median of {len(rounds)}) | / alone | consumer CPU us per txn |")
-    print("|---|---:|---:|---:|")
-    print(f"| none | {med('alone'):.0f} | 1.00 | - |")
-    print(f"| pg_receivewal | {med('receivewal'):.0f} | {med('receivewal') / med('alone'):.2f} | "
-          f"{med('receivewal_cpu_per_txn') * 1e6:.0f} |")
-    print(f"| strata up | {med('strata'):.0f} | {med('strata') / med('alone'):.2f} | "
-          f"{med('strata_cpu_per_txn') * 1e6:.0f} |")
+        print(f"\n{side.name}:\n| consumer | TPS (median of {len(rounds)}) | / alone | "
+              "consumer CPU us per txn |")
+        print("|---|---:|---:|---:|")
+        print(f"| none | {med('alone'):.0f} | 1.00 | - |")
+        if not args.no_receivewal:
+            print(f"| pg_receivewal | {med('receivewal'):.0f} | "
+                  f"{med('receivewal') / med('alone'):.2f} | "
+                  f"{med('receivewal_cpu_per_txn') * 1e6:.0f} |")
+        print(f"| strata up | {med('strata'):.0f} | {med('strata') / med('alone'):.2f} | "
+              f"{med('strata_cpu_per_txn') * 1e6:.0f} |")
     print(f"\nload average start {res['load_start']}, end {res['load_end']}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))

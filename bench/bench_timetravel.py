@@ -438,9 +438,13 @@ def timed_first_row(factory: Any, lsn: Lsn, root: Path, sql: str
     t0 = time.perf_counter()
     inst = factory(lsn, root)
     started = time.perf_counter() - t0
-    with psycopg.connect(inst.dsn(), autocommit=True) as conn:
-        row = conn.execute(sql).fetchone()
-    assert row is not None
+    try:
+        with psycopg.connect(inst.dsn(), autocommit=True) as conn:
+            row = conn.execute(sql).fetchone()
+        assert row is not None
+    except BaseException:
+        inst.remove()  # the caller never sees it: its server and mount end here
+        raise
     return inst, time.perf_counter() - t0, str(row[0]), started
 
 
