@@ -23,7 +23,8 @@ page of it was read, the kernel's page cache keeping what was served); no file.
   that page alone is rebuilt, not the gap, and the stream starts again from it;
   one page past a smaller gap doubles the window from 2 blocks, not 16. (At
   scale 100, 300 primary-key lookups had read most of the index in windows
-  ahead: 1.39 -> 1.1-1.2 s; 3,000 lookups 4.7-5.0 -> 4.2 s.)
+  ahead: 1.35 -> 1.00 s; 3,000 lookups 3.93 -> 3.54 s; BENCHMARKS.md,
+  thirty-fifth session.)
 * `prefetch_catalogs` rebuilds the system catalogs' pages in a thread while
   the server starts (its first connection reads many of them); it pauses
   while the server's own reads come in.
