@@ -227,7 +227,9 @@ def main() -> int:
                          "such as /dev/shm: strata's CPU without its disk writes, to tell the "
                          "two costs to the primary apart (the primary stays in the scratch dir)")
     ap.add_argument("--profile", type=Path,
-                    help="py-spy each strata service in the last round (files PROFILE-<service>-<pid>.json)")
+                    help="py-spy each strata service in the last round (files "
+                         "PROFILE-<service>-<pid>.json; with --against, that code's "
+                         "PROFILE-against-<service>-<pid>.json)")
     ap.add_argument("--against", type=Path,
                     help="also measure the code whose package is in this src directory (a "
                          "worktree with its extensions built), on a primary of its own, the "
@@ -251,18 +253,24 @@ def main() -> int:
                 alone, _ = run_tpcb(c, args.seconds)
                 rx, rx_cpu = ((0.0, 0.0) if args.no_receivewal
                               else with_receivewal(c, side.base, args.seconds))
+                profile = None
+                if args.profile is not None and i == args.rounds - 1:
+                    # files PROFILE[-against]-<service>-<pid>.json: the two codes apart
+                    profile = (args.profile if side.src is None
+                               else args.profile.with_name(args.profile.name + "-against"))
                 with code_of(side):
-                    st, st_cpu, per = with_strata(
-                        c, side.base, args.seconds,
-                        args.profile if i == args.rounds - 1 else None, args.settle)
+                    st, st_cpu, per = with_strata(c, side.base, args.seconds, profile,
+                                                  args.settle)
                 side.rounds.append({"alone": alone, "receivewal": rx,
                                     "receivewal_cpu_per_txn": rx_cpu, "strata": st,
                                     "strata_cpu_per_txn": st_cpu,
                                     "strata_cpu_per_txn_by_service": per,
                                     "load": os.getloadavg()})
-                print(f"round {i + 1}, {side.name}: alone {alone:.0f} tps, pg_receivewal {rx:.0f} "
-                      f"({rx / alone:.2f}), strata {st:.0f} ({st / alone:.2f}); consumer CPU per "
-                      f"txn: pg_receivewal {rx_cpu * 1e6:.0f} us, strata {st_cpu * 1e6:.0f} us ("
+                rx_said = ("" if args.no_receivewal
+                           else f", pg_receivewal {rx:.0f} ({rx / alone:.2f}, "
+                                f"{rx_cpu * 1e6:.0f} us a txn)")
+                print(f"round {i + 1}, {side.name}: alone {alone:.0f} tps{rx_said}, strata "
+                      f"{st:.0f} ({st / alone:.2f}, {st_cpu * 1e6:.0f} us a txn: "
                       + ", ".join(f"{k} {v * 1e6:.0f}" for k, v in sorted(per.items())) + ")",
                       flush=True)
     finally:
